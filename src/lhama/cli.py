@@ -61,10 +61,11 @@ def cmd_info(a) -> int:
     if a.target.lower() in CONFIGS:
         args, name = CONFIGS[a.target.lower()].args, a.target.lower()
     else:
-        from lhama.checkpoints import read_args
         from lhama.loader import resolve_model_spec
 
         path = resolve_model_spec(a.target)
+        from lhama.checkpoints import read_args
+
         args, name = read_args(path), str(path)
     if a.json:
         print(json.dumps({"model": name, "args": _args_dict(args), **model_size(args).as_dict()}, indent=2))
