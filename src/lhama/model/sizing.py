@@ -60,7 +60,7 @@ def describe(args: ModelArgs, name: str = "") -> str:
         f"embeddings       {'tied' if args.tie_embeddings else 'untied'}",
         f"norm eps         {args.norm_eps:g}",
         f"parameters       {human_count(size.n_params)} ({size.n_params:,})",
-        "weights memory   " + ", ".join(f"{k} {size.weights_bytes[k] / 1e9:.1f} GB ({size.weights_bytes[k] / GIB:.2f} GiB)"
+        "weights memory   " + ", ".join(f"{k} {size.weights_bytes[k] / 1e9:.{1 if size.weights_bytes[k] > 1e10 else 3}f} GB ({size.weights_bytes[k] / GIB:.2f} GiB)"
                                         for k in ("bf16", "fp8", "int4")),
         f"KV cache (bf16)  {size.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1K tokens, "
         f"{size.kv_bytes_full_context / GIB:.2f} GiB for the full {args.max_seq_len}-token context",

