@@ -62,3 +62,16 @@ def test_named_config_runs_big_model_code_path():
     r = lhama("generate", "hello", "--model", "tiny-llama3", "--temperature", "0", "--max-tokens", "5", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["completion_tokens"] == 5
+
+
+def test_convert_default_to_hf_folder_then_chat_from_it(tmp_path):
+    out = tmp_path / "smol-hf"
+    r = lhama("convert", "default", str(out), "--to", "safetensors")
+    assert r.returncode == 0, r.stderr
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    r = lhama("generate", "What is the capital of France? Answer in one word.", "--chat", "--model", str(out),
+              "--temperature", "0", "--max-tokens", "12", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in json.loads(r.stdout)["text"]
+    r = lhama("info", str(out))
+    assert r.returncode == 0 and "134.52M" in r.stdout

@@ -42,7 +42,33 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str = "
         for name in TOKENIZER_FILES:
             if (src_dir / name).is_file():
                 shutil.copy2(src_dir / name, written / name)
+    if to == "safetensors" and ckpt.format == "gguf":
+        write_hf_tokenizer_from_gguf(ckpt.path, ckpt.metadata, written)
     return written
+
+
+def write_hf_tokenizer_from_gguf(gguf_path: Path, md: dict[str, Any], out_dir: Path) -> None:
+    """tokenizer.json + tokenizer_config.json (with the chat template) for an HF folder exported
+    from a GGUF, so the folder is complete for lhama and transformers alike."""
+    from lhama.tokenizer import load_tokenizer
+    from lhama.tokenizer.gguf_vocab import ByteLevelBPETokenizer
+
+    tok = load_tokenizer(gguf_path)
+    if not isinstance(tok, ByteLevelBPETokenizer):
+        return  # SentencePiece vocabularies: the GGUF stays the place to keep them
+    tok.hf_tokenizer().save(str(out_dir / "tokenizer.json"))
+    tokens = md.get("tokenizer.ggml.tokens", [])
+    def name(key):
+        i = md.get(key)
+        return tokens[int(i)] if i is not None and int(i) < len(tokens) else None
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name("tokenizer.ggml.bos_token_id"),
+           "eos_token": name("tokenizer.ggml.eos_token_id"), "unk_token": name("tokenizer.ggml.unknown_token_id"),
+           "pad_token": name("tokenizer.ggml.padding_token_id"),
+           "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)), "clean_up_tokenization_spaces": False,
+           "model_max_length": int(md.get("llama.context_length", 4096))}
+    if md.get("tokenizer.chat_template"):
+        cfg["chat_template"] = md["tokenizer.chat_template"]
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2))
 
 
 def gguf_metadata_for(ckpt: Checkpoint) -> dict[str, Any]:

@@ -90,6 +90,10 @@ class ByteLevelBPETokenizer:
         self.stop_ids = frozenset(stops)
         self.name = name
 
+    def hf_tokenizer(self) -> HFTokenizer:
+        """The equivalent ``tokenizers.Tokenizer`` (special tokens included), e.g. to save as tokenizer.json."""
+        return self._special
+
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, allow_special: bool = False) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode str, got {type(text).__name__}")
