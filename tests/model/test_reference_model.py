@@ -111,3 +111,11 @@ def test_rope_scaling_follows_published_formula():
     # Llama 3.2's factor 32 only changes the divisor.
     t = apply_llama3_rope_scaling(base.float(), RopeScaling(factor=32.0))
     assert t[-1].item() == pytest.approx(base[-1].item() / 32, rel=1e-6)
+
+
+def test_rope_frequencies_stay_fp32_when_weights_are_cast():
+    from lhama.model import get_config
+
+    m = build_model(get_config("tiny-llama3").args, init="random").to(torch.bfloat16)
+    assert m.inv_freq.dtype == torch.float32 and m.tok_embeddings.weight.dtype == torch.bfloat16
+    assert torch.equal(m.inv_freq, rope_inv_freq(m.args))

@@ -89,6 +89,13 @@ class Transformer(nn.Module):
         # Set by training recipes: recompute each block in backward instead of storing activations.
         self.gradient_checkpointing = False
 
+    def _apply(self, fn, recurse=True):
+        # RoPE frequencies stay fp32 whatever dtype the weights are cast to (bf16 would round
+        # them and shift every angle); they are recomputed on the module's new device.
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.args).to(self.tok_embeddings.weight.device)
+        return self
+
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, cache: AttentionCache | None = None):
         """Final-norm hidden states [B, T, dim] for ``tokens`` [B, T] at ``positions`` [B, T]."""
         h = self.tok_embeddings(tokens)
@@ -135,13 +142,13 @@ def build_model(args: ModelArgs, *, dtype=torch.float32, device="cpu", init: str
     model = model.to_empty(device=device).to(dtype)
     if args.tie_embeddings:  # to_empty materialises each reference separately; tie them again
         model.output.weight = model.tok_embeddings.weight
-    model.inv_freq = rope_inv_freq(args).to(device)
     if init == "random":
-        gen = torch.Generator().manual_seed(seed)
-        for name, p in model.named_parameters():
-            with torch.no_grad():
+        # Drawn on the target device: an 8B model's 8e9 samples take minutes on a CPU generator.
+        gen = torch.Generator(device=device).manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)
                 else:
-                    p.copy_((torch.randn(p.shape, generator=gen) * 0.02).to(dtype))
+                    p.copy_(torch.randn(p.shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02))
     return model
