@@ -78,22 +78,32 @@ def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     cmd = [sys.executable, str(BENCH_DIR / "run.py"), "--worker", name]
+    timed_out = False
     with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=None if verbose else err, text=True, env=env)
         try:
-            proc = subprocess.run(cmd, input=json.dumps(workload), stdout=subprocess.PIPE,
-                                  stderr=None if verbose else err, text=True, timeout=timeout, env=env)
+            stdout, _ = proc.communicate(json.dumps(workload), timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"ok": False, "error": f"timed out after {timeout:.0f} s (raise --timeout)", "columns": {}}
+            timed_out = True
+            proc.terminate()  # the worker prints the measurements it has finished, then exits
+            try:
+                stdout, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, _ = proc.communicate()
         err.seek(0)
         tail = err.read()[-3000:]
-    for line in reversed(proc.stdout.splitlines()):
+    for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             res = json.loads(line[len(RESULT_MARK):])
+            if timed_out:
+                res["error"] = f"timed out after {timeout:.0f} s (raise --timeout); the figures shown finished"
             if not res.get("ok"):
                 res.setdefault("stderr_tail", tail)
             return res
-    return {"ok": False, "error": f"exited with status {proc.returncode} and no result", "columns": {},
-            "stderr_tail": tail}
+    why = f"timed out after {timeout:.0f} s" if timed_out else f"exited with status {proc.returncode}"
+    return {"ok": False, "error": f"{why} and no result", "columns": {}, "stderr_tail": tail}
 
 
 def device_desc(device: str, threads: int) -> str:
@@ -182,10 +192,11 @@ def main(argv=None) -> int:
         notes.append(f"lhama: {w.dtype} weights {src}; engine KV cache sized to the workload "
                      f"(block 16), chunked prefill of {w.engine_max_batched_tokens} tokens per step")
     notes.append(f"concurrent runs: {len(w.conc_prompts[0])}-token distinct prompts, {w.gen_conc} tokens each")
-    busy = max(meta["loadavg_before"][0], meta["loadavg_after"][0])
+    # Only the load before the run counts: during it, the benchmark itself keeps the cores busy.
+    busy = meta["loadavg_before"][0]
     if busy > (os.cpu_count() or 1) * 0.5 and not a.device.startswith("cuda"):
-        notes.append(f"the machine was busy during the run (load average up to {busy:.1f} on "
-                     f"{os.cpu_count()} cores): absolute numbers are low and noisy; ratios are more robust")
+        notes.append(f"other work was running on the machine (load average {busy:.1f} on {os.cpu_count()} "
+                     "cores before the run): absolute numbers are low and noisy")
     table = report.build_table(results, meta)
     md = report.markdown(table, meta, notes)
     payload = {"meta": meta, "table": table, "notes": notes, "results": results,

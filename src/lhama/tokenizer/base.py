@@ -1,4 +1,14 @@
-"""What every tokenizer and chat format offers the rest of lhama."""
+"""What every tokenizer and chat format offers the rest of lhama.
+
+Beyond the protocols, lhama's tokenizers also have: ``kind`` ("llama3", "sentencepiece", "bpe",
+"hf"), ``bos_token``/``eos_token`` (the names, for chat templates, set even when bos is not
+prepended), ``is_special(id)`` (what ``skip_special`` drops) and, where decoding needs them,
+``token_bytes_at_start(id)`` (SentencePiece's dropped leading space), ``decode_errors`` (the
+UTF-8 error handler that matches the reference decoder) and ``special_breaks_bytes``.
+``IncrementalDecoder`` uses these; all are optional for other implementations.
+Assistant messages from ``decode_assistant`` carry ``stop_reason``: "end_of_turn",
+"end_of_message" (Llama 3 eom: run the tool, then continue) or "out_of_tokens".
+"""
 
 from __future__ import annotations
 

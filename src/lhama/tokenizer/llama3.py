@@ -42,6 +42,7 @@ def default_tokenizer_path() -> Path:
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     """Parse a tiktoken BPE file: one 'base64(token) rank' per line."""
     ranks: dict[bytes, int] = {}
+    n = 0
     try:
         with open(path, "rb") as f:
             for n, line in enumerate(f, 1):
@@ -49,10 +50,15 @@ def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
                     continue
                 tok, rank = line.split()
                 ranks[base64.b64decode(tok, validate=True)] = int(rank)
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read the tokenizer file ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path}: line {n} is not a tiktoken 'base64 rank' pair ({e})") from None
+        raise TokenizerError(f"{path}: line {n} is not a tiktoken 'base64 rank' pair ({e}); "
+                             "is this a SentencePiece model?") from None
     if not ranks:
         raise TokenizerError(f"{path}: empty tokenizer file")
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise TokenizerError(f"{path}: ranks are not 0..{len(ranks) - 1} without gaps")
     return ranks
 
 
@@ -84,6 +90,7 @@ class Llama3Tokenizer:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_tokenizer_path()
         ranks = read_tiktoken_ranks(self.path)
+        self.mergeable_ranks = ranks  # bytes -> rank, e.g. to write the vocabulary into a GGUF
         n = len(ranks)
         names = NAMED_SPECIALS + [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_SPECIAL - len(NAMED_SPECIALS))]
         self.special_tokens = {name: n + i for i, name in enumerate(names)}
@@ -98,6 +105,7 @@ class Llama3Tokenizer:
         self.python_tag_id = self.special_tokens["<|python_tag|>"]
         self.pad_id = self.special_tokens["<|finetune_right_pad_id|>"]
         self.stop_ids = frozenset({self.eos_id, self.eom_id, self.eot_id})
+        self.bos_token, self.eos_token = "<|begin_of_text|>", "<|end_of_text|>"
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, allow_special: bool = False) -> list[int]:
         if not isinstance(text, str):
@@ -112,14 +120,21 @@ class Llama3Tokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
+        ids = [int(i) for i in ids]
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         if skip_special:
             ids = [i for i in ids if i not in self._id_to_special]
-        return self._enc.decode(list(ids))
+        return self._enc.decode(ids)
 
     def token_bytes(self, token_id: int) -> bytes:
         if token_id in self._id_to_special:
             return self._id_to_special[token_id].encode()
-        return self._enc.decode_single_token_bytes(token_id)
+        try:
+            return self._enc.decode_single_token_bytes(token_id)
+        except KeyError:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})") from None
 
     def is_special(self, token_id: int) -> bool:
         return token_id in self._id_to_special

@@ -1,79 +1,142 @@
 """The chat template a checkpoint carries (GGUF ``tokenizer.chat_template``, HF
-``tokenizer_config.json``), rendered in a sandbox the way HF transformers renders it."""
+``tokenizer_config.json`` / ``chat_template.jinja``), rendered the way HF transformers'
+``apply_chat_template`` renders it: a sandboxed, immutable Jinja environment with ``trim_blocks``
+and ``lstrip_blocks``, loop controls, ``tojson`` without HTML escaping, ``raise_exception``,
+``strftime_now``, the ``{% generation %}`` block, and ``bos_token``/``eos_token``/``tools`` in scope.
+Templates come from model files, i.e. from strangers: the sandbox stops attribute tricks, and
+only plain JSON-like data is handed to them.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Sequence
+from collections.abc import Mapping
+from typing import Any, Sequence
 
-from jinja2 import TemplateError
-from jinja2.ext import loopcontrols
+from jinja2 import TemplateError, nodes
+from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lhama.errors import ChatFormatError
 from lhama.tokenizer.base import Message
 from lhama.tokenizer.chat.tool_calls import parse_tool_calls
+from lhama.tokenizer.gguf_vocab import END_OF_TURN_TOKENS
+
+# Wrappers chat templates put around tool calls (Hermes/Qwen/SmolLM style, Mistral style).
+TOOL_CALL_WRAPPERS = (("<tool_call>", "</tool_call>"), ("[TOOL_CALLS]", ""))
+
+
+class GenerationBlock(Extension):
+    """``{% generation %}...{% endgeneration %}`` marks assistant text for training masks in HF;
+    for rendering it is a plain block."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
 
 
 def _raise(message):
     raise ChatFormatError(f"chat template: {message}")
 
 
-def _tojson(value, indent=None, ensure_ascii=False, separators=None, sort_keys=False):
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, separators=separators, sort_keys=sort_keys)
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _plain(value: Any) -> Any:
+    """A copy made of plain JSON types only, so a template cannot reach methods of rich objects."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    # Subclasses (enums and the like) carry extra methods: back to the base type.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return str(value)
+
+
+def make_environment() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(fmt)
+    return env
 
 
 class JinjaChatFormat:
     name = "jinja"
 
     def __init__(self, template: str, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None):
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise
-        env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(fmt)
+        if not isinstance(template, str) or not template.strip():
+            raise ChatFormatError("the chat template is empty")
         try:
-            self.template = env.from_string(template)
+            self.template = make_environment().from_string(template)
         except TemplateError as e:
             raise ChatFormatError(f"the checkpoint's chat template does not compile: {e}") from None
         self.source = template
         self.tokenizer = tokenizer
         id_to_tok = {v: k for k, v in tokenizer.special_tokens.items()}
-        self.bos_token = bos_token if bos_token is not None else id_to_tok.get(tokenizer.bos_id, "")
-        self.eos_token = eos_token if eos_token is not None else id_to_tok.get(tokenizer.eos_id, "")
-        self.stop_ids = frozenset(tokenizer.stop_ids)
+        self.bos_token = bos_token if bos_token is not None else (
+            getattr(tokenizer, "bos_token", None) or id_to_tok.get(tokenizer.bos_id, ""))
+        self.eos_token = eos_token if eos_token is not None else (
+            getattr(tokenizer, "eos_token", None) or id_to_tok.get(tokenizer.eos_id, ""))
+        # Stop on eos and on any end-of-turn token the template writes (<|im_end|>, <|eot_id|> ...).
+        ends = {tokenizer.special_tokens[t] for t in END_OF_TURN_TOKENS
+                if t in template and t in tokenizer.special_tokens}
+        if self.eos_token and self.eos_token in template and self.eos_token in tokenizer.special_tokens:
+            ends.add(tokenizer.special_tokens[self.eos_token])
+        self.stop_ids = frozenset(tokenizer.stop_ids) | frozenset(ends)
 
     def render(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-               add_generation_prompt: bool = True) -> str:
+               add_generation_prompt: bool = True, **variables: Any) -> str:
+        """The prompt text; ``variables`` reach the template too (e.g. ``documents``)."""
         for m in messages:
-            if not isinstance(m, dict) or "role" not in m:
+            if not isinstance(m, Mapping) or "role" not in m:
                 raise ChatFormatError(f"each message needs a 'role': {m!r}")
+        context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **_plain(variables)}
         try:
-            return self.template.render(messages=list(messages), tools=list(tools) if tools else None,
-                                        add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
-                                        eos_token=self.eos_token)
+            return self.template.render(messages=_plain(list(messages)), tools=_plain(list(tools)) if tools else None,
+                                        add_generation_prompt=add_generation_prompt, **context)
         except ChatFormatError:
             raise
-        except Exception as e:  # template runtime errors, sandbox violations
-            raise ChatFormatError(f"the chat template failed on these messages: {e}") from None
+        except Exception as e:  # template runtime errors, sandbox violations, missing fields
+            raise ChatFormatError(f"the chat template failed on these messages: {type(e).__name__}: {e}") from None
 
     def encode_dialog(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
                       add_generation_prompt: bool = True) -> list[int]:
         if not messages:
             raise ChatFormatError("messages must not be empty")
+        # The template writes bos itself when it wants one; special-token text in it is special.
         return self.tokenizer.encode(self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt),
                                      allow_special=True)
 
     def decode_assistant(self, ids: Sequence[int]) -> Message:
-        ids = list(ids)
+        ids = [int(i) for i in ids]
         stop = "out_of_tokens"
         if ids and ids[-1] in self.stop_ids:
             stop, ids = "end_of_turn", ids[:-1]
         text = self.tokenizer.decode(ids, skip_special=True)
         body = text.strip()
-        if body.startswith("<tool_call>") and body.endswith("</tool_call>"):
-            body = body[len("<tool_call>"):-len("</tool_call>")]
-        calls = parse_tool_calls(body) if body.startswith(("{", "[", "<function=")) else []
+        for start, end in TOOL_CALL_WRAPPERS:
+            if body.startswith(start) and body.endswith(end):
+                body = body.replace(start, "\n").replace(end, "\n") if end else body[len(start):]
+                break
+        calls = parse_tool_calls(body)
         msg: Message = {"role": "assistant", "content": None if calls else text, "stop_reason": stop}
         if calls:
             msg["tool_calls"] = calls

@@ -1,0 +1,168 @@
+"""The results as a markdown table with ratios, JSON files and a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+# The columns each system contributes, in table order; the first lhama column with a number is
+# the one the ratios use (the engine: what the server runs).
+COLUMNS = {
+    "lhama": ["lhama (engine)", "lhama (reference loop)"],
+    "lhama-compile": ["lhama (engine, torch.compile)"],
+    "llama.cpp": ["llama.cpp"],
+    "transformers": ["transformers"],
+}
+LHAMA_PRIMARY = ["lhama (engine)", "lhama (reference loop)"]
+PEERS = ["llama.cpp", "transformers"]
+
+
+def rows(meta: dict) -> list[tuple[str, str, bool]]:
+    """(metric key, label, higher is better)."""
+    P, G, Gc = meta["prompt_len"], meta["gen_single"], meta["gen_conc"]
+    out = [
+        ("prefill_tok_s", f"prefill tok/s ({P}-token prompt) ↑", True),
+        ("ttft_s", f"time to first token, s ({P}-token prompt) ↓", False),
+        ("decode_tok_s", f"single-stream decode tok/s ({G} tokens) ↑", True),
+    ]
+    for n in meta["concurrency"]:
+        out.append((f"agg_{n}", f"aggregate decode tok/s, {n} concurrent ↑", True))
+    for n in meta["concurrency"]:
+        out.append((f"e2e_{n}", f"end-to-end tok/s incl. prefill, {n} concurrent ↑", True))
+    out += [
+        ("load_s", "load time, s ↓", False),
+        ("compile_s", "torch.compile warm-up, s ↓", False),
+        ("peak_rss_mib", "peak RSS of the process, MiB ↓", False),
+        ("peak_gpu_mib", "peak GPU memory allocated, MiB ↓", False),
+    ]
+    return out
+
+
+def is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fmt(key: str, v) -> str:
+    if not is_num(v):
+        return "n/a" if v is None else str(v)
+    if key.endswith("_s") and not key.endswith("tok_s"):
+        return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+    if key.endswith("_mib"):
+        return f"{v:,.0f}"
+    return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def build_table(results: dict, meta: dict) -> dict:
+    """{"columns": [...], "rows": [{"key", "label", "values": {col: v}, "ratios": {peer: r}}]}"""
+    columns = [c for sys_ in COLUMNS for c in COLUMNS[sys_] if sys_ in results]
+    cols, errors = {}, {}
+    for sys_, res in results.items():
+        for c in COLUMNS.get(sys_, []):
+            cols[c] = res.get("columns", {}).get(c) or {}
+            if not res.get("ok"):
+                errors[c] = res.get("error", "no result")
+    table_rows = []
+    for key, label, higher in rows(meta):
+        values = {c: cols[c].get(key) for c in columns}
+        if all(v is None for v in values.values()) and (not errors or key in ("compile_s", "peak_gpu_mib")):
+            continue
+        for c in columns:
+            if values[c] is None and c in errors:
+                values[c] = "n/a (timed out)" if "timed out" in errors[c] else "n/a (failed)"
+        lh = next((values[c] for c in LHAMA_PRIMARY if c in values and is_num(values[c])), None)
+        ratios = {}
+        for p in PEERS:
+            if p in values:
+                ratios[p] = lh / values[p] if is_num(lh) and is_num(values[p]) and values[p] else None
+        table_rows.append({"key": key, "label": label, "higher_is_better": higher, "values": values,
+                           "ratios": ratios})
+    return {"columns": columns, "rows": table_rows,
+            "errors": errors}
+
+
+def markdown(table: dict, meta: dict, notes: list[str]) -> str:
+    columns = table["columns"]
+    peers = [p for p in PEERS if p in columns]
+    head = ["metric"] + columns + [f"lhama ÷ {p}" for p in peers]
+    lines = [
+        f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
+        f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
+        f"{meta['when']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+    ]
+    for r in table["rows"]:
+        cells = [r["label"]] + [fmt(r["key"], r["values"][c]) for c in columns]
+        cells += [f"{r['ratios'][p]:.2f}×" if is_num(r["ratios"].get(p)) else "–" for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Ratios: the lhama engine's figure (the reference loop's where the engine has none) "
+                 "divided by the peer's; ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "
+                 "means lhama is better.")
+    for c, e in table["errors"].items():
+        lines.append(f"- {c} failed: {e}")
+    for n in notes:
+        lines.append(f"- {n}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: dict, meta: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    columns = table["columns"]
+    by_key = {r["key"]: r for r in table["rows"]}
+    panels = [
+        ("throughput, tok/s (log scale)", [k for k in ["prefill_tok_s", "decode_tok_s"] +
+                                           [f"agg_{n}" for n in meta["concurrency"]] if k in by_key], True),
+        ("time to first token, s", [k for k in ["ttft_s"] if k in by_key], False),
+        ("peak RSS, MiB", [k for k in ["peak_rss_mib"] if k in by_key], False),
+    ]
+    short = {"prefill_tok_s": "prefill", "decode_tok_s": "decode\n1 stream", "ttft_s": "TTFT",
+             "peak_rss_mib": "RSS"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [4, 1, 1]})
+    width = 0.8 / max(len(columns), 1)
+    for ax, (title, keys, log) in zip(axes, panels):
+        for i, c in enumerate(columns):
+            xs, ys = [], []
+            for j, k in enumerate(keys):
+                v = by_key[k]["values"].get(c)
+                if is_num(v) and v > 0:
+                    xs.append(j + (i - (len(columns) - 1) / 2) * width)
+                    ys.append(v)
+            ax.bar(xs, ys, width, label=c)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels([short.get(k, k.replace("agg_", "aggregate\n") + " conc.") for k in keys])
+        ax.set_title(title)
+        if log:
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{meta['model_name']} on {meta['device_desc']} ({meta['when']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(out_dir: Path, name: str, stamp: str, payload: dict, md: str, *, timestamped: bool = True) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(payload, indent=1, default=str)
+    paths = []
+    if timestamped:
+        p = out_dir / f"{stamp}.json"
+        p.write_text(text)
+        paths.append(p)
+    for suffix, content in ((".json", text), (".md", md)):
+        p = out_dir / f"{name}{suffix}"
+        p.write_text(content)
+        paths.append(p)
+    png = out_dir / f"{name}.png"
+    if plot(payload["table"], payload["meta"], png):
+        paths.append(png)
+    return paths

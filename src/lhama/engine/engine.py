@@ -1,0 +1,224 @@
+"""``LLMEngine``: continuous batching over a paged KV cache, one synchronous ``step`` at a time.
+
+Requests join and leave the running batch at every step. The engine wires the parts together
+and keeps the books; the scheduler decides, the KV manager allocates, the runner executes.
+Not thread-safe: ``AsyncEngine`` drives it from one background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Iterable, Sequence as Seq
+
+import torch
+
+from lhama.engine.config import EngineConfig
+from lhama.engine.kv_cache_manager import KVCacheManager
+from lhama.engine.memory import MemoryPlan, plan_kv_cache
+from lhama.engine.metrics import EngineStats
+from lhama.engine.outputs import EngineDelta, RequestResult, SequenceOutput
+from lhama.engine.paged_cache import PagedKVCache
+from lhama.engine.runner import ModelRunner
+from lhama.engine.scheduler import Scheduler
+from lhama.engine.sequence import Request, Sequence, SeqStatus
+from lhama.errors import ContextLengthExceededError, SamplingError
+from lhama.generate.loop import TokenStep, check_context
+from lhama.generate.sampling import SamplingParams
+from lhama.model import Transformer
+
+log = logging.getLogger("lhama.engine")
+
+
+class KVCacheCapacityError(ContextLengthExceededError):
+    """The request fits the model's context but not the KV cache this server was started with."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, capacity: int, model_context: int):
+        super().__init__(prompt_tokens, max_new_tokens, capacity)
+        self.args = (
+            f"The KV cache of this server holds {capacity} tokens per request (the model supports "
+            f"{model_context}), but the request needs {prompt_tokens + max_new_tokens} ({prompt_tokens} in the "
+            f"prompt + {max_new_tokens} to generate). Shorten the prompt, lower max_tokens, or restart with a "
+            f"larger --kv-cache-gb.",
+        )
+
+
+class LLMEngine:
+    def __init__(self, model: Transformer, tokenizer=None, config: EngineConfig | None = None, *,
+                 stop_ids: Iterable[int] | None = None):
+        self.model = model.eval()
+        self.args = model.args
+        self.config = config = config or EngineConfig()
+        self.tokenizer = tokenizer
+        self.plan: MemoryPlan = plan_kv_cache(self.args, config, dtype=model.dtype, device=model.device)
+        log.info("%s", self.plan.describe())
+        self.max_model_len = self.plan.max_model_len
+        self.kv_manager = KVCacheManager(self.plan.num_blocks, config.block_size,
+                                         enable_prefix_caching=config.enable_prefix_caching)
+        self.cache = PagedKVCache(self.args, self.plan.num_blocks, config.block_size, dtype=model.dtype,
+                                  device=model.device)
+        self.scheduler = Scheduler(config, self.kv_manager)
+        self.runner = ModelRunner(model, self.cache, compile=config.compile, packed_head=config.packed_head)
+        if stop_ids is None:
+            stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
+        self.default_stop_ids = frozenset(int(t) for t in stop_ids)
+        self.requests: dict[str, Request] = {}
+        self._c = dict(prompt_tokens=0, prompt_computed=0, generation=0, added=0, finished=0, aborted=0, steps=0)
+
+    @classmethod
+    def from_loaded(cls, loaded, config: EngineConfig | None = None) -> "LLMEngine":
+        """An engine for a ``lhama.loader.LoadedModel``: stops on the tokenizer's and the chat
+        format's stop ids."""
+        stops = set(getattr(loaded.tokenizer, "stop_ids", ()) or ())
+        stops |= set(getattr(loaded.chat_format, "stop_ids", ()) or ())
+        return cls(loaded.model, loaded.tokenizer, config, stop_ids=stops)
+
+    # -- requests ------------------------------------------------------------------------
+    def check_request(self, prompt_ids: Seq[int], params: SamplingParams) -> None:
+        """Raise the error a request would get, without touching engine state (thread-safe)."""
+        n = len(prompt_ids)
+        check_context(n, params.max_tokens, self.args.max_seq_len)
+        if n + params.max_tokens > self.max_model_len:
+            raise KVCacheCapacityError(n, params.max_tokens, self.max_model_len, self.args.max_seq_len)
+        lo, hi = min(prompt_ids), max(prompt_ids)
+        if lo < 0 or hi >= self.args.vocab_size:
+            raise SamplingError("prompt", f"token id {lo if lo < 0 else hi} is outside the vocabulary "
+                                          f"(0..{self.args.vocab_size - 1})")
+        if params.stop and self.tokenizer is None:
+            raise SamplingError("stop", "stop strings need a tokenizer; this engine has none")
+
+    def add_request(self, request_id: str | None, prompt_ids: Seq[int], params: SamplingParams, *,
+                    stop_ids: Iterable[int] | None = None) -> Request:
+        prompt_ids = [int(t) for t in prompt_ids]
+        self.check_request(prompt_ids, params)
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        base = self.default_stop_ids if stop_ids is None else frozenset(int(t) for t in stop_ids)
+        stops = (frozenset() if params.ignore_eos else base) | frozenset(params.stop_token_ids)
+        req = Request(request_id, prompt_ids, params, stops)
+        seq = self._new_seq(req, 0, list(prompt_ids))
+        self.requests[request_id] = req
+        self.scheduler.add(seq)
+        self._c["added"] += 1
+        self._c["prompt_tokens"] += len(prompt_ids)
+        return req
+
+    def _new_seq(self, req: Request, index: int, tokens: list[int]) -> Sequence:
+        seq = Sequence(req, index, tokens, self.args.vocab_size, self.model.device)
+        seq.out = SequenceOutput(self.tokenizer, req.stop_ids, req.params.stop, req.params.max_tokens)
+        req.seqs.append(seq)
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its blocks. False if it is unknown or already finished."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        req.aborted = True
+        for seq in req.seqs:
+            if seq.status is not SeqStatus.FINISHED:
+                self.scheduler.finish(seq)
+        self._c["aborted"] += 1
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # -- the step --------------------------------------------------------------------------
+    def step(self) -> list[EngineDelta]:
+        """Schedule, run the model once, sample, and return every sequence's new output."""
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            return []
+        self._c["steps"] += 1
+        logits, sample_seqs = self.runner.execute(sched)
+        kv = self.kv_manager
+        for e in sched.scheduled:
+            seq = e.seq
+            if not (e.num_new == 1 and seq.num_output > 0 and e.start == seq.num_tokens - 1):
+                self._c["prompt_computed"] += e.num_new
+            seq.num_computed += e.num_new
+            kv.cache_full_blocks(seq)
+        if logits is None:
+            return []
+
+        rows: list[int] = []
+        seqs: list[Sequence] = []
+        for r, seq in enumerate(sample_seqs):
+            rows.append(r)
+            seqs.append(seq)
+            if seq.pending_forks:
+                for i in range(1, seq.params.n):
+                    child = self._new_seq(seq.request, i, list(seq.token_ids))
+                    self.scheduler.fork(seq, child)
+                    rows.append(r)
+                    seqs.append(child)
+                seq.pending_forks = 0
+        res = self.runner.sample(logits, rows, seqs)
+        toks = res.tokens.tolist()
+        lps = res.logprobs.tolist() if res.logprobs is not None else None
+        top_ids = res.top_ids.tolist() if res.top_ids is not None else None
+        top_lps = res.top_logprobs.tolist() if res.top_logprobs is not None else None
+
+        deltas: list[EngineDelta] = []
+        for i, seq in enumerate(seqs):
+            p, req = seq.params, seq.request
+            tok = toks[i]
+            step = TokenStep(tok)
+            if p.logprobs or p.top_logprobs:
+                step.logprob = lps[i]
+            if p.top_logprobs:
+                k = p.top_logprobs
+                step.top_logprobs = list(zip(top_ids[i][:k], top_lps[i][:k]))
+            seq.append_token(tok)
+            text, ids = seq.out.add(step)
+            self._c["generation"] += 1
+            out = seq.out
+            deltas.append(EngineDelta(req.request_id, seq.index, text, ids, [step], out.finish_reason,
+                                      out.stop_reason, seq.prompt_len, req.num_cached_tokens, len(out.token_ids)))
+            if out.finish_reason is not None:
+                self.scheduler.finish(seq)
+                if req.finished and self.requests.pop(req.request_id, None) is not None:
+                    self._c["finished"] += 1
+        return deltas
+
+    # -- convenience -----------------------------------------------------------------------
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
+                 progress: bool = False) -> list[RequestResult]:
+        """Run prompts to completion (offline use, tests); results in prompt order."""
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        reqs = [self.add_request(None, p, sp) for p, sp in zip(prompts, params)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(reqs), unit="req")
+        done = 0
+        while self.has_unfinished():
+            self.step()
+            if bar is not None:
+                now = sum(r.finished for r in reqs)
+                bar.update(now - done)
+                done = now
+        if bar is not None:
+            bar.close()
+        return [self.result(r) for r in reqs]
+
+    @staticmethod
+    def result(req: Request) -> RequestResult:
+        comps = [s.out.completion(s.prompt_len) for s in sorted(req.seqs, key=lambda s: s.index)]
+        return RequestResult(req.request_id, len(req.prompt_ids), req.num_cached_tokens, comps)
+
+    def stats(self) -> EngineStats:
+        kv, c = self.kv_manager, self._c
+        return EngineStats(
+            num_waiting=len(self.scheduler.waiting), num_running=len(self.scheduler.running),
+            kv_blocks_total=kv.num_blocks, kv_blocks_used=kv.num_used_blocks, kv_cache_usage=kv.usage,
+            max_model_len=self.max_model_len, prompt_tokens_total=c["prompt_tokens"],
+            prompt_tokens_computed_total=c["prompt_computed"], generation_tokens_total=c["generation"],
+            prefix_cache_queries_total=kv.prefix_queries, prefix_cache_hits_total=kv.prefix_hits,
+            preemptions_total=self.scheduler.num_preemptions, requests_added_total=c["added"],
+            requests_finished_total=c["finished"], requests_aborted_total=c["aborted"], steps_total=c["steps"],
+        )

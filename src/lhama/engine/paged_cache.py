@@ -1,0 +1,120 @@
+"""Paged KV storage and the attention over it: what the model's ``cache.attend`` calls.
+
+One tensor holds every layer's keys and values as ``[layer, k|v, block * kv_head, block_size,
+head_dim]``: the rows of one block and one KV head are contiguous, so gathering a sequence's
+blocks (one ``index_select``) yields ``[kv_head, tokens, head_dim]`` ready for attention without
+a transpose copy.
+
+A step's tokens arrive flattened as one row ``[1, N]`` (so every linear layer is one matmul):
+first the sequences computing a single token (decodes), then the prompt chunks. Decodes attend
+in one batched SDPA call over their gathered, padded contexts with a length mask; each prompt
+chunk attends over its own context with a causal mask.
+
+Grouped-query attention without copying K/V: the G query heads that share a KV head are laid
+out as G query rows of that head, so K/V are used once per KV head, never repeated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lhama.model import ModelArgs
+
+
+@dataclass
+class PrefillChunk:
+    offset: int  # first row of the chunk in the flattened step
+    num_new: int
+    context: int  # tokens attended to: computed before + this chunk
+    gather_idx: torch.Tensor  # [KVH * n_blocks] rows of the storage, KV head major
+    mask: torch.Tensor  # [G * num_new, context] causal mask, one copy per query head of a group
+
+
+@dataclass
+class AttentionMetadata:
+    slots: torch.Tensor  # [N * KVH] storage rows (block * KVH + h) * block_size + offset, per token and head
+    num_decode: int = 0
+    decode_gather_idx: torch.Tensor | None = None  # [Bd * KVH * max_blocks]
+    decode_max_blocks: int = 0
+    decode_mask: torch.Tensor | None = None  # [Bd, 1, 1, max_blocks * block_size]
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+class PagedKVCache:
+    def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype=torch.float32, device="cpu"):
+        self.n_layers, self.n_kv_heads, self.head_dim = args.n_layers, args.n_kv_heads, args.head_dim
+        self.n_heads = args.n_heads
+        self.group = args.n_heads // args.n_kv_heads
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.dtype, self.device = dtype, torch.device(device)
+        # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
+        self.kv = torch.zeros(self.n_layers, 2, num_blocks * self.n_kv_heads, block_size, self.head_dim,
+                              dtype=dtype, device=self.device)
+        self.meta: AttentionMetadata | None = None
+        self._buf = torch.empty(0, dtype=dtype, device=self.device)  # gather scratch, reused by all layers
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicate whole blocks (all layers, K and V) before the step writes."""
+        if not copies:
+            return
+        H = self.n_kv_heads
+        h = torch.arange(H, device=self.device)
+        src = torch.tensor([s for s, _ in copies], device=self.device).unsqueeze(1) * H + h
+        dst = torch.tensor([d for _, d in copies], device=self.device).unsqueeze(1) * H + h
+        self.kv[:, :, dst.flatten()] = self.kv[:, :, src.flatten()]
+
+    def _scratch(self, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        per = n_rows * self.block_size * self.head_dim
+        if self._buf.numel() < 2 * per:
+            self._buf = torch.empty(2 * per, dtype=self.dtype, device=self.device)
+        shape = (n_rows, self.block_size, self.head_dim)
+        return self._buf[:per].view(shape), self._buf[per:2 * per].view(shape)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        md = self.meta
+        _, N, H, D = q.shape
+        KVH, G = self.n_kv_heads, self.group
+        kc = self.kv[layer, 0].view(-1, D)
+        vc = self.kv[layer, 1].view(-1, D)
+        kc.index_copy_(0, md.slots, k.view(N * KVH, D))
+        vc.index_copy_(0, md.slots, v.view(N * KVH, D))
+        kb = self.kv[layer, 0]
+        vb = self.kv[layer, 1]
+        q = q.view(N, H, D)
+        Bd = md.num_decode
+        dec = None
+        if Bd:
+            S = md.decode_max_blocks * self.block_size
+            if torch.compiler.is_compiling():  # the compiler plans its own buffers
+                kg, vg = kb.index_select(0, md.decode_gather_idx), vb.index_select(0, md.decode_gather_idx)
+            else:
+                kg, vg = self._scratch(md.decode_gather_idx.numel())
+                torch.index_select(kb, 0, md.decode_gather_idx, out=kg)
+                torch.index_select(vb, 0, md.decode_gather_idx, out=vg)
+            qd = q[:Bd].view(Bd, KVH, G, D)
+            dec = F.scaled_dot_product_attention(qd, kg.view(Bd, KVH, S, D), vg.view(Bd, KVH, S, D),
+                                                 attn_mask=md.decode_mask)
+            if not md.prefills:
+                return dec.reshape(1, Bd, H, D)
+        out = torch.empty_like(q)
+        if dec is not None:
+            out[:Bd] = dec.reshape(Bd, H, D)
+        for p in md.prefills:
+            n, ctx = p.num_new, p.context
+            kg, vg = self._scratch(p.gather_idx.numel())
+            torch.index_select(kb, 0, p.gather_idx, out=kg)
+            torch.index_select(vb, 0, p.gather_idx, out=vg)
+            kp = kg.view(KVH, -1, D)[:, :ctx]
+            vp = vg.view(KVH, -1, D)[:, :ctx]
+            # [n, H, D] -> [KVH, G * n, D]: query row (g, i) is head kvh * G + g at token i.
+            qp = q[p.offset:p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
+            o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask)
+            out[p.offset:p.offset + n] = o.reshape(KVH, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
+        return out.view(1, N, H, D)

@@ -1,0 +1,109 @@
+"""Measure engine step times: ``python -m lhama.engine.profile --model default --batch 1 8 32``.
+
+For each batch size B: B requests with P-token prompts each generate G tokens (ignore_eos);
+reports the prefill time, the mean decode step time once all B decode together, and the
+aggregate decode throughput. ``--breakdown`` adds a torch-profiler table of one decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from lhama.engine.config import EngineConfig
+from lhama.engine.engine import LLMEngine
+from lhama.generate.sampling import SamplingParams
+
+
+# Random weights with SmolLM2-135M's shapes: the same speed without the GGUF file.
+SMOLLM2_SHAPE = dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536,
+                     rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True)
+
+
+def load(spec: str, dtype: torch.dtype):
+    from lhama.model import ModelArgs, build_model, get_config
+
+    if spec == "random:smollm2":
+        return build_model(ModelArgs(**SMOLLM2_SHAPE), dtype=dtype, init="random").eval()
+
+    try:
+        from lhama.loader import load_model
+
+        return load_model(spec, dtype=dtype).model
+    except ImportError:  # the tokenizer package is missing: weights only
+        from lhama.checkpoints import load_weights, read_checkpoint
+        from lhama.loader import default_model_path, resolve_model_spec
+
+        target = resolve_model_spec(spec)
+        if isinstance(target, str):
+            return build_model(get_config(target).args, dtype=dtype, init="random").eval()
+        ckpt = read_checkpoint(default_model_path() if spec == "default" else target, dtype=dtype)
+        model = build_model(ckpt.args, dtype=dtype)
+        load_weights(model, ckpt.state_dict)
+        return model.eval()
+
+
+def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, breakdown: bool = False) -> dict:
+    eng = LLMEngine(model, None, config.with_(max_num_seqs=max(batch, 1)))
+    g = torch.Generator().manual_seed(0)
+    vocab = min(model.args.vocab_size, 20000)
+    params = SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
+    for _ in range(batch):
+        eng.add_request(None, torch.randint(0, vocab, (prompt_len,), generator=g).tolist(), params)
+    t0 = time.perf_counter()
+    while any(s.num_computed < s.prompt_len for s in eng.scheduler.running) or eng.scheduler.waiting:
+        eng.step()
+    prefill = time.perf_counter() - t0
+    times = []
+    while eng.has_unfinished():
+        if breakdown and len(times) == 5:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                eng.step()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+            continue
+        t = time.perf_counter()
+        eng.step()
+        times.append(time.perf_counter() - t)
+    if os.environ.get("LHAMA_PROFILE_STEPS"):
+        print("step ms:", " ".join(f"{t * 1e3:.0f}" for t in times))
+    steady = times[2:] or times
+    step = statistics.median(steady)  # the median resists other processes' noise
+    return {"batch": batch, "prefill_s": prefill, "decode_step_ms": step * 1e3, "best_step_ms": min(steady) * 1e3,
+            "decode_tok_s": batch / step, "steps": len(times)}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default", help="a --model spec, or random:smollm2")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--gen", type=int, default=64)
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=256)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--no-packed-head", action="store_true")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--breakdown", action="store_true")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    model = load(a.model, dtype)
+    cfg = EngineConfig(block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens, compile=a.compile, packed_head=not a.no_packed_head,
+                       num_blocks=max(a.batch) * -(-(a.prompt_len + a.gen) // a.block_size) + 8)
+    print(f"model {a.model} ({a.dtype}), prompt {a.prompt_len}, generate {a.gen}, threads {torch.get_num_threads()}")
+    for b in a.batch:
+        r = measure(model, b, a.prompt_len, a.gen, cfg, a.breakdown)
+        print(f"batch {b:3d}: prefill {r['prefill_s']:.2f}s, decode step {r['decode_step_ms']:.1f} ms "
+              f"(best {r['best_step_ms']:.1f}), {r['decode_tok_s']:.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()

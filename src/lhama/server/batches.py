@@ -1,0 +1,289 @@
+"""``/v1/batches``: OpenAI batch jobs run on the serving engine, beside interactive traffic.
+
+Each batch is a JSON record under ``<data-dir>/batches`` plus a ``.partial.jsonl`` that gets
+one output line as each request finishes. A restart therefore loses nothing: an unfinished
+batch resumes, skipping the custom_ids already in its partial file. Lines run
+``batch_concurrency`` at a time so interactive requests keep getting through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from lhama.server.errors import APIError, error_body, from_exception, validation_error
+from lhama.server.files import FileStore, write_json_atomic
+from lhama.server.schemas import (
+    BatchCreateRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+
+log = logging.getLogger("lhama.server")
+router = APIRouter()
+ACTIVE = ("validating", "in_progress", "finalizing")
+MAX_LINES = 50_000
+
+
+class BatchManager:
+    def __init__(self, state, files: FileStore, root: Path):
+        self.state, self.files, self.root = state, files, Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.tasks: dict[str, asyncio.Task] = {}
+
+    # -- records ---------------------------------------------------------------------------
+    def _path(self, batch_id: str) -> Path:
+        return self.root / f"{batch_id}.json"
+
+    def _partial(self, batch_id: str) -> Path:
+        return self.root / f"{batch_id}.partial.jsonl"
+
+    def get(self, batch_id: str) -> dict:
+        ok = batch_id.startswith("batch_") and batch_id[6:].isalnum()
+        if not ok or not self._path(batch_id).is_file():
+            raise APIError(404, f"No batch with id '{batch_id}'.", param="batch_id", code="batch_not_found")
+        return json.loads(self._path(batch_id).read_text())
+
+    def save(self, meta: dict) -> None:
+        write_json_atomic(self._path(meta["id"]), meta)
+
+    def list(self) -> list[dict]:
+        out = [json.loads(p.read_text()) for p in self.root.glob("batch_*.json")]
+        return sorted(out, key=lambda m: (m["created_at"], m["id"]), reverse=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def create(self, req: BatchCreateRequest) -> dict:
+        meta_in = self.files.get(req.input_file_id)
+        if meta_in["purpose"] != "batch":
+            raise APIError(400, f"file '{req.input_file_id}' has purpose '{meta_in['purpose']}', not 'batch'",
+                           param="input_file_id", code="invalid_value")
+        now = int(time.time())
+        meta = {"id": f"batch_{uuid.uuid4().hex}", "object": "batch", "endpoint": req.endpoint, "errors": None,
+                "input_file_id": req.input_file_id, "completion_window": req.completion_window,
+                "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
+                "in_progress_at": None, "expires_at": now + 24 * 3600, "finalizing_at": None, "completed_at": None,
+                "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": req.metadata}
+        self.save(meta)
+        self._launch(meta["id"])
+        return meta
+
+    def resume_all(self) -> None:
+        """Pick up every batch a previous process left unfinished."""
+        for meta in self.list():
+            if meta["status"] in ACTIVE or meta["status"] == "cancelling":
+                log.info("resuming batch %s (%s)", meta["id"], meta["status"])
+                self._launch(meta["id"])
+
+    def _launch(self, batch_id: str) -> None:
+        self.tasks[batch_id] = asyncio.get_running_loop().create_task(self._run(batch_id))
+
+    async def cancel(self, batch_id: str) -> dict:
+        meta = self.get(batch_id)
+        if meta["status"] not in ACTIVE:
+            raise APIError(409, f"batch '{batch_id}' is {meta['status']} and cannot be cancelled",
+                           param="batch_id", code="batch_not_cancellable")
+        meta.update(status="cancelling", cancelling_at=int(time.time()))
+        self.save(meta)
+        task = self.tasks.get(batch_id)
+        if task is not None:
+            task.cancel()  # its in-flight lines are aborted on the engine; _run finalises
+            await asyncio.gather(task, return_exceptions=True)
+        if self.get(batch_id)["status"] == "cancelling":
+            self._finalise(self.get(batch_id), "cancelled")
+        return self.get(batch_id)
+
+    async def shutdown(self) -> None:
+        """Stop runners without changing any status: the batches resume on the next start."""
+        tasks = list(self.tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- running -------------------------------------------------------------------------
+    def _parse(self, meta: dict) -> tuple[list[dict], list[dict]]:
+        lines, errors, seen = [], [], set()
+        raw = self.files.path(meta["input_file_id"]).read_text(encoding="utf-8", errors="replace").splitlines()
+        for n, text in enumerate(raw, 1):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                errors.append({"code": "invalid_json_line", "message": "not valid JSON", "param": None, "line": n})
+                continue
+            if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str) \
+                    or not isinstance(line.get("body"), dict):
+                errors.append({"code": "invalid_request", "message": "each line needs a string 'custom_id' and an "
+                               "object 'body'", "param": None, "line": n})
+            elif line.get("method", "POST") != "POST" or line.get("url") != meta["endpoint"]:
+                errors.append({"code": "invalid_url", "message": f"method must be POST and url {meta['endpoint']}",
+                               "param": "url", "line": n})
+            elif line["custom_id"] in seen:
+                errors.append({"code": "duplicate_custom_id", "message": f"custom_id '{line['custom_id']}' repeats",
+                               "param": "custom_id", "line": n})
+            else:
+                seen.add(line["custom_id"])
+                lines.append(line)
+        if len(lines) > MAX_LINES:
+            errors.append({"code": "too_many_requests", "message": f"at most {MAX_LINES} requests", "param": None,
+                           "line": None})
+        if not lines and not errors:
+            errors.append({"code": "empty_file", "message": "the input file has no requests", "param": None,
+                           "line": None})
+        return lines, errors
+
+    def _done(self, batch_id: str) -> dict[str, dict]:
+        """Output lines already written; a torn last line (crash mid-write) is dropped."""
+        path, done, good = self._partial(batch_id), {}, 0
+        if not path.is_file():
+            return done
+        data = path.read_bytes()
+        for raw in data.splitlines(keepends=True):
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                break
+            done[rec["custom_id"]] = rec
+            good += len(raw)
+        if good != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(good)
+        return done
+
+    async def _run(self, batch_id: str) -> None:
+        meta = self.get(batch_id)
+        try:
+            if meta["status"] == "cancelling":
+                return self._finalise(meta, "cancelled")
+            lines, errors = self._parse(meta)
+            if errors:
+                meta.update(status="failed", failed_at=int(time.time()),
+                            errors={"object": "list", "data": errors[:100]})
+                return self.save(meta)
+            done = self._done(batch_id)
+            meta["request_counts"] = {"total": len(lines), "completed": sum(r["error"] is None for r in done.values()),
+                                      "failed": sum(r["error"] is not None for r in done.values())}
+            if meta["status"] == "validating":
+                meta.update(status="in_progress", in_progress_at=int(time.time()))
+            self.save(meta)
+            todo = [ln for ln in lines if ln["custom_id"] not in done]
+            sem = asyncio.Semaphore(self.state.config.batch_concurrency)
+            # Small appends to a local file: not worth a thread hop per line.
+            with open(self._partial(batch_id), "a", encoding="utf-8") as out:  # noqa: ASYNC230
+                async def one(line):
+                    async with sem:
+                        rec = await self.execute(line)
+                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    out.flush()
+                    meta["request_counts"]["completed" if rec["error"] is None else "failed"] += 1
+                    self.save(meta)
+
+                await asyncio.gather(*(one(ln) for ln in todo))
+            meta.update(status="finalizing", finalizing_at=int(time.time()))
+            self.save(meta)
+            self._finalise(meta, "completed", order=[ln["custom_id"] for ln in lines])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("batch %s failed", batch_id)
+            meta.update(status="failed", failed_at=int(time.time()),
+                        errors={"object": "list", "data": [{"code": "internal_error", "message": repr(e),
+                                                            "param": None, "line": None}]})
+            self.save(meta)
+        finally:
+            self.tasks.pop(batch_id, None)
+
+    def _finalise(self, meta: dict, status: str, order: list[str] | None = None) -> None:
+        done = self._done(meta["id"])
+        recs = list(done.values())
+        if order:
+            rank = {cid: i for i, cid in enumerate(order)}
+            recs.sort(key=lambda r: rank.get(r["custom_id"], len(rank)))
+        for kind, key in (("ok", "output_file_id"), ("err", "error_file_id")):
+            part = [r for r in recs if (r["error"] is None) == (kind == "ok")]
+            if part:
+                file_id = self.files.new_id()
+                self.files.path(file_id).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part))
+                suffix = "output" if kind == "ok" else "errors"
+                meta[key] = self.files.register(file_id, f"{meta['id']}_{suffix}.jsonl", "batch_output")["id"]
+        meta["status"] = status
+        meta[f"{status}_at"] = int(time.time())
+        self.save(meta)
+        self._partial(meta["id"]).unlink(missing_ok=True)
+
+    async def execute(self, line: dict) -> dict:
+        """Run one request line through the same code as the HTTP route; never raises."""
+        from lhama.server.chat import chat_body, prepare_chat
+        from lhama.server.completions import completion_body, prepare_completion
+        from lhama.server.embeddings import embeddings_body
+
+        state, url, body = self.state, line["url"], dict(line["body"])
+        body.pop("stream", None)
+        rid = f"batch_req_{uuid.uuid4().hex}"
+        try:
+            if url == "/v1/chat/completions":
+                prep = prepare_chat(state, ChatCompletionRequest.model_validate(body))
+                result = await self._generate(chat_body(state, prep))
+            elif url == "/v1/completions":
+                prep = prepare_completion(state, CompletionRequest.model_validate(body))
+                result = await self._generate(completion_body(state, prep))
+            else:
+                result = await embeddings_body(state, EmbeddingRequest.model_validate(body), bypass_limit=True)
+            return {"id": rid, "custom_id": line["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": rid, "body": result}}
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, ValidationError):
+                from fastapi.exceptions import RequestValidationError
+
+                err = validation_error(RequestValidationError(e.errors()))
+            else:
+                err = from_exception(e)
+            if err.status >= 500:
+                log.error("batch line %s failed: %r", line["custom_id"], e)
+            return {"id": rid, "custom_id": line["custom_id"], "error": {"code": err.code, "message": err.message},
+                    "response": {"status_code": err.status, "request_id": rid,
+                                 "body": error_body(err.status, err.message, err.param, err.code)}}
+
+    async def _generate(self, work):
+        ticket = self.state.admit(bypass_limit=True)
+        try:
+            return await work
+        finally:
+            ticket.release()
+
+
+def _mgr(request: Request) -> BatchManager:
+    return request.app.state.lhama.batches
+
+
+@router.post("/v1/batches", tags=["batches"], summary="Create a batch from an uploaded JSONL file")
+async def create_batch(body: BatchCreateRequest, request: Request):
+    return _mgr(request).create(body)
+
+
+@router.get("/v1/batches", tags=["batches"], summary="List batches")
+async def list_batches(request: Request, limit: int = 20):
+    data = _mgr(request).list()[:max(1, min(limit, 100))]
+    return {"object": "list", "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+
+@router.get("/v1/batches/{batch_id}", tags=["batches"], summary="A batch's status")
+async def get_batch(batch_id: str, request: Request):
+    return _mgr(request).get(batch_id)
+
+
+@router.post("/v1/batches/{batch_id}/cancel", tags=["batches"], summary="Cancel a batch")
+async def cancel_batch(batch_id: str, request: Request):
+    return await _mgr(request).cancel(batch_id)

@@ -1,0 +1,128 @@
+"""``POST /v1/chat/completions``: prompt rendering through the model's chat format, tools,
+structured output, and the streamed or whole response."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+
+from lhama.errors import LhamaError
+from lhama.server.errors import APIError
+from lhama.server.generation import Generation, build_params, check_prompt
+from lhama.server.schemas import ChatCompletionRequest
+from lhama.server.streaming import (
+    SSE_DONE,
+    TicketedStream,
+    chat_logprobs,
+    content_steps,
+    json_response,
+    sse,
+    until_disconnect,
+)
+from lhama.server.tools import OutputPlan, final_message, messages_as_dicts, plan_output
+
+ROUTE = "/v1/chat/completions"
+router = APIRouter()
+
+
+@dataclass
+class PreparedChat:
+    req: ChatCompletionRequest
+    plan: OutputPlan
+    gen: Generation
+    id: str
+    created: int
+
+
+def prepare_chat(state, req: ChatCompletionRequest, t0: float | None = None) -> PreparedChat:
+    """Validate and render ``req``; every client error is raised here, before any output."""
+    state.check_model(req.model)
+    plan = plan_output(req, state.compiler)
+    fmt = state.loaded.chat_format
+    messages = messages_as_dicts(req)
+    try:
+        ids = fmt.encode_dialog(messages, tools=plan.tools) if plan.tools else fmt.encode_dialog(messages)
+    except LhamaError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise APIError(400, f"the {fmt.name} chat format cannot render these messages: {e}",
+                       param="messages", code="invalid_messages") from None
+    ids = list(ids)
+    params = build_params(state, req, len(ids), chat=True, constrained=plan.grammar is not None)
+    check_prompt(state, ids, params, "messages")
+    rid = f"chatcmpl-{uuid.uuid4().hex}"
+    return PreparedChat(req, plan, Generation(state, ROUTE, [ids], params, grammar=plan.grammar, request_id=rid,
+                                              t0=t0), rid, int(time.time()))
+
+
+def _finish(choice, is_call: bool) -> str:
+    return "tool_calls" if is_call else (choice.finish_reason or "stop")
+
+
+async def chat_body(state, prep: PreparedChat) -> dict:
+    choices = await prep.gen.run()
+    tok, fmt = state.loaded.tokenizer, state.loaded.chat_format
+    out = []
+    for c in choices:
+        message, is_call = final_message(prep.plan, fmt, c.text, c.token_ids, c.stop_reason)
+        lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if prep.gen.params.logprobs else None
+        out.append({"index": c.index, "message": message, "logprobs": lp, "finish_reason": _finish(c, is_call)})
+    return {"id": prep.id, "object": "chat.completion", "created": prep.created, "model": prep.req.model,
+            "system_fingerprint": None, "choices": out, "usage": prep.gen.usage()}
+
+
+async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
+    """SSE chunks. Plain replies stream token by token; a reply that may be a tool call is sent
+    whole when its choice finishes, because a call is only recognisable complete."""
+    req, plan, gen = prep.req, prep.plan, prep.gen
+    tok, fmt = state.loaded.tokenizer, state.loaded.chat_format
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    buffered = plan.forced_tool or plan.parse_tools
+    want_lp = gen.params.logprobs
+
+    def chunk(choices: list[dict]) -> bytes:
+        body = {"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
+                "system_fingerprint": None, "choices": choices}
+        if include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    for c in gen.choices:
+        yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
+    async for d in gen.deltas():
+        c = gen.choices[d.index]
+        if not buffered:
+            steps = content_steps(d.steps, d.token_ids)
+            if d.text or (want_lp and steps):
+                lp = {"content": chat_logprobs(tok, steps)} if want_lp else None
+                yield chunk([{"index": c.index, "delta": {"content": d.text}, "logprobs": lp, "finish_reason": None}])
+            if d.finish_reason is not None:
+                yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": _finish(c, False)}])
+        elif d.finish_reason is not None:
+            message, is_call = final_message(plan, fmt, c.text, c.token_ids, c.stop_reason)
+            delta: dict = {"content": message.get("content")}
+            if is_call:
+                delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+            lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp else None
+            yield chunk([{"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": None}])
+            yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": _finish(c, is_call)}])
+    if include_usage:
+        yield sse({"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
+                   "system_fingerprint": None, "choices": [], "usage": gen.usage()})
+    yield SSE_DONE
+
+
+@router.post(ROUTE, tags=["openai"], summary="Create a chat completion (OpenAI-compatible)")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request):
+    state = request.app.state.lhama
+    t0 = time.perf_counter()
+    prep = prepare_chat(state, body, t0)
+    ticket = state.admit()
+    if body.stream:
+        return TicketedStream(chat_events(state, prep), ticket)
+    return json_response(await until_disconnect(request, chat_body(state, prep), ticket))

@@ -1,0 +1,80 @@
+"""What every route shares: the loaded model, the engine, settings, metrics, and admission
+control (the bounded queue behind 429)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lhama.server.config import ServerConfig
+from lhama.server.constrained import GrammarCompiler
+from lhama.server.errors import APIError
+from lhama.server.metrics import ServerMetrics
+
+
+class Ticket:
+    """A held place among the in-flight requests; released exactly once, however the request ends."""
+
+    __slots__ = ("_held", "_state")
+
+    def __init__(self, state: ServerState):
+        self._state, self._held = state, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            with self._state._lock:
+                self._state.in_flight -= 1
+
+
+class ServerState:
+    def __init__(self, loaded, engine, config: ServerConfig):
+        """``engine`` is an ``AsyncEngine`` (anything with ``generate``, ``abort``, ``stats`` and
+        ``engine.check_request`` works, which is how tests could inject a fake)."""
+        self.loaded = loaded
+        self.engine = engine
+        self.config = config
+        self.model_names = config.served_model_names or (loaded.name,)
+        self.created = int(time.time())
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        tok = loaded.tokenizer
+        stops = set(getattr(tok, "stop_ids", ()) or ()) | set(getattr(loaded.chat_format, "stop_ids", ()) or ())
+        self.compiler = GrammarCompiler(tok, loaded.args.vocab_size, sorted(stops))
+        self.metrics = ServerMetrics(engine.stats, self.gauges)
+        self.embed_lock = threading.Lock()  # one embedding forward at a time beside the engine thread
+        self.files = None  # lhama.server.files.FileStore, set by the app
+        self.batches = None  # lhama.server.batches.BatchManager, set by the app
+
+    @property
+    def model_name(self) -> str:
+        return self.model_names[0]
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.engine.stats().max_model_len)
+
+    def check_model(self, name: str) -> None:
+        if name not in self.model_names:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves "
+                                f"{', '.join(repr(n) for n in self.model_names)} (see GET /v1/models).",
+                           param="model", code="model_not_found")
+
+    def admit(self, *, bypass_limit: bool = False) -> Ticket:
+        """A ticket for one generation request, or 429 when ``max_num_seqs + max_queue`` are
+        already in flight. Batch lines bypass the limit: they are bounded by their own concurrency."""
+        with self._lock:
+            if not bypass_limit and self.in_flight >= self.config.max_in_flight:
+                self.metrics.rejected.inc()
+                raise APIError(429, f"The server is at capacity ({self.in_flight} requests in flight, "
+                                    f"limit {self.config.max_in_flight}); retry after "
+                                    f"{self.config.retry_after_s} s.",
+                               code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+            self.in_flight += 1
+        return Ticket(self)
+
+    def gauges(self) -> dict:
+        depth = getattr(self.engine, "queue_depth", None)
+        if depth is None:
+            depth = self.engine.stats().num_waiting
+        return {"in_flight": self.in_flight, "queue_depth": depth}

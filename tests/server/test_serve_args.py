@@ -1,0 +1,35 @@
+"""`lhama serve` flags map onto ServerConfig and EngineConfig (no model needed)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from lhama.errors import ConfigError
+from lhama.server.cli import add_serve_parser, configs_from_args
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_flags_reach_both_configs(tmp_path):
+    a = parse("--model", "default", "--port", "0", "--api-key", "k", "--max-queue", "3", "--max-num-seqs", "5",
+              "--served-model-name", "smol", "--served-model-name", "alias", "--data-dir", str(tmp_path),
+              "--kv-cache-gb", "0.5", "--max-body-mb", "1")
+    server, engine = configs_from_args(a)
+    assert (server.port, server.api_key, server.max_in_flight) == (0, "k", 8)
+    assert server.served_model_names == ("smol", "alias") and server.data_dir == tmp_path
+    assert server.max_body_bytes == 2**20
+    assert (engine.max_num_seqs, engine.kv_cache_gb) == (5, 0.5)
+    assert a.func.__name__ == "cmd_serve"
+
+
+def test_bad_values_are_config_errors():
+    with pytest.raises(ConfigError):
+        configs_from_args(parse("--max-queue", "-1"))
+    with pytest.raises(ConfigError):
+        configs_from_args(parse("--port", "70000"))
