@@ -75,3 +75,24 @@ def test_convert_default_to_hf_folder_then_chat_from_it(tmp_path):
     assert "Paris" in json.loads(r.stdout)["text"]
     r = lhama("info", str(out))
     assert r.returncode == 0 and "134.52M" in r.stdout
+
+
+def test_batch_command_answers_every_line(tmp_path):
+    lines = [
+        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "default", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8,
+                  "temperature": 0}},
+        {"custom_id": "b", "method": "POST", "url": "/v1/completions",
+         "body": {"model": "default", "prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0}},
+        {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"model": "default", "messages": [{"role": "user", "content": "x"}], "temperature": -3}},
+    ]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = lhama("batch", str(src), str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    got = {json.loads(x)["custom_id"]: json.loads(x) for x in out.read_text().splitlines()}
+    assert set(got) == {"a", "b", "bad"}
+    assert got["a"]["response"]["status_code"] == 200
+    assert got["b"]["response"]["body"]["choices"][0]["text"]
+    assert got["bad"]["error"] is not None or got["bad"]["response"]["status_code"] == 400

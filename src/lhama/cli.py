@@ -132,15 +132,33 @@ def cmd_convert(a) -> int:
     return 0
 
 
-def cmd_batch(a) -> int:
-    from lhama.engine.batch import run_batch_file
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--max-num-seqs", type=int, default=32, help="sequences run in one step")
+    g.add_argument("--max-num-batched-tokens", type=int, default=256, help="tokens computed in one step")
+    g.add_argument("--kv-cache-gb", type=float, help="KV-cache budget (default: see docs/engine.md)")
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
+    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+
+
+def _engine_config(a):
     from lhama.engine.config import EngineConfig
 
+    return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                        kv_cache_gb=a.kv_cache_gb, block_size=a.block_size, max_model_len=a.max_model_len,
+                        enable_prefix_caching=not a.no_prefix_caching, compile=a.compile)
+
+
+def cmd_batch(a) -> int:
+    from dataclasses import asdict
+
+    from lhama.engine.batch import run_batch_file
+
     lm = _load(a)
-    cfg = EngineConfig(max_num_seqs=a.max_num_seqs)
-    summary = run_batch_file(lm, Path(a.input), Path(a.output), cfg, progress=not a.quiet)
-    if summary is not None:
-        print(json.dumps(summary if isinstance(summary, dict) else summary.__dict__, default=str))
+    summary = run_batch_file(lm, Path(a.input), Path(a.output), _engine_config(a), progress=not a.quiet)
+    print(json.dumps(asdict(summary)))
     return 0
 
 
@@ -179,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     _add_model_args(p)
-    p.add_argument("--max-num-seqs", type=int, default=32)
-    p.add_argument("--quiet", action="store_true")
+    _add_engine_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
+
+    from lhama.server.cli import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
