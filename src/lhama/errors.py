@@ -82,3 +82,19 @@ class ContextLengthExceededError(LhamaError, ValueError):
             f"{prompt_tokens + max_new_tokens} ({prompt_tokens} in the prompt + {max_new_tokens} "
             f"to generate). Shorten the prompt or lower max_tokens."
         )
+
+
+class SandboxError(LhamaError, RuntimeError):
+    """The code sandbox cannot be set up (bubblewrap missing, bad limits or file names). Never
+    raised for what the sandboxed code itself does: that is reported in ``SandboxResult``."""
+
+    http_status = 500
+    code = "sandbox_unavailable"
+
+
+class ToolError(LhamaError, ValueError):
+    """A tool that cannot be used: unknown name, missing API key, bad arguments, or a remote
+    service that failed. The message says which tool and what to do."""
+
+    http_status = 400
+    code = "tool_error"
