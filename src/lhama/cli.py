@@ -204,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from lhama.train.cli import add_train_parsers
+
+    add_train_parsers(sub)
     from lhama.dist.cli import add_plan_parser
 
     add_plan_parser(sub)

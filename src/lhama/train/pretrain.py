@@ -1,0 +1,23 @@
+"""Recipe: continued pretraining on raw text (``.txt`` files or JSONL with a ``text`` field).
+Every token is trained; documents are packed into full rows, long ones split across rows.
+
+    lhama finetune --recipe pretrain --model default --data corpus.txt --output-dir runs/cpt
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lhama.train.config import LoraConfig, TrainConfig
+from lhama.train.data import load_text_examples
+from lhama.train.sft import RecipeOptions, run_recipe
+
+
+def text_examples(lm, path: str) -> list:
+    return load_text_examples([path], lm.tokenizer)
+
+
+def run_pretrain(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *,
+                 resume: bool = False) -> dict[str, Any]:
+    """Continued pretraining, full weights or (with ``lora``) a LoRA adapter."""
+    return run_recipe(opts, cfg, lora, resume=resume, to_examples=text_examples, recipe="pretrain")
