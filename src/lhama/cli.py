@@ -18,6 +18,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     p.add_argument("--max-seq-len", type=int, help="cap the context window (tokens)")
+    p.add_argument("--lora", help="PEFT LoRA adapter folder to apply to --model (merged in at load)")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 512) -> None:
@@ -51,7 +52,7 @@ def _load(a):
 
     dtype = getattr(torch, a.dtype) if a.dtype else None
     return load_model(a.model, dtype=dtype, device=a.device, chat_format=a.chat_format, tokenizer=a.tokenizer,
-                      max_seq_len=a.max_seq_len)
+                      max_seq_len=a.max_seq_len, lora=getattr(a, "lora", None))
 
 
 def cmd_info(a) -> int:

@@ -74,7 +74,10 @@ def load_model(
     tokenizer: str | Path | None = None,
     max_seq_len: int | None = None,
     seed: int = 0,
+    lora: str | Path | None = None,
 ) -> LoadedModel:
+    """Weights, tokenizer and chat format for ``spec``. ``lora``: a PEFT LoRA adapter folder,
+    merged into the weights at load (so serving runs at the base model's speed)."""
     from lhama.checkpoints import load_weights, read_checkpoint
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
@@ -100,6 +103,11 @@ def load_model(
         tok = load_tokenizer(tokenizer or target)
         fmt = load_chat_format(target, tok, override=chat_format)
         name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
+    if lora is not None:
+        from lhama.train.lora import load_peft_adapter, merge_lora
+
+        load_peft_adapter(model, lora)
+        merge_lora(model)
     model.eval()
     return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
 
