@@ -43,7 +43,8 @@ class DPOConfig:
     loss: str = "sigmoid"
     label_smoothing: float = 0.0
     reference: str = "precompute"
-    max_prompt_len: int = 256  # a pair over max_seq_len keeps at most this many (last) prompt tokens
+    # A pair over max_seq_len keeps at most this many (last) prompt tokens; 0: half of max_seq_len.
+    max_prompt_len: int = 0
 
     def __post_init__(self):
         if self.beta <= 0:
@@ -54,8 +55,8 @@ class DPOConfig:
             raise ConfigError(f"dpo label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.reference not in REFERENCES:
             raise ConfigError(f"dpo reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
-        if self.max_prompt_len < 1:
-            raise ConfigError("dpo max_prompt_len must be positive")
+        if self.max_prompt_len < 0:
+            raise ConfigError("dpo max_prompt_len must not be negative")
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -110,6 +111,7 @@ def tokenize_pairs(records: Sequence[dict], chat_format, max_seq_len: int, max_p
     """Rows and the number of pairs that had to be truncated to fit ``max_seq_len``."""
     from lhama.train.rejection import prompt_messages
 
+    max_prompt_len = max_prompt_len or max_seq_len // 2
     if max_prompt_len >= max_seq_len:
         raise ConfigError(f"dpo max_prompt_len ({max_prompt_len}) must be below max_seq_len ({max_seq_len})")
     rows, truncated = [], 0
