@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-RECIPES = ("sft", "lora", "pretrain")
+RECIPES = ("sft", "lora", "pretrain", "dpo")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,10 @@ def add_train_parsers(sub) -> None:
     add_train_options(p)
     add_lora_options(p)
     p.set_defaults(func=cmd_finetune)
-    # The other training subcommands (distill, synth, rejection sampling, DPO) register here too.
+    from lhama.train.post_cli import add_dpo_options, add_post_training_parsers
+
+    add_dpo_options(p)
+    add_post_training_parsers(sub)  # distill, synth, rejection-sample
 
 
 def train_overrides(a: argparse.Namespace) -> dict:
@@ -107,6 +110,10 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     for k in ("model", "data", "eval_data", "export", "gguf_type", "device", "model_dtype", "tokenizer", "chat_format"):
         v = getattr(a, k, None)
         overrides[k] = tuple(v) if isinstance(v, list) else v
+    if recipe == "dpo":
+        from lhama.train.post_cli import run_dpo_command
+
+        return run_dpo_command(a, file_values, overrides)
     cfg, lora, extra = build_configs(file_values, overrides, recipe_keys=RECIPE_KEYS)
     unknown = sorted(set(extra) - set(RECIPE_KEYS))
     if unknown:

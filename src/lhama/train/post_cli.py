@@ -1,0 +1,211 @@
+"""Flags of the post-training subcommands: ``lhama distill``, ``lhama synth``,
+``lhama rejection-sample`` and ``lhama finetune --recipe dpo``. Registered from
+``lhama/train/cli.py``; heavy imports happen only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _print_summary(summary: dict) -> None:
+    from lhama.train.sft import _rank
+
+    if _rank() == 0:
+        summary = {k: v for k, v in summary.items() if k != "config"}
+        print(json.dumps(summary, default=str), file=sys.stdout, flush=True)
+
+
+# -- DPO (a recipe of lhama finetune) ------------------------------------------------------------
+def add_dpo_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("DPO (--recipe dpo; data: JSONL with prompt/chosen/rejected)")
+    g.add_argument("--beta", type=float, help="DPO temperature β (default 0.1)")
+    g.add_argument("--dpo-loss", dest="dpo_loss", choices=["sigmoid", "ipo"], help="default sigmoid")
+    g.add_argument("--label-smoothing", type=float, help="cDPO: assumed share of flipped labels (default 0)")
+    g.add_argument("--reference", choices=["precompute", "model", "adapters_off"],
+                   help="reference log-probs: computed once before training (default), a frozen model "
+                        "scored every batch, or (LoRA) the base with adapters disabled")
+    g.add_argument("--ref-model", help="a separate reference model (default: the starting policy)")
+    g.add_argument("--max-prompt-len", type=int, help="prompt tokens kept when a pair is too long "
+                                                      "(default: half of --max-seq-len)")
+
+
+def run_dpo_command(a: argparse.Namespace, file_values: dict, recipe_overrides: dict) -> int:
+    """``lhama finetune --recipe dpo``: a ``dpo:`` section and ``ref_model`` may come from the
+    config file; LoRA when any LoRA option (or a ``lora:`` section) is given.
+    ``recipe_overrides``: every flag of ``lhama finetune`` as ``cmd_finetune`` collects them."""
+    from lhama.errors import ConfigError
+    from lhama.train.config import build_configs
+    from lhama.train.dpo import DPOConfig, run_dpo
+    from lhama.train.sft import RECIPE_KEYS, RecipeOptions
+
+    file_values = dict(file_values)
+    section = file_values.pop("dpo", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError("the 'dpo' section must be a mapping (beta, loss, label_smoothing, reference, max_prompt_len)")
+    ref_model = a.ref_model or file_values.pop("ref_model", None)
+    file_values.pop("ref_model", None)
+    cfg, lora, extra = build_configs(file_values, recipe_overrides, recipe_keys=RECIPE_KEYS)
+    unknown = sorted(set(extra) - set(RECIPE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    flags = {"beta": a.beta, "loss": a.dpo_loss, "label_smoothing": a.label_smoothing,
+             "reference": a.reference, "max_prompt_len": a.max_prompt_len}
+    values = {**section, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        dpo = DPOConfig(**values)
+    except TypeError as e:
+        raise ConfigError(f"dpo config: {e}") from None
+    if "data" in extra and isinstance(extra["data"], str):
+        extra["data"] = (extra["data"],)
+    _print_summary(run_dpo(RecipeOptions(**extra), cfg, lora, dpo, ref_model=ref_model, resume=a.resume))
+    return 0
+
+
+# -- distill -------------------------------------------------------------------------------------
+def add_distill_parser(sub) -> None:
+    from lhama.train.cli import add_recipe_options, add_train_options
+
+    p = sub.add_parser("distill", help="knowledge distillation: train a small student on a teacher's logits",
+                       description="Forward KL to the teacher's distribution (temperature T) plus cross-entropy "
+                                   "on the data, weighted by --kd-ratio. Data: chat JSONL or raw text. Teacher "
+                                   "and student share the teacher's tokenizer.")
+    add_recipe_options(p)
+    p.add_argument("--teacher", dest="model", help="the teacher model (same as --model; default: 'default')")
+    p.add_argument("--student", help="preset (smollm2-30m, smollm2-8m), config name, .json/.yaml of model "
+                                     "options, or a checkpoint to continue (default smollm2-30m)")
+    p.add_argument("--temperature", type=float, help="softmax temperature of both distributions (default 1)")
+    p.add_argument("--kd-ratio", type=float, help="weight of the KL term, 1 - it on cross-entropy (default 0.5; "
+                                                  "0 trains without the teacher)")
+    add_train_options(p)
+    p.set_defaults(func=cmd_distill)
+
+
+def cmd_distill(a: argparse.Namespace) -> int:
+    from lhama.errors import ConfigError
+    from lhama.train.cli import train_overrides
+    from lhama.train.config import build_configs, read_config_file
+    from lhama.train.distill import DistillConfig, run_distill
+    from lhama.train.sft import RECIPE_KEYS, RecipeOptions
+
+    file_values = read_config_file(a.config) if a.config else {}
+    section = file_values.pop("distill", None) or {}
+    student = a.student or file_values.pop("student", None) or "smollm2-30m"
+    file_values.pop("student", None)
+    overrides = {k: v for k, v in train_overrides(a).items() if not k.startswith("lora_")}
+    for k in ("model", "data", "eval_data", "export", "gguf_type", "device", "model_dtype", "tokenizer", "chat_format"):
+        v = getattr(a, k, None)
+        overrides[k] = tuple(v) if isinstance(v, list) else v
+    cfg, lora, extra = build_configs(file_values, overrides, recipe_keys=RECIPE_KEYS)
+    if lora is not None:
+        raise ConfigError("distill trains the whole student; LoRA options do not apply")
+    flags = {"temperature": a.temperature, "kd_ratio": a.kd_ratio}
+    try:
+        dcfg = DistillConfig(**{**section, **{k: v for k, v in flags.items() if v is not None}})
+    except TypeError as e:
+        raise ConfigError(f"distill config: {e}") from None
+    if "data" in extra and isinstance(extra["data"], str):
+        extra["data"] = (extra["data"],)
+    _print_summary(run_distill(RecipeOptions(**extra), cfg, dcfg, student=student, resume=a.resume))
+    return 0
+
+
+# -- synth and rejection sampling ------------------------------------------------------------------
+def _add_engine_model(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--model", "-m", default="default", help=f"the {what} model (default: 'default')")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together by the engine")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _engine(lm, a):
+    from lhama.engine import EngineConfig, LLMEngine
+
+    return LLMEngine.from_loaded(lm, EngineConfig(max_num_seqs=a.max_num_seqs))
+
+
+def add_synth_parser(sub) -> None:
+    p = sub.add_parser("synth", help="generate instruction/answer chat data from seed topics with a teacher",
+                       description="Self-instruct through the batching engine: the teacher writes instructions "
+                                   "per topic, then answers them; filters (length, garbage, refusals, language) "
+                                   "and near-duplicate removal; chat JSONL out. Resumes an interrupted run.")
+    _add_engine_model(p, "teacher")
+    p.add_argument("--topics", required=True, help="seed topics: .txt (one per line) or JSONL with 'topic' "
+                                                   "and optional 'examples'")
+    p.add_argument("--output", "-o", required=True, help="chat JSONL to write (appended; resumable)")
+    p.add_argument("--instructions-per-topic", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=1, help="self-instruct rounds (later ones see earlier output)")
+    p.add_argument("--answer-max-tokens", type=int, default=256)
+    p.add_argument("--answer-temperature", type=float, default=0.0)
+    p.add_argument("--instruction-temperature", type=float, default=1.0)
+    p.add_argument("--dedup-threshold", type=float, default=0.7, help="Jaccard similarity of word 3-grams")
+    p.add_argument("--languages", default="en", help="comma-separated ISO codes to keep ('' keeps all)")
+    p.add_argument("--keep-refusals", action="store_true")
+    p.add_argument("--system", help="system prompt for answering")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from lhama.loader import load_model
+    from lhama.train.synth import FilterConfig, SynthConfig, read_topics, synthesize
+
+    langs = tuple(x.strip() for x in a.languages.split(",") if x.strip())
+    cfg = SynthConfig(instructions_per_topic=a.instructions_per_topic, rounds=a.rounds,
+                      answer_max_tokens=a.answer_max_tokens, answer_temperature=a.answer_temperature,
+                      instruction_temperature=a.instruction_temperature, dedup_threshold=a.dedup_threshold,
+                      system=a.system, seed=a.seed,
+                      instruction_filters=FilterConfig(max_chars=400, languages=langs, drop_refusals=not a.keep_refusals),
+                      answer_filters=FilterConfig(languages=langs, drop_refusals=not a.keep_refusals))
+    topics = read_topics(a.topics)
+    lm = load_model(a.model, device=a.device)
+    counts = synthesize(lm, topics, a.output, cfg, engine=_engine(lm, a), progress=a.progress)
+    print(json.dumps({"output": a.output, **counts}), flush=True)
+    return 0
+
+
+def add_rejection_parser(sub) -> None:
+    p = sub.add_parser("rejection-sample", help="N candidates per prompt, scored by a reward: best -> SFT "
+                                                "JSONL, best/worst -> DPO JSONL",
+                       description="Prompts JSONL ('prompt' or 'messages', plus what the reward reads: 'answer' "
+                                   "for exact, 'tests' for unit-tests). Writes samples.jsonl (resumable ledger), "
+                                   "sft.jsonl, dpo.jsonl and stats.json to --output-dir.")
+    _add_engine_model(p, "policy")
+    p.add_argument("--prompts", required=True, help="prompts JSONL")
+    p.add_argument("--output-dir", "-o", required=True)
+    p.add_argument("--reward", default="exact", help="exact, unit-tests, judge, or module.path:name (a Reward, "
+                                                     "a factory, or fn(record, candidates) -> scores)")
+    p.add_argument("--judge-model", help="the judge for --reward judge")
+    p.add_argument("--num-candidates", "-n", type=int, default=4)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-margin", type=float, default=0.0, help="a DPO pair needs best - worst above this")
+    p.add_argument("--min-sft-score", type=float, help="keep the best as SFT data only from this score")
+    p.add_argument("--keep-truncated", action="store_true", help="let candidates cut by --max-tokens be best")
+    p.set_defaults(func=cmd_rejection)
+
+
+def cmd_rejection(a: argparse.Namespace) -> int:
+    from lhama.loader import load_model
+    from lhama.train.data import read_jsonl
+    from lhama.train.rejection import RejectionConfig, rejection_sample
+    from lhama.train.rewards import load_reward
+
+    cfg = RejectionConfig(num_candidates=a.num_candidates, temperature=a.temperature, top_p=a.top_p,
+                          max_tokens=a.max_tokens, seed=a.seed, min_margin=a.min_margin,
+                          min_sft_score=a.min_sft_score, drop_truncated=not a.keep_truncated)
+    records = read_jsonl(a.prompts)
+    reward = load_reward(a.reward, judge_model=a.judge_model)
+    lm = load_model(a.model, device=a.device)
+    stats = rejection_sample(lm, records, reward, a.output_dir, cfg, engine=_engine(lm, a), progress=a.progress)
+    print(json.dumps({k: v for k, v in stats.items() if k != "config"}), flush=True)
+    return 0
+
+
+def add_post_training_parsers(sub) -> None:
+    add_distill_parser(sub)
+    add_synth_parser(sub)
+    add_rejection_parser(sub)
