@@ -24,6 +24,7 @@ from lhama.server.streaming import (
     until_disconnect,
 )
 from lhama.server.tools import OutputPlan, final_message, messages_as_dicts, plan_output
+from lhama.tools.stream_parser import ToolCallStreamParser
 
 ROUTE = "/v1/chat/completions"
 router = APIRouter()
@@ -76,8 +77,9 @@ async def chat_body(state, prep: PreparedChat) -> dict:
 
 
 async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
-    """SSE chunks. Plain replies stream token by token; a reply that may be a tool call is sent
-    whole when its choice finishes, because a call is only recognisable complete."""
+    """SSE chunks. Plain replies stream token by token. With tools (``auto``) the streaming
+    tool-call parser sends prose at once and a call as ``tool_calls`` deltas, never as content;
+    a forced call (``required`` / named) is sent whole when its choice finishes."""
     req, plan, gen = prep.req, prep.plan, prep.gen
     tok, fmt = state.loaded.tokenizer, state.loaded.chat_format
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -94,9 +96,36 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
     for c in gen.choices:
         yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None}])
+    # tool_choice auto: prose streams as it comes, a call goes out as tool_calls deltas.
+    parsers = {c.index: ToolCallStreamParser(fmt) for c in gen.choices} if plan.parse_tools and not plan.forced_tool \
+        else {}
+    lp_sent = {c.index: 0 for c in gen.choices}
+
+    def pending_lp(c, upto: int | None = None):
+        steps = content_steps(c.steps, c.token_ids)[lp_sent[c.index]:upto]
+        lp_sent[c.index] += len(steps)
+        return {"content": chat_logprobs(tok, steps)} if want_lp else None
+
     async for d in gen.deltas():
         c = gen.choices[d.index]
-        if not buffered:
+        if parsers:
+            parser = parsers[c.index]
+            part = parser.feed(d.token_ids)
+            if part.content:
+                yield chunk([{"index": c.index, "delta": {"content": part.content}, "logprobs": pending_lp(c),
+                              "finish_reason": None}])
+            if d.finish_reason is not None:
+                part = parser.finish(parse=not isinstance(c.stop_reason, str))
+                delta: dict = {}
+                if part.content:
+                    delta["content"] = part.content
+                if part.tool_calls:
+                    delta["tool_calls"] = part.tool_calls
+                if delta or (want_lp and lp_sent[c.index] < len(c.token_ids)):
+                    yield chunk([{"index": c.index, "delta": delta, "logprobs": pending_lp(c), "finish_reason": None}])
+                yield chunk([{"index": c.index, "delta": {}, "logprobs": None,
+                              "finish_reason": _finish(c, bool(part.tool_calls))}])
+        elif not buffered:
             steps = content_steps(d.steps, d.token_ids)
             if d.text or (want_lp and steps):
                 lp = {"content": chat_logprobs(tok, steps)} if want_lp else None
