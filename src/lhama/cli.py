@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from lhama.tools.cli import add_agent_parser
+
+    add_agent_parser(sub)
     from lhama.train.cli import add_train_parsers
 
     add_train_parsers(sub)

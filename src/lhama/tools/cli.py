@@ -1,0 +1,152 @@
+"""``lhama agent``: one-shot (``lhama agent "question" --tools code_interpreter``), interactive
+(no question: one turn per line, history kept; /reset, /exit), or replay of a saved transcript
+(``--replay FILE``: re-run its tools; with ``--rerun``, re-run the whole session on the model
+and check that the same steps come out). Streams the answer, tool calls and their results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_agent_parser(subparsers) -> argparse.ArgumentParser:
+    from lhama.cli import _add_model_args
+
+    p = subparsers.add_parser("agent", help="an agent that calls tools (code interpreter, search...) until done",
+                              description="Run the model in a loop with tools: model -> tool call -> execute -> "
+                                          "result -> model, until it answers or --max-steps.")
+    p.add_argument("question", nargs="?", help="ask once and exit (default: interactive, one turn per line)")
+    _add_model_args(p)
+    p.add_argument("--tools", default="code_interpreter",
+                   help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none' "
+                        "(default: %(default)s)")
+    p.add_argument("--shield", action="append", default=[],
+                   help="a lhama.safety shield spec guarding input and output (repeatable)")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-steps", type=int, default=8, help="model calls per question (default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=512, help="tokens per model call (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), which replays exactly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="write the transcript (JSON) here after each question")
+    p.add_argument("--replay", metavar="FILE", help="replay a saved transcript instead of asking")
+    p.add_argument("--rerun", action="store_true", help="with --replay: re-run the model too, not only the tools")
+    p.add_argument("--quiet", action="store_true", help="print only the final answer")
+    p.set_defaults(func=cmd_agent)
+    return p
+
+
+def _tools(spec: str):
+    from lhama.tools.builtin import builtin_tool
+
+    names = [n.strip() for n in (spec or "").split(",") if n.strip() and n.strip() != "none"]
+    return [builtin_tool(n) for n in names]
+
+
+def _shields(specs: list[str]):
+    if not specs:
+        return []
+    from lhama.errors import ConfigError
+
+    try:
+        from lhama.safety import load_shield
+    except ImportError:
+        raise ConfigError("--shield needs lhama.safety.load_shield, which this installation lacks") from None
+    return [load_shield(s) for s in specs]
+
+
+class Printer:
+    """Streams agent events to the terminal: answer text on stdout, tool traffic on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+
+    def __call__(self, e) -> None:
+        if self.quiet:
+            return
+        if e.type == "content":
+            sys.stdout.write(e.data["text"])
+            sys.stdout.flush()
+        elif e.type == "tool_call":
+            print(f"\n[tool call] {e.data['name']}({e.data['arguments']})", file=sys.stderr, flush=True)
+        elif e.type == "tool_result":
+            text = e.data["result"]
+            print(f"[tool result] {text if len(text) < 2000 else text[:2000] + ' ...'}", file=sys.stderr, flush=True)
+        elif e.type == "shield" and not e.data["allowed"]:
+            print(f"[shield] {e.data['shield']} refused the {e.data['role']} turn: {', '.join(e.data['categories'])}",
+                  file=sys.stderr, flush=True)
+        elif e.type == "done":
+            if e.data["stopped"].startswith("shield"):
+                sys.stdout.write(e.data["content"])
+            sys.stdout.write("\n")
+            if e.data["stopped"] not in ("end_of_turn",):
+                print(f"[stopped: {e.data['stopped']}]", file=sys.stderr, flush=True)
+
+
+def cmd_agent(a) -> int:
+    from lhama.cli import _load
+    from lhama.tools.agent import Agent, AgentConfig
+    from lhama.tools.transcript import Transcript, replay_session, replay_tools
+
+    config = AgentConfig(max_steps=a.max_steps, max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed,
+                         system=a.system)
+    tools = _tools(a.tools)
+    if a.replay and not a.rerun:
+        tr = Transcript.load(a.replay)
+        names = {t["type"] if "function" not in t else t["function"]["name"] for t in tr.tools}
+        from lhama.tools.builtin import builtin_tool
+        from lhama.tools.registry import BUILTIN_NAMES
+
+        by_name = {t.name: t for t in tools}
+        for n in names & set(BUILTIN_NAMES):
+            by_name.setdefault(n, builtin_tool(n))
+        report = replay_tools(tr, by_name)
+        print(report)
+        return 0 if report.same else 1
+    shields = _shields(a.shield)
+    lm = _load(a)
+    if a.replay:
+        tr = Transcript.load(a.replay)
+        config = AgentConfig(**{k: v for k, v in tr.config.items() if k in AgentConfig.__dataclass_fields__})
+        tools = [t.get("type") if "function" not in t else None for t in tr.tools]
+        if None in tools:
+            from lhama.errors import ConfigError
+
+            raise ConfigError("this transcript used custom tools; re-run it from Python with the same tools "
+                              "(lhama.tools.transcript.replay_session)")
+        agent = Agent(lm, _tools(",".join(tools)), shields=shields, config=config)
+        report, _ = replay_session(tr, agent)
+        print(report)
+        return 0 if report.same else 1
+    agent = Agent(lm, tools, shields=shields, config=config)
+    printer = Printer(a.quiet)
+    if a.question:
+        res = agent.run(a.question, on_event=printer)
+        if a.quiet:
+            print(res.content)
+        if a.save:
+            res.transcript.save(a.save)
+        return 0
+    history: list[dict] = []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stderr.write(">>> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = []
+            continue
+        res = agent.run(line, history=history, on_event=printer)
+        if a.quiet:
+            print(res.content)
+        history = res.messages
+        if a.save:
+            res.transcript.save(a.save)
+
