@@ -46,7 +46,8 @@ class LoraConfig:
                 ours.append(name)
         if not ours:
             raise ConfigError("lora.target_modules must name at least one module")
-        object.__setattr__(self, "target_modules", tuple(ours))
+        # Canonical order (the block's), so configs that name the same modules compare equal.
+        object.__setattr__(self, "target_modules", tuple(m for m in HF_MODULE_NAMES if m in ours))
 
     @property
     def scaling(self) -> float:
