@@ -108,6 +108,10 @@ class JinjaChatFormat:
         for m in messages:
             if not isinstance(m, Mapping) or "role" not in m:
                 raise ChatFormatError(f"each message needs a 'role': {m!r}")
+        from lhama.tools.jinja_tools import inline_tools, needs_inlining
+
+        if needs_inlining(self.source, messages, tools):  # a template without tool support: never drop tools
+            messages, tools = inline_tools(messages, tools), None
         context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **_plain(variables)}
         try:
             return self.template.render(messages=_plain(list(messages)), tools=_plain(list(tools)) if tools else None,
