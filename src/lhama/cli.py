@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.server.cli import add_serve_parser
 
     add_serve_parser(sub)
+    from lhama.rag.cli import add_rag_parser
+
+    add_rag_parser(sub)
     from lhama.tools.cli import add_agent_parser
 
     add_agent_parser(sub)

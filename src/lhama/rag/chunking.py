@@ -39,6 +39,7 @@ class ChunkDraft:
 # likely sentence start; a blank line or a list item always ends one. Abbreviations such as
 # "e.g." followed by a lower-case word are not cut.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[`*#-])")
+_ABBREVIATIONS = frozenset("dr. mr. mrs. ms. prof. st. vs. etc. e.g. i.e. cf. fig. no. vol. approx. inc. ltd.".split())
 _BLOCK_BREAK = re.compile(r"\n\s*\n|\n(?=\s*(?:[-*+] |\d+[.)] |\|))")
 
 
@@ -51,7 +52,14 @@ def split_sentences(text: str) -> list[str]:
         if block.startswith(("```", "    ", "|")):  # code and tables: keep lines, don't look for sentences
             out.extend(line for line in block.splitlines() if line.strip())
             continue
-        out.extend(s.strip() for s in _SENTENCE_END.split(block) if s.strip())
+        merged: list[str] = []
+        for s in _SENTENCE_END.split(block):
+            s = " ".join(s.split())
+            if merged and merged[-1].rsplit(" ", 1)[-1].lower() in _ABBREVIATIONS:
+                merged[-1] += " " + s  # "Dr. Smith": the period ended an abbreviation, not a sentence
+            elif s:
+                merged.append(s)
+        out.extend(merged)
     return out
 
 

@@ -132,8 +132,11 @@ def _read_html(text: str) -> list[Section]:
 
 def _read_pdf(path: Path, data: bytes) -> list[Section]:
     import io
+    import logging
 
     from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings about damaged files become our error
     from pypdf.errors import PdfReadError
 
     try:

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from lhama.server import batches, chat, completions, embeddings, files
+from lhama.server import batches, chat, completions, embeddings, files, vector_stores
 from lhama.server.batches import BatchManager
 from lhama.server.config import ServerConfig
 from lhama.server.constrained import install_processor_hook
@@ -38,6 +38,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
     state = ServerState(loaded, engine, config)
     state.files = FileStore(config.data_dir / "files")
     state.batches = BatchManager(state, state.files, config.data_dir / "batches")
+    state.vector_stores = vector_stores.VectorStoreManager(config.data_dir / "vector_stores", state.files)
     if install_processor_hook(engine.engine):
         log.info("constrained decoding: wrapped the engine's sampler to apply logits processors")
 
@@ -53,7 +54,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
                   description="OpenAI-compatible serving of Llama-family models (see docs/server.md).")
     app.state.lhama = state
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, files, batches):
+    for module in (chat, completions, embeddings, files, batches, vector_stores):
         app.include_router(module.router)
     _add_basic_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

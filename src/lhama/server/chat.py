@@ -24,6 +24,7 @@ from lhama.server.streaming import (
     until_disconnect,
 )
 from lhama.server.tools import OutputPlan, final_message, messages_as_dicts, plan_output
+from lhama.server.vector_stores import apply_file_search
 from lhama.tools.stream_parser import ToolCallStreamParser
 
 ROUTE = "/v1/chat/completions"
@@ -42,6 +43,7 @@ class PreparedChat:
 def prepare_chat(state, req: ChatCompletionRequest, t0: float | None = None) -> PreparedChat:
     """Validate and render ``req``; every client error is raised here, before any output."""
     state.check_model(req.model)
+    req = apply_file_search(state, req)  # file_search tools become a grounding system message
     plan = plan_output(req, state.compiler)
     fmt = state.loaded.chat_format
     messages = messages_as_dicts(req)

@@ -56,6 +56,14 @@ class Tool(_Body):
     function: FunctionDef
 
 
+class FileSearchTool(_Body):
+    """Server-side retrieval from ``/v1/vector_stores`` (see ``lhama.server.vector_stores``)."""
+
+    type: Literal["file_search"]
+    vector_store_ids: list[str] = Field(default_factory=list)
+    max_num_results: int | None = Field(default=None, ge=1, le=50)
+
+
 class NamedFunction(_Body):
     name: str
 
@@ -122,7 +130,7 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[Tool] | None = None
+    tools: list[Tool | FileSearchTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
