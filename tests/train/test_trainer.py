@@ -120,3 +120,13 @@ def test_bad_configs_are_typed_errors(tiny_model, synthetic_rows, tmp_path):
         BatchIterator([], 2)
     with pytest.raises(ConfigError, match="no parameters"):
         Trainer(tiny_model, causal_lm_loss, BatchIterator(synthetic_rows, 4), _cfg(tmp_path), params=[])
+
+
+def test_resume_in_place_continues_and_without_checkpoint_starts_fresh(tiny_model, synthetic_rows, tmp_path):
+    cfg = _cfg(tmp_path, max_steps=2)
+    t = Trainer(copy.deepcopy(tiny_model), causal_lm_loss, BatchIterator(synthetic_rows, 4), cfg)
+    assert not t.resume()  # nothing saved yet
+    t.train(resume=True)
+    longer = Trainer(copy.deepcopy(tiny_model), causal_lm_loss, BatchIterator(synthetic_rows, 4), cfg.with_(max_steps=4))
+    res = longer.train(resume=True)  # picks up the finished 2-step run and adds two steps
+    assert [h["step"] for h in res.history] == [1, 2, 3, 4]

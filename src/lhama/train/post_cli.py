@@ -116,13 +116,14 @@ def _add_engine_model(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--model", "-m", default="default", help=f"the {what} model (default: 'default')")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together by the engine")
+    p.add_argument("--kv-cache-gb", type=float, default=0.5, help="KV cache size (default 0.5 GiB)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def _engine(lm, a):
     from lhama.engine import EngineConfig, LLMEngine
 
-    return LLMEngine.from_loaded(lm, EngineConfig(max_num_seqs=a.max_num_seqs))
+    return LLMEngine.from_loaded(lm, EngineConfig(max_num_seqs=a.max_num_seqs, kv_cache_gb=a.kv_cache_gb))
 
 
 def add_synth_parser(sub) -> None:

@@ -114,7 +114,7 @@ def run_recipe(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, *
     trainer = Trainer(model, causal_lm_loss, BatchIterator(rows, cfg.batch_size, seed=cfg.seed), cfg, params)
     result = trainer.train(resume=resume)
     model = trainer.model
-    summary.update(steps=result.steps, final_loss=result.final_loss)
+    summary.update(steps=result.steps, final_loss=result.final_loss, world_size=trainer.world)
     hist = [h for h in result.history if h["step"] > 1]  # step 1 includes one-off warm-up costs
     if hist:
         summary["tokens_per_s"] = sum(h["tokens"] for h in hist) / sum(h["step_s"] for h in hist)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,8 @@ class Trainer:
         self.step = int(state["step"])
         if rng is not None:
             set_rng_state(rng)
+        if self.rank == 0:
+            print(f"lhama: resumed from {folder} (step {self.step} of {self.total_steps})", file=sys.stderr, flush=True)
         # Metrics past the checkpoint belong to the lost work and will be logged again.
         if self.rank == 0 and self.metrics_path.is_file():
             kept = [line for line in self.metrics_path.read_text().splitlines()
