@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.dist.cli import add_plan_parser
 
     add_plan_parser(sub)
+    from lhama.eval.cli import add_eval_parsers
+
+    add_eval_parsers(sub)
     return parser
 
 
