@@ -45,7 +45,7 @@ def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[
 
 
 def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None, out: Path, fmt: str,
-                   gguf_type: str = "f16") -> Path:
+                   gguf_type: str = "f16", tokenizer=None) -> Path:
     """Write full weights as an HF folder ("safetensors") or a GGUF file, with the tokenizer of
     the base checkpoint so the result loads on its own in lhama, transformers or llama.cpp."""
     from lhama.checkpoints import read_checkpoint, write_checkpoint
@@ -72,6 +72,10 @@ def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None,
             for name in TOKENIZER_FILES:
                 if (src_dir / name).is_file():
                     shutil.copy2(src_dir / name, written / name)
+        elif getattr(tokenizer, "kind", None) == "llama3":  # a named config: Meta's tokenizer from llama-models
+            from lhama.tokenizer.llama3 import default_tokenizer_path
+
+            shutil.copy2(default_tokenizer_path(), written / "tokenizer.model")
         return written
     metadata: dict[str, Any] = {}
     if base_meta is not None:

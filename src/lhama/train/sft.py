@@ -130,7 +130,8 @@ def run_recipe(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, *
         if lora is None or opts.export:
             fmt = opts.export or "safetensors"
             target = out / ("model.gguf" if fmt == "gguf" else "model")
-            written = export_weights(merged_state_dict(model, state), lm.args, lm.path, target, fmt, opts.gguf_type)
+            written = export_weights(merged_state_dict(model, state), lm.args, lm.path, target, fmt, opts.gguf_type,
+                                     tokenizer=lm.tokenizer)
             summary["model_out"] = str(written)
         summary["metrics"] = str(out / "metrics.jsonl")
         summary["loss_curve"] = str(out / "loss.png")
