@@ -19,6 +19,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="compute dtype")
     p.add_argument("--max-seq-len", type=int, help="cap the context window (tokens)")
     p.add_argument("--lora", help="PEFT LoRA adapter folder to apply to --model (merged in at load)")
+    p.add_argument("--quantize", choices=["int8", "int4", "fp8"],
+                   help="weight-only quantization at load (see docs/quantization.md)")
+    p.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32, help="int4 group size")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 512) -> None:
@@ -52,7 +55,16 @@ def _load(a):
 
     dtype = getattr(torch, a.dtype) if a.dtype else None
     return load_model(a.model, dtype=dtype, device=a.device, chat_format=a.chat_format, tokenizer=a.tokenizer,
-                      max_seq_len=a.max_seq_len, lora=getattr(a, "lora", None))
+                      max_seq_len=a.max_seq_len, lora=getattr(a, "lora", None),
+                      quantize=_quant_config(a))
+
+
+def _quant_config(a):
+    if not getattr(a, "quantize", None):
+        return None
+    from lhama.quant import QuantConfig
+
+    return QuantConfig(a.quantize, group_size=a.quant_group_size)
 
 
 def cmd_info(a) -> int:

@@ -54,6 +54,7 @@ class LoadedModel:
     source: str  # "gguf" | "hf" | "meta" | "config"
     path: Path | None
     load_seconds: float
+    quant: object = None  # lhama.quant.QuantReport when loaded with ``quantize``
 
     @property
     def context_length(self) -> int:
@@ -75,9 +76,11 @@ def load_model(
     max_seq_len: int | None = None,
     seed: int = 0,
     lora: str | Path | None = None,
+    quantize: object = None,
 ) -> LoadedModel:
     """Weights, tokenizer and chat format for ``spec``. ``lora``: a PEFT LoRA adapter folder,
-    merged into the weights at load (so serving runs at the base model's speed)."""
+    merged into the weights at load (so serving runs at the base model's speed). ``quantize``:
+    "int8", "int4", "fp8" or a ``lhama.quant.QuantConfig`` (weight-only, after any LoRA merge)."""
     from lhama.checkpoints import load_weights, read_checkpoint
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
@@ -108,8 +111,14 @@ def load_model(
 
         load_peft_adapter(model, lora)
         merge_lora(model)
+    report = None
+    if quantize is not None:
+        from lhama.quant import QuantConfig, quantize_model
+
+        qcfg = QuantConfig.parse(quantize)
+        report = quantize_model(model, qcfg) if qcfg is not None else None
     model.eval()
-    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
+    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, report)
 
 
 def _format_of(path: Path) -> str:

@@ -50,7 +50,8 @@ class ModelRunner:
         # length only (dynamic dims), while prompt chunks change the Python-level structure.
         self._hidden_decode = torch.compile(model.hidden_states, dynamic=True) if compile else None
         self._head = model.output
-        if packed_head and self.device.type == "cpu":
+        # Quantized heads (lhama.quant) bring their own kernel.
+        if packed_head and self.device.type == "cpu" and isinstance(model.output, torch.nn.Linear):
             self._head = _packed_linear(model.output.weight) or model.output
         self._heads = torch.arange(cache.n_kv_heads, device=self.device)
 

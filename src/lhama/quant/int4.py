@@ -1,0 +1,144 @@
+"""Weight-only int4, group-wise asymmetric: every ``group_size`` input channels of a row share a
+scale and a zero point (the GPTQ/AWQ/gpt-fast layout; llama.cpp's Q4_1 is the same idea with 32).
+
+Value convention (PyTorch's int4 kernels): ``w = (q - 8) * scale + zero`` with q in [0, 15], so
+``zero`` is the group's value at mid-range. The packed layout is kernel-specific:
+
+* ``cpu``: ``_convert_weight_to_int4pack_for_cpu`` + ``_weight_int4pack_mm_for_cpu`` (AVX2/512).
+* ``cuda``: ``_convert_weight_to_int4pack`` (tinygemm tiles) + ``_weight_int4pack_mm``.
+* ``nibbles``: two values per byte, low nibble first; dequantized per call. Used where no kernel
+  runs (or the kernel disagrees with the reference on a probe): correct, not fast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def quantize_int4_groupwise(weight: torch.Tensor, group_size: int):
+    """q (int32 [N, K] in 0..15), scales and zeros (fp32 [N, K / group_size])."""
+    N, K = weight.shape
+    w = weight.detach().float().reshape(N, K // group_size, group_size)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-8)
+    q = torch.round((w - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32)
+    zero = lo + 8.0 * scale
+    return q.reshape(N, K), scale, zero
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    N, K = q.shape
+    w = (q.reshape(N, K // group_size, group_size).float() - 8.0) * scale[..., None].float() + zero[..., None].float()
+    return w.reshape(N, K)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    q = q.to(torch.uint8)
+    return q[:, ::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    return torch.stack((packed & 0xF, packed >> 4), dim=-1).reshape(packed.shape[0], -1)
+
+
+def _pack_for(layout: str, q: torch.Tensor) -> torch.Tensor:
+    if layout == "cpu":
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    if layout == "cuda":
+        hi_first = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+        return torch.ops.aten._convert_weight_to_int4pack(hi_first.contiguous(), 8)
+    return pack_nibbles(q)
+
+
+def _kernel_mm(layout: str, x, packed, group_size, sz):
+    if layout == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
+    return torch.ops.aten._weight_int4pack_mm(x, packed, group_size, sz)
+
+
+_PROBED: dict = {}
+
+
+def kernel_layout(device: torch.device, dtype: torch.dtype, group_size: int) -> str:
+    """The fastest layout whose kernel exists here and agrees with the reference dequantization."""
+    key = (device.type, dtype, group_size)
+    if key not in _PROBED:
+        _PROBED[key] = "nibbles"
+        candidates = ["cpu"] if device.type == "cpu" else ["cuda"] if device.type == "cuda" else []
+        gen = torch.Generator().manual_seed(0)
+        w = torch.randn(64, 256, generator=gen)
+        x = torch.randn(3, 256, generator=gen)
+        q, scale, zero = quantize_int4_groupwise(w, group_size)
+        ref = x @ dequantize_int4(q, scale, zero, group_size).T
+        for layout in candidates:
+            try:
+                sz = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(device, dtype)
+                out = _kernel_mm(layout, x.to(device, dtype), _pack_for(layout, q.to(device)), group_size, sz)
+                if torch.allclose(out.float().cpu(), ref, atol=0.05 * ref.abs().max().item()):
+                    _PROBED[key] = layout
+                    break
+            except (AttributeError, RuntimeError, NotImplementedError):
+                continue
+    return _PROBED[key]
+
+
+class Int4WeightOnlyLinear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, group_size: int, *, layout: str = "nibbles",
+                 compute_dtype=torch.bfloat16, device=None):
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"in_features {in_features} is not a multiple of the group size {group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.layout, self.compute_dtype = layout, compute_dtype
+        self.register_buffer("qweight", torch.empty(0, dtype=torch.uint8, device=device))
+        self.register_buffer("scales_and_zeros", torch.empty(
+            in_features // group_size, out_features, 2, dtype=compute_dtype, device=device))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype=torch.bfloat16,
+                    layout: str | None = None) -> "Int4WeightOnlyLinear":
+        if linear.bias is not None:
+            raise ValueError("weight-only quantization here covers bias-free Llama linears")
+        w = linear.weight
+        layout = layout or kernel_layout(w.device, compute_dtype, group_size)
+        mod = cls(w.shape[1], w.shape[0], group_size, layout=layout, compute_dtype=compute_dtype, device=w.device)
+        q, scale, zero = quantize_int4_groupwise(w, group_size)
+        # [K / group, N, 2]: the layout both PyTorch kernels take.
+        mod.scales_and_zeros.copy_(torch.stack([scale, zero], -1).transpose(0, 1).to(compute_dtype))
+        if layout != "nibbles":
+            try:  # the probe used one shape; kernels have shape limits of their own
+                mod.qweight = _pack_for(layout, q)
+                _kernel_mm(layout, torch.zeros(1, mod.in_features, dtype=compute_dtype, device=w.device),
+                           mod.qweight, group_size, mod.scales_and_zeros)
+            except (RuntimeError, NotImplementedError):
+                layout = mod.layout = "nibbles"
+        if layout == "nibbles":
+            mod.qweight = pack_nibbles(q)
+        return mod
+
+    def _scale_zero(self):
+        sz = self.scales_and_zeros.transpose(0, 1).float()  # [N, K / group, 2]
+        return sz[..., 0], sz[..., 1]
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 weight [N, K] this module multiplies by."""
+        if self.layout == "nibbles":
+            return dequantize_int4(unpack_nibbles(self.qweight), *self._scale_zero(), self.group_size)
+        # Packed kernel layouts are opaque: multiply the identity through the kernel.
+        eye = torch.eye(self.in_features, dtype=self.compute_dtype, device=self.qweight.device)
+        return _kernel_mm(self.layout, eye, self.qweight, self.group_size, self.scales_and_zeros).float().T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
+        if self.layout == "nibbles":
+            y = F.linear(x2, self.dequantize().to(self.compute_dtype))
+        else:
+            y = _kernel_mm(self.layout, x2, self.qweight, self.group_size, self.scales_and_zeros)
+        return y.to(x.dtype).view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"group_size={self.group_size}, layout={self.layout}")
