@@ -43,7 +43,7 @@ def test_answer_with_citations(eval_store, minilm, smollm):
 
     ret = Retriever(eval_store, minilm)
     ans = answer_question(smollm, ret, "Which browser do the web chat tests use?", k=3,
-                          params=SamplingParams(temperature=0, max_tokens=40))
+                          params=SamplingParams(temperature=0, max_tokens=16))
     assert [s.number for s in ans.sources] == [1, 2, 3]
     hits = ret.search("Which browser do the web chat tests use?", k=3)
     assert [s.location for s in ans.sources] == [h.chunk.location for h in hits]
