@@ -164,7 +164,7 @@ def test_real_smollm2_session(smollm2_path):
     from lhama.loader import load_model
 
     lm = load_model(smollm2_path)
-    agent = Agent(lm, [get_weather], config=AgentConfig(max_steps=2, max_tokens=24))
+    agent = Agent(lm, [get_weather], config=AgentConfig(max_steps=2, max_tokens=6))
     res = agent.run("Say hello in one short sentence.")
     assert res.stopped in ("end_of_turn", "out_of_tokens", "max_steps")
     assert res.messages[0]["role"] == "user" and any(m["role"] == "assistant" for m in res.messages)

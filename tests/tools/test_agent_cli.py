@@ -1,4 +1,5 @@
-"""``lhama agent`` as a user runs it: real subprocesses, one-shot, interactive, save and replay."""
+"""``lhama agent`` as a user runs it: one real subprocess (one-shot + save), the rest through
+``lhama.cli.main`` in-process (same parser and code, without paying a torch import per call)."""
 
 from __future__ import annotations
 
@@ -17,34 +18,47 @@ def run(*args, stdin: str | None = None, timeout: float = 240) -> subprocess.Com
     return subprocess.run([*LHAMA, "agent", *args], input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-def test_one_shot_save_and_replay(tmp_path):
+def main(capsys, monkeypatch, *args, stdin: str = ""):
+    """``lhama agent ARGS`` in this process: (exit code, stdout, stderr)."""
+    import io
+
+    from lhama.cli import main as lhama_main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    capsys.readouterr()
+    rc = lhama_main(["agent", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_one_shot_save_and_replay(tmp_path, capsys, monkeypatch):
     path = tmp_path / "t.json"
     p = run("Say hi", "--model", "tiny-llama3", "--tools", "none", "--max-tokens", "5", "--save", str(path))
     assert p.returncode == 0, p.stderr
     tr = json.loads(path.read_text())
     assert tr["messages"] == [{"role": "user", "content": "Say hi"}] and tr["steps"][0]["type"] == "model"
     assert p.stdout.strip() == tr["final"].strip()
-    p = run("--replay", str(path), "--rerun", "--model", "tiny-llama3")
-    assert p.returncode == 0 and "identical" in p.stdout, p.stderr
+    rc, out, err = main(capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3")
+    assert rc == 0 and "identical" in out, err
     tr["steps"][0]["message"]["content"] = "something else"
     path.write_text(json.dumps(tr))
-    p = run("--replay", str(path), "--rerun", "--model", "tiny-llama3")
-    assert p.returncode == 1 and "differs" in p.stdout
+    rc, out, _ = main(capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3")
+    assert rc == 1 and "differs" in out
 
 
-def test_interactive_keeps_history(tmp_path):
+def test_interactive_keeps_history(tmp_path, capsys, monkeypatch):
     path = tmp_path / "t.json"
-    p = run("--model", "tiny-llama3", "--tools", "none", "--max-tokens", "3", "--quiet", "--save", str(path),
-            stdin="first question\nsecond question\n/exit\n")
-    assert p.returncode == 0, p.stderr
-    assert len(p.stdout.strip().splitlines()) >= 1
+    rc, out, err = main(capsys, monkeypatch, "--model", "tiny-llama3", "--tools", "none", "--max-tokens", "3",
+                        "--quiet", "--save", str(path), stdin="first question\nsecond question\n/exit\n")
+    assert rc == 0, err
+    assert len(out.strip().splitlines()) >= 1
     tr = json.loads(path.read_text())  # the last turn's transcript starts from the whole history
     users = [m["content"] for m in tr["messages"] if m["role"] == "user"]
     assert users == ["first question", "second question"]
 
 
 @pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
-def test_replay_re_executes_recorded_code(tmp_path):
+def test_replay_re_executes_recorded_code(tmp_path, capsys, monkeypatch):
     from lhama.tools.transcript import Transcript
 
     tr = Transcript("scripted", [{"type": "code_interpreter"}], {}, [{"role": "user", "content": "2**10?"}])
@@ -52,18 +66,19 @@ def test_replay_re_executes_recorded_code(tmp_path):
                  "completed\n[stdout]\n1024\n[/stdout]", False)
     tr.finish("1024", "end_of_turn")
     path = tr.save(tmp_path / "code.json")
-    p = run("--replay", str(path))
-    assert p.returncode == 0 and "identical" in p.stdout, p.stdout + p.stderr
+    rc, out, err = main(capsys, monkeypatch, "--replay", str(path))
+    assert rc == 0 and "identical" in out, out + err
     tr.steps[0]["result"] = "completed\n[stdout]\n1000\n[/stdout]"
     tr.save(path)
-    p = run("--replay", str(path))
-    assert p.returncode == 1 and "1024" in p.stdout
+    rc, out, _ = main(capsys, monkeypatch, "--replay", str(path))
+    assert rc == 1 and "1024" in out
 
 
-def test_bad_input_is_a_clear_error(tmp_path, monkeypatch):
-    env_missing = run("hi", "--model", "tiny-llama3", "--tools", "brave_search")
-    assert env_missing.returncode == 2 and "BRAVE_SEARCH_API_KEY" in env_missing.stderr
-    p = run("hi", "--model", "tiny-llama3", "--tools", "teleporter")
-    assert p.returncode == 2 and "unknown built-in tool" in p.stderr
-    p = run("--replay", str(tmp_path / "missing.json"))
-    assert p.returncode == 2 and "no transcript" in p.stderr
+def test_bad_input_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("BRAVE_SEARCH_API_KEY", raising=False)
+    rc, _, err = main(capsys, monkeypatch, "hi", "--model", "tiny-llama3", "--tools", "brave_search")
+    assert rc == 2 and "BRAVE_SEARCH_API_KEY" in err
+    rc, _, err = main(capsys, monkeypatch, "hi", "--model", "tiny-llama3", "--tools", "teleporter")
+    assert rc == 2 and "unknown built-in tool" in err
+    rc, _, err = main(capsys, monkeypatch, "--replay", str(tmp_path / "missing.json"))
+    assert rc == 2 and "no transcript" in err
