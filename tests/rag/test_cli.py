@@ -1,0 +1,47 @@
+"""`lhama rag` as a user runs it: real subprocesses on a store in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.rag.conftest import write_pdf
+
+
+def lhama(*args, store, check=True):
+    env = dict(os.environ, LHAMA_RAG_STORE=str(store))
+    p = subprocess.run([sys.executable, "-m", "lhama.cli", "rag", *args], capture_output=True, text=True, env=env,
+                       timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_rag_cli_add_search_list_remove_drop(tmp_path):
+    store = tmp_path / "kb" / "rag.db"
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "llamas.md").write_text("# Llamas\n\n## Diet\n\nA llama eats grass and hay.\n\n## Range\n\n"
+                                    "Llamas live in the Andes mountains.\n")
+    write_pdf(docs / "fish.pdf", ["The zebrafish regenerates its heart."])
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.5 broken")
+    p = lhama("add", str(docs), "--json", store=store)
+    rep = json.loads(p.stdout)
+    assert sorted(rep["added"]) == ["fish.pdf", "llamas.md"]
+    assert rep["failed"][0]["file"] == "broken.pdf" and "PDF" in rep["failed"][0]["error"]
+
+    hits = json.loads(lhama("search", "where do llamas live", "-k", "3", "--json", store=store).stdout)
+    assert hits[0]["location"] == "llamas.md § Llamas > Range"
+    assert "fish.pdf, page 1" in [h["location"] for h in hits]
+
+    info = json.loads(lhama("list", "--json", store=store).stdout)
+    assert info["embedder"] == "minilm" and {f["name"] for f in info["files"]} == {"fish.pdf", "llamas.md"}
+    assert "removed" in lhama("remove", str(docs / "fish.pdf"), store=store).stdout
+    p = lhama("remove", str(docs / "fish.pdf"), store=store, check=False)
+    assert p.returncode == 1 and "not in the store" in p.stderr
+    assert lhama("drop", "--yes", store=store).returncode == 0
+    assert not store.exists()
+    p = lhama("search", "x", store=store, check=False)
+    assert p.returncode == 2 and "no store at" in p.stderr
