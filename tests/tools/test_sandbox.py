@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lhama.errors import SandboxError
-from lhama.tools import sandbox
+from lhama.tools import sandbox, sandbox_cgroup
 from lhama.tools.sandbox import SandboxLimits, SandboxResult, run_python
 
 pytestmark = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -177,3 +178,27 @@ def test_missing_bubblewrap_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
     with pytest.raises(SandboxError, match="bubblewrap"):
         run_python("print('unsandboxed')")
+
+
+MULTI_PROCESS_HOG = """
+import os, time
+kids = []
+for i in range(5):
+    pid = os.fork()
+    if pid == 0:
+        block = b"x" * (300 * 2**20)  # touched pages: real memory, within each process's RLIMIT_AS
+        time.sleep(1.5)
+        os._exit(0)
+    kids.append(pid)
+print([os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids])
+"""
+
+
+@pytest.mark.skipif(not sandbox_cgroup.available(), reason="no writable cgroup on this machine")
+def test_total_memory_of_many_processes_is_capped_by_the_cgroup():
+    """rlimits are per process; five 300 MB processes under memory_mb=512 only fit because of
+    the per-run cgroup, whose OOM killer stops them and is reported."""
+    res = run_python(MULTI_PROCESS_HOG, limits=SandboxLimits(memory_mb=512, wall_seconds=20, max_processes=16))
+    assert res.killed_reason == "memory" and not res.ok
+    statuses = json.loads(res.stdout)  # the parent survived and saw its children killed
+    assert statuses.count(-9) >= 2

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from lhama.errors import SandboxError
+from lhama.tools.sandbox_cgroup import SandboxCgroup
+from lhama.tools.sandbox_cgroup import join as join_cgroup
 
 SCRATCH = "/sandbox"  # where the scratch dir appears inside; cwd and $HOME of the code
 MAIN_FILE = "main.py"
@@ -53,10 +55,13 @@ class SandboxLimits:
     max_output_bytes: int = 1_000_000
     max_file_mb: int = 64  # largest file the code may write (RLIMIT_FSIZE)
     tmp_mb: int = 64  # size of the in-memory /tmp
+    # Also cap the sandbox's *total* memory and task count with a cgroup where the machine allows
+    # one (rlimits are per process); see lhama.tools.sandbox_cgroup.
+    use_cgroup: bool = True
 
     def __post_init__(self):
         for name in ("cpu_seconds", "wall_seconds", "memory_mb", "max_processes", "max_output_bytes",
-                     "max_file_mb", "tmp_mb"):
+                     "max_file_mb", "tmp_mb"):  # use_cgroup is a switch, not a size
             if getattr(self, name) <= 0:
                 raise SandboxError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -142,8 +147,10 @@ def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: 
     return argv + [exe, "-B", MAIN_FILE]
 
 
-def _set_limits(limits: SandboxLimits):
+def _set_limits(limits: SandboxLimits, cgroup_procs: list[str]):
     def preexec():  # runs in the child between fork and exec; rlimits survive bwrap and setpriv
+        if cgroup_procs:
+            join_cgroup(cgroup_procs)  # before bwrap forks anything, so every task is counted
         cpu = max(1, int(limits.cpu_seconds + 0.999))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         mem = limits.memory_mb * 2**20
@@ -221,24 +228,28 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLim
     as_root = os.geteuid() == 0
     uid = _UID_BASE + random.randrange(_UID_SPAN)
     scratch = Path(tempfile.mkdtemp(prefix="lhama-sandbox-"))
+    cgroup = SandboxCgroup.create(limits.memory_mb, limits.max_processes) if limits.use_cgroup else None
     try:
         _write_files(scratch, code, files)
         if as_root:
             for p in [scratch, *scratch.rglob("*")]:
                 os.chown(p, uid, uid, follow_symlinks=False)
         argv = _bwrap_argv(bwrap, str(scratch), limits, site_packages, as_root, uid)
-        return _supervise(argv, stdin, limits, scratch, return_files)
+        return _supervise(argv, stdin, limits, scratch, return_files, cgroup)
     finally:
+        if cgroup is not None:
+            cgroup.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path,
-               return_files: bool) -> SandboxResult:
+               return_files: bool, cgroup: SandboxCgroup | None) -> SandboxResult:
     start = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_set_limits(limits), close_fds=True)
-    except OSError as e:
+                                start_new_session=True, preexec_fn=_set_limits(limits, cgroup.procs_files() if cgroup else []),
+                                close_fds=True)
+    except (OSError, subprocess.SubprocessError) as e:  # the latter: rlimits/cgroup failed in preexec
         raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
 
     def feed():
@@ -302,6 +313,8 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
     err = bufs[proc.stderr].decode("utf-8", "replace")
     if reason is None:
         reason = _classify(proc.returncode, err, duration, limits)
+        if cgroup is not None and cgroup.hit_memory_limit():
+            reason = "memory"  # some task was OOM-killed: together they went over memory_mb
     files = _collect_files(scratch, limits.max_output_bytes) if return_files else None
     return SandboxResult(stdout=out, stderr=err, exit_code=proc.returncode, timed_out=reason == "wall_time",
                          killed_reason=reason, duration_s=duration, files=files)
