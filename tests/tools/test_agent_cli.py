@@ -82,3 +82,23 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "unknown built-in tool" in err
     rc, _, err = main(capsys, monkeypatch, "--replay", str(tmp_path / "missing.json"))
     assert rc == 2 and "no transcript" in err
+
+
+def test_custom_tool_from_a_file_and_replay_with_it(tmp_path, capsys, monkeypatch):
+    from lhama.tools.transcript import Transcript
+
+    (tmp_path / "my_tools.py").write_text(
+        "def shout(text: str) -> str:\n    'Upper-case the text.'\n    return text.upper()\n")
+    tr = Transcript("scripted", [{"type": "function", "function": {"name": "shout"}}], {},
+                    [{"role": "user", "content": "shout hi"}])
+    tr.tool_step("call_1", "shout", '{"text": "hi"}', "HI", False)
+    path = tr.save(tmp_path / "t.json")
+    rc, out, err = main(capsys, monkeypatch, "--replay", str(path), "--tools", "none",
+                        "--tool", f"{tmp_path / 'my_tools.py'}:shout")
+    assert rc == 0 and "identical" in out, out + err
+    rc, out, _ = main(capsys, monkeypatch, "--replay", str(path), "--tools", "none")
+    assert rc == 1 and "no such tool" in out
+    rc, _, err = main(capsys, monkeypatch, "hi", "--tool", f"{tmp_path / 'my_tools.py'}:whisper")
+    assert rc == 2 and "has no 'whisper'" in err
+    rc, _, err = main(capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3", "--tools", "none")
+    assert rc == 2 and "--tool MODULE:NAME" in err

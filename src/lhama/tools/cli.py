@@ -20,6 +20,9 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tools", default="code_interpreter",
                    help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none' "
                         "(default: %(default)s)")
+    p.add_argument("--tool", action="append", default=[], metavar="MODULE:NAME",
+                   help="a custom tool: a lhama.tools.Tool or function NAME in MODULE (a module name or a "
+                        ".py file), e.g. my_tools.py:get_weather (repeatable)")
     p.add_argument("--shield", action="append", default=[],
                    help="a lhama.safety shield spec guarding input and output (repeatable)")
     p.add_argument("--system", help="system prompt")
@@ -40,6 +43,38 @@ def _tools(spec: str):
 
     names = [n.strip() for n in (spec or "").split(",") if n.strip() and n.strip() != "none"]
     return [builtin_tool(n) for n in names]
+
+
+def _custom_tools(specs: list[str]):
+    """``MODULE:NAME`` -> Tool, importing MODULE by name or from a .py file."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from lhama.errors import ToolError
+    from lhama.tools.registry import as_tool
+
+    out = []
+    for spec in specs:
+        mod_name, _, attr = spec.rpartition(":")
+        if not mod_name or not attr:
+            raise ToolError(f"--tool {spec!r}: write MODULE:NAME, e.g. my_tools.py:get_weather")
+        try:
+            if mod_name.endswith(".py"):
+                path = Path(mod_name)
+                if not path.is_file():
+                    raise ToolError(f"--tool {spec!r}: no file {path}")
+                loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+                module = importlib.util.module_from_spec(loader_spec)
+                loader_spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ToolError(f"--tool {spec!r}: cannot import {mod_name}: {e}") from None
+        if not hasattr(module, attr):
+            raise ToolError(f"--tool {spec!r}: {mod_name} has no {attr!r}")
+        out.append(as_tool(getattr(module, attr)))
+    return out
 
 
 def _shields(specs: list[str]):
@@ -84,18 +119,18 @@ class Printer:
 
 def cmd_agent(a) -> int:
     from lhama.cli import _load
+    from lhama.errors import ConfigError
     from lhama.tools.agent import Agent, AgentConfig
+    from lhama.tools.builtin import builtin_tool
+    from lhama.tools.registry import BUILTIN_NAMES
     from lhama.tools.transcript import Transcript, replay_session, replay_tools
 
     config = AgentConfig(max_steps=a.max_steps, max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed,
                          system=a.system)
-    tools = _tools(a.tools)
+    tools = _tools(a.tools) + _custom_tools(a.tool)
     if a.replay and not a.rerun:
         tr = Transcript.load(a.replay)
         names = {t["type"] if "function" not in t else t["function"]["name"] for t in tr.tools}
-        from lhama.tools.builtin import builtin_tool
-        from lhama.tools.registry import BUILTIN_NAMES
-
         by_name = {t.name: t for t in tools}
         for n in names & set(BUILTIN_NAMES):
             by_name.setdefault(n, builtin_tool(n))
@@ -107,13 +142,12 @@ def cmd_agent(a) -> int:
     if a.replay:
         tr = Transcript.load(a.replay)
         config = AgentConfig(**{k: v for k, v in tr.config.items() if k in AgentConfig.__dataclass_fields__})
-        tools = [t.get("type") if "function" not in t else None for t in tr.tools]
-        if None in tools:
-            from lhama.errors import ConfigError
-
-            raise ConfigError("this transcript used custom tools; re-run it from Python with the same tools "
-                              "(lhama.tools.transcript.replay_session)")
-        agent = Agent(lm, _tools(",".join(tools)), shields=shields, config=config)
+        recorded = [t["type"] if "function" not in t else t["function"]["name"] for t in tr.tools]
+        given = {t.name: t for t in tools}
+        missing = [n for n in recorded if n not in given and n not in BUILTIN_NAMES]
+        if missing:
+            raise ConfigError(f"this transcript used custom tools {missing}: pass them with --tool MODULE:NAME")
+        agent = Agent(lm, [given.get(n) or builtin_tool(n) for n in recorded], shields=shields, config=config)
         report, _ = replay_session(tr, agent)
         print(report)
         return 0 if report.same else 1
