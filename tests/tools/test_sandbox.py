@@ -202,3 +202,28 @@ def test_total_memory_of_many_processes_is_capped_by_the_cgroup():
     assert res.killed_reason == "memory" and not res.ok
     statuses = json.loads(res.stdout)  # the parent survived and saw its children killed
     assert statuses.count(-9) >= 2
+
+
+UNPRIVILEGED = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from lhama.tools.sandbox import SandboxLimits, run_python
+r = run_python("import os; print(os.getuid())", site_packages=False)
+bomb = run_python("import os\\nwhile True:\\n    os.fork()", site_packages=False, limits=SandboxLimits(wall_seconds=5))
+net = run_python("import socket; socket.create_connection(('127.0.0.1', 22), timeout=2)", site_packages=False)
+print(r.ok, r.stdout.strip(), bomb.killed_reason, "ConnectionRefusedError" in net.stderr or "unreachable" in net.stderr)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not sandbox.shutil.which("setpriv"),
+                    reason="needs root (to become nobody), setpriv and a system python")
+def test_the_unprivileged_path_as_nobody():
+    """Run as a normal user, the sandbox uses bwrap's user namespace instead of setpriv."""
+    import subprocess
+
+    src = str(Path(sandbox.__file__).resolve().parents[2])
+    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                        UNPRIVILEGED, src], capture_output=True, text=True, timeout=60, cwd="/tmp",
+                       env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["True", "65534", "processes", "True"]
