@@ -3,6 +3,7 @@ structured output, and the streamed or whole response."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from lhama.server.streaming import (
     until_disconnect,
 )
 from lhama.server.tools import OutputPlan, final_message, messages_as_dicts, plan_output
-from lhama.server.vector_stores import apply_file_search
+from lhama.server.vector_stores import apply_file_search, uses_file_search
 from lhama.tools.stream_parser import ToolCallStreamParser
 
 ROUTE = "/v1/chat/completions"
@@ -152,7 +153,9 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state = request.app.state.lhama
     t0 = time.perf_counter()
-    prep = prepare_chat(state, body, t0)
+    # file_search embeds the query (and may load MiniLM first): off the event loop
+    prep = await asyncio.to_thread(prepare_chat, state, body, t0) if uses_file_search(body) else \
+        prepare_chat(state, body, t0)
     ticket = state.admit()
     if body.stream:
         return TicketedStream(chat_events(state, prep), ticket)

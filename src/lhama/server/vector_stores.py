@@ -301,3 +301,9 @@ def apply_file_search(state, req):
     if not rest:
         update["tool_choice"] = None
     return req.model_copy(update=update)
+
+
+def uses_file_search(req) -> bool:
+    from lhama.server.schemas import FileSearchTool
+
+    return any(isinstance(t, FileSearchTool) for t in (req.tools or []))
