@@ -93,11 +93,27 @@ def _args_dict(args) -> dict:
     return asdict(args)
 
 
+def _add_speculative_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding (docs/scaling.md)")
+    g.add_argument("--draft-model", help="draft: a model sharing the tokenizer, self:N (the model's first N "
+                                         "layers) or ngram (prompt lookup)")
+    g.add_argument("--num-speculative-tokens", type=int, default=4, help="tokens the draft proposes per step")
+
+
+def _speculation(a, lm):
+    if not getattr(a, "draft_model", None):
+        return None
+    from lhama.generate.speculative import load_speculation
+
+    return load_speculation(a.draft_model, lm, a.num_speculative_tokens)
+
+
 def cmd_generate(a) -> int:
     from lhama.generate import stream_text
 
     lm = _load(a)
     params = _sampling(a)
+    spec = _speculation(a, lm)
     if a.chat:
         ids = lm.chat_format.encode_dialog([{"role": "user", "content": a.prompt}])
         stop_ids = lm.chat_format.stop_ids
@@ -105,7 +121,7 @@ def cmd_generate(a) -> int:
         ids = lm.tokenizer.encode(a.prompt, bos=lm.tokenizer.bos_id is not None)
         stop_ids = lm.tokenizer.stop_ids
     pieces, steps, finish = [], [], None
-    for d in stream_text(lm.model, lm.tokenizer, ids, params, stop_ids=stop_ids):
+    for d in stream_text(lm.model, lm.tokenizer, ids, params, stop_ids=stop_ids, speculation=spec):
         if not a.json:
             sys.stdout.write(d.text)
             sys.stdout.flush()
@@ -115,6 +131,9 @@ def cmd_generate(a) -> int:
     if a.json:
         out = {"text": "".join(pieces), "finish_reason": finish, "prompt_tokens": len(ids),
                "completion_tokens": len(steps)}
+        if spec is not None:
+            out["speculative"] = {"acceptance_rate": spec.stats.acceptance_rate, "proposed": spec.stats.proposed,
+                                  "accepted": spec.stats.accepted, "target_forwards": spec.stats.rounds}
         if a.logprobs:
             out["logprobs"] = [{"token": lm.tokenizer.decode([s.token_id]), "id": s.token_id, "logprob": s.logprob,
                                 "top": [{"id": t, "token": lm.tokenizer.decode([t]), "logprob": lp}
@@ -129,7 +148,7 @@ def cmd_chat(a) -> int:
     from lhama.chat_session import run_chat
 
     lm = _load(a)
-    return run_chat(lm, _sampling(a), system=a.system)
+    return run_chat(lm, _sampling(a), system=a.system, speculation=_speculation(a, lm))
 
 
 def cmd_convert(a) -> int:
@@ -183,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
+    _add_speculative_args(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("generate", help="complete a prompt (raw text, or --chat to use the chat format)")
@@ -192,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message")
     p.add_argument("--logprobs", type=int, default=0, metavar="N", help="report N top logprobs per token")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    _add_speculative_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="shape, parameters and memory of a config name or checkpoint")
@@ -217,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.server.cli import add_serve_parser
 
     add_serve_parser(sub)
-    from lhama.rag.cli import add_rag_parser
-
-    add_rag_parser(sub)
     from lhama.tools.cli import add_agent_parser
 
     add_agent_parser(sub)
+    from lhama.rag.cli import add_rag_parser
+
+    add_rag_parser(sub)
     from lhama.train.cli import add_train_parsers
 
     add_train_parsers(sub)
@@ -232,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.eval.cli import add_eval_parsers
 
     add_eval_parsers(sub)
+    from lhama.safety.cli import add_safety_parser
+
+    add_safety_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 
 from lhama.errors import LhamaError
+from lhama.safety.serving import refused_body, refused_events, screen_choice, screen_request, screens_replies
 from lhama.server.errors import APIError
 from lhama.server.generation import Generation, build_params, check_prompt
 from lhama.server.schemas import ChatCompletionRequest
@@ -39,6 +40,7 @@ class PreparedChat:
     gen: Generation
     id: str
     created: int
+    verdict: object = None  # input shields: None not checked yet, False allowed, else the refusal
 
 
 def prepare_chat(state, req: ChatCompletionRequest, t0: float | None = None) -> PreparedChat:
@@ -68,13 +70,16 @@ def _finish(choice, is_call: bool) -> str:
 
 
 async def chat_body(state, prep: PreparedChat) -> dict:
+    if await screen_request(state, prep):
+        return refused_body(prep)
     choices = await prep.gen.run()
     tok, fmt = state.loaded.tokenizer, state.loaded.chat_format
     out = []
     for c in choices:
         message, is_call = final_message(prep.plan, fmt, c.text, c.token_ids, c.stop_reason)
         lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if prep.gen.params.logprobs else None
-        out.append({"index": c.index, "message": message, "logprobs": lp, "finish_reason": _finish(c, is_call)})
+        out.append(await screen_choice(state, prep, {"index": c.index, "message": message, "logprobs": lp,
+                                                     "finish_reason": _finish(c, is_call)}))
     return {"id": prep.id, "object": "chat.completion", "created": prep.created, "model": prep.req.model,
             "system_fingerprint": None, "choices": out, "usage": prep.gen.usage()}
 
@@ -83,10 +88,15 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
     """SSE chunks. Plain replies stream token by token. With tools (``auto``) the streaming
     tool-call parser sends prose at once and a call as ``tool_calls`` deltas, never as content;
     a forced call (``required`` / named) is sent whole when its choice finishes."""
+    if await screen_request(state, prep):
+        async for b in refused_events(prep):
+            yield b
+        return
     req, plan, gen = prep.req, prep.plan, prep.gen
     tok, fmt = state.loaded.tokenizer, state.loaded.chat_format
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    buffered = plan.forced_tool or plan.parse_tools
+    screened = screens_replies(state)  # output shields judge a reply whole before any of it is sent
+    buffered = plan.forced_tool or plan.parse_tools or screened
     want_lp = gen.params.logprobs
 
     def chunk(choices: list[dict]) -> bytes:
@@ -100,8 +110,8 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
         yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None}])
     # tool_choice auto: prose streams as it comes, a call goes out as tool_calls deltas.
-    parsers = {c.index: ToolCallStreamParser(fmt) for c in gen.choices} if plan.parse_tools and not plan.forced_tool \
-        else {}
+    parsers = {c.index: ToolCallStreamParser(fmt) for c in gen.choices} \
+        if plan.parse_tools and not plan.forced_tool and not screened else {}
     lp_sent = {c.index: 0 for c in gen.choices}
 
     def pending_lp(c, upto: int | None = None):
@@ -137,12 +147,18 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
                 yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": _finish(c, False)}])
         elif d.finish_reason is not None:
             message, is_call = final_message(plan, fmt, c.text, c.token_ids, c.stop_reason)
+            done = await screen_choice(state, prep, {"message": message, "finish_reason": _finish(c, is_call)})
+            message, refused = done["message"], "safety" in done
             delta: dict = {"content": message.get("content")}
-            if is_call:
+            if refused:
+                delta["refusal"] = message["refusal"]
+            elif is_call:
                 delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
-            lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp else None
+            lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp and not refused \
+                else None
             yield chunk([{"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": None}])
-            yield chunk([{"index": c.index, "delta": {}, "logprobs": None, "finish_reason": _finish(c, is_call)}])
+            end = {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": done["finish_reason"]}
+            yield chunk([{**end, "safety": done["safety"]} if refused else end])
     if include_usage:
         yield sse({"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
                    "system_fingerprint": None, "choices": [], "usage": gen.usage()})
@@ -158,5 +174,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         prepare_chat(state, body, t0)
     ticket = state.admit()
     if body.stream:
+        try:  # input shields answer before the stream's 200, so a shield failure keeps its status
+            await screen_request(state, prep)
+        except BaseException:
+            ticket.release()
+            raise
         return TicketedStream(chat_events(state, prep), ticket)
     return json_response(await until_disconnect(request, chat_body(state, prep), ticket))

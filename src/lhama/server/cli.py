@@ -22,6 +22,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                                           "/v1/embeddings, /v1/files, /v1/batches, /metrics, and a chat page at /.")
     _add_model_args(p)
     add_server_args(p)
+    from lhama.safety.spec import add_shield_args
+
+    add_shield_args(p)
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -80,11 +83,18 @@ def cmd_serve(a) -> int:
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server_cfg, engine_cfg = configs_from_args(a)
+    from lhama.safety.spec import shields_from_args
+
+    shields = shields_from_args(a)  # before the model: a bad --shield fails fast
     loaded = _load(a)
     engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     if logging.getLogger("lhama.engine").getEffectiveLevel() > logging.INFO:  # else the engine logged it
         print(engine.engine.plan.describe(), file=sys.stderr, flush=True)
     app = create_app(loaded, engine, server_cfg)
+    if a.shield:
+        from lhama.safety.serving import ServerShields
+
+        app.state.lhama.shields = ServerShields(shields, app.state.lhama.metrics.registry)
     # Bind before uvicorn starts so --port 0 can report the port it got.
     family = socket.AF_INET6 if ":" in server_cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -45,6 +45,7 @@ class ServerState:
         self.embed_lock = threading.Lock()  # one embedding forward at a time beside the engine thread
         self.files = None  # lhama.server.files.FileStore, set by the app
         self.batches = None  # lhama.server.batches.BatchManager, set by the app
+        self.shields = None  # lhama.safety.serving.ServerShields, set by ``lhama serve --shield``
 
     @property
     def model_name(self) -> str:
