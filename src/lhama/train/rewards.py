@@ -212,52 +212,57 @@ class JudgeConfig:
 
 class JudgeReward(Reward):
     """A judge model rates each candidate; the reward is the expected rating under the judge's
-    next-token distribution over the digits 1..max_score, scaled to [0, 1]. Reading the
+    next-token distribution restricted to the digits 1..max_score, scaled to [0, 1]. Reading the
     probabilities (G-Eval style) instead of sampling one digit breaks ties between candidates and
-    is deterministic. ``judge`` is a ``lhama.loader.LoadedModel``."""
+    is deterministic. ``judge`` is a ``lhama.loader.LoadedModel``; prompts are scored in batches
+    of ``batch_size`` with one forward pass each (no generation needed)."""
 
     name = "judge"
 
-    def __init__(self, judge, config: JudgeConfig | None = None, engine=None):
-        from lhama.engine import LLMEngine
-
-        self.judge, self.config = judge, config or JudgeConfig()
-        self.engine = engine or LLMEngine.from_loaded(judge)
+    def __init__(self, judge, config: JudgeConfig | None = None, batch_size: int = 8):
+        self.judge, self.config, self.batch_size = judge, config or JudgeConfig(), batch_size
         tok = judge.tokenizer
-        self.digit_ids: dict[int, int] = {}
+        self.digit_ids: list[int] = []
         for d in range(1, self.config.max_score + 1):
             ids = tok.encode(str(d))
             if len(ids) != 1:
                 raise ConfigError(f"the judge's tokenizer splits '{d}' into {len(ids)} tokens; it cannot rate")
-            self.digit_ids[ids[0]] = d
+            self.digit_ids.append(ids[0])
 
     def prompt_ids(self, record: dict, candidate: str) -> list[int]:
         from lhama.train.rejection import prompt_messages
 
         msgs = prompt_messages(record)
         request = "\n\n".join(f"{m['role']}: {m['content']}" if m["role"] != "user" else str(m["content"])
-                              for m in msgs if m["role"] != "system")
+                               for m in msgs if m["role"] != "system")
         text = self.config.template.format(prompt=request, response=candidate, max_score=self.config.max_score)
         fmt = self.judge.chat_format
         ids = fmt.encode_dialog([{"role": "user", "content": text}], add_generation_prompt=True)
         return ids + self.judge.tokenizer.encode(self.config.prefix)
 
-    def score_many(self, items):
-        from lhama.generate import SamplingParams
+    def expected_ratings(self, prompts: Sequence[list[int]]) -> list[float]:
+        import torch
 
-        prompts = [self.prompt_ids(rec, c) for rec, cands in items for c in cands]
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=20)
-        results = self.engine.generate(prompts, params) if prompts else []
-        flat = []
-        for res in results:
-            step = res.completions[0].steps[0]
-            probs = {self.digit_ids[t]: math.exp(lp) for t, lp in (step.top_logprobs or []) if t in self.digit_ids}
-            total = sum(probs.values())
-            if total <= 0:
-                flat.append(0.0)  # the judge put no mass on any rating: treat as the worst
-                continue
-            expected = sum(d * p for d, p in probs.items()) / total
-            flat.append((expected - 1) / (self.config.max_score - 1))
+        model = self.judge.model
+        ctx = model.args.max_seq_len
+        digits = torch.tensor(self.digit_ids, device=model.device)
+        values = torch.arange(1, self.config.max_score + 1, dtype=torch.float32, device=model.device)
+        out: list[float] = []
+        with torch.no_grad():
+            for s in range(0, len(prompts), self.batch_size):
+                chunk = [p[-ctx:] for p in prompts[s:s + self.batch_size]]
+                T = max(len(p) for p in chunk)
+                # Right padding: causal attention keeps each prompt's last position unaffected.
+                tokens = torch.tensor([p + [0] * (T - len(p)) for p in chunk], device=model.device)
+                positions = torch.arange(T, device=model.device).expand(len(chunk), T)
+                h = model.hidden_states(tokens, positions)
+                last = h[torch.arange(len(chunk)), torch.tensor([len(p) - 1 for p in chunk])]
+                probs = torch.softmax(model.output(last).float()[:, digits], dim=-1)
+                out += ((probs @ values - 1) / (self.config.max_score - 1)).tolist()
+        return out
+
+    def score_many(self, items):
+        flat = self.expected_ratings([self.prompt_ids(rec, c) for rec, cands in items for c in cands])
         out, i = [], 0
         for _, cands in items:
             out.append(flat[i:i + len(cands)])
