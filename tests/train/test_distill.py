@@ -135,13 +135,13 @@ def test_distilled_student_beats_baseline_on_teacher_text(tmp_path, smollm2_path
 
     teacher = load_model(smollm2_path, dtype=torch.float32, device="cpu")
     topics = ["dogs", "the ocean", "coffee", "rain", "music", "trees", "bread", "the moon", "trains", "winter",
-              "cats", "rivers", "books", "gardens", "mountains", "bicycles"]
+              "cats", "rivers"]
     asks = ["Write two sentences about {}.", "Give one fun fact about {}.", "Describe {} to a child.",
             "Why do people like {}?"]
     prompts = [a.format(t) for t in topics for a in asks]
     engine = LLMEngine.from_loaded(teacher, EngineConfig(kv_cache_gb=0.5))
     ids = [teacher.chat_format.encode_dialog([{"role": "user", "content": p}]) for p in prompts]
-    res = engine.generate(ids, SamplingParams(max_tokens=64, temperature=0.0))
+    res = engine.generate(ids, SamplingParams(max_tokens=48, temperature=0.0))
     rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r.completions[0].text}]}
             for p, r in zip(prompts, res)]
     del engine
@@ -149,7 +149,7 @@ def test_distilled_student_beats_baseline_on_teacher_text(tmp_path, smollm2_path
     train = [r for i, r in enumerate(rows) if i % 8 != 7]
     write_jsonl(tmp_path / "train.jsonl", train)
     write_jsonl(tmp_path / "held.jsonl", held)
-    common = dict(lr=3e-3, epochs=6, batch_size=8, max_seq_len=128, warmup_steps=5, progress=False)
+    common = dict(lr=3e-3, epochs=5, batch_size=8, max_seq_len=128, warmup_steps=3, progress=False)
     out = {}
     for name, ratio in (("kd", 0.9), ("baseline", 0.0)):
         out[name] = run_distill(RecipeOptions(model=str(smollm2_path), data=(str(tmp_path / "train.jsonl"),),

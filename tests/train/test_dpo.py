@@ -17,7 +17,7 @@ from lhama.errors import ConfigError
 from lhama.loader import load_model
 from lhama.train.config import LoraConfig, TrainConfig
 from lhama.train.data import IGNORE
-from lhama.train.dpo import (DPOConfig, DPOLoss, PairIterator, collate_pairs, dpo_losses, pair_logps,
+from lhama.train.dpo import (DPOConfig, DPOLoss, PairIterator, collate_pairs, dpo_losses,
                              precompute_reference, preference_margin, run_dpo, sequence_logps, tokenize_pairs)
 from lhama.train.lora import apply_lora, load_peft_adapter
 from lhama.train.sft import RecipeOptions

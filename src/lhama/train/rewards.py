@@ -16,7 +16,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from lhama.errors import ConfigError, LhamaError
 
