@@ -170,3 +170,13 @@ def test_real_smollm2_session(smollm2_path):
     assert res.messages[0]["role"] == "user" and any(m["role"] == "assistant" for m in res.messages)
     model_steps = [s for s in res.transcript.steps if s["type"] == "model"]
     assert model_steps and all(s["token_ids"] for s in model_steps)
+
+
+def test_shield_stages_pick_where_a_shield_runs(lm, engine):
+    script = Script(lm.chat_format, [(("Fine.",), "eot")])
+    only_input = Recorder()
+    only_input.stages = frozenset({"input"})
+    both = Recorder()
+    Agent(engine, [], shields=[only_input, both], chat_format=lm.chat_format, processor_factory=script).run("Hi")
+    assert [r for r, _ in only_input.calls] == ["user"]
+    assert [r for r, _ in both.calls] == ["user", "assistant"]

@@ -102,3 +102,18 @@ def test_custom_tool_from_a_file_and_replay_with_it(tmp_path, capsys, monkeypatc
     assert rc == 2 and "has no 'whisper'" in err
     rc, _, err = main(capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3", "--tools", "none")
     assert rc == 2 and "--tool MODULE:NAME" in err
+
+
+@pytest.mark.slow  # a guard pass of SmolLM2 over the Llama Guard prompt: ~10 s idle, a minute when busy
+def test_real_llama_guard_shield_wiring(smollm2_path, tmp_path, capsys, monkeypatch):
+    """``--shield`` builds lhama.safety's Llama Guard shield. SmolLM2 is no guard: its answer is
+    neither 'safe' nor 'unsafe', so the shield cannot judge and --shield-on-error decides - the
+    agent must then refuse before its model runs (fail closed), and record the verdict."""
+    path = tmp_path / "t.json"
+    rc, out, err = main(capsys, monkeypatch, "hello", "--model", "tiny-llama3", "--tools", "none",
+                        "--shield", f"llama-guard={smollm2_path}", "--shield-on-error", "refuse",
+                        "--shield-stages", "input", "--save", str(path))
+    assert rc == 0, err
+    tr = json.loads(path.read_text())
+    assert tr["stopped"] == "shield_input" and [s["type"] for s in tr["steps"]] == ["shield"]
+    assert tr["steps"][0]["allowed"] is False and out.strip() == tr["final"]

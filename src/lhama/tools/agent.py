@@ -108,8 +108,12 @@ class Agent:
             if t.name in self.tools:
                 raise ConfigError(f"two tools are named {t.name!r}; tool names must be unique")
             self.tools[t.name] = t
-        self.input_shields = list(shields if input_shields is None else input_shields)
-        self.output_shields = list(shields if output_shields is None else output_shields)
+        # A shield's ``stages`` (lhama.safety: {"input", "output"}) say where it applies; without
+        # the attribute it guards both ends.
+        self.input_shields = list(input_shields if input_shields is not None else
+                                  [s for s in shields if "input" in getattr(s, "stages", ("input",))])
+        self.output_shields = list(output_shields if output_shields is not None else
+                                   [s for s in shields if "output" in getattr(s, "stages", ("output",))])
         for s in [*self.input_shields, *self.output_shields]:
             if not callable(getattr(s, "check", None)):
                 raise ConfigError(f"a shield needs a check(messages, role=...) method: {s!r}")

@@ -23,8 +23,6 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tool", action="append", default=[], metavar="MODULE:NAME",
                    help="a custom tool: a lhama.tools.Tool or function NAME in MODULE (a module name or a "
                         ".py file), e.g. my_tools.py:get_weather (repeatable)")
-    p.add_argument("--shield", action="append", default=[],
-                   help="a lhama.safety shield spec guarding input and output (repeatable)")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-steps", type=int, default=8, help="model calls per question (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=512, help="tokens per model call (default: %(default)s)")
@@ -34,6 +32,9 @@ def add_agent_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--replay", metavar="FILE", help="replay a saved transcript instead of asking")
     p.add_argument("--rerun", action="store_true", help="with --replay: re-run the model too, not only the tools")
     p.add_argument("--quiet", action="store_true", help="print only the final answer")
+    from lhama.safety.spec import add_shield_args
+
+    add_shield_args(p)  # --shield KIND=PATH and its options, as in lhama serve
     p.set_defaults(func=cmd_agent)
     return p
 
@@ -75,18 +76,6 @@ def _custom_tools(specs: list[str]):
             raise ToolError(f"--tool {spec!r}: {mod_name} has no {attr!r}")
         out.append(as_tool(getattr(module, attr)))
     return out
-
-
-def _shields(specs: list[str]):
-    if not specs:
-        return []
-    from lhama.errors import ConfigError
-
-    try:
-        from lhama.safety import load_shield
-    except ImportError:
-        raise ConfigError("--shield needs lhama.safety.load_shield, which this installation lacks") from None
-    return [load_shield(s) for s in specs]
 
 
 class Printer:
@@ -137,7 +126,9 @@ def cmd_agent(a) -> int:
         report = replay_tools(tr, by_name)
         print(report)
         return 0 if report.same else 1
-    shields = _shields(a.shield)
+    from lhama.safety.spec import shields_from_args
+
+    shields = shields_from_args(a)
     lm = _load(a)
     if a.replay:
         tr = Transcript.load(a.replay)
