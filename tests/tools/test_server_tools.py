@@ -72,3 +72,15 @@ def test_tools_reach_a_template_without_tool_support(client):
         {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "temp_c": 21}'}]
     r = client.chat.completions.create(model=MODEL, messages=history, tools=WEATHER, max_tokens=12, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_required_builtin_tool_gets_its_own_arguments(client):
+    """A built-in named without parameters is still called with its real ones (code / query)."""
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Compute 2**10 with Python."}],
+        tools=[{"type": "function", "function": {"name": "code_interpreter"}}], tool_choice="required",
+        max_tokens=40, temperature=0)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls", c
+    call = c.message.tool_calls[0]
+    assert call.function.name == "code_interpreter" and isinstance(json.loads(call.function.arguments)["code"], str)

@@ -58,8 +58,11 @@ def messages_as_dicts(req: ChatCompletionRequest) -> list[dict]:
 
 def _tool_call_schema(tools) -> dict:
     variants = []
+    from lhama.tools.builtin import BUILTIN_SCHEMAS
+
     for t in tools:
-        params = t.function.parameters or _ANY_OBJECT
+        # A built-in given without parameters (code_interpreter, brave_search...) still has its own.
+        params = t.function.parameters or BUILTIN_SCHEMAS.get(t.function.name) or _ANY_OBJECT
         variants.append({"type": "object", "properties": {"name": {"const": t.function.name}, "parameters": params},
                          "required": ["name", "parameters"], "additionalProperties": False})
     return variants[0] if len(variants) == 1 else {"anyOf": variants}

@@ -22,6 +22,7 @@ QUERY_SCHEMA = {"type": "object", "properties": {"query": {"type": "string", "mi
                 "required": ["query"], "additionalProperties": False}
 CODE_SCHEMA = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"],
                "additionalProperties": False}
+BUILTIN_SCHEMAS = {"code_interpreter": CODE_SCHEMA, "brave_search": QUERY_SCHEMA, "wolfram_alpha": QUERY_SCHEMA}
 
 
 def _key(tool: str, env: str, given: str | None) -> str:

@@ -41,7 +41,7 @@ def function_specs(tools: Sequence[dict]) -> list[dict]:
     for t in tools or []:
         fn = t.get("function") if isinstance(t.get("function"), dict) else None
         name = t.get("type") if fn is None else fn.get("name")
-        if fn is None and name in _BUILTIN_FUNCTIONS:
+        if name in _BUILTIN_FUNCTIONS and (fn is None or not fn.get("parameters")):
             desc, schema = _BUILTIN_FUNCTIONS[name]
             fn = {"name": name, "description": desc, "parameters": schema}
         if fn is not None:
