@@ -8,6 +8,7 @@ to answer ``safe`` or ``unsafe`` with the violated codes on a second line.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Sequence
@@ -52,7 +53,8 @@ def _message_text(m: dict) -> str:
     for call in m.get("tool_calls") or []:
         fn = call.get("function", call) if isinstance(call, dict) else {}
         args = fn.get("arguments", "")
-        text += ("\n" if text else "") + f"{fn.get('name', 'tool')}({args if isinstance(args, str) else args!r})"
+        args = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        text += ("\n" if text else "") + f"{fn.get('name', 'tool')}({args})"
     return text
 
 
