@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,23 @@ def test_two_process_fsdp_matches_one_process(tmp_path, lora):
         torch.testing.assert_close(sb["model"][k], sa["model"][k], rtol=1e-4, atol=1e-6, msg=k)
     # Every process saved its own RNG state for an exact resume.
     assert (tmp_path / "two/checkpoints/step-000004/rng-rank1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_one_process_checkpoint_resumes_under_two_processes(tmp_path):
+    """Checkpoints hold full tensors: a run checkpointed by one process continues under FSDP with
+    two and matches the uninterrupted one-process run."""
+    one = _launch([sys.executable, str(SCRIPT), str(tmp_path / "one"), "6", "0"])
+    assert one.wait(timeout=300) == 0
+    part = _launch([sys.executable, str(SCRIPT), str(tmp_path / "part"), "6", "4"])
+    assert part.wait(timeout=300) == 0
+    ckpts = tmp_path / "part" / "checkpoints"
+    shutil.rmtree(ckpts / "step-000006")
+    (ckpts / "latest").write_text("step-000004\n")
+    two = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(SCRIPT), str(tmp_path / "part"), "6", "0", "--resume"])
+    out, _ = two.communicate(timeout=300)
+    assert two.returncode == 0 and "(step 4 of 6)" in out, out
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "part")
+    assert [m["step"] for m in b] == list(range(1, 7))
+    assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], rel=1e-5)

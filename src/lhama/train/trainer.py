@@ -178,6 +178,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step = int(state["step"])
+        # The learning rate follows this run's schedule (max_steps may have been raised to train longer).
+        factor = lr_factor(self.step, self.total_steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * factor
         if rng is not None:
             set_rng_state(rng)
         if self.rank == 0:
@@ -229,7 +233,7 @@ class Trainer:
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf")))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
