@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -54,10 +53,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
     ap.add_argument("--repeat", type=int, default=3, help="query latency: passes over the question set")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     t = time.perf_counter()
     emb = get_embedder("minilm")
-    out = {"embedder_load_s": round(time.perf_counter() - t, 2)}
+    import torch
+
+    out = {"embedder_load_s": round(time.perf_counter() - t, 2), "threads": torch.get_num_threads()}
     emb.embed(["warm-up"])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -92,6 +98,7 @@ def main() -> int:
             lat[label] = {"p50_ms": round(pct(ts, 0.5), 1), "p95_ms": round(pct(ts, 0.95), 1), "n": len(ts)}
         out["query_latency"] = lat
         store.close()
+    print(f"torch threads: {out['threads']}")
     print("| retrieval | recall@5 | recall@1 | MRR@5 | query p50 | query p95 |")
     print("|---|---:|---:|---:|---:|---:|")
     for k, v in out["recall"].items():

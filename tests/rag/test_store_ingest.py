@@ -40,6 +40,8 @@ def test_ingest_search_update_remove_drop(tmp_path, docs, minilm):
     assert (top.file_name, top.page, top.location) == ("report.pdf", 1, "report.pdf, page 1")
     for mode in ("vector", "bm25", "hybrid"):
         assert ret.search("zebrafish heart", k=1, mode=mode)[0].chunk.file_name == "notes.txt"
+    scores = [h.score for h in ret.search("zebrafish heart", k=25)]  # k past rerank_depth: all reranked
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores) and scores[0] == 1.0
 
     # unchanged → skipped; changed → old chunks replaced, not added beside
     rep = ingest_paths(store, minilm, [docs / "notes.txt"])
@@ -98,3 +100,11 @@ def test_loaded_model_embedder_plugs_in(tmp_path, docs):
     assert abs(float((vec ** 2).sum()) - 1) < 1e-4
     top = store.vector_search(vec, 3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_reciprocal_rank_fusion():
+    from lhama.rag.retrieve import reciprocal_rank_fusion
+
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
+    assert [c for c, _ in fused] == [1, 3, 2, 4]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)

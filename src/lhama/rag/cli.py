@@ -24,6 +24,8 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
     def store_arg(q):
         q.add_argument("--store", default=default_store(),
                        help="SQLite file or postgresql:// URL (default: $LHAMA_RAG_STORE or %(default)s)")
+        q.add_argument("--threads", type=int,
+                       help="torch threads for embedding (1 is far faster on a machine whose cores are busy)")
 
     a = sub.add_parser("add", help="add or update files and folders")
     a.add_argument("paths", nargs="+", help="files or folders (txt, md, html, pdf; folders recursively)")
@@ -72,6 +74,10 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _open(a, *, must_exist: bool = True):
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
     from lhama.rag.errors import StoreNotFoundError
     from lhama.rag.store import open_store
 

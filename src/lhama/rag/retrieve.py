@@ -99,13 +99,13 @@ class Retriever:
         else:
             ranked = reciprocal_rank_fusion([[c for c, _ in vec], [c for c, _ in lex]], cfg.rrf_k)
             if rerank and ranked:
-                ranked = self._rerank(ranked, qvec, dict(vec), dict(lex))
+                ranked = self._rerank(ranked, qvec, dict(vec), dict(lex), max(cfg.rerank_depth, k))
         top = ranked[:k]
         records = self.store.chunks([c for c, _ in top])
         return [Hit(records[c], s) for c, s in top if c in records]
 
-    def _rerank(self, fused, qvec, vec_scores: dict[int, float], lex_scores: dict[int, float]):
-        depth = self.config.rerank_depth
+    def _rerank(self, fused, qvec, vec_scores: dict[int, float], lex_scores: dict[int, float], depth: int):
+        """The top ``depth`` (>= k, so every returned hit is reranked), scored in [0, 1]."""
         head, tail = fused[:depth], fused[depth:]
         ids = [c for c, _ in head]
         missing = [c for c in ids if c not in vec_scores]
@@ -118,5 +118,4 @@ class Retriever:
         a = self.config.alpha
         score = a * _minmax(cos) + (1 - a) * _minmax(bm)
         order = np.argsort(-score, kind="stable")
-        # Reranked scores sit above the untouched tail's fusion scores, keeping one ordering.
-        return [(ids[i], 1.0 + float(score[i])) for i in order] + tail
+        return [(ids[i], float(score[i])) for i in order] + tail
