@@ -35,7 +35,7 @@ from harness import report  # noqa: E402
 from harness.systems import SYSTEMS  # noqa: E402
 from harness.worker import RESULT_MARK  # noqa: E402
 
-DEFAULT_SYSTEMS = "lhama,lhama-compile,llama.cpp,transformers"
+DEFAULT_SYSTEMS = "lhama,lhama-int8,lhama-int4,lhama-compile,llama.cpp,transformers"
 
 
 def parse_args(argv=None):

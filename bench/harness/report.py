@@ -10,11 +10,16 @@ from pathlib import Path
 # the one the ratios use (the engine: what the server runs).
 COLUMNS = {
     "lhama": ["lhama (engine)", "lhama (reference loop)"],
+    "lhama-int8": ["lhama (engine, int8)"],
+    "lhama-int4": ["lhama (engine, int4)"],
+    "lhama-fp8": ["lhama (engine, fp8)"],
     "lhama-compile": ["lhama (engine, torch.compile)"],
     "llama.cpp": ["llama.cpp"],
     "transformers": ["transformers"],
 }
 LHAMA_PRIMARY = ["lhama (engine)", "lhama (reference loop)"]
+# Second set of ratios: the int4 engine, the same bits per weight as llama.cpp's Q4_1 file.
+LHAMA_INT4 = "lhama (engine, int4)"
 PEERS = ["llama.cpp", "transformers"]
 
 
@@ -32,6 +37,7 @@ def rows(meta: dict) -> list[tuple[str, str, bool]]:
         out.append((f"e2e_{n}", f"end-to-end tok/s incl. prefill, {n} concurrent ↑", True))
     out += [
         ("load_s", "load time, s ↓", False),
+        ("weight_mib", "weights in memory, MiB ↓", False),
         ("compile_s", "torch.compile warm-up, s ↓", False),
         ("peak_rss_mib", "peak RSS of the process, MiB ↓", False),
         ("peak_gpu_mib", "peak GPU memory allocated, MiB ↓", False),
@@ -71,12 +77,15 @@ def build_table(results: dict, meta: dict) -> dict:
             if values[c] is None and c in errors:
                 values[c] = "n/a (timed out)" if "timed out" in errors[c] else "n/a (failed)"
         lh = next((values[c] for c in LHAMA_PRIMARY if c in values and is_num(values[c])), None)
-        ratios = {}
+        q4 = values.get(LHAMA_INT4)
+        ratios, ratios_int4 = {}, {}
         for p in PEERS:
             if p in values:
                 ratios[p] = lh / values[p] if is_num(lh) and is_num(values[p]) and values[p] else None
+                if LHAMA_INT4 in values:
+                    ratios_int4[p] = q4 / values[p] if is_num(q4) and is_num(values[p]) and values[p] else None
         table_rows.append({"key": key, "label": label, "higher_is_better": higher, "values": values,
-                           "ratios": ratios})
+                           "ratios": ratios, "ratios_int4": ratios_int4})
     return {"columns": columns, "rows": table_rows,
             "errors": errors}
 
@@ -84,7 +93,8 @@ def build_table(results: dict, meta: dict) -> dict:
 def markdown(table: dict, meta: dict, notes: list[str]) -> str:
     columns = table["columns"]
     peers = [p for p in PEERS if p in columns]
-    head = ["metric"] + columns + [f"lhama ÷ {p}" for p in peers]
+    int4 = LHAMA_INT4 in columns
+    head = ["metric"] + columns + [f"lhama ÷ {p}" for p in peers] + ([f"lhama int4 ÷ {p}" for p in peers] if int4 else [])
     lines = [
         f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
         f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
@@ -96,10 +106,13 @@ def markdown(table: dict, meta: dict, notes: list[str]) -> str:
     for r in table["rows"]:
         cells = [r["label"]] + [fmt(r["key"], r["values"][c]) for c in columns]
         cells += [f"{r['ratios'][p]:.2f}×" if is_num(r["ratios"].get(p)) else "–" for p in peers]
+        if int4:
+            cells += [f"{r['ratios_int4'][p]:.2f}×" if is_num(r["ratios_int4"].get(p)) else "–" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios: the lhama engine's figure (the reference loop's where the engine has none) "
-                 "divided by the peer's; ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "
+                 "divided by the peer's; \"lhama int4\" ratios use the int4 engine (4-bit weights like "
+                 "llama.cpp's Q4_1 file); ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "
                  "means lhama is better.")
     for c, e in table["errors"].items():
         lines.append(f"- {c} failed: {e}")

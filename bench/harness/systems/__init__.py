@@ -5,6 +5,11 @@
 SYSTEMS = {
     "lhama": ("harness.systems.lhama_system", "run"),
     "lhama-compile": ("harness.systems.lhama_system", "run_compiled"),
+    # Weight-only quantized at load (lhama.quant), engine only: int8 per channel, int4 group 32
+    # (int8 head), fp8 e4m3 (upcast per matmul on CPUs: memory, not speed).
+    "lhama-int8": ("harness.systems.lhama_system", "run_int8"),
+    "lhama-int4": ("harness.systems.lhama_system", "run_int4"),
+    "lhama-fp8": ("harness.systems.lhama_system", "run_fp8"),
     "llama.cpp": ("harness.systems.llamacpp_system", "run"),
     "transformers": ("harness.systems.transformers_system", "run"),
 }

@@ -17,17 +17,21 @@ from harness.workload import Workload, is_gguf
 ENGINE_BLOCK = 16
 
 
-def load(w: Workload):
+def load(w: Workload, quantize: str | None = None):
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[w.dtype]
     t0 = time.perf_counter()
     if is_gguf(w.model):
         from lhama.loader import load_model
 
-        model = load_model(w.model, dtype=dtype, device=w.device).model
+        model = load_model(w.model, dtype=dtype, device=w.device, quantize=quantize).model
     else:  # a named config: random weights, no tokenizer needed (ids are given)
         from lhama.model import build_model, get_config
 
         model = build_model(get_config(w.model).args, dtype=dtype, device=w.device, init="random").eval()
+        if quantize:
+            from lhama.quant import quantize_model
+
+            quantize_model(model, quantize)
     if w.device.startswith("cuda"):
         torch.cuda.synchronize()
     return model, time.perf_counter() - t0
@@ -148,7 +152,9 @@ def run(w: Workload, out: dict) -> None:
                                 "max_num_seqs": engine.config.max_num_seqs,
                                 "max_num_batched_tokens": engine.config.max_num_batched_tokens}
     warm_up(model, engine, w)
-    cols["lhama (engine)"] = {"load_s": load_s}
+    from lhama.quant import weight_bytes
+
+    cols["lhama (engine)"] = {"load_s": load_s, "weight_mib": weight_bytes(model) / 2**20}
     details["engine"] = {}
     engine_columns(engine, w, cols["lhama (engine)"], details["engine"])
     kv = engine.kv_manager
@@ -182,3 +188,29 @@ def run_compiled(w: Workload, out: dict) -> None:
     finally:
         det["dynamo_counters"] = {k: dict(v) for k, v in torch._dynamo.utils.counters.items()
                                   if k in ("stats", "recompiles")}
+
+
+def run_quantized(w: Workload, out: dict, mode: str) -> None:
+    """The engine on weights quantized at load (``load_model(quantize=mode)``)."""
+    from lhama.quant import weight_bytes
+
+    out["info"] = _info(w) | {"quantize": mode}
+    model, load_s = load(w, quantize=mode)
+    out["info"]["weight_mib"] = weight_bytes(model) / 2**20
+    engine = make_engine(model, w)
+    warm_up(model, engine, w)
+    col = out["columns"][f"lhama (engine, {mode})"] = {"load_s": load_s, "weight_mib": out["info"]["weight_mib"]}
+    out["details"]["engine"] = {}
+    engine_columns(engine, w, col, out["details"]["engine"])
+
+
+def run_int8(w: Workload, out: dict) -> None:
+    run_quantized(w, out, "int8")
+
+
+def run_int4(w: Workload, out: dict) -> None:
+    run_quantized(w, out, "int4")
+
+
+def run_fp8(w: Workload, out: dict) -> None:
+    run_quantized(w, out, "fp8")

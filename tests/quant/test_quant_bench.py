@@ -1,0 +1,38 @@
+"""The benchmark scripts with quantized lhama: run.py's int4 column and bench/quant.py's table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_run_py_quick_with_int4_column(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--model", "tiny-llama2",
+         "--systems", "lhama-int4", "--concurrency", "1,2", "--out-dir", str(tmp_path), "--name", "q",
+         "--timeout", "240"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "q.json").read_text())
+    rows = {row["key"]: row["values"] for row in doc["table"]["rows"]}
+    col = "lhama (engine, int4)"
+    for key in ("prefill_tok_s", "decode_tok_s", "agg_2", "weight_mib"):
+        assert rows[key][col] > 0, key
+    assert doc["results"]["lhama-int4"]["info"]["quantize"] == "int4"
+    assert doc["results"]["lhama-int4"]["details"]["engine"]["single"]["tokens"] == 16
+
+
+def test_quant_py_table(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "quant.py"), "--quick", "--model", "tiny-llama3", "--modes",
+         "fp32,int8", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["mode"]: row for row in json.loads((tmp_path / "quant.json").read_text())["rows"]}
+    assert rows["int8"]["weight_mib"] < rows["fp32"]["weight_mib"]
+    assert 0.9 < rows["int8"]["ppl"] / rows["fp32"]["ppl"] < 1.1
+    assert rows["int8"]["decode_tok_s"] > 0 and rows["int8"]["agg_4_tok_s"] > 0
+    md = (tmp_path / "quant.md").read_text()
+    assert "| int8 |" in md and "| fp32 |" in md
