@@ -180,3 +180,12 @@ def test_shield_stages_pick_where_a_shield_runs(lm, engine):
     Agent(engine, [], shields=[only_input, both], chat_format=lm.chat_format, processor_factory=script).run("Hi")
     assert [r for r, _ in only_input.calls] == ["user"]
     assert [r for r, _ in both.calls] == ["user", "assistant"]
+
+
+def test_a_result_that_overflows_the_context_ends_the_run_cleanly(lm, engine):
+    flood = tool(lambda: "word " * 4000, name="flood", parameters={"type": "object", "properties": {}})
+    script = Script(lm.chat_format, [(('{"name": "flood", "parameters": {}}',), "eom")])
+    res = Agent(engine, [flood], chat_format=lm.chat_format, processor_factory=script).run("Go.")
+    assert res.stopped == "context_length"
+    assert res.transcript.steps[-1]["type"] == "error" and "context window" in res.transcript.steps[-1]["message"]
+    assert [s["type"] for s in res.transcript.steps] == ["model", "tool", "error"]

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
-from lhama.errors import ConfigError, LhamaError, ToolError
+from lhama.errors import ConfigError, ContextLengthExceededError, LhamaError, ToolError
 from lhama.generate import SamplingParams
 from lhama.tools.registry import Tool, as_tool
 from lhama.tools.stream_parser import ToolCallStreamParser
@@ -72,7 +72,7 @@ class AgentEvent:
 @dataclass
 class AgentResult:
     content: str  # the final answer (or the refusal)
-    stopped: str  # "end_of_turn", "max_steps", "out_of_tokens", "shield_input", "shield_output"
+    stopped: str  # end_of_turn, max_steps, out_of_tokens, context_length, shield_input, shield_output
     messages: list[dict]  # the whole conversation, system/tool turns included
     transcript: Transcript
 
@@ -144,7 +144,11 @@ class Agent:
             messages.append({"role": "assistant", "content": refusal})
             return finish(refusal, "shield_input")
         for step in range(self.config.max_steps):
-            msg, ids = self._model_turn(messages, step, emit)
+            try:
+                msg, ids = self._model_turn(messages, step, emit)
+            except ContextLengthExceededError as e:  # tool results filled the context: stop, keep the record
+                tr.steps.append({"type": "error", "message": str(e)})
+                return finish(self._last_answer(messages), "context_length")
             tr.model_step(msg, ids)
             if (refusal := self._shield(self.output_shields, messages + [msg], "assistant", tr, emit)) is not None:
                 messages.append({"role": "assistant", "content": refusal})
@@ -155,14 +159,15 @@ class Agent:
                 return finish(msg.get("content") or "", msg.get("stop_reason") or "end_of_turn")
             for call in calls:
                 messages.append(self._execute(call, tr, emit))
-        return finish(next((m.get("content") or "" for m in reversed(messages) if m["role"] == "assistant"), ""),
-                      "max_steps")
+        return finish(self._last_answer(messages), "max_steps")
+
+    @staticmethod
+    def _last_answer(messages: list[dict]) -> str:
+        return next((m.get("content") or "" for m in reversed(messages) if m["role"] == "assistant"), "")
 
     def _params(self, prompt_len: int, step: int) -> SamplingParams:
         room = self.engine.max_model_len - prompt_len
         if room < 1:
-            from lhama.errors import ContextLengthExceededError
-
             raise ContextLengthExceededError(prompt_len, 1, self.engine.max_model_len)
         extra = {"logits_processor": self.processor_factory(step)} if self.processor_factory else {}
         c = self.config
@@ -182,8 +187,6 @@ class Agent:
         if part.content:
             emit(AgentEvent("content", {"text": part.content, "step": step}))
         msg = dict(parser.message)
-        if msg.get("stop_reason") == "out_of_tokens" and not msg.get("tool_calls"):
-            msg["stop_reason"] = "out_of_tokens"
         for c in msg.get("tool_calls") or []:
             emit(AgentEvent("tool_call", {"id": c["id"], "name": c["function"]["name"],
                                           "arguments": c["function"]["arguments"], "step": step}))

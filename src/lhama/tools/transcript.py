@@ -90,6 +90,8 @@ class Transcript:
                 out.append(("model", m.get("content"), json.dumps(calls, sort_keys=True)))
             elif s["type"] == "tool":
                 out.append(("tool", s["name"], s["result"]))
+            elif s["type"] == "error":
+                out.append(("error", s["message"]))
             else:
                 out.append(("shield", s["role"], s["allowed"], tuple(s["categories"])))
         return out
