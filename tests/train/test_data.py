@@ -103,3 +103,17 @@ def test_iterator_position_round_trips(synthetic_rows):
     assert all((a == b).all() for a, b in zip(expected, got))
     with pytest.raises(ConfigError, match="same data"):
         BatchIterator(synthetic_rows[:-1], 4).load_state_dict(state)
+
+
+def test_tool_calls_are_trained_and_tool_results_are_not(llama3_format):
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    convo = [{"role": "user", "content": "Weather in Paris?"},
+             {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather",
+                                                                                     "arguments": '{"city": "Paris"}'}}]},
+             {"role": "tool", "content": '{"temp": 21}'},
+             {"role": "assistant", "content": "21 degrees."}]
+    ex = tokenize_chat(convo, llama3_format, tools=tools)
+    spans = _labeled_spans(ex, llama3_format.tokenizer)
+    assert len(spans) == 2 and "get_weather" in spans[0] and spans[1] == "21 degrees.<|eot_id|>"
+    assert all("21}" not in s and "Weather in a city" not in s for s in spans)

@@ -51,7 +51,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def tokenize_chat(messages: Sequence[dict], chat_format, *, where: str = "example") -> Example:
+def tokenize_chat(messages: Sequence[dict], chat_format, *, where: str = "example",
+                  tools: Sequence[dict] | None = None) -> Example:
     """Ids of the whole conversation, labels only on the assistant turns (content and the
     end-of-turn token, which teaches the model to stop).
 
@@ -68,14 +69,14 @@ def tokenize_chat(messages: Sequence[dict], chat_format, *, where: str = "exampl
     if not any(m["role"] == "assistant" for m in messages):
         raise ConfigError(f"{where}: no assistant message, so nothing to learn from")
     try:
-        full = chat_format.encode_dialog(messages, add_generation_prompt=False)
+        full = chat_format.encode_dialog(messages, tools=tools, add_generation_prompt=False)
         labels = [IGNORE] * len(full)
         stops = chat_format.stop_ids
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
-            prompt = chat_format.encode_dialog(messages[:i], add_generation_prompt=True) if i else []
-            upto = chat_format.encode_dialog(messages[: i + 1], add_generation_prompt=False)
+            prompt = chat_format.encode_dialog(messages[:i], tools=tools, add_generation_prompt=True) if i else []
+            upto = chat_format.encode_dialog(messages[: i + 1], tools=tools, add_generation_prompt=False)
             if full[: len(upto)] != upto or upto[: len(prompt)] != prompt:
                 raise ChatFormatError(f"{where}: the chat format does not render turn {i} as a prefix of the "
                                       "conversation, so assistant tokens cannot be located")
@@ -98,12 +99,13 @@ def tokenize_text(text: str, tokenizer) -> Example:
 
 
 def load_chat_examples(path: str | Path, chat_format) -> list[Example]:
-    """Chat JSONL (``{"messages": [...]}`` per line) to examples."""
+    """Chat JSONL (``{"messages": [...]}`` per line, optionally ``"tools": [...]`` definitions
+    rendered into the prompt as at inference) to examples."""
     out = []
     for n, row in enumerate(read_jsonl(path), 1):
         if "messages" not in row:
             raise ConfigError(f"{path}:{n}: expected a 'messages' list (chat format)")
-        out.append(tokenize_chat(row["messages"], chat_format, where=f"{path}:{n}"))
+        out.append(tokenize_chat(row["messages"], chat_format, where=f"{path}:{n}", tools=row.get("tools")))
     return out
 
 
