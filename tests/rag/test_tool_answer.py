@@ -27,6 +27,21 @@ def test_file_search_tool(eval_store, minilm):
         tool(query="x", bogus=1)
 
 
+def test_file_search_registers_as_agent_tool(eval_store, minilm, monkeypatch):
+    import lhama.rag.tool as rag_tool
+    from lhama.errors import ToolError
+    from lhama.tools.registry import as_tool
+
+    t = as_tool(file_search_tool(Retriever(eval_store, minilm)).agent_tool())
+    assert t.spec()["function"]["name"] == "file_search" and not t.builtin
+    out = json.loads(t({"query": "Which browser do the web chat tests use?", "max_num_results": 2}))
+    assert len(out["results"]) == 2 and out["results"][0]["file"] == "server.md"
+    with pytest.raises(ToolError, match="file_search"):
+        t({"max_num_results": 2})
+    monkeypatch.setenv("LHAMA_RAG_STORE", str(eval_store.path))  # `lhama agent --tool lhama.rag.tool:file_search`
+    assert json.loads(rag_tool.file_search({"query": "prefix caching"}))["results"]
+
+
 def test_parse_citations():
     assert parse_citations("A [2], B [1, 3] and [2] again; [9] [0]", 3) == ([2, 1, 3], [9, 0])
 

@@ -4,6 +4,7 @@ name, description and JSON schema, in the shape OpenAI's function tools use.
     tool = file_search_tool(retriever)
     tool.schema                           # {"type": "function", "function": {name, description, parameters}}
     tool(query="how are batches resumed?")  # JSON string: numbered passages with file + location
+    tool.agent_tool()                     # a lhama.tools.Tool for lhama.tools.agent
 
 The result is a string because a tool result goes back into the conversation as text; it
 numbers the passages so the model can cite them as [n].
@@ -59,6 +60,12 @@ class FileSearchTool:
         hits = self.retriever.search(query, k=max_num_results or self.default_results)
         return {"query": query, "results": [s.as_dict() for s in sources_from_hits(hits)]}
 
+    def agent_tool(self):
+        """This tool as a ``lhama.tools.Tool``, for ``lhama.tools.agent`` and its registry."""
+        from lhama.tools.registry import Tool
+
+        return Tool(self.name, self.description, PARAMETERS, self.__call__)
+
     def __call__(self, query: str, max_num_results: int | None = None, **unknown) -> str:
         if unknown:
             raise SamplingError(next(iter(unknown)), f"is not a parameter of {self.name} (query, max_num_results)")
@@ -68,3 +75,20 @@ class FileSearchTool:
 def file_search_tool(retriever, *, name: str = NAME, description: str = DESCRIPTION,
                      default_results: int = 5) -> FileSearchTool:
     return FileSearchTool(retriever, name, description, default_results)
+
+
+def __getattr__(name: str):
+    """``lhama agent --tool lhama.rag.tool:file_search``: the tool over the default store
+    (``$LHAMA_RAG_STORE``), built when first asked for."""
+    if name != "file_search":
+        raise AttributeError(name)
+    from lhama.rag.cli import default_store
+    from lhama.rag.embedders import get_embedder
+    from lhama.rag.errors import VectorStoreError
+    from lhama.rag.retrieve import Retriever
+    from lhama.rag.store import open_store
+
+    store = open_store(default_store())
+    if store.embedder_name is None:
+        raise VectorStoreError(f"the store {store.location} is empty; add files with 'lhama rag add' first")
+    return file_search_tool(Retriever(store, get_embedder(store.embedder_name))).agent_tool()
