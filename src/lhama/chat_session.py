@@ -14,8 +14,9 @@ HELP = "commands: /reset (forget the conversation), /system TEXT (set the system
 class ChatSession:
     """Keeps the conversation; each turn renders it with the model's chat format."""
 
-    def __init__(self, loaded, params: SamplingParams, system: str | None = None):
+    def __init__(self, loaded, params: SamplingParams, system: str | None = None, speculation=None):
         self.lm = loaded
+        self.speculation = speculation  # lhama.generate.speculative.Speculation, or None
         self.params = params
         self.system = system
         self.messages: list[dict] = []
@@ -35,7 +36,8 @@ class ChatSession:
         params = self.params.with_(max_tokens=max(1, min(self.params.max_tokens, room)))
         gen_ids: list[int] = []
         try:
-            for d in stream_text(self.lm.model, self.lm.tokenizer, ids, params, stop_ids=fmt.stop_ids):
+            for d in stream_text(self.lm.model, self.lm.tokenizer, ids, params, stop_ids=fmt.stop_ids,
+                                 speculation=self.speculation):
                 gen_ids += d.token_ids
                 yield d.text
         except BaseException:
@@ -47,8 +49,8 @@ class ChatSession:
 
 
 def run_chat(loaded, params: SamplingParams, system: str | None = None,
-             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    session = ChatSession(loaded, params, system)
+             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, speculation=None) -> int:
+    session = ChatSession(loaded, params, system, speculation)
     tty = stdin.isatty()
     print(f"lhama chat with {loaded.name} ({loaded.args.n_layers} layers, context {loaded.context_length}). {HELP}",
           file=stdout)

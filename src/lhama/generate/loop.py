@@ -64,8 +64,16 @@ def generate_tokens(
     *,
     stop_ids: Sequence[int] = (),
     context_length: int | None = None,
+    speculation=None,
 ) -> Iterator[TokenStep]:
-    """Yield sampled tokens until a stop id (yielded too) or ``params.max_tokens``."""
+    """Yield sampled tokens until a stop id (yielded too) or ``params.max_tokens``.
+    With ``speculation`` (``lhama.generate.speculative.Speculation``) a draft proposes tokens."""
+    if speculation is not None:
+        from lhama.generate.speculative import speculative_tokens
+
+        yield from speculative_tokens(model, speculation, prompt_ids, params, stop_ids=stop_ids,
+                                      context_length=context_length)
+        return
     args = model.args
     ctx = context_length or args.max_seq_len
     check_context(len(prompt_ids), params.max_tokens, ctx)
@@ -111,6 +119,7 @@ def stream_text(
     params: SamplingParams,
     *,
     stop_ids: Sequence[int] | None = None,
+    speculation=None,
 ) -> Iterator[StreamDelta]:
     """Text deltas that never split a UTF-8 character and never show a (partial) stop string."""
     from lhama.tokenizer.incremental import IncrementalDecoder
@@ -122,7 +131,7 @@ def stream_text(
     decoder = IncrementalDecoder(tokenizer)
     matcher = StopStringMatcher(params.stop)
     n = 0
-    for step in generate_tokens(model, prompt_ids, params, stop_ids=stop_ids):
+    for step in generate_tokens(model, prompt_ids, params, stop_ids=stop_ids, speculation=speculation):
         n += 1
         if step.token_id in stop_set:
             tail = matcher.feed(decoder.flush()) + matcher.flush()
@@ -141,10 +150,10 @@ def stream_text(
 
 
 def generate(model: Transformer, tokenizer, prompt_ids: Sequence[int], params: SamplingParams,
-             *, stop_ids: Sequence[int] | None = None) -> Completion:
+             *, stop_ids: Sequence[int] | None = None, speculation=None) -> Completion:
     parts, ids, steps = [], [], []
     finish, reason = "length", None
-    for d in stream_text(model, tokenizer, prompt_ids, params, stop_ids=stop_ids):
+    for d in stream_text(model, tokenizer, prompt_ids, params, stop_ids=stop_ids, speculation=speculation):
         parts.append(d.text)
         ids += d.token_ids
         steps += d.steps

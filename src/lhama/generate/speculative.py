@@ -1,0 +1,269 @@
+"""Speculative decoding: a cheap draft model proposes ``k`` tokens, the target checks them all in
+one forward pass and keeps the longest prefix it agrees with, plus one token of its own.
+
+Greedy: a draft token is kept when it is the target's argmax at that position, so the output is
+the target's own greedy output (up to ties broken differently by a k+1-token matmul than by a
+1-token one). Sampling (temperature > 0, with top-k / top-p / min-p): a draft token x drawn from
+the draft's distribution q is kept with probability min(1, p(x) / q(x)); on the first rejection a
+token is drawn from max(0, p - q) renormalised (Leviathan et al. 2023, "Fast Inference from
+Transformers via Speculative Decoding", Theorem 1), so every token is distributed exactly as the
+target alone would sample it.
+
+The draft is any model with the target's vocabulary (``--draft-model PATH``), or the target's own
+first N layers with its final norm and head (``--draft-model self:N``, LayerSkip-style self-
+speculation, Elhoushi et al. 2024): it shares the target's weights, so it costs no memory; or no
+model at all (``--draft-model ngram``): prompt-lookup proposals copied from earlier in the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lhama.errors import ConfigError, SamplingError
+from lhama.generate.loop import TokenStep, check_context
+from lhama.generate.sampling import SamplingParams, filter_logits, make_generator
+from lhama.model import StaticKVCache, Transformer
+
+
+@dataclass
+class SpeculativeStats:
+    rounds: int = 0  # target forwards after the prompt
+    proposed: int = 0  # draft tokens offered to the target
+    accepted: int = 0  # draft tokens the target kept
+    emitted: int = 0  # tokens yielded (accepted + one per round from the target)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_target_forward(self) -> float:
+        return self.emitted / self.rounds if self.rounds else 0.0
+
+
+@dataclass(frozen=True)
+class NgramDraft:
+    """Prompt-lookup drafting (no model): find the latest earlier occurrence of the last
+    ``max_ngram``..``min_ngram`` tokens and propose what followed it. Free to run; pays off when
+    the output repeats the prompt (quoting, editing code, extraction)."""
+
+    max_ngram: int = 4
+    min_ngram: int = 1
+
+    def propose(self, tokens: Sequence[int], k: int) -> list[int]:
+        n_tok = len(tokens)
+        for n in range(min(self.max_ngram, n_tok - 1), self.min_ngram - 1, -1):
+            tail = list(tokens[n_tok - n:])
+            for start in range(n_tok - n - 1, -1, -1):
+                if list(tokens[start:start + n]) == tail:
+                    return list(tokens[start + n:start + n + k])
+        return []
+
+
+@dataclass
+class Speculation:
+    """A draft (a model sharing the target's vocabulary, or an ``NgramDraft``) and how many tokens
+    it proposes per round."""
+
+    draft: Transformer | NgramDraft
+    num_speculative_tokens: int = 4
+    stats: SpeculativeStats = field(default_factory=SpeculativeStats)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_speculative_tokens <= 32:
+            raise ConfigError(f"--num-speculative-tokens must be in 1..32, got {self.num_speculative_tokens}")
+
+
+def self_draft(model: Transformer, n_layers: int) -> Transformer:
+    """The target's first ``n_layers`` with its final norm and head, sharing every weight."""
+    total = model.args.n_layers
+    if not 1 <= n_layers < total:
+        raise ConfigError(f"a self-draft needs 1..{total - 1} of the target's {total} layers, got {n_layers}")
+    with torch.device("meta"):
+        draft = Transformer(model.args.with_(n_layers=n_layers))
+    draft.tok_embeddings = model.tok_embeddings
+    draft.layers = nn.ModuleList(model.layers[:n_layers])
+    draft.norm, draft.output = model.norm, model.output
+    draft.inv_freq = model.inv_freq
+    return draft.eval()
+
+
+def check_draft(target: Transformer, draft: Transformer | NgramDraft) -> None:
+    if isinstance(draft, NgramDraft):
+        return
+    if draft.args.vocab_size != target.args.vocab_size:
+        raise ConfigError(f"the draft model's vocabulary ({draft.args.vocab_size} tokens) differs from the target's "
+                          f"({target.args.vocab_size}); a draft must share the target's tokenizer")
+    if draft.device != target.device:
+        raise ConfigError(f"the draft model is on {draft.device}, the target on {target.device}; load both on one device")
+
+
+def _check_params(params: SamplingParams) -> None:
+    # Penalties change the distribution with every accepted token; verifying k tokens at once would
+    # need k different penalty states. Refuse rather than silently sample something else.
+    for name, off in (("repetition_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0)):
+        if getattr(params, name) != off:
+            raise SamplingError(name, "is not supported with speculative decoding; drop it or the draft model")
+    if params.n != 1:
+        raise SamplingError("n", "speculative decoding generates one sequence per request")
+
+
+class _Dist:
+    """Per-position sampling distributions for a [T, V] block of logits."""
+
+    def __init__(self, logits: torch.Tensor, params: SamplingParams, banned: list[bool], stop_ids: list[int]):
+        logits = logits.float()
+        if stop_ids and any(banned):
+            logits = logits.clone()
+            rows = torch.tensor([i for i, b in enumerate(banned) if b], dtype=torch.long, device=logits.device)
+            logits[rows.unsqueeze(1), torch.tensor(stop_ids, dtype=torch.long, device=logits.device)] = float("-inf")
+        self.raw = logits
+        if params.greedy:
+            self.probs = None
+        else:
+            T = logits.shape[0]
+            col = lambda v, dt=torch.float32: torch.full((T,), v, dtype=dt, device=logits.device)  # noqa: E731
+            filtered = filter_logits(logits, col(params.temperature), col(params.top_k, torch.long),
+                                     col(params.top_p), col(params.min_p))
+            self.probs = filtered.softmax(-1)
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator | None) -> int:
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@torch.inference_mode()
+def speculative_tokens(
+    target: Transformer,
+    spec: Speculation,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int] = (),
+    context_length: int | None = None,
+) -> Iterator[TokenStep]:
+    """Like ``lhama.generate.generate_tokens``, with the draft proposing and the target verifying."""
+    draft, k_max, stats = spec.draft, spec.num_speculative_tokens, spec.stats
+    check_draft(target, draft)
+    _check_params(params)
+    check_context(len(prompt_ids), params.max_tokens, context_length or target.args.max_seq_len)
+    dev = target.device
+    stops = (set() if params.ignore_eos else set(stop_ids)) | set(params.stop_token_ids)
+    stop_list = sorted(stops)
+    gen = make_generator(params.seed, dev)
+    max_len = len(prompt_ids) + params.max_tokens + k_max + 1
+    t_cache = StaticKVCache(target.args, 1, max_len, dtype=target.dtype, device=dev)
+    ngram = draft if isinstance(draft, NgramDraft) else None
+    d_cache = None if ngram else StaticKVCache(draft.args, 1, max_len, dtype=draft.dtype, device=dev)
+
+    def run(model, cache, toks: list[int]) -> torch.Tensor:
+        x = torch.tensor([toks], dtype=torch.long, device=dev)
+        logits = model(x, cache.pos, cache)[0]
+        cache.advance(len(toks))
+        return logits
+
+    def step(tok: int, raw_row: torch.Tensor) -> TokenStep:
+        s = TokenStep(tok)
+        if params.logprobs or params.top_logprobs:
+            logp = raw_row.log_softmax(-1)
+            s.logprob = float(logp[tok])
+            if params.top_logprobs:
+                lp, ids = logp.topk(params.top_logprobs)
+                s.top_logprobs = [(int(i), float(v)) for i, v in zip(ids, lp)]
+        return s
+
+    tokens = list(prompt_ids)
+    n_out = 0
+    # The first token comes from the target alone (its prefill); the draft prefills the prompt too.
+    first = _Dist(run(target, t_cache, tokens)[-1:], params, [params.min_tokens > 0], stop_list)
+    first_tok = int(first.raw.argmax(-1)) if first.probs is None else _draw(first.probs[0], gen)
+    if d_cache is not None:
+        run(draft, d_cache, tokens)
+    pending = [first_tok]
+    pending_steps = [step(first_tok, first.raw[0])]
+    while True:
+        # Emit what the last round decided; stop on a stop token or the token budget.
+        for tok, s in zip(pending, pending_steps):
+            tokens.append(tok)
+            n_out += 1
+            stats.emitted += 1
+            yield s
+            if tok in stops or n_out >= params.max_tokens:
+                return
+        k = min(k_max, params.max_tokens - n_out - 1)  # proposals beyond the budget would be thrown away
+        # The draft catches up on committed tokens it has not seen, then proposes k.
+        proposals: list[int] = []
+        q_rows: list[torch.Tensor] = []
+        if ngram is not None and k > 0:
+            # A deterministic proposal is a one-hot q: kept with probability p(x), the rest of p otherwise.
+            proposals = ngram.propose(tokens, k)
+            k = len(proposals)
+            q_rows = [torch.nn.functional.one_hot(torch.tensor(t, device=dev), target.args.vocab_size).float()
+                      for t in proposals] if not params.greedy else []
+        elif k > 0:
+            logits = run(draft, d_cache, tokens[d_cache.pos:])[-1:]
+            for i in range(k):
+                d = _Dist(logits, params, [n_out + i < params.min_tokens], stop_list)
+                tok = int(d.raw.argmax(-1)) if d.probs is None else _draw(d.probs[0], gen)
+                proposals.append(tok)
+                if d.probs is not None:
+                    q_rows.append(d.probs[0])
+                if i + 1 < k:
+                    logits = run(draft, d_cache, [tok])
+        # The target scores the last committed token and every proposal in one forward.
+        base = t_cache.pos
+        t_logits = run(target, t_cache, [tokens[-1]] + proposals)
+        p = _Dist(t_logits, params, [n_out + i < params.min_tokens for i in range(k + 1)], stop_list)
+        stats.rounds += 1
+        stats.proposed += k
+        n_acc = 0
+        correction = None
+        for i, tok in enumerate(proposals):
+            if p.probs is None:
+                ok = int(p.raw[i].argmax()) == tok
+            else:
+                ratio = p.probs[i, tok] / q_rows[i][tok].clamp_min(1e-20)
+                u = torch.rand((), generator=gen, device=dev) if gen is not None else torch.rand(())
+                ok = bool(u < ratio)
+                if not ok:
+                    resid = (p.probs[i] - q_rows[i]).clamp_min(0)
+                    correction = _draw(resid / resid.sum() if resid.sum() > 0 else p.probs[i], gen)
+            if not ok:
+                break
+            n_acc += 1
+        if correction is None:  # a rejected greedy token, or every proposal kept: the target's next token
+            correction = int(p.raw[n_acc].argmax()) if p.probs is None else _draw(p.probs[n_acc], gen)
+        stats.accepted += n_acc
+        pending = proposals[:n_acc] + [correction]
+        pending_steps = [step(t, p.raw[i]) for i, t in enumerate(pending)]
+        # Forget the cache entries of rejected proposals (in both models).
+        t_cache.truncate(base + 1 + n_acc)
+        if d_cache is not None:
+            d_cache.truncate(min(d_cache.pos, base + 1 + n_acc))
+
+
+def load_speculation(spec: str, loaded, num_speculative_tokens: int = 4) -> Speculation:
+    """``--draft-model``: ``self:N`` (the target's first N layers), ``ngram`` (prompt lookup), or any
+    ``--model`` spec whose tokenizer is the target's."""
+    target = loaded.model
+    if spec == "ngram":
+        return Speculation(NgramDraft(), num_speculative_tokens)
+    if spec.startswith("self:"):
+        try:
+            n = int(spec[5:])
+        except ValueError:
+            raise ConfigError(f"--draft-model {spec!r}: write self:N with N a layer count, e.g. self:8") from None
+        return Speculation(self_draft(target, n), num_speculative_tokens)
+    from lhama.loader import load_model
+
+    draft = load_model(spec, dtype=target.dtype, device=target.device)
+    check_draft(target, draft.model)
+    probe = "Speculative decoding needs one tokenizer: <|eot_id|> 123 ünïcødé"
+    if draft.tokenizer.encode(probe, bos=False) != loaded.tokenizer.encode(probe, bos=False):
+        raise ConfigError(f"--draft-model {spec!r} tokenizes text differently from the target; "
+                          "a draft must share the target's tokenizer")
+    return Speculation(draft.model, num_speculative_tokens)
