@@ -120,18 +120,19 @@ def test_smollm2_greedy_is_identical_with_self_and_ngram_drafts(smollm2_path):
                                    p.with_(max_tokens=8), stop_ids=stops)) == ref[:8]
 
 
-def test_cli_generate_with_a_draft(smollm2_path):
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "generate", "Say: one two three one two three",
-                        "--model", str(smollm2_path), "--temperature", "0", "--max-tokens", "12", "--json",
-                        "--draft-model", "ngram", "--num-speculative-tokens", "3"],
-                       capture_output=True, text=True, timeout=300)
+def test_cli_generate_with_a_draft(capsys):
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "lhama.cli", "generate", "one two three one two three", "--model", "tiny-llama3",
+            "--temperature", "0", "--max-tokens", "12", "--json"]
+    run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, timeout=300, env=env)  # noqa: E731
+    r = run("--draft-model", "self:1", "--num-speculative-tokens", "3")
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    ref = subprocess.run([sys.executable, "-m", "lhama.cli", "generate", "Say: one two three one two three",
-                          "--model", str(smollm2_path), "--temperature", "0", "--max-tokens", "12", "--json"],
-                         capture_output=True, text=True, timeout=300)
-    assert out["text"] == json.loads(ref.stdout)["text"]
-    assert out["speculative"]["target_forwards"] <= 12
-    bad = subprocess.run([sys.executable, "-m", "lhama.cli", "generate", "x", "--model", "tiny-llama3",
-                          "--draft-model", "self:9"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "self-draft" in bad.stderr
+    out, ref = json.loads(r.stdout), json.loads(run().stdout)
+    assert out["text"] == ref["text"] and out["completion_tokens"] == ref["completion_tokens"]
+    assert out["speculative"]["target_forwards"] <= ref["completion_tokens"]
+    from lhama.cli import main
+
+    assert main(["generate", "x", "--model", "tiny-llama3", "--draft-model", "self:9"]) == 2
+    assert "self-draft" in capsys.readouterr().err
