@@ -128,7 +128,9 @@ def reject_reason(text: str, f: FilterConfig) -> str | None:
 def clean_instruction(text: str) -> str:
     """The first non-empty line, without list numbering, labels or wrapping quotes."""
     for line in text.strip().splitlines():
-        line = _NUMBERING.sub("", line.strip()).strip().strip('"“”').strip()
+        prev = None
+        while prev != line:  # "- Task 2: ..." carries two prefixes
+            prev, line = line, _NUMBERING.sub("", line.strip()).strip().strip('"“”').strip()
         if line:
             return line
     return ""
@@ -143,9 +145,11 @@ class NearDuplicateIndex:
         from datasketch import MinHashLSH
 
         self.threshold, self.num_perm = threshold, num_perm
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # LSH banding misses some pairs just above its threshold: query at a lower one for
+        # candidates, then keep the decision to the estimated similarity itself.
+        self.lsh = MinHashLSH(threshold=max(0.05, threshold * 0.6), num_perm=num_perm)
+        self.hashes: dict[str, object] = {}
         self.exact: set[str] = set()
-        self.n = 0
 
     def _minhash(self, text: str):
         from datasketch import MinHash
@@ -162,11 +166,12 @@ class NearDuplicateIndex:
         if key in self.exact:
             return False
         m = self._minhash(text)
-        if self.lsh.query(m):
+        if any(m.jaccard(self.hashes[k]) >= self.threshold for k in self.lsh.query(m)):
             return False
+        name = str(len(self.hashes))
         self.exact.add(key)
-        self.lsh.insert(str(self.n), m)
-        self.n += 1
+        self.hashes[name] = m
+        self.lsh.insert(name, m)
         return True
 
 
