@@ -1,0 +1,166 @@
+"""Tensor parallelism over ``torch.distributed`` (NCCL on GPUs, gloo on CPUs), Megatron-style.
+
+Each rank builds the one ``Transformer`` with the *shard's* shape: its share of the query and KV
+heads and of the MLP width (``shard_args``). wq/wk/wv and w1/w3 keep a block of rows (column-
+parallel: each rank computes its heads / its slice of the hidden layer, no communication);
+wo and w2 keep the matching block of columns (row-parallel: each rank's product is a partial
+sum), and one all-reduce after each of them restores the full activation. Embeddings, norms and
+the LM head are replicated. Two all-reduces per layer, as in Megatron-LM and gpt-fast's tp.py.
+
+Grouped-query attention splits cleanly when the KV heads divide by the rank count: rank r
+keeps query heads [r*H/tp, (r+1)*H/tp) and exactly the KV heads those use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lhama.errors import ConfigError
+from lhama.model import ModelArgs, Transformer, build_model
+
+# Row blocks (column-parallel) and column blocks (row-parallel) of each layer's weights.
+_COLWISE = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
+            "feed_forward.w1.weight", "feed_forward.w3.weight")
+_ROWWISE = ("attention.wo.weight", "feed_forward.w2.weight")
+
+
+def check_tp(args: ModelArgs, tp: int) -> None:
+    if tp < 1:
+        raise ConfigError(f"--tp must be >= 1, got {tp}")
+    for what, n in (("attention heads", args.n_heads), ("key-value heads", args.n_kv_heads),
+                    ("MLP hidden units", args.hidden_dim)):
+        if n % tp:
+            raise ConfigError(f"--tp {tp} cannot split the model's {n} {what} evenly; choose a tensor-parallel "
+                              f"size that divides {args.n_heads} heads, {args.n_kv_heads} KV heads and "
+                              f"{args.hidden_dim} MLP units")
+
+
+def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
+    """The shape one rank's model has: 1/tp of the heads and of the MLP, same head width."""
+    check_tp(args, tp)
+    return args.with_(n_heads=args.n_heads // tp, n_kv_heads=args.n_kv_heads // tp,
+                      hidden_dim=args.hidden_dim // tp, head_dim_override=args.head_dim)
+
+
+def shard_tensor(name: str, t: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
+    if name.endswith(_COLWISE):
+        return t.chunk(tp, dim=0)[rank]
+    if name.endswith(_ROWWISE):
+        return t.chunk(tp, dim=1)[rank]
+    return t
+
+
+def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, tp: int) -> dict[str, torch.Tensor]:
+    return {k: shard_tensor(k, v, rank, tp).contiguous() for k, v in state_dict.items()}
+
+
+def attach_all_reduce(model: Transformer, group=None) -> None:
+    """Sum the partial outputs of every row-parallel layer across the ranks."""
+
+    def hook(_mod, _inp, out):
+        dist.all_reduce(out, group=group)
+        return out
+
+    for layer in model.layers:
+        layer.attention.wo.register_forward_hook(hook)
+        layer.feed_forward.w2.register_forward_hook(hook)
+
+
+def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
+                dtype=torch.float32, device="cpu", group=None) -> Transformer:
+    """This rank's model from the full weights: only its slices are kept."""
+    local = shard_args(args, tp)
+    model = build_model(local, dtype=dtype, device=device)
+    state = shard_state_dict(full_state, rank, tp)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise ConfigError(f"tensor-parallel shard: missing {missing}, unexpected {unexpected}")
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.full_args = args  # the whole model's shape, for reports and plans
+    if tp > 1:
+        attach_all_reduce(model, group)
+    return model.eval()
+
+
+def init_distributed(backend: str | None = None, device: str | torch.device | None = None):
+    """Join the process group torchrun (or ``lhama serve --tp``) set up in the environment:
+    RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. NCCL with one GPU per rank, gloo on CPUs."""
+    import datetime
+    import os
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    use_cuda = (device is None and torch.cuda.is_available()) or str(device or "").startswith("cuda")
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    # A server can sit idle for days between requests: followers wait in a broadcast that long.
+    dist.init_process_group(backend, timeout=datetime.timedelta(days=365))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def local_device(device: str | torch.device | None) -> torch.device:
+    import os
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
+                  max_seq_len=None, seed: int = 0):
+    """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
+
+    Every rank reads the checkpoint (memory-mapped where the format allows) and keeps only its
+    slices; a named config draws the same random weights on every rank (same seed) and slices them.
+    """
+    import time
+
+    from lhama.loader import LoadedModel, default_dtype, resolve_model_spec
+    from lhama.model import get_config
+    from lhama.tokenizer import load_chat_format, load_tokenizer
+
+    t0 = time.perf_counter()
+    device = local_device(device)
+    dtype = dtype or default_dtype(device)
+    target = resolve_model_spec(spec)
+    if isinstance(target, str):
+        named = get_config(target)
+        args = named.args.with_(max_seq_len=max_seq_len) if max_seq_len else named.args
+        check_tp(args, tp)
+        full = build_model(args, dtype=dtype, device="cpu", init="random", seed=seed)
+        state = full.state_dict()
+        tok_src, name, source, path = tokenizer or named.tokenizer, named.name, "config", None
+        fmt_src = tokenizer or named.tokenizer
+    else:
+        from lhama.checkpoints import read_checkpoint
+        from lhama.loader import _format_of
+
+        ckpt = read_checkpoint(target, dtype=dtype)
+        args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
+        check_tp(args, tp)
+        state = ckpt.state_dict
+        tok_src, fmt_src = tokenizer or target, target
+        name = target.stem if target.is_file() else target.name
+        source, path = _format_of(target), target
+    model = shard_model(state, args, rank, tp, dtype=dtype, device=device)
+    del state
+    tok = load_tokenizer(tok_src)
+    fmt = load_chat_format(fmt_src, tok, override=chat_format)
+    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
+
+
+def tp_info(model: nn.Module) -> str:
+    args = getattr(model, "full_args", None)
+    if args is None or not dist.is_initialized():
+        return "tensor parallel: off"
+    return (f"tensor parallel: {dist.get_world_size()} ranks ({dist.get_backend()}), "
+            f"{model.args.n_heads}/{args.n_heads} heads, {model.args.n_kv_heads}/{args.n_kv_heads} KV heads, "
+            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units per rank")

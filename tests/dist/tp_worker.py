@@ -1,0 +1,44 @@
+"""One rank of the tensor-parallel tests (run by torch.multiprocessing from test_tp.py)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from lhama.dist.tp import init_distributed, load_tp_model
+    from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+    from lhama.model import StaticKVCache
+
+    init_distributed("gloo", "cpu")
+    lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
+                       tokenizer="llama3" if "llama2" in config else None)  # no Llama 2 tokenizer ships
+    prompt = torch.tensor([[7, 300, 21, 9000, 4, 55, 123, 8, 8, 100]])
+    with torch.inference_mode():
+        full = lm.model(prompt)  # every position, no cache
+        cache = StaticKVCache(lm.model.args, 1, 32)
+        lm.model(prompt[:, :6], 0, cache)
+        cache.advance(6)
+        step = lm.model(prompt[:, 6:7], cache.pos, cache)  # one decode step over the cache
+    torch.save({"full": full, "step": step}, f"{out_dir}/logits{rank}.pt")
+    if engine:
+        from lhama.engine import EngineConfig
+        from lhama.generate import SamplingParams
+
+        channel = ControlChannel()
+        if rank == 0:
+            eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16), channel)
+            prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [3, 4], [5, 6, 7, 8, 9, 1]]
+            res = eng.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+            stop_followers(channel)
+            torch.save([r.completions[0].token_ids for r in res], f"{out_dir}/engine.pt")
+        else:
+            steps = follow(lm.model, channel)
+            torch.save(steps, f"{out_dir}/follower_steps.pt")
+    dist.destroy_process_group()
