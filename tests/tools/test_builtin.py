@@ -155,3 +155,17 @@ def test_custom_tool_registration():
         tool(lambda: 1, name="bad", parameters={"type": "nonsense"})
     with pytest.raises(ToolError, match="not a tool"):
         as_tool(42)
+
+
+def test_package_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys; from lhama.tools import run_python, SandboxLimits; assert 'torch' not in sys.modules; "
+            "from lhama.tools import Agent, tool, builtin_tool, Transcript, ToolCallStreamParser; print('ok')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.stdout.strip() == "ok", p.stderr
+    import lhama.tools
+
+    with pytest.raises(AttributeError):
+        lhama.tools.not_a_tool
