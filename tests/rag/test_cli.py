@@ -19,7 +19,7 @@ def lhama(*args, store, check=True):
     return p
 
 
-def test_rag_cli_add_search_list_remove_drop(tmp_path):
+def test_rag_cli_add_search_list_remove_drop(tmp_path, capsys):
     store = tmp_path / "kb" / "rag.db"
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -36,12 +36,22 @@ def test_rag_cli_add_search_list_remove_drop(tmp_path):
     assert hits[0]["location"] == "llamas.md § Llamas > Range"
     assert "fish.pdf, page 1" in [h["location"] for h in hits]
 
-    info = json.loads(lhama("list", "--json", store=store).stdout)
+    # the rest needs no embedder: run in-process (the same main() the console script runs)
+    from lhama.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main(["rag", *args, "--store", str(store)])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, _ = run("list", "--json")
+    info = json.loads(out)
     assert info["embedder"] == "minilm" and {f["name"] for f in info["files"]} == {"fish.pdf", "llamas.md"}
-    assert "removed" in lhama("remove", str(docs / "fish.pdf"), store=store).stdout
-    p = lhama("remove", str(docs / "fish.pdf"), store=store, check=False)
-    assert p.returncode == 1 and "not in the store" in p.stderr
-    assert lhama("drop", "--yes", store=store).returncode == 0
+    assert "removed" in run("remove", str(docs / "fish.pdf"))[1]
+    code, _, err = run("remove", str(docs / "fish.pdf"))
+    assert code == 1 and "not in the store" in err
+    assert run("drop", "--yes")[0] == 0
     assert not store.exists()
-    p = lhama("search", "x", store=store, check=False)
-    assert p.returncode == 2 and "no store at" in p.stderr
+    code, _, err = run("list")
+    assert code == 2 and "no store at" in err

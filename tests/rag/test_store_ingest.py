@@ -41,7 +41,7 @@ def test_ingest_search_update_remove_drop(tmp_path, docs, minilm):
     for mode in ("vector", "bm25", "hybrid"):
         assert ret.search("zebrafish heart", k=1, mode=mode)[0].chunk.file_name == "notes.txt"
     scores = [h.score for h in ret.search("zebrafish heart", k=25)]  # k past rerank_depth: all reranked
-    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores) and scores[0] == 1.0
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
 
     # unchanged → skipped; changed → old chunks replaced, not added beside
     rep = ingest_paths(store, minilm, [docs / "notes.txt"])

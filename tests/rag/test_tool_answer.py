@@ -57,14 +57,14 @@ def test_answer_with_citations(eval_store, minilm, smollm):
     from lhama.generate import SamplingParams
 
     ret = Retriever(eval_store, minilm)
-    ans = answer_question(smollm, ret, "Which browser do the web chat tests use?", k=3,
+    ans = answer_question(smollm, ret, "Which browser do the web chat tests use?", k=2,
                           params=SamplingParams(temperature=0, max_tokens=16))
-    assert [s.number for s in ans.sources] == [1, 2, 3]
-    hits = ret.search("Which browser do the web chat tests use?", k=3)
+    assert [s.number for s in ans.sources] == [1, 2]
+    hits = ret.search("Which browser do the web chat tests use?", k=2)
     assert [s.location for s in ans.sources] == [h.chunk.location for h in hits]
     assert any("Chromium" in s.text for s in ans.sources)
     assert ans.text.strip() and ans.finish_reason in ("stop", "length")
-    assert set(ans.cited) <= {1, 2, 3} and ans.cited == parse_citations(ans.text, 3)[0]
+    assert set(ans.cited) <= {1, 2} and ans.cited == parse_citations(ans.text, 2)[0]
     assert "Sources:" in ans.render() and "[1] " in ans.render()
 
 
