@@ -58,6 +58,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     e.add_argument("--no-prefix-caching", action="store_true")
     e.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torch.distributed; see docs/scaling.md)")
 
 
 def configs_from_args(a):
@@ -86,8 +87,13 @@ def cmd_serve(a) -> int:
     from lhama.safety.spec import shields_from_args
 
     shields = shields_from_args(a)  # before the model: a bad --shield fails fast
-    loaded = _load(a)
-    engine = AsyncEngine.from_loaded(loaded, engine_cfg)
+    if getattr(a, "tp", 1) > 1:  # tensor parallel: ranks > 0 never return from start_tp
+        from lhama.dist.serve import start_tp
+
+        loaded, engine = start_tp(a, engine_cfg)
+    else:
+        loaded = _load(a)
+        engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     if logging.getLogger("lhama.engine").getEffectiveLevel() > logging.INFO:  # else the engine logged it
         print(engine.engine.plan.describe(), file=sys.stderr, flush=True)
     app = create_app(loaded, engine, server_cfg)
