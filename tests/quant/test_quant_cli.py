@@ -16,7 +16,7 @@ from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 def test_load_model_quantize_reports_memory():
     lm = load_model("tiny-llama3", device="cpu", quantize="int4:64")
     assert lm.quant.config.group_size == 64
-    assert isinstance(lm.model.layers[0].feed_forward.w1, Int4WeightOnlyLinear)
+    assert isinstance(lm.model.layers[0].feed_forward.w13, Int4WeightOnlyLinear)
     assert isinstance(lm.model.output, Int8WeightOnlyLinear)
     assert lm.quant.bytes_after < lm.quant.bytes_before
 

@@ -88,7 +88,7 @@ def test_swap_replaces_every_linear_and_unties_the_head(tiny_model, mode):
     report = quantize_model(tiny_model, mode)
     assert is_quantized(tiny_model)
     assert not any(isinstance(m, nn.Linear) for m in tiny_model.modules())
-    assert len(report.modules) == 2 * 7 + 1  # 7 linears per block + head
+    assert len(report.modules) == 2 * 4 + 1  # wqkv, wo, w13, w2 per block + head
     # The embedding keeps its full-precision table; only the head's copy is quantized.
     assert torch.equal(tiny_model.tok_embeddings.weight, emb_before)
     assert report.bytes_before == fp and report.bytes_after == weight_bytes(tiny_model)
@@ -102,9 +102,9 @@ def test_int4_mode_defaults_and_group_fallback(tiny_model):
     """dim 64 / hidden 192: group 128 divides neither, so 64 is used; the head stays int8."""
     report = quantize_model(tiny_model, QuantConfig("int4", group_size=128))
     assert report.modules["output"] == "int8"
-    assert report.modules["layers.0.attention.wq"] == "int4/g64"
+    assert report.modules["layers.0.attention.wqkv"] == "int4/g64"
     assert report.modules["layers.0.feed_forward.w2"] == "int4/g64"  # in_features 192
-    assert tiny_model.layers[0].attention.wq.group_size == 64
+    assert tiny_model.layers[0].attention.wqkv.group_size == 64
 
 
 def test_int4_head_when_asked(tiny_model):
@@ -127,3 +127,17 @@ def test_logit_error_vs_fp32_is_bounded(tiny_model, mode, bound):
         ref, out = tiny_model(tokens), q(tokens)
     assert out.dtype == torch.float32
     assert _rel_err(out, ref) < bound
+
+
+def test_fused_projections_compute_what_separate_ones_do(tiny_model):
+    """int8 scales are per output row, so stacking wq|wk|wv and w1|w3 changes no weight: the fused
+    model (4 matmuls per block) and the unfused one (7) give the same logits."""
+    fused, plain = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
+    quantize_model(fused, QuantConfig("int8"))
+    quantize_model(plain, QuantConfig("int8", fuse=False))
+    attn = fused.layers[0].attention
+    assert attn.wqkv.out_features == 4 * 16 + 2 * 2 * 16 and not hasattr(attn, "wq")
+    assert isinstance(plain.layers[0].attention.wq, Int8WeightOnlyLinear) and plain.layers[0].attention.wqkv is None
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(tokens), plain(tokens), atol=1e-4, rtol=1e-4)

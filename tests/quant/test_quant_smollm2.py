@@ -71,7 +71,7 @@ def test_engine_on_quantized_model_matches_reference_loop(smol):
 
     model = copy.deepcopy(smol.model)
     report = quantize_model(model, "int4")
-    assert report.modules["output"] == "int8" and report.modules["layers.0.attention.wq"] == "int4/g32"
+    assert report.modules["output"] == "int8" and report.modules["layers.0.attention.wqkv"] == "int4/g32"
     tok = smol.tokenizer
     prompts = [tok.encode(t, bos=False) for t in
                ("The capital of France is", "Once upon a time, there was a", "1, 2, 3, 4,")]

@@ -41,8 +41,8 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B, T, H, D] by the angles of its positions (cos/sin are [B, T, D/2])."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    c, s = cos.unsqueeze(2), sin.unsqueeze(2)
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
-    return out.type_as(x)
+    # A complex multiply per channel pair: (x0 + i x1)(cos + i sin). Three kernels instead of
+    # the ~9 of the written-out real form, which matters in the decode step (60 calls per token).
+    xc = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
+    rot = torch.complex(cos, sin).unsqueeze(2)
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)

@@ -25,6 +25,9 @@ class QuantConfig:
     # In int4 mode the head is int8 unless this is set: it is the most error-sensitive matrix
     # (llama.cpp's Q4 files keep it at 6-8 bits too); int4 there costs SmolLM2 ~5% perplexity.
     int4_head: bool = False
+    # Stack wq/wk/wv and w1/w3 into one quantized matmul each (4 kernel calls per layer instead
+    # of 7: the CPU kernels' per-call cost is a visible share of a small model's decode step).
+    fuse: bool = True
     # Activation dtype inside the quantized matmuls. None: bfloat16, or float16 for fp16 models.
     # PyTorch's CPU int8/int4 kernels are 50-500x slower with fp32 activations than with bf16.
     compute_dtype: torch.dtype | None = None

@@ -82,9 +82,11 @@ def quantize_model(model: nn.Module, config: QuantConfig | str) -> QuantReport:
         raise ValueError("this model is already quantized")
     before = weight_bytes(model)
     compute_dtype = cfg.activation_dtype(model.dtype)
+    done: dict[str, str] = {}
+    if cfg.fuse:
+        _fuse_projections(model, cfg, compute_dtype, done)
     targets = [(name, mod) for name, mod in model.named_modules()
                if isinstance(mod, nn.Linear) and (cfg.include_head or name != "output")]
-    done: dict[str, str] = {}
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -95,6 +97,25 @@ def quantize_model(model: nn.Module, config: QuantConfig | str) -> QuantReport:
     report = QuantReport(cfg, before, weight_bytes(model), done)
     log.info("%s", report.describe())
     return report
+
+
+def _fuse_projections(model: nn.Module, cfg: QuantConfig, compute_dtype, done: dict[str, str]) -> None:
+    """wq|wk|wv -> ``attention.wqkv`` and w1|w3 -> ``feed_forward.w13`` (see the model's forward)."""
+    for i, layer in enumerate(model.layers):
+        for parent, names, fused, pname in ((layer.attention, ("wq", "wk", "wv"), "wqkv", "attention"),
+                                            (layer.feed_forward, ("w1", "w3"), "w13", "feed_forward")):
+            parts = [getattr(parent, n) for n in names]
+            if not all(isinstance(p, nn.Linear) and p.bias is None for p in parts):
+                continue
+            stacked = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=False,
+                                device="meta")
+            stacked.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+            name = f"layers.{i}.{pname}.{fused}"
+            new, done[name] = _quantized(stacked, cfg.mode_for(name), cfg, compute_dtype)
+            del stacked
+            for n in names:
+                delattr(parent, n)
+            setattr(parent, fused, new)
 
 
 def is_quantized(model: nn.Module) -> bool:
