@@ -227,3 +227,12 @@ def test_the_unprivileged_path_as_nobody():
                        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "65534", "processes", "True"]
+
+
+def test_concurrent_runs_from_threads():
+    """The evaluator runs sandboxes from a thread pool: each run is its own, with its own output."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda i: run_python(f"print({i} * {i})", limits=FAST), range(6)))
+    assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(6)] and all(r.ok for r in results)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import resource
 import selectors
 import shutil
 import signal
@@ -35,7 +34,6 @@ from pathlib import Path, PurePosixPath
 
 from lhama.errors import SandboxError
 from lhama.tools.sandbox_cgroup import SandboxCgroup
-from lhama.tools.sandbox_cgroup import join as join_cgroup
 
 SCRATCH = "/sandbox"  # where the scratch dir appears inside; cwd and $HOME of the code
 MAIN_FILE = "main.py"
@@ -147,20 +145,23 @@ def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: 
     return argv + [exe, "-B", MAIN_FILE]
 
 
-def _set_limits(limits: SandboxLimits, cgroup_procs: list[str]):
-    def preexec():  # runs in the child between fork and exec; rlimits survive bwrap and setpriv
-        if cgroup_procs:
-            join_cgroup(cgroup_procs)  # before bwrap forks anything, so every task is counted
-        cpu = max(1, int(limits.cpu_seconds + 0.999))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        mem = limits.memory_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        fsize = limits.max_file_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    return preexec
+# Joins the cgroup (its own pid, before bwrap forks anything, so every task is counted), then
+# execs prlimit, which sets the rlimits and execs bwrap. A launcher rather than Popen's
+# preexec_fn: that runs Python in a forked child, which can deadlock when the caller has threads
+# (the evaluator runs sandboxes from a thread pool).
+_JOIN_THEN_EXEC = 'while [ "$1" != "--" ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+
+
+def _launcher(limits: SandboxLimits, cgroup_procs: list[str]) -> list[str]:
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        raise SandboxError("the sandbox needs prlimit (util-linux) to set its resource limits; install util-linux")
+    cpu = max(1, int(limits.cpu_seconds + 0.999))
+    mem, fsize = limits.memory_mb * 2**20, limits.max_file_mb * 2**20
+    # The kernel sends SIGXCPU at the soft CPU limit and SIGKILL at the hard one, a second later.
+    limits_argv = [prlimit, f"--cpu={cpu}:{cpu + 1}", f"--as={mem}", f"--fsize={fsize}",
+                   f"--nproc={limits.max_processes}", "--core=0", "--"]
+    return ["/bin/sh", "-c", _JOIN_THEN_EXEC, "sh", *cgroup_procs, "--", *limits_argv]
 
 
 def _write_files(scratch: Path, code: str, files: dict[str, str] | None) -> None:
@@ -246,10 +247,10 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
                return_files: bool, cgroup: SandboxCgroup | None) -> SandboxResult:
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, preexec_fn=_set_limits(limits, cgroup.procs_files() if cgroup else []),
-                                close_fds=True)
-    except (OSError, subprocess.SubprocessError) as e:  # the latter: rlimits/cgroup failed in preexec
+        proc = subprocess.Popen(_launcher(limits, cgroup.procs_files() if cgroup else []) + argv,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True, close_fds=True)
+    except OSError as e:
         raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
 
     def feed():

@@ -13,7 +13,6 @@ process is in, so the container's own limits still apply above it.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -79,7 +78,7 @@ class SandboxCgroup:
         return None
 
     def procs_files(self) -> list[str]:
-        """Where the child writes its own pid (in preexec_fn, before bwrap starts anything)."""
+        """Where the launcher writes its own pid, before it execs bwrap."""
         return [str(d / "cgroup.procs") for d in self.dirs]
 
     def hit_memory_limit(self) -> bool:
@@ -107,18 +106,6 @@ class SandboxCgroup:
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.02)
-
-
-def join(procs_files: list[str]) -> None:
-    """Move the calling process into the group (runs in the forked child, so no allocation-heavy
-    work: one small write per file)."""
-    pid = str(os.getpid()).encode()
-    for f in procs_files:
-        fd = os.open(f, os.O_WRONLY)
-        try:
-            os.write(fd, pid)
-        finally:
-            os.close(fd)
 
 
 def available() -> bool:
