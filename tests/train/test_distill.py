@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -94,7 +92,7 @@ def test_distill_run_and_baseline(tmp_path, teacher_dir):
     held = write_jsonl(tmp_path / "held.jsonl", _chat_rows(6, start=100))
     student = tmp_path / "student.json"
     student.write_text(json.dumps({"dim": 16, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "hidden_dim": 32}))
-    common = dict(lr=3e-3, max_steps=6, batch_size=4, max_seq_len=64, progress=False)
+    common = dict(lr=3e-3, max_steps=4, batch_size=4, max_seq_len=64, progress=False)
     kd = run_distill(RecipeOptions(model=str(teacher_dir), data=(str(data),), eval_data=str(held)),
                      TrainConfig(output_dir=str(tmp_path / "kd"), **common), DistillConfig(kd_ratio=0.7, temperature=2.0),
                      student=str(student))
@@ -111,18 +109,23 @@ def test_distill_run_and_baseline(tmp_path, teacher_dir):
     assert math.isfinite(kd["eval_ppl_teacher"])
 
 
-def test_cli_distill(tmp_path, teacher_dir):
+def test_cli_distill(tmp_path, teacher_dir, capsys):
+    """``lhama distill`` through the real parser and command (in-process), GGUF export."""
+    from lhama.cli import main
+
     data = write_jsonl(tmp_path / "train.jsonl", _chat_rows(8))
     student = tmp_path / "student.yaml"
     student.write_text("dim: 16\nn_layers: 1\nn_heads: 2\nn_kv_heads: 1\nhidden_dim: 32\n")
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "distill", "--teacher", str(teacher_dir), "--student",
-                        str(student), "--data", str(data), "--max-steps", "2", "--batch-size", "2",
-                        "--max-seq-len", "64", "--kd-ratio", "0.9", "--temperature", "1.5", "--export", "gguf",
-                        "--output-dir", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert main(["distill", "--teacher", str(teacher_dir), "--student", str(student), "--data", str(data),
+                 "--max-steps", "2", "--batch-size", "2", "--max-seq-len", "64", "--kd-ratio", "0.9",
+                 "--temperature", "1.5", "--export", "gguf", "--output-dir", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["steps"] == 2 and s["distill"]["kd_ratio"] == 0.9 and s["model_out"].endswith(".gguf")
     assert load_model(s["model_out"]).args.dim == 16
+    assert main(["distill", "--teacher", str(teacher_dir), "--student", "nope", "--data", str(data),
+                 "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "neither a preset" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -112,22 +110,24 @@ def test_every_reference_mode_starts_at_log2(smol_dir):
     lm = load_model(smol_dir, dtype=torch.float32, device="cpu")
     rows, _ = tokenize_pairs(arithmetic_pairs(1, 5), lm.chat_format, 128, 0)
     batch = collate_pairs(rows)
-    apply_lora(lm.model, LoraConfig(rank=4))
+    apply_lora(lm.model, LoraConfig(rank=4, target_modules=("all",)))
+    gen = torch.Generator().manual_seed(0)
     for name, lora in lm.model.named_modules():
-        if name.endswith("wq"):  # make the adapters non-zero: adapters_off must really switch them off
-            torch.nn.init.normal_(lora.lora_b.weight, std=0.5)
+        if hasattr(lora, "lora_b"):  # make the adapters non-zero: adapters_off must really switch them off
+            with torch.no_grad():
+                lora.lora_b.weight.copy_(torch.randn(lora.lora_b.weight.shape, generator=gen))
     ref_rows = precompute_reference(lm.model, rows, adapters_off=True)
-    loss_pre, n = DPOLoss(DPOConfig())(lm.model, collate_pairs(ref_rows))
+    loss_pre, n = DPOLoss(DPOConfig(beta=1.0))(lm.model, collate_pairs(ref_rows))
     assert int(n) == 4
     # With adapters on, the policy differs from the reference (base): the loss is not log 2...
-    assert abs(loss_pre.item() / 4 - math.log(2)) > 1e-4
+    assert abs(loss_pre.item() / 4 - math.log(2)) > 1e-3
     # ...and the adapters_off reference computed per batch gives the same loss as the precomputed one.
-    loss_off, _ = DPOLoss(DPOConfig(reference="adapters_off"))(lm.model, batch)
+    loss_off, _ = DPOLoss(DPOConfig(beta=1.0, reference="adapters_off"))(lm.model, batch)
     assert loss_off.item() == pytest.approx(loss_pre.item(), rel=1e-5)
     # A policy identical to its reference: exactly log 2 per pair.
     from lhama.train.dpo import frozen_copy
 
-    loss_copy, _ = DPOLoss(DPOConfig(reference="model"), frozen_copy(lm.model))(lm.model, batch)
+    loss_copy, _ = DPOLoss(DPOConfig(beta=1.0, reference="model"), frozen_copy(lm.model))(lm.model, batch)
     assert loss_copy.item() / 4 == pytest.approx(math.log(2), abs=1e-5)
 
 
@@ -163,25 +163,26 @@ def test_dpo_lora_run_raises_heldout_margin(tmp_path, smol_dir):
     assert preference_margin(lm.model, rows)["margin"] == pytest.approx(after, rel=1e-4)
 
 
-def test_cli_finetune_dpo_with_config_file(tmp_path, smol_dir):
+def test_cli_finetune_dpo_with_config_file(tmp_path, smol_dir, capsys):
+    """``lhama finetune --recipe dpo`` through the real argument parser and command (in-process:
+    a subprocess would spend most of its time importing torch; rejection-sample covers that)."""
+    from lhama.cli import main
+
     train = write_jsonl(tmp_path / "train.jsonl", arithmetic_pairs(1, 9))
     cfg = tmp_path / "dpo.yaml"
     cfg.write_text(f"model: {smol_dir}\ndata: {train}\nmax_steps: 3\nbatch_size: 4\nmax_seq_len: 96\n"
                    f"lr: 0.001\ndpo:\n  beta: 0.2\n  reference: precompute\n")
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "finetune", "--recipe", "dpo", "--config", str(cfg),
-                        "--output-dir", str(tmp_path / "out"), "--no-progress", "--dpo-loss", "ipo"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert main(["finetune", "--recipe", "dpo", "--config", str(cfg), "--output-dir", str(tmp_path / "out"),
+                 "--no-progress", "--dpo-loss", "ipo"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["recipe"] == "dpo" and summary["steps"] == 3 and summary["pairs"] == 8
     assert summary["dpo"] == {"beta": 0.2, "loss": "ipo", "label_smoothing": 0.0, "reference": "precompute",
                               "max_prompt_len": 0}
-    assert Path(summary["model_out"], "model.safetensors").is_file() or list(Path(summary["model_out"]).glob("*.safetensors"))
+    assert list(Path(summary["model_out"]).glob("*.safetensors"))
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: {smol_dir}\ndata: {train}\ndpo:\n  betta: 0.2\n")
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "finetune", "--recipe", "dpo", "--config", str(bad),
-                        "--output-dir", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "betta" in r.stderr and "Traceback" not in r.stderr
+    assert main(["finetune", "--recipe", "dpo", "--config", str(bad), "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "betta" in capsys.readouterr().err
 
 
 @pytest.mark.slow
