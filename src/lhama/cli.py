@@ -188,6 +188,10 @@ def cmd_batch(a) -> int:
 
     from lhama.engine.batch import run_batch_file
 
+    if a.ray:
+        from lhama.dist.ray_batch import cmd_batch_ray
+
+        return cmd_batch_ray(a)
     lm = _load(a)
     summary = run_batch_file(lm, Path(a.input), Path(a.output), _engine_config(a), progress=not a.quiet)
     print(json.dumps(asdict(summary)))
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_engine_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", action="store_true", help="split the file across Ray actors (docs/scaling.md)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, one model copy each (with --ray)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     p.set_defaults(func=cmd_batch)
 
     from lhama.server.cli import add_serve_parser
