@@ -171,11 +171,15 @@ def test_cli_finetune_dpo_with_config_file(tmp_path, smol_dir, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", arithmetic_pairs(1, 9))
     cfg = tmp_path / "dpo.yaml"
     cfg.write_text(f"model: {smol_dir}\ndata: {train}\nmax_steps: 3\nbatch_size: 4\nmax_seq_len: 96\n"
-                   f"lr: 0.001\ndpo:\n  beta: 0.2\n  reference: precompute\n")
+                   f"lr: 0.001\nref_model: {smol_dir}\ndpo:\n  beta: 0.2\n  reference: precompute\n")
     assert main(["finetune", "--recipe", "dpo", "--config", str(cfg), "--output-dir", str(tmp_path / "out"),
                  "--no-progress", "--dpo-loss", "ipo"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["recipe"] == "dpo" and summary["steps"] == 3 and summary["pairs"] == 8
+    # The separate reference is the same weights as the starting policy, so step 1 is at the IPO
+    # loss of h = 0: (1 / (2 beta))^2.
+    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx((1 / 0.4) ** 2, rel=1e-4)
     assert summary["dpo"] == {"beta": 0.2, "loss": "ipo", "label_smoothing": 0.0, "reference": "precompute",
                               "max_prompt_len": 0}
     assert list(Path(summary["model_out"]).glob("*.safetensors"))
