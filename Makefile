@@ -30,7 +30,8 @@ test-slow: install
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --readme README.md
+	$(BIN)/python bench/quant.py --doc docs/quantization.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 changes would buy. Feeds the "Benchmark" section of docs/performance.md.
 
     python bench/profile_decode.py [--model default] [--context 512] [--steps 32] [--json out.json]
+    python bench/profile_decode.py --quantize int4 --skip-experiments   # the quantized model
 
 1. Wall time per decode step (no profiler) for the reference loop and the engine at batch 1.
 2. A torch.profiler breakdown of reference-loop decode steps by part of the model: the model's
@@ -36,13 +37,16 @@ from lhama.generate import SamplingParams, generate_tokens  # noqa: E402
 from lhama.model import kv_cache as kv_mod  # noqa: E402
 from lhama.model import transformer as tr  # noqa: E402
 
+from lhama.quant import QUANTIZED_TYPES  # noqa: E402
+
 rf = torch.profiler.record_function
+LINEARS = (nn.Linear,) + QUANTIZED_TYPES
 
 
-def load(spec: str, dtype=torch.float32):
+def load(spec: str, dtype=torch.float32, quantize: str | None = None):
     from lhama.loader import load_model
 
-    return load_model(spec, dtype=dtype, device="cpu").model
+    return load_model(spec, dtype=dtype, device="cpu", quantize=quantize).model
 
 
 def prompt_ids(n: int) -> list[int]:
@@ -113,10 +117,11 @@ def labelled(model):
         undo.append(lambda: setattr(owner, name, orig))
 
     roles = {"wq": "linear q/k/v", "wk": "linear q/k/v", "wv": "linear q/k/v", "wo": "linear o",
-             "w1": "linear mlp w1/w3", "w3": "linear mlp w1/w3", "w2": "linear mlp w2"}
+             "w1": "linear mlp w1/w3", "w3": "linear mlp w1/w3", "w2": "linear mlp w2",
+             "wqkv": "linear q/k/v", "w13": "linear mlp w1/w3"}  # fused by lhama.quant
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
-        if isinstance(mod, nn.Linear):
+        if isinstance(mod, LINEARS):
             wrap_instance(mod, "linear lm_head" if name == "output" else roles[leaf])
         elif isinstance(mod, tr.RMSNorm):
             wrap_instance(mod, "rmsnorm")
@@ -170,16 +175,19 @@ def profile_breakdown(model, prompt: list[int], steps: int) -> dict:
 
 def linear_floor(model, reps: int = 20) -> float:
     """ms for every linear layer of one decode step alone (x is [1, 1, dim])."""
-    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    lins = [m for m in model.modules() if isinstance(m, LINEARS)]
     x = {m.in_features: torch.randn(1, 1, m.in_features) for m in lins}
+    # Plain linears through F.linear (no module hooks); quantized ones through their kernels.
+    calls = [(lambda m=m: F.linear(x[m.in_features], m.weight)) if isinstance(m, nn.Linear)
+             else (lambda m=m: m(x[m.in_features])) for m in lins]
     with torch.inference_mode():
         for _ in range(3):
-            for m in lins:
-                F.linear(x[m.in_features], m.weight)
+            for c in calls:
+                c()
         t = time.perf_counter()
         for _ in range(reps):
-            for m in lins:
-                F.linear(x[m.in_features], m.weight)
+            for c in calls:
+                c()
     return (time.perf_counter() - t) / reps * 1e3
 
 
@@ -309,11 +317,13 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-experiments", action="store_true")
+    ap.add_argument("--quantize", choices=["int8", "int4", "fp8"], help="profile the quantized model (no experiments)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out: dict = {"threads": a.threads, "context": a.context, "steps": a.steps, "torch": torch.__version__}
-    model = load(a.model)
+    model = load(a.model, quantize=a.quantize)
+    out["quantize"] = a.quantize
     prompt = prompt_ids(a.context)
     log = lambda *x: print(*x, file=sys.stderr, flush=True)  # noqa: E731
 
@@ -331,7 +341,7 @@ def main(argv=None) -> None:
     for k, v, c in prof["top_aten_ops"]:
         log(f"    {k:40s} {v:7.2f} ms  x{c}")
 
-    if not a.skip_experiments:
+    if not a.skip_experiments and not a.quantize:
         out["experiments"] = experiments(a, model, prompt, log)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))

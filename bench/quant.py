@@ -38,6 +38,8 @@ def parse_args(argv=None):
     ap.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results")
     ap.add_argument("--name", default="quant")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mode")
+    ap.add_argument("--doc", type=Path, help="also write the table between the quant-table markers of this "
+                                             "markdown file (make bench: docs/quantization.md)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -164,6 +166,14 @@ def main(argv=None) -> int:
     a.out_dir.mkdir(parents=True, exist_ok=True)
     (a.out_dir / f"{a.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (a.out_dir / f"{a.name}.md").write_text(md)
+    if a.doc:
+        text = a.doc.read_text()
+        begin, end = "<!-- quant-table -->", "<!-- /quant-table -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            a.doc.write_text(head + begin + "\n" + md + end + rest.split(end, 1)[1])
+        else:
+            print(f"warning: {a.doc} has no {begin} ... {end} markers; not updated", file=sys.stderr)
     print(md)
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -58,6 +58,8 @@ def parse_args(argv=None):
                                                       "timestamped JSON")
     ap.add_argument("--timeout", type=float, default=420, help="seconds allowed per system (default 420)")
     ap.add_argument("--verbose", action="store_true", help="show the systems' own output while they run")
+    ap.add_argument("--readme", type=Path, help="also write the table into this README's speed section "
+                                                "(make bench: README.md)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -203,6 +205,9 @@ def main(argv=None) -> int:
                "workload": {k: v for k, v in w.to_json().items() if k not in ("prompt_ids", "conc_prompts")}
                | {"prompt_ids": w.prompt_ids}}
     paths = report.write(a.out_dir, a.name, stamp, payload, md)
+    if a.readme and not report.update_readme(a.readme, md):
+        print(f"warning: {a.readme} has no '{report.README_HEADING}' section with a table; not updated",
+              file=sys.stderr)
     print(md)
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0 if all(r.get("ok") for r in results.values()) else 1

@@ -179,3 +179,23 @@ def write(out_dir: Path, name: str, stamp: str, payload: dict, md: str, *, times
     if plot(payload["table"], payload["meta"], png):
         paths.append(png)
     return paths
+
+
+README_HEADING = "## Speed (latest `make bench`)"
+
+
+def update_readme(path: Path, md: str) -> bool:
+    """Replace the table (from its ``| metric`` line to the next ``## `` heading) under the
+    README's speed heading with this run's table and notes. False if the heading is missing."""
+    text = path.read_text()
+    start = text.find(README_HEADING)
+    if start < 0:
+        return False
+    table = text.find("\n| metric", start)
+    if table < 0:
+        return False
+    end = text.find("\n## ", table)
+    end = len(text) if end < 0 else end
+    body = md[md.index("| metric"):].rstrip("\n") + "\n"
+    path.write_text(text[:table + 1] + body + text[end:])
+    return True
