@@ -82,6 +82,20 @@ def test_full_sft_and_pretrain_on_a_tiny_config(tmp_path, capsys):
     for k, v in exported.items():
         torch.testing.assert_close(v, adapted[k], rtol=1e-5, atol=1e-6, msg=k)
 
+    # `lhama chat --lora` in a real process: the adapter is applied and the chat answers.
+    import os
+    import subprocess
+    import sys
+
+    chat = subprocess.run([sys.executable, "-m", "lhama.cli", "chat", "--model", "tiny-llama3", "--lora",
+                           str(tmp_path / "lora" / "adapter"), "--temperature", "0", "--max-tokens", "3"],
+                          input="hello\n/exit\n", capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    bad = subprocess.run([sys.executable, "-m", "lhama.cli", "chat", "--model", "tiny-llama3", "--lora",
+                          str(tmp_path)], input="/exit\n", capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "adapter_config.json is missing" in bad.stderr
+
     text = tmp_path / "corpus.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     s = _finetune(capsys, "--recipe", "pretrain", "--model", "tiny-llama3", "--data", text, "--max-steps", 2,
