@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.rag.conftest import write_pdf
 
 
@@ -55,3 +57,16 @@ def test_rag_cli_add_search_list_remove_drop(tmp_path, capsys):
     assert not store.exists()
     code, _, err = run("list")
     assert code == 2 and "no store at" in err
+
+
+@pytest.mark.slow
+def test_rag_ask_cli_with_smollm2(tmp_path):
+    """`lhama rag ask` end to end in a subprocess with the real default model."""
+    store = tmp_path / "rag.db"
+    doc = tmp_path / "llamas.md"
+    doc.write_text("# Llamas\n\n## Diet\n\nA llama eats grass and hay.\n")
+    lhama("add", str(doc), store=store)
+    out = json.loads(lhama("ask", "What does a llama eat?", "-k", "1", "--max-tokens", "24", "--json",
+                           store=store).stdout)
+    assert out["sources"][0]["location"] == "llamas.md § Llamas > Diet" and out["answer"].strip()
+    assert set(out["cited"]) <= {1}

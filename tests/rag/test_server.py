@@ -43,6 +43,9 @@ def test_vector_stores_end_to_end(server):
     page = client.vector_stores.search(vector_store_id=vs.id, query="what do llamas eat?", max_num_results=2)
     assert page.data[0].filename == "llamas.md" and "grass" in page.data[0].content[0].text
 
+    r = httpx.post(f"{srv.base}/vector_stores/{vs.id}/search", json={"query": "llama", "filters": {"type": "eq"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "filters"
+
     # file_search grounds the chat: the passages enter the prompt (more prompt tokens), the reply is 200
     msgs = [{"role": "user", "content": "What does a llama eat?"}]
     plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)

@@ -52,7 +52,10 @@ class VectorStoreFileCreate(_Body):
 class VectorStoreSearch(_Body):
     query: str | list[str]
     max_num_results: int = Field(default=10, ge=1, le=50)
+    # Declared so they are refused out loud rather than silently ignored.
     rewrite_query: bool | None = None
+    filters: dict | None = None
+    ranking_options: dict | None = None
 
 
 class VectorStoreManager:
@@ -254,6 +257,10 @@ async def delete_file(vs_id: str, file_id: str, request: Request):
 async def search_store(vs_id: str, body: VectorStoreSearch, request: Request):
     mgr = _mgr(request)
     mgr.get(vs_id)
+    for name in ("filters", "ranking_options", "rewrite_query"):
+        if getattr(body, name):
+            raise APIError(400, f"{name} is not supported by this server's vector stores", param=name,
+                           code="unsupported_parameter")
     query = body.query if isinstance(body.query, str) else " ".join(body.query)
     if not query.strip():
         raise APIError(400, "query must not be empty", param="query", code="invalid_value")
