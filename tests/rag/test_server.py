@@ -56,6 +56,9 @@ def test_vector_stores_end_to_end(server):
     r = httpx.post(srv.base + "/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 4,
                    "tools": [{"type": "file_search", "vector_store_ids": ["vs_doesnotexist"]}]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "vector_store_not_found"
+    r = httpx.post(srv.base + "/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 4, "tools": [
+        {"type": "file_search", "vector_store_ids": [vs.id], "filters": {"type": "eq", "key": "a", "value": 1}}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_parameter"
 
     # removing a file removes its passages
     client.vector_stores.files.delete(file_id=other.id, vector_store_id=vs.id)

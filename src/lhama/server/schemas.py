@@ -62,6 +62,8 @@ class FileSearchTool(_Body):
     type: Literal["file_search"]
     vector_store_ids: list[str] = Field(default_factory=list)
     max_num_results: int | None = Field(default=None, ge=1, le=50)
+    filters: dict[str, Any] | None = None  # refused when set: not implemented
+    ranking_options: dict[str, Any] | None = None  # refused when set: not implemented
 
 
 class NamedFunction(_Body):

@@ -282,6 +282,11 @@ def apply_file_search(state, req):
     fs = [t for t in tools if isinstance(t, FileSearchTool)]
     if not fs:
         return req
+    for t in fs:
+        for name in ("filters", "ranking_options"):
+            if getattr(t, name):
+                raise APIError(400, f"file_search {name} are not supported by this server", param=f"tools.{name}",
+                               code="unsupported_parameter")
     mgr = state.vector_stores
     ids = list(dict.fromkeys(i for t in fs for i in t.vector_store_ids))
     if not ids:
