@@ -137,6 +137,17 @@ def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
     assert dpo and all(len(p["chosen"]) < len(p["rejected"]) for p in dpo)
     rows, _ = tokenize_pairs(dpo, smol.chat_format, 128, 0)
     assert len(rows) == len(dpo)
+    # ...and the recipes train on them.
+    from lhama.train.config import TrainConfig
+    from lhama.train.dpo import DPOConfig, run_dpo
+    from lhama.train.sft import RecipeOptions, run_sft
+
+    tc = dict(max_steps=1, batch_size=2, max_seq_len=96, progress=False)
+    sft_run = run_sft(RecipeOptions(model=str(smol.path), data=(str(out / "sft.jsonl"),)),
+                      TrainConfig(output_dir=str(tmp_path / "sft"), **tc))
+    dpo_run = run_dpo(RecipeOptions(model=str(smol.path), data=(str(out / "dpo.jsonl"),)),
+                      TrainConfig(output_dir=str(tmp_path / "dpo"), **tc), None, DPOConfig())
+    assert sft_run["steps"] == dpo_run["steps"] == 1 and dpo_run["pairs"] == len(dpo)
 
     # Kill mid-write: two prompts done, a third cut mid-line. The CLI resumes, redoing only the rest.
     resumed = tmp_path / "resumed"

@@ -94,6 +94,12 @@ def test_synth_job_resumes_and_feeds_sft(tmp_path, smollm2_path):
         assert [m["role"] for m in r["messages"]] == ["user", "assistant"] and r["round"] == 0
         assert r["topic"] in ("birds", "tea", "rivers")
     assert len(load_chat_examples(out, lm.chat_format)) == len(rows)
+    from lhama.train.config import TrainConfig
+    from lhama.train.sft import RecipeOptions, run_sft
+
+    sft = run_sft(RecipeOptions(model=str(lm.path), data=(str(out),)),
+                  TrainConfig(max_steps=1, batch_size=2, max_seq_len=64, output_dir=str(tmp_path / "sft"), progress=False))
+    assert sft["steps"] == 1 and sft["train_examples"] == len(rows)
     state = json.loads((tmp_path / "synth.jsonl.state.json").read_text())
     assert state["round"] == 1 and state["written"] == len(rows)
 
