@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # torch.Generator.manual_seed takes a signed or unsigned 64-bit value; the engine adds the
 # sample index, so keep one below the top.
@@ -132,10 +132,23 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[Tool | FileSearchTool] | None = None
+    tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # ``{"type": "file_search"}`` entries of ``tools``, moved here before validation so function
+    # tools keep their own error messages (lhama.server.vector_stores runs them).
+    file_search_tools: list[FileSearchTool] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_file_search(cls, data):
+        tools = data.get("tools") if isinstance(data, dict) else None
+        if isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") == "file_search" for t in tools):
+            fs = [t for t in tools if isinstance(t, dict) and t.get("type") == "file_search"]
+            rest = [t for t in tools if not (isinstance(t, dict) and t.get("type") == "file_search")]
+            data = {**data, "tools": rest or None, "file_search_tools": fs}
+        return data
 
 
 class CompletionRequest(_Sampling):

@@ -276,10 +276,9 @@ def apply_file_search(state, req):
     """``req`` without its file_search tools, grounded by a system message of numbered passages
     found for the last user message; ``req`` itself when it has no such tool."""
     from lhama.rag.answer import SYSTEM_PROMPT, sources_block, sources_from_hits
-    from lhama.server.schemas import ChatMessage, FileSearchTool
+    from lhama.server.schemas import ChatMessage
 
-    tools = req.tools or []
-    fs = [t for t in tools if isinstance(t, FileSearchTool)]
+    fs = req.file_search_tools or []
     if not fs:
         return req
     for t in fs:
@@ -303,19 +302,16 @@ def apply_file_search(state, req):
     sources = sources_from_hits(hits)
     text = SYSTEM_PROMPT + ("\n\nSources:\n\n" + sources_block(sources) if sources else
                             "\n\nNo passage in the user's files matches this question.")
-    rest = [t for t in tools if not isinstance(t, FileSearchTool)]
     msgs = list(req.messages)
     if msgs and msgs[0].role in ("system", "developer") and isinstance(msgs[0].content, str):
         msgs[0] = msgs[0].model_copy(update={"content": f"{msgs[0].content}\n\n{text}"})
     else:
         msgs.insert(0, ChatMessage(role="system", content=text))
-    update = {"messages": msgs, "tools": rest or None}
-    if not rest:
-        update["tool_choice"] = None
+    update = {"messages": msgs, "file_search_tools": None}
+    if not req.tools and req.tool_choice in ("auto", "none"):
+        update["tool_choice"] = None  # "auto" with file_search only: no function tool left to choose
     return req.model_copy(update=update)
 
 
 def uses_file_search(req) -> bool:
-    from lhama.server.schemas import FileSearchTool
-
-    return any(isinstance(t, FileSearchTool) for t in (req.tools or []))
+    return bool(req.file_search_tools)
