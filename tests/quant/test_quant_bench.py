@@ -36,3 +36,19 @@ def test_quant_py_table(tmp_path):
     assert rows["int8"]["decode_tok_s"] > 0 and rows["int8"]["agg_4_tok_s"] > 0
     md = (tmp_path / "quant.md").read_text()
     assert "| int8 |" in md and "| fp32 |" in md
+
+
+def test_update_readme_replaces_only_the_speed_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from harness import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Speed (latest `make bench`)\n\nIntro.\n\n| metric | old |\n|---|---:|\n"
+                      "| a | 1 |\n- old note\n\n## Next\nkept\n")
+    md = "Model header line.\n\n| metric | new |\n|---|---:|\n| a | 2 |\n\n- new note\n"
+    assert report.update_readme(readme, md)
+    text = readme.read_text()
+    assert "Intro." in text and "| a | 2 |" in text and "- new note" in text
+    assert "old" not in text and "Model header line" not in text and text.endswith("## Next\nkept\n")
+    (tmp_path / "other.md").write_text("# no speed section\n")
+    assert not report.update_readme(tmp_path / "other.md", md)
