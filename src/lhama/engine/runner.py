@@ -48,7 +48,13 @@ class ModelRunner:
         self._hidden = model.hidden_states
         # Compiled only for pure-decode steps: their shapes vary in batch size and context
         # length only (dynamic dims), while prompt chunks change the Python-level structure.
-        self._hidden_decode = torch.compile(model.hidden_states, dynamic=True) if compile else None
+        self._hidden_decode = None
+        if compile:
+            # The paged cache's in-place writes (index_copy_ into views of one big tensor) get
+            # functionalized into copies of the whole cache per layer when traced: 7x slower than
+            # eager. Attention runs eagerly; the dense parts around it are compiled.
+            cache.attend = torch.compiler.disable(cache.attend)
+            self._hidden_decode = torch.compile(model.hidden_states, dynamic=True)
         self._head = model.output
         # Quantized heads (lhama.quant) bring their own kernel.
         if packed_head and self.device.type == "cpu" and isinstance(model.output, torch.nn.Linear):
