@@ -13,9 +13,13 @@ runs the harness with it, and ``lhama lm-eval --install`` adds a start-up hook s
 
 from __future__ import annotations
 
+import logging
+
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
+
+log = logging.getLogger("lhama.eval")
 
 
 @register_model("lhama")
@@ -30,6 +34,10 @@ class LhamaLM(TemplateLM):
         from lhama.eval.loglik import LogLikelihood
         from lhama.loader import load_model
 
+        if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+            # The harness passes device="cuda" unless told otherwise; say so rather than fail.
+            log.warning("lm_eval asked for device %r but CUDA is not available: running on the CPU", device)
+            device = "cpu"
         if loaded is None:
             dt = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
             loaded = load_model(pretrained, dtype=dt, device=device, tokenizer=tokenizer, chat_format=chat_format)
@@ -51,7 +59,12 @@ class LhamaLM(TemplateLM):
     def prefix_token_id(self) -> int:
         if self._prefix is not None:
             return int(self._prefix)
-        return self.tok.bos_id if self.tok.bos_id is not None else self.tok.eos_id
+        if self.tok.bos_id is not None:
+            return self.tok.bos_id
+        # A BOS token that is declared but not prepended (SmolLM2's <|im_start|>): the HF backend
+        # still starts empty contexts and rolling windows with it.
+        bos = self.tok.special_tokens.get(getattr(self.tok, "bos_token", None) or "")
+        return bos if bos is not None else self.tok.eos_id
 
     @property
     def max_length(self) -> int:
