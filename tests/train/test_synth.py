@@ -131,3 +131,21 @@ def test_synth_with_smollm2(tmp_path, smollm2_path):
     idx = NearDuplicateIndex(0.7)
     assert all(idx.add_if_new(r["messages"][0]["content"]) for r in rows)
     assert all(reject_reason(r["messages"][1]["content"], FilterConfig()) is None for r in rows)
+
+
+def test_cli_synth(tmp_path, smollm2_path, capsys):
+    """``lhama synth`` through the real parser (in-process): flags reach the job, counts are printed."""
+    from lhama.cli import main
+
+    folder = tiny_smol_folder(tmp_path, smollm2_path)
+    topics = tmp_path / "topics.txt"
+    topics.write_text("birds\ntea\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["synth", "--model", str(folder), "--topics", str(topics), "-o", str(out), "--instructions-per-topic",
+                 "2", "--answer-max-tokens", "4", "--kv-cache-gb", "0.05", "--languages", "", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["instructions_generated"] == 4 and printed["output"] == str(out)
+    state = json.loads((tmp_path / "out.jsonl.state.json").read_text())
+    assert state["config"]["instructions_per_topic"] == 2 and state["config"]["answer_filters"]["languages"] == []
+    assert main(["synth", "--model", str(folder), "--topics", str(tmp_path / "missing.txt"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
