@@ -67,3 +67,23 @@ def test_one_process_checkpoint_resumes_under_two_processes(tmp_path):
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "part")
     assert [m["step"] for m in b] == list(range(1, 7))
     assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_finetune_cli_under_torchrun_matches_one_process(tmp_path):
+    """`torchrun -m lhama.cli finetune` (the documented command) against the same run in one process."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    from conftest import write_chat_jsonl
+
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", 16)
+    args = ["finetune", "--recipe", "sft", "--model", "tiny-llama3", "--data", str(data), "--max-steps", "3",
+            "--batch-size", "4", "--max-seq-len", "64", "--no-progress"]
+    one = _launch([sys.executable, "-m", "lhama.cli", *args, "--output-dir", str(tmp_path / "one")])
+    two = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "lhama.cli", *args, "--output-dir", str(tmp_path / "two")])
+    for p in (one, two):
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [m["loss"] for m in b] == pytest.approx([m["loss"] for m in a], rel=1e-5)
