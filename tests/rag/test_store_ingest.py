@@ -86,10 +86,13 @@ def test_not_a_store(tmp_path):
 
 def test_loaded_model_embedder_plugs_in(tmp_path, docs):
     """'any loaded model' as embedder: the server's mean-pooled hidden states, on a tiny config."""
-    from lhama.loader import load_model
-    from lhama.rag.embedders import LoadedModelEmbedder
+    from lhama.errors import ConfigError
+    from lhama.rag.embedders import LoadedModelEmbedder, get_embedder
 
-    emb = LoadedModelEmbedder(load_model("tiny-llama3"))
+    emb = get_embedder("model:tiny-llama3")  # what `lhama rag add --embedder model:tiny-llama3` uses
+    assert isinstance(emb, LoadedModelEmbedder) and emb.name == "model:tiny-llama3"
+    with pytest.raises(ConfigError, match="unknown embedder"):
+        get_embedder("no-such-embedder")
     store = SqliteVectorStore(tmp_path / "m.db")
     rep = ingest_paths(store, emb, [docs / "notes.txt", docs / "llamas.md"])
     assert len(rep.added) == 2 and store.embedder_name == emb.name and store.dim == emb.dim
