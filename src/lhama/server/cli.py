@@ -59,6 +59,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--no-prefix-caching", action="store_true")
     e.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torch.distributed; see docs/scaling.md)")
+    e.add_argument("--replicas", type=int, default=1, help="server copies as Ray actors behind this endpoint")
+    e.add_argument("--ray-address", help="with --replicas: join this Ray cluster (default: start a local one)")
 
 
 def configs_from_args(a):
@@ -83,6 +85,10 @@ def cmd_serve(a) -> int:
     from lhama.server.app import create_app
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(a, "replicas", 1) > 1:
+        from lhama.dist.replicas import serve_replicas
+
+        return serve_replicas(a)
     server_cfg, engine_cfg = configs_from_args(a)
     from lhama.safety.spec import shields_from_args
 
