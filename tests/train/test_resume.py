@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,3 +58,20 @@ def test_killed_mid_step_and_resumed_equals_uninterrupted(tmp_path):
     assert [m["lr"] for m in got] == pytest.approx([m["lr"] for m in expected])
     assert not list((out / "checkpoints").glob("*.tmp"))
 
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "6", "0"], env=_env(STEP_DELAY="0.1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out / "metrics.jsonl").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "saving a checkpoint" in err
+    saved = int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert 1 <= saved < 6 and [m["step"] for m in _metrics(out)] == list(range(1, saved + 1))
+    done = _run(out, "--resume", steps=6, save_every=0)
+    assert done.returncode == 0 and f"(step {saved} of 6)" in done.stderr
+    assert [m["step"] for m in _metrics(out)] == list(range(1, 7))

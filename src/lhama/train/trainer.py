@@ -15,7 +15,9 @@ import contextlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.metrics_path = self.out / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
+        self._stop_requested = False
         self.device = next(model.parameters()).device
 
     # -- state ------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.progress and self.rank == 0),
                    desc="train", unit="step", dynamic_ncols=True)
         last: dict[str, Any] = self.history[-1] if self.history else {"loss": float("nan")}
-        with bar:
+        with bar, self._stop_on_sigint():
             while self.step < self.total_steps:
                 m = self.train_step()
                 last = m
@@ -265,10 +268,36 @@ class Trainer:
                     bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}", lr=f"{m['lr']:.2e}")
                     if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                         self._log(m)
+                if self._stop_requested:
+                    self.save()
+                    raise KeyboardInterrupt(f"stopped at step {self.step}; continue with resume")
                 if self.cfg.save_every and self.step % self.cfg.save_every == 0 and self.step < self.total_steps:
                     self.save()
         self.save()
         return TrainResult(self.step, float(last["loss"]), self.out, list(self.history))
+
+    @contextlib.contextmanager
+    def _stop_on_sigint(self):
+        """Ctrl-C finishes the current step, saves a checkpoint and stops (KeyboardInterrupt), so
+        ``--resume`` loses nothing; a second Ctrl-C aborts at once. Single-process runs only:
+        under torchrun the launcher owns signals."""
+        self._stop_requested = False
+        if self.distributed or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nlhama: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _log(self, m: dict[str, Any]) -> None:
         self.history.append(m)
