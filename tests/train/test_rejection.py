@@ -164,3 +164,20 @@ def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
     again = [json.loads(line) for line in (resumed / "samples.jsonl").read_text().splitlines()]
     assert [row["index"] for row in again] == [0, 1, 2, 3, 4]
     assert again[:2] == ledger[:2]  # kept, not regenerated
+
+
+@pytest.mark.slow
+def test_rejection_sampling_with_smollm2_exact_answers(tmp_path, smollm2_path):
+    """The real policy on arithmetic word problems, exact-answer reward: the best-of-N accuracy
+    is at least the mean candidate accuracy, and the files hold only verified answers."""
+    lm = load_model(smollm2_path, dtype=torch.float32, device="cpu")
+    records = [{"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": a + b}
+               for a, b in [(2, 3), (7, 5), (12, 9), (21, 14), (33, 8), (45, 17), (6, 6), (19, 23)]]
+    stats = rejection_sample(lm, records, ExactAnswerReward(), tmp_path, RejectionConfig(
+        num_candidates=6, temperature=0.8, max_tokens=24, min_sft_score=1.0, drop_truncated=False),
+        engine=LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.5)), progress=False)
+    print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
+    assert stats["mean_best_score"] >= stats["mean_score"]
+    for row in map(json.loads, (tmp_path / "sft.jsonl").read_text().splitlines()):
+        rec = records[row["index"]]
+        assert answers_match(extract_answer(row["messages"][-1]["content"]), str(rec["answer"]))
