@@ -49,7 +49,7 @@ class QuantReport:
         for k in self.modules.values():
             kinds[k] = kinds.get(k, 0) + 1
         parts = ", ".join(f"{n} x {k}" for k, n in sorted(kinds.items()))
-        return (f"quantized {len(self.modules)} linear layers ({parts}): weights "
+        return (f"quantized {len(self.modules)} linear modules ({parts}): weights "
                 f"{self.bytes_before / 2**20:,.1f} MiB -> {self.bytes_after / 2**20:,.1f} MiB "
                 f"({self.bytes_before / max(self.bytes_after, 1):.2f}x smaller)")
 
