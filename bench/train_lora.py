@@ -149,8 +149,12 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
+        import resource
+
         fn = worker_lhama if a.worker == "lhama" else worker_trl
-        print(MARK + json.dumps(fn(a)), flush=True)
+        res = fn(a)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        print(MARK + json.dumps(res), flush=True)
         return
     if a.quick:
         a.examples, a.seq_len = min(a.examples, 32), min(a.seq_len, 128)
@@ -176,10 +180,11 @@ def main() -> None:
     out = BENCH_DIR / "results"
     out.mkdir(exist_ok=True)
     (out / f"{a.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = ["| system | tokens/s ↑ | steps | tokens timed | seconds | final loss |", "|---|---:|---:|---:|---:|---:|"]
+    md = ["| system | tokens/s ↑ | steps | tokens timed | seconds | final loss | peak RSS MiB ↓ |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
     for s, r in results.items():
         md.append(f"| {s} | {r['tokens_per_s']:.0f} | {r['steps']} | {r['tokens']} | {r['seconds']:.1f} | "
-                  f"{r['final_loss']:.3f} |")
+                  f"{r['final_loss']:.3f} | {r.get('peak_rss_mb', 0):.0f} |")
     if "ratio_lhama_over_trl" in report:
         md.append(f"\nlhama ÷ trl: **{report['ratio_lhama_over_trl']:.2f}×** (LoRA SFT tokens/s; ≥ 1 means lhama is faster)")
     (out / f"{a.name}.md").write_text("\n".join(md) + "\n")
