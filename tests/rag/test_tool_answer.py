@@ -53,19 +53,25 @@ def smollm(smollm2_path):
     return load_model(str(smollm2_path))
 
 
-def test_answer_with_citations(eval_store, minilm, smollm):
+def test_answer_with_citations(tmp_path, minilm, smollm):
     from lhama.generate import SamplingParams
+    from lhama.rag.ingest import ingest_paths
+    from lhama.rag.sqlite_store import SqliteVectorStore
 
-    ret = Retriever(eval_store, minilm)
-    ans = answer_question(smollm, ret, "Which browser do the web chat tests use?", k=2,
-                          params=SamplingParams(temperature=0, max_tokens=16))
+    (tmp_path / "chat-tests.md").write_text("# Tests\n\n## Web chat\n\nThe web chat tests drive Debian's Chromium "
+                                            "through Playwright.\n\n## Load\n\nThe load test runs 64 clients.\n")
+    (tmp_path / "zoo.txt").write_text("Llamas eat grass and hay.")
+    store = SqliteVectorStore(tmp_path / "s.db")
+    ingest_paths(store, minilm, [tmp_path])
+    ret = Retriever(store, minilm)
+    question = "Which browser do the web chat tests use?"
+    ans = answer_question(smollm, ret, question, k=2, params=SamplingParams(temperature=0, max_tokens=16))
     assert [s.number for s in ans.sources] == [1, 2]
-    hits = ret.search("Which browser do the web chat tests use?", k=2)
-    assert [s.location for s in ans.sources] == [h.chunk.location for h in hits]
-    assert any("Chromium" in s.text for s in ans.sources)
+    assert [s.location for s in ans.sources] == [h.chunk.location for h in ret.search(question, k=2)]
+    assert ans.sources[0].location == "chat-tests.md § Tests > Web chat" and "Chromium" in ans.sources[0].text
     assert ans.text.strip() and ans.finish_reason in ("stop", "length")
     assert set(ans.cited) <= {1, 2} and ans.cited == parse_citations(ans.text, 2)[0]
-    assert "Sources:" in ans.render() and "[1] " in ans.render()
+    assert "Sources:" in ans.render() and "[1] chat-tests.md" in ans.render()
 
 
 def test_sources_are_dropped_to_fit_the_context(eval_store, minilm, smollm):
