@@ -88,14 +88,15 @@ def test_bad_requests_are_typed_errors():
         PlanRequest(gpus=0)
 
 
-def test_cli_prints_the_plan_and_exits_by_fit():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "lhama.cli", "plan", *a],  # noqa: E731
-                                    capture_output=True, text=True, timeout=120)
-    r = run("llama3.1-405b", "--dtype", "fp8", "--gpus", "8", "--gpu-mem", "80", "--json")
+def test_cli_prints_the_plan_and_exits_by_fit(capsys):
+    from lhama.cli import main
+
+    r = subprocess.run([sys.executable, "-m", "lhama.cli", "plan", "llama3.1-405b", "--dtype", "fp8", "--gpus", "8",
+                        "--gpu-mem", "80", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["fits"] and d["context"] == 131072 and d["request"]["kv_dtype"] == "fp8"
-    r = run("llama3.1-405b", "--gpus", "8", "--context", "8192")
-    assert r.returncode == 1 and "DOES NOT FIT" in r.stdout
-    r = run("llama3.1-8b", "--gpus", "3")
-    assert r.returncode == 2 and "error:" in r.stderr
+    assert main(["plan", "llama3.1-405b", "--gpus", "8", "--context", "8192"]) == 1
+    assert "DOES NOT FIT" in capsys.readouterr().out
+    assert main(["plan", "llama3.1-8b", "--gpus", "3"]) == 2
+    assert "error:" in capsys.readouterr().err

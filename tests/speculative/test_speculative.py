@@ -129,10 +129,24 @@ def test_cli_generate_with_a_draft(capsys):
     run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, timeout=300, env=env)  # noqa: E731
     r = run("--draft-model", "self:1", "--num-speculative-tokens", "3")
     assert r.returncode == 0, r.stderr
-    out, ref = json.loads(r.stdout), json.loads(run().stdout)
-    assert out["text"] == ref["text"] and out["completion_tokens"] == ref["completion_tokens"]
-    assert out["speculative"]["target_forwards"] <= ref["completion_tokens"]
     from lhama.cli import main
 
+    assert main(base[3:]) == 0  # the plain loop, in this process
+    out, ref = json.loads(r.stdout), json.loads(capsys.readouterr().out)
+    assert out["text"] == ref["text"] and out["completion_tokens"] == ref["completion_tokens"]
+    assert out["speculative"]["target_forwards"] <= ref["completion_tokens"]
     assert main(["generate", "x", "--model", "tiny-llama3", "--draft-model", "self:9"]) == 2
     assert "self-draft" in capsys.readouterr().err
+
+
+def test_draft_model_by_spec():
+    from lhama.generate.speculative import load_speculation
+    from lhama.loader import load_model
+
+    target = load_model("tiny-llama3", seed=0)
+    spec = load_speculation("tiny-llama3", target, 3)  # another model (here: same shape) with the same tokenizer
+    assert spec.draft is not target.model and spec.num_speculative_tokens == 3
+    p = SamplingParams(temperature=0, max_tokens=10)
+    assert _ids(speculative_tokens(target.model, spec, [1, 2, 3], p)) == _ids(generate_tokens(target.model, [1, 2, 3], p))
+    with pytest.raises(ConfigError, match="self:N"):
+        load_speculation("self:x", target)
