@@ -62,6 +62,10 @@ def test_two_gloo_ranks_give_single_process_logits(tmp_path, config):
                 eng.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))]
         assert torch.load(tmp_path / "engine.pt") == want
         assert torch.load(tmp_path / "follower_steps.pt") >= 6  # chunked prefill + decodes, all mirrored
+        with torch.inference_mode():
+            h = lm.model.hidden_states(torch.tensor([[7, 300, 21, 9000, 4, 55, 123, 8, 8, 100]]),
+                                       torch.arange(10).unsqueeze(0))
+        torch.testing.assert_close(torch.load(tmp_path / "hidden.pt"), h, atol=1e-5, rtol=1e-4)
 
 
 def test_shard_shapes_and_bad_sizes():

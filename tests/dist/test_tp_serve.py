@@ -44,6 +44,10 @@ def test_serve_tp2_answers_like_one_process():
         ids = lm.tokenizer.encode("Hello there", bos=True)
         ref = generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8))
         assert r.choices[0].text == ref.text
+        emb = client.embeddings.create(model="tiny-llama3", input="Hello there")  # a forward outside the engine
+        assert len(emb.data[0].embedding) == 64
+        r2 = client.completions.create(model="tiny-llama3", prompt="Hello there", max_tokens=8, temperature=0)
+        assert r2.choices[0].text == ref.text  # ranks still in step afterwards
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         followers[0].wait(timeout=60)  # told to stop by rank 0, not orphaned

@@ -36,6 +36,9 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
             eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16), channel)
             prompts = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [3, 4], [5, 6, 7, 8, 9, 1]]
             res = eng.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+            with torch.inference_mode():  # a forward outside the engine (what /v1/embeddings does)
+                h = lm.model.hidden_states(prompt, torch.arange(prompt.shape[1]).unsqueeze(0))
+            torch.save(h, f"{out_dir}/hidden.pt")
             stop_followers(channel)
             torch.save([r.completions[0].token_ids for r in res], f"{out_dir}/engine.pt")
         else:

@@ -89,6 +89,7 @@ def test_chunked_prefill_of_a_2k_prompt_matches_the_reference_loop():
 @pytest.mark.slow  # ~30-60 s on the shared 2-core machine
 def test_chunked_prefill_of_a_32k_prompt_stays_in_bounded_memory():
     growth, kv = _chunked_prefill(32768, 512, check_reference=False)
+    print(f"32K-token chunked prefill: RSS grew {growth / 2**20:.0f} MiB, KV cache {kv / 2**20:.0f} MiB")
     # 32K tokens x 512 B of KV = 16 MiB; a 512-token chunk attends over at most 32K keys.
     assert growth < 1.0 * 2**30, growth / 2**20
 

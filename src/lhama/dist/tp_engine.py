@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,7 @@ from lhama.engine.runner import ModelRunner
 
 log = logging.getLogger("lhama.dist")
 
-_STEP, _STOP, _INIT = "step", "stop", "init"
+_STEP, _STOP, _INIT, _FORWARD = "step", "stop", "init", "forward"
 
 
 def _move(obj, device):
@@ -59,6 +60,11 @@ class TPModelRunner(ModelRunner):
     """Rank 0's runner: every step's inputs go to the followers before the step runs."""
 
     channel: ControlChannel
+    lock: threading.Lock  # one forward at a time across the engine thread and other callers
+
+    def execute(self, sched):
+        with self.lock:
+            return super().execute(sched)
 
     def prepare(self, sched):
         inp = super().prepare(sched)
@@ -75,9 +81,26 @@ def tp_engine(loaded, config: EngineConfig | None, channel: ControlChannel) -> L
     channel.send((_INIT, engine.plan.num_blocks, engine.config.block_size, engine.config.compile))
     runner = TPModelRunner(engine.model, engine.cache, compile=engine.config.compile,
                            packed_head=engine.config.packed_head)
-    runner.channel = channel
+    runner.channel, runner.lock = channel, threading.Lock()
     engine.runner = runner
+    _mirror_direct_forwards(engine.model, channel, runner.lock)
     return engine
+
+
+def _mirror_direct_forwards(model, channel: ControlChannel, lock: threading.Lock) -> None:
+    """Forwards outside the engine (``/v1/embeddings`` calls ``model.hidden_states``) must run on
+    every rank too, or the all-reduces would pair with the wrong messages. The runner bound the
+    original method before this, so only other callers go through here."""
+    original = model.hidden_states
+
+    def hidden_states(tokens, positions, cache=None):
+        if cache is not None:
+            raise RuntimeError("with tensor parallelism, cached forwards go through the engine")
+        with lock:
+            channel.send((_FORWARD, _move(tokens, "cpu"), _move(positions, "cpu")))
+            return original(tokens, positions)
+
+    model.hidden_states = hidden_states
 
 
 def stop_followers(channel: ControlChannel) -> None:
@@ -99,6 +122,9 @@ def follow(model, channel: ControlChannel) -> int:
         msg = channel.recv()
         if msg[0] == _STOP:
             return steps
+        if msg[0] == _FORWARD:  # a forward outside the engine (embeddings): no cache
+            model.hidden_states(msg[1].to(model.device), msg[2].to(model.device))
+            continue
         _, copies, tokens, positions, meta = msg
         dev = model.device
         cache.copy_blocks(copies)
