@@ -82,19 +82,22 @@ def test_full_sft_and_pretrain_on_a_tiny_config(tmp_path, capsys):
     for k, v in exported.items():
         torch.testing.assert_close(v, adapted[k], rtol=1e-5, atol=1e-6, msg=k)
 
-    # `lhama chat --lora` in a real process: the adapter is applied and the chat answers.
-    import os
-    import subprocess
-    import sys
+    # `lhama chat --lora`: the chat command's own loading path, then its session loop.
+    import io
 
-    chat = subprocess.run([sys.executable, "-m", "lhama.cli", "chat", "--model", "tiny-llama3", "--lora",
-                           str(tmp_path / "lora" / "adapter"), "--temperature", "0", "--max-tokens", "3"],
-                          input="hello\n/exit\n", capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
-    bad = subprocess.run([sys.executable, "-m", "lhama.cli", "chat", "--model", "tiny-llama3", "--lora",
-                          str(tmp_path)], input="/exit\n", capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "adapter_config.json is missing" in bad.stderr
+    from lhama.chat_session import run_chat
+    from lhama.cli import _load, _sampling
+
+    a = build_parser().parse_args(["chat", "--model", "tiny-llama3", "--lora", str(tmp_path / "lora" / "adapter"),
+                                   "--temperature", "0", "--max-tokens", "3"])
+    chat_lm = _load(a)
+    torch.testing.assert_close(chat_lm.model.state_dict()["layers.0.feed_forward.w2.weight"],
+                               exported["layers.0.feed_forward.w2.weight"], rtol=1e-5, atol=1e-6)
+    shown = io.StringIO()
+    assert run_chat(chat_lm, _sampling(a), stdin=io.StringIO("hello\n/exit\n"), stdout=shown) == 0
+    assert shown.getvalue().strip()
+    assert main(["generate", "x", "--model", "tiny-llama3", "--lora", str(tmp_path)]) == 2
+    assert "adapter_config.json is missing" in capsys.readouterr().err
 
     text = tmp_path / "corpus.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
