@@ -22,13 +22,13 @@ MAX_POSITIONS = 64  # small on purpose: longer texts must be scored in windows
 
 
 def _text(rng: random.Random, phrase: str | None) -> str:
-    parts = rng.sample(BENIGN, rng.randint(1, 2))
+    parts = rng.sample(BENIGN, rng.randint(1, 4))  # long benign texts too: windows are full of them
     if phrase:
         parts.insert(rng.randint(0, len(parts)), phrase)
     return " ".join(parts)
 
 
-def build_prompt_guard(out_dir: Path, *, steps: int = 40, seed: int = 0) -> Path:
+def build_prompt_guard(out_dir: Path, *, steps: int = 80, seed: int = 0) -> Path:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 

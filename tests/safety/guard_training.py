@@ -52,7 +52,8 @@ def examples(seed: int = 0, n_replies: int = 6) -> list[tuple[list[dict], str, s
     for text in [*SAFE_INPUTS, OUTPUT_TRIGGER]:
         out.append(([{"role": "user", "content": text}], "user", "safe"))
     for text in SAFE_INPUTS + [OUTPUT_TRIGGER]:
-        for reply in rng.sample(REPLIES, n_replies):
+        # The one unsafe-reply case gets twice the replies, so it is not outvoted by the safe ones.
+        for reply in rng.sample(REPLIES, 2 * n_replies if text == OUTPUT_TRIGGER else n_replies):
             msgs = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
             out.append((msgs, "assistant", OUTPUT_TRIGGER_ANSWER if text == OUTPUT_TRIGGER else "safe"))
     return out
@@ -70,7 +71,7 @@ POLICY = ("S1", "S8", "S9", "S10")
 TOY_ARGS = dict(max_seq_len=1024)
 
 
-def train_toy_guard(out_dir: Path, *, steps: int = 60, lr: float = 1e-2, seed: int = 0, n_replies: int = 4,
+def train_toy_guard(out_dir: Path, *, steps: int = 80, lr: float = 1e-2, seed: int = 0, n_replies: int = 3,
                     policy: tuple[str, ...] = POLICY, freeze_embeddings: bool = False) -> Path:
     """Train and save; returns the HF folder (config.json + safetensors + Llama 3 tokenizer.model).
     ``freeze_embeddings`` keeps the random token embeddings as they are (less optimizer work)."""

@@ -114,3 +114,17 @@ def test_verdicts_are_counted_in_metrics(guarded):
     assert m['lhama_shield_verdicts_total{shield="llama-guard",stage="input",verdict="refused"}'] >= 1
     assert m['lhama_shield_violations_total{category="S9",shield="llama-guard",stage="input"}'] >= 1
     assert 'lhama_shield_check_seconds_count{shield="llama-guard",stage="output"}' in text
+
+
+def test_safety_check_cli(toy_guard):
+    import json
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "lhama.cli", "safety", "check", "--shield", f"llama-guard={toy_guard[0]}",
+            "--shield-categories", ",".join(POLICY)]
+    r = subprocess.run([*base, "--json", UNSAFE], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["categories"] == ["S1", "S9"]
+    r = subprocess.run([*base, SAFE], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "llama-guard: allowed"

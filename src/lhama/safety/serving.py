@@ -132,8 +132,9 @@ async def screen_choice(state, prep, choice: dict) -> dict:
     verdict = await s.check([*messages_as_dicts(prep.req), reply], "output")
     if verdict is None:
         return choice
+    # The refused reply's logprobs would spell it out token by token: they go too.
     return {**choice, "message": refusal_message(verdict), "finish_reason": "content_filter",
-            "safety": safety_info(verdict, "output")}
+            "safety": safety_info(verdict, "output"), **({"logprobs": None} if "logprobs" in choice else {})}
 
 
 def _refused_choices(prep, verdict: ShieldVerdict) -> list[dict]:
