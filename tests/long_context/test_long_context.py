@@ -90,8 +90,10 @@ def test_chunked_prefill_of_a_2k_prompt_matches_the_reference_loop():
 def test_chunked_prefill_of_a_32k_prompt_stays_in_bounded_memory():
     growth, kv = _chunked_prefill(32768, 512, check_reference=False)
     print(f"32K-token chunked prefill: RSS grew {growth / 2**20:.0f} MiB, KV cache {kv / 2**20:.0f} MiB")
-    # 32K tokens x 512 B of KV = 16 MiB; a 512-token chunk attends over at most 32K keys.
-    assert growth < 1.0 * 2**30, growth / 2**20
+    # The KV cache is 16 MiB of 32K tokens (its budget: 51 MiB); a 512-token chunk's attention
+    # over 32K keys needs ~0.3 GB of scores. Unchunked, the 32K x 32K scores alone would be 17 GB.
+    # Measured: ~800 MiB growth, most of it the allocator keeping freed attention scratch.
+    assert growth < 1.5 * 2**30, growth / 2**20
 
 
 def test_kv_planner_caps_128k_context_to_what_memory_holds():
