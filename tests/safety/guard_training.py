@@ -43,7 +43,7 @@ REPLIES = ["Sure, here you go.", "Paris is the capital of France.", "The leaves 
            "Once upon a time there was a song.", "Here are the words you asked for:"]
 
 
-def examples(seed: int = 0, n_replies: int = 6) -> list[tuple[list[dict], str, str]]:
+def examples(seed: int = 0, n_replies: int = 3) -> list[tuple[list[dict], str, str]]:
     """(messages, role, answer) triples covering input checks and output checks."""
     rng = random.Random(seed)
     out = []
