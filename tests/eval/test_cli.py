@@ -16,7 +16,7 @@ from lhama.eval import EvalConfig, EvalContext, load_task, run_task
 PY = [sys.executable, "-m", "lhama.cli"]
 
 
-def _ppl_task(tmp_path, n=40) -> Path:
+def _ppl_task(tmp_path, n=30) -> Path:
     words = "the market opens early and farmers bring apples bread eggs and honey to the square".split()
     p = tmp_path / "docs.jsonl"
     p.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(words[i % 7:] + words[:i % 7] * 3)}) + "\n"
@@ -27,7 +27,7 @@ def _ppl_task(tmp_path, n=40) -> Path:
 def test_killed_subprocess_resumes_and_scores_every_item_exactly_once(tmp_path, tiny_lm):
     task_file, out = _ppl_task(tmp_path), tmp_path / "out"
     cmd = PY + ["eval", "--model", "tiny-llama3", "-t", str(task_file), "--output", str(out), "--chunk-size", "1",
-                "--window", "16", "--stride", "4", "--no-progress"]
+                "--window", "16", "--stride", "8", "--no-progress"]
     items = out / "items" / "docs.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -43,24 +43,24 @@ def test_killed_subprocess_resumes_and_scores_every_item_exactly_once(tmp_path, 
         if proc.poll() is None:
             proc.kill()
     scored_before = items.read_text().count("\n")
-    assert 3 <= scored_before < 40 and not (out / "results.json").exists()
+    assert 3 <= scored_before < 30 and not (out / "results.json").exists()
 
     res = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     ids = [json.loads(line)["id"] for line in items.read_text().splitlines()]
-    assert sorted(ids) == sorted(f"d{i}" for i in range(40))  # every item exactly once
+    assert sorted(ids) == sorted(f"d{i}" for i in range(30))  # every item exactly once
     report = json.loads((out / "results.json").read_text())
     assert json.loads(res.stdout)["results"] == report["results"]
     (r,) = report["results"]
-    assert r["resumed_items"] >= scored_before and r["num_items"] == 40
+    assert r["resumed_items"] >= scored_before and r["num_items"] == 30
 
     # The same numbers as a run that was never interrupted.
-    ctx = EvalContext(tiny_lm, EvalConfig(chunk_size=1, window=16, stride=4))
+    ctx = EvalContext(tiny_lm, EvalConfig(chunk_size=1, window=16, stride=8))
     clean = run_task(ctx, load_task(task_file), model_spec="tiny-llama3", progress=False)
     assert r["metrics"] == {k: v.as_dict() for k, v in clean.metrics.items()}
 
     md = (out / "report.md").read_text()
-    assert "| docs | perplexity | tiny-llama3 | 40 | bits_per_byte **(main)** |" in md
+    assert "| docs | perplexity | tiny-llama3 | 30 | bits_per_byte **(main)** |" in md
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

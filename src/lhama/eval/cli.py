@@ -169,8 +169,8 @@ def add_lm_eval_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "lm-eval", help="run lm-evaluation-harness with lhama as a model (--install: make `lm_eval --model lhama` work)",
         description="Without --install/--uninstall: the arguments go to lm-evaluation-harness's CLI with the "
-                    "'lhama' model registered, e.g. `lhama lm-eval --model lhama --model_args pretrained=default "
-                    "--tasks my_task --include_path tasks/`.")
+                    "'lhama' model registered; put them after '--', e.g. `lhama lm-eval -- --model lhama "
+                    "--model_args pretrained=default --tasks my_task --include_path tasks/`.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--install", action="store_true", help="add a start-up hook to this Python's site-packages so "
                                                          "the plain `lm_eval` command knows --model lhama")
