@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,6 +27,7 @@ def test_run_py_quick_with_int4_column(tmp_path):
     assert doc["results"]["lhama-int4"]["details"]["engine"]["single"]["tokens"] == 16
 
 
+@pytest.mark.slow  # a subprocess per mode; run.py's int4 column above covers the same quantized engine path
 def test_quant_py_table(tmp_path):
     r = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "quant.py"), "--quick", "--model", "tiny-llama3", "--modes",
