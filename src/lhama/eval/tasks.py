@@ -16,12 +16,12 @@ resumable results file is keyed by them.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from lhama.errors import ConfigError
+from lhama.jsonl import iter_objects
 
 KINDS = ("perplexity", "multiple_choice", "generative", "code", "pairwise")
 EXTRACTORS = ("exact", "regex", "numeric")
@@ -137,17 +137,8 @@ def load_task(spec: str | Path, *, kind: str | None = None) -> Task:
         path = known[str(spec)]
     if kind is not None and kind not in KINDS:
         raise EvalTaskError(f"--kind must be one of {KINDS}, got {kind!r}")
-    raw = path.read_bytes()
     items: list[dict] = []
-    for n, line in enumerate(raw.decode("utf-8", errors="strict").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise EvalTaskError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(item, dict):
-            raise EvalTaskError(f"{path}:{n}: each line must be a JSON object")
+    for n, item in iter_objects(path, EvalTaskError):
         item.setdefault("id", str(n))
         item["id"] = str(item["id"])
         items.append(item)
@@ -160,4 +151,4 @@ def load_task(spec: str | Path, *, kind: str | None = None) -> Task:
         if item["id"] in seen:
             raise EvalTaskError(f"{path}: item id {item['id']!r} appears twice; ids must be unique")
         seen.add(item["id"])
-    return Task(path.stem, kind, tuple(items), str(path), hashlib.sha256(raw).hexdigest())
+    return Task(path.stem, kind, tuple(items), str(path), hashlib.sha256(path.read_bytes()).hexdigest())

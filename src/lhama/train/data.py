@@ -8,7 +8,6 @@ attention and positions restart at each example's start (``DocumentMask``).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from lhama.errors import ChatFormatError, ConfigError
+from lhama.jsonl import iter_objects
 
 IGNORE = -100
 
@@ -34,18 +34,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"data file {path} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{path}:{n}: each line must be a JSON object")
-            rows.append(obj)
+    rows = [obj for _, obj in iter_objects(path, ConfigError)]
     if not rows:
         raise ConfigError(f"data file {path} has no examples")
     return rows
