@@ -138,6 +138,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{f(r.get(f'agg_{conc}_tok_s'), '.1f')} | {f(speed, '.2f')}× |")
     lines += ["", "int4: group size 32, LM head int8; int8: per output channel; fp8: e4m3 per row (upcast "
               "per matmul without FP8 hardware). Quantized matmuls take bf16 activations."]
+    busy = meta.get("loadavg", [0])[0]
+    if busy > (os.cpu_count() or 1) * 0.5:
+        lines.append(f"Other work was running (load average {busy:.1f} on {os.cpu_count()} cores): the speed "
+                     "columns are not comparable between rows; weights, RSS and perplexity are.")
     return "\n".join(lines) + "\n"
 
 
@@ -155,12 +159,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown mode(s) {bad}; choose from {MODES}")
     model = resolve_model(a.model)
     cfg = {"model": model, "threads": a.threads, "quick": a.quick}
-    rows = []
+    rows, load_before = [], os.getloadavg()
     for m in modes:
         print(f"  {m} ...", file=sys.stderr, flush=True)
         rows.append(run_mode(m, cfg, a.timeout))
     meta = {"model": model, "model_name": Path(model).name, "threads": a.threads, "quick": a.quick,
-            "device_desc": device_desc("cpu", a.threads), "loadavg": os.getloadavg(),
+            "device_desc": device_desc("cpu", a.threads), "loadavg": load_before,
             "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
     md = markdown(rows, meta)
     a.out_dir.mkdir(parents=True, exist_ok=True)
