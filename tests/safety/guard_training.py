@@ -43,17 +43,26 @@ REPLIES = ["Sure, here you go.", "Paris is the capital of France.", "The leaves 
            "Once upon a time there was a song.", "Here are the words you asked for:"]
 
 
-def examples(seed: int = 0, n_replies: int = 3) -> list[tuple[list[dict], str, str]]:
-    """(messages, role, answer) triples covering input checks and output checks."""
+def examples(seed: int = 0, n_replies: int = 3, served_replies: dict[str, str] | None = None
+             ) -> list[tuple[list[dict], str, str]]:
+    """(messages, role, answer) triples covering input checks and output checks.
+    ``served_replies`` (request -> the served model's greedy reply) are added as output examples."""
     rng = random.Random(seed)
     out = []
     for text, answer in UNSAFE_INPUTS.items():  # repeated: as many as the unsafe output examples
         out += [([{"role": "user", "content": text}], "user", answer)] * max(1, n_replies // 2)
     for text in [*SAFE_INPUTS, OUTPUT_TRIGGER]:
         out.append(([{"role": "user", "content": text}], "user", "safe"))
+    words = " ".join(REPLIES).lower().replace(",", "").replace(".", "").replace(":", "").split()
     for text in SAFE_INPUTS + [OUTPUT_TRIGGER]:
-        # The one unsafe-reply case gets twice the replies, so it is not outvoted by the safe ones.
-        for reply in rng.sample(REPLIES, 2 * n_replies if text == OUTPUT_TRIGGER else n_replies):
+        # The one unsafe-reply case gets three times the replies, so it is not outvoted by the safe
+        # ones; half the replies are random words, so the verdict cannot lean on the reply's text.
+        k = 3 * n_replies if text == OUTPUT_TRIGGER else n_replies
+        replies = rng.sample(REPLIES, min(k, len(REPLIES)) // 2)
+        replies += [" ".join(rng.choices(words, k=rng.randint(2, 9))).capitalize() + "." for _ in range(k - len(replies))]
+        if served_replies and text in served_replies:
+            replies += [served_replies[text]] * 2
+        for reply in replies:
             msgs = [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
             out.append((msgs, "assistant", OUTPUT_TRIGGER_ANSWER if text == OUTPUT_TRIGGER else "safe"))
     return out
@@ -72,7 +81,8 @@ TOY_ARGS = dict(max_seq_len=1024)
 
 
 def train_toy_guard(out_dir: Path, *, steps: int = 80, lr: float = 1e-2, seed: int = 0, n_replies: int = 3,
-                    policy: tuple[str, ...] = POLICY, freeze_embeddings: bool = False) -> Path:
+                    policy: tuple[str, ...] = POLICY, freeze_embeddings: bool = False,
+                    served_replies: dict[str, str] | None = None) -> Path:
     """Train and save; returns the HF folder (config.json + safetensors + Llama 3 tokenizer.model).
     ``freeze_embeddings`` keeps the random token embeddings as they are (less optimizer work)."""
     from lhama.checkpoints import write_checkpoint
@@ -86,7 +96,7 @@ def train_toy_guard(out_dir: Path, *, steps: int = 80, lr: float = 1e-2, seed: i
     model = build_model(args, init="random", seed=seed)
     model.train()
     model.tok_embeddings.weight.requires_grad_(not freeze_embeddings)
-    data = [encode(tok, fmt, m, r, a, cats) for m, r, a in examples(seed, n_replies)]
+    data = [encode(tok, fmt, m, r, a, cats) for m, r, a in examples(seed, n_replies, served_replies)]
     T = max(len(ids) for ids, _ in data)
     tokens = torch.zeros(len(data), T, dtype=torch.long)
     for i, (ids, _) in enumerate(data):

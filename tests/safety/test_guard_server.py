@@ -1,9 +1,9 @@
 """End to end: a guard the test fine-tunes itself, loaded with ``--shield llama-guard=PATH`` into
 a real ``lhama serve`` on loopback in front of the real SmolLM2, driven by the real openai client.
 
-The toy guard learned lhama's own template: two violent requests are ``unsafe\\nS1,S9``; any
-reply to the "lyrics" request is ``unsafe\\nS8`` (so the output check must fire whatever SmolLM2
-writes); everything else is ``safe``.
+The toy guard learned lhama's own template: two violent requests are ``unsafe\\nS1,S9``; replies
+to the "lyrics" request (random ones and SmolLM2's own greedy reply) are ``unsafe\\nS8``, so the
+output check fires on what the server actually generated; everything else is ``safe``.
 """
 
 from __future__ import annotations
@@ -15,15 +15,30 @@ from lhama.safety import LlamaGuardConfig, LlamaGuardShield
 from tests.safety.guard_training import OUTPUT_TRIGGER, POLICY, SAFE_INPUTS, UNSAFE_INPUTS, examples, train_toy_guard
 from tests.server.conftest import MODEL, ServerProcess
 
+
 UNSAFE = next(iter(UNSAFE_INPUTS))
 SAFE = SAFE_INPUTS[0]
+toy_guard_served: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def toy_guard(tmp_path_factory):
-    path = train_toy_guard(tmp_path_factory.mktemp("guard") / "toy-llama-guard")
+    # A toy guard does not reliably generalise over unseen replies, so it is also taught the
+    # replies the served model gives (greedy, the same 8 tokens the tests ask for).
+    from lhama.generate import SamplingParams, generate
+    from lhama.loader import load_model
+
+    lm = load_model("default")
+    served = {}
+    for text in (OUTPUT_TRIGGER, SAFE):
+        ids = lm.chat_format.encode_dialog([{"role": "user", "content": text}])
+        served[text] = generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8),
+                                stop_ids=lm.chat_format.stop_ids).text
+    del lm
+    path = train_toy_guard(tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served)
+    toy_guard_served.update(served)
     shield = LlamaGuardShield(LlamaGuardConfig(str(path), categories=POLICY))
-    wrong = [(m[-1]["content"], r, a, v.raw) for m, r, a in examples()[::3]
+    wrong = [(m[-1]["content"], r, a, v.raw) for m, r, a in examples(served_replies=served)[::3]
              if (v := shield.check(m, role=r)).raw != a]
     assert not wrong, f"the toy guard did not learn its examples (losses {train_toy_guard.trace[::10]}): {wrong}"
     return path, shield
@@ -34,7 +49,7 @@ def test_toy_guard_in_process(toy_guard):
     v = shield.check([{"role": "user", "content": UNSAFE}], role="user")
     assert (v.allowed, v.categories) == (False, ["S1", "S9"])
     assert "S1 (Violent Crimes), S9 (Indiscriminate Weapons)" in v.message and "request" in v.message
-    reply = [{"role": "user", "content": OUTPUT_TRIGGER}, {"role": "assistant", "content": "Never seen reply."}]
+    reply = [{"role": "user", "content": OUTPUT_TRIGGER}, {"role": "assistant", "content": toy_guard_served[OUTPUT_TRIGGER]}]
     assert shield.check(reply[:1], role="user").allowed
     out = shield.check(reply, role="assistant")
     assert (out.allowed, out.categories) == (False, ["S8"]) and "reply" in out.message
