@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import random
-import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,12 +22,19 @@ EXTRAS = [
     "Hello world! 12345 times 3.14", "def f(x):\n    return x**2  # ok\n\n\n", "日本語のテキスト 🎉🎉 emoji 👩‍👩‍👧",
     "  many   spaces\n\n\ttab", "Grüße, ça va? ¿Qué tal? नमस्ते สวัสดี Привет", "<|im_start|>user\nhi<|im_end|>\n",
     "I'm sure they'll've done it—it's 'quoted' DON'T", "x" * 300, "   leading and trailing   ", "\r\n\r\n x",
-    "a\u00a0b \u3000c", "123456789 1.5e10 0.000001", " " * 50 + "\t" * 7 + "\n" * 9, "", "<|endoftext|>",
+    "a\u00a0b \u3000c", "123456789 1.5e10 0.000001", "add ¼ cup, x ² and ⅔", " " * 50 + "\t" * 7 + "\n" * 9, "", "<|endoftext|>",
     *CODE, *SYMBOLS,
 ]
 
 
 # -- SmolLM2: byte-level BPE with the "smollm" pre-tokenizer ---------------------------------------
+def _space_before_number(text: str) -> bool:
+    """Whitespace followed by a numeric character: where transformers' GGUF tokenizer, lacking the
+    Digits step, splits differently. "Numeric" as the Digits step sees it (Rust's is_numeric, like
+    str.isnumeric: "¼" and "²" too), wider than the regex class \\d."""
+    return any(a.isspace() and b.isnumeric() for a, b in zip(text, text[1:]))
+
+
 def test_smollm2_vocabulary_basics(smol, hf_smol):
     assert isinstance(smol, ByteLevelBPETokenizer) and smol.pre == "smollm"
     assert smol.vocab_size == 49152 == len(hf_smol)
@@ -61,7 +67,7 @@ def test_smollm2_ids_identical_to_transformers(smol, hf_smol, hf_smol_published,
         assert ours == hf_smol_published.encode(text, add_special_tokens=False).ids, text[:200]
         raw = hf_smol.encode(text, add_special_tokens=False)  # transformers always parses special text
         if ours != raw:  # only where whitespace meets a digit (the dropped Digits step)
-            assert re.search(r"\s\d", text), text[:200]
+            assert _space_before_number(text), text[:200]
             differs_only_before_digits += 1
         assert smol.decode(ours) == hf_smol.decode(ours) == text
     assert differs_only_before_digits < len(small_corpus)
@@ -72,7 +78,7 @@ def test_smollm2_ids_identical_to_transformers(smol, hf_smol, hf_smol_published,
 def test_smollm2_ids_identical_to_transformers_on_arbitrary_text(smol, hf_smol, hf_smol_published, text):
     ours = smol.encode(text, allow_special=True)
     assert ours == hf_smol_published.encode(text, add_special_tokens=False).ids
-    if not re.search(r"\s\d", text):
+    if not _space_before_number(text):
         assert ours == hf_smol.encode(text, add_special_tokens=False)
 
 
