@@ -41,18 +41,7 @@ class PgVectorStore(VectorStore):
         meta = dict(self.db.execute(f"SELECT key, value FROM {ns}_meta").fetchall())
         self._embedder, self._dim = meta.get("embedder"), int(meta["dim"]) if "dim" in meta else None
 
-    @property
-    def embedder_name(self):
-        return self._embedder
-
-    @property
-    def dim(self):
-        return self._dim
-
-    def bind_embedder(self, name: str, dim: int) -> None:
-        self.check_embedder(name, dim)
-        if self._embedder is not None:
-            return
+    def _create_vector_index(self, name: str, dim: int) -> None:
         ns = self.ns
         with self.db.transaction():
             self.db.execute(f"INSERT INTO {ns}_meta VALUES ('embedder', %s), ('dim', %s) ON CONFLICT DO NOTHING",
@@ -67,7 +56,6 @@ class PgVectorStore(VectorStore):
                             f"USING hnsw (embedding vector_cosine_ops)")
             self.db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_chunks_tsv ON {ns}_chunks USING gin (tsv)")
             self.db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_chunks_file ON {ns}_chunks (file_id)")
-        self._embedder, self._dim = name, dim
 
     def _file(self, row) -> FileRecord:
         return FileRecord(*row)

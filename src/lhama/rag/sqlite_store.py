@@ -71,23 +71,11 @@ class SqliteVectorStore(VectorStore):
         meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
         self._embedder, self._dim = meta.get("embedder"), int(meta["dim"]) if "dim" in meta else None
 
-    @property
-    def embedder_name(self):
-        return self._embedder
-
-    @property
-    def dim(self):
-        return self._dim
-
-    def bind_embedder(self, name: str, dim: int) -> None:
-        self.check_embedder(name, dim)
-        if self._embedder is not None:
-            return
+    def _create_vector_index(self, name: str, dim: int) -> None:
         with self._lock, self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?), ('dim', ?)", (name, str(dim)))
             self.db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0("
                             f"embedding float[{int(dim)}] distance_metric=cosine)")
-        self._embedder, self._dim = name, dim
 
     def _file_row(self, row) -> FileRecord:
         return FileRecord(key=row[0], name=row[1], sha256=row[2], bytes=row[3], chunks=row[4], added_at=row[5])

@@ -68,18 +68,27 @@ class VectorStore(ABC):
     """Storage + the two first-stage searches; ``lhama.rag.retrieve`` fuses and reranks them."""
 
     location: str
+    _embedder: str | None = None  # set by subclasses from their stored metadata
+    _dim: int | None = None
 
     @property
-    @abstractmethod
-    def embedder_name(self) -> str | None: ...
+    def embedder_name(self) -> str | None:
+        return self._embedder
 
     @property
-    @abstractmethod
-    def dim(self) -> int | None: ...
+    def dim(self) -> int | None:
+        return self._dim
 
-    @abstractmethod
     def bind_embedder(self, name: str, dim: int) -> None:
         """Record the embedder on first use; refuse another one later (vectors would not compare)."""
+        self.check_embedder(name, dim)
+        if self._embedder is None:
+            self._create_vector_index(name, dim)
+            self._embedder, self._dim = name, dim
+
+    @abstractmethod
+    def _create_vector_index(self, name: str, dim: int) -> None:
+        """Store the embedder's name and dimension and create the ``dim``-wide vector table."""
 
     def check_embedder(self, name: str, dim: int) -> None:
         if self.embedder_name is not None and (self.embedder_name != name or self.dim != dim):
