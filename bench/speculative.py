@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                              acceptance=spec.stats.acceptance_rate,
                              tokens_per_target_forward=spec.stats.tokens_per_target_forward, identical=out == ref))
     print(f"model {lm.name}, greedy, {a.max_tokens} max tokens, k={a.k}, threads {torch.get_num_threads()}")
-    print(f"| prompt | draft | tokens | tok/s | ÷ plain loop | acceptance | tokens per target forward | same output |")
+    print("| prompt | draft | tokens | tok/s | ÷ plain loop | acceptance | tokens per target forward | same output |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         acc = "–" if r["acceptance"] is None else f"{r['acceptance']:.0%}"

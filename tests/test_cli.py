@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 
 def lhama(*args, input=None, timeout=300):

@@ -25,7 +25,7 @@ PEERS = ["llama.cpp", "transformers"]
 
 def rows(meta: dict) -> list[tuple[str, str, bool]]:
     """(metric key, label, higher is better)."""
-    P, G, Gc = meta["prompt_len"], meta["gen_single"], meta["gen_conc"]
+    P, G = meta["prompt_len"], meta["gen_single"]
     out = [
         ("prefill_tok_s", f"prefill tok/s ({P}-token prompt) ↑", True),
         ("ttft_s", f"time to first token, s ({P}-token prompt) ↓", False),

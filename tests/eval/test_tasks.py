@@ -34,7 +34,7 @@ def test_translations_keep_the_same_answers():
         assert [i["choices"][i["answer"]] for i in mc.items if i["choices"][i["answer"]].isdigit()] == \
                [i["choices"][i["answer"]] for i in en_mc.items if i["choices"][i["answer"]].isdigit()]
         nums = [i["answer"] for i in gen.items if i["extract"] == "numeric"]
-        assert nums == [12, 54, 12, 63, 120, 25]
+        assert nums == [i["answer"] for i in en_gen.items if i["extract"] == "numeric"] == [12, 54, 12, 63, 120, 25]
         assert len({i["question"] for i in mc.items}) == len(mc.items)
 
 

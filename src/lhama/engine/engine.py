@@ -11,7 +11,6 @@ import logging
 import uuid
 from typing import Iterable, Sequence as Seq
 
-import torch
 
 from lhama.engine.config import EngineConfig
 from lhama.engine.kv_cache_manager import KVCacheManager
