@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhama.engine.batch import BatchSummary, _error, _LineError, _Output, _parse_line
+from lhama.engine.batch import BatchSummary, _error, _LineError, _Output, _parse_unique_line
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
 
@@ -118,12 +118,9 @@ def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, co
             bar = tqdm(total=summary.total, initial=summary.already_done, unit="req", desc="batch (ray)")
         for lineno, raw in todo:  # the driver answers what needs no model
             try:
-                cid, _url, _body = _parse_line(raw, lineno)
+                cid, _url, _body = _parse_unique_line(raw, lineno, first_line_of)
             except _LineError as e:
                 fail(lineno, e.custom_id, e.code, e.message)
-                continue
-            if first_line_of.get(cid) != lineno:
-                fail(lineno, cid, "duplicate_custom_id", f"custom_id {cid!r} already appears on line {first_line_of[cid]}")
                 continue
             valid.append((lineno, cid, raw))
         if not valid:

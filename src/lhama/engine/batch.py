@@ -126,6 +126,15 @@ class _LineError(Exception):
         self.code, self.message, self.custom_id = code, message, custom_id
 
 
+def _parse_unique_line(raw: str, lineno: int, first_line_of: dict[str, int]):
+    """``_parse_line``, and a custom_id seen on an earlier line is an error too."""
+    cid, url, body = _parse_line(raw, lineno)
+    if first_line_of.get(cid) != lineno:
+        raise _LineError("duplicate_custom_id", f"custom_id {cid!r} already appears on line {first_line_of[cid]}",
+                         cid)
+    return cid, url, body
+
+
 def run_batch_file(loaded, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None, *,
                    progress: bool = True, engine: LLMEngine | None = None,
                    max_in_flight: int | None = None) -> BatchSummary:
@@ -189,13 +198,9 @@ def run_batch_file(loaded, in_path: str | Path, out_path: str | Path, config: En
                     break
                 lineno, raw = nxt
                 try:
-                    cid, url, body = _parse_line(raw, lineno)
+                    cid, url, body = _parse_unique_line(raw, lineno, first_line_of)
                 except _LineError as e:
                     fail(lineno, e.custom_id, e.code, e.message)
-                    continue
-                if first_line_of.get(cid) != lineno:
-                    fail(lineno, cid, "duplicate_custom_id",
-                         f"custom_id {cid!r} already appears on line {first_line_of[cid]}")
                     continue
                 job = _Job(lineno, cid, None)  # type: ignore[arg-type]
                 try:
