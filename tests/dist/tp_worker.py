@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -44,4 +45,31 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
         else:
             steps = follow(lm.model, channel)
             torch.save(steps, f"{out_dir}/follower_steps.pt")
+    dist.destroy_process_group()
+
+
+def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: list[str]) -> None:
+    """Load each checkpoint with ``load_tp_model`` (this rank's blocks only) and save the logits
+    of a full forward and of one decode step over the KV cache, per checkpoint."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from lhama.dist.tp import init_distributed, load_tp_model
+    from lhama.model import StaticKVCache
+
+    init_distributed("gloo", "cpu")
+    prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
+    out = {}
+    for path in paths:
+        lm = load_tp_model(path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3")
+        with torch.inference_mode():
+            full = lm.model(prompt)
+            cache = StaticKVCache(lm.model.args, 1, 32)
+            lm.model(prompt[:, :6], 0, cache)
+            cache.advance(6)
+            step = lm.model(prompt[:, 6:7], cache.pos, cache)
+        out[path] = {"full": full, "step": step, "report": dataclasses.asdict(lm.model.load_report),
+                     "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()}}
+    torch.save(out, f"{out_dir}/ckpt_logits{rank}.pt")
     dist.destroy_process_group()

@@ -9,6 +9,9 @@ the LM head are replicated. Two all-reduces per layer, as in Megatron-LM and gpt
 
 Grouped-query attention splits cleanly when the KV heads divide by the rank count: rank r
 keeps query heads [r*H/tp, (r+1)*H/tp) and exactly the KV heads those use.
+
+``load_tp_model`` reads each rank's blocks straight from the checkpoint (``shard_load``), so a
+rank's memory is its share of the weights, never the whole model.
 """
 
 from __future__ import annotations
@@ -44,12 +47,19 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
                       hidden_dim=args.hidden_dim // tp, head_dim_override=args.head_dim)
 
 
+def owned_range(name: str, shape: tuple[int, ...], rank: int, tp: int) -> tuple[int | None, int, int]:
+    """(dim, start, stop): the block of the full tensor ``name`` that ``rank`` keeps; dim None
+    for replicated tensors (kept whole)."""
+    dim = 0 if name.endswith(_COLWISE) else 1 if name.endswith(_ROWWISE) else None
+    if dim is None:
+        return None, 0, 0
+    size = shape[dim] // tp  # check_tp guarantees it divides
+    return dim, rank * size, (rank + 1) * size
+
+
 def shard_tensor(name: str, t: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
-    if name.endswith(_COLWISE):
-        return t.chunk(tp, dim=0)[rank]
-    if name.endswith(_ROWWISE):
-        return t.chunk(tp, dim=1)[rank]
-    return t
+    dim, start, stop = owned_range(name, tuple(t.shape), rank, tp)
+    return t if dim is None else t.narrow(dim, start, stop - start)
 
 
 def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, tp: int) -> dict[str, torch.Tensor]:
@@ -70,7 +80,9 @@ def attach_all_reduce(model: Transformer, group=None) -> None:
 
 def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
                 dtype=torch.float32, device="cpu", group=None) -> Transformer:
-    """This rank's model from the full weights: only its slices are kept."""
+    """This rank's model from full weights already in memory (e.g. a model just trained): only
+    its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
+    the full weights."""
     local = shard_args(args, tp)
     model = build_model(local, dtype=dtype, device=device)
     state = shard_state_dict(full_state, rank, tp)
@@ -115,15 +127,18 @@ def local_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
-                  max_seq_len=None, seed: int = 0):
+                  max_seq_len=None, seed: int = 0, group=None):
     """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
 
-    Every rank reads the checkpoint (memory-mapped where the format allows) and keeps only its
-    slices; a named config draws the same random weights on every rank (same seed) and slices them.
+    A checkpoint is read block by block: the rank reads only the rows/columns it owns and never
+    holds the full state dict (``lhama.dist.shard_load``); ``model.load_report`` says how much it
+    holds. A named config draws the same random weights on every rank (same seed), a tensor at a
+    time, and keeps its slices.
     """
     import time
 
-    from lhama.loader import LoadedModel, default_dtype, resolve_model_spec
+    from lhama.dist.shard_load import load_shard_model, random_shard_model
+    from lhama.loader import LoadedModel, _format_of, default_dtype, resolve_model_spec
     from lhama.model import get_config
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
@@ -134,24 +149,19 @@ def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_for
     if isinstance(target, str):
         named = get_config(target)
         args = named.args.with_(max_seq_len=max_seq_len) if max_seq_len else named.args
-        check_tp(args, tp)
-        full = build_model(args, dtype=dtype, device="cpu", init="random", seed=seed)
-        state = full.state_dict()
-        tok_src, name, source, path = tokenizer or named.tokenizer, named.name, "config", None
-        fmt_src = tokenizer or named.tokenizer
+        model, report = random_shard_model(args, rank, tp, seed=seed, dtype=dtype, device=device)
+        tok_src = fmt_src = tokenizer or named.tokenizer
+        name, source, path = named.name, "config", None
     else:
-        from lhama.checkpoints import read_checkpoint
-        from lhama.loader import _format_of
-
-        ckpt = read_checkpoint(target, dtype=dtype)
-        args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
-        check_tp(args, tp)
-        state = ckpt.state_dict
+        model, args, report = load_shard_model(target, rank, tp, dtype=dtype, device=device, max_seq_len=max_seq_len)
         tok_src, fmt_src = tokenizer or target, target
         name = target.stem if target.is_file() else target.name
         source, path = _format_of(target), target
-    model = shard_model(state, args, rank, tp, dtype=dtype, device=device)
-    del state
+    model.full_args = args  # the whole model's shape, for reports and plans
+    model.load_report = report
+    if tp > 1:
+        attach_all_reduce(model, group)
+    model.eval()
     tok = load_tokenizer(tok_src)
     fmt = load_chat_format(fmt_src, tok, override=chat_format)
     return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
@@ -163,4 +173,5 @@ def tp_info(model: nn.Module) -> str:
         return "tensor parallel: off"
     return (f"tensor parallel: {dist.get_world_size()} ranks ({dist.get_backend()}), "
             f"{model.args.n_heads}/{args.n_heads} heads, {model.args.n_kv_heads}/{args.n_kv_heads} KV heads, "
-            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units per rank")
+            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units per rank"
+            + (f"; {report.describe()}" if (report := getattr(model, "load_report", None)) else ""))

@@ -1,0 +1,130 @@
+"""One tensor-parallel rank's model, built straight from the checkpoint: the rank reads only the
+blocks it owns, tensor by tensor, and never holds the full state dict.
+
+The rank's model is allocated once at its shard's shape (``shard_args``: 1/tp of the heads and
+MLP), empty; each owned block is read from the file (``shard_sources``) and copied into its
+parameter, so the peak is this rank's weights plus one block in flight. With a 70B model at
+bf16 on 8 ranks that is ~17.5 GB + the replicated embeddings and head per rank, not 140 GB.
+Named configs (random weights) draw each full tensor in ``build_model``'s order from the same
+seeded generator and keep the slice: every rank agrees, and with one process, at the cost of
+one full tensor at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lhama.checkpoints.layout import check_state_dict, expected_shapes
+from lhama.dist.tp import check_tp, owned_range, shard_args
+from lhama.errors import CheckpointError
+from lhama.model import ModelArgs, Transformer
+
+Reader = Callable[[str, "int | None", int, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ShardLoadReport:
+    """What one rank loaded. Bytes are at the model's dtype."""
+
+    rank: int
+    tp: int
+    source: str  # "gguf" | "hf" | "meta" | "config"
+    bytes_loaded: int  # this rank's weights (tied embeddings counted once)
+    bytes_replicated: int  # of which every rank holds a whole copy: embeddings, norms, head
+    bytes_full: int  # the whole model
+    largest_block: int  # the biggest block read at once: the load's only transient
+    seconds: float
+
+    def describe(self) -> str:
+        mb = 1e6
+        return (f"rank {self.rank}/{self.tp} read its shard from the {self.source} checkpoint: "
+                f"{self.bytes_loaded / mb:.1f} MB of the model's {self.bytes_full / mb:.1f} MB "
+                f"({100 * self.bytes_loaded / max(self.bytes_full, 1):.0f}%; {self.bytes_replicated / mb:.1f} MB "
+                f"replicated on every rank) in {self.seconds:.1f} s")
+
+
+def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device) -> Transformer:
+    """The shard-shaped model with uninitialised weights allocated directly at ``dtype``
+    (``build_model`` would allocate fp32 first and convert: twice the memory for a moment)."""
+    with torch.device("meta"):
+        model = Transformer(local).to(dtype)
+    model = model.to_empty(device=device)  # Transformer._apply recomputes the RoPE buffer there
+    if local.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    return model
+
+
+def _fill(model: Transformer, names: list[str], shapes: dict[str, tuple[int, ...]], read: Reader,
+          rank: int, tp: int, where: object) -> tuple[int, int]:
+    """Copy each owned block into its parameter; returns (replicated bytes, largest block)."""
+    params = dict(model.named_parameters())
+    replicated = largest = 0
+    with torch.no_grad():
+        for name in names:
+            dim, start, stop = owned_range(name, shapes[name], rank, tp)
+            block = read(name, dim, start, stop)
+            p = params[name]
+            if tuple(block.shape) != tuple(p.shape):  # a reader bug, never the user's file
+                raise CheckpointError(where, f"read a block of shape {tuple(block.shape)} for a parameter of "
+                                             f"shape {tuple(p.shape)}", tensor=name)
+            p.copy_(block)
+            nbytes = p.numel() * p.element_size()
+            largest = max(largest, block.numel() * block.element_size())
+            if dim is None:
+                replicated += nbytes
+            del block
+    return replicated, largest
+
+
+def _report(model: Transformer, args: ModelArgs, rank: int, tp: int, source: str, replicated: int, largest: int,
+            t0: float) -> ShardLoadReport:
+    loaded = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() dedups the tie
+    elem = model.tok_embeddings.weight.element_size()
+    return ShardLoadReport(rank, tp, source, loaded, replicated, args.n_params() * elem, largest,
+                           time.perf_counter() - t0)
+
+
+def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype = torch.float32, device="cpu",
+                     max_seq_len: int | None = None) -> tuple[Transformer, ModelArgs, ShardLoadReport]:
+    """(rank's model, the full model's args, report) reading only this rank's blocks of ``path``
+    (GGUF file, HF folder or Meta folder). The model has no all-reduce hooks yet."""
+    from lhama.dist.shard_sources import open_source
+
+    t0 = time.perf_counter()
+    with open_source(path) as src:
+        args = src.args.with_(max_seq_len=max_seq_len) if max_seq_len else src.args
+        check_tp(args, tp)
+        # Every tensor present and of the right shape before a byte of weights is read.
+        check_state_dict({n: torch.empty(s, device="meta") for n, s in src.shapes.items()}, args, src.path,
+                         name_of=src.name_of)
+        model = empty_shard_model(shard_args(args, tp), dtype, device)
+        replicated, largest = _fill(model, list(expected_shapes(args)), src.shapes, src.read, rank, tp, src.path)
+        source = src.format
+    return model, args, _report(model, args, rank, tp, source, replicated, largest, t0)
+
+
+def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                       device="cpu") -> tuple[Transformer, ShardLoadReport]:
+    """This rank's slices of ``build_model(args, init="random", seed=seed)``'s weights, drawn one
+    full tensor at a time in the same order from the same generator (norms are ones)."""
+    t0 = time.perf_counter()
+    check_tp(args, tp)
+    with torch.device("meta"):
+        order = [(n, tuple(p.shape)) for n, p in Transformer(args).named_parameters()]
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(name, dim, start, stop):
+        shape = dict(order)[name]
+        if name.endswith("norm.weight"):
+            return torch.ones(shape, device=device)
+        full = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02)
+        return full if dim is None else full.narrow(dim, start, stop - start)
+
+    model = empty_shard_model(shard_args(args, tp), dtype, device)
+    replicated, largest = _fill(model, [n for n, _ in order], dict(order), draw, rank, tp, "<random weights>")
+    return model, _report(model, args, rank, tp, "config", replicated, largest, t0)
