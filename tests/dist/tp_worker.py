@@ -73,3 +73,22 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
                      "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()}}
     torch.save(out, f"{out_dir}/ckpt_logits{rank}.pt")
     dist.destroy_process_group()
+
+
+def run_rank_shard_logits(rank: int, world: int, port: int, out_dir: str, path: str, device: str) -> None:
+    """This rank's shard of ``path`` on ``device`` (no tokenizer needed), all-reduced over gloo
+    (which takes CUDA tensors too, so two ranks can share one GPU); saves the full logits."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from lhama.dist.shard_load import load_shard_model
+    from lhama.dist.tp import attach_all_reduce
+
+    dist.init_process_group("gloo")
+    model, _, _ = load_shard_model(path, rank, world, dtype=torch.float32, device=device)
+    attach_all_reduce(model)
+    with torch.inference_mode():
+        logits = model(torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]], device=device))
+    torch.save(logits.cpu(), f"{out_dir}/shard_logits{rank}.pt")
+    dist.destroy_process_group()
