@@ -207,9 +207,10 @@ def test_a_rank_allocates_only_its_share_while_loading(mem_ckpts):
     for fmt, r in zip(mem_ckpts, results, strict=True):
         share = r["weights"] / full
         assert 0.49 < share < 0.52, (fmt, r)  # half the matrices + replicated embeddings and norms
-        # The whole load's peak is this rank's weights (+ GGUF's dequantization scratch), not the model.
-        assert r["weights"] * 0.95 < r["peak"] < r["weights"] * 1.25, (fmt, r)
-        assert r["peak"] < 0.62 * full, (fmt, r)
+        # The whole load's peak is this rank's weights (+ GGUF's dequantization scratch, ~15% here),
+        # nowhere near the model (the slow test below shows the measurement sees a full load).
+        assert r["weights"] * 0.95 < r["peak"] < r["weights"] * 1.3, (fmt, r)
+        assert r["peak"] < 0.65 * full, (fmt, r)
 
 
 @pytest.mark.slow

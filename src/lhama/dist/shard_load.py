@@ -115,16 +115,16 @@ def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dt
     t0 = time.perf_counter()
     check_tp(args, tp)
     with torch.device("meta"):
-        order = [(n, tuple(p.shape)) for n, p in Transformer(args).named_parameters()]
+        shapes = {n: tuple(p.shape) for n, p in Transformer(args).named_parameters()}  # build_model's order
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def draw(name, dim, start, stop):
-        shape = dict(order)[name]
+        shape = shapes[name]
         if name.endswith("norm.weight"):
             return torch.ones(shape, device=device)
         full = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02)
         return full if dim is None else full.narrow(dim, start, stop - start)
 
     model = empty_shard_model(shard_args(args, tp), dtype, device)
-    replicated, largest = _fill(model, [n for n, _ in order], dict(order), draw, rank, tp, "<random weights>")
+    replicated, largest = _fill(model, list(shapes), shapes, draw, rank, tp, "<random weights>")
     return model, _report(model, args, rank, tp, "config", replicated, largest, t0)
