@@ -39,7 +39,19 @@ def ckpts(tmp_path_factory):
         "meta1": write_checkpoint(sd, ARGS, d / "meta1", "meta", n_shards=1),
         "gguf-q8_0": write_checkpoint(sd, ARGS, d / "q8.gguf", "gguf", gguf_type="q8_0"),
         "gguf-f16": write_checkpoint(sd, ARGS, d / "f16.gguf", "gguf", gguf_type="f16"),
+        "gguf-bf16": _write_bf16_gguf(sd, d / "bf16.gguf"),
     }
+
+
+def _write_bf16_gguf(sd, path):
+    """lhama writes f32/f16/q8_0 GGUFs; llama.cpp's converter also writes BF16: add it for the writer."""
+    import gguf
+
+    from lhama.checkpoints import gguf as lhama_gguf
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setitem(lhama_gguf.WRITE_TYPES, "bf16", (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16))
+        return write_checkpoint(sd, ARGS, path, "gguf", gguf_type="bf16")
 
 
 def _assert_shards_equal_full(path, tps=(1, 2, 4)):
@@ -55,7 +67,7 @@ def _assert_shards_equal_full(path, tps=(1, 2, 4)):
     return args
 
 
-@pytest.mark.parametrize("fmt", ["hf", "meta", "meta1", "gguf-q8_0", "gguf-f16"])
+@pytest.mark.parametrize("fmt", ["hf", "meta", "meta1", "gguf-q8_0", "gguf-f16", "gguf-bf16"])
 def test_each_rank_reads_exactly_its_slices(ckpts, fmt):
     # hf: Q/K rows permuted from rotate-half per rank; meta: 4 Meta files re-cut for 1, 2, 4 ranks;
     # q8_0: tp 2 dequantizes only its column blocks of wo/w2, tp 4 (16 columns < one 32-block) the tensor.

@@ -37,8 +37,13 @@ class ShardSource:
     def read(self, name: str, dim: int | None, start: int = 0, stop: int = 0) -> torch.Tensor:
         raise NotImplementedError
 
+    _names = None  # the format's NameTable (our names <-> the file's), where it has its own names
+
     def name_of(self, ours: str) -> str:  # the file's own name, for error messages
-        return ours
+        try:
+            return self._names.to_theirs(ours) if self._names is not None else ours
+        except KeyError:
+            return ours
 
     def close(self) -> None:
         pass
@@ -125,12 +130,6 @@ class HFSource(ShardSource):
                     raise CheckpointError(file, "unexpected tensor, not part of a Llama model", tensor=theirs)
                 self._where[ours] = (f, theirs, file)
                 self.shapes[ours] = tuple(f.get_slice(theirs).get_shape())
-
-    def name_of(self, ours: str) -> str:
-        try:
-            return self._names.to_theirs(ours)
-        except KeyError:
-            return ours
 
     def read(self, name, dim, start=0, stop=0):
         from lhama.checkpoints.hf import hf_to_meta_rows
@@ -285,12 +284,6 @@ class GGUFSource(ShardSource):
             self._tensors[ours] = t
             self.shapes[ours] = tuple(int(n) for n in reversed(t.shape.tolist()))
 
-    def name_of(self, ours: str) -> str:
-        try:
-            return self._names.to_theirs(ours)
-        except KeyError:
-            return ours
-
     def read(self, name, dim, start=0, stop=0):
         import gguf
 
@@ -302,12 +295,10 @@ class GGUFSource(ShardSource):
         if dim is None:
             return _dequantize(t, None, self.path)
         try:
-            if t.tensor_type in (Q.F32, Q.F16, Q.BF16):
-                block = np.array(t.data.reshape(shape)[(slice(None),) * dim + (slice(start, stop),)])
-                if t.tensor_type == Q.BF16:
-                    return torch.from_numpy(block.view(np.int16)).view(torch.bfloat16)
-                return torch.from_numpy(block)
-            # Quantized: t.data is [rows, bytes per row] in torch order; blocks run along a row.
+            if t.tensor_type in (Q.F32, Q.F16):  # typed arrays: copy the block out of the map
+                return torch.from_numpy(np.array(t.data.reshape(shape)[(slice(None),) * dim + (slice(start, stop),)]))
+            # Quantized (BF16 too, as 1-element blocks): t.data is [rows, bytes per row] in torch
+            # order, and blocks run along a row.
             per_block, block_bytes = gguf.GGML_QUANT_SIZES[t.tensor_type]
             rows = t.data.reshape(shape[0], -1)
             if dim == 0:
