@@ -95,9 +95,11 @@ def _args_dict(args) -> dict:
 
 def _add_speculative_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculative decoding (docs/scaling.md)")
-    g.add_argument("--draft-model", help="draft: a model sharing the tokenizer, self:N (the model's first N "
-                                         "layers) or ngram (prompt lookup)")
-    g.add_argument("--num-speculative-tokens", type=int, default=4, help="tokens the draft proposes per step")
+    g.add_argument("--draft-model", help="draft: self:int4 (an int4 copy of the model), a model sharing the "
+                                         "tokenizer, self:N (the model's first N layers), self:int4:N, or ngram "
+                                         "(prompt lookup)")
+    g.add_argument("--num-speculative-tokens", type=int, default=None,
+                   help="tokens the draft proposes per step (default: 6 for self:int4/int8, else 4)")
 
 
 def _speculation(a, lm):
