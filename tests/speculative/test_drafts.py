@@ -96,6 +96,8 @@ def test_a_quantized_target_speculates_with_ngram_layer_and_model_drafts(tiny_ll
     ("self:", "self:N"),
     ("self:abc", "self:N"),
     ("", "empty"),
+    ("ngram+ngram", "after a model draft"),
+    ("self:int9+ngram", "int9"),
 ])
 def test_bad_draft_spellings_are_config_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -108,6 +110,28 @@ def test_draft_spellings_parse():
     assert parse_draft_spec("self:int4") == DraftSpec("quantized", precision="int4")
     assert parse_draft_spec("self:int8:20") == DraftSpec("quantized", layers=20, precision="int8")
     assert parse_draft_spec("path/to/draft.gguf") == DraftSpec("model", model="path/to/draft.gguf")
+    assert parse_draft_spec("self:int4+ngram") == DraftSpec("quantized", precision="int4", lookup=True)
+    assert parse_draft_spec("d.gguf+ngram") == DraftSpec("model", model="d.gguf", lookup=True)
+
+
+def test_prompt_lookup_in_front_of_a_model_draft(tiny_llama3_args):
+    target = build_model(tiny_llama3_args.with_(n_layers=3), init="random", seed=2).eval()
+    draft = quantized_self_draft(target, "int4")
+    prompt = [7, 8, 9, 10, 11, 7, 8, 9, 10, 11, 7, 8]
+    for temperature in (0.0, 1.0):
+        p = SamplingParams(temperature=temperature, max_tokens=30, seed=3)
+        ref = _ids(generate_tokens(target, prompt, p))
+        hybrid = Speculation(draft, 4, lookup=NgramDraft(min_ngram=2))
+        out = _ids(speculative_tokens(target, hybrid, prompt, p))
+        if temperature == 0:
+            assert out == ref
+        assert len(out) == 30 and hybrid.stats.proposed > 0
+    # The spelling builds the same pair: the int4 copy plus a lookup that needs two matching tokens.
+    from lhama.loader import load_model
+
+    spec = load_speculation("self:int4+ngram", load_model("tiny-llama3", seed=0))
+    assert spec.lookup == NgramDraft(min_ngram=2) and spec.draft.quant_config.mode == "int4"
+    assert spec.num_speculative_tokens == 6
 
 
 def test_load_speculation_errors_and_defaults():

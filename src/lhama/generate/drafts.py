@@ -10,11 +10,13 @@
   (LayerSkip-style early exit; pays off only for models trained for it).
 * ``self:int4:N``: both, the first N layers quantized.
 * anything else: a ``--model`` spec (file, folder, config name) whose tokenizer is the target's.
+* ``<model draft>+ngram`` (e.g. ``self:int4+ngram``): prompt lookup first in every round, the
+  model draft when the recent text has no earlier match of ``LOOKUP_MIN_NGRAM`` tokens or more.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -29,6 +31,9 @@ SELF_DRAFT_PRECISIONS = ("int4", "int8")
 # right ~90% of the time, so longer rounds pay (k = 6 measured best for SmolLM2, k = 4 and 8
 # within noise); other drafts are right less often.
 DEFAULT_K = {"quantized": 6, "ngram": 4, "layers": 4, "model": 4}
+# In front of a model draft, prompt lookup proposes only after a match this long: single-token
+# matches are frequent in free text and mostly wrong, where the model draft is mostly right.
+LOOKUP_MIN_NGRAM = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class DraftSpec:
     layers: int | None = None
     precision: str | None = None
     model: str | None = None
+    lookup: bool = False  # "+ngram": prompt lookup before the model draft
 
 
 _SELF_HELP = "write self:N (first N layers), self:int4 or self:int8 (a quantized copy), or self:int4:N"
@@ -66,6 +72,11 @@ _SELF_HELP = "write self:N (first N layers), self:int4 or self:int8 (a quantized
 
 def parse_draft_spec(spec: str) -> DraftSpec:
     text = spec.strip()
+    if text.endswith("+ngram"):
+        base = parse_draft_spec(text[:-len("+ngram")])
+        if base.kind == "ngram":
+            raise ConfigError(f"--draft-model {spec!r}: +ngram goes after a model draft, e.g. self:int4+ngram")
+        return replace(base, lookup=True)
     if text == "ngram":
         return DraftSpec("ngram")
     if not text.startswith("self:"):
@@ -138,16 +149,18 @@ def quantized_self_draft(model: Transformer, precision: str = "int4", n_layers: 
     return draft.eval()
 
 
-def build_draft(spec: str, loaded) -> tuple[Transformer | NgramDraft, str]:
-    """The draft for a ``--draft-model`` spelling and its kind (a ``DraftSpec.kind``)."""
+def build_draft(spec: str, loaded) -> tuple[Transformer | NgramDraft, str, NgramDraft | None]:
+    """The draft for a ``--draft-model`` spelling, its kind (a ``DraftSpec.kind``) and the prompt
+    lookup to try before it (``+ngram``), if any."""
     d = parse_draft_spec(spec)
     target = loaded.model
+    lookup = NgramDraft(min_ngram=LOOKUP_MIN_NGRAM) if d.lookup else None
     if d.kind == "ngram":
-        return NgramDraft(), d.kind
+        return NgramDraft(), d.kind, None
     if d.kind == "layers":
-        return self_draft(target, d.layers), d.kind
+        return self_draft(target, d.layers), d.kind, lookup
     if d.kind == "quantized":
-        return quantized_self_draft(target, d.precision, d.layers), d.kind
+        return quantized_self_draft(target, d.precision, d.layers), d.kind, lookup
     from lhama.loader import load_model
 
     try:
@@ -158,4 +171,4 @@ def build_draft(spec: str, loaded) -> tuple[Transformer | NgramDraft, str]:
     if draft.tokenizer.encode(probe, bos=False) != loaded.tokenizer.encode(probe, bos=False):
         raise ConfigError(f"--draft-model {spec!r} tokenizes text differently from the target; "
                           "a draft must share the target's tokenizer")
-    return draft.model, d.kind
+    return draft.model, d.kind, lookup

@@ -48,11 +48,13 @@ class SpeculativeStats:
 @dataclass
 class Speculation:
     """A draft (a model sharing the target's vocabulary, or an ``NgramDraft``) and how many tokens
-    it proposes per round."""
+    it proposes per round. ``lookup``: prompt lookup tried before a model draft in every round;
+    the model drafts only when the text has no earlier match (``--draft-model self:int4+ngram``)."""
 
     draft: Transformer | NgramDraft
     num_speculative_tokens: int = 4
     stats: SpeculativeStats = field(default_factory=SpeculativeStats)
+    lookup: NgramDraft | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_speculative_tokens <= 32:
@@ -124,8 +126,9 @@ def speculative_tokens(
     gen = make_generator(params.seed, dev)
     max_len = len(prompt_ids) + params.max_tokens + k_max + 1
     t_cache = StaticKVCache(target.args, 1, max_len, dtype=target.dtype, device=dev)
-    ngram = draft if isinstance(draft, NgramDraft) else None
-    d_cache = None if ngram else StaticKVCache(draft.args, 1, max_len, dtype=draft.dtype, device=dev)
+    lookup = draft if isinstance(draft, NgramDraft) else spec.lookup
+    model_draft = None if isinstance(draft, NgramDraft) else draft
+    d_cache = None if model_draft is None else StaticKVCache(draft.args, 1, max_len, dtype=draft.dtype, device=dev)
 
     def run(model, cache, toks: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([toks], dtype=torch.long, device=dev)
@@ -165,12 +168,15 @@ def speculative_tokens(
         # The draft catches up on committed tokens it has not seen, then proposes k.
         proposals: list[int] = []
         q_rows: list[torch.Tensor] = []
-        if ngram is not None and k > 0:
+        if lookup is not None and k > 0:
+            proposals = lookup.propose(tokens, k)
+        if proposals:
             # A deterministic proposal is a one-hot q: kept with probability p(x), the rest of p otherwise.
-            proposals = ngram.propose(tokens, k)
             k = len(proposals)
             q_rows = [torch.nn.functional.one_hot(torch.tensor(t, device=dev), target.args.vocab_size).float()
                       for t in proposals] if not params.greedy else []
+        elif model_draft is None:
+            k = 0
         elif k > 0:
             # Only the last row's logits are needed: the head is a fifth of a small model's weights.
             logits = run(draft, d_cache, tokens[d_cache.pos:], last_only=True)
@@ -217,9 +223,10 @@ def speculative_tokens(
 def load_speculation(spec: str, loaded, num_speculative_tokens: int | None = None) -> Speculation:
     """``--draft-model`` (spellings in ``lhama.generate.drafts``) for the target ``loaded``; k
     defaults to what suits the kind of draft."""
-    draft, kind = build_draft(spec, loaded)
+    draft, kind, lookup = build_draft(spec, loaded)
     check_draft(loaded.model, draft)
-    return Speculation(draft, DEFAULT_K[kind] if num_speculative_tokens is None else num_speculative_tokens)
+    k = DEFAULT_K[kind] if num_speculative_tokens is None else num_speculative_tokens
+    return Speculation(draft, k, lookup=lookup)
 
 
 __all__ = ["NgramDraft", "Speculation", "SpeculativeStats", "load_speculation", "quantized_self_draft",
