@@ -41,7 +41,7 @@ def hf_twin(lm):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama3.1-8b")
-    ap.add_argument("--tokenizer", default="llama3")
+    ap.add_argument("--tokenizer", default="llama3", help="'' for none (random prompt ids)")
     ap.add_argument("--out", default="gpu_big_model.json")
     a = ap.parse_args()
 
@@ -49,14 +49,25 @@ def main() -> None:
     from lhama.loader import load_model
 
     t0 = time.perf_counter()
-    lm = load_model(a.model, device="cuda", dtype=torch.bfloat16, tokenizer=a.tokenizer)
+    if a.tokenizer:
+        lm = load_model(a.model, device="cuda", dtype=torch.bfloat16, tokenizer=a.tokenizer)
+    else:  # no tokenizer files on this machine: the same random weights, random prompt ids
+        from types import SimpleNamespace
+
+        from lhama.model import build_model, get_config
+
+        model = build_model(get_config(a.model).args, dtype=torch.bfloat16, device="cuda", init="random").eval()
+        lm = SimpleNamespace(model=model, args=model.args, tokenizer=None)
     torch.cuda.synchronize()
     res = {"model": a.model, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "params": sum(p.numel() for p in lm.model.parameters()), "build_s": time.perf_counter() - t0,
            "weights_gib": torch.cuda.memory_allocated() / 2**30}
 
     text = "The Llama 3.1 family was released with a 128K context window. " * 60
-    ids = lm.tokenizer.encode(text, bos=True)[:512]
+    if lm.tokenizer is not None:
+        ids = lm.tokenizer.encode(text, bos=True)[:512]
+    else:  # --tokenizer '' (a machine without llama-models): random ids, same weights either way
+        ids = torch.randint(3, 30000, (512,), generator=torch.Generator().manual_seed(0)).tolist()
     tokens = torch.tensor([ids], device="cuda")
 
     # Exact check in fp32 (bf16 would hide a layout bug in rounding noise): upcast, twin, compare.

@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
     model = resolve_model(a.model)
-    if not wl.is_gguf(model):
-        peers = [s for s in systems if s in ("llama.cpp", "transformers")]
+    if not wl.is_gguf(model):  # transformers builds the named config with random weights
+        peers = [s for s in systems if s == "llama.cpp"]
         if peers:
             print(f"note: {model} is not a GGUF file; skipping {', '.join(peers)}", file=sys.stderr)
             systems = [s for s in systems if s not in peers]

@@ -14,6 +14,7 @@ COLUMNS = {
     "lhama-int4": ["lhama (engine, int4)"],
     "lhama-fp8": ["lhama (engine, fp8)"],
     "lhama-compile": ["lhama (engine, torch.compile)"],
+    "lhama-eager": ["lhama (engine, eager)"],
     "llama.cpp": ["llama.cpp"],
     "transformers": ["transformers"],
 }

@@ -175,6 +175,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs")
 
 
 def _engine_config(a):
@@ -182,7 +184,8 @@ def _engine_config(a):
 
     return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
                         kv_cache_gb=a.kv_cache_gb, block_size=a.block_size, max_model_len=a.max_model_len,
-                        enable_prefix_caching=not a.no_prefix_caching, compile=a.compile)
+                        enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
+                        cuda_graphs=not a.enforce_eager)
 
 
 def cmd_batch(a) -> int:

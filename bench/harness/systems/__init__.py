@@ -5,6 +5,8 @@
 SYSTEMS = {
     "lhama": ("harness.systems.lhama_system", "run"),
     "lhama-compile": ("harness.systems.lhama_system", "run_compiled"),
+    # CUDA graphs off (every decode kernel launched from Python): the GPU comparison for them.
+    "lhama-eager": ("harness.systems.lhama_system", "run_eager"),
     # Weight-only quantized at load (lhama.quant), engine only: int8 per channel, int4 group 32
     # (int8 head), fp8 e4m3 (upcast per matmul on CPUs: memory, not speed).
     "lhama-int8": ("harness.systems.lhama_system", "run_int8"),

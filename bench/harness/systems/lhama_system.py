@@ -48,14 +48,15 @@ def reference_single(model, prompt: list[int], gen: int) -> dict:
     return measure.single_stream(t0, times, len(prompt))
 
 
-def make_engine(model, w: Workload, *, compile: bool = False):
+def make_engine(model, w: Workload, *, compile: bool = False, cuda_graphs: bool = True):
     from lhama.engine import EngineConfig, LLMEngine
 
     per_seq = max(-(-(len(p) + w.gen_conc) // ENGINE_BLOCK) for p in w.conc_prompts) if w.conc_prompts else 0
     single = -(-(w.prompt_len + w.gen_single) // ENGINE_BLOCK)
     blocks = max(max(w.concurrency) * per_seq, single) + 8
     cfg = EngineConfig(block_size=ENGINE_BLOCK, num_blocks=blocks, max_num_seqs=max(max(w.concurrency), 1),
-                       max_num_batched_tokens=w.engine_max_batched_tokens, compile=compile)
+                       max_num_batched_tokens=w.engine_max_batched_tokens, compile=compile,
+                       cuda_graphs=cuda_graphs)
     return LLMEngine(model, None, cfg, stop_ids=())
 
 
@@ -109,6 +110,10 @@ def warm_up(model, engine, w: Workload) -> float:
         for n in w.concurrency:
             if n > 2:
                 engine_run(engine, [p[:8] for p in w.conc_prompts[:n]], 3)
+        graphs = engine.runner.graphs
+        if graphs is not None:  # CUDA: capture now what the runs will replay (steady state is measured)
+            graphs.capture([1] + list(w.concurrency), [w.prompt_len + w.gen_single,
+                                                     max(map(len, w.conc_prompts)) + w.gen_conc])
     return measure.now() - t0
 
 
@@ -128,21 +133,22 @@ def _info(w: Workload) -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": w.dtype}
 
 
-def run(w: Workload, out: dict) -> None:
+def run(w: Workload, out: dict, *, cuda_graphs: bool = True) -> None:
     out["info"] = _info(w)
     model, load_s = load(w)
     cols, details, notes = out["columns"], out["details"], out["notes"]
 
-    warm_up(model, None, w)
-    ref = cols["lhama (reference loop)"] = {"load_s": load_s}
-    s = details["reference_single"] = reference_single(model, w.prompt_ids, w.gen_single)
-    ref.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
-    one = details["reference_concurrent_1"] = reference_single(model, w.conc_prompts[0], w.gen_conc)
-    ref.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
-    ref.update({f"agg_{n}": "n/a (single sequence by design)" for n in w.concurrency if n > 1})
+    if cuda_graphs:  # (the eager variant only re-measures the engine)
+        warm_up(model, None, w)
+        ref = cols["lhama (reference loop)"] = {"load_s": load_s}
+        s = details["reference_single"] = reference_single(model, w.prompt_ids, w.gen_single)
+        ref.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
+        one = details["reference_concurrent_1"] = reference_single(model, w.conc_prompts[0], w.gen_conc)
+        ref.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
+        ref.update({f"agg_{n}": "n/a (single sequence by design)" for n in w.concurrency if n > 1})
 
     try:
-        engine = make_engine(model, w)
+        engine = make_engine(model, w, cuda_graphs=cuda_graphs)
     except ImportError as e:  # the engine package is not there (yet)
         cols["lhama (engine)"] = {k: "n/a (engine missing)" for k in
                                   ["prefill_tok_s", "ttft_s", "decode_tok_s"] + [f"agg_{n}" for n in w.concurrency]}
@@ -154,12 +160,20 @@ def run(w: Workload, out: dict) -> None:
     warm_up(model, engine, w)
     from lhama.quant import weight_bytes
 
-    cols["lhama (engine)"] = {"load_s": load_s, "weight_mib": weight_bytes(model) / 2**20}
+    name = "lhama (engine)" if cuda_graphs else "lhama (engine, eager)"
+    cols[name] = {"load_s": load_s, "weight_mib": weight_bytes(model) / 2**20}
     details["engine"] = {}
-    engine_columns(engine, w, cols["lhama (engine)"], details["engine"])
+    engine_columns(engine, w, cols[name], details["engine"])
+    if engine.runner.graphs is not None:
+        details["cuda_graphs_captured"] = engine.runner.graphs.num_captured
     kv = engine.kv_manager
     if kv.num_free_blocks != kv.num_blocks:
         notes.append(f"engine left {kv.num_used_blocks} KV blocks in use after the runs")
+
+
+def run_eager(w: Workload, out: dict) -> None:
+    """The engine with CUDA graphs off (``--enforce-eager``): what the graphs buy on a GPU."""
+    run(w, out, cuda_graphs=False)
 
 
 def run_compiled(w: Workload, out: dict) -> None:

@@ -29,6 +29,11 @@ class EngineConfig:
     # than MKL on AMD CPUs; logits differ from F.linear in the last bits, like any other kernel).
     # The copy is taken when the engine starts: build a new engine after changing the weights.
     packed_head: bool = True
+    # CUDA only: replay pure-decode steps from CUDA graphs (captured per batch/context bucket on
+    # first use) for batches up to ``max_num_seqs`` and contexts up to ``cuda_graph_max_len``
+    # tokens; other steps run eagerly. ``--enforce-eager`` turns them off.
+    cuda_graphs: bool = True
+    cuda_graph_max_len: int = 8192
 
     def __post_init__(self) -> None:
         def bad(msg):
@@ -46,6 +51,8 @@ class EngineConfig:
             bad(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             bad(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.cuda_graph_max_len < 1:
+            bad(f"cuda_graph_max_len must be >= 1, got {self.cuda_graph_max_len}")
         if self.max_model_len is not None and self.max_model_len < 1:
             bad(f"max_model_len must be >= 1, got {self.max_model_len}")
 

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence as Seq
 
 
 from lhama.engine.config import EngineConfig
+from lhama.engine.cuda_graphs import DecodeGraphs
 from lhama.engine.kv_cache_manager import KVCacheManager
 from lhama.engine.memory import MemoryPlan, plan_kv_cache
 from lhama.engine.metrics import EngineStats
@@ -44,7 +45,9 @@ class KVCacheCapacityError(ContextLengthExceededError):
 
 class LLMEngine:
     def __init__(self, model: Transformer, tokenizer=None, config: EngineConfig | None = None, *,
-                 stop_ids: Iterable[int] | None = None):
+                 stop_ids: Iterable[int] | None = None, decode_graphs: bool | None = None):
+        """``decode_graphs``: None follows ``config.cuda_graphs`` on CUDA devices; True on a CPU runs
+        the same padded, bucketed decode steps eagerly (how the graph path is tested without a GPU)."""
         self.model = model.eval()
         self.args = model.args
         self.config = config = config or EngineConfig()
@@ -54,10 +57,18 @@ class LLMEngine:
         self.max_model_len = self.plan.max_model_len
         self.kv_manager = KVCacheManager(self.plan.num_blocks, config.block_size,
                                          enable_prefix_caching=config.enable_prefix_caching)
+        if decode_graphs is None:
+            decode_graphs = config.cuda_graphs and model.device.type == "cuda"
         self.cache = PagedKVCache(self.args, self.plan.num_blocks, config.block_size, dtype=model.dtype,
-                                  device=model.device)
+                                  device=model.device, spare_blocks=1 if decode_graphs else 0)
         self.scheduler = Scheduler(config, self.kv_manager)
         self.runner = ModelRunner(model, self.cache, compile=config.compile, packed_head=config.packed_head)
+        if decode_graphs:
+            max_len = min(self.max_model_len, config.cuda_graph_max_len)
+            self.runner.graphs = DecodeGraphs(
+                model, self.cache, self.runner.hidden_decode_fn, max_batch=config.max_num_seqs,
+                max_blocks=-(-max_len // config.block_size), spare_block=self.plan.num_blocks,
+                capture=model.device.type == "cuda")
         if stop_ids is None:
             stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
         self.default_stop_ids = frozenset(int(t) for t in stop_ids)

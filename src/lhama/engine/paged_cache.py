@@ -44,15 +44,21 @@ class AttentionMetadata:
 
 
 class PagedKVCache:
-    def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype=torch.float32, device="cpu"):
+    def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype=torch.float32, device="cpu",
+                 spare_blocks: int = 0):
         self.n_layers, self.n_kv_heads, self.head_dim = args.n_layers, args.n_kv_heads, args.head_dim
         self.n_heads = args.n_heads
         self.group = args.n_heads // args.n_kv_heads
         self.num_blocks, self.block_size = num_blocks, block_size
         self.dtype, self.device = dtype, torch.device(device)
         # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
-        self.kv = torch.zeros(self.n_layers, 2, num_blocks * self.n_kv_heads, block_size, self.head_dim,
-                              dtype=dtype, device=self.device)
+        # Spare blocks (after the ``num_blocks`` the KV manager hands out) take the writes of the
+        # padding rows of CUDA-graph decode steps.
+        self.kv = torch.zeros(self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size,
+                              self.head_dim, dtype=dtype, device=self.device)
+        # True while a CUDA graph is captured: gathers then allocate (from the graph's pool) instead
+        # of reusing the eager scratch buffer, which a later eager step may reallocate under it.
+        self.fresh_buffers = False
         self.meta: AttentionMetadata | None = None
         self._buf = torch.empty(0, dtype=dtype, device=self.device)  # gather scratch, reused by all layers
 
@@ -92,7 +98,7 @@ class PagedKVCache:
         dec = None
         if Bd:
             S = md.decode_max_blocks * self.block_size
-            if torch.compiler.is_compiling():  # the compiler plans its own buffers
+            if self.fresh_buffers or torch.compiler.is_compiling():  # they plan their own buffers
                 kg, vg = kb.index_select(0, md.decode_gather_idx), vb.index_select(0, md.decode_gather_idx)
             else:
                 kg, vg = self._scratch(md.decode_gather_idx.numel())

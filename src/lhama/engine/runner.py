@@ -8,6 +8,7 @@ from typing import Sequence as Seq
 
 import torch
 
+from lhama.engine.cuda_graphs import DecodeGraphs
 from lhama.engine.paged_cache import AttentionMetadata, PagedKVCache, PrefillChunk
 from lhama.engine.scheduler import ScheduledSeq, SchedulerOutput
 from lhama.engine.sequence import Sequence
@@ -60,6 +61,13 @@ class ModelRunner:
         if packed_head and self.device.type == "cpu" and isinstance(model.output, torch.nn.Linear):
             self._head = _packed_linear(model.output.weight) or model.output
         self._heads = torch.arange(cache.n_kv_heads, device=self.device)
+        # Set by the engine on CUDA devices (``lhama.engine.cuda_graphs``): pure-decode steps that
+        # fit its buckets replay a captured graph instead of launching every kernel from Python.
+        self.graphs: DecodeGraphs | None = None
+
+    @property
+    def hidden_decode_fn(self):
+        return self._hidden_decode if self._hidden_decode is not None else self._hidden
 
     # -- inputs --------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
@@ -126,6 +134,10 @@ class ModelRunner:
         if not sched.scheduled:
             return None, []
         self.cache.copy_blocks(sched.copies)
+        if self.graphs is not None and all(e.num_new == 1 for e in sched.scheduled):
+            out = self._execute_graph(sched)
+            if out is not None:
+                return out
         inp = self.prepare(sched)
         self.cache.meta = inp.meta
         try:
@@ -137,6 +149,20 @@ class ModelRunner:
             return None, []
         logits = self._head(h[0].index_select(0, inp.sample_rows)).float()
         return logits, inp.sample_seqs
+
+    def _execute_graph(self, sched: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]] | None:
+        bs = self.cache.block_size
+        entries = sched.scheduled
+        tables = [e.seq.block_table[:e.start // bs + 1] for e in entries]
+        if not self.graphs.fits(len(entries), max(len(t) for t in tables)):
+            return None
+        h = self.graphs.run([e.seq.token_ids[e.start] for e in entries], [e.start for e in entries], tables)
+        rows = [i for i, e in enumerate(entries) if e.samples]
+        if not rows:
+            return None, []
+        if len(rows) < len(entries):
+            h = h.index_select(0, torch.tensor(rows, device=self.device))
+        return self._head(h).float(), [entries[i].seq for i in rows]
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, rows: Seq[int], seqs: Seq[Sequence]) -> SampleResult:

@@ -59,6 +59,9 @@ def _kernel_mm(layout: str, x, packed, group_size, sz):
 
 
 _PROBED: dict = {}
+# Rows from which a CUDA int4 matmul dequantizes to the compute dtype instead of calling tinygemm
+# (measured on an H100 with Llama 3.1 8B shapes: docs/quantization.md).
+LARGE_M = 32
 
 
 def kernel_layout(device: torch.device, dtype: torch.dtype, group_size: int) -> str:
@@ -82,6 +85,34 @@ def kernel_layout(device: torch.device, dtype: torch.dtype, group_size: int) -> 
             except (AttributeError, RuntimeError, NotImplementedError):
                 continue
     return _PROBED[key]
+
+
+def _dequantize_nibbles(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    N = packed.shape[0]
+    q = unpack_nibbles(packed).view(N, -1, group_size).to(scales_and_zeros.dtype)
+    sz = scales_and_zeros.transpose(0, 1)  # [N, K / group, 2]
+    return ((q - 8) * sz[..., :1] + sz[..., 1:]).view(N, -1)
+
+
+_FUSED: list = []
+
+
+def _fused_dequantize():
+    """``_dequantize_nibbles`` as one compiled GPU kernel (reads 0.5 byte and writes 2 per
+    weight; eagerly its six elementwise passes cost ~18). Eager where compiling fails."""
+    if not _FUSED:
+        fn = _dequantize_nibbles
+        try:
+            compiled = torch.compile(_dequantize_nibbles, dynamic=False)
+            p = torch.zeros(16, 32, dtype=torch.uint8, device="cuda")
+            compiled(p, torch.ones(2, 16, 2, dtype=torch.bfloat16, device="cuda"), 32)
+            fn = compiled
+        except Exception as e:  # no Triton, no compiler: correct, only slower
+            import logging
+
+            logging.getLogger(__name__).warning("int4: compiling the CUDA dequantization failed (%s); eager", e)
+        _FUSED.append(fn)
+    return _FUSED[0]
 
 
 class Int4WeightOnlyLinear(nn.Module):
@@ -116,6 +147,11 @@ class Int4WeightOnlyLinear(nn.Module):
                 layout = mod.layout = "nibbles"
         if layout == "nibbles":
             mod.qweight = pack_nibbles(q)
+        elif layout == "cuda":
+            # tinygemm is fast for a few rows (decode) but several times slower than a bf16 matmul
+            # from ~32 rows on (prefill chunks, large batches): there the weight is dequantized
+            # from a plain 4-bit copy (0.5 byte/weight more, not saved with the model) per call.
+            mod.register_buffer("nibbles", pack_nibbles(q), persistent=False)
         return mod
 
     def _scale_zero(self):
@@ -130,10 +166,18 @@ class Int4WeightOnlyLinear(nn.Module):
         eye = torch.eye(self.in_features, dtype=self.compute_dtype, device=self.qweight.device)
         return _kernel_mm(self.layout, eye, self.qweight, self.group_size, self.scales_and_zeros).float().T
 
+    def _dequantize_nibbles(self, packed: torch.Tensor) -> torch.Tensor:
+        """The weight [N, K] in the compute dtype, computed as the kernels do (bf16 scales)."""
+        fn = _fused_dequantize() if packed.is_cuda else _dequantize_nibbles
+        return fn(packed, self.scales_and_zeros, self.group_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(self.compute_dtype)
-        if self.layout == "nibbles":
+        nibbles = getattr(self, "nibbles", None)
+        if nibbles is not None and x2.shape[0] >= LARGE_M:
+            y = F.linear(x2, self._dequantize_nibbles(nibbles))
+        elif self.layout == "nibbles":
             y = F.linear(x2, self.dequantize().to(self.compute_dtype))
         else:
             y = _kernel_mm(self.layout, x2, self.qweight, self.group_size, self.scales_and_zeros)

@@ -58,6 +58,8 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     e.add_argument("--no-prefix-caching", action="store_true")
     e.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    e.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs")
     e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torch.distributed; see docs/scaling.md)")
     e.add_argument("--replicas", type=int, default=1, help="server copies as Ray actors behind this endpoint")
     e.add_argument("--ray-address", help="with --replicas: join this Ray cluster (default: start a local one)")
@@ -73,7 +75,8 @@ def configs_from_args(a):
                           **({"data_dir": a.data_dir} if a.data_dir else {}))
     engine = EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
                           kv_cache_gb=a.kv_cache_gb, max_model_len=a.max_model_len,
-                          enable_prefix_caching=not a.no_prefix_caching, compile=a.compile)
+                          enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
+                          cuda_graphs=not a.enforce_eager)
     return server, engine
 
 
