@@ -23,7 +23,7 @@ def test_bench_rows_ratios_and_output_check(tmp_path, capsys):
     finally:
         torch.set_num_threads(n)
     assert rc == 0
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads(out.read_text())["runs"][0]["rows"]
     fp32 = [r for r in rows if r["target"] == "float32"]
     assert {(r["prompt"], r["draft"]) for r in fp32} == {(p, d) for p in bench.PROMPTS
                                                          for d in ("none (plain loop)", "self:int4@3", "ngram")}
@@ -32,3 +32,10 @@ def test_bench_rows_ratios_and_output_check(tmp_path, capsys):
     # An int4 target has no cheaper quantized copy of itself: only the ngram draft runs, said on stderr.
     assert {r["draft"] for r in rows if r["target"] == "int4"} == {"none (plain loop)", "ngram"}
     assert "already quantized" in capsys.readouterr().err
+    try:  # --append keeps the first run's rows beside the new run's
+        assert bench.main(["--model", "tiny-llama3", "--targets", "float32", "--drafts", "ngram", "--max-tokens", "4",
+                           "--threads", "1", "--repeat", "1", "--json", str(out), "--append"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    runs = json.loads(out.read_text())["runs"]
+    assert [len(r["rows"]) for r in runs] == [len(rows), 2 * len(bench.PROMPTS)]
