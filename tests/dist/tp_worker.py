@@ -48,9 +48,11 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     dist.destroy_process_group()
 
 
-def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: list[str]) -> None:
+def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: list[str], engine: bool = False) -> None:
     """Load each checkpoint with ``load_tp_model`` (this rank's blocks only) and save the logits
-    of a full forward and of one decode step over the KV cache, per checkpoint."""
+    of a full forward and of one decode step over the KV cache, per checkpoint. ``PATH::int8``
+    quantizes the rank's shard. ``engine``: the last model also runs the batching engine (rank 0
+    drives, the others follow) and rank 0 saves its greedy tokens."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     import torch.distributed as dist
@@ -61,18 +63,38 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}
-    for path in paths:
-        lm = load_tp_model(path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3")
+    for entry in paths:
+        path, _, quant = entry.partition("::")
+        lm = load_tp_model(path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3",
+                           quantize=quant or None)
         with torch.inference_mode():
             full = lm.model(prompt)
             cache = StaticKVCache(lm.model.args, 1, 32)
             lm.model(prompt[:, :6], 0, cache)
             cache.advance(6)
             step = lm.model(prompt[:, 6:7], cache.pos, cache)
-        out[path] = {"full": full, "step": step, "report": dataclasses.asdict(lm.model.load_report),
-                     "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()}}
+        out[entry] = {"full": full, "step": step, "report": dataclasses.asdict(lm.model.load_report),
+                      "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()},
+                      "state": {n: t.clone() for n, t in lm.model.state_dict().items()
+                                if n.startswith(("output.", "tok_embeddings."))}}
     torch.save(out, f"{out_dir}/ckpt_logits{rank}.pt")
+    if engine:
+        from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+        from lhama.engine import EngineConfig
+        from lhama.generate import SamplingParams
+
+        channel = ControlChannel()
+        if rank == 0:
+            eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16), channel)
+            res = eng.generate(ENGINE_PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+            stop_followers(channel)
+            torch.save([r.completions[0].token_ids for r in res], f"{out_dir}/engine.pt")
+        else:
+            torch.save(follow(lm.model, channel), f"{out_dir}/follower_steps{rank}.pt")
     dist.destroy_process_group()
+
+
+ENGINE_PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [3, 4], [5, 6, 7, 8, 9, 1]]
 
 
 def run_rank_shard_logits(rank: int, world: int, port: int, out_dir: str, path: str, device: str) -> None:
@@ -83,11 +105,11 @@ def run_rank_shard_logits(rank: int, world: int, port: int, out_dir: str, path: 
     import torch.distributed as dist
 
     from lhama.dist.shard_load import load_shard_model
-    from lhama.dist.tp import attach_all_reduce
+    from lhama.dist.tp import attach_collectives
 
     dist.init_process_group("gloo")
     model, _, _ = load_shard_model(path, rank, world, dtype=torch.float32, device=device)
-    attach_all_reduce(model)
+    attach_collectives(model)
     with torch.inference_mode():
         logits = model(torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]], device=device))
     torch.save(logits.cpu(), f"{out_dir}/shard_logits{rank}.pt")

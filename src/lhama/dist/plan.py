@@ -1,6 +1,7 @@
 """``lhama plan``: will this model, at this dtype and context, fit on these GPUs?
 
-Per device: the weights (split by tensor parallelism), the KV cache for ``batch`` sequences of
+Per device: the weights (what one tensor-parallel rank holds: every matrix split, the embedding
+and LM head by vocab rows, only the norms whole), the KV cache for ``batch`` sequences of
 ``context`` tokens (KV heads split too, replicated when there are more GPUs than KV heads) and
 the activations of one engine step (a prefill chunk through the widest layer, the sampled
 logits, the gathered K/V of the longest context). The sizes come from ``lhama.model.sizing``
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from lhama.dist.tp import params_per_rank
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs
 from lhama.model.sizing import GIB, WEIGHT_BYTES
@@ -115,8 +117,9 @@ def _kv_heads_per_device(args: ModelArgs, gpus: int) -> float:
 
 
 def device_plan(args: ModelArgs, req: PlanRequest, context: int) -> DevicePlan:
-    n = args.n_params()
-    weights = n * WEIGHT_BYTES[req.dtype] / req.gpus
+    # What one rank of lhama's tensor parallelism holds: 1/gpus of every matrix, the embedding and
+    # LM head included (vocab-parallel, padded to a multiple of gpus), plus the norms.
+    weights = params_per_rank(args, req.gpus) * WEIGHT_BYTES[req.dtype]
     kv_token = 2 * args.n_layers * _kv_heads_per_device(args, req.gpus) * args.head_dim * KV_BYTES[req.kv]
     kv = kv_token * context * req.batch
     chunk = min(req.chunk_tokens, context * req.batch)

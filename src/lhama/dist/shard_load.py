@@ -4,7 +4,7 @@ blocks it owns, tensor by tensor, and never holds the full state dict.
 The rank's model is allocated once at its shard's shape (``shard_args``: 1/tp of the heads and
 MLP), empty; each owned block is read from the file (``shard_sources``) and copied into its
 parameter, so the peak is this rank's weights plus one block in flight. With a 70B model at
-bf16 on 8 ranks that is ~17.5 GB + the replicated embeddings and head per rank, not 140 GB.
+bf16 on 8 ranks that is ~17.6 GB per rank (embeddings and head split by vocab rows too), not 140 GB.
 Named configs (random weights) draw each full tensor in ``build_model``'s order from the same
 seeded generator and keep the slice: every rank agrees, and with one process, at the cost of
 one full tensor at a time.
@@ -21,6 +21,7 @@ import torch
 
 from lhama.checkpoints.layout import check_state_dict, expected_shapes
 from lhama.dist.tp import check_tp, owned_range, shard_args
+from lhama.dist.vocab import VOCAB_SHARDED, shard_vocab
 from lhama.errors import CheckpointError
 from lhama.model import ModelArgs, Transformer
 
@@ -35,7 +36,7 @@ class ShardLoadReport:
     tp: int
     source: str  # "gguf" | "hf" | "meta" | "config"
     bytes_loaded: int  # this rank's weights (tied embeddings counted once)
-    bytes_replicated: int  # of which every rank holds a whole copy: embeddings, norms, head
+    bytes_replicated: int  # of which every rank holds a whole copy: the norms (tp=1: everything)
     bytes_full: int  # the whole model
     largest_block: int  # the biggest block read at once: the load's only transient
     seconds: float
@@ -48,11 +49,14 @@ class ShardLoadReport:
                 f"replicated on every rank) in {self.seconds:.1f} s")
 
 
-def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device) -> Transformer:
+def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device, rank: int = 0, tp: int = 1) -> Transformer:
     """The shard-shaped model with uninitialised weights allocated directly at ``dtype``
-    (``build_model`` would allocate fp32 first and convert: twice the memory for a moment)."""
+    (``build_model`` would allocate fp32 first and convert: twice the memory for a moment).
+    With tp > 1 the embedding and head hold only the rank's vocab rows (``lhama.dist.vocab``)."""
     with torch.device("meta"):
         model = Transformer(local).to(dtype)
+        if tp > 1:
+            shard_vocab(model, rank, tp)
     model = model.to_empty(device=device)  # Transformer._apply recomputes the RoPE buffer there
     if local.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
@@ -69,6 +73,9 @@ def _fill(model: Transformer, names: list[str], shapes: dict[str, tuple[int, ...
             dim, start, stop = owned_range(name, shapes[name], rank, tp)
             block = read(name, dim, start, stop)
             p = params[name]
+            if name in VOCAB_SHARDED and dim == 0 and block.shape[0] < p.shape[0]:
+                p[block.shape[0]:].zero_()  # the last rank's padding rows: never looked up, logits cut
+                p = p[: block.shape[0]]
             if tuple(block.shape) != tuple(p.shape):  # a reader bug, never the user's file
                 raise CheckpointError(where, f"read a block of shape {tuple(block.shape)} for a parameter of "
                                              f"shape {tuple(p.shape)}", tensor=name)
@@ -102,7 +109,7 @@ def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype
         # Every tensor present and of the right shape before a byte of weights is read.
         check_state_dict({n: torch.empty(s, device="meta") for n, s in src.shapes.items()}, args, src.path,
                          name_of=src.name_of)
-        model = empty_shard_model(shard_args(args, tp), dtype, device)
+        model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
         replicated, largest = _fill(model, list(expected_shapes(args)), src.shapes, src.read, rank, tp, src.path)
         source = src.format
     return model, args, _report(model, args, rank, tp, source, replicated, largest, t0)
@@ -125,6 +132,6 @@ def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dt
         full = torch.randn(shape, generator=gen, device=device, dtype=torch.float32).mul_(0.02)
         return full if dim is None else full.narrow(dim, start, stop - start)
 
-    model = empty_shard_model(shard_args(args, tp), dtype, device)
+    model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
     replicated, largest = _fill(model, list(shapes), shapes, draw, rank, tp, "<random weights>")
     return model, _report(model, args, rank, tp, "config", replicated, largest, t0)

@@ -4,8 +4,10 @@ Each rank builds the one ``Transformer`` with the *shard's* shape: its share of 
 heads and of the MLP width (``shard_args``). wq/wk/wv and w1/w3 keep a block of rows (column-
 parallel: each rank computes its heads / its slice of the hidden layer, no communication);
 wo and w2 keep the matching block of columns (row-parallel: each rank's product is a partial
-sum), and one all-reduce after each of them restores the full activation. Embeddings, norms and
-the LM head are replicated. Two all-reduces per layer, as in Megatron-LM and gpt-fast's tp.py.
+sum), and one all-reduce after each of them restores the full activation. Two all-reduces per
+layer, as in Megatron-LM and gpt-fast's tp.py. The token embedding and the LM head are split by
+vocab rows (``lhama.dist.vocab``): one all-reduce after the lookup, one all-gather of the logits.
+Only the norms are replicated.
 
 Grouped-query attention splits cleanly when the KV heads divide by the rank count: rank r
 keeps query heads [r*H/tp, (r+1)*H/tp) and exactly the KV heads those use.
@@ -20,8 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lhama.dist.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 from lhama.errors import ConfigError
-from lhama.model import ModelArgs, Transformer, build_model
+from lhama.model import ModelArgs, Transformer
 
 # Row blocks (column-parallel) and column blocks (row-parallel) of each layer's weights.
 _COLWISE = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
@@ -47,9 +50,24 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
                       hidden_dim=args.hidden_dim // tp, head_dim_override=args.head_dim)
 
 
+def params_per_rank(args: ModelArgs, tp: int) -> int:
+    """Parameters one rank holds: 1/tp of every matrix (the vocab rounded up to a multiple of tp,
+    KV heads replicated when tp exceeds them, as vLLM does) plus the replicated norms. tp=1:
+    ``args.n_params()``."""
+    hd, kv_heads = args.head_dim, max(args.n_kv_heads // tp, 1)
+    attn = 2 * args.dim * (args.n_heads // tp) * hd + 2 * args.dim * kv_heads * hd
+    layer = attn + 3 * args.dim * (args.hidden_dim // tp) + 2 * args.dim
+    vocab = VocabShard(args.vocab_size, 0, tp).per_rank * args.dim
+    return args.n_layers * layer + vocab * (1 if args.tie_embeddings else 2) + args.dim
+
+
 def owned_range(name: str, shape: tuple[int, ...], rank: int, tp: int) -> tuple[int | None, int, int]:
     """(dim, start, stop): the block of the full tensor ``name`` that ``rank`` keeps; dim None
-    for replicated tensors (kept whole)."""
+    for replicated tensors (kept whole). Vocab rows: the real rows only (the last rank's block
+    may be short; its parameter is padded with zeros)."""
+    if name in VOCAB_SHARDED and tp > 1:
+        shard = VocabShard(shape[0], rank, tp)
+        return 0, shard.start, shard.stop
     dim = 0 if name.endswith(_COLWISE) else 1 if name.endswith(_ROWWISE) else None
     if dim is None:
         return None, 0, 0
@@ -58,24 +76,31 @@ def owned_range(name: str, shape: tuple[int, ...], rank: int, tp: int) -> tuple[
 
 
 def shard_tensor(name: str, t: torch.Tensor, rank: int, tp: int) -> torch.Tensor:
+    """The rank's parameter for the full tensor ``t`` (vocab shards padded with zero rows)."""
     dim, start, stop = owned_range(name, tuple(t.shape), rank, tp)
-    return t if dim is None else t.narrow(dim, start, stop - start)
+    if dim is None:
+        return t
+    block = t.narrow(dim, start, stop - start)
+    return pad_rows(block, VocabShard(t.shape[0], rank, tp).per_rank) if name in VOCAB_SHARDED else block
 
 
 def shard_state_dict(state_dict: dict[str, torch.Tensor], rank: int, tp: int) -> dict[str, torch.Tensor]:
     return {k: shard_tensor(k, v, rank, tp).contiguous() for k, v in state_dict.items()}
 
 
-def attach_all_reduce(model: Transformer, group=None) -> None:
-    """Sum the partial outputs of every row-parallel layer across the ranks."""
-
-    def hook(_mod, _inp, out):
-        dist.all_reduce(out, group=group)
-        return out
-
+def attach_collectives(model: Transformer, group=None) -> None:
+    """Hook the communication into a rank's model: an all-reduce after every row-parallel layer
+    (wo, w2) and after the vocab-parallel lookup, an all-gather of the head's logit blocks.
+    Call it last: quantization (``lhama.quant``) swaps modules and would drop their hooks."""
+    hook = all_reduce_hook(group)
     for layer in model.layers:
         layer.attention.wo.register_forward_hook(hook)
         layer.feed_forward.w2.register_forward_hook(hook)
+    shard = getattr(model, "vocab_shard", None)
+    if shard is not None:
+        model.tok_embeddings.register_forward_hook(hook)
+        model.vocab_gather = VocabGather(shard, group)
+        model.output.register_forward_hook(model.vocab_gather)
 
 
 def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
@@ -83,8 +108,9 @@ def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int,
     """This rank's model from full weights already in memory (e.g. a model just trained): only
     its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
     the full weights."""
-    local = shard_args(args, tp)
-    model = build_model(local, dtype=dtype, device=device)
+    from lhama.dist.shard_load import empty_shard_model
+
+    model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
     state = shard_state_dict(full_state, rank, tp)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
@@ -94,7 +120,7 @@ def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int,
         model.output.weight = model.tok_embeddings.weight
     model.full_args = args  # the whole model's shape, for reports and plans
     if tp > 1:
-        attach_all_reduce(model, group)
+        attach_collectives(model, group)
     return model.eval()
 
 
@@ -127,13 +153,14 @@ def local_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
-                  max_seq_len=None, seed: int = 0, group=None):
+                  max_seq_len=None, seed: int = 0, group=None, quantize=None):
     """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
 
     A checkpoint is read block by block: the rank reads only the rows/columns it owns and never
     holds the full state dict (``lhama.dist.shard_load``); ``model.load_report`` says how much it
     holds. A named config draws the same random weights on every rank (same seed), a tensor at a
-    time, and keeps its slices.
+    time, and keeps its slices. ``quantize`` ("int8", "int4", "fp8" or a ``QuantConfig``)
+    quantizes the rank's shard after loading, before the collectives are hooked in.
     """
     import time
 
@@ -159,12 +186,18 @@ def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_for
         source, path = _format_of(target), target
     model.full_args = args  # the whole model's shape, for reports and plans
     model.load_report = report
+    quant = None
+    if quantize is not None:
+        from lhama.quant import QuantConfig, quantize_model
+
+        qcfg = QuantConfig.parse(quantize)
+        quant = quantize_model(model, qcfg) if qcfg is not None else None
     if tp > 1:
-        attach_all_reduce(model, group)
+        attach_collectives(model, group)
     model.eval()
     tok = load_tokenizer(tok_src)
     fmt = load_chat_format(fmt_src, tok, override=chat_format)
-    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0)
+    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, quant)
 
 
 def tp_info(model: nn.Module) -> str:
@@ -173,5 +206,7 @@ def tp_info(model: nn.Module) -> str:
         return "tensor parallel: off"
     return (f"tensor parallel: {dist.get_world_size()} ranks ({dist.get_backend()}), "
             f"{model.args.n_heads}/{args.n_heads} heads, {model.args.n_kv_heads}/{args.n_kv_heads} KV heads, "
-            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units per rank"
+            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units"
+            + (f", {shard.per_rank}/{args.vocab_size} vocab rows" if (shard := getattr(model, "vocab_shard", None)) else "")
+            + " per rank"
             + (f"; {report.describe()}" if (report := getattr(model, "load_report", None)) else ""))

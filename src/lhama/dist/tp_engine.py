@@ -3,8 +3,10 @@
 Rank 0 runs the whole ``LLMEngine`` (scheduler, KV bookkeeping, sampling, the server). Before
 every forward it broadcasts the step's inputs (token ids, positions, the attention metadata,
 block copies) to the other ranks; they run the same forward on their shard of the model and of
-the KV cache, and the all-reduces inside the model keep every rank in step. Only rank 0 samples.
-This is vLLM's driver/worker split without its RPC layer: the step inputs *are* the protocol.
+the KV cache, and the all-reduces inside the model keep every rank in step. The LM head is
+vocab-parallel, so every rank also computes its block of the logits of the rows rank 0 samples
+from, for the all-gather that gives rank 0 the full logits; only rank 0 samples. This is vLLM's
+driver/worker split without its RPC layer: the step inputs *are* the protocol.
 
 The control messages go over a gloo group (pickled CPU tensors) even when the model's
 all-reduces use NCCL, so a follower can wait for the next step without holding a GPU stream.
@@ -56,11 +58,25 @@ class ControlChannel:
         return box[0]
 
 
+def _gathering_head(runner: ModelRunner) -> ModelRunner:
+    """The runner's packed CPU head multiplies by the weight directly, around the module and its
+    all-gather hook: put the gather back behind it (the module call gathers by itself)."""
+    gather = getattr(runner.model, "vocab_gather", None)
+    if gather is not None and runner._head is not runner.model.output:
+        local = runner._head
+        runner._head = lambda h: gather.gather(local(h))
+    return runner
+
+
 class TPModelRunner(ModelRunner):
     """Rank 0's runner: every step's inputs go to the followers before the step runs."""
 
     channel: ControlChannel
     lock: threading.Lock  # one forward at a time across the engine thread and other callers
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _gathering_head(self)
 
     def execute(self, sched):
         with self.lock:
@@ -70,7 +86,7 @@ class TPModelRunner(ModelRunner):
         inp = super().prepare(sched)
         # ``execute`` has already applied sched.copies to this rank's cache; followers do it first too.
         self.channel.send((_STEP, list(sched.copies), _move(inp.tokens, "cpu"), _move(inp.positions, "cpu"),
-                           _move(inp.meta, "cpu")))
+                           _move(inp.meta, "cpu"), _move(inp.sample_rows, "cpu") if inp.sample_seqs else None))
         return inp
 
 
@@ -78,7 +94,8 @@ def tp_engine(loaded, config: EngineConfig | None, channel: ControlChannel) -> L
     """Rank 0: the engine, with the followers told the cache geometry and sent every step."""
     engine = LLMEngine.from_loaded(loaded, config)
     # Every rank must hold the same number of blocks (the budget rank 0 measured), not its own plan.
-    channel.send((_INIT, engine.plan.num_blocks, engine.config.block_size, engine.config.compile))
+    channel.send((_INIT, engine.plan.num_blocks, engine.config.block_size, engine.config.compile,
+                  engine.config.packed_head))
     runner = TPModelRunner(engine.model, engine.cache, compile=engine.config.compile,
                            packed_head=engine.config.packed_head)
     runner.channel, runner.lock = channel, threading.Lock()
@@ -113,9 +130,10 @@ def follow(model, channel: ControlChannel) -> int:
     msg = channel.recv()
     if msg[0] == _STOP:
         return 0
-    _, num_blocks, block_size, compile = msg
+    _, num_blocks, block_size, compile, packed_head = msg
     cache = PagedKVCache(model.args, num_blocks, block_size, dtype=model.dtype, device=model.device)
-    runner = ModelRunner(model, cache, compile=compile, packed_head=False)
+    vocab_parallel = getattr(model, "vocab_gather", None) is not None
+    runner = _gathering_head(ModelRunner(model, cache, compile=compile, packed_head=packed_head and vocab_parallel))
     log.info("rank %d: following rank 0 with %d KV blocks", dist.get_rank(), num_blocks)
     steps = 0
     while True:
@@ -125,13 +143,15 @@ def follow(model, channel: ControlChannel) -> int:
         if msg[0] == _FORWARD:  # a forward outside the engine (embeddings): no cache
             model.hidden_states(msg[1].to(model.device), msg[2].to(model.device))
             continue
-        _, copies, tokens, positions, meta = msg
+        _, copies, tokens, positions, meta, sample_rows = msg
         dev = model.device
         cache.copy_blocks(copies)
         cache.meta = _move(meta, dev)
         try:
             fn = runner._hidden_decode if runner._hidden_decode is not None and not meta.prefills else runner._hidden
-            fn(tokens.to(dev), positions.to(dev), cache)
+            h = fn(tokens.to(dev), positions.to(dev), cache)
         finally:
             cache.meta = None
+        if sample_rows is not None and vocab_parallel:  # this rank's logit block, for rank 0's all-gather
+            runner._head(h[0].index_select(0, sample_rows.to(dev)))
         steps += 1
