@@ -7,9 +7,9 @@ acceptance, and whether the tokens are the plain loop's.
 
 A draft is any ``--draft-model`` spelling, optionally ``@K`` for K speculative tokens (default: the
 CLI's per-draft default). Greedy decoding. "same output": ``yes`` when the tokens equal the plain
-loop's; ``rounding at token i`` when they first differ where a forward over the whole text picks
-the speculative token, not the plain loop's (bf16 rounds a k+1-token forward differently from a
-1-token one, and near-ties flip); ``NO`` otherwise (the exit status is then 1). ``--append``
+loop's; ``near-tie at token i`` when, where they first differ, both runs rank the same two tokens
+on top and each picked the other (bf16 rounds a k+1-token forward differently from a 1-token one,
+so near-ties can flip); ``NO`` otherwise (the exit status is then 1). ``--append``
 adds rows to an existing ``--json`` file (e.g. a 2-thread run made when the machine was quiet).
 """
 
@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from lhama.generate.speculative import SpeculativeStats
+
 PROMPTS = {
     # Output that copies the prompt: where prompt lookup shines (editing, extraction, quoting).
     "quote": "Repeat the following text exactly, word for word:\n\nThe Llama 3.1 models support a context "
@@ -36,30 +38,42 @@ PROMPTS = {
 TARGETS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None), "int4": (torch.float32, "int4")}
 
 
-def _same(model, prompt_ids, ref, out) -> str:
-    """"yes"; "rounding at token i" when, where the two first differ, a forward of the whole text
-    picks the speculative token, i.e. the plain loop's own choice there depends on how many tokens
-    a forward computes (bf16 sums differ by ~0.3 logits after 30 layers); "NO" otherwise."""
+def _same(model, spec, prompt_ids, params, stops, ref, out) -> str:
+    """"yes"; "near-tie at token i" when, where the two first differ, the plain loop and the
+    speculative run rank the same two tokens on top and each picked the other one: a near-tie
+    that rounding decided (a bf16 forward over k + 1 tokens rounds differently from a 1-token
+    one); "NO" otherwise."""
+    from lhama.generate import generate_tokens
+    from lhama.generate.speculative import speculative_tokens
+
     if out == ref:
         return "yes"
     i = next((i for i, (a, b) in enumerate(zip(ref, out)) if a != b), None)
     if i is None:  # one is a prefix of the other: a stop token was, or was not, produced
         return "NO"
-    with torch.inference_mode():
-        logits = model(torch.tensor([list(prompt_ids) + ref[:i]], device=model.device), last_only=True)[0, -1]
-    return f"rounding at token {i}" if int(logits.argmax()) == out[i] else "NO"
+    p = params.with_(logprobs=True, top_logprobs=2)
+    plain = list(generate_tokens(model, prompt_ids, p, stop_ids=stops))[i].top_logprobs
+    spec.stats = SpeculativeStats()
+    again = list(speculative_tokens(model, spec, prompt_ids, p, stop_ids=stops))
+    if i >= len(again) or again[i].token_id != out[i]:
+        return "NO"
+    mine = again[i].top_logprobs
+    if {t for t, _ in plain} == {t for t, _ in mine} == {ref[i], out[i]}:
+        return (f"near-tie at token {i} (logprob gaps {plain[0][1] - plain[1][1]:.2f}, "
+                f"{mine[0][1] - mine[1][1]:.2f})")
+    return "NO"
 
 
-def _timed(fn):
+def _timed(generate, *args, **kwargs) -> tuple[list[int], float]:
     t0 = time.perf_counter()
-    out = fn()
+    out = [s.token_id for s in generate(*args, **kwargs)]
     return out, time.perf_counter() - t0
 
 
 def run_target(target: str, a, threads: int) -> list[dict]:
     from lhama.errors import ConfigError
     from lhama.generate import SamplingParams, generate_tokens
-    from lhama.generate.speculative import SpeculativeStats, load_speculation, speculative_tokens
+    from lhama.generate.speculative import load_speculation, speculative_tokens
     from lhama.loader import load_model
 
     dtype, quantize = TARGETS[target]
@@ -78,10 +92,10 @@ def run_target(target: str, a, threads: int) -> list[dict]:
     for _, spec in drafts:
         list(speculative_tokens(lm.model, spec, warm, params.with_(max_tokens=8), stop_ids=stops))
     rows = []
-    for pname, text in PROMPTS.items():
+    for pname in a.prompts:
+        text = PROMPTS[pname]
         ids = lm.chat_format.encode_dialog([{"role": "user", "content": text}])
-        runs = [_timed(lambda: [s.token_id for s in generate_tokens(lm.model, ids, params, stop_ids=stops)])
-                for _ in range(a.repeat)]
+        runs = [_timed(generate_tokens, lm.model, ids, params, stop_ids=stops) for _ in range(a.repeat)]
         ref, base_s = runs[0][0], min(t for _, t in runs)
         base_tps = len(ref) / base_s
         rows.append(dict(threads=threads, target=target, prompt=pname, draft="none (plain loop)", k=0,
@@ -91,18 +105,17 @@ def run_target(target: str, a, threads: int) -> list[dict]:
             best = None
             for _ in range(a.repeat):
                 spec.stats = SpeculativeStats()  # counts of this run only
-                out, secs = _timed(lambda: [s.token_id for s in speculative_tokens(lm.model, spec, ids, params,
-                                                                                    stop_ids=stops)])
+                out, secs = _timed(speculative_tokens, lm.model, spec, ids, params, stop_ids=stops)
                 if best is None or secs < best[1]:
                     best = (out, secs, spec.stats.acceptance_rate, spec.stats.tokens_per_target_forward)
             out, secs, acc, tpf = best
             tps = len(out) / secs
             rows.append(dict(threads=threads, target=target, prompt=pname, draft=dname,
                              k=spec.num_speculative_tokens, tokens=len(out), tok_s=tps, ratio=tps / base_tps,
-                             acceptance=acc, tokens_per_target_forward=tpf, same=_same(lm.model, ids, ref, out)))
+                             acceptance=acc, tokens_per_target_forward=tpf,
+                             same=_same(lm.model, spec, ids, params, stops, ref, out)))
         for r in rows[-len(drafts) - 1:]:
             _print_row(r)
-    del lm
     return rows
 
 
@@ -123,6 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--drafts", nargs="+", default=["ngram", "self:int4", "self:int8"],
                     help="--draft-model spellings, each optionally @K")
+    ap.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
     ap.add_argument("--repeat", type=int, default=2, help="runs per row; the fastest counts")

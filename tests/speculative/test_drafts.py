@@ -11,8 +11,14 @@ from torch import nn
 from lhama.errors import ConfigError
 from lhama.generate import SamplingParams, generate_tokens
 from lhama.generate.drafts import DraftSpec, parse_draft_spec
-from lhama.generate.speculative import (NgramDraft, Speculation, load_speculation, quantized_self_draft, self_draft,
-                                        speculative_tokens)
+from lhama.generate.speculative import (
+    NgramDraft,
+    Speculation,
+    load_speculation,
+    quantized_self_draft,
+    self_draft,
+    speculative_tokens,
+)
 from lhama.model import build_model
 from lhama.quant import is_quantized, quantize_model
 
