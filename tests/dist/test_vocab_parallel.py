@@ -180,4 +180,6 @@ def test_three_gloo_ranks_with_padded_vocab_give_single_process_logits_and_token
         assert torch.equal(st["output.scales"][: s.stop - s.start], scales[s.start:s.stop])
         logits = got[rank][f"{untied}::int8"]["full"]
         assert logits.shape == full8.shape
-        assert (logits - full8).abs().max() < 0.05 * full8.std()
+        # Measured: 2.3% of the logits' spread here, where the unquantized model is 5.1% away.
+        err = (logits - full8).abs().max()
+        assert err < 0.035 * full8.std() and err < 0.6 * (got[rank][untied]["full"] - full8).abs().max()
