@@ -106,6 +106,19 @@ def test_each_rank_reads_only_its_vocab_rows(ckpts3, fmt):
         assert report.bytes_loaded == params_per_rank(args, 3) * 4
 
 
+def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
+    from lhama.dist.tp import shard_model
+
+    args = ARGS3.with_(tie_embeddings=True)
+    full = build_model(args, init="random", seed=2).state_dict()
+    for rank in range(3):
+        model = shard_model(full, args, rank, 3)
+        assert model.output.weight is model.tok_embeddings.weight
+        for name, p in model.named_parameters():
+            assert torch.equal(p, shard_tensor(name, full[name], rank, 3)), (rank, name)
+        assert model.vocab_gather.vocab_size == 320  # the all-gather hook cuts the padding column
+
+
 @pytest.mark.parametrize("name,tp", [("llama3.2-1b", 2), ("llama3.1-8b", 8), ("llama3.1-70b", 8),
                                      ("llama2-7b", 4), ("tiny-llama3", 2)])
 def test_embedding_and_head_bytes_per_rank_are_one_over_tp(name, tp):
