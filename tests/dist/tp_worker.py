@@ -85,7 +85,9 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
 
         channel = ControlChannel()
         if rank == 0:
-            eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16), channel)
+            # packed_head=False: the head module's own forward (test_tp.py covers the packed CPU head).
+            eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16, packed_head=False),
+                            channel)
             res = eng.generate(ENGINE_PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
             stop_followers(channel)
             torch.save([r.completions[0].token_ids for r in res], f"{out_dir}/engine.pt")

@@ -59,12 +59,12 @@ class ControlChannel:
 
 
 def _gathering_head(runner: ModelRunner) -> ModelRunner:
-    """The runner's packed CPU head multiplies by the weight directly, around the module and its
-    all-gather hook: put the gather back behind it (the module call gathers by itself)."""
+    """The engine's head: this rank's logit block (the runner's packed CPU kernel, or the head
+    module without its all-gather hook), gathered on rank 0 only, which alone samples."""
     gather = getattr(runner.model, "vocab_gather", None)
-    if gather is not None and runner._head is not runner.model.output:
-        local = runner._head
-        runner._head = lambda h: gather.gather(local(h))
+    if gather is not None:
+        local = runner.model.output.forward if runner._head is runner.model.output else runner._head
+        runner._head = lambda h: gather.gather_to_first(local(h))
     return runner
 
 

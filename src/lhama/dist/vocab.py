@@ -10,8 +10,9 @@ rows past the real vocabulary are zeros.
   all-reduce (``attach_collectives``) sums the ranks' partial lookups. Exactly one rank adds a
   non-zero row per token, so the sum is the plain lookup, bit for bit.
 - LM head: a rank computes the logits of its rows (column-parallel); an all-gather along the
-  vocab dim gives every rank the full logits (each rank may sample, and rank 0 must see all of
-  them), with the padding columns cut off so nothing can sample them.
+  vocab dim gives every rank the full logits (so every rank can sample identically), with the
+  padding columns cut off so nothing can sample them. The engine, where only rank 0 samples,
+  gathers to rank 0 alone (``gather_to_first``).
 
 Tied embeddings share the one shard: the head is the embedding's rows, as in one process.
 The model stays the plain ``Transformer``: the table is swapped for ``VocabParallelEmbedding``
@@ -106,6 +107,19 @@ class VocabGather:
         local = local.contiguous()
         parts = [torch.empty_like(local) for _ in range(self.tp)]
         dist.all_gather(parts, local, group=self.group)
+        full = torch.cat(parts, dim=-1)
+        return full if full.shape[-1] == self.vocab_size else full[..., : self.vocab_size].contiguous()
+
+    def gather_to_first(self, local: torch.Tensor) -> torch.Tensor | None:
+        """The full logits on the group's first rank only (None elsewhere): the engine samples on
+        rank 0 alone, so the followers need not receive the other ranks' blocks."""
+        local = local.contiguous()
+        first = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        if dist.get_rank() != first:
+            dist.gather(local, None, dst=first, group=self.group)
+            return None
+        parts = [torch.empty_like(local) for _ in range(self.tp)]
+        dist.gather(local, parts, dst=first, group=self.group)
         full = torch.cat(parts, dim=-1)
         return full if full.shape[-1] == self.vocab_size else full[..., : self.vocab_size].contiguous()
 
