@@ -243,20 +243,25 @@ def _to_torch(t, dtype: torch.dtype | None) -> torch.Tensor:
     return cast(out, dtype)
 
 
+def gguf_model_args(reader, md: dict, path: Path):
+    """(ModelArgs, tensors by GGUF name) of an open reader, without reading the weights (only the
+    small rope_freqs tensor, where Llama 3.1 files store their RoPE scaling)."""
+    by_name = {t.name: t for t in reader.tensors}
+    emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
+    if emb is None:
+        raise CheckpointError(path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
+    freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path) if ROPE_FREQS in by_name else None
+    args = args_from_gguf(md, path, vocab_size=int(emb.shape[-1]), tied="output.weight" not in by_name,
+                          rope_freqs=freqs)
+    return args, by_name
+
+
 def read_gguf(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32):
     """(ModelArgs, state dict with our names, metadata) from a GGUF file."""
     path = Path(path)
     reader = _open(path)
     md = _metadata(reader, path)
-    by_name = {t.name: t for t in reader.tensors}
-    emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
-    if emb is None:
-        raise CheckpointError(path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
-    rope_freqs = None
-    if ROPE_FREQS in by_name:
-        rope_freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path)
-    args = args_from_gguf(md, path, vocab_size=int(emb.shape[-1]), tied="output.weight" not in by_name,
-                          rope_freqs=rope_freqs)
+    args, by_name = gguf_model_args(reader, md, path)
     expected = expected_shapes(args)
     state_dict: dict[str, torch.Tensor] = {}
     for name, t in by_name.items():

@@ -143,17 +143,10 @@ def read_args(path: str | os.PathLike) -> ModelArgs:
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "gguf":
-        from lhama.checkpoints.gguf import (GGUF_NAMES, ROPE_FREQS, _dequantize, _metadata, _open,
-                                            args_from_gguf)
+        from lhama.checkpoints.gguf import _metadata, _open, gguf_model_args
 
         reader = _open(path)
-        by_name = {t.name: t for t in reader.tensors}
-        emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
-        if emb is None:
-            raise CheckpointError(path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
-        freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path) if ROPE_FREQS in by_name else None
-        return args_from_gguf(_metadata(reader, path), path, vocab_size=int(emb.shape[-1]),
-                              tied="output.weight" not in by_name, rope_freqs=freqs)
+        return gguf_model_args(reader, _metadata(reader, path), path)[0]
     if fmt == "hf":
         from lhama.checkpoints.hf import args_from_hf_config, read_json
 

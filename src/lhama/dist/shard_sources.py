@@ -256,24 +256,11 @@ class GGUFSource(ShardSource):
     format = "gguf"
 
     def __init__(self, path: Path):
-        from lhama.checkpoints.gguf import (
-            GGUF_NAMES,
-            ROPE_FREQS,
-            _dequantize,
-            _metadata,
-            _open,
-            args_from_gguf,
-        )
+        from lhama.checkpoints.gguf import GGUF_NAMES, ROPE_FREQS, _metadata, _open, gguf_model_args
 
         self.path, self._names = path, GGUF_NAMES
         reader = _open(path)
-        by_name = {t.name: t for t in reader.tensors}
-        emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
-        if emb is None:
-            raise CheckpointError(path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
-        freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path) if ROPE_FREQS in by_name else None
-        self.args = args_from_gguf(_metadata(reader, path), path, vocab_size=int(emb.shape[-1]),
-                                   tied="output.weight" not in by_name, rope_freqs=freqs)
+        self.args, by_name = gguf_model_args(reader, _metadata(reader, path), path)
         self._tensors, self.shapes = {}, {}
         for theirs, t in by_name.items():
             if theirs == ROPE_FREQS:
