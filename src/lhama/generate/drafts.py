@@ -5,7 +5,7 @@
   decode step is bound by reading weights, so an int4 copy runs ~3.5x faster than an fp32 step
   (~2.5x than bf16) and agrees with the target's greedy choice ~90% of the time: the draft
   that pays off for free-form text (figures in docs/scaling.md). It shares the target's
-  embedding table and adds only its quantized linears (~100 MiB for SmolLM2-135M).
+  embedding table and adds only its quantized linears (90 MiB for SmolLM2-135M).
 * ``self:N``: the target's first N layers with its norm and head, sharing every weight
   (LayerSkip-style early exit; pays off only for models trained for it).
 * ``self:int4:N``: both, the first N layers quantized.
