@@ -23,14 +23,6 @@ from lhama.model import build_model
 from lhama.quant import is_quantized, quantize_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ids(steps):
     return [s.token_id for s in steps]
 

@@ -15,15 +15,6 @@ from lhama.generate.speculative import NgramDraft, Speculation, self_draft, spec
 from lhama.model import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP spin-waiting.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ids(steps):
     return [s.token_id for s in steps]
 
