@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lhama.model.args import ModelArgs
 
@@ -25,6 +26,18 @@ class AttentionCache(Protocol):
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """Attention of q [B, T, H, D] over k/v [B, S, KVH, D] where query i sits at position offset+i
     and key j at position j (S = offset + T). Grouped-query heads are shared, not copied."""
+    if q.is_cuda:
+        # PyTorch would pick cuDNN attention here, which builds a new plan for every new context
+        # length: 4 ms of CPU per layer per decode step (an 8B model decoded at 15 tok/s on an H100).
+        with sdpa_kernel(_NO_CUDNN):
+            return _causal_attention(q, k, v, offset)
+    return _causal_attention(q, k, v, offset)
+
+
+_NO_CUDNN = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _causal_attention(q, k, v, offset):
     T, S = q.shape[1], k.shape[1]
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = qh.shape[1] != kh.shape[1]
