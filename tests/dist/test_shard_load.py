@@ -20,7 +20,7 @@ from lhama.dist.shard_load import load_shard_model, random_shard_model
 from lhama.dist.tp import shard_tensor
 from lhama.errors import CheckpointError, ConfigError
 from lhama.loader import load_model
-from lhama.model import ModelArgs, StaticKVCache, build_model, get_config
+from lhama.model import ModelArgs, build_model, get_config
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -164,7 +164,7 @@ def _free_port() -> int:
 
 
 def test_two_gloo_ranks_loaded_from_each_format_give_single_process_logits(ckpts, tmp_path):
-    from tp_worker import run_rank_checkpoints
+    from tp_worker import full_and_step, run_rank_checkpoints
 
     paths = [str(ckpts[k]) for k in ("hf", "meta", "gguf-q8_0", "gguf-tied")]
     mp.start_processes(run_rank_checkpoints, args=(2, _free_port(), str(tmp_path), paths), nprocs=2, join=True,
@@ -172,12 +172,7 @@ def test_two_gloo_ranks_loaded_from_each_format_give_single_process_logits(ckpts
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     for path in paths:
         lm = load_model(path, dtype=torch.float32, device="cpu", tokenizer="llama3")
-        with torch.inference_mode():
-            full = lm.model(prompt)
-            cache = StaticKVCache(lm.model.args, 1, 32)
-            lm.model(prompt[:, :6], 0, cache)
-            cache.advance(6)
-            step = lm.model(prompt[:, 6:7], cache.pos, cache)
+        full, step = full_and_step(lm.model, prompt)
         for rank in (0, 1):
             got = torch.load(tmp_path / f"ckpt_logits{rank}.pt")[path]
             torch.testing.assert_close(got["full"], full, atol=1e-5, rtol=1e-4)

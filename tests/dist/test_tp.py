@@ -15,7 +15,7 @@ from lhama.engine import EngineConfig, LLMEngine
 from lhama.errors import ConfigError
 from lhama.generate import SamplingParams
 from lhama.loader import load_model
-from lhama.model import StaticKVCache, get_config
+from lhama.model import get_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -36,12 +36,9 @@ def _run(tmp_path, config: str, engine: bool) -> None:
 def _reference(config: str):
     lm = load_model(config, dtype=torch.float32, device="cpu", seed=5, tokenizer="llama3" if "llama2" in config else None)
     prompt = torch.tensor([[7, 300, 21, 9000, 4, 55, 123, 8, 8, 100]])
-    with torch.inference_mode():
-        full = lm.model(prompt)
-        cache = StaticKVCache(lm.model.args, 1, 32)
-        lm.model(prompt[:, :6], 0, cache)
-        cache.advance(6)
-        step = lm.model(prompt[:, 6:7], cache.pos, cache)
+    from tp_worker import full_and_step
+
+    full, step = full_and_step(lm.model, prompt)
     return lm, full, step
 
 

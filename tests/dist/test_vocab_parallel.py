@@ -21,7 +21,7 @@ from lhama.dist.vocab import VocabParallelEmbedding, VocabShard
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.generate import SamplingParams
 from lhama.loader import load_model
-from lhama.model import ModelArgs, StaticKVCache, build_model, get_config
+from lhama.model import ModelArgs, build_model, get_config
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -150,12 +150,9 @@ def test_plan_counts_what_a_rank_holds():
 
 def _single_process(path, quantize=None):
     lm = load_model(path, dtype=torch.float32, device="cpu", tokenizer="llama3", quantize=quantize)
-    with torch.inference_mode():
-        full = lm.model(PROMPT)
-        cache = StaticKVCache(lm.model.args, 1, 32)
-        lm.model(PROMPT[:, :6], 0, cache)
-        cache.advance(6)
-        step = lm.model(PROMPT[:, 6:7], cache.pos, cache)
+    from tp_worker import full_and_step
+
+    full, step = full_and_step(lm.model, PROMPT)
     return lm, full, step
 
 

@@ -8,6 +8,19 @@ import os
 import torch
 
 
+@torch.inference_mode()
+def full_and_step(model, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every position without a cache, and of one decode step (position 6) over a
+    cache filled with the first 6 tokens: what TP ranks and one process are compared on."""
+    from lhama.model import StaticKVCache
+
+    full = model(prompt)
+    cache = StaticKVCache(model.args, 1, 32)
+    model(prompt[:, :6], 0, cache)
+    cache.advance(6)
+    return full, model(prompt[:, 6:7], cache.pos, cache)
+
+
 def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -15,18 +28,11 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
 
     from lhama.dist.tp import init_distributed, load_tp_model
     from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
-    from lhama.model import StaticKVCache
-
     init_distributed("gloo", "cpu")
     lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
                        tokenizer="llama3" if "llama2" in config else None)  # no Llama 2 tokenizer ships
     prompt = torch.tensor([[7, 300, 21, 9000, 4, 55, 123, 8, 8, 100]])
-    with torch.inference_mode():
-        full = lm.model(prompt)  # every position, no cache
-        cache = StaticKVCache(lm.model.args, 1, 32)
-        lm.model(prompt[:, :6], 0, cache)
-        cache.advance(6)
-        step = lm.model(prompt[:, 6:7], cache.pos, cache)  # one decode step over the cache
+    full, step = full_and_step(lm.model, prompt)
     torch.save({"full": full, "step": step}, f"{out_dir}/logits{rank}.pt")
     if engine:
         from lhama.engine import EngineConfig
@@ -58,8 +64,6 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
     import torch.distributed as dist
 
     from lhama.dist.tp import init_distributed, load_tp_model
-    from lhama.model import StaticKVCache
-
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}
@@ -67,12 +71,7 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
         path, _, quant = entry.partition("::")
         lm = load_tp_model(path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3",
                            quantize=quant or None)
-        with torch.inference_mode():
-            full = lm.model(prompt)
-            cache = StaticKVCache(lm.model.args, 1, 32)
-            lm.model(prompt[:, :6], 0, cache)
-            cache.advance(6)
-            step = lm.model(prompt[:, 6:7], cache.pos, cache)
+        full, step = full_and_step(lm.model, prompt)
         out[entry] = {"full": full, "step": step, "report": dataclasses.asdict(lm.model.load_report),
                       "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()},
                       "state": {n: t.clone() for n, t in lm.model.state_dict().items()

@@ -233,7 +233,7 @@ def rope_scaling_from_divisors(divisors: torch.Tensor, args: ModelArgs, path: Pa
 def _to_torch(t, dtype: torch.dtype | None) -> torch.Tensor:
     """Dequantize one reader tensor into a fresh torch tensor of ``dtype`` (torch shape)."""
     Q = gguf.GGMLQuantizationType
-    shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    shape = gguf_shape(t)
     if t.tensor_type in (Q.F32, Q.F16):  # copy out of the read-only memory map
         out = torch.from_numpy(np.array(t.data)).reshape(shape)
     elif t.tensor_type == Q.BF16:
@@ -243,9 +243,14 @@ def _to_torch(t, dtype: torch.dtype | None) -> torch.Tensor:
     return cast(out, dtype)
 
 
+def gguf_shape(t) -> tuple[int, ...]:
+    """A GGUF tensor's shape in PyTorch order (GGUF lists dimensions innermost first)."""
+    return tuple(int(n) for n in reversed(t.shape.tolist()))
+
+
 def gguf_model_args(reader, md: dict, path: Path):
-    """(ModelArgs, tensors by GGUF name) of an open reader, without reading the weights (only the
-    small rope_freqs tensor, where Llama 3.1 files store their RoPE scaling)."""
+    """(ModelArgs, reader tensors by our names) of an open reader, without reading the weights
+    (only the small rope_freqs tensor, where Llama 3.1 files store their RoPE scaling)."""
     by_name = {t.name: t for t in reader.tensors}
     emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
     if emb is None:
@@ -253,7 +258,15 @@ def gguf_model_args(reader, md: dict, path: Path):
     freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path) if ROPE_FREQS in by_name else None
     args = args_from_gguf(md, path, vocab_size=int(emb.shape[-1]), tied="output.weight" not in by_name,
                           rope_freqs=freqs)
-    return args, by_name
+    tensors = {}
+    for name, t in by_name.items():
+        if name == ROPE_FREQS:
+            continue
+        ours = GGUF_NAMES.to_ours(name)
+        if ours is None:
+            raise CheckpointError(path, "unexpected tensor, not part of a Llama model", tensor=name)
+        tensors[ours] = t
+    return args, tensors
 
 
 def read_gguf(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32):
@@ -261,19 +274,14 @@ def read_gguf(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32
     path = Path(path)
     reader = _open(path)
     md = _metadata(reader, path)
-    args, by_name = gguf_model_args(reader, md, path)
+    args, tensors = gguf_model_args(reader, md, path)
     expected = expected_shapes(args)
     state_dict: dict[str, torch.Tensor] = {}
-    for name, t in by_name.items():
-        if name == ROPE_FREQS:
-            continue
-        ours = GGUF_NAMES.to_ours(name)
-        if ours is None:
-            raise CheckpointError(path, "unexpected tensor, not part of a Llama model", tensor=name)
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+    for ours, t in tensors.items():
+        shape = gguf_shape(t)
         if ours in expected and shape != expected[ours]:  # before paying for dequantization
             raise CheckpointError(path, f"shape {shape} does not match the metadata, which needs {expected[ours]}",
-                                  tensor=name)
+                                  tensor=t.name)
         state_dict[ours] = _dequantize(t, dtype, path)
     check_state_dict(state_dict, args, path, name_of=lambda n: GGUF_NAMES.to_theirs(n))
     return args, state_dict, md

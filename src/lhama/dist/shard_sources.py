@@ -256,20 +256,12 @@ class GGUFSource(ShardSource):
     format = "gguf"
 
     def __init__(self, path: Path):
-        from lhama.checkpoints.gguf import GGUF_NAMES, ROPE_FREQS, _metadata, _open, gguf_model_args
+        from lhama.checkpoints.gguf import GGUF_NAMES, _metadata, _open, gguf_model_args, gguf_shape
 
         self.path, self._names = path, GGUF_NAMES
         reader = _open(path)
-        self.args, by_name = gguf_model_args(reader, _metadata(reader, path), path)
-        self._tensors, self.shapes = {}, {}
-        for theirs, t in by_name.items():
-            if theirs == ROPE_FREQS:
-                continue
-            ours = GGUF_NAMES.to_ours(theirs)
-            if ours is None:
-                raise CheckpointError(path, "unexpected tensor, not part of a Llama model", tensor=theirs)
-            self._tensors[ours] = t
-            self.shapes[ours] = tuple(int(n) for n in reversed(t.shape.tolist()))
+        self.args, self._tensors = gguf_model_args(reader, _metadata(reader, path), path)
+        self.shapes = {ours: gguf_shape(t) for ours, t in self._tensors.items()}
 
     def read(self, name, dim, start=0, stop=0):
         import gguf
