@@ -25,7 +25,9 @@ def test_flags_reach_both_configs(tmp_path):
     assert server.served_model_names == ("smol", "alias") and server.data_dir == tmp_path
     assert server.max_body_bytes == 2**20
     assert (engine.max_num_seqs, engine.kv_cache_gb) == (5, 0.5)
+    assert engine.cuda_graphs  # on by default (used on CUDA devices only)
     assert a.func.__name__ == "cmd_serve"
+    assert not configs_from_args(parse("--model", "default", "--enforce-eager"))[1].cuda_graphs
 
 
 def test_bad_values_are_config_errors():
