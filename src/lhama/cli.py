@@ -194,7 +194,7 @@ def cmd_batch(a) -> int:
     from lhama.engine.batch import run_batch_file
 
     if a.ray:
-        from lhama.dist.ray_batch import cmd_batch_ray
+        from lhama.parallel.ray_batch import cmd_batch_ray
 
         return cmd_batch_ray(a)
     lm = _load(a)
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lhama.train.cli import add_train_parsers
 
     add_train_parsers(sub)
-    from lhama.dist.cli import add_plan_parser
+    from lhama.parallel.cli import add_plan_parser
 
     add_plan_parser(sub)
     from lhama.eval.cli import add_eval_parsers

@@ -89,7 +89,7 @@ def cmd_serve(a) -> int:
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(a, "replicas", 1) > 1:
-        from lhama.dist.replicas import serve_replicas
+        from lhama.parallel.replicas import serve_replicas
 
         return serve_replicas(a)
     server_cfg, engine_cfg = configs_from_args(a)
@@ -97,7 +97,7 @@ def cmd_serve(a) -> int:
 
     shields = shields_from_args(a)  # before the model: a bad --shield fails fast
     if getattr(a, "tp", 1) > 1:  # tensor parallel: ranks > 0 never return from start_tp
-        from lhama.dist.serve import start_tp
+        from lhama.parallel.serve import start_tp
 
         loaded, engine = start_tp(a, engine_cfg)
     else:

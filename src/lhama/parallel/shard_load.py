@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from lhama.checkpoints.layout import check_state_dict, expected_shapes
-from lhama.dist.tp import check_tp, owned_range, shard_args
-from lhama.dist.vocab import VOCAB_SHARDED, shard_vocab
+from lhama.parallel.tp import check_tp, owned_range, shard_args
+from lhama.parallel.vocab import VOCAB_SHARDED, shard_vocab
 from lhama.errors import CheckpointError
 from lhama.model import ModelArgs, Transformer
 
@@ -52,7 +52,7 @@ class ShardLoadReport:
 def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device, rank: int = 0, tp: int = 1) -> Transformer:
     """The shard-shaped model with uninitialised weights allocated directly at ``dtype``
     (``build_model`` would allocate fp32 first and convert: twice the memory for a moment).
-    With tp > 1 the embedding and head hold only the rank's vocab rows (``lhama.dist.vocab``)."""
+    With tp > 1 the embedding and head hold only the rank's vocab rows (``lhama.parallel.vocab``)."""
     with torch.device("meta"):
         model = Transformer(local).to(dtype)
         if tp > 1:
@@ -100,7 +100,7 @@ def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype
                      max_seq_len: int | None = None) -> tuple[Transformer, ModelArgs, ShardLoadReport]:
     """(rank's model, the full model's args, report) reading only this rank's blocks of ``path``
     (GGUF file, HF folder or Meta folder). The model has no all-reduce hooks yet."""
-    from lhama.dist.shard_sources import open_source
+    from lhama.parallel.shard_sources import open_source
 
     t0 = time.perf_counter()
     with open_source(path) as src:

@@ -6,7 +6,7 @@ parallel: each rank computes its heads / its slice of the hidden layer, no commu
 wo and w2 keep the matching block of columns (row-parallel: each rank's product is a partial
 sum), and one all-reduce after each of them restores the full activation. Two all-reduces per
 layer, as in Megatron-LM and gpt-fast's tp.py. The token embedding and the LM head are split by
-vocab rows (``lhama.dist.vocab``): one all-reduce after the lookup, one all-gather of the logits.
+vocab rows (``lhama.parallel.vocab``): one all-reduce after the lookup, one all-gather of the logits.
 Only the norms are replicated.
 
 Grouped-query attention splits cleanly when the KV heads divide by the rank count: rank r
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lhama.dist.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
+from lhama.parallel.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs, Transformer
 
@@ -108,7 +108,7 @@ def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int,
     """This rank's model from full weights already in memory (e.g. a model just trained): only
     its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
     the full weights."""
-    from lhama.dist.shard_load import empty_shard_model
+    from lhama.parallel.shard_load import empty_shard_model
 
     model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
     state = shard_state_dict(full_state, rank, tp)
@@ -157,14 +157,14 @@ def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_for
     """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
 
     A checkpoint is read block by block: the rank reads only the rows/columns it owns and never
-    holds the full state dict (``lhama.dist.shard_load``); ``model.load_report`` says how much it
+    holds the full state dict (``lhama.parallel.shard_load``); ``model.load_report`` says how much it
     holds. A named config draws the same random weights on every rank (same seed), a tensor at a
     time, and keeps its slices. ``quantize`` ("int8", "int4", "fp8" or a ``QuantConfig``)
     quantizes the rank's shard after loading, before the collectives are hooked in.
     """
     import time
 
-    from lhama.dist.shard_load import load_shard_model, random_shard_model
+    from lhama.parallel.shard_load import load_shard_model, random_shard_model
     from lhama.loader import LoadedModel, _format_of, default_dtype, resolve_model_spec
     from lhama.model import get_config
     from lhama.tokenizer import load_chat_format, load_tokenizer

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lhama.dist.tp import check_tp, shard_args
+from lhama.parallel.tp import check_tp, shard_args
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.errors import ConfigError
 from lhama.generate import SamplingParams

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lhama.dist.ray_batch import ModelSpec, run_batch_ray
+from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 from lhama.engine import EngineConfig
 from lhama.engine.batch import run_batch_file
 from lhama.loader import load_model

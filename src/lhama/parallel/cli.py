@@ -7,7 +7,7 @@ import json
 
 
 def add_plan_parser(subparsers) -> argparse.ArgumentParser:
-    from lhama.dist.plan import KV_BYTES
+    from lhama.parallel.plan import KV_BYTES
     from lhama.model.sizing import WEIGHT_BYTES
 
     p = subparsers.add_parser("plan", help="memory per GPU (weights, KV cache, activations): does it fit?",
@@ -40,7 +40,7 @@ def _model_args(target: str):
 
 
 def cmd_plan(a) -> int:
-    from lhama.dist.plan import PlanRequest, plan
+    from lhama.parallel.plan import PlanRequest, plan
 
     args, name = _model_args(a.model)
     req = PlanRequest(dtype=a.dtype, kv_dtype=a.kv_dtype, context=a.context, batch=a.batch, gpus=a.gpus,

@@ -26,7 +26,7 @@ from lhama.engine.engine import LLMEngine
 from lhama.engine.paged_cache import PagedKVCache
 from lhama.engine.runner import ModelRunner
 
-log = logging.getLogger("lhama.dist")
+log = logging.getLogger("lhama.parallel")
 
 _STEP, _STOP, _INIT, _FORWARD = "step", "stop", "init", "forward"
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from lhama.dist.tp import params_per_rank
+from lhama.parallel.tp import params_per_rank
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs
 from lhama.model.sizing import GIB, WEIGHT_BYTES

@@ -4,7 +4,7 @@ Launched plainly (``lhama serve --tp 2``), the process becomes rank 0 and starts
 as copies of itself on this machine (same arguments, RANK/WORLD_SIZE in the environment, like
 torchrun does). Launched by ``torchrun --nproc-per-node N -m lhama.cli serve --tp N`` (or across
 machines with torchrun's rendezvous flags), it uses the environment torchrun set up. Rank 0 runs
-the HTTP server and the engine; the others follow its steps (``lhama.dist.tp_engine``).
+the HTTP server and the engine; the others follow its steps (``lhama.parallel.tp_engine``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from lhama.errors import ConfigError
 
-log = logging.getLogger("lhama.dist")
+log = logging.getLogger("lhama.parallel")
 
 
 def _free_port() -> int:
@@ -62,8 +62,8 @@ def _die_with_parent() -> None:
 
 def start_tp(a, engine_cfg):
     """Rank 0: returns (loaded, AsyncEngine). Other ranks follow rank 0 and exit when it stops."""
-    from lhama.dist.tp import init_distributed, load_tp_model
-    from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+    from lhama.parallel.tp import init_distributed, load_tp_model
+    from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
     from lhama.engine import AsyncEngine
 
     tp = a.tp
@@ -93,7 +93,7 @@ def start_tp(a, engine_cfg):
         log.info("rank %d: rank 0 stopped after %d steps", rank, steps)
         sys.exit(0)
     engine = tp_engine(loaded, engine_cfg, channel)
-    from lhama.dist.tp import tp_info
+    from lhama.parallel.tp import tp_info
 
     print(f"lhama: {tp_info(loaded.model)}", file=sys.stderr, flush=True)
     async_engine = AsyncEngine(engine)

@@ -26,8 +26,8 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from lhama.dist.tp import init_distributed, load_tp_model
-    from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+    from lhama.parallel.tp import init_distributed, load_tp_model
+    from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
     init_distributed("gloo", "cpu")
     lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
                        tokenizer="llama3" if "llama2" in config else None)  # no Llama 2 tokenizer ships
@@ -63,7 +63,7 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from lhama.dist.tp import init_distributed, load_tp_model
+    from lhama.parallel.tp import init_distributed, load_tp_model
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}
@@ -78,7 +78,7 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
                                 if n.startswith(("output.", "tok_embeddings."))}}
     torch.save(out, f"{out_dir}/ckpt_logits{rank}.pt")
     if engine:
-        from lhama.dist.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+        from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
         from lhama.engine import EngineConfig
         from lhama.generate import SamplingParams
 
@@ -105,8 +105,8 @@ def run_rank_shard_logits(rank: int, world: int, port: int, out_dir: str, path: 
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from lhama.dist.shard_load import load_shard_model
-    from lhama.dist.tp import attach_collectives
+    from lhama.parallel.shard_load import load_shard_model
+    from lhama.parallel.tp import attach_collectives
 
     dist.init_process_group("gloo")
     model, _, _ = load_shard_model(path, rank, world, dtype=torch.float32, device=device)

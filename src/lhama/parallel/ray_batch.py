@@ -21,7 +21,7 @@ from lhama.engine.batch import BatchSummary, _error, _LineError, _Output, _parse
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
 
-log = logging.getLogger("lhama.dist")
+log = logging.getLogger("lhama.parallel")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import time
 
 from lhama.errors import ConfigError
 
-log = logging.getLogger("lhama.dist")
+log = logging.getLogger("lhama.parallel")
 
 _PINNED = ("/v1/files", "/v1/batches")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",

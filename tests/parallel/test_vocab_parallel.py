@@ -14,10 +14,10 @@ import torch
 import torch.multiprocessing as mp
 
 from lhama.checkpoints import read_checkpoint, write_checkpoint
-from lhama.dist.plan import PlanRequest, plan
-from lhama.dist.shard_load import load_shard_model, random_shard_model
-from lhama.dist.tp import params_per_rank, shard_tensor
-from lhama.dist.vocab import VocabParallelEmbedding, VocabShard
+from lhama.parallel.plan import PlanRequest, plan
+from lhama.parallel.shard_load import load_shard_model, random_shard_model
+from lhama.parallel.tp import params_per_rank, shard_tensor
+from lhama.parallel.vocab import VocabParallelEmbedding, VocabShard
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.generate import SamplingParams
 from lhama.loader import load_model
@@ -107,7 +107,7 @@ def test_each_rank_reads_only_its_vocab_rows(ckpts3, fmt):
 
 
 def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
-    from lhama.dist.tp import shard_model
+    from lhama.parallel.tp import shard_model
 
     args = ARGS3.with_(tie_embeddings=True)
     full = build_model(args, init="random", seed=2).state_dict()
@@ -124,8 +124,8 @@ def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
 def test_embedding_and_head_bytes_per_rank_are_one_over_tp(name, tp):
     args = get_config(name).args
     with torch.device("meta"):
-        from lhama.dist.shard_load import empty_shard_model
-        from lhama.dist.tp import shard_args
+        from lhama.parallel.shard_load import empty_shard_model
+        from lhama.parallel.tp import shard_args
 
         model = empty_shard_model(shard_args(args, tp), torch.bfloat16, "meta", 0, tp)
     vocab = {id(p): p.numel() for n, p in model.named_parameters() if n in ("tok_embeddings.weight", "output.weight")}

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from lhama.dist.plan import PlanRequest, plan
+from lhama.parallel.plan import PlanRequest, plan
 from lhama.errors import ConfigError
 from lhama.model import get_config
 from lhama.model.sizing import GIB

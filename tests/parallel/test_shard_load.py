@@ -16,8 +16,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from lhama.checkpoints import read_checkpoint, write_checkpoint
-from lhama.dist.shard_load import load_shard_model, random_shard_model
-from lhama.dist.tp import shard_tensor
+from lhama.parallel.shard_load import load_shard_model, random_shard_model
+from lhama.parallel.tp import shard_tensor
 from lhama.errors import CheckpointError, ConfigError
 from lhama.loader import load_model
 from lhama.model import ModelArgs, build_model, get_config

@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 from lhama.checkpoints import load_model, read_checkpoint, write_checkpoint
-from lhama.dist.shard_load import load_shard_model
-from lhama.dist.tp import shard_tensor
+from lhama.parallel.shard_load import load_shard_model
+from lhama.parallel.tp import shard_tensor
 from lhama.model import ModelArgs, build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
