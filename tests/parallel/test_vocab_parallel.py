@@ -107,12 +107,12 @@ def test_each_rank_reads_only_its_vocab_rows(ckpts3, fmt):
 
 
 def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
-    from lhama.parallel.tp import shard_model
+    from lhama.parallel.tp import shard_for_tp
 
     args = ARGS3.with_(tie_embeddings=True)
     full = build_model(args, init="random", seed=2).state_dict()
     for rank in range(3):
-        model = shard_model(full, args, rank, 3)
+        model = shard_for_tp(full, args, rank, 3)
         assert model.output.weight is model.tok_embeddings.weight
         for name, p in model.named_parameters():
             assert torch.equal(p, shard_tensor(name, full[name], rank, 3)), (rank, name)

@@ -26,7 +26,8 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from lhama.parallel.tp import init_distributed, load_tp_model
+    from lhama.parallel.runtime import init_distributed
+    from lhama.parallel.tp import load_tp_model
     from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
     init_distributed("gloo", "cpu")
     lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
@@ -63,7 +64,8 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from lhama.parallel.tp import init_distributed, load_tp_model
+    from lhama.parallel.runtime import init_distributed
+    from lhama.parallel.tp import load_tp_model
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}

@@ -10,6 +10,7 @@ the HTTP server and the engine; the others follow its steps (``lhama.parallel.tp
 from __future__ import annotations
 
 import atexit
+import datetime
 import logging
 import os
 import signal
@@ -62,9 +63,10 @@ def _die_with_parent() -> None:
 
 def start_tp(a, engine_cfg):
     """Rank 0: returns (loaded, AsyncEngine). Other ranks follow rank 0 and exit when it stops."""
-    from lhama.parallel.tp import init_distributed, load_tp_model
-    from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
     from lhama.engine import AsyncEngine
+    from lhama.parallel.runtime import init_distributed
+    from lhama.parallel.tp import load_tp_model
+    from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
 
     tp = a.tp
     if "WORLD_SIZE" not in os.environ:
@@ -81,7 +83,8 @@ def start_tp(a, engine_cfg):
                           "(lhama.train.lora.merge_lora, then export the merged checkpoint)")
     from lhama.cli import _quant_config
 
-    rank, _ = init_distributed(device=a.device)
+    # A server can sit idle for days between requests: followers wait in a broadcast that long.
+    rank, _ = init_distributed(device=a.device, timeout=datetime.timedelta(days=365))
     dtype = getattr(torch, a.dtype) if a.dtype else None
     # --quantize: each rank quantizes its own shard after loading (int8 scales are per row, so
     # the vocab-parallel head's shard quantizes exactly like those rows of the whole head).

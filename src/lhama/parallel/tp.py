@@ -22,9 +22,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lhama.parallel.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs, Transformer
+from lhama.parallel.runtime import local_device
+from lhama.parallel.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 
 # Row blocks (column-parallel) and column blocks (row-parallel) of each layer's weights.
 _COLWISE = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
@@ -103,8 +104,8 @@ def attach_collectives(model: Transformer, group=None) -> None:
         model.output.register_forward_hook(model.vocab_gather)
 
 
-def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
-                dtype=torch.float32, device="cpu", group=None) -> Transformer:
+def shard_for_tp(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
+                 dtype=torch.float32, device="cpu", group=None) -> Transformer:
     """This rank's model from full weights already in memory (e.g. a model just trained): only
     its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
     the full weights."""
@@ -124,34 +125,6 @@ def shard_model(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int,
     return model.eval()
 
 
-def init_distributed(backend: str | None = None, device: str | torch.device | None = None):
-    """Join the process group torchrun (or ``lhama serve --tp``) set up in the environment:
-    RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT. NCCL with one GPU per rank, gloo on CPUs."""
-    import datetime
-    import os
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    use_cuda = (device is None and torch.cuda.is_available()) or str(device or "").startswith("cuda")
-    backend = backend or ("nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    # A server can sit idle for days between requests: followers wait in a broadcast that long.
-    dist.init_process_group(backend, timeout=datetime.timedelta(days=365))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def local_device(device: str | torch.device | None) -> torch.device:
-    import os
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
 def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
                   max_seq_len=None, seed: int = 0, group=None, quantize=None):
     """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
@@ -164,8 +137,8 @@ def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_for
     """
     import time
 
-    from lhama.parallel.shard_load import load_shard_model, random_shard_model
     from lhama.loader import LoadedModel, _format_of, default_dtype, resolve_model_spec
+    from lhama.parallel.shard_load import load_shard_model, random_shard_model
     from lhama.model import get_config
     from lhama.tokenizer import load_chat_format, load_tokenizer
 

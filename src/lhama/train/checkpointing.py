@@ -18,24 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from lhama.errors import CheckpointError
+from lhama.parallel.runtime import barrier, process_rank
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
-def _dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    return dist.get_rank() if _dist() else 0
-
-
-def _barrier() -> None:
-    if _dist():
-        dist.barrier()
 
 
 def rng_state() -> dict[str, Any]:
@@ -77,20 +64,20 @@ def save_checkpoint(root: Path, step: int, state: dict[str, Any] | None, keep: i
     root = Path(root)
     final = root / f"step-{step:06d}"
     tmp = root / f"step-{step:06d}.tmp"
-    if _rank() == 0:
+    if process_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    _barrier()
-    _atomic_torch_save(rng_state(), tmp / f"rng-rank{_rank()}.pt")
-    _barrier()
-    if _rank() == 0:
+    barrier()
+    _atomic_torch_save(rng_state(), tmp / f"rng-rank{process_rank()}.pt")
+    barrier()
+    if process_rank() == 0:
         _atomic_torch_save(state, tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)  # a re-run of the same step after a resume
         os.rename(tmp, final)
         write_text_atomic(root / "latest", final.name + "\n")
         _prune(root, keep, final)
-    _barrier()
+    barrier()
     return final
 
 
@@ -127,6 +114,6 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any] | None
         state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(folder / "state.pt", f"cannot read training checkpoint ({e})") from None
-    rng_file = folder / f"rng-rank{_rank()}.pt"
+    rng_file = folder / f"rng-rank{process_rank()}.pt"
     rng = torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None
     return state, rng

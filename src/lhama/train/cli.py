@@ -133,9 +133,9 @@ def cmd_finetune(a: argparse.Namespace) -> int:
         from lhama.train.sft import run_sft
 
         summary = run_sft(opts, cfg, lora, resume=a.resume)
-    from lhama.train.sft import _rank
+    from lhama.parallel.runtime import is_main_process
 
-    if _rank() == 0:
+    if is_main_process():
         summary.pop("config", None)
         print(json.dumps(summary, default=str), file=sys.stdout, flush=True)
     return 0

@@ -179,7 +179,8 @@ def run_distill(opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: st
     """Distil ``opts.model`` (the teacher) into ``student`` on ``opts.data``; ``opts.eval_data``
     gives held-out perplexity of student (and teacher) before/after. Returns the summary."""
     from lhama.train.dpo import write_run_outputs
-    from lhama.train.sft import init_distributed, load_for_training, pad_id_of
+    from lhama.parallel.runtime import init_distributed
+    from lhama.train.sft import load_for_training, pad_id_of
 
     init_distributed()
     teacher_lm = load_for_training(opts, cfg)

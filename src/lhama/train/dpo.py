@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from lhama.errors import ConfigError
+from lhama.parallel.runtime import barrier, is_main_process
 from lhama.train.data import IGNORE, BatchIterator, read_jsonl
 from lhama.train.lora import LoRALinear, apply_lora, save_peft_adapter
 from lhama.train.outputs import export_weights, full_state_dict, merged_state_dict
@@ -315,7 +315,7 @@ def write_run_outputs(model: nn.Module, lm, opts, cfg, lora, summary: dict[str, 
     """Adapter (LoRA) and/or full weights, and summary.json, as the SFT recipe writes them."""
     out = Path(cfg.output_dir)
     state = full_state_dict(model)  # collective under FSDP
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+    if is_main_process():
         if lora is not None:
             adapter = save_peft_adapter(model, out / "adapter", base_model=str(lm.path or opts.model),
                                         state={k: v for k, v in state.items() if ".lora_" in k})
@@ -328,8 +328,7 @@ def write_run_outputs(model: nn.Module, lm, opts, cfg, lora, summary: dict[str, 
         summary["metrics"], summary["loss_curve"] = str(out / "metrics.jsonl"), str(out / "loss.png")
         summary["config"] = {"train": asdict(cfg), "lora": asdict(lora) if lora else None, "options": asdict(opts)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     return summary
 
 
@@ -348,7 +347,8 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
             resume: bool = False) -> dict[str, Any]:
     """DPO on preference JSONL (``opts.data``), full or LoRA; ``opts.eval_data`` (pairs) gives the
     held-out chosen-vs-rejected margin before and after. Returns the summary (summary.json)."""
-    from lhama.train.sft import init_distributed, load_for_training
+    from lhama.parallel.runtime import init_distributed
+    from lhama.train.sft import load_for_training
 
     init_distributed()
     lm = load_for_training(opts, cfg)

@@ -9,22 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from lhama.errors import ConfigError
+from lhama.parallel.runtime import is_distributed
 from lhama.train.data import Row, collate
 
 EXPORT_FORMATS = ("safetensors", "gguf")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of the model on the CPU, gathered from FSDP shards when sharded (collective)."""
-    if _distributed():
+    if is_distributed():
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

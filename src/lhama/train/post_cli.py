@@ -10,9 +10,9 @@ import sys
 
 
 def _print_summary(summary: dict) -> None:
-    from lhama.train.sft import _rank
+    from lhama.parallel.runtime import is_main_process
 
-    if _rank() == 0:
+    if is_main_process():
         summary = {k: v for k, v in summary.items() if k != "config"}
         print(json.dumps(summary, default=str), file=sys.stdout, flush=True)
 

@@ -8,15 +8,14 @@ which ``pretrain.py`` reuses.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 
 from lhama.errors import ConfigError
+from lhama.parallel.runtime import barrier, init_distributed, is_initialized, is_main_process
 from lhama.train.config import LoraConfig, TrainConfig
 from lhama.train.data import BatchIterator, Row, load_chat_examples, make_rows
 from lhama.train.lora import apply_lora, lora_state_dict, save_peft_adapter
@@ -52,27 +51,11 @@ class RecipeOptions:
 RECIPE_KEYS = tuple(f for f in RecipeOptions.__dataclass_fields__)
 
 
-def init_distributed() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on GPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return dist.is_available() and dist.is_initialized()
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    return True
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def load_for_training(opts: RecipeOptions, cfg: TrainConfig):
     from lhama.loader import load_model
 
     device = opts.device
-    if device is None and dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+    if device is None and is_initialized() and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
     lm = load_model(opts.model, dtype=getattr(torch, opts.model_dtype), device=device, tokenizer=opts.tokenizer,
                     chat_format=opts.chat_format, seed=cfg.seed)
@@ -122,7 +105,7 @@ def run_recipe(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, *
         summary["eval_loss_after"] = heldout_loss(model, eval_rows)
     out = Path(cfg.output_dir)
     state = full_state_dict(model)  # collective under FSDP
-    if _rank() == 0:
+    if is_main_process():
         if lora is not None:
             adapter = save_peft_adapter(model, out / "adapter", base_model=str(lm.path or opts.model),
                                         state={k: v for k, v in state.items() if k in lora_state_dict_keys(state)})
@@ -137,8 +120,7 @@ def run_recipe(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, *
         summary["loss_curve"] = str(out / "loss.png")
         summary["config"] = {"train": asdict(cfg), "lora": asdict(lora) if lora else None, "options": asdict(opts)}
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     return summary
 
 
@@ -155,4 +137,4 @@ def run_sft(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = Non
     return run_recipe(opts, cfg, lora, resume=resume, to_examples=chat_examples, recipe="lora" if lora else "sft")
 
 
-__all__ = ["RecipeOptions", "run_sft", "run_recipe", "init_distributed", "load_for_training", "lora_state_dict"]
+__all__ = ["RecipeOptions", "run_sft", "run_recipe", "load_for_training", "lora_state_dict"]

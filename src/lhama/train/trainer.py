@@ -29,6 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from lhama.errors import ConfigError
+from lhama.parallel.fsdp import fsdp_wrap
+from lhama.parallel.runtime import is_distributed, process_rank, world_size
 from lhama.train.checkpointing import (latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state,
                                        write_text_atomic)
 from lhama.train.config import TrainConfig
@@ -108,9 +110,8 @@ class Trainer:
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, cfg: TrainConfig,
                  params: list[nn.Parameter] | None = None):
         self.cfg, self.loss_fn, self.data = cfg, loss_fn, data
-        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
+        self.distributed = is_distributed()
+        self.rank, self.world = (process_rank(), world_size()) if self.distributed else (0, 1)
         if cfg.batch_size % self.world:
             raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({self.world})")
         chosen = {id(p) for p in params} if params is not None else None
@@ -122,7 +123,7 @@ class Trainer:
         if hasattr(model, "gradient_checkpointing"):
             model.gradient_checkpointing = cfg.grad_checkpointing
         if self.distributed:
-            model = shard_model(model)
+            model = fsdp_wrap(model)
         self.model = model
         named = dict(model.named_parameters())
         self.params = [named[n] for n in self.trainable]
@@ -341,14 +342,3 @@ def plot_loss_curve(history: list[dict[str, Any]], path: Path, title: str = "tra
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def shard_model(model: nn.Module) -> nn.Module:
-    """FSDP2: each transformer block is its own shard group, the root holds embeddings, final
-    norm and head (one group, so tied embeddings stay one parameter)."""
-    from torch.distributed.fsdp import fully_shard
-
-    for layer in getattr(model, "layers", []):
-        fully_shard(layer)
-    fully_shard(model)
-    return model
