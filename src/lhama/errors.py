@@ -98,3 +98,17 @@ class ToolError(LhamaError, ValueError):
 
     http_status = 400
     code = "tool_error"
+
+
+class MissingExtraError(LhamaError, ImportError):
+    """A command needs an optional part of lhama (an "extra") that is not installed. The message
+    is one line that names the ``pip install 'lhama[EXTRA]'`` to run."""
+
+    http_status = 501
+    code = "missing_extra"
+
+    def __init__(self, module: str, extra: str, reason: str | None = None):
+        self.module = module
+        self.extra = extra
+        why = reason or f"{module} is not installed"
+        super().__init__(f"this needs lhama's '{extra}' extra ({why}): pip install 'lhama[{extra}]'")

@@ -20,6 +20,7 @@ from pathlib import Path
 from lhama.engine.batch import BatchSummary, _error, _LineError, _Output, _parse_unique_line
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
+from lhama.extras import require
 
 log = logging.getLogger("lhama.parallel")
 
@@ -71,7 +72,7 @@ class BatchWorker:
 def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None,
                   *, workers: int = 2, chunk_size: int | None = None, address: str | None = None,
                   progress: bool = True) -> BatchSummary:
-    import ray
+    ray = require("ray", "ray")
 
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")

@@ -21,6 +21,7 @@ import threading
 import time
 
 from lhama.errors import ConfigError
+from lhama.extras import require
 
 log = logging.getLogger("lhama.parallel")
 
@@ -127,7 +128,7 @@ def build_proxy(ports: list[int]):
 
 
 def serve_replicas(a) -> int:
-    import ray
+    ray = require("ray", "ray")
     import uvicorn
 
     n = a.replicas
