@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
+
+from lhama.extras import require
+
+TemplateLM = require("lm_eval.api.model", "eval").TemplateLM
+register_model = require("lm_eval.api.registry", "eval").register_model
 
 log = logging.getLogger("lhama.eval")
 

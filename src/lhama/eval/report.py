@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from lhama.eval.runner import TaskResult
+from lhama.extras import require
 
 _PERCENT = {"acc", "acc_norm", "accuracy", "answered", "win_rate", "tie_rate", "loss_rate", "win_rate_ties_half",
             "order_consistency", "first_slot_preference", "no_verdict_rate"}
@@ -61,10 +62,9 @@ def markdown(report: dict) -> str:
 
 def chart(report: dict, path: Path) -> None:
     """Main metric per task, rates and scores on one panel, perplexity-like numbers on another."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "eval")
 
     rows = [(f"{r['task']}\n{r['model']}" if len({x['model'] for x in report['results']}) > 1 else r["task"],
              r["primary_metric"], r["metrics"][r["primary_metric"]]) for r in report["results"]]

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from lhama.extras import require
 from lhama.rag.chunking import ChunkDraft
 from lhama.rag.errors import VectorStoreError
 from lhama.rag.store import ChunkRecord, FileRecord, VectorStore, embedding_text, query_terms
@@ -21,8 +22,8 @@ from lhama.rag.store import ChunkRecord, FileRecord, VectorStore, embedding_text
 
 class PgVectorStore(VectorStore):
     def __init__(self, dsn: str, namespace: str = "lhama_rag"):
-        import psycopg
-        from pgvector.psycopg import register_vector
+        psycopg = require("psycopg", "pg")
+        register_vector = require("pgvector.psycopg", "pg").register_vector
 
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", namespace):
             raise VectorStoreError(f"namespace must be a lower-case SQL identifier, got '{namespace}'")

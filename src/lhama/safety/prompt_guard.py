@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lhama.extras import require
 from lhama.safety.base import (
     ShieldConfigError,
     ShieldError,
@@ -64,11 +65,9 @@ class PromptGuardShield:
     """Input shield: scores the newest user turn and the tool results after it."""
 
     def __init__(self, config: PromptGuardConfig, *, device: str | None = None):
-        try:
-            import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        except ImportError as e:
-            raise ShieldConfigError(f"Prompt Guard needs transformers: pip install 'lhama[safety]' ({e})") from None
+        import torch
+
+        transformers = require("transformers", "safety")
         path = Path(config.path).expanduser()
         if not (path / "config.json").is_file():
             raise ShieldConfigError(f"{path}: not a Hugging Face classifier folder (no config.json); "
@@ -77,8 +76,8 @@ class PromptGuardShield:
         self.name = config.name
         self.stages = frozenset({"input"})
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
             raise ShieldConfigError(f"{path}: cannot load the classifier or its tokenizer: {e}") from None
         self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()

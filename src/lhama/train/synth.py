@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lhama.errors import ConfigError
+from lhama.extras import require
 
 INSTRUCTION_PROMPT = (
     "You write tasks that a user might give to an AI assistant. Here are some examples:\n"
@@ -95,12 +96,11 @@ def repeated_ngram_ratio(text: str, n: int = 3) -> float:
 
 
 def detect_language(text: str) -> str | None:
-    from langdetect import DetectorFactory, LangDetectException, detect
-
-    DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes it deterministic
+    langdetect = require("langdetect", "train")
+    langdetect.DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes it deterministic
     try:
-        return detect(text)
-    except LangDetectException:
+        return langdetect.detect(text)
+    except langdetect.LangDetectException:
         return None
 
 
@@ -142,8 +142,7 @@ class NearDuplicateIndex:
     case, punctuation and spaces are caught too, whatever their length."""
 
     def __init__(self, threshold: float, num_perm: int = 128):
-        from datasketch import MinHashLSH
-
+        MinHashLSH = require("datasketch", "train").MinHashLSH
         self.threshold, self.num_perm = threshold, num_perm
         # LSH banding misses some pairs just above its threshold: query at a lower one for
         # candidates, then keep the decision to the estimated similarity itself.
@@ -152,8 +151,7 @@ class NearDuplicateIndex:
         self.exact: set[str] = set()
 
     def _minhash(self, text: str):
-        from datasketch import MinHash
-
+        MinHash = require("datasketch", "train").MinHash
         w = words(text)
         grams = {" ".join(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
         m = MinHash(num_perm=self.num_perm, seed=1)
