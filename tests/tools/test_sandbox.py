@@ -14,7 +14,13 @@ from lhama.errors import SandboxError
 from lhama.tools import sandbox, sandbox_cgroup
 from lhama.tools.sandbox import SandboxLimits, SandboxResult, run_python
 
-pytestmark = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+@pytest.fixture(autouse=True)
+def bubblewrap_installed():
+    """The sandbox is what keeps model-written code in: without bwrap these tests fail (saying
+    how to install it) rather than skip, so a machine that cannot sandbox is never green."""
+    if sandbox.shutil.which("bwrap") is None:
+        pytest.fail("bubblewrap is not installed; install it: apt-get install -y bubblewrap")
 
 FAST = SandboxLimits(cpu_seconds=3, wall_seconds=8, memory_mb=512, max_processes=16, max_output_bytes=200_000)
 
@@ -121,13 +127,21 @@ def test_no_network_even_to_loopback_listener():
     assert "CONNECTED" not in res.stdout and "BLOCKED" in res.stdout and "NO DNS" in res.stdout
 
 
-def test_fork_bomb_is_contained(pinned_uid):
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["cgroup", "no-cgroup"])
+def test_fork_bomb_is_contained(pinned_uid, use_cgroup):
+    # This bomb swallows its failed forks, so it never dies on its own: it runs out of time, and
+    # is reported as what it is (it sat at the process limit), not as slow code.
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     start = time.monotonic()
-    res = run_python(code, limits=SandboxLimits(cpu_seconds=3, wall_seconds=3, max_processes=16))
-    assert not res.ok and res.killed_reason in {"wall_time", "processes", "cpu_time"}
+    limits = SandboxLimits(cpu_seconds=3, wall_seconds=3, max_processes=16, use_cgroup=use_cgroup)
+    res = run_python(code, limits=limits)
+    assert not res.ok and res.killed_reason == "processes" and not res.timed_out
     assert time.monotonic() - start < 10
     assert _sandbox_processes() == []
+    # A few processes that merely sleep past the wall clock are still a wall_time, not a bomb.
+    res = run_python("import subprocess, time\nkids = [subprocess.Popen(['sleep', '100']) for _ in range(3)]\n"
+                     "time.sleep(100)", limits=SandboxLimits(wall_seconds=2, max_processes=16, use_cgroup=use_cgroup))
+    assert res.killed_reason == "wall_time" and res.timed_out
     # The plain bomb (no except) dies on the first refused fork and is named for it.
     res = run_python("import os\nwhile True:\n    os.fork()\n", limits=SandboxLimits(wall_seconds=5, max_processes=16))
     assert res.killed_reason == "processes" and "BlockingIOError" in res.stderr
@@ -207,6 +221,7 @@ def test_total_memory_of_many_processes_is_capped_by_the_cgroup():
 UNPRIVILEGED = """
 import sys
 sys.path.insert(0, sys.argv[1])
+sys.path.append(sys.argv[2])  # where pyseccomp is (the seccomp filter's builder)
 from lhama.tools.sandbox import SandboxLimits, run_python
 r = run_python("import os; print(os.getuid())", site_packages=False)
 bomb = run_python("import os\\nwhile True:\\n    os.fork()", site_packages=False, limits=SandboxLimits(wall_seconds=5))
@@ -221,9 +236,12 @@ def test_the_unprivileged_path_as_nobody():
     """Run as a normal user, the sandbox uses bwrap's user namespace instead of setpriv."""
     import subprocess
 
+    import pyseccomp
+
     src = str(Path(sandbox.__file__).resolve().parents[2])
+    site = str(Path(pyseccomp.__file__).parent)
     p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-                        UNPRIVILEGED, src], capture_output=True, text=True, timeout=60, cwd="/tmp",
+                        UNPRIVILEGED, src, site], capture_output=True, text=True, timeout=60, cwd="/tmp",
                        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "65534", "processes", "True"]
@@ -236,3 +254,116 @@ def test_concurrent_runs_from_threads():
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda i: run_python(f"print({i} * {i})", limits=FAST), range(6)))
     assert [r.stdout for r in results] == [f"{i * i}\n" for i in range(6)] and all(r.ok for r in results)
+
+
+NAMESPACE_ESCAPES = r"""
+import ctypes, errno, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+
+def call(name, *args):
+    r = getattr(libc, name)(*args)
+    return "ok" if r == 0 else errno.errorcode[ctypes.get_errno()]
+
+def run(*cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    return "ok" if p.returncode == 0 else "failed"
+
+out = {
+    "unshare -U": run("unshare", "-U", "true"),
+    "unshare -Ur mount": run("unshare", "-Urm", "mount", "-t", "tmpfs", "none", "/tmp"),
+    "unshare -n": run("unshare", "-Urn", "true"),
+    "mount": run("mount", "-t", "tmpfs", "none", "/tmp"),
+    # os.unshare arrived in Python 3.12: the libc call is the same system call.
+    "os.unshare(CLONE_NEWUSER)": call("unshare", 0x10000000),
+    "os.unshare(CLONE_NEWNET)": call("unshare", 0x40000000),
+    "os.unshare(CLONE_NEWNS)": call("unshare", 0x00020000),
+    "ptrace(PTRACE_TRACEME)": call("ptrace", 0, 0, 0, 0),
+    "keyctl": call("syscall", 250, 0, 0, 0, 0),
+    "bpf": call("syscall", 321, 0, 0, 0),
+    "perf_event_open": call("syscall", 298, 0, 0, -1, -1, 0),
+    "setns": call("setns", 0, 0),
+}
+kid = os.fork()  # ordinary process and thread creation still work (clone without namespace flags)
+if kid == 0:
+    os._exit(7)
+import threading
+t = threading.Thread(target=lambda: None)
+t.start()
+t.join()
+out["fork"] = os.waitstatus_to_exitcode(os.waitpid(kid, 0)[1])
+out["spawn"] = subprocess.run(["echo", "spawned"], capture_output=True, text=True).stdout.strip()
+import json
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the probe uses x86_64 system call numbers")
+def test_no_namespaces_mounts_ptrace_or_kernel_interfaces():
+    """The seccomp filter: code cannot make user (or any other) namespaces -- in root mode too,
+    where bwrap's --disable-userns cannot be used -- nor mount, ptrace, use keyrings, BPF or perf;
+    ordinary forks, threads and subprocesses still run."""
+    res = run_python(NAMESPACE_ESCAPES, limits=FAST, site_packages=False)
+    assert res.ok, res.stderr
+    out = json.loads(res.stdout)
+    assert out.pop("fork") == 7 and out.pop("spawn") == "spawned"
+    assert {k: v for k, v in out.items() if v not in ("failed", "EPERM")} == {}, out
+    for name in ("os.unshare(CLONE_NEWUSER)", "ptrace(PTRACE_TRACEME)", "keyctl", "bpf", "setns"):
+        assert out[name] == "EPERM", (name, out)
+
+
+def test_the_filter_is_what_stops_user_namespaces(monkeypatch):
+    """Without the seccomp filter the same probe makes a user namespace and mounts in it (root
+    mode), so the test above is testing the filter."""
+    if os.geteuid() != 0:
+        pytest.skip("without root, bwrap's --disable-userns stops this too")
+    argv = sandbox._bwrap_argv
+
+    def without_filter(*args):
+        a = argv(*args)
+        i = a.index("--seccomp")
+        return a[:i] + a[i + 2:]
+
+    monkeypatch.setattr(sandbox, "_bwrap_argv", without_filter)
+    res = run_python("import subprocess\nprint(subprocess.run(['unshare', '-Urm', 'mount', '-t', 'tmpfs', 'none',"
+                     " '/tmp']).returncode)", limits=FAST, site_packages=False)
+    assert res.stdout.strip() == "0", res.stderr
+
+
+KILLED_CALLER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from lhama.tools.sandbox import SandboxLimits, run_python
+run_python("import time\\nprint('running', flush=True)\\ntime.sleep(60)", limits=SandboxLimits(wall_seconds=60))
+"""
+
+
+def test_a_killed_callers_scratch_dir_and_cgroup_are_reaped_by_the_next_run():
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    src = str(Path(sandbox.__file__).resolve().parents[2])
+    caller = subprocess.Popen([sys.executable, "-c", KILLED_CALLER, src])
+    prefix = f"lhama-sandbox-{caller.pid}-"
+    cgroups = [Path("/sys/fs/cgroup") / c for c in ("pids", "memory", "")]
+
+    def leftovers():
+        scratch = [p for p in Path(tempfile.gettempdir()).glob(prefix + "*")]
+        groups = [p for root in cgroups if root.is_dir() for p in root.rglob(prefix + "*") if p.is_dir()]
+        return scratch, groups
+
+    deadline = time.monotonic() + 30
+    while not any(p.joinpath("main.py").exists() for p in leftovers()[0]):
+        assert time.monotonic() < deadline and caller.poll() is None, "the caller never started its sandbox"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    caller.send_signal(signal.SIGKILL)
+    caller.wait()
+    scratch, groups = leftovers()
+    assert scratch, "the killed caller left no scratch dir: nothing to test"
+    if sandbox_cgroup.available():
+        assert groups, "the killed caller left no cgroup: nothing to test"
+    res = run_python("print('next')", limits=FAST)
+    assert res.stdout == "next\n"
+    assert leftovers() == ([], [])

@@ -34,6 +34,8 @@ from pathlib import Path, PurePosixPath
 
 from lhama.errors import SandboxError
 from lhama.tools.sandbox_cgroup import SandboxCgroup
+from lhama.tools.sandbox_owner import owner_prefix, reap_scratch_dirs
+from lhama.tools.sandbox_seccomp import seccomp_fd
 
 SCRATCH = "/sandbox"  # where the scratch dir appears inside; cwd and $HOME of the code
 MAIN_FILE = "main.py"
@@ -104,9 +106,9 @@ def _python_paths() -> tuple[str, list[str], list[str]]:
 
 
 def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: bool,
-                as_root: bool, uid: int) -> list[str]:
+                as_root: bool, uid: int, seccomp: int) -> list[str]:
     exe, py_dirs, extra_path = _python_paths()
-    argv = [bwrap, "--die-with-parent", "--new-session",
+    argv = [bwrap, "--die-with-parent", "--new-session", "--seccomp", str(seccomp),
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--ro-bind", "/usr", "/usr"]
     for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -137,6 +139,10 @@ def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: 
         argv += ["--setenv", var, "1"]
     if extra_path:
         argv += ["--setenv", "PYTHONPATH", os.pathsep.join(extra_path)]
+    # No new user namespaces inside. Not root: bwrap's own user namespace is capped at one level
+    # (--disable-userns). Root: --disable-userns needs --unshare-user, whose namespace would map
+    # the code to uid 0 outside, so there the seccomp filter denies CLONE_NEWUSER instead (it
+    # denies every new namespace, in both modes).
     if as_root:
         argv += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}",
                  "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
@@ -228,28 +234,68 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLim
     bwrap = find_bwrap()
     as_root = os.geteuid() == 0
     uid = _UID_BASE + random.randrange(_UID_SPAN)
-    scratch = Path(tempfile.mkdtemp(prefix="lhama-sandbox-"))
+    reap_scratch_dirs()  # what callers killed mid-run left behind
+    SandboxCgroup.reap_stale()
+    seccomp = seccomp_fd()
+    scratch = Path(tempfile.mkdtemp(prefix=owner_prefix()))
     cgroup = SandboxCgroup.create(limits.memory_mb, limits.max_processes) if limits.use_cgroup else None
     try:
         _write_files(scratch, code, files)
         if as_root:
             for p in [scratch, *scratch.rglob("*")]:
                 os.chown(p, uid, uid, follow_symlinks=False)
-        argv = _bwrap_argv(bwrap, str(scratch), limits, site_packages, as_root, uid)
-        return _supervise(argv, stdin, limits, scratch, return_files, cgroup)
+        argv = _bwrap_argv(bwrap, str(scratch), limits, site_packages, as_root, uid, seccomp)
+        return _supervise(argv, stdin, limits, scratch, return_files, cgroup, seccomp)
     finally:
+        os.close(seccomp)
         if cgroup is not None:
             cgroup.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+class TaskPeak:
+    """The most tasks the sandboxed code had at once, sampled while it runs: a fork bomb that
+    swallows its failed forks never exits on its own, and is only told apart from slow code by
+    having reached ``max_processes``. The cgroup counts its tasks for us; without one, the
+    process tree below bwrap is counted from /proc (less often: that reads every process)."""
+
+    def __init__(self, bwrap_pid: int, cgroup: SandboxCgroup | None):
+        self.bwrap_pid, self.cgroup, self.peak, self.last = bwrap_pid, cgroup, 0, 0.0
+        self.interval = 0.1 if cgroup is not None else 0.5
+
+    def sample(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            # Both ways count bwrap's pid-1 reaper, and the cgroup bwrap too: not the code's.
+            tasks = self.cgroup.task_count() - 2 if self.cgroup is not None else _descendants(self.bwrap_pid) - 1
+            self.peak = max(self.peak, tasks)
+
+
+def _descendants(root: int) -> int:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    count, todo = 0, [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        count, todo = count + len(kids), todo + kids
+    return count
+
+
 def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path,
-               return_files: bool, cgroup: SandboxCgroup | None) -> SandboxResult:
+               return_files: bool, cgroup: SandboxCgroup | None, seccomp: int) -> SandboxResult:
     start = time.monotonic()
     try:
         proc = subprocess.Popen(_launcher(limits, cgroup.procs_files() if cgroup else []) + argv,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, pass_fds=(seccomp,))
     except OSError as e:
         raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
 
@@ -273,7 +319,9 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
     reason = None
     total = 0
     deadline = start + limits.wall_seconds
+    tasks = TaskPeak(proc.pid, cgroup)
     while sel.get_map():
+        tasks.sample()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             reason = "wall_time"
@@ -293,6 +341,7 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
             break
     status = None
     while reason is None:  # pipes are closed; wait for bwrap itself, keeping its rusage
+        tasks.sample()
         pid, st = os.waitpid(proc.pid, os.WNOHANG)
         if pid:
             status = st
@@ -302,6 +351,7 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
         else:
             time.sleep(0.01)
     if reason is not None:
+        tasks.sample(force=True)
         _kill(proc)
     if status is None:
         _, status = os.waitpid(proc.pid, 0)
@@ -316,6 +366,8 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
         reason = _classify(proc.returncode, err, duration, limits)
         if cgroup is not None and cgroup.hit_memory_limit():
             reason = "memory"  # some task was OOM-killed: together they went over memory_mb
+    if reason in ("wall_time", "cpu_time") and tasks.peak >= limits.max_processes:
+        reason = "processes"  # out of time because it kept trying to fork: a fork bomb
     files = _collect_files(scratch, limits.max_output_bytes) if return_files else None
     return SandboxResult(stdout=out, stderr=err, exit_code=proc.returncode, timed_out=reason == "wall_time",
                          killed_reason=reason, duration_s=duration, files=files)

@@ -13,9 +13,13 @@ process is in, so the container's own limits still apply above it.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
+
+from lhama.tools.sandbox_owner import PREFIX, owner_dead, owner_prefix
 
 ROOT = Path("/sys/fs/cgroup")
 
@@ -41,7 +45,7 @@ class SandboxCgroup:
     def create(cls, memory_mb: int, max_processes: int) -> "SandboxCgroup | None":
         """A fresh group limited to ``memory_mb`` in total and ``max_processes`` tasks (+2 for
         bwrap and its pid-1 reaper), or None where cgroups cannot be used."""
-        name = f"lhama-sandbox-{uuid.uuid4().hex[:12]}"
+        name = f"{owner_prefix()}{uuid.uuid4().hex[:12]}"
         own = _own_paths()
         mem_bytes, pids = str(memory_mb * 2**20), str(max_processes + 2)
         made: list[Path] = []
@@ -77,9 +81,43 @@ class SandboxCgroup:
                     pass
         return None
 
+    @staticmethod
+    def reap_stale() -> list[Path]:
+        """Remove the groups of dead callers (see ``sandbox_owner``): kill what still runs in them
+        (bwrap dies with its caller, so normally nothing), then remove them. Returns what went."""
+        own = _own_paths()
+        parents = [ROOT / c / own[c].lstrip("/") for c in ("memory", "pids") if c in own and (ROOT / c).is_dir()]
+        if "" in own and (ROOT / "cgroup.controllers").exists():
+            parents.append(ROOT / own[""].lstrip("/"))
+        stale = []
+        for parent in parents:
+            try:
+                stale += [d for d in parent.iterdir() if d.name.startswith(PREFIX) and owner_dead(d.name)]
+            except OSError:
+                continue
+        for d in stale:
+            try:
+                for pid in (d / "cgroup.procs").read_text().split():
+                    os.kill(int(pid), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        group = SandboxCgroup(stale, None, None)
+        group.close(wait=1.0)
+        return [d for d in stale if not d.exists()]
+
     def procs_files(self) -> list[str]:
         """Where the launcher writes its own pid, before it execs bwrap."""
         return [str(d / "cgroup.procs") for d in self.dirs]
+
+    def task_count(self) -> int:
+        """How many tasks (processes and threads) the group holds now."""
+        for d in self.dirs:
+            if (d / "pids.current").exists():
+                try:
+                    return int((d / "pids.current").read_text())
+                except (OSError, ValueError):
+                    return 0
+        return 0
 
     def hit_memory_limit(self) -> bool:
         """Whether the kernel killed a task of this group for going over the memory limit."""
@@ -92,9 +130,9 @@ class SandboxCgroup:
             pass
         return False
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> None:
         """Remove the group; its tasks are gone once the pid namespace is torn down (async)."""
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + wait
         for d in self.dirs:
             while True:
                 try:
