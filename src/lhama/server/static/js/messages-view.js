@@ -1,0 +1,128 @@
+// The message list: one bubble per turn, its actions (copy, edit, regenerate) and the stats
+// line under a reply. The page (app.js) owns the data; this module only draws it.
+
+import { replyStats } from "./chat-state.js";
+import { copyText, flash, renderMarkdown } from "./render.js";
+
+function button(label, className, onClick, ariaLabel) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  if (ariaLabel) b.setAttribute("aria-label", ariaLabel);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// A collapsible block per tool call the model made (name and arguments as sent).
+export function renderToolCalls(el, calls) {
+  for (const call of calls) {
+    const details = document.createElement("details");
+    details.className = "tool-call";
+    const summary = document.createElement("summary");
+    summary.textContent = `Tool call: ${call.name || "?"}`;
+    const pre = document.createElement("pre");
+    let args = call.arguments;
+    try {
+      const parsed = JSON.parse(args);
+      args = typeof parsed.code === "string" ? parsed.code : JSON.stringify(parsed, null, 2);
+    } catch {
+      // not JSON: show it as it came
+    }
+    pre.textContent = args;
+    details.append(summary, pre);
+    el.append(details);
+  }
+}
+
+// Turns "[n]" in a reply into buttons that open the n-th retrieved passage.
+export function linkCitations(el, sources) {
+  if (!sources?.length) return;
+  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+  const nodes = [];
+  while (walker.nextNode()) if (/\[\d+\]/.test(walker.currentNode.nodeValue)) nodes.push(walker.currentNode);
+  for (const node of nodes) {
+    if (node.parentElement.closest("pre, code")) continue;
+    const parts = node.nodeValue.split(/(\[\d+\])/);
+    node.replaceWith(...parts.map((part) => {
+      const n = /^\[(\d+)\]$/.exec(part);
+      const source = n && sources[Number(n[1]) - 1];
+      if (!source) return document.createTextNode(part);
+      const details = document.createElement("details");
+      details.className = "citation";
+      const summary = document.createElement("summary");
+      summary.textContent = part;
+      summary.title = source.filename;
+      const quote = document.createElement("blockquote");
+      quote.textContent = source.text;
+      const cite = document.createElement("cite");
+      cite.textContent = source.filename;
+      quote.append(document.createElement("br"), cite);
+      details.append(summary, quote);
+      return details;
+    }));
+  }
+}
+
+function statsLine(meta) {
+  const { text, warning } = replyStats(meta);
+  const line = document.createElement("div");
+  line.className = "stats";
+  line.textContent = text;
+  if (warning) {
+    const w = document.createElement("span");
+    w.className = meta.finish === "stopped" ? "note" : "warning";
+    w.textContent = warning;
+    line.append(w);
+  }
+  return line;
+}
+
+// Draws message `index` of `conv`; `actions` holds the callbacks the buttons call.
+export function messageElement(conv, index, actions) {
+  const msg = conv.messages[index];
+  const el = document.createElement("article");
+  el.className = "msg " + msg.role;
+  el.dataset.index = index;
+  el.setAttribute("aria-label", msg.role === "user" ? "You said" : "Assistant replied");
+  const body = document.createElement("div");
+  body.className = "body";
+  el.append(body);
+  if (msg.role === "user") body.textContent = msg.content;
+  else {
+    renderMarkdown(body, msg.content);
+    if (msg.meta?.toolCalls?.length) renderToolCalls(body, msg.meta.toolCalls);
+    linkCitations(body, msg.meta?.sources);
+  }
+  const bar = document.createElement("div");
+  bar.className = "actions";
+  const copy = button("Copy", "copy", () => copyText(msg.content).then(() => flash(copy, "Copied")), "Copy message");
+  bar.append(copy);
+  if (msg.role === "user") bar.append(button("Edit", "edit", () => actions.edit(index, el), "Edit and resend"));
+  else if (index === conv.messages.length - 1) {
+    bar.append(button("Regenerate", "regenerate", () => actions.regenerate(), "Regenerate this answer"));
+  }
+  if (msg.meta) el.append(statsLine(msg.meta));
+  el.append(bar);
+  return el;
+}
+
+// Replaces a user bubble's text with an editor; `onSave(text)` resends from there.
+export function editInPlace(el, text, onSave) {
+  const body = el.querySelector(".body");
+  const area = document.createElement("textarea");
+  area.className = "edit-box";
+  area.value = text;
+  area.setAttribute("aria-label", "Edit message");
+  area.rows = Math.min(10, text.split("\n").length + 1);
+  const save = button("Save & send", "primary save-edit", () => onSave(area.value.trim()));
+  const cancel = button("Cancel", "cancel-edit", () => { body.textContent = text; });
+  area.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); save.click(); }
+    if (ev.key === "Escape") { ev.stopPropagation(); cancel.click(); }
+  });
+  body.replaceChildren(area, save, cancel);
+  area.focus();
+}
+
+export { statsLine };

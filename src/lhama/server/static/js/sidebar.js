@@ -1,0 +1,62 @@
+// The conversation list: select, rename in place, delete (a second click confirms).
+
+function iconButton(text, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "icon";
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.title = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+export function drawSidebar(list, store, query, actions) {
+  const items = store.list(query).map((c) => {
+    const li = document.createElement("li");
+    li.dataset.id = c.id;
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "conv-title";
+    open.textContent = c.title;
+    if (c.id === store.currentId) open.setAttribute("aria-current", "page");
+    open.addEventListener("click", () => actions.select(c.id));
+    const rename = iconButton("✎", `Rename "${c.title}"`, () => {
+      const input = document.createElement("input");
+      input.className = "rename";
+      input.value = c.title;
+      input.setAttribute("aria-label", "New title");
+      let done = false;
+      const finish = (save) => {
+        if (done) return;
+        done = true;
+        if (save && input.value.trim()) actions.rename(c.id, input.value);
+        else drawSidebar(list, store, query, actions);
+      };
+      input.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") finish(true);
+        if (ev.key === "Escape") { ev.stopPropagation(); finish(false); }
+      });
+      input.addEventListener("blur", () => finish(true));
+      open.replaceWith(input);
+      input.select();
+    });
+    const remove = iconButton("×", `Delete "${c.title}"`, () => {
+      if (remove.classList.contains("confirm")) return actions.remove(c.id);
+      remove.classList.add("confirm");
+      remove.textContent = "Delete?";
+      remove.setAttribute("aria-label", `Click again to delete "${c.title}"`);
+      setTimeout(() => remove.isConnected && drawSidebar(list, store, query, actions), 4000);
+    });
+    remove.classList.add("delete");
+    li.append(open, rename, remove);
+    return li;
+  });
+  if (!items.length) {
+    const li = document.createElement("li");
+    li.className = "none";
+    li.textContent = query ? "No chat title matches." : "No chats yet.";
+    items.push(li);
+  }
+  list.replaceChildren(...items);
+}
