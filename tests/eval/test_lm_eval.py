@@ -110,7 +110,7 @@ def test_simple_evaluate_with_a_local_task(tmp_path, tiny_lm):
 
 
 def test_plain_lm_eval_process_finds_the_lhama_model():
-    from lhama.eval.cli import install_lm_eval_hook
+    from lhama.cli.eval import install_lm_eval_hook
 
     install_lm_eval_hook()  # what `lhama lm-eval --install` does (idempotent)
     code = "from lm_eval.api.registry import get_model; print(get_model('lhama').__module__, get_model('hf').__name__)"
@@ -134,7 +134,7 @@ def _harness(model_args: list[str], tasks_dir: Path, out: Path, limit: int) -> d
 def test_scores_agree_with_the_hf_backend_on_smollm2(tmp_path, smollm2_path):
     """`lm_eval --model lhama` and `lm_eval --model hf` on the same weights (the GGUF converted to a
     Hugging Face folder by `lhama convert`): within 0.5 points on a local task of all 8 languages."""
-    from lhama.eval.cli import install_lm_eval_hook
+    from lhama.cli.eval import install_lm_eval_hook
     from lhama.eval.tasks import shipped_tasks
 
     install_lm_eval_hook()

@@ -85,16 +85,16 @@ def test_full_sft_and_pretrain_on_a_tiny_config(tmp_path, capsys):
     # `lhama chat --lora`: the chat command's own loading path, then its session loop.
     import io
 
-    from lhama.chat_session import run_chat
-    from lhama.cli import _load, _sampling
+    from lhama.cli.args import load_model_from_args, sampling_params_from_args
+    from lhama.cli.chat import run_chat
 
     a = build_parser().parse_args(["chat", "--model", "tiny-llama3", "--lora", str(tmp_path / "lora" / "adapter"),
                                    "--temperature", "0", "--max-tokens", "3"])
-    chat_lm = _load(a)
+    chat_lm = load_model_from_args(a)
     torch.testing.assert_close(chat_lm.model.state_dict()["layers.0.feed_forward.w2.weight"],
                                exported["layers.0.feed_forward.w2.weight"], rtol=1e-5, atol=1e-6)
     shown = io.StringIO()
-    assert run_chat(chat_lm, _sampling(a), stdin=io.StringIO("hello\n/exit\n"), stdout=shown) == 0
+    assert run_chat(chat_lm, sampling_params_from_args(a), stdin=io.StringIO("hello\n/exit\n"), stdout=shown) == 0
     assert shown.getvalue().strip()
     assert main(["generate", "x", "--model", "tiny-llama3", "--lora", str(tmp_path)]) == 2
     assert "adapter_config.json is missing" in capsys.readouterr().err

@@ -165,16 +165,3 @@ def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, co
         if bar is not None:
             bar.close()
     return summary
-
-
-def cmd_batch_ray(a) -> int:
-    from dataclasses import asdict
-
-    from lhama.cli import _engine_config
-
-    spec = ModelSpec(model=a.model, dtype=a.dtype, device=a.device, chat_format=a.chat_format,
-                     tokenizer=a.tokenizer, max_seq_len=a.max_seq_len)
-    summary = run_batch_ray(spec, a.input, a.output, _engine_config(a), workers=a.workers,
-                            address=a.ray_address, progress=not a.quiet)
-    print(json.dumps(asdict(summary)))
-    return 0

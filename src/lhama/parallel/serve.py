@@ -61,7 +61,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_tp(a, engine_cfg):
+def start_tp(a, engine_cfg, quantize=None):
     """Rank 0: returns (loaded, AsyncEngine). Other ranks follow rank 0 and exit when it stops."""
     from lhama.engine import AsyncEngine
     from lhama.parallel.runtime import init_distributed
@@ -81,15 +81,13 @@ def start_tp(a, engine_cfg):
     if getattr(a, "lora", None):
         raise ConfigError("--lora is not supported with --tp yet: merge the adapter into the weights first "
                           "(lhama.train.lora.merge_lora, then export the merged checkpoint)")
-    from lhama.cli import _quant_config
-
     # A server can sit idle for days between requests: followers wait in a broadcast that long.
     rank, _ = init_distributed(device=a.device, timeout=datetime.timedelta(days=365))
     dtype = getattr(torch, a.dtype) if a.dtype else None
     # --quantize: each rank quantizes its own shard after loading (int8 scales are per row, so
     # the vocab-parallel head's shard quantizes exactly like those rows of the whole head).
     loaded = load_tp_model(a.model, rank, tp, dtype=dtype, device=a.device, chat_format=a.chat_format,
-                           tokenizer=a.tokenizer, max_seq_len=a.max_seq_len, quantize=_quant_config(a))
+                           tokenizer=a.tokenizer, max_seq_len=a.max_seq_len, quantize=quantize)
     channel = ControlChannel()
     if rank != 0:
         steps = follow(loaded.model, channel)

@@ -8,6 +8,7 @@ swaps all of that in one transaction, so a reader never sees half of an update.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -45,6 +46,13 @@ class ChunkRecord:
         if self.heading:
             return f"{self.file_name} § {self.heading}"
         return self.file_name
+
+
+def default_store() -> str:
+    """The store ``lhama rag`` and the ``file_search`` tool use when none is named."""
+    from pathlib import Path
+
+    return os.environ.get("LHAMA_RAG_STORE") or str(Path.home() / ".local" / "share" / "lhama" / "rag" / "default.db")
 
 
 def embedding_text(file_name: str, draft: ChunkDraft) -> str:

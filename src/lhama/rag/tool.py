@@ -82,11 +82,10 @@ def __getattr__(name: str):
     (``$LHAMA_RAG_STORE``), built when first asked for."""
     if name != "file_search":
         raise AttributeError(name)
-    from lhama.rag.cli import default_store
     from lhama.rag.embedders import get_embedder
     from lhama.rag.errors import VectorStoreError
     from lhama.rag.retrieve import Retriever
-    from lhama.rag.store import open_store
+    from lhama.rag.store import default_store, open_store
 
     store = open_store(default_store())
     if store.embedder_name is None:

@@ -2,6 +2,6 @@
 
 import sys
 
-from lhama.server.cli import main
+from lhama.cli.serve import main
 
 sys.exit(main())

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
+from lhama.cli import build_parser
+from lhama.cli.serve import configs_from_args
 from lhama.errors import ConfigError
-from lhama.server.cli import add_serve_parser, configs_from_args
 
 
 def parse(*argv):
-    parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["serve", *argv])
+    return build_parser(only="serve").parse_args(["serve", *argv])
 
 
 def test_flags_reach_both_configs(tmp_path):
@@ -26,7 +23,7 @@ def test_flags_reach_both_configs(tmp_path):
     assert server.max_body_bytes == 2**20
     assert (engine.max_num_seqs, engine.kv_cache_gb) == (5, 0.5)
     assert engine.cuda_graphs  # on by default (used on CUDA devices only)
-    assert a.func.__name__ == "cmd_serve"
+    assert a.func.__name__ == "run_serve"
     assert not configs_from_args(parse("--model", "default", "--enforce-eager"))[1].cuda_graphs
 
 

@@ -8,23 +8,23 @@ import json
 import sys
 from pathlib import Path
 
+from lhama.cli.args import Parser
 
-def add_safety_parser(subparsers) -> argparse.ArgumentParser:
+
+def add_safety_args(p: argparse.ArgumentParser) -> None:
     from lhama.safety.spec import add_shield_args
 
-    p = subparsers.add_parser("safety", help="safety shields: Llama Guard 3 and Prompt Guard",
-                              description="Check text with safety shields (see docs/safety.md).")
-    sub = p.add_subparsers(dest="safety_command", required=True)
+    p.description = "Check text with safety shields (see docs/safety.md)."
+    sub = p.add_subparsers(dest="safety_command", required=True, parser_class=Parser)
     c = sub.add_parser("check", help="judge a message or a conversation")
     c.add_argument("text", nargs="?", help="the message to check (or use --messages)")
     c.add_argument("--messages", type=Path, help="a JSON file with an OpenAI-style message list")
     c.add_argument("--role", choices=["user", "assistant"], default="user",
-                   help="judge the last user turn (input check, default) or the last assistant turn (output check)")
+                   help="judge the last user turn (input check) or the last assistant turn (output check)")
     c.add_argument("--json", action="store_true", help="print each verdict as JSON")
     c.add_argument("--prompt", action="store_true", help="print the Llama Guard prompt instead of running it")
     add_shield_args(c)
     c.set_defaults(func=cmd_check)
-    return p
 
 
 def _messages(a) -> list[dict]:

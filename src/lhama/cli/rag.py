@@ -1,29 +1,31 @@
-"""``lhama rag add | ask | search | list | remove | drop``: thin wrappers over the package."""
+"""``lhama rag add | ask | search | list | remove | drop``: thin wrappers over ``lhama.rag``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from lhama.cli.args import (
+    Parser,
+    add_model_args,
+    add_sampling_args,
+    load_model_from_args,
+    sampling_params_from_args,
+)
 
-def default_store() -> str:
-    return os.environ.get("LHAMA_RAG_STORE") or str(Path.home() / ".local" / "share" / "lhama" / "rag" / "default.db")
+STORE_HELP = ("SQLite file or postgresql:// URL (default: $LHAMA_RAG_STORE, else "
+              "~/.local/share/lhama/rag/default.db)")
 
 
-def add_rag_parser(subparsers) -> argparse.ArgumentParser:
-    from lhama.cli import _add_model_args, _add_sampling_args
-
-    p = subparsers.add_parser("rag", help="ask questions about your own files (retrieval-augmented generation)",
-                              description="Index txt/Markdown/HTML/PDF files and answer questions from them with "
-                                          "numbered citations. See docs/rag.md.")
-    sub = p.add_subparsers(dest="rag_command", required=True)
+def add_rag_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Index txt/Markdown/HTML/PDF files and answer questions from them with numbered citations. "
+                     "See docs/rag.md.")
+    sub = p.add_subparsers(dest="rag_command", required=True, parser_class=Parser)
 
     def store_arg(q):
-        q.add_argument("--store", default=default_store(),
-                       help="SQLite file or postgresql:// URL (default: $LHAMA_RAG_STORE or %(default)s)")
+        q.add_argument("--store", help=STORE_HELP)
         q.add_argument("--threads", type=int,
                        help="torch threads for embedding (1 is far faster on a machine whose cores are busy)")
 
@@ -32,37 +34,38 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
     store_arg(a)
     a.add_argument("--embedder", help="minilm (default for a new store), model:<model spec>, or a "
                                       "sentence-transformers folder; an existing store keeps its own")
-    a.add_argument("--chunk-words", type=int, default=120)
-    a.add_argument("--overlap-words", type=int, default=30)
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--chunk-words", type=int, default=120, help="words per chunk")
+    a.add_argument("--overlap-words", type=int, default=30, help="words two neighbouring chunks share")
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
     a.set_defaults(func=cmd_add)
 
     def retrieval_args(q):
         q.add_argument("-k", type=int, default=5, help="passages to retrieve")
-        q.add_argument("--mode", choices=["hybrid", "vector", "bm25"], default="hybrid")
-        q.add_argument("--no-rerank", action="store_true")
-        q.add_argument("--json", action="store_true")
+        q.add_argument("--mode", choices=["hybrid", "vector", "bm25"], default="hybrid",
+                       help="vector similarity, BM25 keywords, or both fused")
+        q.add_argument("--no-rerank", action="store_true", help="keep the retrieval order (no reranking)")
+        q.add_argument("--json", action="store_true", help="print JSON")
         store_arg(q)
 
     s = sub.add_parser("search", help="show the passages that match a query")
-    s.add_argument("query")
+    s.add_argument("query", help="what to look for")
     retrieval_args(s)
     s.set_defaults(func=cmd_search)
 
     q = sub.add_parser("ask", help="answer a question from the indexed files, with citations")
-    q.add_argument("question")
+    q.add_argument("question", help="the question")
     retrieval_args(q)
-    _add_model_args(q)
-    _add_sampling_args(q, max_tokens=256)
-    q.set_defaults(func=cmd_ask, temperature=0.0)
+    add_model_args(q)
+    add_sampling_args(q)
+    q.set_defaults(func=cmd_ask)
 
     ls = sub.add_parser("list", help="files in the store")
     store_arg(ls)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(func=cmd_list)
 
     rm = sub.add_parser("remove", help="remove files (their chunks and vectors) from the store")
-    rm.add_argument("paths", nargs="+")
+    rm.add_argument("paths", nargs="+", help="files as added, or their keys")
     store_arg(rm)
     rm.set_defaults(func=cmd_remove)
 
@@ -70,7 +73,14 @@ def add_rag_parser(subparsers) -> argparse.ArgumentParser:
     store_arg(d)
     d.add_argument("--yes", action="store_true", help="do not ask")
     d.set_defaults(func=cmd_drop)
-    return p
+
+
+def _store_location(a) -> str:
+    if not a.store:
+        from lhama.rag.store import default_store
+
+        a.store = default_store()
+    return a.store
 
 
 def _open(a, *, must_exist: bool = True):
@@ -81,7 +91,7 @@ def _open(a, *, must_exist: bool = True):
     from lhama.rag.errors import StoreNotFoundError
     from lhama.rag.store import open_store
 
-    loc = a.store
+    loc = _store_location(a)
     if must_exist and "://" not in loc and not Path(loc).expanduser().is_file():
         raise StoreNotFoundError(f"no store at {loc}; create one with 'lhama rag add PATH... --store {loc}'")
     return open_store(loc)
@@ -131,13 +141,12 @@ def cmd_search(a) -> int:
 
 
 def cmd_ask(a) -> int:
-    from lhama.cli import _load, _sampling
     from lhama.rag.answer import answer_question
 
     with _open(a) as store:
         retriever = _retriever(a, store)
-        loaded = _load(a)
-        answer = answer_question(loaded, retriever, a.question, k=a.k, params=_sampling(a))
+        loaded = load_model_from_args(a)
+        answer = answer_question(loaded, retriever, a.question, k=a.k, params=sampling_params_from_args(a))
     print(json.dumps(answer.as_dict(), ensure_ascii=False) if a.json else answer.render())
     return 0
 
@@ -172,9 +181,10 @@ def cmd_remove(a) -> int:
 
 
 def cmd_drop(a) -> int:
-    if not a.yes and sys.stdin.isatty():
-        if input(f"delete the store {a.store} and all its data? [y/N] ").strip().lower() != "y":
-            return 1
+    _store_location(a)
+    question = f"delete the store {a.store} and all its data? [y/N] "
+    if not a.yes and sys.stdin.isatty() and input(question).strip().lower() != "y":
+        return 1
     store = _open(a)
     store.destroy()
     print(f"deleted {a.store}")

@@ -8,35 +8,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lhama.cli.args import add_model_args, add_sampling_args, load_model_from_args
 
-def add_agent_parser(subparsers) -> argparse.ArgumentParser:
-    from lhama.cli import _add_model_args
+AGENT_SAMPLING = ("max_tokens", "temperature", "top_p", "seed")  # what AgentConfig takes
 
-    p = subparsers.add_parser("agent", help="an agent that calls tools (code interpreter, search...) until done",
-                              description="Run the model in a loop with tools: model -> tool call -> execute -> "
-                                          "result -> model, until it answers or --max-steps.")
+
+def add_agent_args(p: argparse.ArgumentParser) -> None:
+    from lhama.safety.spec import add_shield_args
+
+    p.description = ("Run the model in a loop with tools: model -> tool call -> execute -> result -> model, "
+                     "until it answers or --max-steps.")
     p.add_argument("question", nargs="?", help="ask once and exit (default: interactive, one turn per line)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--tools", default="code_interpreter",
-                   help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none' "
-                        "(default: %(default)s)")
+                   help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none'")
     p.add_argument("--tool", action="append", default=[], metavar="MODULE:NAME",
                    help="a custom tool: a lhama.tools.Tool or function NAME in MODULE (a module name or a "
                         ".py file), e.g. my_tools.py:get_weather (repeatable)")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-steps", type=int, default=8, help="model calls per question (default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=512, help="tokens per model call (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), which replays exactly")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=8, help="model calls per question")
+    add_sampling_args(p, only=AGENT_SAMPLING)  # --max-tokens is per model call
     p.add_argument("--save", help="write the transcript (JSON) here after each question")
     p.add_argument("--replay", metavar="FILE", help="replay a saved transcript instead of asking")
     p.add_argument("--rerun", action="store_true", help="with --replay: re-run the model too, not only the tools")
     p.add_argument("--quiet", action="store_true", help="print only the final answer")
-    from lhama.safety.spec import add_shield_args
-
     add_shield_args(p)  # --shield KIND=PATH and its options, as in lhama serve
-    p.set_defaults(func=cmd_agent)
-    return p
+    p.set_defaults(func=run_agent)
 
 
 def _tools(spec: str):
@@ -106,8 +103,7 @@ class Printer:
                 print(f"[stopped: {e.data['stopped']}]", file=sys.stderr, flush=True)
 
 
-def cmd_agent(a) -> int:
-    from lhama.cli import _load
+def run_agent(a) -> int:
     from lhama.errors import ConfigError
     from lhama.tools.agent import Agent, AgentConfig
     from lhama.tools.builtin import builtin_tool
@@ -129,7 +125,7 @@ def cmd_agent(a) -> int:
     from lhama.safety.spec import shields_from_args
 
     shields = shields_from_args(a)
-    lm = _load(a)
+    lm = load_model_from_args(a)
     if a.replay:
         tr = Transcript.load(a.replay)
         config = AgentConfig(**{k: v for k, v in tr.config.items() if k in AgentConfig.__dataclass_fields__})

@@ -1,5 +1,5 @@
-"""``lhama eval`` (tasks) and ``lhama compare`` (pairwise with a judge): flags to configs, then
-the package. Registered by ``add_eval_parsers(subparsers)``."""
+"""``lhama eval`` (tasks), ``lhama compare`` (pairwise with a judge) and ``lhama lm-eval`` (the
+lm-evaluation-harness with lhama as a model): flags to configs, then ``lhama.eval``."""
 
 from __future__ import annotations
 
@@ -7,49 +7,52 @@ import argparse
 import sys
 from pathlib import Path
 
+from lhama.cli.args import (
+    DTYPES,
+    add_engine_args,
+    add_model_args,
+    engine_config_from_args,
+    load_model_from_args,
+)
 
-def add_eval_parsers(subparsers) -> None:
-    from lhama.cli import _add_engine_args, _add_model_args  # lazy: lhama.cli imports this module
 
-    p = subparsers.add_parser(
-        "eval", help="evaluate a model on tasks: perplexity, multiple choice, generative, code (pass@k)",
-        description="Evaluate a model on shipped tasks (see --list) or your own JSONL files. With --output, "
-                    "writes results.json, report.md and chart.png, and resumes an interrupted run.")
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Evaluate a model on shipped tasks (see --list) or your own JSONL files. With --output, "
+                     "writes results.json, report.md and chart.png, and resumes an interrupted run.")
     p.add_argument("--task", "-t", action="append", default=[], metavar="NAME|FILE.jsonl",
                    help="a shipped task name or a JSONL file (repeatable; 'mc', 'gen', 'ppl' run all 8 languages)")
     p.add_argument("--list", action="store_true", help="list the shipped tasks and exit")
     p.add_argument("--kind", choices=["perplexity", "multiple_choice", "generative", "code"],
                    help="the task kind of a JSONL file (default: from its items' fields)")
-    _add_model_args(p)
+    add_model_args(p)
     _add_run_args(p)
     g = p.add_argument_group("tasks")
     g.add_argument("--window", type=int, help="perplexity: tokens the model reads at once (default: context, max 1024)")
     g.add_argument("--stride", type=int, help="perplexity: tokens the window moves (default: window / 2)")
-    g.add_argument("--samples", type=int, default=1, help="code: completions per problem (default 1, greedy)")
+    g.add_argument("--samples", type=int, default=1, help="code: completions per problem (1: greedy)")
     g.add_argument("--pass-k", default=None, help="code: comma-separated k values (default: 1, plus --samples)")
     g.add_argument("--temperature", type=float, default=0.8, help="code: sampling temperature when --samples > 1")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="code: sampling seed")
     g.add_argument("--timeout", type=float, default=10.0, help="code: CPU seconds per test run in the sandbox")
-    _add_engine_args(p)
+    add_engine_args(p)
     p.set_defaults(func=cmd_eval)
 
-    c = subparsers.add_parser(
-        "compare", help="pairwise comparison of two models judged by a third (win/tie/loss with CIs)",
-        description="Models A and B answer the same prompts; a judge compares the answers in both orders.")
+
+def add_compare_args(c: argparse.ArgumentParser) -> None:
+    c.description = "Models A and B answer the same prompts; a judge compares the answers in both orders."
     c.add_argument("--model-a", required=True, help="model A (e.g. the fine-tuned one)")
     c.add_argument("--model-b", required=True, help="model B (e.g. the base model)")
-    c.add_argument("--judge", default="default", help="judge model (default: %(default)s)")
+    c.add_argument("--judge", default="default", help="judge model")
     c.add_argument("--prompts", default="pairwise", help="shipped prompt set or JSONL file of {\"prompt\": ...}")
     c.add_argument("--judge-mode", choices=["generate", "logprob"], default="generate",
                    help="generate: the judge writes a reason and [[A]]/[[B]]/[[C]]; logprob: the most likely verdict")
-    c.add_argument("--judge-max-tokens", type=int, default=256)
+    c.add_argument("--judge-max-tokens", type=int, default=256, help="tokens the judge may write (generate mode)")
     c.add_argument("--tokenizer", help="tokenizer for named configs")
-    c.add_argument("--device", help="cpu or cuda")
-    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    c.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's)")
     _add_run_args(c)
-    _add_engine_args(c)
+    add_engine_args(c)
     c.set_defaults(func=cmd_compare)
-    add_lm_eval_parser(subparsers)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -58,12 +61,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output", "-o", type=Path, help="folder for results.json, report.md, chart.png and the "
                                                      "per-item files that make the run resumable")
     g.add_argument("--restart", action="store_true", help="discard the per-item results in --output and start over")
-    g.add_argument("--chunk-size", type=int, default=16, help="items between two saves (default: %(default)s)")
+    g.add_argument("--chunk-size", type=int, default=16, help="items between two saves")
     g.add_argument("--batch-tokens", type=int, default=4096, help="tokens per log-likelihood forward pass")
-    g.add_argument("--max-tokens", type=int, default=256, help="generated tokens per answer (default: %(default)s)")
+    g.add_argument("--max-tokens", type=int, default=256, help="generated tokens per answer")
     g.add_argument("--no-chat", action="store_true", help="prompt with plain text instead of the chat format")
     g.add_argument("--system", help="system prompt for generated answers")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--json", action="store_true", help="print results.json to stdout instead of the table")
 
 
@@ -104,7 +107,6 @@ def _finish(a, results, config: dict) -> int:
 
 
 def cmd_eval(a) -> int:
-    from lhama.cli import _engine_config, _load
     from lhama.errors import ConfigError
     from lhama.eval import EvalContext, load_task, run_task, shipped_tasks
 
@@ -120,8 +122,8 @@ def cmd_eval(a) -> int:
     cfg = _eval_config(a, window=a.window, stride=a.stride, samples=samples, pass_k=pass_k,
                        temperature=a.temperature, seed=a.seed, timeout_s=a.timeout)
     tasks = [load_task(s, kind=a.kind) for s in _task_specs(a.task)]  # validate all before loading the model
-    loaded = _load(a)
-    ctx = EvalContext(loaded, cfg, engine_config=_engine_config(a))
+    loaded = load_model_from_args(a)
+    ctx = EvalContext(loaded, cfg, engine_config=engine_config_from_args(a))
     results = []
     try:
         for t in tasks:
@@ -138,7 +140,6 @@ def cmd_eval(a) -> int:
 def cmd_compare(a) -> int:
     import torch
 
-    from lhama.cli import _engine_config
     from lhama.eval.pairwise import CompareConfig, run_compare
     from lhama.eval.tasks import load_task
     from lhama.loader import load_model
@@ -152,7 +153,7 @@ def cmd_compare(a) -> int:
 
     try:
         res = run_compare(task, a.model_a, a.model_b, a.judge, ccfg, load=load, out_dir=a.output,
-                          restart=a.restart, progress=not a.no_progress, engine_config=_engine_config(a))
+                          restart=a.restart, progress=not a.no_progress, engine_config=engine_config_from_args(a))
     except KeyboardInterrupt:
         if a.output:
             print(f"\ninterrupted: answers and judgments are saved in {a.output}/items; run the same command "
@@ -165,12 +166,10 @@ def cmd_compare(a) -> int:
 PTH_NAME = "lhama-lm-eval.pth"
 
 
-def add_lm_eval_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "lm-eval", help="run lm-evaluation-harness with lhama as a model (--install: make `lm_eval --model lhama` work)",
-        description="Without --install/--uninstall: the arguments go to lm-evaluation-harness's CLI with the "
-                    "'lhama' model registered; put them after '--', e.g. `lhama lm-eval -- --model lhama "
-                    "--model_args pretrained=default --tasks my_task --include_path tasks/`.")
+def add_lm_eval_args(p: argparse.ArgumentParser) -> None:
+    p.description = ("Without --install/--uninstall: the arguments go to lm-evaluation-harness's CLI with the "
+                     "'lhama' model registered; put them after '--', e.g. `lhama lm-eval -- --model lhama "
+                     "--model_args pretrained=default --tasks my_task --include_path tasks/`.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--install", action="store_true", help="add a start-up hook to this Python's site-packages so "
                                                          "the plain `lm_eval` command knows --model lhama")
@@ -210,9 +209,9 @@ def cmd_lm_eval(a) -> int:
         return 0
     try:
         import lm_eval.models  # noqa: F401  (the harness's own models first, then ours)
+        from lm_eval.__main__ import cli_evaluate
 
         import lhama.eval.lm_eval_adapter  # noqa: F401
-        from lm_eval.__main__ import cli_evaluate
     except ImportError as e:
         raise ConfigError(f"lhama lm-eval needs lm-evaluation-harness: pip install 'lm-eval>=0.4.8' ({e})") from None
     args = [x for x in a.harness_args if x != "--"]

@@ -1,8 +1,11 @@
-"""The interactive chat of ``lhama chat``: multi-turn, streaming, with a few slash commands."""
+"""The interactive chat of ``lhama chat``: multi-turn, streaming, with a few slash commands.
+On a terminal, lines are read with readline (editing, arrow-up history kept in a file)."""
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from lhama.errors import LhamaError
@@ -48,24 +51,94 @@ class ChatSession:
                               **({"tool_calls": msg["tool_calls"]} if msg.get("tool_calls") else {})})
 
 
+def default_history_file() -> Path:
+    """``$XDG_STATE_HOME/lhama/chat_history`` (``~/.local/state`` when unset), as the XDG base
+    directory spec places history."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "lhama" / "chat_history"
+
+
+class LineReader:
+    """Reads one line per call: ``input()`` with readline on a terminal, plain reads otherwise.
+    Returns None at end of input (Ctrl-D). Ctrl-C at the prompt raises KeyboardInterrupt."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO, history_file: str | None):
+        self.stdin, self.stdout = stdin, stdout
+        self.tty = stdin.isatty() and stdin is sys.stdin and stdout is sys.stdout
+        self.readline = None
+        self.history = None
+        if self.tty:
+            try:
+                import readline
+            except ImportError:  # a Python built without it: plain input() still works
+                return
+            self.readline = readline
+            self.history = default_history_file() if history_file is None else (Path(history_file) if history_file
+                                                                                  else None)
+            if self.history is not None and self.history.is_file():
+                try:
+                    readline.read_history_file(self.history)
+                except OSError:
+                    pass
+            readline.set_history_length(1000)
+
+    def read(self) -> str | None:
+        if self.tty:
+            try:
+                return input(">>> ")
+            except EOFError:
+                self.stdout.write("\n")
+                return None
+        line = self.stdin.readline()
+        return line.rstrip("\n") if line else None
+
+    def save(self) -> None:
+        if self.readline is None or self.history is None:
+            return
+        try:
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            self.readline.write_history_file(self.history)
+        except OSError as e:
+            print(f"(could not save the chat history to {self.history}: {e})", file=sys.stderr)
+
+
+EXIT_HINT = "(type /exit or press Ctrl-D to leave; Ctrl-C again quits)"
+
+
 def run_chat(loaded, params: SamplingParams, system: str | None = None,
-             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, speculation=None) -> int:
+             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, speculation=None,
+             history_file: str | None = None) -> int:
+    """The chat loop. ``history_file``: None for the default place, '' for no history."""
     session = ChatSession(loaded, params, system, speculation)
-    tty = stdin.isatty()
+    reader = LineReader(stdin, stdout, history_file)
     print(f"lhama chat with {loaded.name} ({loaded.args.n_layers} layers, context {loaded.context_length}). {HELP}",
           file=stdout)
+    try:
+        return _loop(session, reader, stdout)
+    finally:
+        reader.save()
+
+
+def _loop(session: ChatSession, reader: LineReader, stdout: TextIO) -> int:
+    interrupts = 0
     while True:
-        if tty:
-            stdout.write(">>> ")
+        try:
+            text = reader.read()
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts > 1:
+                stdout.write("\n")
+                return 0
+            stdout.write(f"\n{EXIT_HINT}\n")
             stdout.flush()
-        line = stdin.readline()
-        if not line:
-            break
-        text = line.rstrip("\n")
+            continue
+        interrupts = 0
+        if text is None:
+            return 0
         if not text.strip():
             continue
         if text.strip() in ("/exit", "/quit", "/bye"):
-            break
+            return 0
         if text.strip() == "/reset":
             session.reset()
             print("(conversation cleared)", file=stdout)
@@ -88,4 +161,3 @@ def run_chat(loaded, params: SamplingParams, system: str | None = None,
             stdout.write(f"error: {e}")
         stdout.write("\n")
         stdout.flush()
-    return 0

@@ -1,0 +1,189 @@
+"""Argument groups shared by several commands, declared once, and the functions that turn the
+parsed flags into the objects they configure (a loaded model, ``SamplingParams``,
+``EngineConfig``, ``QuantConfig``).
+
+Building a parser must stay cheap (``lhama --help`` in well under a second), so this module
+imports only the standard library; torch and the stack are imported by the ``*_from_args``
+functions, which run when a command runs. The flag defaults below restate the defaults of
+the dataclasses they fill; tests/cli/test_defaults.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help line ends with its default, unless the line states one already or
+    the default is "not given" (None, False, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS) or default == []
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser class of every ``lhama`` command (subparsers inherit it)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+# -- model ---------------------------------------------------------------------------------------
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", default="default",
+                   help="GGUF file, Hugging Face folder, Meta folder, config name (random weights) or 'default' "
+                        "(the shipped SmolLM2-135M)")
+    g.add_argument("--tokenizer", help="tokenizer file/folder when the checkpoint has none (e.g. a named config)")
+    g.add_argument("--chat-format", help="override the chat format: llama3, llama2, jinja, or a .jinja file")
+    g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    g.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's, float32 on CPU)")
+    g.add_argument("--max-seq-len", type=int, help="cap the context window in tokens (default: the model's)")
+    g.add_argument("--lora", help="PEFT LoRA adapter folder to apply to --model (merged in at load)")
+    g.add_argument("--quantize", choices=["int8", "int4", "fp8"],
+                   help="weight-only quantization at load (see docs/quantization.md)")
+    g.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32,
+                   help="int4: weights per scale")
+
+
+def quant_config_from_args(a):
+    """``QuantConfig`` for ``--quantize``, or None."""
+    if not getattr(a, "quantize", None):
+        return None
+    from lhama.quant import QuantConfig
+
+    return QuantConfig(a.quantize, group_size=a.quant_group_size)
+
+
+def load_model_from_args(a):
+    """The model the ``add_model_args`` flags name, loaded (``lhama.loader.load_model``)."""
+    import torch
+
+    from lhama.loader import load_model
+
+    dtype = getattr(torch, a.dtype) if a.dtype else None
+    return load_model(a.model, dtype=dtype, device=a.device, chat_format=a.chat_format, tokenizer=a.tokenizer,
+                      max_seq_len=a.max_seq_len, lora=getattr(a, "lora", None),
+                      quantize=quant_config_from_args(a))
+
+
+# -- sampling ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """The one set of sampling defaults of chat, generate, agent and rag (docs/generation.md).
+    Field names are ``SamplingParams`` fields. Temperature 0.6 and top-p 0.9 are Meta's
+    published generation settings for Llama 3; a fixed seed makes the same command give the
+    same text (pass --seed to vary it, --temperature 0 for greedy)."""
+
+    max_tokens: int = 512
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = 0
+
+
+SAMPLING_DEFAULTS = SamplingDefaults()
+
+SAMPLING_HELP = {
+    "max_tokens": "most tokens to generate (fewer when the context runs out)",
+    "temperature": "softmax temperature; 0 = greedy",
+    "top_p": "nucleus sampling: keep the smallest set of tokens whose probability reaches this (1 = off)",
+    "top_k": "keep the k most likely tokens (0 = off)",
+    "min_p": "drop tokens below this fraction of the top token's probability (0 = off)",
+    "repetition_penalty": "CTRL-style penalty on tokens of the prompt and output (1 = off)",
+    "frequency_penalty": "OpenAI-style penalty growing with a token's count in the output",
+    "presence_penalty": "OpenAI-style penalty on tokens already in the output",
+    "seed": "random seed of the sampler",
+}
+
+
+def add_sampling_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """Flags for the ``SamplingDefaults`` fields (all, or ``only`` these) plus ``--stop``."""
+    g = p.add_argument_group("sampling (docs/generation.md)")
+    for f in fields(SamplingDefaults):
+        if only is not None and f.name not in only:
+            continue
+        kind = float if isinstance(getattr(SAMPLING_DEFAULTS, f.name), float) else int
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(SAMPLING_DEFAULTS, f.name),
+                       help=SAMPLING_HELP[f.name])
+    if only is None:
+        g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_params_from_args(a):
+    """``SamplingParams`` from the ``add_sampling_args`` flags (and ``--logprobs N`` if present)."""
+    from lhama.generate import SamplingParams
+
+    values = {f.name: getattr(a, f.name) for f in fields(SamplingDefaults) if hasattr(a, f.name)}
+    top = getattr(a, "logprobs", 0) or 0
+    return SamplingParams(**values, stop=tuple(getattr(a, "stop", ())), logprobs=bool(top), top_logprobs=top)
+
+
+# -- speculative decoding ------------------------------------------------------------------------
+def add_speculative_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("speculative decoding (docs/scaling.md)")
+    g.add_argument("--draft-model", help="draft: self:int4 (an int4 copy of the model), a model sharing the "
+                                         "tokenizer, self:N (the model's first N layers), self:int4:N, or ngram "
+                                         "(prompt lookup)")
+    g.add_argument("--num-speculative-tokens", type=int, default=None,
+                   help="tokens the draft proposes per step (default: 6 for self:int4/int8, else 4)")
+
+
+def speculation_from_args(a, lm):
+    if not getattr(a, "draft_model", None):
+        return None
+    from lhama.generate.speculative import load_speculation
+
+    return load_speculation(a.draft_model, lm, a.num_speculative_tokens)
+
+
+# -- engine --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineDefaults:
+    """``EngineConfig``'s defaults for the fields the engine flags set."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 256
+    block_size: int = 16
+
+
+ENGINE_DEFAULTS = EngineDefaults()
+
+
+def add_engine_args(p: argparse.ArgumentParser):
+    """The engine flags, in a group the caller may add more to (serve adds --tp)."""
+    g = p.add_argument_group("engine (docs/engine.md)")
+    d = ENGINE_DEFAULTS
+    g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="sequences run in one step")
+    g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
+                   help="tokens computed in one step")
+    g.add_argument("--kv-cache-gb", type=float, help="KV-cache budget in GiB (default: see docs/engine.md)")
+    g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
+    g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
+    g.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
+    g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs")
+    return g
+
+
+def engine_config_from_args(a):
+    from lhama.engine.config import EngineConfig
+
+    return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                        kv_cache_gb=a.kv_cache_gb, block_size=a.block_size, max_model_len=a.max_model_len,
+                        enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
+                        cuda_graphs=not a.enforce_eager)
