@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from lhama.server import batches, chat, completions, embeddings, files, vector_stores
 from lhama.server.batches import BatchManager
 from lhama.server.config import ServerConfig
+from lhama.server.docs import install_docs
 from lhama.server.constrained import install_processor_hook
 from lhama.server.errors import install_error_handlers
 from lhama.server.files import FileStore
@@ -50,7 +51,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
         await state.batches.shutdown()
         engine.shutdown()
 
-    app = FastAPI(title="lhama", version=_version(), lifespan=lifespan,
+    app = FastAPI(title="lhama", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="OpenAI-compatible serving of Llama-family models (see docs/server.md).")
     app.state.lhama = state
     install_error_handlers(app)
@@ -58,6 +59,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
         app.include_router(module.router)
     _add_basic_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_docs(app)  # /docs from packaged assets, no CDN
     # Added last = outermost: metrics see the 401s and 413s the inner layers send.
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
