@@ -41,7 +41,7 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str = "
     if to != "gguf" and ckpt.format != "gguf" and src_dir.resolve() != written.resolve():
         for name in TOKENIZER_FILES:
             if (src_dir / name).is_file():
-                shutil.copy2(src_dir / name, written / name)
+                shutil.copyfile(src_dir / name, written / name)
     if to == "safetensors" and ckpt.format == "gguf":
         write_hf_tokenizer_from_gguf(ckpt.path, ckpt.metadata, written)
     return written

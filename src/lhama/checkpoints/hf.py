@@ -238,6 +238,14 @@ def parse_size(size: int | str) -> int:
     return int(s)
 
 
+def chmod_as_created(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode ``open()`` gives a new file (0666 minus the umask): the safetensors
+    writer leaves its files 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_hf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str | os.PathLike,
              max_shard_size: int | str = "5GB", extra_config: dict[str, Any] | None = None) -> Path:
     """config.json + safetensors in HF layout; sharded with an index past ``max_shard_size``."""
@@ -270,6 +278,7 @@ def write_hf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str 
             weight_map[HF_NAMES.to_theirs(name)] = file
         partial = out_dir / (file + ".partial")
         save_file(tensors, str(partial), metadata={"format": "pt"})  # transformers requires format=pt
+        chmod_as_created(partial)
         os.replace(partial, out_dir / file)
     if n > 1:
         total = sum(state_dict[name].numel() * state_dict[name].element_size() for name in expected_shapes(args))

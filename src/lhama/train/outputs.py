@@ -67,11 +67,11 @@ def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None,
             src_dir = base_path if base_path.is_dir() else base_path.parent
             for name in TOKENIZER_FILES:
                 if (src_dir / name).is_file():
-                    shutil.copy2(src_dir / name, written / name)
+                    shutil.copyfile(src_dir / name, written / name)
         elif getattr(tokenizer, "kind", None) == "llama3":  # a named config: Meta's tokenizer from llama-models
             from lhama.tokenizer.llama3 import default_tokenizer_path
 
-            shutil.copy2(default_tokenizer_path(), written / "tokenizer.model")
+            shutil.copyfile(default_tokenizer_path(), written / "tokenizer.model")
         return written
     metadata: dict[str, Any] = {}
     if base_meta is not None:
