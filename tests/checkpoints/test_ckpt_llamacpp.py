@@ -1,5 +1,6 @@
 """Our GGUF exports are real llama.cpp files: llama.cpp (via llama-cpp-python, the bench extra)
-loads them and computes our logits, Llama 3.1 RoPE scaling (the rope_freqs tensor) included."""
+loads them and computes our logits, Llama 3.1 RoPE scaling (the rope_freqs tensor) included.
+llama.cpp runs in a child process (tests.native): a crash there fails one test, naming the signal."""
 
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import torch
 
 from lhama.checkpoints import convert, load_model, write_checkpoint
 from lhama.model import ModelArgs, RopeScaling, build_model
+from tests.native import run_llama_cpp
 
-llama_cpp = pytest.importorskip("llama_cpp")
 F32 = 0  # ggml type id: keep llama.cpp's KV cache in fp32 so only the file format is under test
 
 
-def _llama_cpp_logits(path, ids):
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2,
-                          type_k=F32, type_v=F32)
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)]), llm
+def _llama_cpp_logits(path, ids, text: bytes | None = None):
+    """llama.cpp's logits for ``ids`` (and its tokens for ``text``, when given)."""
+    return run_llama_cpp("""
+        llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+                              type_k=F32, type_v=F32)
+        llm.eval(ids)
+        result = (np.array(llm.scores[: len(ids)]), text and llm.tokenize(text, add_bos=False))
+    """, path=str(path), ids=ids, text=text, F32=F32)
 
 
 def test_tiny_f32_export_with_rope_scaling(tmp_path):
@@ -46,8 +50,8 @@ def test_smollm2_f16_reexport_runs_in_llama_cpp(smollm2_path, tmp_path):
     model, _ = load_model(smollm2_path)
     out = convert(smollm2_path, tmp_path / "smol.f16.gguf", to="gguf", gguf_type="f16")
     ids = [1, 504, 3575, 282, 4649, 314]
-    got, llm = _llama_cpp_logits(out, ids)
-    assert llm.tokenize(b"The capital of France is", add_bos=False) == ids[1:]  # tokenizer carried over
+    got, tokens = _llama_cpp_logits(out, ids, b"The capital of France is")
+    assert tokens == ids[1:]  # tokenizer carried over
     with torch.no_grad():
         want = model(torch.tensor([ids]))[0].numpy()
     assert (got.argmax(-1) == want.argmax(-1)).all()
@@ -73,16 +77,17 @@ QUANTS = {"q4_0": (2, "Q4_0", 0.12), "q4_1": (3, "Q4_1", 0.12), "q8_0": (7, "Q8_
 def test_reads_files_quantized_by_llama_cpp(f32_tiny, tmp_path, quant):
     """llama.cpp quantizes our F32 export; we dequantize its file: weights within the type's
     rounding error of the originals, logits next to llama.cpp's own on that file."""
-    import ctypes
-
     import gguf
 
     model, src = f32_tiny
     ftype, qname, bound = QUANTS[quant]
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
     out = tmp_path / f"tiny.{quant}.gguf"
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+    assert run_llama_cpp("""
+        import ctypes
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        result = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
+    """, src=str(src), out=str(out), ftype=ftype) == 0
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == qname
     ours, ckpt = load_model(out)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from lhama.errors import TokenizerError
 from lhama.tokenizer import JinjaChatFormat, Llama3ChatFormat, load_chat_format, load_tokenizer
 from lhama.tokenizer.gguf_vocab import ByteLevelBPETokenizer, gguf_vocab_from_tiktoken, tokenizer_from_gguf_metadata
+from tests.native import run_llama_cpp
 from tests.tokenizer.conftest import gguf_metadata_from_sentencepiece, write_gguf
 from tests.tokenizer.corpus import CODE, SYMBOLS
 
@@ -98,13 +99,16 @@ def test_smollm2_special_text_is_plain_unless_allowed(smol):
 
 
 def test_smollm2_matches_llama_cpp(smol, smollm2_path, small_corpus):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (bench extra) is a second reference")
-    ll = llama_cpp.Llama(model_path=str(smollm2_path), vocab_only=True, verbose=False)
-    for s in EXTRAS + small_corpus[:200]:
-        if not s:
-            continue
-        assert smol.encode(s, allow_special=True) == ll.tokenize(s.encode(), add_bos=False, special=True), s[:200]
-        assert smol.encode(s) == ll.tokenize(s.encode(), add_bos=False, special=False), s[:200]
+    texts = [s for s in EXTRAS + small_corpus[:200] if s]
+    # llama-cpp-python (bench extra) is a second reference; it runs in a child process (tests.native)
+    theirs = run_llama_cpp("""
+        ll = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+        result = [(ll.tokenize(s.encode(), add_bos=False, special=True),
+                   ll.tokenize(s.encode(), add_bos=False, special=False)) for s in texts]
+    """, path=str(smollm2_path), texts=texts)
+    for s, (with_special, plain) in zip(texts, theirs, strict=True):
+        assert smol.encode(s, allow_special=True) == with_special, s[:200]
+        assert smol.encode(s) == plain, s[:200]
 
 
 # -- SentencePiece vocabulary in a GGUF (Llama 2 style) ---------------------------------------------

@@ -23,7 +23,7 @@ def docs_assets_dir() -> Path:
     spec = importlib.util.find_spec("fastapi_offline")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("the API docs pages need the 'fastapi-offline' package: pip install fastapi-offline")
-    return Path(list(spec.submodule_search_locations)[0]) / "static"
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
 def install_docs(app: FastAPI) -> None:
