@@ -32,10 +32,10 @@ def main() -> None:
     import lhama.checkpoints.gguf
     import lhama.checkpoints.hf
     import lhama.checkpoints.meta
-    import lhama.parallel.shard_sources  # noqa: F401  (imports are not the load's cost)
+    import lhama.parallel.shard_load  # noqa: F401  (imports are not the load's cost)
     from lhama.checkpoints import load_model
-    from lhama.parallel.shard_load import load_shard_model
     from lhama.model import ModelArgs, Transformer
+    from lhama.parallel.shard_load import load_shard_model
 
     # The first module built on the meta device imports torch's meta kernels (~70 MB of Python
     # objects, once per process, whatever the model's size): pay it before measuring.

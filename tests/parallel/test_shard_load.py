@@ -16,11 +16,11 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from lhama.checkpoints import read_checkpoint, write_checkpoint
-from lhama.parallel.shard_load import load_shard_model, random_shard_model
-from lhama.parallel.tp import shard_tensor
 from lhama.errors import CheckpointError, ConfigError
 from lhama.loader import load_model
 from lhama.model import ModelArgs, build_model, get_config
+from lhama.parallel.shard_load import load_shard_model, random_shard_model
+from lhama.parallel.tp import shard_tensor
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -49,10 +49,10 @@ def _write_bf16_gguf(sd, path):
     """lhama writes f32/f16/q8_0 GGUFs; llama.cpp's converter also writes BF16: add it for the writer."""
     import gguf
 
-    from lhama.checkpoints import gguf as lhama_gguf
+    from lhama.checkpoints import gguf_write
 
     with pytest.MonkeyPatch.context() as mp_:
-        mp_.setitem(lhama_gguf.WRITE_TYPES, "bf16", (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16))
+        mp_.setitem(gguf_write.WRITE_TYPES, "bf16", (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16))
         return write_checkpoint(sd, ARGS, path, "gguf", gguf_type="bf16")
 
 

@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from lhama.checkpoints.loader import Checkpoint, detect_format, read_checkpoint, write_checkpoint
+from lhama.checkpoints.loader import (
+    Checkpoint,
+    detect_format,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 TARGETS = ("safetensors", "gguf", "meta")
 # Tokenizer/generation files of HF and Meta folders, copied when converting folder -> folder.

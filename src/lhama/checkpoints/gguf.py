@@ -1,17 +1,18 @@
-"""GGUF (llama.cpp) checkpoints, read and written with the ``gguf`` package.
+"""GGUF (llama.cpp) checkpoints: the lazy reader (model shape from ``llama.*`` metadata, tensors
+from the memory map on demand).
 
 GGUF keeps Q/K rows in Meta's interleaved RoPE layout (llama.cpp's converter permutes Hugging
 Face weights into it), so tensors load without permutation. Dimensions are stored in ggml's
 ``ne`` order (fastest-varying first), the reverse of torch's; the ``gguf`` reader already hands
-out arrays in torch order. Tensors are dequantized one at a time so only the file's memory map
-and the growing fp32/fp16 state dict are ever resident.
+out arrays in torch order. Quantization blocks run along a row, so a block of rows (and a block
+of columns whose edges fall on block boundaries) decodes alone: one tensor at most is ever
+decoded at a time, and quantized loading (``lhama.checkpoints.quantized``) repacks the raw
+blocks without decoding them at all.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ import gguf  # the PyPI package (absolute import; this module is lhama.checkpoin
 import numpy as np
 import torch
 
-from lhama.checkpoints.layout import NameTable, cast, check_state_dict, drop_tied_head, expected_shapes, require_file
+from lhama.checkpoints.bounds import check_bounds
+from lhama.checkpoints.layout import NameTable
+from lhama.checkpoints.reader import CheckpointReader, narrow
 from lhama.errors import CheckpointError, ConfigError
+from lhama.gguf_file import gguf_metadata, open_gguf
 from lhama.model.args import ModelArgs, RopeScaling
 from lhama.model.rope import rope_inv_freq
 
@@ -42,98 +46,6 @@ GGUF_NAMES = NameTable({
     "layers.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
 })
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1 scaling as per-dimension frequency divisors
-
-WRITE_TYPES = {
-    "f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-}
-# Keys the writer derives itself; never copied from a source file's metadata.
-_OWN_KEYS = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
-
-
-# -- opening ---------------------------------------------------------------------------------
-class _BadTensor(Exception):
-    def __init__(self, name: str, message: str):
-        super().__init__(message)
-        self.name = name
-
-
-class _CheckedReader(gguf.GGUFReader):
-    """GGUFReader that checks each tensor's extent and type before mapping it, so a truncated
-    file is reported with the tensor that is cut off instead of a numpy reshape error."""
-
-    def _get(self, *args, **kwargs):
-        # Slicing an np.memmap runs its __array_finalize__ each time; a plain ndarray view of the
-        # same mapping parses a 100k-string vocabulary ~4x faster (cold start).
-        if type(self.data) is np.memmap:
-            self.data = self.data.view(np.ndarray)
-        return super()._get(*args, **kwargs)
-
-    def _build_tensors(self, start_offs: int, fields: list) -> None:
-        size = len(self.data)
-        for field in fields:
-            try:
-                name = bytes(field.parts[1]).decode("utf-8", "replace")
-                dims, raw_type, offset = field.parts[3], int(field.parts[4][0]), int(field.parts[5][0])
-            except Exception:  # layout of the library's internals changed: let it report
-                continue
-            try:
-                qtype = gguf.GGMLQuantizationType(raw_type)
-            except ValueError:
-                raise _BadTensor(name, f"unknown ggml tensor type id {raw_type}") from None
-            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            n_elems = math.prod(int(d) for d in dims)
-            if n_elems % block:
-                raise _BadTensor(name, f"{n_elems} elements are not a whole number of {qtype.name} blocks")
-            end = start_offs + offset + n_elems // block * type_size
-            if end > size:
-                raise _BadTensor(name, f"file is truncated: tensor data ends at byte {end} but the file "
-                                       f"has only {size} bytes (incomplete download?)")
-        super()._build_tensors(start_offs, fields)
-
-
-def _open(path: Path) -> gguf.GGUFReader:
-    require_file(path)
-    st = path.stat()
-    return _open_cached(str(path.resolve()), st.st_mtime_ns, st.st_size, path)
-
-
-@functools.lru_cache(maxsize=2)
-def _open_cached(_resolved: str, _mtime: int, _size: int, path: Path) -> gguf.GGUFReader:
-    """Model loading and the tokenizer both read the same file; parse its header once."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise CheckpointError(path, f"not a GGUF file: it starts with {magic!r}, GGUF files start with b'GGUF'")
-    try:
-        return _CheckedReader(path)
-    except _BadTensor as e:
-        raise CheckpointError(path, str(e), tensor=e.name) from None
-    except Exception as e:  # any parse failure inside the library is a corrupt file, not our crash
-        raise CheckpointError(path, f"corrupt or truncated GGUF header ({type(e).__name__}: {e})") from None
-
-
-def _metadata(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
-    md: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):  # the reader's own bookkeeping (version, counts)
-            continue
-        try:
-            value = field.contents()
-            if field.types == [gguf.GGUFValueType.FLOAT32]:  # 1e-5, not float32's 9.99999974e-06
-                value = float(str(np.float32(value)))
-            md[key] = value
-        except Exception as e:
-            raise CheckpointError(path, f"metadata key '{key}' cannot be decoded ({type(e).__name__}: {e})") from None
-    return md
-
-
-def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """All key/value metadata of a GGUF file as Python values: strings decoded, arrays as lists.
-    ``tokenizer.ggml.*`` and ``tokenizer.chat_template`` are what the tokenizer needs."""
-    path = Path(path)
-    return _metadata(_open(path), path)
 
 
 # -- config ----------------------------------------------------------------------------------
@@ -183,6 +95,7 @@ def args_from_gguf(md: dict[str, Any], path: Path, *, vocab_size: int, tied: boo
         )
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
+    check_bounds(args, path)  # before anything (the RoPE tables below) is sized from them
     if rope_freqs is not None:
         orig = md.get(p + "rope.scaling.original_context_length", 8192)
         args = args.with_(rope_scaling=rope_scaling_from_divisors(rope_freqs, args, path, int(orig)))
@@ -229,166 +142,97 @@ def rope_scaling_from_divisors(divisors: torch.Tensor, args: ModelArgs, path: Pa
                                 "is the only scaling lhama's model represents", tensor=ROPE_FREQS)
 
 
-# -- tensors ---------------------------------------------------------------------------------
-def _to_torch(t, dtype: torch.dtype | None) -> torch.Tensor:
-    """Dequantize one reader tensor into a fresh torch tensor of ``dtype`` (torch shape)."""
-    Q = gguf.GGMLQuantizationType
-    shape = gguf_shape(t)
-    if t.tensor_type in (Q.F32, Q.F16):  # copy out of the read-only memory map
-        out = torch.from_numpy(np.array(t.data)).reshape(shape)
-    elif t.tensor_type == Q.BF16:
-        out = torch.from_numpy(np.array(t.data).view(np.int16)).view(torch.bfloat16).reshape(shape)
-    else:
-        out = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type)).reshape(shape)
-    return cast(out, dtype)
 
-
+# -- the reader ------------------------------------------------------------------------------
 def gguf_shape(t) -> tuple[int, ...]:
     """A GGUF tensor's shape in PyTorch order (GGUF lists dimensions innermost first)."""
     return tuple(int(n) for n in reversed(t.shape.tolist()))
 
 
-def gguf_model_args(reader, md: dict, path: Path):
-    """(ModelArgs, reader tensors by our names) of an open reader, without reading the weights
-    (only the small rope_freqs tensor, where Llama 3.1 files store their RoPE scaling)."""
-    by_name = {t.name: t for t in reader.tensors}
-    emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
-    if emb is None:
-        raise CheckpointError(path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
-    freqs = _dequantize(by_name[ROPE_FREQS], torch.float32, path) if ROPE_FREQS in by_name else None
-    args = args_from_gguf(md, path, vocab_size=int(emb.shape[-1]), tied="output.weight" not in by_name,
-                          rope_freqs=freqs)
-    tensors = {}
-    for name, t in by_name.items():
-        if name == ROPE_FREQS:
-            continue
-        ours = GGUF_NAMES.to_ours(name)
-        if ours is None:
-            raise CheckpointError(path, "unexpected tensor, not part of a Llama model", tensor=name)
-        tensors[ours] = t
-    return args, tensors
-
-
-def read_gguf(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32):
-    """(ModelArgs, state dict with our names, metadata) from a GGUF file."""
-    path = Path(path)
-    reader = _open(path)
-    md = _metadata(reader, path)
-    args, tensors = gguf_model_args(reader, md, path)
-    expected = expected_shapes(args)
-    state_dict: dict[str, torch.Tensor] = {}
-    for ours, t in tensors.items():
-        shape = gguf_shape(t)
-        if ours in expected and shape != expected[ours]:  # before paying for dequantization
-            raise CheckpointError(path, f"shape {shape} does not match the metadata, which needs {expected[ours]}",
-                                  tensor=t.name)
-        state_dict[ours] = _dequantize(t, dtype, path)
-    check_state_dict(state_dict, args, path, name_of=lambda n: GGUF_NAMES.to_theirs(n))
-    return args, state_dict, md
-
-
-def _dequantize(t, dtype: torch.dtype | None, path: Path) -> torch.Tensor:
-    try:
-        return _to_torch(t, dtype)
-    except NotImplementedError:
-        raise CheckpointError(path, f"tensor type {t.tensor_type.name} cannot be dequantized by the gguf "
-                                    "package; re-quantize the model to a common type (Q8_0, Q4_K, ...)",
-                              tensor=t.name) from None
-    except Exception as e:
-        raise CheckpointError(path, f"cannot decode tensor data ({type(e).__name__}: {e})", tensor=t.name) from None
-
-
-# -- writing ---------------------------------------------------------------------------------
-def _add_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
-    """Python value -> GGUF type with llama.cpp's conventions: scalar ints (token ids, sizes)
-    are UINT32, integer arrays (token types) INT32, floats FLOAT32."""
-    V = gguf.GGUFValueType
-    if isinstance(value, bool):
-        w.add_key_value(key, value, V.BOOL)
-    elif isinstance(value, int):
-        w.add_key_value(key, value, V.UINT32 if 0 <= value < 2**32 else V.INT64)
-    elif isinstance(value, float):
-        w.add_key_value(key, value, V.FLOAT32)
-    elif isinstance(value, str):
-        w.add_key_value(key, value, V.STRING)
-    elif isinstance(value, (list, tuple)) and value:
-        first = value[0]
-        sub = (V.STRING if isinstance(first, str) else V.FLOAT32 if isinstance(first, float)
-               else V.BOOL if isinstance(first, bool) else V.INT32)
-        w.add_key_value(key, list(value), V.ARRAY, sub_type=sub)
-
-
-def _encode(t: torch.Tensor, qtype) -> np.ndarray:
-    a = t.detach().to("cpu", torch.float32).numpy()
-    return gguf.quants.quantize(a, qtype)
-
-
-def write_gguf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_path: str | os.PathLike,
-               gguf_type: str = "f16", metadata: dict[str, Any] | None = None) -> Path:
-    """Write a llama.cpp-loadable GGUF. Norms stay F32 (as llama.cpp's converter does); Q8_0
-    needs rows divisible by 32 and falls back to F16 otherwise. ``metadata`` ``tokenizer.*`` and
-    ``general.*`` keys (e.g. from the source GGUF) are carried over so the file is self-contained."""
-    if gguf_type not in WRITE_TYPES:
-        raise ValueError(f"gguf_type must be one of {sorted(WRITE_TYPES)}, got {gguf_type!r}")
-    out_path = Path(out_path)
-    state_dict = drop_tied_head(state_dict, args)
-    check_state_dict(state_dict, args, "<state dict to write>")
-    qtype, file_type = WRITE_TYPES[gguf_type]
+def _decode(data: np.ndarray, qtype, path: Path, name: str) -> np.ndarray:
+    """Raw GGUF data (typed for F32/F16, bytes otherwise) -> a fresh float32 (F32/F16) or
+    float32-dequantized array; BF16 comes back as bfloat16 bits in int16."""
     Q = gguf.GGMLQuantizationType
-
-    w = gguf.GGUFWriter(None, ARCH)
-    p = f"{ARCH}."
-    md = dict(metadata or {})
-    if "general.name" not in md:
-        md["general.name"] = "lhama export"
-    w.add_uint32(p + "context_length", args.max_seq_len)
-    w.add_uint32(p + "embedding_length", args.dim)
-    w.add_uint32(p + "block_count", args.n_layers)
-    w.add_uint32(p + "feed_forward_length", args.hidden_dim)
-    w.add_uint32(p + "attention.head_count", args.n_heads)
-    w.add_uint32(p + "attention.head_count_kv", args.n_kv_heads)
-    w.add_float32(p + "rope.freq_base", float(args.rope_theta))
-    w.add_float32(p + "attention.layer_norm_rms_epsilon", float(args.norm_eps))
-    w.add_uint32(p + "vocab_size", args.vocab_size)
-    w.add_uint32(p + "rope.dimension_count", args.head_dim)
-    if args.head_dim_override:
-        w.add_uint32(p + "attention.key_length", args.head_dim)
-        w.add_uint32(p + "attention.value_length", args.head_dim)
-    w.add_uint32("general.file_type", int(file_type))
-    if qtype not in (Q.F32, Q.F16):
-        w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
-    for key, value in md.items():
-        if (key.startswith("tokenizer.") or key.startswith("general.")) and key not in _OWN_KEYS:
-            _add_value(w, key, value)
-    if "tokenizer.ggml.model" not in md:
-        # llama.cpp requires the key; "none" loads the weights with no vocabulary attached.
-        w.add_string("tokenizer.ggml.model", "none")
-
-    # Plan every tensor first (names, types, sizes), then stream them one by one.
-    plan: list[tuple[str, torch.Tensor, Any]] = []
-    if args.rope_scaling is not None:
-        plan.append((ROPE_FREQS, rope_divisors(args).float(), Q.F32))
-    for name in expected_shapes(args):
-        t = state_dict[name]
-        tq = Q.F32 if t.ndim == 1 else qtype
-        if tq == Q.Q8_0 and t.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
-            tq = Q.F16
-        plan.append((GGUF_NAMES.to_theirs(name), t, tq))
-    for name, t, tq in plan:
-        block, type_size = gguf.GGML_QUANT_SIZES[tq]
-        w.add_tensor_info(name, tuple(t.shape), np.dtype(np.float32), t.numel() // block * type_size, raw_dtype=tq)
-
-    tmp = out_path.with_name(out_path.name + ".partial")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        w.write_header_to_file(tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for _name, t, tq in plan:
-            w.write_tensor_data(_encode(t, tq))
-        w.close()
-        os.replace(tmp, out_path)  # a reader never sees a half-written file under the real name
-    finally:
-        w.close()
-        tmp.unlink(missing_ok=True)
-    return out_path
+        if qtype in (Q.F32, Q.F16):
+            return np.array(data)
+        if qtype == Q.BF16:
+            return np.array(data).view(np.int16)
+        return gguf.quants.dequantize(data, qtype)
+    except NotImplementedError:
+        raise CheckpointError(path, f"tensor type {Q(qtype).name} cannot be dequantized by the gguf package; "
+                                    "re-quantize the model to a common type (Q8_0, Q4_K, ...)", tensor=name) from None
+    except Exception as e:
+        raise CheckpointError(path, f"cannot decode tensor data ({type(e).__name__}: {e})", tensor=name) from None
+
+
+def _to_torch(a: np.ndarray, qtype, shape) -> torch.Tensor:
+    out = torch.from_numpy(a)
+    if qtype == gguf.GGMLQuantizationType.BF16:
+        out = out.view(torch.bfloat16)
+    return out.reshape(shape)
+
+
+class GGUFCheckpointReader(CheckpointReader):
+    format = "gguf"
+    names = GGUF_NAMES
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        file = open_gguf(self.path)
+        self.metadata = gguf_metadata(file, self.path)
+        by_name = {t.name: t for t in file.tensors}
+        emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
+        if emb is None:
+            raise CheckpointError(self.path, "tensor missing; not a Llama model file", tensor="token_embd.weight")
+        self._tensors = {}
+        for name, t in by_name.items():
+            if name == ROPE_FREQS:
+                continue
+            ours = GGUF_NAMES.to_ours(name)
+            if ours is None:
+                raise CheckpointError(self.path, "unexpected tensor, not part of a Llama model", tensor=name)
+            self._tensors[ours] = t
+        self.shapes = {ours: gguf_shape(t) for ours, t in self._tensors.items()}
+        freqs = None
+        if ROPE_FREQS in by_name:  # small: where Llama 3.1 files keep their RoPE scaling
+            t = by_name[ROPE_FREQS]
+            freqs = torch.from_numpy(_decode(t.data, t.tensor_type, self.path, ROPE_FREQS)).float()
+        self.args = args_from_gguf(self.metadata, self.path, vocab_size=int(emb.shape[-1]),
+                                   tied="output.weight" not in self.shapes, rope_freqs=freqs)
+
+    def qtype(self, name: str) -> gguf.GGMLQuantizationType:
+        return gguf.GGMLQuantizationType(self._tensors[name].tensor_type)
+
+    def blocks(self, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Raw bytes of rows ``[start, stop)`` as ``[rows, bytes per row]``: a view of the map."""
+        t = self._tensors[name]
+        rows = t.data.reshape(self.shapes[name][0], -1)
+        if rows.dtype != np.uint8:
+            rows = rows.view(np.uint8)
+        return rows[start:stop]
+
+    def read(self, name, dim=None, start=None, stop=None):
+        t, shape = self._tensors[name], self.shapes[name]
+        qtype = self.qtype(name)
+        if dim is not None:
+            start = 0 if start is None else start
+            stop = shape[dim] if stop is None else stop
+        if dim is None or len(shape) == 1:
+            a = _decode(t.data, qtype, self.path, t.name)
+            return narrow(_to_torch(a, qtype, shape), dim, start, stop)
+        Q = gguf.GGMLQuantizationType
+        if qtype in (Q.F32, Q.F16):  # typed arrays: copy only the block out of the map
+            cut = t.data.reshape(shape)[(slice(None),) * dim + (slice(start, stop),)]
+            return torch.from_numpy(np.array(cut))
+        # Quantized (BF16 too, as 1-element blocks): blocks run along a row.
+        per_block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+        if dim == 0:
+            a = _decode(self.blocks(name, start, stop), qtype, self.path, t.name)
+            return _to_torch(a, qtype, (stop - start, shape[1]))
+        if start % per_block == 0 and stop % per_block == 0:
+            cut = np.ascontiguousarray(self.blocks(name)[:, start // per_block * block_bytes:
+                                                         stop // per_block * block_bytes])
+            return _to_torch(_decode(cut, qtype, self.path, t.name), qtype, (shape[0], stop - start))
+        # Column edges inside a quantization block: this one tensor whole, then the slice.
+        return _to_torch(_decode(t.data, qtype, self.path, t.name), qtype, shape).narrow(dim, start, stop - start)

@@ -3,7 +3,8 @@ model.safetensors.index.json).
 
 HF stores Q/K projections in the "rotate half" RoPE layout (channel j pairs with j + head_dim/2)
 while our model pairs channels (2i, 2i+1) as Meta does, so wq/wk rows are permuted per head on
-load and permuted back on save. Safetensors files are memory-mapped and read tensor by tensor.
+load and permuted back on save. Safetensors files are memory-mapped and read tensor by tensor
+(or slice by slice) by ``HFCheckpointReader``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lhama.checkpoints.layout import NameTable, cast, check_state_dict, drop_tied_head, expected_shapes, require_file
+from lhama.checkpoints.bounds import check_bounds
+from lhama.checkpoints.layout import (
+    NameTable,
+    check_state_dict,
+    drop_tied_head,
+    expected_shapes,
+    require_file,
+)
+from lhama.checkpoints.reader import CheckpointReader
 from lhama.errors import CheckpointError, ConfigError
 from lhama.model.args import ModelArgs, RopeScaling
 
@@ -108,7 +117,7 @@ def args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
     dim, n_heads = num("hidden_size"), num("num_attention_heads")
     head_dim = cfg.get("head_dim") or dim // max(n_heads, 1)
     try:
-        return ModelArgs(
+        args = ModelArgs(
             dim=dim, n_layers=num("num_hidden_layers"), n_heads=n_heads,
             n_kv_heads=num("num_key_value_heads", n_heads), vocab_size=num("vocab_size"),
             hidden_dim=num("intermediate_size"), norm_eps=num("rms_norm_eps", 1e-6, float),
@@ -119,6 +128,8 @@ def args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
         )
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
+    check_bounds(args, path)
+    return args
 
 
 def hf_config(args: ModelArgs, dtype: torch.dtype, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -161,68 +172,78 @@ def _diagnose_safetensors(file: Path, err: Exception) -> CheckpointError:
     return CheckpointError(file, f"corrupt or truncated safetensors file ({type(err).__name__}: {err})")
 
 
-def _read_safetensors(file: Path, dtype: torch.dtype | None, args: ModelArgs, out: dict, only: set[str] | None = None):
-    require_file(file)
-    try:
-        f = safe_open(str(file), framework="pt")
-    except Exception as e:
-        raise _diagnose_safetensors(file, e) from None
-    expected = expected_shapes(args)
-    with f:
-        for name in f.keys():
-            if only is not None and name not in only:
-                continue
-            if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and args.tie_embeddings):
-                continue  # recomputed buffers (old transformers) / a tied head stored anyway
-            ours = HF_NAMES.to_ours(name)
-            if ours is None:
-                raise CheckpointError(file, "unexpected tensor, not part of a Llama model", tensor=name)
-            try:
-                t = f.get_tensor(name)
-            except Exception as e:
-                raise CheckpointError(file, f"cannot read tensor data ({e})", tensor=name) from None
-            if ours in expected and tuple(t.shape) != expected[ours]:
-                raise CheckpointError(file, f"shape {tuple(t.shape)} does not match config.json, which needs "
-                                            f"{expected[ours]}", tensor=name)
-            heads = _heads_of(ours, args)
-            out[ours] = cast(hf_to_meta_rows(t, heads) if heads else t, dtype)
+class HFCheckpointReader(CheckpointReader):
+    """An HF folder (config.json + model.safetensors or shards with an index), or one
+    ``.safetensors`` file with a config.json beside it. Slices come from ``get_slice``, which
+    reads just the block from the mapped file; Q/K rows are permuted from rotate-half per head
+    as read (a block of rows is whole heads, so permuting within it equals permuting the whole)."""
 
+    format = "hf"
+    names = HF_NAMES
 
-def read_hf(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32):
-    """(ModelArgs, state dict with our names, config dict) from an HF folder, or from one
-    ``.safetensors`` file with a config.json beside it."""
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    cfg_path = folder / "config.json"
-    cfg = read_json(cfg_path)
-    args = args_from_hf_config(cfg, cfg_path)
-    state_dict: dict[str, torch.Tensor] = {}
-    where: Path = path
-    if path.is_file():
-        _read_safetensors(path, dtype, args, state_dict)
-    elif (folder / SINGLE_FILE).exists():
-        where = folder / SINGLE_FILE
-        _read_safetensors(where, dtype, args, state_dict)
-    elif (folder / INDEX_FILE).exists():
-        index = read_json(folder / INDEX_FILE)
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise CheckpointError(folder / INDEX_FILE, "'weight_map' must map tensor names to file names")
-        for shard in sorted(set(weight_map.values())):
-            shard_path = folder / shard
-            if not shard_path.is_file() or Path(shard).name != shard:
-                raise CheckpointError(shard_path, "shard listed in model.safetensors.index.json is missing")
-            wanted = {n for n, s in weight_map.items() if s == shard}
-            _read_safetensors(shard_path, dtype, args, state_dict, only=wanted)
-            absent = sorted(n for n in wanted if HF_NAMES.to_ours(n) not in state_dict
-                            and not (n == "lm_head.weight" and args.tie_embeddings) and "rotary_emb" not in n)
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        cfg_path = folder / "config.json"
+        self.metadata = read_json(cfg_path)
+        self.args = args_from_hf_config(self.metadata, cfg_path)
+        if path.is_file():
+            files, wanted = [path], None
+        elif (folder / SINGLE_FILE).exists():
+            files, wanted = [folder / SINGLE_FILE], None
+        elif (folder / INDEX_FILE).exists():
+            wanted = read_json(folder / INDEX_FILE).get("weight_map")
+            if not isinstance(wanted, dict) or not all(isinstance(v, str) for v in wanted.values()):
+                raise CheckpointError(folder / INDEX_FILE, "'weight_map' must map tensor names to file names")
+            files = [folder / s for s in sorted(set(wanted.values()))]
+        else:
+            raise CheckpointError(folder, f"no {SINGLE_FILE} or {INDEX_FILE} next to config.json (only safetensors "
+                                          "weights are read; convert pytorch_model.bin with transformers first)")
+        self.path = files[0] if len(files) == 1 else folder
+        self._handles: list = []
+        self._where: dict[str, tuple[Any, str, Path]] = {}  # our name -> (handle, their name, file)
+        self.shapes = {}
+        for file in files:
+            if not file.is_file() or (wanted is not None and file.parent != folder):
+                raise CheckpointError(file, "shard listed in model.safetensors.index.json is missing")
+            self._open(file, wanted, folder)
+
+    def _open(self, file: Path, wanted: dict[str, str] | None, folder: Path) -> None:
+        try:
+            f = safe_open(str(require_file(file)), framework="pt")
+        except Exception as e:
+            raise _diagnose_safetensors(file, e) from None
+        self._handles.append(f)
+        keys = set(f.keys())
+        if wanted is not None:
+            absent = sorted(n for n, s in wanted.items() if folder / s == file and n not in keys)
             if absent:
-                raise CheckpointError(shard_path, "tensor listed in the index is not in this shard", tensor=absent[0])
-    else:
-        raise CheckpointError(folder, f"no {SINGLE_FILE} or {INDEX_FILE} next to config.json (only safetensors "
-                                      "weights are read; convert pytorch_model.bin with transformers first)")
-    check_state_dict(state_dict, args, where, name_of=HF_NAMES.to_theirs)
-    return args, state_dict, cfg
+                raise CheckpointError(file, "tensor listed in the index is not in this shard", tensor=absent[0])
+        for theirs in sorted(keys):
+            if wanted is not None and folder / wanted.get(theirs, "") != file:
+                continue  # a stray tensor the index does not point at
+            if theirs.endswith("rotary_emb.inv_freq") or (theirs == "lm_head.weight" and self.args.tie_embeddings):
+                continue  # recomputed buffers (old transformers) / a tied head stored anyway
+            ours = HF_NAMES.to_ours(theirs)
+            if ours is None:
+                raise CheckpointError(file, "unexpected tensor, not part of a Llama model", tensor=theirs)
+            self._where[ours] = (f, theirs, file)
+            self.shapes[ours] = tuple(f.get_slice(theirs).get_shape())
+
+    def read(self, name, dim=None, start=None, stop=None):
+        f, theirs, file = self._where[name]
+        try:
+            sl = f.get_slice(theirs)
+            t = sl[:] if dim is None else sl[start:stop] if dim == 0 else sl[:, start:stop]
+        except Exception as e:
+            raise CheckpointError(file, f"cannot read tensor data ({e})", tensor=theirs) from None
+        heads = _heads_of(name, self.args)
+        if heads:  # rows read are whole heads: permute within them
+            t = hf_to_meta_rows(t, heads * t.shape[0] // self.shapes[name][0])
+        return t
+
+    def close(self):
+        self._handles.clear()  # safe_open handles unmap when dropped
 
 
 # -- writing ---------------------------------------------------------------------------------

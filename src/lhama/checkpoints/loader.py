@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lhama.checkpoints.layout import drop_tied_head, expected_shapes, require_file
+from lhama.checkpoints.layout import cast, drop_tied_head, expected_shapes, require_file
+from lhama.checkpoints.reader import CheckpointReader
 from lhama.errors import CheckpointError
 from lhama.model.args import ModelArgs
 
@@ -57,26 +58,39 @@ def detect_format(path: str | os.PathLike) -> str:
                                 "(config.json + safetensors) or a Meta folder (params.json + consolidated.*.pth)")
 
 
-def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> Checkpoint:
-    """Read any supported checkpoint into our names, dequantized/cast to ``dtype`` (None keeps
-    the stored precision; quantized GGUF tensors then come out as float32)."""
+def open_reader(path: str | os.PathLike) -> CheckpointReader:
+    """The lazy reader (``lhama.checkpoints.reader``) for any supported checkpoint, validated:
+    its metadata within bounds and matching its tensor table before any weight is read."""
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "gguf":
-        from lhama.checkpoints.gguf import read_gguf
+        from lhama.checkpoints.gguf import GGUFCheckpointReader
 
-        if path.is_dir():
-            path = next(path.glob("*.gguf"))
-        args, sd, md = read_gguf(path, dtype)
+        reader: CheckpointReader = GGUFCheckpointReader(next(path.glob("*.gguf")) if path.is_dir() else path)
     elif fmt == "hf":
-        from lhama.checkpoints.hf import read_hf
+        from lhama.checkpoints.hf import HFCheckpointReader
 
-        args, sd, md = read_hf(path, dtype)
+        reader = HFCheckpointReader(path)
     else:
-        from lhama.checkpoints.meta import read_meta
+        from lhama.checkpoints.meta import MetaCheckpointReader
 
-        args, sd, md = read_meta(path if path.is_dir() else path.parent, dtype)
-    return Checkpoint(args=args, state_dict=sd, format=fmt, path=path, metadata=md)
+        reader = MetaCheckpointReader(path if path.is_dir() else path.parent)
+    try:
+        reader.validate()
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = torch.float32) -> Checkpoint:
+    """Read any supported checkpoint into our names, dequantized/cast to ``dtype`` (None keeps
+    the stored precision; quantized GGUF tensors then come out as float32)."""
+    with open_reader(path) as reader:
+        sd = {name: cast(reader.read(name), dtype) for name in reader.shapes}
+        where = reader.path if reader.format == "gguf" else Path(path)  # a folder stays the folder
+        return Checkpoint(args=reader.args, state_dict=sd, format=reader.format, path=where,
+                          metadata=reader.metadata)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: object = "<state dict>") -> None:
@@ -115,7 +129,7 @@ def write_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_p
 
         return write_hf(state_dict, args, out_path, **options)
     if fmt == "gguf":
-        from lhama.checkpoints.gguf import write_gguf
+        from lhama.checkpoints.gguf_write import write_gguf
 
         return write_gguf(state_dict, args, out_path, gguf_type=gguf_type, metadata=metadata)
     if fmt == "meta":
@@ -139,17 +153,6 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
 
 
 def read_args(path: str | os.PathLike) -> ModelArgs:
-    """The model's shape alone, without reading (or dequantizing) the weights: for ``lhama info``."""
-    path = Path(path)
-    fmt = detect_format(path)
-    if fmt == "gguf":
-        from lhama.checkpoints.gguf import _metadata, _open, gguf_model_args
-
-        reader = _open(path)
-        return gguf_model_args(reader, _metadata(reader, path), path)[0]
-    if fmt == "hf":
-        from lhama.checkpoints.hf import args_from_hf_config, read_json
-
-        folder = path if path.is_dir() else path.parent
-        return args_from_hf_config(read_json(folder / "config.json"), folder)
-    return read_checkpoint(path, dtype=None).args  # Meta .pth files are memory-mapped: cheap
+    """The model's shape alone, from headers, without reading the weights: for ``lhama info``."""
+    with open_reader(path) as reader:
+        return reader.args

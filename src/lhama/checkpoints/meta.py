@@ -2,8 +2,8 @@
 parallel rank), as published for Llama 2/3/3.1/3.2 and read by ``llama_models``.
 
 Pickles are opened with ``torch.load(weights_only=True)``: a file that tries to run code is
-refused, never executed. Files are memory-mapped so a single-shard checkpoint costs no RAM until
-a tensor is touched; several shards are concatenated back along the dimension fairscale split.
+refused, never executed. Files are memory-mapped so a checkpoint costs no RAM until a tensor is
+read; several shards are concatenated back along the dimension fairscale split.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from lhama.checkpoints.layout import cast, check_state_dict, drop_tied_head, expected_shapes, require_file
+from lhama.checkpoints.bounds import check_bounds
+from lhama.checkpoints.layout import (
+    check_state_dict,
+    drop_tied_head,
+    expected_shapes,
+    require_file,
+)
+from lhama.checkpoints.reader import CheckpointReader, narrow
 from lhama.errors import CheckpointError, ConfigError
 from lhama.model.args import ModelArgs, RopeScaling, swiglu_hidden_dim
 
@@ -102,7 +109,7 @@ def args_from_params(params: dict[str, Any], path: Path, vocab_size: int) -> Mod
                               original_context=num("rope_original_max_position_embeddings", 8192))
     default_ctx = 131072 if scaling else 8192 if vocab_size >= 128000 else 4096
     try:
-        return ModelArgs(
+        args = ModelArgs(
             dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=num("n_kv_heads", n_heads),
             vocab_size=vocab_size, hidden_dim=hidden, norm_eps=num("norm_eps", 1e-5, float),
             rope_theta=num("rope_theta", 10000.0, float), rope_scaling=scaling,
@@ -111,65 +118,111 @@ def args_from_params(params: dict[str, Any], path: Path, vocab_size: int) -> Mod
         )
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
+    check_bounds(args, path)
+    return args
 
 
-def _merge(name: str, parts: list[torch.Tensor], dim: int, n_kv_rows: int) -> torch.Tensor:
-    if len(parts) == 1:
-        return parts[0]
-    if name == "tok_embeddings.weight":
-        return torch.cat(parts, dim=0 if parts[0].shape[1] == dim else 1)
+class MetaCheckpointReader(CheckpointReader):
+    """A Meta folder. ``torch.load(mmap=True)`` maps every consolidated.NN.pth; a tensor (or a
+    slice of it) may span several of Meta's model-parallel pieces, so the pieces overlapping the
+    wanted range are cut and put side by side along the dimension fairscale split."""
+
+    format = "meta"
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        self.metadata = params = _read_params(folder)
+        files = sorted(folder.glob("consolidated.*.pth"))
+        if not files:
+            raise CheckpointError(folder, "no consolidated.NN.pth files next to params.json")
+        self.path = files[0] if len(files) == 1 else folder
+        # Sizes first (params.json alone), so a hostile file is refused before any mapping.
+        vocab = params.get("vocab_size", -1)
+        if isinstance(vocab, int) and vocab > 0:
+            args_from_params(params, folder / "params.json", vocab)
+        shards = [safe_torch_load(f) for f in files]  # memory-mapped: nothing read yet
+        for f, sd in zip(files[1:], shards[1:], strict=True):
+            if sd.keys() != shards[0].keys():
+                odd = sorted(sd.keys() ^ shards[0].keys())[0]
+                raise CheckpointError(f, f"shards disagree on their tensors (compare with {files[0].name})",
+                                      tensor=odd)
+        emb = shards[0].get("tok_embeddings.weight")
+        if emb is None:
+            raise CheckpointError(files[0], "tensor missing", tensor="tok_embeddings.weight")
+        if not isinstance(vocab, int) or vocab <= 0:  # Llama 2 writes -1: count the embedding rows
+            vocab = emb.shape[0] * (len(files) if emb.ndim == 2 and emb.shape[1] == params.get("dim") else 1)
+        args = args_from_params(params, folder / "params.json", vocab)
+        self._pieces: dict[str, tuple[list[torch.Tensor], int | None]] = {}
+        self.shapes = {}
+        for name in shards[0]:
+            if name not in IGNORED:
+                self._add(name, [sd[name] for sd in shards], args)
+        # Llama 3.2 publishes output.weight as a copy of the embeddings (the reference model has
+        # an untied output layer): a tied model.
+        if "output.weight" not in self.shapes or self._same("output.weight", "tok_embeddings.weight"):
+            self.shapes.pop("output.weight", None)
+            args = args.with_(tie_embeddings=True)
+        self.args = args
+
+    def _add(self, name: str, pieces: list[torch.Tensor], args: ModelArgs) -> None:
+        pdim = _split_dim_of(name, pieces, args)
+        if pdim is not None and name.endswith(("wk.weight", "wv.weight")):
+            n_kv_rows = args.n_kv_heads * args.head_dim
+            if pieces[0].shape[0] * len(pieces) > n_kv_rows:
+                # More Meta ranks than KV heads: each head sits on consecutive ranks; keep one copy.
+                pieces = pieces[:: max(1, pieces[0].shape[0] * len(pieces) // n_kv_rows)]
+        shape = list(pieces[0].shape)
+        if pdim is not None:
+            if any(p.ndim != 2 or p.shape[1 - pdim] != shape[1 - pdim] for p in pieces):
+                raise CheckpointError(self.path, "shards cannot be merged (their shapes disagree)", tensor=name)
+            shape[pdim] = sum(p.shape[pdim] for p in pieces)
+        self._pieces[name] = (pieces, pdim)
+        self.shapes[name] = tuple(shape)
+
+    def _same(self, a: str, b: str) -> bool:
+        """Compare two tensors block by block (one Meta piece at a time, never both whole)."""
+        if self.shapes[a] != self.shapes[b]:
+            return False
+        rows = self.shapes[a][0]
+        step = max(1, rows // max(len(self._pieces[a][0]), len(self._pieces[b][0])))
+        return all(torch.equal(self.read(a, 0, r, min(rows, r + step)), self.read(b, 0, r, min(rows, r + step)))
+                   for r in range(0, rows, step))
+
+    def read(self, name, dim=None, start=None, stop=None):
+        pieces, pdim = self._pieces[name]
+        if pdim is None:
+            return narrow(pieces[0], dim, start, stop)
+        if dim is None:
+            return torch.cat(pieces, dim=pdim)
+        start = 0 if start is None else start
+        stop = self.shapes[name][dim] if stop is None else stop
+        if dim != pdim:  # cut every piece, put the cuts side by side
+            parts = [narrow(p, dim, start, stop) for p in pieces]
+        else:  # only the pieces that overlap [start, stop)
+            parts, offset = [], 0
+            for p in pieces:
+                n = p.shape[pdim]
+                lo, hi = max(start, offset), min(stop, offset + n)
+                if lo < hi:
+                    parts.append(p.narrow(pdim, lo - offset, hi - lo))
+                offset += n
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=pdim)
+
+    def close(self):
+        self._pieces.clear()
+
+
+def _split_dim_of(name: str, pieces: list[torch.Tensor], args: ModelArgs) -> int | None:
+    """The dimension fairscale cut ``name`` along (None: one file, or replicated)."""
+    if len(pieces) == 1 or pieces[0].ndim != 2:
+        return None
+    if name == "tok_embeddings.weight":  # vocab-parallel (Llama 3) or embedding-parallel (Llama 2)
+        return 0 if pieces[0].shape[1] == args.dim else 1
     if name.endswith(ROW_PARALLEL):
-        return torch.cat(parts, dim=1)
+        return 1
     if name.endswith(COLUMN_PARALLEL):
-        if name.endswith(("wk.weight", "wv.weight")) and parts[0].shape[0] * len(parts) > n_kv_rows:
-            # More ranks than KV heads: each head was replicated on consecutive ranks.
-            r = parts[0].shape[0] * len(parts) // n_kv_rows
-            parts = parts[::r]
-        return torch.cat(parts, dim=0)
-    return parts[0]  # replicated (norms)
-
-
-def read_meta(folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32):
-    """(ModelArgs, state dict, params) from a Meta checkpoint folder."""
-    folder = Path(folder)
-    params = _read_params(folder)
-    files = sorted(folder.glob("consolidated.*.pth"))
-    if not files:
-        raise CheckpointError(folder, "no consolidated.NN.pth files next to params.json")
-    shards = [safe_torch_load(f) for f in files]
-    for f, sd in zip(files[1:], shards[1:], strict=True):
-        if sd.keys() != shards[0].keys():
-            odd = sorted(sd.keys() ^ shards[0].keys())[0]
-            raise CheckpointError(f, f"shards disagree on their tensors (compare with {files[0].name})", tensor=odd)
-    emb = shards[0].get("tok_embeddings.weight")
-    if emb is None:
-        raise CheckpointError(files[0], "tensor missing", tensor="tok_embeddings.weight")
-    vocab = params.get("vocab_size", -1)
-    if not isinstance(vocab, int) or vocab <= 0:  # Llama 2 writes -1: count the embedding rows
-        vocab = emb.shape[0] * (len(files) if emb.shape[1] == params.get("dim") else 1)
-    args = args_from_params(params, folder / "params.json", vocab)
-    n_kv_rows = args.n_kv_heads * args.head_dim
-    where = files[0] if len(files) == 1 else folder
-    state_dict: dict[str, torch.Tensor] = {}
-    for name in list(shards[0]):
-        if name in IGNORED:
-            continue
-        try:
-            merged = _merge(name, [sd[name] for sd in shards], args.dim, n_kv_rows)
-        except RuntimeError as e:
-            raise CheckpointError(where, f"shards cannot be merged ({e})", tensor=name) from None
-        state_dict[name] = cast(merged, dtype)
-        for sd in shards:  # drop the mapped shard tensors as soon as they are merged
-            del sd[name]
-    # Llama 3.2 publishes output.weight as a copy of the embeddings (the reference model has an
-    # untied output layer): keep one copy and mark the model tied.
-    out = state_dict.get("output.weight")
-    if out is None or (out.shape == state_dict["tok_embeddings.weight"].shape
-                       and torch.equal(out, state_dict["tok_embeddings.weight"])):
-        state_dict.pop("output.weight", None)
-        args = args.with_(tie_embeddings=True)
-    check_state_dict(state_dict, args, where)
-    return args, state_dict, params
+        return 0
+    return None
 
 
 # -- writing ---------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 blocks it owns, tensor by tensor, and never holds the full state dict.
 
 The rank's model is allocated once at its shard's shape (``shard_args``: 1/tp of the heads and
-MLP), empty; each owned block is read from the file (``shard_sources``) and copied into its
-parameter, so the peak is this rank's weights plus one block in flight. With a 70B model at
-bf16 on 8 ranks that is ~17.6 GB per rank (embeddings and head split by vocab rows too), not 140 GB.
-Named configs (random weights) draw each full tensor in ``build_model``'s order from the same
+MLP), empty; each owned block is read from the file by the lazy reader full loading uses too
+(``lhama.checkpoints.open_reader``) and copied into its parameter, so the peak is this rank's
+weights plus one block in flight. With a 70B model at bf16 on 8 ranks that is ~17.6 GB per
+rank (embeddings and head split by vocab rows too), not 140 GB. Named configs (random weights) draw each full tensor in ``build_model``'s order from the same
 seeded generator and keep the slice: every rank agrees, and with one process, at the cost of
 one full tensor at a time.
 """
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from lhama.checkpoints.layout import check_state_dict, expected_shapes
-from lhama.parallel.tp import check_tp, owned_range, shard_args
-from lhama.parallel.vocab import VOCAB_SHARDED, shard_vocab
+from lhama.checkpoints import open_reader
+from lhama.checkpoints.layout import expected_shapes
 from lhama.errors import CheckpointError
 from lhama.model import ModelArgs, Transformer
+from lhama.parallel.tp import check_tp, owned_range, shard_args
+from lhama.parallel.vocab import VOCAB_SHARDED, shard_vocab
 
 Reader = Callable[[str, "int | None", int, int], torch.Tensor]
 
@@ -100,15 +101,10 @@ def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype
                      max_seq_len: int | None = None) -> tuple[Transformer, ModelArgs, ShardLoadReport]:
     """(rank's model, the full model's args, report) reading only this rank's blocks of ``path``
     (GGUF file, HF folder or Meta folder). The model has no all-reduce hooks yet."""
-    from lhama.parallel.shard_sources import open_source
-
     t0 = time.perf_counter()
-    with open_source(path) as src:
+    with open_reader(path) as src:  # every tensor present and of the right shape, from headers
         args = src.args.with_(max_seq_len=max_seq_len) if max_seq_len else src.args
         check_tp(args, tp)
-        # Every tensor present and of the right shape before a byte of weights is read.
-        check_state_dict({n: torch.empty(s, device="meta") for n, s in src.shapes.items()}, args, src.path,
-                         name_of=src.name_of)
         model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
         replicated, largest = _fill(model, list(expected_shapes(args)), src.shapes, src.read, rank, tp, src.path)
         source = src.format

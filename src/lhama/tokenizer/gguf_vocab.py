@@ -215,8 +215,8 @@ def sentencepiece_from_gguf(md: Mapping[str, Any], name: str = "gguf") -> Senten
 
 
 def read_tokenizer_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``tokenizer.*`` keys of a GGUF file (through the checkpoints' cached reader)."""
-    from lhama.checkpoints import read_gguf_metadata
+    """The ``tokenizer.*`` keys of a GGUF file (through the cached reader model loading uses)."""
+    from lhama.gguf_file import read_gguf_metadata
 
     return {k: v for k, v in read_gguf_metadata(path).items() if k.startswith("tokenizer.")}
 
