@@ -48,7 +48,8 @@ def worker_lhama(a) -> dict:
     import torch
 
     from lhama.loader import load_model
-    from lhama.train import BatchIterator, LoraConfig, Trainer, TrainConfig, apply_lora, causal_lm_loss, make_rows
+    from lhama.model.lora import LoraConfig, apply_lora
+    from lhama.train import BatchIterator, Trainer, TrainConfig, causal_lm_loss, make_rows
     from lhama.train.data import load_chat_examples
 
     lm = load_model(a.hf, dtype=torch.float32, device="cpu")

@@ -107,7 +107,8 @@ def load_model(
         fmt = load_chat_format(target, tok, override=chat_format)
         name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
     if lora is not None:
-        from lhama.train.lora import load_peft_adapter, merge_lora
+        from lhama.model.lora import merge_lora
+        from lhama.peft_adapter import load_peft_adapter
 
         load_peft_adapter(model, lora)
         merge_lora(model)

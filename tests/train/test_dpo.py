@@ -13,11 +13,12 @@ import torch.nn.functional as F
 
 from lhama.errors import ConfigError
 from lhama.loader import load_model
-from lhama.train.config import LoraConfig, TrainConfig
+from lhama.model.lora import LoraConfig, apply_lora
+from lhama.peft_adapter import load_peft_adapter
+from lhama.train.config import TrainConfig
 from lhama.train.data import IGNORE
 from lhama.train.dpo import (DPOConfig, DPOLoss, PairIterator, collate_pairs, dpo_losses,
                              precompute_reference, preference_margin, run_dpo, sequence_logps, tokenize_pairs)
-from lhama.train.lora import apply_lora, load_peft_adapter
 from lhama.train.sft import RecipeOptions
 from tests.train.smol_tiny import arithmetic_pairs, tiny_smol_folder, write_jsonl
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lhama.errors import CheckpointError, ConfigError
-from lhama.train import LoraConfig, apply_lora, load_peft_adapter, merge_lora, save_peft_adapter
-from lhama.train.lora import LoRALinear, lora_state_dict
+from lhama.model.lora import LoraConfig, LoRALinear, apply_lora, lora_state_dict, merge_lora
+from lhama.peft_adapter import load_peft_adapter, save_peft_adapter
 
 ALL = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 

@@ -23,7 +23,7 @@ def _finetune(capsys, *argv) -> dict:
 
 def test_lora_sft_of_default_model_then_chat_with_the_adapter(smollm2_path, tmp_path, capsys):
     from lhama.loader import load_model
-    from lhama.train import load_peft_adapter
+    from lhama.peft_adapter import load_peft_adapter
 
     data = write_chat_jsonl(tmp_path / "train.jsonl", 6)
     out = tmp_path / "run"

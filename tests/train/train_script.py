@@ -13,8 +13,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from conftest import synthetic_examples  # noqa: E402
 
 from lhama.model import ModelArgs, build_model  # noqa: E402
+from lhama.model.lora import LoraConfig, apply_lora  # noqa: E402
 from lhama.parallel.runtime import init_distributed  # noqa: E402
-from lhama.train import BatchIterator, LoraConfig, Trainer, TrainConfig, apply_lora, causal_lm_loss, make_rows  # noqa: E402
+from lhama.train import BatchIterator, Trainer, TrainConfig, causal_lm_loss, make_rows  # noqa: E402
 
 
 def main() -> None:

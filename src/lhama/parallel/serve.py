@@ -80,7 +80,7 @@ def start_tp(a, engine_cfg, quantize=None):
         raise ConfigError("--compile is not supported with --tp yet (the all-reduce hooks break the graph)")
     if getattr(a, "lora", None):
         raise ConfigError("--lora is not supported with --tp yet: merge the adapter into the weights first "
-                          "(lhama.train.lora.merge_lora, then export the merged checkpoint)")
+                          "(lhama.model.lora.merge_lora, then export the merged checkpoint)")
     # A server can sit idle for days between requests: followers wait in a broadcast that long.
     rank, _ = init_distributed(device=a.device, timeout=datetime.timedelta(days=365))
     dtype = getattr(torch, a.dtype) if a.dtype else None

@@ -1,8 +1,8 @@
 """Training configuration as frozen dataclasses, loadable from a YAML/JSON file with flags on top.
 
 A config file holds top-level keys for ``TrainConfig`` fields and, optionally, a ``lora`` section
-for ``LoraConfig`` and any recipe-specific keys (``model``, ``data`` ...) which the recipe reads
-itself. Unknown keys are an error, not silently ignored: a typo in ``lerning_rate`` would
+for ``LoraConfig`` (``lhama.model.lora``) and any recipe-specific keys (``model``, ``data`` ...)
+which the recipe reads itself. Unknown keys are an error, not silently ignored: a typo in ``lerning_rate`` would
 otherwise train with the default.
 """
 
@@ -14,44 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lhama.errors import ConfigError
-
-# LoRA targets may be given in our (Meta) names or in Hugging Face/PEFT names.
-HF_MODULE_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-                   "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
-OUR_MODULE_NAMES = {v: k for k, v in HF_MODULE_NAMES.items()}
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("wq", "wk", "wv", "wo")
-
-    def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ConfigError(f"lora.rank must be positive, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
-        targets = (self.target_modules,) if isinstance(self.target_modules, str) else tuple(self.target_modules)
-        if targets == ("all",) or targets == ("all-linear",):
-            targets = tuple(HF_MODULE_NAMES)
-        ours = []
-        for t in targets:
-            name = OUR_MODULE_NAMES.get(t, t)
-            if name not in HF_MODULE_NAMES:
-                raise ConfigError(f"lora target module {t!r} is not a projection of the Llama block; choose from "
-                                  f"{', '.join(HF_MODULE_NAMES)} (or {', '.join(OUR_MODULE_NAMES)}, or 'all')")
-            if name not in ours:
-                ours.append(name)
-        if not ours:
-            raise ConfigError("lora.target_modules must name at least one module")
-        # Canonical order (the block's), so configs that name the same modules compare equal.
-        object.__setattr__(self, "target_modules", tuple(m for m in HF_MODULE_NAMES if m in ours))
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.rank
+from lhama.model.lora import LoraConfig
 
 
 @dataclass(frozen=True)

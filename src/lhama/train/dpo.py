@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lhama.errors import ConfigError
+from lhama.model.lora import LoRALinear, apply_lora
 from lhama.parallel.runtime import barrier, is_main_process
+from lhama.peft_adapter import save_peft_adapter
 from lhama.train.data import IGNORE, BatchIterator, read_jsonl
-from lhama.train.lora import LoRALinear, apply_lora, save_peft_adapter
 from lhama.train.outputs import export_weights, full_state_dict, merged_state_dict
 from lhama.train.trainer import Trainer, labeled_logits
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lhama.train.config import LoraConfig, TrainConfig
+from lhama.model.lora import LoraConfig
+from lhama.train.config import TrainConfig
 from lhama.train.data import load_text_examples
 from lhama.train.sft import RecipeOptions, run_recipe
 

@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 
 from lhama.errors import ConfigError
+from lhama.model.lora import LoraConfig, apply_lora
 from lhama.parallel.runtime import barrier, init_distributed, is_initialized, is_main_process
-from lhama.train.config import LoraConfig, TrainConfig
+from lhama.peft_adapter import save_peft_adapter
+from lhama.train.config import TrainConfig
 from lhama.train.data import BatchIterator, Row, load_chat_examples, make_rows
-from lhama.train.lora import apply_lora, lora_state_dict, save_peft_adapter
 from lhama.train.outputs import export_weights, full_state_dict, heldout_loss, merged_state_dict
 from lhama.train.trainer import Trainer, causal_lm_loss
 
@@ -137,4 +138,4 @@ def run_sft(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = Non
     return run_recipe(opts, cfg, lora, resume=resume, to_examples=chat_examples, recipe="lora" if lora else "sft")
 
 
-__all__ = ["RecipeOptions", "run_sft", "run_recipe", "load_for_training", "lora_state_dict"]
+__all__ = ["RecipeOptions", "run_sft", "run_recipe", "load_for_training"]
