@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from lhama.checkpoints.hf import hf_to_meta_rows, meta_to_hf_rows
+from lhama.checkpoints.hf import chmod_as_created, hf_to_meta_rows, meta_to_hf_rows
 from lhama.errors import CheckpointError, ConfigError
 from lhama.model.lora import (BLOCK_PARENT, HF_MODULE_NAMES, LoraConfig, LoRALinear, apply_lora, lora_state_dict,
                               lora_targets)
@@ -57,6 +57,7 @@ def save_peft_adapter(model: nn.Module, out_dir: str | os.PathLike, *, base_mode
         tensors[_hf_key(i, name, "B")] = (meta_to_hf_rows(b, heads) if heads else b).contiguous()
     tmp = out / (ADAPTER_WEIGHTS + ".partial")
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    chmod_as_created(tmp)
     os.replace(tmp, out / ADAPTER_WEIGHTS)
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
