@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections.abc import Mapping
-from typing import Any, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import Any
 
 from jinja2 import TemplateError, nodes
 from jinja2.ext import Extension, loopcontrols
@@ -20,6 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lhama.errors import ChatFormatError
 from lhama.tokenizer.base import Message
+from lhama.tokenizer.chat.literal_text import LiteralTextEncoder
 from lhama.tokenizer.chat.tool_calls import parse_tool_calls
 from lhama.tokenizer.gguf_vocab import END_OF_TURN_TOKENS
 
@@ -102,9 +104,19 @@ class JinjaChatFormat:
             ends.add(tokenizer.special_tokens[self.eos_token])
         self.stop_ids = frozenset(tokenizer.stop_ids) | frozenset(ends)
 
+    @cached_property
+    def literal_text(self) -> LiteralTextEncoder:
+        return LiteralTextEncoder(self.tokenizer)
+
     def render(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
                add_generation_prompt: bool = True, **variables: Any) -> str:
         """The prompt text; ``variables`` reach the template too (e.g. ``documents``)."""
+        return self._render(messages, tools, add_generation_prompt, variables, lambda data: data)
+
+    def _render(self, messages: Sequence[Message], tools: Sequence[dict] | None, add_generation_prompt: bool,
+                variables: dict[str, Any], literal: Callable[[Any], Any]) -> str:
+        """``literal`` rewrites the caller's data (messages, tools, variables) before the template
+        sees it; what the template itself adds (bos/eos, markup) is left alone."""
         for m in messages:
             if not isinstance(m, Mapping) or "role" not in m:
                 raise ChatFormatError(f"each message needs a 'role': {m!r}")
@@ -112,9 +124,10 @@ class JinjaChatFormat:
 
         if needs_inlining(self.source, messages, tools):  # a template without tool support: never drop tools
             messages, tools = inline_tools(messages, tools), None
-        context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **_plain(variables)}
+        context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **literal(_plain(variables))}
         try:
-            return self.template.render(messages=_plain(list(messages)), tools=_plain(list(tools)) if tools else None,
+            return self.template.render(messages=literal(_plain(list(messages))),
+                                        tools=literal(_plain(list(tools))) if tools else None,
                                         add_generation_prompt=add_generation_prompt, **context)
         except ChatFormatError:
             raise
@@ -125,9 +138,10 @@ class JinjaChatFormat:
                       add_generation_prompt: bool = True) -> list[int]:
         if not messages:
             raise ChatFormatError("messages must not be empty")
-        # The template writes bos itself when it wants one; special-token text in it is special.
-        return self.tokenizer.encode(self.render(messages, tools=tools, add_generation_prompt=add_generation_prompt),
-                                     allow_special=True)
+        # The template writes bos itself when it wants one. Special-token text the template
+        # writes is special; in message text (users, tools, documents) it stays text.
+        literal = self.literal_text
+        return literal.encode(self._render(messages, tools, add_generation_prompt, {}, literal.escape))
 
     def decode_assistant(self, ids: Sequence[int]) -> Message:
         ids = [int(i) for i in ids]
