@@ -31,7 +31,7 @@ class Transcript:
     version: int = VERSION
 
     @classmethod
-    def start(cls, model: str, tools: list[dict], config, messages: list[dict]) -> "Transcript":
+    def start(cls, model: str, tools: list[dict], config, messages: list[dict]) -> Transcript:
         cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
         return cls(model, tools, cfg, json.loads(json.dumps(messages, default=str)))
 
@@ -62,7 +62,7 @@ class Transcript:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "Transcript":
+    def load(cls, path: str | Path) -> Transcript:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -72,6 +72,9 @@ class Transcript:
             raise ConfigError(f"{path} is not a transcript (not JSON: {e})") from None
         if not isinstance(data, dict) or data.get("version") != VERSION or "steps" not in data:
             raise ConfigError(f"{path} is not a lhama agent transcript (version {VERSION})")
+        problem = transcript_problem(data)
+        if problem:
+            raise ConfigError(f"{path} is a malformed transcript: {problem}; save it again with --save")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -95,6 +98,74 @@ class Transcript:
             else:
                 out.append(("shield", s["role"], s["allowed"], tuple(s["categories"])))
         return out
+
+
+# Keys each kind of step needs, with their types: what signature(), replay and the CLI read.
+STEP_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "model": {"message": dict, "token_ids": list},
+    "tool": {"id": str, "name": str, "arguments": str, "result": str, "error": bool},
+    "shield": {"role": str, "allowed": bool, "categories": list},
+    "error": {"message": str},
+}
+TOP_KEYS: dict[str, type | tuple[type, ...]] = {"model": str, "tools": list, "config": dict, "messages": list,
+                                                 "steps": list, "final": (str, type(None)),
+                                                 "stopped": (str, type(None))}
+
+
+def _keys_problem(obj: dict, keys: dict, where: str) -> str | None:
+    for key, kind in keys.items():
+        if key not in obj:
+            return f"{where} has no '{key}'"
+        if not isinstance(obj[key], kind):
+            return f"{where}: '{key}' has the wrong type ({type(obj[key]).__name__})"
+    return None
+
+
+def _call_problem(call: Any, where: str) -> str | None:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments"), str):
+        return f"{where} is not a tool call with function.name and function.arguments"
+    try:
+        json.loads(fn["arguments"])
+    except ValueError:
+        return f"{where}: arguments are not JSON"
+    return None
+
+
+def transcript_problem(data: dict) -> str | None:
+    """What is wrong with a transcript's JSON (the first thing found), or None: checked up front,
+    so a hand-edited or truncated file is one clear error, not a KeyError halfway through a replay."""
+    problem = _keys_problem(data, TOP_KEYS, "the transcript")
+    if problem:
+        return problem
+    for k, t in enumerate(data["tools"]):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                                           if "function" in t else isinstance(t.get("type"), str)):
+            return f"tool {k} has neither a 'type' nor a function with a 'name'"
+    if not all(isinstance(m, dict) for m in data["messages"]):
+        return "every message must be an object"
+    for k, s in enumerate(data["steps"]):
+        kind = s.get("type") if isinstance(s, dict) else None
+        if kind not in STEP_KEYS:
+            return f"step {k} has no known 'type' (one of {', '.join(STEP_KEYS)})"
+        problem = _keys_problem(s, STEP_KEYS[kind], f"step {k} ({kind})")
+        if problem:
+            return problem
+        if kind == "tool":
+            try:
+                json.loads(s["arguments"])
+            except ValueError:
+                return f"step {k} (tool): arguments are not JSON"
+        if kind == "model":
+            calls = s["message"].get("tool_calls") or []
+            if not isinstance(calls, list):
+                return f"step {k} (model): tool_calls is not a list"
+            for j, c in enumerate(calls):
+                problem = _call_problem(c, f"step {k} (model), call {j}")
+                if problem:
+                    return problem
+    return None
 
 
 @dataclass
