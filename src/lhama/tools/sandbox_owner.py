@@ -3,9 +3,10 @@ caller left behind.
 
 A caller killed with SIGKILL never reaches its ``finally``: bwrap dies with it (--die-with-parent),
 but its scratch dir and cgroup stay. Each run therefore names them ``lhama-sandbox-<owner>-...``,
-where the owner is the caller's pid and its start time (a pid alone may be reused by then); the
-next run removes the entries whose owner is gone. Entries of live callers, this one's other
-threads included, are never touched.
+where the owner is the caller's pid, its start time (a pid alone may be reused by then) and its
+pid namespace; the next run removes the entries whose owner is gone. Entries of live callers,
+this one's other threads included, are never touched, nor those made in another pid namespace
+(a container sharing /tmp), whose processes cannot be seen from here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 PREFIX = "lhama-sandbox-"
-_OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-")
+_OWNED = re.compile(re.escape(PREFIX) + r"(\d+)-(\d+)-(\d+)-")
 
 
 def start_time(pid: int) -> int | None:
@@ -33,8 +34,16 @@ def start_time(pid: int) -> int | None:
 
 
 @cache
+def pid_namespace() -> int:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+@cache
 def _owner_of(pid: int) -> str:
-    return f"{pid}-{start_time(pid) or 0}"
+    return f"{pid}-{start_time(pid) or 0}-{pid_namespace()}"
 
 
 def owner_prefix() -> str:
@@ -48,8 +57,8 @@ def owner_dead(name: str) -> bool:
     m = _OWNED.match(name)
     if m is None:
         return False
-    pid, started = int(m.group(1)), int(m.group(2))
-    return start_time(pid) != started
+    pid, started, namespace = (int(g) for g in m.groups())
+    return namespace == pid_namespace() and start_time(pid) != started
 
 
 def reap_scratch_dirs(root: str | Path | None = None) -> list[Path]:
