@@ -367,3 +367,15 @@ def test_a_killed_callers_scratch_dir_and_cgroup_are_reaped_by_the_next_run():
     res = run_python("print('next')", limits=FAST)
     assert res.stdout == "next\n"
     assert leftovers() == ([], [])
+
+
+def test_every_denied_call_is_known_to_libseccomp():
+    """A misspelt name in the deny list would be skipped like a call of another architecture."""
+    import pyseccomp
+
+    from lhama.tools.sandbox_seccomp import DENIED
+
+    known = {arch: {n for n in DENIED if pyseccomp.resolve_syscall(arch, n) >= 0}
+             for arch in (pyseccomp.Arch.X86_64, pyseccomp.Arch.X86)}
+    assert set(DENIED) - known[pyseccomp.Arch.X86_64] == {"vm86", "vm86old"}  # 32-bit x86 only
+    assert {"vm86", "vm86old"} <= known[pyseccomp.Arch.X86]
