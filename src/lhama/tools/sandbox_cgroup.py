@@ -42,7 +42,7 @@ class SandboxCgroup:
         self.dirs, self.memory_file, self.events = dirs, memory_file, events
 
     @classmethod
-    def create(cls, memory_mb: int, max_processes: int) -> "SandboxCgroup | None":
+    def create(cls, memory_mb: int, max_processes: int) -> SandboxCgroup | None:
         """A fresh group limited to ``memory_mb`` in total and ``max_processes`` tasks (+2 for
         bwrap and its pid-1 reaper), or None where cgroups cannot be used."""
         name = f"{owner_prefix()}{uuid.uuid4().hex[:12]}"
