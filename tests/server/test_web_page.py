@@ -1,71 +1,289 @@
-"""The chat page at / in real headless Chromium (Debian's, driven by Playwright): a streamed
-reply appears token by token, Stop aborts the fetch and the server cancels the generation."""
+"""The chat page at / in real headless Chromium against a real server: markdown rendering,
+streaming with Stop and a queued send, stats and the max-tokens cut, conversations kept across
+reloads, per-message actions, settings validation, the sidebar, and both layouts."""
 
 from __future__ import annotations
 
-import shutil
+import json
 
+import httpx
 import pytest
 
 from tests.server.conftest import MODEL, wait_for
+from tests.server.web_chat import (  # noqa: F401
+    browser,
+    conversation,
+    open_page,
+    seed_conversations,
+    shot,
+)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MARKDOWN = """Here is **bold** and `inline code`.
+
+```python
+def add(a, b):
+    return a + b
+```
+
+| name | size |
+|------|------|
+| ant  | 1    |
+| yak  | 900  |
+
+<img src=x onerror="window.pwned = 1"> <script>window.pwned = 2</script> [link](javascript:window.pwned=3)
+"""
 
 
-@pytest.fixture(scope="module")
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.fail("chromium is missing: apt-get install -y chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1000, "height": 700})
-        yield page
-        browser.close()
-
-
-def test_chat_page_streams_and_stops(server, page, tmp_path):
+@pytest.fixture
+def expect():
     from playwright.sync_api import expect
 
-    page.goto(server.url + "/")
-    expect(page.locator("#model-name")).to_have_text(MODEL)
-    page.locator("#settings summary").click()
-    page.fill("#system-prompt", "You are a storyteller.")
-    page.fill("#max-tokens", "400")
-    page.locator("#settings summary").click()
+    return expect
+
+
+def test_markdown_renders_safely_with_highlighted_code_tables_and_copy(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url)
+    seed_conversations(page, [conversation("c1", "Markdown", [
+        {"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKDOWN}])])
+    reply = page.locator(".msg.assistant .body")
+    expect(reply.locator("strong")).to_have_text("bold")
+    expect(reply.locator(".code-bar span")).to_have_text("python")
+    assert reply.locator("pre code .hljs-keyword").first.text_content() == "def"  # highlighted
+    assert reply.locator("table tr").count() == 3
+    assert reply.locator("td").nth(2).text_content().strip() == "yak"
+    # Raw HTML stays text, scripts never run, javascript: links are dropped.
+    assert reply.locator("img, script").count() == 0
+    assert "<img src=x" in reply.text_content()
+    assert page.evaluate("window.pwned") is None
+    assert reply.locator("a[href^='javascript']").count() == 0
+    reply.locator(".copy-code").click()
+    expect(reply.locator(".copy-code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "def add(a, b):\n    return a + b\n"
+
+    # Streaming: a finished block is rendered once and kept (same DOM node) while text grows,
+    # and a half-open code fence renders as code, not as a paragraph of backticks.
+    kept = page.evaluate("""async () => {
+        const { StreamingMarkdown } = await import('/static/js/render.js');
+        const el = document.createElement('div'); document.body.append(el);
+        const frame = () => new Promise((r) => requestAnimationFrame(() => r()));
+        const v = new StreamingMarkdown(el);
+        v.update('First paragraph.\\n\\nSecond'); await frame();
+        const first = el.querySelector('p');
+        v.update('First paragraph.\\n\\nSecond grows\\n\\n```js\\nlet x'); await frame();
+        const same = el.querySelector('p') === first;
+        const openFence = el.querySelector('pre code') !== null;
+        v.finish();
+        return { same, openFence, html: el.innerHTML };
+    }""")
+    assert kept["same"] and kept["openFence"], kept["html"]
+    assert page.errors == []
+
+
+def test_stream_stop_queue_stats_and_reload(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url)
+    expect(page.locator("#model")).to_have_value(MODEL)
+    page.click("#settings-toggle")
+    page.fill("#system", "You are a storyteller.")
+    page.fill("#max_tokens", "400")
+    page.click("#settings-close")
     aborted = server.metrics()["lhama_engine_requests_aborted_total"]
 
     page.fill("#prompt", "Tell me a long story about a dragon.")
     page.keyboard.press("Enter")
-    reply = page.locator(".msg.assistant").last
-    expect(page.locator(".msg.user").last).to_have_text("Tell me a long story about a dragon.")
-    expect(page.locator("#stop")).to_be_enabled()
-    page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 5")
-    first = reply.text_content()
-    page.wait_for_function(f"document.querySelector('.msg.assistant').textContent.length > {len(first) + 5}")
-    assert reply.text_content().startswith(first)  # it grew: streamed, not delivered at the end
+    expect(page.locator(".msg.user .body").first).to_have_text("Tell me a long story about a dragon.")
+    expect(page.locator("#stop")).to_be_visible()
+    body = ".msg.assistant.streaming .body"
+    page.wait_for_function(f"document.querySelector('{body}')?.textContent.length > 5")
+    first = page.locator(body).text_content()
+    page.wait_for_function(f"document.querySelector('{body}').textContent.length > {len(first) + 5}")
 
-    page.click("#stop")
-    expect(page.locator("#status")).to_have_text("stopped")
-    expect(page.locator("#send")).to_be_enabled()
-    stopped_at = reply.text_content()
-    assert "(stopped)" in stopped_at
-    shot = tmp_path / "chat.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 1000
+    # A message sent while the answer streams is queued, visibly, not dropped; it goes out with
+    # the settings of that moment (8 tokens: it will be cut, and say so).
+    page.click("#settings-toggle")
+    page.fill("#max_tokens", "8")
+    page.click("#settings-close")
+    page.fill("#prompt", "Tell me another long story.")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.queued")).to_contain_text("Tell me another long story.")
+    expect(page.locator("#status")).to_contain_text("Queued")
+    expect(page.locator(".msg.assistant.streaming")).to_be_visible()  # still streaming above it
+    shot(page, "desktop-1280-streaming.png")
 
-    # The server saw the abort, freed the KV cache, and stopped generating.
-    m = wait_for(lambda: (x := server.metrics())["lhama_kv_cache_blocks_used"] == 0
-                 and x["lhama_running_requests"] == 0 and x, timeout=20)
+    page.keyboard.press("Escape")  # stops the story; the queued message is sent next
+    stopped = page.locator(".msg.assistant").first
+    expect(stopped.locator(".stats")).to_contain_text("stopped")
+    expect(stopped.locator(".stats")).to_contain_text("≈")  # no usage after a stop: counted pieces
+    m = wait_for(lambda: (x := server.metrics())["lhama_engine_requests_aborted_total"] > aborted and x, timeout=20)
     assert m and m["lhama_engine_requests_aborted_total"] == aborted + 1
-    assert reply.text_content() == stopped_at
+    second = page.locator(".msg.assistant").nth(1)
+    expect(second.locator(".stats .warning")).to_contain_text("cut by max tokens (8)", timeout=60000)
+    expect(second.locator(".stats")).to_contain_text("8 tokens")
+    expect(second.locator(".stats")).to_contain_text("tok/s")
+    expect(page.locator(".msg.queued")).to_have_count(0)
+    assert page.locator(".msg.user").count() == 2
+    kv = wait_for(lambda: server.metrics()["lhama_kv_cache_blocks_used"] == 0, timeout=20)
+    assert kv
+    shot(page, "desktop-1280.png")
 
-    # A second, short turn completes normally.
-    page.locator("#settings summary").click()
-    page.fill("#max-tokens", "8")
-    page.fill("#prompt", "Thanks!")
+    # Everything survives a reload: the turns, their stats, the title, the settings.
+    texts = page.locator(".msg .body").all_text_contents()
+    page.reload()
+    expect(page.locator(".msg")).to_have_count(4)
+    assert page.locator(".msg .body").all_text_contents() == texts
+    expect(page.locator(".msg.assistant").nth(1).locator(".stats .warning")).to_contain_text("cut by max tokens")
+    expect(page.locator("#conversations .conv-title")).to_have_text(["Tell me a long story about a dragon."])
+    expect(page.locator("#system")).to_have_value("You are a storyteller.")
+    expect(page.locator("#max_tokens")).to_have_value("8")
+    assert page.errors == []
+
+
+def test_regenerate_edit_and_copy(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url)
+    seed_conversations(page, [conversation("c1", "Greeting", [
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "old **answer**"}], max_tokens=8)])
+    expect(page.locator(".msg.assistant .body strong")).to_have_text("answer")
+    page.locator(".msg.assistant .actions .copy").click()
+    assert page.evaluate("navigator.clipboard.readText()") == "old **answer**"  # the markdown source
+
+    page.locator(".msg.assistant .regenerate").click()
+    expect(page.locator(".msg.assistant .stats")).to_contain_text("tok/s", timeout=60000)
+    expect(page.locator(".msg")).to_have_count(2)
+    assert "old answer" not in page.locator(".msg.assistant .body").text_content()
+
+    page.locator(".msg.user .edit").click()
+    page.fill(".edit-box", "Say goodbye.")
+    page.click(".save-edit")
+    expect(page.locator(".msg.user .body")).to_have_text("Say goodbye.")
+    expect(page.locator(".msg.assistant .stats")).to_contain_text("tok/s", timeout=60000)
+    expect(page.locator(".msg")).to_have_count(2)
+    stored = json.loads(page.evaluate("localStorage.getItem('lhama.chats.v1')"))
+    messages = stored["conversations"][0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == "Say goodbye."
+    assert messages[1]["meta"]["finish"] in ("stop", "length")
+    assert page.errors == []
+
+
+def test_settings_are_validated_per_conversation(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url)
+    models = httpx.get(server.base + "/models").json()["data"]
+    expect(page.locator("#model option")).to_have_text([m["id"] for m in models])
+    page.click("#settings-toggle")
+    page.fill("#temperature", "7")
+    page.fill("#top_p", "0")
+    page.fill("#seed", "-3")
+    expect(page.locator("#temperature-error")).to_have_text("Temperature must be between 0 and 2.")
+    expect(page.locator("#temperature")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#top_p-error")).not_to_be_empty()
+    expect(page.locator("#seed-error")).not_to_be_empty()
+    page.fill("#prompt", "hello")
     page.click("#send")
-    expect(page.locator("#status")).to_contain_text("done", timeout=30000)
-    assert page.locator(".msg.assistant").count() == 2
+    expect(page.locator("#status")).to_have_text("Not sent: Temperature must be between 0 and 2.")
+    expect(page.locator("#temperature")).to_be_focused()
+    expect(page.locator("#prompt")).to_have_value("hello")  # refused, not dropped
+    assert page.locator(".msg.user").count() == 0
+    page.fill("#max_tokens", "100000")
+    expect(page.locator("#max_tokens-error")).to_contain_text(str(models[0]["max_model_len"]))
+
+    # Valid values are kept for this conversation only; a new chat starts from them.
+    page.fill("#temperature", "1.2")
+    page.fill("#top_p", "0.9")
+    page.fill("#seed", "42")
+    page.fill("#max_tokens", "32")
+    expect(page.locator("#temperature-error")).to_be_empty()
+    page.fill("#system", "Answer in French.")
+    page.keyboard.press("Control+Shift+O")
+    expect(page.locator("#conversations li")).to_have_count(2)
+    expect(page.locator("#temperature")).to_have_value("1.2")
+    page.fill("#system", "Answer in German.")
+    page.locator("#conversations .conv-title").nth(1).click()
+    expect(page.locator("#system")).to_have_value("Answer in French.")
+    stored = json.loads(page.evaluate("localStorage.getItem('lhama.chats.v1')"))
+    first = next(c for c in stored["conversations"] if c["settings"]["system"] == "Answer in French.")
+    want = {"temperature": 1.2, "top_p": 0.9, "seed": 42, "max_tokens": 32, "model": MODEL}
+    assert {k: first["settings"][k] for k in want} == want
+    assert page.errors == []
+
+
+def test_sidebar_new_rename_search_delete_export_import(server, browser, expect, tmp_path):  # noqa: F811
+    page = open_page(browser, server.url)
+    seed_conversations(page, [
+        conversation("a", "Python lists", [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]),
+        conversation("b", "Dinner ideas", [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]),
+    ], current="a")
+    expect(page.locator("#chat-title")).to_have_text("Python lists")
+    page.locator("#conversations .conv-title", has_text="Dinner ideas").click()
+    expect(page.locator(".msg.user .body")).to_have_text("q2")
+
+    page.locator("#conversations li", has_text="Dinner ideas").locator("button[aria-label^='Rename']").click()
+    page.fill("#conversations .rename", "Dinner plans")
+    page.keyboard.press("Enter")
+    expect(page.locator("#chat-title")).to_have_text("Dinner plans")
+    page.fill("#search", "PYTHON")
+    expect(page.locator("#conversations .conv-title")).to_have_text(["Python lists"])
+    page.fill("#search", "")
+
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = tmp_path / "chats.json"
+    download.value.save_as(exported)
+    assert {c["title"] for c in json.loads(exported.read_text())["conversations"]} == {"Python lists", "Dinner plans"}
+
+    delete = page.locator("#conversations li", has_text="Dinner plans").locator(".delete")
+    delete.click()
+    expect(delete).to_have_text("Delete?")  # a second click confirms
+    delete.click()
+    expect(page.locator("#conversations .conv-title")).to_have_text(["Python lists"])
+    expect(page.locator("#chat-title")).to_have_text("Python lists")
+
+    page.set_input_files("#import-file", str(exported))
+    expect(page.locator("#status")).to_have_text("Imported 2 conversations")
+    expect(page.locator("#conversations li")).to_have_count(3)
+    page.reload()
+    expect(page.locator("#conversations li")).to_have_count(3)
+    assert page.errors == []
+
+
+def test_phone_width_layout_and_dark_mode(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url, width=390, height=780, dark=True)
+    seed_conversations(page, [conversation("c1", "A rather long conversation title about dragons", [
+        {"role": "user", "content": "Show code and a table"}, {"role": "assistant", "content": MARKDOWN}])])
+    header = page.locator("header").bounding_box()
+    assert header["height"] < 60  # one line: no wrapped three-line header
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing forces sideways scrolling
+    full = page.evaluate("""() => {
+        const p = document.querySelector('#prompt'), s = getComputedStyle(p);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = s.font;
+        return ctx.measureText(p.placeholder).width < p.clientWidth - parseFloat(s.paddingLeft) * 2;
+    }""")
+    assert full  # the placeholder is not cut
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(19, 19, 22)"
+    expect(page.locator("#sidebar")).not_to_be_visible()
+    shot(page, "phone-390-dark.png")
+    page.click("#menu")
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#menu")).to_have_attribute("aria-expanded", "true")
+    shot(page, "phone-390-sidebar.png")
+    page.locator("#conversations .conv-title").first.click()
+    expect(page.locator("#sidebar")).not_to_be_visible()
+    page.click("#settings-toggle")
+    expect(page.locator("#settings")).to_be_visible()
+    shot(page, "phone-390-settings.png")
+    page.keyboard.press("Escape")
+    expect(page.locator("#settings")).to_be_hidden()
+
+    light = open_page(browser, server.url, width=390, height=780)
+    light.fill("#prompt", "Hi")
+    shot(light, "phone-390.png")
+    # Keyboard order: the skip link, then (the hidden list skipped) the menu, the model, settings;
+    # the skip link leads to the message box.
+    light.focus(".skip")
+    for target in ("#menu", "#model", "#settings-toggle"):
+        light.keyboard.press("Tab")
+        expect(light.locator(target)).to_be_focused()
+    light.focus(".skip")
+    light.keyboard.press("Enter")
+    expect(light.locator("#prompt")).to_be_focused()
+    assert page.errors == [] and light.errors == []

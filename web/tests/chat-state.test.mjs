@@ -60,3 +60,10 @@ test("stable cut: after the last blank line, never inside a code fence", () => {
   assert.equal(closed.slice(stableCut(closed)), "next");
   assert.equal(stableCut("~~~\n\n```\n\n"), 0); // a ``` line does not close a ~~~ fence
 });
+
+test("a reply stopped before usage arrived counts its pieces as approximate tokens", () => {
+  const r = new ReplyAccumulator();
+  r.add({ choices: [{ delta: { content: "a" } }] });
+  r.add({ choices: [{ delta: { content: "b" } }] });
+  assert.equal(replyStats({ tokens: null, deltas: r.deltas, seconds: 1, finish: "stopped" }).text, "≈2 tokens");
+});

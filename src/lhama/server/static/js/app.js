@@ -23,7 +23,7 @@ const FIELDS = ["system", "temperature", "top_p", "max_tokens", "seed", "codeInt
 
 const store = new ConversationStore(localStorage);
 const queue = []; // messages sent while an answer streams; they go out in order afterwards
-let active = null; // {controller, conv} of the reply being streamed
+let active = null; // {controller, conv, el} of the reply being streamed
 let models = []; // model cards from /v1/models
 let retryAction = null;
 
@@ -120,7 +120,8 @@ function openSettings(open = true) {
 
 function drawModels() {
   const want = conv().settings.model;
-  els.model.replaceChildren(...(models.length ? models : [{ id: want || "offline" }]).map((m) => new Option(m.id, m.id)));
+  const options = models.length ? models.map((m) => new Option(m.id, m.id)) : [new Option("offline", want)];
+  els.model.replaceChildren(...options);
   els.model.value = models.some((m) => m.id === want) ? want : els.model.options[0].value;
   els.model.disabled = !models.length;
   if (models.length && conv().settings.model !== els.model.value) {
@@ -147,6 +148,10 @@ async function loadModels() {
 // --- failures ---------------------------------------------------------------------------------
 
 function fail(error, retry) {
+  if (error.kind === "unreachable" && models.length) {
+    models = [];
+    drawModels();
+  }
   if (error.kind === "auth") {
     showBanner(error.message, retry);
     openSettings(true);
@@ -187,6 +192,7 @@ function drawMessages() {
   const c = conv();
   const stick = atBottom();
   const nodes = c.messages.map((_, i) => messageElement(c, i, actions));
+  if (active?.conv === c) nodes.push(active.el); // the reply still streaming stays in place
   queue.forEach((text, i) => {
     const el = document.createElement("article");
     el.className = "msg user queued";
@@ -314,7 +320,7 @@ async function generate(c, unsent = null) {
   const view = new StreamingMarkdown(body);
   const reply = new ReplyAccumulator();
   const controller = new AbortController();
-  active = { controller, conv: c };
+  active = { controller, conv: c, el };
   setBusy(true);
   setStatus("Generating…");
   let first = null;
@@ -340,7 +346,7 @@ async function generate(c, unsent = null) {
   const got = reply.content || reply.toolCalls.length;
   if (got) {
     const meta = {
-      tokens: reply.usage?.completion_tokens ?? null, seconds: first ? (performance.now() - first) / 1000 : 0,
+      tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: first ? (performance.now() - first) / 1000 : 0,
       finish: stopped ? "stopped" : error ? "interrupted" : reply.finish || "stop",
       maxTokens: settings.max_tokens, model: settings.model, toolCalls: reply.toolCalls,
     };
@@ -349,6 +355,7 @@ async function generate(c, unsent = null) {
     store.touch(c);
   } else if (unsent !== null && (error || stopped) && c.messages.at(-1)?.role === "user") {
     c.messages.pop();
+    if (!c.messages.length) c.title = "New chat";
     const rest = els.prompt.value.trim();
     els.prompt.value = rest ? unsent + "\n\n" + rest : unsent;
     c.draft = els.prompt.value;
@@ -406,6 +413,12 @@ els.menu.addEventListener("click", () => {
   const open = !document.body.classList.contains("sidebar-open");
   document.body.classList.toggle("sidebar-open", open);
   els.menu.setAttribute("aria-expanded", String(open));
+});
+document.querySelector(".main").addEventListener("click", (ev) => {
+  if (document.body.classList.contains("sidebar-open") && !els.menu.contains(ev.target)) {
+    document.body.classList.remove("sidebar-open");
+    els.menu.setAttribute("aria-expanded", "false");
+  }
 });
 els.settingsToggle.addEventListener("click", () => openSettings(els.settings.hidden));
 els.settingsClose.addEventListener("click", () => { openSettings(false); els.settingsToggle.focus(); });

@@ -26,6 +26,7 @@ export class ReplyAccumulator {
     this.toolCalls = [];
     this.finish = null;
     this.usage = null;
+    this.deltas = 0; // content pieces: about one token each, the count when usage never came
   }
 
   // Applies one chat.completion.chunk; returns true when visible text changed.
@@ -37,6 +38,7 @@ export class ReplyAccumulator {
       const delta = choice.delta || {};
       if (delta.content) {
         this.content += delta.content;
+        this.deltas += 1;
         changed = true;
       }
       for (const call of delta.tool_calls || []) {
@@ -54,9 +56,10 @@ export class ReplyAccumulator {
 
 // The line under a reply: tokens, speed, why it ended. `seconds` is the time spent generating
 // (first token to last), so tok/s is decoding speed, not including the wait for the first token.
-export function replyStats({ tokens, seconds, finish, maxTokens }) {
+export function replyStats({ tokens, deltas, seconds, finish, maxTokens }) {
   const parts = [];
   if (tokens != null) parts.push(`${tokens} tokens`);
+  else if (deltas) parts.push(`≈${deltas} tokens`); // a stopped reply gets no usage from the server
   if (tokens != null && seconds > 0) parts.push(`${(tokens / seconds).toFixed(1)} tok/s`);
   let warning = null;
   if (finish === "length") warning = `cut by max tokens (${maxTokens}): raise Max tokens in settings for longer answers`;
