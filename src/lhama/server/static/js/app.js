@@ -5,11 +5,12 @@
 import { ApiError, listModels, request, setApiKey } from "./api.js";
 import { ReplyAccumulator, requestBody } from "./chat-state.js";
 import { addDocuments, drawDocuments, fetchSources } from "./documents.js";
-import { editInPlace, messageElement } from "./messages-view.js";
+import { editInPlace, messageElement, queuedElement } from "./messages-view.js";
 import { StreamingMarkdown } from "./render.js";
 import { validateSettings } from "./settings.js";
+import { drawModelOptions, fillSettingsForm, readSettingsForm, showSettingsErrors } from "./settings-form.js";
 import { readEvents } from "./sse.js";
-import { drawSidebar } from "./sidebar.js";
+import { drawSidebar, wireImportExport } from "./sidebar.js";
 import { ConversationStore, titleFrom } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
@@ -19,7 +20,6 @@ const els = Object.fromEntries([
   "menu", "sidebar", "new-chat", "search", "conversations", "export", "import", "import-file",
   "add-documents", "document-files", "documents",
 ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), $(id)]));
-const FIELDS = ["system", "temperature", "top_p", "max_tokens", "seed", "codeInterpreter"];
 
 const store = new ConversationStore(localStorage);
 const queue = []; // messages sent while an answer streams; they go out in order afterwards
@@ -75,25 +75,12 @@ function maxModelLen() {
 }
 
 function formSettings() {
-  const raw = { ...conv().settings };
-  for (const name of FIELDS) {
-    const input = $(name);
-    raw[name] = input.type === "checkbox" ? input.checked : input.value;
-  }
-  raw.model = els.model.value || raw.model;
-  return validateSettings(raw, { maxModelLen: maxModelLen() });
-}
-
-function showErrors(errors) {
-  for (const name of ["temperature", "top_p", "max_tokens", "seed"]) {
-    $(name + "-error").textContent = errors[name] || "";
-    $(name).setAttribute("aria-invalid", errors[name] ? "true" : "false");
-  }
+  return readSettingsForm(conv().settings, els.model.value, maxModelLen());
 }
 
 function onSettingsInput() {
   const { values, errors } = formSettings();
-  showErrors(errors);
+  showSettingsErrors(errors);
   if (!Object.keys(errors).length) {
     conv().settings = values;
     store.save();
@@ -101,13 +88,7 @@ function onSettingsInput() {
 }
 
 function fillSettings() {
-  const s = conv().settings;
-  for (const name of FIELDS) {
-    const input = $(name);
-    if (input.type === "checkbox") input.checked = Boolean(s[name]);
-    else input.value = s[name] ?? "";
-  }
-  showErrors({});
+  fillSettingsForm(conv().settings);
   drawModels();
   drawDocuments(els.documents, conv());
 }
@@ -119,13 +100,9 @@ function openSettings(open = true) {
 }
 
 function drawModels() {
-  const want = conv().settings.model;
-  const options = models.length ? models.map((m) => new Option(m.id, m.id)) : [new Option("offline", want)];
-  els.model.replaceChildren(...options);
-  els.model.value = models.some((m) => m.id === want) ? want : els.model.options[0].value;
-  els.model.disabled = !models.length;
-  if (models.length && conv().settings.model !== els.model.value) {
-    conv().settings.model = els.model.value;
+  const chosen = drawModelOptions(els.model, models, conv().settings.model);
+  if (models.length && conv().settings.model !== chosen) {
+    conv().settings.model = chosen;
     store.save();
   }
 }
@@ -193,18 +170,10 @@ function drawMessages() {
   const stick = atBottom();
   const nodes = c.messages.map((_, i) => messageElement(c, i, actions));
   if (active?.conv === c) nodes.push(active.el); // the reply still streaming stays in place
-  queue.forEach((text, i) => {
-    const el = document.createElement("article");
-    el.className = "msg user queued";
-    el.setAttribute("aria-label", "Queued message");
-    const body = Object.assign(document.createElement("div"), { className: "body", textContent: text });
-    const note = Object.assign(document.createElement("div"), { className: "stats", textContent: "queued: sends when the current answer ends " });
-    const cancel = Object.assign(document.createElement("button"), { type: "button", className: "cancel-queued", textContent: "Cancel" });
-    cancel.addEventListener("click", () => { queue.splice(i, 1); drawMessages(); });
-    note.append(cancel);
-    el.append(body, note);
-    nodes.push(el);
-  });
+  queue.forEach((text, i) => nodes.push(queuedElement(text, () => {
+    queue.splice(i, 1);
+    drawMessages();
+  })));
   if (!c.messages.length && !queue.length) {
     const empty = document.createElement("p");
     empty.className = "empty";
@@ -276,7 +245,7 @@ function submit() {
   const problems = Object.entries(errors);
   if (problems.length) {
     openSettings(true);
-    showErrors(errors);
+    showSettingsErrors(errors);
     $(problems[0][0]).focus();
     setStatus("Not sent: " + problems[0][1]);
     return;
@@ -438,25 +407,12 @@ els.apiKey.addEventListener("change", () => {
   setApiKey(els.apiKey.value);
   if (!active) loadModels();
 });
-els.export.addEventListener("click", () => {
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([store.exportJSON()], { type: "application/json" }));
-  link.download = `lhama-chats-${new Date().toISOString().slice(0, 10)}.json`;
-  link.click();
-  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
-});
-els.import.addEventListener("click", () => els.importFile.click());
-els.importFile.addEventListener("change", async () => {
-  const file = els.importFile.files[0];
-  if (!file) return;
-  try {
-    const n = store.importJSON(await file.text());
+wireImportExport(els, store, {
+  imported(n) {
     drawAll();
     setStatus(`Imported ${n} conversation${n === 1 ? "" : "s"}`);
-  } catch (e) {
-    showBanner(e.message, null);
-  }
-  els.importFile.value = "";
+  },
+  failed: (message) => showBanner(message, null),
 });
 els.addDocuments.addEventListener("click", () => els.documentFiles.click());
 els.documentFiles.addEventListener("change", async () => {

@@ -125,4 +125,16 @@ export function editInPlace(el, text, onSave) {
   area.focus();
 }
 
-export { statsLine };
+// A message sent while a reply streams: shown dimmed until it goes out, and cancellable.
+export function queuedElement(text, onCancel) {
+  const el = document.createElement("article");
+  el.className = "msg user queued";
+  el.setAttribute("aria-label", "Queued message");
+  const body = Object.assign(document.createElement("div"), { className: "body", textContent: text });
+  const note = Object.assign(document.createElement("div"), {
+    className: "stats", textContent: "queued: sends when the current answer ends",
+  });
+  note.append(button("Cancel", "cancel-queued", onCancel, "Cancel this queued message"));
+  el.append(body, note);
+  return el;
+}

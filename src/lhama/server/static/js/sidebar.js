@@ -1,4 +1,5 @@
-// The conversation list: select, rename in place, delete (a second click confirms).
+// The conversation list: select, rename in place, delete (a second click confirms), and the
+// export / import buttons under it.
 
 function iconButton(text, label, onClick) {
   const b = document.createElement("button");
@@ -59,4 +60,26 @@ export function drawSidebar(list, store, query, actions) {
     items.push(li);
   }
   list.replaceChildren(...items);
+}
+
+// Export downloads every conversation as one JSON file; Import adds those of such a file.
+export function wireImportExport(els, store, { imported, failed }) {
+  els.export.addEventListener("click", () => {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([store.exportJSON()], { type: "application/json" }));
+    link.download = `lhama-chats-${new Date().toISOString().slice(0, 10)}.json`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  });
+  els.import.addEventListener("click", () => els.importFile.click());
+  els.importFile.addEventListener("change", async () => {
+    const file = els.importFile.files[0];
+    if (!file) return;
+    try {
+      imported(store.importJSON(await file.text()));
+    } catch (e) {
+      failed(e.message);
+    }
+    els.importFile.value = "";
+  });
 }
