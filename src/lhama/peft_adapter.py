@@ -21,8 +21,15 @@ from torch import nn
 
 from lhama.checkpoints.hf import chmod_as_created, hf_to_meta_rows, meta_to_hf_rows
 from lhama.errors import CheckpointError, ConfigError
-from lhama.model.lora import (BLOCK_PARENT, HF_MODULE_NAMES, LoraConfig, LoRALinear, apply_lora, lora_state_dict,
-                              lora_targets)
+from lhama.model.lora import (
+    BLOCK_PARENT,
+    HF_MODULE_NAMES,
+    LoraConfig,
+    LoRALinear,
+    apply_lora,
+    lora_state_dict,
+    lora_targets,
+)
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 _HF_PARENT = {"attention": "self_attn", "feed_forward": "mlp"}

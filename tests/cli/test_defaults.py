@@ -84,7 +84,8 @@ def test_plan_formats_are_the_priced_ones():
 
 
 def test_training_doc_yaml_shows_the_config_defaults():
-    from lhama.train.config import LoraConfig, TrainConfig
+    from lhama.model.lora import LoraConfig
+    from lhama.train.config import TrainConfig
 
     text = (DOCS / "training.md").read_text(encoding="utf-8")
     section = text[text.index("## Configuration"):]

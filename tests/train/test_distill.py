@@ -16,7 +16,7 @@ from lhama.model import build_model
 from lhama.train.config import TrainConfig
 from lhama.train.data import collate, load_chat_examples, make_rows
 from lhama.train.distill import DistillConfig, DistillLoss, kd_token_losses, run_distill, student_args
-from lhama.train.sft import RecipeOptions
+from lhama.train.recipe import RecipeOptions
 from tests.train.smol_tiny import tiny_smol_args, tiny_smol_folder, write_jsonl
 
 

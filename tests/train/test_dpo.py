@@ -19,7 +19,7 @@ from lhama.train.config import TrainConfig
 from lhama.train.data import IGNORE
 from lhama.train.dpo import (DPOConfig, DPOLoss, PairIterator, collate_pairs, dpo_losses,
                              precompute_reference, preference_margin, run_dpo, sequence_logps, tokenize_pairs)
-from lhama.train.sft import RecipeOptions
+from lhama.train.recipe import RecipeOptions
 from tests.train.smol_tiny import arithmetic_pairs, tiny_smol_folder, write_jsonl
 
 

@@ -140,7 +140,8 @@ def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
     # ...and the recipes train on them.
     from lhama.train.config import TrainConfig
     from lhama.train.dpo import DPOConfig, run_dpo
-    from lhama.train.sft import RecipeOptions, run_sft
+    from lhama.train.recipe import RecipeOptions
+    from lhama.train.sft import run_sft
 
     tc = dict(max_steps=1, batch_size=2, max_seq_len=96, progress=False)
     sft_run = run_sft(RecipeOptions(model=str(smol.path), data=(str(out / "sft.jsonl"),)),

@@ -95,7 +95,8 @@ def test_synth_job_resumes_and_feeds_sft(tmp_path, smollm2_path):
         assert r["topic"] in ("birds", "tea", "rivers")
     assert len(load_chat_examples(out, lm.chat_format)) == len(rows)
     from lhama.train.config import TrainConfig
-    from lhama.train.sft import RecipeOptions, run_sft
+    from lhama.train.recipe import RecipeOptions
+    from lhama.train.sft import run_sft
 
     sft = run_sft(RecipeOptions(model=str(lm.path), data=(str(out),)),
                   TrainConfig(max_steps=1, batch_size=2, max_seq_len=64, output_dir=str(tmp_path / "sft"), progress=False))

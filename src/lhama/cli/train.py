@@ -114,8 +114,9 @@ def print_summary(summary: dict) -> None:
 
 def cmd_finetune(a: argparse.Namespace) -> int:
     from lhama.errors import ConfigError
-    from lhama.train.config import LoraConfig, build_configs, read_config_file
-    from lhama.train.sft import RECIPE_KEYS, RecipeOptions
+    from lhama.model.lora import LoraConfig
+    from lhama.train.config import build_configs, read_config_file
+    from lhama.train.recipe import RECIPE_KEYS, RecipeOptions
 
     file_values = read_config_file(a.config) if a.config else {}
     recipe = a.recipe or file_values.pop("recipe", None) or "sft"
@@ -169,7 +170,7 @@ def run_dpo_command(a: argparse.Namespace, file_values: dict, recipe_overrides: 
     from lhama.errors import ConfigError
     from lhama.train.config import build_configs
     from lhama.train.dpo import DPOConfig, run_dpo
-    from lhama.train.sft import RECIPE_KEYS, RecipeOptions
+    from lhama.train.recipe import RECIPE_KEYS, RecipeOptions
 
     file_values = dict(file_values)
     section = file_values.pop("dpo", None) or {}
@@ -213,7 +214,7 @@ def cmd_distill(a: argparse.Namespace) -> int:
     from lhama.errors import ConfigError
     from lhama.train.config import build_configs, read_config_file
     from lhama.train.distill import DistillConfig, run_distill
-    from lhama.train.sft import RECIPE_KEYS, RecipeOptions
+    from lhama.train.recipe import RECIPE_KEYS, RecipeOptions
 
     file_values = read_config_file(a.config) if a.config else {}
     section = file_values.pop("distill", None) or {}

@@ -138,8 +138,8 @@ def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_for
     import time
 
     from lhama.loader import LoadedModel, _format_of, default_dtype, resolve_model_spec
-    from lhama.parallel.shard_load import load_shard_model, random_shard_model
     from lhama.model import get_config
+    from lhama.parallel.shard_load import load_shard_model, random_shard_model
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()

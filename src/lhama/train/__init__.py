@@ -2,10 +2,12 @@
 live with the model (``lhama.model.lora``), the PEFT adapter format in ``lhama.peft_adapter``.
 
     from lhama.train import TrainConfig, Trainer, causal_lm_loss
-    from lhama.train.sft import RecipeOptions, run_sft
+    from lhama.train.recipe import RecipeOptions
+    from lhama.train.sft import run_sft
 
-Recipes: ``sft.py`` (full and LoRA SFT on chat JSONL), ``pretrain.py`` (continued pretraining on
-raw text). See docs/training.md.
+Recipes, one module each, composed from ``recipe.py``'s shared steps: ``sft.py`` (full and LoRA
+SFT on chat JSONL), ``pretrain.py`` (continued pretraining on raw text), ``dpo.py``,
+``distill.py``. See docs/training.md.
 """
 
 from lhama.train.config import TrainConfig, build_configs, read_config_file

@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from lhama.errors import ConfigError
 from lhama.model import CONFIGS, ModelArgs, build_model
 from lhama.train.data import IGNORE, BatchIterator, make_rows
+from lhama.train.recipe import pad_id_of, start_run, tokens_per_second, write_run_outputs
 from lhama.train.trainer import Trainer, _is_fsdp, attention_for
 
 # Student shapes (dim, layers, heads, kv heads, SwiGLU width), tied embeddings as SmolLM2: with a
@@ -178,12 +179,7 @@ def run_distill(opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: st
                 resume: bool = False) -> dict[str, Any]:
     """Distil ``opts.model`` (the teacher) into ``student`` on ``opts.data``; ``opts.eval_data``
     gives held-out perplexity of student (and teacher) before/after. Returns the summary."""
-    from lhama.train.dpo import write_run_outputs
-    from lhama.parallel.runtime import init_distributed
-    from lhama.train.sft import load_for_training, pad_id_of
-
-    init_distributed()
-    teacher_lm = load_for_training(opts, cfg)
+    teacher_lm = start_run(opts, cfg)
     student_model, s_args, s_lm = build_student(student, teacher_lm, cfg, opts)
     to_examples = _examples_reader(opts)
     pad = pad_id_of(teacher_lm.tokenizer)
@@ -205,9 +201,8 @@ def run_distill(opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: st
                       cfg)
     result = trainer.train(resume=resume)
     summary.update(steps=result.steps, final_loss=result.final_loss)
-    hist = [h for h in result.history if h["step"] > 1]
-    if hist:
-        summary["tokens_per_s"] = sum(h["tokens"] for h in hist) / sum(h["step_s"] for h in hist)
+    if (rate := tokens_per_second(result.history)) is not None:
+        summary["tokens_per_s"] = rate
     if eval_rows:
         summary["eval_ppl_student_after"] = perplexity(trainer.model, eval_rows)
     # The student's files carry the teacher's tokenizer (shared by construction).

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -27,11 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lhama.errors import ConfigError
-from lhama.model.lora import LoRALinear, apply_lora
-from lhama.parallel.runtime import barrier, is_main_process
-from lhama.peft_adapter import save_peft_adapter
+from lhama.model.lora import LoRALinear
 from lhama.train.data import IGNORE, BatchIterator, read_jsonl
-from lhama.train.outputs import export_weights, full_state_dict, merged_state_dict
+from lhama.train.recipe import start_run, trainable_params, write_run_outputs
 from lhama.train.trainer import Trainer, labeled_logits
 
 LOSSES = ("sigmoid", "ipo")
@@ -312,27 +308,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 # -- the recipe --------------------------------------------------------------------------------
-def write_run_outputs(model: nn.Module, lm, opts, cfg, lora, summary: dict[str, Any]) -> dict[str, Any]:
-    """Adapter (LoRA) and/or full weights, and summary.json, as the SFT recipe writes them."""
-    out = Path(cfg.output_dir)
-    state = full_state_dict(model)  # collective under FSDP
-    if is_main_process():
-        if lora is not None:
-            adapter = save_peft_adapter(model, out / "adapter", base_model=str(lm.path or opts.model),
-                                        state={k: v for k, v in state.items() if ".lora_" in k})
-            summary["adapter"] = str(adapter)
-        if lora is None or opts.export:
-            fmt = opts.export or "safetensors"
-            target = out / ("model.gguf" if fmt == "gguf" else "model")
-            summary["model_out"] = str(export_weights(merged_state_dict(model, state), lm.args, lm.path, target,
-                                                      fmt, opts.gguf_type))
-        summary["metrics"], summary["loss_curve"] = str(out / "metrics.jsonl"), str(out / "loss.png")
-        summary["config"] = {"train": asdict(cfg), "lora": asdict(lora) if lora else None, "options": asdict(opts)}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    barrier()
-    return summary
-
-
 class DPOTrainer(Trainer):
     """Adds the reward metrics (accuracy, margin) of each step to the log."""
 
@@ -348,11 +323,7 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
             resume: bool = False) -> dict[str, Any]:
     """DPO on preference JSONL (``opts.data``), full or LoRA; ``opts.eval_data`` (pairs) gives the
     held-out chosen-vs-rejected margin before and after. Returns the summary (summary.json)."""
-    from lhama.parallel.runtime import init_distributed
-    from lhama.train.sft import load_for_training
-
-    init_distributed()
-    lm = load_for_training(opts, cfg)
+    lm = start_run(opts, cfg)
     rows, cut = [], 0
     for path in opts.data:
         r, c = tokenize_pairs(read_jsonl(path), lm.chat_format, cfg.max_seq_len, dpo.max_prompt_len, source=path)
@@ -363,11 +334,7 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
         eval_rows, _ = tokenize_pairs(read_jsonl(opts.eval_data), lm.chat_format, cfg.max_seq_len,
                                       dpo.max_prompt_len, source=opts.eval_data)
     model = lm.model
-    torch.manual_seed(cfg.seed)
-    params = apply_lora(model, lora) if lora is not None else None
-    if params is None:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    params = trainable_params(model, lora, cfg.seed)
     if dpo.reference == "adapters_off" and lora is None:
         raise ConfigError("dpo reference 'adapters_off' needs LoRA (--recipe dpo with --lora-rank, or a lora: section)")
     ref = None

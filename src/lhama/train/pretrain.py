@@ -11,7 +11,7 @@ from typing import Any
 from lhama.model.lora import LoraConfig
 from lhama.train.config import TrainConfig
 from lhama.train.data import load_text_examples
-from lhama.train.sft import RecipeOptions, run_recipe
+from lhama.train.recipe import RecipeOptions, train_on_examples
 
 
 def text_examples(lm, path: str) -> list:
@@ -21,4 +21,4 @@ def text_examples(lm, path: str) -> list:
 def run_pretrain(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *,
                  resume: bool = False) -> dict[str, Any]:
     """Continued pretraining, full weights or (with ``lora``) a LoRA adapter."""
-    return run_recipe(opts, cfg, lora, resume=resume, to_examples=text_examples, recipe="pretrain")
+    return train_on_examples(opts, cfg, lora, resume=resume, to_examples=text_examples, recipe="pretrain")
