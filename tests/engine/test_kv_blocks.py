@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_fakes import random_prompts
+
 from lhama.engine import KVCacheCapacityError, KVCacheManager
 from lhama.errors import ContextLengthExceededError, SamplingError
 from lhama.generate import SamplingParams, generate_tokens
@@ -116,7 +116,7 @@ def test_abort_frees_blocks_at_once(tiny, make_engine):
     for _ in range(6):
         eng.step()
     used = eng.kv_manager.num_used_blocks
-    held = len(reqs[1].seqs[0].block_table)
+    held = len(eng.kv_manager.get_blocks(reqs[1].seqs[0]))
     assert held > 0
     assert eng.abort("r1") and not eng.abort("r1")
     assert eng.kv_manager.num_used_blocks == used - held
@@ -139,16 +139,20 @@ def test_n_samples_share_prompt_blocks(tiny, make_engine):
     eng.step()  # the whole prompt, then the fork and three first samples
     seqs = req.seqs
     assert len(seqs) == 3
-    full = seqs[0].block_table[:4]
     kv = eng.kv_manager
+
+    def table(s):
+        return kv.get_blocks(s).block_ids
+
+    full = table(seqs[0])[:4]
     for s in seqs[1:]:
-        assert s.block_table[:4] == full
+        assert table(s)[:4] == full
     assert all(kv.ref_count[b] == 3 for b in full)
     # The fork shares the partial prompt block too; the next write copies it for all but one.
-    assert {s.block_table[4] for s in seqs} == {seqs[0].block_table[4]}
+    assert {table(s)[4] for s in seqs} == {table(seqs[0])[4]}
     assert kv.num_used_blocks == 5
     eng.step()
-    assert len({s.block_table[4] for s in seqs}) == 3
+    assert len({table(s)[4] for s in seqs}) == 3
     assert kv.num_used_blocks == 4 + 3
     while eng.has_unfinished():
         eng.step()
@@ -173,38 +177,39 @@ def test_n_samples_greedy_are_identical_and_survive_preemption(tiny, make_engine
 
 
 def test_manager_unit_cow_and_free_order():
-    class S:  # the few attributes the manager uses
+    class S:  # the few attributes the manager reads
         def __init__(self, toks):
-            self.token_ids, self.num_computed, self.block_table = toks, 0, []
-            self.block_hashes, self.num_cached_blocks = [], 0
+            self.token_ids, self.num_computed = toks, 0
 
     kv = KVCacheManager(8, 4)
     a = S(list(range(10)))
-    assert kv.allocate(a, 10)
+    got = kv.allocate_slots(a, 10)
+    assert got is not None and got.copies == ()
     a.num_computed = 10
     kv.cache_full_blocks(a)
-    assert len(a.block_table) == 3 and len(kv.cached) == 2
+    a_blocks = kv.get_blocks(a).block_ids
+    assert a_blocks == got.block_ids and len(a_blocks) == 3 and len(kv.cached) == 2
     b = S(list(a.token_ids))
-    kv.fork(a, b)
+    assert kv.fork(a, b).block_ids == a_blocks
     b.num_computed = a.num_computed
-    copies = []
     b.token_ids.append(5)
-    assert kv.allocate(b, 1, copies=copies)  # writes into the shared partial block
-    assert copies == [(a.block_table[2], b.block_table[2])]
-    assert b.block_table[:2] == a.block_table[:2]
-    assert not kv.allocate(S(list(range(40))), 40)  # too big: nothing changes
+    b_got = kv.allocate_slots(b, 1)  # writes into the shared partial block
+    assert b_got.copies == ((a_blocks[2], b_got.block_ids[2]),)
+    assert b_got.block_ids[:2] == a_blocks[:2] and kv.get_blocks(b).block_ids == b_got.block_ids
+    assert kv.allocate_slots(S(list(range(40))), 40) is None  # too big: nothing changes
     kv.check_consistency()
-    prefix = a.block_table[:2]
-    kv.free(b)
+    prefix = a_blocks[:2]
+    assert kv.free(b).block_ids == b_got.block_ids
     kv.free(a)
-    assert kv.num_free_blocks == 8
+    assert kv.num_free_blocks == 8 and kv.get_blocks(a).block_ids == ()
     # Unhashed blocks are reused first; the cached prefix survives the next allocations.
     c = S(list(range(100, 120)))
-    assert kv.allocate(c, 20)  # 5 of the 6 blocks not holding the prefix
-    assert not set(c.block_table) & set(prefix)
+    c_got = kv.allocate_slots(c, 20)  # 5 of the 6 blocks not holding the prefix
+    assert not set(c_got.block_ids) & set(prefix)
     d = S(list(range(10)))
-    assert kv.find_cached_prefix(d) == prefix
-    assert kv.allocate(d, 2, prefix) and d.block_table[:2] == prefix
+    hit = kv.get_computed_blocks(d)
+    assert hit.block_ids == prefix
+    assert kv.allocate_slots(d, 2, hit).block_ids[:2] == prefix
     assert kv.num_free_blocks == 0
     kv.free(c)
     kv.free(d)

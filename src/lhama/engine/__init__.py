@@ -3,16 +3,30 @@ offline batch jobs. See docs/engine.md."""
 
 from lhama.engine.config import EngineConfig
 from lhama.engine.engine import KVCacheCapacityError, LLMEngine
-from lhama.engine.kv_cache_manager import KVCacheManager
+from lhama.engine.kv_cache_manager import KVCacheBlocks, KVCacheManager
 from lhama.engine.memory import MemoryPlan, plan_kv_cache
 from lhama.engine.metrics import EngineStats
-from lhama.engine.outputs import EngineDelta, RequestResult
+from lhama.engine.outputs import EngineDelta, RequestFailedError, RequestResult
 from lhama.engine.paged_cache import PagedKVCache
 from lhama.engine.scheduler import Scheduler, SchedulerOutput
 
-__all__ = ["EngineConfig", "KVCacheCapacityError", "LLMEngine", "KVCacheManager", "MemoryPlan", "plan_kv_cache",
-           "EngineStats", "EngineDelta", "RequestResult", "PagedKVCache", "Scheduler", "SchedulerOutput",
-           "AsyncEngine"]
+__all__ = [
+    "AsyncEngine",
+    "EngineConfig",
+    "EngineDelta",
+    "EngineStats",
+    "KVCacheBlocks",
+    "KVCacheCapacityError",
+    "KVCacheManager",
+    "LLMEngine",
+    "MemoryPlan",
+    "PagedKVCache",
+    "RequestFailedError",
+    "RequestResult",
+    "Scheduler",
+    "SchedulerOutput",
+    "plan_kv_cache",
+]
 
 
 def __getattr__(name):

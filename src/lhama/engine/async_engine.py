@@ -5,6 +5,9 @@ GIL, so the event loop stays responsive); requests and aborts reach it through a
 applied between steps, and deltas come back to each request's ``asyncio.Queue`` through
 ``call_soon_threadsafe``. Leaving the ``async for`` early - the client went away, the consuming
 task was cancelled - aborts the request, which frees its blocks before the next step.
+
+When the engine fails one request (``RequestFailedError``, see ``LLMEngine.step``) only that
+request's stream raises it; the others keep streaming.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import logging
 import threading
 import uuid
-from typing import AsyncIterator, Iterable, Sequence as Seq
+from collections.abc import AsyncIterator, Iterable
+from collections.abc import Sequence as Seq
 
 from lhama.engine.engine import LLMEngine
 from lhama.engine.metrics import EngineStats
@@ -42,7 +46,7 @@ class AsyncEngine:
         self.error: BaseException | None = None
 
     @classmethod
-    def from_loaded(cls, loaded, config=None) -> "AsyncEngine":
+    def from_loaded(cls, loaded, config=None) -> AsyncEngine:
         return cls(LLMEngine.from_loaded(loaded, config))
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -67,7 +71,9 @@ class AsyncEngine:
                        stop_ids: Iterable[int] | None = None) -> AsyncIterator[EngineDelta]:
         """Stream the request's output: one ``EngineDelta`` per sequence and step; the last delta
         of each of the ``params.n`` sequences has ``finish_reason`` set. Invalid requests raise
-        (``ContextLengthExceededError``, ``SamplingError``) before anything is queued."""
+        (``ContextLengthExceededError``, ``SamplingError``) before anything is queued. If the
+        engine fails this request alone, the stream raises its ``RequestFailedError`` (status,
+        code and param follow its cause); ``EngineDeadError`` if the whole engine stopped."""
         if self._stopped:
             raise EngineDeadError("the engine has been shut down")
         if self.error is not None:
@@ -90,6 +96,8 @@ class AsyncEngine:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if item.error is not None:
+                    raise item.error
                 if item.finish_reason is not None:
                     remaining -= 1
                 yield item
@@ -162,11 +170,13 @@ class AsyncEngine:
                 continue
             try:
                 deltas = eng.step()
-            except Exception as e:  # noqa: BLE001 - fail every waiting stream, keep serving
-                log.exception("engine step failed; aborting all running requests")
+            except Exception as e:
+                # Failures of one request are isolated inside the step; this is the engine's own.
+                log.exception("engine step failed; failing all running requests")
+                dead = EngineDeadError(f"engine step failed: {type(e).__name__}")
                 for rid in list(eng.requests):
-                    eng.abort(rid)
-                    self._deliver(rid, EngineDeadError(f"engine step failed: {e!r}"))
+                    eng.fail(rid, dead)
+                    self._deliver(rid, dead)
                 self._stats = eng.stats()
                 continue
             self._stats = eng.stats()
@@ -176,4 +186,4 @@ class AsyncEngine:
         for rid in list(self._streams):
             self._deliver(rid, EngineDeadError("the engine was shut down"))
         for rid in list(eng.requests):
-            eng.abort(rid)
+            eng.fail(rid, EngineDeadError("the engine was shut down"))

@@ -9,25 +9,35 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Iterable, Sequence as Seq
+from collections.abc import Iterable
+from collections.abc import Sequence as Seq
 
+import torch
 
 from lhama.engine.config import EngineConfig
 from lhama.engine.cuda_graphs import DecodeGraphs
 from lhama.engine.kv_cache_manager import KVCacheManager
 from lhama.engine.memory import MemoryPlan, plan_kv_cache
 from lhama.engine.metrics import EngineStats
-from lhama.engine.outputs import EngineDelta, RequestResult, SequenceOutput
+from lhama.engine.outputs import (
+    EngineDelta,
+    RequestFailedError,
+    RequestResult,
+    SequenceOutput,
+)
 from lhama.engine.paged_cache import PagedKVCache
 from lhama.engine.runner import ModelRunner
-from lhama.engine.scheduler import Scheduler
-from lhama.engine.sequence import Request, Sequence, SeqStatus
+from lhama.engine.scheduler import Scheduler, SchedulerOutput
+from lhama.engine.sequence import Request, SeqStatus, Sequence
 from lhama.errors import ContextLengthExceededError, SamplingError
 from lhama.generate.loop import TokenStep, check_context
-from lhama.generate.sampling import SamplingParams
+from lhama.generate.sampling import SampleResult, SamplingParams
 from lhama.model import Transformer
 
 log = logging.getLogger("lhama.engine")
+
+
+_I64 = 2 ** 63
 
 
 class KVCacheCapacityError(ContextLengthExceededError):
@@ -35,11 +45,11 @@ class KVCacheCapacityError(ContextLengthExceededError):
 
     def __init__(self, prompt_tokens: int, max_new_tokens: int, capacity: int, model_context: int):
         super().__init__(prompt_tokens, max_new_tokens, capacity)
-        self.args = (
+        self.args = ((
             f"The KV cache of this server holds {capacity} tokens per request (the model supports "
             f"{model_context}), but the request needs {prompt_tokens + max_new_tokens} ({prompt_tokens} in the "
             f"prompt + {max_new_tokens} to generate). Shorten the prompt, lower max_tokens, or restart with a "
-            f"larger --kv-cache-gb.",
+            f"larger --kv-cache-gb."),
         )
 
 
@@ -73,10 +83,11 @@ class LLMEngine:
             stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
         self.default_stop_ids = frozenset(int(t) for t in stop_ids)
         self.requests: dict[str, Request] = {}
-        self._c = dict(prompt_tokens=0, prompt_computed=0, generation=0, added=0, finished=0, aborted=0, steps=0)
+        self._c = {k: 0 for k in ("prompt_tokens", "prompt_computed", "generation", "added", "finished", "aborted",
+                                  "failed", "steps")}
 
     @classmethod
-    def from_loaded(cls, loaded, config: EngineConfig | None = None) -> "LLMEngine":
+    def from_loaded(cls, loaded, config: EngineConfig | None = None) -> LLMEngine:
         """An engine for a ``lhama.loader.LoadedModel``: stops on the tokenizer's and the chat
         format's stop ids."""
         stops = set(getattr(loaded.tokenizer, "stop_ids", ()) or ())
@@ -96,6 +107,19 @@ class LLMEngine:
                                           f"(0..{self.args.vocab_size - 1})")
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop", "stop strings need a tokenizer; this engine has none")
+        self._check_ranges(params)
+
+    def _check_ranges(self, params: SamplingParams) -> None:
+        """Integers the sampler turns into int64 tensors or generator seeds must fit them (a
+        top_k of 2**63 used to fail the step); stop ids must be token ids."""
+        if not -_I64 <= params.top_k < _I64:
+            raise SamplingError("top_k", f"must be at most {_I64 - 1} (0 disables it), got {params.top_k}")
+        if params.seed is not None and not -_I64 <= params.seed <= 2 ** 64 - params.n:
+            raise SamplingError("seed", f"must be in [{-_I64}, {2 ** 64 - params.n}], got {params.seed}")
+        bad = [t for t in params.stop_token_ids if not 0 <= t < self.args.vocab_size]
+        if bad:
+            raise SamplingError("stop_token_ids", f"token id {bad[0]} is outside the vocabulary "
+                                                  f"(0..{self.args.vocab_size - 1})")
 
     def add_request(self, request_id: str | None, prompt_ids: Seq[int], params: SamplingParams, *,
                     stop_ids: Iterable[int] | None = None) -> Request:
@@ -121,7 +145,8 @@ class LLMEngine:
         return seq
 
     def abort(self, request_id: str) -> bool:
-        """Stop a request now and free its blocks. False if it is unknown or already finished."""
+        """Cancel a request (its caller is gone) and free its blocks now; counted as aborted.
+        False if it is unknown or already finished."""
         req = self.requests.pop(request_id, None)
         if req is None:
             return False
@@ -137,60 +162,167 @@ class LLMEngine:
 
     # -- the step --------------------------------------------------------------------------
     def step(self) -> list[EngineDelta]:
-        """Schedule, run the model once, sample, and return every sequence's new output."""
+        """Schedule, run the model once, sample, and return every sequence's new output.
+
+        A failure that concerns one request - preparing its inputs, the forward over it, its
+        sampling, turning its token into text - fails that request alone: it ends with one
+        delta per unfinished sequence whose ``finish_reason`` is "error" and whose ``error``
+        is a ``RequestFailedError``; every other request goes on as if it had not been there."""
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             return []
         self._c["steps"] += 1
-        logits, sample_seqs = self.runner.execute(sched)
-        kv = self.kv_manager
+        failed: dict[Request, RequestFailedError] = {}
+        logits, sample_seqs = self._execute(sched, failed)
         for e in sched.scheduled:
             seq = e.seq
-            if not (e.num_new == 1 and seq.num_output > 0 and e.start == seq.num_tokens - 1):
+            if seq.request not in failed and not (e.num_new == 1 and seq.num_output > 0
+                                                  and e.start == seq.num_tokens - 1):
                 self._c["prompt_computed"] += e.num_new
-            seq.num_computed += e.num_new
-            kv.cache_full_blocks(seq)
-        if logits is None:
-            return []
+        self.scheduler.update_from_output(sched, frozenset(e.seq for e in sched.scheduled if e.seq.request in failed))
+        deltas = self._sample_and_emit(logits, sample_seqs, failed) if logits is not None else []
+        return deltas + self._finish_failed(failed)
 
+    def _failure(self, req: Request, stage: str, exc: Exception) -> RequestFailedError:
+        log.error("request %s failed in the engine (%s); the others go on", req.request_id, stage, exc_info=exc)
+        return RequestFailedError(req.request_id, stage, exc)
+
+    @staticmethod
+    def _by_request(items, request_of) -> dict[Request, list]:
+        groups: dict[Request, list] = {}
+        for it in items:
+            groups.setdefault(request_of(it), []).append(it)
+        return groups
+
+    def _execute(self, sched: SchedulerOutput, failed: dict) -> tuple[torch.Tensor | None, list[Sequence]]:
+        """The runner's forward; if the batch fails, each request's part runs alone so that only
+        the culprit fails (the K/V a failed batch wrote is written again, identically)."""
+        try:
+            return self.runner.execute(sched)
+        except Exception as e:  # noqa: BLE001 - isolated below
+            groups = self._by_request(sched.scheduled, lambda en: en.seq.request)
+            if len(groups) == 1:
+                failed[next(iter(groups))] = self._failure(next(iter(groups)), "forward", e)
+                return None, []
+            log.warning("a batched forward over %d requests failed (%r); running them one by one", len(groups), e)
+        parts: list[torch.Tensor] = []
+        seqs: list[Sequence] = []
+        for req, entries in groups.items():
+            mine = {b for en in entries for b in en.blocks.block_ids}
+            sub = SchedulerOutput(entries, [(s, d) for s, d in sched.copies if d in mine])
+            try:
+                logits, sampled = self.runner.execute(sub)
+            except Exception as e:  # noqa: BLE001 - this request alone fails
+                failed[req] = self._failure(req, "forward", e)
+                continue
+            if logits is not None:
+                parts.append(logits)
+                seqs += sampled
+        return (torch.cat(parts) if parts else None), seqs
+
+    def _fork(self, sample_seqs: list[Sequence], failed: dict) -> tuple[list[int], list[Sequence]]:
+        """Logits row of each sequence to sample, with the ``n - 1`` forks of a finished prompt."""
         rows: list[int] = []
         seqs: list[Sequence] = []
         for r, seq in enumerate(sample_seqs):
             rows.append(r)
             seqs.append(seq)
-            if seq.pending_forks:
+            if not seq.pending_forks:
+                continue
+            try:
                 for i in range(1, seq.params.n):
                     child = self._new_seq(seq.request, i, list(seq.token_ids))
                     self.scheduler.fork(seq, child)
                     rows.append(r)
                     seqs.append(child)
-                seq.pending_forks = 0
-        res = self.runner.sample(logits, rows, seqs)
-        toks = res.tokens.tolist()
-        lps = res.logprobs.tolist() if res.logprobs is not None else None
-        top_ids = res.top_ids.tolist() if res.top_ids is not None else None
-        top_lps = res.top_logprobs.tolist() if res.top_logprobs is not None else None
+            except Exception as e:  # noqa: BLE001 - this request alone fails
+                failed[seq.request] = self._failure(seq.request, "sample", e)
+            seq.pending_forks = 0
+        keep = [i for i, s in enumerate(seqs) if s.request not in failed]
+        return [rows[i] for i in keep], [seqs[i] for i in keep]
 
+    def _sample(self, logits: torch.Tensor, rows: list[int], seqs: list[Sequence], failed: dict) -> list:
+        """One (token, logprob, top ids, top logprobs) per sequence, None where its request failed.
+        Sampled as one batch; if that raises, per request, with the seeded generators rewound so
+        the healthy requests draw exactly what they would have drawn."""
+        gens = [s.generator for s in seqs]
+        states = [g.get_state() if g is not None else None for g in gens]
+        try:
+            return _rows(self.runner.sample(logits, rows, seqs), len(seqs))
+        except Exception as e:  # noqa: BLE001 - isolated below
+            groups = self._by_request(range(len(seqs)), lambda i: seqs[i].request)
+            if len(groups) == 1:
+                failed[seqs[0].request] = self._failure(seqs[0].request, "sample", e)
+                return [None] * len(seqs)
+        for g, st in zip(gens, states):
+            if g is not None:
+                g.set_state(st)
+        out: list = [None] * len(seqs)
+        for req, idx in groups.items():
+            try:
+                part = _rows(self.runner.sample(logits, [rows[i] for i in idx], [seqs[i] for i in idx]), len(idx))
+            except Exception as e:  # noqa: BLE001 - this request alone fails
+                failed[req] = self._failure(req, "sample", e)
+                continue
+            for i, row in zip(idx, part):
+                out[i] = row
+        return out
+
+    def _sample_and_emit(self, logits: torch.Tensor, sample_seqs: list[Sequence], failed: dict) -> list[EngineDelta]:
+        rows, seqs = self._fork(sample_seqs, failed)
+        sampled = self._sample(logits, rows, seqs, failed) if seqs else []
         deltas: list[EngineDelta] = []
-        for i, seq in enumerate(seqs):
-            p, req = seq.params, seq.request
-            tok = toks[i]
-            step = TokenStep(tok)
-            if p.logprobs or p.top_logprobs:
-                step.logprob = lps[i]
-            if p.top_logprobs:
-                k = p.top_logprobs
-                step.top_logprobs = list(zip(top_ids[i][:k], top_lps[i][:k]))
-            seq.append_token(tok)
-            text, ids = seq.out.add(step)
-            self._c["generation"] += 1
-            out = seq.out
-            deltas.append(EngineDelta(req.request_id, seq.index, text, ids, [step], out.finish_reason,
-                                      out.stop_reason, seq.prompt_len, req.num_cached_tokens, len(out.token_ids)))
-            if out.finish_reason is not None:
-                self.scheduler.finish(seq)
-                if req.finished and self.requests.pop(req.request_id, None) is not None:
-                    self._c["finished"] += 1
+        for seq, row in zip(seqs, sampled):
+            req = seq.request
+            if row is None or req in failed:
+                continue
+            try:
+                deltas.append(self._emit(seq, *row))
+            except Exception as e:  # noqa: BLE001 - this request alone fails
+                failed[req] = self._failure(req, "output", e)
+        return deltas
+
+    def _emit(self, seq: Sequence, tok: int, lp, top_ids, top_lps) -> EngineDelta:
+        p, req = seq.params, seq.request
+        step = TokenStep(tok)
+        if p.logprobs or p.top_logprobs:
+            step.logprob = lp
+        if p.top_logprobs:
+            k = p.top_logprobs
+            step.top_logprobs = list(zip(top_ids[:k], top_lps[:k]))
+        seq.append_token(tok)
+        text, ids = seq.out.add(step)
+        self._c["generation"] += 1
+        out = seq.out
+        delta = EngineDelta(req.request_id, seq.index, text, ids, [step], out.finish_reason, out.stop_reason,
+                            seq.prompt_len, req.num_cached_tokens, len(out.token_ids))
+        if out.finish_reason is not None:
+            self.scheduler.finish(seq)
+            if req.finished and self.requests.pop(req.request_id, None) is not None:
+                self._c["finished"] += 1
+        return delta
+
+    def fail(self, request_id: str, cause: Exception, stage: str = "step") -> list[EngineDelta]:
+        """End a request with an error (its blocks are freed at once): the error deltas, or []
+        if it is unknown or already finished. Counted as failed, not as aborted."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return []
+        return self._finish_failed({req: RequestFailedError(request_id, stage, cause)})
+
+    def _finish_failed(self, failed: dict[Request, RequestFailedError]) -> list[EngineDelta]:
+        deltas: list[EngineDelta] = []
+        for req, err in failed.items():
+            req.error = err
+            # One error delta per unfinished sequence (at least one, so every stream learns of it).
+            for seq in [s for s in req.seqs if s.status is not SeqStatus.FINISHED] or req.seqs[:1]:
+                if seq.status is not SeqStatus.FINISHED:
+                    self.scheduler.finish(seq)
+                    seq.out.finish_reason = "error"
+                deltas.append(EngineDelta(req.request_id, seq.index, "", [], [], "error", None, seq.prompt_len,
+                                          req.num_cached_tokens, len(seq.out.token_ids), error=err))
+            if self.requests.pop(req.request_id, None) is not None:
+                self._c["failed"] += 1
         return deltas
 
     # -- convenience -----------------------------------------------------------------------
@@ -219,7 +351,7 @@ class LLMEngine:
     @staticmethod
     def result(req: Request) -> RequestResult:
         comps = [s.out.completion(s.prompt_len) for s in sorted(req.seqs, key=lambda s: s.index)]
-        return RequestResult(req.request_id, len(req.prompt_ids), req.num_cached_tokens, comps)
+        return RequestResult(req.request_id, len(req.prompt_ids), req.num_cached_tokens, comps, req.error)
 
     def stats(self) -> EngineStats:
         kv, c = self.kv_manager, self._c
@@ -230,5 +362,15 @@ class LLMEngine:
             prompt_tokens_computed_total=c["prompt_computed"], generation_tokens_total=c["generation"],
             prefix_cache_queries_total=kv.prefix_queries, prefix_cache_hits_total=kv.prefix_hits,
             preemptions_total=self.scheduler.num_preemptions, requests_added_total=c["added"],
-            requests_finished_total=c["finished"], requests_aborted_total=c["aborted"], steps_total=c["steps"],
+            requests_finished_total=c["finished"], requests_aborted_total=c["aborted"], requests_failed_total=c["failed"],
+            steps_total=c["steps"],
         )
+
+
+def _rows(res: SampleResult, n: int) -> list[tuple]:
+    """A batch's sampling result as one (token, logprob, top ids, top logprobs) per row."""
+    toks = res.tokens.tolist()
+    lps = res.logprobs.tolist() if res.logprobs is not None else [None] * n
+    top_ids = res.top_ids.tolist() if res.top_ids is not None else [None] * n
+    top_lps = res.top_logprobs.tolist() if res.top_logprobs is not None else [None] * n
+    return list(zip(toks, lps, top_ids, top_lps))

@@ -23,7 +23,8 @@ class EngineStats:
     preemptions_total: int
     requests_added_total: int
     requests_finished_total: int
-    requests_aborted_total: int
+    requests_aborted_total: int  # cancelled by their caller (client gone, ``abort``)
+    requests_failed_total: int  # ended by an engine failure (their own, a failed step, shutdown)
     steps_total: int
 
     @property

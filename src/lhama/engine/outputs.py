@@ -10,8 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lhama.errors import LhamaError
 from lhama.generate.loop import Completion, TokenStep
 from lhama.generate.stops import StopStringMatcher
+
+
+class RequestFailedError(LhamaError):
+    """The engine failed one request (while preparing its step, running the model on it or
+    sampling for it) and went on serving the others. ``cause`` is the original exception and
+    ``stage`` one of "prepare", "forward", "sample", "output". A typed user error as cause
+    keeps its status, code, param and message (a bad sampling parameter is a 400); anything
+    else is a 500 whose message names the stage, not the internals (they go to the log)."""
+
+    def __init__(self, request_id: str, stage: str, cause: BaseException):
+        self.request_id, self.stage, self.cause = request_id, stage, cause
+        if isinstance(cause, LhamaError):
+            self.http_status, self.code = cause.http_status, cause.code
+            self.param = getattr(cause, "param", None)
+            msg = str(cause)
+        else:
+            self.http_status, self.code, self.param = 500, "engine_request_failed", None
+            msg = (f"the engine failed on this request ({stage}: {type(cause).__name__}); other requests "
+                   f"were not affected; see the server log")
+        super().__init__(msg)
 
 
 @dataclass
@@ -23,11 +44,12 @@ class EngineDelta:
     text: str
     token_ids: list[int]
     steps: list[TokenStep] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (then ``error`` is set)
     stop_reason: int | str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the prefix cache
     completion_tokens: int = 0  # output tokens so far (stop token excluded)
+    error: RequestFailedError | None = None  # why the engine failed this request (finish_reason "error")
 
 
 @dataclass
@@ -37,7 +59,8 @@ class RequestResult:
     request_id: str
     prompt_tokens: int
     cached_tokens: int
-    completions: list[Completion]  # by sample index
+    completions: list[Completion]  # by sample index (fewer than n if it failed before forking)
+    error: RequestFailedError | None = None  # the engine failed this request (its finish_reason: "error")
 
     @property
     def completion_tokens(self) -> int:
@@ -55,8 +78,18 @@ def make_decoder(tokenizer):
 class SequenceOutput:
     """Accumulates one sequence's output and produces its deltas."""
 
-    __slots__ = ("decoder", "matcher", "stop_ids", "max_tokens", "n", "token_ids", "steps", "text_parts",
-                 "finish_reason", "stop_reason")
+    __slots__ = (
+        "decoder",
+        "finish_reason",
+        "matcher",
+        "max_tokens",
+        "n",
+        "steps",
+        "stop_ids",
+        "stop_reason",
+        "text_parts",
+        "token_ids",
+    )
 
     def __init__(self, tokenizer, stop_ids: frozenset[int], stops: tuple[str, ...], max_tokens: int):
         self.decoder = make_decoder(tokenizer)

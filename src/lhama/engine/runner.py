@@ -86,7 +86,7 @@ class ModelRunner:
             seq, start, n = e.seq, e.start, e.num_new
             offset = len(tokens)
             tokens.extend(seq.token_ids[start:start + n])
-            table = seq.block_table
+            table = e.blocks.block_ids
             for p in range(start, start + n):
                 positions.append(p)
                 slot_base.append(table[p // bs] * bs * KVH + p % bs)
@@ -104,7 +104,7 @@ class ModelRunner:
         meta = AttentionMetadata(slots=slots, num_decode=len(decode))
         if decode:
             mb = max(-(-(e.start + 1) // bs) for e in decode)
-            table = torch.tensor([e.seq.block_table[:mb] + [0] * (mb - min(mb, len(e.seq.block_table)))
+            table = torch.tensor([list(e.blocks.block_ids[:mb]) + [0] * (mb - min(mb, len(e.blocks)))
                                   for e in decode], dtype=torch.long, device=dev)
             idx = (table.unsqueeze(1) * KVH + self._heads.view(1, KVH, 1)).flatten()
             lens = torch.tensor([e.start + 1 for e in decode], device=dev)
@@ -115,7 +115,7 @@ class ModelRunner:
         for offset, e in prefill_specs:
             ctx = e.start + e.num_new
             nb = -(-ctx // bs)
-            blocks = torch.tensor(e.seq.block_table[:nb], dtype=torch.long, device=dev)
+            blocks = torch.tensor(e.blocks.block_ids[:nb], dtype=torch.long, device=dev)
             idx = (self._heads.view(KVH, 1) + blocks.view(1, nb) * KVH).flatten()
             mask = torch.ones(e.num_new, ctx, dtype=torch.bool, device=dev).tril(diagonal=e.start)
             meta.prefills.append(PrefillChunk(offset, e.num_new, ctx, idx, mask.repeat(G, 1)))
@@ -153,7 +153,7 @@ class ModelRunner:
     def _execute_graph(self, sched: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]] | None:
         bs = self.cache.block_size
         entries = sched.scheduled
-        tables = [e.seq.block_table[:e.start // bs + 1] for e in entries]
+        tables = [list(e.blocks.block_ids[:e.start // bs + 1]) for e in entries]
         if not self.graphs.fits(len(entries), max(len(t) for t in tables)):
             return None
         h = self.graphs.run([e.seq.token_ids[e.start] for e in entries], [e.start for e in entries], tables)

@@ -11,6 +11,9 @@ When a running sequence needs a block and none is free, the newest running seque
 preempted: its blocks are freed and it waits at the head of the queue, to be recomputed from
 its tokens (prompt and output so far) when room returns - its full blocks usually still sit in
 the prefix cache, so recomputing is cheap.
+
+The scheduler owns the queues and each sequence's ``num_computed``; block tables belong to the
+KV manager, which hands each scheduled sequence its ``KVCacheBlocks`` for the runner.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from lhama.engine.config import EngineConfig
-from lhama.engine.kv_cache_manager import KVCacheManager
-from lhama.engine.sequence import Sequence, SeqStatus
+from lhama.engine.kv_cache_manager import KVCacheBlocks, KVCacheManager
+from lhama.engine.sequence import SeqStatus, Sequence
 
 
 @dataclass
@@ -29,6 +32,7 @@ class ScheduledSeq:
     seq: Sequence
     start: int  # tokens computed before this step
     num_new: int  # tokens computed in this step
+    blocks: KVCacheBlocks  # where its K/V lives (positions 0 .. start + num_new - 1)
 
     @property
     def samples(self) -> bool:
@@ -74,6 +78,15 @@ class Scheduler:
         child.num_computed = parent.num_computed
         self._insert_running(child)
 
+    def update_from_output(self, out: SchedulerOutput, failed: frozenset = frozenset()) -> None:
+        """The runner computed the step: advance what it computed (except for the sequences in
+        ``failed``, about to be finished) and offer the newly full blocks to the prefix cache."""
+        for e in out.scheduled:
+            if e.seq in failed or e.seq.status is not SeqStatus.RUNNING:
+                continue
+            e.seq.num_computed += e.num_new
+            self.kv.cache_full_blocks(e.seq)
+
     def finish(self, seq: Sequence) -> None:
         """Remove a finished or aborted sequence and free its blocks at once."""
         if seq.status is SeqStatus.RUNNING:
@@ -88,8 +101,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
-        freed = set(seq.block_table)
-        self.kv.free(seq)
+        freed = set(self.kv.free(seq, keep_hashes=True).block_ids)
         seq.num_computed = 0
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
@@ -114,7 +126,7 @@ class Scheduler:
             if budget <= 0:
                 break
             n = min(seq.num_tokens - seq.num_computed, budget)
-            while not kv.allocate(seq, n, copies=out.copies):
+            while (blocks := kv.allocate_slots(seq, n)) is None:
                 victim = self.running[-1]
                 if victim in (s.seq for s in out.scheduled):
                     budget += next(s.num_new for s in out.scheduled if s.seq is victim)
@@ -122,19 +134,19 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                out.scheduled.append(ScheduledSeq(seq, seq.num_computed, n))
+                out.copies.extend(blocks.copies)
+                out.scheduled.append(ScheduledSeq(seq, seq.num_computed, n, blocks))
                 budget -= n
 
         # Waiting sequences, first come first served, unless this step already ran out of blocks.
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs and not out.preempted:
             seq = self.waiting[0]
-            hit = kv.find_cached_prefix(seq)
+            hit = kv.get_computed_blocks(seq)
             cached = len(hit) * kv.block_size
             n = min(seq.num_tokens - cached, budget)
-            if not kv.allocate(seq, n, hit, copies=out.copies):
-                # Not counted as a lookup: the same sequence will ask again next step.
-                kv.prefix_queries -= seq.num_tokens
-                kv.prefix_hits -= cached
+            blocks = kv.allocate_slots(seq, n, hit)
+            if blocks is None:
+                kv.forget_lookup(seq, hit)  # the same sequence will ask again next step
                 break
             self.waiting.popleft()
             seq.num_computed = cached
@@ -142,6 +154,7 @@ class Scheduler:
                 seq.request.admitted = True
                 seq.request.num_cached_tokens = cached
             self._insert_running(seq)
-            out.scheduled.append(ScheduledSeq(seq, cached, n))
+            out.copies.extend(blocks.copies)
+            out.scheduled.append(ScheduledSeq(seq, cached, n, blocks))
             budget -= n
         return out

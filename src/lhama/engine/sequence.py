@@ -17,7 +17,7 @@ import torch
 from lhama.generate.sampling import SamplingParams, make_generator
 
 if TYPE_CHECKING:
-    from lhama.engine.outputs import SequenceOutput
+    from lhama.engine.outputs import RequestFailedError, SequenceOutput
 
 
 class SeqStatus(enum.Enum):
@@ -37,32 +37,44 @@ class Request:
     stop_ids: frozenset[int]  # effective: tokenizer stops (unless ignore_eos) + params.stop_token_ids
     arrival: int = field(default_factory=lambda: next(_arrivals))
     arrival_time: float = field(default_factory=time.monotonic)
-    seqs: list["Sequence"] = field(default_factory=list)
+    seqs: list[Sequence] = field(default_factory=list)
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at first admission
     admitted: bool = False
     aborted: bool = False
+    error: RequestFailedError | None = None  # set when the engine failed this request alone
 
     @property
     def finished(self) -> bool:
+        if self.error is not None:
+            return True
         return len(self.seqs) == self.params.n and all(s.status is SeqStatus.FINISHED for s in self.seqs)
 
 
 class Sequence:
-    """One sample of a request: its tokens, how many have KV computed, and where the KV lives."""
+    """One sample of a request: its tokens, how many have KV computed, its sampling state. Where
+    its KV lives is the KV manager's business (``KVCacheManager.get_blocks``)."""
 
-    __slots__ = ("request", "index", "token_ids", "prompt_len", "num_computed", "block_table", "block_hashes",
-                 "num_cached_blocks", "status", "generator", "output_counts", "seen_mask", "pending_forks",
-                 "out", "num_preemptions")
+    __slots__ = (
+        "generator",
+        "index",
+        "num_computed",
+        "num_preemptions",
+        "out",
+        "output_counts",
+        "pending_forks",
+        "prompt_len",
+        "request",
+        "seen_mask",
+        "status",
+        "token_ids",
+    )
 
     def __init__(self, request: Request, index: int, token_ids: list[int], vocab_size: int, device="cpu"):
         self.request = request
         self.index = index
         self.token_ids = token_ids
         self.prompt_len = len(request.prompt_ids)
-        self.num_computed = 0
-        self.block_table: list[int] = []
-        self.block_hashes: list[bytes] = []
-        self.num_cached_blocks = 0  # leading blocks already registered in the prefix cache
+        self.num_computed = 0  # tokens with K/V in the cache (the scheduler's count)
         self.status = SeqStatus.WAITING
         p = request.params
         # Sample i of a seeded request draws from seed + i, so sample 0 equals the n=1 output.
@@ -73,7 +85,7 @@ class Sequence:
             self.seen_mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             self.seen_mask[torch.tensor(token_ids, dtype=torch.long, device=device)] = True
         self.pending_forks = p.n - 1 if index == 0 else 0
-        self.out: "SequenceOutput | None" = None
+        self.out: SequenceOutput | None = None
         self.num_preemptions = 0
 
     @property
@@ -101,4 +113,4 @@ class Sequence:
 
     def __repr__(self) -> str:
         return (f"Sequence({self.request.request_id}#{self.index}, {self.status.value}, tokens={self.num_tokens}, "
-                f"computed={self.num_computed}, blocks={len(self.block_table)})")
+                f"computed={self.num_computed})")
