@@ -6,7 +6,9 @@ and a private scratch dir as cwd and $HOME. No network (new net namespace: only 
 loopback), no other files of this machine, new pid/ipc/uts namespaces.
 
 Limits: rlimits for CPU time, address space, file size and processes, a wall-clock timeout that
-kills the whole sandbox, and an output cap enforced while reading.
+kills the whole sandbox, and an output cap enforced while reading. A seccomp filter
+(``sandbox_seccomp``) denies new namespaces, mounts, ptrace and kernel interfaces; what callers
+killed mid-run left behind is removed by the next run (``sandbox_owner``).
 
 Root ignores RLIMIT_NPROC (the kernel exempts the init user, whatever its capabilities), and a
 user namespace created by root still maps to uid 0 outside. So when we run as root, bwrap keeps
