@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -68,5 +70,5 @@ def test_quick_run_on_a_tiny_random_model(tmp_path):
     assert md == r.stdout.strip() + "\n"
     assert "| aggregate decode tok/s, 2 concurrent ↑ |" in md
     assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
-    pytest.importorskip("matplotlib")
+    needs.module("matplotlib")
     assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,7 @@ from lhama.checkpoints.hf import meta_to_hf_rows
 from lhama.checkpoints.meta import ffn_params
 from lhama.errors import CheckpointError
 from lhama.model import ModelArgs, RopeScaling, build_model, swiglu_hidden_dim
+from tests import needs
 
 
 def _randomize(model, seed=0):
@@ -192,7 +193,7 @@ def test_ffn_params_reproduce_published_and_odd_widths():
 def test_hf_layout_against_transformers(tmp_path, tiny_llama3_args):
     """transformers' own LlamaForCausalLM (llama3 RoPE scaling, GQA) saved with save_pretrained
     loads into our model with the same logits; without the Q/K permutation it would not."""
-    transformers = pytest.importorskip("transformers")
+    transformers = needs.module("transformers")
     cfg = transformers.LlamaConfig(
         vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=256, tie_word_embeddings=False,
@@ -220,7 +221,7 @@ def test_hf_layout_against_transformers(tmp_path, tiny_llama3_args):
 
 
 def test_our_hf_export_loads_in_transformers(tiny, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = needs.module("transformers")
     model, args = tiny
     out = write_checkpoint(model.state_dict(), args, tmp_path / "hf", fmt="safetensors")
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

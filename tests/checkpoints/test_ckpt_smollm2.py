@@ -9,9 +9,10 @@ import torch
 
 from lhama.checkpoints import convert, load_model, read_checkpoint, read_gguf_metadata
 from lhama.model import StaticKVCache
+from tests import needs
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
+transformers = needs.module("transformers")
+needs.module("accelerate")  # transformers needs it to load GGUF files
 
 PROMPTS = [
     "The capital of France is",

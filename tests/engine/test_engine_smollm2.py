@@ -10,22 +10,9 @@ from lhama.generate import SamplingParams, generate_tokens
 
 @pytest.fixture(scope="module")
 def smollm2():
-    try:
-        from lhama.loader import load_model
-    except ImportError as e:  # pragma: no cover - only while the loader is being written
-        pytest.skip(f"lhama.loader.load_model cannot be imported: {e}")
-    try:
-        return load_model("default").model
-    except ImportError:
-        # The tokenizer package is not there yet; the engine test needs only the weights.
-        from lhama.checkpoints import load_weights, read_checkpoint
-        from lhama.loader import default_model_path
-        from lhama.model import build_model
+    from lhama.loader import load_model
 
-        ckpt = read_checkpoint(default_model_path())
-        model = build_model(ckpt.args)
-        load_weights(model, ckpt.state_dict)
-        return model.eval()
+    return load_model("default").model
 
 
 def test_smollm2_batched_greedy_equals_reference(smollm2, make_engine):
@@ -43,15 +30,11 @@ def test_smollm2_batched_greedy_equals_reference(smollm2, make_engine):
 
 def test_smollm2_chat_text_equals_reference():
     """With the real tokenizer and chat format: the engine's text equals ``generate``'s."""
-    try:
-        from lhama.loader import load_model
-
-        lm = load_model("default")
-    except ImportError as e:  # pragma: no cover
-        pytest.skip(f"the tokenizer package is not importable yet: {e}")
     from lhama.engine import EngineConfig, LLMEngine
     from lhama.generate import generate
+    from lhama.loader import load_model
 
+    lm = load_model("default")
     # from_loaded: stops on the tokenizer's and the chat format's stop ids.
     eng = LLMEngine.from_loaded(lm, EngineConfig(block_size=16, num_blocks=64))
     stops = lm.chat_format.stop_ids | lm.tokenizer.stop_ids

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("lm_eval")
+from tests import needs
+
+needs.module("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 

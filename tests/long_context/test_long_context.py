@@ -15,10 +15,11 @@ from lhama.engine.engine import KVCacheCapacityError
 from lhama.generate import SamplingParams, generate_tokens
 from lhama.model import ModelArgs, RopeScaling, build_model, get_config
 from lhama.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from tests import needs
 
 
 def test_llama31_rope_scaling_equals_reference_at_128k_positions():
-    ref = pytest.importorskip("llama_models.llama3.model")
+    ref = needs.module("llama_models.llama3.model")
     args = get_config("llama3.1-8b").args
     ours = rope_inv_freq(args)
     base = 1.0 / (args.rope_theta ** (torch.arange(0, 128, 2)[:64].float() / 128))

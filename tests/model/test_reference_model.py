@@ -9,8 +9,9 @@ import torch
 
 from lhama.model import ModelArgs, RopeScaling, StaticKVCache, build_model, swiglu_hidden_dim
 from lhama.model.rope import apply_llama3_rope_scaling, rope_inv_freq
+from tests import needs
 
-fairscale = pytest.importorskip("fairscale", reason="the reference model needs fairscale (test extra)")
+fairscale = needs.module("fairscale")  # the reference model needs it (test extra)
 
 
 @pytest.fixture(scope="module")

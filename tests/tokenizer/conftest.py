@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests import needs
 from tests.tokenizer.corpus import multilingual_corpus
 
 
@@ -31,7 +32,7 @@ def smol(smollm2_path):
 @pytest.fixture(scope="session")
 def hf_smol(smollm2_path):
     """transformers' own tokenizer rebuilt from the same GGUF (the reference for SmolLM2)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = needs.module("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name)
 
 

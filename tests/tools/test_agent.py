@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from lhama.errors import ConfigError
-from lhama.tools import sandbox
 from lhama.tools.agent import Agent, AgentConfig, ShieldVerdict
 from lhama.tools.registry import tool
 from lhama.tools.transcript import Transcript, replay_session, replay_tools
-
-needs_bwrap = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
+from tests import needs
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +74,8 @@ class Recorder:
         return ShieldVerdict(True)
 
 
-@needs_bwrap
 def test_code_then_custom_tool_then_answer(lm, engine):
+    needs.binary("bwrap", "bubblewrap")
     script = Script(lm.chat_format, [
         ((None, "print(6 * 7)"), "eom"),
         (('{"name": "get_weather", "parameters": {"city": "Paris"}}',), "eom"),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lhama.tools import sandbox
+from tests import needs
 
 LHAMA = [sys.executable, "-m", "lhama.cli"]
 
@@ -57,8 +57,8 @@ def test_interactive_keeps_history(tmp_path, capsys, monkeypatch):
     assert users == ["first question", "second question"]
 
 
-@pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_replay_re_executes_recorded_code(tmp_path, capsys, monkeypatch):
+    needs.binary("bwrap", "bubblewrap")
     from lhama.tools.transcript import Transcript
 
     tr = Transcript("scripted", [{"type": "code_interpreter"}], {}, [{"role": "user", "content": "2**10?"}])

@@ -15,6 +15,7 @@ from lhama.errors import ToolError
 from lhama.tools import sandbox
 from lhama.tools.builtin import BraveSearch, WolframAlpha, builtin_tool
 from lhama.tools.registry import Tool, as_tool, tool
+from tests import needs
 
 BRAVE_KEY, WOLFRAM_KEY = "brave-test-key", "wolfram-test-appid"
 BRAVE_BODY = {"type": "search", "query": {"original": "llama"}, "web": {"type": "search", "results": [
@@ -117,8 +118,8 @@ def test_missing_keys_and_unreachable_servers_are_clear_errors(monkeypatch):
         builtin_tool("file_search")
 
 
-@pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_code_interpreter_tool():
+    needs.binary("bwrap", "bubblewrap")
     t = builtin_tool("code_interpreter")
     assert t.builtin and t.spec() == {"type": "code_interpreter"}
     assert t({"code": "print(sum(range(101)))"}) == "completed\n[stdout]\n5050\n[/stdout]"

@@ -11,8 +11,9 @@ import pytest
 
 from lhama.tokenizer import Llama3ChatFormat
 from lhama.tokenizer.chat.tool_calls import parse_tool_calls
+from tests import needs
 
-pytest.importorskip("llama_models")
+needs.module("llama_models")
 
 
 @pytest.fixture(scope="module")
