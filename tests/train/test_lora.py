@@ -11,6 +11,7 @@ import torch
 from lhama.errors import CheckpointError, ConfigError
 from lhama.model.lora import LoraConfig, LoRALinear, apply_lora, lora_state_dict, merge_lora
 from lhama.peft_adapter import load_peft_adapter, save_peft_adapter
+from tests import needs
 
 ALL = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -89,8 +90,8 @@ def test_peft_format_matches_hf_peft_both_ways(smollm2_hf, tmp_path):
     """An adapter saved by lhama, loaded by peft.PeftModel on the transformers model, gives
     lhama's logits; an adapter saved by peft, loaded by lhama, does too. Covers the q/k row
     permutation with grouped-query attention (9 heads, 3 KV heads)."""
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
+    transformers = needs.module("transformers")
+    peft = needs.module("peft")
     from lhama.loader import load_model
 
     lm = load_model(smollm2_hf, dtype=torch.float32, device="cpu")
