@@ -13,8 +13,9 @@ from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 from lhama.engine import EngineConfig
 from lhama.engine.batch import run_batch_file
 from lhama.loader import load_model
+from tests import needs
 
-ray = pytest.importorskip("ray")
+ray = needs.module("ray")
 pytestmark = pytest.mark.slow  # a local Ray cluster plus 2 model actors: ~70 s on the shared 2-core machine
 
 
