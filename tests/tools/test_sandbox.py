@@ -13,14 +13,14 @@ import pytest
 from lhama.errors import SandboxError
 from lhama.tools import sandbox, sandbox_cgroup
 from lhama.tools.sandbox import SandboxLimits, SandboxResult, run_python
+from tests import needs
 
 
 @pytest.fixture(autouse=True)
 def bubblewrap_installed():
     """The sandbox is what keeps model-written code in: without bwrap these tests fail (saying
     how to install it) rather than skip, so a machine that cannot sandbox is never green."""
-    if sandbox.shutil.which("bwrap") is None:
-        pytest.fail("bubblewrap is not installed; install it: apt-get install -y bubblewrap")
+    needs.binary("bwrap", "bubblewrap")
 
 FAST = SandboxLimits(cpu_seconds=3, wall_seconds=8, memory_mb=512, max_processes=16, max_output_bytes=200_000)
 
