@@ -347,7 +347,8 @@ def test_a_killed_callers_scratch_dir_and_cgroup_are_reaped_by_the_next_run():
     src = str(Path(sandbox.__file__).resolve().parents[2])
     caller = subprocess.Popen([sys.executable, "-c", KILLED_CALLER, src])
     prefix = f"lhama-sandbox-{caller.pid}-"
-    cgroups = [Path("/sys/fs/cgroup") / c for c in ("pids", "memory", "")]
+    root = Path("/sys/fs/cgroup")
+    cgroups = [root] if (root / "cgroup.controllers").exists() else [root / "pids", root / "memory"]  # v2 or v1
 
     def leftovers():
         scratch = [p for p in Path(tempfile.gettempdir()).glob(prefix + "*")]
