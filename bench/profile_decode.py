@@ -32,6 +32,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 if (REPO / "src" / "lhama").is_dir():
     sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))  # harness/, profile_engine.py
 
 from lhama.generate import SamplingParams, generate_tokens  # noqa: E402
 from lhama.model import kv_cache as kv_mod  # noqa: E402
@@ -50,7 +51,6 @@ def load(spec: str, dtype=torch.float32, quantize: str | None = None):
 
 
 def prompt_ids(n: int) -> list[int]:
-    sys.path.insert(0, str(REPO / "bench"))
     from harness.workload import token_stream
     from lhama.loader import default_model_path
 
@@ -71,19 +71,13 @@ def decode_step_times(model, prompt: list[int], steps: int) -> list[float]:
 
 
 def engine_step_times(model, prompt: list[int], steps: int) -> list[float]:
-    from lhama.engine import EngineConfig, LLMEngine
+    """Seconds per decode step of the engine at batch 1 (profile_engine.py's measurement)."""
+    from lhama.engine import EngineConfig
+    from profile_engine import blocks_for
+    from profile_engine import engine_step_times as batched_step_times
 
-    eng = LLMEngine(model, None, EngineConfig(num_blocks=-(-(len(prompt) + steps + 2) // 16) + 4, max_num_seqs=1),
-                    stop_ids=())
-    eng.add_request("p", prompt, SamplingParams(temperature=0.0, max_tokens=steps + 1, ignore_eos=True))
-    times, last = [], None
-    while eng.has_unfinished():
-        if eng.step():
-            t = time.perf_counter()
-            if last is not None:
-                times.append(t - last)
-            last = t
-    return times
+    config = EngineConfig(num_blocks=blocks_for(1, len(prompt) + steps + 2), max_num_seqs=1)
+    return batched_step_times(model, [prompt], steps + 1, config)[1]
 
 
 def ms(times: list[float]) -> float:

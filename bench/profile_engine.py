@@ -1,8 +1,9 @@
-"""Measure engine step times: ``python -m lhama.engine.profile --model default --batch 1 8 32``.
+"""Engine step times by batch size: ``python bench/profile_engine.py --model default --batch 1 8 32``.
 
 For each batch size B: B requests with P-token prompts each generate G tokens (ignore_eos);
-reports the prefill time, the mean decode step time once all B decode together, and the
+reports the prefill time, the median decode step time once all B decode together, and the
 aggregate decode throughput. ``--breakdown`` adds a torch-profiler table of one decode step.
+``bench/profile_decode.py`` times the engine at batch 1 with ``engine_step_times`` from here.
 """
 
 from __future__ import annotations
@@ -10,55 +11,54 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from lhama.engine.config import EngineConfig
-from lhama.engine.engine import LLMEngine
-from lhama.generate.sampling import SamplingParams
+REPO = Path(__file__).resolve().parent.parent
+if (REPO / "src" / "lhama").is_dir():
+    sys.path.insert(0, str(REPO / "src"))
 
+from lhama.engine import EngineConfig, LLMEngine  # noqa: E402
+from lhama.generate import SamplingParams  # noqa: E402
 
 # Random weights with SmolLM2-135M's shapes: the same speed without the GGUF file.
 SMOLLM2_SHAPE = dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536,
                      rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True)
 
 
-def load(spec: str, dtype: torch.dtype):
-    from lhama.model import ModelArgs, build_model, get_config
-
+def load(spec: str, dtype: torch.dtype = torch.float32, quantize: str | None = None):
+    """The model of a ``--model`` spec (a file, ``default``, a named config), or ``random:smollm2``."""
     if spec == "random:smollm2":
+        from lhama.model import ModelArgs, build_model
+
         return build_model(ModelArgs(**SMOLLM2_SHAPE), dtype=dtype, init="random").eval()
+    from lhama.loader import load_model
 
-    try:
-        from lhama.loader import load_model
-
-        return load_model(spec, dtype=dtype).model
-    except ImportError:  # the tokenizer package is missing: weights only
-        from lhama.checkpoints import load_weights, read_checkpoint
-        from lhama.loader import default_model_path, resolve_model_spec
-
-        target = resolve_model_spec(spec)
-        if isinstance(target, str):
-            return build_model(get_config(target).args, dtype=dtype, init="random").eval()
-        ckpt = read_checkpoint(default_model_path() if spec == "default" else target, dtype=dtype)
-        model = build_model(ckpt.args, dtype=dtype)
-        load_weights(model, ckpt.state_dict)
-        return model.eval()
+    return load_model(spec, dtype=dtype, device="cpu", quantize=quantize).model
 
 
-def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, breakdown: bool = False) -> dict:
-    eng = LLMEngine(model, None, config.with_(max_num_seqs=max(batch, 1)))
-    g = torch.Generator().manual_seed(0)
-    vocab = min(model.args.vocab_size, 20000)
+def blocks_for(batch: int, tokens: int, block_size: int = 16) -> int:
+    """KV blocks for ``batch`` sequences of ``tokens`` each, with a little slack."""
+    return batch * -(-tokens // block_size) + 8
+
+
+def engine_step_times(model, prompts: list[list[int]], gen: int, config: EngineConfig,
+                      breakdown: bool = False) -> tuple[float, list[float]]:
+    """(prefill seconds, seconds of each decode step once every prompt decodes): greedy,
+    ``gen`` tokens per prompt, end of sequence ignored. ``breakdown`` prints a torch-profiler
+    table of the fifth decode step (which is then left out of the times)."""
+    eng = LLMEngine(model, None, config.with_(max_num_seqs=max(len(prompts), 1)), stop_ids=())
     params = SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
-    for _ in range(batch):
-        eng.add_request(None, torch.randint(0, vocab, (prompt_len,), generator=g).tolist(), params)
+    for prompt in prompts:
+        eng.add_request(None, prompt, params)
     t0 = time.perf_counter()
     while any(s.num_computed < s.prompt_len for s in eng.scheduler.running) or eng.scheduler.waiting:
         eng.step()
     prefill = time.perf_counter() - t0
-    times = []
+    times: list[float] = []
     while eng.has_unfinished():
         if breakdown and len(times) == 5:
             from torch.profiler import ProfilerActivity, profile
@@ -66,10 +66,19 @@ def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 eng.step()
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+            breakdown = False
             continue
         t = time.perf_counter()
         eng.step()
         times.append(time.perf_counter() - t)
+    return prefill, times
+
+
+def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, breakdown: bool = False) -> dict:
+    g = torch.Generator().manual_seed(0)
+    vocab = min(model.args.vocab_size, 20000)
+    prompts = [torch.randint(0, vocab, (prompt_len,), generator=g).tolist() for _ in range(batch)]
+    prefill, times = engine_step_times(model, prompts, gen, config, breakdown)
     if os.environ.get("LHAMA_PROFILE_STEPS"):
         print("step ms:", " ".join(f"{t * 1e3:.0f}" for t in times))
     steady = times[2:] or times
@@ -96,8 +105,9 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     model = load(a.model, dtype)
-    cfg = EngineConfig(block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens, compile=a.compile, packed_head=not a.no_packed_head,
-                       num_blocks=max(a.batch) * -(-(a.prompt_len + a.gen) // a.block_size) + 8)
+    cfg = EngineConfig(block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens, compile=a.compile,
+                       packed_head=not a.no_packed_head,
+                       num_blocks=blocks_for(max(a.batch), a.prompt_len + a.gen, a.block_size))
     print(f"model {a.model} ({a.dtype}), prompt {a.prompt_len}, generate {a.gen}, threads {torch.get_num_threads()}")
     for b in a.batch:
         r = measure(model, b, a.prompt_len, a.gen, cfg, a.breakdown)
