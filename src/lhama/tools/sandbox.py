@@ -239,9 +239,10 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLim
     reap_scratch_dirs()  # what callers killed mid-run left behind
     SandboxCgroup.reap_stale()
     seccomp = seccomp_fd()
-    scratch = Path(tempfile.mkdtemp(prefix=owner_prefix()))
-    cgroup = SandboxCgroup.create(limits.memory_mb, limits.max_processes) if limits.use_cgroup else None
+    scratch, cgroup = None, None
     try:
+        scratch = Path(tempfile.mkdtemp(prefix=owner_prefix()))
+        cgroup = SandboxCgroup.create(limits.memory_mb, limits.max_processes) if limits.use_cgroup else None
         _write_files(scratch, code, files)
         if as_root:
             for p in [scratch, *scratch.rglob("*")]:
@@ -252,7 +253,8 @@ def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLim
         os.close(seccomp)
         if cgroup is not None:
             cgroup.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 class TaskPeak:
