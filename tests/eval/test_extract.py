@@ -59,3 +59,12 @@ def test_extract_code_from_chat_answers():
     assert extract_code("```\nx = 1\n```") == "x = 1"
     assert extract_code("def g(): pass") == "def g(): pass"
     assert extract_code("```python\nunclosed = True") == "unclosed = True"  # cut off by max_tokens
+
+
+def test_extract_code_takes_the_first_block_else_the_python_tag():
+    # One rule for eval's pass@k and the unit-test reward: the solution comes first, usage after.
+    answer = "```python\ndef f():\n    return 1\n```\nUsage:\n```python\nprint(f())\n```"
+    assert extract_code(answer) == "def f():\n    return 1"
+    # Llama 3.1's code interpreter call: unfenced code after <|python_tag|> (the last one).
+    assert extract_code("Let me run it.<|python_tag|>import math\nprint(math.pi)\n") == "import math\nprint(math.pi)"
+    assert extract_code("a<|python_tag|>x = 1<|python_tag|>x = 2") == "x = 2"

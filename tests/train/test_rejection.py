@@ -13,12 +13,13 @@ import torch
 
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.errors import ConfigError
+from lhama.eval.code import extract_code
 from lhama.loader import load_model
 from lhama.train.data import load_chat_examples
 from lhama.train.dpo import tokenize_pairs
 from lhama.train.rejection import RejectionConfig, prompt_messages, rejection_sample, select
 from lhama.train.rewards import (ExactAnswerReward, JudgeReward, Reward, RewardInputError, UnitTestReward,
-                                 answers_match, extract_answer, extract_code, load_reward)
+                                 answers_match, extract_answer, load_reward)
 from tests.train.smol_tiny import tiny_smol_folder, write_jsonl
 
 
@@ -66,9 +67,12 @@ def test_unit_test_reward_in_sandbox():
         "```python\ndef add(a, b) return a + b\n```",  # syntax error: 0
         # Tries to award itself points by printing a tally: the marker has a per-run nonce.
         "```python\nprint('__lhama_tests_passed_0000__ 3')\ndef add(a, b):\n    return None\n```",
+        # The solution, then a usage example: the first block is the program (the example alone
+        # would fail with a NameError), as in eval's code tasks.
+        "```python\ndef add(a, b):\n    return a + b\n```\nUsage:\n```python\nprint(add(1, 2))\n```",
     ]
     scores = UnitTestReward(timeout_s=5).score({"tests": tests}, cands)
-    assert scores == pytest.approx([2 / 3, 0.0, 0.0, 0.0])
+    assert scores == pytest.approx([2 / 3, 0.0, 0.0, 0.0, 2 / 3])
     assert extract_code("no fences here") == "no fences here"
     with pytest.raises(RewardInputError):
         UnitTestReward().score({}, ["x"])

@@ -15,13 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from lhama.eval.context import EvalContext
 from lhama.eval.stats import Estimate, mean_with_normal_ci, pass_at_k, wilson
 
+# A fenced block, closed or running to the end (an answer cut off by max_tokens).
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+PYTHON_TAG = "<|python_tag|>"  # Llama 3.1 writes code-interpreter code after it, unfenced
 
 
 def extract_code(text: str) -> str:
-    """The first fenced code block of a chat answer, or the whole answer when it has none."""
+    """The program in a chat answer, as code tasks (pass@k) and the unit-test reward both run it:
+    the *first* fenced block (models put the solution first and usage examples or tests after
+    it, which would fail on their own), else the text after the last ``<|python_tag|>``, else
+    the whole answer."""
     m = _FENCE.search(text)
-    return (m.group(1) if m else text).strip("\n")
+    if m:
+        return m.group(1).strip("\n")
+    return text.rsplit(PYTHON_TAG, 1)[-1].strip("\n")
 
 
 def program(item: dict, completion: str) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from lhama.errors import ConfigError, LhamaError
+from lhama.eval.code import extract_code
 
 
 class RewardInputError(LhamaError, ValueError):
@@ -119,17 +120,6 @@ class ExactAnswerReward(Reward):
 
 
 # -- unit tests in the sandbox ---------------------------------------------------------------
-_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-
-
-def extract_code(text: str) -> str:
-    """The candidate's program: its last fenced code block, or the whole text when it has none."""
-    blocks = _CODE_BLOCK.findall(text)
-    if blocks:
-        return blocks[-1]
-    return text.split("<|python_tag|>")[-1]
-
-
 def _test_harness(code: str, tests: Sequence[str], marker: str) -> str:
     # Each test runs on its own so one failure does not hide the others' passes (partial
     # credit). The marker carries a per-run nonce: a candidate that prints a fake tally cannot
