@@ -48,18 +48,21 @@ export function linkCitations(el, sources) {
       const n = /^\[(\d+)\]$/.exec(part);
       const source = n && sources[Number(n[1]) - 1];
       if (!source) return document.createTextNode(part);
-      const details = document.createElement("details");
-      details.className = "citation";
-      const summary = document.createElement("summary");
-      summary.textContent = part;
-      summary.title = source.filename;
+      const wrap = document.createElement("span");
+      wrap.className = "citation";
       const quote = document.createElement("blockquote");
+      quote.hidden = true;
       quote.textContent = source.text;
       const cite = document.createElement("cite");
       cite.textContent = source.filename;
       quote.append(document.createElement("br"), cite);
-      details.append(summary, quote);
-      return details;
+      const open = button(part, "cite-mark", () => {
+        quote.hidden = !quote.hidden;
+        open.setAttribute("aria-expanded", String(!quote.hidden));
+      }, `Source ${n[1]}: ${source.filename}`);
+      open.setAttribute("aria-expanded", "false");
+      wrap.append(open, quote);
+      return wrap;
     }));
   }
 }
