@@ -1,6 +1,6 @@
 """The JSON-schema logits mask on the real SmolLM2 vocabulary, without a server: any sampled
 path through the mask is valid JSON for the schema, the mask is cheap per step, and the
-sampler wrapper applies it to exactly the rows that carry one."""
+sampler applies a request's ``logits_processor`` to exactly the rows that carry one."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from lhama.errors import SamplingError
+from lhama.generate.constrained import GrammarCompiler
 from lhama.generate.sampling import BatchSampler, SamplingParams
-from lhama.server.constrained import GrammarCompiler, ProcessorSampler
 
 SCHEMA = {"type": "object", "properties": {
     "ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
@@ -66,22 +66,32 @@ def test_invalid_or_unsupported_schemas_name_the_parameter(compiler):
         compiler.grammar_for_schema({"type": "string", "pattern": "(unclosed"}, "tools")
 
 
-def test_processor_sampler_applies_only_to_its_rows(compiler):
+def test_sampler_applies_the_processor_only_to_its_rows(compiler):
     V = compiler.vocab_size
     grammar = compiler.grammar_for_schema({"type": "object", "properties": {"a": {"const": 1}}, "required": ["a"],
                                            "additionalProperties": False}, "response_format")
     proc = compiler.constraint(grammar)
-    sampler = ProcessorSampler(BatchSampler(V))
+    sampler = BatchSampler(V)
     plain = SamplingParams(temperature=0)
-    constrained = SamplingParams(temperature=0, extra={"logits_processor": proc})
-    out = []
+    constrained = SamplingParams(temperature=0, logits_processor=proc)
+    out: list[int] = []
     for _ in range(12):
         logits = torch.zeros(2, V)
         logits[:, 100] = 50.0  # what an unconstrained row picks
-        res = sampler.sample(logits, [plain, constrained], generators=[None, None])
+        res = sampler.sample(logits, [plain, constrained], generators=[None, None], outputs=[[], list(out)])
         assert int(res.tokens[0]) == 100
         tok = int(res.tokens[1])
         if tok in compiler.stop_ids:
             break
         out.append(tok)
     assert json.loads(compiler.tokenizer.decode(out)) == {"a": 1}
+
+
+def test_a_processor_is_one_sequences_state(compiler):
+    proc = compiler.constraint(compiler.grammar_for_schema({"type": "object"}, "response_format"))
+    with pytest.raises(SamplingError) as e:
+        SamplingParams(n=2, logits_processor=proc)
+    assert e.value.param == "n"
+    with pytest.raises(ValueError, match="output ids"):
+        BatchSampler(compiler.vocab_size).sample(torch.zeros(1, compiler.vocab_size),
+                                                 [SamplingParams(logits_processor=proc)], generators=[None])

@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
 
-from engine_fakes import tiny_loaded  # noqa: E402
-from lhama.engine import EngineConfig, LLMEngine  # noqa: E402
-from lhama.engine.batch import run_batch_file  # noqa: E402
+from engine_fakes import tiny_loaded
+
+from lhama.engine import EngineConfig, LLMEngine
+from lhama.openai.engine_batch import run_batch_file
 
 if __name__ == "__main__":
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0

@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 
 from lhama.engine import EngineConfig, LLMEngine
-from lhama.engine.batch import run_batch_file
+from lhama.openai.batch import run_batch
+from lhama.openai.engine_batch import EngineExecutor, run_batch_file
 
 HERE = Path(__file__).parent
 SRC = HERE.parent.parent / "src"
@@ -76,7 +77,8 @@ def test_formats_and_per_line_errors(tiny, tmp_path):
     assert errors["bad-url"]["code"] == "unsupported_url"
     assert errors["bad-temp"]["code"] == "invalid_sampling_parameter" and "temperature" in errors["bad-temp"]["message"]
     assert errors["too-long"]["code"] == "context_length_exceeded"
-    assert errors["bad-msgs"]["code"] == "invalid_messages"
+    assert errors["bad-msgs"]["code"] == "invalid_value" and errors["bad-msgs"]["message"].startswith("messages[0].role")
+    assert by["bad-msgs"][0]["response"]["status_code"] == 400
     assert sorted((e["error"] or {}).get("code") or "ok" for e in by["chat-1"]) == ["duplicate_custom_id", "ok"]
     assert not eng.has_unfinished() and eng.kv_manager.num_free_blocks == eng.kv_manager.num_blocks
     # Run again: everything is already answered.
@@ -84,12 +86,59 @@ def test_formats_and_per_line_errors(tiny, tmp_path):
     assert (s2.already_done, s2.succeeded, s2.failed) == (12, 0, 0) and len(read_out(out)) == 12
 
 
+class PrepareFails(EngineExecutor):
+    """An executor that raises an unexpected error while preparing one line."""
+
+    def prepare(self, line):
+        if line.custom_id == "boom":
+            raise KeyError("a bug while preparing this line")
+        return super().prepare(line)
+
+
+def test_a_line_that_makes_the_executor_raise_fails_alone(tiny, tmp_path):
+    """Issue #17 F1: one line that makes the engine's step raise (or the executor, while
+    preparing it) gets its own 500 record; the other lines are answered, the job finishes, and a
+    rerun has nothing left to do instead of crashing again."""
+    poison = [7, 7, 7, 7, 7]
+    lines = [line(f"ok-{i}", "/v1/completions", prompt=f"w{i} w{i + 1}", max_tokens=5, temperature=0) for i in range(4)]
+    lines.insert(2, line("poison", "/v1/completions", prompt=poison, max_tokens=5, temperature=0))
+    lines.insert(4, line("boom", "/v1/completions", prompt="w1", max_tokens=5, temperature=0))
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    eng = LLMEngine.from_loaded(tiny, EngineConfig(num_blocks=256, block_size=4))
+    real_sample = eng.runner.sample
+
+    def sample(logits, rows, seqs):  # as top_k >= 2**63 once made torch raise in the step
+        if any(s.token_ids[:s.prompt_len] == poison for s in seqs):
+            raise RuntimeError("Overflow when unpacking long long")
+        return real_sample(logits, rows, seqs)
+
+    eng.runner.sample = sample
+    s = run_batch(src, out, PrepareFails(tiny, eng), progress=False)
+    assert (s.total, s.succeeded, s.failed) == (6, 4, 2)
+    got = {e["custom_id"]: e for e in read_out(out)}
+    assert got["poison"]["response"]["status_code"] == 500 and got["poison"]["error"]["line"] == 3
+    assert got["boom"]["error"]["code"] == "internal_error" and got["boom"]["error"]["line"] == 5
+    assert "KeyError" in got["boom"]["error"]["message"]
+    assert not eng.has_unfinished() and eng.kv_manager.num_free_blocks == eng.kv_manager.num_blocks
+    # The healthy lines got the answers they get without the failing ones beside them.
+    ref_src, ref = tmp_path / "ref_in.jsonl", tmp_path / "ref.jsonl"
+    ref_src.write_text("\n".join(x for x in lines if '"ok-' in x) + "\n")
+    run_batch_file(tiny, ref_src, ref, EngineConfig(num_blocks=256, block_size=4), progress=False)
+    want = {e["custom_id"]: e["response"]["body"]["choices"] for e in read_out(ref)}
+    assert want.keys() == {f"ok-{i}" for i in range(4)}
+    for cid, choices in want.items():
+        assert [c["text"] for c in got[cid]["response"]["body"]["choices"]] == [c["text"] for c in choices]
+    s2 = run_batch(src, out, PrepareFails(tiny, eng), progress=False)
+    assert (s2.already_done, s2.succeeded, s2.failed) == (6, 0, 0)
+
+
 def test_sigkill_and_resume_answers_every_line_once(tmp_path):
     n = 40
     lines = []
     for i in range(n):
         if i % 13 == 5:
-            lines.append('{"custom_id": "oops-%d", ' % i)  # bad JSON
+            lines.append(f'{{"custom_id": "oops-{i}", ')  # bad JSON
         elif i % 2:
             lines.append(line(f"req-{i}", **chat(f"w{i} w{i + 1}", max_tokens=16, temperature=0, ignore_eos=True)))
         else:
@@ -114,7 +163,7 @@ def test_sigkill_and_resume_answers_every_line_once(tmp_path):
     with open(out, "ab") as f:  # as if it died in the middle of writing a line
         f.write(b'{"id": "batch_req_torn", "custom_id": "req-')
 
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"already_done={partial}" in done.stdout
 

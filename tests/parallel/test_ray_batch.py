@@ -11,7 +11,7 @@ import pytest
 
 from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 from lhama.engine import EngineConfig
-from lhama.engine.batch import run_batch_file
+from lhama.openai.engine_batch import run_batch_file
 from lhama.loader import load_model
 from tests import needs
 

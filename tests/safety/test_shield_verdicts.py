@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from lhama.safety import LlamaGuardConfig, LlamaGuardShield, ShieldError, ShieldVerdict
-from lhama.safety.serving import ServerShields
+from lhama.server.shields import ServerShields
 from lhama.tokenizer import load_tokenizer
 
 USER = [{"role": "user", "content": "hello"}]

@@ -47,7 +47,7 @@ def run_batch(a) -> int:
         summary = run_batch_ray(spec, a.input, a.output, engine_config_from_args(a), workers=a.workers,
                                 address=a.ray_address, progress=not a.quiet)
     else:
-        from lhama.engine.batch import run_batch_file
+        from lhama.openai.engine_batch import run_batch_file
 
         summary = run_batch_file(load_model_from_args(a), Path(a.input), Path(a.output), engine_config_from_args(a),
                                  progress=not a.quiet)

@@ -33,7 +33,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    from lhama.server.config import ServerConfig, default_data_dir
+    from lhama.paths import server_data_dir as default_data_dir
+    from lhama.server.config import ServerConfig
 
     d = ServerConfig()
     g = p.add_argument_group("server (docs/server.md)")

@@ -180,5 +180,7 @@ class ModelRunner:
         banned = None
         if any(s.num_output < s.params.min_tokens for s in seqs):
             banned = [sorted(s.request.stop_ids) if s.num_output < s.params.min_tokens else [] for s in seqs]
+        outputs = [s.token_ids[s.prompt_len:] for s in seqs] \
+            if any(p.logits_processor is not None for p in params) else None
         return self.sampler.sample(logits, params, generators=[s.generator for s in seqs],
-                                   output_counts=counts, seen_mask=seen, banned=banned)
+                                   output_counts=counts, seen_mask=seen, banned=banned, outputs=outputs)

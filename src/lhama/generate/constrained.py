@@ -7,10 +7,9 @@ JSON schema to a grammar and computes, per step, the bitmask of tokens that keep
 valid, using the token byte strings we hand it once at start-up. We only turn its bitmask into
 a logits mask and feed it the sampled tokens.
 
-Engine contract: ``SamplingParams.extra["logits_processor"]`` is a callable
-``(output_ids, logits_row) -> logits_row`` that the engine applies to a sequence's logits
-before sampling. Until the engine calls it itself (``LLMEngine.supports_logits_processors``),
-``install_processor_hook`` wraps the engine's sampler to do so.
+A ``GrammarConstraint`` is a ``lhama.generate.sampling.LogitsProcessor``: put it in
+``SamplingParams(logits_processor=...)`` of an ``n=1`` request and the sampler (the engine's
+and the reference loop's) masks that sequence's logits each step.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 
 from lhama.errors import SamplingError
 
-log = logging.getLogger("lhama.server")
+log = logging.getLogger("lhama.generate")
 # Whitespace between JSON tokens is allowed (models write pretty JSON) but bounded: llguidance's
 # default is unbounded, and a small model can then emit newlines until max_tokens.
 JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,16}"}
@@ -59,6 +57,14 @@ class GrammarCompiler:
         self.stop_ids = sorted({int(t) for t in stop_ids})
         self._lltok = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_model(cls, loaded) -> GrammarCompiler:
+        """A compiler for a loaded model: its vocabulary, and every id that ends a turn (the
+        tokenizer's stops and the chat format's) as a way for the grammar to finish."""
+        tok = loaded.tokenizer
+        stops = set(getattr(tok, "stop_ids", ()) or ()) | set(getattr(loaded.chat_format, "stop_ids", ()) or ())
+        return cls(tok, loaded.args.vocab_size, sorted(stops))
 
     @property
     def lltokenizer(self):
@@ -134,46 +140,3 @@ class GrammarConstraint:
             # start-up, more than the whole grammar step.
             return torch.from_numpy(np.where(mask, logits.numpy(), np.float32("-inf")))
         return logits.masked_fill(~torch.from_numpy(mask).to(logits.device), float("-inf"))
-
-
-class ProcessorSampler:
-    """Wraps a ``BatchSampler``: rows whose params carry ``extra["logits_processor"]`` get it
-    applied before sampling. Every such processor belongs to exactly one sequence (the server
-    fans ``n`` out into ``n`` requests), so the sampled ids we record are that sequence's output;
-    recompute after preemption does not resample, so the record stays exact."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self._outputs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def sample(self, logits: torch.Tensor, params, **kw):
-        rows = [(b, p.extra["logits_processor"]) for b, p in enumerate(params) if p.extra.get("logits_processor")]
-        if rows:
-            logits = logits.float()
-            cpu = logits.device.type == "cpu"
-            logits = torch.from_numpy(logits.numpy().copy()) if cpu else logits.clone()
-            for b, proc in rows:
-                row = proc(self._outputs.setdefault(proc, []), logits[b])
-                if cpu:
-                    logits.numpy()[b] = row.numpy()
-                else:
-                    logits[b] = row
-        res = self.inner.sample(logits, params, **kw)
-        if rows:
-            toks = res.tokens.tolist()
-            for b, proc in rows:
-                self._outputs[proc].append(int(toks[b]))
-        return res
-
-
-def install_processor_hook(llm_engine) -> bool:
-    """Make ``llm_engine`` honour ``extra["logits_processor"]``; True when the wrapper was needed."""
-    if getattr(llm_engine, "supports_logits_processors", False):
-        return False
-    runner = llm_engine.runner
-    if not isinstance(runner.sampler, ProcessorSampler):
-        runner.sampler = ProcessorSampler(runner.sampler)
-    return True

@@ -91,11 +91,13 @@ def generate_tokens(
         seen[0, torch.tensor(list(prompt_ids), device=device)] = True
 
     tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+    tokens_out: list[int] = []  # what a logits_processor sees
     for i in range(params.max_tokens):
         logits = model(tokens, cache.pos, cache, last_only=True)[:, -1]
         cache.advance(tokens.shape[1])
         banned = [sorted(stops)] if i < params.min_tokens and stops else None
-        res = sampler.sample(logits, [params], generators=[gen], output_counts=counts, seen_mask=seen, banned=banned)
+        res = sampler.sample(logits, [params], generators=[gen], output_counts=counts, seen_mask=seen, banned=banned,
+                             outputs=[tokens_out])
         tok = int(res.tokens[0])
         step = TokenStep(tok)
         if res.logprobs is not None:
@@ -106,6 +108,7 @@ def generate_tokens(
         if counts is not None:
             counts[0, tok] += 1
             seen[0, tok] = True
+        tokens_out.append(tok)
         yield step
         if tok in stops:
             return

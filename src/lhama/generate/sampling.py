@@ -7,14 +7,24 @@ parameters, so the engine can sample a running batch of unrelated requests in on
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from lhama.errors import SamplingError
 
 MAX_TOP_LOGPROBS = 20
+
+
+class LogitsProcessor(Protocol):
+    """Edits one sequence's logits before sampling: ``(output_ids, logits_row) -> logits_row``
+    (e.g. ``lhama.generate.constrained.GrammarConstraint``). It may keep state about the output so
+    far, so it belongs to exactly one sequence: a request carrying one has ``n == 1``."""
+
+    def __call__(self, output_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,7 @@ class SamplingParams:
     top_logprobs: int = 0
     n: int = 1
     min_tokens: int = 0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+    logits_processor: LogitsProcessor | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -48,7 +58,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def with_(self, **changes) -> "SamplingParams":
+    def with_(self, **changes) -> SamplingParams:
         return replace(self, **changes)
 
     def validate(self) -> None:
@@ -79,6 +89,8 @@ class SamplingParams:
             bad("min_tokens", f"must be in [0, max_tokens], got {self.min_tokens}")
         if any(not s for s in self.stop):
             bad("stop", "stop strings must be non-empty")
+        if self.logits_processor is not None and self.n != 1:
+            bad("n", "a logits processor belongs to one sequence: send n requests with n=1")
 
 
 def apply_penalties(
@@ -178,9 +190,12 @@ class BatchSampler:
         output_counts: torch.Tensor | None = None,
         seen_mask: torch.Tensor | None = None,
         banned: Sequence[Sequence[int]] | None = None,
+        outputs: Sequence[Sequence[int]] | None = None,
     ) -> SampleResult:
-        """``banned[b]`` lists ids row b may not pick now (stop ids before ``min_tokens``)."""
-        logits = logits.float()
+        """``banned[b]`` lists ids row b may not pick now (stop ids before ``min_tokens``);
+        ``outputs[b]`` is row b's output so far, needed when a row's params carry a
+        ``logits_processor`` (applied first: logprobs are those of the constrained distribution)."""
+        logits = apply_processors(logits.float(), params, outputs)
         raw = logits
         dev = logits.device
 
@@ -209,6 +224,26 @@ class BatchSampler:
             if k:
                 top_lp, top_ids = logp.topk(k, dim=-1)
         return SampleResult(tokens, lp, top_ids, top_lp)
+
+
+def apply_processors(logits: torch.Tensor, params: Sequence[SamplingParams],
+                     outputs: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """``logits`` [B, V] with each row's ``logits_processor`` applied (a copy when any is)."""
+    rows = [(b, p.logits_processor) for b, p in enumerate(params) if p.logits_processor is not None]
+    if not rows:
+        return logits
+    if outputs is None:
+        raise ValueError("a logits_processor needs each row's output ids (outputs=...)")
+    if logits.device.type == "cpu":
+        # Rows edited through numpy: small torch ops on a busy CPU cost more than the edit itself.
+        arr = logits.numpy().copy()
+        for b, proc in rows:
+            arr[b] = np.asarray(proc(outputs[b], torch.from_numpy(arr[b])))
+        return torch.from_numpy(arr)
+    logits = logits.clone()
+    for b, proc in rows:
+        logits[b] = proc(outputs[b], logits[b])
+    return logits
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 from lhama.errors import SamplingError
-from lhama.server.schemas import (
+from lhama.openai.schemas import (
     ChatCompletionRequest,
     NamedToolChoice,
     ResponseFormatJSONObject,

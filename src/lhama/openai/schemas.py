@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI-compatible routes (pydantic v2); they also make the OpenAPI spec.
+"""OpenAI request bodies (pydantic v2): what the server's routes take (they also make its OpenAPI
+spec) and what every batch line's ``body`` is checked against.
 
 Unknown fields are ignored (clients send ``user``, ``store``, ``metadata``...), but fields we
 cannot honour are declared so they are refused out loud instead of silently dropped. Value
@@ -16,27 +17,29 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 2
 
 
-class _Body(BaseModel):
+class RequestBody(BaseModel):
+    """Base of every body: unknown fields ignored, no NaN/inf, aliases accepted."""
+
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
 
 
-class TextPart(_Body):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class FunctionCall(_Body):
+class FunctionCall(RequestBody):
     name: str
     arguments: str = "{}"  # a JSON-encoded object, as OpenAI sends it
 
 
-class ToolCall(_Body):
+class ToolCall(RequestBody):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Body):
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant", "tool", "ipython"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -44,19 +47,19 @@ class ChatMessage(_Body):
     tool_call_id: str | None = None
 
 
-class FunctionDef(_Body):
+class FunctionDef(RequestBody):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(_Body):
+class Tool(RequestBody):
     type: Literal["function"] = "function"
     function: FunctionDef
 
 
-class FileSearchTool(_Body):
+class FileSearchTool(RequestBody):
     """Server-side retrieval from ``/v1/vector_stores`` (see ``lhama.server.vector_stores``)."""
 
     type: Literal["file_search"]
@@ -66,31 +69,31 @@ class FileSearchTool(_Body):
     ranking_options: dict[str, Any] | None = None  # refused when set: not implemented
 
 
-class NamedFunction(_Body):
+class NamedFunction(RequestBody):
     name: str
 
 
-class NamedToolChoice(_Body):
+class NamedToolChoice(RequestBody):
     type: Literal["function"] = "function"
     function: NamedFunction
 
 
-class ResponseFormatText(_Body):
+class ResponseFormatText(RequestBody):
     type: Literal["text"]
 
 
-class ResponseFormatJSONObject(_Body):
+class ResponseFormatJSONObject(RequestBody):
     type: Literal["json_object"]
 
 
-class JSONSchemaSpec(_Body):
+class JSONSchemaSpec(RequestBody):
     name: str = "response"
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormatJSONSchema(_Body):
+class ResponseFormatJSONSchema(RequestBody):
     type: Literal["json_schema"]
     json_schema: JSONSchemaSpec
 
@@ -99,11 +102,11 @@ ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJSONObject | Respo
                            Field(discriminator="type")]
 
 
-class StreamOptions(_Body):
+class StreamOptions(RequestBody):
     include_usage: bool | None = False
 
 
-class _Sampling(_Body):
+class _Sampling(RequestBody):
     """Fields shared by chat and text completions (plus vLLM-style extensions)."""
 
     model: str
@@ -136,6 +139,10 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # Refused when set: legacy function calling (use tools), audio output, predicted outputs.
+    functions: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
     # ``{"type": "file_search"}`` entries of ``tools``, moved here before validation so function
     # tools keep their own error messages (lhama.server.vector_stores runs them).
     file_search_tools: list[FileSearchTool] | None = None
@@ -159,7 +166,7 @@ class CompletionRequest(_Sampling):
     best_of: int | None = None
 
 
-class EmbeddingRequest(_Body):
+class EmbeddingRequest(RequestBody):
     model: str
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -167,7 +174,7 @@ class EmbeddingRequest(_Body):
     user: str | None = None
 
 
-class BatchCreateRequest(_Body):
+class BatchCreateRequest(RequestBody):
     input_file_id: str
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
     completion_window: Literal["24h"] = "24h"

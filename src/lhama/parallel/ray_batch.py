@@ -1,26 +1,32 @@
 """``lhama batch --ray --workers N``: one OpenAI batch file answered by N Ray actors, each running
 its own ``LLMEngine`` (data parallelism: a full model copy per actor).
 
-The driver alone reads the input and writes the output, through the same fsync'ed, resumable
-writer as the single-process job (``lhama.engine.batch``): lines already answered by an earlier
-run are skipped, invalid lines are answered by the driver, and the valid ones go to the actors in
-chunks. A chunk's answers are written when the chunk comes back, so a job killed at any moment
-and restarted answers every line exactly once (a chunk in flight when it died is redone whole).
+The driver runs the one batch runner (``lhama.openai.batch.run_batch``): it alone reads the input
+and writes the fsync'ed ledger, skips lines answered by an earlier run and answers invalid ones.
+``RayExecutor`` sends the valid lines to the actors in chunks; each actor runs them with the
+in-process executor (``lhama.openai.engine_batch``). A chunk's answers are written when the chunk
+comes back, so a job killed at any moment and restarted answers every line exactly once (a chunk
+in flight when it died is redone whole).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
-import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhama.engine.batch import BatchSummary, _error, _LineError, _Output, _parse_unique_line
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
 from lhama.extras import require
+from lhama.openai.batch import (
+    Answer,
+    BatchLine,
+    BatchSummary,
+    LineFailed,
+    describe_error,
+    run_batch,
+)
 
 log = logging.getLogger("lhama.parallel")
 
@@ -54,114 +60,68 @@ class BatchWorker:
         import torch
 
         torch.set_num_threads(max(1, threads))
-        from lhama.engine.engine import LLMEngine
+        from lhama.openai.engine_batch import EngineExecutor
 
-        self.lm = spec.load()
-        self.engine = LLMEngine.from_loaded(self.lm, config)
+        self.executor = EngineExecutor(spec.load(), config=config)
 
-    def run(self, raw_lines: list[str]) -> list[dict]:
-        from lhama.engine.batch import run_batch_file
+    def run(self, lines: list[BatchLine]) -> list[tuple[int, dict | tuple]]:
+        """(input line, response body or its failure's ``describe_error`` fields) per line:
+        exceptions need not pickle, their description does."""
+        out: list[tuple[int, dict | tuple]] = []
 
-        with tempfile.TemporaryDirectory(prefix="lhama-ray-") as d:
-            src, dst = Path(d) / "in.jsonl", Path(d) / "out.jsonl"
-            src.write_text("\n".join(raw_lines) + "\n", encoding="utf-8")
-            run_batch_file(self.lm, src, dst, engine=self.engine, progress=False)
-            return [json.loads(x) for x in dst.read_text(encoding="utf-8").splitlines() if x.strip()]
+        def answer(line: BatchLine, result) -> None:
+            out.append((line.line, result if isinstance(result, dict) else describe_error(result)))
+
+        self.executor.run(lines, answer)
+        return out
 
 
-def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None,
-                  *, workers: int = 2, chunk_size: int | None = None, address: str | None = None,
-                  progress: bool = True) -> BatchSummary:
-    ray = require("ray", "ray")
+class RayExecutor:
+    """Runs batch lines on ``workers`` Ray actors, ``chunk_size`` lines per call."""
 
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
-    config = config or EngineConfig()
-    chunk_size = chunk_size or 2 * config.max_num_seqs
-    in_path, out_path = Path(in_path), Path(out_path)
-    lines = in_path.read_text(encoding="utf-8").splitlines()
-    out = _Output(out_path)
-    summary = BatchSummary()
-    first_line_of: dict[str, int] = {}
-    valid: list[tuple[int, str, str]] = []  # (line, custom_id, raw)
-    bar = None
+    def __init__(self, spec: ModelSpec, config: EngineConfig | None = None, *, workers: int = 2,
+                 chunk_size: int | None = None, address: str | None = None):
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        self.spec, self.config, self.workers, self.address = spec, config or EngineConfig(), workers, address
+        self.chunk_size = chunk_size or 2 * self.config.max_num_seqs
 
-    def answer(entry: dict, ok: bool) -> None:
-        out.write(entry)
-        summary.succeeded += ok
-        summary.failed += not ok
-        if bar is not None:
-            bar.update(1)
-
-    def fail(lineno: int, cid, code: str, message: str) -> None:
-        answer({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": cid, "response": None,
-                "error": _error(code, message, lineno)}, False)
-
-    try:
-        todo = []
-        for i, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            summary.total += 1
-            try:
-                obj = json.loads(raw)
-                cid = obj.get("custom_id") if isinstance(obj, dict) else None
-            except ValueError:
-                cid = None
-            is_first = isinstance(cid, str) and cid and first_line_of.setdefault(cid, i) == i
-            if (i in out.done_lines) or (is_first and cid in out.done_ids):
-                summary.already_done += 1
-            else:
-                todo.append((i, raw))
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=summary.total, initial=summary.already_done, unit="req", desc="batch (ray)")
-        for lineno, raw in todo:  # the driver answers what needs no model
-            try:
-                cid, _url, _body = _parse_unique_line(raw, lineno, first_line_of)
-            except _LineError as e:
-                fail(lineno, e.custom_id, e.code, e.message)
-                continue
-            valid.append((lineno, cid, raw))
-        if not valid:
-            return summary
-
+    def run(self, lines: Sequence[BatchLine], answer: Answer) -> None:
+        ray = require("ray", "ray")
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
+            ray.init(address=self.address, num_cpus=None if self.address else self.workers, include_dashboard=False,
                      log_to_driver=False)
-        n = min(workers, -(-len(valid) // chunk_size))
+        chunks = [list(lines[i:i + self.chunk_size]) for i in range(0, len(lines), self.chunk_size)]
+        by_line = {ln.line: ln for ln in lines}
         actor_cls = ray.remote(num_cpus=1)(BatchWorker)
-        actors = [actor_cls.remote(spec, config, 1) for _ in range(n)]
-        chunks = [valid[i:i + chunk_size] for i in range(0, len(valid), chunk_size)]
-        line_of = {cid: lineno for lineno, cid, _ in valid}
+        actors = [actor_cls.remote(self.spec, self.config, 1) for _ in range(min(self.workers, len(chunks)))]
         pending: dict = {}
         nxt = 0
 
         def submit(actor) -> None:
             nonlocal nxt
             if nxt < len(chunks):
-                ref = actor.run.remote([raw for _, _, raw in chunks[nxt]])
-                pending[ref] = actor
+                pending[actor.run.remote(chunks[nxt])] = actor
                 nxt += 1
 
-        for a in actors:  # two chunks queued per actor so none idles between chunks
-            submit(a)
-            submit(a)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            actor = pending.pop(ref)
-            for entry in ray.get(ref):
-                cid = entry.get("custom_id")
-                if entry.get("error") and cid in line_of:
-                    entry["error"]["line"] = line_of[cid]  # the actor numbered its chunk's lines
-                answer(entry, entry.get("error") is None)
-            submit(actor)
-        for a in actors:
-            ray.kill(a)
-    finally:
-        out.close()
-        if bar is not None:
-            bar.close()
-    return summary
+        try:
+            for a in actors:  # two chunks queued per actor so none idles between chunks
+                submit(a)
+                submit(a)
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                actor = pending.pop(done[0])
+                for lineno, result in ray.get(done[0]):
+                    answer(by_line[lineno], result if isinstance(result, dict) else LineFailed(*result))
+                submit(actor)
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+
+def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None,
+                  *, workers: int = 2, chunk_size: int | None = None, address: str | None = None,
+                  progress: bool = True) -> BatchSummary:
+    """``run_batch_file`` spread over Ray actors (same output, same resume guarantees)."""
+    executor = RayExecutor(spec, config, workers=workers, chunk_size=chunk_size, address=address)
+    return run_batch(in_path, out_path, executor, progress=progress, desc="batch (ray)")

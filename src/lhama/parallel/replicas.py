@@ -68,9 +68,9 @@ class ServerReplica:
 def _data_dir(args, index: int):
     from pathlib import Path
 
-    from lhama.server.config import default_data_dir
+    from lhama.paths import server_data_dir
 
-    base = Path(args.data_dir) if args.data_dir else default_data_dir()
+    base = Path(args.data_dir) if args.data_dir else server_data_dir()
     return base if index == 0 else base / f"replica-{index}"
 
 

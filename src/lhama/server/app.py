@@ -20,7 +20,6 @@ from lhama.server import batches, chat, completions, embeddings, files, vector_s
 from lhama.server.batches import BatchManager
 from lhama.server.config import ServerConfig
 from lhama.server.docs import install_docs
-from lhama.server.constrained import install_processor_hook
 from lhama.server.errors import install_error_handlers
 from lhama.server.files import FileStore
 from lhama.server.middleware import (
@@ -40,8 +39,6 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
     state.files = FileStore(config.data_dir / "files")
     state.batches = BatchManager(state, state.files, config.data_dir / "batches")
     state.vector_stores = vector_stores.VectorStoreManager(config.data_dir / "vector_stores", state.files)
-    if install_processor_hook(engine.engine):
-        log.info("constrained decoding: wrapped the engine's sampler to apply logits processors")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

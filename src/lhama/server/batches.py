@@ -1,9 +1,11 @@
 """``/v1/batches``: OpenAI batch jobs run on the serving engine, beside interactive traffic.
 
-Each batch is a JSON record under ``<data-dir>/batches`` plus a ``.partial.jsonl`` that gets
-one output line as each request finishes. A restart therefore loses nothing: an unfinished
-batch resumes, skipping the custom_ids already in its partial file. Lines run
-``batch_concurrency`` at a time so interactive requests keep getting through.
+Each batch is a JSON record under ``<data-dir>/batches`` plus a ``.partial.jsonl``: the ledger
+of ``lhama.openai.batch`` (the runner every batch job shares), one record as each request
+finishes. A restart therefore loses nothing: an unfinished batch resumes, skipping the lines
+already answered. As OpenAI does, a file with any invalid line fails the whole batch before
+anything runs. Lines run ``batch_concurrency`` at a time so interactive requests keep getting
+through; a line that fails gets its error record and the batch goes on.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import uuid
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 
-from lhama.server.errors import APIError, error_body, from_exception, validation_error
-from lhama.server.files import FileStore, write_json_atomic
-from lhama.server.schemas import (
-    BatchCreateRequest,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
+from lhama.openai.batch import BatchLedger, BatchLine, BatchRun, run_lines_async
+from lhama.openai.requests import (
+    CHAT_URL,
+    COMPLETIONS_URL,
+    EMBEDDINGS_URL,
+    parse_request,
 )
+from lhama.openai.schemas import BatchCreateRequest
+from lhama.server.errors import APIError, error_type, from_exception
+from lhama.server.files import FileStore, write_json_atomic
 
 log = logging.getLogger("lhama.server")
 router = APIRouter()
@@ -109,88 +112,53 @@ class BatchManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- running -------------------------------------------------------------------------
-    def _parse(self, meta: dict) -> tuple[list[dict], list[dict]]:
-        lines, errors, seen = [], [], set()
+    def _open(self, meta: dict) -> tuple[BatchRun, list[dict]]:
+        """The run over this batch's input and ledger, and the input's validation errors."""
         raw = self.files.path(meta["input_file_id"]).read_text(encoding="utf-8", errors="replace").splitlines()
-        for n, text in enumerate(raw, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except ValueError:
-                errors.append({"code": "invalid_json_line", "message": "not valid JSON", "param": None, "line": n})
-                continue
-            if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str) \
-                    or not isinstance(line.get("body"), dict):
-                errors.append({"code": "invalid_request", "message": "each line needs a string 'custom_id' and an "
-                               "object 'body'", "param": None, "line": n})
-            elif line.get("method", "POST") != "POST" or line.get("url") != meta["endpoint"]:
-                errors.append({"code": "invalid_url", "message": f"method must be POST and url {meta['endpoint']}",
-                               "param": "url", "line": n})
-            elif line["custom_id"] in seen:
-                errors.append({"code": "duplicate_custom_id", "message": f"custom_id '{line['custom_id']}' repeats",
-                               "param": "custom_id", "line": n})
-            else:
-                seen.add(line["custom_id"])
-                lines.append(line)
-        if len(lines) > MAX_LINES:
+        run = BatchRun(raw, BatchLedger(self._partial(meta["id"])), (meta["endpoint"],), describe=_describe)
+        errors = [{"code": e.code, "message": e.message, "param": None, "line": n} for n, e in run.scan.invalid]
+        if run.summary.total > MAX_LINES:
             errors.append({"code": "too_many_requests", "message": f"at most {MAX_LINES} requests", "param": None,
                            "line": None})
-        if not lines and not errors:
+        if not run.summary.total and not errors:
             errors.append({"code": "empty_file", "message": "the input file has no requests", "param": None,
                            "line": None})
-        return lines, errors
+        return run, errors
 
-    def _done(self, batch_id: str) -> dict[str, dict]:
-        """Output lines already written; a torn last line (crash mid-write) is dropped."""
-        path, done, good = self._partial(batch_id), {}, 0
-        if not path.is_file():
-            return done
-        data = path.read_bytes()
-        for raw in data.splitlines(keepends=True):
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                break
-            done[rec["custom_id"]] = rec
-            good += len(raw)
-        if good != len(data):
-            with open(path, "r+b") as f:
-                f.truncate(good)
-        return done
+    def _done(self, batch_id: str) -> list[dict]:
+        """The records already written (a torn last line, from a crash mid-write, is dropped)."""
+        ledger = BatchLedger(self._partial(batch_id))
+        ledger.close()
+        return ledger.records
 
     async def _run(self, batch_id: str) -> None:
         meta = self.get(batch_id)
+        run = None
         try:
             if meta["status"] == "cancelling":
                 return self._finalise(meta, "cancelled")
-            lines, errors = self._parse(meta)
+            run, errors = self._open(meta)
             if errors:
                 meta.update(status="failed", failed_at=int(time.time()),
                             errors={"object": "list", "data": errors[:100]})
                 return self.save(meta)
-            done = self._done(batch_id)
-            meta["request_counts"] = {"total": len(lines), "completed": sum(r["error"] is None for r in done.values()),
-                                      "failed": sum(r["error"] is not None for r in done.values())}
+            done = run.ledger.records
+            meta["request_counts"] = {"total": run.summary.total, "completed": sum(r["error"] is None for r in done),
+                                      "failed": sum(r["error"] is not None for r in done)}
             if meta["status"] == "validating":
                 meta.update(status="in_progress", in_progress_at=int(time.time()))
             self.save(meta)
-            todo = [ln for ln in lines if ln["custom_id"] not in done]
-            sem = asyncio.Semaphore(self.state.config.batch_concurrency)
-            # Small appends to a local file: not worth a thread hop per line.
-            with open(self._partial(batch_id), "a", encoding="utf-8") as out:  # noqa: ASYNC230
-                async def one(line):
-                    async with sem:
-                        rec = await self.execute(line)
-                    out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                    out.flush()
-                    meta["request_counts"]["completed" if rec["error"] is None else "failed"] += 1
-                    self.save(meta)
 
-                await asyncio.gather(*(one(ln) for ln in todo))
+            def counted(rec: dict) -> None:
+                meta["request_counts"]["completed" if rec["error"] is None else "failed"] += 1
+                self.save(meta)
+
+            run.on_record = counted
+            await run_lines_async(run, self, run.scan.todo, concurrency=self.state.config.batch_concurrency)
+            run.ledger.close()
             meta.update(status="finalizing", finalizing_at=int(time.time()))
             self.save(meta)
-            self._finalise(meta, "completed", order=[ln["custom_id"] for ln in lines])
+            self._finalise(meta, "completed")
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -200,14 +168,22 @@ class BatchManager:
                                                             "param": None, "line": None}]})
             self.save(meta)
         finally:
+            if run is not None:
+                run.ledger.close()
             self.tasks.pop(batch_id, None)
 
-    def _finalise(self, meta: dict, status: str, order: list[str] | None = None) -> None:
-        done = self._done(meta["id"])
-        recs = list(done.values())
-        if order:
-            rank = {cid: i for i, cid in enumerate(order)}
-            recs.sort(key=lambda r: rank.get(r["custom_id"], len(rank)))
+    def _finalise(self, meta: dict, status: str) -> None:
+        recs = self._done(meta["id"])
+        # Records carry no line number when they succeed: order them as the input by custom_id.
+        order = {}
+        if status == "completed":
+            raw = self.files.path(meta["input_file_id"]).read_text(encoding="utf-8", errors="replace").splitlines()
+            for n, text in enumerate(raw):
+                try:
+                    order.setdefault(json.loads(text).get("custom_id"), n)
+                except (ValueError, AttributeError):
+                    continue
+            recs.sort(key=lambda r: order.get(r["custom_id"], len(order)))
         for kind, key in (("ok", "output_file_id"), ("err", "error_file_id")):
             part = [r for r in recs if (r["error"] is None) == (kind == "ok")]
             if part:
@@ -220,40 +196,20 @@ class BatchManager:
         self.save(meta)
         self._partial(meta["id"]).unlink(missing_ok=True)
 
-    async def execute(self, line: dict) -> dict:
-        """Run one request line through the same code as the HTTP route; never raises."""
+    async def execute(self, line: BatchLine) -> dict:
+        """Run one request line through the same code as its HTTP route (an ``AsyncExecutor``)."""
         from lhama.server.chat import chat_body, prepare_chat
         from lhama.server.completions import completion_body, prepare_completion
         from lhama.server.embeddings import embeddings_body
 
-        state, url, body = self.state, line["url"], dict(line["body"])
-        body.pop("stream", None)
-        rid = f"batch_req_{uuid.uuid4().hex}"
-        try:
-            if url == "/v1/chat/completions":
-                prep = prepare_chat(state, ChatCompletionRequest.model_validate(body))
-                result = await self._generate(chat_body(state, prep))
-            elif url == "/v1/completions":
-                prep = prepare_completion(state, CompletionRequest.model_validate(body))
-                result = await self._generate(completion_body(state, prep))
-            else:
-                result = await embeddings_body(state, EmbeddingRequest.model_validate(body), bypass_limit=True)
-            return {"id": rid, "custom_id": line["custom_id"], "error": None,
-                    "response": {"status_code": 200, "request_id": rid, "body": result}}
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            if isinstance(e, ValidationError):
-                from fastapi.exceptions import RequestValidationError
-
-                err = validation_error(RequestValidationError(e.errors()))
-            else:
-                err = from_exception(e)
-            if err.status >= 500:
-                log.error("batch line %s failed: %r", line["custom_id"], e)
-            return {"id": rid, "custom_id": line["custom_id"], "error": {"code": err.code, "message": err.message},
-                    "response": {"status_code": err.status, "request_id": rid,
-                                 "body": error_body(err.status, err.message, err.param, err.code)}}
+        state = self.state
+        body = {k: v for k, v in line.body.items() if k != "stream"}
+        req = parse_request(line.url, body, urls=(CHAT_URL, COMPLETIONS_URL, EMBEDDINGS_URL))
+        if line.url == CHAT_URL:
+            return await self._generate(chat_body(state, prepare_chat(state, req)))
+        if line.url == COMPLETIONS_URL:
+            return await self._generate(completion_body(state, prepare_completion(state, req)))
+        return await embeddings_body(state, req, bypass_limit=True)
 
     async def _generate(self, work):
         ticket = self.state.admit(bypass_limit=True)
@@ -261,6 +217,12 @@ class BatchManager:
             return await work
         finally:
             ticket.release()
+
+
+def _describe(exc: BaseException) -> tuple:
+    """A failed line's status, code, message, param and type, as the HTTP route would answer."""
+    err = from_exception(exc)
+    return err.status, err.code, err.message, err.param, error_type(err.status)
 
 
 def _mgr(request: Request) -> BatchManager:

@@ -5,27 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 
-from lhama.errors import LhamaError
-from lhama.safety.serving import refused_body, refused_events, screen_choice, screen_request, screens_replies
-from lhama.server.errors import APIError
-from lhama.server.generation import Generation, build_params, check_prompt
-from lhama.server.schemas import ChatCompletionRequest
+from lhama.openai import requests, responses
+from lhama.openai.chat_tools import OutputPlan, final_message
+from lhama.openai.responses import chat_logprobs, content_steps, finish_reason
+from lhama.openai.schemas import ChatCompletionRequest
+from lhama.server.generation import Generation, check_prompt
+from lhama.server.shields import (
+    refused_body,
+    refused_events,
+    screen_choice,
+    screen_request,
+    screens_replies,
+)
 from lhama.server.streaming import (
     SSE_DONE,
     TicketedStream,
-    chat_logprobs,
-    content_steps,
     json_response,
     sse,
     until_disconnect,
 )
-from lhama.server.tools import OutputPlan, final_message, messages_as_dicts, plan_output
 from lhama.server.vector_stores import apply_file_search, uses_file_search
 from lhama.tools.stream_parser import ToolCallStreamParser
 
@@ -47,26 +50,14 @@ def prepare_chat(state, req: ChatCompletionRequest, t0: float | None = None) -> 
     """Validate and render ``req``; every client error is raised here, before any output."""
     state.check_model(req.model)
     req = apply_file_search(state, req)  # file_search tools become a grounding system message
-    plan = plan_output(req, state.compiler)
-    fmt = state.loaded.chat_format
-    messages = messages_as_dicts(req)
-    try:
-        ids = fmt.encode_dialog(messages, tools=plan.tools) if plan.tools else fmt.encode_dialog(messages)
-    except LhamaError:
-        raise
-    except (ValueError, TypeError, KeyError) as e:
-        raise APIError(400, f"the {fmt.name} chat format cannot render these messages: {e}",
-                       param="messages", code="invalid_messages") from None
-    ids = list(ids)
-    params = build_params(state, req, len(ids), chat=True, constrained=plan.grammar is not None)
-    check_prompt(state, ids, params, "messages")
-    rid = f"chatcmpl-{uuid.uuid4().hex}"
-    return PreparedChat(req, plan, Generation(state, ROUTE, [ids], params, grammar=plan.grammar, request_id=rid,
-                                              t0=t0), rid, int(time.time()))
+    prep = requests.prepare_chat(state.loaded, req, state.compiler, context=state.max_model_len, limits=state.limits)
+    check_prompt(state, prep.prompts[0], prep.params, "messages")
+    rid = responses.new_id("chatcmpl")
+    return PreparedChat(req, prep.plan, Generation(state, ROUTE, prep, request_id=rid, t0=t0), rid, responses.now())
 
 
 def _finish(choice, is_call: bool) -> str:
-    return "tool_calls" if is_call else (choice.finish_reason or "stop")
+    return finish_reason(choice.finish_reason, is_call)
 
 
 async def chat_body(state, prep: PreparedChat) -> dict:
@@ -80,8 +71,7 @@ async def chat_body(state, prep: PreparedChat) -> dict:
         lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if prep.gen.params.logprobs else None
         out.append(await screen_choice(state, prep, {"index": c.index, "message": message, "logprobs": lp,
                                                      "finish_reason": _finish(c, is_call)}))
-    return {"id": prep.id, "object": "chat.completion", "created": prep.created, "model": prep.req.model,
-            "system_fingerprint": None, "choices": out, "usage": prep.gen.usage()}
+    return responses.chat_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage())
 
 
 async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
@@ -100,11 +90,9 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
     want_lp = gen.params.logprobs
 
     def chunk(choices: list[dict]) -> bytes:
-        body = {"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
-                "system_fingerprint": None, "choices": choices}
         if include_usage:
-            body["usage"] = None
-        return sse(body)
+            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=None))
+        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices))
 
     for c in gen.choices:
         yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -160,8 +148,7 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
             end = {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": done["finish_reason"]}
             yield chunk([{**end, "safety": done["safety"]} if refused else end])
     if include_usage:
-        yield sse({"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
-                   "system_fingerprint": None, "choices": [], "usage": gen.usage()})
+        yield sse(responses.chat_chunk(prep.id, prep.created, req.model, [], usage=gen.usage()))
     yield SSE_DONE
 
 

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 
-from lhama.errors import SamplingError
-from lhama.server.generation import Generation, build_params, check_prompt
-from lhama.server.schemas import CompletionRequest
+from lhama.openai import requests, responses
+from lhama.openai.responses import completion_logprobs, content_steps
+from lhama.openai.schemas import CompletionRequest
+from lhama.server.generation import Generation, check_prompt
 from lhama.server.streaming import (
     SSE_DONE,
     TicketedStream,
-    completion_logprobs,
-    content_steps,
     json_response,
     sse,
     until_disconnect,
@@ -34,38 +32,13 @@ class PreparedCompletion:
     created: int
 
 
-def prompt_ids(state, prompt) -> list[list[int]]:
-    tok = state.loaded.tokenizer
-    bos = getattr(tok, "bos_id", None) is not None
-    if isinstance(prompt, str):
-        return [tok.encode(prompt, bos=bos)]
-    if not prompt:
-        raise SamplingError("prompt", "must not be empty")
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]
-    if all(isinstance(p, str) for p in prompt):
-        return [tok.encode(p, bos=bos) for p in prompt]
-    return [list(p) for p in prompt]
-
-
 def prepare_completion(state, req: CompletionRequest, t0: float | None = None) -> PreparedCompletion:
     state.check_model(req.model)
-    for name in ("suffix", "echo"):
-        if getattr(req, name):
-            raise SamplingError(name, "is not supported by this server")
-    prompts = prompt_ids(state, req.prompt)
-    if len(prompts) > state.config.max_n * 4:
-        raise SamplingError("prompt", f"at most {state.config.max_n * 4} prompts per request, got {len(prompts)}")
-    params = build_params(state, req, max(len(p) for p in prompts), chat=False, constrained=False)
-    if req.best_of is not None and req.best_of != params.n:
-        raise SamplingError("best_of", "only best_of == n is supported")
-    if len(prompts) * params.n > state.config.max_n * 4:
-        raise SamplingError("n", f"prompts x n must be <= {state.config.max_n * 4}")
-    for p in prompts:
-        check_prompt(state, p, params, "prompt")
-    rid = f"cmpl-{uuid.uuid4().hex}"
-    return PreparedCompletion(req, Generation(state, ROUTE, prompts, params, request_id=rid, t0=t0), rid,
-                              int(time.time()))
+    prep = requests.prepare_completion(state.loaded, req, context=state.max_model_len, limits=state.limits)
+    for p in prep.prompts:
+        check_prompt(state, p, prep.params, "prompt")
+    rid = responses.new_id("cmpl")
+    return PreparedCompletion(req, Generation(state, ROUTE, prep, request_id=rid, t0=t0), rid, responses.now())
 
 
 async def completion_body(state, prep: PreparedCompletion) -> dict:
@@ -74,8 +47,7 @@ async def completion_body(state, prep: PreparedCompletion) -> dict:
     out = [{"index": c.index, "text": c.text,
             "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids)) if prep.gen.params.logprobs
             else None, "finish_reason": c.finish_reason or "stop"} for c in choices]
-    return {"id": prep.id, "object": "text_completion", "created": prep.created, "model": prep.req.model,
-            "system_fingerprint": None, "choices": out, "usage": prep.gen.usage()}
+    return responses.text_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage())
 
 
 async def completion_events(state, prep: PreparedCompletion) -> AsyncIterator[bytes]:
@@ -84,11 +56,10 @@ async def completion_events(state, prep: PreparedCompletion) -> AsyncIterator[by
     offsets = [0] * len(gen.choices)
 
     def chunk(choice: dict, usage=None) -> bytes:
-        body = {"id": prep.id, "object": "text_completion", "created": prep.created, "model": req.model,
-                "system_fingerprint": None, "choices": [choice] if choice else []}
+        choices = [choice] if choice else []
         if include_usage:
-            body["usage"] = usage
-        return sse(body)
+            return sse(responses.text_completion(prep.id, prep.created, req.model, choices, usage))
+        return sse(responses.text_completion(prep.id, prep.created, req.model, choices))
 
     async for d in gen.deltas():
         steps = content_steps(d.steps, d.token_ids)

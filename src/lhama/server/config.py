@@ -6,10 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lhama.errors import ConfigError
-
-
-def default_data_dir() -> Path:
-    return Path.home() / ".local" / "share" / "lhama" / "server"
+from lhama.paths import server_data_dir
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,7 @@ class ServerConfig:
     # Model ids clients may send; the first is what /v1/models lists.
     served_model_names: tuple[str, ...] = ()
     # Files and batches live here, so a restart loses neither (an unfinished batch resumes).
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: Path = field(default_factory=server_data_dir)
     batch_concurrency: int = 8  # batch lines in flight at once, so interactive traffic keeps flowing
     retry_after_s: int = 1
 

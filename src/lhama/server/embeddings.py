@@ -1,11 +1,5 @@
-"""``POST /v1/embeddings``: the mean over positions of the loaded model's final (normed) hidden
-states, scaled to unit length.
-
-A chat model is not trained for retrieval, so these vectors are a convenience (similarity of
-paraphrases, clustering), not a match for a dedicated embedding model; the RAG package may
-bring one. Inputs run one at a time beside the engine thread, so no padding can leak into
-the mean.
-"""
+"""``POST /v1/embeddings``: the loaded model's mean-pooled, unit-length hidden states
+(``lhama.model.embedding``), one input at a time beside the engine thread."""
 
 from __future__ import annotations
 
@@ -17,8 +11,9 @@ import torch
 from fastapi import APIRouter, Request
 
 from lhama.errors import ContextLengthExceededError, SamplingError
+from lhama.model.embedding import mean_pooled_embedding
+from lhama.openai.schemas import EmbeddingRequest
 from lhama.server.errors import APIError
-from lhama.server.schemas import EmbeddingRequest
 
 ROUTE = "/v1/embeddings"
 router = APIRouter()
@@ -50,14 +45,6 @@ def embedding_inputs(state, inp) -> list[list[int]]:
     return items
 
 
-@torch.inference_mode()
-def embed(model, ids: list[int]) -> torch.Tensor:
-    tokens = torch.tensor([ids], dtype=torch.long, device=model.device)
-    positions = torch.arange(len(ids), device=model.device).unsqueeze(0)
-    h = model.hidden_states(tokens, positions).float()[0].mean(0)
-    return torch.nn.functional.normalize(h, dim=0).cpu()
-
-
 def _encode(vec: torch.Tensor, fmt: str):
     if fmt == "base64":  # OpenAI's base64: little-endian float32
         return base64.b64encode(struct.pack(f"<{vec.numel()}f", *vec.tolist())).decode()
@@ -80,7 +67,7 @@ async def embeddings_body(state, body: EmbeddingRequest, *, bypass_limit: bool =
     try:
         def work():
             with state.embed_lock:
-                return [embed(state.loaded.model, ids) for ids in items]
+                return [mean_pooled_embedding(state.loaded.model, ids) for ids in items]
 
         vectors = await asyncio.to_thread(work)
     finally:

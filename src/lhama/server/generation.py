@@ -1,7 +1,8 @@
-"""Running one admitted request on the engine: sampling parameters from the request body, the
-context check, fan-out of constrained / multi-prompt requests, and per-choice results + metrics.
+"""Running one admitted request on the async engine: the engine's admission check, its engine
+requests (``lhama.openai.requests.engine_requests``) streamed and merged, per-choice results and
+metrics.
 
-Everything that can fail because of the request fails in ``prepare`` - before a streaming
+Everything that can fail because of the request fails while preparing it - before a streaming
 response has sent its 200 - so a client always gets a proper error body.
 """
 
@@ -16,55 +17,9 @@ from dataclasses import dataclass, field
 
 from lhama.errors import ContextLengthExceededError, LhamaError, SamplingError
 from lhama.generate.sampling import SamplingParams
+from lhama.openai import responses
+from lhama.openai.requests import PreparedRequest, engine_requests
 from lhama.server.errors import APIError
-from lhama.server.schemas import ChatCompletionRequest, CompletionRequest
-
-
-def build_params(state, req: ChatCompletionRequest | CompletionRequest, prompt_len: int, *,
-                 chat: bool, constrained: bool) -> SamplingParams:
-    """SamplingParams for ``req``; SamplingError names the offending parameter."""
-    ctx = state.max_model_len
-    if chat:
-        budget_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    else:
-        budget_param, max_tokens = "max_tokens", 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default
-    if prompt_len >= ctx:
-        err = ContextLengthExceededError(prompt_len, max_tokens if max_tokens and max_tokens > 0 else 1, ctx)
-        raise APIError(400, str(err), param="messages" if chat else "prompt", code=err.code)
-    if max_tokens is None:
-        max_tokens = ctx - prompt_len  # "as long as fits", never a silently truncated prompt
-    if req.logit_bias:
-        raise SamplingError("logit_bias", "is not supported by this server")
-    n = 1 if req.n is None else req.n
-    if n > state.config.max_n:
-        raise SamplingError("n", f"must be <= {state.config.max_n}, got {n}")
-    stop = req.stop if req.stop is not None else ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    if len(stop) > 4:
-        raise SamplingError("stop", f"at most 4 stop sequences, got {len(stop)}")
-    if chat:
-        want_lp, top = bool(req.logprobs), req.top_logprobs or 0
-        if top and not want_lp:
-            raise SamplingError("top_logprobs", "needs logprobs: true")
-    else:
-        if req.logprobs is not None and not 0 <= req.logprobs <= 5:
-            raise SamplingError("logprobs", f"must be in [0, 5], got {req.logprobs}")
-        want_lp, top = req.logprobs is not None, req.logprobs or 0
-    if constrained and req.min_tokens:
-        raise SamplingError("min_tokens", "cannot be combined with a JSON schema or a forced tool call")
-    kw = {"max_tokens": max_tokens, "n": n, "stop": stop, "seed": req.seed, "logprobs": want_lp, "top_logprobs": top}
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-                 "repetition_penalty", "min_tokens", "ignore_eos"):
-        if getattr(req, name) is not None:
-            kw[name] = getattr(req, name)
-    try:
-        params = SamplingParams(**kw)
-    except SamplingError as e:
-        if e.param == "max_tokens" and budget_param != "max_tokens":
-            raise SamplingError(budget_param, str(e).split(": ", 1)[-1]) from None
-        raise
-    return params
 
 
 def check_prompt(state, prompt_ids: list[int], params: SamplingParams, param: str) -> None:
@@ -100,29 +55,21 @@ class Generation:
     as OpenAI numbers them. With a grammar every choice runs as its own engine request with its
     own constraint (a constraint is per-sequence state)."""
 
-    def __init__(self, state, route: str, prompts: list[list[int]], params: SamplingParams, *,
-                 grammar: str | None = None, request_id: str | None = None, t0: float | None = None):
-        self.state, self.route, self.prompts, self.params, self.grammar = state, route, prompts, params, grammar
+    def __init__(self, state, route: str, prep: PreparedRequest, *, request_id: str | None = None,
+                 t0: float | None = None):
+        self.state, self.route, self.prep = state, route, prep
+        self.prompts: list[list[int]] = prep.prompts
+        self.params: SamplingParams = prep.params
         self.request_id = request_id or uuid.uuid4().hex
         self.t0 = time.perf_counter() if t0 is None else t0
-        self.choices = [Choice(i) for i in range(len(prompts) * params.n)]
+        self.choices = [Choice(i) for i in range(prep.num_choices)]
         self.t_first: float | None = None
         self.finished = False
 
     def _streams(self):
-        eng, n = self.state.engine, self.params.n
-        out = []
-        for p, prompt in enumerate(self.prompts):
-            if self.grammar is None:
-                rid = self.request_id if len(self.prompts) == 1 else f"{self.request_id}-{p}"
-                out.append((p * n, eng.generate(prompt, self.params, rid)))
-                continue
-            for i in range(n):
-                seed = None if self.params.seed is None else self.params.seed + i
-                proc = self.state.compiler.constraint(self.grammar)
-                params = self.params.with_(n=1, seed=seed, extra={"logits_processor": proc})
-                out.append((p * n + i, eng.generate(prompt, params, f"{self.request_id}-{p}-{i}")))
-        return out
+        eng, parts = self.state.engine, engine_requests(self.prep, self.state.compiler)
+        return [(first, eng.generate(prompt, params, self.request_id if len(parts) == 1 else f"{self.request_id}-{k}"))
+                for k, (first, prompt, params) in enumerate(parts)]
 
     async def deltas(self) -> AsyncIterator:
         """Engine deltas with ``index`` set to the choice number; records results and metrics."""
@@ -173,8 +120,7 @@ class Generation:
         p = sum(len(x) for x in self.prompts)
         c = sum(len(ch.token_ids) for ch in self.choices)
         cached = sum(self.choices[i * self.params.n].cached_tokens for i in range(len(self.prompts)))
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-                "prompt_tokens_details": {"cached_tokens": cached}}
+        return responses.usage(p, c, cached)
 
 
 async def _merge(streams: list[tuple[int, AsyncIterator]]) -> AsyncIterator:

@@ -13,8 +13,11 @@ import logging
 import time
 from collections.abc import Sequence
 
+from lhama.openai import responses
+from lhama.openai.chat_tools import messages_as_dicts
 from lhama.safety.base import ShieldVerdict
 from lhama.safety.categories import CATEGORIES
+from lhama.server.streaming import SSE_DONE, sse
 
 log = logging.getLogger("lhama.safety")
 ROLE_OF_STAGE = {"input": "user", "output": "assistant"}
@@ -113,8 +116,6 @@ async def screen_request(state, prep) -> ShieldVerdict | None:
         s = _shields(state)
         verdict = None
         if s:
-            from lhama.server.tools import messages_as_dicts
-
             verdict = await s.check(messages_as_dicts(prep.req), "input")
         prep.verdict = verdict or False
     return prep.verdict or None
@@ -126,8 +127,6 @@ async def screen_choice(state, prep, choice: dict) -> dict:
     s = _shields(state)
     if not s or not s.checks_output:
         return choice
-    from lhama.server.tools import messages_as_dicts
-
     reply = {k: v for k, v in choice["message"].items() if k in ("role", "content", "tool_calls")}
     verdict = await s.check([*messages_as_dicts(prep.req), reply], "output")
     if verdict is None:
@@ -143,29 +142,24 @@ def _refused_choices(prep, verdict: ShieldVerdict) -> list[dict]:
 
 
 def _usage(prep) -> dict:
-    p = sum(len(x) for x in prep.gen.prompts)
-    return {"prompt_tokens": p, "completion_tokens": 0, "total_tokens": p, "prompt_tokens_details": {"cached_tokens": 0}}
+    return responses.usage(sum(len(x) for x in prep.gen.prompts), 0)
 
 
 def refused_body(prep) -> dict:
     """The whole response to a request an input shield refused: nothing was generated."""
-    return {"id": prep.id, "object": "chat.completion", "created": prep.created, "model": prep.req.model,
-            "system_fingerprint": None, "choices": _refused_choices(prep, prep.verdict), "usage": _usage(prep)}
+    return responses.chat_completion(prep.id, prep.created, prep.req.model, _refused_choices(prep, prep.verdict),
+                                     _usage(prep))
 
 
 async def refused_events(prep):
     """The same refusal as server-sent events: role, refusal text, then ``content_filter``."""
-    from lhama.server.streaming import SSE_DONE, sse
-
     req = prep.req
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
     def chunk(choices: list[dict], usage=None) -> bytes:
-        body = {"id": prep.id, "object": "chat.completion.chunk", "created": prep.created, "model": req.model,
-                "system_fingerprint": None, "choices": choices}
         if include_usage:
-            body["usage"] = usage
-        return sse(body)
+            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=usage))
+        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices))
 
     for c in _refused_choices(prep, prep.verdict):
         i, msg = c["index"], c["message"]

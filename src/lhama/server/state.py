@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 import time
 
+from lhama.generate.constrained import GrammarCompiler
+from lhama.openai.requests import RequestLimits
 from lhama.server.config import ServerConfig
-from lhama.server.constrained import GrammarCompiler
 from lhama.server.errors import APIError
 from lhama.server.metrics import ServerMetrics
 
@@ -38,14 +39,13 @@ class ServerState:
         self.created = int(time.time())
         self.in_flight = 0
         self._lock = threading.Lock()
-        tok = loaded.tokenizer
-        stops = set(getattr(tok, "stop_ids", ()) or ()) | set(getattr(loaded.chat_format, "stop_ids", ()) or ())
-        self.compiler = GrammarCompiler(tok, loaded.args.vocab_size, sorted(stops))
+        self.compiler = GrammarCompiler.for_model(loaded)
+        self.limits = RequestLimits(max_n=config.max_n, max_choices=config.max_n * 4)
         self.metrics = ServerMetrics(engine.stats, self.gauges)
         self.embed_lock = threading.Lock()  # one embedding forward at a time beside the engine thread
         self.files = None  # lhama.server.files.FileStore, set by the app
         self.batches = None  # lhama.server.batches.BatchManager, set by the app
-        self.shields = None  # lhama.safety.serving.ServerShields, set by ``lhama serve --shield``
+        self.shields = None  # lhama.server.shields.ServerShields, set by ``lhama serve --shield``
 
     @property
     def model_name(self) -> str:

@@ -1,6 +1,6 @@
 """Response plumbing shared by the generation routes: server-sent events, the ticket a
-streaming response holds until it really ends, cancelling work when a non-streaming client
-goes away, and OpenAI logprob shapes."""
+streaming response holds until it really ends, and cancelling work when a non-streaming client
+goes away. The bodies themselves are ``lhama.openai.responses``."""
 
 from __future__ import annotations
 
@@ -91,41 +91,3 @@ async def until_disconnect(request: Request, work: Awaitable, ticket) -> object:
 
 def json_response(body) -> Response:
     return body if isinstance(body, Response) else JSONResponse(body)
-
-
-# -- logprobs ---------------------------------------------------------------------------------
-def _tok(tokenizer, token_id: int) -> tuple[str, list[int]]:
-    b = tokenizer.token_bytes(token_id)
-    return b.decode("utf-8", errors="replace"), list(b)
-
-
-def chat_logprobs(tokenizer, steps) -> list[dict]:
-    """``choices[].logprobs.content`` entries for ``steps`` (the stop token is not content)."""
-    out = []
-    for s in steps:
-        text, b = _tok(tokenizer, s.token_id)
-        tops = []
-        for i, lp in s.top_logprobs or []:
-            t, tb = _tok(tokenizer, i)
-            tops.append({"token": t, "logprob": lp, "bytes": tb})
-        out.append({"token": text, "logprob": s.logprob, "bytes": b, "top_logprobs": tops})
-    return out
-
-
-def completion_logprobs(tokenizer, steps, offset: int = 0) -> dict:
-    """Legacy ``/v1/completions`` logprobs; ``offset`` is where this piece starts in the text."""
-    tokens, lps, tops, offsets = [], [], [], []
-    for s in steps:
-        text, _ = _tok(tokenizer, s.token_id)
-        tokens.append(text)
-        lps.append(s.logprob)
-        tops.append({_tok(tokenizer, i)[0]: lp for i, lp in s.top_logprobs or []} if s.top_logprobs is not None
-                    else None)
-        offsets.append(offset)
-        offset += len(text)
-    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
-
-
-def content_steps(steps, token_ids) -> list:
-    """The steps that produced output tokens (a trailing stop-token step is dropped)."""
-    return list(steps[:len(token_ids)])

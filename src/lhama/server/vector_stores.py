@@ -26,30 +26,30 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from lhama.openai.schemas import RequestBody
 from lhama.server.errors import APIError
 from lhama.server.files import write_json_atomic
-from lhama.server.schemas import _Body
 
 router = APIRouter()
 
 
-class VectorStoreCreate(_Body):
+class VectorStoreCreate(RequestBody):
     name: str | None = None
     file_ids: list[str] = Field(default_factory=list)
     metadata: dict[str, str] | None = None
 
 
-class VectorStoreUpdate(_Body):
+class VectorStoreUpdate(RequestBody):
     name: str | None = None
     metadata: dict[str, str] | None = None
 
 
-class VectorStoreFileCreate(_Body):
+class VectorStoreFileCreate(RequestBody):
     file_id: str
     attributes: dict[str, str | float | bool] | None = None
 
 
-class VectorStoreSearch(_Body):
+class VectorStoreSearch(RequestBody):
     query: str | list[str]
     max_num_results: int = Field(default=10, ge=1, le=50)
     # Declared so they are refused out loud rather than silently ignored.
@@ -275,8 +275,8 @@ async def search_store(vs_id: str, body: VectorStoreSearch, request: Request):
 def apply_file_search(state, req):
     """``req`` without its file_search tools, grounded by a system message of numbered passages
     found for the last user message; ``req`` itself when it has no such tool."""
+    from lhama.openai.schemas import ChatMessage
     from lhama.rag.answer import SYSTEM_PROMPT, sources_block, sources_from_hits
-    from lhama.server.schemas import ChatMessage
 
     fs = req.file_search_tools or []
     if not fs:

@@ -8,8 +8,8 @@ happens is recorded in a ``Transcript`` that can be saved as JSON and replayed.
 
 Generation runs on ``LLMEngine`` (continuous batching; one request per model call).
 ``processor_factory(step) -> logits_processor`` attaches a per-call logits processor
-(constrained decoding, or a scripted policy in tests) through the engine's
-``extra["logits_processor"]`` contract.
+(constrained decoding, or a scripted policy in tests) as ``SamplingParams.logits_processor``,
+which the engine's sampler applies.
 """
 
 from __future__ import annotations
@@ -118,10 +118,6 @@ class Agent:
             if not callable(getattr(s, "check", None)):
                 raise ConfigError(f"a shield needs a check(messages, role=...) method: {s!r}")
         self.processor_factory = processor_factory
-        if processor_factory is not None:
-            from lhama.server.constrained import install_processor_hook
-
-            install_processor_hook(self.engine)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self, message: str | dict | Sequence[dict], *, history: Sequence[dict] = (),
@@ -169,10 +165,10 @@ class Agent:
         room = self.engine.max_model_len - prompt_len
         if room < 1:
             raise ContextLengthExceededError(prompt_len, 1, self.engine.max_model_len)
-        extra = {"logits_processor": self.processor_factory(step)} if self.processor_factory else {}
+        proc = self.processor_factory(step) if self.processor_factory else None
         c = self.config
         return SamplingParams(max_tokens=min(c.max_tokens, room), temperature=c.temperature, top_p=c.top_p,
-                              seed=None if c.seed is None else c.seed + step, extra=extra)
+                              seed=None if c.seed is None else c.seed + step, logits_processor=proc)
 
     def _model_turn(self, messages: list[dict], step: int, emit) -> tuple[dict, list[int]]:
         specs = [t.spec() for t in self.tools.values()]
