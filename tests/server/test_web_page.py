@@ -177,11 +177,14 @@ def test_settings_are_validated_per_conversation(server, browser, expect):  # no
     expect(page.locator("#temperature")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#top_p-error")).not_to_be_empty()
     expect(page.locator("#seed-error")).not_to_be_empty()
-    page.fill("#prompt", "hello")
-    page.click("#send")
+    page.click("#prompt")
+    page.keyboard.type("hello")
+    page.keyboard.press("Shift+Enter")  # a new line, not a send
+    page.keyboard.type("there")
+    page.keyboard.press("Enter")
     expect(page.locator("#status")).to_have_text("Not sent: Temperature must be between 0 and 2.")
     expect(page.locator("#temperature")).to_be_focused()
-    expect(page.locator("#prompt")).to_have_value("hello")  # refused, not dropped
+    expect(page.locator("#prompt")).to_have_value("hello\nthere")  # refused, not dropped
     assert page.locator(".msg.user").count() == 0
     page.fill("#max_tokens", "100000")
     expect(page.locator("#max_tokens-error")).to_contain_text(str(models[0]["max_model_len"]))
