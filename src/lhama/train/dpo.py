@@ -75,9 +75,10 @@ def _response_text(value: Any, where: str, key: str) -> dict:
     raise ConfigError(f"{where}: '{key}' must be a string or one assistant message")
 
 
-def tokenize_response(prompt_ids: list[int], messages: list[dict], chat_format, where: str) -> list[int]:
+def tokenize_response(prompt_ids: list[int], messages: list[dict], chat_format, where: str,
+                      tools: Sequence[dict] | None = None) -> list[int]:
     """The ids the model generates for the final assistant turn, through its end-of-turn token."""
-    full = chat_format.encode_dialog(messages, add_generation_prompt=False)
+    full = chat_format.encode_dialog(messages, tools=tools, add_generation_prompt=False)
     if full[:len(prompt_ids)] != prompt_ids:
         raise ConfigError(f"{where}: the chat format does not render the prompt as a prefix of the answered "
                           "conversation, so the answer's tokens cannot be located")
@@ -118,10 +119,11 @@ def tokenize_pairs(records: Sequence[dict], chat_format, max_seq_len: int, max_p
             if key not in rec:
                 raise ConfigError(f"{where}: a preference pair needs 'prompt', 'chosen' and 'rejected'")
         msgs = prompt_messages(rec, where=where)
-        prompt = chat_format.encode_dialog(msgs, add_generation_prompt=True)
+        tools = rec.get("tools")  # function specs rendered into the prompt, as in chat JSONL
+        prompt = chat_format.encode_dialog(msgs, tools=tools, add_generation_prompt=True)
         seqs = []
         for key in ("chosen", "rejected"):
-            resp = tokenize_response(prompt, msgs + [_response_text(rec[key], where, key)], chat_format, where)
+            resp = tokenize_response(prompt, msgs + [_response_text(rec[key], where, key)], chat_format, where, tools)
             if not resp:
                 raise ConfigError(f"{where}: '{key}' renders to no tokens")
             p, r, cut = _fit(prompt, resp, max_seq_len, max_prompt_len)

@@ -127,7 +127,8 @@ def rejection_sample(loaded, records: Sequence[dict], reward, out_dir: str | Pat
         bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", desc="rejection sampling")
     for c in range(0, len(todo), cfg.prompts_per_chunk):
         chunk = todo[c:c + cfg.prompts_per_chunk]
-        ids = [fmt.encode_dialog(prompts[i], add_generation_prompt=True) for i in chunk]
+        # A record's "tools" (function specs, as in chat JSONL) are rendered into its prompt.
+        ids = [fmt.encode_dialog(prompts[i], tools=records[i].get("tools"), add_generation_prompt=True) for i in chunk]
         # Seed per prompt (not per chunk) so the candidates don't depend on chunking or resumes.
         params = [SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                  n=cfg.num_candidates, seed=cfg.seed * 1_000_003 + i) for i in chunk]
