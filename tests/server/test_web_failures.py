@@ -1,5 +1,6 @@
 """The chat page when the server goes away and comes back: a banner with Retry, the unsent
-message kept in the box, and a server that now wants an API key leads to the key field."""
+message kept in the box, a server that now wants an API key leads to the key field, and a server
+that dies mid-answer leaves the partial answer marked as interrupted."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def test_server_down_banner_keeps_message_then_retry_and_api_key(browser, tmp_pa
         expect(page.locator(".msg.user .body")).to_have_text("Are you there?")
         expect(page.locator(".msg.assistant .stats")).to_contain_text("tok/s", timeout=60000)
         expect(page.locator("#prompt")).to_have_value("")
+
+        # The server dies while an answer streams: what came is kept and marked, the banner shows.
+        page.click("#settings-toggle")
+        page.fill("#max_tokens", "400")
+        page.click("#settings-close")
+        page.fill("#prompt", "Tell me a long story about a dragon.")
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('.msg.assistant.streaming')?.textContent.length > 20")
+        srv.proc.kill()
+        expect(page.locator("#banner-text")).to_contain_text("cannot be reached")
+        last = page.locator(".msg.assistant").last
+        expect(last.locator(".stats .warning")).to_contain_text("interrupted")
+        assert len(last.locator(".body").text_content()) > 20
         assert page.errors == []
     finally:
         srv.stop()

@@ -308,7 +308,9 @@ async function generate(c, unsent = null) {
     }
   } catch (e) {
     if (e.name === "AbortError") stopped = true;
-    else error = e instanceof ApiError ? e : new ApiError("unreachable", e.message);
+    else if (e instanceof ApiError) error = e;
+    else if (e instanceof TypeError) error = new ApiError("unreachable", e.message); // connection lost mid-stream
+    else error = new ApiError("http", e.message); // an error event from the server, or a bad body
   }
   active = null;
   setBusy(false);
@@ -335,7 +337,8 @@ async function generate(c, unsent = null) {
   else el.remove();
   if (error) {
     for (const text of queue.splice(0)) els.prompt.value += (els.prompt.value ? "\n\n" : "") + text;
-    fail(error, unsent !== null && !got ? () => submit() : () => generate(c));
+    // Retry sends the kept message again, or replaces the cut-off / missing reply.
+    fail(error, unsent !== null && !got ? () => submit() : got ? () => actions.regenerate() : () => generate(c));
     if (store.currentId === c.id) drawMessages();
     return;
   }
