@@ -4,7 +4,7 @@
 
 import { ApiError, listModels, request, setApiKey } from "./api.js";
 import { ReplyAccumulator, requestBody } from "./chat-state.js";
-import { addDocuments, drawDocuments, fetchSources } from "./documents.js";
+import { drawDocuments, fetchSources, wireDocuments } from "./documents.js";
 import { editInPlace, messageElement, queuedElement } from "./messages-view.js";
 import { StreamingMarkdown } from "./render.js";
 import { validateSettings } from "./settings.js";
@@ -417,19 +417,11 @@ wireImportExport(els, store, {
   },
   failed: (message) => showBanner(message, null),
 });
-els.addDocuments.addEventListener("click", () => els.documentFiles.click());
-els.documentFiles.addEventListener("change", async () => {
-  const c = conv();
-  setStatus("Adding documents…");
-  try {
-    await addDocuments(c, [...els.documentFiles.files], () => drawDocuments(els.documents, c));
-    store.save();
-    setStatus("Documents ready: answers will cite them");
-  } catch (e) {
-    fail(e instanceof ApiError ? e : new ApiError("http", e.message), null);
-  }
-  els.documentFiles.value = "";
-  drawDocuments(els.documents, c);
+wireDocuments(els, {
+  conv,
+  saved: () => store.save(),
+  status: setStatus,
+  failed: (e) => fail(e instanceof ApiError ? e : new ApiError("http", e.message), null),
 });
 
 showConversation();

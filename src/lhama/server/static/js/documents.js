@@ -28,6 +28,24 @@ export async function addDocuments(conv, files, onProgress) {
   }
 }
 
+// "Add files…" in the settings: uploads the chosen files into the current conversation's store.
+export function wireDocuments(els, { conv, saved, status, failed }) {
+  els.addDocuments.addEventListener("click", () => els.documentFiles.click());
+  els.documentFiles.addEventListener("change", async () => {
+    const c = conv();
+    status("Adding documents…");
+    try {
+      await addDocuments(c, [...els.documentFiles.files], () => drawDocuments(els.documents, c));
+      saved();
+      status("Documents ready: answers will cite them");
+    } catch (e) {
+      failed(e);
+    }
+    els.documentFiles.value = "";
+    drawDocuments(els.documents, c);
+  });
+}
+
 export function drawDocuments(list, conv) {
   const docs = conv.documents || [];
   list.replaceChildren(...docs.map((d) => {
