@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 
-
 def lhama(*args, input=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lhama.cli", *args], input=input, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "lhama.cli", *args], check=False, input=input, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def test_generate_chat_json_with_logprobs():
@@ -30,14 +29,9 @@ def test_generate_streams_raw_completion_and_respects_stop():
 
 
 def test_chat_multi_turn_with_commands():
-    script = "\n".join([
-        "My name is Ada. Reply with one short sentence.",
-        "What is my name?",
-        "/reset",
-        "/system You are a pirate.",
-        "/bogus",
-        "/exit",
-    ]) + "\n"
+    lines = ["My name is Ada. Reply with one short sentence.", "What is my name?", "/reset",
+             "/system You are a pirate.", "/bogus", "/exit"]
+    script = "".join(line + "\n" for line in lines)
     r = lhama("chat", "--temperature", "0", "--max-tokens", "24", input=script)
     assert r.returncode == 0, r.stderr
     assert "Ada" in r.stdout  # the second turn sees the first

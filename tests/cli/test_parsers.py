@@ -4,6 +4,7 @@ default, ``--version``, and the command table as the one list of commands."""
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 
@@ -62,8 +63,11 @@ def test_every_flag_has_a_help_line_and_shows_its_default():
             where = f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
             if not (action.help or "").strip():
                 undocumented.append(where)
-            shown = action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
-            if shown and f"default: {action.default}" not in " ".join(text.split()):
+            given = not (action.default is None or action.default is False or action.default == []
+                         or action.default is argparse.SUPPRESS)  # `is`: 0 and 0.0 are defaults to show
+            shown = given and action.option_strings
+            said = re.escape(f"default: {action.default}") + r"(?![\w.])"  # 0 is not 0.6
+            if shown and not re.search(said, " ".join(text.split())):
                 no_default.append(f"{where} (default {action.default!r})")
     assert not undocumented, "flags without help:\n" + "\n".join(undocumented)
     assert not no_default, "--help does not show these defaults:\n" + "\n".join(no_default)
