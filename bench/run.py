@@ -34,6 +34,7 @@ if (REPO / "src" / "lhama").is_dir():
 from harness import report  # noqa: E402
 from harness.systems import SYSTEMS  # noqa: E402
 from harness.worker import RESULT_MARK  # noqa: E402
+from harness.workload import exit_reason  # noqa: E402
 
 DEFAULT_SYSTEMS = "lhama,lhama-int8,lhama-int4,lhama-compile,llama.cpp,transformers"
 
@@ -104,7 +105,7 @@ def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads
             if not res.get("ok"):
                 res.setdefault("stderr_tail", tail)
             return res
-    why = f"timed out after {timeout:.0f} s" if timed_out else f"exited with status {proc.returncode}"
+    why = f"timed out after {timeout:.0f} s" if timed_out else exit_reason(proc.returncode)  # names a signal
     return {"ok": False, "error": f"{why} and no result", "columns": {}, "stderr_tail": tail}
 
 

@@ -8,9 +8,11 @@ get deterministic pseudo-random ids instead.
 
 from __future__ import annotations
 
-import os
+import json
 import random
-from contextlib import contextmanager
+import signal
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,34 +73,35 @@ def is_gguf(model: str) -> bool:
     return str(model).endswith(".gguf") and Path(model).is_file()
 
 
-@contextmanager
-def _quiet_stderr():
-    """llama.cpp's C code logs to fd 2 even with verbose=False (e.g. for a vocab-only context)."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def exit_reason(returncode: int) -> str:
+    """How a child process ended, naming the signal that killed it (SIGILL: an instruction this
+    CPU cannot run, as in a llama.cpp built with -march=native on another machine)."""
+    if returncode < 0:
+        return f"died with {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"
+
+
+_TOKENIZE = """import json, sys
+import llama_cpp
+tok = llama_cpp.Llama(sys.argv[1], vocab_only=True, verbose=False)
+print(json.dumps(tok.tokenize(sys.stdin.read().encode(), add_bos=False, special=False)))
+"""
 
 
 def token_stream(model: str, min_tokens: int) -> tuple[list[int], str]:
-    """At least ``min_tokens`` ids of the benchmark text (repeated as needed), and who tokenized."""
+    """At least ``min_tokens`` ids of the benchmark text (repeated as needed), and who tokenized.
+    llama.cpp tokenizes in a child process: native code we do not own never takes the run down."""
     if is_gguf(model):
-        try:
-            import llama_cpp
-
-            with _quiet_stderr():
-                tok = llama_cpp.Llama(model, vocab_only=True, verbose=False)
-            one = tok.tokenize(TEXT.encode(), add_bos=False, special=False)
-            return (one * (min_tokens // len(one) + 1))[:min_tokens], "llama.cpp (vocab only)"
-        except ImportError:
+        r = subprocess.run([sys.executable, "-c", _TOKENIZE, model], input=TEXT, capture_output=True, text=True,
+                           timeout=300, check=False)
+        if r.returncode == 0:
+            one, how = json.loads(r.stdout.strip().splitlines()[-1]), "llama.cpp (vocab only)"
+        else:
             from lhama.tokenizer import load_tokenizer
 
-            one = load_tokenizer(Path(model)).encode(TEXT)
-            return (one * (min_tokens // len(one) + 1))[:min_tokens], "lhama (GGUF vocab)"
+            why = "not installed" if "No module named 'llama_cpp'" in r.stderr else exit_reason(r.returncode)
+            one, how = load_tokenizer(Path(model)).encode(TEXT), f"lhama (GGUF vocab; llama.cpp {why})"
+        return (one * (min_tokens // len(one) + 1))[:min_tokens], how
     from lhama.model import get_config
 
     vocab = get_config(model).args.vocab_size

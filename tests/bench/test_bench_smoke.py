@@ -72,3 +72,20 @@ def test_quick_run_on_a_tiny_random_model(tmp_path):
     assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
     needs.module("matplotlib")
     assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_crashed_worker_is_reported_with_its_signal(monkeypatch):
+    """A peer whose native code dies (SIGILL from a build for another CPU) is a failed column that
+    names the signal; the run goes on."""
+    import run  # bench/run.py
+    from harness import workload
+
+    real = run.subprocess.Popen
+
+    def crashing(cmd, **kw):  # the worker's command line, with a child that kills itself
+        return real([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"], **kw)
+
+    monkeypatch.setattr(run.subprocess, "Popen", crashing)
+    res = run.run_system("llama.cpp", {}, timeout=60, verbose=False, threads=1)
+    assert not res["ok"] and res["error"] == "died with SIGILL and no result"
+    assert workload.exit_reason(-11) == "died with SIGSEGV" and workload.exit_reason(3) == "exited with status 3"
