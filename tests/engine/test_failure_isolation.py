@@ -100,6 +100,16 @@ def test_a_parameter_error_keeps_its_400(tiny, make_engine):
     assert err.http_status == 400 and err.param == "logits_processor" and err.code == "invalid_sampling_parameter"
     assert str(err) == "logits_processor: cannot be applied"
     assert eng.result(healthy).completions[0].finish_reason in ("stop", "length")
+    # Offline, generate() raises a failed request's error once every request is done ...
+    with pytest.raises(RequestFailedError) as e:
+        eng.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(temperature=0, max_tokens=4), poison])
+    assert e.value.param == "logits_processor" and not eng.has_unfinished()
+    # ... or returns it with the results when asked to.
+    ok, bad_res = eng.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(temperature=0, max_tokens=4), poison],
+                               return_errors=True)
+    assert ok.error is None and ok.completions[0].token_ids == eng.result(healthy).completions[0].token_ids
+    assert bad_res.error.param == "logits_processor"
+    assert [c.finish_reason for c in bad_res.completions] == ["error", "error"]
 
 
 def test_a_request_whose_forward_raises_fails_alone(tiny, make_engine, expected, monkeypatch):

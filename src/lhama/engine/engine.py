@@ -327,8 +327,10 @@ class LLMEngine:
 
     # -- convenience -----------------------------------------------------------------------
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
-                 progress: bool = False) -> list[RequestResult]:
-        """Run prompts to completion (offline use, tests); results in prompt order."""
+                 progress: bool = False, return_errors: bool = False) -> list[RequestResult]:
+        """Run prompts to completion (offline use, tests); results in prompt order. A request the
+        engine failed raises its ``RequestFailedError`` once all are done, unless
+        ``return_errors``: then its result carries it (``RequestResult.error``)."""
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
         reqs = [self.add_request(None, p, sp) for p, sp in zip(prompts, params)]
@@ -346,6 +348,9 @@ class LLMEngine:
                 done = now
         if bar is not None:
             bar.close()
+        failed = next((r.error for r in reqs if r.error is not None), None)
+        if failed is not None and not return_errors:
+            raise failed
         return [self.result(r) for r in reqs]
 
     @staticmethod
