@@ -80,7 +80,7 @@ def _has_user(name: str) -> bool:
 
 
 def test_pgvector_store(postgres, tmp_path, minilm):
-    from lhama.rag.store import open_store
+    from lhama.rag.stores import open_store
 
     d = tmp_path / "docs"
     d.mkdir()

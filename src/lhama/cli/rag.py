@@ -77,7 +77,7 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
 
 def _store_location(a) -> str:
     if not a.store:
-        from lhama.rag.store import default_store
+        from lhama.rag.stores import default_store
 
         a.store = default_store()
     return a.store
@@ -89,7 +89,7 @@ def _open(a, *, must_exist: bool = True):
 
         torch.set_num_threads(a.threads)
     from lhama.rag.errors import StoreNotFoundError
-    from lhama.rag.store import open_store
+    from lhama.rag.stores import open_store
 
     loc = _store_location(a)
     if must_exist and "://" not in loc and not Path(loc).expanduser().is_file():

@@ -8,7 +8,8 @@ from lhama.rag.embedders import get_embedder
 from lhama.rag.ingest import IngestReport, ingest_file, ingest_paths
 from lhama.rag.readers import Section, read_document
 from lhama.rag.retrieve import Hit, RetrievalConfig, Retriever
-from lhama.rag.store import VectorStore, open_store
+from lhama.rag.store import VectorStore
+from lhama.rag.stores import open_store
 from lhama.rag.tool import FileSearchTool, file_search_tool
 
 __all__ = ["Answer", "Source", "answer_question", "ChunkConfig", "chunk_sections", "get_embedder", "IngestReport",

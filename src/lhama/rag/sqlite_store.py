@@ -21,7 +21,7 @@ import numpy as np
 
 from lhama.rag.chunking import ChunkDraft
 from lhama.rag.errors import VectorStoreError
-from lhama.rag.store import ChunkRecord, FileRecord, VectorStore, query_terms
+from lhama.rag.store import ChunkRecord, FileRecord, VectorStore, embedding_text, query_terms
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -107,8 +107,6 @@ class SqliteVectorStore(VectorStore):
             raise VectorStoreError("bind an embedder before adding documents")
         if len(drafts) != len(vectors):
             raise ValueError("one vector per chunk")
-        from lhama.rag.store import embedding_text
-
         with self._lock, self.db:  # one transaction: the old version stays whole if anything fails
             old = self.db.execute("SELECT id FROM files WHERE key = ?", (record.key,)).fetchone()
             if old:

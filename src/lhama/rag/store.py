@@ -1,5 +1,5 @@
-"""The vector store interface, its records, and ``open_store`` (a file path → SQLite, a
-``postgresql://`` URL → PostgreSQL + pgvector).
+"""The vector store interface and its records; ``lhama.rag.stores.open_store`` picks the
+implementation (a file path → SQLite, a ``postgresql://`` URL → PostgreSQL + pgvector).
 
 A store holds, per document, its chunks' text, location, vector and full-text index entry, keyed
 by the document's ``key`` (a path for the CLI, a file id for the server). Replacing a document
@@ -8,7 +8,6 @@ swaps all of that in one transaction, so a reader never sees half of an update.
 
 from __future__ import annotations
 
-import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -46,13 +45,6 @@ class ChunkRecord:
         if self.heading:
             return f"{self.file_name} § {self.heading}"
         return self.file_name
-
-
-def default_store() -> str:
-    """The store ``lhama rag`` and the ``file_search`` tool use when none is named."""
-    from pathlib import Path
-
-    return os.environ.get("LHAMA_RAG_STORE") or str(Path.home() / ".local" / "share" / "lhama" / "rag" / "default.db")
 
 
 def embedding_text(file_name: str, draft: ChunkDraft) -> str:
@@ -145,14 +137,3 @@ class VectorStore(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def open_store(location: str, **kw) -> VectorStore:
-    loc = str(location)
-    if loc.startswith(("postgresql://", "postgres://")):
-        from lhama.rag.pg_store import PgVectorStore
-
-        return PgVectorStore(loc, **kw)
-    from lhama.rag.sqlite_store import SqliteVectorStore
-
-    return SqliteVectorStore(loc)

@@ -85,7 +85,7 @@ def __getattr__(name: str):
     from lhama.rag.embedders import get_embedder
     from lhama.rag.errors import VectorStoreError
     from lhama.rag.retrieve import Retriever
-    from lhama.rag.store import default_store, open_store
+    from lhama.rag.stores import default_store, open_store
 
     store = open_store(default_store())
     if store.embedder_name is None:
