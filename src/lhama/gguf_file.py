@@ -83,11 +83,12 @@ def _open_cached(_resolved: str, _mtime: int, _size: int, path: Path) -> gguf.GG
         raise CheckpointError(path, f"corrupt or truncated GGUF header ({type(e).__name__}: {e})") from None
 
 
-def gguf_metadata(reader: gguf.GGUFReader, path: object) -> dict[str, Any]:
-    """Key/values of an open file as Python values: strings decoded, arrays as lists."""
+def gguf_metadata(reader: gguf.GGUFReader, path: object, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Key/values of an open file as Python values: strings decoded, arrays as lists. Keys
+    starting with one of ``skip`` are left out (``tokenizer.``: a vocabulary is ~100k strings)."""
     md: dict[str, Any] = {}
     for key, field in reader.fields.items():
-        if key.startswith("GGUF."):  # the reader's own bookkeeping (version, counts)
+        if key.startswith(("GGUF.", *skip)):  # GGUF.*: the reader's own bookkeeping (version, counts)
             continue
         try:
             value = field.contents()

@@ -12,6 +12,7 @@ blocks without decoding them at all.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,8 @@ class GGUFCheckpointReader(CheckpointReader):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        file = open_gguf(self.path)
-        self.metadata = gguf_metadata(file, self.path)
+        self._file = file = open_gguf(self.path)
+        self._model_md = gguf_metadata(file, self.path, skip=("tokenizer.",))  # what the shape needs
         by_name = {t.name: t for t in file.tensors}
         emb = by_name.get(GGUF_NAMES.to_theirs("tok_embeddings.weight"))
         if emb is None:
@@ -198,8 +199,13 @@ class GGUFCheckpointReader(CheckpointReader):
         if ROPE_FREQS in by_name:  # small: where Llama 3.1 files keep their RoPE scaling
             t = by_name[ROPE_FREQS]
             freqs = torch.from_numpy(_decode(t.data, t.tensor_type, self.path, ROPE_FREQS)).float()
-        self.args = args_from_gguf(self.metadata, self.path, vocab_size=int(emb.shape[-1]),
+        self.args = args_from_gguf(self._model_md, self.path, vocab_size=int(emb.shape[-1]),
                                    tied="output.weight" not in self.shapes, rope_freqs=freqs)
+
+    @functools.cached_property
+    def metadata(self) -> dict[str, Any]:
+        """Every key, the vocabulary included (decoded on first use: loading needs none of it)."""
+        return gguf_metadata(self._file, self.path)
 
     def qtype(self, name: str) -> gguf.GGMLQuantizationType:
         return gguf.GGMLQuantizationType(self._tensors[name].tensor_type)

@@ -34,6 +34,13 @@ def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gr
     return w.reshape(N, K)
 
 
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``q * scale + minimum`` in fp32, as llama.cpp and the gguf package compute Q4_0/Q4_1."""
+    N, K = q.shape
+    w = q.reshape(N, K // group_size, group_size).float() * scale[..., None].float() + minimum[..., None].float()
+    return w.reshape(N, K)
+
+
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     q = q.to(torch.uint8)
     return q[:, ::2] | (q[:, 1::2] << 4)
@@ -50,6 +57,22 @@ def _pack_for(layout: str, q: torch.Tensor) -> torch.Tensor:
         hi_first = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
         return torch.ops.aten._convert_weight_to_int4pack(hi_first.contiguous(), 8)
     return pack_nibbles(q)
+
+
+def _pack_rows(layout: str, q: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``_pack_for`` a block of rows at a time (rows pack independently): the kernels want int32
+    input, 4 bytes per weight, which whole would be 8x the packed result."""
+    if q.shape[0] <= rows:
+        return _pack_for(layout, q.to(torch.int32))
+    return torch.cat([_pack_for(layout, q[i:i + rows].to(torch.int32)) for i in range(0, q.shape[0], rows)])
+
+
+def _exact_fp16(scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
+    pair = torch.stack([scale, minimum], -1)
+    exact = pair.to(torch.float16)
+    if not torch.equal(exact.float(), pair.float()):
+        raise ValueError("scale and minimum must be exact fp16 values")
+    return exact
 
 
 def _kernel_mm(layout: str, x, packed, group_size, sz):
@@ -136,35 +159,92 @@ class Int4WeightOnlyLinear(nn.Module):
         layout = layout or kernel_layout(w.device, compute_dtype, group_size)
         mod = cls(w.shape[1], w.shape[0], group_size, layout=layout, compute_dtype=compute_dtype, device=w.device)
         q, scale, zero = quantize_int4_groupwise(w, group_size)
+        return mod._fill(q, scale, zero)
+
+    @classmethod
+    def from_groups(cls, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, group_size: int,
+                    compute_dtype=torch.bfloat16, layout: str | None = None) -> "Int4WeightOnlyLinear":
+        """Exact int4 weights ``w = q * scale + minimum`` (q uint8 [N, K] in 0..15; scale and
+        minimum [N, K / group_size], each exactly an fp16 value): llama.cpp's Q4_0 (minimum =
+        -8 * scale) and Q4_1 blocks. The fp16 pair is kept, so ``dequantize`` is bit-exact; the
+        kernel computes with its own (compute-dtype) copy."""
+        return cls.from_group_rows([(q, scale, minimum)], q.shape[0], q.shape[1], group_size, compute_dtype, layout)
+
+    @classmethod
+    def from_group_rows(cls, blocks, out_features: int, in_features: int, group_size: int,
+                        compute_dtype=torch.bfloat16, layout: str | None = None) -> "Int4WeightOnlyLinear":
+        """``from_groups`` fed by consecutive row blocks ``(q, scale, minimum)``: the CPU and
+        nibble layouts pack rows independently, so only one block is ever unpacked in memory."""
+        device = torch.device("cpu")
+        layout = layout or kernel_layout(device, compute_dtype, group_size)
+        if layout == "cpu" and out_features % 16:  # the CPU kernel packs rows in sixteens
+            layout = "nibbles"
+        mod = cls(in_features, out_features, group_size, layout=layout, compute_dtype=compute_dtype, device=device)
+        if layout not in ("cpu", "nibbles"):  # tinygemm tiles span rows: pack the whole matrix
+            q, scale, minimum = (torch.cat(parts) for parts in zip(*blocks, strict=True))
+            mod.register_buffer("scale_min_fp16", _exact_fp16(scale, minimum), persistent=False)
+            return mod._fill(q, scale.float(), minimum.float() + 8.0 * scale.float())
+        exact = torch.empty(out_features, in_features // group_size, 2, dtype=torch.float16)
+        packed = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
+        row = 0
+        for q, scale, minimum in blocks:
+            n = q.shape[0]
+            exact[row:row + n] = _exact_fp16(scale, minimum)
+            mod.scales_and_zeros[:, row:row + n] = torch.stack(
+                [scale.float(), minimum.float() + 8.0 * scale.float()], -1).transpose(0, 1).to(compute_dtype)
+            packed[row:row + n] = _pack_rows(layout, q) if layout == "cpu" else pack_nibbles(q)
+            row += n
+        if row != out_features:
+            raise ValueError(f"row blocks cover {row} rows, expected {out_features}")
+        mod.register_buffer("scale_min_fp16", exact, persistent=False)  # [N, K / group, 2]
+        mod.qweight = packed
+        return mod
+
+    def _fill(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> "Int4WeightOnlyLinear":
+        """Pack q [N, K] (0..15) for this module's layout; scale, zero [N, K / group]."""
         # [K / group, N, 2]: the layout both PyTorch kernels take.
-        mod.scales_and_zeros.copy_(torch.stack([scale, zero], -1).transpose(0, 1).to(compute_dtype))
-        if layout != "nibbles":
+        self.scales_and_zeros.copy_(torch.stack([scale, zero], -1).transpose(0, 1).to(self.compute_dtype))
+        if self.layout != "nibbles":
             try:  # the probe used one shape; kernels have shape limits of their own
-                mod.qweight = _pack_for(layout, q)
-                _kernel_mm(layout, torch.zeros(1, mod.in_features, dtype=compute_dtype, device=w.device),
-                           mod.qweight, group_size, mod.scales_and_zeros)
+                self.qweight = _pack_rows(self.layout, q)
+                _kernel_mm(self.layout, torch.zeros(1, self.in_features, dtype=self.compute_dtype, device=q.device),
+                           self.qweight, self.group_size, self.scales_and_zeros)
             except (RuntimeError, NotImplementedError):
-                layout = mod.layout = "nibbles"
-        if layout == "nibbles":
-            mod.qweight = pack_nibbles(q)
-        elif layout == "cuda":
+                self.layout = "nibbles"
+        if self.layout == "nibbles":
+            self.qweight = pack_nibbles(q)
+        elif self.layout == "cuda":
             # tinygemm is fast for a few rows (decode) but several times slower than a bf16 matmul
             # from ~32 rows on (prefill chunks, large batches): there the weight is dequantized
             # from a plain 4-bit copy (0.5 byte/weight more, not saved with the model) per call.
-            mod.register_buffer("nibbles", pack_nibbles(q), persistent=False)
-        return mod
+            self.register_buffer("nibbles", pack_nibbles(q), persistent=False)
+        return self
 
     def _scale_zero(self):
         sz = self.scales_and_zeros.transpose(0, 1).float()  # [N, K / group, 2]
         return sz[..., 0], sz[..., 1]
 
     def dequantize(self) -> torch.Tensor:
-        """The fp32 weight [N, K] this module multiplies by."""
+        """The fp32 weight [N, K] this module multiplies by (for ``from_groups`` modules, the
+        exact weights they were built from)."""
+        exact = getattr(self, "scale_min_fp16", None)
+        if exact is not None:
+            return dequantize_groups(self.q(), exact[..., 0], exact[..., 1], self.group_size)
         if self.layout == "nibbles":
             return dequantize_int4(unpack_nibbles(self.qweight), *self._scale_zero(), self.group_size)
         # Packed kernel layouts are opaque: multiply the identity through the kernel.
         eye = torch.eye(self.in_features, dtype=self.compute_dtype, device=self.qweight.device)
         return _kernel_mm(self.layout, eye, self.qweight, self.group_size, self.scales_and_zeros).float().T
+
+    def q(self) -> torch.Tensor:
+        """The 4-bit values [N, K] (0..15, uint8), read back out of any layout."""
+        if self.layout == "nibbles":
+            return unpack_nibbles(self.qweight)
+        # Packed kernel layouts are opaque: the identity through the kernel with scale 1 and
+        # zero 8 gives q itself (small integers are exact in every compute dtype).
+        eye = torch.eye(self.in_features, dtype=self.compute_dtype, device=self.qweight.device)
+        unit = torch.tensor([1.0, 8.0], dtype=self.compute_dtype, device=eye.device).expand_as(self.scales_and_zeros)
+        return _kernel_mm(self.layout, eye, self.qweight, self.group_size, unit.contiguous()).T.round().to(torch.uint8)
 
     def _dequantize_nibbles(self, packed: torch.Tensor) -> torch.Tensor:
         """The weight [N, K] in the compute dtype, computed as the kernels do (bf16 scales)."""

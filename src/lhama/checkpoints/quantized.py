@@ -1,0 +1,237 @@
+"""A quantized GGUF file straight into lhama's kernel layouts, with no float copy of the model.
+
+Each tensor's raw blocks are read from the memory map and repacked:
+
+* Q4_0, Q4_1: exact int4 group-32 (fp16 scale and min per block: ``Int4WeightOnlyLinear.from_groups``);
+* Q8_0: exact, as two int4 halves (``SplitInt8Linear``);
+* other quantized types have no exact kernel layout: each is decoded one tensor at a time and
+  requantized to the nearest layout (int4 group 32 up to ~4.5 bits per weight, int8 per channel
+  above), with one notice per type naming the fallback;
+* the embedding table stays in its file blocks (``BlockEmbedding``: rows decoded per lookup);
+  norms and float linears load at the model's dtype.
+
+wq|wk|wv and w1|w3 are stacked into one module each when they share an exact type (the fusion
+``lhama.quant.quantize_model`` does), so a decode step makes 4 kernel calls per layer, not 7.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import gguf
+import numpy as np
+import torch
+from torch import nn
+
+from lhama.checkpoints.gguf import GGUFCheckpointReader
+from lhama.model.rope import rope_inv_freq
+from lhama.model.transformer import Transformer
+from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
+from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
+from lhama.quant.int4 import quantize_int4_groupwise
+
+log = logging.getLogger(__name__)
+Q = gguf.GGMLQuantizationType
+EXACT = (Q.Q4_0, Q.Q4_1, Q.Q8_0)
+FLOAT = (Q.F32, Q.F16, Q.BF16)
+GROUP = 32  # llama.cpp's block of 32 weights for Q4_0, Q4_1 and Q8_0
+_NOTICED: set[str] = set()
+
+
+def is_quantized_gguf(reader: GGUFCheckpointReader) -> bool:
+    """True when the file's linear weights are (mostly) in quantized ggml types."""
+    kinds = [reader.qtype(n) not in FLOAT for n, s in reader.shapes.items() if len(s) == 2]
+    return sum(kinds) * 2 > len(kinds)
+
+
+# -- decoding llama.cpp blocks (layout: ggml-common.h; values as gguf.quants computes them) --------
+def _fp16(raw: np.ndarray, at: int) -> np.ndarray:
+    return raw[..., at:at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+
+
+def decode_q4(raw: np.ndarray, qtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Q4_0/Q4_1 rows [rows, bytes] -> (q uint8 [rows, K] 0..15, scale, minimum [rows, K/32])
+    with ``w = q * scale + minimum`` (Q4_0: minimum = -8 * scale)."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, gguf.GGML_QUANT_SIZES[qtype][1])
+    d = _fp16(blocks, 0)
+    m = -8 * d if qtype == Q.Q4_0 else _fp16(blocks, 2)
+    qs = blocks[..., 2 if qtype == Q.Q4_0 else 4:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # element j: low nibble of byte j, j+16: high
+    return torch.from_numpy(q.reshape(rows, -1)), torch.from_numpy(d), torch.from_numpy(m)
+
+
+def decode_q8(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_0 rows -> (q int8 [rows, K], d [rows, K/32]) with ``w = q * d``."""
+    rows = raw.shape[0]
+    blocks = raw.reshape(rows, -1, gguf.GGML_QUANT_SIZES[Q.Q8_0][1])
+    q = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
+    return torch.from_numpy(q.reshape(rows, -1)), torch.from_numpy(_fp16(blocks, 0))
+
+
+# -- building modules ------------------------------------------------------------------------
+@dataclass
+class _Builder:
+    reader: GGUFCheckpointReader
+    dtype: torch.dtype  # norms, float linears and the activations between modules
+    compute_dtype: torch.dtype  # inside the quantized kernels
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def linear(self, names: list[str], module_name: str) -> nn.Module:
+        """One module for the row-stack of ``names`` (all of one ggml type)."""
+        qtype = self.reader.qtype(names[0])
+        shapes = [self.reader.shapes[n] for n in names]
+        rows, cols = sum(s[0] for s in shapes), shapes[0][1]
+        if qtype in (Q.Q4_0, Q.Q4_1):
+            self.kinds[module_name] = f"int4/g32 ({qtype.name}, exact)"
+            blocks = (decode_q4(raw, qtype) for raw in self._row_blocks(names))
+            return Int4WeightOnlyLinear.from_group_rows(blocks, rows, cols, GROUP, self.compute_dtype)
+        if qtype == Q.Q8_0:
+            self.kinds[module_name] = "int8 as 2 x int4/g32 (Q8_0, exact)"
+            return SplitInt8Linear.from_q8_rows(lambda: (decode_q8(raw) for raw in self._row_blocks(names)),
+                                                rows, cols, self.compute_dtype)
+        w = torch.cat([self.reader.read(n) for n in names]).float()
+        if qtype in FLOAT:
+            self.kinds[module_name] = f"dense {self.dtype} ({qtype.name})"
+            lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+            lin.weight = nn.Parameter(w.to(self.dtype), requires_grad=False)
+            return lin
+        bits = gguf.GGML_QUANT_SIZES[qtype][1] * 8 / gguf.GGML_QUANT_SIZES[qtype][0]
+        target = "int4/g32" if bits <= 4.6 and w.shape[1] % GROUP == 0 else "int8"
+        self._notice(qtype, target)
+        self.kinds[module_name] = f"{target} ({qtype.name}, requantized)"
+        if target == "int4/g32":
+            mod = Int4WeightOnlyLinear(w.shape[1], w.shape[0], GROUP, compute_dtype=self.compute_dtype,
+                                       layout=_int4_layout(self.compute_dtype))
+            return mod._fill(*quantize_int4_groupwise(w, GROUP))
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+        lin.weight = nn.Parameter(w, requires_grad=False)
+        return Int8WeightOnlyLinear.from_linear(lin, self.compute_dtype)
+
+    def _row_blocks(self, names: list[str], rows: int = 1024):
+        """Raw block rows of ``names`` stacked, ``rows`` at a time, straight from the map."""
+        for n in names:
+            total = self.reader.shapes[n][0]
+            for start in range(0, total, rows):
+                yield self.reader.blocks(n, start, min(total, start + rows))
+                release_freed_memory()  # the block's temporaries, before the next one's
+
+    @staticmethod
+    def _notice(qtype, target: str) -> None:
+        if qtype.name not in _NOTICED:
+            _NOTICED.add(qtype.name)
+            log.warning("%s weights have no exact kernel layout in lhama: requantized to %s (nearest; "
+                        "docs/quantization.md)", qtype.name, target)
+
+    def norm_weight(self, name: str) -> nn.Parameter:
+        return nn.Parameter(self.reader.read(name).to(self.dtype), requires_grad=False)
+
+    def embedding(self) -> nn.Module:
+        name = "tok_embeddings.weight"
+        qtype = self.reader.qtype(name)
+        if qtype in FLOAT:
+            emb = nn.Embedding(*self.reader.shapes[name], device="meta")
+            emb.weight = nn.Parameter(self.reader.read(name).to(self.dtype), requires_grad=False)
+            return emb
+        blocks = torch.from_numpy(np.array(self.reader.blocks(name)))  # a copy: the map may close
+        self.kinds["tok_embeddings"] = f"{qtype.name} blocks (exact, rows decoded per lookup)"
+        return BlockEmbedding(blocks, qtype, self.reader.args.dim, self.dtype)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``). Repacking frees a
+    few MB of temporaries per tensor; glibc raises its mmap threshold after such frees and then
+    keeps them in the heap, so without this the load's peak RSS grew ~2x past the model's size."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
+
+
+def _int4_layout(compute_dtype: torch.dtype) -> str:
+    from lhama.quant.int4 import kernel_layout
+
+    return kernel_layout(torch.device("cpu"), compute_dtype, GROUP)
+
+
+def _same_exact_type(reader: GGUFCheckpointReader, names: list[str]) -> bool:
+    types = {reader.qtype(n) for n in names}
+    return len(types) == 1 and types.pop() in EXACT
+
+
+def load_quantized(path, *, max_seq_len: int | None = None) -> tuple[Transformer, QuantReport] | None:
+    """The model of a quantized GGUF file in kernel layouts, or None for any other checkpoint
+    (which then loads through ``read_checkpoint``)."""
+    from lhama.checkpoints.loader import detect_format, open_reader
+
+    if detect_format(path) != "gguf":
+        return None
+    with open_reader(path) as reader:
+        if not is_quantized_gguf(reader):
+            return None
+        return load_quantized_gguf(reader, max_seq_len=max_seq_len)
+
+
+@torch.no_grad()
+def load_quantized_gguf(reader: GGUFCheckpointReader, *, dtype: torch.dtype = torch.float32,
+                        compute_dtype: torch.dtype = torch.bfloat16,
+                        max_seq_len: int | None = None) -> tuple[Transformer, QuantReport]:
+    """(model on the CPU, report) with every linear in a kernel layout; see the module docstring."""
+    threads = torch.get_num_threads()
+    # Repacking is thousands of small ops: one thread each avoids OpenMP's hand-offs, which on a
+    # busy 2-core machine made the load 7x slower than the ops themselves.
+    torch.set_num_threads(1)
+    try:
+        return _build(reader, dtype, compute_dtype, max_seq_len)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> tuple[Transformer, QuantReport]:
+    args = reader.args.with_(max_seq_len=max_seq_len) if max_seq_len else reader.args
+    with torch.device("meta"):
+        model = Transformer(args)
+    b = _Builder(reader, dtype, compute_dtype)
+    # Order matters for the peak: the head's row blocks come and go while little else is held,
+    # and the embedding (copied straight into its final buffer, no temporaries) comes last.
+    head = "tok_embeddings.weight" if args.tie_embeddings else "output.weight"
+    model.output = b.linear([head], "output")
+    for i, layer in enumerate(model.layers):
+        p = f"layers.{i}."
+        for parent, parts, fused in ((layer.attention, ("wq", "wk", "wv"), "wqkv"),
+                                     (layer.feed_forward, ("w1", "w3"), "w13")):
+            sub = "attention" if fused == "wqkv" else "feed_forward"
+            names = [f"{p}{sub}.{n}.weight" for n in parts]
+            if _same_exact_type(reader, names):
+                setattr(parent, fused, b.linear(names, f"{p}{sub}.{fused}"))
+                for n in parts:
+                    delattr(parent, n)
+            else:
+                for n, full in zip(parts, names, strict=True):
+                    setattr(parent, n, b.linear([full], full.removesuffix(".weight")))
+        layer.attention.wo = b.linear([f"{p}attention.wo.weight"], f"{p}attention.wo")
+        layer.feed_forward.w2 = b.linear([f"{p}feed_forward.w2.weight"], f"{p}feed_forward.w2")
+        layer.attention_norm.weight = b.norm_weight(f"{p}attention_norm.weight")
+        layer.ffn_norm.weight = b.norm_weight(f"{p}ffn_norm.weight")
+        release_freed_memory()
+    model.norm.weight = b.norm_weight("norm.weight")
+    model.tok_embeddings = b.embedding()
+    model.inv_freq = rope_inv_freq(args)
+    release_freed_memory()
+    model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
+    report = QuantReport(model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model),
+                         dict(b.kinds))
+    return model.eval(), report

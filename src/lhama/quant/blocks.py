@@ -1,0 +1,83 @@
+"""Modules that hold llama.cpp's quantized blocks exactly (``lhama.checkpoints.quantized``
+builds them from a GGUF file without a float copy of the weights).
+
+* Q4_0 / Q4_1 linears are ``Int4WeightOnlyLinear.from_groups`` (group 32, fp16 scale and min).
+* ``SplitInt8Linear``: Q8_0 (int8 ``q`` times one fp16 ``d`` per 32 weights) has no int8 kernel
+  with per-group scales, so ``q = 16 * hi + lo`` (hi in -8..7, lo in 0..15) is split into two
+  exact int4 group-32 matrices, ``hi`` scaled by 16d and ``lo`` by d, and summed: two int4
+  kernel calls read the same bytes one int8 call would.
+* ``BlockEmbedding``: an embedding table kept as the file's raw blocks (any ggml type); a lookup
+  decodes only the rows it needs with the gguf package's own dequantization (exact by definition).
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import torch
+from torch import nn
+
+from lhama.quant.int4 import Int4WeightOnlyLinear
+
+Q8_GROUP = 32
+
+
+class SplitInt8Linear(nn.Module):
+    def __init__(self, hi: Int4WeightOnlyLinear, lo: Int4WeightOnlyLinear):
+        super().__init__()
+        self.hi, self.lo = hi, lo
+        self.in_features, self.out_features = hi.in_features, hi.out_features
+
+    @classmethod
+    def from_q8(cls, q: torch.Tensor, d: torch.Tensor, compute_dtype=torch.bfloat16) -> "SplitInt8Linear":
+        """q int8 [N, K], d [N, K / 32] (exact fp16 values): ``w = q * d``."""
+        return cls.from_q8_rows([(q, d)], q.shape[0], q.shape[1], compute_dtype)
+
+    @classmethod
+    def from_q8_rows(cls, blocks, out_features: int, in_features: int, compute_dtype=torch.bfloat16):
+        """``from_q8`` from consecutive row blocks ``(q, d)``; ``blocks`` is a callable returning
+        a fresh iterator (each half reads them once, so only one block is unpacked at a time)."""
+        blocks = blocks if callable(blocks) else (lambda b=blocks: iter(b))
+
+        def hi():  # arithmetic shift: floor(q / 16) in -8..7, stored +8
+            for q, d in blocks():
+                yield ((q >> 4) + 8).to(torch.uint8), 16 * d, -128 * d
+
+        def lo():
+            for q, d in blocks():
+                yield (q & 15).to(torch.uint8), d, torch.zeros_like(d)
+
+        args = (out_features, in_features, Q8_GROUP, compute_dtype)
+        return cls(Int4WeightOnlyLinear.from_group_rows(hi(), *args), Int4WeightOnlyLinear.from_group_rows(lo(), *args))
+
+    def dequantize(self) -> torch.Tensor:
+        """Exactly ``q * d`` in fp32 (each half is exact and their sum fits fp32's mantissa)."""
+        return self.hi.dequantize() + self.lo.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hi(x) + self.lo(x)
+
+
+class BlockEmbedding(nn.Module):
+    """``nn.Embedding`` over raw ggml blocks ([vocab, bytes per row], uint8). ``weight`` is an
+    empty tensor of the output dtype: what code asking ``tok_embeddings.weight`` for the model's
+    dtype and device reads."""
+
+    def __init__(self, blocks: torch.Tensor, qtype: int, dim: int, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.qtype, self.embedding_dim, self.num_embeddings = int(qtype), dim, blocks.shape[0]
+        self.register_buffer("blocks", blocks)
+        self.register_buffer("weight", torch.empty(0, dtype=dtype, device=blocks.device), persistent=False)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """fp32 rows for ``ids`` (any shape) -> [*ids.shape, dim]."""
+        flat = ids.reshape(-1).cpu().numpy()
+        raw = self.blocks.cpu().numpy()[flat]
+        w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(self.qtype)).astype(np.float32, copy=False)
+        return torch.from_numpy(np.ascontiguousarray(w)).reshape(*ids.shape, self.embedding_dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows(ids).to(self.weight.device, self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, ggml type {gguf.GGMLQuantizationType(self.qtype).name}"
