@@ -62,7 +62,7 @@ class LoadedModel:
     source: str  # "gguf" | "hf" | "meta" | "config"
     path: Path | None
     load_seconds: float
-    quant: object = None  # lhama.quant.QuantReport when loaded with ``quantize``
+    quant: object = None  # lhama.quant.QuantReport when quantized (by ``quantize`` or kept from the file)
 
     @property
     def context_length(self) -> int:
@@ -88,8 +88,12 @@ def load_model(
 ) -> LoadedModel:
     """Weights, tokenizer and chat format for ``spec``. ``lora``: a PEFT LoRA adapter folder,
     merged into the weights at load (so serving runs at the base model's speed). ``quantize``:
-    "int8", "int4", "fp8" or a ``lhama.quant.QuantConfig`` (weight-only, after any LoRA merge)."""
+    "int8", "int4", "fp8" or a ``lhama.quant.QuantConfig`` (weight-only, after any LoRA merge).
+    A quantized GGUF (the default model included) stays quantized on the CPU, repacked into
+    kernel layouts (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or ``lora``
+    asks for float weights: ``dtype=torch.float32`` gives the dequantized model."""
     from lhama.checkpoints import load_weights, read_checkpoint
+    from lhama.checkpoints.quantized import load_quantized
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
@@ -97,8 +101,11 @@ def load_model(
     shipped = default_adapter_path() if str(spec) == DEFAULT_MODEL else None
     adapters = [a for a in (shipped if shipped and shipped.is_dir() else None, lora) if a is not None]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # A quantized GGUF stays quantized unless a dtype, a re-quantization or a LoRA merge is asked.
+    keep_quantized = dtype is None and quantize is None and not adapters and device.type == "cpu"
     dtype = dtype or default_dtype(device)
     target = resolve_model_spec(spec)
+    report = None
     if isinstance(target, str):  # a named config: random weights
         named = get_config(target)
         args = named.args
@@ -109,13 +116,20 @@ def load_model(
         fmt = load_chat_format(tokenizer or named.tokenizer, tok, override=chat_format)
         name, source, path = named.name, "config", None
     else:
-        ckpt = read_checkpoint(target, dtype=dtype)
-        args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
-        model = build_model(args, dtype=dtype, device=device)
-        load_weights(model, ckpt.state_dict)
-        del ckpt
+        # The tokenizer first: its vocabulary's temporaries then come and go before the weights
+        # arrive, so they never add to the load's peak memory.
         tok = load_tokenizer(tokenizer or target)
         fmt = load_chat_format(target, tok, override=chat_format)
+        quantized = load_quantized(target, max_seq_len=max_seq_len) if keep_quantized else None
+        if quantized is not None:
+            model, report = quantized
+            args = model.args
+        else:
+            ckpt = read_checkpoint(target, dtype=dtype)
+            args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
+            model = build_model(args, dtype=dtype, device=device)
+            load_weights(model, ckpt.state_dict)
+            del ckpt
         name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
     for adapter in adapters:
         from lhama.model.lora import merge_lora
@@ -123,7 +137,6 @@ def load_model(
 
         load_peft_adapter(model, adapter)
         merge_lora(model)
-    report = None
     if quantize is not None:
         from lhama.quant import QuantConfig, quantize_model
 
