@@ -14,9 +14,10 @@ BENCH_STAMP := $(VENV)/.installed-bench-$(SUM)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
                -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_STAMP := $(VENV)/.llama-cpp-portable-$(shell echo '$(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
-# Debian packages the tests drive, as command:package. Chromium (the web pages, never a
-# downloaded browser build), bubblewrap (the code sandbox); util-linux has setpriv and prlimit.
-SYSTEM_PACKAGES := chromium:chromium bwrap:bubblewrap setpriv:util-linux prlimit:util-linux
+# Debian packages the tests need, as command:package. Chromium (the web pages, never a
+# downloaded browser build), bubblewrap (the code sandbox), util-linux (setpriv, prlimit),
+# g++ (llama-cpp-python builds from source).
+SYSTEM_PACKAGES := chromium:chromium bwrap:bubblewrap setpriv:util-linux prlimit:util-linux g++:g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
