@@ -30,7 +30,7 @@ def test_file_search_tool(eval_store, minilm):
 def test_file_search_registers_as_agent_tool(eval_store, minilm, monkeypatch):
     import lhama.rag.tool as rag_tool
     from lhama.errors import ToolError
-    from lhama.tools.registry import as_tool
+    from lhama.tools.builtin import as_tool
 
     t = as_tool(file_search_tool(Retriever(eval_store, minilm)).agent_tool())
     assert t.spec()["function"]["name"] == "file_search" and not t.builtin

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lhama.errors import ConfigError
-from lhama.tools.agent import Agent, AgentConfig, ShieldVerdict
+from lhama.safety.base import ShieldVerdict
+from lhama.tools.agent import Agent, AgentConfig
 from lhama.tools.registry import tool
 from lhama.tools.transcript import Transcript, replay_session, replay_tools
 from tests import needs

@@ -13,8 +13,8 @@ import pytest
 
 from lhama.errors import ToolError
 from lhama.tools import sandbox
-from lhama.tools.builtin import BraveSearch, WolframAlpha, builtin_tool
-from lhama.tools.registry import Tool, as_tool, tool
+from lhama.tools.builtin import BraveSearch, WolframAlpha, as_tool, builtin_tool
+from lhama.tools.registry import Tool, tool
 from tests import needs
 
 BRAVE_KEY, WOLFRAM_KEY = "brave-test-key", "wolfram-test-appid"

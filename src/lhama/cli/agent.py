@@ -50,7 +50,7 @@ def _custom_tools(specs: list[str]):
     from pathlib import Path
 
     from lhama.errors import ToolError
-    from lhama.tools.registry import as_tool
+    from lhama.tools.builtin import as_tool
 
     out = []
     for spec in specs:

@@ -1,7 +1,7 @@
 """What every shield shares: the ``Shield`` protocol, its verdict, and its typed errors.
 
-The server, the agent loop (``lhama.tools.agent`` mirrors this protocol) and ``lhama safety
-check`` only ever talk to shields through ``check(messages, role=...)``.
+The server, the agent loop (``lhama.tools.agent``) and ``lhama safety check`` only ever talk to
+shields through ``check(messages, role=...)``: this is the one ``Shield`` protocol they share.
 """
 
 from __future__ import annotations

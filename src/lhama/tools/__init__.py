@@ -12,9 +12,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Agent": "agent", "AgentConfig": "agent", "AgentEvent": "agent", "AgentResult": "agent", "Shield": "agent",
-    "ShieldVerdict": "agent",
-    "Tool": "registry", "tool": "registry", "as_tool": "registry",
+    "Agent": "agent", "AgentConfig": "agent", "AgentEvent": "agent", "AgentResult": "agent",
+    "Tool": "registry", "tool": "registry", "as_tool": "builtin",
     "builtin_tool": "builtin", "BraveSearch": "builtin", "WolframAlpha": "builtin", "CodeInterpreter": "builtin",
     "run_python": "sandbox", "SandboxLimits": "sandbox", "SandboxResult": "sandbox",
     "ToolCallStreamParser": "stream_parser",

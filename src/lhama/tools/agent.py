@@ -16,31 +16,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from lhama.errors import ConfigError, ContextLengthExceededError, LhamaError, ToolError
 from lhama.generate import SamplingParams
-from lhama.tools.registry import Tool, as_tool
+from lhama.safety.base import Shield
+from lhama.tools.builtin import as_tool
+from lhama.tools.registry import Tool
 from lhama.tools.stream_parser import ToolCallStreamParser
 from lhama.tools.transcript import Transcript
-
-
-@runtime_checkable
-class Shield(Protocol):
-    """Anything with ``check(messages, role=...)`` returning an object with ``.allowed``,
-    ``.categories`` and ``.message`` (``lhama.safety`` shields follow the same protocol)."""
-
-    def check(self, messages: list[dict], *, role: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class ShieldVerdict:
-    """The verdict shape the agent needs; ``lhama.safety.ShieldVerdict`` has these fields too."""
-
-    allowed: bool
-    categories: list[str] = field(default_factory=list)
-    message: str = ""
 
 
 @dataclass(frozen=True)

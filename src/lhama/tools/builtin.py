@@ -1,7 +1,8 @@
 """Llama 3.1's built-in tools: the code interpreter (``Environment: ipython``), Brave Search and
 Wolfram Alpha. Real HTTP clients (httpx); keys come from the environment; base URLs can be
 pointed elsewhere (a proxy, or a local server in tests). Results are trimmed to what the model
-needs, as llama-stack trims them, so a search does not flood the context.
+needs, as llama-stack trims them, so a search does not flood the context. ``as_tool`` turns
+anything an agent is given (a Tool, a function, a built-in's name) into a ``Tool``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from lhama.errors import ToolError
-from lhama.tools.registry import Tool
+from lhama.tools.registry import Tool, tool
 from lhama.tools.sandbox import SandboxLimits, run_python
 
 BRAVE_URL = "https://api.search.brave.com/res/v1/web/search"
@@ -154,3 +156,14 @@ def builtin_tool(name: str, **options) -> Tool:
     if name == "wolfram_alpha":
         return Tool(name, "Ask Wolfram Alpha (math, science, units, facts).", QUERY_SCHEMA, WolframAlpha(**options))
     raise ToolError(f"unknown built-in tool {name!r}; built-ins are brave_search, wolfram_alpha, code_interpreter")
+
+
+def as_tool(obj: Any) -> Tool:
+    """A ``Tool`` from a Tool, a plain function (``registry.tool``), or a built-in's name."""
+    if isinstance(obj, Tool):
+        return obj
+    if isinstance(obj, str):
+        return builtin_tool(obj)
+    if callable(obj):
+        return tool(obj)
+    raise ToolError(f"not a tool: {obj!r} (give a lhama.tools.Tool, a function, or a built-in tool name)")

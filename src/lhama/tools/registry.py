@@ -117,16 +117,3 @@ def tool(fn: Callable | None = None, *, name: str | None = None, description: st
         return Tool(tool_name, desc, schema, f)
 
     return wrap(fn) if fn is not None else wrap
-
-
-def as_tool(obj: Any) -> Tool:
-    """A ``Tool`` from a Tool, a plain function, or a built-in's name."""
-    if isinstance(obj, Tool):
-        return obj
-    if isinstance(obj, str):
-        from lhama.tools.builtin import builtin_tool
-
-        return builtin_tool(obj)
-    if callable(obj):
-        return tool(obj)
-    raise ToolError(f"not a tool: {obj!r} (give a lhama.tools.Tool, a function, or a built-in tool name)")
