@@ -21,7 +21,7 @@ SYSTEM_PACKAGES := chromium:chromium bwrap:bubblewrap setpriv:util-linux prlimit
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install serve chat test test-slow bench system-packages clean
+.PHONY: install serve chat test test-slow bench system-packages clean default-model
 
 install: $(STAMP)
 
@@ -66,6 +66,12 @@ test-slow: system-packages $(TEST_STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --readme README.md
 	$(BIN)/python bench/quant.py --doc docs/quantization.md
+
+# The default model's post-training (docs/default-model.md): data, rejection sampling, LoRA SFT,
+# DPO; CPU only. Writes runs/default-model and the shipped adapter.
+default-model: $(STAMP)
+	nice -n 10 $(BIN)/python -m lhama.train.default_model_recipe --config recipes/default-model.yaml \
+	    --ship src/lhama/data/default-adapter
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

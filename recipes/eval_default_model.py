@@ -1,0 +1,129 @@
+"""Held-out evaluation of the default model's post-training (docs/default-model.md).
+
+    .venv/bin/python recipes/eval_default_model.py --model default --out runs/eval/default
+    .venv/bin/python recipes/eval_default_model.py --model smollm2-base --out runs/eval/base
+    .venv/bin/python recipes/eval_default_model.py --write-sets     # regenerate recipes/heldout/
+
+The sets (recipes/heldout/*.jsonl) come from ``default_model_data`` with split="heldout": other
+seeds, templates, system prompts and items than the training data, and none of the README's
+literal prompts. Metrics:
+
+- tool: ``lhama agent``'s loop (``Agent`` with the code interpreter, greedy): the share of
+  questions where the model called the tool, and where the final answer has the right result;
+- rag: the ``lhama rag ask`` prompt over generated documents: the answer cites the source that
+  holds the fact, and states the fact too;
+- brief: under a brevity system prompt, the answer ends on its own within 64 tokens; and is right;
+- phrase: the expected phrase appears in the answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SETS = HERE / "heldout"
+SIZES = {"tool": 20, "rag": 20, "brief": 20, "phrase": 16}
+SEED = 1000
+
+
+def write_sets() -> None:
+    from lhama.train.default_model_data import build_records
+
+    SETS.mkdir(exist_ok=True)
+    for task, n in SIZES.items():
+        rows = [r for r in build_records("heldout", {task: n}, SEED) if r["task"] != "tool_answer"]
+        (SETS / f"{task}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                            encoding="utf-8")
+
+
+def read_set(task: str, limit: int | None) -> list[dict]:
+    rows = [json.loads(x) for x in (SETS / f"{task}.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    return rows[:limit] if limit else rows
+
+
+def eval_tool(lm, rows: list[dict]) -> tuple[dict, list[dict]]:
+    from lhama.tools.agent import Agent, AgentConfig
+    from lhama.train.default_model_checks import contains
+
+    agent = Agent(lm, tools=["code_interpreter"], config=AgentConfig(max_steps=3, max_tokens=96))
+    items = []
+    for rec in rows:
+        res = agent.run(rec["question"])
+        called = any(m.get("tool_calls") for m in res.messages if m["role"] == "assistant")
+        items.append({"question": rec["question"], "expected": rec["expected"], "tool_called": called,
+                      "correct": contains(res.content, rec["expected"]), "answer": res.content,
+                      "stopped": res.stopped})
+    n = len(items)
+    return {"tool_call_rate": sum(i["tool_called"] for i in items) / n,
+            "correct_answer_rate": sum(i["correct"] for i in items) / n, "n": n}, items
+
+
+def _generate(lm, rows: list[dict], max_tokens: int):
+    from lhama.engine import LLMEngine
+    from lhama.generate import SamplingParams
+
+    engine = LLMEngine.from_loaded(lm)
+    ids = [lm.chat_format.encode_dialog(r["messages"], add_generation_prompt=True) for r in rows]
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens) for _ in rows]
+    return [(res.completions[0].text, res.completions[0].finish_reason) for res in engine.generate(ids, params)]
+
+
+def eval_text(lm, task: str, rows: list[dict]) -> tuple[dict, list[dict]]:
+    from lhama.rag.answer import parse_citations
+    from lhama.train.default_model_checks import contains
+
+    max_tokens = {"rag": 128, "brief": 64, "phrase": 64}[task]
+    items = []
+    for rec, (text, finish) in zip(rows, _generate(lm, rows, max_tokens)):
+        item = {"prompt": rec["messages"][-1]["content"][-200:], "expected": rec["expected"], "answer": text,
+                "finish_reason": finish, "correct": contains(text, rec["expected"])}
+        if task == "rag":
+            cited, unknown = parse_citations(text, rec["n_sources"])
+            item["cites_right_source"] = rec["source"] in cited
+            item["unknown_citations"] = unknown
+        items.append(item)
+    n = len(items)
+    out = {"correct_rate": sum(i["correct"] for i in items) / n, "n": n,
+           "stopped_on_own_rate": sum(i["finish_reason"] == "stop" for i in items) / n}
+    if task == "rag":
+        out["cites_right_source_rate"] = sum(i["cites_right_source"] for i in items) / n
+        out["right_source_and_fact_rate"] = sum(i["cites_right_source"] and i["correct"] for i in items) / n
+    return out, items
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", help="folder for results.json and items/*.jsonl")
+    p.add_argument("--tasks", default="tool,rag,brief,phrase")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--write-sets", action="store_true")
+    a = p.parse_args(argv)
+    if a.write_sets:
+        write_sets()
+        return 0
+    from lhama.loader import load_model
+
+    lm = load_model(a.model)
+    out = Path(a.out)
+    (out / "items").mkdir(parents=True, exist_ok=True)
+    results = {"model": a.model}
+    for task in a.tasks.split(","):
+        t0 = time.perf_counter()
+        rows = read_set(task, a.limit)
+        metrics, items = eval_tool(lm, rows) if task == "tool" else eval_text(lm, task, rows)
+        metrics["seconds"] = round(time.perf_counter() - t0, 1)
+        results[task] = metrics
+        (out / "items" / f"{task}.jsonl").write_text(
+            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(task, json.dumps(metrics), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Recipe: the default model's post-training, Llama 3.1 style, on the CPU (``make default-model``).
+
+    python -m lhama.train.default_model_recipe --config recipes/default-model.yaml
+
+Steps, each skipped when its output exists (so an interrupted run continues):
+
+1. ``data``: templated records from ``default_model_data`` (answers checked by execution).
+2. ``sample``: rejection sampling of the base model's own candidates, scored by
+   ``default_model_checks``; SFT data is the best candidate that passes its check, else the
+   templated gold answer.
+3. ``sft``: LoRA SFT on that data.
+4. ``dpo``: the SFT model samples fresh prompts; (best, worst) pairs (best: a passing candidate,
+   else gold; worst: a failing candidate) train the same adapter by DPO, the SFT model as the
+   reference. ``dpo_rounds`` repeats this from the new policy.
+
+The final adapter is ``OUTPUT/adapter``; ``--ship DIR`` copies it (fp16) for the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lhama.errors import ConfigError
+from lhama.model.lora import LoraConfig
+from lhama.train.config import TrainConfig
+from lhama.train.default_model_checks import TaskReward
+from lhama.train.default_model_data import build_records
+from lhama.train.dpo import DPOConfig
+from lhama.train.rejection import RejectionConfig, rejection_sample
+
+
+@dataclass(frozen=True)
+class DefaultModelRecipe:
+    base: str = "smollm2-base"  # the raw GGUF: never the adapted default
+    output_dir: str = "runs/default-model"
+    seed: int = 0
+    sizes: dict = field(default_factory=lambda: {"tool": 120, "rag": 60, "brief": 60, "phrase": 40})
+    dpo_sizes: dict = field(default_factory=lambda: {"tool": 40, "rag": 20, "brief": 20, "phrase": 12})
+    sample: dict = field(default_factory=lambda: {"num_candidates": 4, "temperature": 0.8, "max_tokens": 96})
+    lora: dict = field(default_factory=lambda: {"rank": 8, "alpha": 16.0, "target_modules": ["all"]})
+    sft: dict = field(default_factory=lambda: {"lr": 1e-3, "max_steps": 60, "batch_size": 4, "max_seq_len": 512,
+                                               "warmup_steps": 4})
+    dpo: dict = field(default_factory=lambda: {"lr": 2e-4, "max_steps": 20, "batch_size": 4, "max_seq_len": 512,
+                                               "beta": 0.1})
+    dpo_rounds: int = 1
+    # Rejection-sample only this many records (evenly spread; 0: all): sampling is the slow part on
+    # a CPU. The rest train on their gold answers.
+    sample_limit: int = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> DefaultModelRecipe:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+        return replace(cls(**data), **overrides)
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe, seed: int) -> dict:
+    """Rejection sampling; writes ``sft.jsonl`` (best passing candidate, else gold) and
+    ``pairs.jsonl`` ((best or gold, worst failing candidate)). Returns counts."""
+    cfg = RejectionConfig(seed=seed, min_sft_score=1.0, **r.sample)
+    every = max(1, len(records) // r.sample_limit) if r.sample_limit else 1
+    picked = list(range(0, len(records), every))[:r.sample_limit or None]
+    stats = rejection_sample(lm, [records[i] for i in picked], TaskReward(), out, cfg, progress=True)
+    ledger = {picked[row["index"]]: row for row in _read(out / "samples.jsonl")}
+    sft, pairs, counts = [], [], {"from_model": 0, "from_gold": 0, "not_sampled": 0}
+    for i, rec in enumerate(records):
+        row = ledger.get(i)
+        if row is None:
+            counts["not_sampled"] += 1
+            extra = {"tools": rec["tools"]} if rec.get("tools") else {}
+            sft.append({"messages": rec["messages"] + [{"role": "assistant", "content": rec["gold"]}], **extra})
+            continue
+        scores, cands = row["scores"], row["candidates"]
+        best = max(range(len(cands)), key=lambda j: (scores[j], -j))
+        passed = scores[best] >= 1.0 and row["finish_reasons"][best] != "length"
+        chosen = cands[best] if passed else rec["gold"]
+        counts["from_model" if passed else "from_gold"] += 1
+        extra = {"tools": rec["tools"]} if rec.get("tools") else {}
+        sft.append({"messages": rec["messages"] + [{"role": "assistant", "content": chosen}], **extra})
+        worst = min(range(len(cands)), key=lambda j: (scores[j], j))
+        if scores[worst] < 1.0 and cands[worst].strip() and cands[worst] != chosen:
+            pairs.append({"prompt": rec["messages"], "chosen": chosen, "rejected": cands[worst], **extra})
+    _jsonl(out / "sft.jsonl", sft)
+    _jsonl(out / "pairs.jsonl", pairs)
+    return {**counts, "pairs": len(pairs), "mean_score": stats["mean_score"]}
+
+
+def train_sft(r: DefaultModelRecipe, data: Path, out: Path) -> dict:
+    from lhama.train.recipe import RecipeOptions
+    from lhama.train.sft import run_sft
+
+    cfg = TrainConfig(output_dir=str(out), seed=r.seed, **r.sft)
+    return run_sft(RecipeOptions(model=r.base, data=(str(data),)), cfg, LoraConfig(**r.lora))
+
+
+def train_dpo(r: DefaultModelRecipe, adapter: Path, pairs: Path, out: Path) -> dict:
+    """DPO that continues ``adapter`` (unmerged), the starting policy as the reference."""
+    from lhama.loader import load_model
+    from lhama.peft_adapter import load_peft_adapter
+    from lhama.train.dpo import (
+        DPOLoss,
+        DPOTrainer,
+        PairIterator,
+        precompute_reference,
+        tokenize_pairs,
+    )
+    from lhama.train.recipe import write_run_outputs
+
+    opts = {k: v for k, v in r.dpo.items() if k != "beta"}
+    cfg = TrainConfig(output_dir=str(out), seed=r.seed, **opts)
+    dcfg = DPOConfig(beta=r.dpo.get("beta", 0.1))
+    lm = load_model(r.base, dtype=torch.float32)
+    lora = load_peft_adapter(lm.model, adapter)
+    params = [p for n, p in lm.model.named_parameters() if ".lora_a." in n or ".lora_b." in n]
+    for p in params:
+        p.requires_grad_(True)
+    rows, cut = tokenize_pairs(_read(pairs), lm.chat_format, cfg.max_seq_len, 0, source=str(pairs))
+    rows = precompute_reference(lm.model, rows, cfg.batch_size, adapters_off=False, progress=True)
+    trainer = DPOTrainer(lm.model, DPOLoss(dcfg, None), PairIterator(rows, cfg.batch_size, seed=cfg.seed), cfg,
+                         params)
+    result = trainer.train()
+    summary: dict[str, Any] = {"recipe": "dpo", "pairs": len(rows), "truncated_pairs": cut, "steps": result.steps,
+                               "final_loss": result.final_loss,
+                               "final_reward_accuracy": (result.history or [{}])[-1].get("reward_accuracy")}
+    from lhama.train.recipe import RecipeOptions
+
+    return write_run_outputs(trainer.model, lm, RecipeOptions(model=r.base, data=(str(pairs),)), cfg, lora, summary)
+
+
+def ship_adapter(adapter: Path, dest: Path) -> Path:
+    """The adapter in fp16 (half the bytes; LoRA deltas lose nothing that matters at this size)."""
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.half() for k, v in load_file(str(adapter / "adapter_model.safetensors")).items()}
+    save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "smollm2-base"
+    (dest / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return dest
+
+
+def run(r: DefaultModelRecipe, *, ship: str | None = None) -> dict:
+    from lhama.loader import load_model
+
+    out = Path(r.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    log_path = out / "recipe.json"
+    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+
+    def step(name: str, fn):
+        if name in log:
+            return log[name]
+        t0 = time.perf_counter()
+        log[name] = fn()
+        times[name] = round(time.perf_counter() - t0, 1)
+        log.setdefault("seconds", {})[name] = times[name]
+        log_path.write_text(json.dumps(log, indent=2, default=str) + "\n")
+        return log[name]
+
+    def data():
+        _jsonl(out / "data" / "train.jsonl", build_records("train", r.sizes, r.seed))
+        _jsonl(out / "data" / "dpo-prompts.jsonl", build_records("train", r.dpo_sizes, r.seed + 100))
+        return {"train": len(_read(out / "data" / "train.jsonl"))}
+
+    step("data", data)
+    step("sample", lambda: sample_and_select(load_model(r.base), _read(out / "data" / "train.jsonl"),
+                                             out / "sample", r, r.seed))
+    step("sft", lambda: train_sft(r, out / "sample" / "sft.jsonl", out / "sft"))
+    adapter = out / "sft" / "adapter"
+    for k in range(1, r.dpo_rounds + 1):
+        policy = adapter
+        step(f"dpo{k}-sample", lambda p=policy, k=k: sample_and_select(
+            load_model(r.base, lora=p), _read(out / "data" / "dpo-prompts.jsonl"), out / f"dpo{k}-sample", r,
+            r.seed + k))
+        step(f"dpo{k}", lambda p=policy, k=k: train_dpo(r, p, out / f"dpo{k}-sample" / "pairs.jsonl",
+                                                          out / f"dpo{k}"))
+        adapter = out / f"dpo{k}" / "adapter"
+    shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
+    log["final_adapter"] = str(adapter)
+    log["config"] = asdict(r)
+    log_path.write_text(json.dumps(log, indent=2, default=str) + "\n")
+    if ship:
+        ship_adapter(out / "adapter", Path(ship))
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lhama.train.default_model_recipe", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="recipe YAML (recipes/default-model.yaml)")
+    p.add_argument("--output-dir", help="overrides output_dir")
+    p.add_argument("--ship", help="copy the final adapter (fp16) here, e.g. src/lhama/data/default-adapter")
+    a = p.parse_args(argv)
+    r = DefaultModelRecipe.from_file(a.config, **({"output_dir": a.output_dir} if a.output_dir else {}))
+    log = run(r, ship=a.ship)
+    print(json.dumps(log.get("seconds", {}), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
