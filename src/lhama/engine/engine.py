@@ -30,7 +30,7 @@ from lhama.engine.runner import ModelRunner
 from lhama.engine.scheduler import Scheduler, SchedulerOutput
 from lhama.engine.sequence import Request, SeqStatus, Sequence
 from lhama.errors import ContextLengthExceededError, SamplingError
-from lhama.generate.loop import TokenStep, check_context
+from lhama.generate.outputs import TokenStep, check_context
 from lhama.generate.sampling import SampleResult, SamplingParams
 from lhama.model import Transformer
 

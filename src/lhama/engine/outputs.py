@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lhama.errors import LhamaError
-from lhama.generate.loop import Completion, TokenStep
+from lhama.generate.outputs import Completion, TokenStep
 from lhama.generate.stops import StopStringMatcher
 
 

@@ -24,7 +24,7 @@ import torch
 
 from lhama.errors import ConfigError, SamplingError
 from lhama.generate.drafts import DEFAULT_K, NgramDraft, build_draft, quantized_self_draft, self_draft
-from lhama.generate.loop import TokenStep, check_context
+from lhama.generate.outputs import TokenStep, check_context
 from lhama.generate.sampling import SamplingParams, filter_logits, make_generator
 from lhama.model import StaticKVCache, Transformer
 
