@@ -22,6 +22,7 @@ from lhama.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    RequestBody,
 )
 
 CHAT_URL = "/v1/chat/completions"
@@ -70,16 +71,60 @@ class PreparedRequest:
         return len(self.prompts) * self.params.n
 
 
+_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "constrained-int", "constrained-float",
+                          "constrained-str", "dict", "list"})
+_LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _model_names() -> frozenset[str]:
+    seen, todo = set(), [RequestBody]
+    while todo:
+        cls = todo.pop()
+        seen.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return frozenset(seen)
+
+
+def _is_union_tag(part: str, parent) -> bool:
+    """Pydantic adds the union member it tried to an error location (``str``, ``list[str]``,
+    ``function-after[...]``, a model's name, a discriminator value): none of it is a parameter."""
+    return ("[" in part or part in _SCALAR_TAGS or part in _model_names()
+            or (parent == "response_format" and part in ("text", "json_object", "json_schema")))
+
+
 def param_path(loc) -> str | None:
-    """A pydantic error location as OpenAI names a parameter: ``messages[0].content``."""
-    out = ""
-    for p in loc:
+    """A pydantic error location as OpenAI names a parameter: ``messages[0].content``,
+    ``logit_bias.123``."""
+    out, parent = "", None
+    for i, p in enumerate(loc):
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p not in ("body",) and not str(p).startswith(("function-", "union[", "list[", "str", "int", "float",
-                                                             "bool")) and not any(ch in str(p) for ch in "[]"):
+        elif not (i == 0 and p in _LOCATIONS) and not _is_union_tag(str(p), parent):
             out += ("." if out else "") + str(p)
+        parent = p
     return out or None
+
+
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"})
+
+
+def validation_problem(errors: list[dict]) -> tuple[str | None, str, str]:
+    """(param, message, code) for pydantic's errors: the most telling one - a value's own
+    problem (out of range, invalid Unicode) over "not this type" from each union member tried.
+    The code is ``invalid_sampling_parameter`` for a number out of range, else ``invalid_value``."""
+    if not errors:
+        return None, "body: invalid request", "invalid_value"
+
+    def rank(e: dict) -> int:
+        return 1 if e.get("type", "").endswith("_type") or e.get("type") in ("literal_error", "union_tag_invalid") \
+            else 0
+
+    first = min(errors, key=rank)
+    param = param_path(first.get("loc", ()))
+    msg = first.get("msg", "invalid request")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    code = "invalid_sampling_parameter" if first.get("type") in _RANGE_ERRORS else "invalid_value"
+    return param, f"{param or 'body'}: {msg}{more}", code
 
 
 def parse_request(url: str, body, *, default_model: str | None = None,
@@ -96,16 +141,28 @@ def parse_request(url: str, body, *, default_model: str | None = None,
     try:
         return model_cls.model_validate(body)
     except ValidationError as e:
-        errs = e.errors()
-        param = param_path(errs[0].get("loc", ())) if errs else None
-        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-        msg = errs[0].get("msg", "invalid request") if errs else "invalid request"
-        raise InvalidRequestError(f"{param or 'body'}: {msg}{more}", param) from None
+        param, message, code = validation_problem(e.errors())
+        raise InvalidRequestError(message, param, code) from None
+
+
+def check_token_ranges(req: ChatCompletionRequest | CompletionRequest, vocab_size: int | None) -> None:
+    """What the schema cannot know: ``top_k`` and ``logit_bias`` ids against the vocabulary."""
+    if vocab_size is None:
+        return
+    if req.top_k is not None and req.top_k > vocab_size:
+        raise SamplingError("top_k", f"must be at most the vocabulary size {vocab_size} (0 disables it), "
+                                     f"got {req.top_k}")
+    for key in req.logit_bias or {}:
+        token = key.strip()
+        if not (token.isascii() and token.isdigit()) or int(token) >= vocab_size:
+            raise SamplingError(f"logit_bias.{key}", f"keys must be token ids in [0, {vocab_size - 1}], got {key!r}")
 
 
 def sampling_params(req: ChatCompletionRequest | CompletionRequest, prompt_len: int, *, context: int,
-                    limits: RequestLimits = RequestLimits(), constrained: bool = False) -> SamplingParams:
+                    limits: RequestLimits = RequestLimits(), constrained: bool = False,
+                    vocab_size: int | None = None) -> SamplingParams:
     """``SamplingParams`` for ``req`` whose (longest) prompt has ``prompt_len`` tokens."""
+    check_token_ranges(req, vocab_size)
     chat = isinstance(req, ChatCompletionRequest)
     if chat:
         budget_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -150,6 +207,11 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, prompt_len: 
         raise
 
 
+def vocab_size_of(loaded) -> int | None:
+    args = getattr(loaded, "args", None)
+    return getattr(args, "vocab_size", None)
+
+
 def chat_prompt(chat_format, req: ChatCompletionRequest, plan: OutputPlan) -> list[int]:
     """The prompt ids of a chat request through the model's chat format."""
     messages = messages_as_dicts(req)
@@ -187,7 +249,8 @@ def prepare_chat(loaded, req: ChatCompletionRequest, compiler, *, context: int,
             raise InvalidRequestError(f"'{name}' is not supported", name)
     plan = plan_output(req, compiler)
     ids = chat_prompt(loaded.chat_format, req, plan)
-    params = sampling_params(req, len(ids), context=context, limits=limits, constrained=plan.grammar is not None)
+    params = sampling_params(req, len(ids), context=context, limits=limits, constrained=plan.grammar is not None,
+                             vocab_size=vocab_size_of(loaded))
     return PreparedRequest("chat", req, [ids], params, plan)
 
 
@@ -199,7 +262,8 @@ def prepare_completion(loaded, req: CompletionRequest, *, context: int,
     prompts = completion_prompts(loaded.tokenizer, req.prompt)
     if len(prompts) > limits.max_choices:
         raise SamplingError("prompt", f"at most {limits.max_choices} prompts per request, got {len(prompts)}")
-    params = sampling_params(req, max(len(p) for p in prompts), context=context, limits=limits)
+    params = sampling_params(req, max(len(p) for p in prompts), context=context, limits=limits,
+                             vocab_size=vocab_size_of(loaded))
     if req.best_of is not None and req.best_of != params.n:
         raise SamplingError("best_of", "only best_of == n is supported")
     if len(prompts) * params.n > limits.max_choices:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lhama.errors import LhamaError
+from lhama.openai.requests import validation_problem
 
 log = logging.getLogger("lhama.server")
 
@@ -36,8 +37,14 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+def _printable(text: str | None) -> str | None:
+    """Text that can be sent as UTF-8: a message may quote the client's own (invalid) input."""
+    return text if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    return {"error": {"message": _printable(message), "type": error_type(status), "param": _printable(param),
+                      "code": code}}
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -54,29 +61,14 @@ def from_exception(exc: BaseException) -> APIError:
     return APIError(500, "internal server error; see the server log", code="internal_error")
 
 
-def _param_of(loc: tuple) -> str | None:
-    # loc is ("body", "messages", 0, "content") -> "messages[0].content"
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif not str(p).startswith(("function-", "union[", "list[", "str", "int", "float", "bool")) \
-                and not any(ch in str(p) for ch in "[]"):
-            out += ("." if out else "") + str(p)
-    return out or None
-
-
 def validation_error(exc: RequestValidationError) -> APIError:
     errs = exc.errors()
     first = errs[0] if errs else {}
     if first.get("type") == "json_invalid":
         return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
                         code="invalid_json")
-    param = _param_of(tuple(first.get("loc", ())))
-    msg = first.get("msg", "invalid request")
-    more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-    return APIError(400, f"{param or 'body'}: {msg}{more}", param=param, code="invalid_value")
+    param, message, code = validation_problem(list(errs))
+    return APIError(400, message, param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:
