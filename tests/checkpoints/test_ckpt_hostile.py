@@ -20,13 +20,18 @@ from lhama.model import build_model
 # need terabytes); imports are done before the baseline is taken.
 MAX_GROWTH_MB = 100
 
+# VmHWM: this process's own peak (getrusage's ru_maxrss survives exec: a child of a big pytest
+# process would report the parent's size and hide any growth).
 PROBE = textwrap.dedent("""
-    import json, resource, sys
+    import json, sys
+    def peak_kb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     import lhama.checkpoints.gguf, lhama.checkpoints.hf, lhama.checkpoints.meta, lhama.loader
     import lhama.tokenizer
     from lhama.errors import CheckpointError
     how, path = sys.argv[1], sys.argv[2]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_kb()
     try:
         if how == "read_args":
             from lhama.checkpoints import read_args
@@ -36,7 +41,7 @@ PROBE = textwrap.dedent("""
         result = {"error": None}
     except CheckpointError as e:
         result = {"error": str(e), "type": type(e).__name__}
-    result["growth_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    result["growth_kb"] = peak_kb() - before
     print(json.dumps(result))
 """)
 

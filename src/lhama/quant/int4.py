@@ -59,9 +59,14 @@ def _pack_for(layout: str, q: torch.Tensor) -> torch.Tensor:
     return pack_nibbles(q)
 
 
+# The CPU kernel's packing interleaves tiles of 64 rows: row blocks that start on a multiple of
+# 64 pack independently (the last one may be short).
+CPU_TILE_ROWS = 64
+
+
 def _pack_rows(layout: str, q: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    """``_pack_for`` a block of rows at a time (rows pack independently): the kernels want int32
-    input, 4 bytes per weight, which whole would be 8x the packed result."""
+    """``_pack_for`` a block of rows at a time (blocks of whole 64-row tiles pack independently):
+    the kernels want int32 input, 4 bytes per weight, which whole would be 8x the packed result."""
     if q.shape[0] <= rows:
         return _pack_for(layout, q.to(torch.int32))
     return torch.cat([_pack_for(layout, q[i:i + rows].to(torch.int32)) for i in range(0, q.shape[0], rows)])
@@ -186,15 +191,24 @@ class Int4WeightOnlyLinear(nn.Module):
             return mod._fill(q, scale.float(), minimum.float() + 8.0 * scale.float())
         exact = torch.empty(out_features, in_features // group_size, 2, dtype=torch.float16)
         packed = torch.empty(out_features, in_features // 2, dtype=torch.uint8)
-        row = 0
+        row = packed_rows = 0
+        pending: list[torch.Tensor] = []  # rows not packed yet: the CPU layout packs 64-row tiles
         for q, scale, minimum in blocks:
             n = q.shape[0]
             exact[row:row + n] = _exact_fp16(scale, minimum)
             mod.scales_and_zeros[:, row:row + n] = torch.stack(
                 [scale.float(), minimum.float() + 8.0 * scale.float()], -1).transpose(0, 1).to(compute_dtype)
-            packed[row:row + n] = _pack_rows(layout, q) if layout == "cpu" else pack_nibbles(q)
             row += n
-        if row != out_features:
+            pending.append(q)
+            ready = row - packed_rows if row == out_features else (row - packed_rows) // CPU_TILE_ROWS * CPU_TILE_ROWS
+            if ready:
+                rows = torch.cat(pending) if len(pending) > 1 else pending[0]
+                chunk, rest = rows[:ready], rows[ready:]
+                packed[packed_rows:packed_rows + ready] = _pack_rows(layout, chunk) if layout == "cpu" \
+                    else pack_nibbles(chunk)
+                packed_rows += ready
+                pending = [rest] if rest.shape[0] else []
+        if row != out_features or packed_rows != out_features:
             raise ValueError(f"row blocks cover {row} rows, expected {out_features}")
         mod.register_buffer("scale_min_fp16", exact, persistent=False)  # [N, K / group, 2]
         mod.qweight = packed
