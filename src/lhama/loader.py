@@ -92,7 +92,7 @@ def load_model(
     A quantized GGUF (the default model included) stays quantized on the CPU, repacked into
     kernel layouts (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or ``lora``
     asks for float weights: ``dtype=torch.float32`` gives the dequantized model."""
-    from lhama.checkpoints import load_weights, read_checkpoint
+    from lhama.checkpoints import load_weights, read_args, read_checkpoint
     from lhama.checkpoints.quantized import load_quantized
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
@@ -116,8 +116,9 @@ def load_model(
         fmt = load_chat_format(tokenizer or named.tokenizer, tok, override=chat_format)
         name, source, path = named.name, "config", None
     else:
-        # The tokenizer first: its vocabulary's temporaries then come and go before the weights
-        # arrive, so they never add to the load's peak memory.
+        read_args(target)  # a broken or hostile checkpoint is reported before anything else
+        # The tokenizer before the weights: its vocabulary's temporaries then come and go while
+        # little is held, so they never add to the load's peak memory.
         tok = load_tokenizer(tokenizer or target)
         fmt = load_chat_format(target, tok, override=chat_format)
         quantized = load_quantized(target, max_seq_len=max_seq_len) if keep_quantized else None
