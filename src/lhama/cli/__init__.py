@@ -36,8 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 def build_parser(only: str | None = None) -> Parser:
-    """The ``lhama`` parser. ``only``: fill in just that command's arguments (the others keep
-    their one-line help), which is all ``main`` needs to run it."""
+    """The ``lhama`` parser. ``only``: fill in just that command's arguments ("" for none; the
+    others keep their one-line help), which is all ``main`` needs to run it."""
     parser = Parser(prog="lhama", description="The Llama system in Python.")
     parser.add_argument("--version", action="version", version=f"lhama {__version__}",
                         help="print the version and exit")
@@ -51,5 +51,6 @@ def build_parser(only: str | None = None) -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = next((x for x in argv if not x.startswith("-")), None)
-    return run_command(build_parser(only=command if command in COMMANDS else None), argv)
+    command = next((x for x in argv if not x.startswith("-")), "")
+    # `lhama --help` needs only the table's help lines; an unknown name gets argparse's message.
+    return run_command(build_parser(only=command if command in COMMANDS else ""), argv)
