@@ -4,6 +4,8 @@ that whatever passes it runs on the engine without failing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,3 +145,23 @@ def test_accepted_requests_run_and_refused_ones_name_their_parameter(tiny, engin
 
     one()
     assert outcomes["accepted"] >= 10 and outcomes["refused"] >= 10, outcomes
+
+
+def test_batch_lines_with_invalid_unicode_fail_alone(tiny, tmp_path):
+    from lhama.openai.engine_batch import run_batch_file
+
+    def line(cid: str, content: bytes) -> bytes:
+        return (b'{"custom_id": "%s", "url": "/v1/chat/completions", "body": {"max_tokens": 2, "messages": '
+                b'[{"role": "user", "content": "%s"}]}}\n' % (cid.encode(), content))
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(line("ok-1", b"w1 w2") + line("broken-bytes", b"w1 \xff\xfe w2") + line("surrogate", b"w1 \\ud800")
+                    + b'{"custom_id": "bad-\xff", "url": "/v1/chat/completions", "body": {}}\n' + line("ok-2", b"w3"))
+    s = run_batch_file(tiny, src, out, EngineConfig(num_blocks=256, block_size=4), progress=False)
+    assert (s.succeeded, s.failed) == (2, 3)
+    recs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+    errors = {r["custom_id"]: r["error"] for r in recs if r["error"]}
+    for cid in ("broken-bytes", "surrogate"):
+        assert errors[cid]["message"].startswith("messages[0].content: ") and "UTF-8" in errors[cid]["message"]
+        assert [r["response"]["body"]["error"]["param"] for r in recs if r["custom_id"] == cid] == ["messages[0].content"]
+    assert errors[None]["line"] == 4 and "custom_id" in errors[None]["message"]

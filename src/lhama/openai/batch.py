@@ -34,6 +34,7 @@ from typing import Protocol
 
 from lhama.errors import LhamaError
 from lhama.openai.requests import CHAT_URL, COMPLETIONS_URL
+from lhama.openai.schemas import invalid_unicode
 
 log = logging.getLogger("lhama.openai")
 GENERATION_URLS = (CHAT_URL, COMPLETIONS_URL)
@@ -152,6 +153,8 @@ def parse_line(raw: str, lineno: int, urls: Sequence[str] = GENERATION_URLS) -> 
     cid = obj.get("custom_id")
     if not isinstance(cid, str) or not cid:
         raise LineError("invalid_request", f"line {lineno} has no string 'custom_id'")
+    if invalid_unicode(cid):
+        raise LineError("invalid_request", f"line {lineno}: custom_id is not valid UTF-8 text")
     if obj.get("method", "POST") != "POST":
         raise LineError("invalid_request", f"method must be POST, got {obj.get('method')!r}", cid)
     url = obj.get("url")
@@ -269,7 +272,9 @@ def _progress(run: BatchRun, progress: bool, desc: str):
 def run_batch(in_path: str | Path, out_path: str | Path, executor: Executor, *, progress: bool = True,
               desc: str = "batch") -> BatchSummary:
     """Answer every line of ``in_path`` into ``out_path`` (appending; resumes an earlier run)."""
-    lines = Path(in_path).read_text(encoding="utf-8").splitlines()
+    # Bytes that are not UTF-8 become lone surrogates, which the request models refuse naming the
+    # field: that line's error record says so, and the job goes on.
+    lines = Path(in_path).read_bytes().decode("utf-8", "surrogateescape").splitlines()
     ledger = BatchLedger(out_path)
     bar = None
     try:

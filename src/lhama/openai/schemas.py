@@ -75,7 +75,8 @@ class RequestBody(BaseModel):
     def _valid_unicode(cls, value):
         bad = invalid_unicode(value)
         if bad:
-            raise ValueError(f"invalid Unicode in {bad}: a lone surrogate is not text; send UTF-8 text")
+            raise ValueError(f"invalid Unicode in {bad}: a lone surrogate or a byte that is not UTF-8 is not text; "
+                             f"send valid UTF-8")
         return value
 
 
