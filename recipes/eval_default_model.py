@@ -3,6 +3,8 @@
     .venv/bin/python recipes/eval_default_model.py --model default --out runs/eval/default
     .venv/bin/python recipes/eval_default_model.py --model smollm2-base --out runs/eval/base
     .venv/bin/python recipes/eval_default_model.py --write-sets     # regenerate recipes/heldout/
+    .venv/bin/lhama compare --model-a default --model-b smollm2-base --judge smollm2-base \
+        --judge-mode logprob --prompts recipes/heldout/pairwise.jsonl -o runs/eval/compare
 
 The sets (recipes/heldout/*.jsonl) come from ``default_model_data`` with split="heldout": other
 seeds, templates, system prompts and items than the training data, and none of the README's
@@ -38,6 +40,14 @@ def write_sets() -> None:
         rows = [r for r in build_records("heldout", {task: n}, SEED) if r["task"] != "tool_answer"]
         (SETS / f"{task}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                             encoding="utf-8")
+    # Open prompts for the judged comparison: the held-out phrase and brief questions, no system prompt.
+    prompts = []
+    for task in ("phrase", "brief"):
+        for r in read_set(task, None):
+            if {"prompt": r["messages"][-1]["content"]} not in prompts:
+                prompts.append({"prompt": r["messages"][-1]["content"]})
+    (SETS / "pairwise.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts),
+                                         encoding="utf-8")
 
 
 def read_set(task: str, limit: int | None) -> list[dict]:
