@@ -107,7 +107,7 @@ def test_each_rank_reads_only_its_vocab_rows(ckpts3, fmt):
 
 
 def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
-    from lhama.parallel.tp import shard_for_tp
+    from lhama.parallel.shard_load import shard_for_tp
 
     args = ARGS3.with_(tie_embeddings=True)
     full = build_model(args, init="random", seed=2).state_dict()

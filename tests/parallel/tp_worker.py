@@ -27,7 +27,7 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     import torch.distributed as dist
 
     from lhama.parallel.runtime import init_distributed
-    from lhama.parallel.tp import load_tp_model
+    from lhama.parallel.shard_load import load_tp_model
     from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
     init_distributed("gloo", "cpu")
     lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
@@ -65,7 +65,7 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
     import torch.distributed as dist
 
     from lhama.parallel.runtime import init_distributed
-    from lhama.parallel.tp import load_tp_model
+    from lhama.parallel.shard_load import load_tp_model
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}

@@ -65,7 +65,7 @@ def start_tp(a, engine_cfg, quantize=None):
     """Rank 0: returns (loaded, AsyncEngine). Other ranks follow rank 0 and exit when it stops."""
     from lhama.engine import AsyncEngine
     from lhama.parallel.runtime import init_distributed
-    from lhama.parallel.tp import load_tp_model
+    from lhama.parallel.shard_load import load_tp_model
     from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
 
     tp = a.tp

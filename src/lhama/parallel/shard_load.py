@@ -21,9 +21,10 @@ import torch
 
 from lhama.checkpoints import open_reader
 from lhama.checkpoints.layout import expected_shapes
-from lhama.errors import CheckpointError
+from lhama.errors import CheckpointError, ConfigError
 from lhama.model import ModelArgs, Transformer
-from lhama.parallel.tp import check_tp, owned_range, shard_args
+from lhama.parallel.runtime import local_device
+from lhama.parallel.tp import attach_collectives, check_tp, owned_range, shard_args, shard_state_dict
 from lhama.parallel.vocab import VOCAB_SHARDED, shard_vocab
 
 Reader = Callable[[str, "int | None", int, int], torch.Tensor]
@@ -131,3 +132,70 @@ def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dt
     model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
     replicated, largest = _fill(model, list(shapes), shapes, draw, rank, tp, "<random weights>")
     return model, _report(model, args, rank, tp, "config", replicated, largest, t0)
+
+
+def shard_for_tp(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
+                 dtype=torch.float32, device="cpu", group=None) -> Transformer:
+    """This rank's model from full weights already in memory (e.g. a model just trained): only
+    its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
+    the full weights."""
+    model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
+    state = shard_state_dict(full_state, rank, tp)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise ConfigError(f"tensor-parallel shard: missing {missing}, unexpected {unexpected}")
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.full_args = args  # the whole model's shape, for reports and plans
+    if tp > 1:
+        attach_collectives(model, group)
+    return model.eval()
+
+
+def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
+                  max_seq_len=None, seed: int = 0, group=None, quantize=None):
+    """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
+
+    A checkpoint is read block by block: the rank reads only the rows/columns it owns and never
+    holds the full state dict (``lhama.parallel.shard_load``); ``model.load_report`` says how much it
+    holds. A named config draws the same random weights on every rank (same seed), a tensor at a
+    time, and keeps its slices. ``quantize`` ("int8", "int4", "fp8" or a ``QuantConfig``)
+    quantizes the rank's shard after loading, before the collectives are hooked in.
+    """
+    import time
+
+    from lhama.checkpoints import detect_format
+    from lhama.loader import LoadedModel, default_dtype, resolve_model_spec
+    from lhama.model import get_config
+    from lhama.tokenizer import load_chat_format, load_tokenizer
+
+    t0 = time.perf_counter()
+    device = local_device(device)
+    dtype = dtype or default_dtype(device)
+    target = resolve_model_spec(spec)
+    if isinstance(target, str):
+        named = get_config(target)
+        args = named.args.with_(max_seq_len=max_seq_len) if max_seq_len else named.args
+        model, report = random_shard_model(args, rank, tp, seed=seed, dtype=dtype, device=device)
+        tok_src = fmt_src = tokenizer or named.tokenizer
+        name, source, path = named.name, "config", None
+    else:
+        model, args, report = load_shard_model(target, rank, tp, dtype=dtype, device=device, max_seq_len=max_seq_len)
+        tok_src, fmt_src = tokenizer or target, target
+        name = target.stem if target.is_file() else target.name
+        source, path = detect_format(target), target
+    model.full_args = args  # the whole model's shape, for reports and plans
+    model.load_report = report
+    quant = None
+    if quantize is not None:
+        from lhama.quant import QuantConfig, quantize_model
+
+        qcfg = QuantConfig.parse(quantize)
+        quant = quantize_model(model, qcfg) if qcfg is not None else None
+    if tp > 1:
+        attach_collectives(model, group)
+    model.eval()
+    tok = load_tokenizer(tok_src)
+    fmt = load_chat_format(fmt_src, tok, override=chat_format)
+    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, quant)

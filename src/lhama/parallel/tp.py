@@ -12,8 +12,9 @@ Only the norms are replicated.
 Grouped-query attention splits cleanly when the KV heads divide by the rank count: rank r
 keeps query heads [r*H/tp, (r+1)*H/tp) and exactly the KV heads those use.
 
-``load_tp_model`` reads each rank's blocks straight from the checkpoint (``shard_load``), so a
-rank's memory is its share of the weights, never the whole model.
+This module holds the split (which block of each tensor a rank keeps) and the collectives;
+``shard_load`` builds a rank's model: ``load_tp_model`` reads each rank's blocks straight from
+the checkpoint, so a rank's memory is its share of the weights, never the whole model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs, Transformer
-from lhama.parallel.runtime import local_device
 from lhama.parallel.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 
 # Row blocks (column-parallel) and column blocks (row-parallel) of each layer's weights.
@@ -102,75 +102,6 @@ def attach_collectives(model: Transformer, group=None) -> None:
         model.tok_embeddings.register_forward_hook(hook)
         model.vocab_gather = VocabGather(shard, group)
         model.output.register_forward_hook(model.vocab_gather)
-
-
-def shard_for_tp(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
-                 dtype=torch.float32, device="cpu", group=None) -> Transformer:
-    """This rank's model from full weights already in memory (e.g. a model just trained): only
-    its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
-    the full weights."""
-    from lhama.parallel.shard_load import empty_shard_model
-
-    model = empty_shard_model(shard_args(args, tp), dtype, device, rank, tp)
-    state = shard_state_dict(full_state, rank, tp)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (args.tie_embeddings and m == "output.weight")]
-    if missing or unexpected:
-        raise ConfigError(f"tensor-parallel shard: missing {missing}, unexpected {unexpected}")
-    if args.tie_embeddings:
-        model.output.weight = model.tok_embeddings.weight
-    model.full_args = args  # the whole model's shape, for reports and plans
-    if tp > 1:
-        attach_collectives(model, group)
-    return model.eval()
-
-
-def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
-                  max_seq_len=None, seed: int = 0, group=None, quantize=None):
-    """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
-
-    A checkpoint is read block by block: the rank reads only the rows/columns it owns and never
-    holds the full state dict (``lhama.parallel.shard_load``); ``model.load_report`` says how much it
-    holds. A named config draws the same random weights on every rank (same seed), a tensor at a
-    time, and keeps its slices. ``quantize`` ("int8", "int4", "fp8" or a ``QuantConfig``)
-    quantizes the rank's shard after loading, before the collectives are hooked in.
-    """
-    import time
-
-    from lhama.loader import LoadedModel, _format_of, default_dtype, resolve_model_spec
-    from lhama.model import get_config
-    from lhama.parallel.shard_load import load_shard_model, random_shard_model
-    from lhama.tokenizer import load_chat_format, load_tokenizer
-
-    t0 = time.perf_counter()
-    device = local_device(device)
-    dtype = dtype or default_dtype(device)
-    target = resolve_model_spec(spec)
-    if isinstance(target, str):
-        named = get_config(target)
-        args = named.args.with_(max_seq_len=max_seq_len) if max_seq_len else named.args
-        model, report = random_shard_model(args, rank, tp, seed=seed, dtype=dtype, device=device)
-        tok_src = fmt_src = tokenizer or named.tokenizer
-        name, source, path = named.name, "config", None
-    else:
-        model, args, report = load_shard_model(target, rank, tp, dtype=dtype, device=device, max_seq_len=max_seq_len)
-        tok_src, fmt_src = tokenizer or target, target
-        name = target.stem if target.is_file() else target.name
-        source, path = _format_of(target), target
-    model.full_args = args  # the whole model's shape, for reports and plans
-    model.load_report = report
-    quant = None
-    if quantize is not None:
-        from lhama.quant import QuantConfig, quantize_model
-
-        qcfg = QuantConfig.parse(quantize)
-        quant = quantize_model(model, qcfg) if qcfg is not None else None
-    if tp > 1:
-        attach_collectives(model, group)
-    model.eval()
-    tok = load_tokenizer(tok_src)
-    fmt = load_chat_format(fmt_src, tok, override=chat_format)
-    return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, quant)
 
 
 def tp_info(model: nn.Module) -> str:
