@@ -1,0 +1,125 @@
+"""The default model's post-training: deterministic data whose checks catch wrong answers, the
+recipe end to end on a tiny model, and the shipped adapter on the real default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lhama.train.default_model_checks import check, parse_tool_call
+from lhama.train.default_model_data import build_records, tool_call_text
+from lhama.train.default_model_recipe import DefaultModelRecipe, run
+from tests.train.smol_tiny import tiny_smol_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZES = {"tool": 2, "rag": 3, "brief": 4, "phrase": 4}
+
+
+def by_task(records, task):
+    return next(r for r in records if r["task"] == task)
+
+
+def test_generators_are_deterministic_and_golds_pass_their_checks():
+    a, b = build_records("train", SIZES, 0), build_records("train", SIZES, 0)
+    assert a == b
+    assert build_records("train", SIZES, 1) != a
+    assert {r["task"] for r in a} == {"tool_call", "tool_answer", "rag", "brief", "phrase"}
+    for r in a:
+        assert check(r, r["gold"]) == 1.0, r
+
+
+def test_checks_catch_wrong_answers():
+    recs = build_records("train", SIZES, 0)
+    call = by_task(recs, "tool_call")
+    assert parse_tool_call(call["gold"]) == call["code"]
+    assert check(call, "The answer is " + call["expected"]) == 0.0  # right number, but no tool call
+    assert check(call, tool_call_text("print(12345)")) == 0.5  # a call whose code prints the wrong thing
+    assert check(call, tool_call_text("raise SystemExit(3)")) == 0.5
+    assert check(call, call["gold"].replace("code_interpreter", "calculator")) == 0.0
+    answer = by_task(recs, "tool_answer")
+    assert check(answer, "The answer is 1.") == 0.0
+    rag = by_task(recs, "rag")
+    wrong = rag["source"] % rag["n_sources"] + 1
+    assert check(rag, rag["gold"].replace(f"[{rag['source']}]", f"[{wrong}]")) == 0.0  # wrong source
+    assert check(rag, rag["gold"].replace(f" [{rag['source']}]", "")) == 0.0  # no citation
+    assert check(rag, rag["gold"] + " [9]") == 0.0  # a number that is no source
+    brief = by_task(recs, "brief")
+    assert check(brief, "I am not sure.") == 0.0
+    assert check(brief, brief["gold"] + " word" * 40) == 0.5  # right, but does not stop
+    phrase = by_task(recs, "phrase")
+    assert check(phrase, "No idea.") == 0.0
+
+
+def test_heldout_sets_are_regenerated_exactly_and_share_no_prompt_with_training():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_default_model", ROOT / "recipes" / "eval_default_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for task in ("rag", "brief", "phrase"):
+        committed = (ROOT / "recipes" / "heldout" / f"{task}.jsonl").read_text(encoding="utf-8")
+        fresh = [r for r in build_records("heldout", {task: mod.SIZES[task]}, mod.SEED)]
+        assert committed == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh)
+    recipe = DefaultModelRecipe.from_file(ROOT / "recipes" / "default-model.yaml")
+    train = build_records("train", {k: v for k, v in recipe.sizes.items() if k != "tool"}, recipe.seed)
+    train_prompts = {json.dumps(r["messages"][-1]["content"]) for r in train}
+    heldout = [json.loads(x) for t in ("rag", "brief", "phrase", "tool")
+               for x in (ROOT / "recipes" / "heldout" / f"{t}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert not train_prompts & {json.dumps(r["messages"][-1]["content"]) for r in heldout}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert all(r["messages"][-1]["content"] not in readme for r in heldout)
+
+
+def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, smollm2_path):
+    base = tiny_smol_folder(tmp_path, smollm2_path)
+    r = DefaultModelRecipe(base=str(base), output_dir=str(tmp_path / "run"), sizes={"tool": 1, "rag": 1, "brief": 2},
+                           dpo_sizes={"tool": 1, "brief": 2}, sample_limit=3,
+                           sample={"num_candidates": 2, "temperature": 1.0, "max_tokens": 8},
+                           sft={"lr": 1e-3, "max_steps": 2, "batch_size": 2, "max_seq_len": 512, "progress": False},
+                           dpo={"lr": 1e-3, "max_steps": 1, "batch_size": 2, "max_seq_len": 512, "progress": False},
+                           dpo_rounds=1)
+    log = run(r, ship=str(tmp_path / "ship"))
+    assert log["sample"]["from_model"] + log["sample"]["from_gold"] + log["sample"]["not_sampled"] == 5
+    assert log["sft"]["steps"] == 2 and log["dpo1"]["steps"] == 1
+    shipped = tmp_path / "ship" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(str(shipped)).values())
+    # A second run finds every step done and redoes nothing.
+    assert run(r)["seconds"] == log["seconds"]
+
+
+@pytest.fixture(scope="module")
+def default_and_base():
+    from lhama.loader import default_adapter_path, load_model
+
+    if not (default_adapter_path() / "adapter_model.safetensors").is_file():
+        pytest.fail("the shipped adapter is missing: run `make default-model`")
+    return load_model("default"), load_model("smollm2-base", dtype=torch.float32)
+
+
+def test_default_applies_the_shipped_adapter_and_base_does_not(default_and_base):
+    default, base = default_and_base
+    assert default.path == base.path  # the same file underneath
+    wq_default = default.model.layers[0].attention.wq.weight
+    wq_base = base.model.layers[0].attention.wq.weight
+    assert not torch.allclose(wq_default, wq_base)
+
+
+def test_default_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
+    from lhama.tools.agent import Agent, AgentConfig
+
+    default, base = default_and_base
+    question = "Please work out 17 ** 23."  # the held-out template, numbers never generated for training
+    calls = {}
+    for name, lm in (("default", default), ("base", base)):
+        agent = Agent(lm, tools=["code_interpreter"], config=AgentConfig(max_steps=2, max_tokens=64))
+        res = agent.run(question)
+        calls[name] = [m for m in res.messages if m["role"] == "assistant" and m.get("tool_calls")]
+    assert not calls["base"]
+    assert calls["default"], "the default model did not call the code interpreter"
+    code = json.loads(calls["default"][0]["tool_calls"][0]["function"]["arguments"])["code"]
+    assert "17" in code and "23" in code
