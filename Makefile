@@ -14,10 +14,10 @@ BENCH_STAMP := $(VENV)/.installed-bench-$(SUM)
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
                -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
 LLAMA_STAMP := $(VENV)/.llama-cpp-portable-$(shell echo '$(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
-# Debian packages the tests need, as command:package. Chromium (the web pages, never a
-# downloaded browser build), bubblewrap (the code sandbox), util-linux (setpriv, prlimit),
-# g++ (llama-cpp-python builds from source).
-SYSTEM_PACKAGES := chromium:chromium bwrap:bubblewrap setpriv:util-linux prlimit:util-linux g++:g++
+# Debian packages the tests need: Chromium (the web pages, never a downloaded browser build),
+# bubblewrap (the code sandbox), util-linux (setpriv, prlimit), g++ (llama-cpp-python builds
+# from source). `make test` installs the missing ones.
+SYSTEM_PACKAGES := chromium bubblewrap util-linux g++
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -47,7 +47,8 @@ $(BENCH_STAMP): $(STAMP) $(LLAMA_STAMP)
 	rm -f $(VENV)/.installed-bench-* && touch $@
 
 system-packages:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p#*:}"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
