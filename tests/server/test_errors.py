@@ -77,6 +77,54 @@ def test_context_length_exceeded_names_the_numbers(server):
                  code="context_length_exceeded")
 
 
+JSON = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize("broken", [b"\\ud800", b"\\udfff", b"\xff\xfe", b"\xed\xa0\x80", b"\xc3"],
+                         ids=["lone-high", "lone-low", "not-utf8", "encoded-surrogate", "truncated"])
+def test_invalid_unicode_is_400_naming_the_field_everywhere(server, broken):
+    """Lone surrogates (legal JSON escapes) and bytes that are not UTF-8, on every endpoint."""
+    m = MODEL.encode()
+    cases = [("/v1/chat/completions", b'{"model": "%s", "max_tokens": 2, "messages": [{"role": "user", "content": "a"},'
+                                      b' {"role": "assistant", "content": "b"}, {"role": "user", "content": "x%sy"}]}'
+              % (m, broken), "messages[2].content"),
+             ("/v1/chat/completions", b'{"model": "%s", "messages": [{"role": "user", "content": [{"type": "text",'
+                                      b' "text": "%s"}]}]}' % (m, broken), "messages[0].content[0].text"),
+             ("/v1/completions", b'{"model": "%s", "max_tokens": 2, "prompt": ["ok", "%s"]}' % (m, broken), "prompt"),
+             ("/v1/embeddings", b'{"model": "%s", "input": "x%s"}' % (m, broken), "input"),
+             ("/v1/embeddings", b'{"model": "x%s", "input": "x"}' % broken, "model"),
+             ("/v1/vector_stores", b'{"name": "%s"}' % broken, "name")]
+    vs = post(server, "/v1/vector_stores", {"name": "unicode"}).json()["id"]
+    cases.append((f"/v1/vector_stores/{vs}/search", b'{"query": "a%s"}' % broken, "query"))
+    for path, body, param in cases:
+        err = assert_error(post(server, path, content=body, headers=JSON), 400, param=param, code="invalid_value")
+        assert "UTF-8" in err["message"], err
+    r = httpx.post(server.url + "/v1/files", files={"file": ("b.jsonl", b'{"a": 1}\n{"b": "%s"}\n' % broken)},
+                   data={"purpose": "batch"}, timeout=60)
+    if broken.startswith(b"\\"):  # an escape is ASCII: the file is UTF-8, its line fails when run
+        assert r.status_code == 200, r.text
+    else:
+        assert "line 2" in assert_error(r, 400, param="file", code="invalid_file")["message"]
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("field,value", [("stream", "yes"), ("max_tokens", "5"), ("n", "2"), ("temperature", "1"),
+                                         ("logprobs", 1), ("seed", 1.5), ("stream", 1)])
+def test_strict_types_as_openai(server, field, value):
+    body = {"model": MODEL, "messages": MSG, "max_tokens": 2, field: value}
+    assert_error(post(server, "/v1/chat/completions", body), 400, param=field, code="invalid_value")
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"temperature": 2.5}, "temperature"), ({"top_k": 2**63}, "top_k"), ({"top_k": 10**6}, "top_k"),
+    ({"seed": 2**64}, "seed"), ({"n": 2**63}, "n"), ({"presence_penalty": 3}, "presence_penalty"),
+    ({"logit_bias": {"123": 101}}, "logit_bias.123"), ({"logit_bias": {"99999999": 1}}, "logit_bias.99999999"),
+    ({"max_tokens": 2**64}, "max_tokens"), ({"min_tokens": -1}, "min_tokens"),
+])
+def test_numbers_are_range_checked(server, body, param):
+    assert_error(post(server, "/v1/chat/completions", {"model": MODEL, "messages": MSG, **body}), 400, param=param)
+
+
 def test_unknown_model_is_404(server):
     for path, body in [("/v1/chat/completions", {"model": "gpt-9", "messages": MSG}),
                        ("/v1/completions", {"model": "gpt-9", "prompt": "x"}),

@@ -26,6 +26,7 @@ from lhama.server.middleware import (
     APIKeyMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
+    Utf8JsonMiddleware,
 )
 from lhama.server.state import ServerState
 
@@ -58,6 +59,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_docs(app)  # /docs from packaged assets, no CDN
     # Added last = outermost: metrics see the 401s and 413s the inner layers send.
+    app.add_middleware(Utf8JsonMiddleware)
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes, max_file_bytes=config.max_file_bytes)

@@ -82,6 +82,17 @@ class FileStore:
         return {"id": file_id, "object": "file", "deleted": True}
 
 
+def first_invalid_utf8_line(path: Path) -> int | None:
+    """The 1-based number of the first line of ``path`` that is not UTF-8, or None."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return n
+    return None
+
+
 def _store(request: Request) -> FileStore:
     return request.app.state.lhama.files
 
@@ -99,6 +110,12 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()], pur
             shutil.copyfileobj(file.file, out, CHUNK)
 
     await asyncio.to_thread(copy)
+    if purpose == "batch":  # its lines are parsed as JSON text: refuse broken UTF-8 now, naming the line
+        bad_line = await asyncio.to_thread(first_invalid_utf8_line, store.path(file_id))
+        if bad_line is not None:
+            store.path(file_id).unlink(missing_ok=True)
+            raise APIError(400, f"file: line {bad_line} is not valid UTF-8; batch input must be UTF-8 JSONL",
+                           param="file", code="invalid_file")
     return store.register(file_id, os.path.basename(file.filename or "upload.jsonl"), purpose)
 
 

@@ -74,7 +74,7 @@ class Generation:
     async def deltas(self) -> AsyncIterator:
         """Engine deltas with ``index`` set to the choice number; records results and metrics."""
         m, route = self.state.metrics, self.route
-        completed = False
+        completed = failed = False
         try:
             async with aclosing(_merge(self._streams())) as stream:
                 async for d in stream:
@@ -91,10 +91,13 @@ class Generation:
                         c.finish_reason, c.stop_reason = d.finish_reason, d.stop_reason
                     yield d
             completed = True
+        except Exception:  # the engine failed this request (a client that left raises GeneratorExit)
+            failed = True
+            raise
         finally:
-            self._record(completed)
+            self._record(completed, failed)
 
-    def _record(self, completed: bool) -> None:
+    def _record(self, completed: bool, failed: bool = False) -> None:
         m, route = self.state.metrics, self.route
         if self.finished:
             return
@@ -104,7 +107,7 @@ class Generation:
         m.prompt_tokens.labels(route).inc(sum(len(p) for p in self.prompts))
         m.completion_tokens.labels(route).inc(out)
         if not completed:
-            m.cancelled.labels(route).inc()
+            (m.failed if failed else m.cancelled).labels(route).inc()
             return
         m.e2e.labels(route).observe(now - self.t0)
         longest = max((len(c.steps) for c in self.choices), default=0)

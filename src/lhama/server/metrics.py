@@ -48,6 +48,8 @@ class _EngineCollector:
             ("lhama_preemptions", s.preemptions_total, "sequences preempted for lack of KV blocks"),
             ("lhama_engine_requests_finished", s.requests_finished_total, "requests the engine finished"),
             ("lhama_engine_requests_aborted", s.requests_aborted_total, "requests aborted (client gone, cancelled)"),
+            ("lhama_engine_requests_failed", s.requests_failed_total,
+             "requests the engine failed (their own error, a failed step, shutdown); never counted as aborted"),
             ("lhama_engine_steps", s.steps_total, "engine steps run"),
         ]:
             c = CounterMetricFamily(name, doc)
@@ -77,8 +79,10 @@ class ServerMetrics:
                              buckets=E2E_BUCKETS, registry=r)
         self.rejected = Counter("lhama_requests_rejected", "generation requests refused with 429 (queue full)",
                                 registry=r)
-        self.cancelled = Counter("lhama_requests_cancelled", "generations stopped because the client went away",
+        self.cancelled = Counter("lhama_requests_cancelled", "requests stopped because the client went away",
                                  ["route"], registry=r)
+        self.failed = Counter("lhama_requests_failed", "requests that failed while running (an engine error, "
+                                                       "not the client's doing)", ["route"], registry=r)
         self.in_progress = Gauge("lhama_http_requests_in_progress", "HTTP requests being handled", registry=r)
         r.register(_EngineCollector(stats, server_gauges))
 

@@ -1,10 +1,12 @@
 """Pure ASGI middleware (Starlette's BaseHTTPMiddleware would buffer streams and hide client
-disconnects): request metrics, the body-size limit, and API-key auth."""
+disconnects): request metrics, the body-size limit, API-key auth, and broken UTF-8 in JSON
+bodies made nameable."""
 
 from __future__ import annotations
 
 import hmac
 import json
+import re
 
 from lhama.server.errors import error_body
 
@@ -101,3 +103,56 @@ class APIKeyMiddleware:
             return await _send_error(send, 401, "Incorrect API key provided.", "invalid_api_key",
                                      {"WWW-Authenticate": "Bearer"})
         return await self.app(scope, receive, send)
+
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def escape_invalid_utf8(body: bytes) -> bytes:
+    """``body`` with every byte that is not UTF-8 written as the JSON escape of a lone surrogate
+    (``\\udcXX``, Python's surrogateescape): the body still parses, and the request models,
+    which refuse lone surrogates in any field, then name the field that held the broken bytes."""
+    try:
+        body.decode("utf-8")
+        return body
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", "surrogateescape")
+        return _ESCAPED_BYTE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8")
+
+
+class Utf8JsonMiddleware:
+    """Broken UTF-8 in a JSON body is a 400 naming its field (``messages[0].content``), not
+    "There was an error parsing the body". Only JSON bodies are touched; they are already
+    capped by ``BodyLimitMiddleware``, which runs outside this one."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        ctype = dict(scope.get("headers", [])).get(b"content-type", b"")
+        if not ctype.split(b";")[0].strip().lower().endswith(b"json"):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before the body was whole
+                return await self.app(scope, _replay([message], receive), send)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = escape_invalid_utf8(b"".join(chunks))
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
+                              send)
+
+
+def _replay(messages: list[dict], receive):
+    """A ``receive`` that hands out ``messages`` first, then defers to the real one (disconnects)."""
+    pending = list(messages)
+
+    async def replay():
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
