@@ -198,7 +198,7 @@ def install_lm_eval_hook() -> Path:
 
 
 def cmd_lm_eval(a) -> int:
-    from lhama.errors import ConfigError
+    from lhama.extras import require
 
     if a.install:
         print(f"installed {install_lm_eval_hook()}: `lm_eval --model lhama` now works in this environment")
@@ -207,13 +207,9 @@ def cmd_lm_eval(a) -> int:
         pth_path().unlink(missing_ok=True)
         print(f"removed {pth_path()}")
         return 0
-    try:
-        import lm_eval.models  # noqa: F401  (the harness's own models first, then ours)
-        from lm_eval.__main__ import cli_evaluate
-
-        import lhama.eval.lm_eval_adapter  # noqa: F401
-    except ImportError as e:
-        raise ConfigError(f"lhama lm-eval needs lm-evaluation-harness: pip install 'lm-eval>=0.4.8' ({e})") from None
+    require("lm_eval.models", "eval")  # the harness's own models first, then ours
+    cli_evaluate = require("lm_eval.__main__", "eval").cli_evaluate
+    import lhama.eval.lm_eval_adapter  # noqa: F401
     args = [x for x in a.harness_args if x != "--"]
     sys.argv = ["lm_eval", *args]
     cli_evaluate()
