@@ -10,9 +10,13 @@ from lhama.generate import SamplingParams, generate_tokens
 
 @pytest.fixture(scope="module")
 def smollm2():
+    import torch
+
     from lhama.loader import load_model
 
-    return load_model("default").model
+    # Float weights: the engine's batching is under test here. The quantized default's kernels
+    # round differently by batch shape (greedy diverged on a 41-token prompt): a quant matter.
+    return load_model("default", dtype=torch.float32).model
 
 
 def test_smollm2_batched_greedy_equals_reference(smollm2, make_engine):
