@@ -39,7 +39,7 @@ def test_lora_sft_of_default_model_then_chat_with_the_adapter(smollm2_path, tmp_
     # --lora merges the adapter at load: same logits as the unmerged adapter, different from base.
     tokens = torch.tensor([[1, 2, 3, 400, 500, 600]])
     merged = load_model(smollm2_path, lora=out / "adapter", device="cpu")
-    plain = load_model(smollm2_path, device="cpu")
+    plain = load_model(smollm2_path, dtype=torch.float32, device="cpu")  # LoRA attaches to float linears
     with torch.no_grad():
         base_logits = plain.model(tokens)
         load_peft_adapter(plain.model, out / "adapter")
