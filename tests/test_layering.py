@@ -84,3 +84,87 @@ def test_nothing_outside_server_imports_server():
            if in_package(e.imported, "lhama.server") and not in_package(e.importer, "lhama.server")
            and not any(in_package(e.importer, p) for p in SERVER_IMPORTERS_ALLOWED)]
     assert not bad, "server/ is a leaf (DESIGN.md); these modules import it:\n" + "\n".join(bad)
+
+
+def _owner(module: str, modules: set[str]) -> str:
+    """The module itself when it is a file of the tree, else the closest package that is."""
+    while module and module not in modules:
+        module = module.rpartition(".")[0]
+    return module
+
+
+def _graph() -> dict[str, set[str]]:
+    edges = import_edges()
+    modules = {e.importer for e in edges} | {module_name(p, SRC) for p in (SRC / "lhama").rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for e in edges:
+        target = _owner(e.imported, modules)
+        if target and target != e.importer:
+            graph[e.importer].add(target)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's components with more than one module: each is an import cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            component.append(v)
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    cycles = strongly_connected(_graph())
+    assert not cycles, "import cycles (function-local imports count):\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def _top_package(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_private_names_across_packages():
+    bad = [f"{e} (takes {n})" for e in import_edges() for n in e.names
+           if n.startswith("_") and not n.startswith("__")
+           and _top_package(e.importer) != _top_package(e.imported)]
+    assert not bad, "private names imported from another package:\n" + "\n".join(bad)
+
+
+# Lower floors never import higher ones (DESIGN.md's data flow).
+FORBIDDEN = [
+    (("lhama.model", "lhama.checkpoints", "lhama.loader", "lhama.engine", "lhama.generate", "lhama.quant"), "lhama.train"),
+    (("lhama.model", "lhama.quant", "lhama.tokenizer"), "lhama.engine"),
+    (("lhama.engine", "lhama.generate", "lhama.model"), "lhama.openai"),
+    (tuple(f"lhama.{p}" for p in ("model", "checkpoints", "tokenizer", "generate", "quant", "engine", "openai",
+                                  "tools", "safety", "rag", "train", "eval", "parallel")), "lhama.cli"),
+]
+
+
+def test_lower_floors_never_import_higher_ones():
+    bad = [f"{e}" for e in import_edges() for lows, high in FORBIDDEN
+           if any(in_package(e.importer, low) for low in lows) and in_package(e.imported, high)]
+    assert not bad, "\n".join(bad)
