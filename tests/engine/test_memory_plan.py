@@ -45,3 +45,44 @@ def test_default_cpu_budget_is_bounded_and_logged(tiny, caplog):
     assert eng.plan.capacity_tokens == 4 * 256 and eng.max_model_len == 256
     assert "KV cache:" in caplog.text and "blocks" in caplog.text
     assert eng.cache.nbytes == eng.plan.kv_bytes
+
+
+def test_default_budget_is_a_fraction_of_free_memory_capped_at_need(monkeypatch):
+    from lhama.engine import memory
+
+    args = tiny_args(max_seq_len=256)
+    per_block = plan_kv_cache(args, EngineConfig(num_blocks=1)).bytes_per_block
+    free = 1000 * per_block
+    monkeypatch.setattr(memory, "_available_bytes", lambda device: (free, "available RAM"))
+    # Need (64 x 256 tokens = 1024 blocks) exceeds a quarter of free memory: the fraction decides.
+    plan = plan_kv_cache(args, EngineConfig(max_num_seqs=64))
+    assert plan.num_blocks == int(free * memory.DEFAULT_CPU_FRACTION) // per_block == 250
+    assert "25% of available RAM" in plan.budget_source
+    # Two sequences need 2 x 16 blocks: the cache never holds more, whatever the budget says.
+    for cfg in (EngineConfig(max_num_seqs=2), EngineConfig(max_num_seqs=2, kv_cache_fraction=1.0),
+                EngineConfig(max_num_seqs=2, kv_cache_gb=4.0)):
+        plan = plan_kv_cache(args, cfg)
+        assert plan.num_blocks == 2 * 256 // 16 and plan.max_model_len == 256, cfg
+        assert "capped at max_num_seqs=2" in plan.budget_source
+    # A context that is not a whole number of blocks still fits max_num_seqs times.
+    plan = plan_kv_cache(tiny_args(max_seq_len=250), EngineConfig(max_num_seqs=3))
+    assert plan.num_blocks == 3 * 16 and plan.max_model_len == 250
+    # An explicit fraction below the default.
+    plan = plan_kv_cache(args, EngineConfig(max_num_seqs=64, kv_cache_fraction=0.1))
+    assert plan.num_blocks == 100
+
+
+def test_cpu_cache_memory_is_committed_as_blocks_are_written():
+    psutil = pytest.importorskip("psutil")
+    from lhama.engine.paged_cache import PagedKVCache
+
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    args = get_config("llama3.2-1b").args
+    cache = PagedKVCache(args, 1024**3 // (16 * 2 * args.n_layers * args.n_kv_heads * args.head_dim * 4), 16)
+    assert cache.nbytes == 1024**3
+    idle = proc.memory_info().rss - before
+    assert idle < 64 * 2**20, f"{idle / 2**20:.0f} MiB resident for an unwritten 1 GiB cache"
+    cache.kv[:, :, :8] = 1.0  # the first blocks' rows of every layer: now those pages are resident
+    assert proc.memory_info().rss - before > idle
+    assert float(cache.kv[:, :, 8:].abs().sum()) == 0.0  # the rest reads as zeros, as padded rows need

@@ -171,6 +171,9 @@ def add_engine_args(p: argparse.ArgumentParser):
     g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
                    help="tokens computed in one step")
     g.add_argument("--kv-cache-gb", type=float, help="KV-cache budget in GiB (default: see docs/engine.md)")
+    g.add_argument("--kv-cache-fraction", type=float,
+                   help="KV-cache budget as a fraction of available memory (default: 0.25 on a CPU, 0.9 on a "
+                        "GPU; never more than --max-num-seqs full contexts)")
     g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
     g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     g.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
@@ -184,6 +187,6 @@ def engine_config_from_args(a):
     from lhama.engine.config import EngineConfig
 
     return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-                        kv_cache_gb=a.kv_cache_gb, block_size=a.block_size, max_model_len=a.max_model_len,
+                        kv_cache_gb=a.kv_cache_gb, kv_cache_fraction=a.kv_cache_fraction, block_size=a.block_size, max_model_len=a.max_model_len,
                         enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
                         cuda_graphs=not a.enforce_eager)

@@ -19,9 +19,10 @@ from lhama.model import ModelArgs
 log = logging.getLogger("lhama.engine")
 
 GIB = 1024**3
-# Without a budget: a CPU gets at most this much (and a quarter of the available RAM), a GPU
-# 90% of its free memory after the weights are loaded.
-DEFAULT_CPU_BUDGET = 2 * GIB
+# Without a budget: a CPU gets a quarter of the available RAM, a GPU 90% of its free memory after
+# the weights are loaded; either way no more than ``max_num_seqs`` full contexts need. On a CPU
+# the pages are committed as blocks are first written (``PagedKVCache``), so an idle server holds
+# little more than its weights whatever the budget.
 DEFAULT_CPU_FRACTION = 0.25
 DEFAULT_GPU_FRACTION = 0.9
 
@@ -48,9 +49,9 @@ class MemoryPlan:
 
     def describe(self) -> str:
         lines = [
-            f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens "
-            f"({self.bytes_per_block / 2**20:.2f} MiB per block, {self.bytes_per_token / 1024:.1f} KiB per token) "
-            f"= {self.kv_bytes / GIB:.2f} GiB for {self.capacity_tokens} tokens [{self.budget_source}]",
+            (f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens "
+             f"({self.bytes_per_block / 2**20:.2f} MiB per block, {self.bytes_per_token / 1024:.1f} KiB per token) "
+             f"= {self.kv_bytes / GIB:.2f} GiB for {self.capacity_tokens} tokens [{self.budget_source}]"),
             f"context: {self.max_model_len} tokens per request (model supports {self.model_max_len})",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -93,20 +94,19 @@ def plan_kv_cache(args: ModelArgs, config: EngineConfig, *, dtype: torch.dtype =
             if config.kv_cache_fraction is not None:
                 budget = int(avail * config.kv_cache_fraction)
                 source = f"{config.kv_cache_fraction:.0%} of {what} ({avail / GIB:.1f} GiB)"
-            elif device.type == "cuda":
-                budget, source = int(avail * DEFAULT_GPU_FRACTION), f"default: {DEFAULT_GPU_FRACTION:.0%} of {what}"
             else:
-                budget = int(min(DEFAULT_CPU_BUDGET, avail * DEFAULT_CPU_FRACTION))
-                source = f"default: min(2 GiB, {DEFAULT_CPU_FRACTION:.0%} of {what})"
-                # No point holding more than every running sequence at full context.
-                useful = config.max_num_seqs * wanted_len * per_token
-                if useful < budget:
-                    budget, source = useful, source + f", capped at max_num_seqs x {wanted_len} tokens"
+                frac = DEFAULT_GPU_FRACTION if device.type == "cuda" else DEFAULT_CPU_FRACTION
+                budget, source = int(avail * frac), f"default: {frac:.0%} of {what} ({avail / GIB:.1f} GiB)"
+        # No point holding more than every running sequence at full context.
+        useful = config.max_num_seqs * -(-wanted_len // config.block_size) * per_block
+        if useful < budget:
+            budget = useful
+            source += f", capped at max_num_seqs={config.max_num_seqs} x {wanted_len} tokens"
         num_blocks = budget // per_block
     if num_blocks < 1:
         raise ConfigError(
             f"the KV-cache budget ({budget / 2**20:.1f} MiB, {source}) is smaller than one block "
-            f"({per_block / 2**20:.2f} MiB); raise --kv-cache-gb"
+            f"({per_block / 2**20:.2f} MiB); raise --kv-cache-gb or --kv-cache-fraction"
         )
     capacity = num_blocks * config.block_size
     max_len = wanted_len

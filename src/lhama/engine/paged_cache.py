@@ -16,8 +16,10 @@ out as G query rows of that head, so K/V are used once per KV head, never repeat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +45,15 @@ class AttentionMetadata:
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
+def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on a CPU from calloc'd pages the OS maps on first write, so a large cache costs
+    resident memory only for the blocks in use (torch.zeros would write every page now)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+
+
 class PagedKVCache:
     def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype=torch.float32, device="cpu",
                  spare_blocks: int = 0):
@@ -54,8 +65,8 @@ class PagedKVCache:
         # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
         # Spare blocks (after the ``num_blocks`` the KV manager hands out) take the writes of the
         # padding rows of CUDA-graph decode steps.
-        self.kv = torch.zeros(self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size,
-                              self.head_dim, dtype=dtype, device=self.device)
+        self.kv = untouched_zeros((self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size,
+                                   self.head_dim), dtype, self.device)
         # True while a CUDA graph is captured: gathers then allocate (from the graph's pool) instead
         # of reusing the eager scratch buffer, which a later eager step may reallocate under it.
         self.fresh_buffers = False
