@@ -119,3 +119,56 @@ def test_sigterm_drains_stream_and_batch_resumes_after_restart(tmp_path):
                    for o in out)
     finally:
         srv.stop()
+
+
+def test_embeddings_stop_when_their_clients_leave_and_chat_is_admitted(tmp_path):
+    """Two huge embedding requests fill a 2-slot server; once their clients disconnect, the
+    slots come back within seconds (the work stops after the input being computed), not after
+    minutes of embedding nobody reads."""
+    import asyncio
+
+    srv = ServerProcess(tmp_path, "--max-num-seqs", "1", "--max-queue", "1")
+    # 256 inputs of 256 tokens: many minutes of CPU work, each input a second or so.
+    huge = {"model": MODEL, "input": [[(7 * i + j) % 20000 + 100 for j in range(256)] for i in range(256)]}
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    async def in_flight(c: httpx.AsyncClient) -> float:
+        for line in (await c.get("/metrics")).text.splitlines():
+            if line.startswith("lhama_in_flight_requests "):
+                return float(line.split()[1])
+        raise AssertionError("no lhama_in_flight_requests")
+
+    async def until(pred, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if await pred():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def main():
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120) as probe:
+            leaving = httpx.AsyncClient(base_url=srv.url, timeout=600)
+            tasks = [asyncio.create_task(leaving.post("/v1/embeddings", json=huge)) for _ in range(2)]
+            assert await until(lambda: _eq(in_flight(probe), 2), 60), "the embeddings were never admitted"
+            busy = await probe.post("/v1/chat/completions", json=chat)
+            assert busy.status_code == 429  # both slots really are held by the embeddings
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await leaving.aclose()  # the clients are gone
+            freed = await until(lambda: _eq(in_flight(probe), 0), 30)
+            assert freed, "the embeddings kept their slots after their clients left"
+            return await probe.post("/v1/chat/completions", json=chat)
+
+    async def _eq(value, want) -> bool:
+        return await value == want
+
+    try:
+        r = asyncio.run(main())
+        assert r.status_code == 200, r.text
+        m = srv.metrics()
+        assert m['lhama_requests_cancelled_total{route="/v1/embeddings"}'] == 2
+    finally:
+        srv.stop()

@@ -1,11 +1,17 @@
 """``POST /v1/embeddings``: the loaded model's mean-pooled, unit-length hidden states
-(``lhama.model.embedding``), one input at a time beside the engine thread."""
+(``lhama.model.embedding``), one input at a time in a worker thread beside the engine thread.
+
+The worker takes the model's embedding lock per input, so concurrent embedding requests
+interleave, and checks a stop flag between inputs: a client that disconnects stops its work
+after the input being computed, and its admission ticket is released then - not after every
+input is done (chat used to get 429s long after the embedding clients had gone)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import struct
+import threading
 
 import torch
 from fastapi import APIRouter, Request
@@ -14,6 +20,7 @@ from lhama.errors import ContextLengthExceededError, SamplingError
 from lhama.model.embedding import mean_pooled_embedding
 from lhama.openai.schemas import EmbeddingRequest
 from lhama.server.errors import APIError
+from lhama.server.streaming import json_response, until_disconnect
 
 ROUTE = "/v1/embeddings"
 router = APIRouter()
@@ -54,24 +61,59 @@ def _encode(vec: torch.Tensor, fmt: str):
 @router.post(ROUTE, tags=["openai"], summary="Create embeddings (mean-pooled final hidden states, unit length)")
 async def create_embeddings(body: EmbeddingRequest, request: Request):
     state = request.app.state.lhama
-    return await embeddings_body(state, body)
+    items = checked_inputs(state, body)
+    ticket = state.admit()
+    return json_response(await until_disconnect(request, _embeddings(state, body, items), ticket))
 
 
-async def embeddings_body(state, body: EmbeddingRequest, *, bypass_limit: bool = False) -> dict:
+def checked_inputs(state, body: EmbeddingRequest) -> list[list[int]]:
+    """The request's token ids; every client error is raised here, before admission."""
     state.check_model(body.model)
     dim = state.loaded.args.dim
     if body.dimensions is not None and body.dimensions != dim:
         raise SamplingError("dimensions", f"this model's embeddings have {dim} dimensions; omit the field or send {dim}")
-    items = embedding_inputs(state, body.input)
+    return embedding_inputs(state, body.input)
+
+
+async def embeddings_body(state, body: EmbeddingRequest, *, bypass_limit: bool = False) -> dict:
+    """The response body (batch lines; they are bounded by the batch's own concurrency)."""
+    items = checked_inputs(state, body)
     ticket = state.admit(bypass_limit=bypass_limit)
     try:
-        def work():
-            with state.embed_lock:
-                return [mean_pooled_embedding(state.loaded.model, ids) for ids in items]
-
-        vectors = await asyncio.to_thread(work)
+        return await _embeddings(state, body, items)
     finally:
         ticket.release()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _embed_items(state, items: list[list[int]], stop: threading.Event) -> list[torch.Tensor]:
+    out = []
+    for ids in items:
+        while not state.embed_lock.acquire(timeout=0.05):  # another request's input is running
+            if stop.is_set():
+                raise _Stopped
+        try:
+            if stop.is_set():
+                raise _Stopped
+            out.append(mean_pooled_embedding(state.loaded.model, ids))
+        finally:
+            state.embed_lock.release()
+    return out
+
+
+async def _embeddings(state, body: EmbeddingRequest, items: list[list[int]]) -> dict:
+    stop = threading.Event()
+    worker = asyncio.ensure_future(asyncio.to_thread(_embed_items, state, items, stop))
+    try:
+        vectors = await asyncio.shield(worker)
+    except asyncio.CancelledError:  # the client left (until_disconnect) or the server stops
+        stop.set()
+        await asyncio.gather(worker, return_exceptions=True)  # at most the input being computed
+        state.metrics.cancelled.labels(ROUTE).inc()
+        raise
     n = sum(len(x) for x in items)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
             for i, v in enumerate(vectors)]
