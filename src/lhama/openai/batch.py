@@ -56,6 +56,14 @@ class LineError(Exception):
         self.code, self.message, self.custom_id = code, message, custom_id
 
 
+class LineFailed(Exception):
+    """A line's failure reported from another process (a Ray actor), by its description."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None, error_type: str | None = None):
+        super().__init__(message)
+        self.fields = (status, code, message, param, error_type)
+
+
 @dataclass
 class BatchSummary:
     total: int = 0  # input lines
@@ -86,6 +94,8 @@ def error_record(custom_id: str | None, code: str, message: str, *, line: int | 
 def describe_error(exc: BaseException) -> tuple[int, str, str, str | None, str | None]:
     """(HTTP status, code, message, param, error type or None) for an exception raised while
     running a line."""
+    if isinstance(exc, LineFailed):
+        return exc.fields
     if isinstance(exc, LhamaError):
         return exc.http_status, exc.code, str(exc), getattr(exc, "param", None), None
     return 500, "internal_error", f"internal error while running this line: {type(exc).__name__}: {exc}", None, None
