@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-
 from engine_fakes import tiny_args
+
 from lhama.engine import EngineConfig, LLMEngine, plan_kv_cache
 from lhama.errors import ConfigError
 from lhama.model import get_config
