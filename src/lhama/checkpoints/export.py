@@ -39,7 +39,7 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str = "
     if to == "gguf":
         metadata = gguf_metadata_for(ckpt)
     elif to == "safetensors" and ckpt.format == "gguf":
-        options.setdefault("extra_config", _hf_token_ids(ckpt.metadata))
+        options.setdefault("extra_config", hf_token_ids(ckpt.metadata))
     written = write_checkpoint(ckpt.state_dict, ckpt.args, out, fmt=to, gguf_type=gguf_type,
                                metadata=metadata, **options)
     src_dir = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
@@ -134,7 +134,8 @@ def tokenizer_metadata_from_hf(folder: Path, n_vocab: int) -> dict[str, Any]:
     return md
 
 
-def _hf_token_ids(md: dict[str, Any]) -> dict[str, Any]:
+def hf_token_ids(md: dict[str, Any]) -> dict[str, Any]:
+    """The bos/eos/pad ids of GGUF metadata as a Hugging Face config.json's fields."""
     out = {}
     for ours, theirs in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id")):
         v = md.get(f"tokenizer.ggml.{ours}_token_id")

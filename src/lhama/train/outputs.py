@@ -45,7 +45,7 @@ def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None,
     """Write full weights as an HF folder ("safetensors") or a GGUF file, with the tokenizer of
     the base checkpoint so the result loads on its own in lhama, transformers or llama.cpp."""
     from lhama.checkpoints import read_checkpoint, write_checkpoint
-    from lhama.checkpoints.export import (TOKENIZER_FILES, _hf_token_ids, gguf_metadata_for,
+    from lhama.checkpoints.export import (TOKENIZER_FILES, gguf_metadata_for, hf_token_ids,
                                           write_hf_tokenizer_from_gguf)
     from lhama.checkpoints.loader import detect_format
 
@@ -59,7 +59,7 @@ def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None,
 
         base_meta = read_gguf_metadata(base_path)
     if fmt == "safetensors":
-        extra = _hf_token_ids(base_meta) if base_meta else None
+        extra = hf_token_ids(base_meta) if base_meta else None
         written = write_checkpoint(state, args, out, fmt="safetensors", extra_config=extra)
         if src_fmt == "gguf":
             write_hf_tokenizer_from_gguf(base_path, base_meta, written)
