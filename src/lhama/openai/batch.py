@@ -98,7 +98,9 @@ def describe_error(exc: BaseException) -> tuple[int, str, str, str | None, str |
         return exc.fields
     if isinstance(exc, LhamaError):
         return exc.http_status, exc.code, str(exc), getattr(exc, "param", None), None
-    return 500, "internal_error", f"internal error while running this line: {type(exc).__name__}: {exc}", None, None
+    # The exception's own text (torch's can be an unformatted "%ld" message) goes to the log only.
+    return 500, "internal_error", f"internal error while running this line ({type(exc).__name__}); see the log", \
+        None, None
 
 
 # -- the ledger -----------------------------------------------------------------------------------
