@@ -91,6 +91,8 @@ def test_bad_drafts_and_params_are_typed_errors(tiny, tiny_llama3_args):
         list(speculative_tokens(tiny, Speculation(wrong_vocab), [1, 2], SamplingParams(temperature=0, max_tokens=4)))
     with pytest.raises(SamplingError, match="repetition_penalty"):
         list(speculative_tokens(tiny, Speculation(tiny), [1, 2], SamplingParams(repetition_penalty=1.2)))
+    with pytest.raises(SamplingError, match="logits_processor"):  # a constraint is never silently dropped
+        list(speculative_tokens(tiny, Speculation(tiny), [1, 2], SamplingParams(logits_processor=lambda ids, x: x)))
     with pytest.raises(ConfigError):
         Speculation(tiny, 0)
 

@@ -79,6 +79,8 @@ def _check_params(params: SamplingParams) -> None:
             raise SamplingError(name, "is not supported with speculative decoding; drop it or the draft model")
     if params.n != 1:
         raise SamplingError("n", "speculative decoding generates one sequence per request")
+    if params.logits_processor is not None:  # it would have to judge every drafted position
+        raise SamplingError("logits_processor", "is not supported with speculative decoding; drop the draft model")
 
 
 class _Dist:
