@@ -85,6 +85,15 @@ def read_json(path: Path) -> dict[str, Any]:
 def args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
     """ModelArgs from a LlamaConfig dict, in transformers 4 (``rope_scaling``, top-level
     ``rope_theta``) or 5 (``rope_parameters``) spelling."""
+    try:
+        return _args_from_hf_config(cfg, path)
+    except CheckpointError:
+        raise
+    except (ArithmeticError, TypeError, ValueError) as e:  # 0 heads, a string head_dim... (metadata fuzz test)
+        raise CheckpointError(path, f"impossible sizes in the metadata ({type(e).__name__}: {e})") from None
+
+
+def _args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
     def num(key, default=None, kind=int):
         v = cfg.get(key, default)
         if v is None:

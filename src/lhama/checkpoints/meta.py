@@ -87,6 +87,15 @@ def _read_params(folder: Path) -> dict[str, Any]:
 
 def args_from_params(params: dict[str, Any], path: Path, vocab_size: int) -> ModelArgs:
     """ModelArgs from params.json (vocab_size there may be -1 in Llama 2: taken from the weights)."""
+    try:
+        return _args_from_params(params, path, vocab_size)
+    except CheckpointError:
+        raise
+    except (ArithmeticError, ValueError) as e:  # multiple_of 0, inf/NaN sizes... (metadata fuzz test)
+        raise CheckpointError(path, f"impossible sizes in the metadata ({type(e).__name__}: {e})") from None
+
+
+def _args_from_params(params: dict[str, Any], path: Path, vocab_size: int) -> ModelArgs:
     def num(key, default=None, kind=int):
         v = params.get(key, default)
         if v is None and default is None:
