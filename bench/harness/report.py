@@ -9,7 +9,8 @@ from pathlib import Path
 # The columns each system contributes, in table order; the first lhama column with a number is
 # the one the ratios use (the engine: what the server runs).
 COLUMNS = {
-    "lhama": ["lhama (engine)", "lhama (reference loop)"],
+    "lhama": ["lhama (engine)", "lhama (reference loop)"],  # no flags: what load_model(path) gives
+    "lhama-float": ["lhama (engine, fp32)", "lhama (engine, bf16)"],
     "lhama-int8": ["lhama (engine, int8)"],
     "lhama-int4": ["lhama (engine, int4)"],
     "lhama-fp8": ["lhama (engine, fp8)"],
@@ -37,6 +38,7 @@ def rows(meta: dict) -> list[tuple[str, str, bool]]:
     for n in meta["concurrency"]:
         out.append((f"e2e_{n}", f"end-to-end tok/s incl. prefill, {n} concurrent ↑", True))
     out += [
+        ("decode_pct_limit", "single-stream decode, % of the machine's limit ↑", True),
         ("load_s", "load time, s ↓", False),
         ("weight_mib", "weights in memory, MiB ↓", False),
         ("compile_s", "torch.compile warm-up, s ↓", False),
@@ -57,6 +59,8 @@ def fmt(key: str, v) -> str:
         return f"{v:.2f}" if v < 100 else f"{v:.0f}"
     if key.endswith("_mib"):
         return f"{v:,.0f}"
+    if key.endswith("_pct_limit"):
+        return f"{v:.0f}%"
     return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
 
 
@@ -72,7 +76,8 @@ def build_table(results: dict, meta: dict) -> dict:
     table_rows = []
     for key, label, higher in rows(meta):
         values = {c: cols[c].get(key) for c in columns}
-        if all(v is None for v in values.values()) and (not errors or key in ("compile_s", "peak_gpu_mib")):
+        if all(v is None for v in values.values()) and (not errors or key in ("compile_s", "peak_gpu_mib",
+                                                                              "decode_pct_limit")):
             continue
         for c in columns:
             if values[c] is None and c in errors:
@@ -97,9 +102,9 @@ def markdown(table: dict, meta: dict, notes: list[str]) -> str:
     int4 = LHAMA_INT4 in columns
     head = ["metric"] + columns + [f"lhama ÷ {p}" for p in peers] + ([f"lhama int4 ÷ {p}" for p in peers] if int4 else [])
     lines = [
-        f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
-        f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
-        f"{meta['when']}.",
+        (f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
+         f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
+         f"{meta['when']}."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
@@ -111,6 +116,12 @@ def markdown(table: dict, meta: dict, notes: list[str]) -> str:
             cells += [f"{r['ratios_int4'][p]:.2f}×" if is_num(r["ratios_int4"].get(p)) else "–" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if meta.get("decode_limit_tok_s"):
+        lines.append(f"Machine limit for single-stream decode: {meta['decode_limit_tok_s']:.1f} tok/s = memory "
+                     f"bandwidth {meta['mem_bw_gbs']:.1f} GB/s (measured in this run: {meta['mem_bw_how']}) ÷ "
+                     f"{meta['weight_bytes_per_token'] / 1e6:,.0f} MB of weights read per token (the file's "
+                     "tensors; a tied embedding is read whole as the head).")
+        lines.append("")
     lines.append("Ratios: the lhama engine's figure (the reference loop's where the engine has none) "
                  "divided by the peer's; \"lhama int4\" ratios use the int4 engine (4-bit weights like "
                  "llama.cpp's Q4_1 file); ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "

@@ -60,7 +60,7 @@ def main(system: str) -> int:
     try:
         getattr(importlib.import_module(module), fn)(w, result)
         result["ok"] = True
-    except Exception as e:  # reported in the table as n/a, with the reason
+    except Exception as e:  # noqa: BLE001 - reported in the table as n/a, with the reason
         traceback.print_exc()
         result["error"] = f"{type(e).__name__}: {e}"
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -56,6 +56,9 @@ class Workload:
     compile: bool = True  # run the lhama torch.compile experiment
     engine_max_batched_tokens: int = 256
     seed: int = 0
+    # For vocabulary-less files (``--shapes``): what lhama's loader is given (unused by the runs).
+    tokenizer: str | None = None
+    chat_format: str | None = None
 
     @property
     def prompt_len(self) -> int:
@@ -65,7 +68,7 @@ class Workload:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Workload":
+    def from_json(cls, d: dict) -> Workload:
         return cls(**d)
 
 
@@ -110,7 +113,9 @@ def token_stream(model: str, min_tokens: int) -> tuple[list[int], str]:
 
 
 def build(model: str, *, quick: bool, device: str, threads: int, compile: bool,
-          concurrency: list[int] | None = None) -> tuple[Workload, str]:
+          concurrency: list[int] | None = None, ids: list[int] | None = None,
+          ids_from: str = "") -> tuple[Workload, str]:
+    """``ids``: token ids to use instead of tokenizing the text (random ids for ``--shapes``)."""
     if quick:
         prompt_len, gen_single, conc, conc_len, gen_conc = 64, 16, [1, 4], 32, 8
     else:
@@ -120,7 +125,8 @@ def build(model: str, *, quick: bool, device: str, threads: int, compile: bool,
     # prefix cache cannot skip work another system would have to do.
     n = max(conc)
     stride = 37
-    ids, how = token_stream(model, max(prompt_len, stride * n + conc_len))
+    need = max(prompt_len, stride * n + conc_len)
+    ids, how = (ids[:need], ids_from) if ids is not None else token_stream(model, need)
     conc_prompts = [ids[i * stride:i * stride + conc_len] for i in range(n)]
     dtype = "bf16" if device.startswith("cuda") else "fp32"
     w = Workload(model=str(model), device=device, dtype=dtype, threads=threads, prompt_ids=ids[:prompt_len],

@@ -3,7 +3,10 @@
 # name on the command line -> (module, function). "lhama-compile" is the torch.compile
 # experiment, in a process of its own so its compiler memory does not count against lhama's RSS.
 SYSTEMS = {
+    # No flags: load_model(path) as a new user gets it (a quantized GGUF stays quantized).
     "lhama": ("harness.systems.lhama_system", "run"),
+    # The same file dequantized to float weights (--dtype float32 on a CPU, bf16 on a GPU).
+    "lhama-float": ("harness.systems.lhama_system", "run_float"),
     "lhama-compile": ("harness.systems.lhama_system", "run_compiled"),
     # CUDA graphs off (every decode kernel launched from Python): the GPU comparison for them.
     "lhama-eager": ("harness.systems.lhama_system", "run_eager"),

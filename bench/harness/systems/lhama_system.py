@@ -17,17 +17,21 @@ from harness.workload import Workload, is_gguf
 ENGINE_BLOCK = 16
 
 
-def load(w: Workload, quantize: str | None = None):
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[w.dtype]
+def load(w: Workload, quantize: str | None = None, *, no_flags: bool = False):
+    """``no_flags``: what ``load_model(path)`` gives a new user (a quantized GGUF stays quantized);
+    otherwise float weights of the workload's dtype (then ``quantize`` at load)."""
+    dtype = None if no_flags else {"fp32": torch.float32, "bf16": torch.bfloat16}[w.dtype]
     t0 = time.perf_counter()
     if is_gguf(w.model):
         from lhama.loader import load_model
 
-        model = load_model(w.model, dtype=dtype, device=w.device, quantize=quantize).model
+        model = load_model(w.model, dtype=dtype, device=w.device, quantize=quantize, tokenizer=w.tokenizer,
+                           chat_format=w.chat_format).model
     else:  # a named config: random weights, no tokenizer needed (ids are given)
         from lhama.model import build_model, get_config
 
-        model = build_model(get_config(w.model).args, dtype=dtype, device=w.device, init="random").eval()
+        model = build_model(get_config(w.model).args, dtype=dtype or torch.float32, device=w.device,
+                            init="random").eval()
         if quantize:
             from lhama.quant import quantize_model
 
@@ -133,12 +137,14 @@ def _info(w: Workload) -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": w.dtype}
 
 
-def run(w: Workload, out: dict, *, cuda_graphs: bool = True) -> None:
-    out["info"] = _info(w)
-    model, load_s = load(w)
+def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = True) -> None:
+    """No flags: the weights as ``load_model(path)`` keeps them (the default path of every
+    command); ``no_flags=False``: float weights of the workload's dtype (``--dtype float32``)."""
+    out["info"] = _info(w) | {"no_flags": no_flags}
+    model, load_s = load(w, no_flags=no_flags)
     cols, details, notes = out["columns"], out["details"], out["notes"]
 
-    if cuda_graphs:  # (the eager variant only re-measures the engine)
+    if cuda_graphs and no_flags:  # (the eager and float variants only re-measure the engine)
         warm_up(model, None, w)
         ref = cols["lhama (reference loop)"] = {"load_s": load_s}
         s = details["reference_single"] = reference_single(model, w.prompt_ids, w.gen_single)
@@ -161,6 +167,8 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True) -> None:
     from lhama.quant import weight_bytes
 
     name = "lhama (engine)" if cuda_graphs else "lhama (engine, eager)"
+    if not no_flags:
+        name = f"lhama (engine, {w.dtype})"
     cols[name] = {"load_s": load_s, "weight_mib": weight_bytes(model) / 2**20}
     details["engine"] = {}
     engine_columns(engine, w, cols[name], details["engine"])
@@ -169,6 +177,11 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True) -> None:
     kv = engine.kv_manager
     if kv.num_free_blocks != kv.num_blocks:
         notes.append(f"engine left {kv.num_used_blocks} KV blocks in use after the runs")
+
+
+def run_float(w: Workload, out: dict) -> None:
+    """The engine on dequantized float weights (``--dtype float32``; bf16 on a GPU)."""
+    run(w, out, no_flags=False)
 
 
 def run_eager(w: Workload, out: dict) -> None:
