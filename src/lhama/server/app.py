@@ -16,7 +16,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from lhama.server import batches, chat, completions, embeddings, files, vector_stores
+from lhama.server import (
+    batches,
+    chat,
+    completions,
+    embeddings,
+    files,
+    responses,
+    vector_stores,
+)
 from lhama.server.batches import BatchManager
 from lhama.server.config import ServerConfig
 from lhama.server.docs import install_docs
@@ -53,7 +61,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
                   description="OpenAI-compatible serving of Llama-family models (see docs/server.md).")
     app.state.lhama = state
     install_error_handlers(app)
-    for module in (chat, completions, embeddings, files, batches, vector_stores):
+    for module in (chat, completions, responses, embeddings, files, batches, vector_stores):
         app.include_router(module.router)
     _add_basic_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
