@@ -18,6 +18,11 @@ TOKEN_CAP = 4
 def _cap_generation(case) -> None:
     """Keep fuzzed generation requests cheap without hiding their invalid values."""
     body = case.body
+    if isinstance(body, dict) and case.path == "/v1/responses":
+        v = body.get("max_output_tokens")
+        if v is None or (isinstance(v, int) and not isinstance(v, bool) and v > TOKEN_CAP):
+            body["max_output_tokens"] = TOKEN_CAP
+        return
     if not isinstance(body, dict) or case.path not in ("/v1/chat/completions", "/v1/completions"):
         return
     for key in ("max_tokens", "max_completion_tokens"):

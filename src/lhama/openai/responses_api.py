@@ -85,6 +85,10 @@ def check_tools(tools: list[dict] | None) -> list[dict]:
             if not isinstance(ids, list) or not ids or not all(isinstance(x, str) for x in ids):
                 raise InvalidRequestError("a file_search tool needs 'vector_store_ids' (a list of ids)",
                                           f"tools[{i}].vector_store_ids")
+            k = t.get("max_num_results")
+            if k is not None and (type(k) is not int or not 1 <= k <= 50):
+                raise InvalidRequestError("max_num_results must be an integer in [1, 50]",
+                                          f"tools[{i}].max_num_results")
             for name in ("filters", "ranking_options"):
                 if t.get(name):
                     raise InvalidRequestError(f"file_search '{name}' are not supported", f"tools[{i}].{name}",
@@ -147,7 +151,8 @@ def normalise_input(value: str | list[dict]) -> list[dict]:
             output = output if isinstance(output, str) else _text_of(output, f"{param}.output")
             out.append({"id": item.get("id") or new_item_id("fco"), "type": "function_call_output",
                         "call_id": item["call_id"], "output": output, "status": "completed"})
-        elif kind in ("code_interpreter_call", "file_search_call", "web_search_call") and item.get("id"):
+        elif kind in ("code_interpreter_call", "file_search_call", "web_search_call") \
+                and isinstance(item.get("id"), str) and isinstance(item.get("outputs") or [], list):
             out.append(item)  # an earlier response's built-in call, sent back by the client
         else:
             raise InvalidRequestError(f"input item type {kind!r} is not supported; use message, function_call or "
@@ -156,7 +161,7 @@ def normalise_input(value: str | list[dict]) -> list[dict]:
 
 
 def code_logs(outputs) -> str:
-    return "\n".join(o.get("logs", "") for o in outputs or [] if isinstance(o, dict))
+    return "\n".join(str(o.get("logs", "")) for o in outputs or [] if isinstance(o, dict))
 
 
 def items_to_messages(items: list[dict]) -> list[dict]:
@@ -226,6 +231,8 @@ def chat_tool_choice(choice, tools: list[dict]):
 def response_format(text: dict | None) -> dict | None:
     """``text.format`` as a chat ``response_format`` (json_schema keeps its name and schema)."""
     fmt = (text or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise InvalidRequestError("text.format must be an object with a 'type'", "text.format")
     if not fmt or fmt.get("type") == "text":
         return None
     if fmt.get("type") == "json_object":

@@ -226,6 +226,7 @@ async def _interpret(run: ResponseRun, call: dict, messages: list[dict]) -> Asyn
         code = json.loads(call["function"]["arguments"]).get("code", "")
     except (ValueError, AttributeError):
         code = ""
+    code = code if isinstance(code, str) else json.dumps(code)
     item = {"id": new_item_id("ci"), "type": "code_interpreter_call", "code": code, "container_id": "lhama-sandbox",
             "outputs": None, "status": "in_progress"}
     run.output.append(item)
