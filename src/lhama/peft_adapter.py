@@ -29,6 +29,7 @@ from lhama.model.lora import (
     apply_lora,
     lora_state_dict,
     lora_targets,
+    projection_shape,
 )
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -104,10 +105,7 @@ def read_peft_config(path: Path) -> tuple[LoraConfig, dict[str, Any]]:
     return lora, raw
 
 
-def load_peft_adapter(model: nn.Module, path: str | os.PathLike) -> LoraConfig:
-    """Attach a PEFT LoRA adapter folder to ``model`` (weights mapped to our layout)."""
-    path = Path(path)
-    cfg, _ = read_peft_config(path)
+def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     weights_file = path / ADAPTER_WEIGHTS
     if not weights_file.is_file():
         raise CheckpointError(path, f"{ADAPTER_WEIGHTS} is missing (adapter_model.bin is not read: re-save "
@@ -118,7 +116,44 @@ def load_peft_adapter(model: nn.Module, path: str | os.PathLike) -> LoraConfig:
     except Exception as e:
         raise CheckpointError(weights_file, f"corrupt or truncated safetensors file ({e})") from None
     # PEFT writes names with or without the adapter name ("lora_A.default.weight") depending on version.
-    stored = {k.replace(".default.weight", ".weight"): v for k, v in stored.items()}
+    return weights_file, {k.replace(".default.weight", ".weight"): v for k, v in stored.items()}
+
+
+def read_peft_weights(path: str | os.PathLike, args) -> tuple[LoraConfig, dict[tuple[int, str], tuple]]:
+    """An adapter folder's tensors in our layout, checked against a model with ``args``, without
+    touching a model: {(layer, projection): (A [r, in], B [out, r])} in fp32 (serving adapters
+    per request, ``lhama.model.lora_batch``)."""
+    path = Path(path)
+    cfg, _ = read_peft_config(path)
+    weights_file, stored = _read_tensors(path)
+    out: dict[tuple[int, str], tuple] = {}
+    for i in range(args.n_layers):
+        for name in cfg.target_modules:
+            n_out, n_in = projection_shape(name, args)
+            pair = []
+            for ab, shape in (("A", (cfg.rank, n_in)), ("B", (n_out, cfg.rank))):
+                key = _hf_key(i, name, ab)
+                t = stored.pop(key, None)
+                if t is None:
+                    raise CheckpointError(weights_file, "adapter tensor missing; was it trained for this model?",
+                                          tensor=key)
+                if tuple(t.shape) != shape:
+                    raise CheckpointError(weights_file, f"shape {tuple(t.shape)} does not fit the model, which "
+                                                        f"needs {shape}", tensor=key)
+                heads = _heads(name, args)
+                pair.append(hf_to_meta_rows(t, heads).float() if ab == "B" and heads else t.float())
+            out[i, name] = tuple(pair)
+    if stored:
+        raise CheckpointError(weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)",
+                              tensor=sorted(stored)[0])
+    return cfg, out
+
+
+def load_peft_adapter(model: nn.Module, path: str | os.PathLike) -> LoraConfig:
+    """Attach a PEFT LoRA adapter folder to ``model`` (weights mapped to our layout)."""
+    path = Path(path)
+    cfg, _ = read_peft_config(path)
+    weights_file, stored = _read_tensors(path)
     apply_lora(model, cfg)
     expected = set()
     for i, name, parent in lora_targets(model, cfg):
@@ -146,4 +181,5 @@ def load_peft_adapter(model: nn.Module, path: str | os.PathLike) -> LoraConfig:
     return cfg
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "save_peft_adapter", "read_peft_config", "load_peft_adapter"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "save_peft_adapter", "read_peft_config", "read_peft_weights",
+           "load_peft_adapter"]

@@ -109,7 +109,9 @@ class KVCacheManager:
         hs, bs, toks = self._rec(seq).hashes, self.block_size, seq.token_ids
         while len(hs) < n_blocks:
             i = len(hs)
-            hs.append(block_hash(hs[-1] if hs else None, toks[i * bs:(i + 1) * bs]))
+            # An adapter's KV differs from the base model's for the same tokens: its salt starts the chain.
+            lora = seq.request.params.lora
+            hs.append(block_hash(hs[-1] if hs else (lora.salt if lora is not None else None), toks[i * bs:(i + 1) * bs]))
         return hs
 
     def get_computed_blocks(self, seq: Sequence) -> KVCacheBlocks:

@@ -1,5 +1,15 @@
 """The model runner executes a scheduled step: it builds the flattened inputs and attention
-metadata, runs the model over the paged cache, and samples. It decides nothing."""
+metadata, runs the model over the paged cache, and samples. It decides nothing.
+
+Deterministic mode (``EngineConfig.deterministic``): a request's tokens and logprobs must not
+depend on what else runs, on how the scheduler chunked its prompt, or on a prefix-cache hit.
+Batched kernels break that: a GEMM picks its blocking (and the int4 kernel its path) by the row
+count, batched attention pads keys to the longest context, and a prompt chunk's size depends on
+the token budget the other requests left. So in this mode every token is computed by its own
+one-row forward (one query row through every matmul, attention over exactly its own context,
+the LM head on one row) and every sequence is sampled alone. Then the K/V of a position depends
+only on the tokens up to it, whichever step, chunk or earlier request wrote it (a prefix hit,
+a recomputation after preemption), and each logits row only on the request's own tokens."""
 
 from __future__ import annotations
 
@@ -38,11 +48,14 @@ class StepInputs:
     meta: AttentionMetadata
     sample_rows: torch.Tensor  # [S] rows of the step whose logits are needed
     sample_seqs: list[Sequence]
+    lora_rows: list[int] | None = None  # per-row adapter slot (lhama.model.lora_batch), 0: none
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache, *, compile: bool = False, packed_head: bool = True):
+    def __init__(self, model: Transformer, cache: PagedKVCache, *, compile: bool = False, packed_head: bool = True,
+                 deterministic: bool = False):
         self.model = model
+        self.deterministic = deterministic
         self.cache = cache
         self.device = model.device
         self.sampler = BatchSampler(model.args.vocab_size, self.device)
@@ -82,10 +95,13 @@ class ModelRunner:
         sample_seqs: list[Sequence] = []
         decode: list[ScheduledSeq] = []
         prefill_specs = []
+        lora_rows: list[int] = []
         for e in entries:
             seq, start, n = e.seq, e.start, e.num_new
             offset = len(tokens)
             tokens.extend(seq.token_ids[start:start + n])
+            lora = seq.params.lora
+            lora_rows.extend([lora.slot if lora is not None else 0] * n)
             table = e.blocks.block_ids
             for p in range(start, start + n):
                 positions.append(p)
@@ -125,6 +141,7 @@ class ModelRunner:
             meta,
             torch.tensor(sample_rows, dtype=torch.long, device=dev),
             sample_seqs,
+            lora_rows,
         )
 
     # -- execution -----------------------------------------------------------------------
@@ -134,17 +151,22 @@ class ModelRunner:
         if not sched.scheduled:
             return None, []
         self.cache.copy_blocks(sched.copies)
-        if self.graphs is not None and all(e.num_new == 1 for e in sched.scheduled):
+        lora_slots = getattr(self.model, "lora_slots", None)
+        if self.graphs is not None and all(e.num_new == 1 and e.seq.params.lora is None for e in sched.scheduled):
             out = self._execute_graph(sched)
             if out is not None:
                 return out
         inp = self.prepare(sched)
         self.cache.meta = inp.meta
+        if lora_slots is not None:
+            lora_slots.begin_step(inp.lora_rows)
         try:
             fn = self._hidden_decode if self._hidden_decode is not None and not inp.meta.prefills else self._hidden
             h = fn(inp.tokens, inp.positions, self.cache)
         finally:
             self.cache.meta = None
+            if lora_slots is not None:
+                lora_slots.end_step()
         if not inp.sample_seqs:
             return None, []
         logits = self._head(h[0].index_select(0, inp.sample_rows)).float()
@@ -167,6 +189,8 @@ class ModelRunner:
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, rows: Seq[int], seqs: Seq[Sequence]) -> SampleResult:
         """Sample one token for each seq from logits row ``rows[i]`` (rows repeat for forks)."""
+        if self.deterministic and len(seqs) > 1:
+            return _concat([self.sample(logits, [r], [s]) for r, s in zip(rows, seqs)])
         if list(rows) != list(range(logits.shape[0])):
             logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
         params = [s.params for s in seqs]
@@ -184,3 +208,21 @@ class ModelRunner:
             if any(p.logits_processor is not None for p in params) else None
         return self.sampler.sample(logits, params, generators=[s.generator for s in seqs],
                                    output_counts=counts, seen_mask=seen, banned=banned, outputs=outputs)
+
+
+def _concat(results: list[SampleResult]) -> SampleResult:
+    """One-row results as one batch result; top-k columns padded to the widest row (a row's
+    consumer reads only its own ``top_logprobs`` columns)."""
+    def cat(name, fill):
+        cols = [getattr(r, name) for r in results]
+        if all(c is None for c in cols):
+            return None
+        if name in ("tokens", "logprobs"):
+            return torch.cat([c if c is not None else torch.full((1,), fill) for c in cols])
+        k = max(c.shape[1] for c in cols if c is not None)
+        like = next(c for c in cols if c is not None)
+        return torch.cat([torch.nn.functional.pad(c, (0, k - c.shape[1]), value=fill) if c is not None
+                          else torch.full((1, k), fill, dtype=like.dtype, device=like.device) for c in cols])
+
+    return SampleResult(cat("tokens", 0), cat("logprobs", float("nan")), cat("top_ids", 0),
+                        cat("top_logprobs", float("nan")))

@@ -46,6 +46,8 @@ class SamplingParams:
     n: int = 1
     min_tokens: int = 0
     logits_processor: LogitsProcessor | None = field(default=None, compare=False, hash=False)
+    # A per-request LoRA adapter (``lhama.model.lora_batch.LoraRequest``); None: the base model.
+    lora: object | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -59,6 +59,14 @@ BLOCK_PARENT = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "
                 "w1": "feed_forward", "w2": "feed_forward", "w3": "feed_forward"}
 
 
+def projection_shape(name: str, args) -> tuple[int, int]:
+    """(out_features, in_features) of projection ``name`` in a model with ``args``."""
+    q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
+    return {"wq": (q, args.dim), "wk": (kv, args.dim), "wv": (kv, args.dim), "wo": (args.dim, q),
+            "w1": (args.hidden_dim, args.dim), "w3": (args.hidden_dim, args.dim),
+            "w2": (args.dim, args.hidden_dim)}[name]
+
+
 class LoRALinear(nn.Module):
     """``y = x W^T + scaling * dropout(x) A^T B^T``. ``weight`` is the original Linear's
     parameter (same object, so state-dict names of the base model do not change); ``lora_b``
@@ -138,5 +146,5 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["HF_MODULE_NAMES", "OUR_MODULE_NAMES", "BLOCK_PARENT", "LoraConfig", "LoRALinear", "lora_targets",
+__all__ = ["HF_MODULE_NAMES", "OUR_MODULE_NAMES", "BLOCK_PARENT", "LoraConfig", "LoRALinear", "projection_shape", "lora_targets",
            "apply_lora", "lora_state_dict", "merge_lora"]
