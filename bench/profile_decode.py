@@ -34,24 +34,24 @@ if (REPO / "src" / "lhama").is_dir():
     sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))  # harness/, profile_engine.py
 
-from lhama.generate import SamplingParams, generate_tokens  # noqa: E402
-from lhama.model import kv_cache as kv_mod  # noqa: E402
-from lhama.model import transformer as tr  # noqa: E402
-
-from lhama.quant import QUANTIZED_TYPES  # noqa: E402
+from lhama.generate import SamplingParams, generate_tokens
+from lhama.model import kv_cache as kv_mod
+from lhama.model import transformer as tr
+from lhama.quant import QUANTIZED_TYPES
 
 rf = torch.profiler.record_function
 LINEARS = (nn.Linear,) + QUANTIZED_TYPES
 
 
-def load(spec: str, dtype=torch.float32, quantize: str | None = None):
+def load(spec: str, dtype=torch.float32, quantize: str | None = None, **kw):
     from lhama.loader import load_model
 
-    return load_model(spec, dtype=dtype, device="cpu", quantize=quantize).model
+    return load_model(spec, dtype=dtype, device="cpu", quantize=quantize, **kw).model
 
 
 def prompt_ids(n: int) -> list[int]:
     from harness.workload import token_stream
+
     from lhama.loader import default_model_path
 
     return token_stream(str(default_model_path()), n)[0]
@@ -72,9 +72,10 @@ def decode_step_times(model, prompt: list[int], steps: int) -> list[float]:
 
 def engine_step_times(model, prompt: list[int], steps: int) -> list[float]:
     """Seconds per decode step of the engine at batch 1 (profile_engine.py's measurement)."""
-    from lhama.engine import EngineConfig
     from profile_engine import blocks_for
     from profile_engine import engine_step_times as batched_step_times
+
+    from lhama.engine import EngineConfig
 
     config = EngineConfig(num_blocks=blocks_for(1, len(prompt) + steps + 2), max_num_seqs=1)
     return batched_step_times(model, [prompt], steps + 1, config)[1]
@@ -297,7 +298,7 @@ def experiments(a, model, prompt: list[int], log, rounds: int = 3, steps: int = 
                     undo()
     base = best["baseline (fp32, as shipped)"]
     res = {}
-    log("experiments (reference loop decode step, best of %d rounds' medians):" % rounds)
+    log(f"experiments (reference loop decode step, best of {rounds} rounds' medians):")
     for name in variants:
         res[name] = {"step_ms": best[name], "speedup": base / best[name], "greedy_tokens_equal": f"{same[name]}/16"}
         log(f"  {name:40s} {best[name]:7.1f} ms  x{base / best[name]:.2f}  same greedy tokens {same[name]}/16")
@@ -312,14 +313,19 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-experiments", action="store_true")
     ap.add_argument("--quantize", choices=["int8", "int4", "fp8"], help="profile the quantized model (no experiments)")
+    ap.add_argument("--no-flags", action="store_true",
+                    help="profile the model as load_model(path) keeps it (a quantized GGUF stays quantized)")
+    ap.add_argument("--tokenizer", help="for a GGUF without a vocabulary (bench/run.py --shapes files)")
+    ap.add_argument("--chat-format", help="for a GGUF without a vocabulary (a .jinja file)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out: dict = {"threads": a.threads, "context": a.context, "steps": a.steps, "torch": torch.__version__}
-    model = load(a.model, quantize=a.quantize)
-    out["quantize"] = a.quantize
+    model = load(a.model, dtype=None if a.no_flags else torch.float32, quantize=a.quantize, tokenizer=a.tokenizer,
+                 chat_format=a.chat_format)
+    out["quantize"], out["no_flags"] = a.quantize, a.no_flags
     prompt = prompt_ids(a.context)
-    log = lambda *x: print(*x, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda *x: print(*x, file=sys.stderr, flush=True)
 
     decode_step_times(model, prompt[:16], 4)
     ref = decode_step_times(model, prompt, a.steps)
@@ -335,7 +341,7 @@ def main(argv=None) -> None:
     for k, v, c in prof["top_aten_ops"]:
         log(f"    {k:40s} {v:7.2f} ms  x{c}")
 
-    if not a.skip_experiments and not a.quantize:
+    if not a.skip_experiments and not a.quantize and not a.no_flags:
         out["experiments"] = experiments(a, model, prompt, log)
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
