@@ -145,7 +145,7 @@ def read_peft_weights(path: str | os.PathLike, args) -> tuple[LoraConfig, dict[t
             out[i, name] = tuple(pair)
     if stored:
         raise CheckpointError(weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)",
-                              tensor=sorted(stored)[0])
+                              tensor=min(stored))
     return cfg, out
 
 

@@ -48,7 +48,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's, float32 on CPU)")
     g.add_argument("--max-seq-len", type=int, help="cap the context window in tokens (default: the model's)")
-    g.add_argument("--lora", help="PEFT LoRA adapter folder to apply to --model (merged in at load)")
+    g.add_argument("--lora", action="append", default=[],
+                   help="PEFT LoRA adapter folder to apply to --model (merged in at load); with serve, NAME=PATH "
+                        "serves the adapter per request as model NAME instead (repeatable)")
     g.add_argument("--quantize", choices=["int8", "int4", "fp8"],
                    help="weight-only quantization at load (see docs/quantization.md)")
     g.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32,
@@ -64,16 +66,37 @@ def quant_config_from_args(a):
     return QuantConfig(a.quantize, group_size=a.quant_group_size)
 
 
-def load_model_from_args(a):
+def split_lora_flags(values) -> tuple[str | None, list[tuple[str, str]]]:
+    """``--lora`` values: the one folder merged at load, and the NAME=PATH adapters served per request."""
+    from lhama.errors import ConfigError
+
+    merged, named = [], []
+    for v in values or ():
+        name, sep, path = v.partition("=")
+        if sep and name and not any(c in name for c in "/\\") and path:
+            named.append((name, path))
+        else:
+            merged.append(v)
+    if len(merged) > 1:
+        raise ConfigError("only one --lora folder can be merged at load; serve several per request with "
+                          "lhama serve --lora NAME=PATH")
+    return (merged[0] if merged else None), named
+
+
+def load_model_from_args(a, *, named_lora_ok: bool = False):
     """The model the ``add_model_args`` flags name, loaded (``lhama.loader.load_model``)."""
     import torch
 
+    from lhama.errors import ConfigError
     from lhama.loader import load_model
 
+    merged, named = split_lora_flags(getattr(a, "lora", None))
+    if named and not named_lora_ok:
+        raise ConfigError(f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve; here "
+                          "give the adapter folder alone to merge it")
     dtype = getattr(torch, a.dtype) if a.dtype else None
     return load_model(a.model, dtype=dtype, device=a.device, chat_format=a.chat_format, tokenizer=a.tokenizer,
-                      max_seq_len=a.max_seq_len, lora=getattr(a, "lora", None),
-                      quantize=quant_config_from_args(a))
+                      max_seq_len=a.max_seq_len, lora=merged, quantize=quant_config_from_args(a))
 
 
 # -- sampling ------------------------------------------------------------------------------------

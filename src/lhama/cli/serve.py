@@ -57,6 +57,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                    help="server log level")
     g.add_argument("--access-log", action="store_true", help="log every request")
+    g.add_argument("--enable-lora", action="store_true",
+                   help="serve LoRA adapters per request (loaded with --lora NAME=PATH or POST /v1/load_lora_adapter)")
+    g.add_argument("--max-loras", type=int, default=4, help="adapters loaded at once (default: %(default)s)")
+    g.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted (default: %(default)s)")
     e = add_engine_args(p)
     e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torch.distributed; see docs/scaling.md)")
     e.add_argument("--replicas", type=int, default=1, help="server copies as Ray actors behind this endpoint")
@@ -91,6 +95,23 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def lora_slots_from_args(a, loaded):
+    """``LoraSlots`` over the loaded model with the --lora NAME=PATH adapters in, or None."""
+    from lhama.cli.args import split_lora_flags
+
+    _, named = split_lora_flags(getattr(a, "lora", None))
+    if not (named or getattr(a, "enable_lora", False)):
+        return None
+    from lhama.model.lora_batch import LoraSlots
+    from lhama.peft_adapter import read_peft_weights
+
+    slots = LoraSlots(loaded.model, max_loras=a.max_loras, max_rank=a.max_lora_rank)
+    for name, path in named:
+        cfg, weights = read_peft_weights(path, loaded.model.args)
+        slots.load(name, path, cfg, weights)
+    return slots
+
+
 def _is_tp_follower() -> bool:
     return int(os.environ.get("RANK", "0")) != 0  # torchrun's rank: only rank 0 listens
 
@@ -117,11 +138,14 @@ def run_serve(a) -> int:
 
         loaded, engine = start_tp(a, engine_cfg, quant_config_from_args(a))
     else:
-        loaded = load_model_from_args(a)
+        loaded = load_model_from_args(a, named_lora_ok=True)
+        slots = lora_slots_from_args(a, loaded)  # before the engine: it wraps the model's projections
         engine = AsyncEngine.from_loaded(loaded, engine_cfg)
     if logging.getLogger("lhama.engine").getEffectiveLevel() > logging.INFO:  # else the engine logged it
         print(engine.engine.plan.describe(), file=sys.stderr, flush=True)
     app = create_app(loaded, engine, server_cfg)
+    if getattr(a, "tp", 1) <= 1:
+        app.state.lhama.loras = slots
     if a.shield:
         from lhama.server.shields import ServerShields
 

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from lhama.errors import ConfigError
 from lhama.model.lora import LoraConfig, projection_shape
 
 # A fused module's output slices, in the order the model's forward splits them.
 FUSED = {"wqkv": ("wq", "wk", "wv"), "w13": ("w1", "w3")}
 
 
-class LoraSlotError(ValueError):
+class LoraSlotError(ConfigError):
     """An adapter that cannot be placed (too large a rank, no free slot, unknown name...)."""
 
 
@@ -205,4 +206,4 @@ class LoraSlots:
         self.step = None
 
 
-__all__ = ["LoraRequest", "LoraSlots", "LoraSlotError", "LoadedAdapter", "SlotLoraLinear"]
+__all__ = ["LoadedAdapter", "LoraRequest", "LoraSlotError", "LoraSlots", "SlotLoraLinear"]

@@ -22,6 +22,7 @@ from lhama.server import (
     completions,
     embeddings,
     files,
+    lora,
     responses,
     vector_stores,
 )
@@ -61,7 +62,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
                   description="OpenAI-compatible serving of Llama-family models (see docs/server.md).")
     app.state.lhama = state
     install_error_handlers(app)
-    for module in (chat, completions, responses, embeddings, files, batches, vector_stores):
+    for module in (chat, completions, responses, embeddings, files, batches, vector_stores, lora):
         app.include_router(module.router)
     _add_basic_routes(app, state)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -109,9 +110,11 @@ def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", tags=["openai"], summary="List the served model")
     async def list_models():
-        return {"object": "list", "data": [_model_card(state, n) for n in state.model_names]}
+        return {"object": "list", "data": [_model_card(state, n) for n in state.model_names]
+                + lora.adapter_cards(state)}
 
     @app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One served model")
     async def get_model(model_id: str, request: Request):
-        state.check_model(model_id)
+        if state.check_model(model_id) is not None:
+            return next(c for c in lora.adapter_cards(state) if c["id"] == model_id)
         return _model_card(state, model_id)

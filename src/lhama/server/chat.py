@@ -48,10 +48,12 @@ class PreparedChat:
 
 def prepare_chat(state, req: ChatCompletionRequest, t0: float | None = None) -> PreparedChat:
     """Validate and render ``req``; every client error is raised here, before any output."""
-    state.check_model(req.model)
+    lora = state.check_model(req.model)
     req = apply_file_search(state, req)  # file_search tools become a grounding system message
     prep = requests.prepare_chat(state.loaded, req, state.compiler, context=state.max_model_len, limits=state.limits)
     check_prompt(state, prep.prompts[0], prep.params, "messages")
+    if lora is not None:  # a per-request adapter (docs/server.md, "LoRA adapters")
+        prep.params = prep.params.with_(lora=lora)
     rid = responses.new_id("chatcmpl")
     return PreparedChat(req, prep.plan, Generation(state, ROUTE, prep, request_id=rid, t0=t0), rid, responses.now())
 

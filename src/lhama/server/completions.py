@@ -33,8 +33,10 @@ class PreparedCompletion:
 
 
 def prepare_completion(state, req: CompletionRequest, t0: float | None = None) -> PreparedCompletion:
-    state.check_model(req.model)
+    lora = state.check_model(req.model)
     prep = requests.prepare_completion(state.loaded, req, context=state.max_model_len, limits=state.limits)
+    if lora is not None:  # a per-request adapter (docs/server.md, "LoRA adapters")
+        prep.params = prep.params.with_(lora=lora)
     for p in prep.prompts:
         check_prompt(state, p, prep.params, "prompt")
     rid = responses.new_id("cmpl")

@@ -46,6 +46,7 @@ class ServerState:
         self.files = None  # lhama.server.files.FileStore, set by the app
         self.batches = None  # lhama.server.batches.BatchManager, set by the app
         self.shields = None  # lhama.server.shields.ServerShields, set by ``lhama serve --shield``
+        self.loras = None  # lhama.model.lora_batch.LoraSlots, set by ``lhama serve --enable-lora`` / ``--lora``
 
     @property
     def model_name(self) -> str:
@@ -55,11 +56,17 @@ class ServerState:
     def max_model_len(self) -> int:
         return int(self.engine.stats().max_model_len)
 
-    def check_model(self, name: str) -> None:
-        if name not in self.model_names:
+    def check_model(self, name: str):
+        """None for the base model, the ``LoraRequest`` for a loaded adapter's name, else 404."""
+        if name in self.model_names:
+            return None
+        lora = self.loras.acquire(name) if self.loras is not None else None
+        if lora is None:
+            names = list(self.model_names) + (list(self.loras.adapters) if self.loras is not None else [])
             raise APIError(404, f"The model '{name}' does not exist; this server serves "
-                                f"{', '.join(repr(n) for n in self.model_names)} (see GET /v1/models).",
+                                f"{', '.join(repr(n) for n in names)} (see GET /v1/models).",
                            param="model", code="model_not_found")
+        return lora
 
     def admit(self, *, bypass_limit: bool = False) -> Ticket:
         """A ticket for one generation request, or 429 when ``max_num_seqs + max_queue`` are
