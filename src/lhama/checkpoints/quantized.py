@@ -23,9 +23,9 @@ import gguf
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from lhama.checkpoints.gguf import GGUFCheckpointReader
-from lhama.model.rope import rope_inv_freq
 from lhama.model.transformer import Transformer
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
 from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
@@ -139,6 +139,21 @@ class _Builder:
         return BlockEmbedding(blocks, qtype, self.reader.args.dim, self.dtype)
 
 
+class _ParametersOnMeta(TorchFunctionMode):
+    """Build the model's skeleton with its parameters on the meta device (each is replaced by a
+    kernel-layout module) and its small buffers (RoPE frequencies) computed on the CPU as usual.
+    ``with torch.device("meta")`` would run ``normal_`` (the embedding's init) and the RoPE
+    formula through torch's Python meta kernels: their first use imports them, 4 s and 74 MB."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.empty:  # what nn.Linear / nn.Embedding allocate their weights with
+            kwargs["device"] = "meta"
+        elif func is nn.init.normal_:  # a meta tensor: nothing to initialise
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def release_freed_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``). Repacking frees a
     few MB of temporaries per tensor; glibc raises its mmap threshold after such frees and then
@@ -202,7 +217,7 @@ def load_quantized_gguf(reader: GGUFCheckpointReader, *, dtype: torch.dtype = to
 
 def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> tuple[Transformer, QuantReport]:
     args = reader.args.with_(max_seq_len=max_seq_len) if max_seq_len else reader.args
-    with torch.device("meta"):
+    with _ParametersOnMeta():
         model = Transformer(args)
     b = _Builder(reader, dtype, compute_dtype)
     # Order matters for the peak: the head's row blocks come and go while little else is held,
@@ -229,7 +244,6 @@ def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> t
         release_freed_memory()
     model.norm.weight = b.norm_weight("norm.weight")
     model.tok_embeddings = b.embedding()
-    model.inv_freq = rope_inv_freq(args)
     release_freed_memory()
     model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
     report = QuantReport(model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model),
