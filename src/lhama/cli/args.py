@@ -203,6 +203,9 @@ def add_engine_args(p: argparse.ArgumentParser):
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
     g.add_argument("--enforce-eager", action="store_true",
                    help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs")
+    g.add_argument("--deterministic", action="store_true",
+                   help="batch-invariant results: a request's tokens and logprobs do not depend on the other "
+                        "requests or on prefix-cache hits (slower; see docs/server.md)")
     return g
 
 
@@ -212,4 +215,4 @@ def engine_config_from_args(a):
     return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
                         kv_cache_gb=a.kv_cache_gb, kv_cache_fraction=a.kv_cache_fraction, block_size=a.block_size, max_model_len=a.max_model_len,
                         enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
-                        cuda_graphs=not a.enforce_eager)
+                        cuda_graphs=not a.enforce_eager, deterministic=a.deterministic)

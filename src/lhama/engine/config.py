@@ -34,6 +34,10 @@ class EngineConfig:
     # tokens; other steps run eagerly. ``--enforce-eager`` turns them off.
     cuda_graphs: bool = True
     cuda_graph_max_len: int = 8192
+    # Batch-invariant results: a request's tokens and logprobs are bitwise the same whether it
+    # runs alone or beside others, with or without a prefix-cache hit (every token is its own
+    # one-row forward; see lhama.engine.runner). Slower; turns compile and CUDA graphs off.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         def bad(msg):

@@ -68,11 +68,12 @@ class LLMEngine:
         self.kv_manager = KVCacheManager(self.plan.num_blocks, config.block_size,
                                          enable_prefix_caching=config.enable_prefix_caching)
         if decode_graphs is None:
-            decode_graphs = config.cuda_graphs and model.device.type == "cuda"
+            decode_graphs = config.cuda_graphs and model.device.type == "cuda" and not config.deterministic
         self.cache = PagedKVCache(self.args, self.plan.num_blocks, config.block_size, dtype=model.dtype,
                                   device=model.device, spare_blocks=1 if decode_graphs else 0)
         self.scheduler = Scheduler(config, self.kv_manager)
-        self.runner = ModelRunner(model, self.cache, compile=config.compile, packed_head=config.packed_head)
+        self.runner = ModelRunner(model, self.cache, compile=config.compile and not config.deterministic,
+                                  packed_head=config.packed_head, deterministic=config.deterministic)
         if decode_graphs:
             max_len = min(self.max_model_len, config.cuda_graph_max_len)
             self.runner.graphs = DecodeGraphs(
