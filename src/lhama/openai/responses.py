@@ -63,24 +63,28 @@ def finish_reason(reason: str | None, is_tool_call: bool) -> str:
     return "tool_calls" if is_tool_call else (reason or "stop")
 
 
-def chat_completion(id: str, created: int, model: str, choices: list[dict], usage: dict) -> dict:
-    return {"id": id, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
+def chat_completion(id: str, created: int, model: str, choices: list[dict], usage: dict, *,
+                    fingerprint: str | None = None) -> dict:
+    return {"id": id, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": fingerprint,
             "choices": choices, "usage": usage}
 
 
-def chat_chunk(id: str, created: int, model: str, choices: list[dict], usage=_UNSET) -> dict:
+def chat_chunk(id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *,
+               fingerprint: str | None = None) -> dict:
     """One ``chat.completion.chunk``; ``usage`` is sent (``None`` until the last chunk) only when
     the client asked for ``stream_options.include_usage``."""
     body = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices}
+            "system_fingerprint": fingerprint, "choices": choices}
     if usage is not _UNSET:
         body["usage"] = usage
     return body
 
 
-def text_completion(id: str, created: int, model: str, choices: list[dict], usage=_UNSET) -> dict:
+def text_completion(id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *,
+                    fingerprint: str | None = None) -> dict:
     """A ``text_completion`` body, or one stream chunk of it (same object name, as OpenAI sends)."""
-    body = {"id": id, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
+    body = {"id": id, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": fingerprint,
             "choices": choices}
     if usage is not _UNSET:
         body["usage"] = usage

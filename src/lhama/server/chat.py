@@ -73,7 +73,8 @@ async def chat_body(state, prep: PreparedChat) -> dict:
         lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if prep.gen.params.logprobs else None
         out.append(await screen_choice(state, prep, {"index": c.index, "message": message, "logprobs": lp,
                                                      "finish_reason": _finish(c, is_call)}))
-    return responses.chat_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage())
+    return responses.chat_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage(),
+                                     fingerprint=state.fingerprint(prep.req.model))
 
 
 async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
@@ -91,10 +92,12 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
     buffered = plan.forced_tool or plan.parse_tools or screened
     want_lp = gen.params.logprobs
 
+    fp = state.fingerprint(req.model)
+
     def chunk(choices: list[dict]) -> bytes:
         if include_usage:
-            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=None))
-        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices))
+            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=None, fingerprint=fp))
+        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, fingerprint=fp))
 
     for c in gen.choices:
         yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -150,7 +153,7 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
             end = {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": done["finish_reason"]}
             yield chunk([{**end, "safety": done["safety"]} if refused else end])
     if include_usage:
-        yield sse(responses.chat_chunk(prep.id, prep.created, req.model, [], usage=gen.usage()))
+        yield sse(responses.chat_chunk(prep.id, prep.created, req.model, [], usage=gen.usage(), fingerprint=fp))
     yield SSE_DONE
 
 

@@ -49,7 +49,8 @@ async def completion_body(state, prep: PreparedCompletion) -> dict:
     out = [{"index": c.index, "text": c.text,
             "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids)) if prep.gen.params.logprobs
             else None, "finish_reason": c.finish_reason or "stop"} for c in choices]
-    return responses.text_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage())
+    return responses.text_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage(),
+                                     fingerprint=state.fingerprint(prep.req.model))
 
 
 async def completion_events(state, prep: PreparedCompletion) -> AsyncIterator[bytes]:
@@ -57,11 +58,13 @@ async def completion_events(state, prep: PreparedCompletion) -> AsyncIterator[by
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     offsets = [0] * len(gen.choices)
 
+    fp = state.fingerprint(req.model)
+
     def chunk(choice: dict, usage=None) -> bytes:
         choices = [choice] if choice else []
         if include_usage:
-            return sse(responses.text_completion(prep.id, prep.created, req.model, choices, usage))
-        return sse(responses.text_completion(prep.id, prep.created, req.model, choices))
+            return sse(responses.text_completion(prep.id, prep.created, req.model, choices, usage, fingerprint=fp))
+        return sse(responses.text_completion(prep.id, prep.created, req.model, choices, fingerprint=fp))
 
     async for d in gen.deltas():
         steps = content_steps(d.steps, d.token_ids)

@@ -148,7 +148,7 @@ def _usage(prep) -> dict:
 def refused_body(prep) -> dict:
     """The whole response to a request an input shield refused: nothing was generated."""
     return responses.chat_completion(prep.id, prep.created, prep.req.model, _refused_choices(prep, prep.verdict),
-                                     _usage(prep))
+                                     _usage(prep), fingerprint=prep.gen.state.fingerprint(prep.req.model))
 
 
 async def refused_events(prep):
@@ -156,10 +156,12 @@ async def refused_events(prep):
     req = prep.req
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
+    fp = prep.gen.state.fingerprint(req.model)
+
     def chunk(choices: list[dict], usage=None) -> bytes:
         if include_usage:
-            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=usage))
-        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices))
+            return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, usage=usage, fingerprint=fp))
+        return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, fingerprint=fp))
 
     for c in _refused_choices(prep, prep.verdict):
         i, msg = c["index"], c["message"]

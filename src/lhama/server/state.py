@@ -7,6 +7,7 @@ import threading
 import time
 
 from lhama.generate.constrained import GrammarCompiler
+from lhama.openai.fingerprint import model_settings, system_fingerprint
 from lhama.openai.requests import RequestLimits
 from lhama.server.config import ServerConfig
 from lhama.server.errors import APIError
@@ -47,6 +48,12 @@ class ServerState:
         self.batches = None  # lhama.server.batches.BatchManager, set by the app
         self.shields = None  # lhama.server.shields.ServerShields, set by ``lhama serve --shield``
         self.loras = None  # lhama.model.lora_batch.LoraSlots, set by ``lhama serve --enable-lora`` / ``--lora``
+        inner = getattr(engine, "engine", None)  # the LLMEngine of an AsyncEngine (absent in fakes)
+        self.fingerprint_settings = model_settings(loaded, getattr(inner, "config", None))
+
+    def fingerprint(self, model: str) -> str:
+        """``system_fingerprint`` of a response for ``model`` (a served name, or an adapter's)."""
+        return system_fingerprint(self.fingerprint_settings, None if model in self.model_names else model)
 
     @property
     def model_name(self) -> str:
