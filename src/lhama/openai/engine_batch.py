@@ -20,6 +20,7 @@ from lhama.engine.engine import LLMEngine
 from lhama.generate.constrained import GrammarCompiler
 from lhama.openai.batch import Answer, BatchLine, BatchSummary, run_batch
 from lhama.openai.chat_tools import final_message
+from lhama.openai.fingerprint import model_settings, system_fingerprint
 from lhama.openai.requests import (
     PreparedRequest,
     RequestLimits,
@@ -60,6 +61,7 @@ class EngineExecutor:
                  max_in_flight: int | None = None, limits: RequestLimits | None = None):
         self.loaded = loaded
         self.engine = engine or LLMEngine.from_loaded(loaded, config)
+        self.fingerprint = system_fingerprint(model_settings(loaded, self.engine.config))
         self.max_in_flight = max_in_flight or 2 * self.engine.config.max_num_seqs
         self.limits = limits or RequestLimits()
         self._compiler: GrammarCompiler | None = None
@@ -114,11 +116,11 @@ class EngineExecutor:
                 lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp else None
                 out.append({"index": i, "message": message, "logprobs": lp,
                             "finish_reason": finish_reason(c.finish_reason, is_call)})
-            return chat_completion(new_id("chatcmpl"), now(), prep.req.model, out, used)
+            return chat_completion(new_id("chatcmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
         out = [{"index": i, "text": c.text,
                 "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids)) if want_lp else None,
                 "finish_reason": c.finish_reason or "stop"} for i, c in choices]
-        return text_completion(new_id("cmpl"), now(), prep.req.model, out, used)
+        return text_completion(new_id("cmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
 
     # -- many lines ------------------------------------------------------------------------------
     def run(self, lines: Sequence[BatchLine], answer: Answer) -> None:

@@ -47,9 +47,10 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 def model_settings(loaded, engine_config) -> dict:
     """What of a loaded model and an engine configuration changes outputs, as plain data."""
     quant = getattr(loaded, "quant", None)
+    path = getattr(loaded, "path", None)
     return {
-        "model": file_digest(loaded.path) if loaded.path is not None and Path(loaded.path).is_file()
-        else f"{loaded.source}:{loaded.name}",
+        "model": file_digest(path) if path is not None and Path(path).is_file()
+        else f"{getattr(loaded, 'source', '')}:{getattr(loaded, 'name', '')}",
         "lhama": lhama.__version__,
         "dtype": str(loaded.model.dtype),
         "quant": sorted(set(quant.modules.values())) if quant is not None else None,
