@@ -29,7 +29,6 @@ from lhama.checkpoints.gguf import GGUFCheckpointReader
 from lhama.model.transformer import Transformer
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
 from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
-from lhama.quant.int4 import quantize_int4_groupwise
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
@@ -101,12 +100,10 @@ class _Builder:
         target = "int4/g32" if bits <= 4.6 and w.shape[1] % GROUP == 0 else "int8"
         self._notice(qtype, target)
         self.kinds[module_name] = f"{target} ({qtype.name}, requantized)"
-        if target == "int4/g32":
-            mod = Int4WeightOnlyLinear(w.shape[1], w.shape[0], GROUP, compute_dtype=self.compute_dtype,
-                                       layout=_int4_layout(self.compute_dtype))
-            return mod._fill(*quantize_int4_groupwise(w, GROUP))
         lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=False)
+        if target == "int4/g32":
+            return Int4WeightOnlyLinear.from_linear(lin, GROUP, self.compute_dtype)
         return Int8WeightOnlyLinear.from_linear(lin, self.compute_dtype)
 
     def _row_blocks(self, names: list[str], rows: int = 1024):
@@ -174,12 +171,6 @@ def _load_libc():
 
 
 _LIBC = _load_libc()
-
-
-def _int4_layout(compute_dtype: torch.dtype) -> str:
-    from lhama.quant.int4 import kernel_layout
-
-    return kernel_layout(torch.device("cpu"), compute_dtype, GROUP)
 
 
 def _same_exact_type(reader: GGUFCheckpointReader, names: list[str]) -> bool:
