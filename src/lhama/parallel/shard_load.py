@@ -5,9 +5,9 @@ The rank's model is allocated once at its shard's shape (``shard_args``: 1/tp of
 MLP), empty; each owned block is read from the file by the lazy reader full loading uses too
 (``lhama.checkpoints.open_reader``) and copied into its parameter, so the peak is this rank's
 weights plus one block in flight. With a 70B model at bf16 on 8 ranks that is ~17.6 GB per
-rank (embeddings and head split by vocab rows too), not 140 GB. Named configs (random weights) draw each full tensor in ``build_model``'s order from the same
-seeded generator and keep the slice: every rank agrees, and with one process, at the cost of
-one full tensor at a time.
+rank (embeddings and head split by vocab rows too), not 140 GB. Named configs (random weights)
+draw each full tensor in ``build_model``'s order from the same seeded generator and keep the
+slice: every rank agrees, and with one process, at the cost of one full tensor at a time.
 """
 
 from __future__ import annotations
