@@ -73,7 +73,8 @@ def write_hf_tokenizer_from_gguf(gguf_path: Path, md: dict[str, Any], out_dir: P
            "model_max_length": int(md.get("llama.context_length", 4096))}
     if md.get("tokenizer.chat_template"):
         cfg["chat_template"] = md["tokenizer.chat_template"]
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2))
+    kept = {k: v for k, v in cfg.items() if v is not None}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(kept, indent=2))
 
 
 def gguf_metadata_for(ckpt: Checkpoint) -> dict[str, Any]:
