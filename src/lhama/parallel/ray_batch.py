@@ -83,6 +83,7 @@ class RayExecutor:
                  chunk_size: int | None = None, address: str | None = None):
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
+        require("ray", "ray")  # here, so a missing extra stops the command instead of failing each line
         self.spec, self.config, self.workers, self.address = spec, config or EngineConfig(), workers, address
         self.chunk_size = chunk_size or 2 * self.config.max_num_seqs
 
