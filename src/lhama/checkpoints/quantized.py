@@ -181,14 +181,22 @@ def _same_exact_type(reader: GGUFCheckpointReader, names: list[str]) -> bool:
 def load_quantized(path, *, max_seq_len: int | None = None) -> tuple[Transformer, QuantReport] | None:
     """The model of a quantized GGUF file in kernel layouts, or None for any other checkpoint
     (which then loads through ``read_checkpoint``)."""
+    from lhama.checkpoints.loader import open_reader
+
+    if not is_quantized_checkpoint(path):
+        return None
+    with open_reader(path) as reader:
+        return load_quantized_gguf(reader, max_seq_len=max_seq_len)
+
+
+def is_quantized_checkpoint(path) -> bool:
+    """A GGUF file whose linear weights are in quantized ggml types (headers only)."""
     from lhama.checkpoints.loader import detect_format, open_reader
 
     if detect_format(path) != "gguf":
-        return None
+        return False
     with open_reader(path) as reader:
-        if not is_quantized_gguf(reader):
-            return None
-        return load_quantized_gguf(reader, max_seq_len=max_seq_len)
+        return is_quantized_gguf(reader)
 
 
 @torch.no_grad()
