@@ -9,6 +9,7 @@ made by ``make default-model``; docs/default-model.md), merged at load.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 
 from lhama.errors import ModelNotFoundError
 from lhama.model import CONFIGS, ModelArgs, Transformer, build_model, get_config
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 BASE_MODEL = "smollm2-base"  # the raw file, without the shipped adapter
@@ -93,7 +96,7 @@ def load_model(
     kernel layouts (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or ``lora``
     asks for float weights: ``dtype=torch.float32`` gives the dequantized model."""
     from lhama.checkpoints import load_weights, read_args, read_checkpoint
-    from lhama.checkpoints.quantized import load_quantized
+    from lhama.checkpoints.quantized import is_quantized_checkpoint, load_quantized
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
@@ -101,8 +104,10 @@ def load_model(
     shipped = default_adapter_path() if str(spec) == DEFAULT_MODEL else None
     adapters = [a for a in (shipped if shipped and shipped.is_dir() else None, lora) if a is not None]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # A quantized GGUF stays quantized unless a dtype, a re-quantization or a LoRA merge is asked.
-    keep_quantized = dtype is None and quantize is None and not adapters and device.type == "cpu"
+    # A quantized GGUF stays quantized unless a dtype or a re-quantization is asked; with LoRA
+    # adapters to merge (float weights), the merged model goes back to the file's 4 bits.
+    stay_quantized = dtype is None and quantize is None and device.type == "cpu"
+    keep_quantized = stay_quantized and not adapters
     dtype = dtype or default_dtype(device)
     target = resolve_model_spec(spec)
     report = None
@@ -138,6 +143,10 @@ def load_model(
 
         load_peft_adapter(model, adapter)
         merge_lora(model)
+    if adapters and stay_quantized and path is not None and is_quantized_checkpoint(path):
+        log.info("%s: LoRA adapters merged into float weights, re-quantized to int4 group 32 (nearest, "
+                    "not the file's exact blocks); --dtype float32 keeps them float", path.name)
+        quantize = "int4"
     if quantize is not None:
         from lhama.quant import QuantConfig, quantize_model
 
