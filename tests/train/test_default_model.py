@@ -104,9 +104,13 @@ def default_and_base():
 def test_default_applies_the_shipped_adapter_and_base_does_not(default_and_base):
     default, base = default_and_base
     assert default.path == base.path  # the same file underneath
-    wq_default = default.model.layers[0].attention.wq.weight
-    wq_base = base.model.layers[0].attention.wq.weight
-    assert not torch.allclose(wq_default, wq_base)
+    wd, wb = dict(default.model.named_parameters()), dict(base.model.named_parameters())
+    assert wd.keys() == wb.keys()
+    changed = [k for k in wd if not torch.equal(wd[k], wb[k])]
+    # LoRA on all seven projections of every block (separate, or fused as wqkv / w13); norms and
+    # embeddings untouched.
+    assert len(changed) in {n * default.args.n_layers for n in (4, 5, 7)}, changed[:3]
+    assert all("norm" not in k and "embed" not in k for k in changed)
 
 
 def test_default_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
