@@ -3,6 +3,7 @@ no test or optional extra, and llama.cpp is built portably before the test extra
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def dry_run(target: str, tmp_path: Path) -> str:
     if shutil.which("make") is None:
         pytest.fail("make is missing: apt-get install -y make")
-    r = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", target], capture_output=True,
-                       text=True, timeout=60, check=True)
+    # Run from `make test` too: the outer make's variables must not reach this one.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", target],
+                       capture_output=True, text=True, timeout=60, check=True, env=env)
     return r.stdout
 
 
