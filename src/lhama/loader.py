@@ -96,7 +96,7 @@ def load_model(
     kernel layouts (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or ``lora``
     asks for float weights: ``dtype=torch.float32`` gives the dequantized model."""
     from lhama.checkpoints import load_weights, read_args, read_checkpoint
-    from lhama.checkpoints.quantized import is_quantized_checkpoint, load_quantized
+    from lhama.checkpoints.quantized import is_quantized_checkpoint, load_quantized, release_freed_memory
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
@@ -152,6 +152,7 @@ def load_model(
 
         qcfg = QuantConfig.parse(quantize)
         report = quantize_model(model, qcfg) if qcfg is not None else None
+        release_freed_memory()  # the float linears just replaced
     model.eval()
     return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, report)
 
