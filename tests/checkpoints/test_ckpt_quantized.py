@@ -108,7 +108,7 @@ LOAD_PROBE = textwrap.dedent("""
     t0 = time.perf_counter()
     from lhama.loader import load_model
     t1 = time.perf_counter()
-    lm = load_model("default")
+    lm = load_model("smollm2-base")  # the default file without the shipped adapter (merged in float)
     t2 = time.perf_counter()
     print(json.dumps({"peak_kb": status("VmHWM"), "after_kb": status("VmRSS"),
                       "quantized": lm.quant is not None, "imports_s": t1 - t0, "load_s": t2 - t1}))
