@@ -18,8 +18,8 @@ LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGG
 LLAMA_STAMP := $(VENV)/.llama-cpp-portable-$(shell echo '$(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
 # Debian packages the tests need: Chromium (the web pages, never a downloaded browser build),
 # bubblewrap (the code sandbox), util-linux (setpriv, prlimit), g++ (llama-cpp-python builds
-# from source). `make test` installs the missing ones.
-SYSTEM_PACKAGES := chromium bubblewrap util-linux g++
+# from source), nodejs (the web chat's JS unit tests). `make test` installs the missing ones.
+SYSTEM_PACKAGES := chromium bubblewrap util-linux g++ nodejs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 

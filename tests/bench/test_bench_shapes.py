@@ -3,6 +3,7 @@ own quantizer, loadable by lhama with no flags; the decode limit from its bytes 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-pytest.importorskip("llama_cpp")
+from tests.native import INSTALL  # noqa: E402
+
+if importlib.util.find_spec("llama_cpp") is None:  # located, not imported: llama.cpp runs in a child
+    pytest.fail(f"llama-cpp-python is missing: {INSTALL}", pytrace=False)
 
 
 def test_llama_cpp_quantizes_a_full_shape_random_file_that_lhama_loads(tmp_path):

@@ -11,6 +11,7 @@ from engine_fakes import tiny_args
 from lhama.engine import EngineConfig, LLMEngine, plan_kv_cache
 from lhama.errors import ConfigError
 from lhama.model import get_config
+from tests import needs
 
 
 def test_plan_from_a_gigabyte_budget_for_llama3_8b():
@@ -73,7 +74,7 @@ def test_default_budget_is_a_fraction_of_free_memory_capped_at_need(monkeypatch)
 
 
 def test_cpu_cache_memory_is_committed_as_blocks_are_written():
-    psutil = pytest.importorskip("psutil")
+    psutil = needs.module("psutil")
     from lhama.engine.paged_cache import PagedKVCache
 
     proc = psutil.Process()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import needs
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -19,7 +21,7 @@ STORAGE_KEY = "lhama.chats.v1"
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = needs.module("playwright.sync_api")
     if not shutil.which(CHROMIUM):
         pytest.fail("chromium is missing: apt-get install -y chromium")
     with sync_api.sync_playwright() as p:
