@@ -17,7 +17,8 @@ from tests.server.conftest import MODEL, ServerProcess
 
 QUESTION = "What is the capital of France?"
 WEATHER = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                           "additionalProperties": False}}]
 GREEDY = {"temperature": 0, "max_output_tokens": 12}
 
 
