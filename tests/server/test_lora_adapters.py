@@ -32,7 +32,7 @@ def adapters(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_server(tmp_path_factory, adapters):
     srv = ServerProcess(tmp_path_factory.mktemp("lora-data"), "--lora", f"a1={adapters['a1']}",
-                        "--max-loras", "3", "--max-lora-rank", "8")
+                        "--max-loras", "3", "--max-lora-rank", "8", timeout=600)
     yield srv
     srv.stop()
 
