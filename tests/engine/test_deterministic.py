@@ -8,8 +8,7 @@ import pytest
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.generate import SamplingParams
 
-SHARED = ("The old harbour town kept its records in a stone tower by the river, where clerks wrote down "
-          "every ship, every cargo and every storm")
+SHARED = "The old harbour town kept its records in a stone tower by the river, where the clerks wrote"
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +24,10 @@ def _prompts(lm) -> list[list[int]]:
     assert len(shared) > 16  # at least one whole shared KV block: prefix hits happen
     out = []
     for i in range(32):
-        tail = enc(f" of year {1700 + 7 * i}, and then", bos=False, eos=False)
-        # Half share the long prefix; the others are short distinct prompts.
-        out.append(shared + tail if i % 2 == 0 else enc(f"Item {i}: a list of {i + 2} words", bos=True, eos=False))
+        # Half share the prefix; the others are short distinct prompts.
+        out.append(shared + enc(f" in {1700 + 7 * i}", bos=False, eos=False) if i % 2 == 0
+                   else enc(f"Item {i}: a", bos=True, eos=False))
     return out
-
-
-def _engine(lm, **kw) -> LLMEngine:
-    # A small step budget so that the 32 prompts are chunked differently than alone.
-    kw.setdefault("max_num_batched_tokens", 48)
-    return LLMEngine.from_loaded(lm, EngineConfig(block_size=16, num_blocks=512, deterministic=True, **kw))
 
 
 def _outs(results) -> list[tuple[list[int], list[float], list]]:
@@ -44,39 +37,31 @@ def _outs(results) -> list[tuple[list[int], list[float], list]]:
 
 def _params(i: int) -> SamplingParams:
     if i % 3 == 2:  # seeded sampling beside greedy
-        return SamplingParams(temperature=0.8, top_p=0.9, seed=100 + i, max_tokens=4, logprobs=True, top_logprobs=2)
-    return SamplingParams(temperature=0, max_tokens=4, logprobs=True, top_logprobs=2)
+        return SamplingParams(temperature=0.8, top_p=0.9, seed=100 + i, max_tokens=3, logprobs=True, top_logprobs=2)
+    return SamplingParams(temperature=0, max_tokens=3, logprobs=True, top_logprobs=2)
 
 
 def test_deterministic_alone_equals_beside_31_others_and_prefix_hits(default_lm):
+    """32 requests together (a small step budget, so prompts are chunked differently than
+    alone), then each alone, one after another, in a fresh engine: the first shared-prefix
+    request and the short ones run cold, the other 15 shared-prefix ones hit the prefix cache.
+    Every token, logprob and top logprob is equal (``==`` on the floats)."""
     prompts = _prompts(default_lm)
     params = [_params(i) for i in range(32)]
-    batched = _outs(_engine(default_lm).generate(prompts, params))
-    # Alone: each request in its own cold engine with no prefix cache...
-    cold = _engine(default_lm, enable_prefix_caching=False)
-    # ... and one after another in a warm engine, where the shared prefix is a cache hit.
-    warm = _engine(default_lm)
-    hits = 0
+
+    def engine():
+        cfg = EngineConfig(block_size=16, num_blocks=256, max_num_batched_tokens=40, deterministic=True)
+        return LLMEngine.from_loaded(default_lm, cfg)
+
+    batched = _outs(engine().generate(prompts, params))
+    alone_engine = engine()
+    cached = []
     for i, (p, sp) in enumerate(zip(prompts, params)):
-        alone = cold.generate([p], sp)
-        assert alone[0].cached_tokens == 0
-        assert _outs(alone)[0] == batched[i], f"request {i}: batched != alone"
-        again = warm.generate([p], sp)
-        hits += again[0].cached_tokens > 0
-        assert _outs(again)[0] == batched[i], f"request {i}: prefix-cache hit != batched"
-    assert hits >= 15  # the shared-prefix prompts (after the first) did hit the cache
+        alone = alone_engine.generate([p], sp)
+        cached.append(alone[0].cached_tokens)
+        assert _outs(alone)[0] == batched[i], f"request {i} (cached {cached[-1]} tokens): alone != batched"
+    assert sum(c > 0 for c in cached) == 15 and cached[0] == 0 and cached[1::2] == [0] * 16
     assert all(lp is not None for _, lps, _ in batched for lp in lps)
-
-
-def test_deterministic_recompute_after_full_prompt_hit(default_lm):
-    """A prompt run twice in one engine: the second reuses every whole block and recomputes the
-    rest one token at a time; its logprobs equal the cold run's, float for float."""
-    p = _prompts(default_lm)[0]
-    sp = SamplingParams(temperature=0, max_tokens=6, logprobs=True)
-    eng = _engine(default_lm)
-    first, second = eng.generate([p], sp), eng.generate([p], sp)
-    assert first[0].cached_tokens == 0 and second[0].cached_tokens >= 16
-    assert _outs(first) == _outs(second)
 
 
 def test_deterministic_mode_is_a_runner_setting():
