@@ -10,8 +10,8 @@ The sets (recipes/heldout/*.jsonl) come from ``default_model_data`` with split="
 seeds, templates, system prompts and items than the training data, and none of the README's
 literal prompts. Metrics:
 
-- tool: ``lhama agent``'s loop (``Agent`` with the code interpreter, greedy): the share of
-  questions where the model called the tool, and where the final answer has the right result;
+- tool: ``lhama agent``'s loop (the code interpreter, greedy; batched, see ``eval_tool``): the
+  share of questions where the model called the tool, and where the final answer has the right result;
 - rag: the ``lhama rag ask`` prompt over generated documents: the answer cites the source that
   holds the fact, and states the fact too;
 - brief: under a brevity system prompt, the answer ends on its own within 64 tokens; and is right;
@@ -56,30 +56,67 @@ def read_set(task: str, limit: int | None) -> list[dict]:
 
 
 def eval_tool(lm, rows: list[dict]) -> tuple[dict, list[dict]]:
-    from lhama.tools.agent import Agent, AgentConfig
+    """``Agent``'s loop, batched over the questions (one sequential agent run per question is too
+    slow on a loaded 2-core machine): the same prompt (tools rendered by the chat format), the
+    same stream parser for the call, the same code-interpreter tool and tool turn, greedy, at
+    most two model calls. tests/train/test_default_model.py runs the real ``Agent``."""
+    from lhama.errors import LhamaError
+    from lhama.tools.builtin import as_tool
+    from lhama.tools.stream_parser import ToolCallStreamParser
     from lhama.train.default_model_checks import contains
 
-    agent = Agent(lm, tools=["code_interpreter"], config=AgentConfig(max_steps=3, max_tokens=96))
-    items = []
-    for rec in rows:
-        res = agent.run(rec["question"])
-        called = any(m.get("tool_calls") for m in res.messages if m["role"] == "assistant")
-        items.append({"question": rec["question"], "expected": rec["expected"], "tool_called": called,
-                      "correct": contains(res.content, rec["expected"]), "answer": res.content,
-                      "stopped": res.stopped})
+    tool = as_tool("code_interpreter")
+    specs = [tool.spec()]
+    convs = [[{"role": "user", "content": r["question"]}] for r in rows]
+    called = [False] * len(rows)
+    final = [""] * len(rows)
+    active = list(range(len(rows)))
+    for _ in range(2):
+        if not active:
+            break
+        outs = _generate(lm, [convs[i] for i in active], 96, tools=specs, with_ids=True)
+        still = []
+        for i, (ids, stop) in zip(active, outs):
+            parser = ToolCallStreamParser(lm.chat_format)
+            parser.feed(ids + ([stop] if isinstance(stop, int) else []))
+            parser.finish(parse=True)
+            msg = dict(parser.message)
+            convs[i].append(msg)
+            calls = msg.get("tool_calls") or []
+            final[i] = msg.get("content") or ""
+            if not calls:
+                continue
+            called[i] = True
+            for c in calls:
+                try:
+                    args = json.loads(c["function"]["arguments"])
+                    result = tool(args) if c["function"]["name"] == tool.name else f"error: unknown tool {c['function']['name']!r}"
+                except (LhamaError, ValueError, TypeError, KeyError) as e:  # the agent turns bad calls into error results the model sees
+                    result = f"error: {e}"
+                convs[i].append({"role": "tool", "tool_call_id": c.get("id", ""), "name": tool.name, "content": result})
+            still.append(i)
+        active = still
+    items = [{"question": r["question"], "expected": r["expected"], "tool_called": called[i],
+              "correct": contains(final[i], r["expected"]), "answer": final[i], "conversation": convs[i][1:]}
+             for i, r in enumerate(rows)]
     n = len(items)
     return {"tool_call_rate": sum(i["tool_called"] for i in items) / n,
             "correct_answer_rate": sum(i["correct"] for i in items) / n, "n": n}, items
 
 
-def _generate(lm, rows: list[dict], max_tokens: int):
+def _generate(lm, convs: list[list[dict]], max_tokens: int, *, tools=None, with_ids: bool = False):
+    """Greedy answers, batched through the engine: (text, finish reason) or (token ids, stop reason)."""
     from lhama.engine import LLMEngine
     from lhama.generate import SamplingParams
 
     engine = LLMEngine.from_loaded(lm)
-    ids = [lm.chat_format.encode_dialog(r["messages"], add_generation_prompt=True) for r in rows]
-    params = [SamplingParams(temperature=0, max_tokens=max_tokens) for _ in rows]
-    return [(res.completions[0].text, res.completions[0].finish_reason) for res in engine.generate(ids, params)]
+    ids = [lm.chat_format.encode_dialog(c, tools=tools, add_generation_prompt=True) for c in convs]
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens) for _ in convs]
+    out = []
+    for res in engine.generate(ids, params):
+        comp = res.completions[0]
+        out.append((list(comp.token_ids), comp.stop_reason) if with_ids else (comp.text, comp.finish_reason))
+    return out
 
 
 def eval_text(lm, task: str, rows: list[dict]) -> tuple[dict, list[dict]]:
@@ -88,7 +125,7 @@ def eval_text(lm, task: str, rows: list[dict]) -> tuple[dict, list[dict]]:
 
     max_tokens = {"rag": 128, "brief": 64, "phrase": 64}[task]
     items = []
-    for rec, (text, finish) in zip(rows, _generate(lm, rows, max_tokens)):
+    for rec, (text, finish) in zip(rows, _generate(lm, [r["messages"] for r in rows], max_tokens)):
         item = {"prompt": rec["messages"][-1]["content"][-200:], "expected": rec["expected"], "answer": text,
                 "finish_reason": finish, "correct": contains(text, rec["expected"])}
         if task == "rag":
@@ -111,14 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder for results.json and items/*.jsonl")
     p.add_argument("--tasks", default="tool,rag,brief,phrase")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--dtype", choices=["float32"], help="float weights (the adapter merged, not re-quantized)")
     p.add_argument("--write-sets", action="store_true")
     a = p.parse_args(argv)
     if a.write_sets:
         write_sets()
         return 0
+    import torch
+
     from lhama.loader import load_model
 
-    lm = load_model(a.model)
+    lm = load_model(a.model, dtype=torch.float32 if a.dtype else None)
     out = Path(a.out)
     (out / "items").mkdir(parents=True, exist_ok=True)
     results = {"model": a.model}
