@@ -20,7 +20,7 @@ from tests.engine.lora_adapters import make_adapter
 # base model's blocks (or another adapter's) for the same tokens.
 PROMPT = ("The history of the city goes back two thousand years, when a small fishing village stood on "
           "the river bank. Over the centuries it grew into a market town, and today it is known for")
-PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=2)
+PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
 # Float base with adapters vs the same adapter merged into the float weights: the same math in
 # another order (fp32 rounding only).
 FLOAT_TOL = 2e-3
@@ -108,22 +108,24 @@ def _agree_up_to_near_tie(got, ref, tol: float) -> int:
 def test_adapters_on_int4_base_equal_merged_weights(adapters, merged_runs, monkeypatch):
     """The served configuration: the quantized default model (int4, fused wqkv/w13) plus adapters
     vs the adapters merged into its float copy. The int4 kernel itself differs from the float
-    copy (the base gap, measured here); with an adapter the gap may be at most twice that plus
-    0.02 nats. Without the adapter deltas a1/a2 would follow the base model's tokens instead."""
+    copy (the base gap, measured where the two base runs agree); with an adapter, tokens must agree
+    with the merged reference until a near-tie within twice that gap (at least 0.05 nats)."""
     loaded = load_model("default")
     assert loaded.model.layers[0].attention.wqkv is not None  # fused quantized projections
     alone, mixed = _run(loaded, adapters, monkeypatch)
-    base_gap = _max_gap(alone["base"], merged_runs["base"])
-    tol = 2 * base_gap + 0.02
+    base_agreed = _agree_up_to_near_tie(alone["base"], merged_runs["base"], 1.0)
+    base_gap = _max_gap_prefix(alone["base"], merged_runs["base"], max(base_agreed, 1))
+    tol = max(2 * base_gap, 0.05)
     for name in ("base", "a1", "a2"):
         for got in (alone[name], mixed[name]):
-            agreed = _agree_up_to_near_tie(got, merged_runs[name], tol)
-            if name != "base":  # it agreed past where the adapter makes the output leave the base model's
-                assert agreed > _first_diff(merged_runs[name], merged_runs["base"]), (name, agreed)
+            _agree_up_to_near_tie(got, merged_runs[name], tol)
+        _agree_up_to_near_tie(mixed[name], alone[name], tol)  # batching with other adapters changes nothing
+        if name != "base":  # the adapter was applied: its tokens are not the base model's
+            assert alone[name].token_ids != alone["base"].token_ids, name
 
 
-def _first_diff(a, b) -> int:
-    return next(i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=True)) if x != y)
+def _max_gap_prefix(a, b, n: int) -> float:
+    return max(abs(x.logprob - y.logprob) for x, y in zip(a.steps[:n], b.steps[:n], strict=True))
 
 
 def test_adapter_errors(adapters, tmp_path):
