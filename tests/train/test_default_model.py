@@ -101,19 +101,19 @@ def default_and_base():
     return load_model("default"), load_model("smollm2-base")
 
 
-def greedy(lm, messages, tools=None, max_tokens=12) -> str:
-    from lhama.generate import SamplingParams, generate
-
-    ids = lm.chat_format.encode_dialog(messages, tools=tools)
-    return generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=max_tokens),
-                    stop_ids=lm.chat_format.stop_ids).text
-
-
 def test_default_applies_the_shipped_adapter_and_base_does_not(default_and_base):
+    from lhama.loader import load_model
+
     default, base = default_and_base
     assert default.path == base.path  # the same file underneath
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of Peru?"}]
-    assert greedy(default, msgs) != greedy(base, msgs)
+    wd = dict(load_model("default", dtype=torch.float32).model.named_parameters())
+    wb = dict(load_model("smollm2-base", dtype=torch.float32).model.named_parameters())
+    assert wd.keys() == wb.keys()
+    changed = [k for k in wd if not torch.equal(wd[k], wb[k])]
+    # LoRA on all seven projections of every block (separate, or fused as wqkv / w13); norms and
+    # embeddings untouched.
+    assert len(changed) in {n * default.args.n_layers for n in (4, 5, 7)}, changed[:3]
+    assert all("norm" not in k and "embed" not in k for k in changed)
 
 
 def test_default_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
