@@ -23,7 +23,7 @@ SYSTEM_PACKAGES := chromium bubblewrap util-linux g++ nodejs
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install serve chat test test-slow bench system-packages clean default-model
+.PHONY: install serve chat lint test test-slow bench system-packages clean default-model
 
 install: $(STAMP)
 
@@ -60,7 +60,13 @@ serve: install
 chat: install
 	$(BIN)/lhama chat
 
-test: system-packages $(TEST_STAMP)
+LINTED := src tests bench recipes
+
+lint: $(TEST_STAMP)
+	$(BIN)/python -m ruff check $(LINTED)
+	$(BIN)/python -m ruff format --check $(LINTED)
+
+test: system-packages $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: system-packages $(TEST_STAMP)

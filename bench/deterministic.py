@@ -34,8 +34,13 @@ def run(lm, deterministic: bool, concurrent: int, prompt_len: int, new_tokens: i
     results = eng.generate(prompts, params)
     wall = time.perf_counter() - t0
     generated = sum(len(c.token_ids) for r in results for c in r.completions)
-    return {"deterministic": deterministic, "concurrent": concurrent, "generated_tokens": generated,
-            "wall_s": round(wall, 2), "tok_per_s": round(generated / wall, 2)}
+    return {
+        "deterministic": deterministic,
+        "concurrent": concurrent,
+        "generated_tokens": generated,
+        "wall_s": round(wall, 2),
+        "tok_per_s": round(generated / wall, 2),
+    }
 
 
 def main(argv=None) -> int:
@@ -53,14 +58,17 @@ def main(argv=None) -> int:
     new = 16 if a.quick else a.new_tokens
     rows = [run(lm, det, n, a.prompt_len, new) for n in (1, wide) for det in (False, True)]
     for r in rows:
-        print(f"concurrent {r['concurrent']:>2}  {'deterministic' if r['deterministic'] else 'normal       '}  "
-              f"{r['tok_per_s']:8.2f} tok/s  ({r['generated_tokens']} tokens in {r['wall_s']} s)")
+        print(
+            f"concurrent {r['concurrent']:>2}  {'deterministic' if r['deterministic'] else 'normal       '}  "
+            f"{r['tok_per_s']:8.2f} tok/s  ({r['generated_tokens']} tokens in {r['wall_s']} s)"
+        )
     for n in (1, wide):
         normal, det = (next(r for r in rows if r["concurrent"] == n and r["deterministic"] is d) for d in (False, True))
         print(f"concurrent {n:>2}: deterministic / normal = {det['tok_per_s'] / normal['tok_per_s']:.2f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"model": a.model, "prompt_len": a.prompt_len, "new_tokens": new, "rows": rows},
-                                indent=2))
+    a.out.write_text(
+        json.dumps({"model": a.model, "prompt_len": a.prompt_len, "new_tokens": new, "rows": rows}, indent=2)
+    )
     return 0
 
 

@@ -21,8 +21,13 @@ def hf_twin(lm):
     from lhama.checkpoints.hf import HF_NAMES, hf_config, meta_to_hf_rows
 
     args = lm.args
-    cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config(args, torch.float32).items()
-                                      if k not in ("architectures", "torch_dtype", "dtype", "model_type")})
+    cfg = transformers.LlamaConfig(
+        **{
+            k: v
+            for k, v in hf_config(args, torch.float32).items()
+            if k not in ("architectures", "torch_dtype", "dtype", "model_type")
+        }
+    )
     with torch.device("meta"):
         hf = transformers.LlamaForCausalLM(cfg)
     sd = {}
@@ -59,9 +64,14 @@ def main() -> None:
         model = build_model(get_config(a.model).args, dtype=torch.bfloat16, device="cuda", init="random").eval()
         lm = SimpleNamespace(model=model, args=model.args, tokenizer=None)
     torch.cuda.synchronize()
-    res = {"model": a.model, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "params": sum(p.numel() for p in lm.model.parameters()), "build_s": time.perf_counter() - t0,
-           "weights_gib": torch.cuda.memory_allocated() / 2**30}
+    res = {
+        "model": a.model,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "params": sum(p.numel() for p in lm.model.parameters()),
+        "build_s": time.perf_counter() - t0,
+        "weights_gib": torch.cuda.memory_allocated() / 2**30,
+    }
 
     text = "The Llama 3.1 family was released with a 128K context window. " * 60
     if lm.tokenizer is not None:
@@ -77,7 +87,8 @@ def main() -> None:
     hf_logits = hf(tokens).logits[0].float()
     diff = (ours_logits - hf_logits).abs()
     res["vs_transformers_fp32"] = {
-        "max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(),
+        "max_abs_diff": diff.max().item(),
+        "mean_abs_diff": diff.mean().item(),
         "logit_std": hf_logits.std().item(),
         "top1_agreement": (ours_logits.argmax(-1) == hf_logits.argmax(-1)).float().mean().item(),
     }
@@ -87,7 +98,8 @@ def main() -> None:
     far_hf = hf(tokens[:, :64], position_ids=pos).logits[0].float()
     res["vs_transformers_fp32_at_position_100000"] = {
         "max_abs_diff": (far_ours - far_hf).abs().max().item(),
-        "top1_agreement": (far_ours.argmax(-1) == far_hf.argmax(-1)).float().mean().item()}
+        "top1_agreement": (far_ours.argmax(-1) == far_hf.argmax(-1)).float().mean().item(),
+    }
     del hf, ours_logits, hf_logits, far_ours, far_hf, diff
     lm.model.to(torch.bfloat16)
     torch.cuda.empty_cache()

@@ -25,18 +25,40 @@ import time
 
 import httpx
 
-PROMPTS = ["Tell me a story about a lighthouse keeper.", "Explain how rainbows form.",
-           "Write a haiku about autumn.", "What are three uses for a paperclip?",
-           "Describe the taste of a lemon.", "Give me a recipe for pancakes.",
-           "Why is the sky blue?", "List five animals that live in the ocean."]
+PROMPTS = [
+    "Tell me a story about a lighthouse keeper.",
+    "Explain how rainbows form.",
+    "Write a haiku about autumn.",
+    "What are three uses for a paperclip?",
+    "Describe the taste of a lemon.",
+    "Give me a recipe for pancakes.",
+    "Why is the sky blue?",
+    "List five animals that live in the ocean.",
+]
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     data = tempfile.mkdtemp(prefix="lhama-load-")
-    cmd = [sys.executable, "-m", "lhama.server", "--model", args.model, "--host", "127.0.0.1", "--port", "0",
-           "--data-dir", data, "--log-level", "warning", "--max-num-seqs", str(args.max_num_seqs)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "lhama.server",
+        "--model",
+        args.model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--data-dir",
+        data,
+        "--log-level",
+        "warning",
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
     for line in proc.stdout:
         print("server:", line.rstrip(), file=sys.stderr)
         m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
@@ -59,9 +81,14 @@ def metrics(url: str) -> dict[str, float]:
 async def client(c: httpx.AsyncClient, model: str, idx: int, deadline: float, max_tokens: int, stats: dict) -> None:
     n = idx
     while time.monotonic() < deadline:
-        body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}],
-                "max_tokens": max_tokens, "temperature": 0.7, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPTS[n % len(PROMPTS)]}],
+            "max_tokens": max_tokens,
+            "temperature": 0.7,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         n += 1
         t0 = time.perf_counter()
         ttft = None
@@ -106,14 +133,20 @@ async def run(args, url: str, model: str) -> dict:
         deadline = t0 + args.duration
         await asyncio.gather(*(client(c, model, i, deadline, args.max_tokens, stats) for i in range(args.clients)))
         elapsed = time.monotonic() - t0
-    return {"clients": args.clients, "duration_s": round(elapsed, 1), "max_tokens": args.max_tokens,
-            "requests_ok": stats["status"][200], "errors_by_status": {str(k): v for k, v in stats["status"].items()
-                                                                    if k != 200},
-            "output_tokens": stats["tokens"], "output_tokens_per_s": round(stats["tokens"] / elapsed, 1),
-            "requests_per_s": round(stats["status"][200] / elapsed, 2),
-            "ttft_p50_s": round(pct(stats["ttft"], 50), 3), "ttft_p99_s": round(pct(stats["ttft"], 99), 3),
-            "latency_p50_s": round(pct(stats["latency"], 50), 3),
-            "latency_mean_s": round(statistics.fmean(stats["latency"]), 3) if stats["latency"] else None}
+    return {
+        "clients": args.clients,
+        "duration_s": round(elapsed, 1),
+        "max_tokens": args.max_tokens,
+        "requests_ok": stats["status"][200],
+        "errors_by_status": {str(k): v for k, v in stats["status"].items() if k != 200},
+        "output_tokens": stats["tokens"],
+        "output_tokens_per_s": round(stats["tokens"] / elapsed, 1),
+        "requests_per_s": round(stats["status"][200] / elapsed, 2),
+        "ttft_p50_s": round(pct(stats["ttft"], 50), 3),
+        "ttft_p99_s": round(pct(stats["ttft"], 99), 3),
+        "latency_p50_s": round(pct(stats["latency"], 50), 3),
+        "latency_mean_s": round(statistics.fmean(stats["latency"]), 3) if stats["latency"] else None,
+    }
 
 
 def main() -> int:
@@ -142,9 +175,12 @@ def main() -> int:
                 break
             time.sleep(0.5)
         server_5xx = sum(v for k, v in m.items() if k.startswith("lhama_http_requests_total") and 'status="5' in k)
-        report.update(kv_blocks_used_after=m["lhama_kv_cache_blocks_used"], server_5xx=server_5xx,
-                      preemptions=m.get("lhama_preemptions_total"),
-                      prefix_cache_hits=m.get("lhama_prefix_cache_hits_total"))
+        report.update(
+            kv_blocks_used_after=m["lhama_kv_cache_blocks_used"],
+            server_5xx=server_5xx,
+            preemptions=m.get("lhama_preemptions_total"),
+            prefix_cache_hits=m.get("lhama_prefix_cache_hits_total"),
+        )
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

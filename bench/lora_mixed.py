@@ -79,8 +79,9 @@ def main(argv=None) -> int:
             dt, toks = run(engine, prompts, params)
             best[label] = max(best[label], toks / dt)
     ratio = best["mixed"] / best["base"]
-    print(f"requests={a.requests} tokens={a.tokens} rank={a.rank} adapters={a.adapters} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"requests={a.requests} tokens={a.tokens} rank={a.rank} adapters={a.adapters} threads={torch.get_num_threads()}"
+    )
     print(f"base alone      : {best['base']:8.1f} tok/s")
     print(f"{a.adapters} adapters mixed: {best['mixed']:8.1f} tok/s   ({ratio:.2f}x base; target >= 0.80x)")
     return 0

@@ -111,9 +111,17 @@ def labelled(model):
         setattr(owner, name, fn)
         undo.append(lambda: setattr(owner, name, orig))
 
-    roles = {"wq": "linear q/k/v", "wk": "linear q/k/v", "wv": "linear q/k/v", "wo": "linear o",
-             "w1": "linear mlp w1/w3", "w3": "linear mlp w1/w3", "w2": "linear mlp w2",
-             "wqkv": "linear q/k/v", "w13": "linear mlp w1/w3"}  # fused by lhama.quant
+    roles = {
+        "wq": "linear q/k/v",
+        "wk": "linear q/k/v",
+        "wv": "linear q/k/v",
+        "wo": "linear o",
+        "w1": "linear mlp w1/w3",
+        "w3": "linear mlp w1/w3",
+        "w2": "linear mlp w2",
+        "wqkv": "linear q/k/v",
+        "w13": "linear mlp w1/w3",
+    }  # fused by lhama.quant
     for name, mod in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(mod, LINEARS):
@@ -155,16 +163,41 @@ def profile_breakdown(model, prompt: list[int], steps: int) -> dict:
     aten_self = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")) / steps / 1e3
     step = tot["~step"]
     parts = {k: v for k, v in tot.items() if not k.startswith(("~", "aten::")) and not k.startswith("cpp")}
-    parts = {k: v for k, v in parts.items() if k in {
-        "linear q/k/v", "linear o", "linear mlp w1/w3", "linear mlp w2", "linear lm_head", "rope", "rmsnorm",
-        "attention + KV write", "sampling", "embedding"}}
+    parts = {
+        k: v
+        for k, v in parts.items()
+        if k
+        in {
+            "linear q/k/v",
+            "linear o",
+            "linear mlp w1/w3",
+            "linear mlp w2",
+            "linear lm_head",
+            "rope",
+            "rmsnorm",
+            "attention + KV write",
+            "sampling",
+            "embedding",
+        }
+    }
     parts["swiglu element-wise (silu, mul)"] = tot["~mlp"] - parts["linear mlp w1/w3"] - parts["linear mlp w2"]
     # "rope" also holds the one rope_cos_sin call per step, outside the blocks: a slight undercount here.
-    parts["attention-block glue (view, reshape)"] = (tot["~attention block"] - parts["linear q/k/v"] - parts["linear o"]
-                                                     - parts["rope"] - parts["attention + KV write"])
+    parts["attention-block glue (view, reshape)"] = (
+        tot["~attention block"]
+        - parts["linear q/k/v"]
+        - parts["linear o"]
+        - parts["rope"]
+        - parts["attention + KV write"]
+    )
     parts["other (residual adds, loop, Python)"] = step - sum(parts.values())
-    ops = sorted(((e.key, e.self_cpu_time_total / steps / 1e3, e.count // steps) for e in prof.key_averages()
-                  if e.key.startswith("aten::")), key=lambda x: -x[1])[:15]
+    ops = sorted(
+        (
+            (e.key, e.self_cpu_time_total / steps / 1e3, e.count // steps)
+            for e in prof.key_averages()
+            if e.key.startswith("aten::")
+        ),
+        key=lambda x: -x[1],
+    )[:15]
     return {"step_ms_profiled": step, "aten_self_ms": aten_self, "parts_ms": parts, "top_aten_ops": ops}
 
 
@@ -173,8 +206,12 @@ def linear_floor(model, reps: int = 20) -> float:
     lins = [m for m in model.modules() if isinstance(m, LINEARS)]
     x = {m.in_features: torch.randn(1, 1, m.in_features) for m in lins}
     # Plain linears through F.linear (no module hooks); quantized ones through their kernels.
-    calls = [(lambda m=m: F.linear(x[m.in_features], m.weight)) if isinstance(m, nn.Linear)
-             else (lambda m=m: m(x[m.in_features])) for m in lins]
+    calls = [
+        (lambda m=m: F.linear(x[m.in_features], m.weight))
+        if isinstance(m, nn.Linear)
+        else (lambda m=m: m(x[m.in_features]))
+        for m in lins
+    ]
     with torch.inference_mode():
         for _ in range(3):
             for c in calls:
@@ -217,7 +254,7 @@ def fuse_projections(model) -> None:
 def fused_rmsnorm(model) -> None:
     for m in model.modules():
         if isinstance(m, tr.RMSNorm):
-            m.forward = (lambda x, m=m: F.rms_norm(x, (x.shape[-1],), m.weight, m.eps))
+            m.forward = lambda x, m=m: F.rms_norm(x, (x.shape[-1],), m.weight, m.eps)
 
 
 def complex_rope():
@@ -236,7 +273,7 @@ def complex_rope():
 def int8_weight_only(model) -> None:
     """Per-output-channel int8 weights with ``torch._weight_int8pack_mm`` (gpt-fast style), all linears
     including the (tied) LM head."""
-    for name, m in list(model.named_modules()):
+    for _name, m in list(model.named_modules()):
         if isinstance(m, nn.Linear):
             w = m.weight.detach().float()
             scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
@@ -255,7 +292,7 @@ def onednn_packed_linears(model) -> None:
     for m in model.modules():
         if isinstance(m, nn.Linear):
             packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), None)
-            m.forward = (lambda x, packed=packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+            m.forward = lambda x, packed=packed: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
 
 
 def greedy_tokens(model, prompt: list[int], n: int) -> list[int]:
@@ -313,16 +350,24 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-experiments", action="store_true")
     ap.add_argument("--quantize", choices=["int8", "int4", "fp8"], help="profile the quantized model (no experiments)")
-    ap.add_argument("--no-flags", action="store_true",
-                    help="profile the model as load_model(path) keeps it (a quantized GGUF stays quantized)")
+    ap.add_argument(
+        "--no-flags",
+        action="store_true",
+        help="profile the model as load_model(path) keeps it (a quantized GGUF stays quantized)",
+    )
     ap.add_argument("--tokenizer", help="for a GGUF without a vocabulary (bench/run.py --shapes files)")
     ap.add_argument("--chat-format", help="for a GGUF without a vocabulary (a .jinja file)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out: dict = {"threads": a.threads, "context": a.context, "steps": a.steps, "torch": torch.__version__}
-    model = load(a.model, dtype=None if a.no_flags else torch.float32, quantize=a.quantize, tokenizer=a.tokenizer,
-                 chat_format=a.chat_format)
+    model = load(
+        a.model,
+        dtype=None if a.no_flags else torch.float32,
+        quantize=a.quantize,
+        tokenizer=a.tokenizer,
+        chat_format=a.chat_format,
+    )
     out["quantize"], out["no_flags"] = a.quantize, a.no_flags
     prompt = prompt_ids(a.context)
     log = lambda *x: print(*x, file=sys.stderr, flush=True)

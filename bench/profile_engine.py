@@ -25,8 +25,17 @@ from lhama.engine import EngineConfig, LLMEngine  # noqa: E402
 from lhama.generate import SamplingParams  # noqa: E402
 
 # Random weights with SmolLM2-135M's shapes: the same speed without the GGUF file.
-SMOLLM2_SHAPE = dict(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152, hidden_dim=1536,
-                     rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True)
+SMOLLM2_SHAPE = dict(
+    dim=576,
+    n_layers=30,
+    n_heads=9,
+    n_kv_heads=3,
+    vocab_size=49152,
+    hidden_dim=1536,
+    rope_theta=100000.0,
+    max_seq_len=8192,
+    tie_embeddings=True,
+)
 
 
 def load(spec: str, dtype: torch.dtype = torch.float32, quantize: str | None = None):
@@ -45,8 +54,9 @@ def blocks_for(batch: int, tokens: int, block_size: int = 16) -> int:
     return batch * -(-tokens // block_size) + 8
 
 
-def engine_step_times(model, prompts: list[list[int]], gen: int, config: EngineConfig,
-                      breakdown: bool = False) -> tuple[float, list[float]]:
+def engine_step_times(
+    model, prompts: list[list[int]], gen: int, config: EngineConfig, breakdown: bool = False
+) -> tuple[float, list[float]]:
     """(prefill seconds, seconds of each decode step once every prompt decodes): greedy,
     ``gen`` tokens per prompt, end of sequence ignored. ``breakdown`` prints a torch-profiler
     table of the fifth decode step (which is then left out of the times)."""
@@ -83,8 +93,14 @@ def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, 
         print("step ms:", " ".join(f"{t * 1e3:.0f}" for t in times))
     steady = times[2:] or times
     step = statistics.median(steady)  # the median resists other processes' noise
-    return {"batch": batch, "prefill_s": prefill, "decode_step_ms": step * 1e3, "best_step_ms": min(steady) * 1e3,
-            "decode_tok_s": batch / step, "steps": len(times)}
+    return {
+        "batch": batch,
+        "prefill_s": prefill,
+        "decode_step_ms": step * 1e3,
+        "best_step_ms": min(steady) * 1e3,
+        "decode_tok_s": batch / step,
+        "steps": len(times),
+    }
 
 
 def main(argv=None) -> None:
@@ -105,14 +121,20 @@ def main(argv=None) -> None:
         torch.set_num_threads(a.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
     model = load(a.model, dtype)
-    cfg = EngineConfig(block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens, compile=a.compile,
-                       packed_head=not a.no_packed_head,
-                       num_blocks=blocks_for(max(a.batch), a.prompt_len + a.gen, a.block_size))
+    cfg = EngineConfig(
+        block_size=a.block_size,
+        max_num_batched_tokens=a.max_num_batched_tokens,
+        compile=a.compile,
+        packed_head=not a.no_packed_head,
+        num_blocks=blocks_for(max(a.batch), a.prompt_len + a.gen, a.block_size),
+    )
     print(f"model {a.model} ({a.dtype}), prompt {a.prompt_len}, generate {a.gen}, threads {torch.get_num_threads()}")
     for b in a.batch:
         r = measure(model, b, a.prompt_len, a.gen, cfg, a.breakdown)
-        print(f"batch {b:3d}: prefill {r['prefill_s']:.2f}s, decode step {r['decode_step_ms']:.1f} ms "
-              f"(best {r['best_step_ms']:.1f}), {r['decode_tok_s']:.0f} tok/s")
+        print(
+            f"batch {b:3d}: prefill {r['prefill_s']:.2f}s, decode step {r['decode_step_ms']:.1f} ms "
+            f"(best {r['best_step_ms']:.1f}), {r['decode_tok_s']:.0f} tok/s"
+        )
 
 
 if __name__ == "__main__":

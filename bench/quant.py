@@ -29,8 +29,9 @@ MODES = ("fp32", "bf16", "int8", "int4", "fp8")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="default", help="a GGUF file, 'default', or a config name (random weights)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
     ap.add_argument("--threads", type=int, default=2)
@@ -38,8 +39,12 @@ def parse_args(argv=None):
     ap.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results")
     ap.add_argument("--name", default="quant")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per mode")
-    ap.add_argument("--doc", type=Path, help="also write the table between the quant-table markers of this "
-                                             "markdown file (make bench: docs/quantization.md)")
+    ap.add_argument(
+        "--doc",
+        type=Path,
+        help="also write the table between the quant-table markers of this "
+        "markdown file (make bench: docs/quantization.md)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -50,6 +55,7 @@ def worker(mode: str, cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     from harness import measure
     from harness.workload import TEXT
+
     from lhama.engine import EngineConfig, LLMEngine
     from lhama.generate import SamplingParams
     from lhama.loader import load_model
@@ -71,8 +77,9 @@ def worker(mode: str, cfg: dict) -> dict:
 
     q = cfg["quick"]
     prompt, gen, conc, gen_conc = (ids[:64], 16, 4, 8) if q else ((ids * 2)[:256], 64, 8, 32)
-    eng = LLMEngine(lm.model, None, EngineConfig(num_blocks=64 if q else 192, block_size=16, max_num_seqs=conc),
-                    stop_ids=())
+    eng = LLMEngine(
+        lm.model, None, EngineConfig(num_blocks=64 if q else 192, block_size=16, max_num_seqs=conc), stop_ids=()
+    )
     params = SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
     eng.generate([prompt[:16]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
     t0 = measure.now()
@@ -83,7 +90,7 @@ def worker(mode: str, cfg: dict) -> dict:
             times.extend(measure.now() for _ in d.steps)
     s = measure.single_stream(t0, times, len(prompt))
     out.update(prefill_tok_s=s["prefill_tok_s"], decode_tok_s=s.get("decode_tok_s"))
-    prompts = [ids[i * 29:i * 29 + 32] for i in range(conc)]
+    prompts = [ids[i * 29 : i * 29 + 32] for i in range(conc)]
     t0, steps, first = measure.now(), [], set()
     for i, p in enumerate(prompts):
         eng.add_request(f"c{i}", p, SamplingParams(temperature=0, max_tokens=gen_conc, ignore_eos=True))
@@ -102,13 +109,19 @@ def worker(mode: str, cfg: dict) -> dict:
 def run_mode(mode: str, cfg: dict, timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]), TOKENIZERS_PARALLELISM="false")
     try:
-        r = subprocess.run([sys.executable, __file__, "--worker", mode], input=json.dumps(cfg), text=True,
-                           capture_output=True, timeout=timeout, env=env)
+        r = subprocess.run(
+            [sys.executable, __file__, "--worker", mode],
+            input=json.dumps(cfg),
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"mode": mode, "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(r.stdout.splitlines()):
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+            return json.loads(line[len(MARK) :])
     return {"mode": mode, "error": f"exit {r.returncode}: {r.stderr[-1500:]}"}
 
 
@@ -119,29 +132,42 @@ def markdown(rows: list[dict], meta: dict) -> str:
     def f(v, spec):
         return "n/a" if v is None else format(v, spec)
 
-    lines = [f"Model `{meta['model_name']}`, {meta['threads']} threads, {meta['device_desc']}; perplexity on "
-             f"the benchmark text; engine speed, greedy. {meta['when']}.", "",
-             "| mode | weights MiB | × smaller | peak RSS MiB | perplexity | Δ ppl | prefill tok/s | "
-             f"decode tok/s (1 stream) | aggregate tok/s ({conc} concurrent) | speed-up vs fp32 (1 stream) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Model `{meta['model_name']}`, {meta['threads']} threads, {meta['device_desc']}; perplexity on "
+        f"the benchmark text; engine speed, greedy. {meta['when']}.",
+        "",
+        "| mode | weights MiB | × smaller | peak RSS MiB | perplexity | Δ ppl | prefill tok/s | "
+        f"decode tok/s (1 stream) | aggregate tok/s ({conc} concurrent) | speed-up vs fp32 (1 stream) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['mode']} | failed: {r['error'].splitlines()[-1][:120]} |" + " |" * 9)
             continue
         smaller = base["weight_mib"] / r["weight_mib"] if base else None
         dppl = 100 * (r["ppl"] / base["ppl"] - 1) if base else None
-        speed = r["decode_tok_s"] / base["decode_tok_s"] if base and base.get("decode_tok_s") and r.get(
-            "decode_tok_s") else None
-        lines.append(f"| {r['mode']} | {r['weight_mib']:.0f} | {f(smaller, '.2f')}× | {r['peak_rss_mib']:.0f} | "
-                     f"{r['ppl']:.3f} | {'' if dppl is None else format(dppl, '+.2f') + '%'} | "
-                     f"{f(r.get('prefill_tok_s'), '.0f')} | {f(r.get('decode_tok_s'), '.1f')} | "
-                     f"{f(r.get(f'agg_{conc}_tok_s'), '.1f')} | {f(speed, '.2f')}× |")
-    lines += ["", "int4: group size 32, LM head int8; int8: per output channel; fp8: e4m3 per row (upcast "
-              "per matmul without FP8 hardware). Quantized matmuls take bf16 activations."]
+        speed = (
+            r["decode_tok_s"] / base["decode_tok_s"]
+            if base and base.get("decode_tok_s") and r.get("decode_tok_s")
+            else None
+        )
+        lines.append(
+            f"| {r['mode']} | {r['weight_mib']:.0f} | {f(smaller, '.2f')}× | {r['peak_rss_mib']:.0f} | "
+            f"{r['ppl']:.3f} | {'' if dppl is None else format(dppl, '+.2f') + '%'} | "
+            f"{f(r.get('prefill_tok_s'), '.0f')} | {f(r.get('decode_tok_s'), '.1f')} | "
+            f"{f(r.get(f'agg_{conc}_tok_s'), '.1f')} | {f(speed, '.2f')}× |"
+        )
+    lines += [
+        "",
+        "int4: group size 32, LM head int8; int8: per output channel; fp8: e4m3 per row (upcast "
+        "per matmul without FP8 hardware). Quantized matmuls take bf16 activations.",
+    ]
     busy = meta.get("loadavg", [0])[0]
     if busy > (os.cpu_count() or 1) * 0.5:
-        lines.append(f"Other work was running (load average {busy:.1f} on {os.cpu_count()} cores): the speed "
-                     "columns are not comparable between rows; weights, RSS and perplexity are.")
+        lines.append(
+            f"Other work was running (load average {busy:.1f} on {os.cpu_count()} cores): the speed "
+            "columns are not comparable between rows; weights, RSS and perplexity are."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -163,9 +189,15 @@ def main(argv=None) -> int:
     for m in modes:
         print(f"  {m} ...", file=sys.stderr, flush=True)
         rows.append(run_mode(m, cfg, a.timeout))
-    meta = {"model": model, "model_name": Path(model).name, "threads": a.threads, "quick": a.quick,
-            "device_desc": device_desc("cpu", a.threads), "loadavg": load_before,
-            "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "model": model,
+        "model_name": Path(model).name,
+        "threads": a.threads,
+        "quick": a.quick,
+        "device_desc": device_desc("cpu", a.threads),
+        "loadavg": load_before,
+        "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    }
     md = markdown(rows, meta)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     (a.out_dir / f"{a.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -69,26 +69,46 @@ def main() -> int:
         tmp = Path(tmp)
         store = SqliteVectorStore(tmp / "md.db")
         rep = ingest_paths(store, emb, [CORPUS])
-        out["ingest_markdown"] = {"files": len(rep.added), "pages": rep.pages, "chunks": rep.chunks,
-                                  "seconds": round(rep.seconds, 2), "pages_per_s": round(rep.pages / rep.seconds, 2),
-                                  "chunks_per_s": round(rep.chunks / rep.seconds, 2)}
+        out["ingest_markdown"] = {
+            "files": len(rep.added),
+            "pages": rep.pages,
+            "chunks": rep.chunks,
+            "seconds": round(rep.seconds, 2),
+            "pages_per_s": round(rep.pages / rep.seconds, 2),
+            "chunks_per_s": round(rep.chunks / rep.seconds, 2),
+        }
         (tmp / "pdf").mkdir()
         pdf_copy(CORPUS, tmp / "pdf")
         pstore = SqliteVectorStore(tmp / "pdf.db")
         prep = ingest_paths(pstore, emb, [tmp / "pdf"])
-        out["ingest_pdf"] = {"files": len(prep.added), "pages": prep.pages, "chunks": prep.chunks,
-                             "seconds": round(prep.seconds, 2), "pages_per_s": round(prep.pages / prep.seconds, 2)}
+        out["ingest_pdf"] = {
+            "files": len(prep.added),
+            "pages": prep.pages,
+            "chunks": prep.chunks,
+            "seconds": round(prep.seconds, 2),
+            "pages_per_s": round(prep.pages / prep.seconds, 2),
+        }
         pstore.close()
 
         questions = load_questions(QUESTIONS)
         ret = Retriever(store, emb)
         r = recall_at_k(ret, questions, k=5)
         out["questions"] = len(questions)
-        out["recall"] = {k: {"recall@5": round(v["recall"], 3), "recall@1": round(v["recall@1"], 3),
-                             "mrr@5": round(v["mrr"], 3), "misses": v["misses"]} for k, v in r.items()}
+        out["recall"] = {
+            k: {
+                "recall@5": round(v["recall"], 3),
+                "recall@1": round(v["recall@1"], 3),
+                "mrr@5": round(v["mrr"], 3),
+                "misses": v["misses"],
+            }
+            for k, v in r.items()
+        }
         lat = {}
-        for label, mode, rerank in (("vector", "vector", False), ("bm25", "bm25", False),
-                                    ("hybrid + rerank", "hybrid", True)):
+        for label, mode, rerank in (
+            ("vector", "vector", False),
+            ("bm25", "bm25", False),
+            ("hybrid + rerank", "hybrid", True),
+        ):
             ts = []
             for _ in range(a.repeat):
                 for q in questions:  # end to end: embedding the query included
@@ -103,8 +123,10 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for k, v in out["recall"].items():
         l = lat.get(k, lat["hybrid + rerank"] if k.startswith("hybrid") else {})
-        print(f"| {k} | {v['recall@5']:.3f} | {v['recall@1']:.3f} | {v['mrr@5']:.3f} | "
-              f"{l.get('p50_ms', float('nan')):.1f} ms | {l.get('p95_ms', float('nan')):.1f} ms |")
+        print(
+            f"| {k} | {v['recall@5']:.3f} | {v['recall@1']:.3f} | {v['mrr@5']:.3f} | "
+            f"{l.get('p50_ms', float('nan')):.1f} ms | {l.get('p95_ms', float('nan')):.1f} ms |"
+        )
     for kind in ("ingest_markdown", "ingest_pdf"):
         i = out[kind]
         print(f"{kind}: {i['pages']} pages, {i['chunks']} chunks in {i['seconds']} s = {i['pages_per_s']} pages/s")

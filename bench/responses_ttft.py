@@ -40,17 +40,24 @@ def run(url: str, repeats: int, n_facts: int) -> dict:
     warm, cold, cached = [], [], []
     for _ in range(repeats):
         text = facts(n_facts, uuid.uuid4().hex[:8])
-        one = client.responses.create(model=MODEL, input=text + "\nHow many marbles are in box 3?", temperature=0,
-                                      max_output_tokens=8)
+        one = client.responses.create(
+            model=MODEL, input=text + "\nHow many marbles are in box 3?", temperature=0, max_output_tokens=8
+        )
         t, two = ttft(client, previous_response_id=one.id, input="And in box 5?", store=False)
         warm.append(t)
         cached.append((one.usage.input_tokens, two.input_tokens, two.input_tokens_details.cached_tokens))
-        items = [{"role": "user", "content": facts(n_facts, uuid.uuid4().hex[:8]) + "\nHow many marbles are in box 3?"},
-                 {"role": "assistant", "content": one.output_text}, {"role": "user", "content": "And in box 5?"}]
+        items = [
+            {"role": "user", "content": facts(n_facts, uuid.uuid4().hex[:8]) + "\nHow many marbles are in box 3?"},
+            {"role": "assistant", "content": one.output_text},
+            {"role": "user", "content": "And in box 5?"},
+        ]
         t, _ = ttft(client, input=items, store=False)
         cold.append(t)
-    out = {"turn2_ttft_cached_s": statistics.median(warm), "turn2_ttft_cold_s": statistics.median(cold),
-           "tokens(turn1 input, turn2 input, turn2 cached)": cached}
+    out = {
+        "turn2_ttft_cached_s": statistics.median(warm),
+        "turn2_ttft_cold_s": statistics.median(cold),
+        "tokens(turn1 input, turn2 input, turn2 cached)": cached,
+    }
     out["speedup"] = out["turn2_ttft_cold_s"] / out["turn2_ttft_cached_s"]
     return out
 

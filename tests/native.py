@@ -41,15 +41,22 @@ def run_llama_cpp(snippet: str, timeout: float = 600, **inputs: Any) -> Any:
         src.write_bytes(pickle.dumps({**inputs, "__snippet__": textwrap.dedent(snippet)}))
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         try:
-            proc = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out)], check=False,
-                                  capture_output=True, text=True, timeout=timeout, env=env)
+            proc = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(src), str(out)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+            )
         except subprocess.TimeoutExpired:
             raise AssertionError(f"llama.cpp did not finish within {timeout:.0f} s") from None
         tail = proc.stderr[-2000:]
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
-            raise AssertionError(f"llama.cpp died with {name} (a build for another CPU? rebuild with {INSTALL}):\n"
-                                 f"{tail}")
+            raise AssertionError(
+                f"llama.cpp died with {name} (a build for another CPU? rebuild with {INSTALL}):\n{tail}"
+            )
         if proc.returncode == 3 and "@@missing@@" in proc.stderr:
             raise AssertionError(f"llama-cpp-python is missing: {INSTALL}")
         if proc.returncode != 0:

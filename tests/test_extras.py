@@ -22,8 +22,9 @@ def test_a_missing_module_names_the_extra_to_install():
     with pytest.raises(MissingExtraError) as e:
         require("lhama_no_such_module.sub", "ray")
     assert isinstance(e.value, LhamaError) and isinstance(e.value, ImportError)
-    assert str(e.value) == ("this needs lhama's 'ray' extra (lhama_no_such_module.sub is not installed): "
-                            "pip install 'lhama[ray]'")
+    assert str(e.value) == (
+        "this needs lhama's 'ray' extra (lhama_no_such_module.sub is not installed): pip install 'lhama[ray]'"
+    )
     assert (e.value.module, e.value.extra, e.value.http_status) == ("lhama_no_such_module.sub", "ray", 501)
 
 
@@ -32,8 +33,9 @@ def test_a_missing_dependency_of_the_package_is_named(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(MissingExtraError) as e:
         require("lhama_fake_pkg", "pg")
-    assert str(e.value) == ("this needs lhama's 'pg' extra (lhama_fake_pkg cannot import lhama_fake_dep): "
-                            "pip install 'lhama[pg]'")
+    assert str(e.value) == (
+        "this needs lhama's 'pg' extra (lhama_fake_pkg cannot import lhama_fake_dep): pip install 'lhama[pg]'"
+    )
 
 
 def test_run_batch_ray_without_ray_says_which_extra(monkeypatch, tmp_path):
@@ -46,16 +48,32 @@ def test_run_batch_ray_without_ray_says_which_extra(monkeypatch, tmp_path):
 
 
 def test_lhama_batch_ray_without_ray_is_one_line(tmp_path):
-    (tmp_path / "in.jsonl").write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
-                                       '"body": {"messages": [{"role": "user", "content": "hi"}]}}\n')
-    code = ("import sys; sys.modules['ray'] = None\n"
-            "from lhama.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "batch", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
-                        "--ray", "--model", "tiny-llama3"], capture_output=True, text=True, timeout=120, check=False)
+    (tmp_path / "in.jsonl").write_text(
+        '{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
+        '"body": {"messages": [{"role": "user", "content": "hi"}]}}\n'
+    )
+    code = "import sys; sys.modules['ray'] = None\nfrom lhama.cli import main\nsys.exit(main(sys.argv[1:]))"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "batch",
+            str(tmp_path / "in.jsonl"),
+            str(tmp_path / "out.jsonl"),
+            "--ray",
+            "--model",
+            "tiny-llama3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        "error: this needs lhama's 'ray' extra (ray is not installed): pip install 'lhama[ray]'"]
+        "error: this needs lhama's 'ray' extra (ray is not installed): pip install 'lhama[ray]'"
+    ]
 
 
 def test_import_lhama_and_the_helper_load_no_torch():

@@ -51,7 +51,9 @@ def import_edges(src: Path = SRC) -> list[Edge]:
         importer = module_name(path, src)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
-                edges += [Edge(importer, a.name, (), path, node.lineno) for a in node.names if a.name.startswith("lhama")]
+                edges += [
+                    Edge(importer, a.name, (), path, node.lineno) for a in node.names if a.name.startswith("lhama")
+                ]
             elif isinstance(node, ast.ImportFrom):
                 target = _resolve(importer, path.name == "__init__.py", node.level, node.module)
                 if not target.startswith("lhama"):
@@ -80,9 +82,13 @@ def test_the_walk_sees_function_local_and_relative_imports(tmp_path):
 
 
 def test_nothing_outside_server_imports_server():
-    bad = [str(e) for e in import_edges()
-           if in_package(e.imported, "lhama.server") and not in_package(e.importer, "lhama.server")
-           and not any(in_package(e.importer, p) for p in SERVER_IMPORTERS_ALLOWED)]
+    bad = [
+        str(e)
+        for e in import_edges()
+        if in_package(e.imported, "lhama.server")
+        and not in_package(e.importer, "lhama.server")
+        and not any(in_package(e.importer, p) for p in SERVER_IMPORTERS_ALLOWED)
+    ]
     assert not bad, "server/ is a leaf (DESIGN.md); these modules import it:\n" + "\n".join(bad)
 
 
@@ -148,23 +154,52 @@ def _top_package(module: str) -> str:
 
 
 def test_no_private_names_across_packages():
-    bad = [f"{e} (takes {n})" for e in import_edges() for n in e.names
-           if n.startswith("_") and not n.startswith("__")
-           and _top_package(e.importer) != _top_package(e.imported)]
+    bad = [
+        f"{e} (takes {n})"
+        for e in import_edges()
+        for n in e.names
+        if n.startswith("_") and not n.startswith("__") and _top_package(e.importer) != _top_package(e.imported)
+    ]
     assert not bad, "private names imported from another package:\n" + "\n".join(bad)
 
 
 # Lower floors never import higher ones (DESIGN.md's data flow).
 FORBIDDEN = [
-    (("lhama.model", "lhama.checkpoints", "lhama.loader", "lhama.engine", "lhama.generate", "lhama.quant"), "lhama.train"),
+    (
+        ("lhama.model", "lhama.checkpoints", "lhama.loader", "lhama.engine", "lhama.generate", "lhama.quant"),
+        "lhama.train",
+    ),
     (("lhama.model", "lhama.quant", "lhama.tokenizer"), "lhama.engine"),
     (("lhama.engine", "lhama.generate", "lhama.model"), "lhama.openai"),
-    (tuple(f"lhama.{p}" for p in ("model", "checkpoints", "tokenizer", "generate", "quant", "engine", "openai",
-                                  "tools", "safety", "rag", "train", "eval", "parallel")), "lhama.cli"),
+    (
+        tuple(
+            f"lhama.{p}"
+            for p in (
+                "model",
+                "checkpoints",
+                "tokenizer",
+                "generate",
+                "quant",
+                "engine",
+                "openai",
+                "tools",
+                "safety",
+                "rag",
+                "train",
+                "eval",
+                "parallel",
+            )
+        ),
+        "lhama.cli",
+    ),
 ]
 
 
 def test_lower_floors_never_import_higher_ones():
-    bad = [f"{e}" for e in import_edges() for lows, high in FORBIDDEN
-           if any(in_package(e.importer, low) for low in lows) and in_package(e.imported, high)]
+    bad = [
+        f"{e}"
+        for e in import_edges()
+        for lows, high in FORBIDDEN
+        if any(in_package(e.importer, low) for low in lows) and in_package(e.imported, high)
+    ]
     assert not bad, "\n".join(bad)

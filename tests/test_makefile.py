@@ -18,8 +18,14 @@ def dry_run(target: str, tmp_path: Path) -> str:
         pytest.fail("make is missing: apt-get install -y make")
     # Run from `make test` too: the outer make's variables must not reach this one.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    r = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", target],
-                       capture_output=True, text=True, timeout=60, check=True, env=env)
+    r = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
     return r.stdout
 
 
@@ -35,8 +41,14 @@ def test_install_is_serving_only(tmp_path):
 def test_test_builds_llama_cpp_portably_then_installs_the_test_extra(tmp_path):
     out = dry_run("test", tmp_path)
     llama = next(line for line in out.splitlines() if "llama-cpp-python" in line)
-    for flag in ("GGML_NATIVE=OFF", "GGML_AVX2=ON", "GGML_AVX512=OFF", "GGML_AMX_TILE=OFF", "GGML_AMX_INT8=OFF",
-                 "GGML_AMX_BF16=OFF"):
+    for flag in (
+        "GGML_NATIVE=OFF",
+        "GGML_AVX2=ON",
+        "GGML_AVX512=OFF",
+        "GGML_AMX_TILE=OFF",
+        "GGML_AMX_INT8=OFF",
+        "GGML_AMX_BF16=OFF",
+    ):
         assert f"-D{flag}" in llama, flag
     assert "--no-cache-dir" in llama  # pip's wheel cache may hold a native build
     assert out.index("llama-cpp-python") < out.index("-e '.[test]'") < out.index("-m pytest")

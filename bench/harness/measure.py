@@ -23,8 +23,13 @@ def single_stream(t0: float, token_times: list[float], prompt_len: int) -> dict:
         raise RuntimeError("no token was generated")
     ttft = token_times[0] - t0
     wall = token_times[-1] - t0
-    out = {"ttft_s": ttft, "prefill_tok_s": prompt_len / ttft, "tokens": len(token_times), "wall_s": wall,
-           "e2e_tok_s": len(token_times) / wall}
+    out = {
+        "ttft_s": ttft,
+        "prefill_tok_s": prompt_len / ttft,
+        "tokens": len(token_times),
+        "wall_s": wall,
+        "e2e_tok_s": len(token_times) / wall,
+    }
     if len(token_times) > 1:
         out["decode_tok_s"] = (len(token_times) - 1) / (token_times[-1] - token_times[0])
     return out
@@ -38,8 +43,13 @@ def concurrent(t0: float, steps: list[tuple[float, int, int]], n_requests: int) 
     after = sum(n for t, n, _ in steps if t > t_all)
     total = sum(n for _, n, _ in steps)
     t_end = steps[-1][0]
-    out = {"requests": n_requests, "tokens": total, "wall_s": t_end - t0,
-           "e2e_tok_s": total / (t_end - t0), "all_started_s": t_all - t0}
+    out = {
+        "requests": n_requests,
+        "tokens": total,
+        "wall_s": t_end - t0,
+        "e2e_tok_s": total / (t_end - t0),
+        "all_started_s": t_all - t0,
+    }
     if after and t_end > t_all:
         out["agg_tok_s"] = after / (t_end - t_all)
     return out

@@ -76,8 +76,9 @@ def build_table(results: dict, meta: dict) -> dict:
     table_rows = []
     for key, label, higher in rows(meta):
         values = {c: cols[c].get(key) for c in columns}
-        if all(v is None for v in values.values()) and (not errors or key in ("compile_s", "peak_gpu_mib",
-                                                                              "decode_pct_limit")):
+        if all(v is None for v in values.values()) and (
+            not errors or key in ("compile_s", "peak_gpu_mib", "decode_pct_limit")
+        ):
             continue
         for c in columns:
             if values[c] is None and c in errors:
@@ -90,21 +91,32 @@ def build_table(results: dict, meta: dict) -> dict:
                 ratios[p] = lh / values[p] if is_num(lh) and is_num(values[p]) and values[p] else None
                 if LHAMA_INT4 in values:
                     ratios_int4[p] = q4 / values[p] if is_num(q4) and is_num(values[p]) and values[p] else None
-        table_rows.append({"key": key, "label": label, "higher_is_better": higher, "values": values,
-                           "ratios": ratios, "ratios_int4": ratios_int4})
-    return {"columns": columns, "rows": table_rows,
-            "errors": errors}
+        table_rows.append(
+            {
+                "key": key,
+                "label": label,
+                "higher_is_better": higher,
+                "values": values,
+                "ratios": ratios,
+                "ratios_int4": ratios_int4,
+            }
+        )
+    return {"columns": columns, "rows": table_rows, "errors": errors}
 
 
 def markdown(table: dict, meta: dict, notes: list[str]) -> str:
     columns = table["columns"]
     peers = [p for p in PEERS if p in columns]
     int4 = LHAMA_INT4 in columns
-    head = ["metric"] + columns + [f"lhama ÷ {p}" for p in peers] + ([f"lhama int4 ÷ {p}" for p in peers] if int4 else [])
+    head = (
+        ["metric"] + columns + [f"lhama ÷ {p}" for p in peers] + ([f"lhama int4 ÷ {p}" for p in peers] if int4 else [])
+    )
     lines = [
-        (f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
-         f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
-         f"{meta['when']}."),
+        (
+            f"Model `{meta['model_name']}` on {meta['device_desc']}; {meta['threads']} threads; "
+            f"greedy, EOS ignored; prompt ids tokenized once ({meta['tokenized_by']}) and shared. "
+            f"{meta['when']}."
+        ),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
@@ -117,15 +129,19 @@ def markdown(table: dict, meta: dict, notes: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if meta.get("decode_limit_tok_s"):
-        lines.append(f"Machine limit for single-stream decode: {meta['decode_limit_tok_s']:.1f} tok/s = memory "
-                     f"bandwidth {meta['mem_bw_gbs']:.1f} GB/s (measured in this run: {meta['mem_bw_how']}) ÷ "
-                     f"{meta['weight_bytes_per_token'] / 1e6:,.0f} MB of weights read per token (the file's "
-                     "tensors; a tied embedding is read whole as the head).")
+        lines.append(
+            f"Machine limit for single-stream decode: {meta['decode_limit_tok_s']:.1f} tok/s = memory "
+            f"bandwidth {meta['mem_bw_gbs']:.1f} GB/s (measured in this run: {meta['mem_bw_how']}) ÷ "
+            f"{meta['weight_bytes_per_token'] / 1e6:,.0f} MB of weights read per token (the file's "
+            "tensors; a tied embedding is read whole as the head)."
+        )
         lines.append("")
-    lines.append("Ratios: the lhama engine's figure (the reference loop's where the engine has none) "
-                 "divided by the peer's; \"lhama int4\" ratios use the int4 engine (4-bit weights like "
-                 "llama.cpp's Q4_1 file); ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "
-                 "means lhama is better.")
+    lines.append(
+        "Ratios: the lhama engine's figure (the reference loop's where the engine has none) "
+        'divided by the peer\'s; "lhama int4" ratios use the int4 engine (4-bit weights like '
+        "llama.cpp's Q4_1 file); ↑ rows: above 1 means lhama is faster, ↓ rows: below 1 "
+        "means lhama is better."
+    )
     for c, e in table["errors"].items():
         lines.append(f"- {c} failed: {e}")
     for n in notes:
@@ -144,13 +160,15 @@ def plot(table: dict, meta: dict, path: Path) -> bool:
     columns = table["columns"]
     by_key = {r["key"]: r for r in table["rows"]}
     panels = [
-        ("throughput, tok/s (log scale)", [k for k in ["prefill_tok_s", "decode_tok_s"] +
-                                           [f"agg_{n}" for n in meta["concurrency"]] if k in by_key], True),
+        (
+            "throughput, tok/s (log scale)",
+            [k for k in ["prefill_tok_s", "decode_tok_s"] + [f"agg_{n}" for n in meta["concurrency"]] if k in by_key],
+            True,
+        ),
         ("time to first token, s", [k for k in ["ttft_s"] if k in by_key], False),
         ("peak RSS, MiB", [k for k in ["peak_rss_mib"] if k in by_key], False),
     ]
-    short = {"prefill_tok_s": "prefill", "decode_tok_s": "decode\n1 stream", "ttft_s": "TTFT",
-             "peak_rss_mib": "RSS"}
+    short = {"prefill_tok_s": "prefill", "decode_tok_s": "decode\n1 stream", "ttft_s": "TTFT", "peak_rss_mib": "RSS"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [4, 1, 1]})
     width = 0.8 / max(len(columns), 1)
     for ax, (title, keys, log) in zip(axes, panels):
@@ -208,6 +226,6 @@ def update_readme(path: Path, md: str) -> bool:
         return False
     end = text.find("\n## ", table)
     end = len(text) if end < 0 else end
-    body = md[md.index("| metric"):].rstrip("\n") + "\n"
-    path.write_text(text[:table + 1] + body + text[end:])
+    body = md[md.index("| metric") :].rstrip("\n") + "\n"
+    path.write_text(text[: table + 1] + body + text[end:])
     return True

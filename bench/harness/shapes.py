@@ -38,10 +38,16 @@ def write_random_f16(shape: str, path: Path, seed: int = 0) -> Path:
     w = gguf.GGUFWriter(None, ARCH)
     p = f"{ARCH}."
     w.add_string("general.name", f"random {shape} (lhama bench)")
-    for key, value in (("context_length", args.max_seq_len), ("embedding_length", args.dim),
-                       ("block_count", args.n_layers), ("feed_forward_length", args.hidden_dim),
-                       ("attention.head_count", args.n_heads), ("attention.head_count_kv", args.n_kv_heads),
-                       ("vocab_size", args.vocab_size), ("rope.dimension_count", args.head_dim)):
+    for key, value in (
+        ("context_length", args.max_seq_len),
+        ("embedding_length", args.dim),
+        ("block_count", args.n_layers),
+        ("feed_forward_length", args.hidden_dim),
+        ("attention.head_count", args.n_heads),
+        ("attention.head_count_kv", args.n_kv_heads),
+        ("vocab_size", args.vocab_size),
+        ("rope.dimension_count", args.head_dim),
+    ):
         w.add_uint32(p + key, value)
     w.add_float32(p + "rope.freq_base", float(args.rope_theta))
     w.add_float32(p + "attention.layer_norm_rms_epsilon", float(args.norm_eps))
@@ -66,7 +72,7 @@ def write_random_f16(shape: str, path: Path, seed: int = 0) -> Path:
         w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for name, shp, q in plan:
+        for name, shp, _q in plan:
             if name == ROPE_FREQS:
                 a = rope_divisors(args).float().numpy()
             elif len(shp) == 1:
@@ -75,7 +81,7 @@ def write_random_f16(shape: str, path: Path, seed: int = 0) -> Path:
                 a = np.empty(shp, np.float16)
                 step = max(1, (1 << 24) // shp[1])
                 for r in range(0, shp[0], step):
-                    a[r:r + step] = rng.standard_normal((min(step, shp[0] - r), shp[1]), np.float32) * 0.02
+                    a[r : r + step] = rng.standard_normal((min(step, shp[0] - r), shp[1]), np.float32) * 0.02
             w.write_tensor_data(a)
         w.close()
         os.replace(tmp, path)
@@ -96,18 +102,23 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 
 def quantize_with_llama_cpp(src: Path, out: Path, ftype: int, threads: int) -> Path:
     tmp = out.with_name(out.name + ".partial")
-    r = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(tmp), str(ftype), str(threads)],
-                       capture_output=True, text=True, timeout=3600, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", _QUANTIZE, str(src), str(tmp), str(ftype), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"llama_model_quantize {src.name} -> {out.name} failed ({r.returncode}): "
-                           f"{r.stderr[-2000:]}")
+        raise RuntimeError(f"llama_model_quantize {src.name} -> {out.name} failed ({r.returncode}): {r.stderr[-2000:]}")
     os.replace(tmp, out)
     return out
 
 
-def make_files(shape: str, cache_dir: Path, quants: tuple[str, ...] = tuple(QUANTS), threads: int = 2,
-               log=print) -> dict[str, Path]:
+def make_files(
+    shape: str, cache_dir: Path, quants: tuple[str, ...] = tuple(QUANTS), threads: int = 2, log=print
+) -> dict[str, Path]:
     """{quant: path} for ``shape``, writing what is not in ``cache_dir`` yet."""
     src = cache_dir / f"{shape}.random.f16.gguf"
     out = {q: cache_dir / f"{shape}.random.{q}.gguf" for q in quants}

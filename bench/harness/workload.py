@@ -95,8 +95,14 @@ def token_stream(model: str, min_tokens: int) -> tuple[list[int], str]:
     """At least ``min_tokens`` ids of the benchmark text (repeated as needed), and who tokenized.
     llama.cpp tokenizes in a child process: native code we do not own never takes the run down."""
     if is_gguf(model):
-        r = subprocess.run([sys.executable, "-c", _TOKENIZE, model], input=TEXT, capture_output=True, text=True,
-                           timeout=300, check=False)
+        r = subprocess.run(
+            [sys.executable, "-c", _TOKENIZE, model],
+            input=TEXT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if r.returncode == 0:
             one, how = json.loads(r.stdout.strip().splitlines()[-1]), "llama.cpp (vocab only)"
         else:
@@ -112,9 +118,17 @@ def token_stream(model: str, min_tokens: int) -> tuple[list[int], str]:
     return [rng.randrange(3, min(vocab, 30000)) for _ in range(min_tokens)], "random ids (named config)"
 
 
-def build(model: str, *, quick: bool, device: str, threads: int, compile: bool,
-          concurrency: list[int] | None = None, ids: list[int] | None = None,
-          ids_from: str = "") -> tuple[Workload, str]:
+def build(
+    model: str,
+    *,
+    quick: bool,
+    device: str,
+    threads: int,
+    compile: bool,
+    concurrency: list[int] | None = None,
+    ids: list[int] | None = None,
+    ids_from: str = "",
+) -> tuple[Workload, str]:
     """``ids``: token ids to use instead of tokenizing the text (random ids for ``--shapes``)."""
     if quick:
         prompt_len, gen_single, conc, conc_len, gen_conc = 64, 16, [1, 4], 32, 8
@@ -127,9 +141,18 @@ def build(model: str, *, quick: bool, device: str, threads: int, compile: bool,
     stride = 37
     need = max(prompt_len, stride * n + conc_len)
     ids, how = (ids[:need], ids_from) if ids is not None else token_stream(model, need)
-    conc_prompts = [ids[i * stride:i * stride + conc_len] for i in range(n)]
+    conc_prompts = [ids[i * stride : i * stride + conc_len] for i in range(n)]
     dtype = "bf16" if device.startswith("cuda") else "fp32"
-    w = Workload(model=str(model), device=device, dtype=dtype, threads=threads, prompt_ids=ids[:prompt_len],
-                 gen_single=gen_single, concurrency=conc, conc_prompts=conc_prompts, gen_conc=gen_conc,
-                 compile=compile)
+    w = Workload(
+        model=str(model),
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        prompt_ids=ids[:prompt_len],
+        gen_single=gen_single,
+        concurrency=conc,
+        conc_prompts=conc_prompts,
+        gen_conc=gen_conc,
+        compile=compile,
+    )
     return w, how

@@ -55,8 +55,11 @@ class _CheckedReader(gguf.GGUFReader):
                 raise _BadTensor(name, f"{n_elems} elements are not a whole number of {qtype.name} blocks")
             end = start_offs + offset + n_elems // block * type_size
             if end > size:
-                raise _BadTensor(name, f"file is truncated: tensor data ends at byte {end} but the file "
-                                       f"has only {size} bytes (incomplete download?)")
+                raise _BadTensor(
+                    name,
+                    f"file is truncated: tensor data ends at byte {end} but the file "
+                    f"has only {size} bytes (incomplete download?)",
+                )
         super()._build_tensors(start_offs, fields)
 
 

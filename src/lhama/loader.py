@@ -151,8 +151,11 @@ def load_model(
         load_peft_adapter(model, adapter)
         merge_lora(model)
     if adapters and stay_quantized and path is not None and is_quantized_checkpoint(path):
-        log.warning("%s: LoRA adapter merged into float weights (about 3x the memory and time of the "
-                    "quantized file); --quantize int4 re-rounds them, at the cost of most of the adapter", path.name)
+        log.warning(
+            "%s: LoRA adapter merged into float weights (about 3x the memory and time of the "
+            "quantized file); --quantize int4 re-rounds them, at the cost of most of the adapter",
+            path.name,
+        )
     if quantize is not None:
         from lhama.quant import QuantConfig, quantize_model
 

@@ -37,15 +37,22 @@ _HF_PARENT = {"attention": "self_attn", "feed_forward": "mlp"}
 
 
 def _hf_key(i: int, name: str, ab: str) -> str:
-    return f"base_model.model.model.layers.{i}.{_HF_PARENT[BLOCK_PARENT[name]]}.{HF_MODULE_NAMES[name]}.lora_{ab}.weight"
+    return (
+        f"base_model.model.model.layers.{i}.{_HF_PARENT[BLOCK_PARENT[name]]}.{HF_MODULE_NAMES[name]}.lora_{ab}.weight"
+    )
 
 
 def _heads(name: str, args) -> int | None:
     return {"wq": args.n_heads, "wk": args.n_kv_heads}.get(name)
 
 
-def save_peft_adapter(model: nn.Module, out_dir: str | os.PathLike, *, base_model: str | None = None,
-                      state: dict[str, torch.Tensor] | None = None) -> Path:
+def save_peft_adapter(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    base_model: str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """``adapter_config.json`` + ``adapter_model.safetensors`` that HF peft loads with
     ``PeftModel.from_pretrained`` on top of the same base model in transformers. ``state``: the
     adapter tensors by our names when they come from elsewhere (gathered from FSDP shards)."""
@@ -68,12 +75,25 @@ def save_peft_adapter(model: nn.Module, out_dir: str | os.PathLike, *, base_mode
     chmod_as_created(tmp)
     os.replace(tmp, out / ADAPTER_WEIGHTS)
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": cfg.rank,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
         "target_modules": sorted(HF_MODULE_NAMES[t] for t in cfg.target_modules),
-        "bias": "none", "fan_in_fan_out": False, "inference_mode": True, "modules_to_save": None,
-        "use_rslora": False, "use_dora": False, "init_lora_weights": True, "revision": None,
-        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "revision": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
     }
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return out
@@ -92,14 +112,25 @@ def read_peft_config(path: Path) -> tuple[LoraConfig, dict[str, Any]]:
     for unsupported in ("use_dora", "use_rslora", "fan_in_fan_out"):
         if raw.get(unsupported):
             raise CheckpointError(cfg_file, f"'{unsupported}' adapters are not supported")
-    if raw.get("rank_pattern") or raw.get("alpha_pattern") or raw.get("layers_to_transform") or raw.get("modules_to_save"):
-        raise CheckpointError(cfg_file, "per-layer rank/alpha patterns, layer subsets and modules_to_save are not supported")
+    if (
+        raw.get("rank_pattern")
+        or raw.get("alpha_pattern")
+        or raw.get("layers_to_transform")
+        or raw.get("modules_to_save")
+    ):
+        raise CheckpointError(
+            cfg_file, "per-layer rank/alpha patterns, layer subsets and modules_to_save are not supported"
+        )
     targets = raw.get("target_modules")
     if isinstance(targets, str):  # PEFT allows a regex string; we accept only plain names
         targets = [targets]
     try:
-        lora = LoraConfig(rank=int(raw["r"]), alpha=float(raw.get("lora_alpha", raw["r"])),
-                          dropout=float(raw.get("lora_dropout", 0.0) or 0.0), target_modules=tuple(targets or ()))
+        lora = LoraConfig(
+            rank=int(raw["r"]),
+            alpha=float(raw.get("lora_alpha", raw["r"])),
+            dropout=float(raw.get("lora_dropout", 0.0) or 0.0),
+            target_modules=tuple(targets or ()),
+        )
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise CheckpointError(cfg_file, f"unusable adapter config ({e})") from None
     return lora, raw
@@ -108,8 +139,11 @@ def read_peft_config(path: Path) -> tuple[LoraConfig, dict[str, Any]]:
 def _read_tensors(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     weights_file = path / ADAPTER_WEIGHTS
     if not weights_file.is_file():
-        raise CheckpointError(path, f"{ADAPTER_WEIGHTS} is missing (adapter_model.bin is not read: re-save "
-                                    "the adapter with safe_serialization=True)")
+        raise CheckpointError(
+            path,
+            f"{ADAPTER_WEIGHTS} is missing (adapter_model.bin is not read: re-save "
+            "the adapter with safe_serialization=True)",
+        )
     try:
         with safe_open(str(weights_file), framework="pt") as f:
             stored = {k: f.get_tensor(k) for k in f.keys()}
@@ -135,17 +169,20 @@ def read_peft_weights(path: str | os.PathLike, args) -> tuple[LoraConfig, dict[t
                 key = _hf_key(i, name, ab)
                 t = stored.pop(key, None)
                 if t is None:
-                    raise CheckpointError(weights_file, "adapter tensor missing; was it trained for this model?",
-                                          tensor=key)
+                    raise CheckpointError(
+                        weights_file, "adapter tensor missing; was it trained for this model?", tensor=key
+                    )
                 if tuple(t.shape) != shape:
-                    raise CheckpointError(weights_file, f"shape {tuple(t.shape)} does not fit the model, which "
-                                                        f"needs {shape}", tensor=key)
+                    raise CheckpointError(
+                        weights_file, f"shape {tuple(t.shape)} does not fit the model, which needs {shape}", tensor=key
+                    )
                 heads = _heads(name, args)
                 pair.append(hf_to_meta_rows(t, heads).float() if ab == "B" and heads else t.float())
             out[i, name] = tuple(pair)
     if stored:
-        raise CheckpointError(weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)",
-                              tensor=min(stored))
+        raise CheckpointError(
+            weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)", tensor=min(stored)
+        )
     return cfg, out
 
 
@@ -164,22 +201,34 @@ def load_peft_adapter(model: nn.Module, path: str | os.PathLike) -> LoraConfig:
             expected.add(key)
             t = stored.get(key)
             if t is None:
-                raise CheckpointError(weights_file, "adapter tensor missing; was it trained for this model?", tensor=key)
+                raise CheckpointError(
+                    weights_file, "adapter tensor missing; was it trained for this model?", tensor=key
+                )
             if tuple(t.shape) != tuple(lin.weight.shape):
-                raise CheckpointError(weights_file, f"shape {tuple(t.shape)} does not fit the model, which needs "
-                                                    f"{tuple(lin.weight.shape)}", tensor=key)
+                raise CheckpointError(
+                    weights_file,
+                    f"shape {tuple(t.shape)} does not fit the model, which needs {tuple(lin.weight.shape)}",
+                    tensor=key,
+                )
             if ab == "B" and heads:
                 t = hf_to_meta_rows(t, heads)
             with torch.no_grad():
                 lin.weight.copy_(t.to(lin.weight.dtype))
     extra = sorted(set(stored) - expected)
     if extra:
-        raise CheckpointError(weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)",
-                              tensor=extra[0])
+        raise CheckpointError(
+            weights_file, "unexpected tensor in the adapter (not a LoRA weight of this model)", tensor=extra[0]
+        )
     for p in model.parameters():
         p.requires_grad_(False)
     return cfg
 
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "save_peft_adapter", "read_peft_config", "read_peft_weights",
-           "load_peft_adapter"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "save_peft_adapter",
+    "read_peft_config",
+    "read_peft_weights",
+    "load_peft_adapter",
+]

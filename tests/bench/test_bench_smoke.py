@@ -17,19 +17,47 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from harness import report  # noqa: E402
 
-META = {"prompt_len": 512, "gen_single": 128, "gen_conc": 64, "concurrency": [1, 8], "model_name": "m.gguf",
-        "device_desc": "cpu", "threads": 2, "tokenized_by": "test", "when": "now"}
+META = {
+    "prompt_len": 512,
+    "gen_single": 128,
+    "gen_conc": 64,
+    "concurrency": [1, 8],
+    "model_name": "m.gguf",
+    "device_desc": "cpu",
+    "threads": 2,
+    "tokenized_by": "test",
+    "when": "now",
+}
 
 
 def test_table_ratios_use_the_engine_and_mark_failures():
     results = {
-        "lhama": {"ok": True, "columns": {
-            "lhama (engine)": {"prefill_tok_s": 300.0, "ttft_s": 2.0, "decode_tok_s": 20.0, "agg_1": 20.0,
-                               "agg_8": 80.0, "peak_rss_mib": 900.0},
-            "lhama (reference loop)": {"prefill_tok_s": 250.0, "decode_tok_s": 25.0, "agg_8": "n/a (single)"}}},
-        "llama.cpp": {"ok": True, "columns": {"llama.cpp": {"prefill_tok_s": 600.0, "ttft_s": 1.0,
-                                                            "decode_tok_s": 40.0, "agg_8": "n/a (no batching)",
-                                                            "peak_rss_mib": 300.0}}},
+        "lhama": {
+            "ok": True,
+            "columns": {
+                "lhama (engine)": {
+                    "prefill_tok_s": 300.0,
+                    "ttft_s": 2.0,
+                    "decode_tok_s": 20.0,
+                    "agg_1": 20.0,
+                    "agg_8": 80.0,
+                    "peak_rss_mib": 900.0,
+                },
+                "lhama (reference loop)": {"prefill_tok_s": 250.0, "decode_tok_s": 25.0, "agg_8": "n/a (single)"},
+            },
+        },
+        "llama.cpp": {
+            "ok": True,
+            "columns": {
+                "llama.cpp": {
+                    "prefill_tok_s": 600.0,
+                    "ttft_s": 1.0,
+                    "decode_tok_s": 40.0,
+                    "agg_8": "n/a (no batching)",
+                    "peak_rss_mib": 300.0,
+                }
+            },
+        },
         "transformers": {"ok": False, "error": "boom", "columns": {}},
     }
     table = report.build_table(results, META)
@@ -43,17 +71,37 @@ def test_table_ratios_use_the_engine_and_mark_failures():
     assert by["decode_tok_s"]["values"]["transformers"] == "n/a (failed)"
     assert "compile_s" not in by  # no system reported it: no empty row
     md = report.markdown(table, META, ["a note"])
-    assert "| metric | lhama (engine) | lhama (reference loop) | llama.cpp | transformers | lhama ÷ llama.cpp " \
-           "| lhama ÷ transformers |" in md
+    assert (
+        "| metric | lhama (engine) | lhama (reference loop) | llama.cpp | transformers | lhama ÷ llama.cpp "
+        "| lhama ÷ transformers |" in md
+    )
     assert "| prefill tok/s (512-token prompt) ↑ | 300 | 250 | 600 | n/a (failed) | 0.50× | – |" in md
     assert "- transformers failed: boom" in md and "- a note" in md
 
 
 def test_quick_run_on_a_tiny_random_model(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--model", "tiny-llama2", "--systems", "lhama",
-         "--concurrency", "1,2", "--out-dir", str(tmp_path), "--name", "smoke", "--timeout", "120"],
-        capture_output=True, text=True, timeout=180)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--model",
+            "tiny-llama2",
+            "--systems",
+            "lhama",
+            "--concurrency",
+            "1,2",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "smoke",
+            "--timeout",
+            "120",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "smoke.json").read_text())
     assert doc["meta"]["prompt_len"] == 64 and doc["meta"]["concurrency"] == [1, 2]

@@ -16,8 +16,9 @@ import profile_engine  # noqa: E402
 
 
 def test_profile_engine_reports_each_batch_size(capsys):
-    profile_engine.main(["--model", "tiny-llama3", "--batch", "1", "3", "--prompt-len", "8", "--gen", "6",
-                         "--threads", "1"])
+    profile_engine.main(
+        ["--model", "tiny-llama3", "--batch", "1", "3", "--prompt-len", "8", "--gen", "6", "--threads", "1"]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("model tiny-llama3 (fp32), prompt 8, generate 6")
     assert [ln.split(":")[0] for ln in lines[1:]] == ["batch   1", "batch   3"]

@@ -106,8 +106,9 @@ def test_gguf_missing_tensor(good_gguf, tmp_path):
 
 def test_gguf_shape_mismatch(good_gguf, tmp_path, args):
     # same bytes, different shape: 192x64 read as 64x192
-    p = _rewrite_gguf(good_gguf, tmp_path / "shape.gguf",
-                      reshape={"blk.0.ffn_gate.weight": (args.dim, args.hidden_dim)})
+    p = _rewrite_gguf(
+        good_gguf, tmp_path / "shape.gguf", reshape={"blk.0.ffn_gate.weight": (args.dim, args.hidden_dim)}
+    )
     _raises(p, "blk.0.ffn_gate.weight", "shape")
 
 
@@ -117,14 +118,14 @@ def test_gguf_unknown_tensor(good_gguf, tmp_path):
 
 
 def test_gguf_garbage_metadata(good_gguf, tmp_path):
-    p = _rewrite_gguf(good_gguf, tmp_path / "meta.gguf",
-                      metadata={"llama.block_count": ("thirty", gguf.GGUFValueType.STRING)})
+    p = _rewrite_gguf(
+        good_gguf, tmp_path / "meta.gguf", metadata={"llama.block_count": ("thirty", gguf.GGUFValueType.STRING)}
+    )
     _raises(p, "llama.block_count", "thirty")
 
 
 def test_gguf_wrong_architecture(good_gguf, tmp_path):
-    p = _rewrite_gguf(good_gguf, tmp_path / "arch.gguf",
-                      metadata={"general.name": ("x", gguf.GGUFValueType.STRING)})
+    p = _rewrite_gguf(good_gguf, tmp_path / "arch.gguf", metadata={"general.name": ("x", gguf.GGUFValueType.STRING)})
     # architecture is written by GGUFWriter("llama"); flip it via raw bytes of the value
     data = p.read_bytes().replace(b"llama", b"mamba", 1)
     p.write_bytes(data)
@@ -135,8 +136,7 @@ def test_gguf_rope_freqs_not_llama31(good_gguf, tmp_path):
     r = gguf.GGUFReader(good_gguf)
     freqs = next(t for t in r.tensors if t.name == "rope_freqs.weight").data.copy()
     freqs[0::2], freqs[1::2] = 1.0, 3.0  # positive, but not the Llama 3.1 curve (not even monotone)
-    p = _rewrite_gguf(good_gguf, tmp_path / "freqs.gguf", drop={"rope_freqs.weight"},
-                      add={"rope_freqs.weight": freqs})
+    p = _rewrite_gguf(good_gguf, tmp_path / "freqs.gguf", drop={"rope_freqs.weight"}, add={"rope_freqs.weight": freqs})
     _raises(p, "rope_freqs.weight", "Llama 3.1")
 
 
@@ -190,9 +190,16 @@ def test_hf_config_garbage(good_hf):
 
 def test_hf_index_points_to_missing_shard(good_hf):
     (good_hf / "model.safetensors").rename(good_hf / "model-00001-of-00002.safetensors")
-    (good_hf / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors",
-                        "model.embed_tokens.weight": "model-00001-of-00002.safetensors"}}))
+    (good_hf / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "weight_map": {
+                    "model.norm.weight": "model-00002-of-00002.safetensors",
+                    "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                }
+            }
+        )
+    )
     _raises(good_hf, "model-00002-of-00002.safetensors", "missing")
 
 

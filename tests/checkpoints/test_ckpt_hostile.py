@@ -83,8 +83,15 @@ def _hf_hostile(tmp_path, tiny):
     args, sd = tiny
     folder = write_checkpoint(sd, args, tmp_path / "hf", fmt="safetensors")
     cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(hidden_size=2**30, intermediate_size=2**32, num_attention_heads=2**10, num_key_value_heads=2**10,
-               head_dim=2**20, num_hidden_layers=10**6, max_position_embeddings=2**40)
+    cfg.update(
+        hidden_size=2**30,
+        intermediate_size=2**32,
+        num_attention_heads=2**10,
+        num_key_value_heads=2**10,
+        head_dim=2**20,
+        num_hidden_layers=10**6,
+        max_position_embeddings=2**40,
+    )
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder, "beyond the sane limit"
 
@@ -104,8 +111,9 @@ def test_hostile_sizes_fail_fast_and_small(tmp_path, tiny, kind, how):
 
 def test_lhama_info_refuses_hostile_params_in_one_line(tmp_path, tiny):
     path, _ = _meta_hostile(tmp_path, tiny)
-    out = subprocess.run([sys.executable, "-m", "lhama.cli", "info", str(path)], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "info", str(path)], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode != 0
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "n_layers = 1,000,000,000" in lines[0], out.stderr

@@ -17,18 +17,33 @@ F32 = 0  # ggml type id: keep llama.cpp's KV cache in fp32 so only the file form
 
 def _llama_cpp_logits(path, ids, text: bytes | None = None):
     """llama.cpp's logits for ``ids`` (and its tokens for ``text``, when given)."""
-    return run_llama_cpp("""
+    return run_llama_cpp(
+        """
         llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,
                               type_k=F32, type_v=F32)
         llm.eval(ids)
         result = (np.array(llm.scores[: len(ids)]), text and llm.tokenize(text, add_bos=False))
-    """, path=str(path), ids=ids, text=text, F32=F32)
+    """,
+        path=str(path),
+        ids=ids,
+        text=text,
+        F32=F32,
+    )
 
 
 def test_tiny_f32_export_with_rope_scaling(tmp_path):
     # original_context 32 so the scaling changes frequencies that matter within 37 positions
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=192,
-                     rope_theta=500000.0, rope_scaling=RopeScaling(factor=8.0, original_context=32), max_seq_len=256)
+    args = ModelArgs(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=256,
+        hidden_dim=192,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8.0, original_context=32),
+        max_seq_len=256,
+    )
     model = build_model(args, init="random", seed=3)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -63,14 +78,21 @@ def f32_tiny(tmp_path_factory):
     """Rows of 256 so llama.cpp's K-quants apply to every matrix."""
     args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=512, max_seq_len=256)
     model = build_model(args, init="random", seed=3).eval()
-    path = write_checkpoint(model.state_dict(), args, tmp_path_factory.mktemp("q") / "tiny.f32.gguf", fmt="gguf",
-                            gguf_type="f32")
+    path = write_checkpoint(
+        model.state_dict(), args, tmp_path_factory.mktemp("q") / "tiny.f32.gguf", fmt="gguf", gguf_type="f32"
+    )
     return model, path
 
 
 # (llama.cpp file type id, tensor type expected on attn_q, bound on relative RMS weight error)
-QUANTS = {"q4_0": (2, "Q4_0", 0.12), "q4_1": (3, "Q4_1", 0.12), "q8_0": (7, "Q8_0", 0.01),
-          "q4_k_m": (15, "Q4_K", 0.12), "q5_k_m": (17, "Q5_K", 0.06), "q6_k": (18, "Q6_K", 0.03)}
+QUANTS = {
+    "q4_0": (2, "Q4_0", 0.12),
+    "q4_1": (3, "Q4_1", 0.12),
+    "q8_0": (7, "Q8_0", 0.01),
+    "q4_k_m": (15, "Q4_K", 0.12),
+    "q5_k_m": (17, "Q5_K", 0.06),
+    "q6_k": (18, "Q6_K", 0.03),
+}
 
 
 @pytest.mark.parametrize("quant", list(QUANTS))
@@ -82,12 +104,20 @@ def test_reads_files_quantized_by_llama_cpp(f32_tiny, tmp_path, quant):
     model, src = f32_tiny
     ftype, qname, bound = QUANTS[quant]
     out = tmp_path / f"tiny.{quant}.gguf"
-    assert run_llama_cpp("""
+    assert (
+        run_llama_cpp(
+            """
         import ctypes
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
         result = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
-    """, src=str(src), out=str(out), ftype=ftype) == 0
+    """,
+            src=str(src),
+            out=str(out),
+            ftype=ftype,
+        )
+        == 0
+    )
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
     assert types["blk.0.attn_q.weight"] == qname
     ours, ckpt = load_model(out)

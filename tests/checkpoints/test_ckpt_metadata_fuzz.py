@@ -19,9 +19,16 @@ from lhama.errors import CheckpointError
 from lhama.model import ModelArgs, build_model
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=192, max_seq_len=256)
-VALUES = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([0, 1, -1, 2**31, 2**32, 2**63, 10**9]),
-                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4), st.none(), st.booleans(),
-                   st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))
+VALUES = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, -1, 2**31, 2**32, 2**63, 10**9]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
 DELETE = object()
 SLOW_S = 5  # one read of a tiny checkpoint; an allocation sized from a claim takes far longer
 
@@ -30,9 +37,14 @@ SLOW_S = 5  # one read of a tiny checkpoint; an allocation sized from a claim ta
 def folders(tmp_path_factory):
     sd = build_model(ARGS, init="random").state_dict()
     root = tmp_path_factory.mktemp("ckpt-fuzz")
-    return {fmt: write_checkpoint(sd, ARGS, root / name, **kw)
-            for fmt, name, kw in [("meta", "meta", {"fmt": "meta"}), ("hf", "hf", {"fmt": "safetensors"}),
-                                  ("gguf", "m.gguf", {"fmt": "gguf", "gguf_type": "f32"})]}
+    return {
+        fmt: write_checkpoint(sd, ARGS, root / name, **kw)
+        for fmt, name, kw in [
+            ("meta", "meta", {"fmt": "meta"}),
+            ("hf", "hf", {"fmt": "safetensors"}),
+            ("gguf", "m.gguf", {"fmt": "gguf", "gguf_type": "f32"}),
+        ]
+    }
 
 
 def check_read(path) -> str:
@@ -58,8 +70,7 @@ def test_hostile_json_metadata(folders, fmt, meta_file, tmp_path):
     seen = set()
 
     @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(changes=st.dictionaries(st.sampled_from(keys), st.one_of(VALUES, st.just(DELETE)), min_size=1,
-                                   max_size=4))
+    @given(changes=st.dictionaries(st.sampled_from(keys), st.one_of(VALUES, st.just(DELETE)), min_size=1, max_size=4))
     def one(changes):
         meta = {k: v for k, v in original.items() if changes.get(k) is not DELETE}
         meta.update({k: v for k, v in changes.items() if v is not DELETE})
@@ -74,8 +85,14 @@ def test_hostile_json_metadata(folders, fmt, meta_file, tmp_path):
     assert "refused" in seen, seen
 
 
-GGUF_KEYS = [b"llama.block_count", b"llama.embedding_length", b"llama.feed_forward_length",
-             b"llama.attention.head_count", b"llama.attention.head_count_kv", b"llama.context_length"]
+GGUF_KEYS = [
+    b"llama.block_count",
+    b"llama.embedding_length",
+    b"llama.feed_forward_length",
+    b"llama.attention.head_count",
+    b"llama.attention.head_count_kv",
+    b"llama.context_length",
+]
 
 
 def test_hostile_gguf_header(folders, tmp_path):
@@ -88,9 +105,14 @@ def test_hostile_gguf_header(folders, tmp_path):
     path, seen = tmp_path / "edited.gguf", set()
 
     @settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(edits=st.dictionaries(st.sampled_from(GGUF_KEYS),
-                                 st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**32 - 1])),
-                                 min_size=1, max_size=3))
+    @given(
+        edits=st.dictionaries(
+            st.sampled_from(GGUF_KEYS),
+            st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31, 2**32 - 1])),
+            min_size=1,
+            max_size=3,
+        )
+    )
     def one(edits):
         edited = bytearray(data)
         for key, value in edits.items():

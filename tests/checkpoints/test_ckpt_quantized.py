@@ -24,8 +24,10 @@ from lhama.quant import Int4WeightOnlyLinear
 from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
 from tests.native import run_llama_cpp
 
-TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
-        "capital of Germany. In 1969, humans first walked on the Moon.")
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France, and Berlin is the "
+    "capital of Germany. In 1969, humans first walked on the Moon."
+)
 
 
 def _file_weight(reader, name: str) -> torch.Tensor:
@@ -90,8 +92,9 @@ def test_default_model_close_to_its_dequantized_fp32_twin(kept, smollm2_path):
     ids = torch.tensor([kept.tokenizer.encode(TEXT)])
     with torch.no_grad():
         got, want = kept.model(ids), dense.model(ids)
-    kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True,
-                                    reduction="none").sum(-1)
+    kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="none").sum(
+        -1
+    )
     assert kl.mean() < 0.005 and kl.max() < 0.05, kl
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.85
     nll = [torch.nn.functional.cross_entropy(x[0, :-1], ids[0, 1:]).item() for x in (got, want)]
@@ -131,26 +134,41 @@ def tiny_f32(tmp_path_factory):
     """Rows of 256 so llama.cpp's K-quants apply to every matrix; an untied head."""
     args = ModelArgs(dim=256, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=512, max_seq_len=256)
     model = build_model(args, init="random", seed=5).eval()
-    path = write_checkpoint(model.state_dict(), args, tmp_path_factory.mktemp("q") / "tiny.f32.gguf", fmt="gguf",
-                            gguf_type="f32")
+    path = write_checkpoint(
+        model.state_dict(), args, tmp_path_factory.mktemp("q") / "tiny.f32.gguf", fmt="gguf", gguf_type="f32"
+    )
     return path
 
 
 # llama.cpp file type id, the type it gives attn_q, whether lhama holds it exactly
-QUANTS = {"q4_0": (2, "Q4_0", True), "q4_1": (3, "Q4_1", True), "q8_0": (7, "Q8_0", True),
-          "q4_k_m": (15, "Q4_K", False), "q5_k_m": (17, "Q5_K", False), "q6_k": (18, "Q6_K", False)}
+QUANTS = {
+    "q4_0": (2, "Q4_0", True),
+    "q4_1": (3, "Q4_1", True),
+    "q8_0": (7, "Q8_0", True),
+    "q4_k_m": (15, "Q4_K", False),
+    "q5_k_m": (17, "Q5_K", False),
+    "q6_k": (18, "Q6_K", False),
+}
 
 
 @pytest.mark.parametrize("quant", list(QUANTS))
 def test_llama_cpp_quantized_files_load_into_kernel_layouts(tiny_f32, tmp_path, quant, caplog):
     ftype, qname, exact = QUANTS[quant]
     out = tmp_path / f"tiny.{quant}.gguf"
-    assert run_llama_cpp("""
+    assert (
+        run_llama_cpp(
+            """
         import ctypes
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = ftype
         result = llama_cpp.llama_model_quantize(src.encode(), out.encode(), ctypes.byref(params))
-    """, src=str(tiny_f32), out=str(out), ftype=ftype) == 0
+    """,
+            src=str(tiny_f32),
+            out=str(out),
+            ftype=ftype,
+        )
+        == 0
+    )
     with caplog.at_level(logging.WARNING, logger="lhama.checkpoints.quantized"), open_reader(out) as reader:
         assert reader.qtype("layers.0.attention.wq.weight").name == qname
         model, report = load_quantized_gguf(reader)
@@ -181,19 +199,29 @@ def test_q4_0_blocks_written_by_the_gguf_package(tmp_path, tiny_llama3_args):
     args = ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=128, max_seq_len=64)
     sd = build_model(args, init="random", seed=2).state_dict()
     w = gguf.GGUFWriter(str(tmp_path / "q4_0.gguf"), "llama")
-    for key, value in (("context_length", 64), ("embedding_length", 64), ("block_count", 1),
-                       ("feed_forward_length", 128), ("attention.head_count", 4), ("attention.head_count_kv", 2)):
+    for key, value in (
+        ("context_length", 64),
+        ("embedding_length", 64),
+        ("block_count", 1),
+        ("feed_forward_length", 128),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+    ):
         w.add_uint32(f"llama.{key}", value)
-    names = {"tok_embeddings.weight": "token_embd.weight", "norm.weight": "output_norm.weight",
-             "output.weight": "output.weight"}
+    names = {
+        "tok_embeddings.weight": "token_embd.weight",
+        "norm.weight": "output_norm.weight",
+        "output.weight": "output.weight",
+    }
     from lhama.checkpoints.gguf import GGUF_NAMES
 
     for name, t in sd.items():
         a = t.float().numpy()
         q = gguf.GGMLQuantizationType.F32 if a.ndim == 1 else gguf.GGMLQuantizationType.Q4_0
         data = a if q == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(a, q)
-        w.add_tensor(names.get(name) or GGUF_NAMES.to_theirs(name), data, raw_shape=a.shape if data is a else None,
-                     raw_dtype=q)
+        w.add_tensor(
+            names.get(name) or GGUF_NAMES.to_theirs(name), data, raw_shape=a.shape if data is a else None, raw_dtype=q
+        )
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -230,6 +258,7 @@ def test_lora_on_a_quantized_file_is_merged_then_requantized(smollm2_path, tmp_p
     ids = torch.tensor([merged.tokenizer.encode(TEXT)])
     with torch.no_grad():
         got, want = merged.model(ids), dense.model(ids)
-    kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True,
-                                    reduction="none").sum(-1)
+    kl = torch.nn.functional.kl_div(got.log_softmax(-1), want.log_softmax(-1), log_target=True, reduction="none").sum(
+        -1
+    )
     assert kl.mean() < 0.05, kl  # measured 0.015: the merged weights are off the file's grid, re-rounded

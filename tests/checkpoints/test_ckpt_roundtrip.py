@@ -112,8 +112,16 @@ def test_gguf_roundtrip(tiny, tmp_path, gguf_type, tol):
 def test_gguf_rope_freqs_with_custom_band(tmp_path):
     """Non-default Llama 3.1 band edges are fitted back from the divisors alone."""
     scaling = RopeScaling(factor=16.0, low_freq_factor=2.0, high_freq_factor=8.0, original_context=8192)
-    args = ModelArgs(dim=256, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=64, hidden_dim=64,
-                     rope_theta=500000.0, rope_scaling=scaling)
+    args = ModelArgs(
+        dim=256,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        vocab_size=64,
+        hidden_dim=64,
+        rope_theta=500000.0,
+        rope_scaling=scaling,
+    )
     model = _randomize(build_model(args))
     out = write_checkpoint(model.state_dict(), args, tmp_path / "m.gguf", fmt="gguf", gguf_type="f32")
     assert read_checkpoint(out).args.rope_scaling == scaling
@@ -173,9 +181,18 @@ def test_meta_scaled_rope_factor_by_shape(tmp_path, dim, n_layers, factor):
     and an explicit rope_scaling_factor always wins."""
     from lhama.checkpoints.meta import args_from_params
 
-    params = {"dim": dim, "n_layers": n_layers, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
-              "multiple_of": 256, "ffn_dim_multiplier": 1.5, "norm_eps": 1e-5, "rope_theta": 500000.0,
-              "use_scaled_rope": True}
+    params = {
+        "dim": dim,
+        "n_layers": n_layers,
+        "n_heads": 32,
+        "n_kv_heads": 8,
+        "vocab_size": 128256,
+        "multiple_of": 256,
+        "ffn_dim_multiplier": 1.5,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "use_scaled_rope": True,
+    }
     args = args_from_params(params, tmp_path / "params.json", 128256)
     assert args.rope_scaling == RopeScaling(factor=factor) and args.max_seq_len == 131072
     assert args_from_params({**params, "rope_scaling_factor": 4.0}, tmp_path, 128256).rope_scaling.factor == 4.0
@@ -195,10 +212,24 @@ def test_hf_layout_against_transformers(tmp_path, tiny_llama3_args):
     loads into our model with the same logits; without the Q/K permutation it would not."""
     transformers = needs.module("transformers")
     cfg = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, rms_norm_eps=1e-5, max_position_embeddings=256, tie_word_embeddings=False,
-        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    )
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(cfg).eval()
     _randomize(hf)

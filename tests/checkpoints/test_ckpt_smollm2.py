@@ -83,8 +83,9 @@ def test_64_greedy_tokens_match_transformers(ours, hf):
     tok, hf_model = hf
     ids = tok("Write a short story about a lighthouse keeper.", return_tensors="pt").input_ids
     # no stop token, so both sides produce all 64 tokens whatever they are
-    want = hf_model.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=None,
-                             pad_token_id=0)[0, ids.shape[1]:].tolist()
+    want = hf_model.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)[
+        0, ids.shape[1] :
+    ].tolist()
     assert len(want) == 64
     assert _greedy(model, ids[0].tolist(), 64) == want
 
@@ -106,8 +107,15 @@ def test_safetensors_export_loads_in_transformers(ours, hf, smollm2_path, tmp_pa
     hf[0].save_pretrained(out)  # transformers' tokenizer.json for this vocabulary
     gguf_out = convert(out, tmp_path / "again.gguf", to="gguf", gguf_type="f16")
     src_md, md = read_gguf_metadata(smollm2_path), read_gguf_metadata(gguf_out)
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.chat_template"):
+    for key in (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+    ):
         assert md[key] == src_md[key], key
 
 
@@ -116,8 +124,14 @@ def test_gguf_reexport_keeps_tokenizer_and_weights(ours, smollm2_path, tmp_path)
     model, _ = ours
     out = convert(smollm2_path, tmp_path / "smol.q8_0.gguf", to="gguf", gguf_type="q8_0")
     src_md, md = read_gguf_metadata(smollm2_path), read_gguf_metadata(out)
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-                "tokenizer.ggml.eos_token_id", "tokenizer.chat_template", "tokenizer.ggml.pre"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.pre",
+    ):
         assert md[key] == src_md[key], key
     assert md["general.file_type"] == 7
     again, ckpt = load_model(out)

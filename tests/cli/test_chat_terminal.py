@@ -17,16 +17,25 @@ SET = b"(system prompt set; conversation cleared)"
 
 # In the child, a new session (start_new_session) takes the pty as its controlling terminal,
 # so Ctrl-C typed there sends SIGINT as on a real terminal; then it becomes `lhama chat`.
-LAUNCH = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
-          "os.execv(sys.executable, [sys.executable, '-m', 'lhama.cli', 'chat', *sys.argv[1:]])")
+LAUNCH = (
+    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'lhama.cli', 'chat', *sys.argv[1:]])"
+)
 
 
 class Terminal:
     def __init__(self, *args: str):
         master, slave = pty.openpty()
         env = {**os.environ, "TERM": "xterm", "INPUTRC": "/dev/null"}
-        self.proc = subprocess.Popen([sys.executable, "-c", LAUNCH, *args], stdin=slave, stdout=slave, stderr=slave,
-                                     env=env, close_fds=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
         os.close(slave)
         self.fd, self.seen = master, b""
 

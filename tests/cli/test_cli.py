@@ -8,13 +8,29 @@ import sys
 
 
 def lhama(*args, input=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "lhama.cli", *args], check=False, input=input, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "lhama.cli", *args],
+        check=False,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_generate_chat_json_with_logprobs():
-    r = lhama("generate", "What is the capital of France? Answer in one word.", "--chat", "--temperature", "0",
-              "--max-tokens", "12", "--json", "--logprobs", "2")
+    r = lhama(
+        "generate",
+        "What is the capital of France? Answer in one word.",
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+        "--logprobs",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert "Paris" in out["text"]
@@ -29,8 +45,14 @@ def test_generate_streams_raw_completion_and_respects_stop():
 
 
 def test_chat_multi_turn_with_commands():
-    lines = ["My name is Ada. Reply with one short sentence.", "What is my name?", "/reset",
-             "/system You are a pirate.", "/bogus", "/exit"]
+    lines = [
+        "My name is Ada. Reply with one short sentence.",
+        "What is my name?",
+        "/reset",
+        "/system You are a pirate.",
+        "/bogus",
+        "/exit",
+    ]
     script = "".join(line + "\n" for line in lines)
     r = lhama("chat", "--temperature", "0", "--max-tokens", "24", input=script)
     assert r.returncode == 0, r.stderr
@@ -61,9 +83,21 @@ def test_convert_default_to_hf_folder_then_chat_from_it(tmp_path):
     out = tmp_path / "smol-hf"
     r = lhama("convert", "default", str(out), "--to", "safetensors")
     assert r.returncode == 0, r.stderr
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
-    r = lhama("generate", "What is the capital of France? Answer in one word.", "--chat", "--model", str(out),
-              "--temperature", "0", "--max-tokens", "12", "--json")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    r = lhama(
+        "generate",
+        "What is the capital of France? Answer in one word.",
+        "--chat",
+        "--model",
+        str(out),
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert "Paris" in json.loads(r.stdout)["text"]
     r = lhama("info", str(out))
@@ -72,13 +106,29 @@ def test_convert_default_to_hf_folder_then_chat_from_it(tmp_path):
 
 def test_batch_command_answers_every_line(tmp_path):
     lines = [
-        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "default", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8,
-                  "temperature": 0}},
-        {"custom_id": "b", "method": "POST", "url": "/v1/completions",
-         "body": {"model": "default", "prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0}},
-        {"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "default", "messages": [{"role": "user", "content": "x"}], "temperature": -3}},
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "default",
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 8,
+                "temperature": 0,
+            },
+        },
+        {
+            "custom_id": "b",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "default", "prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0},
+        },
+        {
+            "custom_id": "bad",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "default", "messages": [{"role": "user", "content": "x"}], "temperature": -3},
+        },
     ]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

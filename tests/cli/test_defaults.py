@@ -41,12 +41,13 @@ def test_sampling_defaults_are_sampling_params_fields_and_shared_by_every_comman
             assert action.default == getattr(SAMPLING_DEFAULTS, f.name), (cmd, flag)
     agent = {a.dest: a.default for a in _parser("agent")._actions}
     assert {k: agent[k] for k in ("max_tokens", "temperature", "top_p", "seed")} == {
-        k: getattr(SAMPLING_DEFAULTS, k) for k in ("max_tokens", "temperature", "top_p", "seed")}
+        k: getattr(SAMPLING_DEFAULTS, k) for k in ("max_tokens", "temperature", "top_p", "seed")
+    }
 
 
 def test_generation_doc_table_is_the_code():
     text = (DOCS / "generation.md").read_text(encoding="utf-8")
-    section = text[text.index("### Sampling defaults"):]
+    section = text[text.index("### Sampling defaults") :]
     rows = dict(re.findall(r"^\| `--([a-z-]+)` \| ([^|]+?) \|$", section, flags=re.MULTILINE))
     code = {f.name.replace("_", "-"): getattr(SAMPLING_DEFAULTS, f.name) for f in fields(SamplingDefaults)}
     assert set(rows) == set(code)
@@ -88,7 +89,7 @@ def test_training_doc_yaml_shows_the_config_defaults():
     from lhama.train.config import TrainConfig
 
     text = (DOCS / "training.md").read_text(encoding="utf-8")
-    section = text[text.index("## Configuration"):]
+    section = text[text.index("## Configuration") :]
     block = re.search(r"```yaml\n(.*?)```", section, flags=re.DOTALL).group(1)
     doc = yaml.safe_load(block)
     train = {f.name: f.default for f in fields(TrainConfig)}

@@ -18,8 +18,10 @@ def lhama(*args, timeout=120):
 def test_batch_with_a_missing_input_file(tmp_path):
     r = lhama("batch", tmp_path / "nope.jsonl", tmp_path / "out.jsonl", "--model", tmp_path / "missing.gguf")
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: batch input {tmp_path / 'nope.jsonl'} does not exist; give an OpenAI batch " \
-                               "JSONL file"
+    assert (
+        r.stderr.strip() == f"error: batch input {tmp_path / 'nope.jsonl'} does not exist; give an OpenAI batch "
+        "JSONL file"
+    )
     assert not (tmp_path / "out.jsonl").exists()
     r = lhama("batch", tmp_path, tmp_path / "out.jsonl", "--model", tmp_path / "missing.gguf")
     assert r.returncode == 2 and "is a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -39,8 +41,11 @@ def test_serve_on_a_busy_port(tmp_path):
 
 def test_generate_into_a_closed_pipe_is_quiet():
     """`lhama generate ... | head -c1`: the reader leaves after one byte; no traceback."""
-    p = subprocess.Popen([*LHAMA, "generate", "one two three", "--model", "tiny-llama3", "--max-tokens", "400",
-                          "--temperature", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [*LHAMA, "generate", "one two three", "--model", "tiny-llama3", "--max-tokens", "400", "--temperature", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert p.stdout.read(1)
     p.stdout.close()
     err = p.stderr.read().decode()
@@ -49,7 +54,12 @@ def test_generate_into_a_closed_pipe_is_quiet():
 
 
 def test_generate_piped_into_head_in_a_shell():
-    r = subprocess.run(f"{sys.executable} -m lhama.cli generate 'one two' --model tiny-llama3 --max-tokens 400 "
-                       "| head -c1", shell=True, check=False, capture_output=True, timeout=300)
+    r = subprocess.run(
+        f"{sys.executable} -m lhama.cli generate 'one two' --model tiny-llama3 --max-tokens 400 | head -c1",
+        shell=True,
+        check=False,
+        capture_output=True,
+        timeout=300,
+    )
     err = r.stderr.decode()
     assert len(r.stdout) == 1 and "Traceback" not in err and "BrokenPipe" not in err, err

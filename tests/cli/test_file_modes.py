@@ -16,8 +16,14 @@ EXPECTED = 0o666 & ~UMASK  # 0o640
 
 
 def lhama(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "lhama.cli", *map(str, args)], check=False, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=lambda: os.umask(UMASK))
+    return subprocess.run(
+        [sys.executable, "-m", "lhama.cli", *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.umask(UMASK),
+    )
 
 
 def modes(root: Path) -> dict[str, int]:
@@ -34,13 +40,32 @@ def test_convert_outputs_follow_the_umask(tmp_path):
 
 def test_finetune_outputs_follow_the_umask(tmp_path):
     data = tmp_path / "chat.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} {i}"}]}
-            for i in range(4)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i} {i}"}]}
+        for i in range(4)
+    ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    r = lhama("finetune", "--recipe", "lora", "--model", "tiny-llama3", "--data", data, "--max-steps", 1,
-              "--batch-size", 2, "--max-seq-len", 32, "--no-progress", "--export", "safetensors",
-              "--output-dir", out)
+    r = lhama(
+        "finetune",
+        "--recipe",
+        "lora",
+        "--model",
+        "tiny-llama3",
+        "--data",
+        data,
+        "--max-steps",
+        1,
+        "--batch-size",
+        2,
+        "--max-seq-len",
+        32,
+        "--no-progress",
+        "--export",
+        "safetensors",
+        "--output-dir",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     got = modes(out)
     assert {"adapter/adapter_model.safetensors", "model/model.safetensors"} <= set(got), sorted(got)

@@ -24,8 +24,10 @@ def _subparsers(parser: argparse.ArgumentParser, path=("lhama",)):
 
 
 def test_building_every_parser_imports_no_torch():
-    code = ("import sys; from lhama.cli import build_parser; build_parser(); "
-            f"print([m for m in {HEAVY!r} if m in sys.modules])")
+    code = (
+        "import sys; from lhama.cli import build_parser; build_parser(); "
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
     r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
@@ -34,8 +36,13 @@ def test_building_every_parser_imports_no_torch():
 def test_help_of_every_command_runs_without_torch():
     # `python -X importtime` lists every module the process imported, on stderr.
     for name in ["", *COMMANDS]:
-        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "lhama.cli", *([name] if name else []),
-                            "--help"], check=False, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "lhama.cli", *([name] if name else []), "--help"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, (name, r.stderr[-2000:])
         imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
         assert not imported & set(HEAVY), (name, imported & set(HEAVY))
@@ -43,13 +50,20 @@ def test_help_of_every_command_runs_without_torch():
 
 
 def test_import_lhama_is_light():
-    r = subprocess.run([sys.executable, "-c", "import sys, lhama; print('torch' in sys.modules)"],
-                       check=False, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, lhama; print('torch' in sys.modules)"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.strip() == "False", r.stderr
 
 
 def test_version():
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "--version"], check=False, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "--version"], check=False, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0 and r.stdout.strip() == f"lhama {lhama.__version__}"
 
 
@@ -63,8 +77,12 @@ def test_every_flag_has_a_help_line_and_shows_its_default():
             where = f"{' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
             if not (action.help or "").strip():
                 undocumented.append(where)
-            given = not (action.default is None or action.default is False or action.default == []
-                         or action.default is argparse.SUPPRESS)  # `is`: 0 and 0.0 are defaults to show
+            given = not (
+                action.default is None
+                or action.default is False
+                or action.default == []
+                or action.default is argparse.SUPPRESS
+            )  # `is`: 0 and 0.0 are defaults to show
             shown = given and action.option_strings
             said = re.escape(f"default: {action.default}") + r"(?![\w.])"  # 0 is not 0.6
             if shown and not re.search(said, " ".join(text.split())):

@@ -14,9 +14,28 @@ def parse(*argv):
 
 
 def test_flags_reach_both_configs(tmp_path):
-    a = parse("--model", "default", "--port", "0", "--api-key", "k", "--max-queue", "3", "--max-num-seqs", "5",
-              "--served-model-name", "smol", "--served-model-name", "alias", "--data-dir", str(tmp_path),
-              "--kv-cache-gb", "0.5", "--max-body-mb", "1")
+    a = parse(
+        "--model",
+        "default",
+        "--port",
+        "0",
+        "--api-key",
+        "k",
+        "--max-queue",
+        "3",
+        "--max-num-seqs",
+        "5",
+        "--served-model-name",
+        "smol",
+        "--served-model-name",
+        "alias",
+        "--data-dir",
+        str(tmp_path),
+        "--kv-cache-gb",
+        "0.5",
+        "--max-body-mb",
+        "1",
+    )
     server, engine = configs_from_args(a)
     assert (server.port, server.api_key, server.max_in_flight) == (0, "k", 8)
     assert server.served_model_names == ("smol", "alias") and server.data_dir == tmp_path

@@ -29,7 +29,9 @@ class WordTokenizer:
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, allow_special: bool = False) -> list[int]:
         ids = [BOS] if bos else []
         for word in text.split():
-            ids.append(int(word[1:]) % 256 if word.startswith("w") and word[1:].isdigit() else sum(map(ord, word)) % 256)
+            ids.append(
+                int(word[1:]) % 256 if word.startswith("w") and word[1:].isdigit() else sum(map(ord, word)) % 256
+            )
         return ids + ([EOS] if eos else [])
 
     def decode(self, ids, *, skip_special: bool = False) -> str:

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-
 from engine_fakes import random_prompts
+
 from lhama.engine import AsyncEngine
 from lhama.errors import ContextLengthExceededError
 from lhama.generate import SamplingParams
@@ -40,9 +40,12 @@ def async_engine(tiny, make_engine):
 
 def test_streams_match_the_sync_engine(tiny, make_engine, async_engine):
     prompts = random_prompts([5, 17, 9, 26], seed=30)
-    params = [SamplingParams(temperature=0, max_tokens=12), SamplingParams(temperature=0.8, seed=3, max_tokens=9),
-              SamplingParams(temperature=0, max_tokens=5, logprobs=True, top_logprobs=2),
-              SamplingParams(temperature=1.0, seed=4, n=2, max_tokens=7)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=12),
+        SamplingParams(temperature=0.8, seed=3, max_tokens=9),
+        SamplingParams(temperature=0, max_tokens=5, logprobs=True, top_logprobs=2),
+        SamplingParams(temperature=1.0, seed=4, n=2, max_tokens=7),
+    ]
     want = make_engine(tiny).generate(prompts, params)
     ae = async_engine(max_num_batched_tokens=8)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from engine_fakes import random_prompts, tiny_args
+
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.engine.cuda_graphs import batch_buckets, block_buckets
 from lhama.errors import ConfigError
@@ -42,8 +42,10 @@ def test_padded_static_decode_matches_plain_engine():
     model = build_model(tiny_args("llama3"), init="random", seed=2).eval()
     cfg = EngineConfig(block_size=4, num_blocks=96, max_num_seqs=8, max_num_batched_tokens=16)
     prompts = random_prompts([1, 3, 7, 30, 12], seed=4)
-    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, n=k)
-              for n, k in [(40, 1), (25, 2), (33, 1), (20, 1), (9, 1)]]
+    params = [
+        SamplingParams(temperature=0, max_tokens=n, ignore_eos=True, n=k)
+        for n, k in [(40, 1), (25, 2), (33, 1), (20, 1), (9, 1)]
+    ]
     want = _tokens(LLMEngine(model, None, cfg).generate(prompts, params))
     eng = LLMEngine(model, None, cfg, decode_graphs=True)
     assert eng.cache.kv.shape[2] == (cfg.num_blocks + 1) * model.args.n_kv_heads  # one spare block
@@ -76,9 +78,11 @@ def test_cuda_graph_engine_matches_eager(dtype):
     model = build_model(tiny_args("llama3"), init="random", seed=1, device="cuda", dtype=dtype).eval()
     cfg = EngineConfig(block_size=4, num_blocks=128, max_num_seqs=8, max_num_batched_tokens=16)
     prompts = random_prompts([1, 3, 5, 13, 29, 47], seed=3)
-    for params in (SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
-                   SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.3, n=2),
-                   SamplingParams(temperature=0.8, seed=5, max_tokens=12, ignore_eos=True, logprobs=True)):
+    for params in (
+        SamplingParams(temperature=0, max_tokens=24, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.3, n=2),
+        SamplingParams(temperature=0.8, seed=5, max_tokens=12, ignore_eos=True, logprobs=True),
+    ):
         eager = LLMEngine(model, None, cfg.with_(cuda_graphs=False)).generate(prompts, params)
         eng = LLMEngine(model, None, cfg)
         graphed = eng.generate(prompts, params)

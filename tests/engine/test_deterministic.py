@@ -25,14 +25,20 @@ def _prompts(lm) -> list[list[int]]:
     out = []
     for i in range(32):
         # Half share the prefix; the others are short distinct prompts.
-        out.append(shared + enc(f" in {1700 + 7 * i}", bos=False, eos=False) if i % 2 == 0
-                   else enc(f"Item {i}: a", bos=True, eos=False))
+        out.append(
+            shared + enc(f" in {1700 + 7 * i}", bos=False, eos=False)
+            if i % 2 == 0
+            else enc(f"Item {i}: a", bos=True, eos=False)
+        )
     return out
 
 
 def _outs(results) -> list[tuple[list[int], list[float], list]]:
-    return [(c.token_ids, [s.logprob for s in c.steps], [s.top_logprobs for s in c.steps])
-            for r in results for c in r.completions]
+    return [
+        (c.token_ids, [s.logprob for s in c.steps], [s.top_logprobs for s in c.steps])
+        for r in results
+        for c in r.completions
+    ]
 
 
 def _params(i: int, seeded: bool = True) -> SamplingParams:
@@ -70,8 +76,9 @@ def test_deterministic_alone_equals_beside_31_others_and_prefix_hits(default_lm,
 
 
 def _engine(lm, **kw) -> LLMEngine:
-    return LLMEngine.from_loaded(lm, EngineConfig(block_size=16, num_blocks=256, max_num_batched_tokens=40,
-                                                  deterministic=True, **kw))
+    return LLMEngine.from_loaded(
+        lm, EngineConfig(block_size=16, num_blocks=256, max_num_batched_tokens=40, deterministic=True, **kw)
+    )
 
 
 def test_deterministic_cold_equals_prefix_hit_and_pair_equals_alone(default_lm):

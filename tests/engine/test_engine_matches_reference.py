@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_fakes import random_prompts
+
 from lhama.generate import SamplingParams, generate_tokens
 
 
@@ -51,15 +51,21 @@ def test_requests_join_a_running_batch(tiny, make_engine):
 
 
 def test_seeded_sampling_same_alone_and_in_batch(tiny, make_engine):
-    params = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, seed=1234, max_tokens=16, logprobs=True,
-                            top_logprobs=3)
+    params = SamplingParams(
+        temperature=0.9, top_p=0.9, top_k=50, seed=1234, max_tokens=16, logprobs=True, top_logprobs=3
+    )
     prompt = random_prompts([11], seed=9)[0]
     alone = make_engine(tiny).generate([prompt], params)[0].completions[0]
     others = random_prompts([5, 23, 2, 17], seed=10)
-    mixed = [SamplingParams(temperature=1.0, max_tokens=20), SamplingParams(temperature=0, max_tokens=7),
-             SamplingParams(temperature=0.7, seed=5, max_tokens=12), SamplingParams(temperature=1.3, max_tokens=9)]
-    batch = make_engine(tiny, max_num_batched_tokens=8).generate(others[:2] + [prompt] + others[2:],
-                                                                  mixed[:2] + [params] + mixed[2:])
+    mixed = [
+        SamplingParams(temperature=1.0, max_tokens=20),
+        SamplingParams(temperature=0, max_tokens=7),
+        SamplingParams(temperature=0.7, seed=5, max_tokens=12),
+        SamplingParams(temperature=1.3, max_tokens=9),
+    ]
+    batch = make_engine(tiny, max_num_batched_tokens=8).generate(
+        others[:2] + [prompt] + others[2:], mixed[:2] + [params] + mixed[2:]
+    )
     in_batch = batch[2].completions[0]
     assert in_batch.token_ids == alone.token_ids
     ref = reference(tiny, prompt, params)

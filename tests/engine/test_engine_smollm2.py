@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from engine_fakes import random_prompts
+
 from lhama.generate import SamplingParams, generate_tokens
 
 
@@ -44,8 +44,11 @@ def test_smollm2_chat_text_equals_reference():
     stops = lm.chat_format.stop_ids | lm.tokenizer.stop_ids
     questions = ["What is the capital of France?", "Name three colors.", "Write a haiku about the sea."]
     prompts = [lm.chat_format.encode_dialog([{"role": "user", "content": q}]) for q in questions]
-    params = [SamplingParams(temperature=0, max_tokens=24), SamplingParams(temperature=0, max_tokens=24, stop=("\n",)),
-              SamplingParams(temperature=0.7, seed=11, max_tokens=24)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=24),
+        SamplingParams(temperature=0, max_tokens=24, stop=("\n",)),
+        SamplingParams(temperature=0.7, seed=11, max_tokens=24),
+    ]
     results = eng.generate(prompts[:1], params[:1]) + eng.generate(prompts[1:], params[1:])
     assert results[1].cached_tokens > 0 and results[2].cached_tokens > 0  # the template's system prompt
     for p, sp, r in zip(prompts, params, results):

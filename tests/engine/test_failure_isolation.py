@@ -13,14 +13,16 @@ from lhama.engine import AsyncEngine, RequestFailedError
 from lhama.errors import SamplingError
 from lhama.generate import SamplingParams
 
-HEALTHY_PARAMS = [SamplingParams(temperature=0, max_tokens=12),
-                  SamplingParams(temperature=0.9, seed=11, max_tokens=10),
-                  SamplingParams(temperature=0, max_tokens=8, logprobs=True, top_logprobs=2),
-                  SamplingParams(temperature=1.0, seed=12, top_k=20, max_tokens=9, ignore_eos=True),
-                  SamplingParams(temperature=1.1, seed=13, n=2, max_tokens=7),
-                  SamplingParams(temperature=0, max_tokens=11, ignore_eos=True),
-                  SamplingParams(temperature=0.7, seed=14, top_p=0.9, max_tokens=12, ignore_eos=True),
-                  SamplingParams(temperature=0, max_tokens=6, repetition_penalty=1.3)]
+HEALTHY_PARAMS = [
+    SamplingParams(temperature=0, max_tokens=12),
+    SamplingParams(temperature=0.9, seed=11, max_tokens=10),
+    SamplingParams(temperature=0, max_tokens=8, logprobs=True, top_logprobs=2),
+    SamplingParams(temperature=1.0, seed=12, top_k=20, max_tokens=9, ignore_eos=True),
+    SamplingParams(temperature=1.1, seed=13, n=2, max_tokens=7),
+    SamplingParams(temperature=0, max_tokens=11, ignore_eos=True),
+    SamplingParams(temperature=0.7, seed=14, top_p=0.9, max_tokens=12, ignore_eos=True),
+    SamplingParams(temperature=0, max_tokens=6, repetition_penalty=1.3),
+]
 HEALTHY_PROMPTS = random_prompts([5, 17, 9, 26, 3, 12, 20, 8], seed=60)
 
 
@@ -43,8 +45,9 @@ class PoisonedSampler:
 
 
 def outputs(results):
-    return [[(c.token_ids, c.text, c.finish_reason, [s.logprob for s in c.steps]) for c in r.completions]
-            for r in results]
+    return [
+        [(c.token_ids, c.text, c.finish_reason, [s.logprob for s in c.steps]) for c in r.completions] for r in results
+    ]
 
 
 @pytest.fixture
@@ -66,8 +69,9 @@ def run_beside_poison(eng, poison_prompt, poison):
 def test_a_request_whose_sampling_raises_fails_alone(tiny, make_engine, expected, after):
     eng = make_engine(tiny, max_num_batched_tokens=16)
     poison = SamplingParams(temperature=0.8, seed=99, max_tokens=20, ignore_eos=True)
-    eng.runner.sampler = PoisonedSampler(eng.runner.sampler, poison, RuntimeError("Overflow when unpacking long long"),
-                                         after)
+    eng.runner.sampler = PoisonedSampler(
+        eng.runner.sampler, poison, RuntimeError("Overflow when unpacking long long"), after
+    )
     healthy, bad_req, errors = run_beside_poison(eng, random_prompts([14], seed=61)[0], poison)
     bad = eng.result(bad_req)
     assert outputs(healthy) == expected
@@ -86,8 +90,9 @@ def test_a_request_whose_sampling_raises_fails_alone(tiny, make_engine, expected
 def test_a_parameter_error_keeps_its_400(tiny, make_engine):
     eng = make_engine(tiny)
     poison = SamplingParams(temperature=0, max_tokens=5, n=2)
-    eng.runner.sampler = PoisonedSampler(eng.runner.sampler, poison,
-                                         SamplingError("logits_processor", "cannot be applied"))
+    eng.runner.sampler = PoisonedSampler(
+        eng.runner.sampler, poison, SamplingError("logits_processor", "cannot be applied")
+    )
     healthy = eng.add_request("ok", [1, 2, 3], SamplingParams(temperature=0, max_tokens=4))
     eng.add_request("bad", [4, 5, 6], poison)
     deltas = []
@@ -105,8 +110,9 @@ def test_a_parameter_error_keeps_its_400(tiny, make_engine):
         eng.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(temperature=0, max_tokens=4), poison])
     assert e.value.param == "logits_processor" and not eng.has_unfinished()
     # ... or returns it with the results when asked to.
-    ok, bad_res = eng.generate([[1, 2, 3], [4, 5, 6]], [SamplingParams(temperature=0, max_tokens=4), poison],
-                               return_errors=True)
+    ok, bad_res = eng.generate(
+        [[1, 2, 3], [4, 5, 6]], [SamplingParams(temperature=0, max_tokens=4), poison], return_errors=True
+    )
     assert ok.error is None and ok.completions[0].token_ids == eng.result(healthy).completions[0].token_ids
     assert bad_res.error.param == "logits_processor"
     assert [c.finish_reason for c in bad_res.completions] == ["error", "error"]
@@ -139,15 +145,18 @@ def test_a_request_whose_forward_raises_fails_alone(tiny, make_engine, expected,
 
 def test_parameters_that_would_overflow_the_sampler_are_refused_at_add(tiny, make_engine):
     eng = make_engine(tiny)
-    for param, kw in [("top_k", {"top_k": 2 ** 63}), ("seed", {"seed": 2 ** 64}),
-                      ("seed", {"seed": 2 ** 64 - 2, "n": 3}),
-                      ("stop_token_ids", {"stop_token_ids": (10 ** 6,), "min_tokens": 1})]:
+    for param, kw in [
+        ("top_k", {"top_k": 2**63}),
+        ("seed", {"seed": 2**64}),
+        ("seed", {"seed": 2**64 - 2, "n": 3}),
+        ("stop_token_ids", {"stop_token_ids": (10**6,), "min_tokens": 1}),
+    ]:
         with pytest.raises(SamplingError) as e:  # from SamplingParams itself or from the engine's check
             eng.add_request(None, [1, 2, 3], SamplingParams(max_tokens=4, **kw))
         assert e.value.param == param
     assert not eng.has_unfinished()
     # The largest values that fit still run.
-    res = eng.generate([[1, 2, 3]], SamplingParams(top_k=2 ** 63 - 1, seed=2 ** 64 - 1, max_tokens=3))
+    res = eng.generate([[1, 2, 3]], SamplingParams(top_k=2**63 - 1, seed=2**64 - 1, max_tokens=3))
     assert res[0].error is None and len(res[0].completions[0].steps) >= 1
 
 

@@ -60,8 +60,11 @@ def test_default_budget_is_a_fraction_of_free_memory_capped_at_need(monkeypatch)
     assert plan.num_blocks == int(free * memory.DEFAULT_CPU_FRACTION) // per_block == 250
     assert "25% of available RAM" in plan.budget_source
     # Two sequences need 2 x 16 blocks: the cache never holds more, whatever the budget says.
-    for cfg in (EngineConfig(max_num_seqs=2), EngineConfig(max_num_seqs=2, kv_cache_fraction=1.0),
-                EngineConfig(max_num_seqs=2, kv_cache_gb=4.0)):
+    for cfg in (
+        EngineConfig(max_num_seqs=2),
+        EngineConfig(max_num_seqs=2, kv_cache_fraction=1.0),
+        EngineConfig(max_num_seqs=2, kv_cache_gb=4.0),
+    ):
         plan = plan_kv_cache(args, cfg)
         assert plan.num_blocks == 2 * 256 // 16 and plan.max_model_len == 256, cfg
         assert "capped at max_num_seqs=2" in plan.budget_source

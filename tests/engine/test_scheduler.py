@@ -166,7 +166,7 @@ def test_fork_shares_blocks_and_copies_the_partial_one_on_write():
     out = s.schedule()
     # Both write position 6 into the shared second block: the first to ask gets a private copy.
     assert plan(out) == [("n2", 6, 1), ("n2", 6, 1)]
-    (src, dst), = out.copies
+    ((src, dst),) = out.copies
     pb, cb = (e.blocks.block_ids for e in out.scheduled)
     assert pb[0] == cb[0] and {pb[1], cb[1]} == {src, dst}
     s.finish(parent)

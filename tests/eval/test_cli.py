@@ -19,15 +19,32 @@ PY = [sys.executable, "-m", "lhama.cli"]
 def _ppl_task(tmp_path, n=30) -> Path:
     words = "the market opens early and farmers bring apples bread eggs and honey to the square".split()
     p = tmp_path / "docs.jsonl"
-    p.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(words[i % 7:] + words[:i % 7] * 3)}) + "\n"
-                         for i in range(n)))
+    p.write_text(
+        "".join(
+            json.dumps({"id": f"d{i}", "text": " ".join(words[i % 7 :] + words[: i % 7] * 3)}) + "\n" for i in range(n)
+        )
+    )
     return p
 
 
 def test_killed_subprocess_resumes_and_scores_every_item_exactly_once(tmp_path, tiny_lm):
     task_file, out = _ppl_task(tmp_path), tmp_path / "out"
-    cmd = PY + ["eval", "--model", "tiny-llama3", "-t", str(task_file), "--output", str(out), "--chunk-size", "1",
-                "--window", "16", "--stride", "8", "--no-progress"]
+    cmd = PY + [
+        "eval",
+        "--model",
+        "tiny-llama3",
+        "-t",
+        str(task_file),
+        "--output",
+        str(out),
+        "--chunk-size",
+        "1",
+        "--window",
+        "16",
+        "--stride",
+        "8",
+        "--no-progress",
+    ]
     items = out / "items" / "docs.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -69,7 +86,8 @@ def test_list_and_errors():
     res = subprocess.run(PY + ["eval", "--list"], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0
     assert "mc-th" in res.stdout and "multiple_choice" in res.stdout and "code-python" in res.stdout
-    res = subprocess.run(PY + ["eval", "-t", "nope", "--model", "tiny-llama3"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        PY + ["eval", "-t", "nope", "--model", "tiny-llama3"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2 and "error: --task 'nope' is neither a JSONL file nor a shipped task" in res.stderr
     assert "Traceback" not in res.stderr

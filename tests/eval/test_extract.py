@@ -8,18 +8,21 @@ from lhama.eval.code import extract_code
 from lhama.eval.generative import extract, extract_number, is_correct, normalise, parse_number
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("The answer is 42.", 42.0),
-    ("First 3 apples, then 12 in total", 12.0),  # the last number is the answer
-    ("It costs 1,234 euros", 1234.0),
-    ("Das sind 3,5 Liter", 3.5),  # decimal comma
-    ("1.234.567 Einwohner", 1234567.0),
-    ("−7 degrees", -7.0),  # Unicode minus
-    ("คำตอบคือ ๕๔", 54.0),  # Thai digits
-    ("उत्तर १२० है", 120.0),  # Devanagari digits
-    ("120 मिनट", 120.0),
-    ("no number here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("The answer is 42.", 42.0),
+        ("First 3 apples, then 12 in total", 12.0),  # the last number is the answer
+        ("It costs 1,234 euros", 1234.0),
+        ("Das sind 3,5 Liter", 3.5),  # decimal comma
+        ("1.234.567 Einwohner", 1234567.0),
+        ("−7 degrees", -7.0),  # Unicode minus
+        ("คำตอบคือ ๕๔", 54.0),  # Thai digits
+        ("उत्तर १२० है", 120.0),  # Devanagari digits
+        ("120 मिनट", 120.0),
+        ("no number here", None),
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
 

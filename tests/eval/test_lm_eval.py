@@ -60,16 +60,21 @@ def lm(tiny_lm):
 
 def test_loglikelihood_splits_like_the_hf_backend(lm, tiny_lm):
     tok = tiny_lm.tokenizer
-    reqs = [_req("loglikelihood", ("Question: 2+2?\nAnswer:", " 4")),
-            _req("loglikelihood", ("The sky is ", "blue")),  # trailing space moves to the continuation
-            _req("loglikelihood", ("", "Hello world"))]  # empty context: the prefix token
+    reqs = [
+        _req("loglikelihood", ("Question: 2+2?\nAnswer:", " 4")),
+        _req("loglikelihood", ("The sky is ", "blue")),  # trailing space moves to the continuation
+        _req("loglikelihood", ("", "Hello world")),
+    ]  # empty context: the prefix token
     got = lm.loglikelihood(reqs, disable_tqdm=True)
     ll = LogLikelihood(tiny_lm.model)
     bos = tok.bos_id
-    want = ll.continuation([
-        (tok.encode("Question: 2+2?\nAnswer:", bos=True), tok.encode(" 4")),
-        (tok.encode("The sky is", bos=True), tok.encode(" blue")),
-        ([bos], tok.encode("Hello world"))])
+    want = ll.continuation(
+        [
+            (tok.encode("Question: 2+2?\nAnswer:", bos=True), tok.encode(" 4")),
+            (tok.encode("The sky is", bos=True), tok.encode(" blue")),
+            ([bos], tok.encode("Hello world")),
+        ]
+    )
     for (lp, greedy), w in zip(got, want):
         assert lp == pytest.approx(w.logprob, abs=1e-4) and greedy == w.greedy
 
@@ -84,13 +89,18 @@ def test_rolling_uses_disjoint_windows_of_max_length(lm, tiny_lm):
 
 
 def test_generate_until_respects_max_tokens_and_stops(lm):
-    out = lm.generate_until([_req("generate_until", ("Once upon a time", {"until": ["\n\n"], "max_gen_toks": 5})),
-                             _req("generate_until", ("Hi", {"until": ["the"], "max_gen_toks": 3}), 1)],
-                            disable_tqdm=True)
+    out = lm.generate_until(
+        [
+            _req("generate_until", ("Once upon a time", {"until": ["\n\n"], "max_gen_toks": 5})),
+            _req("generate_until", ("Hi", {"until": ["the"], "max_gen_toks": 3}), 1),
+        ],
+        disable_tqdm=True,
+    )
     from lhama.generate import SamplingParams
 
-    ref = lm.engine.generate([lm.tok_encode("Once upon a time")],
-                             SamplingParams(temperature=0, max_tokens=5, stop=("\n\n",)))[0].completions[0]
+    ref = lm.engine.generate(
+        [lm.tok_encode("Once upon a time")], SamplingParams(temperature=0, max_tokens=5, stop=("\n\n",))
+    )[0].completions[0]
     assert out[0] == ref.text and ref.completion_tokens <= 5  # greedy, max_gen_toks honoured
     assert "the" not in out[1]
 
@@ -105,8 +115,12 @@ def test_simple_evaluate_with_a_local_task(tmp_path, tiny_lm):
 
     (tmp_path / "mc.yaml").write_text(MC_YAML.format(data=shipped_tasks()["mc-en"]))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    res = lm_eval.simple_evaluate(model=LhamaLM(loaded=tiny_lm), tasks=["lhama_test_mc"], limit=3,
-                                  task_manager=TaskManager(include_path=str(tmp_path)))
+    res = lm_eval.simple_evaluate(
+        model=LhamaLM(loaded=tiny_lm),
+        tasks=["lhama_test_mc"],
+        limit=3,
+        task_manager=TaskManager(include_path=str(tmp_path)),
+    )
     r = res["results"]["lhama_test_mc"]
     assert 0 <= r["acc,none"] <= 1 and 0 <= r["acc_norm,none"] <= 1
 
@@ -124,8 +138,20 @@ def test_plain_lm_eval_process_finds_the_lhama_model():
 def _harness(model_args: list[str], tasks_dir: Path, out: Path, limit: int) -> dict:
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     lm_eval_bin = Path(sys.executable).with_name("lm_eval")
-    cmd = [str(lm_eval_bin), *model_args, "--device", "cpu", "--tasks", "lhama_test_mc,lhama_test_ppl",
-           "--include_path", str(tasks_dir), "--limit", str(limit), "--output_path", str(out)]
+    cmd = [
+        str(lm_eval_bin),
+        *model_args,
+        "--device",
+        "cpu",
+        "--tasks",
+        "lhama_test_mc,lhama_test_ppl",
+        "--include_path",
+        str(tasks_dir),
+        "--limit",
+        str(limit),
+        "--output_path",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = out.rglob("results_*.json")
@@ -147,12 +173,20 @@ def test_scores_agree_with_the_hf_backend_on_smollm2(tmp_path, smollm2_path):
     (tmp_path / "mc.yaml").write_text(MC_YAML.format(data=mc))
     (tmp_path / "ppl.yaml").write_text(PPL_YAML.format(data=ppl))
     hf_dir = tmp_path / "hf"
-    conv = subprocess.run([sys.executable, "-m", "lhama.cli", "convert", str(smollm2_path), str(hf_dir), "--to",
-                           "safetensors"], capture_output=True, text=True, timeout=600)
+    conv = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "convert", str(smollm2_path), str(hf_dir), "--to", "safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert conv.returncode == 0, conv.stderr
     ours = _harness(["--model", "lhama", "--model_args", f"pretrained={smollm2_path}"], tmp_path, tmp_path / "o1", 40)
-    theirs = _harness(["--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32", "--batch_size", "16"],
-                      tmp_path, tmp_path / "o2", 40)
+    theirs = _harness(
+        ["--model", "hf", "--model_args", f"pretrained={hf_dir},dtype=float32", "--batch_size", "16"],
+        tmp_path,
+        tmp_path / "o2",
+        40,
+    )
     for metric in ("acc,none", "acc_norm,none"):
         assert abs(ours["lhama_test_mc"][metric] - theirs["lhama_test_mc"][metric]) * 100 <= 0.5
     assert abs(ours["lhama_test_ppl"]["bits_per_byte,none"] - theirs["lhama_test_ppl"]["bits_per_byte,none"]) <= 0.005

@@ -15,7 +15,7 @@ def _reference(model, tokens, first):
     with torch.inference_mode():
         logp = torch.log_softmax(model(torch.tensor([tokens[:-1]])).double(), -1)[0]
     tgt = tokens[first:]
-    rows = logp[first - 1:len(tokens) - 1]
+    rows = logp[first - 1 : len(tokens) - 1]
     lp = rows.gather(1, torch.tensor(tgt)[:, None]).sum().item()
     greedy = bool((rows.argmax(-1) == torch.tensor(tgt)).all())
     return lp, greedy

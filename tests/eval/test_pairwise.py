@@ -13,16 +13,19 @@ from lhama.eval import pairwise as pw
 from lhama.eval.judge import combine, judge_prompt, parse_verdict, summarize
 
 
-@pytest.mark.parametrize("text,verdict", [
-    ("A is more complete.\n[[A]]", "A"),
-    ("Both fine. [[C]]", "tie"),
-    ("I first thought [[A]] but on reflection [[B]]", "B"),  # the last verdict counts
-    ("Verdict: B", "B"),
-    ("**Verdict:** [A]", "A"),
-    ("Assistant B's answer is better because it is correct.", "B"),
-    ("It's a tie.", "tie"),
-    ("Both answers talk about the sky.", None),
-])
+@pytest.mark.parametrize(
+    "text,verdict",
+    [
+        ("A is more complete.\n[[A]]", "A"),
+        ("Both fine. [[C]]", "tie"),
+        ("I first thought [[A]] but on reflection [[B]]", "B"),  # the last verdict counts
+        ("Verdict: B", "B"),
+        ("**Verdict:** [A]", "A"),
+        ("Assistant B's answer is better because it is correct.", "B"),
+        ("It's a tie.", "tie"),
+        ("Both answers talk about the sky.", None),
+    ],
+)
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -37,9 +40,11 @@ def test_combining_both_orders():
 
 
 def test_summary_statistics_on_known_records():
-    recs = ([{"outcome": "win", "verdict_ab": "A", "verdict_ba": "B"}] * 6
-            + [{"outcome": "tie", "verdict_ab": "A", "verdict_ba": "A"}] * 3
-            + [{"outcome": "loss", "verdict_ab": None, "verdict_ba": "A"}])
+    recs = (
+        [{"outcome": "win", "verdict_ab": "A", "verdict_ba": "B"}] * 6
+        + [{"outcome": "tie", "verdict_ab": "A", "verdict_ba": "A"}] * 3
+        + [{"outcome": "loss", "verdict_ab": None, "verdict_ba": "A"}]
+    )
     s = summarize(recs)
     assert (s["win_rate"].value, s["tie_rate"].value, s["loss_rate"].value) == (0.6, 0.3, 0.1)
     assert s["win_rate"].low < 0.6 < s["win_rate"].high  # Wilson interval
@@ -55,8 +60,9 @@ def fake_contestants(tiny_lm, monkeypatch):
     """Two 'models' whose answers are fixed strings; the judge is the real tiny model (its text is
     replaced by a scripted verdict), so prompts, order swapping and bookkeeping run for real."""
     a, b = dataclasses.replace(tiny_lm, name="model-a"), dataclasses.replace(tiny_lm, name="model-b")
-    monkeypatch.setattr(pw.EvalContext, "generate",
-                        lambda self, prompts, params: [[f"answer of {self.loaded.name}"] for _ in prompts])
+    monkeypatch.setattr(
+        pw.EvalContext, "generate", lambda self, prompts, params: [[f"answer of {self.loaded.name}"] for _ in prompts]
+    )
     shown: list[tuple[str, str]] = []
 
     def recording_prompt(question, first, second):
@@ -69,8 +75,9 @@ def fake_contestants(tiny_lm, monkeypatch):
 
 def _run(preloaded, tmp_path, **kw):
     cfg = pw.CompareConfig(eval=EvalConfig(limit=3, max_tokens=4, chunk_size=2), judge_max_tokens=2, **kw)
-    return pw.run_compare(load_task("pairwise"), "a", "b", "judge", cfg, load=None, out_dir=tmp_path,
-                          progress=False, preloaded=preloaded)
+    return pw.run_compare(
+        load_task("pairwise"), "a", "b", "judge", cfg, load=None, out_dir=tmp_path, progress=False, preloaded=preloaded
+    )
 
 
 def test_answers_are_judged_in_both_orders_and_position_bias_cancels(fake_contestants, tmp_path, monkeypatch):
@@ -87,6 +94,7 @@ def test_answers_are_judged_in_both_orders_and_position_bias_cancels(fake_contes
 
 def test_a_judge_that_prefers_one_answer_gives_consistent_wins(fake_contestants, tmp_path, monkeypatch):
     preloaded, shown = fake_contestants
+
     # The verdicts follow what was shown: prompts are built before the judge runs.
     def parse(text):
         first, _ = shown[parse.i]
@@ -119,8 +127,17 @@ def test_logprob_judge_always_decides_and_resume_skips_judged(fake_contestants, 
 def test_real_comparison_with_smollm2_as_contestant_and_judge(smollm2, tmp_path):
     """Plumbing with the real model in every role (logprob judge: no judge generation, fast)."""
     cfg = pw.CompareConfig(eval=EvalConfig(limit=1, max_tokens=8), judge_mode="logprob")
-    res = pw.run_compare(load_task("pairwise"), "default", "default", "default", cfg, load=None,
-                         out_dir=tmp_path, progress=False, preloaded={"default": smollm2})
+    res = pw.run_compare(
+        load_task("pairwise"),
+        "default",
+        "default",
+        "default",
+        cfg,
+        load=None,
+        out_dir=tmp_path,
+        progress=False,
+        preloaded={"default": smollm2},
+    )
     (r,) = [json.loads(x) for x in (tmp_path / "items" / "pairwise.judgments.jsonl").read_text().splitlines()]
     assert r["answer_a"].strip() and r["answer_a"] == r["answer_b"]  # same model, greedy
     assert r["verdict_ab"] in ("A", "B", "tie") and all(v < 0 for v in r["judge_ab"].values())
@@ -132,8 +149,17 @@ def test_real_comparison_with_smollm2_as_contestant_and_judge(smollm2, tmp_path)
 @pytest.mark.slow
 def test_real_comparison_with_smollm2_generating_verdicts(smollm2, tmp_path):
     cfg = pw.CompareConfig(eval=EvalConfig(limit=2, max_tokens=24), judge_max_tokens=32)
-    res = pw.run_compare(load_task("pairwise"), "default", "default", "default", cfg, load=None,
-                         out_dir=tmp_path, progress=False, preloaded={"default": smollm2})
+    res = pw.run_compare(
+        load_task("pairwise"),
+        "default",
+        "default",
+        "default",
+        cfg,
+        load=None,
+        out_dir=tmp_path,
+        progress=False,
+        preloaded={"default": smollm2},
+    )
     assert sum(res.extra["counts"].values()) == 2
     recs = [json.loads(x) for x in (tmp_path / "items" / "pairwise.judgments.jsonl").read_text().splitlines()]
     for r in recs:

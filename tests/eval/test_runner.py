@@ -13,24 +13,33 @@ from lhama.eval.runner import ItemsFile
 
 def _mc_file(tmp_path, n=9):
     p = tmp_path / "mc.jsonl"
-    rows = [{"id": f"q{i}", "question": f"What is {i} plus {i}?", "choices": [str(2 * i), str(2 * i + 1), "blue"],
-             "answer": 0} for i in range(n)]
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"What is {i} plus {i}?",
+            "choices": [str(2 * i), str(2 * i + 1), "blue"],
+            "answer": 0,
+        }
+        for i in range(n)
+    ]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
 
 def test_every_kind_runs_and_reports(tiny_lm, tmp_path):
     ctx = EvalContext(tiny_lm, EvalConfig(max_tokens=4, limit=2, window=16, stride=8))
-    for name, metrics in [("mc-fr", {"acc", "acc_norm"}), ("ppl-hi", {"token_perplexity", "word_perplexity",
-                                                                       "bits_per_byte"}),
-                          ("gen-th", {"accuracy", "answered"}), ("code-python", {"pass@1"})]:
+    for name, metrics in [
+        ("mc-fr", {"acc", "acc_norm"}),
+        ("ppl-hi", {"token_perplexity", "word_perplexity", "bits_per_byte"}),
+        ("gen-th", {"accuracy", "answered"}),
+        ("code-python", {"pass@1"}),
+    ]:
         r = run_task(ctx, load_task(name), model_spec="tiny-llama3", out_dir=tmp_path, progress=False)
         assert set(r.metrics) == metrics and r.num_items == 2
         recs = ItemsFile(tmp_path / "items" / f"{name}.jsonl").load()
         assert len(recs) == 2
     # A random model is near chance but its numbers are real: perplexity near the vocabulary size.
-    ppl = run_task(ctx.with_config(EvalConfig(limit=1)), load_task("ppl-en"), model_spec="tiny-llama3",
-                   progress=False)
+    ppl = run_task(ctx.with_config(EvalConfig(limit=1)), load_task("ppl-en"), model_spec="tiny-llama3", progress=False)
     assert 1e3 < ppl.metrics["token_perplexity"].value < 1e6
 
 
@@ -81,8 +90,9 @@ def test_resume_with_other_settings_is_refused(tiny_lm, tmp_path):
     with pytest.raises(EvalResumeError, match="settings"):
         run_task(other, task, model_spec="m", out_dir=tmp_path, progress=False)
     with pytest.raises(EvalResumeError, match="model"):
-        run_task(EvalContext(tiny_lm, EvalConfig(window=16)), task, model_spec="other", out_dir=tmp_path,
-                 progress=False)
+        run_task(
+            EvalContext(tiny_lm, EvalConfig(window=16)), task, model_spec="other", out_dir=tmp_path, progress=False
+        )
     r = run_task(other, task, model_spec="m", out_dir=tmp_path, restart=True, progress=False)
     assert r.resumed_items == 0
     # A larger --limit on resume is fine: only the new items are scored.
@@ -93,7 +103,12 @@ def test_resume_with_other_settings_is_refused(tiny_lm, tmp_path):
 def test_eval_config_rejects_nonsense():
     from lhama.errors import ConfigError
 
-    for bad in (dict(limit=0), dict(samples=2, pass_k=(3,)), dict(samples=4, temperature=0.0, pass_k=(1,)),
-                dict(window=1), dict(chunk_size=0)):
+    for bad in (
+        dict(limit=0),
+        dict(samples=2, pass_k=(3,)),
+        dict(samples=4, temperature=0.0, pass_k=(1,)),
+        dict(window=1),
+        dict(chunk_size=0),
+    ):
         with pytest.raises(ConfigError):
             EvalConfig(**bad)

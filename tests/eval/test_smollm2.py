@@ -16,8 +16,13 @@ def test_smollm2_multiple_choice_and_generation(smollm2, tmp_path):
     for rec in ItemsFile(tmp_path / "items" / "mc-en.jsonl").load().values():
         assert len(rec["loglikelihoods"]) == 4 and all(v < 0 for v in rec["loglikelihoods"])
         assert rec["pred"] == max(range(4), key=rec["loglikelihoods"].__getitem__)
-    gen = run_task(ctx.with_config(EvalConfig(limit=1, max_tokens=8)), load_task("gen-de"), model_spec="default",
-                   out_dir=tmp_path, progress=False)
+    gen = run_task(
+        ctx.with_config(EvalConfig(limit=1, max_tokens=8)),
+        load_task("gen-de"),
+        model_spec="default",
+        out_dir=tmp_path,
+        progress=False,
+    )
     (rec,) = ItemsFile(tmp_path / "items" / "gen-de.jsonl").load().values()
     assert rec["output"].strip()  # a real answer, scored by the numeric extractor
     assert rec["correct"] == (rec["extracted"] == 12.0)

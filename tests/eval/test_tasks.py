@@ -31,8 +31,9 @@ def test_translations_keep_the_same_answers():
     for lang in LANGS:
         mc, gen = load_task(f"mc-{lang}"), load_task(f"gen-{lang}")
         assert [i["answer"] for i in mc.items] == [i["answer"] for i in en_mc.items]
-        assert [i["choices"][i["answer"]] for i in mc.items if i["choices"][i["answer"]].isdigit()] == \
-               [i["choices"][i["answer"]] for i in en_mc.items if i["choices"][i["answer"]].isdigit()]
+        assert [i["choices"][i["answer"]] for i in mc.items if i["choices"][i["answer"]].isdigit()] == [
+            i["choices"][i["answer"]] for i in en_mc.items if i["choices"][i["answer"]].isdigit()
+        ]
         nums = [i["answer"] for i in gen.items if i["extract"] == "numeric"]
         assert nums == [i["answer"] for i in en_gen.items if i["extract"] == "numeric"] == [12, 54, 12, 63, 120, 25]
         assert len({i["question"] for i in mc.items}) == len(mc.items)
@@ -71,19 +72,22 @@ def _write(tmp_path, lines):
     return p
 
 
-@pytest.mark.parametrize("lines,match", [
-    (["{not json"], r"t.jsonl:1: not valid JSON"),
-    ([[1, 2]], "must be a JSON object"),
-    ([{"question": "q", "choices": ["a", "b"], "answer": 2}], r"'answer' must be the index .* \(0..1\)"),
-    ([{"question": "q", "choices": ["a"], "answer": 0}], "at least two"),
-    ([{"prompt": "p", "answer": "x", "extract": "fuzzy"}], "'extract' must be one of"),
-    ([{"prompt": "p", "answer": "x", "extract": "regex", "pattern": "("}], "not a valid regular expression"),
-    ([{"prompt": "p", "answer": "x", "extract": "regex"}], "non-empty string 'pattern'"),
-    ([{"prompt": "p", "tests": ""}], "non-empty string 'tests'"),
-    ([{"id": 1, "text": "a"}, {"id": "1", "text": "b"}], "appears twice"),
-    ([{"foo": 1}], "cannot tell the task kind"),
-    ([""], "has no items"),
-])
+@pytest.mark.parametrize(
+    "lines,match",
+    [
+        (["{not json"], r"t.jsonl:1: not valid JSON"),
+        ([[1, 2]], "must be a JSON object"),
+        ([{"question": "q", "choices": ["a", "b"], "answer": 2}], r"'answer' must be the index .* \(0..1\)"),
+        ([{"question": "q", "choices": ["a"], "answer": 0}], "at least two"),
+        ([{"prompt": "p", "answer": "x", "extract": "fuzzy"}], "'extract' must be one of"),
+        ([{"prompt": "p", "answer": "x", "extract": "regex", "pattern": "("}], "not a valid regular expression"),
+        ([{"prompt": "p", "answer": "x", "extract": "regex"}], "non-empty string 'pattern'"),
+        ([{"prompt": "p", "tests": ""}], "non-empty string 'tests'"),
+        ([{"id": 1, "text": "a"}, {"id": "1", "text": "b"}], "appears twice"),
+        ([{"foo": 1}], "cannot tell the task kind"),
+        ([""], "has no items"),
+    ],
+)
 def test_bad_task_files_are_rejected_with_the_place(tmp_path, lines, match):
     with pytest.raises(EvalTaskError, match=match):
         load_task(_write(tmp_path, lines))

@@ -16,11 +16,17 @@ from lhama.errors import SamplingError
 from lhama.generate.constrained import GrammarCompiler
 from lhama.generate.sampling import BatchSampler, SamplingParams
 
-SCHEMA = {"type": "object", "properties": {
-    "ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
-    "n": {"type": "integer", "minimum": 0, "maximum": 999},
-    "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3}},
-    "required": ["ok", "color", "n", "tags"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "color": {"enum": ["red", "green", "blue"]},
+        "n": {"type": "integer", "minimum": 0, "maximum": 999},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
+    },
+    "required": ["ok", "color", "n", "tags"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +74,10 @@ def test_invalid_or_unsupported_schemas_name_the_parameter(compiler):
 
 def test_sampler_applies_the_processor_only_to_its_rows(compiler):
     V = compiler.vocab_size
-    grammar = compiler.grammar_for_schema({"type": "object", "properties": {"a": {"const": 1}}, "required": ["a"],
-                                           "additionalProperties": False}, "response_format")
+    grammar = compiler.grammar_for_schema(
+        {"type": "object", "properties": {"a": {"const": 1}}, "required": ["a"], "additionalProperties": False},
+        "response_format",
+    )
     proc = compiler.constraint(grammar)
     sampler = BatchSampler(V)
     plain = SamplingParams(temperature=0)
@@ -93,5 +101,6 @@ def test_a_processor_is_one_sequences_state(compiler):
         SamplingParams(n=2, logits_processor=proc)
     assert e.value.param == "n"
     with pytest.raises(ValueError, match="output ids"):
-        BatchSampler(compiler.vocab_size).sample(torch.zeros(1, compiler.vocab_size),
-                                                 [SamplingParams(logits_processor=proc)], generators=[None])
+        BatchSampler(compiler.vocab_size).sample(
+            torch.zeros(1, compiler.vocab_size), [SamplingParams(logits_processor=proc)], generators=[None]
+        )

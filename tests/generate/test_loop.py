@@ -19,7 +19,7 @@ def _greedy_without_cache(model, prompt, n):
     with torch.inference_mode():
         for _ in range(n):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 def test_cached_greedy_equals_full_recompute(tiny):
@@ -33,12 +33,16 @@ def test_stop_ids_and_min_tokens(tiny):
     free = [s.token_id for s in generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=12))]
     stop = free[3]
     first = free.index(stop)
-    got = [s.token_id for s in generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=12),
-                                               stop_ids=[stop])]
+    got = [
+        s.token_id for s in generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=12), stop_ids=[stop])
+    ]
     assert got == free[: first + 1]
-    banned = [s.token_id for s in generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=12,
-                                                                                min_tokens=first + 2),
-                                                  stop_ids=[stop])]
+    banned = [
+        s.token_id
+        for s in generate_tokens(
+            tiny, prompt, SamplingParams(temperature=0, max_tokens=12, min_tokens=first + 2), stop_ids=[stop]
+        )
+    ]
     assert stop not in banned[: first + 2]
 
 
@@ -59,8 +63,9 @@ def test_context_window_is_enforced_not_truncated(tiny):
 
 
 def test_logprobs_reported(tiny):
-    steps = list(generate_tokens(tiny, [9, 8, 7], SamplingParams(temperature=0, max_tokens=3, logprobs=True,
-                                                                 top_logprobs=2)))
+    steps = list(
+        generate_tokens(tiny, [9, 8, 7], SamplingParams(temperature=0, max_tokens=3, logprobs=True, top_logprobs=2))
+    )
     for s in steps:
         assert s.logprob is not None and s.logprob <= 0
         assert s.top_logprobs[0][0] == s.token_id and s.top_logprobs[0][1] == pytest.approx(s.logprob)

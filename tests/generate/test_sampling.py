@@ -60,8 +60,7 @@ def test_seed_is_reproducible_and_independent_of_batch():
     gen = make_generator(42)
     other = torch.randn(2, 1000)
     batch = torch.cat([other[:1], logits, other[1:]])
-    res = BatchSampler(1000).sample(batch, [SamplingParams(), p, SamplingParams()],
-                                    generators=[None, gen, None])
+    res = BatchSampler(1000).sample(batch, [SamplingParams(), p, SamplingParams()], generators=[None, gen, None])
     assert res.tokens[1].item() == alone[0]
 
 
@@ -78,27 +77,35 @@ def test_penalties():
     logits = torch.tensor([[2.0, -2.0, 1.0, 1.0]])
     counts = torch.tensor([[0, 0, 3, 1]])
     seen = torch.tensor([[True, True, False, False]])
-    out = apply_penalties(logits.clone(), counts, seen, torch.tensor([2.0]), torch.tensor([0.5]),
-                          torch.tensor([0.25]))
+    out = apply_penalties(logits.clone(), counts, seen, torch.tensor([2.0]), torch.tensor([0.5]), torch.tensor([0.25]))
     # repetition: 2/2, -2*2; frequency/presence: 1 - 1.5 - 0.25, 1 - 0.5 - 0.25
     assert torch.allclose(out, torch.tensor([[1.0, -4.0, -0.75, 0.25]]))
 
 
 def test_filter_logits_keeps_argmax_even_with_tiny_top_p():
     logits = torch.randn(3, 100)
-    out = filter_logits(logits, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-6),
-                        torch.zeros(3))
+    out = filter_logits(logits, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-6), torch.zeros(3))
     assert torch.equal(out.argmax(-1), logits.argmax(-1))
     assert torch.isfinite(out).sum(-1).eq(1).all()
 
 
-@pytest.mark.parametrize("kwargs,param", [
-    (dict(temperature=-0.1), "temperature"), (dict(top_p=1.5), "top_p"), (dict(top_p=0), "top_p"),
-    (dict(max_tokens=0), "max_tokens"), (dict(top_k=-1), "top_k"), (dict(min_p=2), "min_p"),
-    (dict(frequency_penalty=3), "frequency_penalty"), (dict(presence_penalty=-3), "presence_penalty"),
-    (dict(repetition_penalty=0), "repetition_penalty"), (dict(top_logprobs=99), "top_logprobs"),
-    (dict(n=0), "n"), (dict(stop=[""]), "stop"),
-])
+@pytest.mark.parametrize(
+    "kwargs,param",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_p=0), "top_p"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(top_k=-1), "top_k"),
+        (dict(min_p=2), "min_p"),
+        (dict(frequency_penalty=3), "frequency_penalty"),
+        (dict(presence_penalty=-3), "presence_penalty"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(top_logprobs=99), "top_logprobs"),
+        (dict(n=0), "n"),
+        (dict(stop=[""]), "stop"),
+    ],
+)
 def test_invalid_params_name_the_parameter(kwargs, param):
     with pytest.raises(SamplingError) as e:
         SamplingParams(**kwargs)

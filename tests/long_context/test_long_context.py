@@ -40,8 +40,17 @@ def test_llama31_rope_scaling_equals_reference_at_128k_positions():
 
 def _long_args(ctx: int) -> ModelArgs:
     # tiny-llama3's shape (GQA, llama3 scaling) with a small vocabulary and a long context.
-    return ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, hidden_dim=192,
-                     rope_theta=500000.0, rope_scaling=RopeScaling(factor=8.0), max_seq_len=ctx)
+    return ModelArgs(
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=512,
+        hidden_dim=192,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8.0),
+        max_seq_len=ctx,
+    )
 
 
 class _PeakRSS:

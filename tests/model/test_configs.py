@@ -42,11 +42,18 @@ def test_bad_shapes_and_names_are_clear_errors():
 
 
 def test_cli_info_reports_shape_and_memory():
-    out = subprocess.run([sys.executable, "-m", "lhama.cli", "info", "llama3.1-8b"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "info", "llama3.1-8b"], capture_output=True, text=True, check=True
+    ).stdout
     assert "8.03B" in out and "32 query / 8 key-value" in out and "factor 8" in out and "MiB per 1K tokens" in out
-    data = json.loads(subprocess.run([sys.executable, "-m", "lhama.cli", "info", "llama3.2-3b", "--json"],
-                                     capture_output=True, text=True, check=True).stdout)
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "lhama.cli", "info", "llama3.2-3b", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert data["args"]["tie_embeddings"] is True and data["parameters"] == CONFIGS["llama3.2-3b"].args.n_params()
     bad = subprocess.run([sys.executable, "-m", "lhama.cli", "info", "nope-model"], capture_output=True, text=True)
     assert bad.returncode == 2 and "neither a file" in bad.stderr and "Traceback" not in bad.stderr

@@ -45,12 +45,32 @@ def _reference(ours, ref_kwargs):
 @pytest.mark.parametrize("scaled", [True, False])
 def test_logits_match_reference_llama31(model_parallel_world_of_one, scaled):
     dim, multiple_of = 128, 64
-    ref_kwargs = dict(dim=dim, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=512, multiple_of=multiple_of,
-                      ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=scaled,
-                      max_seq_len=4096, max_batch_size=2)
-    args = ModelArgs(dim=dim, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=512,
-                     hidden_dim=swiglu_hidden_dim(dim, multiple_of, 1.3), norm_eps=1e-5, rope_theta=500000.0,
-                     rope_scaling=RopeScaling() if scaled else None, max_seq_len=4096)
+    ref_kwargs = dict(
+        dim=dim,
+        n_layers=3,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=512,
+        multiple_of=multiple_of,
+        ffn_dim_multiplier=1.3,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        use_scaled_rope=scaled,
+        max_seq_len=4096,
+        max_batch_size=2,
+    )
+    args = ModelArgs(
+        dim=dim,
+        n_layers=3,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=512,
+        hidden_dim=swiglu_hidden_dim(dim, multiple_of, 1.3),
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling() if scaled else None,
+        max_seq_len=4096,
+    )
     ours = build_model(args, init="random", seed=3).eval()
     ref = _reference(ours, ref_kwargs)
 
@@ -74,11 +94,30 @@ def test_logits_match_reference_llama31(model_parallel_world_of_one, scaled):
 def test_long_positions_match_reference(model_parallel_world_of_one):
     """Positions far beyond the original 8K context, where the 3.1 scaling matters."""
     dim = 64
-    ref_kwargs = dict(dim=dim, n_layers=1, n_heads=4, n_kv_heads=1, vocab_size=128, multiple_of=32,
-                      norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True, max_seq_len=20000, max_batch_size=1)
-    args = ModelArgs(dim=dim, n_layers=1, n_heads=4, n_kv_heads=1, vocab_size=128,
-                     hidden_dim=swiglu_hidden_dim(dim, 32, None), rope_theta=500000.0, rope_scaling=RopeScaling(),
-                     max_seq_len=20000)
+    ref_kwargs = dict(
+        dim=dim,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=1,
+        vocab_size=128,
+        multiple_of=32,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        use_scaled_rope=True,
+        max_seq_len=20000,
+        max_batch_size=1,
+    )
+    args = ModelArgs(
+        dim=dim,
+        n_layers=1,
+        n_heads=4,
+        n_kv_heads=1,
+        vocab_size=128,
+        hidden_dim=swiglu_hidden_dim(dim, 32, None),
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(),
+        max_seq_len=20000,
+    )
     ours = build_model(args, init="random", seed=5).eval()
     ref = _reference(ours, ref_kwargs)
     tokens = torch.randint(0, 128, (1, 8))
@@ -92,9 +131,16 @@ def test_long_positions_match_reference(model_parallel_world_of_one):
 
 def test_rope_scaling_follows_published_formula():
     """Each frequency checked against the rule written out from the Llama 3.1 description."""
-    args = ModelArgs(dim=4096, n_layers=1, n_heads=32, n_kv_heads=8, vocab_size=8, hidden_dim=8,
-                     rope_theta=500000.0, rope_scaling=RopeScaling(factor=8, low_freq_factor=1, high_freq_factor=4,
-                                                                   original_context=8192))
+    args = ModelArgs(
+        dim=4096,
+        n_layers=1,
+        n_heads=32,
+        n_kv_heads=8,
+        vocab_size=8,
+        hidden_dim=8,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8, low_freq_factor=1, high_freq_factor=4, original_context=8192),
+    )
     scaled = rope_inv_freq(args).double()
     base = 1.0 / (500000.0 ** (torch.arange(0, 128, 2).double() / 128))
     kinds = set()

@@ -25,6 +25,7 @@ if __name__ == "__main__":
 
         LLMEngine.step = slow_step
     loaded = tiny_loaded(seed=1)
-    s = run_batch_file(loaded, sys.argv[1], sys.argv[2], EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4),
-                       progress=False)
+    s = run_batch_file(
+        loaded, sys.argv[1], sys.argv[2], EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4), progress=False
+    )
     print(f"total={s.total} already_done={s.already_done} succeeded={s.succeeded} failed={s.failed}")

@@ -13,9 +13,20 @@ from lhama.openai.engine_batch import run_batch_file
 
 def _run(tiny, tmp_path: Path, name: str, prompts: list[str], **config) -> list[dict]:
     src, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.out.jsonl"
-    src.write_text("".join(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
-                                       "body": {"model": "tiny", "prompt": p, "max_tokens": 4, "temperature": 0,
-                                                "logprobs": 1}}) + "\n" for i, p in enumerate(prompts)))
+    src.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "custom_id": f"c{i}",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"model": "tiny", "prompt": p, "max_tokens": 4, "temperature": 0, "logprobs": 1},
+                }
+            )
+            + "\n"
+            for i, p in enumerate(prompts)
+        )
+    )
     run_batch_file(tiny, src, out, EngineConfig(num_blocks=256, block_size=4, **config), progress=False)
     rows = sorted((json.loads(x) for x in out.read_text().splitlines()), key=lambda e: e["custom_id"])
     return [e["response"]["body"] for e in rows]

@@ -77,7 +77,9 @@ def test_formats_and_per_line_errors(tiny, tmp_path):
     assert errors["bad-url"]["code"] == "unsupported_url"
     assert errors["bad-temp"]["code"] == "invalid_sampling_parameter" and "temperature" in errors["bad-temp"]["message"]
     assert errors["too-long"]["code"] == "context_length_exceeded"
-    assert errors["bad-msgs"]["code"] == "invalid_value" and errors["bad-msgs"]["message"].startswith("messages[0].role")
+    assert errors["bad-msgs"]["code"] == "invalid_value" and errors["bad-msgs"]["message"].startswith(
+        "messages[0].role"
+    )
     assert by["bad-msgs"][0]["response"]["status_code"] == 400
     assert sorted((e["error"] or {}).get("code") or "ok" for e in by["chat-1"]) == ["duplicate_custom_id", "ok"]
     assert not eng.has_unfinished() and eng.kv_manager.num_free_blocks == eng.kv_manager.num_blocks
@@ -109,7 +111,7 @@ def test_a_line_that_makes_the_executor_raise_fails_alone(tiny, tmp_path):
     real_sample = eng.runner.sample
 
     def sample(logits, rows, seqs):  # as top_k >= 2**63 once made torch raise in the step
-        if any(s.token_ids[:s.prompt_len] == poison for s in seqs):
+        if any(s.token_ids[: s.prompt_len] == poison for s in seqs):
             raise RuntimeError("Overflow when unpacking long long")
         return real_sample(logits, rows, seqs)
 
@@ -142,8 +144,17 @@ def test_sigkill_and_resume_answers_every_line_once(tmp_path):
         elif i % 2:
             lines.append(line(f"req-{i}", **chat(f"w{i} w{i + 1}", max_tokens=16, temperature=0, ignore_eos=True)))
         else:
-            lines.append(line(f"req-{i}", "/v1/completions", prompt=f"w{i}", max_tokens=16, temperature=0.9,
-                              seed=i, ignore_eos=True))
+            lines.append(
+                line(
+                    f"req-{i}",
+                    "/v1/completions",
+                    prompt=f"w{i}",
+                    max_tokens=16,
+                    temperature=0.9,
+                    seed=i,
+                    ignore_eos=True,
+                )
+            )
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(lines) + "\n")
     env = dict(os.environ, PYTHONPATH=str(SRC))

@@ -67,8 +67,9 @@ def smollm2(smollm2_path):
 
 def test_a_grammar_is_one_engine_request_per_choice(smollm2):
     compiler = GrammarCompiler.for_model(smollm2)
-    req = parse_request(CHAT_URL, {**CHAT, "n": 3, "seed": 7, "response_format": {"type": "json_object"}},
-                        default_model="m")
+    req = parse_request(
+        CHAT_URL, {**CHAT, "n": 3, "seed": 7, "response_format": {"type": "json_object"}}, default_model="m"
+    )
     prep = prepare(smollm2, req, compiler, context=2048)
     parts = engine_requests(prep, compiler)
     assert [first for first, _, _ in parts] == [0, 1, 2]
@@ -77,22 +78,57 @@ def test_a_grammar_is_one_engine_request_per_choice(smollm2):
 
 
 def test_batch_job_enforces_json_schema_and_forced_tool_calls(smollm2, tmp_path):
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                               "population": {"type": "integer"}},
-              "required": ["city", "population"], "additionalProperties": False}
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
-        "additionalProperties": False}}}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 12}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
     ask = [{"role": "user", "content": "Name a large city and its population."}]
     lines = [
-        {"custom_id": "schema", "url": CHAT_URL, "body": {
-            "messages": ask, "n": 2, "max_tokens": 60, "temperature": 0.8, "seed": 1,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}}},
-        {"custom_id": "tool", "url": CHAT_URL, "body": {
-            "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 40, "temperature": 0,
-            "tools": [tool], "tool_choice": "required"}},
-        {"custom_id": "bad-schema", "url": CHAT_URL, "body": {
-            "messages": ask, "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "wat"}}}}},
+        {
+            "custom_id": "schema",
+            "url": CHAT_URL,
+            "body": {
+                "messages": ask,
+                "n": 2,
+                "max_tokens": 60,
+                "temperature": 0.8,
+                "seed": 1,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+            },
+        },
+        {
+            "custom_id": "tool",
+            "url": CHAT_URL,
+            "body": {
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                "max_tokens": 40,
+                "temperature": 0,
+                "tools": [tool],
+                "tool_choice": "required",
+            },
+        },
+        {
+            "custom_id": "bad-schema",
+            "url": CHAT_URL,
+            "body": {
+                "messages": ask,
+                "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "wat"}}},
+            },
+        },
     ]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps({"method": "POST", **x}) + "\n" for x in lines))

@@ -36,38 +36,47 @@ def refused(url, body, *, loaded=None):
     return err.param, err.code, str(err)
 
 
-@pytest.mark.parametrize("body,param,code", [
-    ({"messages": MSG, "stream": "yes"}, "stream", "invalid_value"),
-    ({"messages": MSG, "max_tokens": "5"}, "max_tokens", "invalid_value"),
-    ({"messages": MSG, "temperature": "0.5"}, "temperature", "invalid_value"),
-    ({"messages": MSG, "n": True}, "n", "invalid_value"),
-    ({"messages": MSG, "seed": 1.5}, "seed", "invalid_value"),
-    ({"messages": MSG, "logprobs": "true"}, "logprobs", "invalid_value"),
-    ({"messages": MSG, "temperature": 2.0001}, "temperature", "invalid_sampling_parameter"),
-    ({"messages": MSG, "temperature": -0.1}, "temperature", "invalid_sampling_parameter"),
-    ({"messages": MSG, "top_p": 0}, "top_p", "invalid_sampling_parameter"),
-    ({"messages": MSG, "top_p": 1.01}, "top_p", "invalid_sampling_parameter"),
-    ({"messages": MSG, "presence_penalty": 2.5}, "presence_penalty", "invalid_sampling_parameter"),
-    ({"messages": MSG, "frequency_penalty": -3}, "frequency_penalty", "invalid_sampling_parameter"),
-    ({"messages": MSG, "top_k": I64}, "top_k", "invalid_sampling_parameter"),
-    ({"messages": MSG, "top_k": -1}, "top_k", "invalid_sampling_parameter"),
-    ({"messages": MSG, "seed": I64}, "seed", "invalid_sampling_parameter"),
-    ({"messages": MSG, "seed": -I64 - 1}, "seed", "invalid_sampling_parameter"),
-    ({"messages": MSG, "n": 0}, "n", "invalid_sampling_parameter"),
-    ({"messages": MSG, "n": I64}, "n", "invalid_sampling_parameter"),
-    ({"messages": MSG, "max_tokens": 0}, "max_tokens", "invalid_sampling_parameter"),
-    ({"messages": MSG, "max_tokens": I64}, "max_tokens", "invalid_sampling_parameter"),
-    ({"messages": MSG, "min_tokens": I64 * 4}, "min_tokens", "invalid_sampling_parameter"),
-    ({"messages": MSG, "logit_bias": {"123": 100.5}}, "logit_bias.123", "invalid_sampling_parameter"),
-    ({"messages": MSG, "logit_bias": {"7": "x"}}, "logit_bias.7", "invalid_value"),
-    ({"messages": [*MSG, *MSG, {"role": "user", "content": "a\ud800b"}]}, "messages[2].content", "invalid_value"),
-    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
-     "messages[0].content[0].text", "invalid_value"),
-    ({"messages": MSG, "stop": ["ok", "\ud800"]}, "stop", "invalid_value"),
-    ({"messages": MSG, "user": "\ud800"}, "user", "invalid_value"),
-    ({"messages": MSG, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"\ud83d": 1}}}]},
-     "tools[0].function.parameters", "invalid_value"),
-])
+@pytest.mark.parametrize(
+    "body,param,code",
+    [
+        ({"messages": MSG, "stream": "yes"}, "stream", "invalid_value"),
+        ({"messages": MSG, "max_tokens": "5"}, "max_tokens", "invalid_value"),
+        ({"messages": MSG, "temperature": "0.5"}, "temperature", "invalid_value"),
+        ({"messages": MSG, "n": True}, "n", "invalid_value"),
+        ({"messages": MSG, "seed": 1.5}, "seed", "invalid_value"),
+        ({"messages": MSG, "logprobs": "true"}, "logprobs", "invalid_value"),
+        ({"messages": MSG, "temperature": 2.0001}, "temperature", "invalid_sampling_parameter"),
+        ({"messages": MSG, "temperature": -0.1}, "temperature", "invalid_sampling_parameter"),
+        ({"messages": MSG, "top_p": 0}, "top_p", "invalid_sampling_parameter"),
+        ({"messages": MSG, "top_p": 1.01}, "top_p", "invalid_sampling_parameter"),
+        ({"messages": MSG, "presence_penalty": 2.5}, "presence_penalty", "invalid_sampling_parameter"),
+        ({"messages": MSG, "frequency_penalty": -3}, "frequency_penalty", "invalid_sampling_parameter"),
+        ({"messages": MSG, "top_k": I64}, "top_k", "invalid_sampling_parameter"),
+        ({"messages": MSG, "top_k": -1}, "top_k", "invalid_sampling_parameter"),
+        ({"messages": MSG, "seed": I64}, "seed", "invalid_sampling_parameter"),
+        ({"messages": MSG, "seed": -I64 - 1}, "seed", "invalid_sampling_parameter"),
+        ({"messages": MSG, "n": 0}, "n", "invalid_sampling_parameter"),
+        ({"messages": MSG, "n": I64}, "n", "invalid_sampling_parameter"),
+        ({"messages": MSG, "max_tokens": 0}, "max_tokens", "invalid_sampling_parameter"),
+        ({"messages": MSG, "max_tokens": I64}, "max_tokens", "invalid_sampling_parameter"),
+        ({"messages": MSG, "min_tokens": I64 * 4}, "min_tokens", "invalid_sampling_parameter"),
+        ({"messages": MSG, "logit_bias": {"123": 100.5}}, "logit_bias.123", "invalid_sampling_parameter"),
+        ({"messages": MSG, "logit_bias": {"7": "x"}}, "logit_bias.7", "invalid_value"),
+        ({"messages": [*MSG, *MSG, {"role": "user", "content": "a\ud800b"}]}, "messages[2].content", "invalid_value"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "messages[0].content[0].text",
+            "invalid_value",
+        ),
+        ({"messages": MSG, "stop": ["ok", "\ud800"]}, "stop", "invalid_value"),
+        ({"messages": MSG, "user": "\ud800"}, "user", "invalid_value"),
+        (
+            {"messages": MSG, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"\ud83d": 1}}}]},
+            "tools[0].function.parameters",
+            "invalid_value",
+        ),
+    ],
+)
 def test_chat_boundary(tiny, body, param, code):
     got = refused(CHAT_URL, body, loaded=tiny)
     assert got[:2] == (param, code), got
@@ -88,8 +97,10 @@ def test_model_aware_limits_and_other_endpoints(tiny):
     assert refused(EMBEDDINGS_URL, {"input": "x", "dimensions": "8"})[0] == "dimensions"
     assert refused(EMBEDDINGS_URL, {"input": "x", "model": "\ud800"})[0] == "model"
     # The field's name is kept even when it starts like a type name ("stream" once became "body").
-    assert refused(CHAT_URL, {"messages": MSG, "stream_options": {"include_usage": 1}})[0] == \
-        "stream_options.include_usage"
+    assert (
+        refused(CHAT_URL, {"messages": MSG, "stream_options": {"include_usage": 1}})[0]
+        == "stream_options.include_usage"
+    )
 
 
 # -- property: whatever the boundary accepts, the engine runs -------------------------------------
@@ -130,17 +141,26 @@ def test_batch_lines_with_invalid_unicode_fail_alone(tiny, tmp_path):
     from lhama.openai.engine_batch import run_batch_file
 
     def line(cid: str, content: bytes) -> bytes:
-        return (b'{"custom_id": "%s", "url": "/v1/chat/completions", "body": {"max_tokens": 2, "messages": '
-                b'[{"role": "user", "content": "%s"}]}}\n' % (cid.encode(), content))
+        return (
+            b'{"custom_id": "%s", "url": "/v1/chat/completions", "body": {"max_tokens": 2, "messages": '
+            b'[{"role": "user", "content": "%s"}]}}\n' % (cid.encode(), content)
+        )
 
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_bytes(line("ok-1", b"w1 w2") + line("broken-bytes", b"w1 \xff\xfe w2") + line("surrogate", b"w1 \\ud800")
-                    + b'{"custom_id": "bad-\xff", "url": "/v1/chat/completions", "body": {}}\n' + line("ok-2", b"w3"))
+    src.write_bytes(
+        line("ok-1", b"w1 w2")
+        + line("broken-bytes", b"w1 \xff\xfe w2")
+        + line("surrogate", b"w1 \\ud800")
+        + b'{"custom_id": "bad-\xff", "url": "/v1/chat/completions", "body": {}}\n'
+        + line("ok-2", b"w3")
+    )
     s = run_batch_file(tiny, src, out, EngineConfig(num_blocks=256, block_size=4), progress=False)
     assert (s.succeeded, s.failed) == (2, 3)
     recs = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
     errors = {r["custom_id"]: r["error"] for r in recs if r["error"]}
     for cid in ("broken-bytes", "surrogate"):
         assert errors[cid]["message"].startswith("messages[0].content: ") and "UTF-8" in errors[cid]["message"]
-        assert [r["response"]["body"]["error"]["param"] for r in recs if r["custom_id"] == cid] == ["messages[0].content"]
+        assert [r["response"]["body"]["error"]["param"] for r in recs if r["custom_id"] == cid] == [
+            "messages[0].content"
+        ]
     assert errors[None]["line"] == 4 and "custom_id" in errors[None]["message"]

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from lhama.parallel.plan import PlanRequest, plan
 from lhama.errors import ConfigError
 from lhama.model import get_config
 from lhama.model.sizing import GIB
+from lhama.parallel.plan import PlanRequest, plan
 
 PUBLISHED_WEIGHTS_GB = {  # name: (bf16, fp8, int4)
     "llama3.1-8b": (16, 8, 4),
@@ -91,8 +91,25 @@ def test_bad_requests_are_typed_errors():
 def test_cli_prints_the_plan_and_exits_by_fit(capsys):
     from lhama.cli import main
 
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "plan", "llama3.1-405b", "--dtype", "fp8", "--gpus", "8",
-                        "--gpu-mem", "80", "--json"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lhama.cli",
+            "plan",
+            "llama3.1-405b",
+            "--dtype",
+            "fp8",
+            "--gpus",
+            "8",
+            "--gpu-mem",
+            "80",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["fits"] and d["context"] == 131072 and d["request"]["kv_dtype"] == "fp8"

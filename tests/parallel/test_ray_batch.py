@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 from lhama.engine import EngineConfig
-from lhama.openai.engine_batch import run_batch_file
 from lhama.loader import load_model
+from lhama.openai.engine_batch import run_batch_file
+from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 from tests import needs
 
 ray = needs.module("ray")
@@ -26,8 +26,13 @@ def line(cid, url="/v1/completions", **body):
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=80 * 2**20, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=80 * 2**20,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+    )
     yield
     ray.shutdown()
 
@@ -36,8 +41,11 @@ def _by_id(path: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for x in path.read_text().splitlines():
         e = json.loads(x)
-        key = f"line {e['error']['line']}" if e["error"] and e["error"]["code"] != "invalid_sampling_parameter" \
+        key = (
+            f"line {e['error']['line']}"
+            if e["error"] and e["error"]["code"] != "invalid_sampling_parameter"
             else e["custom_id"]
+        )
         assert key not in out, f"{key} answered twice"
         out[key] = e
     return out

@@ -40,8 +40,13 @@ def ckpts(tmp_path_factory):
         "gguf-q8_0": write_checkpoint(sd, ARGS, d / "q8.gguf", "gguf", gguf_type="q8_0"),
         "gguf-f16": write_checkpoint(sd, ARGS, d / "f16.gguf", "gguf", gguf_type="f16"),
         "gguf-bf16": _write_bf16_gguf(sd, d / "bf16.gguf"),
-        "gguf-tied": write_checkpoint(build_model(ARGS.with_(tie_embeddings=True), init="random", seed=8).state_dict(),
-                                      ARGS.with_(tie_embeddings=True), d / "tied.gguf", "gguf", gguf_type="q8_0"),
+        "gguf-tied": write_checkpoint(
+            build_model(ARGS.with_(tie_embeddings=True), init="random", seed=8).state_dict(),
+            ARGS.with_(tie_embeddings=True),
+            d / "tied.gguf",
+            "gguf",
+            gguf_type="q8_0",
+        ),
     }
 
 
@@ -86,9 +91,11 @@ def test_real_smollm2_gguf_in_three_shards(smollm2_path):
 def test_tied_embeddings_each_format(tmp_path):
     args = ARGS.with_(tie_embeddings=True)
     sd = build_model(args, init="random", seed=4).state_dict()
-    paths = [write_checkpoint(sd, args, tmp_path / "hf", "safetensors"),
-             write_checkpoint(sd, args, tmp_path / "meta", "meta", n_shards=2),  # output.weight = a copy
-             write_checkpoint(sd, args, tmp_path / "t.gguf", "gguf", gguf_type="f32")]
+    paths = [
+        write_checkpoint(sd, args, tmp_path / "hf", "safetensors"),
+        write_checkpoint(sd, args, tmp_path / "meta", "meta", n_shards=2),  # output.weight = a copy
+        write_checkpoint(sd, args, tmp_path / "t.gguf", "gguf", gguf_type="f32"),
+    ]
     for path in paths:
         model, got_args, report = load_shard_model(path, 1, 2)
         assert got_args.tie_embeddings, path
@@ -110,7 +117,8 @@ def test_meta_files_with_replicated_kv_heads_and_column_split_embeddings(tmp_pat
             for w in ("wk", "wv"):  # files 0,1 hold KV head 0; files 2,3 KV head 1
                 head = r // 2
                 shard[f"layers.{i}.attention.{w}.weight"] = sd[f"layers.{i}.attention.{w}.weight"][
-                    head * hd:(head + 1) * hd].clone()
+                    head * hd : (head + 1) * hd
+                ].clone()
         shard["tok_embeddings.weight"] = sd["tok_embeddings.weight"].chunk(4, dim=1)[r].clone()
         torch.save(shard, file)
     for tp in (1, 2):
@@ -143,8 +151,7 @@ def test_bad_sizes_and_bad_files(ckpts, tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.layers\.1\.self_attn\.k_proj\.weight.*missing"):
         load_shard_model(hf, 0, 2)
     # Meta files that do not hold the same tensors.
-    meta = write_checkpoint(build_model(ARGS, init="random").state_dict(), ARGS, tmp_path / "meta", "meta",
-                            n_shards=2)
+    meta = write_checkpoint(build_model(ARGS, init="random").state_dict(), ARGS, tmp_path / "meta", "meta", n_shards=2)
     shard = torch.load(meta / "consolidated.01.pth", weights_only=True)
     del shard["layers.0.ffn_norm.weight"]
     torch.save(shard, meta / "consolidated.01.pth")
@@ -167,8 +174,9 @@ def test_two_gloo_ranks_loaded_from_each_format_give_single_process_logits(ckpts
     from tp_worker import full_and_step, run_rank_checkpoints
 
     paths = [str(ckpts[k]) for k in ("hf", "meta", "gguf-q8_0", "gguf-tied")]
-    mp.start_processes(run_rank_checkpoints, args=(2, _free_port(), str(tmp_path), paths), nprocs=2, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        run_rank_checkpoints, args=(2, _free_port(), str(tmp_path), paths), nprocs=2, join=True, start_method="spawn"
+    )
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     for path in paths:
         lm = load_model(path, dtype=torch.float32, device="cpu", tokenizer="llama3")
@@ -191,8 +199,15 @@ MEM_ARGS = ModelArgs(dim=512, n_layers=4, n_heads=8, n_kv_heads=4, vocab_size=51
 
 def _measure(jobs: list[list[str]]) -> list[dict]:
     """Run the memory worker for each argument list, all at once, each in a fresh process."""
-    procs = [subprocess.Popen([sys.executable, str(HERE / "shard_mem_worker.py"), *job], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for job in jobs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "shard_mem_worker.py"), *job],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in jobs
+    ]
     results = []
     for job, p in zip(jobs, procs, strict=True):
         out, err = p.communicate(timeout=300)
@@ -205,9 +220,11 @@ def _measure(jobs: list[list[str]]) -> list[dict]:
 def mem_ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("shard_mem")
     sd = build_model(MEM_ARGS, init="random", seed=1).state_dict()
-    paths = {"hf": write_checkpoint(sd, MEM_ARGS, d / "hf", "safetensors"),
-             "meta": write_checkpoint(sd, MEM_ARGS, d / "meta", "meta", n_shards=2),
-             "gguf": write_checkpoint(sd, MEM_ARGS, d / "m.gguf", "gguf", gguf_type="q8_0")}
+    paths = {
+        "hf": write_checkpoint(sd, MEM_ARGS, d / "hf", "safetensors"),
+        "meta": write_checkpoint(sd, MEM_ARGS, d / "meta", "meta", n_shards=2),
+        "gguf": write_checkpoint(sd, MEM_ARGS, d / "m.gguf", "gguf", gguf_type="q8_0"),
+    }
     del sd
     return paths
 
@@ -227,8 +244,9 @@ def test_a_rank_allocates_only_its_share_while_loading(mem_ckpts):
 @pytest.mark.slow
 def test_rank_memory_shrinks_with_tp_and_the_full_loader_holds_everything(mem_ckpts):
     full = MEM_ARGS.n_params() * 4
-    results = _measure([[str(p), "3", "4"] for p in mem_ckpts.values()]
-                       + [[str(mem_ckpts[f]), "full"] for f in ("meta", "gguf")])
+    results = _measure(
+        [[str(p), "3", "4"] for p in mem_ckpts.values()] + [[str(mem_ckpts[f]), "full"] for f in ("meta", "gguf")]
+    )
     for r in results[:3]:
         assert r["peak"] < 0.33 * full, r  # a quarter of the matrices + the replicated rest
     for r in results[3:]:  # the measurement sees a whole-model load when there is one

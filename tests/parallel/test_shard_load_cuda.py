@@ -13,9 +13,9 @@ import torch
 import torch.multiprocessing as mp
 
 from lhama.checkpoints import load_model, read_checkpoint, write_checkpoint
+from lhama.model import ModelArgs, build_model
 from lhama.parallel.shard_load import load_shard_model
 from lhama.parallel.tp import shard_tensor
-from lhama.model import ModelArgs, build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 sys.path.insert(0, str(Path(__file__).parent))
@@ -27,11 +27,15 @@ ARGS = ModelArgs(dim=2048, n_layers=4, n_heads=16, n_kv_heads=8, vocab_size=3276
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu_shards")
-    sd = {k: v.cpu() for k, v in build_model(ARGS, dtype=torch.bfloat16, device="cuda", init="random",
-                                             seed=1).state_dict().items()}
+    sd = {
+        k: v.cpu()
+        for k, v in build_model(ARGS, dtype=torch.bfloat16, device="cuda", init="random", seed=1).state_dict().items()
+    }
     torch.cuda.empty_cache()
-    return {"hf": write_checkpoint(sd, ARGS, d / "hf", "safetensors", max_shard_size="300MB"),
-            "meta": write_checkpoint(sd, ARGS, d / "meta", "meta", n_shards=4)}
+    return {
+        "hf": write_checkpoint(sd, ARGS, d / "hf", "safetensors", max_shard_size="300MB"),
+        "meta": write_checkpoint(sd, ARGS, d / "meta", "meta", n_shards=4),
+    }
 
 
 def _peak_gpu_bytes(fn):
@@ -51,7 +55,8 @@ def test_gpu_memory_while_loading_is_the_ranks_weights(ckpts, fmt):
     for tp in (2, 8):
         rank = tp - 1
         (model, _, report), peak = _peak_gpu_bytes(
-            lambda rank=rank, tp=tp: load_shard_model(path, rank, tp, dtype=torch.bfloat16, device="cuda"))
+            lambda rank=rank, tp=tp: load_shard_model(path, rank, tp, dtype=torch.bfloat16, device="cuda")
+        )
         assert report.bytes_loaded <= peak <= report.bytes_loaded + (1 << 20), (tp, peak, report)
         assert peak < full_bytes / tp + report.bytes_replicated + (1 << 20)
         for name, p in model.named_parameters():
@@ -65,13 +70,19 @@ def test_two_ranks_sharing_the_gpu_give_single_process_logits(tmp_path):
     from tp_worker import run_rank_shard_logits
 
     small = ModelArgs(dim=256, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512, hidden_dim=1024)
-    path = write_checkpoint(build_model(small, init="random", seed=2).state_dict(), small, tmp_path / "hf",
-                            "safetensors")
+    path = write_checkpoint(
+        build_model(small, init="random", seed=2).state_dict(), small, tmp_path / "hf", "safetensors"
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(run_rank_shard_logits, args=(2, port, str(tmp_path), str(path), "cuda"), nprocs=2,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        run_rank_shard_logits,
+        args=(2, port, str(tmp_path), str(path), "cuda"),
+        nprocs=2,
+        join=True,
+        start_method="spawn",
+    )
     one, _ = load_model(path, dtype=torch.float32, device="cuda")
     with torch.inference_mode():
         want = one(torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]], device="cuda")).cpu()

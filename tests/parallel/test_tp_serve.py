@@ -23,9 +23,26 @@ def test_serve_tp2_answers_like_one_process():
     from lhama.loader import load_model
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lhama.cli", "serve", "--model", "tiny-llama3", "--tp", "2",
-                             "--port", "0", "--kv-cache-gb", "0.05"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lhama.cli",
+            "serve",
+            "--model",
+            "tiny-llama3",
+            "--tp",
+            "2",
+            "--port",
+            "0",
+            "--kv-cache-gb",
+            "0.05",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         port, deadline, log = None, time.time() + 240, []
         while port is None and time.time() < deadline:

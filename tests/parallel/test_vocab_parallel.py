@@ -14,14 +14,14 @@ import torch
 import torch.multiprocessing as mp
 
 from lhama.checkpoints import read_checkpoint, write_checkpoint
-from lhama.parallel.plan import PlanRequest, plan
-from lhama.parallel.shard_load import load_shard_model, random_shard_model
-from lhama.parallel.tp import params_per_rank, shard_tensor
-from lhama.parallel.vocab import VocabParallelEmbedding, VocabShard
 from lhama.engine import EngineConfig, LLMEngine
 from lhama.generate import SamplingParams
 from lhama.loader import load_model
 from lhama.model import ModelArgs, build_model, get_config
+from lhama.parallel.plan import PlanRequest, plan
+from lhama.parallel.shard_load import load_shard_model, random_shard_model
+from lhama.parallel.tp import params_per_rank, shard_tensor
+from lhama.parallel.vocab import VocabParallelEmbedding, VocabShard
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -119,8 +119,9 @@ def test_shard_model_from_weights_in_memory_splits_the_vocab_too():
         assert model.vocab_gather.vocab_size == 320  # the all-gather hook cuts the padding column
 
 
-@pytest.mark.parametrize("name,tp", [("llama3.2-1b", 2), ("llama3.1-8b", 8), ("llama3.1-70b", 8),
-                                     ("llama2-7b", 4), ("tiny-llama3", 2)])
+@pytest.mark.parametrize(
+    "name,tp", [("llama3.2-1b", 2), ("llama3.1-8b", 8), ("llama3.1-70b", 8), ("llama2-7b", 4), ("tiny-llama3", 2)]
+)
 def test_embedding_and_head_bytes_per_rank_are_one_over_tp(name, tp):
     args = get_config(name).args
     with torch.device("meta"):
@@ -161,8 +162,13 @@ def test_three_gloo_ranks_with_padded_vocab_give_single_process_logits_and_token
 
     untied, tied = str(ckpts3["hf"]), str(ckpts3["gguf-tied"])
     entries = [untied, f"{untied}::int8", tied]  # the engine runs on the last one (tied, padded)
-    mp.start_processes(run_rank_checkpoints, args=(3, _free_port(), str(tmp_path), entries, True), nprocs=3,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        run_rank_checkpoints,
+        args=(3, _free_port(), str(tmp_path), entries, True),
+        nprocs=3,
+        join=True,
+        start_method="spawn",
+    )
     got = [torch.load(tmp_path / f"ckpt_logits{r}.pt") for r in range(3)]
     for entry in (untied, tied):
         lm, full, step = _single_process(entry)
@@ -174,8 +180,10 @@ def test_three_gloo_ranks_with_padded_vocab_give_single_process_logits_and_token
             assert torch.equal(got[rank][entry]["full"].argmax(-1), full.argmax(-1))
     # The engine on rank 0 with ranks 1 and 2 following (each computing its logit block).
     eng = LLMEngine.from_loaded(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16))
-    want = [r.completions[0].token_ids for r in
-            eng.generate(ENGINE_PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))]
+    want = [
+        r.completions[0].token_ids
+        for r in eng.generate(ENGINE_PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    ]
     assert torch.load(tmp_path / "engine.pt") == want
     assert all(torch.load(tmp_path / f"follower_steps{r}.pt") >= 6 for r in (1, 2))
 
@@ -186,8 +194,8 @@ def test_three_gloo_ranks_with_padded_vocab_give_single_process_logits_and_token
     for rank in range(3):
         st = got[rank][f"{untied}::int8"]["state"]
         s = VocabShard(320, rank, 3)
-        assert torch.equal(st["output.qweight"][: s.stop - s.start], qweight[s.start:s.stop])
-        assert torch.equal(st["output.scales"][: s.stop - s.start], scales[s.start:s.stop])
+        assert torch.equal(st["output.qweight"][: s.stop - s.start], qweight[s.start : s.stop])
+        assert torch.equal(st["output.scales"][: s.stop - s.start], scales[s.start : s.stop])
         logits = got[rank][f"{untied}::int8"]["full"]
         assert logits.shape == full8.shape
         # Measured: 2.3% of the logits' spread here, where the unquantized model is 5.1% away.

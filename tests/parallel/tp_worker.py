@@ -29,9 +29,17 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     from lhama.parallel.runtime import init_distributed
     from lhama.parallel.shard_load import load_tp_model
     from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
+
     init_distributed("gloo", "cpu")
-    lm = load_tp_model(config, rank, world, dtype=torch.float32, device="cpu", seed=5,
-                       tokenizer="llama3" if "llama2" in config else None)  # no Llama 2 tokenizer ships
+    lm = load_tp_model(
+        config,
+        rank,
+        world,
+        dtype=torch.float32,
+        device="cpu",
+        seed=5,
+        tokenizer="llama3" if "llama2" in config else None,
+    )  # no Llama 2 tokenizer ships
     prompt = torch.tensor([[7, 300, 21, 9000, 4, 55, 123, 8, 8, 100]])
     full, step = full_and_step(lm.model, prompt)
     torch.save({"full": full, "step": step}, f"{out_dir}/logits{rank}.pt")
@@ -55,7 +63,9 @@ def run_rank(rank: int, world: int, port: int, out_dir: str, config: str, engine
     dist.destroy_process_group()
 
 
-def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: list[str], engine: bool = False) -> None:
+def run_rank_checkpoints(
+    rank: int, world: int, port: int, out_dir: str, paths: list[str], engine: bool = False
+) -> None:
     """Load each checkpoint with ``load_tp_model`` (this rank's blocks only) and save the logits
     of a full forward and of one decode step over the KV cache, per checkpoint. ``PATH::int8``
     quantizes the rank's shard. ``engine``: the last model also runs the batching engine (rank 0
@@ -66,29 +76,37 @@ def run_rank_checkpoints(rank: int, world: int, port: int, out_dir: str, paths: 
 
     from lhama.parallel.runtime import init_distributed
     from lhama.parallel.shard_load import load_tp_model
+
     init_distributed("gloo", "cpu")
     prompt = torch.tensor([[7, 300, 21, 90, 4, 55, 123, 8, 8, 100]])
     out = {}
     for entry in paths:
         path, _, quant = entry.partition("::")
-        lm = load_tp_model(path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3",
-                           quantize=quant or None)
+        lm = load_tp_model(
+            path, rank, world, dtype=torch.float32, device="cpu", tokenizer="llama3", quantize=quant or None
+        )
         full, step = full_and_step(lm.model, prompt)
-        out[entry] = {"full": full, "step": step, "report": dataclasses.asdict(lm.model.load_report),
-                      "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()},
-                      "state": {n: t.clone() for n, t in lm.model.state_dict().items()
-                                if n.startswith(("output.", "tok_embeddings."))}}
+        out[entry] = {
+            "full": full,
+            "step": step,
+            "report": dataclasses.asdict(lm.model.load_report),
+            "shapes": {n: tuple(p.shape) for n, p in lm.model.named_parameters()},
+            "state": {
+                n: t.clone() for n, t in lm.model.state_dict().items() if n.startswith(("output.", "tok_embeddings."))
+            },
+        }
     torch.save(out, f"{out_dir}/ckpt_logits{rank}.pt")
     if engine:
-        from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
         from lhama.engine import EngineConfig
         from lhama.generate import SamplingParams
+        from lhama.parallel.tp_engine import ControlChannel, follow, stop_followers, tp_engine
 
         channel = ControlChannel()
         if rank == 0:
             # packed_head=False: the head module's own forward (test_tp.py covers the packed CPU head).
-            eng = tp_engine(lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16, packed_head=False),
-                            channel)
+            eng = tp_engine(
+                lm, EngineConfig(num_blocks=64, block_size=8, max_num_batched_tokens=16, packed_head=False), channel
+            )
             res = eng.generate(ENGINE_PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
             stop_followers(channel)
             torch.save([r.completions[0].token_ids for r in res], f"{out_dir}/engine.pt")

@@ -14,9 +14,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_run_py_quick_with_int4_column(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--model", "tiny-llama2",
-         "--systems", "lhama-int4", "--concurrency", "1,2", "--out-dir", str(tmp_path), "--name", "q",
-         "--timeout", "240"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--model",
+            "tiny-llama2",
+            "--systems",
+            "lhama-int4",
+            "--concurrency",
+            "1,2",
+            "--out-dir",
+            str(tmp_path),
+            "--name",
+            "q",
+            "--timeout",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads((tmp_path / "q.json").read_text())
     rows = {row["key"]: row["values"] for row in doc["table"]["rows"]}
@@ -30,8 +48,21 @@ def test_run_py_quick_with_int4_column(tmp_path):
 @pytest.mark.slow  # a subprocess per mode; run.py's int4 column above covers the same quantized engine path
 def test_quant_py_table(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quant.py"), "--quick", "--model", "tiny-llama3", "--modes",
-         "fp32,int8", "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=400)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "quant.py"),
+            "--quick",
+            "--model",
+            "tiny-llama3",
+            "--modes",
+            "fp32,int8",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["mode"]: row for row in json.loads((tmp_path / "quant.json").read_text())["rows"]}
     assert rows["int8"]["weight_mib"] < rows["fp32"]["weight_mib"]
@@ -46,8 +77,10 @@ def test_update_readme_replaces_only_the_speed_table(tmp_path):
     from harness import report
 
     readme = tmp_path / "README.md"
-    readme.write_text("# x\n\n## Speed (latest `make bench`)\n\nIntro.\n\n| metric | old |\n|---|---:|\n"
-                      "| a | 1 |\n- old note\n\n## Next\nkept\n")
+    readme.write_text(
+        "# x\n\n## Speed (latest `make bench`)\n\nIntro.\n\n| metric | old |\n|---|---:|\n"
+        "| a | 1 |\n- old note\n\n## Next\nkept\n"
+    )
     md = "Model header line.\n\n| metric | new |\n|---|---:|\n| a | 2 |\n\n- new note\n"
     assert report.update_readme(readme, md)
     text = readme.read_text()

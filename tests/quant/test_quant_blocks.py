@@ -35,7 +35,7 @@ def test_row_blocks_of_any_size_pack_like_the_whole_matrix(sizes):
     q, scale, minimum = _groups(sum(sizes), 64, seed=len(sizes))
     blocks, row = [], 0
     for n in sizes:
-        blocks.append((q[row:row + n], scale[row:row + n], minimum[row:row + n]))
+        blocks.append((q[row : row + n], scale[row : row + n], minimum[row : row + n]))
         row += n
     a = Int4WeightOnlyLinear.from_group_rows(iter(blocks), row, 64, 32)
     b = Int4WeightOnlyLinear.from_groups(q, scale, minimum, 32)

@@ -28,16 +28,48 @@ def test_load_model_rejects_unknown_mode():
 
 def test_cli_generate_with_quantize():
     out = subprocess.run(
-        [sys.executable, "-m", "lhama.cli", "generate", "--model", "tiny-llama3", "--quantize", "int8",
-         "--max-tokens", "5", "--temperature", "0", "--json", "Hello"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "lhama.cli",
+            "generate",
+            "--model",
+            "tiny-llama3",
+            "--quantize",
+            "int8",
+            "--max-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--json",
+            "Hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["completion_tokens"] == 5
 
 
 def test_cli_rejects_bad_group_size():
-    out = subprocess.run([sys.executable, "-m", "lhama.cli", "generate", "--model", "tiny-llama3",
-                          "--quantize", "int4", "--quant-group-size", "48", "x"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lhama.cli",
+            "generate",
+            "--model",
+            "tiny-llama3",
+            "--quantize",
+            "int4",
+            "--quant-group-size",
+            "48",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "--quant-group-size" in out.stderr

@@ -53,8 +53,9 @@ def test_cuda_quantized_linear_matches_dequantized(mode):
 
 @pytest.mark.parametrize("mode", ["int8", "int4", "fp8"])
 def test_cuda_quantized_engine_graphs_match_eager(mode):
-    model = build_model(get_config("tiny-llama3").args.with_(vocab_size=256), init="random", seed=4, device="cuda",
-                        dtype=torch.bfloat16).eval()
+    model = build_model(
+        get_config("tiny-llama3").args.with_(vocab_size=256), init="random", seed=4, device="cuda", dtype=torch.bfloat16
+    ).eval()
     with torch.no_grad():  # peaked logits: greedy choices far from ties, stable under bf16 rounding
         model.output.weight.mul_(40)
     quantize_model(model, mode)

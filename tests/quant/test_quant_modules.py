@@ -10,8 +10,15 @@ from torch import nn
 
 from lhama.errors import ConfigError
 from lhama.model import build_model
-from lhama.quant import (FP8Linear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, is_quantized,
-                         quantize_model, weight_bytes)
+from lhama.quant import (
+    FP8Linear,
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    QuantConfig,
+    is_quantized,
+    quantize_model,
+    weight_bytes,
+)
 from lhama.quant.int4 import kernel_layout
 
 
@@ -26,13 +33,17 @@ def _rel_err(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-@pytest.mark.parametrize("make", [
-    lambda lin: Int8WeightOnlyLinear.from_linear(lin),
-    lambda lin: Int4WeightOnlyLinear.from_linear(lin, 32),
-    lambda lin: Int4WeightOnlyLinear.from_linear(lin, 64),
-    lambda lin: Int4WeightOnlyLinear.from_linear(lin, 128, layout="nibbles"),
-    lambda lin: FP8Linear.from_linear(lin),
-], ids=["int8", "int4-g32", "int4-g64", "int4-g128-nibbles", "fp8"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lin: Int8WeightOnlyLinear.from_linear(lin),
+        lambda lin: Int4WeightOnlyLinear.from_linear(lin, 32),
+        lambda lin: Int4WeightOnlyLinear.from_linear(lin, 64),
+        lambda lin: Int4WeightOnlyLinear.from_linear(lin, 128, layout="nibbles"),
+        lambda lin: FP8Linear.from_linear(lin),
+    ],
+    ids=["int8", "int4-g32", "int4-g64", "int4-g128-nibbles", "fp8"],
+)
 def test_module_computes_x_times_its_dequantized_weight(make):
     lin = _linear(96, 256)
     q = make(lin)

@@ -49,8 +49,7 @@ def fp32_run(smol, text_ids):
 # Measured on this text (fp32 13.755): int8 13.795, int4 13.760 (g32 is the GGUF's own Q4_1
 # grid, so little is lost), fp8 13.813. Bounds leave room for other CPUs' kernels, not for a
 # broken mode (group size 64, for one, gives +40% on a longer text).
-@pytest.mark.parametrize("mode,max_ppl_ratio,min_top1", [("int8", 1.02, 0.9), ("int4", 1.01, 0.9),
-                                                         ("fp8", 1.03, 0.85)])
+@pytest.mark.parametrize("mode,max_ppl_ratio,min_top1", [("int8", 1.02, 0.9), ("int4", 1.01, 0.9), ("fp8", 1.03, 0.85)])
 def test_perplexity_and_logits_close_to_fp32(smol, text_ids, fp32_run, mode, max_ppl_ratio, min_top1):
     ref_logits, ref_ppl = fp32_run
     model = copy.deepcopy(smol.model)
@@ -73,8 +72,9 @@ def test_engine_on_quantized_model_matches_reference_loop(smol):
     report = quantize_model(model, "int4")
     assert report.modules["output"] == "int8" and report.modules["layers.0.attention.wqkv"] == "int4/g32"
     tok = smol.tokenizer
-    prompts = [tok.encode(t, bos=False) for t in
-               ("The capital of France is", "Once upon a time, there was a", "1, 2, 3, 4,")]
+    prompts = [
+        tok.encode(t, bos=False) for t in ("The capital of France is", "Once upon a time, there was a", "1, 2, 3, 4,")
+    ]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     eng = LLMEngine(model, tok, EngineConfig(num_blocks=32, block_size=16))
     results = eng.generate(prompts, params)

@@ -15,13 +15,19 @@ QUESTIONS = DATA / "questions.jsonl"
 def write_pdf(path: Path, pages: list[str]) -> Path:
     """A real text PDF (Helvetica, one text object per line) built with pypdf's object model."""
     from pypdf import PdfWriter
-    from pypdf.generic import (ArrayObject, DecodedStreamObject, DictionaryObject, NameObject,
-                               NumberObject)
+    from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, NameObject, NumberObject
 
     writer = PdfWriter()
-    font = writer._add_object(DictionaryObject({
-        NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-        NameObject("/BaseFont"): NameObject("/Helvetica"), NameObject("/Encoding"): NameObject("/WinAnsiEncoding")}))
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+                NameObject("/Encoding"): NameObject("/WinAnsiEncoding"),
+            }
+        )
+    )
     for text in pages:
         page = writer.add_blank_page(612, 792)
         lines, y = [], 740
@@ -32,10 +38,12 @@ def write_pdf(path: Path, pages: list[str]) -> Path:
         stream = DecodedStreamObject()
         stream.set_data("\n".join(lines).encode("latin-1"))
         page[NameObject("/Contents")] = writer._add_object(stream)
-        page[NameObject("/Resources")] = DictionaryObject({
-            NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
-        page[NameObject("/MediaBox")] = ArrayObject([NumberObject(0), NumberObject(0), NumberObject(612),
-                                                     NumberObject(792)])
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        page[NameObject("/MediaBox")] = ArrayObject(
+            [NumberObject(0), NumberObject(0), NumberObject(612), NumberObject(792)]
+        )
     with open(path, "wb") as f:
         writer.write(f)
     return path

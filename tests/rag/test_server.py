@@ -23,13 +23,23 @@ def test_vector_stores_end_to_end(server):
 
     srv, data = server
     client = OpenAI(base_url=srv.base, api_key="unused")
-    good = client.files.create(file=("llamas.md", io.BytesIO(
-        b"# Llamas\n\nLlamas are camelids from the Andes.\n\n## Diet\n\nA llama eats grass, hay and the occasional "
-        b"carrot. It needs little water.\n"), "text/markdown"), purpose="assistants")
-    other = client.files.create(file=("notes.txt", io.BytesIO(b"The zebrafish regenerates its heart."), "text/plain"),
-                                purpose="assistants")
-    bad = client.files.create(file=("scan.pdf", io.BytesIO(b"%PDF-1.4 not really"), "application/pdf"),
-                              purpose="assistants")
+    good = client.files.create(
+        file=(
+            "llamas.md",
+            io.BytesIO(
+                b"# Llamas\n\nLlamas are camelids from the Andes.\n\n## Diet\n\nA llama eats grass, hay and the occasional "
+                b"carrot. It needs little water.\n"
+            ),
+            "text/markdown",
+        ),
+        purpose="assistants",
+    )
+    other = client.files.create(
+        file=("notes.txt", io.BytesIO(b"The zebrafish regenerates its heart."), "text/plain"), purpose="assistants"
+    )
+    bad = client.files.create(
+        file=("scan.pdf", io.BytesIO(b"%PDF-1.4 not really"), "application/pdf"), purpose="assistants"
+    )
 
     vs = client.vector_stores.create(name="kb", file_ids=[good.id, bad.id])
     assert vs.file_counts.completed == 1 and vs.file_counts.failed == 1 and vs.status == "completed"
@@ -49,15 +59,36 @@ def test_vector_stores_end_to_end(server):
     # file_search grounds the chat: the passages enter the prompt (more prompt tokens), the reply is 200
     msgs = [{"role": "user", "content": "What does a llama eat?"}]
     plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
-    grounded = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0,
-                                              tools=[{"type": "file_search", "vector_store_ids": [vs.id]}])
+    grounded = client.chat.completions.create(
+        model=MODEL,
+        messages=msgs,
+        max_tokens=8,
+        temperature=0,
+        tools=[{"type": "file_search", "vector_store_ids": [vs.id]}],
+    )
     assert grounded.usage.prompt_tokens > plain.usage.prompt_tokens + 20
     assert grounded.choices[0].message.content
-    r = httpx.post(srv.base + "/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 4,
-                   "tools": [{"type": "file_search", "vector_store_ids": ["vs_doesnotexist"]}]})
+    r = httpx.post(
+        srv.base + "/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": msgs,
+            "max_tokens": 4,
+            "tools": [{"type": "file_search", "vector_store_ids": ["vs_doesnotexist"]}],
+        },
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "vector_store_not_found"
-    r = httpx.post(srv.base + "/chat/completions", json={"model": MODEL, "messages": msgs, "max_tokens": 4, "tools": [
-        {"type": "file_search", "vector_store_ids": [vs.id], "filters": {"type": "eq", "key": "a", "value": 1}}]})
+    r = httpx.post(
+        srv.base + "/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": msgs,
+            "max_tokens": 4,
+            "tools": [
+                {"type": "file_search", "vector_store_ids": [vs.id], "filters": {"type": "eq", "key": "a", "value": 1}}
+            ],
+        },
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_parameter"
 
     # removing a file removes its passages

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from lhama.rag.errors import VectorStoreError
 from lhama.rag.ingest import ingest_paths
 from lhama.rag.retrieve import Retriever
 from lhama.rag.sqlite_store import SqliteVectorStore
-from lhama.rag.errors import VectorStoreError
 from tests.rag.conftest import write_pdf
 
 
@@ -16,8 +16,9 @@ from tests.rag.conftest import write_pdf
 def docs(tmp_path):
     d = tmp_path / "docs"
     d.mkdir()
-    (d / "llamas.md").write_text("# Llamas\n\nLlamas are camelids from the Andes. They carry packs.\n\n"
-                                 "## Diet\n\nA llama eats grass and hay.\n")
+    (d / "llamas.md").write_text(
+        "# Llamas\n\nLlamas are camelids from the Andes. They carry packs.\n\n## Diet\n\nA llama eats grass and hay.\n"
+    )
     (d / "notes.txt").write_text("The zebrafish regenerates its heart. Zebrafish live in rivers.")
     (d / "page.html").write_text("<h1>Volcanoes</h1><p>Magma rises through the crust.</p>")
     write_pdf(d / "report.pdf", ["Quarterly report: revenue grew by nine percent.", "Outlook: steady."])
@@ -100,7 +101,7 @@ def test_loaded_model_embedder_plugs_in(tmp_path, docs):
     assert ret.search("zebrafish", k=1, mode="bm25")[0].chunk.file_name == "notes.txt"
     # random weights: the ranking means nothing, but the vectors are real, unit length, exact KNN
     vec = emb.embed(["Zebrafish live in rivers."])[0]
-    assert abs(float((vec ** 2).sum()) - 1) < 1e-4
+    assert abs(float((vec**2).sum()) - 1) < 1e-4
     top = store.vector_search(vec, 3)
     assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1]
 

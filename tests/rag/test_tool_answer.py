@@ -58,8 +58,10 @@ def test_answer_with_citations(tmp_path, minilm, smollm):
     from lhama.rag.ingest import ingest_paths
     from lhama.rag.sqlite_store import SqliteVectorStore
 
-    (tmp_path / "chat-tests.md").write_text("# Tests\n\n## Web chat\n\nThe web chat tests drive Debian's Chromium "
-                                            "through Playwright.\n\n## Load\n\nThe load test runs 64 clients.\n")
+    (tmp_path / "chat-tests.md").write_text(
+        "# Tests\n\n## Web chat\n\nThe web chat tests drive Debian's Chromium "
+        "through Playwright.\n\n## Load\n\nThe load test runs 64 clients.\n"
+    )
     (tmp_path / "zoo.txt").write_text("Llamas eat grass and hay.")
     store = SqliteVectorStore(tmp_path / "s.db")
     ingest_paths(store, minilm, [tmp_path])
@@ -77,10 +79,11 @@ def test_answer_with_citations(tmp_path, minilm, smollm):
 def test_sources_are_dropped_to_fit_the_context(eval_store, minilm, smollm):
     hits = Retriever(eval_store, minilm).search("How is the KV cache sized?", k=5)
     sources = sources_from_hits(hits)
-    full = len(list(smollm.chat_format.encode_dialog(
-        [{"role": "user", "content": "\n".join(s.text for s in sources)}])))
+    full = len(
+        list(smollm.chat_format.encode_dialog([{"role": "user", "content": "\n".join(s.text for s in sources)}]))
+    )
     kept, ids = fit_sources(smollm.chat_format, "q", sources, context=full, max_tokens=64)
     assert 0 < len(kept) < 5 and len(ids) + 64 <= full
-    assert [s.location for s in kept] == [s.location for s in sources[:len(kept)]]
+    assert [s.location for s in kept] == [s.location for s in sources[: len(kept)]]
     with pytest.raises(ContextLengthExceededError):
         fit_sources(smollm.chat_format, "q", sources, context=10, max_tokens=64)

@@ -15,7 +15,6 @@ from lhama.safety import LlamaGuardConfig, LlamaGuardShield
 from tests.safety.guard_training import OUTPUT_TRIGGER, POLICY, SAFE_INPUTS, UNSAFE_INPUTS, examples, train_toy_guard
 from tests.server.conftest import MODEL, ServerProcess
 
-
 UNSAFE = next(iter(UNSAFE_INPUTS))
 SAFE = SAFE_INPUTS[0]
 toy_guard_served: dict[str, str] = {}
@@ -32,14 +31,18 @@ def toy_guard(tmp_path_factory):
     served = {}
     for text in (OUTPUT_TRIGGER, SAFE):
         ids = lm.chat_format.encode_dialog([{"role": "user", "content": text}])
-        served[text] = generate(lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8),
-                                stop_ids=lm.chat_format.stop_ids).text
+        served[text] = generate(
+            lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8), stop_ids=lm.chat_format.stop_ids
+        ).text
     del lm
     path = train_toy_guard(tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served)
     toy_guard_served.update(served)
     shield = LlamaGuardShield(LlamaGuardConfig(str(path), categories=POLICY))
-    wrong = [(m[-1]["content"], r, a, v.raw) for m, r, a in examples(served_replies=served)[::3]
-             if (v := shield.check(m, role=r)).raw != a]
+    wrong = [
+        (m[-1]["content"], r, a, v.raw)
+        for m, r, a in examples(served_replies=served)[::3]
+        if (v := shield.check(m, role=r)).raw != a
+    ]
     assert not wrong, f"the toy guard did not learn its examples (losses {train_toy_guard.trace[::10]}): {wrong}"
     return path, shield
 
@@ -49,13 +52,17 @@ def test_toy_guard_in_process(toy_guard):
     v = shield.check([{"role": "user", "content": UNSAFE}], role="user")
     assert (v.allowed, v.categories) == (False, ["S1", "S9"])
     assert "S1 (Violent Crimes), S9 (Indiscriminate Weapons)" in v.message and "request" in v.message
-    reply = [{"role": "user", "content": OUTPUT_TRIGGER}, {"role": "assistant", "content": toy_guard_served[OUTPUT_TRIGGER]}]
+    reply = [
+        {"role": "user", "content": OUTPUT_TRIGGER},
+        {"role": "assistant", "content": toy_guard_served[OUTPUT_TRIGGER]},
+    ]
     assert shield.check(reply[:1], role="user").allowed
     out = shield.check(reply, role="assistant")
     assert (out.allowed, out.categories) == (False, ["S8"]) and "reply" in out.message
     # Excluding the flagged category lets it through: the policy is the operator's.
-    lenient = LlamaGuardShield(LlamaGuardConfig(str(toy_guard[0]), categories=POLICY, excluded_categories=("S8",)),
-                               loaded=shield.loaded)
+    lenient = LlamaGuardShield(
+        LlamaGuardConfig(str(toy_guard[0]), categories=POLICY, excluded_categories=("S8",)), loaded=shield.loaded
+    )
     assert lenient.check(reply, role="assistant").allowed
 
 
@@ -63,15 +70,23 @@ def test_toy_guard_in_process(toy_guard):
 def guarded(toy_guard, tmp_path_factory):
     from openai import OpenAI
 
-    srv = ServerProcess(tmp_path_factory.mktemp("guarded-server"), "--model", "default",
-                        "--shield", f"llama-guard={toy_guard[0]}", "--shield-categories", ",".join(POLICY))
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("guarded-server"),
+        "--model",
+        "default",
+        "--shield",
+        f"llama-guard={toy_guard[0]}",
+        "--shield-categories",
+        ",".join(POLICY),
+    )
     yield srv, OpenAI(base_url=srv.base, api_key="unused", max_retries=0, timeout=120)
     srv.stop()
 
 
 def _ask(client, text, **kw):
-    return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": text}],
-                                          max_tokens=8, temperature=0, **kw)
+    return client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": text}], max_tokens=8, temperature=0, **kw
+    )
 
 
 def _stream(client, text):
@@ -89,8 +104,12 @@ def test_unsafe_request_is_refused(guarded):
     assert c.finish_reason == "content_filter"
     assert "S1 (Violent Crimes)" in c.message.content and "S9 (Indiscriminate Weapons)" in c.message.content
     assert c.message.refusal == c.message.content
-    assert c.model_extra["safety"] == {"stage": "input", "shield": "llama-guard", "categories": ["S1", "S9"],
-                                       "category_names": ["Violent Crimes", "Indiscriminate Weapons"]}
+    assert c.model_extra["safety"] == {
+        "stage": "input",
+        "shield": "llama-guard",
+        "categories": ["S1", "S9"],
+        "category_names": ["Violent Crimes", "Indiscriminate Weapons"],
+    }
     assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens > 0  # nothing was generated
 
     content, finish, safety = _stream(client, UNSAFE)
@@ -136,8 +155,17 @@ def test_safety_check_cli(toy_guard):
     import subprocess
     import sys
 
-    base = [sys.executable, "-m", "lhama.cli", "safety", "check", "--shield", f"llama-guard={toy_guard[0]}",
-            "--shield-categories", ",".join(POLICY)]
+    base = [
+        sys.executable,
+        "-m",
+        "lhama.cli",
+        "safety",
+        "check",
+        "--shield",
+        f"llama-guard={toy_guard[0]}",
+        "--shield-categories",
+        ",".join(POLICY),
+    ]
     r = subprocess.run([*base, "--json", UNSAFE], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr
     assert json.loads(r.stdout)["categories"] == ["S1", "S9"]

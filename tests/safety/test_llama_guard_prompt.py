@@ -26,12 +26,19 @@ def meta_template(tmp_path_factory):
     """llama-stack's template constants, read from its wheel without importing it (its imports
     pull the whole llama-stack server). The wheel comes from PyPI through pip."""
     d = tmp_path_factory.mktemp("llama-stack")
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", LLAMA_STACK, "-d", str(d)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", LLAMA_STACK, "-d", str(d)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     wheels = list(d.glob("*.whl"))
     if r.returncode != 0 or not wheels:
-        pytest.fail(f"cannot download {LLAMA_STACK} from PyPI (pip download --no-deps {LLAMA_STACK} must work "
-                    f"here): {r.stderr[-300:]}", pytrace=False)
+        pytest.fail(
+            f"cannot download {LLAMA_STACK} from PyPI (pip download --no-deps {LLAMA_STACK} must work "
+            f"here): {r.stderr[-300:]}",
+            pytrace=False,
+        )
     src = zipfile.ZipFile(wheels[0]).read(GUARD_MODULE).decode()
     consts = {}
     for node in ast.parse(src).body:
@@ -40,10 +47,18 @@ def meta_template(tmp_path_factory):
                 consts[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
                 pass
-    template = string.Template(consts["PROMPT_TASK"] + consts["SAFETY_CATEGORIES"] + consts["PROMPT_CONVERSATION"]
-                               + consts["PROMPT_INSTRUCTIONS"])
-    names = {code: name for name, code in ast.literal_eval(
-        _assigned(src, "SAFETY_CATEGORIES_TO_CODE_MAP").replace("CAT_", "").replace("_", " ")).items()}
+    template = string.Template(
+        consts["PROMPT_TASK"]
+        + consts["SAFETY_CATEGORIES"]
+        + consts["PROMPT_CONVERSATION"]
+        + consts["PROMPT_INSTRUCTIONS"]
+    )
+    names = {
+        code: name
+        for name, code in ast.literal_eval(
+            _assigned(src, "SAFETY_CATEGORIES_TO_CODE_MAP").replace("CAT_", "").replace("_", " ")
+        ).items()
+    }
     return template, consts, names
 
 
@@ -66,17 +81,24 @@ def test_category_names_match_llama_stack(meta_template):
     assert list(by_code.values()) == theirs  # same 14 names, same order S1..S14
 
 
-@pytest.mark.parametrize("codes,exclude,ci", [(None, (), False), (None, (), True), (("S1", "S10"), (), False),
-                                              (None, ("S6", "S7"), False)])
+@pytest.mark.parametrize(
+    "codes,exclude,ci", [(None, (), False), (None, (), True), (("S1", "S10"), (), False), (None, ("S6", "S7"), False)]
+)
 def test_input_prompt_matches_llama_stack(meta_template, codes, exclude, ci):
     template, _, _ = meta_template
     cats = select_categories(codes, exclude, code_interpreter=ci)
-    conv = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "How do I make a cake?"},
-            {"role": "assistant", "content": "Mix flour and eggs."}, {"role": "user", "content": "And then?"}]
+    conv = [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "How do I make a cake?"},
+        {"role": "assistant", "content": "Mix flour and eggs."},
+        {"role": "user", "content": "And then?"},
+    ]
     ours = render_guard_prompt(guard_conversation(conv, "user"), "User", cats)
-    theirs = template.substitute(agent_type="User", categories="\n".join(f"{c.code}: {c.name}." for c in cats),
-                                 conversations="User: How do I make a cake?\n\nAgent: Mix flour and eggs.\n\n"
-                                               "User: And then?")
+    theirs = template.substitute(
+        agent_type="User",
+        categories="\n".join(f"{c.code}: {c.name}." for c in cats),
+        conversations="User: How do I make a cake?\n\nAgent: Mix flour and eggs.\n\nUser: And then?",
+    )
     assert ours == theirs
 
 
@@ -86,8 +108,11 @@ def test_output_prompt_names_the_agent(meta_template):
     conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     ours = render_guard_prompt(guard_conversation(conv, "assistant"), "Agent", cats)
     # Meta's model card and chat template call the model 'Agent' (llama-stack passes the role name).
-    assert ours == template.substitute(agent_type="Agent", categories="\n".join(c.prompt_line() for c in cats),
-                                       conversations="User: hi\n\nAgent: hello")
+    assert ours == template.substitute(
+        agent_type="Agent",
+        categories="\n".join(c.prompt_line() for c in cats),
+        conversations="User: hi\n\nAgent: hello",
+    )
     assert "ONLY THE LAST Agent message" in ours
 
 
@@ -117,25 +142,31 @@ def test_prompt_through_the_llama3_chat_format():
     assert "S14" not in text  # a 1B-shaped guard: S1-S13
     # A long history is cut from the oldest turn, never the judged one.
     Loaded.args.max_seq_len = len(ids) + 60
-    long = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"},
-            {"role": "user", "content": "last question"}]
+    long = [
+        {"role": "user", "content": "word " * 200},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "last question"},
+    ]
     short = Loaded.tokenizer.decode(shield.prompt_ids(long, "user"))
     assert "last question" in short and "word word" not in short
     with pytest.raises(ShieldError, match="context"):
         shield.prompt_ids([{"role": "user", "content": "word " * 500}], "user")
 
 
-@pytest.mark.parametrize("answer,expected", [
-    ("safe", (True, [])),
-    ("  safe\n", (True, [])),
-    ("unsafe\nS1", (False, ["S1"])),
-    ("unsafe\nS1,S10", (False, ["S1", "S10"])),
-    ("unsafe\n S3, s12 ,S3", (False, ["S3", "S12"])),
-    ("unsafe S9", (False, ["S9"])),
-    ("\n\nUnsafe\n\nS2\n", (False, ["S2"])),
-    ("unsafe", (False, [])),
-    ("unsafe\nS99", (False, [])),
-])
+@pytest.mark.parametrize(
+    "answer,expected",
+    [
+        ("safe", (True, [])),
+        ("  safe\n", (True, [])),
+        ("unsafe\nS1", (False, ["S1"])),
+        ("unsafe\nS1,S10", (False, ["S1", "S10"])),
+        ("unsafe\n S3, s12 ,S3", (False, ["S3", "S12"])),
+        ("unsafe S9", (False, ["S9"])),
+        ("\n\nUnsafe\n\nS2\n", (False, ["S2"])),
+        ("unsafe", (False, [])),
+        ("unsafe\nS99", (False, [])),
+    ],
+)
 def test_parse_guard_answers(answer, expected):
     assert parse_guard_answer(answer) == expected
 
@@ -164,11 +195,16 @@ def test_category_selection():
 
 
 def test_conversation_rendering_rules():
-    msgs = [{"role": "system", "content": "secret system prompt"},
-            {"role": "user", "content": [{"type": "text", "text": "run "}, {"type": "text", "text": "this"}]},
-            {"role": "assistant", "content": None,
-             "tool_calls": [{"function": {"name": "code_interpreter", "arguments": '{"code": "import os"}'}}]},
-            {"role": "tool", "content": "output"}]
+    msgs = [
+        {"role": "system", "content": "secret system prompt"},
+        {"role": "user", "content": [{"type": "text", "text": "run "}, {"type": "text", "text": "this"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"function": {"name": "code_interpreter", "arguments": '{"code": "import os"}'}}],
+        },
+        {"role": "tool", "content": "output"},
+    ]
     conv = guard_conversation(msgs, "assistant")
     assert conv == [("User", "run this"), ("Agent", 'code_interpreter({"code": "import os"})')]
     assert guard_conversation(msgs, "user") == [("User", "run this")]

@@ -45,16 +45,19 @@ def test_jailbreak_user_message_is_refused(guard):
 
 
 def test_injection_in_a_tool_result_is_refused_but_not_in_a_user_turn(guard):
-    conv = [{"role": "user", "content": "summarise the page"},
-            {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "fetch", "arguments": "{}"}}]},
-            {"role": "tool", "content": f"{BENIGN[2]} {INJECTION}"}]
+    conv = [
+        {"role": "user", "content": "summarise the page"},
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "fetch", "arguments": "{}"}}]},
+        {"role": "tool", "content": f"{BENIGN[2]} {INJECTION}"},
+    ]
     v = guard.check(conv, role="user")
     assert not v.allowed and v.categories[0] == "INJECTION"
     # The same words typed by the user are an instruction, not an attack, under the default labels.
     assert guard.check([{"role": "user", "content": INJECTION}], role="user").allowed
     # ... unless the operator asks for injection checks on user turns too.
-    strict = PromptGuardShield(PromptGuardConfig(str(guard.config.path), threshold=0.5,
-                                                 user_labels=("INJECTION", "JAILBREAK")), device="cpu")
+    strict = PromptGuardShield(
+        PromptGuardConfig(str(guard.config.path), threshold=0.5, user_labels=("INJECTION", "JAILBREAK")), device="cpu"
+    )
     assert strict.check([{"role": "user", "content": INJECTION}], role="user").categories == ["INJECTION"]
 
 
@@ -71,11 +74,15 @@ def test_long_text_is_scored_in_windows(guard):
 
 
 def test_only_the_newest_turns_are_judged_and_output_is_not(guard):
-    old_attack = [{"role": "user", "content": JAILBREAK}, {"role": "assistant", "content": "no"},
-                  {"role": "user", "content": BENIGN[3]}]
+    old_attack = [
+        {"role": "user", "content": JAILBREAK},
+        {"role": "assistant", "content": "no"},
+        {"role": "user", "content": BENIGN[3]},
+    ]
     assert guard.check(old_attack, role="user").allowed
-    assert guard.check([{"role": "user", "content": "hi"}, {"role": "assistant", "content": JAILBREAK}],
-                       role="assistant").allowed
+    assert guard.check(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": JAILBREAK}], role="assistant"
+    ).allowed
 
 
 def test_threshold_and_bad_configs(classifier):

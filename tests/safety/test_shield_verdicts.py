@@ -32,7 +32,9 @@ def _guard(answer: str, **kw) -> LlamaGuardShield:
 def test_verdicts_from_answers():
     v = _guard("unsafe\nS10,S2").check(USER, role="user")
     assert (v.allowed, v.categories, v.raw) == (False, ["S10", "S2"], "unsafe\nS10,S2")
-    assert v.message == "I can't help with that: the request was flagged as unsafe (S10 (Hate), S2 (Non-Violent Crimes))."
+    assert (
+        v.message == "I can't help with that: the request was flagged as unsafe (S10 (Hate), S2 (Non-Violent Crimes))."
+    )
     assert _guard("safe").check(USER, role="user").allowed
     # Categories outside the policy do not refuse; a mix refuses with the ones inside it.
     assert _guard("unsafe\nS6", excluded_categories=("S6",)).check(USER, role="user").allowed
@@ -40,7 +42,8 @@ def test_verdicts_from_answers():
     # 'unsafe' without a code still refuses: fail closed.
     assert not _guard("unsafe").check(USER, role="user").allowed
     out = _guard("unsafe\nS1", refusal="Blocked ({stage}): {categories}").check(
-        [*USER, {"role": "assistant", "content": "x"}], role="assistant")
+        [*USER, {"role": "assistant", "content": "x"}], role="assistant"
+    )
     assert out.message == "Blocked (reply): S1 (Violent Crimes)"
 
 
@@ -111,6 +114,10 @@ def test_serve_refuses_a_bad_shield_before_loading_anything():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "serve", "--shield", "llama-guard=/no/such/guard.gguf"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "lhama.cli", "serve", "--shield", "llama-guard=/no/such/guard.gguf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "does not exist" in r.stderr

@@ -23,8 +23,20 @@ class ServerProcess:
     """A running server; its combined output is kept in ``log`` for failure messages."""
 
     def __init__(self, data_dir: Path, *args: str, timeout: float = 180, module: str = "lhama.server"):
-        cmd = [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0",
-               "--data-dir", str(data_dir), "--log-level", "warning", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            module,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            *args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []

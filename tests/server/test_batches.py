@@ -26,14 +26,32 @@ def test_files_crud(client):
 
 
 def test_batch_chat_with_a_failing_line(client):
-    rows = [{"custom_id": f"ok-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 6,
-                      "temperature": 0}} for i in range(3)]
-    rows.append({"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions",
-                 "body": {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": -1}})
+    rows = [
+        {
+            "custom_id": f"ok-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Say {i}."}],
+                "max_tokens": 6,
+                "temperature": 0,
+            },
+        }
+        for i in range(3)
+    ]
+    rows.append(
+        {
+            "custom_id": "bad",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": -1},
+        }
+    )
     f = client.files.create(file=("batch.jsonl", jsonl(rows)), purpose="batch")
-    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
-                              metadata={"job": "test"})
+    b = client.batches.create(
+        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "test"}
+    )
     assert b.status in ("validating", "in_progress")
     done = wait_for(lambda: (x := client.batches.retrieve(b.id)).status == "completed" and x, timeout=60)
     assert done and done.request_counts.total == 4 and done.request_counts.completed == 3
@@ -62,9 +80,15 @@ def test_batch_embeddings_and_invalid_input(client):
 
 
 def test_batch_cancel(client):
-    rows = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/completions",
-             "body": {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True}}
-            for i in range(20)]
+    rows = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True},
+        }
+        for i in range(20)
+    ]
     f = client.files.create(file=("c.jsonl", jsonl(rows)), purpose="batch")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
     wait_for(lambda: client.batches.retrieve(b.id).status == "in_progress", timeout=30)

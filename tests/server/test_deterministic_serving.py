@@ -28,11 +28,14 @@ def _client(srv):
 def _fingerprints(client) -> set[str]:
     msgs = [{"role": "user", "content": "Say hi."}]
     fps = {client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2).system_fingerprint}
-    fps |= {c.system_fingerprint for c in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2,
-                                                                         stream=True)}
+    fps |= {
+        c.system_fingerprint
+        for c in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=2, stream=True)
+    }
     fps.add(client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).system_fingerprint)
-    fps |= {c.system_fingerprint for c in client.completions.create(model=MODEL, prompt="Hi", max_tokens=2,
-                                                                    stream=True)}
+    fps |= {
+        c.system_fingerprint for c in client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, stream=True)
+    }
     return fps
 
 
@@ -51,12 +54,22 @@ def test_fingerprint_inputs(tmp_path):
     a.write_bytes(b"x" * 1000)
     b.write_bytes(b"x" * 999 + b"y")
     assert file_digest(a) != file_digest(b)
-    base = {"model": file_digest(a), "lhama": "0.1.0", "dtype": "torch.float32", "quant": ["int4/g32"],
-            "deterministic": False}
-    fps = {system_fingerprint(base), system_fingerprint({**base, "model": file_digest(b)}),
-           system_fingerprint({**base, "dtype": "torch.bfloat16"}), system_fingerprint({**base, "quant": None}),
-           system_fingerprint({**base, "deterministic": True}), system_fingerprint({**base, "lhama": "0.2.0"}),
-           system_fingerprint(base, adapter="sql")}
+    base = {
+        "model": file_digest(a),
+        "lhama": "0.1.0",
+        "dtype": "torch.float32",
+        "quant": ["int4/g32"],
+        "deterministic": False,
+    }
+    fps = {
+        system_fingerprint(base),
+        system_fingerprint({**base, "model": file_digest(b)}),
+        system_fingerprint({**base, "dtype": "torch.bfloat16"}),
+        system_fingerprint({**base, "quant": None}),
+        system_fingerprint({**base, "deterministic": True}),
+        system_fingerprint({**base, "lhama": "0.2.0"}),
+        system_fingerprint(base, adapter="sql"),
+    }
     assert len(fps) == 7
     assert system_fingerprint(dict(base)) == system_fingerprint(base)
 

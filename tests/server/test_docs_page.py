@@ -11,8 +11,15 @@ import httpx
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,4 +68,3 @@ def test_swagger_ui_renders_the_operations_offline(server, offline_page):
     chat.click()  # expands: the request body schema comes from our /openapi.json
     expect(page.locator(".opblock-body").first).to_be_visible()
     assert left == []
-

@@ -40,14 +40,22 @@ def openai_error_shape(resp) -> bool:
         err = resp.json()["error"]
     except (ValueError, KeyError, TypeError):
         return False
-    return (isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}
-            and isinstance(err["message"], str) and bool(err["message"]) and isinstance(err["type"], str))
+    return (
+        isinstance(err, dict)
+        and set(err) == {"message", "type", "param", "code"}
+        and isinstance(err["message"], str)
+        and bool(err["message"])
+        and isinstance(err["type"], str)
+    )
 
 
 def assert_still_serving(server) -> None:
     assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
-    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=120,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length"), r.text
 
 
@@ -63,8 +71,13 @@ def fuzz(server, max_examples: int, budget_s: float) -> int:
     deadline = time.monotonic() + budget_s
 
     def make_test(op, mode):
-        @settings(max_examples=max_examples, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=max_examples,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=op.as_strategy(generation_mode=mode))
         def run(case):
             if time.monotonic() > deadline:
@@ -72,8 +85,10 @@ def fuzz(server, max_examples: int, budget_s: float) -> int:
             _cap_generation(case)
             resp = case.call(base_url=server.url, timeout=60)
             calls[0] += 1
-            where = f"{op.method.upper()} {op.path} -> {resp.status_code}: {resp.text[:300]}\n" \
-                    f"  body={case.body!r:.500} query={case.query!r}"
+            where = (
+                f"{op.method.upper()} {op.path} -> {resp.status_code}: {resp.text[:300]}\n"
+                f"  body={case.body!r:.500} query={case.query!r}"
+            )
             if resp.status_code >= 500:
                 failures.append(where)
             elif resp.status_code >= 400 and not openai_error_shape(resp):
@@ -90,8 +105,10 @@ def fuzz(server, max_examples: int, budget_s: float) -> int:
                 assert mode == GenerationMode.NEGATIVE, f"{op.method} {op.path}"
     assert not failures, "\n".join(failures[:10])
     assert_still_serving(server)
-    assert server.metrics().get('lhama_http_requests_total{method="POST",route="/v1/chat/completions",status="500"}',
-                                0) == 0
+    assert (
+        server.metrics().get('lhama_http_requests_total{method="POST",route="/v1/chat/completions",status="500"}', 0)
+        == 0
+    )
     return calls[0]
 
 
@@ -129,8 +146,12 @@ def test_hostile_sampling_and_messages_over_http(server):
             if type(v) is int and cap < v <= 10**6:
                 body[key] = cap
         body.setdefault("max_tokens", TOKEN_CAP)
-        r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps(body).encode(),
-                       headers={"content-type": "application/json"}, timeout=120)
+        r = httpx.post(
+            server.url + "/v1/chat/completions",
+            content=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+            timeout=120,
+        )
         seen[r.status_code] = seen.get(r.status_code, 0) + 1
         assert r.status_code < 500, (r.status_code, r.text[:500], body)
         if r.status_code >= 400:

@@ -38,8 +38,13 @@ def test_a_failing_request_beside_8_healthy_streams(faulty):
 
         async def healthy(i: int) -> tuple[str, str]:
             stream = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"Count from {i} to {i + 30}."}],
-                max_tokens=24, temperature=0, stream=True, extra_body={"ignore_eos": True})
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Count from {i} to {i + 30}."}],
+                max_tokens=24,
+                temperature=0,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
             text, finish = "", None
             async for chunk in stream:
                 started[i].set()
@@ -50,7 +55,8 @@ def test_a_failing_request_beside_8_healthy_streams(faulty):
 
         async def poisoned_stream() -> dict:
             stream = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=POISON_SEED, stream=True)
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=POISON_SEED, stream=True
+            )
             with pytest.raises(openai.APIError) as e:
                 async for _ in stream:
                     pass
@@ -58,8 +64,10 @@ def test_a_failing_request_beside_8_healthy_streams(faulty):
 
         async def poisoned_whole() -> httpx.Response:
             async with httpx.AsyncClient(timeout=120) as h:
-                return await h.post(faulty.url + "/v1/completions", json={
-                    "model": MODEL, "prompt": "Once", "max_tokens": 8, "seed": POISON_SEED})
+                return await h.post(
+                    faulty.url + "/v1/completions",
+                    json={"model": MODEL, "prompt": "Once", "max_tokens": 8, "seed": POISON_SEED},
+                )
 
         tasks = [asyncio.create_task(healthy(i)) for i in range(8)]
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 120)  # all 8 are streaming
@@ -87,14 +95,34 @@ def test_a_server_batch_completes_every_valid_line(faulty):
     from openai import OpenAI
 
     client = OpenAI(base_url=faulty.base, api_key="unused", max_retries=0, timeout=120)
-    rows = [{"custom_id": f"ok-{i}", "method": "POST", "url": "/v1/chat/completions",
-             "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 4}}
-            for i in range(6)]
+    rows = [
+        {
+            "custom_id": f"ok-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Say {i}."}], "max_tokens": 4},
+        }
+        for i in range(6)
+    ]
     poison = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4}
-    rows.insert(2, {"custom_id": "engine-fails", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {**poison, "seed": POISON_SEED}})
-    rows.insert(5, {"custom_id": "top-k-2^63", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {**poison, "top_k": 2**63}})  # F1: once failed every line of the batch
+    rows.insert(
+        2,
+        {
+            "custom_id": "engine-fails",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**poison, "seed": POISON_SEED},
+        },
+    )
+    rows.insert(
+        5,
+        {
+            "custom_id": "top-k-2^63",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {**poison, "top_k": 2**63},
+        },
+    )  # F1: once failed every line of the batch
     f = client.files.create(file=("b.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()), purpose="batch")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     done = wait_for(lambda: (x := client.batches.retrieve(b.id)).status == "completed" and x, timeout=120)

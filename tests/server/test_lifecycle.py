@@ -12,13 +12,20 @@ from openai import OpenAI
 
 from tests.server.conftest import MODEL, ServerProcess, wait_for
 
-LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a very long story."}], "max_tokens": 400,
-        "temperature": 0.8, "ignore_eos": True}
+LONG = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Tell me a very long story."}],
+    "max_tokens": 400,
+    "temperature": 0.8,
+    "ignore_eos": True,
+}
 
 
 def idle(server) -> bool:
     m = server.metrics()
-    return m["lhama_kv_cache_blocks_used"] == 0 and m["lhama_running_requests"] == 0 and m["lhama_in_flight_requests"] == 0
+    return (
+        m["lhama_kv_cache_blocks_used"] == 0 and m["lhama_running_requests"] == 0 and m["lhama_in_flight_requests"] == 0
+    )
 
 
 def test_client_disconnect_mid_stream_cancels_and_frees_kv(server):
@@ -52,23 +59,41 @@ def test_metrics_exposition(server, client):
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     client.embeddings.create(model=MODEL, input="hi")
     text = httpx.get(server.url + "/metrics").text
-    for needle in ['lhama_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}',
-                   'lhama_http_requests_total{method="POST",route="/v1/embeddings",status="200"}',
-                   'lhama_time_to_first_token_seconds_bucket{le="0.5",route="/v1/chat/completions"}',
-                   "lhama_time_per_output_token_seconds_count", "lhama_request_duration_seconds_sum",
-                   'lhama_prompt_tokens_total{route="/v1/chat/completions"}',
-                   'lhama_completion_tokens_total{route="/v1/chat/completions"}',
-                   "lhama_queue_depth ", "lhama_running_requests ", "lhama_kv_cache_usage_ratio ",
-                   "lhama_kv_cache_blocks_total ", "lhama_prefix_cache_hits_total "]:
+    for needle in [
+        'lhama_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}',
+        'lhama_http_requests_total{method="POST",route="/v1/embeddings",status="200"}',
+        'lhama_time_to_first_token_seconds_bucket{le="0.5",route="/v1/chat/completions"}',
+        "lhama_time_per_output_token_seconds_count",
+        "lhama_request_duration_seconds_sum",
+        'lhama_prompt_tokens_total{route="/v1/chat/completions"}',
+        'lhama_completion_tokens_total{route="/v1/chat/completions"}',
+        "lhama_queue_depth ",
+        "lhama_running_requests ",
+        "lhama_kv_cache_usage_ratio ",
+        "lhama_kv_cache_blocks_total ",
+        "lhama_prefix_cache_hits_total ",
+    ]:
         assert needle in text, needle
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["model"] == MODEL
 
 
 def _batch_file(n: int, max_tokens: int) -> bytes:
-    lines = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Write about the number {i}."}],
-                       "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}} for i in range(n)]
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Write about the number {i}."}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        }
+        for i in range(n)
+    ]
     return "".join(json.dumps(x) + "\n" for x in lines).encode()
 
 
@@ -82,8 +107,12 @@ def test_sigterm_drains_stream_and_batch_resumes_after_restart(tmp_path):
         assert wait_for(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 1, timeout=90)
 
         events = []
-        with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=120,
-                          json={**LONG, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        with httpx.stream(
+            "POST",
+            srv.url + "/v1/chat/completions",
+            timeout=120,
+            json={**LONG, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True}},
+        ) as r:
             lines = r.iter_lines()
             for line in lines:
                 if line.startswith("data:"):
@@ -115,8 +144,10 @@ def test_sigterm_drains_stream_and_batch_resumes_after_restart(tmp_path):
         assert final.request_counts.completed == 5 and final.request_counts.failed == 0
         out = [json.loads(x) for x in client.files.content(final.output_file_id).text.splitlines()]
         assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(5)]  # each once, in input order
-        assert all(o["response"]["status_code"] == 200 and o["response"]["body"]["usage"]["completion_tokens"] == 24
-                   for o in out)
+        assert all(
+            o["response"]["status_code"] == 200 and o["response"]["body"]["usage"]["completion_tokens"] == 24
+            for o in out
+        )
     finally:
         srv.stop()
 

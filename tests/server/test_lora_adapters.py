@@ -22,17 +22,26 @@ PROMPT = "Write one sentence about the sea:"
 def adapters(tmp_path_factory):
     args = load_model("default").args
     root = tmp_path_factory.mktemp("adapters")
-    return {"a1": make_adapter(root / "a1", args, rank=8, targets=("all",), seed=1),
-            "a2": make_adapter(root / "a2", args, rank=4, targets=("wq", "wv", "w2"), seed=2),
-            "big": make_adapter(root / "big", args, rank=16, targets=("wq",), seed=3),
-            "foreign": make_adapter(root / "foreign", get_config("tiny-llama3").args, rank=4, targets=("wq",),
-                                    seed=4)}
+    return {
+        "a1": make_adapter(root / "a1", args, rank=8, targets=("all",), seed=1),
+        "a2": make_adapter(root / "a2", args, rank=4, targets=("wq", "wv", "w2"), seed=2),
+        "big": make_adapter(root / "big", args, rank=16, targets=("wq",), seed=3),
+        "foreign": make_adapter(root / "foreign", get_config("tiny-llama3").args, rank=4, targets=("wq",), seed=4),
+    }
 
 
 @pytest.fixture(scope="module")
 def lora_server(tmp_path_factory, adapters):
-    srv = ServerProcess(tmp_path_factory.mktemp("lora-data"), "--lora", f"a1={adapters['a1']}",
-                        "--max-loras", "3", "--max-lora-rank", "8", timeout=600)
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("lora-data"),
+        "--lora",
+        f"a1={adapters['a1']}",
+        "--max-loras",
+        "3",
+        "--max-lora-rank",
+        "8",
+        timeout=600,
+    )
     yield srv
     srv.stop()
 
@@ -60,8 +69,9 @@ def test_adapters_served_per_request(lora_server, adapters):
     assert {m.id for m in client.models.list().data} == {MODEL, "a1", "a2"}
     a2 = _complete(client, "a2")
     assert a2 not in (base, a1)
-    chat = client.chat.completions.create(model="a2", messages=[{"role": "user", "content": "Hi"}],
-                                          max_tokens=8, temperature=0)
+    chat = client.chat.completions.create(
+        model="a2", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
     assert chat.model == "a2" and chat.choices[0].message.content
 
     # Base and both adapters at once (the engine batches them into the same steps): each gets
@@ -77,19 +87,24 @@ def test_adapters_served_per_request(lora_server, adapters):
     assert e.value.code == "model_not_found" and e.value.body["param"] == "model"
     assert {m.id for m in client.models.list().data} == {MODEL, "a1"}
     # Loaded again under another name, the same folder gives the same output.
-    assert _post(lora_server, "load_lora_adapter", {"lora_name": "a2-again",
-                                                    "lora_path": str(adapters["a2"])}).status_code == 200
+    assert (
+        _post(lora_server, "load_lora_adapter", {"lora_name": "a2-again", "lora_path": str(adapters["a2"])}).status_code
+        == 200
+    )
     assert _complete(client, "a2-again") == a2
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"lora_name": "a1", "lora_path": "ADAPTER:a2"}, 400, "already loaded"),
-    ({"lora_name": "x", "lora_path": "/no/such/folder"}, 400, "adapter_config.json is missing"),
-    ({"lora_name": "x", "lora_path": "ADAPTER:big"}, 400, "rank 16 is above"),
-    ({"lora_name": "x", "lora_path": "ADAPTER:foreign"}, 400, "does not fit the model"),
-    ({"lora_name": MODEL, "lora_path": "ADAPTER:a2"}, 400, "base model's name"),
-    ({"lora_name": "x"}, 400, "lora_path"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"lora_name": "a1", "lora_path": "ADAPTER:a2"}, 400, "already loaded"),
+        ({"lora_name": "x", "lora_path": "/no/such/folder"}, 400, "adapter_config.json is missing"),
+        ({"lora_name": "x", "lora_path": "ADAPTER:big"}, 400, "rank 16 is above"),
+        ({"lora_name": "x", "lora_path": "ADAPTER:foreign"}, 400, "does not fit the model"),
+        ({"lora_name": MODEL, "lora_path": "ADAPTER:a2"}, 400, "base model's name"),
+        ({"lora_name": "x"}, 400, "lora_path"),
+    ],
+)
 def test_load_errors_are_clear_4xx(lora_server, adapters, body, status, words):
     if str(body.get("lora_path", "")).startswith("ADAPTER:"):
         body = dict(body, lora_path=str(adapters[body["lora_path"].split(":", 1)[1]]))

@@ -33,8 +33,12 @@ def test_chat_completion_usage_and_max_completion_tokens(client):
 
 
 def test_greedy_is_deterministic_and_stream_matches(client):
-    kw = {"model": MODEL, "messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 16,
-          "temperature": 0}
+    kw = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": 16,
+        "temperature": 0,
+    }
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -48,8 +52,14 @@ def test_greedy_is_deterministic_and_stream_matches(client):
 
 
 def test_seed_n_and_stop(client):
-    kw = {"model": MODEL, "messages": [{"role": "user", "content": "Write a short poem."}], "max_tokens": 12,
-          "temperature": 1.0, "seed": 1234, "n": 2}
+    kw = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a short poem."}],
+        "max_tokens": 12,
+        "temperature": 1.0,
+        "seed": 1234,
+        "n": 2,
+    }
     a = client.chat.completions.create(**kw)
     b = client.chat.completions.create(**kw)
     assert [c.index for c in a.choices] == [0, 1]
@@ -59,8 +69,9 @@ def test_seed_n_and_stop(client):
 
 
 def test_chat_logprobs(client):
-    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=0, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     for entry in content:
@@ -70,15 +81,21 @@ def test_chat_logprobs(client):
 
 
 def test_text_completions(client):
-    r = client.completions.create(model=MODEL, prompt=["The capital of France is", "One plus one is"],
-                                  max_tokens=4, temperature=0, logprobs=2)
+    r = client.completions.create(
+        model=MODEL, prompt=["The capital of France is", "One plus one is"], max_tokens=4, temperature=0, logprobs=2
+    )
     assert [c.index for c in r.choices] == [0, 1]
     lp = r.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(len(t) <= 2 for t in lp.top_logprobs)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(
+        len(t) <= 2 for t in lp.top_logprobs
+    )
     ids = client.completions.create(model=MODEL, prompt=[504, 3575, 282], max_tokens=3, temperature=0)
     assert ids.usage.prompt_tokens == 3
-    streamed = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4,
-                                              temperature=0, stream=True))
+    streamed = list(
+        client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == r.choices[0].text
 
 
@@ -90,8 +107,12 @@ def test_async_client_concurrent_streams(server):
 
         async def one(i):
             stream = await client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": f"Count to {i + 3}."}], max_tokens=10,
-                temperature=0, stream=True)
+                model=MODEL,
+                messages=[{"role": "user", "content": f"Count to {i + 3}."}],
+                max_tokens=10,
+                temperature=0,
+                stream=True,
+            )
             return "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
 
         texts = await asyncio.gather(*(one(i) for i in range(4)))
@@ -103,8 +124,10 @@ def test_async_client_concurrent_streams(server):
 
 
 def test_embeddings(client):
-    r = client.embeddings.create(model=MODEL, input=["The cat sat on the mat.", "A cat was sitting on a mat.",
-                                                     "Quarterly revenue grew by 12 percent."])
+    r = client.embeddings.create(
+        model=MODEL,
+        input=["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly revenue grew by 12 percent."],
+    )
     vecs = [d.embedding for d in r.data]
     assert len(vecs) == 3 and len(vecs[0]) == 576
     assert all(math.isclose(sum(x * x for x in v), 1.0, rel_tol=1e-4) for v in vecs)
@@ -118,20 +141,39 @@ def test_embeddings(client):
     assert all(math.isclose(x, y, abs_tol=1e-5) for x, y in zip(struct.unpack(f"<{len(raw) // 4}f", raw), vecs[0]))
 
 
-WEATHER = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"},
-                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-                   "required": ["city", "unit"], "additionalProperties": False}}},
-    {"type": "function", "function": {"name": "get_time", "parameters": {
-        "type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]}}}]
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city", "unit"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"timezone": {"type": "string"}}, "required": ["timezone"]},
+        },
+    },
+]
 ASK = [{"role": "user", "content": "What's the weather like in Paris today?"}]
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}])
 def test_forced_tool_calls_validate(client, choice):
-    r = client.chat.completions.create(model=MODEL, messages=ASK, tools=WEATHER, tool_choice=choice, max_tokens=60,
-                                       temperature=0.8, seed=3)
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=WEATHER, tool_choice=choice, max_tokens=60, temperature=0.8, seed=3
+    )
     c = r.choices[0]
     assert c.finish_reason == "tool_calls" and c.message.content is None
     call = c.message.tool_calls[0]
@@ -143,24 +185,41 @@ def test_forced_tool_calls_validate(client, choice):
 
 
 def test_tool_call_streamed_and_round_trip(client):
-    chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, tools=WEATHER, tool_choice="required",
-                                                 max_tokens=60, temperature=0, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=WEATHER, tool_choice="required", max_tokens=60, temperature=0, stream=True
+        )
+    )
     calls = [tc for ch in chunks if ch.choices for tc in (ch.choices[0].delta.tool_calls or [])]
     assert len(calls) == 1 and calls[0].index == 0 and calls[0].function.name in ("get_weather", "get_time")
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["tool_calls"]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
     # The call and its result go back in the conversation; the model then answers in prose.
-    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": calls[0].id, "type": "function", "function": {"name": calls[0].function.name,
-                                                             "arguments": calls[0].function.arguments}}]},
-        {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temperature": 21, "unit": "celsius"}'}]
-    r = client.chat.completions.create(model=MODEL, messages=history, tools=WEATHER, tool_choice="none", max_tokens=20,
-                                       temperature=0)
+    history = ASK + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": calls[0].id,
+                    "type": "function",
+                    "function": {"name": calls[0].function.name, "arguments": calls[0].function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temperature": 21, "unit": "celsius"}'},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL, messages=history, tools=WEATHER, tool_choice="none", max_tokens=20, temperature=0
+    )
     assert r.choices[0].message.tool_calls is None and r.choices[0].message.content
 
 
 def test_tool_choice_auto_and_none(client):
-    r = client.chat.completions.create(model=MODEL, messages=HELLO, tools=WEATHER, tool_choice="auto", max_tokens=20,
-                                       temperature=0)
+    r = client.chat.completions.create(
+        model=MODEL, messages=HELLO, tools=WEATHER, tool_choice="auto", max_tokens=20, temperature=0
+    )
     c = r.choices[0]
     assert c.finish_reason in ("stop", "length", "tool_calls")
     assert (c.finish_reason == "tool_calls") == bool(c.message.tool_calls)
@@ -168,27 +227,48 @@ def test_tool_choice_auto_and_none(client):
     assert r.choices[0].message.tool_calls is None
 
 
-PERSON = {"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 30}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    "languages": {"type": "array", "items": {"type": "string", "enum": ["en", "fr", "de"]}, "maxItems": 3}},
-    "required": ["name", "age", "languages"], "additionalProperties": False}
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 30},
+        "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "languages": {"type": "array", "items": {"type": "string", "enum": ["en", "fr", "de"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+    "additionalProperties": False,
+}
 
 
 def test_json_schema_output_validates(client):
     for seed in range(2):
         r = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
-            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}},
-            max_tokens=100, temperature=1.0, seed=seed)
+            model=MODEL,
+            messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": PERSON, "strict": True},
+            },
+            max_tokens=100,
+            temperature=1.0,
+            seed=seed,
+        )
         assert r.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
 
 
 def test_json_schema_streamed_n2(client):
-    chunks = list(client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
-        max_tokens=100, temperature=0.7, seed=5, n=2, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Describe a fictional person as JSON."}],
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}},
+            max_tokens=100,
+            temperature=0.7,
+            seed=5,
+            n=2,
+            stream=True,
+        )
+    )
     texts, finish = ["", ""], {}
     for ch in chunks:
         for c in ch.choices:
@@ -201,8 +281,12 @@ def test_json_schema_streamed_n2(client):
 
 def test_json_object(client):
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": 'What is 2 + 2? Reply as {"answer": <number>}.'}],
-        response_format={"type": "json_object"}, max_tokens=60, temperature=0)
+        model=MODEL,
+        messages=[{"role": "user", "content": 'What is 2 + 2? Reply as {"answer": <number>}.'}],
+        response_format={"type": "json_object"},
+        max_tokens=60,
+        temperature=0,
+    )
     text = r.choices[0].message.content
     assert text.lstrip().startswith("{")
     if r.choices[0].finish_reason == "stop":  # a cut-off object is the client's max_tokens, not ours
@@ -213,6 +297,10 @@ def test_bad_schema_is_400_naming_response_format(client):
     import openai
 
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, response_format={
-            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}})
+        client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            max_tokens=5,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}},
+        )
     assert e.value.body["param"] == "response_format"

@@ -16,9 +16,19 @@ from openai import OpenAI
 from tests.server.conftest import MODEL, ServerProcess
 
 QUESTION = "What is the capital of France?"
-WEATHER = [{"type": "function", "name": "get_weather", "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
-                           "additionalProperties": False}}]
+WEATHER = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+]
 GREEDY = {"temperature": 0, "max_output_tokens": 12}
 
 
@@ -45,15 +55,17 @@ def test_create_with_text_items_and_instructions(oc):
     assert r.output[0].type == "message" and r.output_text.strip()
     assert r.usage.output_tokens == r.usage.total_tokens - r.usage.input_tokens > 0
     # a user message item renders the same prompt, so greedy decoding gives the same text
-    items = oc.responses.create(model=MODEL, input=[{"role": "user", "content": [
-        {"type": "input_text", "text": QUESTION}]}], **GREEDY)
+    items = oc.responses.create(
+        model=MODEL, input=[{"role": "user", "content": [{"type": "input_text", "text": QUESTION}]}], **GREEDY
+    )
     assert items.output_text == r.output_text and items.usage.input_tokens == r.usage.input_tokens
     teacher = "You are a geography teacher."
     told = oc.responses.create(model=MODEL, input=QUESTION, instructions=teacher, **GREEDY)
     assert told.instructions == teacher
     # instructions are the system message (it replaces the template's default one)
-    system = oc.responses.create(model=MODEL, input=[{"role": "system", "content": teacher},
-                                                     {"role": "user", "content": QUESTION}], **GREEDY)
+    system = oc.responses.create(
+        model=MODEL, input=[{"role": "system", "content": teacher}, {"role": "user", "content": QUESTION}], **GREEDY
+    )
     assert told.usage.input_tokens == system.usage.input_tokens != r.usage.input_tokens
     assert told.output_text == system.output_text
     listed = oc.responses.input_items.list(items.id, order="asc").data
@@ -67,10 +79,18 @@ def test_stream_events_match_the_whole_response(oc):
         events = list(stream)
         final = stream.get_final_response()
     kinds = [e.type for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
-                         "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-                          "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     assert set(kinds[4:-4]) == {"response.output_text.delta"}
     assert [e.sequence_number for e in events] == list(range(len(events)))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
@@ -80,21 +100,36 @@ def test_stream_events_match_the_whole_response(oc):
 
 
 def test_previous_response_keeps_function_call_and_output(oc):
-    first = oc.responses.create(model=MODEL, input="What is the weather in Paris?", tools=WEATHER,
-                                tool_choice="required", temperature=0, max_output_tokens=60)
+    first = oc.responses.create(
+        model=MODEL,
+        input="What is the weather in Paris?",
+        tools=WEATHER,
+        tool_choice="required",
+        temperature=0,
+        max_output_tokens=60,
+    )
     (call,) = first.output
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id
     assert "Paris" in call.arguments
     result = {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}
-    chained = oc.responses.create(model=MODEL, previous_response_id=first.id, input=[result], tools=WEATHER,
-                                  tool_choice="none", **GREEDY)
+    chained = oc.responses.create(
+        model=MODEL, previous_response_id=first.id, input=[result], tools=WEATHER, tool_choice="none", **GREEDY
+    )
     assert chained.previous_response_id == first.id
     # the stateless equivalent: every item sent again. Same prompt, same greedy answer - so the
     # server kept the function call and its output (vLLM drops them).
-    stateless = oc.responses.create(model=MODEL, input=[
-        {"role": "user", "content": "What is the weather in Paris?"},
-        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
-        result], tools=WEATHER, tool_choice="none", store=False, **GREEDY)
+    stateless = oc.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            result,
+        ],
+        tools=WEATHER,
+        tool_choice="none",
+        store=False,
+        **GREEDY,
+    )
     assert chained.usage.input_tokens == stateless.usage.input_tokens
     assert chained.output_text == stateless.output_text
     with pytest.raises(openai.NotFoundError):
@@ -115,9 +150,14 @@ def test_turn_two_reuses_the_cached_prefix(oc):
 def test_code_interpreter_runs_in_the_sandbox(oc):
     from lhama.server.response_tools import run_code
 
-    r = oc.responses.create(model=MODEL, input="Use Python to compute 6*7 and print the result.",
-                            tools=[{"type": "code_interpreter", "container": {"type": "auto"}}],
-                            tool_choice={"type": "code_interpreter"}, temperature=0, max_output_tokens=48)
+    r = oc.responses.create(
+        model=MODEL,
+        input="Use Python to compute 6*7 and print the result.",
+        tools=[{"type": "code_interpreter", "container": {"type": "auto"}}],
+        tool_choice={"type": "code_interpreter"},
+        temperature=0,
+        max_output_tokens=48,
+    )
     ci = r.output[0]
     assert ci.type == "code_interpreter_call" and ci.status == "completed" and ci.code
     assert ci.outputs[0].type == "logs"
@@ -127,8 +167,10 @@ def test_code_interpreter_runs_in_the_sandbox(oc):
 
 def test_file_search_over_a_vector_store(oc, tmp_path):
     doc = tmp_path / "gardening.md"
-    doc.write_text("# Tomatoes\n\nTomato plants need about 8 hours of direct sun every day and deep watering "
-                   "twice a week.\n\n# Basil\n\nBasil grows well next to tomatoes and dislikes cold nights.\n")
+    doc.write_text(
+        "# Tomatoes\n\nTomato plants need about 8 hours of direct sun every day and deep watering "
+        "twice a week.\n\n# Basil\n\nBasil grows well next to tomatoes and dislikes cold nights.\n"
+    )
     f = oc.files.create(file=doc.open("rb"), purpose="assistants")
     vs = oc.vector_stores.create(name="garden", file_ids=[f.id])
     tool = {"type": "file_search", "vector_store_ids": [vs.id]}

@@ -23,8 +23,9 @@ Visitors park behind building C and sign in at the blue desk.
 
 def chat_requests(page) -> list[dict]:
     bodies: list[dict] = []
-    page.on("request", lambda r: bodies.append(json.loads(r.post_data))
-            if r.url.endswith("/v1/chat/completions") else None)
+    page.on(
+        "request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None
+    )
     return bodies
 
 
@@ -57,9 +58,19 @@ def test_documents_ground_answers_and_citations_open_passages(server, browser, t
 
     # A reply citing [1] (as the grounded prompt asks the model to): the mark opens the passage.
     reply = "It opens at 7:45 [1]. Code stays code: `a[1]`"
-    seed_conversations(page, [conversation("c1", "Handbook", [
-        {"role": "user", "content": "When?"},
-        {"role": "assistant", "content": reply, "meta": {"finish": "stop", "sources": sources}}])])
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "c1",
+                "Handbook",
+                [
+                    {"role": "user", "content": "When?"},
+                    {"role": "assistant", "content": reply, "meta": {"finish": "stop", "sources": sources}},
+                ],
+            )
+        ],
+    )
     citation = page.locator(".msg.assistant .citation")
     expect(citation).to_have_count(1)
     expect(citation.locator("blockquote")).to_be_hidden()
@@ -88,11 +99,21 @@ def test_code_interpreter_toggle_and_tool_call_blocks(server, browser):  # noqa:
     calls = page.locator(".msg.assistant .tool-call")
     expect(calls).to_have_count(len(meta["toolCalls"]))  # whatever the small model chose to do
 
-    calls_meta = {"finish": "tool_calls", "toolCalls": [
-        {"id": "c1", "name": "code_interpreter", "arguments": json.dumps({"code": "print(17 * 23)"})}]}
-    seed_conversations(page, [conversation("c1", "Python", [
-        {"role": "user", "content": "17 * 23?"}, {"role": "assistant", "content": "", "meta": calls_meta}],
-        codeInterpreter=True)])
+    calls_meta = {
+        "finish": "tool_calls",
+        "toolCalls": [{"id": "c1", "name": "code_interpreter", "arguments": json.dumps({"code": "print(17 * 23)"})}],
+    }
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "c1",
+                "Python",
+                [{"role": "user", "content": "17 * 23?"}, {"role": "assistant", "content": "", "meta": calls_meta}],
+                codeInterpreter=True,
+            )
+        ],
+    )
     block = page.locator(".msg.assistant .tool-call")
     expect(block.locator("summary")).to_have_text("Tool call: code_interpreter")
     expect(block.locator("pre")).to_be_hidden()

@@ -43,8 +43,14 @@ def expect():
 
 def test_markdown_renders_safely_with_highlighted_code_tables_and_copy(server, browser, expect):  # noqa: F811
     page = open_page(browser, server.url)
-    seed_conversations(page, [conversation("c1", "Markdown", [
-        {"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKDOWN}])])
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "c1", "Markdown", [{"role": "user", "content": "show me"}, {"role": "assistant", "content": MARKDOWN}]
+            )
+        ],
+    )
     reply = page.locator(".msg.assistant .body")
     expect(reply.locator("strong")).to_have_text("bold")
     expect(reply.locator(".code-bar span")).to_have_text("python")
@@ -139,9 +145,17 @@ def test_stream_stop_queue_stats_and_reload(server, browser, expect):  # noqa: F
 
 def test_regenerate_edit_and_copy(server, browser, expect):  # noqa: F811
     page = open_page(browser, server.url)
-    seed_conversations(page, [conversation("c1", "Greeting", [
-        {"role": "user", "content": "Say hello."},
-        {"role": "assistant", "content": "old **answer**"}], max_tokens=8)])
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "c1",
+                "Greeting",
+                [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "old **answer**"}],
+                max_tokens=8,
+            )
+        ],
+    )
     expect(page.locator(".msg.assistant .body strong")).to_have_text("answer")
     page.locator(".msg.assistant .actions .copy").click()
     assert page.evaluate("navigator.clipboard.readText()") == "old **answer**"  # the markdown source
@@ -211,10 +225,18 @@ def test_settings_are_validated_per_conversation(server, browser, expect):  # no
 
 def test_sidebar_new_rename_search_delete_export_import(server, browser, expect, tmp_path):  # noqa: F811
     page = open_page(browser, server.url)
-    seed_conversations(page, [
-        conversation("a", "Python lists", [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]),
-        conversation("b", "Dinner ideas", [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]),
-    ], current="a")
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "a", "Python lists", [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+            ),
+            conversation(
+                "b", "Dinner ideas", [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+            ),
+        ],
+        current="a",
+    )
     expect(page.locator("#chat-title")).to_have_text("Python lists")
     page.locator("#conversations .conv-title", has_text="Dinner ideas").click()
     expect(page.locator(".msg.user .body")).to_have_text("q2")
@@ -250,8 +272,16 @@ def test_sidebar_new_rename_search_delete_export_import(server, browser, expect,
 
 def test_phone_width_layout_and_dark_mode(server, browser, expect):  # noqa: F811
     page = open_page(browser, server.url, width=390, height=780, dark=True)
-    seed_conversations(page, [conversation("c1", "A rather long conversation title about dragons", [
-        {"role": "user", "content": "Show code and a table"}, {"role": "assistant", "content": MARKDOWN}])])
+    seed_conversations(
+        page,
+        [
+            conversation(
+                "c1",
+                "A rather long conversation title about dragons",
+                [{"role": "user", "content": "Show code and a table"}, {"role": "assistant", "content": MARKDOWN}],
+            )
+        ],
+    )
     header = page.locator("header").bounding_box()
     assert header["height"] < 60  # one line: no wrapped three-line header
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing forces sideways scrolling

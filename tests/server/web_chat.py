@@ -12,8 +12,16 @@ import pytest
 from tests import needs
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Screenshots land here (gitignored) so people can look at them after a run.
 SHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "tmp" / "web-chat"
 STORAGE_KEY = "lhama.chats.v1"
@@ -32,8 +40,9 @@ def browser():
 
 def open_page(browser, url: str, width: int = 1280, height: int = 800, dark: bool = False):
     """A page in a fresh context (empty localStorage) with clipboard access; page errors fail."""
-    context = browser.new_context(viewport={"width": width, "height": height},
-                                  color_scheme="dark" if dark else "light", reduced_motion="reduce")
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, color_scheme="dark" if dark else "light", reduced_motion="reduce"
+    )
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
     page = context.new_page()
     errors: list[str] = []
@@ -58,9 +67,23 @@ def seed_conversations(page, conversations: list[dict], current: str | None = No
 
 
 def conversation(cid: str, title: str, messages: list[dict], **settings) -> dict:
-    return {"id": cid, "title": title, "created": 1, "updated": 1, "draft": "", "messages": messages,
-            "settings": {"model": "", "system": "", "temperature": 0.7, "top_p": 1, "max_tokens": 16,
-                         "seed": "", **settings}}
+    return {
+        "id": cid,
+        "title": title,
+        "created": 1,
+        "updated": 1,
+        "draft": "",
+        "messages": messages,
+        "settings": {
+            "model": "",
+            "system": "",
+            "temperature": 0.7,
+            "top_p": 1,
+            "max_tokens": 16,
+            "seed": "",
+            **settings,
+        },
+    }
 
 
 def shot(page, name: str) -> Path:

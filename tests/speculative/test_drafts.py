@@ -37,8 +37,9 @@ def smollm2(smollm2_path):
 
 def test_int4_self_draft_on_smollm2_gives_the_plain_loops_tokens(smollm2):
     lm = smollm2
-    ids = lm.chat_format.encode_dialog([{"role": "user", "content": "Write a short story about a robot who "
-                                                                    "learns to paint."}])
+    ids = lm.chat_format.encode_dialog(
+        [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+    )
     p = SamplingParams(temperature=0, max_tokens=32)
     stops = lm.chat_format.stop_ids
     ref = _ids(generate_tokens(lm.model, ids, p, stop_ids=stops))
@@ -87,17 +88,20 @@ def test_a_quantized_target_speculates_with_ngram_layer_and_model_drafts(tiny_ll
         quantized_self_draft(target, "int4")
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("self:int9", "unknown self-draft precision 'int9'"),
-    ("self:fp8", "unknown self-draft precision 'fp8'"),
-    ("self:int4:x", "self:int4:N"),
-    ("self:int4:2:3", "self:int4:N"),
-    ("self:", "self:N"),
-    ("self:abc", "self:N"),
-    ("", "empty"),
-    ("ngram+ngram", "after a model draft"),
-    ("self:int9+ngram", "int9"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("self:int9", "unknown self-draft precision 'int9'"),
+        ("self:fp8", "unknown self-draft precision 'fp8'"),
+        ("self:int4:x", "self:int4:N"),
+        ("self:int4:2:3", "self:int4:N"),
+        ("self:", "self:N"),
+        ("self:abc", "self:N"),
+        ("", "empty"),
+        ("ngram+ngram", "after a model draft"),
+        ("self:int9+ngram", "int9"),
+    ],
+)
 def test_bad_draft_spellings_are_config_errors(spec, match):
     with pytest.raises(ConfigError, match=match):
         parse_draft_spec(spec)
@@ -150,8 +154,17 @@ def test_load_speculation_errors_and_defaults():
 def test_cli_self_int4_draft_and_quantized_target(capsys):
     from lhama.cli import main
 
-    base = ["generate", "one two three one two three", "--model", "tiny-llama3", "--temperature", "0",
-            "--max-tokens", "12", "--json"]
+    base = [
+        "generate",
+        "one two three one two three",
+        "--model",
+        "tiny-llama3",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+    ]
 
     def run(*extra):
         assert main(base + list(extra)) == 0

@@ -48,13 +48,14 @@ def test_stops_budget_min_tokens_and_logprobs_like_the_plain_loop(tiny):
     p = SamplingParams(temperature=0, max_tokens=30, logprobs=True, top_logprobs=3)
     got = list(speculative_tokens(tiny, Speculation(tiny, 4), prompt, p, stop_ids=[stop]))
     want = list(generate_tokens(tiny, prompt, p, stop_ids=[stop]))
-    assert _ids(got) == _ids(want) == ref[:first + 1]
+    assert _ids(got) == _ids(want) == ref[: first + 1]
     for g, w in zip(got, want):
         assert g.logprob == pytest.approx(w.logprob, abs=1e-4)
         assert [t for t, _ in g.top_logprobs] == [t for t, _ in w.top_logprobs]
     p = SamplingParams(temperature=0, max_tokens=30, min_tokens=first + 3)
-    assert _ids(speculative_tokens(tiny, Speculation(self_draft(tiny, 1), 3), prompt, p, stop_ids=[stop])) == \
-        _ids(generate_tokens(tiny, prompt, p, stop_ids=[stop]))
+    assert _ids(speculative_tokens(tiny, Speculation(self_draft(tiny, 1), 3), prompt, p, stop_ids=[stop])) == _ids(
+        generate_tokens(tiny, prompt, p, stop_ids=[stop])
+    )
 
 
 def test_sampling_keeps_the_target_distribution(tiny_llama3_args):
@@ -101,24 +102,43 @@ def test_smollm2_greedy_is_identical_with_self_and_ngram_drafts(smollm2_path):
     from lhama.loader import load_model
 
     lm = load_model(smollm2_path, dtype=torch.float32)  # float weights: the kernels under test are exact there
-    ids = lm.chat_format.encode_dialog([{"role": "user", "content": "Repeat exactly: the quick brown fox "
-                                                                    "jumps over the lazy dog."}])
+    ids = lm.chat_format.encode_dialog(
+        [{"role": "user", "content": "Repeat exactly: the quick brown fox jumps over the lazy dog."}]
+    )
     p = SamplingParams(temperature=0, max_tokens=20)
     stops = lm.chat_format.stop_ids
     ref = _ids(generate_tokens(lm.model, ids, p, stop_ids=stops))
     ngram = Speculation(NgramDraft(), 5)
     assert _ids(speculative_tokens(lm.model, ngram, ids, p, stop_ids=stops)) == ref
     assert ngram.stats.acceptance_rate > 0.3 and ngram.stats.rounds < len(ref)  # it quotes the prompt
-    assert _ids(speculative_tokens(lm.model, Speculation(self_draft(lm.model, 6), 3), ids,
-                                   p.with_(max_tokens=8), stop_ids=stops)) == ref[:8]
+    assert (
+        _ids(
+            speculative_tokens(
+                lm.model, Speculation(self_draft(lm.model, 6), 3), ids, p.with_(max_tokens=8), stop_ids=stops
+            )
+        )
+        == ref[:8]
+    )
 
 
 def test_cli_generate_with_a_draft(capsys):
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "lhama.cli", "generate", "one two three one two three", "--model", "tiny-llama3",
-            "--temperature", "0", "--max-tokens", "12", "--json"]
+    base = [
+        sys.executable,
+        "-m",
+        "lhama.cli",
+        "generate",
+        "one two three one two three",
+        "--model",
+        "tiny-llama3",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+        "--json",
+    ]
     run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, timeout=300, env=env)  # noqa: E731
     r = run("--draft-model", "self:1", "--num-speculative-tokens", "3")
     assert r.returncode == 0, r.stderr
@@ -140,6 +160,8 @@ def test_draft_model_by_spec():
     spec = load_speculation("tiny-llama3", target, 3)  # another model (here: same shape) with the same tokenizer
     assert spec.draft is not target.model and spec.num_speculative_tokens == 3
     p = SamplingParams(temperature=0, max_tokens=10)
-    assert _ids(speculative_tokens(target.model, spec, [1, 2, 3], p)) == _ids(generate_tokens(target.model, [1, 2, 3], p))
+    assert _ids(speculative_tokens(target.model, spec, [1, 2, 3], p)) == _ids(
+        generate_tokens(target.model, [1, 2, 3], p)
+    )
     with pytest.raises(ConfigError, match="self:N"):
         load_speculation("self:x", target)

@@ -49,10 +49,23 @@ def train_sentencepiece(folder, text: str, vocab_size: int = 1500, **options):
     corpus = folder / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     prefix = folder / "spm"
-    settings = dict(model_type="bpe", vocab_size=vocab_size, byte_fallback=True, character_coverage=0.995,
-                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, remove_extra_whitespaces=False,
-                    split_digits=True, allow_whitespace_only_pieces=True, normalization_rule_name="identity",
-                    num_threads=1, minloglevel=2)
+    settings = dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        character_coverage=0.995,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
     settings.update(options)
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(prefix), **settings)
     return prefix.with_suffix(".model")
@@ -101,9 +114,18 @@ def write_gguf(path, metadata: dict, arch: str = "llama"):
 def gguf_metadata_from_sentencepiece(sp) -> dict:
     """What llama.cpp's converter writes for a Llama 2 tokenizer.model."""
     n = sp.GetPieceSize()
-    types = [2 if sp.IsUnknown(i) else 3 if sp.IsControl(i) else 6 if sp.IsByte(i) else 5 if sp.IsUnused(i) else 1
-             for i in range(n)]
-    return {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
-            "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)], "tokenizer.ggml.token_type": types,
-            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0,
-            "tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.add_space_prefix": True}
+    types = [
+        2 if sp.IsUnknown(i) else 3 if sp.IsControl(i) else 6 if sp.IsByte(i) else 5 if sp.IsUnused(i) else 1
+        for i in range(n)
+    ]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": [sp.IdToPiece(i) for i in range(n)],
+        "tokenizer.ggml.scores": [sp.GetScore(i) for i in range(n)],
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.add_space_prefix": True,
+    }

@@ -27,13 +27,43 @@ CODE = [
     "for (int i = 0; i < n; ++i) {\n\tsum += a[i] * b[i];\n}\n",
     "SELECT name, COUNT(*) FROM users WHERE age >= 18 GROUP BY name;",
     '{"key": [1, 2.5, null, true], "nested": {"a": "b"}}',
-    "<div class=\"x\">&nbsp;Hello&amp;bye</div>",
+    '<div class="x">&nbsp;Hello&amp;bye</div>',
     "    if x:\r\n        y = x ** 2  # squared\r\n",
-    "fn main() { println!(\"{}\", 1_000_000u64); }",
+    'fn main() { println!("{}", 1_000_000u64); }',
 ]
-SYMBOLS = ["🎉", "🦙", "👩‍👩‍👧", "🇫🇷", "✓", "∑", "∫", "—", "“quotes”", "«guillemets»", "½", "€", "₹", "฿", "日本語",
-           "中文文本", "한국어", "Привет", "مرحبا", "שלום", "ﬁ", "Å", "é", "\u00a0", "\u3000", "\u200b", "<|eot_id|>",
-           "<|im_start|>", "</s>", "<s>", "[INST]"]
+SYMBOLS = [
+    "🎉",
+    "🦙",
+    "👩‍👩‍👧",
+    "🇫🇷",
+    "✓",
+    "∑",
+    "∫",
+    "—",
+    "“quotes”",
+    "«guillemets»",
+    "½",
+    "€",
+    "₹",
+    "฿",
+    "日本語",
+    "中文文本",
+    "한국어",
+    "Привет",
+    "مرحبا",
+    "שלום",
+    "ﬁ",
+    "Å",
+    "é",
+    "\u00a0",
+    "\u3000",
+    "\u200b",
+    "<|eot_id|>",
+    "<|im_start|>",
+    "</s>",
+    "<s>",
+    "[INST]",
+]
 SPACES = [" ", "  ", "\t", "\n", "\n\n", "\r\n", "   \n", " \t ", "\u00a0", "\u3000"]
 
 
@@ -42,9 +72,16 @@ def _whitespace_run(rnd: random.Random) -> str:
 
 
 def _numbers(rnd: random.Random) -> str:
-    return rnd.choice([str(rnd.randint(0, 10**rnd.randint(1, 15))), f"{rnd.uniform(-1e6, 1e6):.{rnd.randint(0, 8)}f}",
-                       f"{rnd.randint(1, 9999):,}", f"0x{rnd.getrandbits(32):08X}", f"{rnd.random():.3e}",
-                       f"{rnd.randint(1, 31)}/{rnd.randint(1, 12)}/{rnd.randint(1900, 2100)}"])
+    return rnd.choice(
+        [
+            str(rnd.randint(0, 10 ** rnd.randint(1, 15))),
+            f"{rnd.uniform(-1e6, 1e6):.{rnd.randint(0, 8)}f}",
+            f"{rnd.randint(1, 9999):,}",
+            f"0x{rnd.getrandbits(32):08X}",
+            f"{rnd.random():.3e}",
+            f"{rnd.randint(1, 31)}/{rnd.randint(1, 12)}/{rnd.randint(1900, 2100)}",
+        ]
+    )
 
 
 def _sentences(f, rnd: random.Random, words: list[str], end: str) -> str:
@@ -78,10 +115,20 @@ def _locale_words(f, loc: str, rnd: random.Random) -> list[str] | None:
 
 def document(f, loc: str, rnd: random.Random) -> str:
     words = _locale_words(f, loc, rnd)
-    text = (_sentences(f, rnd, words, "।" if loc == "hi_IN" else ".") if words
-            else f.text(rnd.randint(200, 900)))
-    parts = [text, f.name(), f.address(), f.city(), f.email(), f.url(), f.phone_number(), _numbers(rnd),
-             rnd.choice(CODE), rnd.choice(SYMBOLS) * rnd.randint(1, 3), f.emoji()]
+    text = _sentences(f, rnd, words, "।" if loc == "hi_IN" else ".") if words else f.text(rnd.randint(200, 900))
+    parts = [
+        text,
+        f.name(),
+        f.address(),
+        f.city(),
+        f.email(),
+        f.url(),
+        f.phone_number(),
+        _numbers(rnd),
+        rnd.choice(CODE),
+        rnd.choice(SYMBOLS) * rnd.randint(1, 3),
+        f.emoji(),
+    ]
     if words is not None:
         parts.append(_sentences(f, rnd, words, "?"))
     rnd.shuffle(parts)

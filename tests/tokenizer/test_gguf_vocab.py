@@ -20,11 +20,24 @@ from tests.tokenizer.corpus import CODE, SYMBOLS
 
 HYPO = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 EXTRAS = [
-    "Hello world! 12345 times 3.14", "def f(x):\n    return x**2  # ok\n\n\n", "日本語のテキスト 🎉🎉 emoji 👩‍👩‍👧",
-    "  many   spaces\n\n\ttab", "Grüße, ça va? ¿Qué tal? नमस्ते สวัสดี Привет", "<|im_start|>user\nhi<|im_end|>\n",
-    "I'm sure they'll've done it—it's 'quoted' DON'T", "x" * 300, "   leading and trailing   ", "\r\n\r\n x",
-    "a\u00a0b \u3000c", "123456789 1.5e10 0.000001", "add ¼ cup, x ² and ⅔", " " * 50 + "\t" * 7 + "\n" * 9, "", "<|endoftext|>",
-    *CODE, *SYMBOLS,
+    "Hello world! 12345 times 3.14",
+    "def f(x):\n    return x**2  # ok\n\n\n",
+    "日本語のテキスト 🎉🎉 emoji 👩‍👩‍👧",
+    "  many   spaces\n\n\ttab",
+    "Grüße, ça va? ¿Qué tal? नमस्ते สวัสดี Привет",
+    "<|im_start|>user\nhi<|im_end|>\n",
+    "I'm sure they'll've done it—it's 'quoted' DON'T",
+    "x" * 300,
+    "   leading and trailing   ",
+    "\r\n\r\n x",
+    "a\u00a0b \u3000c",
+    "123456789 1.5e10 0.000001",
+    "add ¼ cup, x ² and ⅔",
+    " " * 50 + "\t" * 7 + "\n" * 9,
+    "",
+    "<|endoftext|>",
+    *CODE,
+    *SYMBOLS,
 ]
 
 
@@ -55,9 +68,12 @@ def hf_smol_published(hf_smol):
     from tokenizers import pre_tokenizers
 
     backend = copy.deepcopy(hf_smol.backend_tokenizer)
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)])
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ]
+    )
     return backend
 
 
@@ -101,11 +117,15 @@ def test_smollm2_special_text_is_plain_unless_allowed(smol):
 def test_smollm2_matches_llama_cpp(smol, smollm2_path, small_corpus):
     texts = [s for s in EXTRAS + small_corpus[:200] if s]
     # llama-cpp-python (bench extra) is a second reference; it runs in a child process (tests.native)
-    theirs = run_llama_cpp("""
+    theirs = run_llama_cpp(
+        """
         ll = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
         result = [(ll.tokenize(s.encode(), add_bos=False, special=True),
                    ll.tokenize(s.encode(), add_bos=False, special=False)) for s in texts]
-    """, path=str(smollm2_path), texts=texts)
+    """,
+        path=str(smollm2_path),
+        texts=texts,
+    )
     for s, (with_special, plain) in zip(texts, theirs, strict=True):
         assert smol.encode(s, allow_special=True) == with_special, s[:200]
         assert smol.encode(s) == plain, s[:200]
@@ -129,8 +149,10 @@ def test_sentencepiece_vocab_in_gguf_matches_sentencepiece(spm_gguf, spm_ref, sm
 
 
 def test_sentencepiece_gguf_flags(spm_ref, tmp_path):
-    md = gguf_metadata_from_sentencepiece(spm_ref) | {"tokenizer.ggml.add_bos_token": False,
-                                                      "tokenizer.ggml.add_space_prefix": False}
+    md = gguf_metadata_from_sentencepiece(spm_ref) | {
+        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.add_space_prefix": False,
+    }
     ours = tokenizer_from_gguf_metadata(md)
     assert ours.bos_id is None and ours.bos_token == "<s>"
     assert ours.encode("hello") != spm_ref.EncodeAsIds("hello")  # no dummy "▁" prefix any more
@@ -138,10 +160,16 @@ def test_sentencepiece_gguf_flags(spm_ref, tmp_path):
 
 
 # -- Llama 3's vocabulary in a GGUF (llama-bpe pre-tokenizer) ---------------------------------------
-LLAMA3_IDS = {"tokenizer.ggml.bos_token_id": 128000, "tokenizer.ggml.eos_token_id": 128009,
-              "tokenizer.ggml.eot_token_id": 128009, "tokenizer.ggml.eom_token_id": 128008}
-HEADER_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-                   "{{ m['content'] }}<|eot_id|>{% endfor %}")
+LLAMA3_IDS = {
+    "tokenizer.ggml.bos_token_id": 128000,
+    "tokenizer.ggml.eos_token_id": 128009,
+    "tokenizer.ggml.eot_token_id": 128009,
+    "tokenizer.ggml.eom_token_id": 128008,
+}
+HEADER_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +194,9 @@ def test_llama3_vocab_in_gguf_matches_meta(llama3_from_gguf, meta_llama3, small_
         assert ours.encode(s) == want, s[:200]
         assert ours.decode(want) == s
     text = "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-    assert ours.encode(text, allow_special=True) == meta_llama3.encode(text, bos=False, eos=False,
-                                                                      allowed_special="all")
+    assert ours.encode(text, allow_special=True) == meta_llama3.encode(
+        text, bos=False, eos=False, allowed_special="all"
+    )
 
 
 @HYPO
@@ -182,9 +211,15 @@ def test_llama3_gguf_gets_our_llama3_chat_format(llama3, tmp_path):
     from lhama.tokenizer.gguf_vocab import byte_to_unicode
 
     tokens = [byte_to_unicode()[b] for b in range(256)] + list(llama3.special_tokens)
-    md = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens,
-          "tokenizer.ggml.token_type": [1] * 256 + [3] * 256, "tokenizer.ggml.merges": [],
-          "tokenizer.ggml.bos_token_id": 256, "tokenizer.ggml.eos_token_id": 265}
+    md = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [1] * 256 + [3] * 256,
+        "tokenizer.ggml.merges": [],
+        "tokenizer.ggml.bos_token_id": 256,
+        "tokenizer.ggml.eos_token_id": 265,
+    }
     for template, kind in ((HEADER_TEMPLATE, Llama3ChatFormat), ("{{ messages[0]['content'] }}", JinjaChatFormat)):
         path = write_gguf(tmp_path / f"{kind.__name__}.gguf", md | {"tokenizer.chat_template": template})
         tok = load_tokenizer(path)
@@ -204,8 +239,9 @@ def test_llama3_vocab_gguf_file_round_trip(llama3_vocab, meta_llama3, small_corp
 
 def test_unsupported_vocabularies_are_clear_errors():
     with pytest.raises(TokenizerError, match="pre-tokenizer 'mystery'"):
-        tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "mystery",
-                                      "tokenizer.ggml.tokens": ["a", "b"]})
+        tokenizer_from_gguf_metadata(
+            {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "mystery", "tokenizer.ggml.tokens": ["a", "b"]}
+        )
     with pytest.raises(TokenizerError, match="'t5' is not supported"):
         tokenizer_from_gguf_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
     with pytest.raises(TokenizerError, match="no vocabulary"):

@@ -14,9 +14,14 @@ from lhama.tokenizer import IncrementalDecoder, load_tokenizer
 HYPO = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Characters that tokenizers split over several tokens: emoji (with ZWJ/skin tones/flags), Thai,
 # Devanagari with vowel signs, CJK, combining marks, 4-byte CJK extension B.
-HARD = list("🦙🎉👩‍👩‍👧🏽🇹🇭สวัสดีครับภาษาไทยनमस्तेक्षत्रज्ञ日本語中文漢字한국어é̃ñ𠀀𠜎𝔘𝔫") + ["\u200d", "\ufe0f", " ", "\n", "\t"]
-TEXT = st.text(st.one_of(st.sampled_from(HARD), st.characters(codec="utf-8", exclude_characters="\ufffd")),
-               max_size=60)
+HARD = list("🦙🎉👩‍👩‍👧🏽🇹🇭สวัสดีครับภาษาไทยनमस्तेक्षत्रज्ञ日本語中文漢字한국어é̃ñ𠀀𠜎𝔘𝔫") + [
+    "\u200d",
+    "\ufe0f",
+    " ",
+    "\n",
+    "\t",
+]
+TEXT = st.text(st.one_of(st.sampled_from(HARD), st.characters(codec="utf-8", exclude_characters="\ufffd")), max_size=60)
 KINDS = ["llama3", "sentencepiece", "smollm2-gguf", "smollm2-tokenizer.json"]
 
 
@@ -25,8 +30,12 @@ def tokenizers(llama3, spm_path, smol, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf")
     smol.hf_tokenizer().save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text('{"eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}')
-    return {"llama3": llama3, "sentencepiece": load_tokenizer(spm_path), "smollm2-gguf": smol,
-            "smollm2-tokenizer.json": load_tokenizer(folder)}
+    return {
+        "llama3": llama3,
+        "sentencepiece": load_tokenizer(spm_path),
+        "smollm2-gguf": smol,
+        "smollm2-tokenizer.json": load_tokenizer(folder),
+    }
 
 
 def stream(tok, ids, skip_special=True) -> list[str]:
@@ -72,8 +81,16 @@ def test_streaming_text_never_splits_a_character(tokenizers, kind, text):
 def test_streaming_any_ids_adds_up_to_decode(tokenizers, kind, data):
     """Arbitrary ids (broken byte sequences, special tokens) stream to exactly ``decode``."""
     tok = tokenizers[kind]
-    ids = data.draw(st.lists(st.one_of(st.integers(0, tok.vocab_size - 1), st.integers(0, 300),
-                                       st.sampled_from(sorted(tok.special_tokens.values()))), max_size=16))
+    ids = data.draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, tok.vocab_size - 1),
+                st.integers(0, 300),
+                st.sampled_from(sorted(tok.special_tokens.values())),
+            ),
+            max_size=16,
+        )
+    )
     for skip in (True, False):
         check_prefixes(stream(tok, ids, skip_special=skip), tok.decode(ids, skip_special=skip))
 

@@ -13,10 +13,17 @@ from lhama.tokenizer import JinjaChatFormat, load_chat_format
 
 DIALOGS = [
     [{"role": "user", "content": "Hi!"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Two plus two?"},
-     {"role": "assistant", "content": "Four."}, {"role": "user", "content": "Et en français ? 🦙 日本語 नमस्ते"}],
-    [{"role": "user", "content": "Write code"}, {"role": "assistant", "content": "def f():\n    return 'x'\n"},
-     {"role": "user", "content": "  spaces  \n\n and <|im_end|> inside text "}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Two plus two?"},
+        {"role": "assistant", "content": "Four."},
+        {"role": "user", "content": "Et en français ? 🦙 日本語 नमस्ते"},
+    ],
+    [
+        {"role": "user", "content": "Write code"},
+        {"role": "assistant", "content": "def f():\n    return 'x'\n"},
+        {"role": "user", "content": "  spaces  \n\n and <|im_end|> inside text "},
+    ],
 ]
 
 FEATURES = """{%- set ns = namespace(turns=0) -%}
@@ -61,9 +68,13 @@ def test_smollm2_stops_and_replies(smol_format, smol):
     assert smol.special_tokens["<|im_end|>"] in smol_format.stop_ids
     m = smol_format.decode_assistant(smol.encode("Paris.<|im_end|>", allow_special=True))
     assert m == {"role": "assistant", "content": "Paris.", "stop_reason": "end_of_turn"}
-    m = smol_format.decode_assistant(smol.encode(
-        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-        '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>', allow_special=True))
+    m = smol_format.decode_assistant(
+        smol.encode(
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call><|im_end|>',
+            allow_special=True,
+        )
+    )
     assert [c["function"]["name"] for c in m["tool_calls"]] == ["get_weather", "get_time"]
     assert json.loads(m["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"} and m["content"] is None
     assert smol_format.decode_assistant(smol.encode("no stop"))["stop_reason"] == "out_of_tokens"
@@ -71,17 +82,33 @@ def test_smollm2_stops_and_replies(smol_format, smol):
 
 def test_template_features_render_like_transformers(smol, hf_smol):
     fmt = JinjaChatFormat(FEATURES, smol)
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Météo",
-                                               "parameters": {"type": "object", "properties": {"city": {}}}}}]
-    dialog = [{"role": "system", "content": "  sys  "}, {"role": "skip", "content": "hidden"},
-              {"role": "user", "content": "q"},
-              {"role": "assistant", "content": "",
-               "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Pa"}}}]},
-              {"role": "stop", "content": "end"}, {"role": "user", "content": "never shown"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Météo",
+                "parameters": {"type": "object", "properties": {"city": {}}},
+            },
+        }
+    ]
+    dialog = [
+        {"role": "system", "content": "  sys  "},
+        {"role": "skip", "content": "hidden"},
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Pa"}}}],
+        },
+        {"role": "stop", "content": "end"},
+        {"role": "user", "content": "never shown"},
+    ]
     for kwargs in ({"tools": tools}, {}):
         for gen in (True, False):
-            want = hf_smol.apply_chat_template(dialog, chat_template=FEATURES, tokenize=False,
-                                               add_generation_prompt=gen, **kwargs)
+            want = hf_smol.apply_chat_template(
+                dialog, chat_template=FEATURES, tokenize=False, add_generation_prompt=gen, **kwargs
+            )
             assert fmt.render(dialog, add_generation_prompt=gen, **kwargs) == want
     assert "never shown" not in want and "hidden" not in want
 
@@ -96,13 +123,16 @@ def test_template_errors_are_chat_format_errors(smol):
         fmt.render([{"content": "no role"}])
 
 
-@pytest.mark.parametrize("attack", [
-    "{{ messages.__class__.__mro__ }}",
-    "{{ ''.__class__.__subclasses__() }}",
-    "{{ raise_exception.__globals__ }}",
-    "{% set x = messages.append(1) %}",
-    "{{ cycler.__init__.__globals__.os }}",
-])
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "{{ messages.__class__.__mro__ }}",
+        "{{ ''.__class__.__subclasses__() }}",
+        "{{ raise_exception.__globals__ }}",
+        "{% set x = messages.append(1) %}",
+        "{{ cycler.__init__.__globals__.os }}",
+    ],
+)
 def test_templates_are_sandboxed(smol, attack):
     """Unsafe attributes are refused (an error) or read as undefined (nothing rendered)."""
     try:

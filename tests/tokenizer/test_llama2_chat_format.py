@@ -15,8 +15,12 @@ def tok(spm_path):
 
 def test_system_is_merged_into_the_first_user_turn(tok, spm_ref):
     fmt = Llama2ChatFormat(tok)
-    dialog = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": " Hi "},
-              {"role": "assistant", "content": " Hello! "}, {"role": "user", "content": "Bye"}]
+    dialog = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": " Hi "},
+        {"role": "assistant", "content": " Hello! "},
+        {"role": "user", "content": "Bye"},
+    ]
     # Meta strips the merged turn as a whole, so the user's own leading space survives.
     first = "[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\n Hi [/INST] Hello! "
     want = [1, *spm_ref.EncodeAsIds(first), 2, 1, *spm_ref.EncodeAsIds("[INST] Bye [/INST]")]
@@ -26,21 +30,30 @@ def test_system_is_merged_into_the_first_user_turn(tok, spm_ref):
 
 def test_each_pair_is_its_own_sequence(tok, spm_ref):
     fmt = Llama2ChatFormat(tok)
-    dialog = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
-              {"role": "user", "content": "e"}]
-    want = ([1, *spm_ref.EncodeAsIds("[INST] a [/INST] b "), 2, 1, *spm_ref.EncodeAsIds("[INST] c [/INST] d "), 2]
-            + [1, *spm_ref.EncodeAsIds("[INST] e [/INST]")])
+    dialog = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"},
+        {"role": "user", "content": "e"},
+    ]
+    want = [1, *spm_ref.EncodeAsIds("[INST] a [/INST] b "), 2, 1, *spm_ref.EncodeAsIds("[INST] c [/INST] d "), 2] + [
+        1,
+        *spm_ref.EncodeAsIds("[INST] e [/INST]"),
+    ]
     assert fmt.encode_dialog(dialog) == want
     # Without a generation prompt a dialog may end with the assistant's answer.
-    assert fmt.encode_dialog(dialog[:4], add_generation_prompt=False) == want[:want.index(2, want.index(2) + 1) + 1]
+    assert fmt.encode_dialog(dialog[:4], add_generation_prompt=False) == want[: want.index(2, want.index(2) + 1) + 1]
 
 
 def test_decode_assistant(tok):
     fmt = Llama2ChatFormat(tok)
     assert fmt.stop_ids == {2}
     assert fmt.decode_assistant(tok.encode(" Sure thing ") + [tok.eos_id]) == {
-        "role": "assistant", "content": "Sure thing", "stop_reason": "end_of_turn"}
+        "role": "assistant",
+        "content": "Sure thing",
+        "stop_reason": "end_of_turn",
+    }
     assert fmt.decode_assistant(tok.encode("cut"))["stop_reason"] == "out_of_tokens"
 
 

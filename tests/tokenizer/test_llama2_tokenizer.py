@@ -50,8 +50,14 @@ def test_round_trip_arbitrary_text(tok, spm_ref, text):
 def test_decode_of_any_id_sequence_matches_sentencepiece(tok, spm_ref, data):
     """Random ids: byte pieces that do not form characters, controls, <unk>, lone "▁" at the start."""
     n = tok.vocab_size
-    ids = data.draw(st.lists(st.one_of(st.integers(0, n - 1), st.integers(0, 2), st.integers(3, 258),
-                                       st.sampled_from([spm_ref.PieceToId("▁")])), max_size=12))
+    ids = data.draw(
+        st.lists(
+            st.one_of(
+                st.integers(0, n - 1), st.integers(0, 2), st.integers(3, 258), st.sampled_from([spm_ref.PieceToId("▁")])
+            ),
+            max_size=12,
+        )
+    )
     assert tok.decode(ids, skip_special=True) == spm_ref.DecodeIds(ids)
 
 
@@ -72,8 +78,10 @@ def test_whitespace_squeezing_models_decode_like_sentencepiece(tmp_path):
     import sentencepiece as spm
 
     text = "\n".join(multilingual_corpus(min_bytes=30_000, seed=2))
-    for name, opts in {"squeeze": dict(remove_extra_whitespaces=True),
-                       "noprefix": dict(add_dummy_prefix=False)}.items():
+    for name, opts in {
+        "squeeze": dict(remove_extra_whitespaces=True),
+        "noprefix": dict(add_dummy_prefix=False),
+    }.items():
         folder = tmp_path / name
         folder.mkdir()
         path = train_sentencepiece(folder, text, vocab_size=600, **opts)
@@ -81,8 +89,10 @@ def test_whitespace_squeezing_models_decode_like_sentencepiece(tmp_path):
         rnd = random.Random(0)
         space = ref.PieceToId("▁")
         for _ in range(2000):
-            ids = [rnd.choice([space, rnd.randrange(ours.vocab_size), rnd.randrange(3, 259)])
-                   for _ in range(rnd.randint(0, 6))]
+            ids = [
+                rnd.choice([space, rnd.randrange(ours.vocab_size), rnd.randrange(3, 259)])
+                for _ in range(rnd.randint(0, 6))
+            ]
             assert ours.decode(ids, skip_special=True) == ref.DecodeIds(ids), [ref.IdToPiece(i) for i in ids]
         assert ours.encode("  a  b ") == ref.EncodeAsIds("  a  b ")
 

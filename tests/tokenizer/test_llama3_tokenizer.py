@@ -40,7 +40,11 @@ def test_long_inputs_and_whitespace_runs_split_like_meta(llama3, meta_llama3):
     cases = [
         "".join(docs) * 3,  # > 400k characters
         "x" * 60_000 + " " * 30_000 + "y" * 25_001 + "\n" * 25_000 + "end",
-        " " * 25_000, " " * 25_001, "a" * 25_000 + " " + "b" * 50_002, "\t\n " * 20_000, "",
+        " " * 25_000,
+        " " * 25_001,
+        "a" * 25_000 + " " + "b" * 50_002,
+        "\t\n " * 20_000,
+        "",
     ]
     for text in cases:
         assert llama3.encode(text) == meta_llama3.encode(text, bos=False, eos=False)
@@ -61,12 +65,18 @@ def test_special_tokens_and_ids(llama3, meta_llama3):
     assert llama3.special_tokens["<|reserved_special_token_2|>"] == 128012
     assert llama3.special_tokens["<|reserved_special_token_245|>"] == 128255
     assert (llama3.bos_id, llama3.eos_id, llama3.eom_id, llama3.eot_id, llama3.python_tag_id) == (
-        128000, 128001, 128008, 128009, 128010)
+        128000,
+        128001,
+        128008,
+        128009,
+        128010,
+    )
     assert llama3.stop_ids == {128001, 128008, 128009}
     text = "<|start_header_id|>user<|end_header_id|>"
     assert llama3.encode(text, allow_special=True) == [128006, 882, 128007]
-    assert llama3.encode(text, allow_special=True) == meta_llama3.encode(text, bos=False, eos=False,
-                                                                         allowed_special="all")
+    assert llama3.encode(text, allow_special=True) == meta_llama3.encode(
+        text, bos=False, eos=False, allowed_special="all"
+    )
     assert llama3.encode(text) == meta_llama3.encode(text, bos=False, eos=False)  # plain text unless allowed
     assert not set(llama3.encode(text)) & set(llama3.special_tokens.values())
     assert llama3.decode([128000, 9906, 128009]) == "<|begin_of_text|>Hello<|eot_id|>"

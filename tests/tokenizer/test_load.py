@@ -8,8 +8,15 @@ import shutil
 import pytest
 
 from lhama.errors import ChatFormatError, TokenizerError
-from lhama.tokenizer import (JinjaChatFormat, Llama2ChatFormat, Llama3ChatFormat, Llama3Tokenizer,
-                             SentencePieceTokenizer, load_chat_format, load_tokenizer)
+from lhama.tokenizer import (
+    JinjaChatFormat,
+    Llama2ChatFormat,
+    Llama3ChatFormat,
+    Llama3Tokenizer,
+    SentencePieceTokenizer,
+    load_chat_format,
+    load_tokenizer,
+)
 from lhama.tokenizer.hf_json import HFJsonTokenizer
 from lhama.tokenizer.llama3 import default_tokenizer_path
 
@@ -23,8 +30,12 @@ def hf_folder(smol, smollm2_path, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("hf-smol")
     smol.hf_tokenizer().save(str(folder / "tokenizer.json"))
-    cfg = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": False,
-           "chat_template": checkpoint_chat_template(smollm2_path)}
+    cfg = {
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "add_bos_token": False,
+        "chat_template": checkpoint_chat_template(smollm2_path),
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     return folder
 
@@ -66,8 +77,7 @@ def test_meta_folders(tmp_path, spm_path):
     tok3 = load_tokenizer(llama3_dir)
     assert isinstance(tok3, Llama3Tokenizer) and isinstance(load_chat_format(llama3_dir, tok3), Llama3ChatFormat)
     tok2 = load_tokenizer(llama2_dir)
-    assert isinstance(tok2, SentencePieceTokenizer) and isinstance(load_chat_format(llama2_dir, tok2),
-                                                                   Llama2ChatFormat)
+    assert isinstance(tok2, SentencePieceTokenizer) and isinstance(load_chat_format(llama2_dir, tok2), Llama2ChatFormat)
     assert isinstance(load_tokenizer(llama2_dir / "tokenizer.model"), SentencePieceTokenizer)
 
 

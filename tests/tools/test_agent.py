@@ -77,14 +77,24 @@ class Recorder:
 
 def test_code_then_custom_tool_then_answer(lm, engine):
     needs.binary("bwrap", "bubblewrap")
-    script = Script(lm.chat_format, [
-        ((None, "print(6 * 7)"), "eom"),
-        (('{"name": "get_weather", "parameters": {"city": "Paris"}}',), "eom"),
-        (("It is 42, and sunny in Paris.",), "eot")])
+    script = Script(
+        lm.chat_format,
+        [
+            ((None, "print(6 * 7)"), "eom"),
+            (('{"name": "get_weather", "parameters": {"city": "Paris"}}',), "eom"),
+            (("It is 42, and sunny in Paris.",), "eot"),
+        ],
+    )
     events = []
     shield = Recorder()
-    agent = Agent(engine, ["code_interpreter", get_weather], shields=[shield], chat_format=lm.chat_format,
-                  processor_factory=script, max_steps=5)
+    agent = Agent(
+        engine,
+        ["code_interpreter", get_weather],
+        shields=[shield],
+        chat_format=lm.chat_format,
+        processor_factory=script,
+        max_steps=5,
+    )
     res = agent.run("What is 6*7, and the weather in Paris?", on_event=events.append)
     assert res.stopped == "end_of_turn" and res.content == "It is 42, and sunny in Paris."
     roles = [m["role"] for m in res.messages]
@@ -93,8 +103,9 @@ def test_code_then_custom_tool_then_answer(lm, engine):
     assert json.loads(res.messages[4]["content"]) == {"city": "Paris", "sky": "sunny", "temp_c": 21}
     assert res.messages[1]["stop_reason"] == "end_of_message"
     # The tool results reach the model as ipython turns, after the calls it made.
-    prompt = lm.tokenizer.decode(lm.chat_format.encode_dialog(res.messages[:-1], tools=[t.spec() for t in
-                                                                                        agent.tools.values()]))
+    prompt = lm.tokenizer.decode(
+        lm.chat_format.encode_dialog(res.messages[:-1], tools=[t.spec() for t in agent.tools.values()])
+    )
     assert "<|python_tag|>print(6 * 7)<|eom_id|><|start_header_id|>ipython<|end_header_id|>\n\ncompleted" in prompt
     assert "Environment: ipython" in prompt and '"name": "get_weather"' in prompt
     kinds = [e.type for e in events]
@@ -106,9 +117,13 @@ def test_code_then_custom_tool_then_answer(lm, engine):
 
 
 def test_step_limit_unknown_tools_and_bad_arguments(lm, engine):
-    script = Script(lm.chat_format, [
-        (('{"name": "teleport", "parameters": {"to": "Mars"}}',), "eom"),
-        (('{"name": "get_weather", "parameters": {"town": "Paris"}}',), "eom")])
+    script = Script(
+        lm.chat_format,
+        [
+            (('{"name": "teleport", "parameters": {"to": "Mars"}}',), "eom"),
+            (('{"name": "get_weather", "parameters": {"town": "Paris"}}',), "eom"),
+        ],
+    )
     agent = Agent(engine, [get_weather], chat_format=lm.chat_format, processor_factory=script, max_steps=3)
     res = agent.run("Weather?")
     assert res.stopped == "max_steps"
@@ -143,16 +158,19 @@ def test_transcript_save_load_and_replay(lm, engine, tmp_path):
     loaded = Transcript.load(path)
     assert loaded.to_dict() == json.loads(json.dumps(res.transcript.to_dict()))
     assert replay_tools(loaded, agent.tools).same
-    report, _ = replay_session(loaded, Agent(engine, [get_weather], chat_format=lm.chat_format,
-                                             processor_factory=Script(lm.chat_format, turns)))
+    report, _ = replay_session(
+        loaded,
+        Agent(engine, [get_weather], chat_format=lm.chat_format, processor_factory=Script(lm.chat_format, turns)),
+    )
     assert report.same, str(report)
     # A tool that now answers differently, and a model that now says something else, are caught.
-    changed = tool(lambda city: {"city": city, "sky": "rain"}, name="get_weather",
-                   parameters=get_weather.parameters)
+    changed = tool(lambda city: {"city": city, "sky": "rain"}, name="get_weather", parameters=get_weather.parameters)
     assert not replay_tools(loaded, {"get_weather": changed}).same
     other = [turns[0], (("Rainy.",), "eot")]
-    report, _ = replay_session(loaded, Agent(engine, [get_weather], chat_format=lm.chat_format,
-                                             processor_factory=Script(lm.chat_format, other)))
+    report, _ = replay_session(
+        loaded,
+        Agent(engine, [get_weather], chat_format=lm.chat_format, processor_factory=Script(lm.chat_format, other)),
+    )
     assert not report.same and "Rainy." in str(report)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not a transcript"):

@@ -48,8 +48,20 @@ def test_one_shot_save_and_replay(tmp_path, capsys, monkeypatch):
 
 def test_interactive_keeps_history(tmp_path, capsys, monkeypatch):
     path = tmp_path / "t.json"
-    rc, out, err = main(capsys, monkeypatch, "--model", "tiny-llama3", "--tools", "none", "--max-tokens", "3",
-                        "--quiet", "--save", str(path), stdin="first question\nsecond question\n/exit\n")
+    rc, out, err = main(
+        capsys,
+        monkeypatch,
+        "--model",
+        "tiny-llama3",
+        "--tools",
+        "none",
+        "--max-tokens",
+        "3",
+        "--quiet",
+        "--save",
+        str(path),
+        stdin="first question\nsecond question\n/exit\n",
+    )
     assert rc == 0, err
     assert len(out.strip().splitlines()) >= 1
     tr = json.loads(path.read_text())  # the last turn's transcript starts from the whole history
@@ -62,8 +74,13 @@ def test_replay_re_executes_recorded_code(tmp_path, capsys, monkeypatch):
     from lhama.tools.transcript import Transcript
 
     tr = Transcript("scripted", [{"type": "code_interpreter"}], {}, [{"role": "user", "content": "2**10?"}])
-    tr.tool_step("call_1", "code_interpreter", json.dumps({"code": "print(2**10)"}),
-                 "completed\n[stdout]\n1024\n[/stdout]", False)
+    tr.tool_step(
+        "call_1",
+        "code_interpreter",
+        json.dumps({"code": "print(2**10)"}),
+        "completed\n[stdout]\n1024\n[/stdout]",
+        False,
+    )
     tr.finish("1024", "end_of_turn")
     path = tr.save(tmp_path / "code.json")
     rc, out, err = main(capsys, monkeypatch, "--replay", str(path))
@@ -88,19 +105,24 @@ def test_custom_tool_from_a_file_and_replay_with_it(tmp_path, capsys, monkeypatc
     from lhama.tools.transcript import Transcript
 
     (tmp_path / "my_tools.py").write_text(
-        "def shout(text: str) -> str:\n    'Upper-case the text.'\n    return text.upper()\n")
-    tr = Transcript("scripted", [{"type": "function", "function": {"name": "shout"}}], {},
-                    [{"role": "user", "content": "shout hi"}])
+        "def shout(text: str) -> str:\n    'Upper-case the text.'\n    return text.upper()\n"
+    )
+    tr = Transcript(
+        "scripted", [{"type": "function", "function": {"name": "shout"}}], {}, [{"role": "user", "content": "shout hi"}]
+    )
     tr.tool_step("call_1", "shout", '{"text": "hi"}', "HI", False)
     path = tr.save(tmp_path / "t.json")
-    rc, out, err = main(capsys, monkeypatch, "--replay", str(path), "--tools", "none",
-                        "--tool", f"{tmp_path / 'my_tools.py'}:shout")
+    rc, out, err = main(
+        capsys, monkeypatch, "--replay", str(path), "--tools", "none", "--tool", f"{tmp_path / 'my_tools.py'}:shout"
+    )
     assert rc == 0 and "identical" in out, out + err
     rc, out, _ = main(capsys, monkeypatch, "--replay", str(path), "--tools", "none")
     assert rc == 1 and "no such tool" in out
     rc, _, err = main(capsys, monkeypatch, "hi", "--tool", f"{tmp_path / 'my_tools.py'}:whisper")
     assert rc == 2 and "has no 'whisper'" in err
-    rc, _, err = main(capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3", "--tools", "none")
+    rc, _, err = main(
+        capsys, monkeypatch, "--replay", str(path), "--rerun", "--model", "tiny-llama3", "--tools", "none"
+    )
     assert rc == 2 and "--tool MODULE:NAME" in err
 
 
@@ -110,9 +132,23 @@ def test_real_llama_guard_shield_wiring(smollm2_path, tmp_path, capsys, monkeypa
     neither 'safe' nor 'unsafe', so the shield cannot judge and --shield-on-error decides - the
     agent must then refuse before its model runs (fail closed), and record the verdict."""
     path = tmp_path / "t.json"
-    rc, out, err = main(capsys, monkeypatch, "hello", "--model", "tiny-llama3", "--tools", "none",
-                        "--shield", f"llama-guard={smollm2_path}", "--shield-on-error", "refuse",
-                        "--shield-stages", "input", "--save", str(path))
+    rc, out, err = main(
+        capsys,
+        monkeypatch,
+        "hello",
+        "--model",
+        "tiny-llama3",
+        "--tools",
+        "none",
+        "--shield",
+        f"llama-guard={smollm2_path}",
+        "--shield-on-error",
+        "refuse",
+        "--shield-stages",
+        "input",
+        "--save",
+        str(path),
+    )
     assert rc == 0, err
     tr = json.loads(path.read_text())
     assert tr["stopped"] == "shield_input" and [s["type"] for s in tr["steps"]] == ["shield"]

@@ -18,16 +18,47 @@ from lhama.tools.registry import Tool, tool
 from tests import needs
 
 BRAVE_KEY, WOLFRAM_KEY = "brave-test-key", "wolfram-test-appid"
-BRAVE_BODY = {"type": "search", "query": {"original": "llama"}, "web": {"type": "search", "results": [
-    {"title": f"Result {i}", "url": f"https://example.com/{i}", "description": f"About llamas, part {i}",
-     "profile": {"name": "x", "img": "https://imgs/x.png"}, "thumbnail": {"src": "https://t/x.jpg"},
-     "extra_snippets": ["a", "b", "c", "d"], "language": "en", "family_friendly": True} for i in range(8)]},
-    "news": {"results": [{"title": "News", "url": "https://news.example.com", "description": "fresh", "age": "1h"}]}}
-WOLFRAM_BODY = {"queryresult": {"success": True, "error": False, "numpods": 2, "pods": [
-    {"title": "Input interpretation", "scanner": "Identity", "subpods": [{"title": "", "plaintext": "integral x^2 dx",
-                                                                        "img": {"src": "https://img"}}]},
-    {"title": "Indefinite integral", "subpods": [{"plaintext": "x^3/3 + constant"}], "states": [{"name": "More"}]},
-    {"title": "Plot", "subpods": [{"plaintext": "", "img": {"src": "https://plot"}}]}]}}
+BRAVE_BODY = {
+    "type": "search",
+    "query": {"original": "llama"},
+    "web": {
+        "type": "search",
+        "results": [
+            {
+                "title": f"Result {i}",
+                "url": f"https://example.com/{i}",
+                "description": f"About llamas, part {i}",
+                "profile": {"name": "x", "img": "https://imgs/x.png"},
+                "thumbnail": {"src": "https://t/x.jpg"},
+                "extra_snippets": ["a", "b", "c", "d"],
+                "language": "en",
+                "family_friendly": True,
+            }
+            for i in range(8)
+        ],
+    },
+    "news": {"results": [{"title": "News", "url": "https://news.example.com", "description": "fresh", "age": "1h"}]},
+}
+WOLFRAM_BODY = {
+    "queryresult": {
+        "success": True,
+        "error": False,
+        "numpods": 2,
+        "pods": [
+            {
+                "title": "Input interpretation",
+                "scanner": "Identity",
+                "subpods": [{"title": "", "plaintext": "integral x^2 dx", "img": {"src": "https://img"}}],
+            },
+            {
+                "title": "Indefinite integral",
+                "subpods": [{"plaintext": "x^3/3 + constant"}],
+                "states": [{"name": "More"}],
+            },
+            {"title": "Plot", "subpods": [{"plaintext": "", "img": {"src": "https://plot"}}]},
+        ],
+    }
+}
 
 
 class FakeAPI(BaseHTTPRequestHandler):
@@ -56,11 +87,13 @@ class FakeAPI(BaseHTTPRequestHandler):
             return self._send(200, BRAVE_BODY)
         if u.path == "/v2/query":
             if q.get("appid") != WOLFRAM_KEY:
-                return self._send(200, {"queryresult": {"success": False, "error": {"code": "1",
-                                                                                   "msg": "Invalid appid"}}})
+                return self._send(
+                    200, {"queryresult": {"success": False, "error": {"code": "1", "msg": "Invalid appid"}}}
+                )
             if q.get("input") == "gibberish":
-                return self._send(200, {"queryresult": {"success": False, "error": False,
-                                                        "tips": {"text": "Check your spelling"}}})
+                return self._send(
+                    200, {"queryresult": {"success": False, "error": False, "tips": {"text": "Check your spelling"}}}
+                )
             return self._send(200, WOLFRAM_BODY)
         self._send(404, {"error": "not found"})
 
@@ -81,8 +114,12 @@ def test_brave_search_client(api, monkeypatch):
     path, q, headers = FakeAPI.seen[-1]
     assert q["q"] == "llama" and headers["Accept"] == "application/json"
     assert out["query"] == "llama" and len(out["top_k"]) == 3
-    assert out["top_k"][0] == {"title": "Result 0", "url": "https://example.com/0",
-                               "description": "About llamas, part 0", "extra_snippets": ["a", "b", "c"]}
+    assert out["top_k"][0] == {
+        "title": "Result 0",
+        "url": "https://example.com/0",
+        "description": "About llamas, part 0",
+        "extra_snippets": ["a", "b", "c"],
+    }
     with pytest.raises(ToolError, match="rate limited"):
         t({"query": "ratelimit"})
     with pytest.raises(ToolError, match="refused"):
@@ -98,8 +135,13 @@ def test_wolfram_alpha_client(api, monkeypatch):
     out = json.loads(t({"query": "integrate x^2"}))
     _, q, _ = FakeAPI.seen[-1]
     assert q == {"input": "integrate x^2", "appid": WOLFRAM_KEY, "format": "plaintext", "output": "json"}
-    assert out == {"success": True, "pods": [{"title": "Input interpretation", "results": ["integral x^2 dx"]},
-                                             {"title": "Indefinite integral", "results": ["x^3/3 + constant"]}]}
+    assert out == {
+        "success": True,
+        "pods": [
+            {"title": "Input interpretation", "results": ["integral x^2 dx"]},
+            {"title": "Indefinite integral", "results": ["x^3/3 + constant"]},
+        ],
+    }
     assert json.loads(t({"query": "gibberish"})) == {"success": False, "message": "Check your spelling"}
     with pytest.raises(ToolError, match="Invalid appid"):
         WolframAlpha(api_key="bad", base_url=api + "/v2/query")("2+2")
@@ -136,12 +178,23 @@ def test_custom_tool_registration():
         return {"city": city, "unit": unit, "temp": 21}
 
     assert isinstance(get_weather, Tool) and not get_weather.builtin
-    assert get_weather.spec() == {"type": "function", "function": {
-        "name": "get_weather", "description": "Current weather for a city.", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"},
-                                             "unit": {"enum": ["celsius", "fahrenheit"], "default": "celsius"},
-                                             "days": {"type": "array", "items": {"type": "integer"}, "default": None}},
-            "required": ["city"], "additionalProperties": False}}}
+    assert get_weather.spec() == {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"enum": ["celsius", "fahrenheit"], "default": "celsius"},
+                    "days": {"type": "array", "items": {"type": "integer"}, "default": None},
+                },
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
     assert json.loads(get_weather({"city": "Paris"})) == {"city": "Paris", "unit": "celsius", "temp": 21}
     with pytest.raises(ToolError, match="invalid arguments"):
         get_weather({"city": "Paris", "unit": "kelvin"})
@@ -162,8 +215,10 @@ def test_package_exports_are_lazy():
     import subprocess
     import sys
 
-    code = ("import sys; from lhama.tools import run_python, SandboxLimits; assert 'torch' not in sys.modules; "
-            "from lhama.tools import Agent, tool, builtin_tool, Transcript, ToolCallStreamParser; print('ok')")
+    code = (
+        "import sys; from lhama.tools import run_python, SandboxLimits; assert 'torch' not in sys.modules; "
+        "from lhama.tools import Agent, tool, builtin_tool, Transcript, ToolCallStreamParser; print('ok')"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "ok", p.stderr
     import lhama.tools

@@ -31,13 +31,17 @@ def ref():
     return ChatFormat(Tokenizer.get_instance())
 
 
-CUSTOM = ['{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}',
-          '{"type": "function", "name": "trending_songs", "parameters": {"n": "10", "genre": "rock"}}',
-          '<function=spotify_trending_songs>{"n": "5"}</function>',
-          '[get_weather(city="San Francisco", metric="celsius")]',
-          '{"name": "brave_search", "parameters": {"q": "llama"}}']
-BUILTIN = ['brave_search.call(query="current weather in Menlo Park")',
-           'wolfram_alpha.call(query="solve x^3 - 4x^2 + 6x - 24 = 0")']
+CUSTOM = [
+    '{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}',
+    '{"type": "function", "name": "trending_songs", "parameters": {"n": "10", "genre": "rock"}}',
+    '<function=spotify_trending_songs>{"n": "5"}</function>',
+    '[get_weather(city="San Francisco", metric="celsius")]',
+    '{"name": "brave_search", "parameters": {"q": "llama"}}',
+]
+BUILTIN = [
+    'brave_search.call(query="current weather in Menlo Park")',
+    'wolfram_alpha.call(query="solve x^3 - 4x^2 + 6x - 24 = 0")',
+]
 CODE = ["import math\nprint(math.sqrt(2))", "def f(x):\n    return x * 2\nprint(f(21))"]
 PROSE = ["The capital of France is Paris.", 'JSON looks like {"a": 1} in text.', "[citation needed] here"]
 
@@ -46,8 +50,11 @@ def ref_call(ref, text: str, tag: bool, end: str = "<|eom_id|>"):
     from llama_models.datatypes import StopReason
 
     tok = ref.tokenizer
-    ids = ([tok.special_tokens["<|python_tag|>"]] if tag else []) + tok.encode(text, bos=False, eos=False) + \
-        [tok.special_tokens[end]]
+    ids = (
+        ([tok.special_tokens["<|python_tag|>"]] if tag else [])
+        + tok.encode(text, bos=False, eos=False)
+        + [tok.special_tokens[end]]
+    )
     m = ref.decode_assistant_message(ids, StopReason.end_of_turn)
     return m, ids
 
@@ -63,8 +70,7 @@ def test_calls_agree_with_llama_models(fmt, ref, text):
     got = fmt.decode_assistant(ids)
     assert want.tool_calls, "llama-models should see a call here"
     assert [c["function"]["name"] for c in got["tool_calls"]] == [name_of(c.tool_name) for c in want.tool_calls]
-    assert [json.loads(c["function"]["arguments"]) for c in got["tool_calls"]] == \
-        [c.arguments for c in want.tool_calls]
+    assert [json.loads(c["function"]["arguments"]) for c in got["tool_calls"]] == [c.arguments for c in want.tool_calls]
     assert got["stop_reason"] == want.stop_reason.value
 
 

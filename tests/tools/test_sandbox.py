@@ -22,6 +22,7 @@ def bubblewrap_installed():
     how to install it) rather than skip, so a machine that cannot sandbox is never green."""
     needs.binary("bwrap", "bubblewrap")
 
+
 FAST = SandboxLimits(cpu_seconds=3, wall_seconds=8, memory_mb=512, max_processes=16, max_output_bytes=200_000)
 
 
@@ -58,9 +59,14 @@ def _scan() -> list[int]:
 
 
 def test_runs_code_with_stdin_files_and_packages():
-    res = run_python("import sys, numpy\nname = input()\nprint(open('data/in.txt').read(), name, numpy.arange(3).sum())\n"
-                     "open('out.txt', 'w').write('written')\nprint('err', file=sys.stderr)",
-                     stdin="bob\n", files={"data/in.txt": "hello"}, limits=FAST, return_files=True)
+    res = run_python(
+        "import sys, numpy\nname = input()\nprint(open('data/in.txt').read(), name, numpy.arange(3).sum())\n"
+        "open('out.txt', 'w').write('written')\nprint('err', file=sys.stderr)",
+        stdin="bob\n",
+        files={"data/in.txt": "hello"},
+        limits=FAST,
+        return_files=True,
+    )
     assert isinstance(res, SandboxResult)
     assert res.ok and res.exit_code == 0 and res.killed_reason is None and not res.timed_out
     assert res.stdout == "hello bob 3\n" and res.stderr == "err\n"
@@ -80,10 +86,12 @@ def test_cannot_read_outside_files(tmp_path):
     secret.write_text("do not read")
     project_file = Path(__file__).resolve()
     paths = ["/etc/shadow", "/etc/passwd", str(secret), str(project_file), "/root/.bash_history"]
-    code = (f"import os\nfor p in {paths!r}:\n"
-            "    try:\n        print('READ', p, open(p).read()[:20])\n"
-            "    except OSError as e:\n        print('DENIED', p, type(e).__name__)\n"
-            "print(sorted(os.listdir('/')))")
+    code = (
+        f"import os\nfor p in {paths!r}:\n"
+        "    try:\n        print('READ', p, open(p).read()[:20])\n"
+        "    except OSError as e:\n        print('DENIED', p, type(e).__name__)\n"
+        "print(sorted(os.listdir('/')))"
+    )
     res = run_python(code, limits=FAST)
     assert res.ok, res.stderr
     assert "READ" not in res.stdout and res.stdout.count("DENIED") == 5
@@ -91,19 +99,23 @@ def test_cannot_read_outside_files(tmp_path):
 
 
 def test_cannot_write_outside_scratch():
-    code = ("import os\nfor p in ['/usr/evil', '/etc/evil', {!r}, '/evil']:\n"
-            "    try:\n        open(p, 'w').write('x'); print('WROTE', p)\n"
-            "    except OSError as e:\n        print('DENIED', p)\n").format(str(Path(__file__).with_name("evil.txt")))
+    code = (
+        "import os\nfor p in ['/usr/evil', '/etc/evil', {!r}, '/evil']:\n"
+        "    try:\n        open(p, 'w').write('x'); print('WROTE', p)\n"
+        "    except OSError as e:\n        print('DENIED', p)\n"
+    ).format(str(Path(__file__).with_name("evil.txt")))
     res = run_python(code, limits=FAST)
     assert res.ok and "WROTE" not in res.stdout and res.stdout.count("DENIED") == 4
     assert not Path(__file__).with_name("evil.txt").exists()
 
 
 def test_cannot_regain_root_or_capabilities():
-    res = run_python("import os\nprint(os.getuid())\ntry:\n    os.setuid(0); print('ROOT')\n"
-                     "except PermissionError:\n    print('no-root')\n"
-                     "print([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1])",
-                     limits=FAST)
+    res = run_python(
+        "import os\nprint(os.getuid())\ntry:\n    os.setuid(0); print('ROOT')\n"
+        "except PermissionError:\n    print('no-root')\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1])",
+        limits=FAST,
+    )
     assert res.ok, res.stderr
     uid, verdict, caps = res.stdout.split()
     assert verdict == "no-root" and int(caps, 16) == 0
@@ -116,9 +128,11 @@ def test_no_network_even_to_loopback_listener():
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    code = (f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONNECTED')\n"
-            "except OSError as e:\n    print('BLOCKED', type(e).__name__)\n"
-            "try:\n    socket.getaddrinfo('pypi.org', 443); print('RESOLVED')\nexcept OSError:\n    print('NO DNS')")
+    code = (
+        f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=3); print('CONNECTED')\n"
+        "except OSError as e:\n    print('BLOCKED', type(e).__name__)\n"
+        "try:\n    socket.getaddrinfo('pypi.org', 443); print('RESOLVED')\nexcept OSError:\n    print('NO DNS')"
+    )
     res = run_python(code, limits=FAST)
     listener.setblocking(False)
     with pytest.raises(BlockingIOError):  # nothing reached the backlog
@@ -140,8 +154,10 @@ def test_fork_bomb_is_contained(pinned_uid, use_cgroup):
     assert time.monotonic() - start < 10
     assert _sandbox_processes() == []
     # A few processes that merely sleep past the wall clock are still a wall_time, not a bomb.
-    res = run_python("import subprocess, time\nkids = [subprocess.Popen(['sleep', '100']) for _ in range(3)]\n"
-                     "time.sleep(100)", limits=SandboxLimits(wall_seconds=2, max_processes=16, use_cgroup=use_cgroup))
+    res = run_python(
+        "import subprocess, time\nkids = [subprocess.Popen(['sleep', '100']) for _ in range(3)]\ntime.sleep(100)",
+        limits=SandboxLimits(wall_seconds=2, max_processes=16, use_cgroup=use_cgroup),
+    )
     assert res.killed_reason == "wall_time" and res.timed_out
     # The plain bomb (no except) dies on the first refused fork and is named for it.
     res = run_python("import os\nwhile True:\n    os.fork()\n", limits=SandboxLimits(wall_seconds=5, max_processes=16))
@@ -161,7 +177,9 @@ def test_infinite_loop_hits_cpu_limit():
 
 
 def test_sleeping_forever_hits_wall_time_and_leaves_nothing_behind(pinned_uid):
-    code = "import subprocess, time\nsubprocess.Popen(['sleep', '1000'])\nprint('started', flush=True)\ntime.sleep(1000)"
+    code = (
+        "import subprocess, time\nsubprocess.Popen(['sleep', '1000'])\nprint('started', flush=True)\ntime.sleep(1000)"
+    )
     res = run_python(code, limits=SandboxLimits(wall_seconds=1.5))
     assert res.timed_out and res.killed_reason == "wall_time" and res.stdout == "started\n"
     assert 1.4 < res.duration_s < 5
@@ -231,8 +249,10 @@ print(r.ok, r.stdout.strip(), bomb.killed_reason, "ConnectionRefusedError" in ne
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not sandbox.shutil.which("setpriv"),
-                    reason="needs root (to become nobody), setpriv and a system python")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists() or not sandbox.shutil.which("setpriv"),
+    reason="needs root (to become nobody), setpriv and a system python",
+)
 def test_the_unprivileged_path_as_nobody():
     """Run as a normal user, the sandbox uses bwrap's user namespace instead of setpriv."""
     import subprocess
@@ -241,9 +261,25 @@ def test_the_unprivileged_path_as_nobody():
 
     src = str(Path(sandbox.__file__).resolve().parents[2])
     site = str(Path(pyseccomp.__file__).parent)
-    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
-                        UNPRIVILEGED, src, site], check=False, capture_output=True, text=True, timeout=60, cwd="/tmp",
-                       env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    p = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            UNPRIVILEGED,
+            src,
+            site,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/tmp",
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == ["True", "65534", "processes", "True"]
 
@@ -322,11 +358,15 @@ def test_the_filter_is_what_stops_user_namespaces(monkeypatch):
     def without_filter(*args):
         a = argv(*args)
         i = a.index("--seccomp")
-        return a[:i] + a[i + 2:]
+        return a[:i] + a[i + 2 :]
 
     monkeypatch.setattr(sandbox, "_bwrap_argv", without_filter)
-    res = run_python("import subprocess\nprint(subprocess.run(['unshare', '-Urm', 'mount', '-t', 'tmpfs', 'none',"
-                     " '/tmp']).returncode)", limits=FAST, site_packages=False)
+    res = run_python(
+        "import subprocess\nprint(subprocess.run(['unshare', '-Urm', 'mount', '-t', 'tmpfs', 'none',"
+        " '/tmp']).returncode)",
+        limits=FAST,
+        site_packages=False,
+    )
     assert res.stdout.strip() == "0", res.stderr
 
 
@@ -377,7 +417,9 @@ def test_every_denied_call_is_known_to_libseccomp():
 
     from lhama.tools.sandbox_seccomp import DENIED
 
-    known = {arch: {n for n in DENIED if pyseccomp.resolve_syscall(arch, n) >= 0}
-             for arch in (pyseccomp.Arch.X86_64, pyseccomp.Arch.X86)}
+    known = {
+        arch: {n for n in DENIED if pyseccomp.resolve_syscall(arch, n) >= 0}
+        for arch in (pyseccomp.Arch.X86_64, pyseccomp.Arch.X86)
+    }
     assert set(DENIED) - known[pyseccomp.Arch.X86_64] == {"vm86", "vm86old"}  # 32-bit x86 only
     assert {"vm86", "vm86old"} <= known[pyseccomp.Arch.X86]

@@ -12,13 +12,35 @@ import pytest
 
 from tests.server.conftest import MODEL, ServerProcess
 
-WEATHER = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
-                   "required": ["city"], "additionalProperties": False}}}]
-CALL_SCHEMA = {"type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}}, "required": ["city"],
-    "additionalProperties": False}}, "required": ["name", "parameters"], "additionalProperties": False}
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    }
+]
+CALL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["name", "parameters"],
+    "additionalProperties": False,
+}
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 
@@ -32,8 +54,15 @@ def client(tmp_path_factory):
 
 
 def test_auto_tool_call_streams_as_tool_calls_never_as_content(client):
-    kw = dict(model=MODEL, messages=ASK, tools=WEATHER, tool_choice="auto", max_tokens=40, temperature=0,
-              response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}})
+    kw = dict(
+        model=MODEL,
+        messages=ASK,
+        tools=WEATHER,
+        tool_choice="auto",
+        max_tokens=40,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": CALL_SCHEMA}},
+    )
     whole = client.chat.completions.create(**kw)
     assert whole.choices[0].finish_reason == "tool_calls" and whole.choices[0].message.content is None
     call = whole.choices[0].message.tool_calls[0]
@@ -44,12 +73,20 @@ def test_auto_tool_call_streams_as_tool_calls_never_as_content(client):
     assert content == ""  # no '{', no partial JSON leaked as text
     assert len(calls) == 1 and calls[0].index == 0 and calls[0].id.startswith("call_")
     assert calls[0].function.name == "get_weather" and calls[0].function.arguments == call.function.arguments
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["tool_calls"]
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
 
 
 def test_auto_prose_streams_token_by_token_and_matches_whole(client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Say hello to Ada in one sentence."}],
-              tools=WEATHER, tool_choice="auto", max_tokens=24, temperature=0)
+    kw = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello to Ada in one sentence."}],
+        tools=WEATHER,
+        tool_choice="auto",
+        max_tokens=24,
+        temperature=0,
+    )
     whole = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True))
     pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
@@ -64,12 +101,24 @@ def test_auto_prose_streams_token_by_token_and_matches_whole(client):
 def test_tools_reach_a_template_without_tool_support(client):
     """SmolLM2's own template ignores tools; lhama writes them into the system prompt instead."""
     plain = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=1)
-    with_tools = client.chat.completions.create(model=MODEL, messages=ASK, tools=WEATHER, tool_choice="auto",
-                                                max_tokens=1)
+    with_tools = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=WEATHER, tool_choice="auto", max_tokens=1
+    )
     assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + 40
-    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "temp_c": 21}'}]
+    history = ASK + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny", "temp_c": 21}'},
+    ]
     r = client.chat.completions.create(model=MODEL, messages=history, tools=WEATHER, max_tokens=12, temperature=0)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
@@ -77,9 +126,13 @@ def test_tools_reach_a_template_without_tool_support(client):
 def test_required_builtin_tool_gets_its_own_arguments(client):
     """A built-in named without parameters is still called with its real ones (code / query)."""
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Compute 2**10 with Python."}],
-        tools=[{"type": "function", "function": {"name": "code_interpreter"}}], tool_choice="required",
-        max_tokens=40, temperature=0)
+        model=MODEL,
+        messages=[{"role": "user", "content": "Compute 2**10 with Python."}],
+        tools=[{"type": "function", "function": {"name": "code_interpreter"}}],
+        tool_choice="required",
+        max_tokens=40,
+        temperature=0,
+    )
     c = r.choices[0]
     assert c.finish_reason == "tool_calls", c
     call = c.message.tool_calls[0]

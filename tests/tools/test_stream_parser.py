@@ -92,7 +92,7 @@ def test_prose_streams_before_the_turn_ends(fmt):
 
 
 def test_call_openings_are_held_back(fmt):
-    for text in ['{"name": "get_weather", "param', '<function=get_', '[get_weather(city="S', " <tool_c", "brave_sea"]:
+    for text in ['{"name": "get_weather", "param', "<function=get_", '[get_weather(city="S', " <tool_c", "brave_sea"]:
         parser = ToolCallStreamParser(fmt)
         assert parser.feed(fmt.tokenizer.encode(text)).content == ""
     assert could_open_call("   ") and could_open_call("[") and not could_open_call("Hi [")
@@ -135,8 +135,10 @@ def test_jinja_format_tool_call_wrappers(smollm2_path):
 
     tok = load_tokenizer(smollm2_path)
     fmt = load_chat_format(smollm2_path, tok)
-    ids = tok.encode('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
-                     allow_special=True)
+    ids = tok.encode(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        allow_special=True,
+    )
     parser = ToolCallStreamParser(fmt)
     contents, calls = stream(parser, ids, list(range(0, len(ids), 2)))
     assert "".join(contents) == "" and calls[0]["function"]["name"] == "get_weather"

@@ -15,9 +15,20 @@ from lhama.errors import ConfigError
 from lhama.tools.transcript import Transcript
 
 GOOD = Transcript("scripted", [{"type": "code_interpreter"}], {}, [{"role": "user", "content": "2**10?"}])
-GOOD.model_step({"role": "assistant", "content": None, "tool_calls": [
-    {"id": "c1", "type": "function", "function": {"name": "code_interpreter", "arguments": '{"code": "print(2**10)"}'}}]},
-    [1, 2, 3])
+GOOD.model_step(
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "code_interpreter", "arguments": '{"code": "print(2**10)"}'},
+            }
+        ],
+    },
+    [1, 2, 3],
+)
 GOOD.tool_step("c1", "code_interpreter", {"code": "print(2**10)"}, "completed\n[stdout]\n1024\n[/stdout]", False)
 GOOD.shield_step({"shield": "s", "role": "user", "allowed": True, "categories": [], "message": ""})
 GOOD.finish("1024", "end_of_turn")

@@ -15,8 +15,9 @@ from lhama.train.data import Example, make_rows
 
 @pytest.fixture
 def tiny_args() -> ModelArgs:
-    return ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64,
-                     rope_theta=10000.0, max_seq_len=128)
+    return ModelArgs(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, hidden_dim=64, rope_theta=10000.0, max_seq_len=128
+    )
 
 
 @pytest.fixture
@@ -49,8 +50,17 @@ def write_chat_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     with open(path, "w") as f:
         for _ in range(n):
             a, b = r.randint(2, 60), r.randint(2, 60)
-            f.write(json.dumps({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
-                                             {"role": "assistant", "content": f"#### {a + b}"}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": f"What is {a} plus {b}?"},
+                            {"role": "assistant", "content": f"#### {a + b}"},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return path
 
 

@@ -15,8 +15,17 @@ _CACHE: dict[str, Path] = {}
 
 
 def tiny_smol_args(dim: int = 32, n_layers: int = 2) -> ModelArgs:
-    return ModelArgs(dim=dim, n_layers=n_layers, n_heads=4, n_kv_heads=2, vocab_size=49152, hidden_dim=2 * dim,
-                     rope_theta=100000.0, max_seq_len=512, tie_embeddings=True)
+    return ModelArgs(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=49152,
+        hidden_dim=2 * dim,
+        rope_theta=100000.0,
+        max_seq_len=512,
+        tie_embeddings=True,
+    )
 
 
 def tiny_smol_folder(base: Path, smollm2_path: Path, *, seed: int = 0, dim: int = 32) -> Path:
@@ -44,8 +53,13 @@ def arithmetic_pairs(lo: int, hi: int) -> list[dict]:
     out = []
     for a in range(lo, hi):
         b = (a * 7) % 13 + 2
-        out.append({"prompt": f"What is {a} plus {b}?", "chosen": f"{a} plus {b} is {a + b}.",
-                    "rejected": "I am not sure, I cannot do that."})
+        out.append(
+            {
+                "prompt": f"What is {a} plus {b}?",
+                "chosen": f"{a} plus {b} is {a + b}.",
+                "rejected": "I am not sure, I cannot do that.",
+            }
+        )
     return out
 
 

@@ -8,14 +8,15 @@ import json
 import pytest
 
 from lhama.errors import ChatFormatError, ConfigError
-from lhama.train.data import (IGNORE, BatchIterator, load_chat_examples, load_text_examples, make_rows,
-                              tokenize_chat)
+from lhama.train.data import IGNORE, BatchIterator, load_chat_examples, load_text_examples, make_rows, tokenize_chat
 
-CONVO = [{"role": "system", "content": "Be brief."},
-         {"role": "user", "content": "Capital of France?"},
-         {"role": "assistant", "content": "Paris."},
-         {"role": "user", "content": "And of Italy?"},
-         {"role": "assistant", "content": "Rome."}]
+CONVO = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome."},
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,9 @@ def test_bad_chat_rows_are_reported_with_line_numbers(tmp_path, llama3_format):
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(ConfigError, match="no assistant message"):
         load_chat_examples(f, llama3_format)
-    f.write_text(json.dumps({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}) + "\n")
+    f.write_text(
+        json.dumps({"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "x"}]}) + "\n"
+    )
     with pytest.raises(ChatFormatError, match="bad.jsonl:1"):
         load_chat_examples(f, llama3_format)
     with pytest.raises(ConfigError, match="does not exist"):
@@ -106,13 +109,25 @@ def test_iterator_position_round_trips(synthetic_rows):
 
 
 def test_tool_calls_are_trained_and_tool_results_are_not(llama3_format):
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
-    convo = [{"role": "user", "content": "Weather in Paris?"},
-             {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather",
-                                                                                     "arguments": '{"city": "Paris"}'}}]},
-             {"role": "tool", "content": '{"temp": 21}'},
-             {"role": "assistant", "content": "21 degrees."}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    convo = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+        },
+        {"role": "tool", "content": '{"temp": 21}'},
+        {"role": "assistant", "content": "21 degrees."},
+    ]
     ex = tokenize_chat(convo, llama3_format, tools=tools)
     spans = _labeled_spans(ex, llama3_format.tokenizer)
     assert len(spans) == 2 and "get_weather" in spans[0] and spans[1] == "21 degrees.<|eot_id|>"

@@ -66,8 +66,11 @@ def test_heldout_sets_are_regenerated_exactly_and_share_no_prompt_with_training(
     recipe = DefaultModelRecipe.from_file(ROOT / "recipes" / "default-model.yaml")
     train = build_records("train", {k: v for k, v in recipe.sizes.items() if k != "tool"}, recipe.seed)
     train_prompts = {json.dumps(r["messages"][-1]["content"]) for r in train}
-    heldout = [json.loads(x) for t in ("rag", "brief", "phrase", "tool")
-               for x in (ROOT / "recipes" / "heldout" / f"{t}.jsonl").read_text(encoding="utf-8").splitlines()]
+    heldout = [
+        json.loads(x)
+        for t in ("rag", "brief", "phrase", "tool")
+        for x in (ROOT / "recipes" / "heldout" / f"{t}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert not train_prompts & {json.dumps(r["messages"][-1]["content"]) for r in heldout}
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert all(r["messages"][-1]["content"] not in readme for r in heldout)
@@ -75,12 +78,17 @@ def test_heldout_sets_are_regenerated_exactly_and_share_no_prompt_with_training(
 
 def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, smollm2_path):
     base = tiny_smol_folder(tmp_path, smollm2_path)
-    r = DefaultModelRecipe(base=str(base), output_dir=str(tmp_path / "run"), sizes={"tool": 1, "rag": 1, "brief": 2},
-                           dpo_sizes={"tool": 1, "brief": 2}, sample_limit=3,
-                           sample={"num_candidates": 2, "temperature": 1.0, "max_tokens": 8},
-                           sft={"lr": 1e-3, "max_steps": 2, "batch_size": 2, "max_seq_len": 512, "progress": False},
-                           dpo={"lr": 1e-3, "max_steps": 1, "batch_size": 2, "max_seq_len": 512, "progress": False},
-                           dpo_rounds=1)
+    r = DefaultModelRecipe(
+        base=str(base),
+        output_dir=str(tmp_path / "run"),
+        sizes={"tool": 1, "rag": 1, "brief": 2},
+        dpo_sizes={"tool": 1, "brief": 2},
+        sample_limit=3,
+        sample={"num_candidates": 2, "temperature": 1.0, "max_tokens": 8},
+        sft={"lr": 1e-3, "max_steps": 2, "batch_size": 2, "max_seq_len": 512, "progress": False},
+        dpo={"lr": 1e-3, "max_steps": 1, "batch_size": 2, "max_seq_len": 512, "progress": False},
+        dpo_rounds=1,
+    )
     log = run(r, ship=str(tmp_path / "ship"))
     assert log["sample"]["from_model"] + log["sample"]["from_gold"] + log["sample"]["not_sampled"] == 5
     assert log["sft"]["steps"] == 2 and log["dpo1"]["steps"] == 1

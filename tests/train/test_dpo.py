@@ -17,8 +17,18 @@ from lhama.model.lora import LoraConfig, apply_lora
 from lhama.peft_adapter import load_peft_adapter
 from lhama.train.config import TrainConfig
 from lhama.train.data import IGNORE
-from lhama.train.dpo import (DPOConfig, DPOLoss, PairIterator, collate_pairs, dpo_losses,
-                             precompute_reference, preference_margin, run_dpo, sequence_logps, tokenize_pairs)
+from lhama.train.dpo import (
+    DPOConfig,
+    DPOLoss,
+    PairIterator,
+    collate_pairs,
+    dpo_losses,
+    precompute_reference,
+    preference_margin,
+    run_dpo,
+    sequence_logps,
+    tokenize_pairs,
+)
 from lhama.train.recipe import RecipeOptions
 from tests.train.smol_tiny import arithmetic_pairs, tiny_smol_folder, write_jsonl
 
@@ -49,8 +59,10 @@ def test_loss_formulas():
     assert ipo == pytest.approx((h - 1.0) ** 2)
 
 
-@pytest.mark.parametrize("bad", [dict(beta=0), dict(loss="hinge"), dict(label_smoothing=0.5),
-                                 dict(reference="nope"), dict(max_prompt_len=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(beta=0), dict(loss="hinge"), dict(label_smoothing=0.5), dict(reference="nope"), dict(max_prompt_len=-1)],
+)
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ConfigError):
         DPOConfig(**bad)
@@ -58,9 +70,14 @@ def test_config_rejects_bad_values(bad):
 
 def test_tokenize_pairs_labels_exactly_the_answer(smol):
     fmt, tok = smol.chat_format, smol.tokenizer
-    recs = [{"prompt": "Hi there", "chosen": "Hello!", "rejected": [{"role": "assistant", "content": "Go away."}]},
-            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
-             "chosen": {"role": "assistant", "content": "4"}, "rejected": "5"}]
+    recs = [
+        {"prompt": "Hi there", "chosen": "Hello!", "rejected": [{"role": "assistant", "content": "Go away."}]},
+        {
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+            "chosen": {"role": "assistant", "content": "4"},
+            "rejected": "5",
+        },
+    ]
     rows, cut = tokenize_pairs(recs, fmt, 128, 0)
     assert cut == 0 and len(rows) == 2
     ids, targets = rows[0].chosen
@@ -113,7 +130,7 @@ def test_every_reference_mode_starts_at_log2(smol_dir):
     batch = collate_pairs(rows)
     apply_lora(lm.model, LoraConfig(rank=4, target_modules=("all",)))
     gen = torch.Generator().manual_seed(0)
-    for name, lora in lm.model.named_modules():
+    for _name, lora in lm.model.named_modules():
         if hasattr(lora, "lora_b"):  # make the adapters non-zero: adapters_off must really switch them off
             with torch.no_grad():
                 lora.lora_b.weight.copy_(torch.randn(lora.lora_b.weight.shape, generator=gen))
@@ -148,9 +165,12 @@ def test_dpo_lora_run_raises_heldout_margin(tmp_path, smol_dir):
     train = write_jsonl(tmp_path / "train.jsonl", arithmetic_pairs(1, 17))
     held = write_jsonl(tmp_path / "held.jsonl", arithmetic_pairs(40, 46))
     out = tmp_path / "run"
-    s = run_dpo(RecipeOptions(model=str(smol_dir), data=(str(train),), eval_data=str(held)),
-                TrainConfig(lr=5e-3, max_steps=12, batch_size=4, max_seq_len=96, output_dir=str(out), progress=False),
-                LoraConfig(rank=8, alpha=16), DPOConfig(beta=0.1, reference="adapters_off"))
+    s = run_dpo(
+        RecipeOptions(model=str(smol_dir), data=(str(train),), eval_data=str(held)),
+        TrainConfig(lr=5e-3, max_steps=12, batch_size=4, max_seq_len=96, output_dir=str(out), progress=False),
+        LoraConfig(rank=8, alpha=16),
+        DPOConfig(beta=0.1, reference="adapters_off"),
+    )
     before, after = s["eval_before"]["margin"], s["eval_after"]["margin"]
     assert after > before + 1.0, (before, after)
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -171,18 +191,40 @@ def test_cli_finetune_dpo_with_config_file(tmp_path, smol_dir, capsys):
 
     train = write_jsonl(tmp_path / "train.jsonl", arithmetic_pairs(1, 9))
     cfg = tmp_path / "dpo.yaml"
-    cfg.write_text(f"model: {smol_dir}\ndata: {train}\nmax_steps: 3\nbatch_size: 4\nmax_seq_len: 96\n"
-                   f"lr: 0.001\nref_model: {smol_dir}\ndpo:\n  beta: 0.2\n  reference: precompute\n")
-    assert main(["finetune", "--recipe", "dpo", "--config", str(cfg), "--output-dir", str(tmp_path / "out"),
-                 "--no-progress", "--dpo-loss", "ipo"]) == 0
+    cfg.write_text(
+        f"model: {smol_dir}\ndata: {train}\nmax_steps: 3\nbatch_size: 4\nmax_seq_len: 96\n"
+        f"lr: 0.001\nref_model: {smol_dir}\ndpo:\n  beta: 0.2\n  reference: precompute\n"
+    )
+    assert (
+        main(
+            [
+                "finetune",
+                "--recipe",
+                "dpo",
+                "--config",
+                str(cfg),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--dpo-loss",
+                "ipo",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["recipe"] == "dpo" and summary["steps"] == 3 and summary["pairs"] == 8
     # The separate reference is the same weights as the starting policy, so step 1 is at the IPO
     # loss of h = 0: (1 / (2 beta))^2.
     first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx((1 / 0.4) ** 2, rel=1e-4)
-    assert summary["dpo"] == {"beta": 0.2, "loss": "ipo", "label_smoothing": 0.0, "reference": "precompute",
-                              "max_prompt_len": 0}
+    assert summary["dpo"] == {
+        "beta": 0.2,
+        "loss": "ipo",
+        "label_smoothing": 0.0,
+        "reference": "precompute",
+        "max_prompt_len": 0,
+    }
     assert list(Path(summary["model_out"]).glob("*.safetensors"))
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model: {smol_dir}\ndata: {train}\ndpo:\n  betta: 0.2\n")
@@ -196,10 +238,20 @@ def test_dpo_on_smollm2_raises_margin_on_heldout_pairs(tmp_path, smollm2_path):
     on held-out pairs it never saw."""
     train = write_jsonl(tmp_path / "train.jsonl", arithmetic_pairs(1, 33))
     held = write_jsonl(tmp_path / "held.jsonl", arithmetic_pairs(60, 76))
-    s = run_dpo(RecipeOptions(model=str(smollm2_path), data=(str(train),), eval_data=str(held)),
-                TrainConfig(lr=2e-4, max_steps=16, batch_size=4, max_seq_len=96, warmup_steps=2,
-                            output_dir=str(tmp_path / "run"), progress=False),
-                LoraConfig(rank=8, alpha=16), DPOConfig(beta=0.1, reference="adapters_off"))
+    s = run_dpo(
+        RecipeOptions(model=str(smollm2_path), data=(str(train),), eval_data=str(held)),
+        TrainConfig(
+            lr=2e-4,
+            max_steps=16,
+            batch_size=4,
+            max_seq_len=96,
+            warmup_steps=2,
+            output_dir=str(tmp_path / "run"),
+            progress=False,
+        ),
+        LoraConfig(rank=8, alpha=16),
+        DPOConfig(beta=0.1, reference="adapters_off"),
+    )
     print(json.dumps({k: s[k] for k in ("eval_before", "eval_after", "final_loss", "steps")}))
     assert s["eval_after"]["margin"] > s["eval_before"]["margin"] + 1.0
     assert s["eval_after"]["accuracy"] >= s["eval_before"]["accuracy"]

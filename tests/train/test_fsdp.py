@@ -22,16 +22,34 @@ def _metrics(out: Path) -> list[dict]:
 
 def _launch(cmd: list[str]) -> subprocess.Popen:
     # No LoRA dropout: each process draws its own masks, so only a dropout-free run can match exactly.
-    return subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "LORA_DROPOUT": "0"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "LORA_DROPOUT": "0"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "lora"])
 def test_two_process_fsdp_matches_one_process(tmp_path, lora):
     flags = ["--lora"] if lora else []
     one = _launch([sys.executable, str(SCRIPT), str(tmp_path / "one"), "4", "0", *flags])
-    two = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   str(SCRIPT), str(tmp_path / "two"), "4", "0", *flags])
+    two = _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            str(tmp_path / "two"),
+            "4",
+            "0",
+            *flags,
+        ]
+    )
     for p in (one, two):
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out
@@ -60,8 +78,21 @@ def test_one_process_checkpoint_resumes_under_two_processes(tmp_path):
     ckpts = tmp_path / "part" / "checkpoints"
     shutil.rmtree(ckpts / "step-000006")
     (ckpts / "latest").write_text("step-000004\n")
-    two = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   str(SCRIPT), str(tmp_path / "part"), "6", "0", "--resume"])
+    two = _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            str(tmp_path / "part"),
+            "6",
+            "0",
+            "--resume",
+        ]
+    )
     out, _ = two.communicate(timeout=300)
     assert two.returncode == 0 and "(step 4 of 6)" in out, out
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "part")
@@ -76,11 +107,38 @@ def test_finetune_cli_under_torchrun_matches_one_process(tmp_path):
     from conftest import write_chat_jsonl
 
     data = write_chat_jsonl(tmp_path / "chat.jsonl", 16)
-    args = ["finetune", "--recipe", "sft", "--model", "tiny-llama3", "--data", str(data), "--max-steps", "3",
-            "--batch-size", "4", "--max-seq-len", "64", "--no-progress"]
+    args = [
+        "finetune",
+        "--recipe",
+        "sft",
+        "--model",
+        "tiny-llama3",
+        "--data",
+        str(data),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-seq-len",
+        "64",
+        "--no-progress",
+    ]
     one = _launch([sys.executable, "-m", "lhama.cli", *args, "--output-dir", str(tmp_path / "one")])
-    two = _launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   "-m", "lhama.cli", *args, "--output-dir", str(tmp_path / "two")])
+    two = _launch(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "lhama.cli",
+            *args,
+            "--output-dir",
+            str(tmp_path / "two"),
+        ]
+    )
     for p in (one, two):
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out

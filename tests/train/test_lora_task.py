@@ -37,8 +37,12 @@ def task_examples(n: int, *, held_out: bool, seed: int) -> list[dict]:
         if _held_out(a, b) != held_out:
             continue
         q = r.choice(PHRASES).format(a=a, b=b)
-        out.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"#### {a + b}"}],
-                    "answer": a + b})
+        out.append(
+            {
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": f"#### {a + b}"}],
+                "answer": a + b,
+            }
+        )
     return out
 
 
@@ -74,19 +78,54 @@ def test_lora_sft_improves_held_out_exact_match(smollm2_path, tmp_path, capsys):
     before = _scores(_greedy_answers(base, held_rows), held_rows)
     del base
     t0 = time.perf_counter()
-    rc = main(["finetune", "--recipe", "lora", "--model", str(smollm2_path), "--data", str(train),
-               "--eval-data", str(held), "--output-dir", str(tmp_path / "run"), "--max-steps", "30",
-               "--batch-size", "4", "--max-seq-len", "128", "--lr", "2e-3", "--warmup-steps", "3",
-               "--lora-rank", "16", "--lora-alpha", "32", "--lora-target", "all", "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "--recipe",
+            "lora",
+            "--model",
+            str(smollm2_path),
+            "--data",
+            str(train),
+            "--eval-data",
+            str(held),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "30",
+            "--batch-size",
+            "4",
+            "--max-seq-len",
+            "128",
+            "--lr",
+            "2e-3",
+            "--warmup-steps",
+            "3",
+            "--lora-rank",
+            "16",
+            "--lora-alpha",
+            "32",
+            "--lora-target",
+            "all",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     train_s = time.perf_counter() - t0
     tuned = load_model(smollm2_path, lora=tmp_path / "run" / "adapter", device="cpu")
     after = _scores(_greedy_answers(tuned, held_rows), held_rows)
-    report = {"heldout_examples": len(held_rows), "train_examples": 400, "steps": summary["steps"],
-              "train_seconds": round(train_s, 1), "tokens_per_s": summary.get("tokens_per_s"),
-              "heldout_loss_before": summary["eval_loss_before"], "heldout_loss_after": summary["eval_loss_after"],
-              "before": before, "after": after}
+    report = {
+        "heldout_examples": len(held_rows),
+        "train_examples": 400,
+        "steps": summary["steps"],
+        "train_seconds": round(train_s, 1),
+        "tokens_per_s": summary.get("tokens_per_s"),
+        "heldout_loss_before": summary["eval_loss_before"],
+        "heldout_loss_after": summary["eval_loss_after"],
+        "before": before,
+        "after": after,
+    }
     with capsys.disabled():
         print("\nLORA TASK RESULT " + json.dumps(report, indent=2))
     assert summary["eval_loss_after"] < 0.5 * summary["eval_loss_before"]

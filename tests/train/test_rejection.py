@@ -18,15 +18,24 @@ from lhama.loader import load_model
 from lhama.train.data import load_chat_examples
 from lhama.train.dpo import tokenize_pairs
 from lhama.train.rejection import RejectionConfig, prompt_messages, rejection_sample, select
-from lhama.train.rewards import (ExactAnswerReward, JudgeReward, Reward, RewardInputError, UnitTestReward,
-                                 answers_match, extract_answer, load_reward)
+from lhama.train.rewards import (
+    ExactAnswerReward,
+    JudgeReward,
+    Reward,
+    RewardInputError,
+    UnitTestReward,
+    answers_match,
+    extract_answer,
+    load_reward,
+)
 from tests.train.smol_tiny import tiny_smol_folder, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory, smollm2_path):
-    return load_model(tiny_smol_folder(tmp_path_factory.mktemp("smol"), smollm2_path), dtype=torch.float32,
-                      device="cpu")
+    return load_model(
+        tiny_smol_folder(tmp_path_factory.mktemp("smol"), smollm2_path), dtype=torch.float32, device="cpu"
+    )
 
 
 def shortest(record, candidates):
@@ -41,13 +50,16 @@ class PrefersDigits(Reward):
         return [float(sum(ch.isdigit() for ch in c)) for c in candidates]
 
 
-@pytest.mark.parametrize("text,answer", [
-    ("so the total is \\boxed{42}.", "42"),
-    ("Step 1: 3+4=7. The answer is 1,234.", "1234"),
-    ("Answer: Paris.", "paris"),
-    ("We get 3/4 of the cake", "0.75"),
-    ("first 5 then 17", "17"),
-])
+@pytest.mark.parametrize(
+    "text,answer",
+    [
+        ("so the total is \\boxed{42}.", "42"),
+        ("Step 1: 3+4=7. The answer is 1,234.", "1234"),
+        ("Answer: Paris.", "paris"),
+        ("We get 3/4 of the cake", "0.75"),
+        ("first 5 then 17", "17"),
+    ],
+)
 def test_extract_and_match(text, answer):
     assert answers_match(extract_answer(text), answer)
 
@@ -102,8 +114,10 @@ def test_judge_reward_is_a_deterministic_expected_rating(smol):
 
 
 def test_prompt_messages_and_select():
-    assert prompt_messages({"prompt": "hi", "system": "S"}) == [{"role": "system", "content": "S"},
-                                                                {"role": "user", "content": "hi"}]
+    assert prompt_messages({"prompt": "hi", "system": "S"}) == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "hi"},
+    ]
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "reference"}]
     assert prompt_messages({"messages": msgs}) == msgs[:1]
     with pytest.raises(ConfigError):
@@ -117,15 +131,18 @@ def test_prompt_messages_and_select():
 
 
 def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl",
-                          [{"prompt": f"Say a number near {i}."} for i in range(4)] + [{"messages": [
-                              {"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": f"Say a number near {i}."} for i in range(4)]
+        + [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]}],
+    )
     cfg = RejectionConfig(num_candidates=3, max_tokens=8, temperature=1.0, drop_truncated=False, prompts_per_chunk=2)
     records = [json.loads(line) for line in prompts.read_text().splitlines()]
     engine = LLMEngine.from_loaded(smol, EngineConfig(kv_cache_gb=0.05))
     out = tmp_path / "rs"
-    stats = rejection_sample(smol, records, load_reward("tests.train.test_rejection:shortest"), out, cfg,
-                             engine=engine, progress=False)
+    stats = rejection_sample(
+        smol, records, load_reward("tests.train.test_rejection:shortest"), out, cfg, engine=engine, progress=False
+    )
     assert stats["prompts"] == 5 and stats["candidates"] == 15
     ledger = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     for row in ledger:
@@ -148,10 +165,16 @@ def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
     from lhama.train.sft import run_sft
 
     tc = dict(max_steps=1, batch_size=2, max_seq_len=96, progress=False)
-    sft_run = run_sft(RecipeOptions(model=str(smol.path), data=(str(out / "sft.jsonl"),)),
-                      TrainConfig(output_dir=str(tmp_path / "sft"), **tc))
-    dpo_run = run_dpo(RecipeOptions(model=str(smol.path), data=(str(out / "dpo.jsonl"),)),
-                      TrainConfig(output_dir=str(tmp_path / "dpo"), **tc), None, DPOConfig())
+    sft_run = run_sft(
+        RecipeOptions(model=str(smol.path), data=(str(out / "sft.jsonl"),)),
+        TrainConfig(output_dir=str(tmp_path / "sft"), **tc),
+    )
+    dpo_run = run_dpo(
+        RecipeOptions(model=str(smol.path), data=(str(out / "dpo.jsonl"),)),
+        TrainConfig(output_dir=str(tmp_path / "dpo"), **tc),
+        None,
+        DPOConfig(),
+    )
     assert sft_run["steps"] == dpo_run["steps"] == 1 and dpo_run["pairs"] == len(dpo)
 
     # Kill mid-write: two prompts done, a third cut mid-line. The CLI resumes, redoing only the rest.
@@ -160,10 +183,35 @@ def test_pipeline_rejection_to_sft_and_dpo_with_resume_and_cli(tmp_path, smol):
     lines = (out / "samples.jsonl").read_text().splitlines(keepends=True)
     (resumed / "samples.jsonl").write_text("".join(lines[:2]) + lines[2][:20])
     model_dir = str(smol.path)
-    r = subprocess.run([sys.executable, "-m", "lhama.cli", "rejection-sample", "--model", model_dir, "--prompts",
-                        str(prompts), "-o", str(resumed), "--reward", "tests.train.test_rejection:shortest", "-n", "3",
-                        "--max-tokens", "8", "--temperature", "1.0", "--keep-truncated", "--kv-cache-gb", "0.05",
-                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lhama.cli",
+            "rejection-sample",
+            "--model",
+            model_dir,
+            "--prompts",
+            str(prompts),
+            "-o",
+            str(resumed),
+            "--reward",
+            "tests.train.test_rejection:shortest",
+            "-n",
+            "3",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "1.0",
+            "--keep-truncated",
+            "--kv-cache-gb",
+            "0.05",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["prompts"] == 5
     again = [json.loads(line) for line in (resumed / "samples.jsonl").read_text().splitlines()]
@@ -176,11 +224,19 @@ def test_rejection_sampling_with_smollm2_exact_answers(tmp_path, smollm2_path):
     """The real policy on arithmetic word problems, exact-answer reward: the best-of-N accuracy
     is at least the mean candidate accuracy, and the files hold only verified answers."""
     lm = load_model(smollm2_path, dtype=torch.float32, device="cpu")
-    records = [{"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": a + b}
-               for a, b in [(2, 3), (7, 5), (12, 9), (21, 14), (33, 8), (45, 17), (6, 6), (19, 23)]]
-    stats = rejection_sample(lm, records, ExactAnswerReward(), tmp_path, RejectionConfig(
-        num_candidates=6, temperature=0.8, max_tokens=24, min_sft_score=1.0, drop_truncated=False),
-        engine=LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.5)), progress=False)
+    records = [
+        {"prompt": f"What is {a} + {b}? Reply with the number only.", "answer": a + b}
+        for a, b in [(2, 3), (7, 5), (12, 9), (21, 14), (33, 8), (45, 17), (6, 6), (19, 23)]
+    ]
+    stats = rejection_sample(
+        lm,
+        records,
+        ExactAnswerReward(),
+        tmp_path,
+        RejectionConfig(num_candidates=6, temperature=0.8, max_tokens=24, min_sft_score=1.0, drop_truncated=False),
+        engine=LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.5)),
+        progress=False,
+    )
     print(json.dumps({k: v for k, v in stats.items() if k != "config"}))
     assert stats["mean_best_score"] >= stats["mean_score"]
     for row in map(json.loads, (tmp_path / "sft.jsonl").read_text().splitlines()):

@@ -21,8 +21,13 @@ def _env(**extra):
 
 
 def _run(out: Path, *flags: str, steps=12, save_every=3, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(out), str(steps), str(save_every), *flags],
-                          env=_env(**env), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(steps), str(save_every), *flags],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -47,8 +52,9 @@ def test_interrupted_twice_and_resumed_equals_uninterrupted(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(SCRIPT), str(out), "12", "3", "--lora"]
     # 1. Ctrl-C during the first steps.
-    proc = subprocess.Popen(cmd, env=_env(STEP_DELAY="0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(STEP_DELAY="0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for(out / "metrics.jsonl", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=240)
@@ -57,8 +63,9 @@ def test_interrupted_twice_and_resumed_equals_uninterrupted(tmp_path):
     assert 1 <= saved < 6 and [m["step"] for m in _metrics(out)] == list(range(1, saved + 1))
 
     # 2. Resume, then SIGKILL in the middle of step 7 or 8.
-    proc = subprocess.Popen([*cmd, "--resume"], env=_env(STEP_DELAY="0.1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*cmd, "--resume"], env=_env(STEP_DELAY="0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     _wait_for(out / "checkpoints" / "step-000006", proc)
     time.sleep(0.25)  # each micro-batch sleeps 0.1 s
     proc.kill()

@@ -14,24 +14,34 @@ from lhama.engine import EngineConfig, LLMEngine
 from lhama.errors import ConfigError
 from lhama.loader import load_model
 from lhama.train.data import load_chat_examples
-from lhama.train.synth import (FilterConfig, NearDuplicateIndex, SynthConfig, clean_instruction, read_topics,
-                               reject_reason, synthesize)
+from lhama.train.synth import (
+    FilterConfig,
+    NearDuplicateIndex,
+    SynthConfig,
+    clean_instruction,
+    read_topics,
+    reject_reason,
+    synthesize,
+)
 from tests.train.smol_tiny import tiny_smol_folder
 
 F = FilterConfig()
 
 
-@pytest.mark.parametrize("text,why", [
-    ("Explain how photosynthesis turns sunlight into chemical energy in plants.", None),
-    ("Hi", "too_short"),
-    ("I'm sorry, but I cannot help with that request.", "refusal"),
-    ("As an AI language model, I do not have personal opinions about this.", "refusal"),
-    ("1234 5678 !!!! #### $$$$ %%%% ^^^^ &&&& 9999", "garbage"),
-    ("the cat sat on the mat the cat sat on the mat the cat sat on the mat", "repetitive"),
-    ("Erkläre bitte, wie die Photosynthese in den grünen Pflanzen funktioniert.", "language"),
-    ("Tell me <|im_start|>assistant about dogs and their many habits", "template_tokens"),
-    ("word " * 600, "too_long"),
-])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("Explain how photosynthesis turns sunlight into chemical energy in plants.", None),
+        ("Hi", "too_short"),
+        ("I'm sorry, but I cannot help with that request.", "refusal"),
+        ("As an AI language model, I do not have personal opinions about this.", "refusal"),
+        ("1234 5678 !!!! #### $$$$ %%%% ^^^^ &&&& 9999", "garbage"),
+        ("the cat sat on the mat the cat sat on the mat the cat sat on the mat", "repetitive"),
+        ("Erkläre bitte, wie die Photosynthese in den grünen Pflanzen funktioniert.", "language"),
+        ("Tell me <|im_start|>assistant about dogs and their many habits", "template_tokens"),
+        ("word " * 600, "too_long"),
+    ],
+)
 def test_filters(text, why):
     assert reject_reason(text, F) == why
 
@@ -81,10 +91,25 @@ def test_synth_job_resumes_and_feeds_sft(tmp_path, smollm2_path):
     relaxed here; they are tested above): batched n-sampling, answers, output rows, state, resume."""
     lm = load_model(tiny_smol_folder(tmp_path, smollm2_path), dtype=torch.float32, device="cpu")
     engine = LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.05))
-    loose = FilterConfig(min_chars=1, min_words=1, min_alpha_ratio=0.0, max_repeated_ngram_ratio=1.0, languages=(),
-                         drop_refusals=False, max_chars=100_000)
-    cfg = SynthConfig(instructions_per_topic=2, instruction_max_tokens=8, answer_max_tokens=8, answer_temperature=1.0,
-                      drop_truncated_answers=False, topics_per_chunk=2, instruction_filters=loose, answer_filters=loose)
+    loose = FilterConfig(
+        min_chars=1,
+        min_words=1,
+        min_alpha_ratio=0.0,
+        max_repeated_ngram_ratio=1.0,
+        languages=(),
+        drop_refusals=False,
+        max_chars=100_000,
+    )
+    cfg = SynthConfig(
+        instructions_per_topic=2,
+        instruction_max_tokens=8,
+        answer_max_tokens=8,
+        answer_temperature=1.0,
+        drop_truncated_answers=False,
+        topics_per_chunk=2,
+        instruction_filters=loose,
+        answer_filters=loose,
+    )
     topics = [{"topic": t, "examples": []} for t in ("birds", "tea", "rivers")]
     out = tmp_path / "synth.jsonl"
     counts = synthesize(lm, topics, out, cfg, engine=engine, progress=False)
@@ -98,8 +123,10 @@ def test_synth_job_resumes_and_feeds_sft(tmp_path, smollm2_path):
     from lhama.train.recipe import RecipeOptions
     from lhama.train.sft import run_sft
 
-    sft = run_sft(RecipeOptions(model=str(lm.path), data=(str(out),)),
-                  TrainConfig(max_steps=1, batch_size=2, max_seq_len=64, output_dir=str(tmp_path / "sft"), progress=False))
+    sft = run_sft(
+        RecipeOptions(model=str(lm.path), data=(str(out),)),
+        TrainConfig(max_steps=1, batch_size=2, max_seq_len=64, output_dir=str(tmp_path / "sft"), progress=False),
+    )
     assert sft["steps"] == 1 and sft["train_examples"] == len(rows)
     state = json.loads((tmp_path / "synth.jsonl.state.json").read_text())
     assert state["round"] == 1 and state["written"] == len(rows)
@@ -112,8 +139,8 @@ def test_synth_job_resumes_and_feeds_sft(tmp_path, smollm2_path):
     # More rounds continue from the state: old rows untouched, new ones from round 1.
     more = synthesize(lm, topics, out, replace(cfg, rounds=2), engine=engine, progress=False)
     rows2 = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows2[:len(rows)] == rows and more["instructions_generated"] == 12
-    assert {r["round"] for r in rows2[len(rows):]} <= {1}
+    assert rows2[: len(rows)] == rows and more["instructions_generated"] == 12
+    assert {r["round"] for r in rows2[len(rows) :]} <= {1}
     with pytest.raises(ConfigError, match="topics"):
         synthesize(lm, topics[:2], out, cfg, engine=engine, progress=False)
 
@@ -124,8 +151,14 @@ def test_synth_with_smollm2(tmp_path, smollm2_path):
     lm = load_model(smollm2_path, dtype=torch.float32, device="cpu")
     topics = [{"topic": t, "examples": []} for t in ("cooking pasta", "the solar system", "saving money")]
     out = tmp_path / "synth.jsonl"
-    counts = synthesize(lm, topics, out, SynthConfig(instructions_per_topic=4, answer_max_tokens=160),
-                        engine=LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.5)), progress=False)
+    counts = synthesize(
+        lm,
+        topics,
+        out,
+        SynthConfig(instructions_per_topic=4, answer_max_tokens=160),
+        engine=LLMEngine.from_loaded(lm, EngineConfig(kv_cache_gb=0.5)),
+        progress=False,
+    )
     print(json.dumps(counts))
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and counts["instructions_generated"] == 12
@@ -142,8 +175,29 @@ def test_cli_synth(tmp_path, smollm2_path, capsys):
     topics = tmp_path / "topics.txt"
     topics.write_text("birds\ntea\n")
     out = tmp_path / "out.jsonl"
-    assert main(["synth", "--model", str(folder), "--topics", str(topics), "-o", str(out), "--instructions-per-topic",
-                 "2", "--answer-max-tokens", "4", "--kv-cache-gb", "0.05", "--languages", "", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--model",
+                str(folder),
+                "--topics",
+                str(topics),
+                "-o",
+                str(out),
+                "--instructions-per-topic",
+                "2",
+                "--answer-max-tokens",
+                "4",
+                "--kv-cache-gb",
+                "0.05",
+                "--languages",
+                "",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["instructions_generated"] == 4 and printed["output"] == str(out)
     state = json.loads((tmp_path / "out.jsonl.state.json").read_text())

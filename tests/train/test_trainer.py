@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lhama.errors import ConfigError
-from lhama.train import BatchIterator, Trainer, TrainConfig, causal_lm_loss, collate, make_rows
+from lhama.train import BatchIterator, TrainConfig, Trainer, causal_lm_loss, collate, make_rows
 from lhama.train.checkpointing import latest_checkpoint
 from lhama.train.trainer import lr_factor
 
@@ -19,8 +19,16 @@ from .conftest import synthetic_examples
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(lr=3e-3, max_steps=4, batch_size=4, max_seq_len=32, output_dir=str(tmp_path / "run"),
-                progress=False, warmup_steps=0, max_grad_norm=0.0)
+    base = dict(
+        lr=3e-3,
+        max_steps=4,
+        batch_size=4,
+        max_seq_len=32,
+        output_dir=str(tmp_path / "run"),
+        progress=False,
+        warmup_steps=0,
+        max_grad_norm=0.0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -53,10 +61,15 @@ def test_warmup_then_cosine():
 def test_grad_accumulation_equals_one_big_batch(tiny_model, synthetic_rows, tmp_path):
     """4 rows at once == 2 micro-batches of 2: the step is a token-weighted mean either way."""
     a, b = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
-    ra = Trainer(a, causal_lm_loss, BatchIterator(synthetic_rows, 4, shuffle=False),
-                 _cfg(tmp_path / "a", max_steps=3)).train()
-    rb = Trainer(b, causal_lm_loss, BatchIterator(synthetic_rows, 2, shuffle=False),
-                 _cfg(tmp_path / "b", max_steps=3, batch_size=2, grad_accum=2)).train()
+    ra = Trainer(
+        a, causal_lm_loss, BatchIterator(synthetic_rows, 4, shuffle=False), _cfg(tmp_path / "a", max_steps=3)
+    ).train()
+    rb = Trainer(
+        b,
+        causal_lm_loss,
+        BatchIterator(synthetic_rows, 2, shuffle=False),
+        _cfg(tmp_path / "b", max_steps=3, batch_size=2, grad_accum=2),
+    ).train()
     assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rb.history], rel=1e-5)
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=n)
@@ -91,15 +104,17 @@ def test_positions_restart_per_packed_example():
 def test_gradient_checkpointing_gives_the_same_step(tiny_model, synthetic_rows, tmp_path):
     a, b = copy.deepcopy(tiny_model), copy.deepcopy(tiny_model)
     ra = Trainer(a, causal_lm_loss, BatchIterator(synthetic_rows, 4), _cfg(tmp_path / "a", max_steps=2)).train()
-    rb = Trainer(b, causal_lm_loss, BatchIterator(synthetic_rows, 4),
-                 _cfg(tmp_path / "b", max_steps=2, grad_checkpointing=True)).train()
+    rb = Trainer(
+        b, causal_lm_loss, BatchIterator(synthetic_rows, 4), _cfg(tmp_path / "b", max_steps=2, grad_checkpointing=True)
+    ).train()
     assert b.gradient_checkpointing
     assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rb.history], rel=1e-5)
 
 
 def test_bf16_autocast_trains(tiny_model, synthetic_rows, tmp_path):
-    res = Trainer(tiny_model, causal_lm_loss, BatchIterator(synthetic_rows, 4),
-                  _cfg(tmp_path, max_steps=2, dtype="bf16")).train()
+    res = Trainer(
+        tiny_model, causal_lm_loss, BatchIterator(synthetic_rows, 4), _cfg(tmp_path, max_steps=2, dtype="bf16")
+    ).train()
     assert all(math.isfinite(h["loss"]) for h in res.history)
     assert tiny_model.tok_embeddings.weight.dtype == torch.float32  # weights stay fp32 under autocast
 
@@ -127,6 +142,8 @@ def test_resume_in_place_continues_and_without_checkpoint_starts_fresh(tiny_mode
     t = Trainer(copy.deepcopy(tiny_model), causal_lm_loss, BatchIterator(synthetic_rows, 4), cfg)
     assert not t.resume()  # nothing saved yet
     t.train(resume=True)
-    longer = Trainer(copy.deepcopy(tiny_model), causal_lm_loss, BatchIterator(synthetic_rows, 4), cfg.with_(max_steps=4))
+    longer = Trainer(
+        copy.deepcopy(tiny_model), causal_lm_loss, BatchIterator(synthetic_rows, 4), cfg.with_(max_steps=4)
+    )
     res = longer.train(resume=True)  # picks up the finished 2-step run and adds two steps
     assert [h["step"] for h in res.history] == [1, 2, 3, 4]

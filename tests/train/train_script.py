@@ -15,7 +15,7 @@ from conftest import synthetic_examples  # noqa: E402
 from lhama.model import ModelArgs, build_model  # noqa: E402
 from lhama.model.lora import LoraConfig, apply_lora  # noqa: E402
 from lhama.parallel.runtime import init_distributed  # noqa: E402
-from lhama.train import BatchIterator, Trainer, TrainConfig, causal_lm_loss, make_rows  # noqa: E402
+from lhama.train import BatchIterator, TrainConfig, Trainer, causal_lm_loss, make_rows  # noqa: E402
 
 
 def main() -> None:
@@ -30,8 +30,18 @@ def main() -> None:
         dropout = float(os.environ.get("LORA_DROPOUT", "0.1"))
         params = apply_lora(model, LoraConfig(rank=4, dropout=dropout, target_modules=("wq", "wv", "w2")))
     rows = make_rows(synthetic_examples(64), 32, pack=True)
-    cfg = TrainConfig(lr=5e-3, max_steps=steps, batch_size=4, grad_accum=2, max_seq_len=32, warmup_steps=2,
-                      save_every=save_every, output_dir=out, progress=False, seed=3)
+    cfg = TrainConfig(
+        lr=5e-3,
+        max_steps=steps,
+        batch_size=4,
+        grad_accum=2,
+        max_seq_len=32,
+        warmup_steps=2,
+        save_every=save_every,
+        output_dir=out,
+        progress=False,
+        seed=3,
+    )
     # A step is slowed so the test can kill the process in the middle of one.
     delay = float(os.environ.get("STEP_DELAY", "0"))
 

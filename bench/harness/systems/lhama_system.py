@@ -25,13 +25,15 @@ def load(w: Workload, quantize: str | None = None, *, no_flags: bool = False):
     if is_gguf(w.model):
         from lhama.loader import load_model
 
-        model = load_model(w.model, dtype=dtype, device=w.device, quantize=quantize, tokenizer=w.tokenizer,
-                           chat_format=w.chat_format).model
+        model = load_model(
+            w.model, dtype=dtype, device=w.device, quantize=quantize, tokenizer=w.tokenizer, chat_format=w.chat_format
+        ).model
     else:  # a named config: random weights, no tokenizer needed (ids are given)
         from lhama.model import build_model, get_config
 
-        model = build_model(get_config(w.model).args, dtype=dtype or torch.float32, device=w.device,
-                            init="random").eval()
+        model = build_model(
+            get_config(w.model).args, dtype=dtype or torch.float32, device=w.device, init="random"
+        ).eval()
         if quantize:
             from lhama.quant import quantize_model
 
@@ -58,9 +60,14 @@ def make_engine(model, w: Workload, *, compile: bool = False, cuda_graphs: bool 
     per_seq = max(-(-(len(p) + w.gen_conc) // ENGINE_BLOCK) for p in w.conc_prompts) if w.conc_prompts else 0
     single = -(-(w.prompt_len + w.gen_single) // ENGINE_BLOCK)
     blocks = max(max(w.concurrency) * per_seq, single) + 8
-    cfg = EngineConfig(block_size=ENGINE_BLOCK, num_blocks=blocks, max_num_seqs=max(max(w.concurrency), 1),
-                       max_num_batched_tokens=w.engine_max_batched_tokens, compile=compile,
-                       cuda_graphs=cuda_graphs)
+    cfg = EngineConfig(
+        block_size=ENGINE_BLOCK,
+        num_blocks=blocks,
+        max_num_seqs=max(max(w.concurrency), 1),
+        max_num_batched_tokens=w.engine_max_batched_tokens,
+        compile=compile,
+        cuda_graphs=cuda_graphs,
+    )
     return LLMEngine(model, None, cfg, stop_ids=())
 
 
@@ -116,8 +123,9 @@ def warm_up(model, engine, w: Workload) -> float:
                 engine_run(engine, [p[:8] for p in w.conc_prompts[:n]], 3)
         graphs = engine.runner.graphs
         if graphs is not None:  # CUDA: capture now what the runs will replay (steady state is measured)
-            graphs.capture([1] + list(w.concurrency), [w.prompt_len + w.gen_single,
-                                                     max(map(len, w.conc_prompts)) + w.gen_conc])
+            graphs.capture(
+                [1] + list(w.concurrency), [w.prompt_len + w.gen_single, max(map(len, w.conc_prompts)) + w.gen_conc]
+            )
     return measure.now() - t0
 
 
@@ -156,13 +164,18 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
     try:
         engine = make_engine(model, w, cuda_graphs=cuda_graphs)
     except ImportError as e:  # the engine package is not there (yet)
-        cols["lhama (engine)"] = {k: "n/a (engine missing)" for k in
-                                  ["prefill_tok_s", "ttft_s", "decode_tok_s"] + [f"agg_{n}" for n in w.concurrency]}
+        cols["lhama (engine)"] = {
+            k: "n/a (engine missing)"
+            for k in ["prefill_tok_s", "ttft_s", "decode_tok_s"] + [f"agg_{n}" for n in w.concurrency]
+        }
         notes.append(f"engine missing: {e}")
         return
-    details["engine_config"] = {"num_blocks": engine.plan.num_blocks, "block_size": engine.plan.block_size,
-                                "max_num_seqs": engine.config.max_num_seqs,
-                                "max_num_batched_tokens": engine.config.max_num_batched_tokens}
+    details["engine_config"] = {
+        "num_blocks": engine.plan.num_blocks,
+        "block_size": engine.plan.block_size,
+        "max_num_seqs": engine.config.max_num_seqs,
+        "max_num_batched_tokens": engine.config.max_num_batched_tokens,
+    }
     warm_up(model, engine, w)
     from lhama.quant import weight_bytes
 
@@ -198,8 +211,10 @@ def run_compiled(w: Workload, out: dict) -> None:
     out["info"] = _info(w)
     # Batch 1 only: each new batch-size regime is another compilation (minutes on 2 CPU cores).
     w = Workload.from_json({**w.to_json(), "concurrency": [1]})
-    out["notes"].append("torch.compile experiment: single stream only (the engine's compile=True, "
-                        "dynamic shapes); its warm-up time is the compile cost")
+    out["notes"].append(
+        "torch.compile experiment: single stream only (the engine's compile=True, "
+        "dynamic shapes); its warm-up time is the compile cost"
+    )
     model, load_s = load(w)
     plain = make_engine(model, w)
     warm_up(model, plain, w)  # first-call costs that are not compilation
@@ -213,8 +228,9 @@ def run_compiled(w: Workload, out: dict) -> None:
     try:
         engine_columns(engine, w, col, det["engine_compiled"])
     finally:
-        det["dynamo_counters"] = {k: dict(v) for k, v in torch._dynamo.utils.counters.items()
-                                  if k in ("stats", "recompiles")}
+        det["dynamo_counters"] = {
+            k: dict(v) for k, v in torch._dynamo.utils.counters.items() if k in ("stats", "recompiles")
+        }
 
 
 def run_quantized(w: Workload, out: dict, mode: str) -> None:

@@ -21,8 +21,16 @@ def run(w: Workload, out: dict) -> None:
     t0 = time.perf_counter()
     n_ctx = max(w.prompt_len + w.gen_single, max(len(p) for p in w.conc_prompts) + w.gen_conc) + 16
     gpu = w.device.startswith("cuda")
-    llm = llama_cpp.Llama(w.model, n_ctx=n_ctx, n_batch=512, n_threads=w.threads, n_threads_batch=w.threads,
-                          n_gpu_layers=-1 if gpu else 0, seed=w.seed, verbose=False)
+    llm = llama_cpp.Llama(
+        w.model,
+        n_ctx=n_ctx,
+        n_batch=512,
+        n_threads=w.threads,
+        n_threads_batch=w.threads,
+        n_gpu_layers=-1 if gpu else 0,
+        seed=w.seed,
+        verbose=False,
+    )
     load_s = time.perf_counter() - t0
 
     def stream(prompt: list[int], gen: int) -> dict:
@@ -40,9 +48,15 @@ def run(w: Workload, out: dict) -> None:
     # Concurrency 1 = the first concurrent prompt alone, so it compares with the others' runs.
     one = stream(w.conc_prompts[0], w.gen_conc)
     na = "n/a (llama-cpp-python: no continuous batching)"
-    col = {"load_s": load_s, "prefill_tok_s": s["prefill_tok_s"], "ttft_s": s["ttft_s"],
-           "decode_tok_s": s.get("decode_tok_s"), "agg_1": one.get("decode_tok_s"), "e2e_1": one["e2e_tok_s"],
-           **{f"agg_{n}": na for n in w.concurrency if n > 1}}
+    col = {
+        "load_s": load_s,
+        "prefill_tok_s": s["prefill_tok_s"],
+        "ttft_s": s["ttft_s"],
+        "decode_tok_s": s.get("decode_tok_s"),
+        "agg_1": one.get("decode_tok_s"),
+        "e2e_1": one["e2e_tok_s"],
+        **{f"agg_{n}": na for n in w.concurrency if n > 1},
+    }
     offload = "all layers on GPU" if gpu else "CPU"
     out["columns"]["llama.cpp"] = col
     out["details"].update(single=s, concurrent_1=one, n_ctx=n_ctx)

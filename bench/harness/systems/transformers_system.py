@@ -39,8 +39,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), L), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        mask[i, L - len(p):] = 1
+        ids[i, L - len(p) :] = torch.tensor(p)
+        mask[i, L - len(p) :] = 1
     return ids, mask
 
 
@@ -53,8 +53,9 @@ def _random_llama(name: str, dtype: torch.dtype, device: str):
     from lhama.model import get_config
 
     skip = ("architectures", "torch_dtype", "dtype", "model_type")
-    cfg = transformers.LlamaConfig(**{k: v for k, v in hf_config(get_config(name).args, dtype).items()
-                                      if k not in skip})
+    cfg = transformers.LlamaConfig(
+        **{k: v for k, v in hf_config(get_config(name).args, dtype).items() if k not in skip}
+    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built in bf16 directly: an 8B model in fp32 first needs 32 GB
     try:
@@ -92,20 +93,28 @@ def run(w: Workload, out: dict) -> None:
         ids, mask = ids.to(w.device), mask.to(w.device)
         clock = _TokenClock(len(prompts), cuda)
         t = measure.now()
-        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                       streamer=clock, generation_config=gc)
+        model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, streamer=clock, generation_config=gc
+        )
         return t, clock
 
-    out["info"] = {"transformers": transformers.__version__, "torch": torch.__version__,
-                   "threads": torch.get_num_threads()}
+    out["info"] = {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     source = "dequantized from the GGUF" if is_gguf(w.model) else "random (same config)"
     out["notes"].append(f"transformers: {w.dtype} weights {source}, default dynamic KV cache")
     gen([w.prompt_ids[:16]], 4)  # warm-up
     gen([p[:16] for p in w.conc_prompts[:2]], 4)
     t, clock = gen([w.prompt_ids], w.gen_single)
     s = out["details"]["single"] = measure.single_stream(t, clock.times, w.prompt_len)
-    col = out["columns"]["transformers"] = {"load_s": load_s, "prefill_tok_s": s["prefill_tok_s"],
-                                            "ttft_s": s["ttft_s"], "decode_tok_s": s.get("decode_tok_s")}
+    col = out["columns"]["transformers"] = {
+        "load_s": load_s,
+        "prefill_tok_s": s["prefill_tok_s"],
+        "ttft_s": s["ttft_s"],
+        "decode_tok_s": s.get("decode_tok_s"),
+    }
     for n in w.concurrency:
         t, clock = gen(w.conc_prompts[:n], w.gen_conc)
         c = out["details"][f"concurrent_{n}"] = measure.concurrent(t, [(tt, n, n) for tt in clock.times], n)

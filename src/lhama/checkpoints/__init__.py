@@ -23,5 +23,17 @@ from lhama.checkpoints.loader import (
 from lhama.checkpoints.reader import CheckpointReader
 from lhama.gguf_file import read_gguf_metadata
 
-__all__ = ["FORMATS", "Checkpoint", "CheckpointReader", "convert", "detect_format", "load_model", "load_weights",
-           "open_reader", "read_args", "read_checkpoint", "read_gguf_metadata", "write_checkpoint"]
+__all__ = [
+    "FORMATS",
+    "Checkpoint",
+    "CheckpointReader",
+    "convert",
+    "detect_format",
+    "load_model",
+    "load_weights",
+    "open_reader",
+    "read_args",
+    "read_checkpoint",
+    "read_gguf_metadata",
+    "write_checkpoint",
+]

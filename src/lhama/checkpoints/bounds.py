@@ -30,5 +30,8 @@ def check_bounds(args: ModelArgs, path: object) -> None:
     for key, limit in MAX_SIZES.items():
         value = getattr(args, key)
         if value > limit:
-            raise CheckpointError(path, f"metadata claims {key} = {value:,}, beyond the sane limit of {limit:,}; "
-                                        "the file's metadata is corrupt or hostile")
+            raise CheckpointError(
+                path,
+                f"metadata claims {key} = {value:,}, beyond the sane limit of {limit:,}; "
+                "the file's metadata is corrupt or hostile",
+            )

@@ -20,12 +20,25 @@ from lhama.checkpoints.loader import (
 
 TARGETS = ("safetensors", "gguf", "meta")
 # Tokenizer/generation files of HF and Meta folders, copied when converting folder -> folder.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
-def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str = "safetensors",
-            gguf_type: str = "f16", *, dtype: torch.dtype | None = None, **options: Any) -> Path:
+def convert(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    to: str = "safetensors",
+    gguf_type: str = "f16",
+    *,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> Path:
     """Convert a checkpoint. ``dtype`` is the stored precision for safetensors/meta outputs
     (default: float32 from a GGUF source, since its weights are dequantized; the source's own
     dtype otherwise). ``options`` go to the writer (``max_shard_size``, ``n_shards``)."""
@@ -40,8 +53,9 @@ def convert(in_path: str | os.PathLike, out_path: str | os.PathLike, to: str = "
         metadata = gguf_metadata_for(ckpt)
     elif to == "safetensors" and ckpt.format == "gguf":
         options.setdefault("extra_config", hf_token_ids(ckpt.metadata))
-    written = write_checkpoint(ckpt.state_dict, ckpt.args, out, fmt=to, gguf_type=gguf_type,
-                               metadata=metadata, **options)
+    written = write_checkpoint(
+        ckpt.state_dict, ckpt.args, out, fmt=to, gguf_type=gguf_type, metadata=metadata, **options
+    )
     src_dir = ckpt.path if ckpt.path.is_dir() else ckpt.path.parent
     if to != "gguf" and ckpt.format != "gguf" and src_dir.resolve() != written.resolve():
         for name in TOKENIZER_FILES:
@@ -63,14 +77,21 @@ def write_hf_tokenizer_from_gguf(gguf_path: Path, md: dict[str, Any], out_dir: P
         return  # SentencePiece vocabularies: the GGUF stays the place to keep them
     tok.hf_tokenizer().save(str(out_dir / "tokenizer.json"))
     tokens = md.get("tokenizer.ggml.tokens", [])
+
     def name(key):
         i = md.get(key)
         return tokens[int(i)] if i is not None and int(i) < len(tokens) else None
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": name("tokenizer.ggml.bos_token_id"),
-           "eos_token": name("tokenizer.ggml.eos_token_id"), "unk_token": name("tokenizer.ggml.unknown_token_id"),
-           "pad_token": name("tokenizer.ggml.padding_token_id"),
-           "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)), "clean_up_tokenization_spaces": False,
-           "model_max_length": int(md.get("llama.context_length", 4096))}
+
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": name("tokenizer.ggml.bos_token_id"),
+        "eos_token": name("tokenizer.ggml.eos_token_id"),
+        "unk_token": name("tokenizer.ggml.unknown_token_id"),
+        "pad_token": name("tokenizer.ggml.padding_token_id"),
+        "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": int(md.get("llama.context_length", 4096)),
+    }
     if md.get("tokenizer.chat_template"):
         cfg["chat_template"] = md["tokenizer.chat_template"]
     kept = {k: v for k, v in cfg.items() if v is not None}
@@ -123,11 +144,15 @@ def tokenizer_metadata_from_hf(folder: Path, n_vocab: int) -> dict[str, Any]:
         return {}
     size = max(n_vocab, max(by_id) + 1)
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(size)]
-    types = [(_CONTROL if special[i] else _USER_DEFINED) if i in special else _NORMAL if i in by_id else _UNUSED
-             for i in range(size)]
+    types = [
+        (_CONTROL if special[i] else _USER_DEFINED) if i in special else _NORMAL if i in by_id else _UNUSED
+        for i in range(size)
+    ]
     md: dict[str, Any] = {
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": _pre_tokenizer_name(tj.get("pre_tokenizer")),
-        "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": _pre_tokenizer_name(tj.get("pre_tokenizer")),
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
     }
     recorder = gguf.GGUFWriter(None, "llama")  # collects SpecialVocab's keys without writing a file
     gguf.vocab.SpecialVocab(folder, load_merges=True, n_vocab=size).add_to_gguf(recorder, quiet=True)

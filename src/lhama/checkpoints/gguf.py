@@ -32,20 +32,22 @@ from lhama.model.rope import rope_inv_freq
 ARCH = "llama"
 
 # Our name -> GGUF name. The only place GGUF tensor names appear.
-GGUF_NAMES = NameTable({
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.weight": "output_norm.weight",
-    "output.weight": "output.weight",
-    "layers.{i}.attention.wq.weight": "blk.{i}.attn_q.weight",
-    "layers.{i}.attention.wk.weight": "blk.{i}.attn_k.weight",
-    "layers.{i}.attention.wv.weight": "blk.{i}.attn_v.weight",
-    "layers.{i}.attention.wo.weight": "blk.{i}.attn_output.weight",
-    "layers.{i}.feed_forward.w1.weight": "blk.{i}.ffn_gate.weight",
-    "layers.{i}.feed_forward.w2.weight": "blk.{i}.ffn_down.weight",
-    "layers.{i}.feed_forward.w3.weight": "blk.{i}.ffn_up.weight",
-    "layers.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
-    "layers.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
-})
+GGUF_NAMES = NameTable(
+    {
+        "tok_embeddings.weight": "token_embd.weight",
+        "norm.weight": "output_norm.weight",
+        "output.weight": "output.weight",
+        "layers.{i}.attention.wq.weight": "blk.{i}.attn_q.weight",
+        "layers.{i}.attention.wk.weight": "blk.{i}.attn_k.weight",
+        "layers.{i}.attention.wv.weight": "blk.{i}.attn_v.weight",
+        "layers.{i}.attention.wo.weight": "blk.{i}.attn_output.weight",
+        "layers.{i}.feed_forward.w1.weight": "blk.{i}.ffn_gate.weight",
+        "layers.{i}.feed_forward.w2.weight": "blk.{i}.ffn_down.weight",
+        "layers.{i}.feed_forward.w3.weight": "blk.{i}.ffn_up.weight",
+        "layers.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
+        "layers.{i}.ffn_norm.weight": "blk.{i}.ffn_norm.weight",
+    }
+)
 ROPE_FREQS = "rope_freqs.weight"  # Llama 3.1 scaling as per-dimension frequency divisors
 
 
@@ -56,15 +58,19 @@ def _get(md: dict, key: str, kind: type, path: Path, default: Any = None) -> Any
             raise CheckpointError(path, f"metadata key '{key}' is missing; cannot tell the model's shape")
         return default
     value = md[key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else (
-        isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is float
+        else (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
+    )
     if not ok or (kind is int and value <= 0):
         raise CheckpointError(path, f"metadata key '{key}' should be a positive {kind.__name__}, got {value!r}")
     return kind(value)
 
 
-def args_from_gguf(md: dict[str, Any], path: Path, *, vocab_size: int, tied: bool,
-                   rope_freqs: torch.Tensor | None = None) -> ModelArgs:
+def args_from_gguf(
+    md: dict[str, Any], path: Path, *, vocab_size: int, tied: bool, rope_freqs: torch.Tensor | None = None
+) -> ModelArgs:
     """ModelArgs from ``llama.*`` metadata; vocabulary and tying come from the tensors themselves."""
     arch = md.get("general.architecture")
     if arch != ARCH:
@@ -77,22 +83,32 @@ def args_from_gguf(md: dict[str, Any], path: Path, *, vocab_size: int, tied: boo
         raise CheckpointError(path, "attention.value_length differs from key_length; not a Llama layout")
     rope_dims = _get(md, p + "rope.dimension_count", int, path, default=head_dim)
     if rope_dims != head_dim:
-        raise CheckpointError(path, f"RoPE covers {rope_dims} of {head_dim} head dimensions; partial rotary "
-                                    "embeddings are not part of the Llama architecture")
+        raise CheckpointError(
+            path,
+            f"RoPE covers {rope_dims} of {head_dim} head dimensions; partial rotary "
+            "embeddings are not part of the Llama architecture",
+        )
     scaling_type = md.get(p + "rope.scaling.type", "none")
     no_op_linear = scaling_type == "linear" and md.get(p + "rope.scaling.factor", 1.0) in (0, 1.0)
     if scaling_type not in ("none", None) and not no_op_linear:
-        raise CheckpointError(path, f"RoPE scaling type {scaling_type!r} is not supported (only Llama 3.1-style "
-                                    "scaling, which GGUF stores as a rope_freqs tensor)")
+        raise CheckpointError(
+            path,
+            f"RoPE scaling type {scaling_type!r} is not supported (only Llama 3.1-style "
+            "scaling, which GGUF stores as a rope_freqs tensor)",
+        )
     try:
         args = ModelArgs(
-            dim=dim, n_layers=_get(md, p + "block_count", int, path), n_heads=n_heads,
+            dim=dim,
+            n_layers=_get(md, p + "block_count", int, path),
+            n_heads=n_heads,
             n_kv_heads=_get(md, p + "attention.head_count_kv", int, path, default=n_heads),
-            vocab_size=vocab_size, hidden_dim=_get(md, p + "feed_forward_length", int, path),
+            vocab_size=vocab_size,
+            hidden_dim=_get(md, p + "feed_forward_length", int, path),
             norm_eps=_get(md, p + "attention.layer_norm_rms_epsilon", float, path, default=1e-5),
             rope_theta=_get(md, p + "rope.freq_base", float, path, default=10000.0),
             max_seq_len=_get(md, p + "context_length", int, path, default=4096),
-            tie_embeddings=tied, head_dim_override=head_dim if head_dim != dim // n_heads else 0,
+            tie_embeddings=tied,
+            head_dim_override=head_dim if head_dim != dim // n_heads else 0,
         )
     except ConfigError as e:
         raise CheckpointError(path, str(e)) from None
@@ -127,21 +143,27 @@ def rope_scaling_from_divisors(divisors: torch.Tensor, args: ModelArgs, path: Pa
     base = rope_inv_freq(args.with_(rope_scaling=None)).double()
     band = (d > 1 + 1e-4) & (d < factor * (1 - 1e-4))
     if int(band.sum()) >= 2:
-        x = (base[band] / (2 * math.pi))  # 1 / wavelength
+        x = base[band] / (2 * math.pi)  # 1 / wavelength
         s = (1 / d[band] - 1 / factor) / (1 - 1 / factor)  # blend weight per frequency
         A, B = torch.linalg.lstsq(torch.stack([x, torch.ones_like(x)], 1), s.unsqueeze(1)).solution.flatten().tolist()
         if A > 0:
             low = _snap(-B * orig / A)
-            candidates.append(RopeScaling(factor=factor, low_freq_factor=low, high_freq_factor=_snap(low + orig / A),
-                                          original_context=orig))
+            candidates.append(
+                RopeScaling(
+                    factor=factor, low_freq_factor=low, high_freq_factor=_snap(low + orig / A), original_context=orig
+                )
+            )
     for cand in candidates:
         if cand.low_freq_factor <= 0:
             continue
         if torch.allclose(rope_divisors(args.with_(rope_scaling=cand)).double(), d, rtol=1e-3):
             return cand
-    raise CheckpointError(path, "per-frequency RoPE divisors do not follow Llama 3.1-style scaling, which "
-                                "is the only scaling lhama's model represents", tensor=ROPE_FREQS)
-
+    raise CheckpointError(
+        path,
+        "per-frequency RoPE divisors do not follow Llama 3.1-style scaling, which "
+        "is the only scaling lhama's model represents",
+        tensor=ROPE_FREQS,
+    )
 
 
 # -- the reader ------------------------------------------------------------------------------
@@ -161,8 +183,12 @@ def _decode(data: np.ndarray, qtype, path: Path, name: str) -> np.ndarray:
             return np.array(data).view(np.int16)
         return gguf.quants.dequantize(data, qtype)
     except NotImplementedError:
-        raise CheckpointError(path, f"tensor type {Q(qtype).name} cannot be dequantized by the gguf package; "
-                                    "re-quantize the model to a common type (Q8_0, Q4_K, ...)", tensor=name) from None
+        raise CheckpointError(
+            path,
+            f"tensor type {Q(qtype).name} cannot be dequantized by the gguf package; "
+            "re-quantize the model to a common type (Q8_0, Q4_K, ...)",
+            tensor=name,
+        ) from None
     except Exception as e:
         raise CheckpointError(path, f"cannot decode tensor data ({type(e).__name__}: {e})", tensor=name) from None
 
@@ -199,8 +225,13 @@ class GGUFCheckpointReader(CheckpointReader):
         if ROPE_FREQS in by_name:  # small: where Llama 3.1 files keep their RoPE scaling
             t = by_name[ROPE_FREQS]
             freqs = torch.from_numpy(_decode(t.data, t.tensor_type, self.path, ROPE_FREQS)).float()
-        self.args = args_from_gguf(self._model_md, self.path, vocab_size=int(emb.shape[-1]),
-                                   tied="output.weight" not in self.shapes, rope_freqs=freqs)
+        self.args = args_from_gguf(
+            self._model_md,
+            self.path,
+            vocab_size=int(emb.shape[-1]),
+            tied="output.weight" not in self.shapes,
+            rope_freqs=freqs,
+        )
 
     @functools.cached_property
     def metadata(self) -> dict[str, Any]:
@@ -237,8 +268,9 @@ class GGUFCheckpointReader(CheckpointReader):
             a = _decode(self.blocks(name, start, stop), qtype, self.path, t.name)
             return _to_torch(a, qtype, (stop - start, shape[1]))
         if start % per_block == 0 and stop % per_block == 0:
-            cut = np.ascontiguousarray(self.blocks(name)[:, start // per_block * block_bytes:
-                                                         stop // per_block * block_bytes])
+            cut = np.ascontiguousarray(
+                self.blocks(name)[:, start // per_block * block_bytes : stop // per_block * block_bytes]
+            )
             return _to_torch(_decode(cut, qtype, self.path, t.name), qtype, (shape[0], stop - start))
         # Column edges inside a quantization block: this one tensor whole, then the slice.
         return _to_torch(_decode(t.data, qtype, self.path, t.name), qtype, shape).narrow(dim, start, stop - start)

@@ -23,7 +23,6 @@ WRITE_TYPES = {
 _OWN_KEYS = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
 
 
-
 def _add_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
     """Python value -> GGUF type with llama.cpp's conventions: scalar ints (token ids, sizes)
     are UINT32, integer arrays (token types) INT32, floats FLOAT32."""
@@ -38,8 +37,15 @@ def _add_value(w: gguf.GGUFWriter, key: str, value: Any) -> None:
         w.add_key_value(key, value, V.STRING)
     elif isinstance(value, (list, tuple)) and value:
         first = value[0]
-        sub = (V.STRING if isinstance(first, str) else V.FLOAT32 if isinstance(first, float)
-               else V.BOOL if isinstance(first, bool) else V.INT32)
+        sub = (
+            V.STRING
+            if isinstance(first, str)
+            else V.FLOAT32
+            if isinstance(first, float)
+            else V.BOOL
+            if isinstance(first, bool)
+            else V.INT32
+        )
         w.add_key_value(key, list(value), V.ARRAY, sub_type=sub)
 
 
@@ -48,8 +54,13 @@ def _encode(t: torch.Tensor, qtype) -> np.ndarray:
     return gguf.quants.quantize(a, qtype)
 
 
-def write_gguf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_path: str | os.PathLike,
-               gguf_type: str = "f16", metadata: dict[str, Any] | None = None) -> Path:
+def write_gguf(
+    state_dict: dict[str, torch.Tensor],
+    args: ModelArgs,
+    out_path: str | os.PathLike,
+    gguf_type: str = "f16",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write a llama.cpp-loadable GGUF. Norms stay F32 (as llama.cpp's converter does); Q8_0
     needs rows divisible by 32 and falls back to F16 otherwise. ``metadata`` ``tokenizer.*`` and
     ``general.*`` keys (e.g. from the source GGUF) are carried over so the file is self-contained."""

@@ -32,20 +32,22 @@ from lhama.errors import CheckpointError, ConfigError
 from lhama.model.args import ModelArgs, RopeScaling
 
 # Our name -> HF name. The only place HF tensor names appear.
-HF_NAMES = NameTable({
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-    "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "layers.{i}.attention.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "layers.{i}.feed_forward.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-})
+HF_NAMES = NameTable(
+    {
+        "tok_embeddings.weight": "model.embed_tokens.weight",
+        "norm.weight": "model.norm.weight",
+        "output.weight": "lm_head.weight",
+        "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
+        "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
+        "layers.{i}.attention.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
+        "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
+        "layers.{i}.feed_forward.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
+        "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
+        "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
+        "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
+        "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    }
+)
 SINGLE_FILE, INDEX_FILE = "model.safetensors", "model.safetensors.index.json"
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -116,9 +118,12 @@ def _args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
     scaling = None
     if kind == "llama3":
         try:
-            scaling = RopeScaling(factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
-                                  high_freq_factor=float(rope["high_freq_factor"]),
-                                  original_context=int(rope["original_max_position_embeddings"]))
+            scaling = RopeScaling(
+                factor=float(rope["factor"]),
+                low_freq_factor=float(rope["low_freq_factor"]),
+                high_freq_factor=float(rope["high_freq_factor"]),
+                original_context=int(rope["original_max_position_embeddings"]),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(path, f"llama3 rope_scaling is incomplete or malformed ({e!r})") from None
     elif kind not in ("default", None):
@@ -127,11 +132,16 @@ def _args_from_hf_config(cfg: dict[str, Any], path: Path) -> ModelArgs:
     head_dim = cfg.get("head_dim") or dim // max(n_heads, 1)
     try:
         args = ModelArgs(
-            dim=dim, n_layers=num("num_hidden_layers"), n_heads=n_heads,
-            n_kv_heads=num("num_key_value_heads", n_heads), vocab_size=num("vocab_size"),
-            hidden_dim=num("intermediate_size"), norm_eps=num("rms_norm_eps", 1e-6, float),
+            dim=dim,
+            n_layers=num("num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=num("num_key_value_heads", n_heads),
+            vocab_size=num("vocab_size"),
+            hidden_dim=num("intermediate_size"),
+            norm_eps=num("rms_norm_eps", 1e-6, float),
             rope_theta=float(theta) if isinstance(theta, (int, float)) else num("rope_theta", kind=float),
-            rope_scaling=scaling, max_seq_len=num("max_position_embeddings", 2048),
+            rope_scaling=scaling,
+            max_seq_len=num("max_position_embeddings", 2048),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             head_dim_override=head_dim if head_dim != dim // n_heads else 0,
         )
@@ -145,17 +155,32 @@ def hf_config(args: ModelArgs, dtype: torch.dtype, extra: dict[str, Any] | None 
     """config.json for ``args`` (transformers 4 spelling, which transformers 5 also reads)."""
     s = args.rope_scaling
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": args.dim, "intermediate_size": args.hidden_dim,
-        "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
-        "num_key_value_heads": args.n_kv_heads, "head_dim": args.head_dim,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "rms_norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
-        "rope_scaling": None if s is None else {
-            "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
-            "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_context},
-        "max_position_embeddings": args.max_seq_len, "tie_word_embeddings": args.tie_embeddings,
-        "vocab_size": args.vocab_size, "torch_dtype": _DTYPE_NAMES.get(dtype, "float32"),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_scaling": None
+        if s is None
+        else {
+            "rope_type": "llama3",
+            "factor": s.factor,
+            "low_freq_factor": s.low_freq_factor,
+            "high_freq_factor": s.high_freq_factor,
+            "original_max_position_embeddings": s.original_context,
+        },
+        "max_position_embeddings": args.max_seq_len,
+        "tie_word_embeddings": args.tie_embeddings,
+        "vocab_size": args.vocab_size,
+        "torch_dtype": _DTYPE_NAMES.get(dtype, "float32"),
     }
     cfg.update(extra or {})
     return cfg
@@ -174,8 +199,12 @@ def _diagnose_safetensors(file: Path, err: Exception) -> CheckpointError:
             for name, info in header.items():
                 end = 8 + n + info["data_offsets"][1] if isinstance(info, dict) and "data_offsets" in info else 0
                 if end > size:
-                    return CheckpointError(file, f"file is truncated: tensor data ends at byte {end} but the "
-                                                 f"file has only {size} bytes (incomplete download?)", tensor=name)
+                    return CheckpointError(
+                        file,
+                        f"file is truncated: tensor data ends at byte {end} but the "
+                        f"file has only {size} bytes (incomplete download?)",
+                        tensor=name,
+                    )
     except Exception:
         pass
     return CheckpointError(file, f"corrupt or truncated safetensors file ({type(err).__name__}: {err})")
@@ -206,8 +235,11 @@ class HFCheckpointReader(CheckpointReader):
                 raise CheckpointError(folder / INDEX_FILE, "'weight_map' must map tensor names to file names")
             files = [folder / s for s in sorted(set(wanted.values()))]
         else:
-            raise CheckpointError(folder, f"no {SINGLE_FILE} or {INDEX_FILE} next to config.json (only safetensors "
-                                          "weights are read; convert pytorch_model.bin with transformers first)")
+            raise CheckpointError(
+                folder,
+                f"no {SINGLE_FILE} or {INDEX_FILE} next to config.json (only safetensors "
+                "weights are read; convert pytorch_model.bin with transformers first)",
+            )
         self.path = files[0] if len(files) == 1 else folder
         self._handles: list = []
         self._where: dict[str, tuple[Any, str, Path]] = {}  # our name -> (handle, their name, file)
@@ -261,8 +293,15 @@ def parse_size(size: int | str) -> int:
     if isinstance(size, int):
         return size
     s = size.strip().upper()
-    for unit, mult in (("GIB", 1 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 10**9), ("MB", 10**6),
-                       ("KB", 10**3), ("B", 1)):
+    for unit, mult in (
+        ("GIB", 1 << 30),
+        ("MIB", 1 << 20),
+        ("KIB", 1 << 10),
+        ("GB", 10**9),
+        ("MB", 10**6),
+        ("KB", 10**3),
+        ("B", 1),
+    ):
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * mult)
     return int(s)
@@ -276,8 +315,13 @@ def chmod_as_created(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def write_hf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str | os.PathLike,
-             max_shard_size: int | str = "5GB", extra_config: dict[str, Any] | None = None) -> Path:
+def write_hf(
+    state_dict: dict[str, torch.Tensor],
+    args: ModelArgs,
+    out_dir: str | os.PathLike,
+    max_shard_size: int | str = "5GB",
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
     """config.json + safetensors in HF layout; sharded with an index past ``max_shard_size``."""
     state_dict = drop_tied_head(state_dict, args)
     check_state_dict(state_dict, args, "<state dict to write>")
@@ -312,8 +356,9 @@ def write_hf(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str 
         os.replace(partial, out_dir / file)
     if n > 1:
         total = sum(state_dict[name].numel() * state_dict[name].element_size() for name in expected_shapes(args))
-        (out_dir / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total},
-                                                      "weight_map": weight_map}, indent=2) + "\n")
+        (out_dir / INDEX_FILE).write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n"
+        )
     dtype = state_dict["tok_embeddings.weight"].dtype
     (out_dir / "config.json").write_text(json.dumps(hf_config(args, dtype, extra_config), indent=2) + "\n")
     return out_dir

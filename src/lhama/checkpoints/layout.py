@@ -16,9 +16,15 @@ from lhama.errors import CheckpointError
 from lhama.model.args import ModelArgs
 
 LAYER_NAMES = (
-    "attention.wq.weight", "attention.wk.weight", "attention.wv.weight", "attention.wo.weight",
-    "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight",
-    "attention_norm.weight", "ffn_norm.weight",
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+    "attention_norm.weight",
+    "ffn_norm.weight",
 )
 
 
@@ -46,26 +52,30 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], args: ModelArgs, path: object,
-                     *, name_of=lambda n: n) -> None:
+def check_state_dict(
+    state_dict: dict[str, torch.Tensor], args: ModelArgs, path: object, *, name_of=lambda n: n
+) -> None:
     """Raise ``CheckpointError`` naming the file and tensor for the first missing, misshapen or
     unexpected tensor. ``name_of`` maps our name back to the file's own, for the message."""
     expected = expected_shapes(args)
     for name, shape in expected.items():
         t = state_dict.get(name)
         if t is None:
-            raise CheckpointError(path, "tensor missing from the checkpoint; the file is incomplete "
-                                  "or was written for a different model shape", tensor=name_of(name))
+            raise CheckpointError(
+                path,
+                "tensor missing from the checkpoint; the file is incomplete or was written for a different model shape",
+                tensor=name_of(name),
+            )
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(path, f"expected a tensor, found {type(t).__name__}", tensor=name_of(name))
         if tuple(t.shape) != shape:
-            raise CheckpointError(path, f"shape {tuple(t.shape)} does not match the config, which needs "
-                                  f"{shape}", tensor=name_of(name))
+            raise CheckpointError(
+                path, f"shape {tuple(t.shape)} does not match the config, which needs {shape}", tensor=name_of(name)
+            )
     for name in state_dict:
         if name not in expected:
             hint = " (the config says embeddings are tied)" if name == "output.weight" else ""
-            raise CheckpointError(path, f"unexpected tensor, not part of this Llama model{hint}",
-                                  tensor=name_of(name))
+            raise CheckpointError(path, f"unexpected tensor, not part of this Llama model{hint}", tensor=name_of(name))
 
 
 def drop_tied_head(state_dict: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ class Checkpoint:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """"gguf" (by magic), "hf" (config.json, or a .safetensors file beside one) or "meta"
+    """ "gguf" (by magic), "hf" (config.json, or a .safetensors file beside one) or "meta"
     (params.json). A folder holding exactly one .gguf file counts as that file."""
     path = require_file(Path(path))
     if path.is_dir():
@@ -40,8 +40,11 @@ def detect_format(path: str | os.PathLike) -> str:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return "gguf"
-        raise CheckpointError(path, "folder has no config.json (Hugging Face), params.json (Meta) or single "
-                                    ".gguf file; cannot tell what checkpoint it holds")
+        raise CheckpointError(
+            path,
+            "folder has no config.json (Hugging Face), params.json (Meta) or single "
+            ".gguf file; cannot tell what checkpoint it holds",
+        )
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == b"GGUF":
@@ -54,8 +57,11 @@ def detect_format(path: str | os.PathLike) -> str:
         return "meta"
     if path.suffix == ".gguf":
         raise CheckpointError(path, f"not a GGUF file: it starts with {magic!r}, GGUF files start with b'GGUF'")
-    raise CheckpointError(path, "unrecognised checkpoint; expected a .gguf file, a Hugging Face folder "
-                                "(config.json + safetensors) or a Meta folder (params.json + consolidated.*.pth)")
+    raise CheckpointError(
+        path,
+        "unrecognised checkpoint; expected a .gguf file, a Hugging Face folder "
+        "(config.json + safetensors) or a Meta folder (params.json + consolidated.*.pth)",
+    )
 
 
 def open_reader(path: str | os.PathLike) -> CheckpointReader:
@@ -89,8 +95,7 @@ def read_checkpoint(path: str | os.PathLike, dtype: torch.dtype | None = torch.f
     with open_reader(path) as reader:
         sd = {name: cast(reader.read(name), dtype) for name in reader.shapes}
         where = reader.path if reader.format == "gguf" else Path(path)  # a folder stays the folder
-        return Checkpoint(args=reader.args, state_dict=sd, format=reader.format, path=where,
-                          metadata=reader.metadata)
+        return Checkpoint(args=reader.args, state_dict=sd, format=reader.format, path=where, metadata=reader.metadata)
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: object = "<state dict>") -> None:
@@ -105,8 +110,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         if t is None:
             raise CheckpointError(source, "tensor missing; the checkpoint does not fit this model", tensor=name)
         if tuple(t.shape) != shape:
-            raise CheckpointError(source, f"shape {tuple(t.shape)} does not fit the model, which needs {shape}",
-                                  tensor=name)
+            raise CheckpointError(
+                source, f"shape {tuple(t.shape)} does not fit the model, which needs {shape}", tensor=name
+            )
     extra = sorted(set(state_dict) - set(expected))
     if extra:
         raise CheckpointError(source, "unexpected tensor, not part of this model", tensor=extra[0])
@@ -118,9 +124,15 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
         model.output.weight = model.tok_embeddings.weight
 
 
-def write_checkpoint(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_path: str | os.PathLike,
-                     fmt: str = "safetensors", gguf_type: str = "f16", metadata: dict[str, Any] | None = None,
-                     **options: Any) -> Path:
+def write_checkpoint(
+    state_dict: dict[str, torch.Tensor],
+    args: ModelArgs,
+    out_path: str | os.PathLike,
+    fmt: str = "safetensors",
+    gguf_type: str = "f16",
+    metadata: dict[str, Any] | None = None,
+    **options: Any,
+) -> Path:
     """Write ``state_dict`` (our names) as ``fmt``: "safetensors" (HF folder; option
     ``max_shard_size``, ``extra_config``), "gguf" (file; ``gguf_type`` f32/f16/q8_0, ``metadata``
     with tokenizer.* keys to carry) or "meta" (folder; option ``n_shards``)."""

@@ -32,8 +32,14 @@ from lhama.model.args import ModelArgs, RopeScaling, swiglu_hidden_dim
 # output rows (dim 0), row-parallel ones their input columns (dim 1); norms are replicated.
 # tok_embeddings is vocab-parallel (dim 0) in Llama 3, embedding-parallel (dim 1) in Llama 2:
 # told apart by the shard's shape.
-COLUMN_PARALLEL = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
-                   "feed_forward.w1.weight", "feed_forward.w3.weight", "output.weight")
+COLUMN_PARALLEL = (
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w3.weight",
+    "output.weight",
+)
 ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")
 IGNORED = {"rope.freqs"}  # Llama 2 shards carry the (recomputable) RoPE frequencies
 
@@ -57,11 +63,17 @@ def safe_torch_load(file: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         # torch's own text advises retrying with weights_only=False; pass on only what was refused.
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        culprit = f"it asks for {found.group(1)}" if found else next(
-            (ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), "unsupported pickle content")
-        raise CheckpointError(file, "unsafe file: its pickle tries to execute code or build arbitrary Python "
-                                    f"objects ({culprit}), so it was refused without running anything. Only "
-                                    "plain tensor checkpoints are loaded") from None
+        culprit = (
+            f"it asks for {found.group(1)}"
+            if found
+            else next((ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), "unsupported pickle content")
+        )
+        raise CheckpointError(
+            file,
+            "unsafe file: its pickle tries to execute code or build arbitrary Python "
+            f"objects ({culprit}), so it was refused without running anything. Only "
+            "plain tensor checkpoints are loaded",
+        ) from None
     except Exception as e:
         first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(file, f"truncated or corrupt PyTorch checkpoint ({type(e).__name__}: {first})") from None
@@ -69,8 +81,9 @@ def safe_torch_load(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(file, f"expected a dict of tensors, found {type(obj).__name__}")
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(file, f"entry is a {type(value).__name__}, not a tensor; not a weights file",
-                                  tensor=str(key))
+            raise CheckpointError(
+                file, f"entry is a {type(value).__name__}, not a tensor; not a weights file", tensor=str(key)
+            )
     return obj
 
 
@@ -112,17 +125,26 @@ def _args_from_params(params: dict[str, Any], path: Path, vocab_size: int) -> Mo
     scaling = None
     if params.get("use_scaled_rope"):
         default_factor = 32.0 if (dim, n_layers) in LLAMA32_SHAPES else 8.0
-        scaling = RopeScaling(factor=num("rope_scaling_factor", default_factor, float),
-                              low_freq_factor=num("rope_low_freq_factor", 1.0, float),
-                              high_freq_factor=num("rope_high_freq_factor", 4.0, float),
-                              original_context=num("rope_original_max_position_embeddings", 8192))
+        scaling = RopeScaling(
+            factor=num("rope_scaling_factor", default_factor, float),
+            low_freq_factor=num("rope_low_freq_factor", 1.0, float),
+            high_freq_factor=num("rope_high_freq_factor", 4.0, float),
+            original_context=num("rope_original_max_position_embeddings", 8192),
+        )
     default_ctx = 131072 if scaling else 8192 if vocab_size >= 128000 else 4096
     try:
         args = ModelArgs(
-            dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=num("n_kv_heads", n_heads),
-            vocab_size=vocab_size, hidden_dim=hidden, norm_eps=num("norm_eps", 1e-5, float),
-            rope_theta=num("rope_theta", 10000.0, float), rope_scaling=scaling,
-            max_seq_len=num("max_seq_len", default_ctx), tie_embeddings=False,
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=num("n_kv_heads", n_heads),
+            vocab_size=vocab_size,
+            hidden_dim=hidden,
+            norm_eps=num("norm_eps", 1e-5, float),
+            rope_theta=num("rope_theta", 10000.0, float),
+            rope_scaling=scaling,
+            max_seq_len=num("max_seq_len", default_ctx),
+            tie_embeddings=False,
             head_dim_override=num("head_dim", 0),
         )
     except ConfigError as e:
@@ -153,8 +175,7 @@ class MetaCheckpointReader(CheckpointReader):
         for f, sd in zip(files[1:], shards[1:], strict=True):
             if sd.keys() != shards[0].keys():
                 odd = sorted(sd.keys() ^ shards[0].keys())[0]
-                raise CheckpointError(f, f"shards disagree on their tensors (compare with {files[0].name})",
-                                      tensor=odd)
+                raise CheckpointError(f, f"shards disagree on their tensors (compare with {files[0].name})", tensor=odd)
         emb = shards[0].get("tok_embeddings.weight")
         if emb is None:
             raise CheckpointError(files[0], "tensor missing", tensor="tok_embeddings.weight")
@@ -194,8 +215,10 @@ class MetaCheckpointReader(CheckpointReader):
             return False
         rows = self.shapes[a][0]
         step = max(1, rows // max(len(self._pieces[a][0]), len(self._pieces[b][0])))
-        return all(torch.equal(self.read(a, 0, r, min(rows, r + step)), self.read(b, 0, r, min(rows, r + step)))
-                   for r in range(0, rows, step))
+        return all(
+            torch.equal(self.read(a, 0, r, min(rows, r + step)), self.read(b, 0, r, min(rows, r + step)))
+            for r in range(0, rows, step)
+        )
 
     def read(self, name, dim=None, start=None, stop=None):
         pieces, pdim = self._pieces[name]
@@ -250,10 +273,17 @@ def ffn_params(dim: int, hidden_dim: int) -> tuple[int, float | None]:
 def params_from_args(args: ModelArgs) -> dict[str, Any]:
     multiple_of, ffn_mult = ffn_params(args.dim, args.hidden_dim)
     params: dict[str, Any] = {
-        "dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads, "n_kv_heads": args.n_kv_heads,
-        "vocab_size": args.vocab_size, "multiple_of": multiple_of, "ffn_dim_multiplier": ffn_mult,
-        "norm_eps": args.norm_eps, "rope_theta": args.rope_theta,
-        "use_scaled_rope": args.rope_scaling is not None, "max_seq_len": args.max_seq_len,
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "n_kv_heads": args.n_kv_heads,
+        "vocab_size": args.vocab_size,
+        "multiple_of": multiple_of,
+        "ffn_dim_multiplier": ffn_mult,
+        "norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "use_scaled_rope": args.rope_scaling is not None,
+        "max_seq_len": args.max_seq_len,
     }
     if args.head_dim_override:
         params["head_dim"] = args.head_dim
@@ -261,8 +291,11 @@ def params_from_args(args: ModelArgs) -> dict[str, Any]:
     if s is not None:  # explicit, so no reader has to guess the factor from the shape
         params["rope_scaling_factor"] = s.factor
         if (s.low_freq_factor, s.high_freq_factor, s.original_context) != (1.0, 4.0, 8192):
-            params.update(rope_low_freq_factor=s.low_freq_factor, rope_high_freq_factor=s.high_freq_factor,
-                          rope_original_max_position_embeddings=s.original_context)
+            params.update(
+                rope_low_freq_factor=s.low_freq_factor,
+                rope_high_freq_factor=s.high_freq_factor,
+                rope_original_max_position_embeddings=s.original_context,
+            )
     return params
 
 
@@ -276,8 +309,9 @@ def _split_dim(name: str, vocab_size: int) -> int | None:
     return None
 
 
-def write_meta(state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str | os.PathLike,
-               n_shards: int = 1) -> Path:
+def write_meta(
+    state_dict: dict[str, torch.Tensor], args: ModelArgs, out_dir: str | os.PathLike, n_shards: int = 1
+) -> Path:
     """params.json + ``n_shards`` consolidated.NN.pth, cut the way fairscale cuts them.
     ``output.weight`` is always written (the reference model has an untied output layer)."""
     state_dict = drop_tied_head(state_dict, args)

@@ -46,7 +46,7 @@ def is_quantized_gguf(reader: GGUFCheckpointReader) -> bool:
 
 # -- decoding llama.cpp blocks (layout: ggml-common.h; values as gguf.quants computes them) --------
 def _fp16(raw: np.ndarray, at: int) -> np.ndarray:
-    return raw[..., at:at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+    return raw[..., at : at + 2].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def decode_q4(raw: np.ndarray, qtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -56,7 +56,7 @@ def decode_q4(raw: np.ndarray, qtype) -> tuple[torch.Tensor, torch.Tensor, torch
     blocks = raw.reshape(rows, -1, gguf.GGML_QUANT_SIZES[qtype][1])
     d = _fp16(blocks, 0)
     m = -8 * d if qtype == Q.Q4_0 else _fp16(blocks, 2)
-    qs = blocks[..., 2 if qtype == Q.Q4_0 else 4:]
+    qs = blocks[..., 2 if qtype == Q.Q4_0 else 4 :]
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # element j: low nibble of byte j, j+16: high
     return torch.from_numpy(q.reshape(rows, -1)), torch.from_numpy(d), torch.from_numpy(m)
 
@@ -88,8 +88,9 @@ class _Builder:
             return Int4WeightOnlyLinear.from_group_rows(blocks, rows, cols, GROUP, self.compute_dtype)
         if qtype == Q.Q8_0:
             self.kinds[module_name] = "int8 as 2 x int4/g32 (Q8_0, exact)"
-            return SplitInt8Linear.from_q8_rows(lambda: (decode_q8(raw) for raw in self._row_blocks(names)),
-                                                rows, cols, self.compute_dtype)
+            return SplitInt8Linear.from_q8_rows(
+                lambda: (decode_q8(raw) for raw in self._row_blocks(names)), rows, cols, self.compute_dtype
+            )
         w = torch.cat([self.reader.read(n) for n in names]).float()
         if qtype in FLOAT:
             self.kinds[module_name] = f"dense {self.dtype} ({qtype.name})"
@@ -118,8 +119,11 @@ class _Builder:
     def _notice(qtype, target: str) -> None:
         if qtype.name not in _NOTICED:
             _NOTICED.add(qtype.name)
-            log.warning("%s weights have no exact kernel layout in lhama: requantized to %s (nearest; "
-                        "docs/quantization.md)", qtype.name, target)
+            log.warning(
+                "%s weights have no exact kernel layout in lhama: requantized to %s (nearest; docs/quantization.md)",
+                qtype.name,
+                target,
+            )
 
     def norm_weight(self, name: str) -> nn.Parameter:
         return nn.Parameter(self.reader.read(name).to(self.dtype), requires_grad=False)
@@ -200,9 +204,13 @@ def is_quantized_checkpoint(path) -> bool:
 
 
 @torch.no_grad()
-def load_quantized_gguf(reader: GGUFCheckpointReader, *, dtype: torch.dtype = torch.float32,
-                        compute_dtype: torch.dtype = torch.bfloat16,
-                        max_seq_len: int | None = None) -> tuple[Transformer, QuantReport]:
+def load_quantized_gguf(
+    reader: GGUFCheckpointReader,
+    *,
+    dtype: torch.dtype = torch.float32,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    max_seq_len: int | None = None,
+) -> tuple[Transformer, QuantReport]:
     """(model on the CPU, report) with every linear in a kernel layout; see the module docstring."""
     threads = torch.get_num_threads()
     # Repacking is thousands of small ops: one thread each avoids OpenMP's hand-offs, which on a
@@ -225,8 +233,10 @@ def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> t
     model.output = b.linear([head], "output")
     for i, layer in enumerate(model.layers):
         p = f"layers.{i}."
-        for parent, parts, fused in ((layer.attention, ("wq", "wk", "wv"), "wqkv"),
-                                     (layer.feed_forward, ("w1", "w3"), "w13")):
+        for parent, parts, fused in (
+            (layer.attention, ("wq", "wk", "wv"), "wqkv"),
+            (layer.feed_forward, ("w1", "w3"), "w13"),
+        ):
             sub = "attention" if fused == "wqkv" else "feed_forward"
             names = [f"{p}{sub}.{n}.weight" for n in parts]
             if _same_exact_type(reader, names):
@@ -245,6 +255,7 @@ def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> t
     model.tok_embeddings = b.embedding()
     release_freed_memory()
     model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
-    report = QuantReport(model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model),
-                         dict(b.kinds))
+    report = QuantReport(
+        model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model), dict(b.kinds)
+    )
     return model.eval(), report

@@ -30,8 +30,9 @@ class CheckpointReader:
     metadata: dict[str, Any]  # GGUF key/values, HF config or params.json
     names: NameTable | None = None  # the format's own tensor names, where it has them
 
-    def read(self, name: str, dim: int | None = None, start: int | None = None,
-             stop: int | None = None) -> torch.Tensor:
+    def read(
+        self, name: str, dim: int | None = None, start: int | None = None, stop: int | None = None
+    ) -> torch.Tensor:
         """Tensor ``name`` (our name) in the precision the file stores (quantized GGUF blocks
         come out as float32); with ``dim``, only ``[start, stop)`` along that dimension."""
         raise NotImplementedError
@@ -47,8 +48,12 @@ class CheckpointReader:
         """Metadata within bounds and matching the tensor table, every tensor present with the
         right shape: all from headers, before a byte of weights is read or allocated."""
         check_bounds(self.args, self.path)  # bounds expected_shapes' table, built next
-        check_state_dict({n: torch.empty(s, device="meta") for n, s in self.shapes.items()}, self.args,
-                         self.path, name_of=self.name_of)
+        check_state_dict(
+            {n: torch.empty(s, device="meta") for n, s in self.shapes.items()},
+            self.args,
+            self.path,
+            name_of=self.name_of,
+        )
 
     def close(self) -> None:
         pass

@@ -24,13 +24,19 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "finetune": ("train", "add_finetune_args", "fine-tune a model: full SFT, LoRA SFT, continued pretraining, DPO"),
     "distill": ("train", "add_distill_args", "knowledge distillation: train a small student on a teacher's logits"),
     "synth": ("train", "add_synth_args", "generate instruction/answer chat data from seed topics with a teacher"),
-    "rejection-sample": ("train", "add_rejection_args",
-                         "N candidates per prompt, scored by a reward: best -> SFT JSONL, best/worst -> DPO JSONL"),
+    "rejection-sample": (
+        "train",
+        "add_rejection_args",
+        "N candidates per prompt, scored by a reward: best -> SFT JSONL, best/worst -> DPO JSONL",
+    ),
     "plan": ("plan", "add_plan_args", "memory per GPU (weights, KV cache, activations): does it fit?"),
     "eval": ("eval", "add_eval_args", "evaluate a model on tasks: perplexity, multiple choice, generative, code"),
     "compare": ("eval", "add_compare_args", "pairwise comparison of two models judged by a third (win/tie/loss)"),
-    "lm-eval": ("eval", "add_lm_eval_args",
-                "run lm-evaluation-harness with lhama as a model (--install: `lm_eval --model lhama`)"),
+    "lm-eval": (
+        "eval",
+        "add_lm_eval_args",
+        "run lm-evaluation-harness with lhama as a model (--install: `lm_eval --model lhama`)",
+    ),
     "safety": ("safety", "add_safety_args", "safety shields: Llama Guard 3 and Prompt Guard"),
 }
 
@@ -39,8 +45,9 @@ def build_parser(only: str | None = None) -> Parser:
     """The ``lhama`` parser. ``only``: fill in just that command's arguments ("" for none; the
     others keep their one-line help), which is all ``main`` needs to run it."""
     parser = Parser(prog="lhama", description="The Llama system in Python.")
-    parser.add_argument("--version", action="version", version=f"lhama {__version__}",
-                        help="print the version and exit")
+    parser.add_argument(
+        "--version", action="version", version=f"lhama {__version__}", help="print the version and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, adder, help_line) in COMMANDS.items():
         p = sub.add_parser(name, help=help_line, description=help_line)

@@ -16,15 +16,25 @@ AGENT_SAMPLING = ("max_tokens", "temperature", "top_p", "seed")  # what AgentCon
 def add_agent_args(p: argparse.ArgumentParser) -> None:
     from lhama.safety.spec import add_shield_args
 
-    p.description = ("Run the model in a loop with tools: model -> tool call -> execute -> result -> model, "
-                     "until it answers or --max-steps.")
+    p.description = (
+        "Run the model in a loop with tools: model -> tool call -> execute -> result -> model, "
+        "until it answers or --max-steps."
+    )
     p.add_argument("question", nargs="?", help="ask once and exit (default: interactive, one turn per line)")
     add_model_args(p)
-    p.add_argument("--tools", default="code_interpreter",
-                   help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none'")
-    p.add_argument("--tool", action="append", default=[], metavar="MODULE:NAME",
-                   help="a custom tool: a lhama.tools.Tool or function NAME in MODULE (a module name or a "
-                        ".py file), e.g. my_tools.py:get_weather (repeatable)")
+    p.add_argument(
+        "--tools",
+        default="code_interpreter",
+        help="comma-separated built-ins: code_interpreter, brave_search, wolfram_alpha, or 'none'",
+    )
+    p.add_argument(
+        "--tool",
+        action="append",
+        default=[],
+        metavar="MODULE:NAME",
+        help="a custom tool: a lhama.tools.Tool or function NAME in MODULE (a module name or a "
+        ".py file), e.g. my_tools.py:get_weather (repeatable)",
+    )
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-steps", type=int, default=8, help="model calls per question")
     add_sampling_args(p, only=AGENT_SAMPLING)  # --max-tokens is per model call
@@ -93,8 +103,11 @@ class Printer:
             text = e.data["result"]
             print(f"[tool result] {text if len(text) < 2000 else text[:2000] + ' ...'}", file=sys.stderr, flush=True)
         elif e.type == "shield" and not e.data["allowed"]:
-            print(f"[shield] {e.data['shield']} refused the {e.data['role']} turn: {', '.join(e.data['categories'])}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[shield] {e.data['shield']} refused the {e.data['role']} turn: {', '.join(e.data['categories'])}",
+                file=sys.stderr,
+                flush=True,
+            )
         elif e.type == "done":
             if e.data["stopped"].startswith("shield"):
                 sys.stdout.write(e.data["content"])
@@ -110,8 +123,9 @@ def run_agent(a) -> int:
     from lhama.tools.registry import BUILTIN_NAMES
     from lhama.tools.transcript import Transcript, replay_session, replay_tools
 
-    config = AgentConfig(max_steps=a.max_steps, max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed,
-                         system=a.system)
+    config = AgentConfig(
+        max_steps=a.max_steps, max_tokens=a.max_tokens, temperature=a.temperature, seed=a.seed, system=a.system
+    )
     tools = _tools(a.tools) + _custom_tools(a.tool)
     if a.replay and not a.rerun:
         tr = Transcript.load(a.replay)
@@ -170,4 +184,3 @@ def run_agent(a) -> int:
         history = res.messages
         if a.save:
             res.transcript.save(a.save)
-

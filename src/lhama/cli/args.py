@@ -40,21 +40,31 @@ class Parser(argparse.ArgumentParser):
 # -- model ---------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", "-m", default="default",
-                   help="GGUF file, Hugging Face folder, Meta folder, config name (random weights) or 'default' "
-                        "(the shipped SmolLM2-135M)")
+    g.add_argument(
+        "--model",
+        "-m",
+        default="default",
+        help="GGUF file, Hugging Face folder, Meta folder, config name (random weights) or 'default' "
+        "(the shipped SmolLM2-135M)",
+    )
     g.add_argument("--tokenizer", help="tokenizer file/folder when the checkpoint has none (e.g. a named config)")
     g.add_argument("--chat-format", help="override the chat format: llama3, llama2, jinja, or a .jinja file")
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's, float32 on CPU)")
     g.add_argument("--max-seq-len", type=int, help="cap the context window in tokens (default: the model's)")
-    g.add_argument("--lora", action="append", default=[],
-                   help="PEFT LoRA adapter folder to apply to --model (merged in at load); with serve, NAME=PATH "
-                        "serves the adapter per request as model NAME instead (repeatable)")
-    g.add_argument("--quantize", choices=["int8", "int4", "fp8"],
-                   help="weight-only quantization at load (see docs/quantization.md)")
-    g.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32,
-                   help="int4: weights per scale")
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        help="PEFT LoRA adapter folder to apply to --model (merged in at load); with serve, NAME=PATH "
+        "serves the adapter per request as model NAME instead (repeatable)",
+    )
+    g.add_argument(
+        "--quantize",
+        choices=["int8", "int4", "fp8"],
+        help="weight-only quantization at load (see docs/quantization.md)",
+    )
+    g.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32, help="int4: weights per scale")
 
 
 def quant_config_from_args(a):
@@ -78,8 +88,9 @@ def split_lora_flags(values) -> tuple[str | None, list[tuple[str, str]]]:
         else:
             merged.append(v)
     if len(merged) > 1:
-        raise ConfigError("only one --lora folder can be merged at load; serve several per request with "
-                          "lhama serve --lora NAME=PATH")
+        raise ConfigError(
+            "only one --lora folder can be merged at load; serve several per request with lhama serve --lora NAME=PATH"
+        )
     return (merged[0] if merged else None), named
 
 
@@ -92,11 +103,21 @@ def load_model_from_args(a, *, named_lora_ok: bool = False):
 
     merged, named = split_lora_flags(getattr(a, "lora", None))
     if named and not named_lora_ok:
-        raise ConfigError(f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve; here "
-                          "give the adapter folder alone to merge it")
+        raise ConfigError(
+            f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve; here "
+            "give the adapter folder alone to merge it"
+        )
     dtype = getattr(torch, a.dtype) if a.dtype else None
-    return load_model(a.model, dtype=dtype, device=a.device, chat_format=a.chat_format, tokenizer=a.tokenizer,
-                      max_seq_len=a.max_seq_len, lora=merged, quantize=quant_config_from_args(a))
+    return load_model(
+        a.model,
+        dtype=dtype,
+        device=a.device,
+        chat_format=a.chat_format,
+        tokenizer=a.tokenizer,
+        max_seq_len=a.max_seq_len,
+        lora=merged,
+        quantize=quant_config_from_args(a),
+    )
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -140,8 +161,12 @@ def add_sampling_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None =
         if only is not None and f.name not in only:
             continue
         kind = float if isinstance(getattr(SAMPLING_DEFAULTS, f.name), float) else int
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(SAMPLING_DEFAULTS, f.name),
-                       help=SAMPLING_HELP[f.name])
+        g.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            default=getattr(SAMPLING_DEFAULTS, f.name),
+            help=SAMPLING_HELP[f.name],
+        )
     if only is None:
         g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
@@ -158,11 +183,18 @@ def sampling_params_from_args(a):
 # -- speculative decoding ------------------------------------------------------------------------
 def add_speculative_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speculative decoding (docs/scaling.md)")
-    g.add_argument("--draft-model", help="draft: self:int4 (an int4 copy of the model), a model sharing the "
-                                         "tokenizer, self:N (the model's first N layers), self:int4:N, or ngram "
-                                         "(prompt lookup)")
-    g.add_argument("--num-speculative-tokens", type=int, default=None,
-                   help="tokens the draft proposes per step (default: 6 for self:int4/int8, else 4)")
+    g.add_argument(
+        "--draft-model",
+        help="draft: self:int4 (an int4 copy of the model), a model sharing the "
+        "tokenizer, self:N (the model's first N layers), self:int4:N, or ngram "
+        "(prompt lookup)",
+    )
+    g.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=None,
+        help="tokens the draft proposes per step (default: 6 for self:int4/int8, else 4)",
+    )
 
 
 def speculation_from_args(a, lm):
@@ -191,28 +223,46 @@ def add_engine_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("engine (docs/engine.md)")
     d = ENGINE_DEFAULTS
     g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs, help="sequences run in one step")
-    g.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens,
-                   help="tokens computed in one step")
+    g.add_argument(
+        "--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens, help="tokens computed in one step"
+    )
     g.add_argument("--kv-cache-gb", type=float, help="KV-cache budget in GiB (default: see docs/engine.md)")
-    g.add_argument("--kv-cache-fraction", type=float,
-                   help="KV-cache budget as a fraction of available memory (default: 0.25 on a CPU, 0.9 on a "
-                        "GPU; never more than --max-num-seqs full contexts)")
+    g.add_argument(
+        "--kv-cache-fraction",
+        type=float,
+        help="KV-cache budget as a fraction of available memory (default: 0.25 on a CPU, 0.9 on a "
+        "GPU; never more than --max-num-seqs full contexts)",
+    )
     g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
     g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     g.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
-    g.add_argument("--enforce-eager", action="store_true",
-                   help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs")
-    g.add_argument("--deterministic", action="store_true",
-                   help="batch-invariant results: a request's tokens and logprobs do not depend on the other "
-                        "requests or on prefix-cache hits (slower; see docs/server.md)")
+    g.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="CUDA: launch every decode kernel from Python instead of replaying CUDA graphs",
+    )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="batch-invariant results: a request's tokens and logprobs do not depend on the other "
+        "requests or on prefix-cache hits (slower; see docs/server.md)",
+    )
     return g
 
 
 def engine_config_from_args(a):
     from lhama.engine.config import EngineConfig
 
-    return EngineConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
-                        kv_cache_gb=a.kv_cache_gb, kv_cache_fraction=a.kv_cache_fraction, block_size=a.block_size, max_model_len=a.max_model_len,
-                        enable_prefix_caching=not a.no_prefix_caching, compile=a.compile,
-                        cuda_graphs=not a.enforce_eager, deterministic=a.deterministic)
+    return EngineConfig(
+        max_num_seqs=a.max_num_seqs,
+        max_num_batched_tokens=a.max_num_batched_tokens,
+        kv_cache_gb=a.kv_cache_gb,
+        kv_cache_fraction=a.kv_cache_fraction,
+        block_size=a.block_size,
+        max_model_len=a.max_model_len,
+        enable_prefix_caching=not a.no_prefix_caching,
+        compile=a.compile,
+        cuda_graphs=not a.enforce_eager,
+        deterministic=a.deterministic,
+    )

@@ -42,14 +42,28 @@ def run_batch(a) -> int:
     if a.ray:
         from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 
-        spec = ModelSpec(model=a.model, dtype=a.dtype, device=a.device, chat_format=a.chat_format,
-                         tokenizer=a.tokenizer, max_seq_len=a.max_seq_len)
-        summary = run_batch_ray(spec, a.input, a.output, engine_config_from_args(a), workers=a.workers,
-                                address=a.ray_address, progress=not a.quiet)
+        spec = ModelSpec(
+            model=a.model,
+            dtype=a.dtype,
+            device=a.device,
+            chat_format=a.chat_format,
+            tokenizer=a.tokenizer,
+            max_seq_len=a.max_seq_len,
+        )
+        summary = run_batch_ray(
+            spec,
+            a.input,
+            a.output,
+            engine_config_from_args(a),
+            workers=a.workers,
+            address=a.ray_address,
+            progress=not a.quiet,
+        )
     else:
         from lhama.openai.engine_batch import run_batch_file
 
-        summary = run_batch_file(load_model_from_args(a), Path(a.input), Path(a.output), engine_config_from_args(a),
-                                 progress=not a.quiet)
+        summary = run_batch_file(
+            load_model_from_args(a), Path(a.input), Path(a.output), engine_config_from_args(a), progress=not a.quiet
+        )
     print(json.dumps(asdict(summary)))
     return 0

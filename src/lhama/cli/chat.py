@@ -39,16 +39,22 @@ class ChatSession:
         params = self.params.with_(max_tokens=max(1, min(self.params.max_tokens, room)))
         gen_ids: list[int] = []
         try:
-            for d in stream_text(self.lm.model, self.lm.tokenizer, ids, params, stop_ids=fmt.stop_ids,
-                                 speculation=self.speculation):
+            for d in stream_text(
+                self.lm.model, self.lm.tokenizer, ids, params, stop_ids=fmt.stop_ids, speculation=self.speculation
+            ):
                 gen_ids += d.token_ids
                 yield d.text
         except BaseException:
             self.messages.pop()  # a failed or interrupted turn leaves no half message behind
             raise
         msg = fmt.decode_assistant(gen_ids)
-        self.messages.append({"role": "assistant", "content": msg.get("content") or "",
-                              **({"tool_calls": msg["tool_calls"]} if msg.get("tool_calls") else {})})
+        self.messages.append(
+            {
+                "role": "assistant",
+                "content": msg.get("content") or "",
+                **({"tool_calls": msg["tool_calls"]} if msg.get("tool_calls") else {}),
+            }
+        )
 
 
 def default_history_file() -> Path:
@@ -73,8 +79,9 @@ class LineReader:
             except ImportError:  # a Python built without it: plain input() still works
                 return
             self.readline = readline
-            self.history = default_history_file() if history_file is None else (Path(history_file) if history_file
-                                                                                  else None)
+            self.history = (
+                default_history_file() if history_file is None else (Path(history_file) if history_file else None)
+            )
             if self.history is not None and self.history.is_file():
                 try:
                     readline.read_history_file(self.history)
@@ -105,14 +112,22 @@ class LineReader:
 EXIT_HINT = "(type /exit or press Ctrl-D to leave; Ctrl-C again quits)"
 
 
-def run_chat(loaded, params: SamplingParams, system: str | None = None,
-             stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, speculation=None,
-             history_file: str | None = None) -> int:
+def run_chat(
+    loaded,
+    params: SamplingParams,
+    system: str | None = None,
+    stdin: TextIO = sys.stdin,
+    stdout: TextIO = sys.stdout,
+    speculation=None,
+    history_file: str | None = None,
+) -> int:
     """The chat loop. ``history_file``: None for the default place, '' for no history."""
     session = ChatSession(loaded, params, system, speculation)
     reader = LineReader(stdin, stdout, history_file)
-    print(f"lhama chat with {loaded.name} ({loaded.args.n_layers} layers, context {loaded.context_length}). {HELP}",
-          file=stdout)
+    print(
+        f"lhama chat with {loaded.name} ({loaded.args.n_layers} layers, context {loaded.context_length}). {HELP}",
+        file=stdout,
+    )
     try:
         return _loop(session, reader, stdout)
     finally:
@@ -144,7 +159,7 @@ def _loop(session: ChatSession, reader: LineReader, stdout: TextIO) -> int:
             print("(conversation cleared)", file=stdout)
             continue
         if text.startswith("/system"):
-            session.system = text[len("/system"):].strip() or None
+            session.system = text[len("/system") :].strip() or None
             session.reset()
             print(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)", file=stdout)
             continue

@@ -41,9 +41,13 @@ def run_info(a) -> int:
 def add_convert_args(p) -> None:
     p.add_argument("input", help="GGUF file, HF folder, Meta folder, or 'default'")
     p.add_argument("output", help="folder (safetensors, meta) or .gguf file to write")
-    p.add_argument("--to", choices=["safetensors", "gguf", "meta"], required=True,
-                   help="safetensors: a Hugging Face folder; gguf: one GGUF file; meta: a Meta folder "
-                        "(consolidated.NN.pth + params.json); see docs/checkpoints.md")
+    p.add_argument(
+        "--to",
+        choices=["safetensors", "gguf", "meta"],
+        required=True,
+        help="safetensors: a Hugging Face folder; gguf: one GGUF file; meta: a Meta folder "
+        "(consolidated.NN.pth + params.json); see docs/checkpoints.md",
+    )
     p.add_argument("--gguf-type", choices=["f32", "f16", "q8_0"], default="f16", help="GGUF tensor precision")
     p.set_defaults(func=run_convert)
 

@@ -17,13 +17,24 @@ from lhama.cli.args import (
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Evaluate a model on shipped tasks (see --list) or your own JSONL files. With --output, "
-                     "writes results.json, report.md and chart.png, and resumes an interrupted run.")
-    p.add_argument("--task", "-t", action="append", default=[], metavar="NAME|FILE.jsonl",
-                   help="a shipped task name or a JSONL file (repeatable; 'mc', 'gen', 'ppl' run all 8 languages)")
+    p.description = (
+        "Evaluate a model on shipped tasks (see --list) or your own JSONL files. With --output, "
+        "writes results.json, report.md and chart.png, and resumes an interrupted run."
+    )
+    p.add_argument(
+        "--task",
+        "-t",
+        action="append",
+        default=[],
+        metavar="NAME|FILE.jsonl",
+        help="a shipped task name or a JSONL file (repeatable; 'mc', 'gen', 'ppl' run all 8 languages)",
+    )
     p.add_argument("--list", action="store_true", help="list the shipped tasks and exit")
-    p.add_argument("--kind", choices=["perplexity", "multiple_choice", "generative", "code"],
-                   help="the task kind of a JSONL file (default: from its items' fields)")
+    p.add_argument(
+        "--kind",
+        choices=["perplexity", "multiple_choice", "generative", "code"],
+        help="the task kind of a JSONL file (default: from its items' fields)",
+    )
     add_model_args(p)
     _add_run_args(p)
     g = p.add_argument_group("tasks")
@@ -43,9 +54,13 @@ def add_compare_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--model-a", required=True, help="model A (e.g. the fine-tuned one)")
     c.add_argument("--model-b", required=True, help="model B (e.g. the base model)")
     c.add_argument("--judge", default="default", help="judge model")
-    c.add_argument("--prompts", default="pairwise", help="shipped prompt set or JSONL file of {\"prompt\": ...}")
-    c.add_argument("--judge-mode", choices=["generate", "logprob"], default="generate",
-                   help="generate: the judge writes a reason and [[A]]/[[B]]/[[C]]; logprob: the most likely verdict")
+    c.add_argument("--prompts", default="pairwise", help='shipped prompt set or JSONL file of {"prompt": ...}')
+    c.add_argument(
+        "--judge-mode",
+        choices=["generate", "logprob"],
+        default="generate",
+        help="generate: the judge writes a reason and [[A]]/[[B]]/[[C]]; logprob: the most likely verdict",
+    )
     c.add_argument("--judge-max-tokens", type=int, default=256, help="tokens the judge may write (generate mode)")
     c.add_argument("--tokenizer", help="tokenizer for named configs")
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -58,8 +73,12 @@ def add_compare_args(c: argparse.ArgumentParser) -> None:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--limit", type=int, help="first N items of each task")
-    g.add_argument("--output", "-o", type=Path, help="folder for results.json, report.md, chart.png and the "
-                                                     "per-item files that make the run resumable")
+    g.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="folder for results.json, report.md, chart.png and the per-item files that make the run resumable",
+    )
     g.add_argument("--restart", action="store_true", help="discard the per-item results in --output and start over")
     g.add_argument("--chunk-size", type=int, default=16, help="items between two saves")
     g.add_argument("--batch-tokens", type=int, default=4096, help="tokens per log-likelihood forward pass")
@@ -88,8 +107,15 @@ def _task_specs(names: list[str]) -> list[str]:
 def _eval_config(a, **extra):
     from lhama.eval.config import EvalConfig
 
-    return EvalConfig(limit=a.limit, chunk_size=a.chunk_size, max_batch_tokens=a.batch_tokens,
-                      max_tokens=a.max_tokens, chat=not a.no_chat, system=a.system, **extra)
+    return EvalConfig(
+        limit=a.limit,
+        chunk_size=a.chunk_size,
+        max_batch_tokens=a.batch_tokens,
+        max_tokens=a.max_tokens,
+        chat=not a.no_chat,
+        system=a.system,
+        **extra,
+    )
 
 
 def _finish(a, results, config: dict) -> int:
@@ -119,20 +145,31 @@ def cmd_eval(a) -> int:
         raise ConfigError("give at least one --task (see `lhama eval --list`)")
     samples = a.samples
     pass_k = tuple(int(k) for k in a.pass_k.split(",")) if a.pass_k else tuple(sorted({1, samples}))
-    cfg = _eval_config(a, window=a.window, stride=a.stride, samples=samples, pass_k=pass_k,
-                       temperature=a.temperature, seed=a.seed, timeout_s=a.timeout)
+    cfg = _eval_config(
+        a,
+        window=a.window,
+        stride=a.stride,
+        samples=samples,
+        pass_k=pass_k,
+        temperature=a.temperature,
+        seed=a.seed,
+        timeout_s=a.timeout,
+    )
     tasks = [load_task(s, kind=a.kind) for s in _task_specs(a.task)]  # validate all before loading the model
     loaded = load_model_from_args(a)
     ctx = EvalContext(loaded, cfg, engine_config=engine_config_from_args(a))
     results = []
     try:
         for t in tasks:
-            results.append(run_task(ctx, t, model_spec=a.model, out_dir=a.output, restart=a.restart,
-                                    progress=not a.no_progress))
+            results.append(
+                run_task(ctx, t, model_spec=a.model, out_dir=a.output, restart=a.restart, progress=not a.no_progress)
+            )
     except KeyboardInterrupt:
         if a.output:
-            print(f"\ninterrupted: scored items are saved in {a.output}/items; run the same command again "
-                  f"to resume", file=sys.stderr)
+            print(
+                f"\ninterrupted: scored items are saved in {a.output}/items; run the same command again to resume",
+                file=sys.stderr,
+            )
         raise
     return _finish(a, results, {"model": a.model, **cfg.as_dict()})
 
@@ -152,27 +189,54 @@ def cmd_compare(a) -> int:
         return load_model(spec, dtype=dtype, device=a.device, tokenizer=a.tokenizer)
 
     try:
-        res = run_compare(task, a.model_a, a.model_b, a.judge, ccfg, load=load, out_dir=a.output,
-                          restart=a.restart, progress=not a.no_progress, engine_config=engine_config_from_args(a))
+        res = run_compare(
+            task,
+            a.model_a,
+            a.model_b,
+            a.judge,
+            ccfg,
+            load=load,
+            out_dir=a.output,
+            restart=a.restart,
+            progress=not a.no_progress,
+            engine_config=engine_config_from_args(a),
+        )
     except KeyboardInterrupt:
         if a.output:
-            print(f"\ninterrupted: answers and judgments are saved in {a.output}/items; run the same command "
-                  f"again to resume", file=sys.stderr)
+            print(
+                f"\ninterrupted: answers and judgments are saved in {a.output}/items; run the same command "
+                f"again to resume",
+                file=sys.stderr,
+            )
         raise
-    return _finish(a, [res], {"model_a": a.model_a, "model_b": a.model_b, "judge": a.judge,
-                              "judge_mode": a.judge_mode, **ccfg.eval.as_dict()})
+    return _finish(
+        a,
+        [res],
+        {
+            "model_a": a.model_a,
+            "model_b": a.model_b,
+            "judge": a.judge,
+            "judge_mode": a.judge_mode,
+            **ccfg.eval.as_dict(),
+        },
+    )
 
 
 PTH_NAME = "lhama-lm-eval.pth"
 
 
 def add_lm_eval_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Without --install/--uninstall: the arguments go to lm-evaluation-harness's CLI with the "
-                     "'lhama' model registered; put them after '--', e.g. `lhama lm-eval -- --model lhama "
-                     "--model_args pretrained=default --tasks my_task --include_path tasks/`.")
+    p.description = (
+        "Without --install/--uninstall: the arguments go to lm-evaluation-harness's CLI with the "
+        "'lhama' model registered; put them after '--', e.g. `lhama lm-eval -- --model lhama "
+        "--model_args pretrained=default --tasks my_task --include_path tasks/`."
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--install", action="store_true", help="add a start-up hook to this Python's site-packages so "
-                                                         "the plain `lm_eval` command knows --model lhama")
+    g.add_argument(
+        "--install",
+        action="store_true",
+        help="add a start-up hook to this Python's site-packages so the plain `lm_eval` command knows --model lhama",
+    )
     g.add_argument("--uninstall", action="store_true", help="remove that hook")
     p.add_argument("harness_args", nargs=argparse.REMAINDER, help="arguments for lm_eval")
     p.set_defaults(func=cmd_lm_eval)
@@ -189,8 +253,10 @@ def install_lm_eval_hook() -> Path:
     from lhama.eval import lm_eval_hook
 
     hook = Path(lm_eval_hook.__file__).resolve()
-    line = ("import importlib.util as _u; _s = _u.spec_from_file_location('lhama_lm_eval_hook', "
-            f"{str(hook)!r}); _s.loader.exec_module(_u.module_from_spec(_s))\n")
+    line = (
+        "import importlib.util as _u; _s = _u.spec_from_file_location('lhama_lm_eval_hook', "
+        f"{str(hook)!r}); _s.loader.exec_module(_u.module_from_spec(_s))\n"
+    )
     path = pth_path()
     if not path.exists() or path.read_text() != line:
         path.write_text(line)
@@ -210,6 +276,7 @@ def cmd_lm_eval(a) -> int:
     require("lm_eval.models", "eval")  # the harness's own models first, then ours
     cli_evaluate = require("lm_eval.__main__", "eval").cli_evaluate
     import lhama.eval.lm_eval_adapter  # noqa: F401
+
     args = [x for x in a.harness_args if x != "--"]
     sys.argv = ["lm_eval", *args]
     cli_evaluate()

@@ -47,15 +47,31 @@ def run_generate(a) -> int:
         steps += d.steps
         finish = d.finish_reason or finish
     if a.json:
-        out = {"text": "".join(pieces), "finish_reason": finish, "prompt_tokens": len(ids),
-               "completion_tokens": len(steps)}
+        out = {
+            "text": "".join(pieces),
+            "finish_reason": finish,
+            "prompt_tokens": len(ids),
+            "completion_tokens": len(steps),
+        }
         if spec is not None:
-            out["speculative"] = {"acceptance_rate": spec.stats.acceptance_rate, "proposed": spec.stats.proposed,
-                                  "accepted": spec.stats.accepted, "target_forwards": spec.stats.rounds}
+            out["speculative"] = {
+                "acceptance_rate": spec.stats.acceptance_rate,
+                "proposed": spec.stats.proposed,
+                "accepted": spec.stats.accepted,
+                "target_forwards": spec.stats.rounds,
+            }
         if a.logprobs:
-            out["logprobs"] = [{"token": lm.tokenizer.decode([s.token_id]), "id": s.token_id, "logprob": s.logprob,
-                                "top": [{"id": t, "token": lm.tokenizer.decode([t]), "logprob": lp}
-                                        for t, lp in (s.top_logprobs or [])]} for s in steps]
+            out["logprobs"] = [
+                {
+                    "token": lm.tokenizer.decode([s.token_id]),
+                    "id": s.token_id,
+                    "logprob": s.logprob,
+                    "top": [
+                        {"id": t, "token": lm.tokenizer.decode([t]), "logprob": lp} for t, lp in (s.top_logprobs or [])
+                    ],
+                }
+                for s in steps
+            ]
         print(json.dumps(out, ensure_ascii=False))
     else:
         sys.stdout.write("\n")
@@ -66,9 +82,12 @@ def add_chat_args(p) -> None:
     add_model_args(p)
     add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--history-file", help="where typed lines are kept between sessions "
-                                          "(default: $XDG_STATE_HOME/lhama/chat_history, or ~/.local/state/...; "
-                                          "'' keeps none)")
+    p.add_argument(
+        "--history-file",
+        help="where typed lines are kept between sessions "
+        "(default: $XDG_STATE_HOME/lhama/chat_history, or ~/.local/state/...; "
+        "'' keeps none)",
+    )
     add_speculative_args(p)
     p.set_defaults(func=run_chat_command)
 
@@ -77,5 +96,10 @@ def run_chat_command(a) -> int:
     from lhama.cli.chat import run_chat
 
     lm = load_model_from_args(a)
-    return run_chat(lm, sampling_params_from_args(a), system=a.system, speculation=speculation_from_args(a, lm),
-                    history_file=a.history_file)
+    return run_chat(
+        lm,
+        sampling_params_from_args(a),
+        system=a.system,
+        speculation=speculation_from_args(a, lm),
+        history_file=a.history_file,
+    )

@@ -14,8 +14,10 @@ KV_FORMATS = ("bf16", "fp16", "fp32", "fp8", "int8")
 
 
 def add_plan_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Plan a deployment: memory per GPU for a model at a dtype, context, batch and GPU count, "
-                     "whether it fits, and what would.")
+    p.description = (
+        "Plan a deployment: memory per GPU for a model at a dtype, context, batch and GPU count, "
+        "whether it fits, and what would."
+    )
     p.add_argument("model", help="config name (llama3.1-405b ...), GGUF file, HF or Meta folder, or 'default'")
     p.add_argument("--dtype", default="bf16", choices=WEIGHT_FORMATS, help="weight format")
     p.add_argument("--kv-dtype", choices=KV_FORMATS, help="KV-cache format (default: bf16; fp8 with fp8 weights)")
@@ -33,8 +35,16 @@ def cmd_plan(a) -> int:
     from lhama.parallel.plan import PlanRequest, plan
 
     args, name = model_args_of(a.model)
-    req = PlanRequest(dtype=a.dtype, kv_dtype=a.kv_dtype, context=a.context, batch=a.batch, gpus=a.gpus,
-                      gpu_mem_gib=a.gpu_mem, utilization=a.gpu_util, chunk_tokens=a.chunk_tokens)
+    req = PlanRequest(
+        dtype=a.dtype,
+        kv_dtype=a.kv_dtype,
+        context=a.context,
+        batch=a.batch,
+        gpus=a.gpus,
+        gpu_mem_gib=a.gpu_mem,
+        utilization=a.gpu_util,
+        chunk_tokens=a.chunk_tokens,
+    )
     result = plan(args, req, name)
     print(json.dumps(result.as_dict(), indent=2) if a.json else result.describe())
     return 0 if result.fits else 1

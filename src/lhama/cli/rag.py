@@ -15,25 +15,31 @@ from lhama.cli.args import (
     sampling_params_from_args,
 )
 
-STORE_HELP = ("SQLite file or postgresql:// URL (default: $LHAMA_RAG_STORE, else "
-              "~/.local/share/lhama/rag/default.db)")
+STORE_HELP = "SQLite file or postgresql:// URL (default: $LHAMA_RAG_STORE, else ~/.local/share/lhama/rag/default.db)"
 
 
 def add_rag_args(p: argparse.ArgumentParser) -> None:
-    p.description = ("Index txt/Markdown/HTML/PDF files and answer questions from them with numbered citations. "
-                     "See docs/rag.md.")
+    p.description = (
+        "Index txt/Markdown/HTML/PDF files and answer questions from them with numbered citations. See docs/rag.md."
+    )
     sub = p.add_subparsers(dest="rag_command", required=True, parser_class=Parser)
 
     def store_arg(q):
         q.add_argument("--store", help=STORE_HELP)
-        q.add_argument("--threads", type=int,
-                       help="torch threads for embedding (1 is far faster on a machine whose cores are busy)")
+        q.add_argument(
+            "--threads",
+            type=int,
+            help="torch threads for embedding (1 is far faster on a machine whose cores are busy)",
+        )
 
     a = sub.add_parser("add", help="add or update files and folders")
     a.add_argument("paths", nargs="+", help="files or folders (txt, md, html, pdf; folders recursively)")
     store_arg(a)
-    a.add_argument("--embedder", help="minilm (default for a new store), model:<model spec>, or a "
-                                      "sentence-transformers folder; an existing store keeps its own")
+    a.add_argument(
+        "--embedder",
+        help="minilm (default for a new store), model:<model spec>, or a "
+        "sentence-transformers folder; an existing store keeps its own",
+    )
     a.add_argument("--chunk-words", type=int, default=120, help="words per chunk")
     a.add_argument("--overlap-words", type=int, default=30, help="words two neighbouring chunks share")
     a.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -41,8 +47,12 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
 
     def retrieval_args(q):
         q.add_argument("-k", type=int, default=5, help="passages to retrieve")
-        q.add_argument("--mode", choices=["hybrid", "vector", "bm25"], default="hybrid",
-                       help="vector similarity, BM25 keywords, or both fused")
+        q.add_argument(
+            "--mode",
+            choices=["hybrid", "vector", "bm25"],
+            default="hybrid",
+            help="vector similarity, BM25 keywords, or both fused",
+        )
         q.add_argument("--no-rerank", action="store_true", help="keep the retrieval order (no reranking)")
         q.add_argument("--json", action="store_true", help="print JSON")
         store_arg(q)
@@ -121,8 +131,10 @@ def cmd_add(a) -> int:
     if a.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
     else:
-        print(f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
-              f"failed {len(report.failed)}: {report.chunks} chunks, {report.pages} pages in {report.seconds:.1f}s")
+        print(
+            f"added {len(report.added)}, updated {len(report.updated)}, unchanged {len(report.unchanged)}, "
+            f"failed {len(report.failed)}: {report.chunks} chunks, {report.pages} pages in {report.seconds:.1f}s"
+        )
         for name, why in report.failed:
             print(f"  skipped {name}: {why}", file=sys.stderr)
     return 1 if report.failed and not (report.added or report.updated or report.unchanged) else 0
@@ -154,10 +166,15 @@ def cmd_ask(a) -> int:
 def cmd_list(a) -> int:
     with _open(a) as store:
         files = store.files()
-        info = {"store": store.location, "embedder": store.embedder_name, "dim": store.dim,
-                "chunks": store.count_chunks(),
-                "files": [{"name": f.name, "key": f.key, "bytes": f.bytes, "chunks": f.chunks, "sha256": f.sha256}
-                          for f in files]}
+        info = {
+            "store": store.location,
+            "embedder": store.embedder_name,
+            "dim": store.dim,
+            "chunks": store.count_chunks(),
+            "files": [
+                {"name": f.name, "key": f.key, "bytes": f.bytes, "chunks": f.chunks, "sha256": f.sha256} for f in files
+            ],
+        }
     if a.json:
         print(json.dumps(info, ensure_ascii=False))
     else:

@@ -19,8 +19,12 @@ def add_safety_args(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("check", help="judge a message or a conversation")
     c.add_argument("text", nargs="?", help="the message to check (or use --messages)")
     c.add_argument("--messages", type=Path, help="a JSON file with an OpenAI-style message list")
-    c.add_argument("--role", choices=["user", "assistant"], default="user",
-                   help="judge the last user turn (input check) or the last assistant turn (output check)")
+    c.add_argument(
+        "--role",
+        choices=["user", "assistant"],
+        default="user",
+        help="judge the last user turn (input check) or the last assistant turn (output check)",
+    )
     c.add_argument("--json", action="store_true", help="print each verdict as JSON")
     c.add_argument("--prompt", action="store_true", help="print the Llama Guard prompt instead of running it")
     add_shield_args(c)

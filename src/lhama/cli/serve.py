@@ -18,8 +18,10 @@ from lhama.cli.args import (
     quant_config_from_args,
 )
 
-DESCRIPTION = ("Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/files, "
-               "/v1/batches, /metrics, and a chat page at /.")
+DESCRIPTION = (
+    "Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/files, "
+    "/v1/batches, /metrics, and a chat page at /."
+)
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
@@ -40,25 +42,44 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("server (docs/server.md)")
     g.add_argument("--host", default=d.host, help="address to bind (default: %(default)s, this machine only)")
     g.add_argument("--port", type=int, default=d.port, help="port (0: any free one; the chosen one is printed)")
-    g.add_argument("--api-key", default=os.environ.get("LHAMA_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $LHAMA_API_KEY)")
-    g.add_argument("--max-queue", type=int, default=d.max_queue,
-                   help="requests held beyond --max-num-seqs before answering 429")
-    g.add_argument("--served-model-name", action="append", default=[],
-                   help="model id(s) clients use (repeatable; default: the checkpoint's name)")
-    g.add_argument("--data-dir", type=Path, default=None,
-                   help=f"where files and batches are kept (default: {default_data_dir()})")
-    g.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 2**20,
-                   help="JSON body limit in MiB (413 past it)")
-    g.add_argument("--batch-concurrency", type=int, default=d.batch_concurrency,
-                   help="batch requests in flight at once")
-    g.add_argument("--graceful-timeout", type=float, default=None,
-                   help="on SIGTERM, seconds to let in-flight requests finish (default: wait for all)")
-    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                   help="server log level")
+    g.add_argument(
+        "--api-key",
+        default=os.environ.get("LHAMA_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $LHAMA_API_KEY)",
+    )
+    g.add_argument(
+        "--max-queue", type=int, default=d.max_queue, help="requests held beyond --max-num-seqs before answering 429"
+    )
+    g.add_argument(
+        "--served-model-name",
+        action="append",
+        default=[],
+        help="model id(s) clients use (repeatable; default: the checkpoint's name)",
+    )
+    g.add_argument(
+        "--data-dir", type=Path, default=None, help=f"where files and batches are kept (default: {default_data_dir()})"
+    )
+    g.add_argument(
+        "--max-body-mb", type=float, default=d.max_body_bytes / 2**20, help="JSON body limit in MiB (413 past it)"
+    )
+    g.add_argument(
+        "--batch-concurrency", type=int, default=d.batch_concurrency, help="batch requests in flight at once"
+    )
+    g.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=None,
+        help="on SIGTERM, seconds to let in-flight requests finish (default: wait for all)",
+    )
+    g.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
+    )
     g.add_argument("--access-log", action="store_true", help="log every request")
-    g.add_argument("--enable-lora", action="store_true",
-                   help="serve LoRA adapters per request (loaded with --lora NAME=PATH or POST /v1/load_lora_adapter)")
+    g.add_argument(
+        "--enable-lora",
+        action="store_true",
+        help="serve LoRA adapters per request (loaded with --lora NAME=PATH or POST /v1/load_lora_adapter)",
+    )
     g.add_argument("--max-loras", type=int, default=4, help="adapters loaded at once (default: %(default)s)")
     g.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted (default: %(default)s)")
     e = add_engine_args(p)
@@ -71,10 +92,17 @@ def configs_from_args(a):
     from lhama.cli.args import engine_config_from_args
     from lhama.server.config import ServerConfig
 
-    server = ServerConfig(host=a.host, port=a.port, api_key=a.api_key or None, max_queue=a.max_queue,
-                          max_num_seqs=a.max_num_seqs, max_body_bytes=int(a.max_body_mb * 2**20),
-                          served_model_names=tuple(a.served_model_name), batch_concurrency=a.batch_concurrency,
-                          **({"data_dir": a.data_dir} if a.data_dir else {}))
+    server = ServerConfig(
+        host=a.host,
+        port=a.port,
+        api_key=a.api_key or None,
+        max_queue=a.max_queue,
+        max_num_seqs=a.max_num_seqs,
+        max_body_bytes=int(a.max_body_mb * 2**20),
+        served_model_names=tuple(a.served_model_name),
+        batch_concurrency=a.batch_concurrency,
+        **({"data_dir": a.data_dir} if a.data_dir else {}),
+    )
     return server, engine_config_from_args(a)
 
 
@@ -90,8 +118,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}; stop what uses the port or pick "
-                          f"another with --port") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; stop what uses the port or pick another with --port"
+        ) from None
     return sock
 
 
@@ -153,8 +182,13 @@ def run_serve(a) -> int:
     host, port = sock.getsockname()[:2]
     names = ", ".join(app.state.lhama.model_names)
     print(f"lhama: serving {names} (loaded in {loaded.load_seconds:.1f}s) on http://{host}:{port}", flush=True)
-    config = uvicorn.Config(app, log_level=a.log_level, access_log=a.access_log,
-                            timeout_graceful_shutdown=a.graceful_timeout, log_config=None)
+    config = uvicorn.Config(
+        app,
+        log_level=a.log_level,
+        access_log=a.access_log,
+        timeout_graceful_shutdown=a.graceful_timeout,
+        log_config=None,
+    )
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 

@@ -67,8 +67,14 @@ class AsyncEngine:
         return self._thread is not None and self._thread.is_alive()
 
     # -- requests ------------------------------------------------------------------------
-    async def generate(self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None, *,
-                       stop_ids: Iterable[int] | None = None) -> AsyncIterator[EngineDelta]:
+    async def generate(
+        self,
+        prompt_ids: Seq[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        *,
+        stop_ids: Iterable[int] | None = None,
+    ) -> AsyncIterator[EngineDelta]:
         """Stream the request's output: one ``EngineDelta`` per sequence and step; the last delta
         of each of the ``params.n`` sequences has ``finish_reason`` set. Invalid requests raise
         (``ContextLengthExceededError``, ``SamplingError``) before anything is queued. If the

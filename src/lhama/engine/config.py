@@ -60,5 +60,5 @@ class EngineConfig:
         if self.max_model_len is not None and self.max_model_len < 1:
             bad(f"max_model_len must be >= 1, got {self.max_model_len}")
 
-    def with_(self, **changes) -> "EngineConfig":
+    def with_(self, **changes) -> EngineConfig:
         return replace(self, **changes)

@@ -19,8 +19,8 @@ padding are tested on machines without a GPU.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -62,8 +62,17 @@ class _Entry:
 class DecodeGraphs:
     """Padded, bucketed decode steps for ``ModelRunner``; ``run`` returns hidden states [B, dim]."""
 
-    def __init__(self, model: Transformer, cache: PagedKVCache, hidden_fn: Callable, *, max_batch: int,
-                 max_blocks: int, spare_block: int, capture: bool = True):
+    def __init__(
+        self,
+        model: Transformer,
+        cache: PagedKVCache,
+        hidden_fn: Callable,
+        *,
+        max_batch: int,
+        max_blocks: int,
+        spare_block: int,
+        capture: bool = True,
+    ):
         self.model, self.cache, self.hidden_fn = model, cache, hidden_fn
         self.device = model.device
         self.graphs_enabled = capture
@@ -106,13 +115,18 @@ class DecodeGraphs:
     def _forward(self, B: int, MB: int, inputs: torch.Tensor) -> torch.Tensor:
         """The static-shape step: everything derived from ``inputs`` on the device."""
         cache, bs, KVH = self.cache, self.cache.block_size, self.cache.n_kv_heads
-        tokens, positions, base, lens = inputs[:4 * B].view(4, B)
-        table = inputs[4 * B:].view(B, MB)
+        tokens, positions, base, lens = inputs[: 4 * B].view(4, B)
+        table = inputs[4 * B :].view(B, MB)
         slots = (base.unsqueeze(1) + self._heads * bs).flatten()
         idx = (table.unsqueeze(1) * KVH + self._heads.view(1, KVH, 1)).flatten()
         mask = torch.arange(MB * bs, device=self.device).unsqueeze(0) < lens.unsqueeze(1)
-        cache.meta = AttentionMetadata(slots=slots, num_decode=B, decode_gather_idx=idx,
-                                       decode_max_blocks=MB, decode_mask=mask.view(B, 1, 1, MB * bs))
+        cache.meta = AttentionMetadata(
+            slots=slots,
+            num_decode=B,
+            decode_gather_idx=idx,
+            decode_max_blocks=MB,
+            decode_mask=mask.view(B, 1, 1, MB * bs),
+        )
         try:
             return self.hidden_fn(tokens.unsqueeze(0), positions.unsqueeze(0), cache)[0]
         finally:
@@ -123,7 +137,7 @@ class DecodeGraphs:
         e = self._entries.get(key)
         if e is not None:
             return e
-        inputs = self._staging[:B * (4 + MB)]
+        inputs = self._staging[: B * (4 + MB)]
         if not self.graphs_enabled:
             e = self._entries[key] = _Entry(None, inputs, None)
             return e
@@ -148,8 +162,17 @@ class DecodeGraphs:
     def _host_inputs(self, tokens, positions, bases, lens, tables, B: int, MB: int) -> torch.Tensor:
         pad = B - len(tokens)
         rows = [t + [self.spare] * (MB - len(t)) for t in tables] + [[self.spare] * MB] * pad
-        flat = (list(tokens) + [0] * pad + list(positions) + [0] * pad + list(bases) + [self._spare_slot] * pad
-                + list(lens) + [1] * pad + [b for r in rows for b in r])
+        flat = (
+            list(tokens)
+            + [0] * pad
+            + list(positions)
+            + [0] * pad
+            + list(bases)
+            + [self._spare_slot] * pad
+            + list(lens)
+            + [1] * pad
+            + [b for r in rows for b in r]
+        )
         return torch.tensor(flat, dtype=torch.long)
 
     @torch.inference_mode()

@@ -37,7 +37,7 @@ from lhama.model import Transformer
 log = logging.getLogger("lhama.engine")
 
 
-_I64 = 2 ** 63
+_I64 = 2**63
 
 
 class KVCacheCapacityError(ContextLengthExceededError):
@@ -45,17 +45,26 @@ class KVCacheCapacityError(ContextLengthExceededError):
 
     def __init__(self, prompt_tokens: int, max_new_tokens: int, capacity: int, model_context: int):
         super().__init__(prompt_tokens, max_new_tokens, capacity)
-        self.args = ((
-            f"The KV cache of this server holds {capacity} tokens per request (the model supports "
-            f"{model_context}), but the request needs {prompt_tokens + max_new_tokens} ({prompt_tokens} in the "
-            f"prompt + {max_new_tokens} to generate). Shorten the prompt, lower max_tokens, or restart with a "
-            f"larger --kv-cache-gb."),
+        self.args = (
+            (
+                f"The KV cache of this server holds {capacity} tokens per request (the model supports "
+                f"{model_context}), but the request needs {prompt_tokens + max_new_tokens} ({prompt_tokens} in the "
+                f"prompt + {max_new_tokens} to generate). Shorten the prompt, lower max_tokens, or restart with a "
+                f"larger --kv-cache-gb."
+            ),
         )
 
 
 class LLMEngine:
-    def __init__(self, model: Transformer, tokenizer=None, config: EngineConfig | None = None, *,
-                 stop_ids: Iterable[int] | None = None, decode_graphs: bool | None = None):
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer=None,
+        config: EngineConfig | None = None,
+        *,
+        stop_ids: Iterable[int] | None = None,
+        decode_graphs: bool | None = None,
+    ):
         """``decode_graphs``: None follows ``config.cuda_graphs`` on CUDA devices; True on a CPU runs
         the same padded, bucketed decode steps eagerly (how the graph path is tested without a GPU)."""
         self.model = model.eval()
@@ -65,27 +74,55 @@ class LLMEngine:
         self.plan: MemoryPlan = plan_kv_cache(self.args, config, dtype=model.dtype, device=model.device)
         log.info("%s", self.plan.describe())
         self.max_model_len = self.plan.max_model_len
-        self.kv_manager = KVCacheManager(self.plan.num_blocks, config.block_size,
-                                         enable_prefix_caching=config.enable_prefix_caching)
+        self.kv_manager = KVCacheManager(
+            self.plan.num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
+        )
         if decode_graphs is None:
             decode_graphs = config.cuda_graphs and model.device.type == "cuda" and not config.deterministic
-        self.cache = PagedKVCache(self.args, self.plan.num_blocks, config.block_size, dtype=model.dtype,
-                                  device=model.device, spare_blocks=1 if decode_graphs else 0)
+        self.cache = PagedKVCache(
+            self.args,
+            self.plan.num_blocks,
+            config.block_size,
+            dtype=model.dtype,
+            device=model.device,
+            spare_blocks=1 if decode_graphs else 0,
+        )
         self.scheduler = Scheduler(config, self.kv_manager)
-        self.runner = ModelRunner(model, self.cache, compile=config.compile and not config.deterministic,
-                                  packed_head=config.packed_head, deterministic=config.deterministic)
+        self.runner = ModelRunner(
+            model,
+            self.cache,
+            compile=config.compile and not config.deterministic,
+            packed_head=config.packed_head,
+            deterministic=config.deterministic,
+        )
         if decode_graphs:
             max_len = min(self.max_model_len, config.cuda_graph_max_len)
             self.runner.graphs = DecodeGraphs(
-                model, self.cache, self.runner.hidden_decode_fn, max_batch=config.max_num_seqs,
-                max_blocks=-(-max_len // config.block_size), spare_block=self.plan.num_blocks,
-                capture=model.device.type == "cuda")
+                model,
+                self.cache,
+                self.runner.hidden_decode_fn,
+                max_batch=config.max_num_seqs,
+                max_blocks=-(-max_len // config.block_size),
+                spare_block=self.plan.num_blocks,
+                capture=model.device.type == "cuda",
+            )
         if stop_ids is None:
             stop_ids = tokenizer.stop_ids if tokenizer is not None else ()
         self.default_stop_ids = frozenset(int(t) for t in stop_ids)
         self.requests: dict[str, Request] = {}
-        self._c = {k: 0 for k in ("prompt_tokens", "prompt_computed", "generation", "added", "finished", "aborted",
-                                  "failed", "steps")}
+        self._c = {
+            k: 0
+            for k in (
+                "prompt_tokens",
+                "prompt_computed",
+                "generation",
+                "added",
+                "finished",
+                "aborted",
+                "failed",
+                "steps",
+            )
+        }
 
     @classmethod
     def from_loaded(cls, loaded, config: EngineConfig | None = None) -> LLMEngine:
@@ -104,8 +141,9 @@ class LLMEngine:
             raise KVCacheCapacityError(n, params.max_tokens, self.max_model_len, self.args.max_seq_len)
         lo, hi = min(prompt_ids), max(prompt_ids)
         if lo < 0 or hi >= self.args.vocab_size:
-            raise SamplingError("prompt", f"token id {lo if lo < 0 else hi} is outside the vocabulary "
-                                          f"(0..{self.args.vocab_size - 1})")
+            raise SamplingError(
+                "prompt", f"token id {lo if lo < 0 else hi} is outside the vocabulary (0..{self.args.vocab_size - 1})"
+            )
         if params.stop and self.tokenizer is None:
             raise SamplingError("stop", "stop strings need a tokenizer; this engine has none")
         self._check_ranges(params)
@@ -115,15 +153,22 @@ class LLMEngine:
         top_k of 2**63 used to fail the step); stop ids must be token ids."""
         if not -_I64 <= params.top_k < _I64:
             raise SamplingError("top_k", f"must be at most {_I64 - 1} (0 disables it), got {params.top_k}")
-        if params.seed is not None and not -_I64 <= params.seed <= 2 ** 64 - params.n:
-            raise SamplingError("seed", f"must be in [{-_I64}, {2 ** 64 - params.n}], got {params.seed}")
+        if params.seed is not None and not -_I64 <= params.seed <= 2**64 - params.n:
+            raise SamplingError("seed", f"must be in [{-_I64}, {2**64 - params.n}], got {params.seed}")
         bad = [t for t in params.stop_token_ids if not 0 <= t < self.args.vocab_size]
         if bad:
-            raise SamplingError("stop_token_ids", f"token id {bad[0]} is outside the vocabulary "
-                                                  f"(0..{self.args.vocab_size - 1})")
+            raise SamplingError(
+                "stop_token_ids", f"token id {bad[0]} is outside the vocabulary (0..{self.args.vocab_size - 1})"
+            )
 
-    def add_request(self, request_id: str | None, prompt_ids: Seq[int], params: SamplingParams, *,
-                    stop_ids: Iterable[int] | None = None) -> Request:
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt_ids: Seq[int],
+        params: SamplingParams,
+        *,
+        stop_ids: Iterable[int] | None = None,
+    ) -> Request:
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_request(prompt_ids, params)
         request_id = request_id or uuid.uuid4().hex
@@ -177,8 +222,9 @@ class LLMEngine:
         logits, sample_seqs = self._execute(sched, failed)
         for e in sched.scheduled:
             seq = e.seq
-            if seq.request not in failed and not (e.num_new == 1 and seq.num_output > 0
-                                                  and e.start == seq.num_tokens - 1):
+            if seq.request not in failed and not (
+                e.num_new == 1 and seq.num_output > 0 and e.start == seq.num_tokens - 1
+            ):
                 self._c["prompt_computed"] += e.num_new
         self.scheduler.update_from_output(sched, frozenset(e.seq for e in sched.scheduled if e.seq.request in failed))
         deltas = self._sample_and_emit(logits, sample_seqs, failed) if logits is not None else []
@@ -295,8 +341,18 @@ class LLMEngine:
         text, ids = seq.out.add(step)
         self._c["generation"] += 1
         out = seq.out
-        delta = EngineDelta(req.request_id, seq.index, text, ids, [step], out.finish_reason, out.stop_reason,
-                            seq.prompt_len, req.num_cached_tokens, len(out.token_ids))
+        delta = EngineDelta(
+            req.request_id,
+            seq.index,
+            text,
+            ids,
+            [step],
+            out.finish_reason,
+            out.stop_reason,
+            seq.prompt_len,
+            req.num_cached_tokens,
+            len(out.token_ids),
+        )
         if out.finish_reason is not None:
             self.scheduler.finish(seq)
             if req.finished and self.requests.pop(req.request_id, None) is not None:
@@ -320,15 +376,34 @@ class LLMEngine:
                 if seq.status is not SeqStatus.FINISHED:
                     self.scheduler.finish(seq)
                     seq.out.finish_reason = "error"
-                deltas.append(EngineDelta(req.request_id, seq.index, "", [], [], "error", None, seq.prompt_len,
-                                          req.num_cached_tokens, len(seq.out.token_ids), error=err))
+                deltas.append(
+                    EngineDelta(
+                        req.request_id,
+                        seq.index,
+                        "",
+                        [],
+                        [],
+                        "error",
+                        None,
+                        seq.prompt_len,
+                        req.num_cached_tokens,
+                        len(seq.out.token_ids),
+                        error=err,
+                    )
+                )
             if self.requests.pop(req.request_id, None) is not None:
                 self._c["failed"] += 1
         return deltas
 
     # -- convenience -----------------------------------------------------------------------
-    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams], *,
-                 progress: bool = False, return_errors: bool = False) -> list[RequestResult]:
+    def generate(
+        self,
+        prompts: Seq[Seq[int]],
+        params: SamplingParams | Seq[SamplingParams],
+        *,
+        progress: bool = False,
+        return_errors: bool = False,
+    ) -> list[RequestResult]:
         """Run prompts to completion (offline use, tests); results in prompt order. A request the
         engine failed raises its ``RequestFailedError`` once all are done, unless
         ``return_errors``: then its result carries it (``RequestResult.error``)."""
@@ -362,13 +437,22 @@ class LLMEngine:
     def stats(self) -> EngineStats:
         kv, c = self.kv_manager, self._c
         return EngineStats(
-            num_waiting=len(self.scheduler.waiting), num_running=len(self.scheduler.running),
-            kv_blocks_total=kv.num_blocks, kv_blocks_used=kv.num_used_blocks, kv_cache_usage=kv.usage,
-            max_model_len=self.max_model_len, prompt_tokens_total=c["prompt_tokens"],
-            prompt_tokens_computed_total=c["prompt_computed"], generation_tokens_total=c["generation"],
-            prefix_cache_queries_total=kv.prefix_queries, prefix_cache_hits_total=kv.prefix_hits,
-            preemptions_total=self.scheduler.num_preemptions, requests_added_total=c["added"],
-            requests_finished_total=c["finished"], requests_aborted_total=c["aborted"], requests_failed_total=c["failed"],
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            kv_blocks_total=kv.num_blocks,
+            kv_blocks_used=kv.num_used_blocks,
+            kv_cache_usage=kv.usage,
+            max_model_len=self.max_model_len,
+            prompt_tokens_total=c["prompt_tokens"],
+            prompt_tokens_computed_total=c["prompt_computed"],
+            generation_tokens_total=c["generation"],
+            prefix_cache_queries_total=kv.prefix_queries,
+            prefix_cache_hits_total=kv.prefix_hits,
+            preemptions_total=self.scheduler.num_preemptions,
+            requests_added_total=c["added"],
+            requests_finished_total=c["finished"],
+            requests_aborted_total=c["aborted"],
+            requests_failed_total=c["failed"],
             steps_total=c["steps"],
         )
 

@@ -111,7 +111,9 @@ class KVCacheManager:
             i = len(hs)
             # An adapter's KV differs from the base model's for the same tokens: its salt starts the chain.
             lora = seq.request.params.lora
-            hs.append(block_hash(hs[-1] if hs else (lora.salt if lora is not None else None), toks[i * bs:(i + 1) * bs]))
+            hs.append(
+                block_hash(hs[-1] if hs else (lora.salt if lora is not None else None), toks[i * bs : (i + 1) * bs])
+            )
         return hs
 
     def get_computed_blocks(self, seq: Sequence) -> KVCacheBlocks:
@@ -147,8 +149,9 @@ class KVCacheManager:
         self.ref_count[b] = 1
         return b
 
-    def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       computed: KVCacheBlocks | None = None) -> KVCacheBlocks | None:
+    def allocate_slots(
+        self, seq: Sequence, num_new_tokens: int, computed: KVCacheBlocks | None = None
+    ) -> KVCacheBlocks | None:
         """Room for ``num_new_tokens`` more tokens after ``seq``'s computed ones (after
         ``computed``, a prefix hit, for a sequence being admitted). Returns the sequence's
         blocks and the copies to do first, or None, changing nothing, when there are not

@@ -49,9 +49,11 @@ class MemoryPlan:
 
     def describe(self) -> str:
         lines = [
-            (f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens "
-             f"({self.bytes_per_block / 2**20:.2f} MiB per block, {self.bytes_per_token / 1024:.1f} KiB per token) "
-             f"= {self.kv_bytes / GIB:.2f} GiB for {self.capacity_tokens} tokens [{self.budget_source}]"),
+            (
+                f"KV cache: {self.num_blocks} blocks x {self.block_size} tokens "
+                f"({self.bytes_per_block / 2**20:.2f} MiB per block, {self.bytes_per_token / 1024:.1f} KiB per token) "
+                f"= {self.kv_bytes / GIB:.2f} GiB for {self.capacity_tokens} tokens [{self.budget_source}]"
+            ),
             f"context: {self.max_model_len} tokens per request (model supports {self.model_max_len})",
         ]
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
@@ -74,8 +76,9 @@ def _available_bytes(device: torch.device) -> tuple[int, str]:
         return 8 * GIB, "assumed 8 GiB RAM"
 
 
-def plan_kv_cache(args: ModelArgs, config: EngineConfig, *, dtype: torch.dtype = torch.float32,
-                  device: torch.device | str = "cpu") -> MemoryPlan:
+def plan_kv_cache(
+    args: ModelArgs, config: EngineConfig, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> MemoryPlan:
     device = torch.device(device)
     elem = torch.empty((), dtype=dtype).element_size()
     per_token = 2 * args.n_layers * args.n_kv_heads * args.head_dim * elem
@@ -118,7 +121,10 @@ def plan_kv_cache(args: ModelArgs, config: EngineConfig, *, dtype: torch.dtype =
             f"{wanted_len * per_token / GIB:.2f} GiB for the full context)"
         )
     elif capacity < wanted_len * min(config.max_num_seqs, 4):
-        notes.append(f"only {capacity // wanted_len} full-context sequence(s) fit at once; "
-                     "more run concurrently when they are shorter, others wait or are preempted")
-    return MemoryPlan(per_token, per_block, config.block_size, num_blocks, budget, source, model_len, max_len,
-                      tuple(notes))
+        notes.append(
+            f"only {capacity // wanted_len} full-context sequence(s) fit at once; "
+            "more run concurrently when they are shorter, others wait or are preempted"
+        )
+    return MemoryPlan(
+        per_token, per_block, config.block_size, num_blocks, budget, source, model_len, max_len, tuple(notes)
+    )

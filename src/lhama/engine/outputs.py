@@ -30,8 +30,10 @@ class RequestFailedError(LhamaError):
             msg = str(cause)
         else:
             self.http_status, self.code, self.param = 500, "engine_request_failed", None
-            msg = (f"the engine failed on this request ({stage}: {type(cause).__name__}); other requests "
-                   f"were not affected; see the server log")
+            msg = (
+                f"the engine failed on this request ({stage}: {type(cause).__name__}); other requests "
+                f"were not affected; see the server log"
+            )
         super().__init__(msg)
 
 
@@ -128,5 +130,11 @@ class SequenceOutput:
         return text, ids
 
     def completion(self, prompt_tokens: int) -> Completion:
-        return Completion("".join(self.text_parts), list(self.token_ids), self.finish_reason or "abort",
-                          self.stop_reason, prompt_tokens, list(self.steps))
+        return Completion(
+            "".join(self.text_parts),
+            list(self.token_ids),
+            self.finish_reason or "abort",
+            self.stop_reason,
+            prompt_tokens,
+            list(self.steps),
+        )

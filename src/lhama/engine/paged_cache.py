@@ -55,8 +55,16 @@ def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.de
 
 
 class PagedKVCache:
-    def __init__(self, args: ModelArgs, num_blocks: int, block_size: int, *, dtype=torch.float32, device="cpu",
-                 spare_blocks: int = 0):
+    def __init__(
+        self,
+        args: ModelArgs,
+        num_blocks: int,
+        block_size: int,
+        *,
+        dtype=torch.float32,
+        device="cpu",
+        spare_blocks: int = 0,
+    ):
         self.n_layers, self.n_kv_heads, self.head_dim = args.n_layers, args.n_kv_heads, args.head_dim
         self.n_heads = args.n_heads
         self.group = args.n_heads // args.n_kv_heads
@@ -65,8 +73,11 @@ class PagedKVCache:
         # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
         # Spare blocks (after the ``num_blocks`` the KV manager hands out) take the writes of the
         # padding rows of CUDA-graph decode steps.
-        self.kv = untouched_zeros((self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size,
-                                   self.head_dim), dtype, self.device)
+        self.kv = untouched_zeros(
+            (self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size, self.head_dim),
+            dtype,
+            self.device,
+        )
         # True while a CUDA graph is captured: gathers then allocate (from the graph's pool) instead
         # of reusing the eager scratch buffer, which a later eager step may reallocate under it.
         self.fresh_buffers = False
@@ -92,7 +103,7 @@ class PagedKVCache:
         if self._buf.numel() < 2 * per:
             self._buf = torch.empty(2 * per, dtype=self.dtype, device=self.device)
         shape = (n_rows, self.block_size, self.head_dim)
-        return self._buf[:per].view(shape), self._buf[per:2 * per].view(shape)
+        return self._buf[:per].view(shape), self._buf[per : 2 * per].view(shape)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         md = self.meta
@@ -116,8 +127,9 @@ class PagedKVCache:
                 torch.index_select(kb, 0, md.decode_gather_idx, out=kg)
                 torch.index_select(vb, 0, md.decode_gather_idx, out=vg)
             qd = q[:Bd].view(Bd, KVH, G, D)
-            dec = F.scaled_dot_product_attention(qd, kg.view(Bd, KVH, S, D), vg.view(Bd, KVH, S, D),
-                                                 attn_mask=md.decode_mask)
+            dec = F.scaled_dot_product_attention(
+                qd, kg.view(Bd, KVH, S, D), vg.view(Bd, KVH, S, D), attn_mask=md.decode_mask
+            )
             if not md.prefills:
                 return dec.reshape(1, Bd, H, D)
         out = torch.empty_like(q)
@@ -131,7 +143,7 @@ class PagedKVCache:
             kp = kg.view(KVH, -1, D)[:, :ctx]
             vp = vg.view(KVH, -1, D)[:, :ctx]
             # [n, H, D] -> [KVH, G * n, D]: query row (g, i) is head kvh * G + g at token i.
-            qp = q[p.offset:p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
+            qp = q[p.offset : p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask)
-            out[p.offset:p.offset + n] = o.reshape(KVH, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
+            out[p.offset : p.offset + n] = o.reshape(KVH, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
         return out.view(1, N, H, D)

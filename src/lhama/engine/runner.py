@@ -13,8 +13,8 @@ a recomputation after preemption), and each logits row only on the request's own
 
 from __future__ import annotations
 
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Sequence as Seq
 
 import torch
 
@@ -52,8 +52,15 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache, *, compile: bool = False, packed_head: bool = True,
-                 deterministic: bool = False):
+    def __init__(
+        self,
+        model: Transformer,
+        cache: PagedKVCache,
+        *,
+        compile: bool = False,
+        packed_head: bool = True,
+        deterministic: bool = False,
+    ):
         self.model = model
         self.deterministic = deterministic
         self.cache = cache
@@ -99,7 +106,7 @@ class ModelRunner:
         for e in entries:
             seq, start, n = e.seq, e.start, e.num_new
             offset = len(tokens)
-            tokens.extend(seq.token_ids[start:start + n])
+            tokens.extend(seq.token_ids[start : start + n])
             lora = seq.params.lora
             lora_rows.extend([lora.slot if lora is not None else 0] * n)
             table = e.blocks.block_ids
@@ -120,8 +127,11 @@ class ModelRunner:
         meta = AttentionMetadata(slots=slots, num_decode=len(decode))
         if decode:
             mb = max(-(-(e.start + 1) // bs) for e in decode)
-            table = torch.tensor([list(e.blocks.block_ids[:mb]) + [0] * (mb - min(mb, len(e.blocks)))
-                                  for e in decode], dtype=torch.long, device=dev)
+            table = torch.tensor(
+                [list(e.blocks.block_ids[:mb]) + [0] * (mb - min(mb, len(e.blocks))) for e in decode],
+                dtype=torch.long,
+                device=dev,
+            )
             idx = (table.unsqueeze(1) * KVH + self._heads.view(1, KVH, 1)).flatten()
             lens = torch.tensor([e.start + 1 for e in decode], device=dev)
             mask = torch.arange(mb * bs, device=dev).unsqueeze(0) < lens.unsqueeze(1)
@@ -175,7 +185,7 @@ class ModelRunner:
     def _execute_graph(self, sched: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]] | None:
         bs = self.cache.block_size
         entries = sched.scheduled
-        tables = [list(e.blocks.block_ids[:e.start // bs + 1]) for e in entries]
+        tables = [list(e.blocks.block_ids[: e.start // bs + 1]) for e in entries]
         if not self.graphs.fits(len(entries), max(len(t) for t in tables)):
             return None
         h = self.graphs.run([e.seq.token_ids[e.start] for e in entries], [e.start for e in entries], tables)
@@ -204,15 +214,24 @@ class ModelRunner:
         banned = None
         if any(s.num_output < s.params.min_tokens for s in seqs):
             banned = [sorted(s.request.stop_ids) if s.num_output < s.params.min_tokens else [] for s in seqs]
-        outputs = [s.token_ids[s.prompt_len:] for s in seqs] \
-            if any(p.logits_processor is not None for p in params) else None
-        return self.sampler.sample(logits, params, generators=[s.generator for s in seqs],
-                                   output_counts=counts, seen_mask=seen, banned=banned, outputs=outputs)
+        outputs = (
+            [s.token_ids[s.prompt_len :] for s in seqs] if any(p.logits_processor is not None for p in params) else None
+        )
+        return self.sampler.sample(
+            logits,
+            params,
+            generators=[s.generator for s in seqs],
+            output_counts=counts,
+            seen_mask=seen,
+            banned=banned,
+            outputs=outputs,
+        )
 
 
 def _concat(results: list[SampleResult]) -> SampleResult:
     """One-row results as one batch result; top-k columns padded to the widest row (a row's
     consumer reads only its own ``top_logprobs`` columns)."""
+
     def cat(name, fill):
         cols = [getattr(r, name) for r in results]
         if all(c is None for c in cols):
@@ -221,8 +240,15 @@ def _concat(results: list[SampleResult]) -> SampleResult:
             return torch.cat([c if c is not None else torch.full((1,), fill) for c in cols])
         k = max(c.shape[1] for c in cols if c is not None)
         like = next(c for c in cols if c is not None)
-        return torch.cat([torch.nn.functional.pad(c, (0, k - c.shape[1]), value=fill) if c is not None
-                          else torch.full((1, k), fill, dtype=like.dtype, device=like.device) for c in cols])
+        return torch.cat(
+            [
+                torch.nn.functional.pad(c, (0, k - c.shape[1]), value=fill)
+                if c is not None
+                else torch.full((1, k), fill, dtype=like.dtype, device=like.device)
+                for c in cols
+            ]
+        )
 
-    return SampleResult(cat("tokens", 0), cat("logprobs", float("nan")), cat("top_ids", 0),
-                        cat("top_logprobs", float("nan")))
+    return SampleResult(
+        cat("tokens", 0), cat("logprobs", float("nan")), cat("top_ids", 0), cat("top_logprobs", float("nan"))
+    )

@@ -112,5 +112,7 @@ class Sequence:
             self.seen_mask[token] = True
 
     def __repr__(self) -> str:
-        return (f"Sequence({self.request.request_id}#{self.index}, {self.status.value}, tokens={self.num_tokens}, "
-                f"computed={self.num_computed})")
+        return (
+            f"Sequence({self.request.request_id}#{self.index}, {self.status.value}, tokens={self.num_tokens}, "
+            f"computed={self.num_computed})"
+        )

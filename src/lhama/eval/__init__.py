@@ -6,5 +6,14 @@ from lhama.eval.context import EvalContext
 from lhama.eval.runner import EvalResumeError, TaskResult, run_task
 from lhama.eval.tasks import EvalTaskError, Task, load_task, shipped_tasks
 
-__all__ = ["EvalConfig", "EvalContext", "EvalResumeError", "EvalTaskError", "Task", "TaskResult", "load_task",
-           "run_task", "shipped_tasks"]
+__all__ = [
+    "EvalConfig",
+    "EvalContext",
+    "EvalResumeError",
+    "EvalTaskError",
+    "Task",
+    "TaskResult",
+    "load_task",
+    "run_task",
+    "shipped_tasks",
+]

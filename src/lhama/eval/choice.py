@@ -34,7 +34,7 @@ def split_tokens(ctx: EvalContext, context: str, continuation: str) -> tuple[lis
     a merge across the boundary is tokenized as the model saw it in training."""
     whole = ctx.encode(context + continuation)
     head = ctx.encode(context)
-    return whole[:len(head)], whole[len(head):] or ctx.tokenizer.encode(continuation)
+    return whole[: len(head)], whole[len(head) :] or ctx.tokenizer.encode(continuation)
 
 
 def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
@@ -55,16 +55,26 @@ def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
         pred = max(range(len(ll)), key=ll.__getitem__)
         normed = [v / len(c.strip()) for v, c in zip(ll, cs)]
         pred_norm = max(range(len(ll)), key=normed.__getitem__)
-        out.append({"id": it["id"], "loglikelihoods": ll, "pred": pred, "pred_norm": pred_norm,
-                    "answer": it["answer"], "correct": pred == it["answer"],
-                    "correct_norm": pred_norm == it["answer"]})
+        out.append(
+            {
+                "id": it["id"],
+                "loglikelihoods": ll,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "answer": it["answer"],
+                "correct": pred == it["answer"],
+                "correct_norm": pred_norm == it["answer"],
+            }
+        )
     return out
 
 
 def aggregate(records: list[dict]) -> dict[str, Estimate]:
     n = len(records)
-    return {"acc": wilson(sum(r["correct"] for r in records), n),
-            "acc_norm": wilson(sum(r["correct_norm"] for r in records), n)}
+    return {
+        "acc": wilson(sum(r["correct"] for r in records), n),
+        "acc_norm": wilson(sum(r["correct_norm"] for r in records), n),
+    }
 
 
 PRIMARY = "acc"

@@ -58,8 +58,9 @@ def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
     if cfg.samples == 1:
         params = SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens)
     else:
-        params = SamplingParams(temperature=cfg.temperature, top_p=0.95, max_tokens=cfg.max_tokens,
-                                n=cfg.samples, seed=cfg.seed)
+        params = SamplingParams(
+            temperature=cfg.temperature, top_p=0.95, max_tokens=cfg.max_tokens, n=cfg.samples, seed=cfg.seed
+        )
     outputs = ctx.generate([it["prompt"] for it in items], params)
     jobs = [(i, program(it, text)) for i, (it, texts) in enumerate(zip(items, outputs)) for text in texts]
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -70,9 +71,16 @@ def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
     out = []
     for it, texts, vs in zip(items, outputs, verdicts):
         c = sum(v == "passed" for v in vs)
-        out.append({"id": it["id"], "samples": len(vs), "passed": c, "verdicts": vs,
-                    "completions": texts,
-                    "pass_at_k": {str(k): pass_at_k(len(vs), c, k) for k in cfg.pass_k}})
+        out.append(
+            {
+                "id": it["id"],
+                "samples": len(vs),
+                "passed": c,
+                "verdicts": vs,
+                "completions": texts,
+                "pass_at_k": {str(k): pass_at_k(len(vs), c, k) for k in cfg.pass_k},
+            }
+        )
     return out
 
 

@@ -3,7 +3,7 @@ engine for generation."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lhama.eval.config import EvalConfig
 from lhama.eval.loglik import LogLikelihood, prefix_token
@@ -31,7 +31,7 @@ class EvalContext:
             self._shared["engine"] = LLMEngine.from_loaded(self.loaded, self._engine_config)
         return self._shared["engine"]
 
-    def with_config(self, cfg: EvalConfig) -> "EvalContext":
+    def with_config(self, cfg: EvalConfig) -> EvalContext:
         """The same model (and engine) under other settings."""
         import copy
 
@@ -48,7 +48,7 @@ class EvalContext:
     def prompt_ids(self, prompt: str) -> list[int]:
         if not self.cfg.chat:
             return self.encode(prompt)
-        msgs = ([{"role": "system", "content": self.cfg.system}] if self.cfg.system else [])
+        msgs = [{"role": "system", "content": self.cfg.system}] if self.cfg.system else []
         msgs.append({"role": "user", "content": prompt})
         return self.loaded.chat_format.encode_dialog(msgs)
 

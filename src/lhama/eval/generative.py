@@ -92,8 +92,10 @@ def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
 
 def aggregate(records: list[dict]) -> dict[str, Estimate]:
     n = len(records)
-    return {"accuracy": wilson(sum(r["correct"] for r in records), n),
-            "answered": wilson(sum(r["extracted"] is not None for r in records), n)}
+    return {
+        "accuracy": wilson(sum(r["correct"] for r in records), n),
+        "answered": wilson(sum(r["extracted"] is not None for r in records), n),
+    }
 
 
 PRIMARY = "accuracy"

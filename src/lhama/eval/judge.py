@@ -38,12 +38,14 @@ _TIE = re.compile(r"\b(it'?s a tie|tie|equally good)\b", re.IGNORECASE)
 
 
 def judge_prompt(question: str, first: str, second: str) -> list[dict]:
-    return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": JUDGE_TEMPLATE.format(question=question, first=first, second=second)}]
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": JUDGE_TEMPLATE.format(question=question, first=first, second=second)},
+    ]
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A", "B" (the first / second answer shown), "tie", or None when the judge gave no verdict.
+    """ "A", "B" (the first / second answer shown), "tie", or None when the judge gave no verdict.
     The bracketed form wins; the last one counts (judges restate the options before deciding)."""
     for pat in (_BRACKETED, _LABELLED, _PROSE):
         found = pat.findall(text)

@@ -27,10 +27,24 @@ log = logging.getLogger("lhama.eval")
 
 @register_model("lhama")
 class LhamaLM(TemplateLM):
-    def __init__(self, pretrained: str = "default", *, dtype: str | None = None, device: str | None = None,
-                 tokenizer: str | None = None, chat_format: str | None = None, max_length: int | None = None,
-                 max_batch_tokens: int = 4096, max_gen_toks: int = 256, add_bos_token: bool | None = None,
-                 prefix_token_id: int | None = None, batch_size=None, max_batch_size=None, loaded=None, **kwargs):
+    def __init__(
+        self,
+        pretrained: str = "default",
+        *,
+        dtype: str | None = None,
+        device: str | None = None,
+        tokenizer: str | None = None,
+        chat_format: str | None = None,
+        max_length: int | None = None,
+        max_batch_tokens: int = 4096,
+        max_gen_toks: int = 256,
+        add_bos_token: bool | None = None,
+        prefix_token_id: int | None = None,
+        batch_size=None,
+        max_batch_size=None,
+        loaded=None,
+        **kwargs,
+    ):
         super().__init__()
         import torch
 
@@ -78,8 +92,11 @@ class LhamaLM(TemplateLM):
         return f"lhama-{self.loaded.name}"
 
     def get_model_info(self) -> dict:
-        return {"model_name": self.loaded.name, "model_source": self.loaded.source,
-                "model_path": str(self.loaded.path) if self.loaded.path else None}
+        return {
+            "model_name": self.loaded.name,
+            "model_source": self.loaded.source,
+            "model_path": str(self.loaded.path) if self.loaded.path else None,
+        }
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         # Special-token text is parsed (as Hugging Face tokenizers do): chat-templated prompts
@@ -99,10 +116,10 @@ class LhamaLM(TemplateLM):
         step = 256  # requests per call: bounds memory and moves the progress bar
         with tqdm(total=len(requests), disable=disable_tqdm, desc="lhama loglikelihood") as bar:
             for s in range(0, len(requests), step):
-                chunk = requests[s:s + step]
+                chunk = requests[s : s + step]
                 scores = self.ll.continuation([(ctx, cont) for _, ctx, cont in chunk])
                 out += [(sc.logprob, sc.greedy) for sc in scores]
-                for (key, _, _), (lp, g) in zip(chunk, out[-len(chunk):]):
+                for (key, _, _), (lp, g) in zip(chunk, out[-len(chunk) :]):
                     if key is not None:
                         self.cache_hook.add_partial("loglikelihood", key, (lp, g))
                 bar.update(len(chunk))
@@ -113,9 +130,15 @@ class LhamaLM(TemplateLM):
 
         windows, owner = [], []
         for i, (text,) in enumerate(req.args for req in requests):
-            for ctx, cont in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
+            for ctx, cont in map(
+                utils.make_disjoint_window,
+                utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
                 windows.append((None, ctx, cont))
                 owner.append(i)
         scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
@@ -150,9 +173,15 @@ class LhamaLM(TemplateLM):
             room = min(self.max_length, self.engine.max_model_len) - max_toks
             ids = ids[-room:] if room > 0 else ids[-1:]  # keep the end of a long prompt, as the HF backend
             prompts.append(ids)
-            params.append(SamplingParams(temperature=temperature, top_p=float(kw.pop("top_p", 1.0)),
-                                         max_tokens=max_toks, stop=tuple(u for u in until if u),
-                                         seed=kw.pop("seed", None)))
+            params.append(
+                SamplingParams(
+                    temperature=temperature,
+                    top_p=float(kw.pop("top_p", 1.0)),
+                    max_tokens=max_toks,
+                    stop=tuple(u for u in until if u),
+                    seed=kw.pop("seed", None),
+                )
+            )
         results = self.engine.generate(prompts, params, progress=not disable_tqdm)
         texts = [r.completions[0].text for r in results]
         for req, text in zip(requests, texts):

@@ -10,8 +10,8 @@ runs only on the scored rows, in chunks, so a 128K vocabulary never materialises
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class LogLikelihood:
         while i < len(order):
             T = len(spans[order[i]][0]) - 1
             B = max(1, min(len(order) - i, self.max_batch_tokens // max(T, 1)))
-            batch = order[i:i + B]
+            batch = order[i : i + B]
             for j, s in zip(batch, self._score_batch([spans[k] for k in batch], T)):
                 out[j] = s
             i += B
@@ -57,13 +57,13 @@ class LogLikelihood:
         dev = model.device
         inp = torch.zeros(len(spans), T, dtype=torch.long)
         for b, (tokens, _) in enumerate(spans):
-            inp[b, :len(tokens) - 1] = torch.tensor(tokens[:-1])
+            inp[b, : len(tokens) - 1] = torch.tensor(tokens[:-1])
         inp = inp.to(dev)
         positions = torch.arange(T, device=dev).expand(len(spans), T)
         h = model.hidden_states(inp, positions)
         rows, targets, owner = [], [], []
         for b, (tokens, first) in enumerate(spans):
-            rows.append(h[b, first - 1:len(tokens) - 1])
+            rows.append(h[b, first - 1 : len(tokens) - 1])
             targets.extend(tokens[first:])
             owner.extend([b] * (len(tokens) - first))
         hs = torch.cat(rows)
@@ -71,11 +71,11 @@ class LogLikelihood:
         lp = torch.empty(len(targets), dtype=torch.float64)
         hit = torch.empty(len(targets), dtype=torch.bool)
         for s in range(0, len(targets), self._head_rows):
-            logits = model.output(hs[s:s + self._head_rows]).float()
+            logits = model.output(hs[s : s + self._head_rows]).float()
             logp = torch.log_softmax(logits, dim=-1)
-            t = tgt[s:s + self._head_rows]
-            lp[s:s + len(t)] = logp.gather(1, t[:, None])[:, 0].double().cpu()
-            hit[s:s + len(t)] = (logits.argmax(-1) == t).cpu()
+            t = tgt[s : s + self._head_rows]
+            lp[s : s + len(t)] = logp.gather(1, t[:, None])[:, 0].double().cpu()
+            hit[s : s + len(t)] = (logits.argmax(-1) == t).cpu()
         own = torch.tensor(owner)
         res = []
         for b in range(len(spans)):
@@ -125,15 +125,16 @@ def sliding_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
     return out
 
 
-def rolling_logprob(ll: LogLikelihood, docs: Sequence[Sequence[int]], prefix: int, window: int,
-                    stride: int) -> list[SpanScore]:
+def rolling_logprob(
+    ll: LogLikelihood, docs: Sequence[Sequence[int]], prefix: int, window: int, stride: int
+) -> list[SpanScore]:
     """Total log-probability of each document (every token scored once, the first one after
     ``prefix``), through sliding windows batched across documents."""
     spans, owner = [], []
     for d, toks in enumerate(docs):
         seq = [prefix] + list(toks)
         for a, b, first in sliding_windows(len(toks), window, stride):
-            spans.append((seq[a:b + 1], first - a))
+            spans.append((seq[a : b + 1], first - a))
             owner.append(d)
     scores = ll.score_spans(spans)
     tot = [[0.0, 0, True] for _ in docs]

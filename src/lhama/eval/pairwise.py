@@ -49,8 +49,9 @@ class ModelPool:
         self._engine_config = engine_config
         self._spec = None
         self._ctx: EvalContext | None = None
-        self._preloaded = {k: EvalContext(v, EvalConfig(), engine_config=engine_config)
-                           for k, v in (preloaded or {}).items()}
+        self._preloaded = {
+            k: EvalContext(v, EvalConfig(), engine_config=engine_config) for k, v in (preloaded or {}).items()
+        }
 
     def context(self, spec: str, cfg: EvalConfig) -> EvalContext:
         if spec in self._preloaded:
@@ -72,7 +73,7 @@ def _answer_stage(pool: ModelPool, spec: str, items: list[dict], cfg: EvalConfig
         ctx = pool.context(spec, cfg)
         params = SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens)
         for s in range(0, len(pending), cfg.chunk_size):
-            chunk = pending[s:s + cfg.chunk_size]
+            chunk = pending[s : s + cfg.chunk_size]
             texts = ctx.generate([it["prompt"] for it in chunk], params)
             recs = [{"id": it["id"], "answer": t[0]} for it, t in zip(chunk, texts)]
             f.append(recs)
@@ -102,27 +103,49 @@ def _judge_chunk(ctx: EvalContext, chunk: list[dict], ans_a: dict, ans_b: dict, 
         lls = [s.logprob for s in ctx.ll.continuation(pairs)]
         verdicts, raws = [], []
         for i in range(len(prompts)):
-            trio = lls[3 * i:3 * i + 3]
+            trio = lls[3 * i : 3 * i + 3]
             best = max(range(3), key=trio.__getitem__)
             verdicts.append(("A", "B", "tie")[best])
             raws.append({"logprob_A": trio[0], "logprob_B": trio[1], "logprob_C": trio[2]})
     out = []
     for k, it in enumerate(chunk):
         v_ab, v_ba = verdicts[2 * k], verdicts[2 * k + 1]
-        out.append({"id": it["id"], "prompt": it["prompt"], "answer_a": ans_a[it["id"]]["answer"],
-                    "answer_b": ans_b[it["id"]]["answer"], "verdict_ab": v_ab, "verdict_ba": v_ba,
-                    "judge_ab": raws[2 * k], "judge_ba": raws[2 * k + 1], "outcome": combine(v_ab, v_ba)})
+        out.append(
+            {
+                "id": it["id"],
+                "prompt": it["prompt"],
+                "answer_a": ans_a[it["id"]]["answer"],
+                "answer_b": ans_b[it["id"]]["answer"],
+                "verdict_ab": v_ab,
+                "verdict_ba": v_ba,
+                "judge_ab": raws[2 * k],
+                "judge_ba": raws[2 * k + 1],
+                "outcome": combine(v_ab, v_ba),
+            }
+        )
     return out
 
 
-def run_compare(task: Task, model_a: str, model_b: str, judge: str, ccfg: CompareConfig, *, load,
-                out_dir: Path | None = None, restart: bool = False, progress: bool = True,
-                preloaded: dict | None = None, engine_config=None) -> TaskResult:
+def run_compare(
+    task: Task,
+    model_a: str,
+    model_b: str,
+    judge: str,
+    ccfg: CompareConfig,
+    *,
+    load,
+    out_dir: Path | None = None,
+    restart: bool = False,
+    progress: bool = True,
+    preloaded: dict | None = None,
+    engine_config=None,
+) -> TaskResult:
     """Compare ``model_a`` with ``model_b`` on ``task``'s prompts; ``load(spec)`` returns a
     ``LoadedModel`` (``preloaded`` maps specs to models already in memory)."""
     if task.kind != "pairwise":
-        raise ConfigError(f"task '{task.name}' is a {task.kind} task; a comparison needs prompts "
-                          f"({{\"prompt\": ...}} per line)")
+        raise ConfigError(
+            f"task '{task.name}' is a {task.kind} task; a comparison needs prompts ({{\"prompt\": ...}} per line)"
+        )
     cfg = ccfg.eval
     task = task.limited(cfg.limit)
     items = list(task.items)
@@ -130,10 +153,17 @@ def run_compare(task: Task, model_a: str, model_b: str, judge: str, ccfg: Compar
     files = None
     if out_dir is not None:
         files = {k: ItemsFile(tmp / f"{task.name}.{k}.jsonl") for k in ("answers-a", "answers-b", "judgments")}
-        fp = {"task": task.name, "kind": "pairwise", "task_sha256": task.sha256, "model_a": model_a,
-              "model_b": model_b, "judge": judge, "judge_mode": ccfg.judge_mode,
-              "judge_max_tokens": ccfg.judge_max_tokens,
-              "settings": {k: cfg.as_dict()[k] for k in ("chat", "system", "max_tokens")}}
+        fp = {
+            "task": task.name,
+            "kind": "pairwise",
+            "task_sha256": task.sha256,
+            "model_a": model_a,
+            "model_b": model_b,
+            "judge": judge,
+            "judge_mode": ccfg.judge_mode,
+            "judge_max_tokens": ccfg.judge_max_tokens,
+            "settings": {k: cfg.as_dict()[k] for k in ("chat", "system", "max_tokens")},
+        }
         check_resume(tmp / f"{task.name}.compare.run.json", fp, files["judgments"], restart)
         if restart:
             for k in ("answers-a", "answers-b"):
@@ -161,17 +191,24 @@ def run_compare(task: Task, model_a: str, model_b: str, judge: str, ccfg: Compar
         with bar(f"{task.name}: judging") as b:
             b.update(len(items) - len(todo))
             for s in range(0, len(todo), cfg.chunk_size):
-                chunk = todo[s:s + cfg.chunk_size]
+                chunk = todo[s : s + cfg.chunk_size]
                 recs = _judge_chunk(jctx, chunk, ans_a, ans_b, ccfg)
                 files["judgments"].append(recs)
                 judged.update((r["id"], r) for r in recs)
                 b.update(len(chunk))
     records = [judged[it["id"]] for it in items]
     counts = {o: sum(r["outcome"] == o for r in records) for o in ("win", "tie", "loss")}
-    return TaskResult(task.name, "pairwise", f"{model_a} vs {model_b}", summarize(records), "win_rate_ties_half",
-                      len(records), time.perf_counter() - t0, resumed,
-                      extra={"model_a": model_a, "model_b": model_b, "judge": judge, "judge_mode": ccfg.judge_mode,
-                             "counts": counts})
+    return TaskResult(
+        task.name,
+        "pairwise",
+        f"{model_a} vs {model_b}",
+        summarize(records),
+        "win_rate_ties_half",
+        len(records),
+        time.perf_counter() - t0,
+        resumed,
+        extra={"model_a": model_a, "model_b": model_b, "judge": judge, "judge_mode": ccfg.judge_mode, "counts": counts},
+    )
 
 
 class _MemoryFile:

@@ -25,8 +25,16 @@ def score(ctx: EvalContext, items: list[dict]) -> list[dict]:
     window, stride = window_and_stride(ctx)
     docs = [ctx.tokenizer.encode(it["text"]) for it in items]
     scores = rolling_logprob(ctx.ll, docs, ctx.prefix, window, stride)
-    return [{"id": it["id"], "logprob": s.logprob, "tokens": s.num_tokens, "words": len(it["text"].split()),
-             "bytes": len(it["text"].encode("utf-8"))} for it, s in zip(items, scores)]
+    return [
+        {
+            "id": it["id"],
+            "logprob": s.logprob,
+            "tokens": s.num_tokens,
+            "words": len(it["text"].split()),
+            "bytes": len(it["text"].encode("utf-8")),
+        }
+        for it, s in zip(items, scores)
+    ]
 
 
 def _corpus(recs, unit: str) -> float:

@@ -12,8 +12,19 @@ from pathlib import Path
 from lhama.eval.runner import TaskResult
 from lhama.extras import require
 
-_PERCENT = {"acc", "acc_norm", "accuracy", "answered", "win_rate", "tie_rate", "loss_rate", "win_rate_ties_half",
-            "order_consistency", "first_slot_preference", "no_verdict_rate"}
+_PERCENT = {
+    "acc",
+    "acc_norm",
+    "accuracy",
+    "answered",
+    "win_rate",
+    "tie_rate",
+    "loss_rate",
+    "win_rate_ties_half",
+    "order_consistency",
+    "first_slot_preference",
+    "no_verdict_rate",
+}
 
 
 def _is_percent(metric: str) -> bool:
@@ -31,31 +42,45 @@ def _fmt(metric: str, v: float | None) -> str:
 def build(results: list[TaskResult], *, config: dict | None = None) -> dict:
     import lhama
 
-    return {"lhama_version": getattr(lhama, "__version__", "0"), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "python": platform.python_version(), "config": config or {},
-            "results": [r.as_dict() for r in results]}
+    return {
+        "lhama_version": getattr(lhama, "__version__", "0"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "config": config or {},
+        "results": [r.as_dict() for r in results],
+    }
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Evaluation report", "", f"Created {report['created']}. Rates in %, with 95% confidence intervals "
-             "(Wilson for proportions, bootstrap for perplexity, normal for pass@k).", ""]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Created {report['created']}. Rates in %, with 95% confidence intervals "
+        "(Wilson for proportions, bootstrap for perplexity, normal for pass@k).",
+        "",
+    ]
     lines += ["| task | kind | model | items | metric | value | 95% CI |", "|---|---|---|---:|---|---:|---|"]
     for r in report["results"]:
         for name, m in r["metrics"].items():
             ci = m["ci95"]
             ci_s = f"{_fmt(name, ci[0])} – {_fmt(name, ci[1])}" if ci else "–"
             star = " **(main)**" if name == r["primary_metric"] else ""
-            lines.append(f"| {r['task']} | {r['kind']} | {r['model']} | {r['num_items']} | {name}{star} | "
-                         f"{_fmt(name, m['value'])} | {ci_s} |")
+            lines.append(
+                f"| {r['task']} | {r['kind']} | {r['model']} | {r['num_items']} | {name}{star} | "
+                f"{_fmt(name, m['value'])} | {ci_s} |"
+            )
     pair = [r for r in report["results"] if r["kind"] == "pairwise"]
     for r in pair:
         c = r["counts"]
-        lines += ["", f"## {r['task']}: {r['model_a']} (A) vs {r['model_b']} (B), judged by {r['judge']} "
-                      f"({r['judge_mode']})", "",
-                  f"Each prompt judged twice with the answers swapped. A wins {c['win']}, ties {c['tie']}, "
-                  f"loses {c['loss']} of {r['num_items']}. The judge picked the first answer shown in "
-                  f"{_fmt('first_slot_preference', r['metrics']['first_slot_preference']['value'])}% of its "
-                  f"decisive verdicts (50% = no position bias)."]
+        lines += [
+            "",
+            f"## {r['task']}: {r['model_a']} (A) vs {r['model_b']} (B), judged by {r['judge']} ({r['judge_mode']})",
+            "",
+            f"Each prompt judged twice with the answers swapped. A wins {c['win']}, ties {c['tie']}, "
+            f"loses {c['loss']} of {r['num_items']}. The judge picked the first answer shown in "
+            f"{_fmt('first_slot_preference', r['metrics']['first_slot_preference']['value'])}% of its "
+            f"decisive verdicts (50% = no position bias).",
+        ]
     lines += ["", "Settings: `" + json.dumps(report["config"], ensure_ascii=False) + "`", ""]
     return "\n".join(lines)
 
@@ -66,8 +91,14 @@ def chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "eval")
 
-    rows = [(f"{r['task']}\n{r['model']}" if len({x['model'] for x in report['results']}) > 1 else r["task"],
-             r["primary_metric"], r["metrics"][r["primary_metric"]]) for r in report["results"]]
+    rows = [
+        (
+            f"{r['task']}\n{r['model']}" if len({x["model"] for x in report["results"]}) > 1 else r["task"],
+            r["primary_metric"],
+            r["metrics"][r["primary_metric"]],
+        )
+        for r in report["results"]
+    ]
     pct = [(lbl, m, v) for lbl, m, v in rows if _is_percent(m)]
     other = [(lbl, m, v) for lbl, m, v in rows if not _is_percent(m)]
     panels = [p for p in (pct, other) if p]

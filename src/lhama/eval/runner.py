@@ -53,9 +53,17 @@ class TaskResult:
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"task": self.task, "kind": self.kind, "model": self.model, "num_items": self.num_items,
-                "primary_metric": self.primary, "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
-                "seconds": round(self.seconds, 3), "resumed_items": self.resumed_items, **self.extra}
+        return {
+            "task": self.task,
+            "kind": self.kind,
+            "model": self.model,
+            "num_items": self.num_items,
+            "primary_metric": self.primary,
+            "metrics": {k: v.as_dict() for k, v in self.metrics.items()},
+            "seconds": round(self.seconds, 3),
+            "resumed_items": self.resumed_items,
+            **self.extra,
+        }
 
 
 class ItemsFile:
@@ -92,8 +100,13 @@ class ItemsFile:
 
 def fingerprint(task: Task, model_spec: str, ctx: EvalContext) -> dict:
     cfg = ctx.cfg.as_dict()
-    return {"task": task.name, "kind": task.kind, "task_sha256": task.sha256, "model": str(model_spec),
-            "settings": {k: cfg[k] for k in _FINGERPRINT_FIELDS[task.kind]}}
+    return {
+        "task": task.name,
+        "kind": task.kind,
+        "task_sha256": task.sha256,
+        "model": str(model_spec),
+        "settings": {k: cfg[k] for k in _FINGERPRINT_FIELDS[task.kind]},
+    }
 
 
 def check_resume(run_file: Path, fp: dict, items: ItemsFile, restart: bool) -> None:
@@ -106,13 +119,21 @@ def check_resume(run_file: Path, fp: dict, items: ItemsFile, restart: bool) -> N
             diff = sorted(k for k in fp if old.get(k) != fp[k])
             raise EvalResumeError(
                 f"{run_file.parent.parent} holds a run of task '{fp['task']}' with other {', '.join(diff)} "
-                f"({old}); use another --output folder, or --restart to discard it")
+                f"({old}); use another --output folder, or --restart to discard it"
+            )
     else:
         run_file.write_text(json.dumps(fp, indent=1))
 
 
-def run_task(ctx: EvalContext, task: Task, *, model_spec: str, out_dir: Path | None = None,
-             restart: bool = False, progress: bool = True) -> TaskResult:
+def run_task(
+    ctx: EvalContext,
+    task: Task,
+    *,
+    model_spec: str,
+    out_dir: Path | None = None,
+    restart: bool = False,
+    progress: bool = True,
+) -> TaskResult:
     if task.kind not in KIND_MODULES:
         raise ConfigError(f"task '{task.name}' is a {task.kind} task; run it with `lhama compare`")
     mod = KIND_MODULES[task.kind]
@@ -121,8 +142,7 @@ def run_task(ctx: EvalContext, task: Task, *, model_spec: str, out_dir: Path | N
     items_file = None
     if out_dir is not None:
         items_file = ItemsFile(Path(out_dir) / "items" / f"{task.name}.jsonl")
-        check_resume(items_file.path.with_suffix(".run.json"), fingerprint(task, model_spec, ctx), items_file,
-                     restart)
+        check_resume(items_file.path.with_suffix(".run.json"), fingerprint(task, model_spec, ctx), items_file, restart)
         done = items_file.load()
     wanted = {it["id"] for it in task.items}
     resumed = len(wanted & done.keys())
@@ -135,7 +155,7 @@ def run_task(ctx: EvalContext, task: Task, *, model_spec: str, out_dir: Path | N
         bar = tqdm(total=len(task.items), initial=resumed, desc=task.name, unit="item")
     try:
         for s in range(0, len(pending), ctx.cfg.chunk_size):
-            chunk = pending[s:s + ctx.cfg.chunk_size]
+            chunk = pending[s : s + ctx.cfg.chunk_size]
             records = mod.score(ctx, chunk)
             if items_file is not None:
                 items_file.append(records)
@@ -146,5 +166,13 @@ def run_task(ctx: EvalContext, task: Task, *, model_spec: str, out_dir: Path | N
         if bar is not None:
             bar.close()
     records = [done[it["id"]] for it in task.items]
-    return TaskResult(task.name, task.kind, ctx.model_name, mod.aggregate(records), mod.PRIMARY, len(records),
-                      time.perf_counter() - t0, resumed)
+    return TaskResult(
+        task.name,
+        task.kind,
+        ctx.model_name,
+        mod.aggregate(records),
+        mod.PRIMARY,
+        len(records),
+        time.perf_counter() - t0,
+        resumed,
+    )

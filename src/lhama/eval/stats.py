@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -38,8 +38,9 @@ def wilson(successes: float, n: int, z: float = Z95) -> Estimate:
     return Estimate(p, low, high, n)
 
 
-def bootstrap(values: Sequence, statistic: Callable[[Sequence], float], *, resamples: int = 1000,
-              seed: int = 0) -> Estimate:
+def bootstrap(
+    values: Sequence, statistic: Callable[[Sequence], float], *, resamples: int = 1000, seed: int = 0
+) -> Estimate:
     """Percentile bootstrap of ``statistic`` over items (seeded: the same data gives the same CI)."""
     n = len(values)
     if n == 0:

@@ -46,7 +46,7 @@ class Task:
     def __len__(self) -> int:
         return len(self.items)
 
-    def limited(self, limit: int | None) -> "Task":
+    def limited(self, limit: int | None) -> Task:
         if limit is None or limit >= len(self.items):
             return self
         if limit < 1:
@@ -74,8 +74,10 @@ def infer_kind(item: dict) -> str:
         return "generative"
     if "prompt" in item:
         return "pairwise"
-    raise EvalTaskError(f"cannot tell the task kind of an item with fields {sorted(item)}; "
-                        f"expected one of: text / question+choices+answer / prompt+answer / prompt+tests / prompt")
+    raise EvalTaskError(
+        f"cannot tell the task kind of an item with fields {sorted(item)}; "
+        f"expected one of: text / question+choices+answer / prompt+answer / prompt+tests / prompt"
+    )
 
 
 def _check_item(item: dict, kind: str, where: str) -> None:
@@ -104,8 +106,11 @@ def _check_item(item: dict, kind: str, where: str) -> None:
     elif kind == "generative":
         need_str("prompt")
         a = item.get("answer")
-        ok = isinstance(a, (str, int, float)) and not isinstance(a, bool) or (
-            isinstance(a, list) and a and all(isinstance(x, (str, int, float)) for x in a))
+        ok = (
+            isinstance(a, (str, int, float))
+            and not isinstance(a, bool)
+            or (isinstance(a, list) and a and all(isinstance(x, (str, int, float)) for x in a))
+        )
         if not ok:
             bad("'answer' must be a string, a number, or a list of accepted answers")
         ex = item.get("extract", "exact")
@@ -132,8 +137,10 @@ def load_task(spec: str | Path, *, kind: str | None = None) -> Task:
     if not path.is_file():
         known = shipped_tasks()
         if str(spec) not in known:
-            raise EvalTaskError(f"--task '{spec}' is neither a JSONL file nor a shipped task; shipped tasks: "
-                                f"{', '.join(known)} (see `lhama eval --list`)")
+            raise EvalTaskError(
+                f"--task '{spec}' is neither a JSONL file nor a shipped task; shipped tasks: "
+                f"{', '.join(known)} (see `lhama eval --list`)"
+            )
         path = known[str(spec)]
     if kind is not None and kind not in KINDS:
         raise EvalTaskError(f"--kind must be one of {KINDS}, got {kind!r}")
@@ -146,7 +153,7 @@ def load_task(spec: str | Path, *, kind: str | None = None) -> Task:
         raise EvalTaskError(f"{path}: the task has no items")
     kind = kind or infer_kind(items[0])
     seen: set[str] = set()
-    for n, item in enumerate(items, 1):
+    for item in items:
         _check_item(item, kind, f"{path}: item {item['id']}")
         if item["id"] in seen:
             raise EvalTaskError(f"{path}: item id {item['id']!r} appears twice; ids must be unique")

@@ -3,5 +3,17 @@ from lhama.generate.outputs import Completion, StreamDelta, TokenStep, check_con
 from lhama.generate.sampling import BatchSampler, SampleResult, SamplingParams, make_generator
 from lhama.generate.stops import StopStringMatcher
 
-__all__ = ["Completion", "StreamDelta", "TokenStep", "check_context", "generate", "generate_tokens", "stream_text",
-           "BatchSampler", "SampleResult", "SamplingParams", "make_generator", "StopStringMatcher"]
+__all__ = [
+    "Completion",
+    "StreamDelta",
+    "TokenStep",
+    "check_context",
+    "generate",
+    "generate_tokens",
+    "stream_text",
+    "BatchSampler",
+    "SampleResult",
+    "SamplingParams",
+    "make_generator",
+    "StopStringMatcher",
+]

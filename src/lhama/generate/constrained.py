@@ -74,8 +74,7 @@ class GrammarCompiler:
 
                 eos = self.stop_ids[0] if self.stop_ids else self.tokenizer.eos_id
                 wrapper = llguidance.TokenizerWrapper(_ByteVocab(self.tokenizer, eos))
-                self._lltok = llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size,
-                                                     eos_token=self.stop_ids or [eos])
+                self._lltok = llguidance.LLTokenizer(wrapper, n_vocab=self.vocab_size, eos_token=self.stop_ids or [eos])
             return self._lltok
 
     def grammar_for_schema(self, schema: dict[str, Any], param: str) -> str:
@@ -117,7 +116,7 @@ class GrammarConstraint:
 
     def allowed(self, output_ids: Sequence[int]) -> np.ndarray:
         """Bool mask [vocab_size] of the tokens that may follow ``output_ids``."""
-        new = list(output_ids[self.consumed:])
+        new = list(output_ids[self.consumed :])
         if new:
             self.matcher.consume_tokens(new)
             self.consumed = len(output_ids)

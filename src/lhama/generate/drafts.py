@@ -16,8 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -48,10 +48,10 @@ class NgramDraft:
     def propose(self, tokens: Sequence[int], k: int) -> list[int]:
         n_tok = len(tokens)
         for n in range(min(self.max_ngram, n_tok - 1), self.min_ngram - 1, -1):
-            tail = list(tokens[n_tok - n:])
+            tail = list(tokens[n_tok - n :])
             for start in range(n_tok - n - 1, -1, -1):
-                if list(tokens[start:start + n]) == tail:
-                    return list(tokens[start + n:start + n + k])
+                if list(tokens[start : start + n]) == tail:
+                    return list(tokens[start + n : start + n + k])
         return []
 
 
@@ -73,7 +73,7 @@ _SELF_HELP = "write self:N (first N layers), self:int4 or self:int8 (a quantized
 def parse_draft_spec(spec: str) -> DraftSpec:
     text = spec.strip()
     if text.endswith("+ngram"):
-        base = parse_draft_spec(text[:-len("+ngram")])
+        base = parse_draft_spec(text[: -len("+ngram")])
         if base.kind == "ngram":
             raise ConfigError(f"--draft-model {spec!r}: +ngram goes after a model draft, e.g. self:int4+ngram")
         return replace(base, lookup=True)
@@ -90,8 +90,10 @@ def parse_draft_spec(spec: str) -> DraftSpec:
     elif parts[0].startswith(("int", "fp", "bf")):
         precision, rest = parts[0], parts[1:]
         if precision not in SELF_DRAFT_PRECISIONS:
-            raise ConfigError(f"--draft-model {spec!r}: unknown self-draft precision {precision!r} "
-                              f"(choose {' or '.join(SELF_DRAFT_PRECISIONS)}); {_SELF_HELP}")
+            raise ConfigError(
+                f"--draft-model {spec!r}: unknown self-draft precision {precision!r} "
+                f"(choose {' or '.join(SELF_DRAFT_PRECISIONS)}); {_SELF_HELP}"
+            )
         layers_text, rest = (rest[0], rest[1:]) if rest else (None, [])
     else:
         raise ConfigError(f"--draft-model {spec!r}: {_SELF_HELP}")
@@ -134,15 +136,16 @@ def quantized_self_draft(model: Transformer, precision: str = "int4", n_layers: 
     if is_quantized(model):
         # A quantized target is already as cheap as an int4/int8 copy would be: no draft to gain
         # from (int8 target: 15 ms/step vs 11.5 for int4 on SmolLM2), and its fp weights are gone.
-        raise ConfigError(f"a self:{precision} draft quantizes a copy of the target, but the target is already "
-                          f"quantized ({model.quant_config.mode}); load the target without --quantize, "
-                          "or use --draft-model ngram")
+        raise ConfigError(
+            f"a self:{precision} draft quantizes a copy of the target, but the target is already "
+            f"quantized ({model.quant_config.mode}); load the target without --quantize, "
+            "or use --draft-model ngram"
+        )
     n = model.args.n_layers if n_layers is None else n_layers
     _check_layers(model, n, allow_all=True)
     with torch.device("meta"):
         draft = Transformer(model.args.with_(n_layers=n))
-    own = {k: v for k, v in model.state_dict().items()
-           if not k.startswith("layers.") or int(k.split(".")[1]) < n}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("layers.") or int(k.split(".")[1]) < n}
     draft.load_state_dict(own, assign=True)
     draft.inv_freq = model.inv_freq
     quantize_model(draft, QuantConfig(precision))
@@ -169,6 +172,8 @@ def build_draft(spec: str, loaded) -> tuple[Transformer | NgramDraft, str, Ngram
         raise ConfigError(f"--draft-model {spec!r} is not ngram, self:int4, self:N, nor a model: {e}") from None
     probe = "Speculative decoding needs one tokenizer: <|eot_id|> 123 ünïcødé"
     if draft.tokenizer.encode(probe, bos=False) != loaded.tokenizer.encode(probe, bos=False):
-        raise ConfigError(f"--draft-model {spec!r} tokenizes text differently from the target; "
-                          "a draft must share the target's tokenizer")
+        raise ConfigError(
+            f"--draft-model {spec!r} tokenizes text differently from the target; "
+            "a draft must share the target's tokenizer"
+        )
     return draft.model, d.kind, lookup

@@ -6,7 +6,7 @@ the same ``BatchSampler`` the engine uses (a batch of one).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -31,8 +31,9 @@ def generate_tokens(
     if speculation is not None:
         from lhama.generate.speculative import speculative_tokens
 
-        yield from speculative_tokens(model, speculation, prompt_ids, params, stop_ids=stop_ids,
-                                      context_length=context_length)
+        yield from speculative_tokens(
+            model, speculation, prompt_ids, params, stop_ids=stop_ids, context_length=context_length
+        )
         return
     args = model.args
     ctx = context_length or args.max_seq_len
@@ -56,15 +57,24 @@ def generate_tokens(
         logits = model(tokens, cache.pos, cache, last_only=True)[:, -1]
         cache.advance(tokens.shape[1])
         banned = [sorted(stops)] if i < params.min_tokens and stops else None
-        res = sampler.sample(logits, [params], generators=[gen], output_counts=counts, seen_mask=seen, banned=banned,
-                             outputs=[tokens_out])
+        res = sampler.sample(
+            logits,
+            [params],
+            generators=[gen],
+            output_counts=counts,
+            seen_mask=seen,
+            banned=banned,
+            outputs=[tokens_out],
+        )
         tok = int(res.tokens[0])
         step = TokenStep(tok)
         if res.logprobs is not None:
             step.logprob = float(res.logprobs[0])
         if res.top_ids is not None:
-            step.top_logprobs = [(int(t), float(l)) for t, l in zip(res.top_ids[0, : params.top_logprobs],
-                                                                    res.top_logprobs[0, : params.top_logprobs])]
+            step.top_logprobs = [
+                (int(t), float(l))
+                for t, l in zip(res.top_ids[0, : params.top_logprobs], res.top_logprobs[0, : params.top_logprobs])
+            ]
         if counts is not None:
             counts[0, tok] += 1
             seen[0, tok] = True
@@ -112,8 +122,15 @@ def stream_text(
             yield StreamDelta("", [step.token_id], [step])
 
 
-def generate(model: Transformer, tokenizer, prompt_ids: Sequence[int], params: SamplingParams,
-             *, stop_ids: Sequence[int] | None = None, speculation=None) -> Completion:
+def generate(
+    model: Transformer,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    speculation=None,
+) -> Completion:
     parts, ids, steps = [], [], []
     finish, reason = "length", None
     for d in stream_text(model, tokenizer, prompt_ids, params, stop_ids=stop_ids, speculation=speculation):

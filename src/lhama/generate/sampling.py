@@ -120,8 +120,9 @@ def apply_penalties(
     return logits
 
 
-def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                  min_p: torch.Tensor) -> torch.Tensor:
+def filter_logits(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
     """Temperature, then top-k, top-p (nucleus) and min-p, each row with its own values.
     Rows with temperature 0 are left for greedy selection by the caller."""
     temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature)).unsqueeze(1)
@@ -150,7 +151,9 @@ def filter_logits(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.
     return logits
 
 
-def sample_from(logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+def sample_from(
+    logits: torch.Tensor, greedy: torch.Tensor, generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
     """One token per row: argmax where ``greedy``, else a draw from softmax(logits).
 
     Draws use the exponential race (argmax p/E with E ~ Exp(1)), which equals multinomial
@@ -205,8 +208,14 @@ class BatchSampler:
             return torch.tensor([getattr(p, name) for p in params], dtype=dtype, device=dev)
 
         if output_counts is not None and seen_mask is not None:
-            logits = apply_penalties(logits, output_counts, seen_mask, col("repetition_penalty"),
-                                     col("frequency_penalty"), col("presence_penalty"))
+            logits = apply_penalties(
+                logits,
+                output_counts,
+                seen_mask,
+                col("repetition_penalty"),
+                col("frequency_penalty"),
+                col("presence_penalty"),
+            )
         if banned is not None and any(banned):
             logits = logits.clone()
             for b, ids in enumerate(banned):
@@ -228,8 +237,9 @@ class BatchSampler:
         return SampleResult(tokens, lp, top_ids, top_lp)
 
 
-def apply_processors(logits: torch.Tensor, params: Sequence[SamplingParams],
-                     outputs: Sequence[Sequence[int]] | None) -> torch.Tensor:
+def apply_processors(
+    logits: torch.Tensor, params: Sequence[SamplingParams], outputs: Sequence[Sequence[int]] | None
+) -> torch.Tensor:
     """``logits`` [B, V] with each row's ``logits_processor`` applied (a copy when any is)."""
     rows = [(b, p.logits_processor) for b, p in enumerate(params) if p.logits_processor is not None]
     if not rows:

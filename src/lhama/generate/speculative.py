@@ -17,8 +17,8 @@ no model at all (``ngram``: prompt lookup). ``lhama.generate.drafts`` builds the
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 
@@ -65,10 +65,14 @@ def check_draft(target: Transformer, draft: Transformer | NgramDraft) -> None:
     if isinstance(draft, NgramDraft):
         return
     if draft.args.vocab_size != target.args.vocab_size:
-        raise ConfigError(f"the draft model's vocabulary ({draft.args.vocab_size} tokens) differs from the target's "
-                          f"({target.args.vocab_size}); a draft must share the target's tokenizer")
+        raise ConfigError(
+            f"the draft model's vocabulary ({draft.args.vocab_size} tokens) differs from the target's "
+            f"({target.args.vocab_size}); a draft must share the target's tokenizer"
+        )
     if draft.device != target.device:
-        raise ConfigError(f"the draft model is on {draft.device}, the target on {target.device}; load both on one device")
+        raise ConfigError(
+            f"the draft model is on {draft.device}, the target on {target.device}; load both on one device"
+        )
 
 
 def _check_params(params: SamplingParams) -> None:
@@ -98,8 +102,9 @@ class _Dist:
         else:
             T = logits.shape[0]
             col = lambda v, dt=torch.float32: torch.full((T,), v, dtype=dt, device=logits.device)  # noqa: E731
-            filtered = filter_logits(logits, col(params.temperature), col(params.top_k, torch.long),
-                                     col(params.top_p), col(params.min_p))
+            filtered = filter_logits(
+                logits, col(params.temperature), col(params.top_k, torch.long), col(params.top_p), col(params.min_p)
+            )
             self.probs = filtered.softmax(-1)
 
 
@@ -175,13 +180,19 @@ def speculative_tokens(
         if proposals:
             # A deterministic proposal is a one-hot q: kept with probability p(x), the rest of p otherwise.
             k = len(proposals)
-            q_rows = [torch.nn.functional.one_hot(torch.tensor(t, device=dev), target.args.vocab_size).float()
-                      for t in proposals] if not params.greedy else []
+            q_rows = (
+                [
+                    torch.nn.functional.one_hot(torch.tensor(t, device=dev), target.args.vocab_size).float()
+                    for t in proposals
+                ]
+                if not params.greedy
+                else []
+            )
         elif model_draft is None:
             k = 0
         elif k > 0:
             # Only the last row's logits are needed: the head is a fifth of a small model's weights.
-            logits = run(draft, d_cache, tokens[d_cache.pos:], last_only=True)
+            logits = run(draft, d_cache, tokens[d_cache.pos :], last_only=True)
             for i in range(k):
                 d = _Dist(logits, params, [n_out + i < params.min_tokens], stop_list)
                 tok = int(d.raw.argmax(-1)) if d.probs is None else _draw(d.probs[0], gen)
@@ -231,5 +242,12 @@ def load_speculation(spec: str, loaded, num_speculative_tokens: int | None = Non
     return Speculation(draft, k, lookup=lookup)
 
 
-__all__ = ["NgramDraft", "Speculation", "SpeculativeStats", "load_speculation", "quantized_self_draft",
-           "self_draft", "speculative_tokens"]
+__all__ = [
+    "NgramDraft",
+    "Speculation",
+    "SpeculativeStats",
+    "load_speculation",
+    "quantized_self_draft",
+    "self_draft",
+    "speculative_tokens",
+]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class StopStringMatcher:
@@ -38,7 +38,7 @@ class StopStringMatcher:
                 if text.endswith(s[:n]):
                     keep = max(keep, n)
                     break
-        self._pending = text[len(text) - keep:] if keep else ""
+        self._pending = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 
     def flush(self) -> str:

@@ -3,5 +3,16 @@ from lhama.model.configs import CONFIGS, NamedConfig, get_config
 from lhama.model.kv_cache import AttentionCache, StaticKVCache, causal_attention
 from lhama.model.transformer import Transformer, build_model
 
-__all__ = ["ModelArgs", "RopeScaling", "swiglu_hidden_dim", "CONFIGS", "NamedConfig", "get_config",
-           "AttentionCache", "StaticKVCache", "causal_attention", "Transformer", "build_model"]
+__all__ = [
+    "ModelArgs",
+    "RopeScaling",
+    "swiglu_hidden_dim",
+    "CONFIGS",
+    "NamedConfig",
+    "get_config",
+    "AttentionCache",
+    "StaticKVCache",
+    "causal_attention",
+    "Transformer",
+    "build_model",
+]

@@ -56,7 +56,7 @@ class ModelArgs:
     def head_dim(self) -> int:
         return self.head_dim_override or self.dim // self.n_heads
 
-    def with_(self, **changes) -> "ModelArgs":
+    def with_(self, **changes) -> ModelArgs:
         return replace(self, **changes)
 
     # -- derived sizes ---------------------------------------------------------------------

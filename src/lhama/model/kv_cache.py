@@ -69,8 +69,8 @@ class StaticKVCache:
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; tried to write up to {end}")
-        self.k[layer][:B, self.pos:end] = k
-        self.v[layer][:B, self.pos:end] = v
+        self.k[layer][:B, self.pos : end] = k
+        self.v[layer][:B, self.pos : end] = v
         return causal_attention(q, self.k[layer][:B, :end], self.v[layer][:B, :end], offset=self.pos)
 
     def advance(self, n: int) -> None:

@@ -16,8 +16,15 @@ from torch import nn
 from lhama.errors import ConfigError
 
 # LoRA targets may be given in our (Meta) names or in Hugging Face/PEFT names.
-HF_MODULE_NAMES = {"wq": "q_proj", "wk": "k_proj", "wv": "v_proj", "wo": "o_proj",
-                   "w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+HF_MODULE_NAMES = {
+    "wq": "q_proj",
+    "wk": "k_proj",
+    "wv": "v_proj",
+    "wo": "o_proj",
+    "w1": "gate_proj",
+    "w2": "down_proj",
+    "w3": "up_proj",
+}
 OUR_MODULE_NAMES = {v: k for k, v in HF_MODULE_NAMES.items()}
 
 
@@ -40,8 +47,10 @@ class LoraConfig:
         for t in targets:
             name = OUR_MODULE_NAMES.get(t, t)
             if name not in HF_MODULE_NAMES:
-                raise ConfigError(f"lora target module {t!r} is not a projection of the Llama block; choose from "
-                                  f"{', '.join(HF_MODULE_NAMES)} (or {', '.join(OUR_MODULE_NAMES)}, or 'all')")
+                raise ConfigError(
+                    f"lora target module {t!r} is not a projection of the Llama block; choose from "
+                    f"{', '.join(HF_MODULE_NAMES)} (or {', '.join(OUR_MODULE_NAMES)}, or 'all')"
+                )
             if name not in ours:
                 ours.append(name)
         if not ours:
@@ -55,16 +64,29 @@ class LoraConfig:
 
 
 # Which submodule of a block holds each projection.
-BLOCK_PARENT = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention",
-                "w1": "feed_forward", "w2": "feed_forward", "w3": "feed_forward"}
+BLOCK_PARENT = {
+    "wq": "attention",
+    "wk": "attention",
+    "wv": "attention",
+    "wo": "attention",
+    "w1": "feed_forward",
+    "w2": "feed_forward",
+    "w3": "feed_forward",
+}
 
 
 def projection_shape(name: str, args) -> tuple[int, int]:
     """(out_features, in_features) of projection ``name`` in a model with ``args``."""
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
-    return {"wq": (q, args.dim), "wk": (kv, args.dim), "wv": (kv, args.dim), "wo": (args.dim, q),
-            "w1": (args.hidden_dim, args.dim), "w3": (args.hidden_dim, args.dim),
-            "w2": (args.dim, args.hidden_dim)}[name]
+    return {
+        "wq": (q, args.dim),
+        "wk": (kv, args.dim),
+        "wv": (kv, args.dim),
+        "wo": (args.dim, q),
+        "w1": (args.hidden_dim, args.dim),
+        "w3": (args.hidden_dim, args.dim),
+        "w2": (args.dim, args.hidden_dim),
+    }[name]
 
 
 class LoRALinear(nn.Module):
@@ -135,8 +157,13 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
-                plain = nn.Linear(child.in_features, child.out_features, bias=False,
-                                  device=child.weight.device, dtype=child.weight.dtype)
+                plain = nn.Linear(
+                    child.in_features,
+                    child.out_features,
+                    bias=False,
+                    device=child.weight.device,
+                    dtype=child.weight.dtype,
+                )
                 with torch.no_grad():
                     plain.weight.copy_(child.merged_weight())
                 plain.weight.requires_grad_(False)
@@ -146,5 +173,15 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["HF_MODULE_NAMES", "OUR_MODULE_NAMES", "BLOCK_PARENT", "LoraConfig", "LoRALinear", "projection_shape", "lora_targets",
-           "apply_lora", "lora_state_dict", "merge_lora"]
+__all__ = [
+    "HF_MODULE_NAMES",
+    "OUR_MODULE_NAMES",
+    "BLOCK_PARENT",
+    "LoraConfig",
+    "LoRALinear",
+    "projection_shape",
+    "lora_targets",
+    "apply_lora",
+    "lora_state_dict",
+    "merge_lora",
+]

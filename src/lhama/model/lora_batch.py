@@ -55,8 +55,7 @@ class LoadedAdapter:
 class SlotLoraLinear(nn.Module):
     """``base(x)`` plus, for each row, the delta of the adapter in that row's slot."""
 
-    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], in_features: int,
-                 slots: LoraSlots):
+    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], in_features: int, slots: LoraSlots):
         super().__init__()
         self.base = base
         self.parts = parts  # projection name -> (output offset, size)
@@ -82,7 +81,7 @@ class SlotLoraLinear(nn.Module):
             a = getattr(self, f"{name}_a").index_select(0, active)[:, :r].reshape(k * r, self.in_features)
             low = (x2 @ a.T).view(-1, k, r) * onehot  # each row keeps only its own adapter's projection
             b = getattr(self, f"{name}_b").index_select(0, active)[:, :, :r].permute(1, 0, 2).reshape(size, k * r)
-            y2[:, off:off + size] += (low.view(-1, k * r) @ b.T).to(y2.dtype)
+            y2[:, off : off + size] += (low.view(-1, k * r) @ b.T).to(y2.dtype)
         return y
 
 
@@ -106,7 +105,9 @@ class LoraSlots:
             found: dict[str, tuple[SlotLoraLinear, str]] = {}
             for parent_name in ("attention", "feed_forward"):
                 parent = getattr(layer, parent_name)
-                for attr in ("wqkv", "wq", "wk", "wv", "wo") if parent_name == "attention" else ("w13", "w1", "w3", "w2"):
+                for attr in (
+                    ("wqkv", "wq", "wk", "wv", "wo") if parent_name == "attention" else ("w13", "w1", "w3", "w2")
+                ):
                     mod = getattr(parent, attr, None)
                     if mod is None:
                         continue
@@ -141,8 +142,9 @@ class LoraSlots:
             raise LoraSlotError(f"adapter rank {cfg.rank} is above this server's --max-lora-rank {self.max_rank}")
         with self._lock:
             if name in self.adapters:
-                raise LoraSlotError(f"an adapter named {name!r} is already loaded; unload it first or pick another "
-                                    "name")
+                raise LoraSlotError(
+                    f"an adapter named {name!r} is already loaded; unload it first or pick another name"
+                )
             used = {a.slot for a in self.adapters.values()}
             free = [s for s in range(1, self.max_loras + 1) if s not in used and not self._pins[s]]
             if not free:

@@ -45,8 +45,10 @@ def describe(args: ModelArgs, name: str = "") -> str:
     rope = "none"
     if args.rope_scaling:
         s = args.rope_scaling
-        rope = (f"llama3 (factor {s.factor:g}, low/high freq {s.low_freq_factor:g}/{s.high_freq_factor:g}, "
-                f"original context {s.original_context})")
+        rope = (
+            f"llama3 (factor {s.factor:g}, low/high freq {s.low_freq_factor:g}/{s.high_freq_factor:g}, "
+            f"original context {s.original_context})"
+        )
     lines = [
         f"model            {name}",
         f"layers           {args.n_layers}",
@@ -60,8 +62,11 @@ def describe(args: ModelArgs, name: str = "") -> str:
         f"embeddings       {'tied' if args.tie_embeddings else 'untied'}",
         f"norm eps         {args.norm_eps:g}",
         f"parameters       {human_count(size.n_params)} ({size.n_params:,})",
-        "weights memory   " + ", ".join(f"{k} {size.weights_bytes[k] / 1e9:.{1 if size.weights_bytes[k] > 1e10 else 3}f} GB ({size.weights_bytes[k] / GIB:.2f} GiB)"
-                                        for k in ("bf16", "fp8", "int4")),
+        "weights memory   "
+        + ", ".join(
+            f"{k} {size.weights_bytes[k] / 1e9:.{1 if size.weights_bytes[k] > 1e10 else 3}f} GB ({size.weights_bytes[k] / GIB:.2f} GiB)"
+            for k in ("bf16", "fp8", "int4")
+        ),
         f"KV cache (bf16)  {size.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1K tokens, "
         f"{size.kv_bytes_full_context / GIB:.2f} GiB for the full {args.max_seq_len}-token context",
     ]

@@ -147,7 +147,9 @@ class Transformer(nn.Module):
         return self.tok_embeddings.weight.dtype
 
 
-def build_model(args: ModelArgs, *, dtype=torch.float32, device="cpu", init: str = "empty", seed: int = 0) -> Transformer:
+def build_model(
+    args: ModelArgs, *, dtype=torch.float32, device="cpu", init: str = "empty", seed: int = 0
+) -> Transformer:
     """Instantiate a model. ``init="empty"`` leaves weights for a checkpoint to fill (fast, no RAM
     touched twice); ``init="random"`` gives small random weights for tests and configs by name."""
     with torch.device("meta"):

@@ -75,20 +75,39 @@ class BatchSummary:
 # -- records ------------------------------------------------------------------------------------
 def success_record(custom_id: str, body: dict, request_id: str | None = None) -> dict:
     rid = request_id or f"batch_req_{uuid.uuid4().hex}"
-    return {"id": rid, "custom_id": custom_id, "response": {"status_code": 200, "request_id": rid, "body": body},
-            "error": None}
+    return {
+        "id": rid,
+        "custom_id": custom_id,
+        "response": {"status_code": 200, "request_id": rid, "body": body},
+        "error": None,
+    }
 
 
-def error_record(custom_id: str | None, code: str, message: str, *, line: int | None, status: int | None = None,
-                 param: str | None = None, error_type: str | None = None) -> dict:
+def error_record(
+    custom_id: str | None,
+    code: str,
+    message: str,
+    *,
+    line: int | None,
+    status: int | None = None,
+    param: str | None = None,
+    error_type: str | None = None,
+) -> dict:
     rid = f"batch_req_{uuid.uuid4().hex}"
     response = None
     if status is not None:
         kind = error_type or ("server_error" if status >= 500 else "invalid_request_error")
-        response = {"status_code": status, "request_id": rid,
-                    "body": {"error": {"message": message, "type": kind, "param": param, "code": code}}}
-    return {"id": rid, "custom_id": custom_id, "response": response,
-            "error": {"code": code, "message": message, "line": line}}
+        response = {
+            "status_code": status,
+            "request_id": rid,
+            "body": {"error": {"message": message, "type": kind, "param": param, "code": code}},
+        }
+    return {
+        "id": rid,
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message, "line": line},
+    }
 
 
 def describe_error(exc: BaseException) -> tuple[int, str, str, str | None, str | None]:
@@ -99,8 +118,13 @@ def describe_error(exc: BaseException) -> tuple[int, str, str, str | None, str |
     if isinstance(exc, LhamaError):
         return exc.http_status, exc.code, str(exc), getattr(exc, "param", None), None
     # The exception's own text (torch's can be an unformatted "%ld" message) goes to the log only.
-    return 500, "internal_error", f"internal error while running this line ({type(exc).__name__}); see the log", \
-        None, None
+    return (
+        500,
+        "internal_error",
+        f"internal error while running this line ({type(exc).__name__}); see the log",
+        None,
+        None,
+    )
 
 
 # -- the ledger -----------------------------------------------------------------------------------
@@ -134,14 +158,21 @@ class BatchLedger:
     @property
     def done_lines(self) -> set[int]:
         """Input lines answered with an error record (which names its line)."""
-        return {e["error"]["line"] for e in self.records
-                if isinstance(e.get("error"), dict) and isinstance(e["error"].get("line"), int)}
+        return {
+            e["error"]["line"]
+            for e in self.records
+            if isinstance(e.get("error"), dict) and isinstance(e["error"].get("line"), int)
+        }
 
     @property
     def done_ids(self) -> set[str]:
         """custom_ids answered (a duplicate_custom_id record answers a later line, not the id)."""
-        return {e["custom_id"] for e in self.records if isinstance(e.get("custom_id"), str)
-                and not (isinstance(e.get("error"), dict) and e["error"].get("code") == "duplicate_custom_id")}
+        return {
+            e["custom_id"]
+            for e in self.records
+            if isinstance(e.get("custom_id"), str)
+            and not (isinstance(e.get("error"), dict) and e["error"].get("code") == "duplicate_custom_id")
+        }
 
     def write(self, entry: dict) -> None:
         self.f.write(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
@@ -205,8 +236,12 @@ def scan_batch(lines: Sequence[str], ledger: BatchLedger, urls: Sequence[str] = 
             bad, cid = err, err.custom_id
         first = cid is not None and first_line_of.setdefault(cid, i) == i
         if item is not None and not first:
-            item, bad = None, LineError("duplicate_custom_id",
-                                        f"custom_id {cid!r} already appears on line {first_line_of[cid]}", cid)
+            item, bad = (
+                None,
+                LineError(
+                    "duplicate_custom_id", f"custom_id {cid!r} already appears on line {first_line_of[cid]}", cid
+                ),
+            )
         if i in done_lines or (first and cid in done_ids):
             scan.summary.already_done += 1
         elif item is None:
@@ -236,9 +271,15 @@ class AsyncExecutor(Protocol):
 class BatchRun:
     """One pass over a batch: the scan, the ledger, and turning results into records."""
 
-    def __init__(self, lines: Sequence[str], ledger: BatchLedger, urls: Sequence[str] = GENERATION_URLS, *,
-                 describe: Callable[[BaseException], tuple] = describe_error,
-                 on_record: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        lines: Sequence[str],
+        ledger: BatchLedger,
+        urls: Sequence[str] = GENERATION_URLS,
+        *,
+        describe: Callable[[BaseException], tuple] = describe_error,
+        on_record: Callable[[dict], None] | None = None,
+    ):
         self.ledger, self.describe, self.on_record = ledger, describe, on_record
         self.scan = scan_batch(lines, ledger, urls)
         self.summary = self.scan.summary
@@ -265,8 +306,9 @@ class BatchRun:
             status, code, message, param, kind = self.describe(result)
             if status >= 500:
                 log.error("batch line %d (%s) failed: %r", line.line, line.custom_id, result)
-            self.write(error_record(line.custom_id, code, message, line=line.line, status=status, param=param,
-                                    error_type=kind))
+            self.write(
+                error_record(line.custom_id, code, message, line=line.line, status=status, param=param, error_type=kind)
+            )
         else:
             self.write(success_record(line.custom_id, result))
 
@@ -281,8 +323,9 @@ def _progress(run: BatchRun, progress: bool, desc: str):
     return bar
 
 
-def run_batch(in_path: str | Path, out_path: str | Path, executor: Executor, *, progress: bool = True,
-              desc: str = "batch") -> BatchSummary:
+def run_batch(
+    in_path: str | Path, out_path: str | Path, executor: Executor, *, progress: bool = True, desc: str = "batch"
+) -> BatchSummary:
     """Answer every line of ``in_path`` into ``out_path`` (appending; resumes an earlier run)."""
     # Bytes that are not UTF-8 become lone surrogates, which the request models refuse naming the
     # field: that line's error record says so, and the job goes on.
@@ -302,8 +345,9 @@ def run_batch(in_path: str | Path, out_path: str | Path, executor: Executor, *, 
             bar.close()
 
 
-async def run_lines_async(run: BatchRun, executor: AsyncExecutor, lines: Iterable[BatchLine], *,
-                          concurrency: int) -> None:
+async def run_lines_async(
+    run: BatchRun, executor: AsyncExecutor, lines: Iterable[BatchLine], *, concurrency: int
+) -> None:
     """Execute ``lines`` at most ``concurrency`` at a time; each line's outcome becomes its record."""
     sem = asyncio.Semaphore(concurrency)
 

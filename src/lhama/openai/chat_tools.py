@@ -49,9 +49,14 @@ def messages_as_dicts(req: ChatCompletionRequest) -> list[dict]:
         if m.tool_call_id is not None:
             d["tool_call_id"] = m.tool_call_id
         if m.tool_calls:
-            d["tool_calls"] = [{"id": c.id or new_call_id(), "type": "function",
-                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                               for c in m.tool_calls]
+            d["tool_calls"] = [
+                {
+                    "id": c.id or new_call_id(),
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in m.tool_calls
+            ]
         out.append(d)
     return out
 
@@ -63,8 +68,14 @@ def _tool_call_schema(tools) -> dict:
     for t in tools:
         # A built-in given without parameters (code_interpreter, brave_search...) still has its own.
         params = t.function.parameters or BUILTIN_SCHEMAS.get(t.function.name) or _ANY_OBJECT
-        variants.append({"type": "object", "properties": {"name": {"const": t.function.name}, "parameters": params},
-                         "required": ["name", "parameters"], "additionalProperties": False})
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": t.function.name}, "parameters": params},
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
+        )
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
 
 
@@ -80,8 +91,9 @@ def plan_output(req: ChatCompletionRequest, compiler) -> OutputPlan:
     if isinstance(choice, NamedToolChoice):
         chosen = [t for t in tools if t.function.name == choice.function.name]
         if not chosen:
-            raise SamplingError("tool_choice", f"names '{choice.function.name}', which is not in 'tools' "
-                                               f"({', '.join(names)})")
+            raise SamplingError(
+                "tool_choice", f"names '{choice.function.name}', which is not in 'tools' ({', '.join(names)})"
+            )
         return OutputPlan(rendered, compiler.grammar_for_schema(_tool_call_schema(chosen), "tools"), True, False)
     if choice == "required":
         return OutputPlan(rendered, compiler.grammar_for_schema(_tool_call_schema(tools), "tools"), True, False)
@@ -106,8 +118,13 @@ def forced_call(text: str) -> list[dict]:
         obj = json.loads(text)
     except ValueError:
         return []
-    return [{"id": new_call_id(), "type": "function",
-             "function": {"name": obj["name"], "arguments": json.dumps(obj["parameters"], ensure_ascii=False)}}]
+    return [
+        {
+            "id": new_call_id(),
+            "type": "function",
+            "function": {"name": obj["name"], "arguments": json.dumps(obj["parameters"], ensure_ascii=False)},
+        }
+    ]
 
 
 def normalise_calls(calls) -> list[dict]:
@@ -118,13 +135,17 @@ def normalise_calls(calls) -> list[dict]:
         args = fn.get("arguments", fn.get("parameters", {}))
         if not isinstance(args, str):
             args = json.dumps(args, ensure_ascii=False)
-        out.append({"id": c.get("id") or new_call_id(), "type": "function",
-                    "function": {"name": fn.get("name", ""), "arguments": args}})
+        out.append(
+            {
+                "id": c.get("id") or new_call_id(),
+                "type": "function",
+                "function": {"name": fn.get("name", ""), "arguments": args},
+            }
+        )
     return out
 
 
-def final_message(plan: OutputPlan, chat_format, text: str, token_ids: list[int],
-                  stop_reason) -> tuple[dict, bool]:
+def final_message(plan: OutputPlan, chat_format, text: str, token_ids: list[int], stop_reason) -> tuple[dict, bool]:
     """(assistant message, whether it is a tool call) for a finished choice."""
     if plan.forced_tool:
         calls = forced_call(text)

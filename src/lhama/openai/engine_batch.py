@@ -57,8 +57,15 @@ class _Job:
 class EngineExecutor:
     """Runs batch lines on ``engine`` (built from ``loaded`` and ``config`` when not given)."""
 
-    def __init__(self, loaded, engine: LLMEngine | None = None, config: EngineConfig | None = None, *,
-                 max_in_flight: int | None = None, limits: RequestLimits | None = None):
+    def __init__(
+        self,
+        loaded,
+        engine: LLMEngine | None = None,
+        config: EngineConfig | None = None,
+        *,
+        max_in_flight: int | None = None,
+        limits: RequestLimits | None = None,
+    ):
         self.loaded = loaded
         self.engine = engine or LLMEngine.from_loaded(loaded, config)
         self.fingerprint = system_fingerprint(model_settings(loaded, self.engine.config))
@@ -114,12 +121,24 @@ class EngineExecutor:
             for i, c in choices:
                 message, is_call = final_message(prep.plan, fmt, c.text, c.token_ids, c.stop_reason)
                 lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp else None
-                out.append({"index": i, "message": message, "logprobs": lp,
-                            "finish_reason": finish_reason(c.finish_reason, is_call)})
+                out.append(
+                    {
+                        "index": i,
+                        "message": message,
+                        "logprobs": lp,
+                        "finish_reason": finish_reason(c.finish_reason, is_call),
+                    }
+                )
             return chat_completion(new_id("chatcmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
-        out = [{"index": i, "text": c.text,
+        out = [
+            {
+                "index": i,
+                "text": c.text,
                 "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids)) if want_lp else None,
-                "finish_reason": c.finish_reason or "stop"} for i, c in choices]
+                "finish_reason": c.finish_reason or "stop",
+            }
+            for i, c in choices
+        ]
         return text_completion(new_id("cmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
 
     # -- many lines ------------------------------------------------------------------------------
@@ -188,9 +207,16 @@ class EngineExecutor:
             answer(line, result)
 
 
-def run_batch_file(loaded, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None, *,
-                   progress: bool = True, engine: LLMEngine | None = None,
-                   max_in_flight: int | None = None) -> BatchSummary:
+def run_batch_file(
+    loaded,
+    in_path: str | Path,
+    out_path: str | Path,
+    config: EngineConfig | None = None,
+    *,
+    progress: bool = True,
+    engine: LLMEngine | None = None,
+    max_in_flight: int | None = None,
+) -> BatchSummary:
     """``lhama batch``: answer every line of ``in_path`` into ``out_path`` on one in-process
     engine (appending; resumes an earlier run)."""
     executor = EngineExecutor(loaded, engine, config, max_in_flight=max_in_flight)

@@ -49,7 +49,8 @@ def model_settings(loaded, engine_config) -> dict:
     quant = getattr(loaded, "quant", None)
     path = getattr(loaded, "path", None)
     return {
-        "model": file_digest(path) if path is not None and Path(path).is_file()
+        "model": file_digest(path)
+        if path is not None and Path(path).is_file()
         else f"{getattr(loaded, 'source', '')}:{getattr(loaded, 'name', '')}",
         "lhama": lhama.__version__,
         "dtype": str(loaded.model.dtype),

@@ -28,8 +28,7 @@ from lhama.openai.schemas import (
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
-REQUEST_MODELS = {CHAT_URL: ChatCompletionRequest, COMPLETIONS_URL: CompletionRequest,
-                  EMBEDDINGS_URL: EmbeddingRequest}
+REQUEST_MODELS = {CHAT_URL: ChatCompletionRequest, COMPLETIONS_URL: CompletionRequest, EMBEDDINGS_URL: EmbeddingRequest}
 
 
 class InvalidRequestError(LhamaError, ValueError):
@@ -71,8 +70,9 @@ class PreparedRequest:
         return len(self.prompts) * self.params.n
 
 
-_SCALAR_TAGS = frozenset({"str", "int", "float", "bool", "none", "constrained-int", "constrained-float",
-                          "constrained-str", "dict", "list"})
+_SCALAR_TAGS = frozenset(
+    {"str", "int", "float", "bool", "none", "constrained-int", "constrained-float", "constrained-str", "dict", "list"}
+)
 _LOCATIONS = frozenset({"body", "query", "path", "header", "cookie"})
 
 
@@ -88,8 +88,12 @@ def _model_names() -> frozenset[str]:
 def _is_union_tag(part: str, parent) -> bool:
     """Pydantic adds the union member it tried to an error location (``str``, ``list[str]``,
     ``function-after[...]``, a model's name, a discriminator value): none of it is a parameter."""
-    return ("[" in part or part in _SCALAR_TAGS or part in _model_names()
-            or (parent == "response_format" and part in ("text", "json_object", "json_schema")))
+    return (
+        "[" in part
+        or part in _SCALAR_TAGS
+        or part in _model_names()
+        or (parent == "response_format" and part in ("text", "json_object", "json_schema"))
+    )
 
 
 def param_path(loc) -> str | None:
@@ -116,8 +120,9 @@ def validation_problem(errors: list[dict]) -> tuple[str | None, str, str]:
         return None, "body: invalid request", "invalid_value"
 
     def rank(e: dict) -> int:
-        return 1 if e.get("type", "").endswith("_type") or e.get("type") in ("literal_error", "union_tag_invalid") \
-            else 0
+        return (
+            1 if e.get("type", "").endswith("_type") or e.get("type") in ("literal_error", "union_tag_invalid") else 0
+        )
 
     first = min(errors, key=rank)
     param = param_path(first.get("loc", ()))
@@ -127,8 +132,9 @@ def validation_problem(errors: list[dict]) -> tuple[str | None, str, str]:
     return param, f"{param or 'body'}: {msg}{more}", code
 
 
-def parse_request(url: str, body, *, default_model: str | None = None,
-                  urls=(CHAT_URL, COMPLETIONS_URL)) -> ChatCompletionRequest | CompletionRequest | EmbeddingRequest:
+def parse_request(
+    url: str, body, *, default_model: str | None = None, urls=(CHAT_URL, COMPLETIONS_URL)
+) -> ChatCompletionRequest | CompletionRequest | EmbeddingRequest:
     """The pydantic request for a batch line's ``url`` and ``body`` (HTTP routes get theirs from
     FastAPI, which checks the same models); ``default_model`` fills a missing ``model``."""
     model_cls = REQUEST_MODELS.get(url) if url in urls else None
@@ -150,17 +156,24 @@ def check_token_ranges(req: ChatCompletionRequest | CompletionRequest, vocab_siz
     if vocab_size is None:
         return
     if req.top_k is not None and req.top_k > vocab_size:
-        raise SamplingError("top_k", f"must be at most the vocabulary size {vocab_size} (0 disables it), "
-                                     f"got {req.top_k}")
+        raise SamplingError(
+            "top_k", f"must be at most the vocabulary size {vocab_size} (0 disables it), got {req.top_k}"
+        )
     for key in req.logit_bias or {}:
         token = key.strip()
         if not (token.isascii() and token.isdigit()) or int(token) >= vocab_size:
             raise SamplingError(f"logit_bias.{key}", f"keys must be token ids in [0, {vocab_size - 1}], got {key!r}")
 
 
-def sampling_params(req: ChatCompletionRequest | CompletionRequest, prompt_len: int, *, context: int,
-                    limits: RequestLimits = RequestLimits(), constrained: bool = False,
-                    vocab_size: int | None = None) -> SamplingParams:
+def sampling_params(
+    req: ChatCompletionRequest | CompletionRequest,
+    prompt_len: int,
+    *,
+    context: int,
+    limits: RequestLimits = RequestLimits(),
+    constrained: bool = False,
+    vocab_size: int | None = None,
+) -> SamplingParams:
     """``SamplingParams`` for ``req`` whose (longest) prompt has ``prompt_len`` tokens."""
     check_token_ranges(req, vocab_size)
     chat = isinstance(req, ChatCompletionRequest)
@@ -195,8 +208,17 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, prompt_len: 
     if constrained and req.min_tokens:
         raise SamplingError("min_tokens", "cannot be combined with a JSON schema or a forced tool call")
     kw = {"max_tokens": max_tokens, "n": n, "stop": stop, "seed": req.seed, "logprobs": want_lp, "top_logprobs": top}
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-                 "repetition_penalty", "min_tokens", "ignore_eos"):
+    for name in (
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+        "min_tokens",
+        "ignore_eos",
+    ):
         if getattr(req, name) is not None:
             kw[name] = getattr(req, name)
     try:
@@ -216,13 +238,15 @@ def chat_prompt(chat_format, req: ChatCompletionRequest, plan: OutputPlan) -> li
     """The prompt ids of a chat request through the model's chat format."""
     messages = messages_as_dicts(req)
     try:
-        ids = chat_format.encode_dialog(messages, tools=plan.tools) if plan.tools else \
-            chat_format.encode_dialog(messages)
+        ids = (
+            chat_format.encode_dialog(messages, tools=plan.tools) if plan.tools else chat_format.encode_dialog(messages)
+        )
     except LhamaError:
         raise
     except (ValueError, TypeError, KeyError) as e:
-        raise InvalidRequestError(f"the {chat_format.name} chat format cannot render these messages: {e}",
-                                  "messages", "invalid_messages") from None
+        raise InvalidRequestError(
+            f"the {chat_format.name} chat format cannot render these messages: {e}", "messages", "invalid_messages"
+        ) from None
     return list(ids)
 
 
@@ -240,8 +264,9 @@ def completion_prompts(tokenizer, prompt) -> list[list[int]]:
     return [list(p) for p in prompt]
 
 
-def prepare_chat(loaded, req: ChatCompletionRequest, compiler, *, context: int,
-                 limits: RequestLimits = RequestLimits()) -> PreparedRequest:
+def prepare_chat(
+    loaded, req: ChatCompletionRequest, compiler, *, context: int, limits: RequestLimits = RequestLimits()
+) -> PreparedRequest:
     """Check and render a chat request; ``compiler`` (a ``GrammarCompiler``) turns
     ``response_format`` and forced tool calls into a grammar."""
     for name in ("functions", "audio", "prediction"):
@@ -249,21 +274,29 @@ def prepare_chat(loaded, req: ChatCompletionRequest, compiler, *, context: int,
             raise InvalidRequestError(f"'{name}' is not supported", name)
     plan = plan_output(req, compiler)
     ids = chat_prompt(loaded.chat_format, req, plan)
-    params = sampling_params(req, len(ids), context=context, limits=limits, constrained=plan.grammar is not None,
-                             vocab_size=vocab_size_of(loaded))
+    params = sampling_params(
+        req,
+        len(ids),
+        context=context,
+        limits=limits,
+        constrained=plan.grammar is not None,
+        vocab_size=vocab_size_of(loaded),
+    )
     return PreparedRequest("chat", req, [ids], params, plan)
 
 
-def prepare_completion(loaded, req: CompletionRequest, *, context: int,
-                       limits: RequestLimits = RequestLimits()) -> PreparedRequest:
+def prepare_completion(
+    loaded, req: CompletionRequest, *, context: int, limits: RequestLimits = RequestLimits()
+) -> PreparedRequest:
     for name in ("suffix", "echo"):
         if getattr(req, name):
             raise SamplingError(name, "is not supported")
     prompts = completion_prompts(loaded.tokenizer, req.prompt)
     if len(prompts) > limits.max_choices:
         raise SamplingError("prompt", f"at most {limits.max_choices} prompts per request, got {len(prompts)}")
-    params = sampling_params(req, max(len(p) for p in prompts), context=context, limits=limits,
-                             vocab_size=vocab_size_of(loaded))
+    params = sampling_params(
+        req, max(len(p) for p in prompts), context=context, limits=limits, vocab_size=vocab_size_of(loaded)
+    )
     if req.best_of is not None and req.best_of != params.n:
         raise SamplingError("best_of", "only best_of == n is supported")
     if len(prompts) * params.n > limits.max_choices:
@@ -271,8 +304,14 @@ def prepare_completion(loaded, req: CompletionRequest, *, context: int,
     return PreparedRequest("completion", req, prompts, params)
 
 
-def prepare(loaded, req: ChatCompletionRequest | CompletionRequest, compiler, *, context: int,
-            limits: RequestLimits = RequestLimits()) -> PreparedRequest:
+def prepare(
+    loaded,
+    req: ChatCompletionRequest | CompletionRequest,
+    compiler,
+    *,
+    context: int,
+    limits: RequestLimits = RequestLimits(),
+) -> PreparedRequest:
     if isinstance(req, ChatCompletionRequest):
         return prepare_chat(loaded, req, compiler, context=context, limits=limits)
     return prepare_completion(loaded, req, context=context, limits=limits)

@@ -35,8 +35,13 @@ class ResponseStore:
         self._db.execute(_SCHEMA)
 
     def put(self, response: dict, input_items: list[dict], conversation: list[dict]) -> None:
-        row = (response["id"], time.time(), json.dumps(response, ensure_ascii=False),
-               json.dumps(input_items, ensure_ascii=False), json.dumps(conversation, ensure_ascii=False))
+        row = (
+            response["id"],
+            time.time(),
+            json.dumps(response, ensure_ascii=False),
+            json.dumps(input_items, ensure_ascii=False),
+            json.dumps(conversation, ensure_ascii=False),
+        )
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", row)
 

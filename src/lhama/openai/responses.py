@@ -24,7 +24,7 @@ def _token(tokenizer, token_id: int) -> tuple[str, list[int]]:
 
 def content_steps(steps, token_ids) -> list:
     """The steps that produced output tokens (a trailing stop-token step is dropped)."""
-    return list(steps[:len(token_ids)])
+    return list(steps[: len(token_ids)])
 
 
 def chat_logprobs(tokenizer, steps) -> list[dict]:
@@ -47,45 +47,71 @@ def completion_logprobs(tokenizer, steps, offset: int = 0) -> dict:
         text, _ = _token(tokenizer, s.token_id)
         tokens.append(text)
         lps.append(s.logprob)
-        tops.append({_token(tokenizer, i)[0]: lp for i, lp in s.top_logprobs or []} if s.top_logprobs is not None
-                    else None)
+        tops.append(
+            {_token(tokenizer, i)[0]: lp for i, lp in s.top_logprobs or []} if s.top_logprobs is not None else None
+        )
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def finish_reason(reason: str | None, is_tool_call: bool) -> str:
     return "tool_calls" if is_tool_call else (reason or "stop")
 
 
-def chat_completion(id: str, created: int, model: str, choices: list[dict], usage: dict, *,
-                    fingerprint: str | None = None) -> dict:
-    return {"id": id, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": fingerprint,
-            "choices": choices, "usage": usage}
+def chat_completion(
+    id: str, created: int, model: str, choices: list[dict], usage: dict, *, fingerprint: str | None = None
+) -> dict:
+    return {
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+        "usage": usage,
+    }
 
 
-def chat_chunk(id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *,
-               fingerprint: str | None = None) -> dict:
+def chat_chunk(
+    id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *, fingerprint: str | None = None
+) -> dict:
     """One ``chat.completion.chunk``; ``usage`` is sent (``None`` until the last chunk) only when
     the client asked for ``stream_options.include_usage``."""
-    body = {"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": fingerprint, "choices": choices}
+    body = {
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+    }
     if usage is not _UNSET:
         body["usage"] = usage
     return body
 
 
-def text_completion(id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *,
-                    fingerprint: str | None = None) -> dict:
+def text_completion(
+    id: str, created: int, model: str, choices: list[dict], usage=_UNSET, *, fingerprint: str | None = None
+) -> dict:
     """A ``text_completion`` body, or one stream chunk of it (same object name, as OpenAI sends)."""
-    body = {"id": id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": fingerprint,
-            "choices": choices}
+    body = {
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+    }
     if usage is not _UNSET:
         body["usage"] = usage
     return body

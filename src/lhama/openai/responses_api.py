@@ -56,11 +56,15 @@ def new_item_id(prefix: str) -> str:
 
 def check_request(req: ResponseCreateRequest) -> None:
     if req.background:
-        raise InvalidRequestError("'background' is not supported; run the request in the foreground", "background",
-                                  "unsupported_parameter")
+        raise InvalidRequestError(
+            "'background' is not supported; run the request in the foreground", "background", "unsupported_parameter"
+        )
     if req.conversation is not None:
-        raise InvalidRequestError("'conversation' is not supported; chain responses with previous_response_id",
-                                  "conversation", "unsupported_parameter")
+        raise InvalidRequestError(
+            "'conversation' is not supported; chain responses with previous_response_id",
+            "conversation",
+            "unsupported_parameter",
+        )
     if isinstance(req.input, list) and not req.input and not req.previous_response_id:
         raise InvalidRequestError("'input' must not be empty", "input")
 
@@ -75,27 +79,35 @@ def check_tools(tools: list[dict] | None) -> list[dict]:
             if not isinstance(name, str) or not 1 <= len(name) <= 64:
                 raise InvalidRequestError("a function tool needs a 'name' of 1 to 64 characters", f"tools[{i}].name")
             if name == CODE_INTERPRETER:
-                raise InvalidRequestError(f"'{CODE_INTERPRETER}' is the built-in tool's name; use "
-                                          f"{{\"type\": \"code_interpreter\"}}", f"tools[{i}].name")
+                raise InvalidRequestError(
+                    f'\'{CODE_INTERPRETER}\' is the built-in tool\'s name; use {{"type": "code_interpreter"}}',
+                    f"tools[{i}].name",
+                )
             params = t.get("parameters")
             if params is not None and not isinstance(params, dict):
                 raise InvalidRequestError("'parameters' must be a JSON schema object", f"tools[{i}].parameters")
         elif kind == "file_search":
             ids = t.get("vector_store_ids")
             if not isinstance(ids, list) or not ids or not all(isinstance(x, str) for x in ids):
-                raise InvalidRequestError("a file_search tool needs 'vector_store_ids' (a list of ids)",
-                                          f"tools[{i}].vector_store_ids")
+                raise InvalidRequestError(
+                    "a file_search tool needs 'vector_store_ids' (a list of ids)", f"tools[{i}].vector_store_ids"
+                )
             k = t.get("max_num_results")
             if k is not None and (type(k) is not int or not 1 <= k <= 50):
-                raise InvalidRequestError("max_num_results must be an integer in [1, 50]",
-                                          f"tools[{i}].max_num_results")
+                raise InvalidRequestError(
+                    "max_num_results must be an integer in [1, 50]", f"tools[{i}].max_num_results"
+                )
             for name in ("filters", "ranking_options"):
                 if t.get(name):
-                    raise InvalidRequestError(f"file_search '{name}' are not supported", f"tools[{i}].{name}",
-                                              "unsupported_parameter")
+                    raise InvalidRequestError(
+                        f"file_search '{name}' are not supported", f"tools[{i}].{name}", "unsupported_parameter"
+                    )
         elif kind not in BUILTIN_TYPES:
-            raise InvalidRequestError(f"tool type {kind!r} is not supported; use function, "
-                                      f"{', '.join(BUILTIN_TYPES)}", f"tools[{i}].type", "unsupported_tool")
+            raise InvalidRequestError(
+                f"tool type {kind!r} is not supported; use function, {', '.join(BUILTIN_TYPES)}",
+                f"tools[{i}].type",
+                "unsupported_tool",
+            )
         out.append(t)
     names = [t["name"] for t in out if t["type"] == "function"]
     if len(set(names)) != len(names):
@@ -113,8 +125,11 @@ def _text_of(content, param: str) -> str:
     for k, p in enumerate(content):
         kind = p.get("type") if isinstance(p, dict) else None
         if kind not in ("input_text", "output_text", "text") or not isinstance(p.get("text"), str):
-            raise InvalidRequestError(f"content part type {kind!r} is not supported; use input_text or output_text "
-                                      f"with a 'text'", f"{param}[{k}]", "unsupported_content")
+            raise InvalidRequestError(
+                f"content part type {kind!r} is not supported; use input_text or output_text with a 'text'",
+                f"{param}[{k}]",
+                "unsupported_content",
+            )
         texts.append(p["text"])
     return "".join(texts)
 
@@ -130,33 +145,64 @@ def normalise_input(value: str | list[dict]) -> list[dict]:
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
-                raise InvalidRequestError(f"role {role!r} is not supported; use user, system, developer or "
-                                          f"assistant", f"{param}.role")
+                raise InvalidRequestError(
+                    f"role {role!r} is not supported; use user, system, developer or assistant", f"{param}.role"
+                )
             text = _text_of(item.get("content"), f"{param}.content")
-            part = {"type": "output_text", "text": text, "annotations": []} if role == "assistant" else \
-                {"type": "input_text", "text": text}
-            out.append({"id": item.get("id") or new_item_id("msg"), "type": "message", "role": role,
-                        "status": "completed", "content": [part]})
+            part = (
+                {"type": "output_text", "text": text, "annotations": []}
+                if role == "assistant"
+                else {"type": "input_text", "text": text}
+            )
+            out.append(
+                {
+                    "id": item.get("id") or new_item_id("msg"),
+                    "type": "message",
+                    "role": role,
+                    "status": "completed",
+                    "content": [part],
+                }
+            )
         elif kind == "function_call":
             for key in ("call_id", "name", "arguments"):
                 if not isinstance(item.get(key), str):
                     raise InvalidRequestError(f"a function_call item needs a string '{key}'", f"{param}.{key}")
-            out.append({"id": item.get("id") or new_item_id("fc"), "type": "function_call",
-                        "call_id": item["call_id"], "name": item["name"], "arguments": item["arguments"],
-                        "status": "completed"})
+            out.append(
+                {
+                    "id": item.get("id") or new_item_id("fc"),
+                    "type": "function_call",
+                    "call_id": item["call_id"],
+                    "name": item["name"],
+                    "arguments": item["arguments"],
+                    "status": "completed",
+                }
+            )
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
                 raise InvalidRequestError("a function_call_output item needs a string 'call_id'", f"{param}.call_id")
             output = item.get("output")
             output = output if isinstance(output, str) else _text_of(output, f"{param}.output")
-            out.append({"id": item.get("id") or new_item_id("fco"), "type": "function_call_output",
-                        "call_id": item["call_id"], "output": output, "status": "completed"})
-        elif kind in ("code_interpreter_call", "file_search_call", "web_search_call") \
-                and isinstance(item.get("id"), str) and isinstance(item.get("outputs") or [], list):
+            out.append(
+                {
+                    "id": item.get("id") or new_item_id("fco"),
+                    "type": "function_call_output",
+                    "call_id": item["call_id"],
+                    "output": output,
+                    "status": "completed",
+                }
+            )
+        elif (
+            kind in ("code_interpreter_call", "file_search_call", "web_search_call")
+            and isinstance(item.get("id"), str)
+            and isinstance(item.get("outputs") or [], list)
+        ):
             out.append(item)  # an earlier response's built-in call, sent back by the client
         else:
-            raise InvalidRequestError(f"input item type {kind!r} is not supported; use message, function_call or "
-                                      f"function_call_output", f"{param}.type", "unsupported_input")
+            raise InvalidRequestError(
+                f"input item type {kind!r} is not supported; use message, function_call or function_call_output",
+                f"{param}.type",
+                "unsupported_input",
+            )
     return out
 
 
@@ -204,9 +250,16 @@ def chat_tools(tools: list[dict]) -> list[dict]:
                 fn["description"] = t["description"]
             out.append({"type": "function", "function": fn})
         elif t["type"] == "code_interpreter":
-            out.append({"type": "function", "function": {
-                "name": CODE_INTERPRETER, "parameters": CODE_SCHEMA,
-                "description": "Run Python code in a sandbox; its printed output comes back."}})
+            out.append(
+                {
+                    "type": "function",
+                    "function": {
+                        "name": CODE_INTERPRETER,
+                        "parameters": CODE_SCHEMA,
+                        "description": "Run Python code in a sandbox; its printed output comes back.",
+                    },
+                }
+            )
     return out
 
 
@@ -238,41 +291,87 @@ def response_format(text: dict | None) -> dict | None:
     if fmt.get("type") == "json_object":
         return {"type": "json_object"}
     if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {"name": fmt.get("name", "response"),
-                                                       "schema": fmt.get("schema") or {}, "strict": fmt.get("strict")}}
-    raise InvalidRequestError(f"text.format type {fmt.get('type')!r} is not supported; use text, json_object or "
-                              f"json_schema", "text.format.type")
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": fmt.get("name", "response"),
+                "schema": fmt.get("schema") or {},
+                "strict": fmt.get("strict"),
+            },
+        }
+    raise InvalidRequestError(
+        f"text.format type {fmt.get('type')!r} is not supported; use text, json_object or json_schema",
+        "text.format.type",
+    )
 
 
-def message_item(text: str, annotations: list[dict] | None = None, item_id: str | None = None,
-                 status: str = "completed") -> dict:
-    return {"id": item_id or new_item_id("msg"), "type": "message", "role": "assistant", "status": status,
-            "content": [{"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []}]}
+def message_item(
+    text: str, annotations: list[dict] | None = None, item_id: str | None = None, status: str = "completed"
+) -> dict:
+    return {
+        "id": item_id or new_item_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": [{"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []}],
+    }
 
 
 def function_call_item(name: str, arguments: str, call_id: str) -> dict:
-    return {"id": new_item_id("fc"), "type": "function_call", "call_id": call_id, "name": name,
-            "arguments": arguments, "status": "completed"}
+    return {
+        "id": new_item_id("fc"),
+        "type": "function_call",
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": "completed",
+    }
 
 
 def usage(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict:
-    return {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": cached_tokens},
-            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + output_tokens}
-
-
-def response_object(rid: str, req: ResponseCreateRequest, *, status: str, output: list[dict], created_at: int,
-                    usage_: dict | None = None, error: dict | None = None, incomplete: str | None = None) -> dict:
     return {
-        "id": rid, "object": "response", "created_at": created_at, "status": status, "error": error,
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def response_object(
+    rid: str,
+    req: ResponseCreateRequest,
+    *,
+    status: str,
+    output: list[dict],
+    created_at: int,
+    usage_: dict | None = None,
+    error: dict | None = None,
+    incomplete: str | None = None,
+) -> dict:
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "error": error,
         "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "instructions": req.instructions, "max_output_tokens": req.max_output_tokens, "model": req.model,
-        "output": output, "parallel_tool_calls": req.parallel_tool_calls is not False,
-        "previous_response_id": req.previous_response_id, "reasoning": None, "store": req.store is not False,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "model": req.model,
+        "output": output,
+        "parallel_tool_calls": req.parallel_tool_calls is not False,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": None,
+        "store": req.store is not False,
         "temperature": 1.0 if req.temperature is None else req.temperature,
         "text": req.text or {"format": {"type": "text"}},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": req.tools or [], "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": "disabled",
-        "usage": usage_, "user": req.user, "metadata": req.metadata or {},
+        "tools": req.tools or [],
+        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "truncation": "disabled",
+        "usage": usage_,
+        "user": req.user,
+        "metadata": req.metadata or {},
         "completed_at": int(time.time()) if status == "completed" else None,
     }

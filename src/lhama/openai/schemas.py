@@ -75,8 +75,9 @@ class RequestBody(BaseModel):
     def _valid_unicode(cls, value):
         bad = invalid_unicode(value)
         if bad:
-            raise ValueError(f"invalid Unicode in {bad}: a lone surrogate or a byte that is not UTF-8 is not text; "
-                             f"send valid UTF-8")
+            raise ValueError(
+                f"invalid Unicode in {bad}: a lone surrogate or a byte that is not UTF-8 is not text; send valid UTF-8"
+            )
         return value
 
 
@@ -155,8 +156,9 @@ class ResponseFormatJSONSchema(RequestBody):
     json_schema: JSONSchemaSpec
 
 
-ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema,
-                           Field(discriminator="type")]
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
 
 
 class StreamOptions(RequestBody):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from lhama.parallel.tp import params_per_rank
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs
 from lhama.model.sizing import GIB, WEIGHT_BYTES
+from lhama.parallel.tp import params_per_rank
 
 KV_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "fp8": 1.0, "int8": 1.0}
 # Activations run in bf16 on GPUs whatever the weight format (weight-only quantization).
@@ -105,8 +105,11 @@ class Plan:
             f"  activations {g(dev.activations)}  (prefill chunk of {r.chunk_tokens} tokens, logits, K/V gather)",
             f"  total       {g(dev.total)}  of {self.usable_per_device / GIB:.2f} GiB usable",
             ("FITS" if self.fits else "DOES NOT FIT")
-            + (f": up to {self.max_context} tokens per sequence fit (batch {r.batch})" if self.max_context else
-               ": the weights alone exceed the usable memory"),
+            + (
+                f": up to {self.max_context} tokens per sequence fit (batch {r.batch})"
+                if self.max_context
+                else ": the weights alone exceed the usable memory"
+            ),
         ]
         return "\n".join(lines + [f"  - {s}" for s in self.suggestions])
 
@@ -146,17 +149,20 @@ def _max_context(args: ModelArgs, req: PlanRequest, usable: float, limit: int) -
 def plan(args: ModelArgs, req: PlanRequest, name: str = "") -> Plan:
     context = req.context or args.max_seq_len
     if req.gpus > 1 and (args.n_heads % req.gpus or args.hidden_dim % req.gpus):
-        raise ConfigError(f"{req.gpus} GPUs cannot split {args.n_heads} attention heads and a {args.hidden_dim}-wide "
-                          f"MLP evenly; use a GPU count that divides both (e.g. "
-                          f"{', '.join(str(d) for d in (1, 2, 4, 8, 16) if not args.n_heads % d and not args.hidden_dim % d)})")
+        raise ConfigError(
+            f"{req.gpus} GPUs cannot split {args.n_heads} attention heads and a {args.hidden_dim}-wide "
+            f"MLP evenly; use a GPU count that divides both (e.g. "
+            f"{', '.join(str(d) for d in (1, 2, 4, 8, 16) if not args.n_heads % d and not args.hidden_dim % d)})"
+        )
     usable = req.gpu_mem_gib * GIB * req.utilization
     dev = device_plan(args, req, context)
     fits = dev.total <= usable
     max_ctx = _max_context(args, req, usable, max(context, args.max_seq_len))
     notes: list[str] = []
     if context > args.max_seq_len:
-        notes.append(f"the model supports {args.max_seq_len} tokens; a longer context needs RoPE scaling it "
-                     "was not trained with")
+        notes.append(
+            f"the model supports {args.max_seq_len} tokens; a longer context needs RoPE scaling it was not trained with"
+        )
     if not fits:
         if max_ctx:
             notes.append(f"cap the context at {max_ctx} tokens (--max-model-len {max_ctx}), or lower --batch")
@@ -174,5 +180,17 @@ def plan(args: ModelArgs, req: PlanRequest, name: str = "") -> Plan:
                     break
     elif max_ctx > context and context < args.max_seq_len:
         notes.append(f"room for up to {min(max_ctx, args.max_seq_len)} tokens per sequence")
-    return Plan(name, req, context, args.max_seq_len, args.n_params(), args.n_params() * WEIGHT_BYTES[req.dtype],
-                args.kv_cache_bytes_per_token(KV_BYTES[req.kv]), dev, usable, fits, max_ctx, tuple(notes))
+    return Plan(
+        name,
+        req,
+        context,
+        args.max_seq_len,
+        args.n_params(),
+        args.n_params() * WEIGHT_BYTES[req.dtype],
+        args.kv_cache_bytes_per_token(KV_BYTES[req.kv]),
+        dev,
+        usable,
+        fits,
+        max_ctx,
+        tuple(notes),
+    )

@@ -48,9 +48,15 @@ class ModelSpec:
 
         from lhama.loader import load_model
 
-        return load_model(self.model, dtype=getattr(torch, self.dtype) if self.dtype else None, device=self.device,
-                          chat_format=self.chat_format, tokenizer=self.tokenizer, max_seq_len=self.max_seq_len,
-                          seed=self.seed)
+        return load_model(
+            self.model,
+            dtype=getattr(torch, self.dtype) if self.dtype else None,
+            device=self.device,
+            chat_format=self.chat_format,
+            tokenizer=self.tokenizer,
+            max_seq_len=self.max_seq_len,
+            seed=self.seed,
+        )
 
 
 class BatchWorker:
@@ -79,8 +85,15 @@ class BatchWorker:
 class RayExecutor:
     """Runs batch lines on ``workers`` Ray actors, ``chunk_size`` lines per call."""
 
-    def __init__(self, spec: ModelSpec, config: EngineConfig | None = None, *, workers: int = 2,
-                 chunk_size: int | None = None, address: str | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: EngineConfig | None = None,
+        *,
+        workers: int = 2,
+        chunk_size: int | None = None,
+        address: str | None = None,
+    ):
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
         require("ray", "ray")  # here, so a missing extra stops the command instead of failing each line
@@ -90,9 +103,13 @@ class RayExecutor:
     def run(self, lines: Sequence[BatchLine], answer: Answer) -> None:
         ray = require("ray", "ray")
         if not ray.is_initialized():
-            ray.init(address=self.address, num_cpus=None if self.address else self.workers, include_dashboard=False,
-                     log_to_driver=False)
-        chunks = [list(lines[i:i + self.chunk_size]) for i in range(0, len(lines), self.chunk_size)]
+            ray.init(
+                address=self.address,
+                num_cpus=None if self.address else self.workers,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        chunks = [list(lines[i : i + self.chunk_size]) for i in range(0, len(lines), self.chunk_size)]
         by_line = {ln.line: ln for ln in lines}
         actor_cls = ray.remote(num_cpus=1)(BatchWorker)
         actors = [actor_cls.remote(self.spec, self.config, 1) for _ in range(min(self.workers, len(chunks)))]
@@ -120,9 +137,17 @@ class RayExecutor:
                 ray.kill(a)
 
 
-def run_batch_ray(spec: ModelSpec, in_path: str | Path, out_path: str | Path, config: EngineConfig | None = None,
-                  *, workers: int = 2, chunk_size: int | None = None, address: str | None = None,
-                  progress: bool = True) -> BatchSummary:
+def run_batch_ray(
+    spec: ModelSpec,
+    in_path: str | Path,
+    out_path: str | Path,
+    config: EngineConfig | None = None,
+    *,
+    workers: int = 2,
+    chunk_size: int | None = None,
+    address: str | None = None,
+    progress: bool = True,
+) -> BatchSummary:
     """``run_batch_file`` spread over Ray actors (same output, same resume guarantees)."""
     executor = RayExecutor(spec, config, workers=workers, chunk_size=chunk_size, address=address)
     return run_batch(in_path, out_path, executor, progress=progress, desc="batch (ray)")

@@ -26,8 +26,18 @@ from lhama.extras import require
 log = logging.getLogger("lhama.parallel")
 
 _PINNED = ("/v1/files", "/v1/batches")
-_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-        "proxy-authenticate", "content-length", "host"}
+_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+    "host",
+}
 
 
 class ServerReplica:
@@ -113,12 +123,22 @@ def build_proxy(ports: list[int]):
 
             out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP}
             out_headers["x-lhama-replica"] = str(i)
-            return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code, headers=out_headers,
-                                     background=BackgroundTask(done))
-        return JSONResponse({"error": {"message": "no server replica is reachable", "type": "server_error",
-                                       "code": "replicas_unavailable"}}, status_code=503)
+            return StreamingResponse(
+                resp.aiter_raw(), status_code=resp.status_code, headers=out_headers, background=BackgroundTask(done)
+            )
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "no server replica is reachable",
+                    "type": "server_error",
+                    "code": "replicas_unavailable",
+                }
+            },
+            status_code=503,
+        )
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
@@ -147,11 +167,14 @@ def serve_replicas(a) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((a.host, a.port))
     host, port = sock.getsockname()[:2]
-    print(f"lhama: {n} replicas (Ray actors on ports {', '.join(map(str, ports))}) behind http://{host}:{port}",
-          flush=True)
+    print(
+        f"lhama: {n} replicas (Ray actors on ports {', '.join(map(str, ports))}) behind http://{host}:{port}",
+        flush=True,
+    )
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=a.log_level, access_log=a.access_log,
-                                      log_config=None)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(app, log_level=a.log_level, access_log=a.access_log, log_config=None)).run(
+            sockets=[sock]
+        )
     finally:
         for r in replicas:
             ray.kill(r)

@@ -14,8 +14,9 @@ import torch
 import torch.distributed as dist
 
 
-def init_distributed(backend: str | None = None, device: str | torch.device | None = None, *,
-                     timeout: datetime.timedelta | None = None) -> tuple[int, int]:
+def init_distributed(
+    backend: str | None = None, device: str | torch.device | None = None, *, timeout: datetime.timedelta | None = None
+) -> tuple[int, int]:
     """Join the launcher's process group once; returns (rank, world size). NCCL with one GPU per
     rank (LOCAL_RANK picks it), gloo on CPUs. ``timeout``: how long a collective may wait
     (torch's default when None)."""

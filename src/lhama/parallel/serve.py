@@ -79,15 +79,26 @@ def start_tp(a, engine_cfg, quantize=None):
     if engine_cfg.compile:
         raise ConfigError("--compile is not supported with --tp yet (the all-reduce hooks break the graph)")
     if getattr(a, "lora", None):
-        raise ConfigError("--lora is not supported with --tp yet: merge the adapter into the weights first "
-                          "(lhama.model.lora.merge_lora, then export the merged checkpoint)")
+        raise ConfigError(
+            "--lora is not supported with --tp yet: merge the adapter into the weights first "
+            "(lhama.model.lora.merge_lora, then export the merged checkpoint)"
+        )
     # A server can sit idle for days between requests: followers wait in a broadcast that long.
     rank, _ = init_distributed(device=a.device, timeout=datetime.timedelta(days=365))
     dtype = getattr(torch, a.dtype) if a.dtype else None
     # --quantize: each rank quantizes its own shard after loading (int8 scales are per row, so
     # the vocab-parallel head's shard quantizes exactly like those rows of the whole head).
-    loaded = load_tp_model(a.model, rank, tp, dtype=dtype, device=a.device, chat_format=a.chat_format,
-                           tokenizer=a.tokenizer, max_seq_len=a.max_seq_len, quantize=quantize)
+    loaded = load_tp_model(
+        a.model,
+        rank,
+        tp,
+        dtype=dtype,
+        device=a.device,
+        chat_format=a.chat_format,
+        tokenizer=a.tokenizer,
+        max_seq_len=a.max_seq_len,
+        quantize=quantize,
+    )
     channel = ControlChannel()
     if rank != 0:
         steps = follow(loaded.model, channel)

@@ -45,10 +45,12 @@ class ShardLoadReport:
 
     def describe(self) -> str:
         mb = 1e6
-        return (f"rank {self.rank}/{self.tp} read its shard from the {self.source} checkpoint: "
-                f"{self.bytes_loaded / mb:.1f} MB of the model's {self.bytes_full / mb:.1f} MB "
-                f"({100 * self.bytes_loaded / max(self.bytes_full, 1):.0f}%; {self.bytes_replicated / mb:.1f} MB "
-                f"replicated on every rank) in {self.seconds:.1f} s")
+        return (
+            f"rank {self.rank}/{self.tp} read its shard from the {self.source} checkpoint: "
+            f"{self.bytes_loaded / mb:.1f} MB of the model's {self.bytes_full / mb:.1f} MB "
+            f"({100 * self.bytes_loaded / max(self.bytes_full, 1):.0f}%; {self.bytes_replicated / mb:.1f} MB "
+            f"replicated on every rank) in {self.seconds:.1f} s"
+        )
 
 
 def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device, rank: int = 0, tp: int = 1) -> Transformer:
@@ -65,8 +67,15 @@ def empty_shard_model(local: ModelArgs, dtype: torch.dtype, device, rank: int = 
     return model
 
 
-def _fill(model: Transformer, names: list[str], shapes: dict[str, tuple[int, ...]], read: Reader,
-          rank: int, tp: int, where: object) -> tuple[int, int]:
+def _fill(
+    model: Transformer,
+    names: list[str],
+    shapes: dict[str, tuple[int, ...]],
+    read: Reader,
+    rank: int,
+    tp: int,
+    where: object,
+) -> tuple[int, int]:
     """Copy each owned block into its parameter; returns (replicated bytes, largest block)."""
     params = dict(model.named_parameters())
     replicated = largest = 0
@@ -76,11 +85,14 @@ def _fill(model: Transformer, names: list[str], shapes: dict[str, tuple[int, ...
             block = read(name, dim, start, stop)
             p = params[name]
             if name in VOCAB_SHARDED and dim == 0 and block.shape[0] < p.shape[0]:
-                p[block.shape[0]:].zero_()  # the last rank's padding rows: never looked up, logits cut
+                p[block.shape[0] :].zero_()  # the last rank's padding rows: never looked up, logits cut
                 p = p[: block.shape[0]]
             if tuple(block.shape) != tuple(p.shape):  # a reader bug, never the user's file
-                raise CheckpointError(where, f"read a block of shape {tuple(block.shape)} for a parameter of "
-                                             f"shape {tuple(p.shape)}", tensor=name)
+                raise CheckpointError(
+                    where,
+                    f"read a block of shape {tuple(block.shape)} for a parameter of shape {tuple(p.shape)}",
+                    tensor=name,
+                )
             p.copy_(block)
             nbytes = p.numel() * p.element_size()
             largest = max(largest, block.numel() * block.element_size())
@@ -90,16 +102,25 @@ def _fill(model: Transformer, names: list[str], shapes: dict[str, tuple[int, ...
     return replicated, largest
 
 
-def _report(model: Transformer, args: ModelArgs, rank: int, tp: int, source: str, replicated: int, largest: int,
-            t0: float) -> ShardLoadReport:
+def _report(
+    model: Transformer, args: ModelArgs, rank: int, tp: int, source: str, replicated: int, largest: int, t0: float
+) -> ShardLoadReport:
     loaded = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() dedups the tie
     elem = model.tok_embeddings.weight.element_size()
-    return ShardLoadReport(rank, tp, source, loaded, replicated, args.n_params() * elem, largest,
-                           time.perf_counter() - t0)
+    return ShardLoadReport(
+        rank, tp, source, loaded, replicated, args.n_params() * elem, largest, time.perf_counter() - t0
+    )
 
 
-def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype = torch.float32, device="cpu",
-                     max_seq_len: int | None = None) -> tuple[Transformer, ModelArgs, ShardLoadReport]:
+def load_shard_model(
+    path: str | Path,
+    rank: int,
+    tp: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+    max_seq_len: int | None = None,
+) -> tuple[Transformer, ModelArgs, ShardLoadReport]:
     """(rank's model, the full model's args, report) reading only this rank's blocks of ``path``
     (GGUF file, HF folder or Meta folder). The model has no all-reduce hooks yet."""
     t0 = time.perf_counter()
@@ -112,8 +133,9 @@ def load_shard_model(path: str | Path, rank: int, tp: int, *, dtype: torch.dtype
     return model, args, _report(model, args, rank, tp, source, replicated, largest, t0)
 
 
-def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dtype: torch.dtype = torch.float32,
-                       device="cpu") -> tuple[Transformer, ShardLoadReport]:
+def random_shard_model(
+    args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"
+) -> tuple[Transformer, ShardLoadReport]:
     """This rank's slices of ``build_model(args, init="random", seed=seed)``'s weights, drawn one
     full tensor at a time in the same order from the same generator (norms are ones)."""
     t0 = time.perf_counter()
@@ -134,8 +156,16 @@ def random_shard_model(args: ModelArgs, rank: int, tp: int, *, seed: int = 0, dt
     return model, _report(model, args, rank, tp, "config", replicated, largest, t0)
 
 
-def shard_for_tp(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int, tp: int, *,
-                 dtype=torch.float32, device="cpu", group=None) -> Transformer:
+def shard_for_tp(
+    full_state: dict[str, torch.Tensor],
+    args: ModelArgs,
+    rank: int,
+    tp: int,
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    group=None,
+) -> Transformer:
     """This rank's model from full weights already in memory (e.g. a model just trained): only
     its slices are kept. Loading from a file goes through ``load_tp_model``, which never holds
     the full weights."""
@@ -153,8 +183,20 @@ def shard_for_tp(full_state: dict[str, torch.Tensor], args: ModelArgs, rank: int
     return model.eval()
 
 
-def load_tp_model(spec, rank: int, tp: int, *, dtype=None, device=None, chat_format=None, tokenizer=None,
-                  max_seq_len=None, seed: int = 0, group=None, quantize=None):
+def load_tp_model(
+    spec,
+    rank: int,
+    tp: int,
+    *,
+    dtype=None,
+    device=None,
+    chat_format=None,
+    tokenizer=None,
+    max_seq_len=None,
+    seed: int = 0,
+    group=None,
+    quantize=None,
+):
     """``lhama.loader.load_model`` for one rank: the same ``LoadedModel`` with a sharded model.
 
     A checkpoint is read block by block: the rank reads only the rows/columns it owns and never

@@ -28,27 +28,41 @@ from lhama.model import ModelArgs, Transformer
 from lhama.parallel.vocab import VOCAB_SHARDED, VocabGather, VocabShard, all_reduce_hook, pad_rows
 
 # Row blocks (column-parallel) and column blocks (row-parallel) of each layer's weights.
-_COLWISE = ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight",
-            "feed_forward.w1.weight", "feed_forward.w3.weight")
+_COLWISE = (
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w3.weight",
+)
 _ROWWISE = ("attention.wo.weight", "feed_forward.w2.weight")
 
 
 def check_tp(args: ModelArgs, tp: int) -> None:
     if tp < 1:
         raise ConfigError(f"--tp must be >= 1, got {tp}")
-    for what, n in (("attention heads", args.n_heads), ("key-value heads", args.n_kv_heads),
-                    ("MLP hidden units", args.hidden_dim)):
+    for what, n in (
+        ("attention heads", args.n_heads),
+        ("key-value heads", args.n_kv_heads),
+        ("MLP hidden units", args.hidden_dim),
+    ):
         if n % tp:
-            raise ConfigError(f"--tp {tp} cannot split the model's {n} {what} evenly; choose a tensor-parallel "
-                              f"size that divides {args.n_heads} heads, {args.n_kv_heads} KV heads and "
-                              f"{args.hidden_dim} MLP units")
+            raise ConfigError(
+                f"--tp {tp} cannot split the model's {n} {what} evenly; choose a tensor-parallel "
+                f"size that divides {args.n_heads} heads, {args.n_kv_heads} KV heads and "
+                f"{args.hidden_dim} MLP units"
+            )
 
 
 def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
     """The shape one rank's model has: 1/tp of the heads and of the MLP, same head width."""
     check_tp(args, tp)
-    return args.with_(n_heads=args.n_heads // tp, n_kv_heads=args.n_kv_heads // tp,
-                      hidden_dim=args.hidden_dim // tp, head_dim_override=args.head_dim)
+    return args.with_(
+        n_heads=args.n_heads // tp,
+        n_kv_heads=args.n_kv_heads // tp,
+        hidden_dim=args.hidden_dim // tp,
+        head_dim_override=args.head_dim,
+    )
 
 
 def params_per_rank(args: ModelArgs, tp: int) -> int:
@@ -108,9 +122,11 @@ def tp_info(model: nn.Module) -> str:
     args = getattr(model, "full_args", None)
     if args is None or not dist.is_initialized():
         return "tensor parallel: off"
-    return (f"tensor parallel: {dist.get_world_size()} ranks ({dist.get_backend()}), "
-            f"{model.args.n_heads}/{args.n_heads} heads, {model.args.n_kv_heads}/{args.n_kv_heads} KV heads, "
-            f"{model.args.hidden_dim}/{args.hidden_dim} MLP units"
-            + (f", {shard.per_rank}/{args.vocab_size} vocab rows" if (shard := getattr(model, "vocab_shard", None)) else "")
-            + " per rank"
-            + (f"; {report.describe()}" if (report := getattr(model, "load_report", None)) else ""))
+    return (
+        f"tensor parallel: {dist.get_world_size()} ranks ({dist.get_backend()}), "
+        f"{model.args.n_heads}/{args.n_heads} heads, {model.args.n_kv_heads}/{args.n_kv_heads} KV heads, "
+        f"{model.args.hidden_dim}/{args.hidden_dim} MLP units"
+        + (f", {shard.per_rank}/{args.vocab_size} vocab rows" if (shard := getattr(model, "vocab_shard", None)) else "")
+        + " per rank"
+        + (f"; {report.describe()}" if (report := getattr(model, "load_report", None)) else "")
+    )

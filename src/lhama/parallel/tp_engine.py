@@ -36,8 +36,9 @@ def _move(obj, device):
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _move(getattr(obj, f.name), device)
-                                           for f in dataclasses.fields(obj) if f.init})
+        return dataclasses.replace(
+            obj, **{f.name: _move(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
+        )
     if isinstance(obj, list):
         return [_move(x, device) for x in obj]
     return obj
@@ -85,8 +86,16 @@ class TPModelRunner(ModelRunner):
     def prepare(self, sched):
         inp = super().prepare(sched)
         # ``execute`` has already applied sched.copies to this rank's cache; followers do it first too.
-        self.channel.send((_STEP, list(sched.copies), _move(inp.tokens, "cpu"), _move(inp.positions, "cpu"),
-                           _move(inp.meta, "cpu"), _move(inp.sample_rows, "cpu") if inp.sample_seqs else None))
+        self.channel.send(
+            (
+                _STEP,
+                list(sched.copies),
+                _move(inp.tokens, "cpu"),
+                _move(inp.positions, "cpu"),
+                _move(inp.meta, "cpu"),
+                _move(inp.sample_rows, "cpu") if inp.sample_seqs else None,
+            )
+        )
         return inp
 
 
@@ -94,10 +103,12 @@ def tp_engine(loaded, config: EngineConfig | None, channel: ControlChannel) -> L
     """Rank 0: the engine, with the followers told the cache geometry and sent every step."""
     engine = LLMEngine.from_loaded(loaded, config)
     # Every rank must hold the same number of blocks (the budget rank 0 measured), not its own plan.
-    channel.send((_INIT, engine.plan.num_blocks, engine.config.block_size, engine.config.compile,
-                  engine.config.packed_head))
-    runner = TPModelRunner(engine.model, engine.cache, compile=engine.config.compile,
-                           packed_head=engine.config.packed_head)
+    channel.send(
+        (_INIT, engine.plan.num_blocks, engine.config.block_size, engine.config.compile, engine.config.packed_head)
+    )
+    runner = TPModelRunner(
+        engine.model, engine.cache, compile=engine.config.compile, packed_head=engine.config.packed_head
+    )
     runner.channel, runner.lock = channel, threading.Lock()
     engine.runner = runner
     _mirror_direct_forwards(engine.model, channel, runner.lock)

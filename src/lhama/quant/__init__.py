@@ -11,6 +11,15 @@ from lhama.quant.int8 import Int8WeightOnlyLinear
 from lhama.quant.swap import QUANTIZED_TYPES, QuantReport, is_quantized, quantize_model, weight_bytes
 
 __all__ = [
-    "FP8Linear", "GROUP_SIZES", "Int4WeightOnlyLinear", "Int8WeightOnlyLinear", "MODES", "QUANTIZED_TYPES",
-    "QuantConfig", "QuantReport", "is_quantized", "quantize_model", "weight_bytes",
+    "FP8Linear",
+    "GROUP_SIZES",
+    "Int4WeightOnlyLinear",
+    "Int8WeightOnlyLinear",
+    "MODES",
+    "QUANTIZED_TYPES",
+    "QuantConfig",
+    "QuantReport",
+    "is_quantized",
+    "quantize_model",
+    "weight_bytes",
 ]

@@ -29,7 +29,7 @@ class SplitInt8Linear(nn.Module):
         self.in_features, self.out_features = hi.in_features, hi.out_features
 
     @classmethod
-    def from_q8(cls, q: torch.Tensor, d: torch.Tensor, compute_dtype=torch.bfloat16) -> "SplitInt8Linear":
+    def from_q8(cls, q: torch.Tensor, d: torch.Tensor, compute_dtype=torch.bfloat16) -> SplitInt8Linear:
         """q int8 [N, K], d [N, K / 32] (exact fp16 values): ``w = q * d``."""
         return cls.from_q8_rows([(q, d)], q.shape[0], q.shape[1], compute_dtype)
 

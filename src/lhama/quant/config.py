@@ -51,7 +51,7 @@ class QuantConfig:
         return torch.float16 if model_dtype == torch.float16 else torch.bfloat16
 
     @classmethod
-    def parse(cls, spec: "str | QuantConfig | None", group_size: int | None = None) -> "QuantConfig | None":
+    def parse(cls, spec: str | QuantConfig | None, group_size: int | None = None) -> QuantConfig | None:
         """``None``/"none" -> None; "int8", "int4", "fp8"; "int4:128" sets the group size."""
         if spec is None or isinstance(spec, QuantConfig):
             return spec

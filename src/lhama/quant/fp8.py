@@ -56,7 +56,7 @@ class FP8Linear(nn.Module):
         self.use_scaled_mm = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compute_dtype=torch.bfloat16) -> "FP8Linear":
+    def from_linear(cls, linear: nn.Linear, compute_dtype=torch.bfloat16) -> FP8Linear:
         if linear.bias is not None:
             raise ValueError("weight-only quantization here covers bias-free Llama linears")
         w = linear.weight
@@ -65,8 +65,7 @@ class FP8Linear(nn.Module):
         mod.qweight.copy_(w8)
         mod.scales.copy_(scale)
         # _scaled_mm wants both dims multiples of 16.
-        mod.use_scaled_mm = (w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
-                             and scaled_mm_works(w.device, compute_dtype))
+        mod.use_scaled_mm = w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0 and scaled_mm_works(w.device, compute_dtype)
         return mod
 
     def dequantize(self) -> torch.Tensor:

@@ -69,7 +69,7 @@ def _pack_rows(layout: str, q: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     the kernels want int32 input, 4 bytes per weight, which whole would be 8x the packed result."""
     if q.shape[0] <= rows:
         return _pack_for(layout, q.to(torch.int32))
-    return torch.cat([_pack_for(layout, q[i:i + rows].to(torch.int32)) for i in range(0, q.shape[0], rows)])
+    return torch.cat([_pack_for(layout, q[i : i + rows].to(torch.int32)) for i in range(0, q.shape[0], rows)])
 
 
 def _exact_fp16(scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
@@ -144,20 +144,31 @@ def _fused_dequantize():
 
 
 class Int4WeightOnlyLinear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, group_size: int, *, layout: str = "nibbles",
-                 compute_dtype=torch.bfloat16, device=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int,
+        *,
+        layout: str = "nibbles",
+        compute_dtype=torch.bfloat16,
+        device=None,
+    ):
         super().__init__()
         if in_features % group_size:
             raise ValueError(f"in_features {in_features} is not a multiple of the group size {group_size}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.layout, self.compute_dtype = layout, compute_dtype
         self.register_buffer("qweight", torch.empty(0, dtype=torch.uint8, device=device))
-        self.register_buffer("scales_and_zeros", torch.empty(
-            in_features // group_size, out_features, 2, dtype=compute_dtype, device=device))
+        self.register_buffer(
+            "scales_and_zeros",
+            torch.empty(in_features // group_size, out_features, 2, dtype=compute_dtype, device=device),
+        )
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int, compute_dtype=torch.bfloat16,
-                    layout: str | None = None) -> "Int4WeightOnlyLinear":
+    def from_linear(
+        cls, linear: nn.Linear, group_size: int, compute_dtype=torch.bfloat16, layout: str | None = None
+    ) -> Int4WeightOnlyLinear:
         if linear.bias is not None:
             raise ValueError("weight-only quantization here covers bias-free Llama linears")
         w = linear.weight
@@ -167,8 +178,15 @@ class Int4WeightOnlyLinear(nn.Module):
         return mod._fill(q, scale, zero)
 
     @classmethod
-    def from_groups(cls, q: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor, group_size: int,
-                    compute_dtype=torch.bfloat16, layout: str | None = None) -> "Int4WeightOnlyLinear":
+    def from_groups(
+        cls,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        minimum: torch.Tensor,
+        group_size: int,
+        compute_dtype=torch.bfloat16,
+        layout: str | None = None,
+    ) -> Int4WeightOnlyLinear:
         """Exact int4 weights ``w = q * scale + minimum`` (q uint8 [N, K] in 0..15; scale and
         minimum [N, K / group_size], each exactly an fp16 value): llama.cpp's Q4_0 (minimum =
         -8 * scale) and Q4_1 blocks. The fp16 pair is kept, so ``dequantize`` is bit-exact; the
@@ -176,8 +194,15 @@ class Int4WeightOnlyLinear(nn.Module):
         return cls.from_group_rows([(q, scale, minimum)], q.shape[0], q.shape[1], group_size, compute_dtype, layout)
 
     @classmethod
-    def from_group_rows(cls, blocks, out_features: int, in_features: int, group_size: int,
-                        compute_dtype=torch.bfloat16, layout: str | None = None) -> "Int4WeightOnlyLinear":
+    def from_group_rows(
+        cls,
+        blocks,
+        out_features: int,
+        in_features: int,
+        group_size: int,
+        compute_dtype=torch.bfloat16,
+        layout: str | None = None,
+    ) -> Int4WeightOnlyLinear:
         """``from_groups`` fed by consecutive row blocks ``(q, scale, minimum)``: the CPU and
         nibble layouts pack rows independently, so only one block is ever unpacked in memory."""
         device = torch.device("cpu")
@@ -195,17 +220,21 @@ class Int4WeightOnlyLinear(nn.Module):
         pending: list[torch.Tensor] = []  # rows not packed yet: the CPU layout packs 64-row tiles
         for q, scale, minimum in blocks:
             n = q.shape[0]
-            exact[row:row + n] = _exact_fp16(scale, minimum)
-            mod.scales_and_zeros[:, row:row + n] = torch.stack(
-                [scale.float(), minimum.float() + 8.0 * scale.float()], -1).transpose(0, 1).to(compute_dtype)
+            exact[row : row + n] = _exact_fp16(scale, minimum)
+            mod.scales_and_zeros[:, row : row + n] = (
+                torch.stack([scale.float(), minimum.float() + 8.0 * scale.float()], -1)
+                .transpose(0, 1)
+                .to(compute_dtype)
+            )
             row += n
             pending.append(q)
             ready = row - packed_rows if row == out_features else (row - packed_rows) // CPU_TILE_ROWS * CPU_TILE_ROWS
             if ready:
                 rows = torch.cat(pending) if len(pending) > 1 else pending[0]
                 chunk, rest = rows[:ready], rows[ready:]
-                packed[packed_rows:packed_rows + ready] = _pack_rows(layout, chunk) if layout == "cpu" \
-                    else pack_nibbles(chunk)
+                packed[packed_rows : packed_rows + ready] = (
+                    _pack_rows(layout, chunk) if layout == "cpu" else pack_nibbles(chunk)
+                )
                 packed_rows += ready
                 pending = [rest] if rest.shape[0] else []
         if row != out_features or packed_rows != out_features:
@@ -214,15 +243,20 @@ class Int4WeightOnlyLinear(nn.Module):
         mod.qweight = packed
         return mod
 
-    def _fill(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> "Int4WeightOnlyLinear":
+    def _fill(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> Int4WeightOnlyLinear:
         """Pack q [N, K] (0..15) for this module's layout; scale, zero [N, K / group]."""
         # [K / group, N, 2]: the layout both PyTorch kernels take.
         self.scales_and_zeros.copy_(torch.stack([scale, zero], -1).transpose(0, 1).to(self.compute_dtype))
         if self.layout != "nibbles":
             try:  # the probe used one shape; kernels have shape limits of their own
                 self.qweight = _pack_rows(self.layout, q)
-                _kernel_mm(self.layout, torch.zeros(1, self.in_features, dtype=self.compute_dtype, device=q.device),
-                           self.qweight, self.group_size, self.scales_and_zeros)
+                _kernel_mm(
+                    self.layout,
+                    torch.zeros(1, self.in_features, dtype=self.compute_dtype, device=q.device),
+                    self.qweight,
+                    self.group_size,
+                    self.scales_and_zeros,
+                )
             except (RuntimeError, NotImplementedError):
                 self.layout = "nibbles"
         if self.layout == "nibbles":
@@ -278,5 +312,7 @@ class Int4WeightOnlyLinear(nn.Module):
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group_size={self.group_size}, layout={self.layout}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, layout={self.layout}"
+        )

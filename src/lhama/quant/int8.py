@@ -42,7 +42,7 @@ class Int8WeightOnlyLinear(nn.Module):
         self.use_kernel = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compute_dtype=torch.bfloat16) -> "Int8WeightOnlyLinear":
+    def from_linear(cls, linear: nn.Linear, compute_dtype=torch.bfloat16) -> Int8WeightOnlyLinear:
         if linear.bias is not None:
             raise ValueError("weight-only quantization here covers bias-free Llama linears")
         w = linear.weight

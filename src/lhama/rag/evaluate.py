@@ -33,12 +33,17 @@ def is_relevant(hit: Hit, q: LabelledQuestion) -> bool:
 
 
 # (label, mode, rerank) for each retrieval variant reported.
-VARIANTS = (("vector", "vector", False), ("bm25", "bm25", False), ("hybrid (RRF)", "hybrid", False),
-            ("hybrid + rerank", "hybrid", True))
+VARIANTS = (
+    ("vector", "vector", False),
+    ("bm25", "bm25", False),
+    ("hybrid (RRF)", "hybrid", False),
+    ("hybrid + rerank", "hybrid", True),
+)
 
 
-def recall_at_k(retriever: Retriever, questions: list[LabelledQuestion], k: int = 5,
-                variants=VARIANTS) -> dict[str, dict]:
+def recall_at_k(
+    retriever: Retriever, questions: list[LabelledQuestion], k: int = 5, variants=VARIANTS
+) -> dict[str, dict]:
     """{variant: {"recall": recall@k, "recall@1": ..., "mrr": mean reciprocal rank within k,
     "misses": [question, ...]}}"""
     results = {}
@@ -52,6 +57,10 @@ def recall_at_k(retriever: Retriever, questions: list[LabelledQuestion], k: int 
             if not ranks:
                 misses.append(q.question)
         n = len(questions)
-        results[label] = {"recall": 1 - len(misses) / n, "recall@1": sum(r == 1.0 for r in rr) / n,
-                          "mrr": sum(rr) / n, "misses": misses}
+        results[label] = {
+            "recall": 1 - len(misses) / n,
+            "recall@1": sum(r == 1.0 for r in rr) / n,
+            "mrr": sum(rr) / n,
+            "misses": misses,
+        }
     return results

@@ -33,9 +33,15 @@ class IngestReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-                "failed": [{"file": f, "error": e} for f, e in self.failed], "chunks": self.chunks,
-                "pages": self.pages, "seconds": round(self.seconds, 3)}
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": [{"file": f, "error": e} for f, e in self.failed],
+            "chunks": self.chunks,
+            "pages": self.pages,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 PAGE_CHARS = 3000
@@ -56,8 +62,16 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
-def ingest_file(store: VectorStore, embedder, path: Path, *, key: str | None = None, name: str | None = None,
-                chunking: ChunkConfig = ChunkConfig(), report: IngestReport | None = None) -> IngestReport:
+def ingest_file(
+    store: VectorStore,
+    embedder,
+    path: Path,
+    *,
+    key: str | None = None,
+    name: str | None = None,
+    chunking: ChunkConfig = ChunkConfig(),
+    report: IngestReport | None = None,
+) -> IngestReport:
     """Ingest one document; never raises for a bad document (it lands in ``report.failed``)."""
     report = report if report is not None else IngestReport()
     t0 = time.perf_counter()
@@ -77,8 +91,9 @@ def ingest_file(store: VectorStore, embedder, path: Path, *, key: str | None = N
         drafts = chunk_sections(sections, chunking)
         vectors = embedder.embed([embedding_text(name, d) for d in drafts])
         store.bind_embedder(embedder.name, embedder.dim)
-        store.replace_file(FileRecord(key=key, name=name, sha256=digest, bytes=len(data), added_at=time.time()),
-                           drafts, vectors)
+        store.replace_file(
+            FileRecord(key=key, name=name, sha256=digest, bytes=len(data), added_at=time.time()), drafts, vectors
+        )
     except DocumentReadError as e:
         report.failed.append((name, str(e).removeprefix(f"{e.path}: ")))
         return report
@@ -92,8 +107,14 @@ def ingest_file(store: VectorStore, embedder, path: Path, *, key: str | None = N
     return report
 
 
-def ingest_paths(store: VectorStore, embedder, paths: Iterable[str | Path], *,
-                 chunking: ChunkConfig = ChunkConfig(), progress: bool = False) -> IngestReport:
+def ingest_paths(
+    store: VectorStore,
+    embedder,
+    paths: Iterable[str | Path],
+    *,
+    chunking: ChunkConfig = ChunkConfig(),
+    progress: bool = False,
+) -> IngestReport:
     store.check_embedder(embedder.name, embedder.dim)
     files = list(iter_files(paths))
     report = IngestReport()

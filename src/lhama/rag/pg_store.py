@@ -45,16 +45,18 @@ class PgVectorStore(VectorStore):
     def _create_vector_index(self, name: str, dim: int) -> None:
         ns = self.ns
         with self.db.transaction():
-            self.db.execute(f"INSERT INTO {ns}_meta VALUES ('embedder', %s), ('dim', %s) ON CONFLICT DO NOTHING",
-                            (name, str(dim)))
+            self.db.execute(
+                f"INSERT INTO {ns}_meta VALUES ('embedder', %s), ('dim', %s) ON CONFLICT DO NOTHING", (name, str(dim))
+            )
             self.db.execute(f"""CREATE TABLE IF NOT EXISTS {ns}_chunks (
                 id bigserial PRIMARY KEY, file_id bigint NOT NULL REFERENCES {ns}_files(id) ON DELETE CASCADE,
                 idx integer NOT NULL, heading text NOT NULL, page integer, text text NOT NULL,
                 title text NOT NULL, embedding vector({int(dim)}) NOT NULL,
                 tsv tsvector GENERATED ALWAYS AS (setweight(to_tsvector('english', title), 'A') ||
                                                   to_tsvector('english', text)) STORED)""")
-            self.db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_chunks_hnsw ON {ns}_chunks "
-                            f"USING hnsw (embedding vector_cosine_ops)")
+            self.db.execute(
+                f"CREATE INDEX IF NOT EXISTS {ns}_chunks_hnsw ON {ns}_chunks USING hnsw (embedding vector_cosine_ops)"
+            )
             self.db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_chunks_tsv ON {ns}_chunks USING gin (tsv)")
             self.db.execute(f"CREATE INDEX IF NOT EXISTS {ns}_chunks_file ON {ns}_chunks (file_id)")
 
@@ -62,8 +64,9 @@ class PgVectorStore(VectorStore):
         return FileRecord(*row)
 
     def file(self, key: str) -> FileRecord | None:
-        row = self.db.execute(f"SELECT key, name, sha256, bytes, chunks, added_at FROM {self.ns}_files "
-                              f"WHERE key = %s", (key,)).fetchone()
+        row = self.db.execute(
+            f"SELECT key, name, sha256, bytes, chunks, added_at FROM {self.ns}_files WHERE key = %s", (key,)
+        ).fetchone()
         return self._file(row) if row else None
 
     def files(self) -> list[FileRecord]:
@@ -76,16 +79,28 @@ class PgVectorStore(VectorStore):
         ns = self.ns
         with self.db.transaction():
             self.db.execute(f"DELETE FROM {ns}_files WHERE key = %s", (record.key,))  # chunks cascade
-            fid = self.db.execute(f"INSERT INTO {ns}_files (key, name, sha256, bytes, chunks, added_at) "
-                                  f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                                  (record.key, record.name, record.sha256, record.bytes, len(drafts),
-                                   record.added_at or time.time())).fetchone()[0]
+            fid = self.db.execute(
+                f"INSERT INTO {ns}_files (key, name, sha256, bytes, chunks, added_at) "
+                f"VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (record.key, record.name, record.sha256, record.bytes, len(drafts), record.added_at or time.time()),
+            ).fetchone()[0]
             with self.db.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {ns}_chunks (file_id, idx, heading, page, text, title, embedding) "
                     f"VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    [(fid, d.index, d.heading, d.page, d.text, embedding_text(record.name, d).partition("\n")[0],
-                      np.asarray(v, dtype=np.float32)) for d, v in zip(drafts, vectors)])
+                    [
+                        (
+                            fid,
+                            d.index,
+                            d.heading,
+                            d.page,
+                            d.text,
+                            embedding_text(record.name, d).partition("\n")[0],
+                            np.asarray(v, dtype=np.float32),
+                        )
+                        for d, v in zip(drafts, vectors)
+                    ],
+                )
 
     def remove_file(self, key: str) -> bool:
         cur = self.db.execute(f"DELETE FROM {self.ns}_files WHERE key = %s", (key,))
@@ -94,9 +109,10 @@ class PgVectorStore(VectorStore):
     def vector_search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         if self._dim is None or k <= 0:
             return []
-        rows = self.db.execute(f"SELECT id, 1 - (embedding <=> %s) FROM {self.ns}_chunks "
-                               f"ORDER BY embedding <=> %s LIMIT %s",
-                               (np.asarray(vector, np.float32), np.asarray(vector, np.float32), k))
+        rows = self.db.execute(
+            f"SELECT id, 1 - (embedding <=> %s) FROM {self.ns}_chunks ORDER BY embedding <=> %s LIMIT %s",
+            (np.asarray(vector, np.float32), np.asarray(vector, np.float32), k),
+        )
         return [(int(i), float(s)) for i, s in rows.fetchall()]
 
     def lexical_search(self, query: str, k: int) -> list[tuple[int, float]]:
@@ -108,7 +124,9 @@ class PgVectorStore(VectorStore):
             f"WITH q AS (SELECT to_tsquery('english', string_agg(quote_literal(t), ' | ')) AS q "
             f"FROM unnest(%s::text[]) AS t WHERE numnode(plainto_tsquery('english', t)) > 0) "
             f"SELECT c.id, ts_rank_cd(c.tsv, q.q) AS s FROM {self.ns}_chunks c, q WHERE c.tsv @@ q.q "
-            f"ORDER BY s DESC, c.id LIMIT %s", (terms, k))
+            f"ORDER BY s DESC, c.id LIMIT %s",
+            (terms, k),
+        )
         return [(int(i), float(s)) for i, s in rows.fetchall()]
 
     def vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
@@ -120,8 +138,11 @@ class PgVectorStore(VectorStore):
     def chunks(self, ids: list[int]) -> dict[int, ChunkRecord]:
         if not ids or self._dim is None:
             return {}
-        rows = self.db.execute(f"SELECT c.id, f.key, f.name, c.idx, c.heading, c.page, c.text FROM {self.ns}_chunks c "
-                               f"JOIN {self.ns}_files f ON f.id = c.file_id WHERE c.id = ANY(%s)", (list(ids),))
+        rows = self.db.execute(
+            f"SELECT c.id, f.key, f.name, c.idx, c.heading, c.page, c.text FROM {self.ns}_chunks c "
+            f"JOIN {self.ns}_files f ON f.id = c.file_id WHERE c.id = ANY(%s)",
+            (list(ids),),
+        )
         return {int(r[0]): ChunkRecord(int(r[0]), *r[1:]) for r in rows.fetchall()}
 
     def count_chunks(self) -> int:

@@ -25,8 +25,12 @@ class Section:
 
 def kind_of(name: str) -> str | None:
     suffix = Path(name).suffix.lower()
-    for kind, suffixes in (("text", TEXT_SUFFIXES), ("markdown", MARKDOWN_SUFFIXES), ("html", HTML_SUFFIXES),
-                           ("pdf", PDF_SUFFIXES)):
+    for kind, suffixes in (
+        ("text", TEXT_SUFFIXES),
+        ("markdown", MARKDOWN_SUFFIXES),
+        ("html", HTML_SUFFIXES),
+        ("pdf", PDF_SUFFIXES),
+    ):
         if suffix in suffixes:
             return kind
     return None

@@ -49,8 +49,16 @@ class Hit:
 
     def as_dict(self) -> dict:
         c = self.chunk
-        return {"file": c.file_name, "file_key": c.file_key, "location": c.location, "heading": c.heading,
-                "page": c.page, "chunk_index": c.index, "score": round(float(self.score), 6), "text": c.text}
+        return {
+            "file": c.file_name,
+            "file_key": c.file_key,
+            "location": c.location,
+            "heading": c.heading,
+            "page": c.page,
+            "chunk_index": c.index,
+            "score": round(float(self.score), 6),
+            "text": c.text,
+        }
 
 
 def reciprocal_rank_fusion(rankings: list[list[int]], k: int = 60) -> list[tuple[int, float]]:
@@ -71,8 +79,15 @@ class Retriever:
         store.check_embedder(embedder.name, embedder.dim)
         self.store, self.embedder, self.config = store, embedder, config
 
-    def search(self, query: str, *, k: int | None = None, mode: str | None = None,
-               rerank: bool | None = None, query_vector: np.ndarray | None = None) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        *,
+        k: int | None = None,
+        mode: str | None = None,
+        rerank: bool | None = None,
+        query_vector: np.ndarray | None = None,
+    ) -> list[Hit]:
         """The top ``k`` chunks for ``query``; ``query_vector`` skips embedding it (evaluations
         embed all questions in one batch)."""
         cfg = self.config

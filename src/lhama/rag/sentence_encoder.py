@@ -66,14 +66,19 @@ class BertSentenceEncoder:
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)
         b, t = ids.shape
         w = self.w
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:t]
-             + w["embeddings.token_type_embeddings.weight"][types])
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][:t]
+            + w["embeddings.token_type_embeddings.weight"][types]
+        )
         x = self._norm(x, "embeddings.LayerNorm")
         keep = mask[:, None, None, :]  # padding is never attended to
         for i in range(self.n_layers):  # post-LayerNorm blocks (BERT), exact-erf GELU
             p = f"encoder.layer.{i}."
-            q, k, v = (self._linear(x, p + "attention.self." + n).view(b, t, self.n_heads, -1).transpose(1, 2)
-                       for n in ("query", "key", "value"))
+            q, k, v = (
+                self._linear(x, p + "attention.self." + n).view(b, t, self.n_heads, -1).transpose(1, 2)
+                for n in ("query", "key", "value")
+            )
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, t, self.dim)
             x = self._norm(self._linear(a, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
             h = F.gelu(self._linear(x, p + "intermediate.dense"))

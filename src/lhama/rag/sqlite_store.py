@@ -74,16 +74,19 @@ class SqliteVectorStore(VectorStore):
     def _create_vector_index(self, name: str, dim: int) -> None:
         with self._lock, self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('embedder', ?), ('dim', ?)", (name, str(dim)))
-            self.db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0("
-                            f"embedding float[{int(dim)}] distance_metric=cosine)")
+            self.db.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS chunks_vec USING vec0("
+                f"embedding float[{int(dim)}] distance_metric=cosine)"
+            )
 
     def _file_row(self, row) -> FileRecord:
         return FileRecord(key=row[0], name=row[1], sha256=row[2], bytes=row[3], chunks=row[4], added_at=row[5])
 
     def file(self, key: str) -> FileRecord | None:
         with self._lock:
-            row = self.db.execute("SELECT key, name, sha256, bytes, chunks, added_at FROM files WHERE key = ?",
-                                  (key,)).fetchone()
+            row = self.db.execute(
+                "SELECT key, name, sha256, bytes, chunks, added_at FROM files WHERE key = ?", (key,)
+            ).fetchone()
         return self._file_row(row) if row else None
 
     def files(self) -> list[FileRecord]:
@@ -94,7 +97,7 @@ class SqliteVectorStore(VectorStore):
     def _delete_file(self, file_id: int) -> None:
         ids = [r[0] for r in self.db.execute("SELECT id FROM chunks WHERE file_id = ?", (file_id,))]
         for i in range(0, len(ids), 500):
-            part = ids[i:i + 500]
+            part = ids[i : i + 500]
             marks = ",".join("?" * len(part))
             self.db.execute(f"DELETE FROM chunks_fts WHERE rowid IN ({marks})", part)
             if self._dim is not None:
@@ -111,18 +114,25 @@ class SqliteVectorStore(VectorStore):
             old = self.db.execute("SELECT id FROM files WHERE key = ?", (record.key,)).fetchone()
             if old:
                 self._delete_file(old[0])
-            cur = self.db.execute("INSERT INTO files (key, name, sha256, bytes, chunks, added_at) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", (record.key, record.name, record.sha256, record.bytes,
-                                                                len(drafts), record.added_at or time.time()))
+            cur = self.db.execute(
+                "INSERT INTO files (key, name, sha256, bytes, chunks, added_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.key, record.name, record.sha256, record.bytes, len(drafts), record.added_at or time.time()),
+            )
             file_id = cur.lastrowid
             for d, v in zip(drafts, vectors):
-                cid = self.db.execute("INSERT INTO chunks (file_id, idx, heading, page, text) VALUES (?, ?, ?, ?, ?)",
-                                      (file_id, d.index, d.heading, d.page, d.text)).lastrowid
+                cid = self.db.execute(
+                    "INSERT INTO chunks (file_id, idx, heading, page, text) VALUES (?, ?, ?, ?, ?)",
+                    (file_id, d.index, d.heading, d.page, d.text),
+                ).lastrowid
                 title, _, body = embedding_text(record.name, d).partition("\n")
-                self.db.execute("INSERT INTO chunks_fts (rowid, title, body) VALUES (?, ?, ?)",
-                                (cid, title, body if body else title))
-                self.db.execute("INSERT INTO chunks_vec (rowid, embedding) VALUES (?, ?)",
-                                (cid, np.asarray(v, dtype=np.float32).tobytes()))
+                self.db.execute(
+                    "INSERT INTO chunks_fts (rowid, title, body) VALUES (?, ?, ?)",
+                    (cid, title, body if body else title),
+                )
+                self.db.execute(
+                    "INSERT INTO chunks_vec (rowid, embedding) VALUES (?, ?)",
+                    (cid, np.asarray(v, dtype=np.float32).tobytes()),
+                )
 
     def remove_file(self, key: str) -> bool:
         with self._lock, self.db:
@@ -135,8 +145,10 @@ class SqliteVectorStore(VectorStore):
         if self._dim is None or k <= 0:
             return []
         with self._lock:
-            rows = self.db.execute("SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ? "
-                                   "ORDER BY distance", (np.asarray(vector, np.float32).tobytes(), min(k, 4096)))
+            rows = self.db.execute(
+                "SELECT rowid, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
+                (np.asarray(vector, np.float32).tobytes(), min(k, 4096)),
+            )
             return [(int(r), 1.0 - float(d)) for r, d in rows.fetchall()]
 
     def lexical_search(self, query: str, k: int) -> list[tuple[int, float]]:
@@ -147,8 +159,11 @@ class SqliteVectorStore(VectorStore):
         expr = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         with self._lock:
             # bm25() is lower-is-better; the title column (file + headings) weighs double.
-            rows = self.db.execute("SELECT rowid, bm25(chunks_fts, 2.0, 1.0) AS s FROM chunks_fts "
-                                   "WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?", (expr, k))
+            rows = self.db.execute(
+                "SELECT rowid, bm25(chunks_fts, 2.0, 1.0) AS s FROM chunks_fts "
+                "WHERE chunks_fts MATCH ? ORDER BY s LIMIT ?",
+                (expr, k),
+            )
             return [(int(r), -float(s)) for r, s in rows.fetchall()]
 
     def vectors(self, ids: list[int]) -> dict[int, np.ndarray]:
@@ -164,8 +179,11 @@ class SqliteVectorStore(VectorStore):
             return {}
         marks = ",".join("?" * len(ids))
         with self._lock:
-            rows = self.db.execute(f"SELECT c.id, f.key, f.name, c.idx, c.heading, c.page, c.text FROM chunks c "
-                                   f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})", list(ids))
+            rows = self.db.execute(
+                f"SELECT c.id, f.key, f.name, c.idx, c.heading, c.page, c.text FROM chunks c "
+                f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({marks})",
+                list(ids),
+            )
             return {r[0]: ChunkRecord(*r) for r in rows.fetchall()}
 
     def count_chunks(self) -> int:

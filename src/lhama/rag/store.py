@@ -55,8 +55,10 @@ def embedding_text(file_name: str, draft: ChunkDraft) -> str:
 
 
 # Words too common to help a lexical match; the vector leg still sees them.
-_STOPWORDS = frozenset("""a an and are as at be by can do does for from how i if in into is it its of on or
-so that the their then there these this to was what when where which who why will with you your""".split())
+_STOPWORDS = frozenset(
+    """a an and are as at be by can do does for from how i if in into is it its of on or
+so that the their then there these this to was what when where which who why will with you your""".split()
+)
 
 
 def query_terms(query: str) -> list[str]:
@@ -92,9 +94,11 @@ class VectorStore(ABC):
 
     def check_embedder(self, name: str, dim: int) -> None:
         if self.embedder_name is not None and (self.embedder_name != name or self.dim != dim):
-            raise VectorStoreError(f"the store {self.location} holds vectors of embedder '{self.embedder_name}' "
-                                   f"({self.dim} dims); it cannot be used with '{name}' ({dim} dims). "
-                                   "Use that embedder, or a new store.")
+            raise VectorStoreError(
+                f"the store {self.location} holds vectors of embedder '{self.embedder_name}' "
+                f"({self.dim} dims); it cannot be used with '{name}' ({dim} dims). "
+                "Use that embedder, or a new store."
+            )
 
     @abstractmethod
     def file(self, key: str) -> FileRecord | None: ...

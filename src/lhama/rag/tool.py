@@ -21,14 +21,20 @@ from lhama.errors import SamplingError
 from lhama.rag.answer import sources_from_hits
 
 NAME = "file_search"
-DESCRIPTION = ("Search the user's documents. Returns numbered passages with the file and section they come "
-               "from; cite a passage as [n] when you use it.")
+DESCRIPTION = (
+    "Search the user's documents. Returns numbered passages with the file and section they come "
+    "from; cite a passage as [n] when you use it."
+)
 PARAMETERS = {
     "type": "object",
     "properties": {
         "query": {"type": "string", "minLength": 1, "description": "what to look for, in words"},
-        "max_num_results": {"type": "integer", "minimum": 1, "maximum": 20,
-                            "description": "how many passages to return (default 5)"},
+        "max_num_results": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 20,
+            "description": "how many passages to return (default 5)",
+        },
     },
     "required": ["query"],
     "additionalProperties": False,
@@ -48,8 +54,10 @@ class FileSearchTool:
 
     @property
     def schema(self) -> dict:
-        return {"type": "function",
-                "function": {"name": self.name, "description": self.description, "parameters": PARAMETERS}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": PARAMETERS},
+        }
 
     def run(self, query: str, max_num_results: int | None = None) -> dict:
         args = {"query": query} | ({"max_num_results": max_num_results} if max_num_results is not None else {})
@@ -72,8 +80,9 @@ class FileSearchTool:
         return json.dumps(self.run(query, max_num_results), ensure_ascii=False)
 
 
-def file_search_tool(retriever, *, name: str = NAME, description: str = DESCRIPTION,
-                     default_results: int = 5) -> FileSearchTool:
+def file_search_tool(
+    retriever, *, name: str = NAME, description: str = DESCRIPTION, default_results: int = 5
+) -> FileSearchTool:
     return FileSearchTool(retriever, name, description, default_results)
 
 

@@ -18,6 +18,20 @@ from lhama.safety.llama_guard import (
 from lhama.safety.prompt_guard import PromptGuardConfig, PromptGuardShield
 from lhama.safety.spec import ShieldOptions, build_shields
 
-__all__ = ["CATEGORIES", "Category", "LlamaGuardConfig", "LlamaGuardShield", "PromptGuardConfig",
-           "PromptGuardShield", "Shield", "ShieldConfigError", "ShieldError", "ShieldOptions", "ShieldVerdict",
-           "build_shields", "parse_guard_answer", "render_guard_prompt", "select_categories"]
+__all__ = [
+    "CATEGORIES",
+    "Category",
+    "LlamaGuardConfig",
+    "LlamaGuardShield",
+    "PromptGuardConfig",
+    "PromptGuardShield",
+    "Shield",
+    "ShieldConfigError",
+    "ShieldError",
+    "ShieldOptions",
+    "ShieldVerdict",
+    "build_shields",
+    "parse_guard_answer",
+    "render_guard_prompt",
+    "select_categories",
+]

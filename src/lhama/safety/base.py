@@ -48,8 +48,13 @@ class ShieldVerdict:
     error: str | None = None  # set when the shield failed and ``on_error`` decided the verdict
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"allowed": self.allowed, "shield": self.shield, "categories": list(self.categories),
-                               "message": self.message, "raw": self.raw}
+        out: dict[str, Any] = {
+            "allowed": self.allowed,
+            "shield": self.shield,
+            "categories": list(self.categories),
+            "message": self.message,
+            "raw": self.raw,
+        }
         if self.scores:
             out["scores"] = dict(self.scores)
         if self.error:

@@ -22,22 +22,25 @@ class Category:
         return f"{self.code}: {self.name}."
 
 
-CATEGORIES: dict[str, Category] = {c.code: c for c in [
-    Category("S1", "Violent Crimes", "Violent Crimes"),
-    Category("S2", "Non-Violent Crimes", "Non-Violent Crimes"),
-    Category("S3", "Sex Crimes", "Sex-Related Crimes"),
-    Category("S4", "Child Exploitation", "Child Sexual Exploitation"),
-    Category("S5", "Defamation", "Defamation"),
-    Category("S6", "Specialized Advice", "Specialized Advice"),
-    Category("S7", "Privacy", "Privacy"),
-    Category("S8", "Intellectual Property", "Intellectual Property"),
-    Category("S9", "Indiscriminate Weapons", "Indiscriminate Weapons"),
-    Category("S10", "Hate", "Hate"),
-    Category("S11", "Self-Harm", "Suicide & Self-Harm"),
-    Category("S12", "Sexual Content", "Sexual Content"),
-    Category("S13", "Elections", "Elections"),
-    Category("S14", "Code Interpreter Abuse", "Code Interpreter Abuse"),
-]}
+CATEGORIES: dict[str, Category] = {
+    c.code: c
+    for c in [
+        Category("S1", "Violent Crimes", "Violent Crimes"),
+        Category("S2", "Non-Violent Crimes", "Non-Violent Crimes"),
+        Category("S3", "Sex Crimes", "Sex-Related Crimes"),
+        Category("S4", "Child Exploitation", "Child Sexual Exploitation"),
+        Category("S5", "Defamation", "Defamation"),
+        Category("S6", "Specialized Advice", "Specialized Advice"),
+        Category("S7", "Privacy", "Privacy"),
+        Category("S8", "Intellectual Property", "Intellectual Property"),
+        Category("S9", "Indiscriminate Weapons", "Indiscriminate Weapons"),
+        Category("S10", "Hate", "Hate"),
+        Category("S11", "Self-Harm", "Suicide & Self-Harm"),
+        Category("S12", "Sexual Content", "Sexual Content"),
+        Category("S13", "Elections", "Elections"),
+        Category("S14", "Code Interpreter Abuse", "Code Interpreter Abuse"),
+    ]
+}
 # The 1B and the 11B-Vision guards know S1-S13; only Llama Guard 3 8B was trained with S14.
 BASE_CODES = tuple(f"S{i}" for i in range(1, 14))
 ALL_CODES = (*BASE_CODES, "S14")
@@ -61,8 +64,9 @@ def parse_codes(spec: str | Iterable[str] | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(normalize_code(p) for p in parts))
 
 
-def select_categories(include: Iterable[str] | None = None, exclude: Iterable[str] = (), *,
-                      code_interpreter: bool = False) -> tuple[Category, ...]:
+def select_categories(
+    include: Iterable[str] | None = None, exclude: Iterable[str] = (), *, code_interpreter: bool = False
+) -> tuple[Category, ...]:
     """The policy to put in the prompt, in code order. ``include`` (codes) replaces the model's
     default list (S1-S13, plus S14 with ``code_interpreter``); ``exclude`` removes codes from it.
     An empty policy is refused: the guard would have nothing to judge against."""

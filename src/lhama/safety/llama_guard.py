@@ -30,19 +30,22 @@ UNREADABLE_REFUSAL = "I can't help with that right now: the {stage} could not be
 _STAGE_WORDS = {"user": "request", "assistant": "reply"}
 
 
-def render_guard_prompt(conversation: Sequence[tuple[str, str]], agent_type: str,
-                        categories: Sequence[Category]) -> str:
+def render_guard_prompt(
+    conversation: Sequence[tuple[str, str]], agent_type: str, categories: Sequence[Category]
+) -> str:
     """The text of the guard's user turn. ``conversation`` is (speaker, text) pairs with speakers
     'User' / 'Agent'; ``agent_type`` says whose last turn is judged."""
     policy = "\n".join(c.prompt_line() for c in categories)
     turns = "\n\n".join(f"{speaker}: {text}" for speaker, text in conversation)
-    return (f"Task: Check if there is unsafe content in '{agent_type}' messages in conversations according our "
-            f"safety policy with the below categories.\n\n"
-            f"<BEGIN UNSAFE CONTENT CATEGORIES>\n{policy}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
-            f"<BEGIN CONVERSATION>\n\n{turns}\n\n<END CONVERSATION>\n\n"
-            f"Provide your safety assessment for ONLY THE LAST {agent_type} message in the above conversation:\n"
-            f" - First line must read 'safe' or 'unsafe'.\n"
-            f" - If unsafe, a second line must include a comma-separated list of violated categories.")
+    return (
+        f"Task: Check if there is unsafe content in '{agent_type}' messages in conversations according our "
+        f"safety policy with the below categories.\n\n"
+        f"<BEGIN UNSAFE CONTENT CATEGORIES>\n{policy}\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+        f"<BEGIN CONVERSATION>\n\n{turns}\n\n<END CONVERSATION>\n\n"
+        f"Provide your safety assessment for ONLY THE LAST {agent_type} message in the above conversation:\n"
+        f" - First line must read 'safe' or 'unsafe'.\n"
+        f" - If unsafe, a second line must include a comma-separated list of violated categories."
+    )
 
 
 def _message_text(m: dict) -> str:
@@ -145,8 +148,7 @@ class LlamaGuardShield:
         self._lock = threading.Lock()
 
     def prompt_text(self, messages: Sequence[dict], role: str) -> str:
-        return render_guard_prompt(guard_conversation(messages, check_role(role)), AGENT_TYPES[role],
-                                   self.categories)
+        return render_guard_prompt(guard_conversation(messages, check_role(role)), AGENT_TYPES[role], self.categories)
 
     def prompt_ids(self, messages: Sequence[dict], role: str) -> list[int]:
         """The guard prompt's tokens; the oldest turns are dropped when the conversation does not
@@ -159,8 +161,10 @@ class LlamaGuardShield:
             if len(ids) <= limit:
                 return ids
             if len(turns) == 1:
-                raise ShieldError(f"the last {role} message alone needs {len(ids)} tokens, more than the guard's "
-                                  f"context of {self.loaded.args.max_seq_len} allows")
+                raise ShieldError(
+                    f"the last {role} message alone needs {len(ids)} tokens, more than the guard's "
+                    f"context of {self.loaded.args.max_seq_len} allows"
+                )
             turns = turns[1:]
 
     def generate(self, ids: list[int]) -> str:
@@ -181,8 +185,9 @@ class LlamaGuardShield:
             raw = self.generate(self.prompt_ids(messages, role))
             safe, codes = parse_guard_answer(raw)
         except ShieldError as e:
-            return failed_verdict(self.name, self.config.on_error, str(e),
-                                  UNREADABLE_REFUSAL.format(stage=stage, categories=""))
+            return failed_verdict(
+                self.name, self.config.on_error, str(e), UNREADABLE_REFUSAL.format(stage=stage, categories="")
+            )
         if safe:
             return ShieldVerdict(True, [], "", raw, self.name)
         # Codes outside the configured policy were not asked about: they do not block.

@@ -70,14 +70,18 @@ class PromptGuardShield:
         transformers = require("transformers", "safety")
         path = Path(config.path).expanduser()
         if not (path / "config.json").is_file():
-            raise ShieldConfigError(f"{path}: not a Hugging Face classifier folder (no config.json); "
-                                    "pass the folder of a Prompt Guard checkpoint")
+            raise ShieldConfigError(
+                f"{path}: not a Hugging Face classifier folder (no config.json); "
+                "pass the folder of a Prompt Guard checkpoint"
+            )
         self.config = config
         self.name = config.name
         self.stages = frozenset({"input"})
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+            self.model = transformers.AutoModelForSequenceClassification.from_pretrained(
+                str(path), local_files_only=True
+            )
         except (OSError, ValueError, KeyError) as e:
             raise ShieldConfigError(f"{path}: cannot load the classifier or its tokenizer: {e}") from None
         self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
@@ -94,23 +98,32 @@ class PromptGuardShield:
             raise ShieldConfigError(f"{path}: windowed scoring needs a fast tokenizer (tokenizer.json)")
         self.stride = config.stride_tokens if config.stride_tokens is not None else self.window // 8
         if self.window - 4 <= self.stride:  # room for the special tokens and some text
-            raise ShieldConfigError(f"stride_tokens ({self.stride}) must be well below the window "
-                                    f"({self.window} tokens)")
+            raise ShieldConfigError(
+                f"stride_tokens ({self.stride}) must be well below the window ({self.window} tokens)"
+            )
         self._lock = threading.Lock()
 
     def _known(self, wanted: Sequence[str] | None, default: list[str]) -> tuple[str, ...]:
         labels = tuple(wanted) if wanted is not None else tuple(default)
         unknown = [lab for lab in labels if lab not in self.labels]
         if unknown or not labels:
-            raise ShieldConfigError(f"Prompt Guard labels {unknown or labels!r} are not among the classifier's "
-                                    f"labels {self.labels}")
+            raise ShieldConfigError(
+                f"Prompt Guard labels {unknown or labels!r} are not among the classifier's labels {self.labels}"
+            )
         return labels
 
     def encode_windows(self, text: str) -> dict:
         """``text`` as a padded batch of token windows, each with the tokenizer's special tokens,
         overlapping by ``stride_tokens`` (the fast tokenizers' overflow mechanism)."""
-        enc = self.tokenizer(text, truncation=True, max_length=self.window, stride=self.stride,
-                             return_overflowing_tokens=True, padding=True, return_tensors="pt")
+        enc = self.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.window,
+            stride=self.stride,
+            return_overflowing_tokens=True,
+            padding=True,
+            return_tensors="pt",
+        )
         return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
     def windows(self, text: str) -> list[list[int]]:
@@ -125,7 +138,7 @@ class PromptGuardShield:
         n, out = enc["input_ids"].shape[0], []
         with self._lock, torch.inference_mode():
             for i in range(0, n, self.config.batch_size):
-                chunk = {k: v[i:i + self.config.batch_size].to(self.model.device) for k, v in enc.items()}
+                chunk = {k: v[i : i + self.config.batch_size].to(self.model.device) for k, v in enc.items()}
                 logits = self.model(**chunk).logits.float()
                 out.append(torch.softmax(logits / self.config.temperature, dim=-1).cpu())
         return torch.cat(out)
@@ -167,8 +180,12 @@ class PromptGuardShield:
                     top = [lab for lab in ranked if scores[lab] >= self.config.threshold] or ranked[:1]
                     flagged += [lab for lab in top if lab not in flagged]
         except ShieldError as e:
-            return failed_verdict(self.name, self.config.on_error, str(e),
-                                  "I can't help with that right now: the request could not be checked for safety.")
+            return failed_verdict(
+                self.name,
+                self.config.on_error,
+                str(e),
+                "I can't help with that right now: the request could not be checked for safety.",
+            )
         raw_text = "; ".join(raw)
         if not flagged:
             return ShieldVerdict(True, [], "", raw_text, self.name, all_scores)

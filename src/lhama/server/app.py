@@ -58,8 +58,14 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
         await state.batches.shutdown()
         engine.shutdown()
 
-    app = FastAPI(title="lhama", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="OpenAI-compatible serving of Llama-family models (see docs/server.md).")
+    app = FastAPI(
+        title="lhama",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="OpenAI-compatible serving of Llama-family models (see docs/server.md).",
+    )
     app.state.lhama = state
     install_error_handlers(app)
     for module in (chat, completions, responses, embeddings, files, batches, vector_stores, lora):
@@ -86,8 +92,13 @@ def _version() -> str:
 
 
 def _model_card(state: ServerState, name: str) -> dict:
-    return {"id": name, "object": "model", "created": state.created, "owned_by": "lhama",
-            "max_model_len": state.max_model_len}
+    return {
+        "id": name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "lhama",
+        "max_model_len": state.max_model_len,
+    }
 
 
 def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
@@ -101,8 +112,13 @@ def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
         if err is not None:
             return JSONResponse({"status": "error", "detail": repr(err)}, status_code=503)
         s = state.engine.stats()
-        return {"status": "ok", "model": state.model_name, "running": s.num_running, "waiting": s.num_waiting,
-                "kv_cache_usage": s.kv_cache_usage}
+        return {
+            "status": "ok",
+            "model": state.model_name,
+            "running": s.num_running,
+            "waiting": s.num_waiting,
+            "kv_cache_usage": s.kv_cache_usage,
+        }
 
     @app.get("/metrics", tags=["server"], summary="Prometheus metrics")
     async def metrics():
@@ -110,8 +126,10 @@ def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models", tags=["openai"], summary="List the served model")
     async def list_models():
-        return {"object": "list", "data": [_model_card(state, n) for n in state.model_names]
-                + lora.adapter_cards(state)}
+        return {
+            "object": "list",
+            "data": [_model_card(state, n) for n in state.model_names] + lora.adapter_cards(state),
+        }
 
     @app.get("/v1/models/{model_id:path}", tags=["openai"], summary="One served model")
     async def get_model(model_id: str, request: Request):

@@ -66,15 +66,35 @@ class BatchManager:
     def create(self, req: BatchCreateRequest) -> dict:
         meta_in = self.files.get(req.input_file_id)
         if meta_in["purpose"] != "batch":
-            raise APIError(400, f"file '{req.input_file_id}' has purpose '{meta_in['purpose']}', not 'batch'",
-                           param="input_file_id", code="invalid_value")
+            raise APIError(
+                400,
+                f"file '{req.input_file_id}' has purpose '{meta_in['purpose']}', not 'batch'",
+                param="input_file_id",
+                code="invalid_value",
+            )
         now = int(time.time())
-        meta = {"id": f"batch_{uuid.uuid4().hex}", "object": "batch", "endpoint": req.endpoint, "errors": None,
-                "input_file_id": req.input_file_id, "completion_window": req.completion_window,
-                "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
-                "in_progress_at": None, "expires_at": now + 24 * 3600, "finalizing_at": None, "completed_at": None,
-                "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-                "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": req.metadata}
+        meta = {
+            "id": f"batch_{uuid.uuid4().hex}",
+            "object": "batch",
+            "endpoint": req.endpoint,
+            "errors": None,
+            "input_file_id": req.input_file_id,
+            "completion_window": req.completion_window,
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": now,
+            "in_progress_at": None,
+            "expires_at": now + 24 * 3600,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": req.metadata,
+        }
         self.save(meta)
         self._launch(meta["id"])
         return meta
@@ -92,8 +112,12 @@ class BatchManager:
     async def cancel(self, batch_id: str) -> dict:
         meta = self.get(batch_id)
         if meta["status"] not in ACTIVE:
-            raise APIError(409, f"batch '{batch_id}' is {meta['status']} and cannot be cancelled",
-                           param="batch_id", code="batch_not_cancellable")
+            raise APIError(
+                409,
+                f"batch '{batch_id}' is {meta['status']} and cannot be cancelled",
+                param="batch_id",
+                code="batch_not_cancellable",
+            )
         meta.update(status="cancelling", cancelling_at=int(time.time()))
         self.save(meta)
         task = self.tasks.get(batch_id)
@@ -118,11 +142,13 @@ class BatchManager:
         run = BatchRun(raw, BatchLedger(self._partial(meta["id"])), (meta["endpoint"],), describe=_describe)
         errors = [{"code": e.code, "message": e.message, "param": None, "line": n} for n, e in run.scan.invalid]
         if run.summary.total > MAX_LINES:
-            errors.append({"code": "too_many_requests", "message": f"at most {MAX_LINES} requests", "param": None,
-                           "line": None})
+            errors.append(
+                {"code": "too_many_requests", "message": f"at most {MAX_LINES} requests", "param": None, "line": None}
+            )
         if not run.summary.total and not errors:
-            errors.append({"code": "empty_file", "message": "the input file has no requests", "param": None,
-                           "line": None})
+            errors.append(
+                {"code": "empty_file", "message": "the input file has no requests", "param": None, "line": None}
+            )
         return run, errors
 
     def _done(self, batch_id: str) -> list[dict]:
@@ -139,12 +165,16 @@ class BatchManager:
                 return self._finalise(meta, "cancelled")
             run, errors = self._open(meta)
             if errors:
-                meta.update(status="failed", failed_at=int(time.time()),
-                            errors={"object": "list", "data": errors[:100]})
+                meta.update(
+                    status="failed", failed_at=int(time.time()), errors={"object": "list", "data": errors[:100]}
+                )
                 return self.save(meta)
             done = run.ledger.records
-            meta["request_counts"] = {"total": run.summary.total, "completed": sum(r["error"] is None for r in done),
-                                      "failed": sum(r["error"] is not None for r in done)}
+            meta["request_counts"] = {
+                "total": run.summary.total,
+                "completed": sum(r["error"] is None for r in done),
+                "failed": sum(r["error"] is not None for r in done),
+            }
             if meta["status"] == "validating":
                 meta.update(status="in_progress", in_progress_at=int(time.time()))
             self.save(meta)
@@ -163,9 +193,14 @@ class BatchManager:
             raise
         except Exception as e:
             log.exception("batch %s failed", batch_id)
-            meta.update(status="failed", failed_at=int(time.time()),
-                        errors={"object": "list", "data": [{"code": "internal_error", "message": repr(e),
-                                                            "param": None, "line": None}]})
+            meta.update(
+                status="failed",
+                failed_at=int(time.time()),
+                errors={
+                    "object": "list",
+                    "data": [{"code": "internal_error", "message": repr(e), "param": None, "line": None}],
+                },
+            )
             self.save(meta)
         finally:
             if run is not None:
@@ -236,9 +271,14 @@ async def create_batch(body: BatchCreateRequest, request: Request):
 
 @router.get("/v1/batches", tags=["batches"], summary="List batches")
 async def list_batches(request: Request, limit: int = 20):
-    data = _mgr(request).list()[:max(1, min(limit, 100))]
-    return {"object": "list", "data": data, "has_more": False,
-            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+    data = _mgr(request).list()[: max(1, min(limit, 100))]
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 @router.get("/v1/batches/{batch_id}", tags=["batches"], summary="A batch's status")

@@ -71,10 +71,16 @@ async def chat_body(state, prep: PreparedChat) -> dict:
     for c in choices:
         message, is_call = final_message(prep.plan, fmt, c.text, c.token_ids, c.stop_reason)
         lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if prep.gen.params.logprobs else None
-        out.append(await screen_choice(state, prep, {"index": c.index, "message": message, "logprobs": lp,
-                                                     "finish_reason": _finish(c, is_call)}))
-    return responses.chat_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage(),
-                                     fingerprint=state.fingerprint(prep.req.model))
+        out.append(
+            await screen_choice(
+                state,
+                prep,
+                {"index": c.index, "message": message, "logprobs": lp, "finish_reason": _finish(c, is_call)},
+            )
+        )
+    return responses.chat_completion(
+        prep.id, prep.created, prep.req.model, out, prep.gen.usage(), fingerprint=state.fingerprint(prep.req.model)
+    )
 
 
 async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
@@ -100,15 +106,19 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
         return sse(responses.chat_chunk(prep.id, prep.created, req.model, choices, fingerprint=fp))
 
     for c in gen.choices:
-        yield chunk([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
+        yield chunk(
+            [{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        )
     # tool_choice auto: prose streams as it comes, a call goes out as tool_calls deltas.
-    parsers = {c.index: ToolCallStreamParser(fmt) for c in gen.choices} \
-        if plan.parse_tools and not plan.forced_tool and not screened else {}
+    parsers = (
+        {c.index: ToolCallStreamParser(fmt) for c in gen.choices}
+        if plan.parse_tools and not plan.forced_tool and not screened
+        else {}
+    )
     lp_sent = {c.index: 0 for c in gen.choices}
 
     def pending_lp(c, upto: int | None = None):
-        steps = content_steps(c.steps, c.token_ids)[lp_sent[c.index]:upto]
+        steps = content_steps(c.steps, c.token_ids)[lp_sent[c.index] : upto]
         lp_sent[c.index] += len(steps)
         return {"content": chat_logprobs(tok, steps)} if want_lp else None
 
@@ -118,8 +128,16 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
             parser = parsers[c.index]
             part = parser.feed(d.token_ids)
             if part.content:
-                yield chunk([{"index": c.index, "delta": {"content": part.content}, "logprobs": pending_lp(c),
-                              "finish_reason": None}])
+                yield chunk(
+                    [
+                        {
+                            "index": c.index,
+                            "delta": {"content": part.content},
+                            "logprobs": pending_lp(c),
+                            "finish_reason": None,
+                        }
+                    ]
+                )
             if d.finish_reason is not None:
                 part = parser.finish(parse=not isinstance(c.stop_reason, str))
                 delta: dict = {}
@@ -129,8 +147,16 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
                     delta["tool_calls"] = part.tool_calls
                 if delta or (want_lp and lp_sent[c.index] < len(c.token_ids)):
                     yield chunk([{"index": c.index, "delta": delta, "logprobs": pending_lp(c), "finish_reason": None}])
-                yield chunk([{"index": c.index, "delta": {}, "logprobs": None,
-                              "finish_reason": _finish(c, bool(part.tool_calls))}])
+                yield chunk(
+                    [
+                        {
+                            "index": c.index,
+                            "delta": {},
+                            "logprobs": None,
+                            "finish_reason": _finish(c, bool(part.tool_calls)),
+                        }
+                    ]
+                )
         elif not buffered:
             steps = content_steps(d.steps, d.token_ids)
             if d.text or (want_lp and steps):
@@ -147,8 +173,11 @@ async def chat_events(state, prep: PreparedChat) -> AsyncIterator[bytes]:
                 delta["refusal"] = message["refusal"]
             elif is_call:
                 delta["tool_calls"] = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
-            lp = {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))} if want_lp and not refused \
+            lp = (
+                {"content": chat_logprobs(tok, content_steps(c.steps, c.token_ids))}
+                if want_lp and not refused
                 else None
+            )
             yield chunk([{"index": c.index, "delta": delta, "logprobs": lp, "finish_reason": None}])
             end = {"index": c.index, "delta": {}, "logprobs": None, "finish_reason": done["finish_reason"]}
             yield chunk([{**end, "safety": done["safety"]} if refused else end])
@@ -162,8 +191,11 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     state = request.app.state.lhama
     t0 = time.perf_counter()
     # file_search embeds the query (and may load MiniLM first): off the event loop
-    prep = await asyncio.to_thread(prepare_chat, state, body, t0) if uses_file_search(body) else \
-        prepare_chat(state, body, t0)
+    prep = (
+        await asyncio.to_thread(prepare_chat, state, body, t0)
+        if uses_file_search(body)
+        else prepare_chat(state, body, t0)
+    )
     ticket = state.admit()
     if body.stream:
         try:  # input shields answer before the stream's 200, so a shield failure keeps its status

@@ -46,11 +46,20 @@ def prepare_completion(state, req: CompletionRequest, t0: float | None = None) -
 async def completion_body(state, prep: PreparedCompletion) -> dict:
     choices = await prep.gen.run()
     tok = state.loaded.tokenizer
-    out = [{"index": c.index, "text": c.text,
-            "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids)) if prep.gen.params.logprobs
-            else None, "finish_reason": c.finish_reason or "stop"} for c in choices]
-    return responses.text_completion(prep.id, prep.created, prep.req.model, out, prep.gen.usage(),
-                                     fingerprint=state.fingerprint(prep.req.model))
+    out = [
+        {
+            "index": c.index,
+            "text": c.text,
+            "logprobs": completion_logprobs(tok, content_steps(c.steps, c.token_ids))
+            if prep.gen.params.logprobs
+            else None,
+            "finish_reason": c.finish_reason or "stop",
+        }
+        for c in choices
+    ]
+    return responses.text_completion(
+        prep.id, prep.created, prep.req.model, out, prep.gen.usage(), fingerprint=state.fingerprint(prep.req.model)
+    )
 
 
 async def completion_events(state, prep: PreparedCompletion) -> AsyncIterator[bytes]:

@@ -39,14 +39,20 @@ def embedding_inputs(state, inp) -> list[list[int]]:
     else:
         items = [list(x) for x in inp]
     if len(items) > state.config.max_embedding_inputs:
-        raise SamplingError("input", f"at most {state.config.max_embedding_inputs} inputs per request, got {len(items)}")
+        raise SamplingError(
+            "input", f"at most {state.config.max_embedding_inputs} inputs per request, got {len(items)}"
+        )
     ctx, vocab = state.max_model_len, state.loaded.args.vocab_size
     for i, ids in enumerate(items):
         if not ids:
             raise SamplingError("input", f"input {i} is empty")
         if len(ids) > ctx:
-            raise APIError(400, f"input {i}: {ContextLengthExceededError(len(ids), 0, ctx)}", param="input",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"input {i}: {ContextLengthExceededError(len(ids), 0, ctx)}",
+                param="input",
+                code="context_length_exceeded",
+            )
         if min(ids) < 0 or max(ids) >= vocab:
             raise SamplingError("input", f"input {i} has a token id outside the vocabulary (0..{vocab - 1})")
     return items
@@ -71,7 +77,9 @@ def checked_inputs(state, body: EmbeddingRequest) -> list[list[int]]:
     state.check_model(body.model)
     dim = state.loaded.args.dim
     if body.dimensions is not None and body.dimensions != dim:
-        raise SamplingError("dimensions", f"this model's embeddings have {dim} dimensions; omit the field or send {dim}")
+        raise SamplingError(
+            "dimensions", f"this model's embeddings have {dim} dimensions; omit the field or send {dim}"
+        )
     return embedding_inputs(state, body.input)
 
 
@@ -115,6 +123,8 @@ async def _embeddings(state, body: EmbeddingRequest, items: list[list[int]]) -> 
         state.metrics.cancelled.labels(ROUTE).inc()
         raise
     n = sum(len(x) for x in items)
-    data = [{"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-            for i, v in enumerate(vectors)]
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
     return {"object": "list", "data": data, "model": body.model, "usage": {"prompt_tokens": n, "total_tokens": n}}

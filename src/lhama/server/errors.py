@@ -19,9 +19,16 @@ from lhama.openai.requests import validation_problem
 
 log = logging.getLogger("lhama.server")
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
-          413: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def error_type(status: int) -> str:
@@ -31,8 +38,15 @@ def error_type(status: int) -> str:
 class APIError(Exception):
     """An error raised by a route, with everything the response needs."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
@@ -43,12 +57,14 @@ def _printable(text: str | None) -> str | None:
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": _printable(message), "type": error_type(status), "param": _printable(param),
-                      "code": code}}
+    return {
+        "error": {"message": _printable(message), "type": error_type(status), "param": _printable(param), "code": code}
+    }
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
@@ -65,8 +81,11 @@ def validation_error(exc: RequestValidationError) -> APIError:
     errs = exc.errors()
     first = errs[0] if errs else {}
     if first.get("type") == "json_invalid":
-        return APIError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
-                        code="invalid_json")
+        return APIError(
+            400,
+            f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".rstrip(": "),
+            code="invalid_json",
+        )
     param, message, code = validation_problem(list(errs))
     return APIError(400, message, param=param, code=code)
 

@@ -48,9 +48,16 @@ class FileStore:
 
     def register(self, file_id: str, filename: str, purpose: str) -> dict:
         """Record a file whose content already sits at ``path(file_id)``."""
-        meta = {"id": file_id, "object": "file", "bytes": self.path(file_id).stat().st_size,
-                "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed",
-                "status_details": None}
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": self.path(file_id).stat().st_size,
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
         write_json_atomic(self._meta(file_id), meta)
         return meta
 
@@ -100,8 +107,9 @@ def _store(request: Request) -> FileStore:
 @router.post("/v1/files", tags=["files"], summary="Upload a file (JSONL batch input)")
 async def upload_file(request: Request, file: Annotated[UploadFile, File()], purpose: Annotated[str, Form()]):
     if purpose not in PURPOSES:
-        raise APIError(400, f"purpose must be one of {', '.join(PURPOSES)}; got '{purpose}'", param="purpose",
-                       code="invalid_value")
+        raise APIError(
+            400, f"purpose must be one of {', '.join(PURPOSES)}; got '{purpose}'", param="purpose", code="invalid_value"
+        )
     store = _store(request)
     file_id = store.new_id()
 
@@ -114,8 +122,12 @@ async def upload_file(request: Request, file: Annotated[UploadFile, File()], pur
         bad_line = await asyncio.to_thread(first_invalid_utf8_line, store.path(file_id))
         if bad_line is not None:
             store.path(file_id).unlink(missing_ok=True)
-            raise APIError(400, f"file: line {bad_line} is not valid UTF-8; batch input must be UTF-8 JSONL",
-                           param="file", code="invalid_file")
+            raise APIError(
+                400,
+                f"file: line {bad_line} is not valid UTF-8; batch input must be UTF-8 JSONL",
+                param="file",
+                code="invalid_file",
+            )
     return store.register(file_id, os.path.basename(file.filename or "upload.jsonl"), purpose)
 
 

@@ -55,8 +55,9 @@ class Generation:
     as OpenAI numbers them. With a grammar every choice runs as its own engine request with its
     own constraint (a constraint is per-sequence state)."""
 
-    def __init__(self, state, route: str, prep: PreparedRequest, *, request_id: str | None = None,
-                 t0: float | None = None):
+    def __init__(
+        self, state, route: str, prep: PreparedRequest, *, request_id: str | None = None, t0: float | None = None
+    ):
         self.state, self.route, self.prep = state, route, prep
         self.prompts: list[list[int]] = prep.prompts
         self.params: SamplingParams = prep.params
@@ -68,8 +69,10 @@ class Generation:
 
     def _streams(self):
         eng, parts = self.state.engine, engine_requests(self.prep, self.state.compiler)
-        return [(first, eng.generate(prompt, params, self.request_id if len(parts) == 1 else f"{self.request_id}-{k}"))
-                for k, (first, prompt, params) in enumerate(parts)]
+        return [
+            (first, eng.generate(prompt, params, self.request_id if len(parts) == 1 else f"{self.request_id}-{k}"))
+            for k, (first, prompt, params) in enumerate(parts)
+        ]
 
     async def deltas(self) -> AsyncIterator:
         """Engine deltas with ``index`` set to the choice number; records results and metrics."""

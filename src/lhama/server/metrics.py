@@ -40,16 +40,22 @@ class _EngineCollector:
         yield _gauge("lhama_max_model_len", "longest context (prompt + output) a request may use", s.max_model_len)
         for name, value, doc in [
             ("lhama_engine_prompt_tokens", s.prompt_tokens_total, "prompt tokens admitted to the engine"),
-            ("lhama_engine_prompt_tokens_computed", s.prompt_tokens_computed_total,
-             "prompt tokens run through the model (prefix-cache hits excluded, recompute included)"),
+            (
+                "lhama_engine_prompt_tokens_computed",
+                s.prompt_tokens_computed_total,
+                "prompt tokens run through the model (prefix-cache hits excluded, recompute included)",
+            ),
             ("lhama_engine_generation_tokens", s.generation_tokens_total, "tokens sampled by the engine"),
             ("lhama_prefix_cache_queries", s.prefix_cache_queries_total, "prompt tokens looked up in the prefix cache"),
             ("lhama_prefix_cache_hits", s.prefix_cache_hits_total, "prompt tokens found in the prefix cache"),
             ("lhama_preemptions", s.preemptions_total, "sequences preempted for lack of KV blocks"),
             ("lhama_engine_requests_finished", s.requests_finished_total, "requests the engine finished"),
             ("lhama_engine_requests_aborted", s.requests_aborted_total, "requests aborted (client gone, cancelled)"),
-            ("lhama_engine_requests_failed", s.requests_failed_total,
-             "requests the engine failed (their own error, a failed step, shutdown); never counted as aborted"),
+            (
+                "lhama_engine_requests_failed",
+                s.requests_failed_total,
+                "requests the engine failed (their own error, a failed step, shutdown); never counted as aborted",
+            ),
             ("lhama_engine_steps", s.steps_total, "engine steps run"),
         ]:
             c = CounterMetricFamily(name, doc)
@@ -66,23 +72,45 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 class ServerMetrics:
     def __init__(self, stats: Callable[[], object], server_gauges: Callable[[], dict]):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("lhama_http_requests", "HTTP requests by route, method and status",
-                                ["route", "method", "status"], registry=r)
+        self.requests = Counter(
+            "lhama_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.prompt_tokens = Counter("lhama_prompt_tokens", "prompt tokens of served requests", ["route"], registry=r)
-        self.completion_tokens = Counter("lhama_completion_tokens", "tokens generated for served requests",
-                                         ["route"], registry=r)
-        self.ttft = Histogram("lhama_time_to_first_token_seconds", "arrival to first generated token",
-                              ["route"], buckets=TTFT_BUCKETS, registry=r)
-        self.tpot = Histogram("lhama_time_per_output_token_seconds", "mean gap between generated tokens, per request",
-                              ["route"], buckets=TPOT_BUCKETS, registry=r)
-        self.e2e = Histogram("lhama_request_duration_seconds", "arrival to last token", ["route"],
-                             buckets=E2E_BUCKETS, registry=r)
-        self.rejected = Counter("lhama_requests_rejected", "generation requests refused with 429 (queue full)",
-                                registry=r)
-        self.cancelled = Counter("lhama_requests_cancelled", "requests stopped because the client went away",
-                                 ["route"], registry=r)
-        self.failed = Counter("lhama_requests_failed", "requests that failed while running (an engine error, "
-                                                       "not the client's doing)", ["route"], registry=r)
+        self.completion_tokens = Counter(
+            "lhama_completion_tokens", "tokens generated for served requests", ["route"], registry=r
+        )
+        self.ttft = Histogram(
+            "lhama_time_to_first_token_seconds",
+            "arrival to first generated token",
+            ["route"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "lhama_time_per_output_token_seconds",
+            "mean gap between generated tokens, per request",
+            ["route"],
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "lhama_request_duration_seconds", "arrival to last token", ["route"], buckets=E2E_BUCKETS, registry=r
+        )
+        self.rejected = Counter(
+            "lhama_requests_rejected", "generation requests refused with 429 (queue full)", registry=r
+        )
+        self.cancelled = Counter(
+            "lhama_requests_cancelled", "requests stopped because the client went away", ["route"], registry=r
+        )
+        self.failed = Counter(
+            "lhama_requests_failed",
+            "requests that failed while running (an engine error, not the client's doing)",
+            ["route"],
+            registry=r,
+        )
         self.in_progress = Gauge("lhama_http_requests_in_progress", "HTTP requests being handled", registry=r)
         r.register(_EngineCollector(stats, server_gauges))
 

@@ -97,11 +97,17 @@ class APIKeyMiddleware:
         auth = dict(scope.get("headers", [])).get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
         if scheme.lower() != b"bearer" or not token:
-            return await _send_error(send, 401, "Missing API key: send 'Authorization: Bearer <key>'.",
-                                     "missing_api_key", {"WWW-Authenticate": "Bearer"})
+            return await _send_error(
+                send,
+                401,
+                "Missing API key: send 'Authorization: Bearer <key>'.",
+                "missing_api_key",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if not hmac.compare_digest(token.strip(), self.key):
-            return await _send_error(send, 401, "Incorrect API key provided.", "invalid_api_key",
-                                     {"WWW-Authenticate": "Bearer"})
+            return await _send_error(
+                send, 401, "Incorrect API key provided.", "invalid_api_key", {"WWW-Authenticate": "Bearer"}
+            )
         return await self.app(scope, receive, send)
 
 
@@ -142,8 +148,9 @@ class Utf8JsonMiddleware:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = escape_invalid_utf8(b"".join(chunks))
-        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
-                              send)
+        return await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
 
 
 def _replay(messages: list[dict], receive):

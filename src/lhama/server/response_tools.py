@@ -35,18 +35,29 @@ class Grounding:
                 continue
             s = self.sources[n - 1]
             if s["kind"] == "file":
-                out.append({"type": "file_citation", "file_id": s["file_id"], "filename": s["title"],
-                            "index": m.end()})
+                out.append({"type": "file_citation", "file_id": s["file_id"], "filename": s["title"], "index": m.end()})
             else:
-                out.append({"type": "url_citation", "url": s["url"], "title": s["title"], "start_index": m.start(),
-                            "end_index": m.end()})
+                out.append(
+                    {
+                        "type": "url_citation",
+                        "url": s["url"],
+                        "title": s["title"],
+                        "start_index": m.start(),
+                        "end_index": m.end(),
+                    }
+                )
         return out
 
 
 def check_web_search(tools: list[dict]) -> None:
     if any(t["type"] in ("web_search", "web_search_preview") for t in tools) and not os.environ.get(WEB_KEY_ENV):
-        raise APIError(400, f"web_search needs a Brave Search API key on the server: start it with {WEB_KEY_ENV} "
-                            f"set, or leave the tool out", param="tools", code="web_search_unavailable")
+        raise APIError(
+            400,
+            f"web_search needs a Brave Search API key on the server: start it with {WEB_KEY_ENV} "
+            f"set, or leave the tool out",
+            param="tools",
+            code="web_search_unavailable",
+        )
 
 
 def last_user_text(items: list[dict]) -> str:
@@ -74,11 +85,24 @@ def ground(state, tools: list[dict], query: str, include: list[str]) -> Groundin
             c = h.chunk
             g.sources.append({"kind": "file", "file_id": c.file_key, "title": c.file_name})
             blocks.append(f"[{len(g.sources)}] ({c.location})\n{c.text}")
-            results.append({"file_id": c.file_key, "filename": c.file_name, "score": round(float(h.score), 6),
-                            "text": c.text, "attributes": {}})
-        g.items.append({"id": new_item_id("fs"), "type": "file_search_call", "status": "completed",
-                        "queries": [query],
-                        "results": results if "file_search_call.results" in include else None})
+            results.append(
+                {
+                    "file_id": c.file_key,
+                    "filename": c.file_name,
+                    "score": round(float(h.score), 6),
+                    "text": c.text,
+                    "attributes": {},
+                }
+            )
+        g.items.append(
+            {
+                "id": new_item_id("fs"),
+                "type": "file_search_call",
+                "status": "completed",
+                "queries": [query],
+                "results": results if "file_search_call.results" in include else None,
+            }
+        )
     if any(t["type"] in ("web_search", "web_search_preview") for t in tools) and query.strip():
         from lhama.errors import ToolError
         from lhama.tools.builtin import BraveSearch
@@ -89,14 +113,23 @@ def ground(state, tools: list[dict], query: str, include: list[str]) -> Groundin
             raise APIError(502, f"web_search failed: {e}", param="tools", code="web_search_failed") from None
         for r in found:
             g.sources.append({"kind": "url", "url": r.get("url", ""), "title": r.get("title", "")})
-            blocks.append(f"[{len(g.sources)}] ({r.get('title', '')} - {r.get('url', '')})\n"
-                          f"{r.get('description', '')}")
-        g.items.append({"id": new_item_id("ws"), "type": "web_search_call", "status": "completed",
-                        "action": {"type": "search", "query": query,
-                                   "sources": [{"type": "url", "url": r.get("url", "")} for r in found]}})
+            blocks.append(f"[{len(g.sources)}] ({r.get('title', '')} - {r.get('url', '')})\n{r.get('description', '')}")
+        g.items.append(
+            {
+                "id": new_item_id("ws"),
+                "type": "web_search_call",
+                "status": "completed",
+                "action": {
+                    "type": "search",
+                    "query": query,
+                    "sources": [{"type": "url", "url": r.get("url", "")} for r in found],
+                },
+            }
+        )
     if g.items:
-        g.system_text = SYSTEM_PROMPT + ("\n\nSources:\n\n" + "\n\n".join(blocks) if blocks else
-                                         "\n\nNo source matches this question.")
+        g.system_text = SYSTEM_PROMPT + (
+            "\n\nSources:\n\n" + "\n\n".join(blocks) if blocks else "\n\nNo source matches this question."
+        )
     return g
 
 

@@ -67,8 +67,12 @@ def response_store(state) -> ResponseStore:
 
 
 def _not_found(rid: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No response with id '{rid}' is stored (it was never stored, or was deleted).",
-                    param=param, code="response_not_found")
+    return APIError(
+        404,
+        f"No response with id '{rid}' is stored (it was never stored, or was deleted).",
+        param=param,
+        code="response_not_found",
+    )
 
 
 @dataclass
@@ -87,20 +91,27 @@ class ResponseRun:
     counts: list[int] = field(default_factory=lambda: [0, 0, 0])  # input, output, cached tokens
 
 
-def _chat_turn(state, run_req: ResponseCreateRequest, tools: list[dict], messages: list[dict],
-               tool_choice) -> requests.PreparedRequest:
+def _chat_turn(
+    state, run_req: ResponseCreateRequest, tools: list[dict], messages: list[dict], tool_choice
+) -> requests.PreparedRequest:
     ctools = chat_tools(tools)
-    body = {"model": run_req.model, "messages": messages, "temperature": run_req.temperature,
-            "top_p": run_req.top_p, "max_tokens": run_req.max_output_tokens, "tools": ctools or None,
-            "tool_choice": (tool_choice if ctools else None), "response_format": response_format(run_req.text),
-            "parallel_tool_calls": run_req.parallel_tool_calls}
+    body = {
+        "model": run_req.model,
+        "messages": messages,
+        "temperature": run_req.temperature,
+        "top_p": run_req.top_p,
+        "max_tokens": run_req.max_output_tokens,
+        "tools": ctools or None,
+        "tool_choice": (tool_choice if ctools else None),
+        "response_format": response_format(run_req.text),
+        "parallel_tool_calls": run_req.parallel_tool_calls,
+    }
     try:
         creq = ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})
     except ValidationError as e:
         param, message, code = validation_problem(e.errors())
         raise InvalidRequestError(message, param, code) from None
-    prep = requests.prepare_chat(state.loaded, creq, state.compiler, context=state.max_model_len,
-                                 limits=state.limits)
+    prep = requests.prepare_chat(state.loaded, creq, state.compiler, context=state.max_model_len, limits=state.limits)
     check_prompt(state, prep.prompts[0], prep.params, "input")
     return prep
 
@@ -132,8 +143,10 @@ def _event(kind: str, **fields) -> dict:
 
 def _opening(msg: dict, idx: int) -> list[dict]:
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-    return [_event("response.output_item.added", output_index=idx, item=msg),
-            _event("response.content_part.added", item_id=msg["id"], output_index=idx, content_index=0, part=part)]
+    return [
+        _event("response.output_item.added", output_index=idx, item=msg),
+        _event("response.content_part.added", item_id=msg["id"], output_index=idx, content_index=0, part=part),
+    ]
 
 
 async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
@@ -164,8 +177,14 @@ async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
                     started = True
                     for e in _opening(msg, idx):
                         yield e
-                yield _event("response.output_text.delta", item_id=msg["id"], output_index=idx, content_index=0,
-                             delta=d.text, logprobs=[])
+                yield _event(
+                    "response.output_text.delta",
+                    item_id=msg["id"],
+                    output_index=idx,
+                    content_index=0,
+                    delta=d.text,
+                    logprobs=[],
+                )
         c = gen.choices[0]
         run.counts[0] += c.prompt_tokens or len(prep.prompts[0])
         run.counts[1] += len(c.token_ids)
@@ -179,15 +198,36 @@ async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
                 for e in _opening(msg, idx):
                     yield e
                 if text:
-                    yield _event("response.output_text.delta", item_id=msg["id"], output_index=idx, content_index=0,
-                                 delta=text, logprobs=[])
-            done = message_item(text, run.grounding.annotations(text), item_id=msg["id"],
-                                status="incomplete" if incomplete else "completed")
+                    yield _event(
+                        "response.output_text.delta",
+                        item_id=msg["id"],
+                        output_index=idx,
+                        content_index=0,
+                        delta=text,
+                        logprobs=[],
+                    )
+            done = message_item(
+                text,
+                run.grounding.annotations(text),
+                item_id=msg["id"],
+                status="incomplete" if incomplete else "completed",
+            )
             out.append(done)
-            yield _event("response.output_text.done", item_id=msg["id"], output_index=idx, content_index=0,
-                         text=text, logprobs=[])
-            yield _event("response.content_part.done", item_id=msg["id"], output_index=idx, content_index=0,
-                         part=done["content"][0])
+            yield _event(
+                "response.output_text.done",
+                item_id=msg["id"],
+                output_index=idx,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            )
+            yield _event(
+                "response.content_part.done",
+                item_id=msg["id"],
+                output_index=idx,
+                content_index=0,
+                part=done["content"][0],
+            )
             yield _event("response.output_item.done", output_index=idx, item=done)
             break
         calls = message["tool_calls"]
@@ -198,12 +238,19 @@ async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
             item = function_call_item(k["function"]["name"], k["function"]["arguments"], k["id"])
             out.append(item)
             i = len(out) - 1
-            yield _event("response.output_item.added", output_index=i, item={**item, "arguments": "",
-                                                                              "status": "in_progress"})
-            yield _event("response.function_call_arguments.delta", item_id=item["id"], output_index=i,
-                         delta=item["arguments"])
-            yield _event("response.function_call_arguments.done", item_id=item["id"], output_index=i,
-                         name=item["name"], arguments=item["arguments"])
+            yield _event(
+                "response.output_item.added", output_index=i, item={**item, "arguments": "", "status": "in_progress"}
+            )
+            yield _event(
+                "response.function_call_arguments.delta", item_id=item["id"], output_index=i, delta=item["arguments"]
+            )
+            yield _event(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=i,
+                name=item["name"],
+                arguments=item["arguments"],
+            )
             yield _event("response.output_item.done", output_index=i, item=item)
         if functions or incomplete:
             break  # the client runs its functions and continues with previous_response_id
@@ -215,8 +262,7 @@ async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
         prep = _chat_turn(state, req, run.tools, messages, "none" if last or forced else "auto")
     final = body("incomplete" if incomplete else "completed", incomplete=incomplete, usage_=usage(*run.counts))
     if req.store is not False:
-        await asyncio.to_thread(response_store(state).put, final, run.input_items,
-                                run.prior + run.input_items + out)
+        await asyncio.to_thread(response_store(state).put, final, run.input_items, run.prior + run.input_items + out)
     yield _event("response.incomplete" if incomplete else "response.completed", response=final)
 
 
@@ -227,8 +273,14 @@ async def _interpret(run: ResponseRun, call: dict, messages: list[dict]) -> Asyn
     except (ValueError, AttributeError):
         code = ""
     code = code if isinstance(code, str) else json.dumps(code)
-    item = {"id": new_item_id("ci"), "type": "code_interpreter_call", "code": code, "container_id": "lhama-sandbox",
-            "outputs": None, "status": "in_progress"}
+    item = {
+        "id": new_item_id("ci"),
+        "type": "code_interpreter_call",
+        "code": code,
+        "container_id": "lhama-sandbox",
+        "outputs": None,
+        "status": "in_progress",
+    }
     run.output.append(item)
     i = len(run.output) - 1
     yield _event("response.output_item.added", output_index=i, item=dict(item))
@@ -240,9 +292,19 @@ async def _interpret(run: ResponseRun, call: dict, messages: list[dict]) -> Asyn
     yield _event("response.code_interpreter_call.completed", item_id=item["id"], output_index=i)
     yield _event("response.output_item.done", output_index=i, item=item)
     # the same turns items_to_messages renders for this item later: the prefix stays the same
-    messages.append({"role": "assistant", "content": "", "tool_calls": [
-        {"id": item["id"], "type": "function",
-         "function": {"name": CODE_INTERPRETER, "arguments": json.dumps({"code": code}, ensure_ascii=False)}}]})
+    messages.append(
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": item["id"],
+                    "type": "function",
+                    "function": {"name": CODE_INTERPRETER, "arguments": json.dumps({"code": code}, ensure_ascii=False)},
+                }
+            ],
+        }
+    )
     messages.append({"role": "tool", "tool_call_id": item["id"], "content": logs})
 
 
@@ -261,8 +323,11 @@ async def _sse_events(state, run: ResponseRun) -> AsyncIterator[bytes]:
     except (asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as exc:  # noqa: BLE001 - after the 200 a failure can only be an error event
-        err = exc if isinstance(exc, APIError) else (from_exception(exc) if isinstance(exc, InvalidRequestError)
-                                                     else engine_error(exc))
+        err = (
+            exc
+            if isinstance(exc, APIError)
+            else (from_exception(exc) if isinstance(exc, InvalidRequestError) else engine_error(exc))
+        )
         e = error_body(err.status, err.message, err.param, err.code)["error"]
         yield _sse({"type": "error", "code": e["code"], "message": e["message"], "param": e["param"]}, seq)
 
@@ -300,8 +365,13 @@ async def delete_response(response_id: str, request: Request):
 
 
 @router.get(ROUTE + "/{response_id}/input_items", tags=["openai"], summary="A stored response's input items")
-async def list_input_items(response_id: str, request: Request, limit: int = 20,
-                           order: Literal["asc", "desc"] = "desc", after: str | None = None):
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+):
     items = await asyncio.to_thread(response_store(request.app.state.lhama).input_items, response_id)
     if items is None:
         raise _not_found(response_id)
@@ -310,7 +380,12 @@ async def list_input_items(response_id: str, request: Request, limit: int = 20,
     items = items[::-1] if order == "desc" else items
     if after is not None:
         ids = [it.get("id") for it in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
+        items = items[ids.index(after) + 1 :] if after in ids else []
     page = items[:limit]
-    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit}
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }

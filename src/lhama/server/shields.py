@@ -26,8 +26,10 @@ ROLE_OF_STAGE = {"input": "user", "output": "assistant"}
 class ServerShields:
     def __init__(self, shields: Sequence, registry=None):
         self.shields = list(shields)
-        self.by_stage = {stage: [s for s in self.shields if stage in getattr(s, "stages", ("input", "output"))]
-                         for stage in ROLE_OF_STAGE}
+        self.by_stage = {
+            stage: [s for s in self.shields if stage in getattr(s, "stages", ("input", "output"))]
+            for stage in ROLE_OF_STAGE
+        }
         self._metrics = _ShieldMetrics(registry) if registry is not None else None
 
     def __bool__(self) -> bool:
@@ -64,13 +66,25 @@ class _ShieldMetrics:
     def __init__(self, registry):
         from prometheus_client import Counter, Histogram
 
-        self.verdicts = Counter("lhama_shield_verdicts", "shield verdicts by shield, stage (input/output) and "
-                                "verdict (allowed/refused/error)", ["shield", "stage", "verdict"], registry=registry)
-        self.violations = Counter("lhama_shield_violations", "violated categories reported by refusing shields",
-                                  ["shield", "stage", "category"], registry=registry)
-        self.seconds = Histogram("lhama_shield_check_seconds", "time one shield took to judge", ["shield", "stage"],
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-                                 registry=registry)
+        self.verdicts = Counter(
+            "lhama_shield_verdicts",
+            "shield verdicts by shield, stage (input/output) and verdict (allowed/refused/error)",
+            ["shield", "stage", "verdict"],
+            registry=registry,
+        )
+        self.violations = Counter(
+            "lhama_shield_violations",
+            "violated categories reported by refusing shields",
+            ["shield", "stage", "category"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "lhama_shield_check_seconds",
+            "time one shield took to judge",
+            ["shield", "stage"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
 
     def record(self, name: str, stage: str, v: ShieldVerdict, seconds: float) -> None:
         kind = "allowed" if v.allowed else "refused"
@@ -84,8 +98,12 @@ class _ShieldMetrics:
 
 def safety_info(v: ShieldVerdict, stage: str) -> dict:
     """The ``safety`` object of a refused choice."""
-    info = {"stage": stage, "shield": v.shield, "categories": list(v.categories),
-            "category_names": [CATEGORIES[c].title if c in CATEGORIES else c for c in v.categories]}
+    info = {
+        "stage": stage,
+        "shield": v.shield,
+        "categories": list(v.categories),
+        "category_names": [CATEGORIES[c].title if c in CATEGORIES else c for c in v.categories],
+    }
     if v.error:
         info["error"] = v.error
     return info
@@ -132,13 +150,26 @@ async def screen_choice(state, prep, choice: dict) -> dict:
     if verdict is None:
         return choice
     # The refused reply's logprobs would spell it out token by token: they go too.
-    return {**choice, "message": refusal_message(verdict), "finish_reason": "content_filter",
-            "safety": safety_info(verdict, "output"), **({"logprobs": None} if "logprobs" in choice else {})}
+    return {
+        **choice,
+        "message": refusal_message(verdict),
+        "finish_reason": "content_filter",
+        "safety": safety_info(verdict, "output"),
+        **({"logprobs": None} if "logprobs" in choice else {}),
+    }
 
 
 def _refused_choices(prep, verdict: ShieldVerdict) -> list[dict]:
-    return [{"index": c.index, "message": refusal_message(verdict), "logprobs": None,
-             "finish_reason": "content_filter", "safety": safety_info(verdict, "input")} for c in prep.gen.choices]
+    return [
+        {
+            "index": c.index,
+            "message": refusal_message(verdict),
+            "logprobs": None,
+            "finish_reason": "content_filter",
+            "safety": safety_info(verdict, "input"),
+        }
+        for c in prep.gen.choices
+    ]
 
 
 def _usage(prep) -> dict:
@@ -147,8 +178,14 @@ def _usage(prep) -> dict:
 
 def refused_body(prep) -> dict:
     """The whole response to a request an input shield refused: nothing was generated."""
-    return responses.chat_completion(prep.id, prep.created, prep.req.model, _refused_choices(prep, prep.verdict),
-                                     _usage(prep), fingerprint=prep.gen.state.fingerprint(prep.req.model))
+    return responses.chat_completion(
+        prep.id,
+        prep.created,
+        prep.req.model,
+        _refused_choices(prep, prep.verdict),
+        _usage(prep),
+        fingerprint=prep.gen.state.fingerprint(prep.req.model),
+    )
 
 
 async def refused_events(prep):
@@ -165,12 +202,22 @@ async def refused_events(prep):
 
     for c in _refused_choices(prep, prep.verdict):
         i, msg = c["index"], c["message"]
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {"content": msg["content"], "refusal": msg["refusal"]}, "logprobs": None,
-                      "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": "content_filter",
-                      "safety": c["safety"]}])
+        yield chunk(
+            [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        )
+        yield chunk(
+            [
+                {
+                    "index": i,
+                    "delta": {"content": msg["content"], "refusal": msg["refusal"]},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ]
+        )
+        yield chunk(
+            [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "content_filter", "safety": c["safety"]}]
+        )
     if include_usage:
         yield chunk([], _usage(prep))
     yield SSE_DONE

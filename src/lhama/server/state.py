@@ -70,9 +70,13 @@ class ServerState:
         lora = self.loras.acquire(name) if self.loras is not None else None
         if lora is None:
             names = list(self.model_names) + (list(self.loras.adapters) if self.loras is not None else [])
-            raise APIError(404, f"The model '{name}' does not exist; this server serves "
-                                f"{', '.join(repr(n) for n in names)} (see GET /v1/models).",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist; this server serves "
+                f"{', '.join(repr(n) for n in names)} (see GET /v1/models).",
+                param="model",
+                code="model_not_found",
+            )
         return lora
 
     def admit(self, *, bypass_limit: bool = False) -> Ticket:
@@ -81,10 +85,14 @@ class ServerState:
         with self._lock:
             if not bypass_limit and self.in_flight >= self.config.max_in_flight:
                 self.metrics.rejected.inc()
-                raise APIError(429, f"The server is at capacity ({self.in_flight} requests in flight, "
-                                    f"limit {self.config.max_in_flight}); retry after "
-                                    f"{self.config.retry_after_s} s.",
-                               code="queue_full", headers={"Retry-After": str(self.config.retry_after_s)})
+                raise APIError(
+                    429,
+                    f"The server is at capacity ({self.in_flight} requests in flight, "
+                    f"limit {self.config.max_in_flight}); retry after "
+                    f"{self.config.retry_after_s} s.",
+                    code="queue_full",
+                    headers={"Retry-After": str(self.config.retry_after_s)},
+                )
             self.in_flight += 1
         return Ticket(self)
 

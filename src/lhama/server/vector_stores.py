@@ -69,8 +69,9 @@ class VectorStoreManager:
     # -- records ---------------------------------------------------------------------------
     def _dir(self, vs_id: str) -> Path:
         if not (vs_id.startswith("vs_") and vs_id[3:].isalnum()) or not (self.root / vs_id / "meta.json").is_file():
-            raise APIError(404, f"No vector store with id '{vs_id}'.", param="vector_store_id",
-                           code="vector_store_not_found")
+            raise APIError(
+                404, f"No vector store with id '{vs_id}'.", param="vector_store_id", code="vector_store_not_found"
+            )
         return self.root / vs_id
 
     def _read(self, vs_id: str) -> dict:
@@ -82,8 +83,13 @@ class VectorStoreManager:
     @staticmethod
     def public(meta: dict) -> dict:
         files = meta["files"].values()
-        counts = {"in_progress": 0, "completed": sum(f["status"] == "completed" for f in files),
-                  "failed": sum(f["status"] == "failed" for f in files), "cancelled": 0, "total": len(meta["files"])}
+        counts = {
+            "in_progress": 0,
+            "completed": sum(f["status"] == "completed" for f in files),
+            "failed": sum(f["status"] == "failed" for f in files),
+            "cancelled": 0,
+            "total": len(meta["files"]),
+        }
         return {k: v for k, v in meta.items() if k != "files"} | {"file_counts": counts, "status": "completed"}
 
     def embedder(self):
@@ -105,9 +111,18 @@ class VectorStoreManager:
         vs_id = f"vs_{uuid.uuid4().hex}"
         (self.root / vs_id).mkdir()
         now = int(time.time())
-        meta = {"id": vs_id, "object": "vector_store", "created_at": now, "name": body.name or "",
-                "usage_bytes": 0, "last_active_at": now, "expires_after": None, "expires_at": None,
-                "metadata": body.metadata or {}, "files": {}}
+        meta = {
+            "id": vs_id,
+            "object": "vector_store",
+            "created_at": now,
+            "name": body.name or "",
+            "usage_bytes": 0,
+            "last_active_at": now,
+            "expires_after": None,
+            "expires_at": None,
+            "metadata": body.metadata or {},
+            "files": {},
+        }
         self._write(meta)
         for fid in body.file_ids:
             self.add_file(vs_id, VectorStoreFileCreate(file_id=fid))
@@ -148,15 +163,33 @@ class VectorStoreManager:
         rec = self.files.get(body.file_id)
         report = IngestReport()
         with self._store(vs_id) as store:
-            ingest_file(store, self.embedder(), self.files.path(body.file_id), key=body.file_id,
-                        name=rec["filename"], report=report)
-        obj = {"id": body.file_id, "object": "vector_store.file", "usage_bytes": rec["bytes"],
-               "created_at": int(time.time()), "vector_store_id": vs_id, "attributes": body.attributes or {},
-               "chunking_strategy": {"type": "static", "static": {"max_chunk_size_tokens": 160,
-                                                                  "chunk_overlap_tokens": 40}},
-               "status": "failed" if report.failed else "completed",
-               "last_error": {"code": "unsupported_file" if "unsupported" in report.failed[0][1] else "invalid_file",
-                              "message": report.failed[0][1]} if report.failed else None}
+            ingest_file(
+                store,
+                self.embedder(),
+                self.files.path(body.file_id),
+                key=body.file_id,
+                name=rec["filename"],
+                report=report,
+            )
+        obj = {
+            "id": body.file_id,
+            "object": "vector_store.file",
+            "usage_bytes": rec["bytes"],
+            "created_at": int(time.time()),
+            "vector_store_id": vs_id,
+            "attributes": body.attributes or {},
+            "chunking_strategy": {
+                "type": "static",
+                "static": {"max_chunk_size_tokens": 160, "chunk_overlap_tokens": 40},
+            },
+            "status": "failed" if report.failed else "completed",
+            "last_error": {
+                "code": "unsupported_file" if "unsupported" in report.failed[0][1] else "invalid_file",
+                "message": report.failed[0][1],
+            }
+            if report.failed
+            else None,
+        }
         with self._lock:
             meta = self._read(vs_id)
             meta["files"][body.file_id] = obj
@@ -171,8 +204,9 @@ class VectorStoreManager:
     def get_file(self, vs_id: str, file_id: str) -> dict:
         files = self._read(vs_id)["files"]
         if file_id not in files:
-            raise APIError(404, f"No file '{file_id}' in vector store '{vs_id}'.", param="file_id",
-                           code="file_not_found")
+            raise APIError(
+                404, f"No file '{file_id}' in vector store '{vs_id}'.", param="file_id", code="file_not_found"
+            )
         return files[file_id]
 
     def delete_file(self, vs_id: str, file_id: str) -> dict:
@@ -211,8 +245,13 @@ async def create_store(body: VectorStoreCreate, request: Request):
 @router.get("/v1/vector_stores", tags=["vector stores"], summary="List vector stores")
 async def list_stores(request: Request):
     data = _mgr(request).list()
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": False}
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": False,
+    }
 
 
 @router.get("/v1/vector_stores/{vs_id}", tags=["vector stores"], summary="A vector store")
@@ -238,8 +277,13 @@ async def add_file(vs_id: str, body: VectorStoreFileCreate, request: Request):
 @router.get("/v1/vector_stores/{vs_id}/files", tags=["vector stores"], summary="Files of a vector store")
 async def list_files(vs_id: str, request: Request):
     data = _mgr(request).list_files(vs_id)
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": False}
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": False,
+    }
 
 
 @router.get("/v1/vector_stores/{vs_id}/files/{file_id}", tags=["vector stores"], summary="One file of a store")
@@ -247,8 +291,9 @@ async def get_file(vs_id: str, file_id: str, request: Request):
     return _mgr(request).get_file(vs_id, file_id)
 
 
-@router.delete("/v1/vector_stores/{vs_id}/files/{file_id}", tags=["vector stores"],
-               summary="Remove a file's chunks from a store")
+@router.delete(
+    "/v1/vector_stores/{vs_id}/files/{file_id}", tags=["vector stores"], summary="Remove a file's chunks from a store"
+)
 async def delete_file(vs_id: str, file_id: str, request: Request):
     return await asyncio.to_thread(_mgr(request).delete_file, vs_id, file_id)
 
@@ -259,17 +304,30 @@ async def search_store(vs_id: str, body: VectorStoreSearch, request: Request):
     mgr.get(vs_id)
     for name in ("filters", "ranking_options", "rewrite_query"):
         if getattr(body, name):
-            raise APIError(400, f"{name} is not supported by this server's vector stores", param=name,
-                           code="unsupported_parameter")
+            raise APIError(
+                400, f"{name} is not supported by this server's vector stores", param=name, code="unsupported_parameter"
+            )
     query = body.query if isinstance(body.query, str) else " ".join(body.query)
     if not query.strip():
         raise APIError(400, "query must not be empty", param="query", code="invalid_value")
     hits = await asyncio.to_thread(mgr.search, [vs_id], query, body.max_num_results)
-    data = [{"file_id": h.chunk.file_key, "filename": h.chunk.file_name, "score": round(float(h.score), 6),
-             "attributes": {"location": h.chunk.location},
-             "content": [{"type": "text", "text": h.chunk.text}]} for h in hits]
-    return {"object": "vector_store.search_results.page", "search_query": [query], "data": data,
-            "has_more": False, "next_page": None}
+    data = [
+        {
+            "file_id": h.chunk.file_key,
+            "filename": h.chunk.file_name,
+            "score": round(float(h.score), 6),
+            "attributes": {"location": h.chunk.location},
+            "content": [{"type": "text", "text": h.chunk.text}],
+        }
+        for h in hits
+    ]
+    return {
+        "object": "vector_store.search_results.page",
+        "search_query": [query],
+        "data": data,
+        "has_more": False,
+        "next_page": None,
+    }
 
 
 def apply_file_search(state, req):
@@ -284,8 +342,12 @@ def apply_file_search(state, req):
     for t in fs:
         for name in ("filters", "ranking_options"):
             if getattr(t, name):
-                raise APIError(400, f"file_search {name} are not supported by this server", param=f"tools.{name}",
-                               code="unsupported_parameter")
+                raise APIError(
+                    400,
+                    f"file_search {name} are not supported by this server",
+                    param=f"tools.{name}",
+                    code="unsupported_parameter",
+                )
     mgr = state.vector_stores
     ids = list(dict.fromkeys(i for t in fs for i in t.vector_store_ids))
     if not ids:
@@ -300,8 +362,11 @@ def apply_file_search(state, req):
         query = c if isinstance(c, str) else "".join(p.text for p in (c or []))
     hits = mgr.search(ids, query, k) if query.strip() else []
     sources = sources_from_hits(hits)
-    text = SYSTEM_PROMPT + ("\n\nSources:\n\n" + sources_block(sources) if sources else
-                            "\n\nNo passage in the user's files matches this question.")
+    text = SYSTEM_PROMPT + (
+        "\n\nSources:\n\n" + sources_block(sources)
+        if sources
+        else "\n\nNo passage in the user's files matches this question."
+    )
     msgs = list(req.messages)
     if msgs and msgs[0].role in ("system", "developer") and isinstance(msgs[0].content, str):
         msgs[0] = msgs[0].model_copy(update={"content": f"{msgs[0].content}\n\n{text}"})

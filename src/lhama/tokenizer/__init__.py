@@ -22,9 +22,20 @@ from lhama.tokenizer.incremental import IncrementalDecoder
 from lhama.tokenizer.llama2 import SentencePieceTokenizer
 from lhama.tokenizer.llama3 import Llama3Tokenizer, load_llama3_tokenizer, looks_like_tiktoken
 
-__all__ = ["ChatFormat", "Message", "Tokenizer", "IncrementalDecoder", "JinjaChatFormat", "Llama2ChatFormat",
-           "Llama3ChatFormat", "Llama3Tokenizer", "SentencePieceTokenizer", "load_tokenizer", "load_chat_format",
-           "checkpoint_chat_template"]
+__all__ = [
+    "ChatFormat",
+    "Message",
+    "Tokenizer",
+    "IncrementalDecoder",
+    "JinjaChatFormat",
+    "Llama2ChatFormat",
+    "Llama3ChatFormat",
+    "Llama3Tokenizer",
+    "SentencePieceTokenizer",
+    "load_tokenizer",
+    "load_chat_format",
+    "checkpoint_chat_template",
+]
 
 FAMILIES = ("llama3", "llama2")
 
@@ -60,8 +71,10 @@ def load_tokenizer(spec: str | Path):
     if isinstance(spec, str) and spec in ("llama3", "tiktoken"):
         return load_llama3_tokenizer()
     if isinstance(spec, str) and spec == "llama2":
-        raise TokenizerError("no Llama 2 tokenizer ships with lhama (it is Meta's licensed file); "
-                             "pass --tokenizer path/to/tokenizer.model")
+        raise TokenizerError(
+            "no Llama 2 tokenizer ships with lhama (it is Meta's licensed file); "
+            "pass --tokenizer path/to/tokenizer.model"
+        )
     path = Path(spec)
     if path.is_file():
         return _tokenizer_file(path)
@@ -130,13 +143,15 @@ def load_chat_format(spec: str | Path, tokenizer, override: str | None = None):
     if isinstance(spec, str) and spec in FAMILIES:
         return Llama3ChatFormat(tokenizer) if spec == "llama3" else Llama2ChatFormat(tokenizer)
     template = checkpoint_chat_template(spec)
-    llama3_vocab = all(t in tokenizer.special_tokens for t in ("<|start_header_id|>", "<|end_header_id|>",
-                                                               "<|eot_id|>"))
+    llama3_vocab = all(
+        t in tokenizer.special_tokens for t in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+    )
     if llama3_vocab and (template is None or _is_llama3_header_template(template)):
         return Llama3ChatFormat(tokenizer)
     if template:
         return JinjaChatFormat(template, tokenizer)
     if getattr(tokenizer, "kind", None) == "sentencepiece" or getattr(tokenizer, "bos_token", None) == "<s>":
         return Llama2ChatFormat(tokenizer)
-    raise ChatFormatError(f"{spec}: no chat template and no known chat vocabulary; pass a chat format "
-                          "(llama3, llama2, or a .jinja file)")
+    raise ChatFormatError(
+        f"{spec}: no chat template and no known chat vocabulary; pass a chat format (llama3, llama2, or a .jinja file)"
+    )

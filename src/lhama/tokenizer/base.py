@@ -12,7 +12,8 @@ Assistant messages from ``decode_assistant`` carry ``stop_reason``: "end_of_turn
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, Any]  # OpenAI-style: {"role", "content", "tool_calls"?, "tool_call_id"?, "name"?}
 
@@ -42,8 +43,9 @@ class ChatFormat(Protocol):
     tokenizer: Tokenizer
     stop_ids: frozenset[int]
 
-    def encode_dialog(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-                      add_generation_prompt: bool = True) -> list[int]:
+    def encode_dialog(
+        self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
         """Prompt ids for a conversation, ending with the assistant header when asked."""
         ...
 

@@ -8,9 +8,10 @@ proto, so SentencePiece itself encodes them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -22,8 +23,10 @@ from lhama.tokenizer.llama3 import PAT_STR as LLAMA3_PAT
 # GPT-2's pre-tokenizer regex (what HF's ByteLevel(use_regex=True) applies).
 GPT2_PAT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # Qwen2's: Llama 3's with single digits.
-QWEN2_PAT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-             r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PAT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
 # Pre-tokenizer names (llama.cpp's tokenizer.ggml.pre values) -> (split every digit first?, regex).
@@ -35,18 +38,30 @@ PRE_TOKENIZERS: dict[str, tuple[bool, str]] = {
     "qwen2": (False, QWEN2_PAT),
 }
 # End-of-turn tokens of common chat vocabularies: generation stops on them as on eos.
-END_OF_TURN_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>",
-                      "<|end|>", "<|eot|>")
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "<|end|>",
+    "<|eot|>",
+)
 
 
 def _pre_tokenizer(pre: str):
     if pre not in PRE_TOKENIZERS:
-        raise TokenizerError(f"GGUF pre-tokenizer '{pre}' is not supported (supported: "
-                             f"{', '.join(sorted(p for p in PRE_TOKENIZERS if p))})")
+        raise TokenizerError(
+            f"GGUF pre-tokenizer '{pre}' is not supported (supported: "
+            f"{', '.join(sorted(p for p in PRE_TOKENIZERS if p))})"
+        )
     digits, pattern = PRE_TOKENIZERS[pre]
     steps = [pre_tokenizers.Digits(individual_digits=True)] if digits else []
-    steps += [pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-              pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    steps += [
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]
     return pre_tokenizers.Sequence(steps)
 
 
@@ -152,8 +167,9 @@ class ByteLevelBPETokenizer:
         return ids
 
     def decode(self, ids: Sequence[int], *, skip_special: bool = False) -> str:
-        return b"".join(self.token_bytes(int(i)) for i in ids
-                        if not (skip_special and int(i) in self._control)).decode("utf-8", errors="replace")
+        return b"".join(self.token_bytes(int(i)) for i in ids if not (skip_special and int(i) in self._control)).decode(
+            "utf-8", errors="replace"
+        )
 
     def token_bytes(self, token_id: int) -> bytes:
         try:
@@ -223,15 +239,18 @@ def read_tokenizer_metadata(path: str | Path) -> dict[str, Any]:
 
 def tokenizer_from_gguf_metadata(md: Mapping[str, Any], name: str = "gguf"):
     if "tokenizer.ggml.tokens" not in md:
-        raise TokenizerError(f"{name}: this GGUF carries no vocabulary (tokenizer.ggml.tokens); "
-                             "pass --tokenizer with a tokenizer file")
+        raise TokenizerError(
+            f"{name}: this GGUF carries no vocabulary (tokenizer.ggml.tokens); pass --tokenizer with a tokenizer file"
+        )
     model = md.get("tokenizer.ggml.model")
     if model == "gpt2":
         return ByteLevelBPETokenizer(md, name=name)
     if model == "llama":
         return sentencepiece_from_gguf(md, name=name)
-    raise TokenizerError(f"{name}: GGUF tokenizer model '{model}' is not supported "
-                         "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)")
+    raise TokenizerError(
+        f"{name}: GGUF tokenizer model '{model}' is not supported "
+        "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)"
+    )
 
 
 def tokenizer_from_gguf(path: str | Path):
@@ -257,5 +276,10 @@ def gguf_vocab_from_tiktoken(ranks: Mapping[bytes, int], special_tokens: Mapping
     for name, i in special_tokens.items():
         tokens[i], types[i] = name, CONTROL
     merges.sort()
-    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "llama-bpe", "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": [m[3] for m in merges]}
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.merges": [m[3] for m in merges],
+    }

@@ -9,8 +9,9 @@ turn "▁" into a space, read ``<0xAB>`` pieces as bytes and drop the first lead
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -65,8 +66,10 @@ class HFJsonTokenizer:
                 self.eos_token = name
         bos_id = self._tok.token_to_id(self.bos_token) if self.bos_token else None
         # Whether bos is prepended: the config says so, or the post-processor template does.
-        single = ((spec.get("post_processor") or {}).get("single") or [])
-        adds_bos = any("SpecialToken" in step and step["SpecialToken"].get("id") == self.bos_token for step in single[:1])
+        single = (spec.get("post_processor") or {}).get("single") or []
+        adds_bos = any(
+            "SpecialToken" in step and step["SpecialToken"].get("id") == self.bos_token for step in single[:1]
+        )
         self.bos_id = bos_id if self.config.get("add_bos_token", adds_bos) else None
         eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         if eos_id is None:
@@ -84,9 +87,12 @@ class HFJsonTokenizer:
         self._byte_level = any(d.get("type") == "ByteLevel" for d in decoders)
         self._strip_first = any(
             (d.get("type") == "Strip" and d.get("start", 0) >= 1 and d.get("content") == " ")
-            or (d.get("type") == "Metaspace" and (d.get("prepend_scheme") in ("first", "always")
-                                                 or d.get("add_prefix_space")))
-            for d in decoders)
+            or (
+                d.get("type") == "Metaspace"
+                and (d.get("prepend_scheme") in ("first", "always") or d.get("add_prefix_space"))
+            )
+            for d in decoders
+        )
         # HF's ByteFallback decoder writes one U+FFFD per invalid byte, like SentencePiece.
         if any(d.get("type") == "ByteFallback" for d in decoders):
             self.decode_errors = BYTEWISE_ERRORS

@@ -13,7 +13,7 @@ do so offer ``token_bytes_at_start`` and the decoder asks it until something vis
 from __future__ import annotations
 
 import codecs
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class IncrementalDecoder:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb
@@ -63,11 +63,13 @@ class SentencePieceTokenizer:
         # Control and unknown pieces are never produced from text by SentencePiece, so with
         # allow_special we split them out ourselves (as llama.cpp and HF do). User-defined pieces
         # are always matched by SentencePiece itself, as in llama.cpp.
-        self.special_tokens = {p: i for i, (p, t) in enumerate(zip(self._pieces, self._types))
-                               if t in (CONTROL, UNKNOWN, USER_DEFINED)}
+        self.special_tokens = {
+            p: i for i, (p, t) in enumerate(zip(self._pieces, self._types)) if t in (CONTROL, UNKNOWN, USER_DEFINED)
+        }
         self._control = frozenset(i for i, t in enumerate(self._types) if t == CONTROL)
-        splittable = sorted((p for p, i in self.special_tokens.items() if self._types[i] != USER_DEFINED and p),
-                            key=len, reverse=True)
+        splittable = sorted(
+            (p for p, i in self.special_tokens.items() if self._types[i] != USER_DEFINED and p), key=len, reverse=True
+        )
         self._special_re = re.compile("(" + "|".join(map(re.escape, splittable)) + ")") if splittable else None
         self.stop_ids = frozenset({self.eos_id})
         ns = proto.normalizer_spec
@@ -75,8 +77,9 @@ class SentencePieceTokenizer:
         # (add_dummy_prefix) or squeezes whitespace (remove_extra_whitespaces: every leading one).
         self._strip_first = ns.add_dummy_prefix or ns.remove_extra_whitespaces
         self._strip_all_leading = ns.remove_extra_whitespaces
-        self._unk_surface = (proto.trainer_spec.unk_surface if proto.trainer_spec.HasField("unk_surface")
-                             else " \u2047 ").encode()
+        self._unk_surface = (
+            proto.trainer_spec.unk_surface if proto.trainer_spec.HasField("unk_surface") else " \u2047 "
+        ).encode()
         self._bytes = [self._piece_bytes(i) for i in range(self.vocab_size)]
 
     # -- encoding --------------------------------------------------------------------------------

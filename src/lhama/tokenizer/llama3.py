@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import tiktoken
 
 from lhama.errors import TokenizerError
 
 # Meta's pre-tokenizer: contractions, letters, 1-3 digit groups, punctuation runs, newlines, spaces.
-PAT_STR = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # The named special tokens in id order after the BPE ranks; the rest of the 256 are reserved.
 NAMED_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
 ]
 NUM_SPECIAL = 256
 # tiktoken's regex backtracks badly on very long inputs and long runs without (or with only)
@@ -45,7 +56,7 @@ def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     n = 0
     try:
         with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
+            for n, line in enumerate(f, 1):  # noqa: B007 (n names the bad line below)
                 if not line.strip():
                     continue
                 tok, rank = line.split()
@@ -53,8 +64,9 @@ def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read the tokenizer file ({e.strerror or e})") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path}: line {n} is not a tiktoken 'base64 rank' pair ({e}); "
-                             "is this a SentencePiece model?") from None
+        raise TokenizerError(
+            f"{path}: line {n} is not a tiktoken 'base64 rank' pair ({e}); is this a SentencePiece model?"
+        ) from None
     if not ranks:
         raise TokenizerError(f"{path}: empty tokenizer file")
     if sorted(ranks.values()) != list(range(len(ranks))):
@@ -92,10 +104,13 @@ class Llama3Tokenizer:
         ranks = read_tiktoken_ranks(self.path)
         self.mergeable_ranks = ranks  # bytes -> rank, e.g. to write the vocabulary into a GGUF
         n = len(ranks)
-        names = NAMED_SPECIALS + [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_SPECIAL - len(NAMED_SPECIALS))]
+        names = NAMED_SPECIALS + [
+            f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_SPECIAL - len(NAMED_SPECIALS))
+        ]
         self.special_tokens = {name: n + i for i, name in enumerate(names)}
-        self._enc = tiktoken.Encoding(name=self.path.name, pat_str=PAT_STR, mergeable_ranks=ranks,
-                                      special_tokens=self.special_tokens)
+        self._enc = tiktoken.Encoding(
+            name=self.path.name, pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=self.special_tokens
+        )
         self._id_to_special = {v: k for k, v in self.special_tokens.items()}
         self.vocab_size = n + NUM_SPECIAL
         self.bos_id = self.special_tokens["<|begin_of_text|>"]
@@ -113,7 +128,7 @@ class Llama3Tokenizer:
         allowed = "all" if allow_special else set()
         ids: list[int] = [self.bos_id] if bos else []
         for i in range(0, len(text), MAX_ENCODE_CHARS):
-            for piece in _split_same_class_runs(text[i:i + MAX_ENCODE_CHARS], MAX_SAME_CLASS_CHARS):
+            for piece in _split_same_class_runs(text[i : i + MAX_ENCODE_CHARS], MAX_SAME_CLASS_CHARS):
                 ids += self._enc.encode(piece, allowed_special=allowed, disallowed_special=())
         if eos:
             ids.append(self.eos_id)

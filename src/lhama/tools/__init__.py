@@ -12,12 +12,24 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Agent": "agent", "AgentConfig": "agent", "AgentEvent": "agent", "AgentResult": "agent",
-    "Tool": "registry", "tool": "registry", "as_tool": "builtin",
-    "builtin_tool": "builtin", "BraveSearch": "builtin", "WolframAlpha": "builtin", "CodeInterpreter": "builtin",
-    "run_python": "sandbox", "SandboxLimits": "sandbox", "SandboxResult": "sandbox",
+    "Agent": "agent",
+    "AgentConfig": "agent",
+    "AgentEvent": "agent",
+    "AgentResult": "agent",
+    "Tool": "registry",
+    "tool": "registry",
+    "as_tool": "builtin",
+    "builtin_tool": "builtin",
+    "BraveSearch": "builtin",
+    "WolframAlpha": "builtin",
+    "CodeInterpreter": "builtin",
+    "run_python": "sandbox",
+    "SandboxLimits": "sandbox",
+    "SandboxResult": "sandbox",
     "ToolCallStreamParser": "stream_parser",
-    "Transcript": "transcript", "replay_tools": "transcript", "replay_session": "transcript",
+    "Transcript": "transcript",
+    "replay_tools": "transcript",
+    "replay_session": "transcript",
 }
 __all__ = sorted(_EXPORTS)
 

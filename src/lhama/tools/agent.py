@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from lhama.errors import ConfigError, ContextLengthExceededError, LhamaError, ToolError
 from lhama.generate import SamplingParams
@@ -70,10 +71,19 @@ class Agent:
     ``LoadedModel`` (an engine is built for it), or an ``LLMEngine`` plus ``chat_format=``.
     """
 
-    def __init__(self, model, tools: Iterable[Any] = (), *, shields: Sequence[Shield] = (),
-                 input_shields: Sequence[Shield] | None = None, output_shields: Sequence[Shield] | None = None,
-                 config: AgentConfig = AgentConfig(), chat_format=None,
-                 processor_factory: Callable[[int], Any] | None = None, **config_overrides):
+    def __init__(
+        self,
+        model,
+        tools: Iterable[Any] = (),
+        *,
+        shields: Sequence[Shield] = (),
+        input_shields: Sequence[Shield] | None = None,
+        output_shields: Sequence[Shield] | None = None,
+        config: AgentConfig = AgentConfig(),
+        chat_format=None,
+        processor_factory: Callable[[int], Any] | None = None,
+        **config_overrides,
+    ):
         from lhama.engine import LLMEngine
 
         if config_overrides:
@@ -95,24 +105,38 @@ class Agent:
             self.tools[t.name] = t
         # A shield's ``stages`` (lhama.safety: {"input", "output"}) say where it applies; without
         # the attribute it guards both ends.
-        self.input_shields = list(input_shields if input_shields is not None else
-                                  [s for s in shields if "input" in getattr(s, "stages", ("input",))])
-        self.output_shields = list(output_shields if output_shields is not None else
-                                   [s for s in shields if "output" in getattr(s, "stages", ("output",))])
+        self.input_shields = list(
+            input_shields
+            if input_shields is not None
+            else [s for s in shields if "input" in getattr(s, "stages", ("input",))]
+        )
+        self.output_shields = list(
+            output_shields
+            if output_shields is not None
+            else [s for s in shields if "output" in getattr(s, "stages", ("output",))]
+        )
         for s in [*self.input_shields, *self.output_shields]:
             if not callable(getattr(s, "check", None)):
                 raise ConfigError(f"a shield needs a check(messages, role=...) method: {s!r}")
         self.processor_factory = processor_factory
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, message: str | dict | Sequence[dict], *, history: Sequence[dict] = (),
-            on_event: Callable[[AgentEvent], None] | None = None) -> AgentResult:
+    def run(
+        self,
+        message: str | dict | Sequence[dict],
+        *,
+        history: Sequence[dict] = (),
+        on_event: Callable[[AgentEvent], None] | None = None,
+    ) -> AgentResult:
         emit = on_event or (lambda e: None)
         messages = [dict(m) for m in history]
         if self.config.system and not any(m.get("role") == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.config.system})
-        new = [{"role": "user", "content": message}] if isinstance(message, str) else (
-            [dict(message)] if isinstance(message, dict) else [dict(m) for m in message])
+        new = (
+            [{"role": "user", "content": message}]
+            if isinstance(message, str)
+            else ([dict(message)] if isinstance(message, dict) else [dict(m) for m in message])
+        )
         messages += new
         tr = Transcript.start(self.model_name, [t.spec() for t in self.tools.values()], self.config, messages)
 
@@ -152,13 +176,19 @@ class Agent:
             raise ContextLengthExceededError(prompt_len, 1, self.engine.max_model_len)
         proc = self.processor_factory(step) if self.processor_factory else None
         c = self.config
-        return SamplingParams(max_tokens=min(c.max_tokens, room), temperature=c.temperature, top_p=c.top_p,
-                              seed=None if c.seed is None else c.seed + step, logits_processor=proc)
+        return SamplingParams(
+            max_tokens=min(c.max_tokens, room),
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=None if c.seed is None else c.seed + step,
+            logits_processor=proc,
+        )
 
     def _model_turn(self, messages: list[dict], step: int, emit) -> tuple[dict, list[int]]:
         specs = [t.spec() for t in self.tools.values()]
-        prompt = self.chat_format.encode_dialog(messages, tools=specs) if specs else \
-            self.chat_format.encode_dialog(messages)
+        prompt = (
+            self.chat_format.encode_dialog(messages, tools=specs) if specs else self.chat_format.encode_dialog(messages)
+        )
         parser = ToolCallStreamParser(self.chat_format)
         for token_ids in self._generate(list(prompt), self._params(len(prompt), step)):
             part = parser.feed(token_ids)
@@ -169,8 +199,17 @@ class Agent:
             emit(AgentEvent("content", {"text": part.content, "step": step}))
         msg = dict(parser.message)
         for c in msg.get("tool_calls") or []:
-            emit(AgentEvent("tool_call", {"id": c["id"], "name": c["function"]["name"],
-                                          "arguments": c["function"]["arguments"], "step": step}))
+            emit(
+                AgentEvent(
+                    "tool_call",
+                    {
+                        "id": c["id"],
+                        "name": c["function"]["name"],
+                        "arguments": c["function"]["arguments"],
+                        "step": step,
+                    },
+                )
+            )
         return msg, parser.ids
 
     def _generate(self, prompt: list[int], params: SamplingParams) -> Iterator[list[int]]:
@@ -212,9 +251,13 @@ class Agent:
     def _shield(self, shields, messages, role, tr: Transcript, emit) -> str | None:
         for s in shields:
             v = s.check([dict(m) for m in messages], role=role)
-            verdict = {"shield": getattr(v, "shield", "") or getattr(s, "name", type(s).__name__), "role": role,
-                       "allowed": bool(v.allowed), "categories": list(getattr(v, "categories", []) or []),
-                       "message": getattr(v, "message", "") or ""}
+            verdict = {
+                "shield": getattr(v, "shield", "") or getattr(s, "name", type(s).__name__),
+                "role": role,
+                "allowed": bool(v.allowed),
+                "categories": list(getattr(v, "categories", []) or []),
+                "message": getattr(v, "message", "") or "",
+            }
             tr.shield_step(verdict)
             emit(AgentEvent("shield", verdict))
             if not verdict["allowed"]:

@@ -20,10 +20,18 @@ from lhama.tools.sandbox import SandboxLimits, run_python
 
 BRAVE_URL = "https://api.search.brave.com/res/v1/web/search"
 WOLFRAM_URL = "https://api.wolframalpha.com/v2/query"
-QUERY_SCHEMA = {"type": "object", "properties": {"query": {"type": "string", "minLength": 1}},
-                "required": ["query"], "additionalProperties": False}
-CODE_SCHEMA = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"],
-               "additionalProperties": False}
+QUERY_SCHEMA = {
+    "type": "object",
+    "properties": {"query": {"type": "string", "minLength": 1}},
+    "required": ["query"],
+    "additionalProperties": False,
+}
+CODE_SCHEMA = {
+    "type": "object",
+    "properties": {"code": {"type": "string"}},
+    "required": ["code"],
+    "additionalProperties": False,
+}
 BUILTIN_SCHEMAS = {"code_interpreter": CODE_SCHEMA, "brave_search": QUERY_SCHEMA, "wolfram_alpha": QUERY_SCHEMA}
 
 
@@ -65,9 +73,13 @@ class BraveSearch:
         object.__setattr__(self, "base_url", self.base_url or os.environ.get("BRAVE_SEARCH_BASE_URL") or BRAVE_URL)
 
     def __call__(self, query: str) -> str:
-        data = _get("brave_search", self.base_url, params={"q": query, "count": self.top_k},
-                    headers={"X-Subscription-Token": self.api_key, "Accept": "application/json"},
-                    timeout=self.timeout)
+        data = _get(
+            "brave_search",
+            self.base_url,
+            params={"q": query, "count": self.top_k},
+            headers={"X-Subscription-Token": self.api_key, "Accept": "application/json"},
+            timeout=self.timeout,
+        )
         return json.dumps({"query": query, "top_k": trim_brave(data, self.top_k)}, ensure_ascii=False)
 
 
@@ -75,7 +87,7 @@ def trim_brave(data: dict, top_k: int) -> list[dict]:
     """Web results (then news), each as title, url, description, and extra snippets if any."""
     out = []
     for section in ("web", "news"):
-        for r in ((data.get(section) or {}).get("results") or []):
+        for r in (data.get(section) or {}).get("results") or []:
             item = {"title": r.get("title", ""), "url": r.get("url", ""), "description": r.get("description", "")}
             if r.get("extra_snippets"):
                 item["extra_snippets"] = r["extra_snippets"][:3]
@@ -98,9 +110,13 @@ class WolframAlpha:
         object.__setattr__(self, "base_url", self.base_url or os.environ.get("WOLFRAM_ALPHA_BASE_URL") or WOLFRAM_URL)
 
     def __call__(self, query: str) -> str:
-        data = _get("wolfram_alpha", self.base_url,
-                    params={"input": query, "appid": self.api_key, "format": "plaintext", "output": "json"},
-                    headers={"Accept": "application/json"}, timeout=self.timeout)
+        data = _get(
+            "wolfram_alpha",
+            self.base_url,
+            params={"input": query, "appid": self.api_key, "format": "plaintext", "output": "json"},
+            headers={"Accept": "application/json"},
+            timeout=self.timeout,
+        )
         return json.dumps(trim_wolfram(data), ensure_ascii=False)
 
 

@@ -11,7 +11,8 @@ parsed by ``JinjaChatFormat.decode_assistant``, which already reads ``<tool_call
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lhama.tools.builtin import CODE_SCHEMA, QUERY_SCHEMA
 
@@ -21,11 +22,14 @@ _BUILTIN_FUNCTIONS = {
     "wolfram_alpha": ("Ask Wolfram Alpha (math, science, units).", QUERY_SCHEMA),
 }
 
-TOOLS_INTRO = ("You can call functions to help answer the user. Their signatures are listed inside "
-               "<tools></tools>:\n<tools>\n")
-TOOLS_OUTRO = ("</tools>\n\nTo call a function, reply with one JSON object per call, each inside "
-               "<tool_call></tool_call> tags:\n<tool_call>\n{\"name\": \"function name\", \"arguments\": "
-               "{\"argument\": \"value\"}}\n</tool_call>")
+TOOLS_INTRO = (
+    "You can call functions to help answer the user. Their signatures are listed inside <tools></tools>:\n<tools>\n"
+)
+TOOLS_OUTRO = (
+    "</tools>\n\nTo call a function, reply with one JSON object per call, each inside "
+    '<tool_call></tool_call> tags:\n<tool_call>\n{"name": "function name", "arguments": '
+    '{"argument": "value"}}\n</tool_call>'
+)
 
 
 def needs_inlining(template_source: str, messages: Sequence[dict], tools: Sequence[dict] | None) -> bool:
@@ -57,8 +61,11 @@ def _call_text(call: dict) -> str:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError:
             pass  # keep the string: the history shows what was sent
-    return "<tool_call>\n" + json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False) + \
-        "\n</tool_call>"
+    return (
+        "<tool_call>\n"
+        + json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False)
+        + "\n</tool_call>"
+    )
 
 
 def inline_tools(messages: Sequence[dict], tools: Sequence[dict] | None) -> list[dict]:
@@ -68,8 +75,11 @@ def inline_tools(messages: Sequence[dict], tools: Sequence[dict] | None) -> list
         m = dict(m)
         content = m.get("content")
         if not isinstance(content, str):
-            content = "" if content is None else (json.dumps(content, ensure_ascii=False)
-                                                  if isinstance(content, dict) else content)
+            content = (
+                ""
+                if content is None
+                else (json.dumps(content, ensure_ascii=False) if isinstance(content, dict) else content)
+            )
         if m.get("role") in ("tool", "ipython"):
             out.append({"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"})
             continue

@@ -21,8 +21,9 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 
@@ -48,8 +49,10 @@ class Tool:
         """The OpenAI ``tools`` entry (what ``Llama3ChatFormat.encode_dialog`` renders)."""
         if self.builtin:
             return {"type": self.name}
-        return {"type": "function", "function": {"name": self.name, "description": self.description,
-                                                 "parameters": self.parameters}}
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
 
     def validate(self, arguments: dict) -> None:
         if not isinstance(arguments, dict):
@@ -100,8 +103,13 @@ def schema_from_signature(fn: Callable) -> dict:
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
-def tool(fn: Callable | None = None, *, name: str | None = None, description: str | None = None,
-         parameters: dict | None = None):
+def tool(
+    fn: Callable | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    parameters: dict | None = None,
+):
     """Make a ``Tool`` from a function (usable bare, ``@tool``, or with options, ``@tool(name=...)``)."""
 
     def wrap(f: Callable) -> Tool:

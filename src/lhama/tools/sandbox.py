@@ -62,8 +62,15 @@ class SandboxLimits:
     use_cgroup: bool = True
 
     def __post_init__(self):
-        for name in ("cpu_seconds", "wall_seconds", "memory_mb", "max_processes", "max_output_bytes",
-                     "max_file_mb", "tmp_mb"):  # use_cgroup is a switch, not a size
+        for name in (
+            "cpu_seconds",
+            "wall_seconds",
+            "memory_mb",
+            "max_processes",
+            "max_output_bytes",
+            "max_file_mb",
+            "tmp_mb",
+        ):  # use_cgroup is a switch, not a size
             if getattr(self, name) <= 0:
                 raise SandboxError(f"SandboxLimits.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -86,9 +93,11 @@ class SandboxResult:
 def find_bwrap() -> str:
     path = shutil.which("bwrap")
     if path is None:
-        raise SandboxError("The code sandbox needs bubblewrap, which is not installed. Install it "
-                           "(Debian/Ubuntu: apt-get install bubblewrap); lhama never runs model-written "
-                           "code unsandboxed.")
+        raise SandboxError(
+            "The code sandbox needs bubblewrap, which is not installed. Install it "
+            "(Debian/Ubuntu: apt-get install bubblewrap); lhama never runs model-written "
+            "code unsandboxed."
+        )
     return path
 
 
@@ -107,12 +116,25 @@ def _python_paths() -> tuple[str, list[str], list[str]]:
     return exe, dirs, extra_path
 
 
-def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: bool,
-                as_root: bool, uid: int, seccomp: int) -> list[str]:
+def _bwrap_argv(
+    bwrap: str, scratch: str, limits: SandboxLimits, site_packages: bool, as_root: bool, uid: int, seccomp: int
+) -> list[str]:
     exe, py_dirs, extra_path = _python_paths()
-    argv = [bwrap, "--die-with-parent", "--new-session", "--seccomp", str(seccomp),
-            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--ro-bind", "/usr", "/usr"]
+    argv = [
+        bwrap,
+        "--die-with-parent",
+        "--new-session",
+        "--seccomp",
+        str(seccomp),
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     for link in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         p = Path("/") / link
         if p.is_symlink():
@@ -130,12 +152,42 @@ def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: 
         argv += ["--perms", "0755", "--dir", a]
     for d in py_dirs:
         argv += ["--ro-bind", d, d]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "01777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
-             "--bind", scratch, SCRATCH, "--chdir", SCRATCH,
-             "--clearenv", "--setenv", "HOME", SCRATCH, "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-             "--setenv", "LANG", "C.UTF-8", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
-             "--setenv", "PYTHONUNBUFFERED", "1", "--setenv", "MPLBACKEND", "Agg"]
+    argv += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--perms",
+        "01777",
+        "--size",
+        str(limits.tmp_mb * 2**20),
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        scratch,
+        SCRATCH,
+        "--chdir",
+        SCRATCH,
+        "--clearenv",
+        "--setenv",
+        "HOME",
+        SCRATCH,
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+        "--setenv",
+        "PYTHONDONTWRITEBYTECODE",
+        "1",
+        "--setenv",
+        "PYTHONUNBUFFERED",
+        "1",
+        "--setenv",
+        "MPLBACKEND",
+        "Agg",
+    ]
     # One thread per library: threads count against max_processes.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         argv += ["--setenv", var, "1"]
@@ -146,8 +198,17 @@ def _bwrap_argv(bwrap: str, scratch: str, limits: SandboxLimits, site_packages: 
     # the code to uid 0 outside, so there the seccomp filter denies CLONE_NEWUSER instead (it
     # denies every new namespace, in both modes).
     if as_root:
-        argv += ["--", shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}",
-                 "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+        argv += [
+            "--",
+            shutil.which("setpriv") or "/usr/bin/setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "--no-new-privs",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ]
     else:
         argv += ["--unshare-user", "--disable-userns", "--"]
     return argv + [exe, "-B", MAIN_FILE]
@@ -167,8 +228,15 @@ def _launcher(limits: SandboxLimits, cgroup_procs: list[str]) -> list[str]:
     cpu = max(1, int(limits.cpu_seconds + 0.999))
     mem, fsize = limits.memory_mb * 2**20, limits.max_file_mb * 2**20
     # The kernel sends SIGXCPU at the soft CPU limit and SIGKILL at the hard one, a second later.
-    limits_argv = [prlimit, f"--cpu={cpu}:{cpu + 1}", f"--as={mem}", f"--fsize={fsize}",
-                   f"--nproc={limits.max_processes}", "--core=0", "--"]
+    limits_argv = [
+        prlimit,
+        f"--cpu={cpu}:{cpu + 1}",
+        f"--as={mem}",
+        f"--fsize={fsize}",
+        f"--nproc={limits.max_processes}",
+        "--core=0",
+        "--",
+    ]
     return ["/bin/sh", "-c", _JOIN_THEN_EXEC, "sh", *cgroup_procs, "--", *limits_argv]
 
 
@@ -216,16 +284,23 @@ def _classify(exit_code: int, stderr: str, duration_s: float, limits: SandboxLim
     if "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail:
         return "memory"
     if ("BlockingIOError" in tail or "Resource temporarily unavailable" in tail) and (
-            "fork" in tail or "spawn" in tail or "Popen" in tail or "start_new_thread" in tail or "thread" in tail):
+        "fork" in tail or "spawn" in tail or "Popen" in tail or "start_new_thread" in tail or "thread" in tail
+    ):
         return "processes"
     if sig == signal.SIGKILL:
         return "memory"  # a SIGKILL we did not send: the kernel's OOM killer
     return None
 
 
-def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLimits(),
-               files: dict[str, str] | None = None, site_packages: bool = True,
-               return_files: bool = False) -> SandboxResult:
+def run_python(
+    code: str,
+    *,
+    stdin: str = "",
+    limits: SandboxLimits = SandboxLimits(),
+    files: dict[str, str] | None = None,
+    site_packages: bool = True,
+    return_files: bool = False,
+) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh sandbox and report what happened.
 
     ``files`` are written into the scratch dir first (relative paths). ``site_packages`` makes the
@@ -293,13 +368,26 @@ def _descendants(root: int) -> int:
     return count
 
 
-def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path,
-               return_files: bool, cgroup: SandboxCgroup | None, seccomp: int) -> SandboxResult:
+def _supervise(
+    argv: list[str],
+    stdin: str,
+    limits: SandboxLimits,
+    scratch: Path,
+    return_files: bool,
+    cgroup: SandboxCgroup | None,
+    seccomp: int,
+) -> SandboxResult:
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(_launcher(limits, cgroup.procs_files() if cgroup else []) + argv,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, close_fds=True, pass_fds=(seccomp,))
+        proc = subprocess.Popen(
+            _launcher(limits, cgroup.procs_files() if cgroup else []) + argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(seccomp,),
+        )
     except OSError as e:
         raise SandboxError(f"could not start the sandbox ({argv[0]}): {e}") from e
 
@@ -336,7 +424,7 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
                 sel.unregister(key.fileobj)
                 continue
             room = limits.max_output_bytes - total
-            bufs[key.fileobj] += chunk[:max(room, 0)]
+            bufs[key.fileobj] += chunk[: max(room, 0)]
             total += len(chunk)
             if total > limits.max_output_bytes:
                 reason = "output_limit"
@@ -373,5 +461,12 @@ def _supervise(argv: list[str], stdin: str, limits: SandboxLimits, scratch: Path
     if reason in ("wall_time", "cpu_time") and tasks.peak >= limits.max_processes:
         reason = "processes"  # out of time because it kept trying to fork: a fork bomb
     files = _collect_files(scratch, limits.max_output_bytes) if return_files else None
-    return SandboxResult(stdout=out, stderr=err, exit_code=proc.returncode, timed_out=reason == "wall_time",
-                         killed_reason=reason, duration_s=duration, files=files)
+    return SandboxResult(
+        stdout=out,
+        stderr=err,
+        exit_code=proc.returncode,
+        timed_out=reason == "wall_time",
+        killed_reason=reason,
+        duration_s=duration,
+        files=files,
+    )

@@ -30,7 +30,7 @@ def _own_paths() -> dict[str, str]:
     try:
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             _, ctrls, path = line.split(":", 2)
-            for c in (ctrls.split(",") if ctrls else [""]):
+            for c in ctrls.split(",") if ctrls else [""]:
                 out[c] = path
     except OSError:
         pass

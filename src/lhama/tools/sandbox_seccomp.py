@@ -25,25 +25,77 @@ from lhama.errors import SandboxError
 # From <linux/sched.h>: every flag that makes a new namespace.
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME = 0x10000000, 0x20000000, 0x40000000, 0x00000080
-NAMESPACE_FLAGS = (CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
-                   CLONE_NEWNET, CLONE_NEWTIME)
+NAMESPACE_FLAGS = (
+    CLONE_NEWNS,
+    CLONE_NEWCGROUP,
+    CLONE_NEWUTS,
+    CLONE_NEWIPC,
+    CLONE_NEWUSER,
+    CLONE_NEWPID,
+    CLONE_NEWNET,
+    CLONE_NEWTIME,
+)
 
 DENIED = (
     # joining or building other namespaces, changing mounts and the root
-    "setns", "mount", "umount2", "pivot_root", "chroot", "mount_setattr", "move_mount", "open_tree",
-    "fsopen", "fsconfig", "fsmount", "fspick",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
     # looking into or steering other processes
-    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
     # kernel keyrings (not namespaced), eBPF, perf counters, userfaultfd (exploit helpers)
-    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
     # the kernel itself: modules, kexec, reboot, swap, accounting, quotas, clock, raw I/O ports
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
-    "swapon", "swapoff", "acct", "quotactl", "syslog", "settimeofday", "clock_settime", "clock_adjtime",
-    "adjtimex", "iopl", "ioperm", "sethostname", "setdomainname",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "acct",
+    "quotactl",
+    "syslog",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "iopl",
+    "ioperm",
+    "sethostname",
+    "setdomainname",
     # file handles bypass path lookups (the "shocker" escape); io_uring runs calls seccomp never sees
-    "open_by_handle_at", "name_to_handle_at", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
     # old interfaces with a history of bugs
-    "uselib", "lookup_dcookie", "nfsservctl", "vm86", "vm86old", "personality",
+    "uselib",
+    "lookup_dcookie",
+    "nfsservctl",
+    "vm86",
+    "vm86old",
+    "personality",
 )
 
 
@@ -51,8 +103,10 @@ def _load_pyseccomp():
     try:
         import pyseccomp
     except (ImportError, OSError, RuntimeError) as e:  # RuntimeError: libseccomp.so.2 not found
-        raise SandboxError(f"the sandbox needs libseccomp to build its system-call filter ({e}); "
-                           "install it (Debian/Ubuntu: apt-get install libseccomp2) and pip install pyseccomp") from None
+        raise SandboxError(
+            f"the sandbox needs libseccomp to build its system-call filter ({e}); "
+            "install it (Debian/Ubuntu: apt-get install libseccomp2) and pip install pyseccomp"
+        ) from None
     return pyseccomp
 
 

@@ -77,7 +77,7 @@ class ToolCallStreamParser:
             self.state = "content"
         if self.state == "content":
             keep = len(self._held) - len(self._held.rstrip())
-            emit, self._held = self._held[:len(self._held) - keep], self._held[len(self._held) - keep:]
+            emit, self._held = self._held[: len(self._held) - keep], self._held[len(self._held) - keep :]
             out.content = emit
             self._sent += emit
         return out
@@ -99,17 +99,24 @@ class ToolCallStreamParser:
         content = (msg.get("content") or "").strip()
         # Content already streamed is prose before a python tag; whatever of it is still owed.
         if content.startswith(self._sent.strip()) and len(content) > len(self._sent.strip()):
-            out.content = content[len(self._sent.strip()):]
+            out.content = content[len(self._sent.strip()) :]
         for k, c in enumerate(calls):
             fn = c.get("function", c)
             args = fn.get("arguments", fn.get("parameters", {}))
-            out.tool_calls.append({"index": k, "id": c.get("id"), "type": "function",
-                                   "function": {"name": fn.get("name", ""),
-                                                "arguments": args if isinstance(args, str)
-                                                else json.dumps(args, ensure_ascii=False)}})
+            out.tool_calls.append(
+                {
+                    "index": k,
+                    "id": c.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": fn.get("name", ""),
+                        "arguments": args if isinstance(args, str) else json.dumps(args, ensure_ascii=False),
+                    },
+                }
+            )
         return out
 
     def _rest_as_content(self, full: str) -> StreamDelta:
-        rest = full[len(self._sent):] if full.startswith(self._sent) else self._held
+        rest = full[len(self._sent) :] if full.startswith(self._sent) else self._held
         self._sent += rest
         return StreamDelta(content=rest)

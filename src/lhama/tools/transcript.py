@@ -39,9 +39,16 @@ class Transcript:
         self.steps.append({"type": "model", "message": message, "token_ids": list(token_ids)})
 
     def tool_step(self, call_id: str, name: str, arguments: Any, result: str, error: bool) -> None:
-        self.steps.append({"type": "tool", "id": call_id, "name": name,
-                           "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
-                           "result": result, "error": error})
+        self.steps.append(
+            {
+                "type": "tool",
+                "id": call_id,
+                "name": name,
+                "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                "result": result,
+                "error": error,
+            }
+        )
 
     def shield_step(self, verdict: dict) -> None:
         self.steps.append({"type": "shield", **verdict})
@@ -88,8 +95,9 @@ class Transcript:
         for s in self.steps:
             if s["type"] == "model":
                 m = s["message"]
-                calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
-                         for c in m.get("tool_calls") or []]
+                calls = [
+                    (c["function"]["name"], json.loads(c["function"]["arguments"])) for c in m.get("tool_calls") or []
+                ]
                 out.append(("model", m.get("content"), json.dumps(calls, sort_keys=True)))
             elif s["type"] == "tool":
                 out.append(("tool", s["name"], s["result"]))
@@ -107,9 +115,15 @@ STEP_KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "shield": {"role": str, "allowed": bool, "categories": list},
     "error": {"message": str},
 }
-TOP_KEYS: dict[str, type | tuple[type, ...]] = {"model": str, "tools": list, "config": dict, "messages": list,
-                                                 "steps": list, "final": (str, type(None)),
-                                                 "stopped": (str, type(None))}
+TOP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "tools": list,
+    "config": dict,
+    "messages": list,
+    "steps": list,
+    "final": (str, type(None)),
+    "stopped": (str, type(None)),
+}
 
 
 def _keys_problem(obj: dict, keys: dict, where: str) -> str | None:
@@ -140,8 +154,11 @@ def transcript_problem(data: dict) -> str | None:
         return problem
     for k, t in enumerate(data["tools"]):
         fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(t, dict) or not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
-                                           if "function" in t else isinstance(t.get("type"), str)):
+        if not isinstance(t, dict) or not (
+            isinstance(fn, dict) and isinstance(fn.get("name"), str)
+            if "function" in t
+            else isinstance(t.get("type"), str)
+        ):
             return f"tool {k} has neither a 'type' nor a function with a 'name'"
     if not all(isinstance(m, dict) for m in data["messages"]):
         return "every message must be an object"
@@ -196,8 +213,7 @@ def replay_tools(transcript: Transcript, tools) -> ReplayReport:
 
 def replay_session(transcript: Transcript, agent) -> tuple[ReplayReport, Transcript]:
     """Re-run the session from its starting messages on ``agent`` and compare every step."""
-    result = agent.run(transcript.messages[-1:] if transcript.messages else [],
-                       history=transcript.messages[:-1])
+    result = agent.run(transcript.messages[-1:] if transcript.messages else [], history=transcript.messages[:-1])
     old, new = transcript.signature(), result.transcript.signature()
     diffs = [f"step {i}: was {a!r}, now {b!r}" for i, (a, b) in enumerate(zip(old, new)) if a != b]
     if len(old) != len(new):

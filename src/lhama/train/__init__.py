@@ -14,6 +14,19 @@ from lhama.train.config import TrainConfig, build_configs, read_config_file
 from lhama.train.data import IGNORE, BatchIterator, DocumentMask, Example, Row, collate, make_rows
 from lhama.train.trainer import Trainer, TrainResult, causal_lm_loss, labeled_logits
 
-__all__ = ["TrainConfig", "build_configs", "read_config_file", "IGNORE", "BatchIterator",
-           "DocumentMask", "Example", "Row", "collate", "make_rows", "Trainer", "TrainResult", "causal_lm_loss",
-           "labeled_logits"]
+__all__ = [
+    "TrainConfig",
+    "build_configs",
+    "read_config_file",
+    "IGNORE",
+    "BatchIterator",
+    "DocumentMask",
+    "Example",
+    "Row",
+    "collate",
+    "make_rows",
+    "Trainer",
+    "TrainResult",
+    "causal_lm_loss",
+    "labeled_logits",
+]

@@ -28,8 +28,11 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # Plain types only, so checkpoints load with torch.load(weights_only=True).
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
-                                                    int(has_gauss), float(gauss)), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -101,8 +104,9 @@ def latest_checkpoint(root: Path) -> Path | None:
         cand = root / pointer.read_text().strip()
         if (cand / "state.pt").is_file():
             return cand
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").is_file())
+    steps = sorted(
+        (int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.pt").is_file()
+    )
     return steps[-1][1] if steps else None
 
 

@@ -58,7 +58,7 @@ class TrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", betas)
 
-    def with_(self, **changes: Any) -> "TrainConfig":
+    def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +102,12 @@ def _coerce(cls, values: dict[str, Any], where: str):
         raise ConfigError(f"{where}: {e}") from None
 
 
-def build_configs(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                  *, recipe_keys: tuple[str, ...] = ()) -> tuple[TrainConfig, LoraConfig | None, dict[str, Any]]:
+def build_configs(
+    file_values: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    recipe_keys: tuple[str, ...] = (),
+) -> tuple[TrainConfig, LoraConfig | None, dict[str, Any]]:
     """(TrainConfig, LoraConfig or None, recipe options) from a config file's dict with flag
     ``overrides`` on top (None values in ``overrides`` mean "flag not given"). ``recipe_keys``
     are the extra top-level keys the calling recipe understands."""

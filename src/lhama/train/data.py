@@ -9,9 +9,10 @@ attention and positions restart at each example's start (``DocumentMask``).
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def tokenize_chat(messages: Sequence[dict], chat_format, *, where: str = "example",
-                  tools: Sequence[dict] | None = None) -> Example:
+def tokenize_chat(
+    messages: Sequence[dict], chat_format, *, where: str = "example", tools: Sequence[dict] | None = None
+) -> Example:
     """Ids of the whole conversation, labels only on the assistant turns (content and the
     end-of-turn token, which teaches the model to stop).
 
@@ -67,14 +69,16 @@ def tokenize_chat(messages: Sequence[dict], chat_format, *, where: str = "exampl
             prompt = chat_format.encode_dialog(messages[:i], tools=tools, add_generation_prompt=True) if i else []
             upto = chat_format.encode_dialog(messages[: i + 1], tools=tools, add_generation_prompt=False)
             if full[: len(upto)] != upto or upto[: len(prompt)] != prompt:
-                raise ChatFormatError(f"{where}: the chat format does not render turn {i} as a prefix of the "
-                                      "conversation, so assistant tokens cannot be located")
+                raise ChatFormatError(
+                    f"{where}: the chat format does not render turn {i} as a prefix of the "
+                    "conversation, so assistant tokens cannot be located"
+                )
             end = len(upto)
             for j in range(len(prompt), len(upto)):
                 if upto[j] in stops:  # train through the end-of-turn token, not the template's trailing text
                     end = j + 1
                     break
-            labels[len(prompt):end] = upto[len(prompt):end]
+            labels[len(prompt) : end] = upto[len(prompt) : end]
     except ChatFormatError as e:
         raise ChatFormatError(f"{where}: {e}") from None
     return Example(tuple(full), tuple(labels))
@@ -126,11 +130,12 @@ class Row:
 
 def _chunks(ex: Example, seq_len: int) -> list[Example]:
     """An example longer than a row is split (continued pretraining documents are)."""
-    return [Example(ex.ids[s:s + seq_len], ex.labels[s:s + seq_len]) for s in range(0, len(ex.ids), seq_len)]
+    return [Example(ex.ids[s : s + seq_len], ex.labels[s : s + seq_len]) for s in range(0, len(ex.ids), seq_len)]
 
 
-def make_rows(examples: Sequence[Example], seq_len: int, *, pack: bool, pad_id: int = 0,
-              truncate: bool = True) -> list[Row]:
+def make_rows(
+    examples: Sequence[Example], seq_len: int, *, pack: bool, pad_id: int = 0, truncate: bool = True
+) -> list[Row]:
     """Fixed-length rows. Packing puts examples after one another (greedy, in order) and only
     splits an example when it alone exceeds ``seq_len``; without packing each row holds one
     example, right-padded. Chat examples longer than a row are truncated when ``truncate``."""
@@ -245,7 +250,9 @@ class BatchIterator:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state.get("n_rows", len(self.rows)) != len(self.rows):
-            raise ConfigError(f"the checkpoint was made with {state['n_rows']} data rows, this data has "
-                              f"{len(self.rows)}; resume with the same data and max_seq_len")
+            raise ConfigError(
+                f"the checkpoint was made with {state['n_rows']} data rows, this data has "
+                f"{len(self.rows)}; resume with the same data and max_seq_len"
+            )
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._order = self._order_for(self.epoch)

@@ -42,10 +42,37 @@ def tool_call_text(code: str) -> str:
 
 # -- tool questions -----------------------------------------------------------------------------
 # Each op: rng -> (template fields, code). Templates are per split; the code is shared.
-WORDS = {"train": ["banana", "mississippi", "committee", "parallel", "bookkeeper", "assessment", "balloon",
-                   "letter", "coffee", "engineer", "pepper", "rhythm", "success", "tomorrow", "address"],
-         "heldout": ["apple", "tennessee", "bubble", "possession", "referee", "illusion", "giraffe",
-                     "cucumber", "dinner", "strawberry"]}
+WORDS = {
+    "train": [
+        "banana",
+        "mississippi",
+        "committee",
+        "parallel",
+        "bookkeeper",
+        "assessment",
+        "balloon",
+        "letter",
+        "coffee",
+        "engineer",
+        "pepper",
+        "rhythm",
+        "success",
+        "tomorrow",
+        "address",
+    ],
+    "heldout": [
+        "apple",
+        "tennessee",
+        "bubble",
+        "possession",
+        "referee",
+        "illusion",
+        "giraffe",
+        "cucumber",
+        "dinner",
+        "strawberry",
+    ],
+}
 
 
 def _pow(r):
@@ -86,8 +113,7 @@ def _gcd(r):
 
 def _primes(r):
     n = r.randint(30, 3000)
-    return {"n": n}, (f"print(sum(1 for k in range(2, {n}) "
-                      "if all(k % d for d in range(2, int(k ** 0.5) + 1))))")
+    return {"n": n}, (f"print(sum(1 for k in range(2, {n}) if all(k % d for d in range(2, int(k ** 0.5) + 1))))")
 
 
 def _count(split):
@@ -95,6 +121,7 @@ def _count(split):
         w = r.choice(WORDS[split])
         c = r.choice(sorted(set(w)))
         return {"w": w, "c": c}, f"print({w!r}.count({c!r}))"
+
     return op
 
 
@@ -102,6 +129,7 @@ def _reverse(split):
     def op(r):
         w = r.choice(WORDS[split])
         return {"w": w}, f"print({w!r}[::-1])"
+
     return op
 
 
@@ -162,8 +190,16 @@ def tool_items(split: str, n: int, seed: int) -> list[dict]:
         fields, code = op(r)
         question = r.choice(templates).format(**fields)
         expected, result = run_code(code)
-        items.append({"task": "tool", "question": question, "code": code, "expected": expected,
-                      "result": result, "answer": TOOL_ANSWER.format(x=expected)})
+        items.append(
+            {
+                "task": "tool",
+                "question": question,
+                "code": code,
+                "expected": expected,
+                "result": result,
+                "answer": TOOL_ANSWER.format(x=expected),
+            }
+        )
     return items
 
 
@@ -171,38 +207,106 @@ def tool_records(item: dict) -> list[dict]:
     """Two training turns per question: the call, and the answer once the result is back."""
     call = tool_call_text(item["code"])
     first = [{"role": "user", "content": item["question"]}]
-    second = first + [{"role": "assistant", "content": call},
-                      {"role": "tool", "name": TOOL_NAME, "content": item["result"]}]
-    return [{"task": "tool_call", "messages": first, "gold": call, "expected": item["expected"]},
-            {"task": "tool_answer", "messages": second, "gold": item["answer"], "expected": item["expected"]}]
+    second = first + [
+        {"role": "assistant", "content": call},
+        {"role": "tool", "name": TOOL_NAME, "content": item["result"]},
+    ]
+    return [
+        {"task": "tool_call", "messages": first, "gold": call, "expected": item["expected"]},
+        {"task": "tool_answer", "messages": second, "gold": item["answer"], "expected": item["expected"]},
+    ]
 
 
 # -- questions over generated documents ---------------------------------------------------------
-SYLLABLES = ["var", "den", "ol", "mar", "ket", "sil", "bro", "tan", "el", "vin", "dor", "quen", "lo", "ra",
-             "ber", "gis", "ton", "ham", "ul", "fen", "cal", "mir", "pa", "zo", "rek", "nis"]
+SYLLABLES = [
+    "var",
+    "den",
+    "ol",
+    "mar",
+    "ket",
+    "sil",
+    "bro",
+    "tan",
+    "el",
+    "vin",
+    "dor",
+    "quen",
+    "lo",
+    "ra",
+    "ber",
+    "gis",
+    "ton",
+    "ham",
+    "ul",
+    "fen",
+    "cal",
+    "mir",
+    "pa",
+    "zo",
+    "rek",
+    "nis",
+]
 RIVERS = ["Aldor", "Brennet", "Corvin", "Dashel", "Elmira", "Fossa", "Gral", "Hessel"]
 KINDS = {
     # kind: (file, sentence templates, questions per attribute: {attr: (question templates, answer)})
-    "town": ("towns.md", ("{name} is a town on the {river} river. It was founded in {year} and has "
-                          "{pop} inhabitants. Its market is held every {day}."),
-             {"year": (["When was {name} founded?"], ["In which year was {name} founded?"],
-                       "{name} was founded in {year}"),
-              "pop": (["How many people live in {name}?"], ["What is the population of {name}?"],
-                      "{name} has {pop} inhabitants"),
-              "river": (["Which river is {name} on?"], ["On what river does {name} lie?"],
-                        "{name} is on the {river} river"),
-              "day": (["On which day is the market in {name}?"], ["When is market day in {name}?"],
-                      "The market in {name} is held every {day}")}),
-    "company": ("companies.md", ("{name} Ltd. makes {product}. The company was started in {year} and "
-                                 "employs {staff} people. Its head office is in {city}."),
-                {"product": (["What does {name} Ltd. make?"], ["What are the products of {name} Ltd.?"],
-                             "{name} Ltd. makes {product}"),
-                 "year": (["When was {name} Ltd. started?"], ["In what year did {name} Ltd. begin?"],
-                          "{name} Ltd. was started in {year}"),
-                 "staff": (["How many people work at {name} Ltd.?"], ["How many employees does {name} Ltd. have?"],
-                           "{name} Ltd. employs {staff} people"),
-                 "city": (["Where is the head office of {name} Ltd.?"],
-                          ["In which city is {name} Ltd. based?"], "Its head office is in {city}")}),
+    "town": (
+        "towns.md",
+        (
+            "{name} is a town on the {river} river. It was founded in {year} and has "
+            "{pop} inhabitants. Its market is held every {day}."
+        ),
+        {
+            "year": (
+                ["When was {name} founded?"],
+                ["In which year was {name} founded?"],
+                "{name} was founded in {year}",
+            ),
+            "pop": (
+                ["How many people live in {name}?"],
+                ["What is the population of {name}?"],
+                "{name} has {pop} inhabitants",
+            ),
+            "river": (
+                ["Which river is {name} on?"],
+                ["On what river does {name} lie?"],
+                "{name} is on the {river} river",
+            ),
+            "day": (
+                ["On which day is the market in {name}?"],
+                ["When is market day in {name}?"],
+                "The market in {name} is held every {day}",
+            ),
+        },
+    ),
+    "company": (
+        "companies.md",
+        (
+            "{name} Ltd. makes {product}. The company was started in {year} and "
+            "employs {staff} people. Its head office is in {city}."
+        ),
+        {
+            "product": (
+                ["What does {name} Ltd. make?"],
+                ["What are the products of {name} Ltd.?"],
+                "{name} Ltd. makes {product}",
+            ),
+            "year": (
+                ["When was {name} Ltd. started?"],
+                ["In what year did {name} Ltd. begin?"],
+                "{name} Ltd. was started in {year}",
+            ),
+            "staff": (
+                ["How many people work at {name} Ltd.?"],
+                ["How many employees does {name} Ltd. have?"],
+                "{name} Ltd. employs {staff} people",
+            ),
+            "city": (
+                ["Where is the head office of {name} Ltd.?"],
+                ["In which city is {name} Ltd. based?"],
+                "Its head office is in {city}",
+            ),
+        },
+    ),
 }
 PRODUCTS = ["bicycles", "glass bottles", "garden tools", "wool blankets", "paper lamps", "clocks", "kites"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
@@ -213,9 +317,16 @@ def _name(r) -> str:
 
 
 def _fields(r) -> dict:
-    return {"name": _name(r), "river": r.choice(RIVERS), "year": r.randint(1100, 1990),
-            "pop": r.randint(800, 90000), "day": r.choice(DAYS), "product": r.choice(PRODUCTS),
-            "staff": r.randint(12, 4000), "city": _name(r)}
+    return {
+        "name": _name(r),
+        "river": r.choice(RIVERS),
+        "year": r.randint(1100, 1990),
+        "pop": r.randint(800, 90000),
+        "day": r.choice(DAYS),
+        "product": r.choice(PRODUCTS),
+        "staff": r.randint(12, 4000),
+        "city": _name(r),
+    }
 
 
 def rag_items(split: str, n: int, seed: int) -> list[dict]:
@@ -232,34 +343,83 @@ def rag_items(split: str, n: int, seed: int) -> list[dict]:
         attr = r.choice(sorted(KINDS[kind][2]))
         spec = KINDS[kind][2][attr]
         question = r.choice(spec[which]).format(**f)
-        sources = [Source(i + 1, KINDS[k][0], f"{KINDS[k][0]} § {d['name']}", KINDS[k][1].format(**d), 1.0)
-                   for i, (k, d) in enumerate(docs)]
+        sources = [
+            Source(i + 1, KINDS[k][0], f"{KINDS[k][0]} § {d['name']}", KINDS[k][1].format(**d), 1.0)
+            for i, (k, d) in enumerate(docs)
+        ]
         answer = spec[2].format(**f) + f" [{target + 1}]."
-        items.append({"task": "rag", "messages": grounded_messages(question, sources), "gold": answer,
-                      "expected": str(f[attr]), "source": target + 1, "n_sources": len(sources)})
+        items.append(
+            {
+                "task": "rag",
+                "messages": grounded_messages(question, sources),
+                "gold": answer,
+                "expected": str(f[attr]),
+                "source": target + 1,
+                "n_sources": len(sources),
+            }
+        )
     return items
 
 
 # -- brief answers ------------------------------------------------------------------------------
-SYSTEMS = {"train": ["Be brief.", "Keep your answers short.", "Answer in a few words.", "Reply concisely."],
-           "heldout": ["Answer briefly.", "Short answers only, please.", "Be concise."]}
-CAPITALS = [("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Portugal", "Lisbon"),
-            ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Norway", "Oslo"), ("Greece", "Athens"),
-            ("Austria", "Vienna"), ("Ireland", "Dublin"), ("Russia", "Moscow"), ("Poland", "Warsaw"),
-            ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Cuba", "Havana"), ("Thailand", "Bangkok"),
-            ("China", "Beijing"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
-            ("France", "Paris"), ("India", "New Delhi"), ("England", "London"), ("Canada", "Ottawa"),
-            ("Belgium", "Brussels"), ("Hungary", "Budapest"), ("Turkey", "Ankara"), ("Chile", "Santiago")]
-FACTS = [("How many days are in a week?", "7"), ("How many legs does a spider have?", "8"),
-         ("What color is the sky on a clear day?", "blue"), ("What do bees make?", "honey"),
-         ("What is the largest planet in the solar system?", "Jupiter"), ("What is the opposite of hot?", "cold"),
-         ("At what temperature in Celsius does water boil?", "100"), ("How many months are in a year?", "12"),
-         ("What gas do plants take in from the air?", "carbon dioxide"), ("Which animal says moo?", "cow"),
-         ("How many hours are in a day?", "24"), ("What is frozen water called?", "ice"),
-         ("How many sides does a triangle have?", "3"), ("What is the closest star to Earth?", "the Sun"),
-         ("How many minutes are in an hour?", "60"), ("What color are bananas when ripe?", "yellow"),
-         ("Which planet is known as the red planet?", "Mars"), ("How many continents are there?", "7"),
-         ("What is the opposite of up?", "down"), ("How many wheels does a bicycle have?", "2")]
+SYSTEMS = {
+    "train": ["Be brief.", "Keep your answers short.", "Answer in a few words.", "Reply concisely."],
+    "heldout": ["Answer briefly.", "Short answers only, please.", "Be concise."],
+}
+CAPITALS = [
+    ("Germany", "Berlin"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Portugal", "Lisbon"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Norway", "Oslo"),
+    ("Greece", "Athens"),
+    ("Austria", "Vienna"),
+    ("Ireland", "Dublin"),
+    ("Russia", "Moscow"),
+    ("Poland", "Warsaw"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Cuba", "Havana"),
+    ("Thailand", "Bangkok"),
+    ("China", "Beijing"),
+    ("Sweden", "Stockholm"),
+    ("Finland", "Helsinki"),
+    ("Denmark", "Copenhagen"),
+    ("France", "Paris"),
+    ("India", "New Delhi"),
+    ("England", "London"),
+    ("Canada", "Ottawa"),
+    ("Belgium", "Brussels"),
+    ("Hungary", "Budapest"),
+    ("Turkey", "Ankara"),
+    ("Chile", "Santiago"),
+]
+FACTS = [
+    ("How many days are in a week?", "7"),
+    ("How many legs does a spider have?", "8"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("What do bees make?", "honey"),
+    ("What is the largest planet in the solar system?", "Jupiter"),
+    ("What is the opposite of hot?", "cold"),
+    ("At what temperature in Celsius does water boil?", "100"),
+    ("How many months are in a year?", "12"),
+    ("What gas do plants take in from the air?", "carbon dioxide"),
+    ("Which animal says moo?", "cow"),
+    ("How many hours are in a day?", "24"),
+    ("What is frozen water called?", "ice"),
+    ("How many sides does a triangle have?", "3"),
+    ("What is the closest star to Earth?", "the Sun"),
+    ("How many minutes are in an hour?", "60"),
+    ("What color are bananas when ripe?", "yellow"),
+    ("Which planet is known as the red planet?", "Mars"),
+    ("How many continents are there?", "7"),
+    ("What is the opposite of up?", "down"),
+    ("How many wheels does a bicycle have?", "2"),
+]
+
+
 def _split(items: list, split: str, heldout_every: int = 4) -> list:
     """Every ``heldout_every``-th item is held out; the rest train."""
     return [x for i, x in enumerate(items) if (i % heldout_every == heldout_every - 1) == (split == "heldout")]
@@ -273,9 +433,14 @@ def brief_items(split: str, n: int, seed: int) -> list[dict]:
     for _ in range(n):
         q, a = r.choice(pool)
         gold = a[0].upper() + a[1:] + "."
-        items.append({"task": "brief", "messages": [{"role": "system", "content": r.choice(SYSTEMS[split])},
-                                                     {"role": "user", "content": q}],
-                      "gold": gold, "expected": a})
+        items.append(
+            {
+                "task": "brief",
+                "messages": [{"role": "system", "content": r.choice(SYSTEMS[split])}, {"role": "user", "content": q}],
+                "gold": gold,
+                "expected": a,
+            }
+        )
     return items
 
 
@@ -285,8 +450,7 @@ PHRASES = {  # English -> the other seven languages, in LANGS order
     "hello": ["Hallo", "Bonjour", "Ciao", "Olá", "नमस्ते", "Hola", "สวัสดี"],
     "thank you": ["Danke", "Merci", "Grazie", "Obrigado", "धन्यवाद", "Gracias", "ขอบคุณ"],
     "good morning": ["Guten Morgen", "Bonjour", "Buongiorno", "Bom dia", "सुप्रभात", "Buenos días", "อรุณสวัสดิ์"],
-    "good night": ["Gute Nacht", "Bonne nuit", "Buona notte", "Boa noite", "शुभ रात्रि", "Buenas noches",
-                   "ราตรีสวัสดิ์"],
+    "good night": ["Gute Nacht", "Bonne nuit", "Buona notte", "Boa noite", "शुभ रात्रि", "Buenas noches", "ราตรีสวัสดิ์"],
     "goodbye": ["Auf Wiedersehen", "Au revoir", "Arrivederci", "Adeus", "अलविदा", "Adiós", "ลาก่อน"],
     "yes": ["Ja", "Oui", "Sì", "Sim", "हाँ", "Sí", "ใช่"],
     "please": ["Bitte", "S'il vous plaît", "Per favore", "Por favor", "कृपया", "Por favor", "กรุณา"],
@@ -294,8 +458,10 @@ PHRASES = {  # English -> the other seven languages, in LANGS order
     "friend": ["Freund", "Ami", "Amico", "Amigo", "दोस्त", "Amigo", "เพื่อน"],
     "cat": ["Katze", "Chat", "Gatto", "Gato", "बिल्ली", "Gato", "แมว"],
 }
-PHRASE_TEMPLATES = {"train": ["How do you say '{p}' in {lang}?", "What is the {lang} word for '{p}'?"],
-                    "heldout": ["Translate '{p}' into {lang}.", "'{p}' in {lang}, please?"]}
+PHRASE_TEMPLATES = {
+    "train": ["How do you say '{p}' in {lang}?", "What is the {lang} word for '{p}'?"],
+    "heldout": ["Translate '{p}' into {lang}.", "'{p}' in {lang}, please?"],
+}
 
 
 def phrase_items(split: str, n: int, seed: int) -> list[dict]:
@@ -306,8 +472,14 @@ def phrase_items(split: str, n: int, seed: int) -> list[dict]:
     for _ in range(n):
         p, lang, t = r.choice(pool)
         q = r.choice(PHRASE_TEMPLATES[split]).format(p=p, lang=lang)
-        items.append({"task": "phrase", "messages": [{"role": "user", "content": q}],
-                      "gold": f"In {lang}, '{p}' is \"{t}\".", "expected": t})
+        items.append(
+            {
+                "task": "phrase",
+                "messages": [{"role": "user", "content": q}],
+                "gold": f"In {lang}, '{p}' is \"{t}\".",
+                "expected": t,
+            }
+        )
     return items
 
 
@@ -324,5 +496,15 @@ def build_records(split: str, sizes: dict[str, int], seed: int) -> list[dict]:
     return records
 
 
-__all__ = ["TOOL_NAME", "brief_items", "build_records", "phrase_items", "rag_items", "run_code", "tool_call_text",
-           "tool_items", "tool_records", "tool_specs"]
+__all__ = [
+    "TOOL_NAME",
+    "brief_items",
+    "build_records",
+    "phrase_items",
+    "rag_items",
+    "run_code",
+    "tool_call_text",
+    "tool_items",
+    "tool_records",
+    "tool_specs",
+]

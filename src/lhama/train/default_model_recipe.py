@@ -46,10 +46,12 @@ class DefaultModelRecipe:
     dpo_sizes: dict = field(default_factory=lambda: {"tool": 40, "rag": 20, "brief": 20, "phrase": 12})
     sample: dict = field(default_factory=lambda: {"num_candidates": 4, "temperature": 0.8, "max_tokens": 96})
     lora: dict = field(default_factory=lambda: {"rank": 8, "alpha": 16.0, "target_modules": ["all"]})
-    sft: dict = field(default_factory=lambda: {"lr": 1e-3, "max_steps": 60, "batch_size": 4, "max_seq_len": 512,
-                                               "warmup_steps": 4})
-    dpo: dict = field(default_factory=lambda: {"lr": 2e-4, "max_steps": 20, "batch_size": 4, "max_seq_len": 512,
-                                               "beta": 0.1})
+    sft: dict = field(
+        default_factory=lambda: {"lr": 1e-3, "max_steps": 60, "batch_size": 4, "max_seq_len": 512, "warmup_steps": 4}
+    )
+    dpo: dict = field(
+        default_factory=lambda: {"lr": 2e-4, "max_steps": 20, "batch_size": 4, "max_seq_len": 512, "beta": 0.1}
+    )
     dpo_rounds: int = 1
     # Rejection-sample only this many records (evenly spread; 0: all): sampling is the slow part on
     # a CPU. The rest train on their gold answers.
@@ -82,7 +84,7 @@ def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe,
     ``pairs.jsonl`` ((best or gold, worst failing candidate)). Returns counts."""
     cfg = RejectionConfig(seed=seed, min_sft_score=1.0, **r.sample)
     every = max(1, len(records) // r.sample_limit) if r.sample_limit else 1
-    picked = list(range(0, len(records), every))[:r.sample_limit or None]
+    picked = list(range(0, len(records), every))[: r.sample_limit or None]
     stats = rejection_sample(lm, [records[i] for i in picked], TaskReward(), out, cfg, progress=True)
     ledger = {picked[row["index"]]: row for row in _read(out / "samples.jsonl")}
     sft, pairs, counts = [], [], {"from_model": 0, "from_gold": 0, "not_sampled": 0}
@@ -139,12 +141,16 @@ def train_dpo(r: DefaultModelRecipe, adapter: Path, pairs: Path, out: Path) -> d
         p.requires_grad_(True)
     rows, cut = tokenize_pairs(_read(pairs), lm.chat_format, cfg.max_seq_len, 0, source=str(pairs))
     rows = precompute_reference(lm.model, rows, cfg.batch_size, adapters_off=False, progress=True)
-    trainer = DPOTrainer(lm.model, DPOLoss(dcfg, None), PairIterator(rows, cfg.batch_size, seed=cfg.seed), cfg,
-                         params)
+    trainer = DPOTrainer(lm.model, DPOLoss(dcfg, None), PairIterator(rows, cfg.batch_size, seed=cfg.seed), cfg, params)
     result = trainer.train()
-    summary: dict[str, Any] = {"recipe": "dpo", "pairs": len(rows), "truncated_pairs": cut, "steps": result.steps,
-                               "final_loss": result.final_loss,
-                               "final_reward_accuracy": (result.history or [{}])[-1].get("reward_accuracy")}
+    summary: dict[str, Any] = {
+        "recipe": "dpo",
+        "pairs": len(rows),
+        "truncated_pairs": cut,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "final_reward_accuracy": (result.history or [{}])[-1].get("reward_accuracy"),
+    }
     from lhama.train.recipe import RecipeOptions
 
     return write_run_outputs(trainer.model, lm, RecipeOptions(model=r.base, data=(str(pairs),)), cfg, lora, summary)
@@ -188,17 +194,25 @@ def run(r: DefaultModelRecipe, *, ship: str | None = None) -> dict:
         return {"train": len(_read(out / "data" / "train.jsonl"))}
 
     step("data", data)
-    step("sample", lambda: sample_and_select(load_model(r.base), _read(out / "data" / "train.jsonl"),
-                                             out / "sample", r, r.seed))
+    step(
+        "sample",
+        lambda: sample_and_select(load_model(r.base), _read(out / "data" / "train.jsonl"), out / "sample", r, r.seed),
+    )
     step("sft", lambda: train_sft(r, out / "sample" / "sft.jsonl", out / "sft"))
     adapter = out / "sft" / "adapter"
     for k in range(1, r.dpo_rounds + 1):
         policy = adapter
-        step(f"dpo{k}-sample", lambda p=policy, k=k: sample_and_select(
-            load_model(r.base, lora=p), _read(out / "data" / "dpo-prompts.jsonl"), out / f"dpo{k}-sample", r,
-            r.seed + k))
-        step(f"dpo{k}", lambda p=policy, k=k: train_dpo(r, p, out / f"dpo{k}-sample" / "pairs.jsonl",
-                                                          out / f"dpo{k}"))
+        step(
+            f"dpo{k}-sample",
+            lambda p=policy, k=k: sample_and_select(
+                load_model(r.base, lora=p),
+                _read(out / "data" / "dpo-prompts.jsonl"),
+                out / f"dpo{k}-sample",
+                r,
+                r.seed + k,
+            ),
+        )
+        step(f"dpo{k}", lambda p=policy, k=k: train_dpo(r, p, out / f"dpo{k}-sample" / "pairs.jsonl", out / f"dpo{k}"))
         adapter = out / f"dpo{k}" / "adapter"
     shutil.copytree(adapter, out / "adapter", dirs_exist_ok=True)
     log["final_adapter"] = str(adapter)

@@ -58,8 +58,13 @@ def student_args(spec: str, teacher_args: ModelArgs, max_seq_len: int | None = N
     """ModelArgs for a preset, a named config or a JSON/YAML file; None when ``spec`` is a
     checkpoint (loaded with its weights instead)."""
     ctx = max_seq_len or teacher_args.max_seq_len
-    base = dict(vocab_size=teacher_args.vocab_size, rope_theta=teacher_args.rope_theta,
-                norm_eps=teacher_args.norm_eps, max_seq_len=ctx, tie_embeddings=True)
+    base = dict(
+        vocab_size=teacher_args.vocab_size,
+        rope_theta=teacher_args.rope_theta,
+        norm_eps=teacher_args.norm_eps,
+        max_seq_len=ctx,
+        tie_embeddings=True,
+    )
     if spec in STUDENT_PRESETS:
         return ModelArgs(**{**base, **STUDENT_PRESETS[spec]})
     if spec.lower() in CONFIGS:
@@ -73,7 +78,9 @@ def student_args(spec: str, teacher_args: ModelArgs, max_seq_len: int | None = N
         known = {f.name for f in fields(ModelArgs)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{path}: unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{path}: unknown model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         if values.get("rope_scaling"):
             from lhama.model import RopeScaling
 
@@ -81,13 +88,16 @@ def student_args(spec: str, teacher_args: ModelArgs, max_seq_len: int | None = N
         return ModelArgs(**{**base, **values})
     if path.exists():
         return None
-    raise ConfigError(f"--student '{spec}' is neither a preset ({', '.join(STUDENT_PRESETS)}), a config name, "
-                      "a .json/.yaml file of model options, nor a checkpoint")
+    raise ConfigError(
+        f"--student '{spec}' is neither a preset ({', '.join(STUDENT_PRESETS)}), a config name, "
+        "a .json/.yaml file of model options, nor a checkpoint"
+    )
 
 
 # -- the loss ----------------------------------------------------------------------------------
-def kd_token_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
-                    cfg: DistillConfig) -> torch.Tensor:
+def kd_token_losses(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor, cfg: DistillConfig
+) -> torch.Tensor:
     """Per-position loss [N] (see the module doc). KL is the true divergence (teacher entropy
     included), so 0 means the student matches the teacher exactly."""
     loss = torch.zeros(targets.shape[0], dtype=torch.float32, device=targets.device)
@@ -138,8 +148,9 @@ class DistillLoss:
                     t_logits = self.teacher.output(t_h[sl]).float()
             # Recomputing the student's head in backward keeps one chunk of [N, vocab] logits
             # alive at a time instead of all of them (the vocab dominates memory for small students).
-            total = total + checkpoint(self._chunk_loss, student.output, s_h[sl], t_logits, targets[sl],
-                                       use_reentrant=False)
+            total = total + checkpoint(
+                self._chunk_loss, student.output, s_h[sl], t_logits, targets[sl], use_reentrant=False
+            )
         return total, torch.tensor(targets.numel())
 
     def _chunk_loss(self, head, h, t_logits, targets):
@@ -157,12 +168,16 @@ def build_student(spec: str, teacher_lm, cfg, opts) -> tuple[nn.Module, ModelArg
 
         lm = load_model(spec, dtype=dtype, device=device)
         if lm.args.vocab_size != teacher_lm.args.vocab_size:
-            raise ConfigError(f"student vocabulary ({lm.args.vocab_size}) differs from the teacher's "
-                              f"({teacher_lm.args.vocab_size}); distillation needs a shared tokenizer")
+            raise ConfigError(
+                f"student vocabulary ({lm.args.vocab_size}) differs from the teacher's "
+                f"({teacher_lm.args.vocab_size}); distillation needs a shared tokenizer"
+            )
         return lm.model, lm.args, lm
     if args.vocab_size != teacher_lm.args.vocab_size:
-        raise ConfigError(f"student vocabulary ({args.vocab_size}) differs from the teacher's "
-                          f"({teacher_lm.args.vocab_size}); distillation needs a shared tokenizer")
+        raise ConfigError(
+            f"student vocabulary ({args.vocab_size}) differs from the teacher's "
+            f"({teacher_lm.args.vocab_size}); distillation needs a shared tokenizer"
+        )
     # Small init (0.02, as random configs) with the run's seed: same student for KD and baseline.
     return build_model(args, dtype=dtype, device=device, init="random", seed=cfg.seed), args, None
 
@@ -175,8 +190,9 @@ def perplexity(model: nn.Module, rows) -> float:
     return math.exp(heldout_loss(model, rows))
 
 
-def run_distill(opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: str = "smollm2-30m",
-                resume: bool = False) -> dict[str, Any]:
+def run_distill(
+    opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: str = "smollm2-30m", resume: bool = False
+) -> dict[str, Any]:
     """Distil ``opts.model`` (the teacher) into ``student`` on ``opts.data``; ``opts.eval_data``
     gives held-out perplexity of student (and teacher) before/after. Returns the summary."""
     teacher_lm = start_run(opts, cfg)
@@ -189,16 +205,22 @@ def run_distill(opts, cfg, dcfg: DistillConfig = DistillConfig(), *, student: st
     if opts.eval_data:
         eval_rows = make_rows(to_examples(teacher_lm, opts.eval_data), cfg.max_seq_len, pack=False, pad_id=pad)
     teacher = teacher_lm.model if dcfg.kd_ratio > 0 else None
-    summary: dict[str, Any] = {"recipe": "distill", "teacher": opts.model, "student": student,
-                               "student_params": s_args.n_params(), "train_rows": len(rows),
-                               "distill": asdict(dcfg)}
+    summary: dict[str, Any] = {
+        "recipe": "distill",
+        "teacher": opts.model,
+        "student": student,
+        "student_params": s_args.n_params(),
+        "train_rows": len(rows),
+        "distill": asdict(dcfg),
+    }
     if eval_rows:
         summary["eval_ppl_student_before"] = perplexity(student_model, eval_rows)
         summary["eval_ppl_teacher"] = perplexity(teacher_lm.model, eval_rows)
     for p in student_model.parameters():
         p.requires_grad_(True)
-    trainer = Trainer(student_model, DistillLoss(teacher, dcfg), BatchIterator(rows, cfg.batch_size, seed=cfg.seed),
-                      cfg)
+    trainer = Trainer(
+        student_model, DistillLoss(teacher, dcfg), BatchIterator(rows, cfg.batch_size, seed=cfg.seed), cfg
+    )
     result = trainer.train(resume=resume)
     summary.update(steps=result.steps, final_loss=result.final_loss)
     if (rate := tokens_per_second(result.history)) is not None:

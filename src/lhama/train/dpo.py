@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,17 +76,20 @@ def _response_text(value: Any, where: str, key: str) -> dict:
     raise ConfigError(f"{where}: '{key}' must be a string or one assistant message")
 
 
-def tokenize_response(prompt_ids: list[int], messages: list[dict], chat_format, where: str,
-                      tools: Sequence[dict] | None = None) -> list[int]:
+def tokenize_response(
+    prompt_ids: list[int], messages: list[dict], chat_format, where: str, tools: Sequence[dict] | None = None
+) -> list[int]:
     """The ids the model generates for the final assistant turn, through its end-of-turn token."""
     full = chat_format.encode_dialog(messages, tools=tools, add_generation_prompt=False)
-    if full[:len(prompt_ids)] != prompt_ids:
-        raise ConfigError(f"{where}: the chat format does not render the prompt as a prefix of the answered "
-                          "conversation, so the answer's tokens cannot be located")
-    resp = full[len(prompt_ids):]
+    if full[: len(prompt_ids)] != prompt_ids:
+        raise ConfigError(
+            f"{where}: the chat format does not render the prompt as a prefix of the answered "
+            "conversation, so the answer's tokens cannot be located"
+        )
+    resp = full[len(prompt_ids) :]
     for j, t in enumerate(resp):
         if t in chat_format.stop_ids:
-            return resp[:j + 1]
+            return resp[: j + 1]
     return resp
 
 
@@ -93,8 +97,8 @@ def _fit(prompt: list[int], resp: list[int], max_len: int, max_prompt: int) -> t
     if len(prompt) + len(resp) <= max_len:
         return prompt, resp, False
     # Keep the end of the prompt (the request nearest the answer), then cut the answer's tail.
-    prompt = prompt[-min(len(prompt), max_prompt):]
-    return prompt, resp[:max_len - len(prompt)], True
+    prompt = prompt[-min(len(prompt), max_prompt) :]
+    return prompt, resp[: max_len - len(prompt)], True
 
 
 def _sequence(prompt: list[int], resp: list[int]) -> tuple[list[int], list[int]]:
@@ -104,8 +108,9 @@ def _sequence(prompt: list[int], resp: list[int]) -> tuple[list[int], list[int]]
     return ids, targets
 
 
-def tokenize_pairs(records: Sequence[dict], chat_format, max_seq_len: int, max_prompt_len: int,
-                   *, source: str = "data") -> tuple[list[PairRow], int]:
+def tokenize_pairs(
+    records: Sequence[dict], chat_format, max_seq_len: int, max_prompt_len: int, *, source: str = "data"
+) -> tuple[list[PairRow], int]:
     """Rows and the number of pairs that had to be truncated to fit ``max_seq_len``."""
     from lhama.train.rejection import prompt_messages
 
@@ -147,8 +152,7 @@ def collate_pairs(rows: Sequence[PairRow], pad_id: int = 0) -> dict[str, torch.T
     for key in ("chosen", "rejected"):
         out[f"{key}_tokens"] = torch.tensor([pad(getattr(r, key)[0], pad_id) for r in rows])
         out[f"{key}_labels"] = torch.tensor([pad(getattr(r, key)[1], IGNORE) for r in rows])
-    out["doc_ids"] = torch.tensor([pad([0] * len(r.chosen[0]), -1) + pad([0] * len(r.rejected[0]), -1)
-                                   for r in rows])
+    out["doc_ids"] = torch.tensor([pad([0] * len(r.chosen[0]), -1) + pad([0] * len(r.rejected[0]), -1) for r in rows])
     if all(r.ref is not None for r in rows):
         out["ref_chosen_logps"] = torch.tensor([r.ref[0] for r in rows], dtype=torch.float64)
         out["ref_rejected_logps"] = torch.tensor([r.ref[1] for r in rows], dtype=torch.float64)
@@ -162,8 +166,9 @@ class PairIterator(BatchIterator):
         if self.index >= self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
             self._order = self._order_for(self.epoch)
-        picked = [self.rows[self._order[(self.index * self.batch_size + k) % len(self.rows)]]
-                  for k in range(self.batch_size)]
+        picked = [
+            self.rows[self._order[(self.index * self.batch_size + k) % len(self.rows)]] for k in range(self.batch_size)
+        ]
         self.index += 1
         return collate_pairs(picked)
 
@@ -174,8 +179,9 @@ def adapters_disabled(model: nn.Module):
     output adds exactly nothing), restored after, even on error."""
     loras = [m for m in model.modules() if isinstance(m, LoRALinear)]
     if not loras:
-        raise ConfigError("dpo reference 'adapters_off' needs a LoRA model (use --lora, or reference "
-                          "'precompute' / 'model')")
+        raise ConfigError(
+            "dpo reference 'adapters_off' needs a LoRA model (use --lora, or reference 'precompute' / 'model')"
+        )
     saved = [m.scaling for m in loras]
     try:
         for m in loras:
@@ -259,8 +265,14 @@ class DPOLoss:
 
 
 @torch.no_grad()
-def precompute_reference(model: nn.Module, rows: Sequence[PairRow], batch_size: int = 8, *,
-                         adapters_off: bool = False, progress: bool = False) -> list[PairRow]:
+def precompute_reference(
+    model: nn.Module,
+    rows: Sequence[PairRow],
+    batch_size: int = 8,
+    *,
+    adapters_off: bool = False,
+    progress: bool = False,
+) -> list[PairRow]:
     """Rows with ``ref`` filled in from ``model`` (the policy before training, or a separate
     reference), computed once."""
     was_training = model.training
@@ -276,10 +288,12 @@ def precompute_reference(model: nn.Module, rows: Sequence[PairRow], batch_size: 
         it = tqdm(it, desc="reference log-probs", unit="batch")
     with ctx:
         for s in it:
-            chunk = rows[s:s + batch_size]
+            chunk = rows[s : s + batch_size]
             c, r, _, _ = pair_logps(model, collate_pairs(chunk))
-            out.extend(PairRow(row.chosen, row.rejected, (float(a), float(b)))
-                       for row, a, b in zip(chunk, c.tolist(), r.tolist()))
+            out.extend(
+                PairRow(row.chosen, row.rejected, (float(a), float(b)))
+                for row, a, b in zip(chunk, c.tolist(), r.tolist())
+            )
     model.train(was_training)
     return out
 
@@ -292,14 +306,18 @@ def preference_margin(model: nn.Module, rows: Sequence[PairRow], batch_size: int
     model.eval()
     margins, mean_margins, wins = [], [], 0
     for s in range(0, len(rows), batch_size):
-        c, r, nc, nr = pair_logps(model, collate_pairs(rows[s:s + batch_size]))
+        c, r, nc, nr = pair_logps(model, collate_pairs(rows[s : s + batch_size]))
         margins += (c - r).tolist()
         mean_margins += (c / nc - r / nr).tolist()
         wins += int((c > r).sum())
     model.train(was_training)
     n = max(len(margins), 1)
-    return {"margin": sum(margins) / n, "mean_token_margin": sum(mean_margins) / n, "accuracy": wins / n,
-            "pairs": len(margins)}
+    return {
+        "margin": sum(margins) / n,
+        "mean_token_margin": sum(mean_margins) / n,
+        "accuracy": wins / n,
+        "pairs": len(margins),
+    }
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -321,8 +339,9 @@ class DPOTrainer(Trainer):
         return m
 
 
-def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: str | None = None,
-            resume: bool = False) -> dict[str, Any]:
+def run_dpo(
+    opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: str | None = None, resume: bool = False
+) -> dict[str, Any]:
     """DPO on preference JSONL (``opts.data``), full or LoRA; ``opts.eval_data`` (pairs) gives the
     held-out chosen-vs-rejected margin before and after. Returns the summary (summary.json)."""
     lm = start_run(opts, cfg)
@@ -333,8 +352,9 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
         cut += c
     eval_rows = []
     if opts.eval_data:
-        eval_rows, _ = tokenize_pairs(read_jsonl(opts.eval_data), lm.chat_format, cfg.max_seq_len,
-                                      dpo.max_prompt_len, source=opts.eval_data)
+        eval_rows, _ = tokenize_pairs(
+            read_jsonl(opts.eval_data), lm.chat_format, cfg.max_seq_len, dpo.max_prompt_len, source=opts.eval_data
+        )
     model = lm.model
     params = trainable_params(model, lora, cfg.seed)
     if dpo.reference == "adapters_off" and lora is None:
@@ -352,8 +372,13 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
         rows = precompute_reference(model, rows, cfg.batch_size, adapters_off=lora is not None, progress=cfg.progress)
     elif dpo.reference == "model":
         ref = frozen_copy(model)
-    summary: dict[str, Any] = {"recipe": "dpo", "model": opts.model, "pairs": len(rows), "truncated_pairs": cut,
-                               "dpo": asdict(dpo)}
+    summary: dict[str, Any] = {
+        "recipe": "dpo",
+        "model": opts.model,
+        "pairs": len(rows),
+        "truncated_pairs": cut,
+        "dpo": asdict(dpo),
+    }
     if eval_rows:
         summary["eval_before"] = preference_margin(model, eval_rows, cfg.batch_size)
     trainer = DPOTrainer(model, DPOLoss(dpo, ref), PairIterator(rows, cfg.batch_size, seed=cfg.seed), cfg, params)
@@ -364,4 +389,3 @@ def run_dpo(opts, cfg, lora=None, dpo: DPOConfig = DPOConfig(), *, ref_model: st
     if eval_rows:
         summary["eval_after"] = preference_margin(trainer.model, eval_rows, cfg.batch_size)
     return write_run_outputs(trainer.model, lm, opts, cfg, lora, summary)
-

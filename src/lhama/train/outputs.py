@@ -40,13 +40,19 @@ def merged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[
     return out
 
 
-def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None, out: Path, fmt: str,
-                   gguf_type: str = "f16", tokenizer=None) -> Path:
+def export_weights(
+    state: dict[str, torch.Tensor],
+    args,
+    base_path: Path | None,
+    out: Path,
+    fmt: str,
+    gguf_type: str = "f16",
+    tokenizer=None,
+) -> Path:
     """Write full weights as an HF folder ("safetensors") or a GGUF file, with the tokenizer of
     the base checkpoint so the result loads on its own in lhama, transformers or llama.cpp."""
     from lhama.checkpoints import read_checkpoint, write_checkpoint
-    from lhama.checkpoints.export import (TOKENIZER_FILES, gguf_metadata_for, hf_token_ids,
-                                          write_hf_tokenizer_from_gguf)
+    from lhama.checkpoints.export import TOKENIZER_FILES, gguf_metadata_for, hf_token_ids, write_hf_tokenizer_from_gguf
     from lhama.checkpoints.loader import detect_format
 
     if fmt not in EXPORT_FORMATS:
@@ -78,8 +84,7 @@ def export_weights(state: dict[str, torch.Tensor], args, base_path: Path | None,
         metadata = dict(base_meta)
     elif base_path is not None:
         metadata = gguf_metadata_for(read_checkpoint(base_path, torch.float32))
-    return write_checkpoint(state, args, out, fmt="gguf", gguf_type=gguf_type,
-                            metadata=metadata)
+    return write_checkpoint(state, args, out, fmt="gguf", gguf_type=gguf_type, metadata=metadata)
 
 
 @torch.no_grad()
@@ -92,7 +97,7 @@ def heldout_loss(model: nn.Module, rows: list[Row], batch_size: int = 4) -> floa
     device = next(model.parameters()).device
     total = count = 0.0
     for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[i:i + batch_size]).items()}
+        batch = {k: v.to(device) for k, v in collate(rows[i : i + batch_size]).items()}
         loss, n = causal_lm_loss(model, batch)
         total += float(loss)
         count += float(n)

@@ -18,7 +18,8 @@ def text_examples(lm, path: str) -> list:
     return load_text_examples([path], lm.tokenizer)
 
 
-def run_pretrain(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *,
-                 resume: bool = False) -> dict[str, Any]:
+def run_pretrain(
+    opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *, resume: bool = False
+) -> dict[str, Any]:
     """Continued pretraining, full weights or (with ``lora``) a LoRA adapter."""
     return train_on_examples(opts, cfg, lora, resume=resume, to_examples=text_examples, recipe="pretrain")

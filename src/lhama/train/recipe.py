@@ -15,9 +15,10 @@ pretraining: the two differ only in how a data file becomes examples.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,8 +77,14 @@ def load_for_training(opts: RecipeOptions, cfg: TrainConfig):
     device = opts.device
     if device is None and is_initialized() and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
-    lm = load_model(opts.model, dtype=getattr(torch, opts.model_dtype), device=device, tokenizer=opts.tokenizer,
-                    chat_format=opts.chat_format, seed=cfg.seed)
+    lm = load_model(
+        opts.model,
+        dtype=getattr(torch, opts.model_dtype),
+        device=device,
+        tokenizer=opts.tokenizer,
+        chat_format=opts.chat_format,
+        seed=cfg.seed,
+    )
     if cfg.max_seq_len > lm.args.max_seq_len:
         raise ConfigError(f"max_seq_len {cfg.max_seq_len} exceeds the model's context of {lm.args.max_seq_len} tokens")
     return lm
@@ -107,8 +114,9 @@ def tokens_per_second(history: list[dict[str, Any]]) -> float | None:
     return sum(h["tokens"] for h in hist) / sum(h["step_s"] for h in hist) if hist else None
 
 
-def write_run_outputs(model: nn.Module, lm, opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None,
-                      summary: dict[str, Any]) -> dict[str, Any]:
+def write_run_outputs(
+    model: nn.Module, lm, opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, summary: dict[str, Any]
+) -> dict[str, Any]:
     """Rank 0 writes the adapter (LoRA) and/or merged full weights (full training, or ``--export``)
     and summary.json; every process returns the summary. ``lm`` gives the base model's args,
     path and (optionally) tokenizer, which the exported files carry along."""
@@ -117,14 +125,22 @@ def write_run_outputs(model: nn.Module, lm, opts: RecipeOptions, cfg: TrainConfi
     if is_main_process():
         if lora is not None:
             adapter_state = {k: v for k, v in state.items() if ".lora_a." in k or ".lora_b." in k}
-            adapter = save_peft_adapter(model, out / "adapter", base_model=str(lm.path or opts.model),
-                                        state=adapter_state)
+            adapter = save_peft_adapter(
+                model, out / "adapter", base_model=str(lm.path or opts.model), state=adapter_state
+            )
             summary["adapter"] = str(adapter)
         if lora is None or opts.export:
             fmt = opts.export or "safetensors"
             target = out / ("model.gguf" if fmt == "gguf" else "model")
-            written = export_weights(merged_state_dict(model, state), lm.args, lm.path, target, fmt, opts.gguf_type,
-                                     tokenizer=getattr(lm, "tokenizer", None))
+            written = export_weights(
+                merged_state_dict(model, state),
+                lm.args,
+                lm.path,
+                target,
+                fmt,
+                opts.gguf_type,
+                tokenizer=getattr(lm, "tokenizer", None),
+            )
             summary["model_out"] = str(written)
         summary["metrics"], summary["loss_curve"] = str(out / "metrics.jsonl"), str(out / "loss.png")
         summary["config"] = {"train": asdict(cfg), "lora": asdict(lora) if lora else None, "options": asdict(opts)}
@@ -133,8 +149,15 @@ def write_run_outputs(model: nn.Module, lm, opts: RecipeOptions, cfg: TrainConfi
     return summary
 
 
-def train_on_examples(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None, *, resume: bool,
-                      to_examples: ExampleReader, recipe: str) -> dict[str, Any]:
+def train_on_examples(
+    opts: RecipeOptions,
+    cfg: TrainConfig,
+    lora: LoraConfig | None,
+    *,
+    resume: bool,
+    to_examples: ExampleReader,
+    recipe: str,
+) -> dict[str, Any]:
     """The causal-LM recipe: examples packed into rows, loss on labeled tokens, held-out loss
     before and after. Returns the run summary (also in summary.json)."""
     lm = start_run(opts, cfg)
@@ -144,12 +167,18 @@ def train_on_examples(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | 
     rows = make_rows(examples, cfg.max_seq_len, pack=cfg.pack, pad_id=pad, truncate=truncate)
     eval_rows: list[Row] = []
     if opts.eval_data:
-        eval_rows = make_rows(to_examples(lm, opts.eval_data), cfg.max_seq_len, pack=False, pad_id=pad,
-                              truncate=truncate)
+        eval_rows = make_rows(
+            to_examples(lm, opts.eval_data), cfg.max_seq_len, pack=False, pad_id=pad, truncate=truncate
+        )
     model = lm.model
     params = trainable_params(model, lora, cfg.seed)
-    summary: dict[str, Any] = {"recipe": recipe, "model": opts.model, "train_rows": len(rows),
-                               "train_examples": len(examples), "seq_len": cfg.max_seq_len}
+    summary: dict[str, Any] = {
+        "recipe": recipe,
+        "model": opts.model,
+        "train_rows": len(rows),
+        "train_examples": len(examples),
+        "seq_len": cfg.max_seq_len,
+    }
     if eval_rows:
         summary["eval_loss_before"] = heldout_loss(model, eval_rows)
     trainer = Trainer(model, causal_lm_loss, BatchIterator(rows, cfg.batch_size, seed=cfg.seed), cfg, params)
@@ -162,5 +191,15 @@ def train_on_examples(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | 
     return write_run_outputs(trainer.model, lm, opts, cfg, lora, summary)
 
 
-__all__ = ["ExampleReader", "RecipeOptions", "RECIPE_KEYS", "start_run", "load_for_training", "pad_id_of",
-           "trainable_params", "tokens_per_second", "write_run_outputs", "train_on_examples"]
+__all__ = [
+    "ExampleReader",
+    "RecipeOptions",
+    "RECIPE_KEYS",
+    "start_run",
+    "load_for_training",
+    "pad_id_of",
+    "trainable_params",
+    "tokens_per_second",
+    "write_run_outputs",
+    "train_on_examples",
+]

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lhama.errors import ConfigError
 
@@ -102,8 +102,16 @@ def select(scores: Sequence[float], finish: Sequence[str], cfg: RejectionConfig)
     return best, worst
 
 
-def rejection_sample(loaded, records: Sequence[dict], reward, out_dir: str | Path,
-                     cfg: RejectionConfig = RejectionConfig(), *, engine=None, progress: bool = True) -> dict:
+def rejection_sample(
+    loaded,
+    records: Sequence[dict],
+    reward,
+    out_dir: str | Path,
+    cfg: RejectionConfig = RejectionConfig(),
+    *,
+    engine=None,
+    progress: bool = True,
+) -> dict:
     """Sample, score and write the output folder (see the module doc). ``loaded`` is a
     ``LoadedModel`` (the policy that generates); ``reward`` a ``lhama.train.rewards.Reward``.
     Returns the stats."""
@@ -126,23 +134,37 @@ def rejection_sample(loaded, records: Sequence[dict], reward, out_dir: str | Pat
 
         bar = tqdm(total=len(records), initial=len(records) - len(todo), unit="prompt", desc="rejection sampling")
     for c in range(0, len(todo), cfg.prompts_per_chunk):
-        chunk = todo[c:c + cfg.prompts_per_chunk]
+        chunk = todo[c : c + cfg.prompts_per_chunk]
         # A record's "tools" (function specs, as in chat JSONL) are rendered into its prompt.
         ids = [fmt.encode_dialog(prompts[i], tools=records[i].get("tools"), add_generation_prompt=True) for i in chunk]
         # Seed per prompt (not per chunk) so the candidates don't depend on chunking or resumes.
-        params = [SamplingParams(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                 n=cfg.num_candidates, seed=cfg.seed * 1_000_003 + i) for i in chunk]
+        params = [
+            SamplingParams(
+                max_tokens=cfg.max_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                n=cfg.num_candidates,
+                seed=cfg.seed * 1_000_003 + i,
+            )
+            for i in chunk
+        ]
         results = engine.generate(ids, params)
         cands = [[comp.text for comp in res.completions] for res in results]
         scores = reward.score_many([(records[i], cs) for i, cs in zip(chunk, cands)])
         with open(ledger_path, "a", encoding="utf-8") as f:
             for i, res, cs, sc in zip(chunk, results, cands, scores):
                 if len(sc) != len(cs):
-                    raise ConfigError(f"reward '{getattr(reward, 'name', reward)}' returned {len(sc)} scores "
-                                      f"for {len(cs)} candidates")
+                    raise ConfigError(
+                        f"reward '{getattr(reward, 'name', reward)}' returned {len(sc)} scores for {len(cs)} candidates"
+                    )
                 finish = [comp.finish_reason for comp in res.completions]
-                row = {"index": i, "prompt": prompts[i], "candidates": cs, "scores": [float(s) for s in sc],
-                       "finish_reasons": finish}
+                row = {
+                    "index": i,
+                    "prompt": prompts[i],
+                    "candidates": cs,
+                    "scores": [float(s) for s in sc],
+                    "finish_reasons": finish,
+                }
                 done[i] = row
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
@@ -169,17 +191,28 @@ def write_outputs(done: dict[int, dict], out: Path, cfg: RejectionConfig, *, rew
             msgs = row["prompt"] + [{"role": "assistant", "content": row["candidates"][best]}]
             sft.append({"messages": msgs, "score": s_best, "index": i})
         if s_best - s_worst > cfg.min_margin:
-            dpo.append({"prompt": row["prompt"], "chosen": row["candidates"][best],
-                        "rejected": row["candidates"][worst], "chosen_score": s_best,
-                        "rejected_score": s_worst, "index": i})
+            dpo.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": row["candidates"][best],
+                    "rejected": row["candidates"][worst],
+                    "chosen_score": s_best,
+                    "rejected_score": s_worst,
+                    "index": i,
+                }
+            )
     _write_atomic(out / SFT, [json.dumps(r, ensure_ascii=False) + "\n" for r in sft])
     _write_atomic(out / DPO, [json.dumps(r, ensure_ascii=False) + "\n" for r in dpo])
     all_scores = [s for r in done.values() for s in r["scores"]]
     stats = {
-        "prompts": len(done), "candidates": len(all_scores), "sft_examples": len(sft), "dpo_pairs": len(dpo),
+        "prompts": len(done),
+        "candidates": len(all_scores),
+        "sft_examples": len(sft),
+        "dpo_pairs": len(dpo),
         "mean_score": sum(all_scores) / len(all_scores) if all_scores else None,
         "mean_best_score": sum(best_scores) / len(best_scores) if best_scores else None,
-        "reward": reward_name, "config": asdict(cfg),
+        "reward": reward_name,
+        "config": asdict(cfg),
     }
     _write_atomic(out / STATS, [json.dumps(stats, indent=2) + "\n"])
     return stats

@@ -15,8 +15,8 @@ import inspect
 import math
 import re
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from lhama.errors import ConfigError, LhamaError
 from lhama.eval.code import extract_code
@@ -113,8 +113,9 @@ class ExactAnswerReward(Reward):
 
     def score(self, record, candidates):
         if self.field not in record:
-            raise RewardInputError(f"the 'exact' reward needs a '{self.field}' field in every record; "
-                                   f"this one has {sorted(record)}")
+            raise RewardInputError(
+                f"the 'exact' reward needs a '{self.field}' field in every record; this one has {sorted(record)}"
+            )
         expected = str(record[self.field])
         return [1.0 if answers_match(extract_answer(c), expected) else 0.0 for c in candidates]
 
@@ -159,8 +160,10 @@ class UnitTestReward(Reward):
 
         tests = record.get(self.field)
         if not tests:
-            raise RewardInputError(f"the 'unit-tests' reward needs a non-empty '{self.field}' field "
-                                   "(a list of Python test snippets, or one string of asserts)")
+            raise RewardInputError(
+                f"the 'unit-tests' reward needs a non-empty '{self.field}' field "
+                "(a list of Python test snippets, or one string of asserts)"
+            )
         if isinstance(tests, str):
             tests = [tests]
         limits = self._limits()
@@ -223,8 +226,11 @@ class JudgeReward(Reward):
         from lhama.train.rejection import prompt_messages
 
         msgs = prompt_messages(record)
-        request = "\n\n".join(f"{m['role']}: {m['content']}" if m["role"] != "user" else str(m["content"])
-                               for m in msgs if m["role"] != "system")
+        request = "\n\n".join(
+            f"{m['role']}: {m['content']}" if m["role"] != "user" else str(m["content"])
+            for m in msgs
+            if m["role"] != "system"
+        )
         text = self.config.template.format(prompt=request, response=candidate, max_score=self.config.max_score)
         fmt = self.judge.chat_format
         ids = fmt.encode_dialog([{"role": "user", "content": text}], add_generation_prompt=True)
@@ -240,7 +246,7 @@ class JudgeReward(Reward):
         out: list[float] = []
         with torch.no_grad():
             for s in range(0, len(prompts), self.batch_size):
-                chunk = [p[-ctx:] for p in prompts[s:s + self.batch_size]]
+                chunk = [p[-ctx:] for p in prompts[s : s + self.batch_size]]
                 T = max(len(p) for p in chunk)
                 # Right padding: causal attention keeps each prompt's last position unaffected.
                 tokens = torch.tensor([p + [0] * (T - len(p)) for p in chunk], device=model.device)
@@ -255,7 +261,7 @@ class JudgeReward(Reward):
         flat = self.expected_ratings([self.prompt_ids(rec, c) for rec, cands in items for c in cands])
         out, i = [], 0
         for _, cands in items:
-            out.append(flat[i:i + len(cands)])
+            out.append(flat[i : i + len(cands)])
             i += len(cands)
         return out
 

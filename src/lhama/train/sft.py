@@ -18,8 +18,10 @@ def chat_examples(lm, path: str) -> list[Example]:
     return load_chat_examples(path, lm.chat_format)
 
 
-def run_sft(opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *,
-            resume: bool = False) -> dict[str, Any]:
+def run_sft(
+    opts: RecipeOptions, cfg: TrainConfig, lora: LoraConfig | None = None, *, resume: bool = False
+) -> dict[str, Any]:
     """Full SFT (``lora=None``) or LoRA SFT on chat JSONL."""
-    return train_on_examples(opts, cfg, lora, resume=resume, to_examples=chat_examples,
-                             recipe="lora" if lora else "sft")
+    return train_on_examples(
+        opts, cfg, lora, resume=resume, to_examples=chat_examples, recipe="lora" if lora else "sft"
+    )

@@ -19,9 +19,9 @@ import os
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from lhama.errors import ConfigError
 from lhama.extras import require
@@ -29,7 +29,7 @@ from lhama.extras import require
 INSTRUCTION_PROMPT = (
     "You write tasks that a user might give to an AI assistant. Here are some examples:\n"
     "{examples}\n"
-    "Write one new, different task about the topic \"{topic}\". It must be self-contained and "
+    'Write one new, different task about the topic "{topic}". It must be self-contained and '
     "answerable in a few sentences. Reply with the task only, on one line."
 )
 DEFAULT_EXAMPLES = (
@@ -39,7 +39,9 @@ DEFAULT_EXAMPLES = (
 )
 REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i apologi[sz]e|i cannot|i can'?t (help|assist|provide|do)|i am unable|i'?m unable|"
-    r"as an ai\b|as a language model|i'?m not able to|i do not have (access|the ability))", re.IGNORECASE)
+    r"as an ai\b|as a language model|i'?m not able to|i do not have (access|the ability))",
+    re.IGNORECASE,
+)
 TEMPLATE_LEAK = re.compile(r"<\|[a-z_]+\|>|\[/?INST\]|<</?SYS>>")
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*•]|task\s*\d*:|instruction\s*\d*:|new task:|question:)\s*", re.I)
 
@@ -88,7 +90,7 @@ def words(text: str) -> list[str]:
 
 def repeated_ngram_ratio(text: str, n: int = 3) -> float:
     w = words(text)
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
     if not grams:
         return 0.0
     counts = Counter(grams)
@@ -153,7 +155,7 @@ class NearDuplicateIndex:
     def _minhash(self, text: str):
         MinHash = require("datasketch", "train").MinHash
         w = words(text)
-        grams = {" ".join(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
+        grams = {" ".join(w[i : i + 3]) for i in range(max(1, len(w) - 2))}
         m = MinHash(num_perm=self.num_perm, seed=1)
         for g in grams:
             m.update(g.encode("utf-8"))
@@ -211,13 +213,22 @@ def _load_state(out: Path, n_topics: int) -> dict:
         return {"round": 0, "topic": 0, "written": 0, "counts": {}}
     state = json.loads(sp.read_text())
     if state.get("n_topics") != n_topics:
-        raise ConfigError(f"{sp} belongs to a run with {state.get('n_topics')} topics, not {n_topics}; "
-                          "use another output file or delete it")
+        raise ConfigError(
+            f"{sp} belongs to a run with {state.get('n_topics')} topics, not {n_topics}; "
+            "use another output file or delete it"
+        )
     return state
 
 
-def synthesize(loaded, topics: Sequence[dict], out_path: str | Path, cfg: SynthConfig = SynthConfig(), *,
-               engine=None, progress: bool = True) -> dict:
+def synthesize(
+    loaded,
+    topics: Sequence[dict],
+    out_path: str | Path,
+    cfg: SynthConfig = SynthConfig(),
+    *,
+    engine=None,
+    progress: bool = True,
+) -> dict:
     """Generate, filter and write chat JSONL to ``out_path``; returns counts per outcome."""
     from lhama.engine import LLMEngine
 
@@ -248,8 +259,14 @@ def synthesize(loaded, topics: Sequence[dict], out_path: str | Path, cfg: SynthC
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-            state = {"round": rnd, "topic": chunk[-1] + 1, "written": state["written"] + len(rows),
-                     "counts": dict(counts), "n_topics": len(topics), "config": asdict(cfg)}
+            state = {
+                "round": rnd,
+                "topic": chunk[-1] + 1,
+                "written": state["written"] + len(rows),
+                "counts": dict(counts),
+                "n_topics": len(topics),
+                "config": asdict(cfg),
+            }
             if state["topic"] >= len(topics):
                 state.update(round=rnd + 1, topic=0)
             tmp = _state_path(out).with_suffix(".tmp")
@@ -291,9 +308,15 @@ def _one_chunk(loaded, engine, topics, chunk, rnd, pool, dedup, counts, cfg: Syn
         examples = rng.sample(shown, min(cfg.examples_in_prompt, len(shown)))
         text = INSTRUCTION_PROMPT.format(examples="\n".join(f"- {e}" for e in examples), topic=topic)
         prompts.append(fmt.encode_dialog([{"role": "user", "content": text}], add_generation_prompt=True))
-        params.append(SamplingParams(max_tokens=cfg.instruction_max_tokens, temperature=cfg.instruction_temperature,
-                                     top_p=0.95, n=cfg.instructions_per_topic,
-                                     seed=(cfg.seed * 1_000_003 + rnd) * 1_000_003 + t))
+        params.append(
+            SamplingParams(
+                max_tokens=cfg.instruction_max_tokens,
+                temperature=cfg.instruction_temperature,
+                top_p=0.95,
+                n=cfg.instructions_per_topic,
+                seed=(cfg.seed * 1_000_003 + rnd) * 1_000_003 + t,
+            )
+        )
     results = engine.generate(prompts, params)
     accepted: list[tuple[int, str]] = []
     for t, res in zip(chunk, results):
@@ -311,10 +334,11 @@ def _one_chunk(loaded, engine, topics, chunk, rnd, pool, dedup, counts, cfg: Syn
     if not accepted:
         return []
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    ids = [fmt.encode_dialog(system + [{"role": "user", "content": inst}], add_generation_prompt=True)
-           for _, inst in accepted]
-    ans_params = SamplingParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.answer_temperature,
-                                seed=cfg.seed)
+    ids = [
+        fmt.encode_dialog(system + [{"role": "user", "content": inst}], add_generation_prompt=True)
+        for _, inst in accepted
+    ]
+    ans_params = SamplingParams(max_tokens=cfg.answer_max_tokens, temperature=cfg.answer_temperature, seed=cfg.seed)
     rows = []
     for (t, inst), res in zip(accepted, engine.generate(ids, ans_params)):
         comp = res.completions[0]
@@ -326,6 +350,11 @@ def _one_chunk(loaded, engine, topics, chunk, rnd, pool, dedup, counts, cfg: Syn
             continue
         topic = topics[t]["topic"]
         pool[topic].append(inst)
-        rows.append({"messages": [{"role": "user", "content": inst}, {"role": "assistant", "content": answer}],
-                     "topic": topic, "round": rnd})
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": inst}, {"role": "assistant", "content": answer}],
+                "topic": topic,
+                "round": rnd,
+            }
+        )
     return rows

@@ -19,9 +19,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,13 @@ from torch import nn
 from lhama.errors import ConfigError
 from lhama.parallel.fsdp import fsdp_wrap
 from lhama.parallel.runtime import is_distributed, process_rank, world_size
-from lhama.train.checkpointing import (latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state,
-                                       write_text_atomic)
+from lhama.train.checkpointing import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    write_text_atomic,
+)
 from lhama.train.config import TrainConfig
 from lhama.train.data import IGNORE, DocumentMask
 
@@ -107,15 +113,20 @@ class Trainer:
     takes its slice of every batch.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, cfg: TrainConfig,
-                 params: list[nn.Parameter] | None = None):
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, data: Any, cfg: TrainConfig, params: list[nn.Parameter] | None = None
+    ):
         self.cfg, self.loss_fn, self.data = cfg, loss_fn, data
         self.distributed = is_distributed()
         self.rank, self.world = (process_rank(), world_size()) if self.distributed else (0, 1)
         if cfg.batch_size % self.world:
-            raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({self.world})")
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} must be divisible by the number of processes ({self.world})"
+            )
         chosen = {id(p) for p in params} if params is not None else None
-        self.trainable = [n for n, p in model.named_parameters() if (p.requires_grad if chosen is None else id(p) in chosen)]
+        self.trainable = [
+            n for n, p in model.named_parameters() if (p.requires_grad if chosen is None else id(p) in chosen)
+        ]
         if not self.trainable:
             raise ConfigError("no parameters to train")
         for n, p in model.named_parameters():
@@ -129,12 +140,16 @@ class Trainer:
         self.params = [named[n] for n in self.trainable]
         decay = [p for p in self.params if p.ndim >= 2]  # no weight decay on norms and biases
         rest = [p for p in self.params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                            {"params": rest, "weight_decay": 0.0}],
-                                           lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+        )
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * data.batches_per_epoch / cfg.grad_accum))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr_ratio)
+        )
         self.step = 0
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -145,16 +160,25 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
     def _full_state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         weights = get_model_state_dict(self.model, options=opts)
         optim = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
         keep = set(self.trainable)
-        return {"step": self.step, "model": {k: v for k, v in weights.items() if k in keep}, "optimizer": optim,
-                "scheduler": self.scheduler.state_dict(), "data": self.data.state_dict(),
-                "config": self.cfg.to_dict(), "world_size": self.world}
+        return {
+            "step": self.step,
+            "model": {k: v for k, v in weights.items() if k in keep},
+            "optimizer": optim,
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.data.state_dict(),
+            "config": self.cfg.to_dict(),
+            "world_size": self.world,
+        }
 
     def save(self) -> Path:
         state = self._full_state()  # collective: every rank gathers
@@ -165,8 +189,11 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint under ``output_dir``; False when there is none."""
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         folder = latest_checkpoint(self.ckpt_dir)
         if folder is None:
@@ -174,8 +201,10 @@ class Trainer:
         state, rng = load_checkpoint(folder)
         missing = set(self.trainable) - set(state["model"])
         if missing:
-            raise ConfigError(f"checkpoint {folder} does not hold trainable parameter {sorted(missing)[0]}; "
-                              "resume with the same recipe and LoRA settings")
+            raise ConfigError(
+                f"checkpoint {folder} does not hold trainable parameter {sorted(missing)[0]}; "
+                "resume with the same recipe and LoRA settings"
+            )
         opts = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(self.model, state["model"], options=opts)
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)
@@ -192,8 +221,11 @@ class Trainer:
             print(f"lhama: resumed from {folder} (step {self.step} of {self.total_steps})", file=sys.stderr, flush=True)
         # Metrics past the checkpoint belong to the lost work and will be logged again.
         if self.rank == 0 and self.metrics_path.is_file():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= self.step]
+            kept = [
+                line
+                for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= self.step
+            ]
             write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
             self.history = [json.loads(line) for line in kept]
         return True
@@ -204,7 +236,7 @@ class Trainer:
         for k, v in batch.items():
             if isinstance(v, torch.Tensor) and v.ndim and self.distributed:
                 per = v.shape[0] // self.world
-                v = v[self.rank * per:(self.rank + 1) * per]
+                v = v[self.rank * per : (self.rank + 1) * per]
             out[k] = v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
         return out
 
@@ -234,7 +266,7 @@ class Trainer:
         for p in self.params:
             if p.grad is not None:
                 p.grad.mul_(scale)
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf")))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -243,8 +275,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         dt = time.perf_counter() - t0
-        return {"step": self.step, "loss": loss_sum / max(count, 1.0), "lr": lr, "grad_norm": float(grad_norm),
-                "items": int(count), "tokens": int(seen), "tokens_per_s": seen / dt, "step_s": dt}
+        return {
+            "step": self.step,
+            "loss": loss_sum / max(count, 1.0),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "items": int(count),
+            "tokens": int(seen),
+            "tokens_per_s": seen / dt,
+            "step_s": dt,
+        }
 
     def train(self, resume: bool = False) -> TrainResult:
         resumed = self.resume() if resume else False
@@ -257,8 +297,14 @@ class Trainer:
             (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         from tqdm import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.cfg.progress and self.rank == 0),
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (self.cfg.progress and self.rank == 0),
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         last: dict[str, Any] = self.history[-1] if self.history else {"loss": float("nan")}
         with bar, self._stop_on_sigint():
             while self.step < self.total_steps:
@@ -291,8 +337,11 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print("\nlhama: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+            print(
+                "\nlhama: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)",
+                file=sys.stderr,
+                flush=True,
+            )
 
         previous = signal.signal(signal.SIGINT, handler)
         try:

@@ -73,7 +73,9 @@ def _plain(value: Any) -> Any:
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols]
+    )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: _dt.datetime.now().strftime(fmt)
@@ -93,13 +95,20 @@ class JinjaChatFormat:
         self.source = template
         self.tokenizer = tokenizer
         id_to_tok = {v: k for k, v in tokenizer.special_tokens.items()}
-        self.bos_token = bos_token if bos_token is not None else (
-            getattr(tokenizer, "bos_token", None) or id_to_tok.get(tokenizer.bos_id, ""))
-        self.eos_token = eos_token if eos_token is not None else (
-            getattr(tokenizer, "eos_token", None) or id_to_tok.get(tokenizer.eos_id, ""))
+        self.bos_token = (
+            bos_token
+            if bos_token is not None
+            else (getattr(tokenizer, "bos_token", None) or id_to_tok.get(tokenizer.bos_id, ""))
+        )
+        self.eos_token = (
+            eos_token
+            if eos_token is not None
+            else (getattr(tokenizer, "eos_token", None) or id_to_tok.get(tokenizer.eos_id, ""))
+        )
         # Stop on eos and on any end-of-turn token the template writes (<|im_end|>, <|eot_id|> ...).
-        ends = {tokenizer.special_tokens[t] for t in END_OF_TURN_TOKENS
-                if t in template and t in tokenizer.special_tokens}
+        ends = {
+            tokenizer.special_tokens[t] for t in END_OF_TURN_TOKENS if t in template and t in tokenizer.special_tokens
+        }
         if self.eos_token and self.eos_token in template and self.eos_token in tokenizer.special_tokens:
             ends.add(tokenizer.special_tokens[self.eos_token])
         self.stop_ids = frozenset(tokenizer.stop_ids) | frozenset(ends)
@@ -108,13 +117,25 @@ class JinjaChatFormat:
     def literal_text(self) -> LiteralTextEncoder:
         return LiteralTextEncoder(self.tokenizer)
 
-    def render(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-               add_generation_prompt: bool = True, **variables: Any) -> str:
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[dict] | None = None,
+        add_generation_prompt: bool = True,
+        **variables: Any,
+    ) -> str:
         """The prompt text; ``variables`` reach the template too (e.g. ``documents``)."""
         return self._render(messages, tools, add_generation_prompt, variables, lambda data: data)
 
-    def _render(self, messages: Sequence[Message], tools: Sequence[dict] | None, add_generation_prompt: bool,
-                variables: dict[str, Any], literal: Callable[[Any], Any]) -> str:
+    def _render(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[dict] | None,
+        add_generation_prompt: bool,
+        variables: dict[str, Any],
+        literal: Callable[[Any], Any],
+    ) -> str:
         """``literal`` rewrites the caller's data (messages, tools, variables) before the template
         sees it; what the template itself adds (bos/eos, markup) is left alone."""
         for m in messages:
@@ -126,16 +147,20 @@ class JinjaChatFormat:
             messages, tools = inline_tools(messages, tools), None
         context = {"bos_token": self.bos_token, "eos_token": self.eos_token, **literal(_plain(variables))}
         try:
-            return self.template.render(messages=literal(_plain(list(messages))),
-                                        tools=literal(_plain(list(tools))) if tools else None,
-                                        add_generation_prompt=add_generation_prompt, **context)
+            return self.template.render(
+                messages=literal(_plain(list(messages))),
+                tools=literal(_plain(list(tools))) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                **context,
+            )
         except ChatFormatError:
             raise
         except Exception as e:  # template runtime errors, sandbox violations, missing fields
             raise ChatFormatError(f"the chat template failed on these messages: {type(e).__name__}: {e}") from None
 
-    def encode_dialog(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-                      add_generation_prompt: bool = True) -> list[int]:
+    def encode_dialog(
+        self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
         if not messages:
             raise ChatFormatError("messages must not be empty")
         # The template writes bos itself when it wants one. Special-token text the template
@@ -152,7 +177,7 @@ class JinjaChatFormat:
         body = text.strip()
         for start, end in TOOL_CALL_WRAPPERS:
             if body.startswith(start) and body.endswith(end):
-                body = body.replace(start, "\n").replace(end, "\n") if end else body[len(start):]
+                body = body.replace(start, "\n").replace(end, "\n") if end else body[len(start) :]
                 break
         calls = parse_tool_calls(body)
         msg: Message = {"role": "assistant", "content": None if calls else text, "stop_reason": stop}

@@ -35,8 +35,9 @@ class LiteralTextEncoder:
         # Only the specials that plain tokenization does not produce by itself need care
         # (user-defined tokens are matched in any text, as llama.cpp does); longest first, so that
         # a special token that contains another one wins.
-        self.specials = sorted((t for t, i in tokenizer.special_tokens.items() if t and tokenizer.encode(t) != [i]),
-                               key=len, reverse=True)
+        self.specials = sorted(
+            (t for t, i in tokenizer.special_tokens.items() if t and tokenizer.encode(t) != [i]), key=len, reverse=True
+        )
         alternatives = "|".join(map(re.escape, self.specials))
         self._in_data = re.compile(f"{ESC}|{alternatives}" if alternatives else ESC)
         self._code = {t: ESC + chr(CODE0 + k) for k, t in enumerate(self.specials)}

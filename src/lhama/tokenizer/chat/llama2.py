@@ -7,7 +7,7 @@ is ``<s>[INST] {user} [/INST]``; a system prompt goes inside the first user turn
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lhama.errors import ChatFormatError
 from lhama.tokenizer.base import Message
@@ -24,8 +24,9 @@ class Llama2ChatFormat:
         self.tokenizer = tokenizer
         self.stop_ids = frozenset({tokenizer.eos_id})
 
-    def encode_dialog(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-                      add_generation_prompt: bool = True) -> list[int]:
+    def encode_dialog(
+        self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
         if tools:
             raise ChatFormatError("the Llama 2 chat format has no tool calling; use a Llama 3.1+ model")
         msgs = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in messages]
@@ -36,14 +37,17 @@ class Llama2ChatFormat:
         for i, m in enumerate(msgs):
             want = "user" if i % 2 == 0 else "assistant"
             if m["role"] != want:
-                raise ChatFormatError(f"Llama 2 dialogs alternate user/assistant (after an optional system); "
-                                      f"message {i} is {m['role']!r}, expected {want!r}")
+                raise ChatFormatError(
+                    f"Llama 2 dialogs alternate user/assistant (after an optional system); "
+                    f"message {i} is {m['role']!r}, expected {want!r}"
+                )
         if not msgs or (add_generation_prompt and msgs[-1]["role"] != "user"):
             raise ChatFormatError("the last message must be from the user")
         tok, ids = self.tokenizer, []
         for user, answer in zip(msgs[::2], msgs[1::2]):
-            ids += tok.encode(f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} ",
-                              bos=True, eos=True)
+            ids += tok.encode(
+                f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} ", bos=True, eos=True
+            )
         if len(msgs) % 2 == 1:
             ids += tok.encode(f"{B_INST} {msgs[-1]['content'].strip()} {E_INST}", bos=True)
         return ids
@@ -53,5 +57,8 @@ class Llama2ChatFormat:
         stop = "out_of_tokens"
         if ids and ids[-1] in self.stop_ids:
             stop, ids = "end_of_turn", ids[:-1]
-        return {"role": "assistant", "content": self.tokenizer.decode(ids, skip_special=True).strip(),
-                "stop_reason": stop}
+        return {
+            "role": "assistant",
+            "content": self.tokenizer.decode(ids, skip_special=True).strip(),
+            "stop_reason": stop,
+        }

@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lhama.errors import ChatFormatError
 from lhama.tokenizer.base import Message
-from lhama.tokenizer.chat.tool_calls import (BUILTIN_SEARCH_TOOLS, BUILTIN_TOOLS, call_arguments, call_name,
-                                             parse_tool_calls)
+from lhama.tokenizer.chat.tool_calls import (
+    BUILTIN_SEARCH_TOOLS,
+    BUILTIN_TOOLS,
+    call_arguments,
+    call_name,
+    parse_tool_calls,
+)
 
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "ipython": "ipython", "tool": "ipython"}
 STOP_REASONS = {"end_of_message": True, "eom": True, "end_of_turn": False, "eot": False}
@@ -29,9 +35,11 @@ KNOWLEDGE_CUTOFF = "December 2023"
 
 # Wording of the tool prompts in llama-models' prompt_format.md (Llama 3.1) and
 # text_prompt_format.md (Llama 3.2), which is what the models were tuned on.
-JSON_TOOLS_PREAMBLE = ("Answer the user's question by making use of the following functions if needed.\n"
-                       "If none of the function can be used, please say so.\n"
-                       "Here is a list of functions in JSON format:\n")
+JSON_TOOLS_PREAMBLE = (
+    "Answer the user's question by making use of the following functions if needed.\n"
+    "If none of the function can be used, please say so.\n"
+    "Here is a list of functions in JSON format:\n"
+)
 JSON_TOOLS_CLOSING = "\nReturn function calls in JSON format."
 FUNCTION_TAG_PREAMBLE = "You have access to the following functions:\n\n"
 FUNCTION_TAG_CLOSING = (
@@ -43,7 +51,8 @@ FUNCTION_TAG_CLOSING = (
     "- Function calls MUST follow the specified format, start with <function= and end with </function>\n"
     "- Required parameters MUST be specified\n"
     "- Only call one function at a time\n"
-    "- Put the entire function call reply on one line")
+    "- Put the entire function call reply on one line"
+)
 PYTHON_LIST_PREAMBLE = (
     "You are an expert in composing functions. You are given a question and a set of possible functions.\n"
     "Based on the question, you will need to make one or more function/tool calls to achieve the purpose.\n"
@@ -52,7 +61,8 @@ PYTHON_LIST_PREAMBLE = (
     "If you decide to invoke any of the function(s), you MUST put it in the format of "
     "[func_name1(params_name1=params_value1, params_name2=params_value2...), func_name2(params)]\n"
     "You SHOULD NOT include any other text in the response.\n\n"
-    "Here is a list of functions in JSON format that you can invoke.\n\n")
+    "Here is a list of functions in JSON format that you can invoke.\n\n"
+)
 
 
 def content_parts(content: Any) -> list[str]:
@@ -100,8 +110,9 @@ def split_tools(tools: Sequence[dict] | None) -> tuple[list[str], list[dict]]:
     return builtin, custom
 
 
-def tools_system_prompt(builtin: Sequence[str] = (), *, custom: bool = False, system: str = "",
-                        today: _dt.date | None = None) -> str:
+def tools_system_prompt(
+    builtin: Sequence[str] = (), *, custom: bool = False, system: str = "", today: _dt.date | None = None
+) -> str:
     """The system message that enables tools, as in llama-models' prompt formats:
     ``Environment: ipython`` (turns on the code interpreter), ``Tools: brave_search, ...``, the
     knowledge cutoff and today's date, then the user's own system text."""
@@ -124,8 +135,9 @@ def custom_tools_prompt(functions: Sequence[dict], tool_prompt_format: str = "js
         defs = "".join(json.dumps({"type": "function", "function": f}, indent=4) + "\n" for f in functions)
         return JSON_TOOLS_PREAMBLE + defs + JSON_TOOLS_CLOSING
     if tool_prompt_format == "function_tag":
-        defs = "".join(f"Use the function '{f['name']}' to '{f.get('description', '')}':\n{json.dumps(f)}\n"
-                       for f in functions)
+        defs = "".join(
+            f"Use the function '{f['name']}' to '{f.get('description', '')}':\n{json.dumps(f)}\n" for f in functions
+        )
         return FUNCTION_TAG_PREAMBLE + defs + FUNCTION_TAG_CLOSING
     if tool_prompt_format == "python_list":
         return PYTHON_LIST_PREAMBLE + json.dumps(list(functions), indent=4)
@@ -135,8 +147,14 @@ def custom_tools_prompt(functions: Sequence[dict], tool_prompt_format: str = "js
 class Llama3ChatFormat:
     name = "llama3"
 
-    def __init__(self, tokenizer, *, today: _dt.date | None = None, tool_prompt_format: str = "json",
-                 python_tag_for_search: bool = False):
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        today: _dt.date | None = None,
+        tool_prompt_format: str = "json",
+        python_tag_for_search: bool = False,
+    ):
         """``python_tag_for_search``: put ``<|python_tag|>`` before brave_search / wolfram_alpha
         calls in the history, as the model writes them (prompt_format.md); llama-models' encoder
         leaves it out, so by default so do we."""
@@ -145,7 +163,9 @@ class Llama3ChatFormat:
         if missing:
             raise ChatFormatError(f"the Llama 3 chat format needs the tokens {missing}, which this vocabulary lacks")
         if tool_prompt_format not in TOOL_PROMPT_FORMATS:
-            raise ChatFormatError(f"unknown tool prompt format {tool_prompt_format!r}; use one of {TOOL_PROMPT_FORMATS}")
+            raise ChatFormatError(
+                f"unknown tool prompt format {tool_prompt_format!r}; use one of {TOOL_PROMPT_FORMATS}"
+            )
         self.tokenizer = tokenizer
         self.today = today
         self.tool_prompt_format = tool_prompt_format
@@ -190,8 +210,9 @@ class Llama3ChatFormat:
         ids = self.encode_header(ROLES[role])
         calls = (m.get("tool_calls") or []) if role == "assistant" else []
         first = call_name(calls[0]) if calls else ""
-        if self.python_tag is not None and (first == "code_interpreter" or
-                                            (self.python_tag_for_search and first in BUILTIN_SEARCH_TOOLS)):
+        if self.python_tag is not None and (
+            first == "code_interpreter" or (self.python_tag_for_search and first in BUILTIN_SEARCH_TOOLS)
+        ):
             ids.append(self.python_tag)
         for part in content_parts(m.get("content")):
             ids += self._text(part)
@@ -226,15 +247,21 @@ class Llama3ChatFormat:
             text = (system + "\n\n" if system else "") + custom_tools_prompt(custom, "python_list")
             messages.insert(0, {"role": "system", "content": header + ("\n" if header else "") + text})
             return messages
-        messages.insert(0, {"role": "system", "content": tools_system_prompt(builtin, custom=bool(custom),
-                                                                               system=system, today=self.today)})
+        messages.insert(
+            0,
+            {
+                "role": "system",
+                "content": tools_system_prompt(builtin, custom=bool(custom), system=system, today=self.today),
+            },
+        )
         if custom:
             at = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
             messages.insert(at, {"role": "user", "content": custom_tools_prompt(custom, self.tool_prompt_format)})
         return messages
 
-    def encode_dialog(self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None,
-                      add_generation_prompt: bool = True) -> list[int]:
+    def encode_dialog(
+        self, messages: Sequence[Message], *, tools: Sequence[dict] | None = None, add_generation_prompt: bool = True
+    ) -> list[int]:
         if not messages:
             raise ChatFormatError("messages must not be empty")
         if tools:
@@ -260,7 +287,7 @@ class Llama3ChatFormat:
             # The model may say something first, then switch to the tool call.
             k = ids.index(self.python_tag)
             text = self.tokenizer.decode(ids[:k], skip_special=True)
-            body, tagged = self.tokenizer.decode(ids[k + 1:], skip_special=True), True
+            body, tagged = self.tokenizer.decode(ids[k + 1 :], skip_special=True), True
         calls = parse_tool_calls(body if tagged else text, python_tag=tagged)
         if tagged and not calls:  # an empty python tag: keep what followed it as text
             text += body

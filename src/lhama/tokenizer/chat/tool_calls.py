@@ -25,8 +25,11 @@ _FUNCTION_TAG = re.compile(r"\s*<function=([\w.\-]+)>(.*?)</function>\s*", re.S)
 
 
 def make_call(name: str, arguments: dict[str, Any]) -> dict:
-    return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
 
 
 def call_name(call: dict) -> str:
