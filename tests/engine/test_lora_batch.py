@@ -18,8 +18,10 @@ from tests.engine.lora_adapters import make_adapter
 
 # Long enough to fill several 16-token KV blocks: the prefix cache must not hand an adapter the
 # base model's blocks (or another adapter's) for the same tokens.
-PROMPT = ("The history of the city goes back two thousand years, when a small fishing village stood on "
-          "the river bank. Over the centuries it grew into a market town, and today it is known for")
+PROMPT = (
+    "The history of the city goes back two thousand years, when a small fishing village stood on "
+    "the river bank. Over the centuries it grew into a market town, and today it is known for"
+)
 PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
 # Float base with adapters vs the same adapter merged into the float weights: the same math in
 # another order (fp32 rounding only).
@@ -30,8 +32,10 @@ FLOAT_TOL = 2e-3
 def adapters(tmp_path_factory):
     args = load_model("default").args
     root = tmp_path_factory.mktemp("adapters")
-    return {"a1": make_adapter(root / "a1", args, rank=8, targets=("all",), seed=1),
-            "a2": make_adapter(root / "a2", args, rank=4, targets=("wq", "wv", "w2"), seed=2)}
+    return {
+        "a1": make_adapter(root / "a1", args, rank=8, targets=("all",), seed=1),
+        "a2": make_adapter(root / "a2", args, rank=4, targets=("wq", "wv", "w2"), seed=2),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +69,19 @@ def _run(loaded, adapters, monkeypatch):
     steps: list = []
     slots, eng = _slots_engine(loaded, adapters, monkeypatch, steps)
     prompt = loaded.tokenizer.encode(PROMPT)
-    alone = {name: eng.generate([prompt], PARAMS.with_(lora=slots.acquire(name) if name != "base" else None))[0]
-             for name in ("base", "a1", "a2")}
+    alone = {
+        name: eng.generate([prompt], PARAMS.with_(lora=slots.acquire(name) if name != "base" else None))[0]
+        for name in ("base", "a1", "a2")
+    }
     steps.clear()
-    mixed = eng.generate([prompt] * 3, [PARAMS, PARAMS.with_(lora=slots.acquire("a1")),
-                                        PARAMS.with_(lora=slots.acquire("a2"))])
+    mixed = eng.generate(
+        [prompt] * 3, [PARAMS, PARAMS.with_(lora=slots.acquire("a1")), PARAMS.with_(lora=slots.acquire("a2"))]
+    )
     # Every step of the mixed run held rows of the base model and of both adapters.
     assert steps and all(s == {0, 1, 2} for s in steps), steps
-    return {k: v.completions[0] for k, v in alone.items()}, dict(zip(("base", "a1", "a2"), (r.completions[0] for r in mixed)))
+    return {k: v.completions[0] for k, v in alone.items()}, dict(
+        zip(("base", "a1", "a2"), (r.completions[0] for r in mixed))
+    )
 
 
 def _max_gap(a, b) -> float:
@@ -109,15 +118,15 @@ def test_adapters_on_int4_base_equal_merged_weights(adapters, merged_runs, monke
     """The served configuration: the quantized default model (int4, fused wqkv/w13) plus adapters
     vs the adapters merged into its float copy. The int4 kernel itself differs from the float
     copy (the base gap, measured where the two base runs agree); with an adapter, tokens must agree
-    with the merged reference until a near-tie within twice that gap (at least 0.3 nats)."""
+    with the merged reference until a near-tie within twice that gap (at least 0.5 nats)."""
     loaded = load_model("default")
     assert loaded.model.layers[0].attention.wqkv is not None  # fused quantized projections
     alone, mixed = _run(loaded, adapters, monkeypatch)
     base_agreed = _agree_up_to_near_tie(alone["base"], merged_runs["base"], 1.0)
     base_gap = _max_gap_prefix(alone["base"], merged_runs["base"], max(base_agreed, 1))
     # The default model is float (base + shipped adapter) re-quantized to int4: near-ties up to
-    # ~0.2 nats flip between it and its float copy, so the floor is 0.3 nats.
-    tol = max(2 * base_gap, 0.3)
+    # ~0.2 nats flip and logprobs move by ~0.35 against its float copy, so the floor is 0.5 nats.
+    tol = max(2 * base_gap, 0.5)
     for name in ("base", "a1", "a2"):
         for got in (alone[name], mixed[name]):
             _agree_up_to_near_tie(got, merged_runs[name], tol)
@@ -152,4 +161,3 @@ def test_adapter_errors(adapters, tmp_path):
     del pinned
     slots.load("b", "x", *read_peft_weights(adapters["a2"], args))
     assert slots.acquire("a2") is None
-
