@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests run on shared 2-core machines: no per-example deadline (timing is not what they
+# check), and in CI a fixed example sequence so a red run can be replayed exactly.
+settings.register_profile("lhama", deadline=None, derandomize=bool(os.environ.get("CI")))
+settings.load_profile("lhama")
 
 
 @pytest.fixture(scope="session")
