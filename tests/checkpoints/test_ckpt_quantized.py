@@ -235,9 +235,9 @@ def test_q4_0_blocks_written_by_the_gguf_package(tmp_path, tiny_llama3_args):
     assert np.isfinite(model(torch.tensor([[1, 2, 3]])).numpy()).all()
 
 
-def test_lora_on_a_quantized_file_is_merged_then_requantized(smollm2_path, tmp_path):
-    """An adapter needs float weights to merge into: the merged model goes back to int4 (not the
-    file's exact blocks) unless --dtype float32 asks to keep it float."""
+def test_lora_on_a_quantized_file_is_merged_in_float_and_requantized_only_on_request(smollm2_path, tmp_path):
+    """An adapter needs float weights to merge into, and the merged model stays float (re-rounding
+    to 4 bits would erase a small adapter); ``quantize="int4"`` re-rounds it when asked."""
     from lhama.loader import load_model
     from lhama.model.lora import LoraConfig, apply_lora
     from lhama.peft_adapter import save_peft_adapter
@@ -251,10 +251,14 @@ def test_lora_on_a_quantized_file_is_merged_then_requantized(smollm2_path, tmp_p
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     adapter = save_peft_adapter(base.model, tmp_path / "adapter")
     del base
-    merged = load_model(smollm2_path, lora=adapter)
-    dense = load_model(smollm2_path, lora=adapter, dtype=torch.float32)
+    merged = load_model(smollm2_path, lora=adapter, quantize="int4")
+    dense = load_model(smollm2_path, lora=adapter)
     assert merged.quant is not None and merged.quant.config.mode == "int4"
     assert dense.quant is None and isinstance(dense.model.layers[0].attention.wq, nn.Linear)
+    assert torch.equal(
+        dense.model.layers[0].attention.wq.weight,
+        load_model(smollm2_path, lora=adapter, dtype=torch.float32).model.layers[0].attention.wq.weight,
+    )
     ids = torch.tensor([merged.tokenizer.encode(TEXT)])
     with torch.no_grad():
         got, want = merged.model(ids), dense.model(ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from engine_fakes import random_prompts
 
@@ -180,6 +182,7 @@ def test_manager_unit_cow_and_free_order():
     class S:  # the few attributes the manager reads
         def __init__(self, toks):
             self.token_ids, self.num_computed = toks, 0
+            self.request = SimpleNamespace(params=SimpleNamespace(lora=None))  # the base model's prefix chain
 
     kv = KVCacheManager(8, 4)
     a = S(list(range(10)))

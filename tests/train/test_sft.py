@@ -93,8 +93,8 @@ def test_lora_sft_of_default_model_then_chat_with_the_adapter(smollm2_path, tmp_
     )
     assert capsys.readouterr().out.strip()
     # chat and serve take the same flag.
-    assert build_parser().parse_args(["serve", "--lora", "A"]).lora == "A"
-    assert build_parser().parse_args(["chat", "--lora", "A"]).lora == "A"
+    assert build_parser().parse_args(["serve", "--lora", "A"]).lora == ["A"]
+    assert build_parser().parse_args(["chat", "--lora", "A"]).lora == ["A"]
 
 
 def test_full_sft_and_pretrain_on_a_tiny_config(tmp_path, capsys):
