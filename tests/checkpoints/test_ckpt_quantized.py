@@ -266,3 +266,18 @@ def test_lora_on_a_quantized_file_is_merged_in_float_and_requantized_only_on_req
         -1
     )
     assert kl.mean() < 0.05, kl  # measured 0.015: the merged weights are off the file's grid, re-rounded
+
+
+@pytest.mark.parametrize("rows", [16, 48, 64, 80, 208, 576])
+def test_load_time_packing_is_the_cpu_kernels_own(rows):
+    """The loader packs Q4 nibbles and Q8_0 halves for the CPU int4 kernel with numpy (no int32
+    copy); the bytes must be exactly what PyTorch's own packing op writes, full tiles and tails."""
+    from lhama.quant.int4 import pack_cpu_nibble_blocks, pack_cpu_rows
+
+    gen = np.random.default_rng(rows)
+    for cols in (32, 576):
+        qs = gen.integers(0, 256, (rows, cols // 32, 16), dtype=np.uint8)
+        q = np.concatenate([qs & 15, qs >> 4], -1).reshape(rows, cols)
+        want = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(q).to(torch.int32), 1)
+        assert torch.equal(pack_cpu_rows(q), want)
+        assert torch.equal(pack_cpu_nibble_blocks(qs), want)

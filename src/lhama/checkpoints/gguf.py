@@ -25,7 +25,7 @@ from lhama.checkpoints.bounds import check_bounds
 from lhama.checkpoints.layout import NameTable
 from lhama.checkpoints.reader import CheckpointReader, narrow
 from lhama.errors import CheckpointError, ConfigError
-from lhama.gguf_file import gguf_metadata, open_gguf
+from lhama.gguf_file import drop_pages, gguf_metadata, open_gguf
 from lhama.model.args import ModelArgs, RopeScaling
 from lhama.model.rope import rope_inv_freq
 
@@ -237,6 +237,11 @@ class GGUFCheckpointReader(CheckpointReader):
     def metadata(self) -> dict[str, Any]:
         """Every key, the vocabulary included (decoded on first use: loading needs none of it)."""
         return gguf_metadata(self._file, self.path)
+
+    def drop_pages(self, view: np.ndarray | None = None) -> None:
+        """Unmap the file pages under ``view`` (from ``blocks``; None: the whole file) from this
+        process's resident set once they are copied out (``lhama.gguf_file.drop_pages``)."""
+        drop_pages(self._file, view)
 
     def qtype(self, name: str) -> gguf.GGMLQuantizationType:
         return gguf.GGMLQuantizationType(self._tensors[name].tensor_type)

@@ -29,12 +29,26 @@ from lhama.checkpoints.gguf import GGUFCheckpointReader
 from lhama.model.transformer import Transformer
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
 from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
+from lhama.quant.int4 import CPU_TILE_ROWS, kernel_layout, pack_cpu_nibble_blocks, pack_cpu_rows
 
 log = logging.getLogger(__name__)
 Q = gguf.GGMLQuantizationType
 EXACT = (Q.Q4_0, Q.Q4_1, Q.Q8_0)
 FLOAT = (Q.F32, Q.F16, Q.BF16)
 GROUP = 32  # llama.cpp's block of 32 weights for Q4_0, Q4_1 and Q8_0
+# ggml-common.h's block_q4_0, block_q4_1 and block_q8_0 as numpy records
+BLOCK_DTYPES = {
+    Q.Q4_0: np.dtype([("d", "<f2"), ("qs", "u1", (16,))]),
+    Q.Q4_1: np.dtype([("d", "<f2"), ("m", "<f2"), ("qs", "u1", (16,))]),
+    Q.Q8_0: np.dtype([("d", "<f2"), ("qs", "i1", (32,))]),
+}
+KIND_Q8 = "int8 as 2 x int4/g32 (Q8_0, exact)"
+
+
+def kind_q4(qtype) -> str:
+    return f"int4/g32 ({qtype.name}, exact)"
+
+
 _NOTICED: set[str] = set()
 
 
@@ -82,12 +96,15 @@ class _Builder:
         qtype = self.reader.qtype(names[0])
         shapes = [self.reader.shapes[n] for n in names]
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
+        fast = self._exact_on_cpu_tiles(names, qtype, module_name)
+        if fast is not None:
+            return fast
         if qtype in (Q.Q4_0, Q.Q4_1):
-            self.kinds[module_name] = f"int4/g32 ({qtype.name}, exact)"
+            self.kinds[module_name] = kind_q4(qtype)
             blocks = (decode_q4(raw, qtype) for raw in self._row_blocks(names))
             return Int4WeightOnlyLinear.from_group_rows(blocks, rows, cols, GROUP, self.compute_dtype)
         if qtype == Q.Q8_0:
-            self.kinds[module_name] = "int8 as 2 x int4/g32 (Q8_0, exact)"
+            self.kinds[module_name] = KIND_Q8
             return SplitInt8Linear.from_q8_rows(
                 lambda: (decode_q8(raw) for raw in self._row_blocks(names)), rows, cols, self.compute_dtype
             )
@@ -106,6 +123,48 @@ class _Builder:
         if target == "int4/g32":
             return Int4WeightOnlyLinear.from_linear(lin, GROUP, self.compute_dtype)
         return Int8WeightOnlyLinear.from_linear(lin, self.compute_dtype)
+
+    def _exact_on_cpu_tiles(self, names: list[str], qtype, module_name: str) -> nn.Module | None:
+        """Q4_0/Q4_1/Q8_0 rows packed for the CPU kernel in whole tensors straight from the map
+        (numpy views of the blocks, no unpacked int32 copy); None where the per-block path applies
+        (another kernel layout, or parts whose rows do not end on the kernel's 64-row tiles)."""
+        if (
+            qtype not in EXACT
+            or self.compute_dtype != torch.bfloat16
+            or kernel_layout(torch.device("cpu"), self.compute_dtype, GROUP) != "cpu"
+        ):
+            return None
+        shapes = [self.reader.shapes[n] for n in names]
+        if any(s[0] % CPU_TILE_ROWS for s in shapes[:-1]) or shapes[0][1] % GROUP or shapes[-1][0] % 16:
+            return None
+        parts = []
+        for n in names:
+            raw = self.reader.blocks(n)
+            blocks = raw.view(BLOCK_DTYPES[qtype])  # [rows, K / 32] records over the map
+            d = torch.from_numpy(blocks["d"].astype(np.float32))
+            if qtype == Q.Q8_0:
+                q = np.ascontiguousarray(blocks["qs"]).reshape(raw.shape[0], -1)
+                hi = ((q >> 4) + 8).astype(np.uint8)
+                lo = (q & 15).view(np.uint8)
+                parts.append((pack_cpu_rows(hi), pack_cpu_rows(lo), d))
+            else:
+                m = torch.from_numpy(blocks["m"].astype(np.float32)) if qtype == Q.Q4_1 else -8 * d
+                packed = pack_cpu_nibble_blocks(blocks["qs"])
+                if packed is None:
+                    return None
+                parts.append((packed, d, m))
+            self.reader.drop_pages(raw)
+        cat = lambda ts: torch.cat(ts) if len(ts) > 1 else ts[0]  # noqa: E731
+        if qtype == Q.Q8_0:
+            self.kinds[module_name] = KIND_Q8
+            hi, lo, d = (cat(list(x)) for x in zip(*parts, strict=True))
+            return SplitInt8Linear(
+                Int4WeightOnlyLinear.from_cpu_packed(hi, 16 * d, -128 * d, GROUP, self.compute_dtype),
+                Int4WeightOnlyLinear.from_cpu_packed(lo, d, torch.zeros_like(d), GROUP, self.compute_dtype),
+            )
+        self.kinds[module_name] = kind_q4(qtype)
+        packed, d, m = (cat(list(x)) for x in zip(*parts, strict=True))
+        return Int4WeightOnlyLinear.from_cpu_packed(packed, d, m, GROUP, self.compute_dtype)
 
     def _row_blocks(self, names: list[str], rows: int = 1024):
         """Raw block rows of ``names`` stacked, ``rows`` at a time, straight from the map."""

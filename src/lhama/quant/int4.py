@@ -12,6 +12,7 @@ Value convention (PyTorch's int4 kernels): ``w = (q - 8) * scale + zero`` with q
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,9 +65,80 @@ def _pack_for(layout: str, q: torch.Tensor) -> torch.Tensor:
 CPU_TILE_ROWS = 64
 
 
+def _pack_cpu_tiles(q: torch.Tensor, variant: str) -> torch.Tensor:
+    """What ``_convert_weight_to_int4pack_for_cpu`` makes of q (uint8 [N, K], 0..15), computed on
+    uint8 with numpy (the op wants int32 input and was most of a quantized file's load time).
+    Each tile of 64 rows becomes [K, 32] bytes: on AVX-512 builds byte j of column k holds rows j
+    (low nibble) and j + 32 (high); elsewhere, and in a short last tile, rows 2j and 2j + 1."""
+    a = q.numpy()
+    N, K = a.shape
+    full = N // CPU_TILE_ROWS * CPU_TILE_ROWS
+    out = np.empty((N, K // 2), dtype=np.uint8)
+    if full:
+        t = a[:full].reshape(full // 64, 2, 32, K) if variant == "tile64" else a[:full].reshape(full // 64, 32, 2, K)
+        lo, hi = (t[:, 0], t[:, 1]) if variant == "tile64" else (t[:, :, 0], t[:, :, 1])
+        out[:full].reshape(full // 64, K, 32)[:] = (lo | (hi << 4)).transpose(0, 2, 1)
+    if N > full:
+        t = a[full:].reshape(-1, 2, K)
+        out[full:].reshape(K, -1)[:] = (t[:, 0] | (t[:, 1] << 4)).T
+    return torch.from_numpy(out)
+
+
+def pack_cpu_nibble_blocks(qs: np.ndarray) -> torch.Tensor | None:
+    """The CPU kernel's layout straight from llama.cpp's Q4_0/Q4_1 nibbles: ``qs`` [N, K/32, 16]
+    bytes (byte j of a block holds its values j, low nibble, and j + 16, high), as
+    ``_pack_cpu_tiles`` would pack the unpacked values, with no unpacked copy; None where this
+    build packs differently (then unpack and use ``from_group_rows``)."""
+    N, nb, _ = qs.shape
+    variant = _cpu_pack_variant()
+    if variant == "op" or N % 16:
+        return None
+    out = np.empty((N, nb * 16), dtype=np.uint8)
+    full = N // CPU_TILE_ROWS * CPU_TILE_ROWS
+    for start, stop, tile in ((0, full, CPU_TILE_ROWS), (full, N, N - full)):
+        if stop == start:
+            continue
+        g, half = (stop - start) // tile, tile // 2
+        src = qs[start:stop]
+        if variant == "tile64" and tile == CPU_TILE_ROWS:
+            t = src.reshape(g, 2, half, nb, 16)
+            a, b = t[:, 0], t[:, 1]
+        else:  # row pairs
+            t = src.reshape(g, half, 2, nb, 16)
+            a, b = t[:, :, 0], t[:, :, 1]
+        dst = out[start:stop].reshape(g, nb, 2, 16, half)
+        dst[:, :, 0] = ((a & 0x0F) | (b << 4)).transpose(0, 2, 3, 1)
+        dst[:, :, 1] = ((a >> 4) | (b & 0xF0)).transpose(0, 2, 3, 1)
+    return torch.from_numpy(out)
+
+
+def pack_cpu_rows(q: np.ndarray) -> torch.Tensor:
+    """q (uint8 [N, K], 0..15) in the CPU kernel's layout, as ``_convert_weight_to_int4pack_for_cpu``
+    packs it (through the op where this build packs differently from ``_pack_cpu_tiles``)."""
+    variant = _cpu_pack_variant()
+    if variant == "op" or q.shape[0] % 2:
+        return _pack_rows("cpu", torch.from_numpy(q).to(torch.int32))
+    return _pack_cpu_tiles(torch.from_numpy(q), variant)
+
+
+_CPU_PACK: list[str] = []
+
+
+def _cpu_pack_variant() -> str:
+    """Which layout this build's CPU op writes ("tile64", "pairs", or "op": neither, call it)."""
+    if not _CPU_PACK:
+        q = torch.randint(0, 16, (80, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        want = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+        ok = [v for v in ("tile64", "pairs") if torch.equal(_pack_cpu_tiles(q, v), want)]
+        _CPU_PACK.append(ok[0] if ok else "op")
+    return _CPU_PACK[0]
+
+
 def _pack_rows(layout: str, q: torch.Tensor, rows: int = 4096) -> torch.Tensor:
     """``_pack_for`` a block of rows at a time (blocks of whole 64-row tiles pack independently):
     the kernels want int32 input, 4 bytes per weight, which whole would be 8x the packed result."""
+    if layout == "cpu" and q.dtype == torch.uint8 and q.shape[0] % 2 == 0 and (variant := _cpu_pack_variant()) != "op":
+        return _pack_cpu_tiles(q.contiguous(), variant)
     if q.shape[0] <= rows:
         return _pack_for(layout, q.to(torch.int32))
     return torch.cat([_pack_for(layout, q[i : i + rows].to(torch.int32)) for i in range(0, q.shape[0], rows)])
@@ -240,6 +312,26 @@ class Int4WeightOnlyLinear(nn.Module):
         if row != out_features or packed_rows != out_features:
             raise ValueError(f"row blocks cover {row} rows, expected {out_features}")
         mod.register_buffer("scale_min_fp16", exact, persistent=False)  # [N, K / group, 2]
+        mod.qweight = packed
+        return mod
+
+    @classmethod
+    def from_cpu_packed(
+        cls,
+        packed: torch.Tensor,
+        scale: torch.Tensor,
+        minimum: torch.Tensor,
+        group_size: int,
+        compute_dtype=torch.bfloat16,
+    ) -> Int4WeightOnlyLinear:
+        """``from_groups`` for weights already in the CPU kernel's layout (``pack_cpu_nibble_blocks``
+        or ``_pack_rows``); scale and minimum [N, K / group_size], exact fp16 values."""
+        out_features, in_features = packed.shape[0], packed.shape[1] * 2
+        mod = cls(in_features, out_features, group_size, layout="cpu", compute_dtype=compute_dtype)
+        mod.register_buffer("scale_min_fp16", _exact_fp16(scale, minimum), persistent=False)
+        scale32 = scale.float()
+        sz = torch.stack([scale32, minimum.float() + 8.0 * scale32], 0).to(compute_dtype)  # [2, N, K / g]
+        mod.scales_and_zeros.copy_(sz.permute(2, 1, 0))
         mod.qweight = packed
         return mod
 
