@@ -13,6 +13,7 @@ tokens over the whole wall time (prefill included).
 from __future__ import annotations
 
 import resource
+import sys
 import time
 
 now = time.perf_counter
@@ -55,7 +56,25 @@ def concurrent(t0: float, steps: list[tuple[float, int, int]], n_requests: int) 
     return out
 
 
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(key + ":")), None)
+    except OSError:
+        return None
+
+
 def peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux: this process's own high-water mark, since each system runs
-    # in its own subprocess.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's own peak RSS: the kernel's VmHWM. Not getrusage's ru_maxrss: on Linux it
+    survives exec, so a worker started by a big parent reported the parent's peak."""
+    kib = _status_kib("VmHWM")
+    if kib is None:  # no /proc (macOS): ru_maxrss is the best there is (bytes on macOS)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    return kib / 1024
+
+
+def rss_mib() -> float | None:
+    """This process's resident set now (VmRSS), or None without /proc."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib / 1024

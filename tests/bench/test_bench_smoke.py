@@ -137,3 +137,18 @@ def test_a_crashed_worker_is_reported_with_its_signal(monkeypatch):
     res = run.run_system("llama.cpp", {}, timeout=60, verbose=False, threads=1)
     assert not res["ok"] and res["error"] == "died with SIGILL and no result"
     assert workload.exit_reason(-11) == "died with SIGSEGV" and workload.exit_reason(3) == "exited with status 3"
+
+
+def test_peak_rss_is_the_workers_own_not_inherited_across_exec():
+    """getrusage's ru_maxrss survives exec, so a worker started by a big process reported that
+    process's peak; the harness reads the kernel's VmHWM, which exec resets."""
+    child = (
+        "import os, sys; big = bytearray(300 << 20)\n"
+        "for i in range(0, len(big), 4096): big[i] = 1\n"
+        "os.execv(sys.executable, [sys.executable, '-c', "
+        "'import sys; sys.path.insert(0, sys.argv[1]); from harness.measure import peak_rss_mib; print(peak_rss_mib())', "
+        "sys.argv[1]])"
+    )
+    out = subprocess.run([sys.executable, "-c", child, str(ROOT / "bench")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 150, out.stdout  # measured ~15 MiB; the pre-exec 300 MiB is not counted

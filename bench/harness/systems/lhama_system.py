@@ -150,11 +150,12 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
     command); ``no_flags=False``: float weights of the workload's dtype (``--dtype float32``)."""
     out["info"] = _info(w) | {"no_flags": no_flags}
     model, load_s = load(w, no_flags=no_flags)
+    load_peak = measure.peak_rss_mib()  # VmHWM right after loading: the load's own peak
     cols, details, notes = out["columns"], out["details"], out["notes"]
 
     if cuda_graphs and no_flags:  # (the eager and float variants only re-measure the engine)
         warm_up(model, None, w)
-        ref = cols["lhama (reference loop)"] = {"load_s": load_s}
+        ref = cols["lhama (reference loop)"] = {"load_s": load_s, "load_peak_rss_mib": load_peak}
         s = details["reference_single"] = reference_single(model, w.prompt_ids, w.gen_single)
         ref.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
         one = details["reference_concurrent_1"] = reference_single(model, w.conc_prompts[0], w.gen_conc)
@@ -182,7 +183,7 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
     name = "lhama (engine)" if cuda_graphs else "lhama (engine, eager)"
     if not no_flags:
         name = f"lhama (engine, {w.dtype})"
-    cols[name] = {"load_s": load_s, "weight_mib": weight_bytes(model) / 2**20}
+    cols[name] = {"load_s": load_s, "load_peak_rss_mib": load_peak, "weight_mib": weight_bytes(model) / 2**20}
     details["engine"] = {}
     engine_columns(engine, w, cols[name], details["engine"])
     if engine.runner.graphs is not None:

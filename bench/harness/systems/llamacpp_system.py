@@ -43,22 +43,22 @@ def run(w: Workload, out: dict) -> None:
                 break
         return measure.single_stream(t, times, len(prompt))
 
-    stream(w.prompt_ids[:16], 4)  # warm-up
-    s = stream(w.prompt_ids, w.gen_single)
-    # Concurrency 1 = the first concurrent prompt alone, so it compares with the others' runs.
-    one = stream(w.conc_prompts[0], w.gen_conc)
     na = "n/a (llama-cpp-python: no continuous batching)"
-    col = {
+    offload = "all layers on GPU" if gpu else "CPU"
+    # Filled as each measurement finishes: a timeout (SIGTERM) reports what is done.
+    col = out["columns"]["llama.cpp"] = {
         "load_s": load_s,
-        "prefill_tok_s": s["prefill_tok_s"],
-        "ttft_s": s["ttft_s"],
-        "decode_tok_s": s.get("decode_tok_s"),
-        "agg_1": one.get("decode_tok_s"),
-        "e2e_1": one["e2e_tok_s"],
+        "load_peak_rss_mib": measure.peak_rss_mib(),
         **{f"agg_{n}": na for n in w.concurrency if n > 1},
     }
-    offload = "all layers on GPU" if gpu else "CPU"
-    out["columns"]["llama.cpp"] = col
-    out["details"].update(single=s, concurrent_1=one, n_ctx=n_ctx)
     out["notes"].append(f"llama.cpp runs the file's quantized weights ({offload}, n_threads={w.threads})")
     out["info"] = {"llama_cpp_python": llama_cpp.__version__, "threads": w.threads}
+    out["details"]["n_ctx"] = n_ctx
+    stream(w.prompt_ids[:16], 4)  # warm-up
+    s = stream(w.prompt_ids, w.gen_single)
+    col.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
+    out["details"]["single"] = s
+    # Concurrency 1 = the first concurrent prompt alone, so it compares with the others' runs.
+    one = stream(w.conc_prompts[0], w.gen_conc)
+    col.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
+    out["details"]["concurrent_1"] = one
