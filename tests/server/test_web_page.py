@@ -1,6 +1,7 @@
 """The chat page at / in real headless Chromium against a real server: markdown rendering,
 streaming with Stop and a queued send, stats and the max-tokens cut, conversations kept across
-reloads, per-message actions, settings validation, the sidebar, and both layouts."""
+reloads, per-message actions, settings validation, the sidebar, both layouts, documents with
+file_search and citations, and the code interpreter running the model's Python in the sandbox."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from tests import needs
 from tests.server.conftest import MODEL, wait_for
 from tests.server.web_chat import (  # noqa: F401
     browser,
@@ -320,3 +322,151 @@ def test_phone_width_layout_and_dark_mode(server, browser, expect):  # noqa: F81
     light.keyboard.press("Enter")
     expect(light.locator("#prompt")).to_be_focused()
     assert page.errors == [] and light.errors == []
+
+
+HANDBOOK = """Zorblax handbook.
+
+The Zorblax office opens at 7:45 on weekdays and closes at 16:30.
+Visitors park behind building C and sign in at the blue desk.
+"""
+
+
+def bodies_to(page, path: str) -> list[dict]:
+    """The JSON bodies the page POSTs to `path`, as it sends them."""
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data)) if r.url.endswith(path) else None)
+    return bodies
+
+
+def stored(page) -> dict:
+    return json.loads(page.evaluate("localStorage.getItem('lhama.chats.v1')"))
+
+
+def add_handbook(page, expect, tmp_path) -> None:
+    doc = tmp_path / "handbook.txt"
+    doc.write_text(HANDBOOK)
+    page.click("#settings-toggle")
+    page.set_input_files("#document-files", str(doc))
+    expect(page.locator("#documents li")).to_have_text(["handbook.txt (ready)"], timeout=60000)
+
+
+def test_documents_ground_answers_and_citations_open_passages(server, browser, expect, tmp_path):  # noqa: F811
+    page = open_page(browser, server.url)
+    sent = bodies_to(page, "/v1/chat/completions")
+    add_handbook(page, expect, tmp_path)
+    page.fill("#max_tokens", "16")
+    page.click("#settings-close")
+    page.fill("#prompt", "When does the Zorblax office open?")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.assistant .stats")).to_contain_text("tok/s", timeout=60000)
+
+    conv = stored(page)["conversations"][0]
+    store_id = conv["settings"]["vectorStoreId"]
+    assert store_id.startswith("vs_")
+    assert sent[-1]["tools"] == [{"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 5}]
+    sources = conv["messages"][1]["meta"]["sources"]
+    assert sources[0]["filename"] == "handbook.txt" and "7:45" in sources[0]["text"]
+
+    # A reply citing [1] (as the grounded prompt asks the model to): the mark opens the passage.
+    reply = "It opens at 7:45 [1]. Code stays code: `a[1]`"
+    answer = {"role": "assistant", "content": reply, "meta": {"finish": "stop", "sources": sources}}
+    seed_conversations(page, [conversation("c1", "Handbook", [{"role": "user", "content": "When?"}, answer])])
+    citation = page.locator(".msg.assistant .citation")
+    expect(citation).to_have_count(1)
+    expect(citation.locator("blockquote")).to_be_hidden()
+    citation.locator("button").click()
+    expect(citation.locator("blockquote")).to_be_visible()
+    expect(citation.locator("blockquote")).to_contain_text("7:45")
+    expect(citation.locator("cite")).to_have_text("handbook.txt")
+    shot(page, "desktop-1280-citation.png")
+    assert page.errors == []
+
+
+FAILED_RUN = {
+    "id": "ci_1",
+    "code": "import math\nprint(math.sqrt(-1))",
+    "logs": "error (exit code 1)\n[stderr]\nValueError: math domain error\n[/stderr]",
+    "status": "completed",
+}
+
+
+def test_code_interpreter_runs_the_models_python_in_the_sandbox(server, browser, expect):  # noqa: F811
+    from lhama.tools.builtin import CodeInterpreter
+
+    needs.binary("bwrap", "bubblewrap")
+    page = open_page(browser, server.url)
+    sent = bodies_to(page, "/v1/responses")
+    page.click("#settings-toggle")
+    page.select_option("#codeInterpreter", "required")  # a Python run on every message
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "48")
+    page.click("#settings-close")
+    page.fill("#prompt", "Use Python to compute 17 * 23.")
+    page.keyboard.press("Enter")
+    reply = page.locator(".msg.assistant")
+    expect(reply.locator(".stats")).to_contain_text("tokens", timeout=60000)
+    assert sent[-1]["tools"][0]["type"] == "code_interpreter"
+    assert (sent[-1]["tool_choice"], sent[-1]["max_output_tokens"], sent[-1]["stream"]) == ("required", 48, True)
+    runs = stored(page)["conversations"][0]["messages"][1]["meta"]["toolRuns"]
+    assert runs, "a required code-interpreter turn ran no code"
+    blocks = reply.locator(".tool-run")
+    expect(blocks).to_have_count(len(runs))
+    first = blocks.first
+    expect(first.locator(".tool-output")).to_be_hidden()  # collapsed until opened
+    status = runs[0]["logs"].split("\n")[0]
+    expect(first.locator("summary")).to_have_text(f"Ran Python in the sandbox · {status}")
+    first.locator("summary").click()
+    expect(first.locator(".tool-code")).to_have_text(runs[0]["code"])
+    expect(first.locator(".tool-output")).to_have_text(runs[0]["logs"])
+    # What the page shows is the sandbox's report: the same code run here in the sandbox agrees.
+    assert runs[0]["logs"] == CodeInterpreter()(runs[0]["code"])
+
+    # Saved runs come back after a reload; a failed one is marked, its code highlighted.
+    answer = {"role": "assistant", "content": "It fails.", "meta": {"finish": "stop", "toolRuns": [FAILED_RUN]}}
+    seed_conversations(
+        page,
+        [conversation("c1", "Python", [{"role": "user", "content": "sqrt(-1)?"}, answer], codeInterpreter="auto")],
+    )
+    expect(page.locator("#codeInterpreter")).to_have_value("auto")
+    block = page.locator(".msg.assistant .tool-run.failed")
+    expect(block.locator("summary")).to_have_text("Ran Python in the sandbox · error (exit code 1)")
+    block.locator("summary").click()
+    expect(block.locator(".tool-code .hljs-keyword").first).to_have_text("import")
+    expect(block.locator(".tool-output")).to_contain_text("ValueError: math domain error")
+    shot(page, "desktop-1280-code-interpreter.png")
+    page.set_viewport_size({"width": 390, "height": 780})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "phone-390-code-interpreter.png")
+    assert page.errors == []
+
+
+@pytest.mark.slow
+def test_code_interpreter_with_documents_over_the_responses_api(server, browser, expect, tmp_path):  # noqa: F811
+    """Both tools at once: the page asks /v1/responses, shows the passages the server's
+    file_search found (not a second search) and sends earlier runs back on the next turn."""
+    page = open_page(browser, server.url)
+    sent = bodies_to(page, "/v1/responses")
+    searches = bodies_to(page, "/search")
+    add_handbook(page, expect, tmp_path)
+    page.select_option("#codeInterpreter", "required")
+    page.fill("#temperature", "0")
+    page.fill("#max_tokens", "48")
+    page.click("#settings-close")
+    page.fill("#prompt", "When does the Zorblax office open?")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.assistant .stats")).to_contain_text("tokens", timeout=120000)
+    store_id = stored(page)["conversations"][0]["settings"]["vectorStoreId"]
+    assert sent[-1]["tools"][1] == {"type": "file_search", "vector_store_ids": [store_id], "max_num_results": 5}
+    assert sent[-1]["include"] == ["file_search_call.results"]
+    meta = stored(page)["conversations"][0]["messages"][1]["meta"]
+    assert meta["sources"][0]["filename"] == "handbook.txt" and "7:45" in meta["sources"][0]["text"]
+    assert searches == []  # the sources came with the response
+    assert meta["toolRuns"]
+
+    page.fill("#prompt", "And when does it close?")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.assistant").nth(1).locator(".stats")).to_contain_text("tokens", timeout=120000)
+    calls = [i for i in sent[-1]["input"] if i.get("type") == "code_interpreter_call"]
+    assert [c["id"] for c in calls] == [r["id"] for r in meta["toolRuns"]]
+    assert page.locator("#banner").is_hidden()  # the server took the earlier runs back
+    assert page.errors == []

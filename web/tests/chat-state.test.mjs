@@ -14,6 +14,11 @@ test("settings: temperature 0..2, top_p (0, 1], whole max tokens within the cont
   assert.match(validateSettings({ temperature: "", top_p: 1, max_tokens: 1 }).errors.temperature, /between 0 and 2/);
   assert.match(validateSettings({ temperature: 1, top_p: 1, max_tokens: 9000 }, { maxModelLen: 8192 }).errors.max_tokens, /8192/);
   assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1, seed: "42" }).values.seed, 42);
+  // the code interpreter: off, "auto" or "required"; a saved chat's old checkbox `true` is "auto"
+  assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1 }).values.codeInterpreter, "");
+  assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1, codeInterpreter: true }).values.codeInterpreter, "auto");
+  assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1, codeInterpreter: "required" }).values.codeInterpreter, "required");
+  assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1, codeInterpreter: "sometimes" }).values.codeInterpreter, "");
 });
 
 test("request body: system first, settings as sent, seed and tools only when set", () => {
@@ -25,9 +30,9 @@ test("request body: system first, settings as sent, seed and tools only when set
   assert.equal(body.max_tokens, 64);
   assert.equal("seed" in body, false);
   assert.equal("tools" in body, false);
-  const withTools = requestBody(conv, { ...values, seed: 7, codeInterpreter: true, vectorStoreId: "vs_1" });
+  const withTools = requestBody(conv, { ...values, seed: 7, vectorStoreId: "vs_1" });
   assert.equal(withTools.seed, 7);
-  assert.deepEqual(withTools.tools.map((t) => t.type), ["function", "file_search"]);
+  assert.deepEqual(withTools.tools.map((t) => t.type), ["file_search"]);
 });
 
 test("reply accumulator joins deltas, whole tool calls, finish reason and usage", () => {

@@ -1,17 +1,19 @@
 // The lhama chat page: wires the conversation store, the settings form, the message list and
-// the streaming request together. Replies stream from /v1/chat/completions over fetch, so Stop
-// aborts the request and the server cancels the generation and frees its KV cache.
+// the streaming request together. Replies stream over fetch (reply-stream.js), so Stop aborts
+// the request and the server cancels the generation and frees its KV cache.
 
-import { ApiError, listModels, request, setApiKey } from "./api.js";
-import { ReplyAccumulator, requestBody } from "./chat-state.js";
+import { ApiError, listModels, setApiKey } from "./api.js";
+import { Banner, explain } from "./banner.js";
 import { drawDocuments, fetchSources, wireDocuments } from "./documents.js";
+import { autosize, closeSidebar, openSettings, wireLayout } from "./layout.js";
 import { editInPlace, messageElement, queuedElement } from "./messages-view.js";
 import { StreamingMarkdown } from "./render.js";
 import { validateSettings } from "./settings.js";
 import { drawModelOptions, fillSettingsForm, readSettingsForm, showSettingsErrors } from "./settings-form.js";
-import { readEvents } from "./sse.js";
+import { streamReply } from "./reply-stream.js";
 import { drawSidebar, wireImportExport } from "./sidebar.js";
 import { ConversationStore, titleFrom } from "./store.js";
+import { drawToolRuns } from "./tool-view.js";
 
 const $ = (id) => document.getElementById(id);
 const els = Object.fromEntries([
@@ -25,7 +27,10 @@ const store = new ConversationStore(localStorage);
 const queue = []; // messages sent while an answer streams; they go out in order afterwards
 let active = null; // {controller, conv, el} of the reply being streamed
 let models = []; // model cards from /v1/models
-let retryAction = null;
+const banner = new Banner(els, async (retry) => {
+  setStatus("Retrying…");
+  if ((await loadModels()) && retry && retry !== loadModels) retry();
+});
 
 function conv() {
   return store.current() || store.create(lastSettings());
@@ -39,18 +44,6 @@ function lastSettings() {
 
 function setStatus(text) {
   els.status.textContent = text;
-}
-
-function showBanner(text, retry) {
-  els.bannerText.textContent = text;
-  retryAction = retry;
-  els.bannerRetry.hidden = !retry;
-  els.banner.hidden = false;
-}
-
-function hideBanner() {
-  els.banner.hidden = true;
-  retryAction = null;
 }
 
 function setBusy(busy) {
@@ -93,12 +86,6 @@ function fillSettings() {
   drawDocuments(els.documents, conv());
 }
 
-function openSettings(open = true) {
-  els.settings.hidden = !open;
-  els.settingsToggle.setAttribute("aria-expanded", String(open));
-  document.body.classList.toggle("settings-open", open);
-}
-
 function drawModels() {
   const chosen = drawModelOptions(els.model, models, conv().settings.model);
   if (models.length && conv().settings.model !== chosen) {
@@ -111,7 +98,7 @@ async function loadModels() {
   try {
     models = await listModels();
     drawModels();
-    hideBanner();
+    banner.hide();
     setStatus("Ready");
     return true;
   } catch (e) {
@@ -129,17 +116,12 @@ function fail(error, retry) {
     models = [];
     drawModels();
   }
+  const { text, status } = explain(error);
+  banner.show(text, retry);
+  setStatus(status);
   if (error.kind === "auth") {
-    showBanner(error.message, retry);
-    openSettings(true);
+    openSettings(els, true);
     els.apiKey.focus();
-    setStatus("Needs an API key");
-  } else if (error.kind === "unreachable") {
-    showBanner("The lhama server cannot be reached (stopped or restarting). Your message is kept.", retry);
-    setStatus("Offline");
-  } else {
-    showBanner("The server refused the request: " + error.message, retry);
-    setStatus("Error");
   }
 }
 
@@ -195,8 +177,7 @@ const sidebarActions = {
     leaveConversation();
     store.select(id);
     showConversation();
-    document.body.classList.remove("sidebar-open");
-    els.menu.setAttribute("aria-expanded", "false");
+    closeSidebar(els);
   },
   rename(id, title) {
     store.rename(id, title);
@@ -222,7 +203,7 @@ function leaveConversation() {
 function showConversation() {
   const c = conv();
   els.prompt.value = c.draft || "";
-  autosize();
+  autosize(els.prompt);
   fillSettings();
   drawAll();
   scrollDown();
@@ -244,14 +225,14 @@ function submit() {
   const { errors } = formSettings();
   const problems = Object.entries(errors);
   if (problems.length) {
-    openSettings(true);
+    openSettings(els, true);
     showSettingsErrors(errors);
     $(problems[0][0]).focus();
     setStatus("Not sent: " + problems[0][1]);
     return;
   }
   els.prompt.value = "";
-  autosize();
+  autosize(els.prompt);
   c.draft = "";
   if (active) {
     queue.push(text);
@@ -276,6 +257,13 @@ function startTurn(c, text) {
 // Streams a reply to the last user turn of `c`. `unsent` is that turn's text when the user just
 // sent it: if nothing comes back, the turn is taken out again and the text goes back into the
 // message box, so a failure never loses what was typed.
+// Decoding time: first token to last when tokens streamed one by one; when the text came in one
+// piece (a tool turn is parsed whole), the whole time since the server accepted the request.
+function replySeconds(reply, opened, first) {
+  const since = reply.deltas > 1 ? first : opened;
+  return since ? (performance.now() - since) / 1000 : 0;
+}
+
 async function generate(c, unsent = null) {
   const { values: settings } = validateSettings(c.settings, { maxModelLen: maxModelLen() });
   settings.model = settings.model || models[0]?.id || "";
@@ -283,45 +271,47 @@ async function generate(c, unsent = null) {
   el.className = "msg assistant streaming";
   el.setAttribute("aria-label", "Assistant is replying");
   el.setAttribute("aria-busy", "true");
-  const body = el.appendChild(Object.assign(document.createElement("div"), { className: "body" }));
+  const tools = el.appendChild(Object.assign(document.createElement("div"), { className: "tools" }));
+  const view = new StreamingMarkdown(el.appendChild(Object.assign(document.createElement("div"), { className: "body" })));
   els.messages.append(el);
   scrollDown();
-  const view = new StreamingMarkdown(body);
-  const reply = new ReplyAccumulator();
   const controller = new AbortController();
   active = { controller, conv: c, el };
   setBusy(true);
   setStatus("Generating…");
-  let first = null;
-  let error = null;
-  let stopped = false;
-  try {
-    const resp = await request("/v1/chat/completions", { method: "POST", json: requestBody(c, settings), signal: controller.signal });
-    hideBanner();
-    for await (const event of readEvents(resp.body)) {
-      if (reply.add(event)) {
-        first ??= performance.now();
-        const stick = atBottom();
-        view.update(reply.content);
-        if (stick) requestAnimationFrame(scrollDown);
+  let opened = null; // when the server accepted the request
+  let first = null; // the first visible change
+  let runsDrawn = "[]";
+  const { reply, error, stopped } = await streamReply(c, settings, controller.signal, {
+    onOpen() {
+      opened = performance.now();
+      banner.hide();
+    },
+    onChange(r) {
+      first ??= performance.now();
+      const stick = atBottom();
+      const runs = JSON.stringify(r.toolRuns || []);
+      if (runs !== runsDrawn) {
+        runsDrawn = runs;
+        drawToolRuns(tools, r.toolRuns);
+        setStatus(r.toolRuns.at(-1).status === "in_progress" ? "Running Python in the sandbox…" : "Generating…");
       }
-    }
-  } catch (e) {
-    if (e.name === "AbortError") stopped = true;
-    else if (e instanceof ApiError) error = e;
-    else if (e instanceof TypeError) error = new ApiError("unreachable", e.message); // connection lost mid-stream
-    else error = new ApiError("http", e.message); // an error event from the server, or a bad body
-  }
+      view.update(r.content);
+      if (stick) requestAnimationFrame(scrollDown);
+    },
+  });
   active = null;
   setBusy(false);
-  const got = reply.content || reply.toolCalls.length;
+  const got = reply.content || reply.toolRuns?.length;
   if (got) {
     const meta = {
-      tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: first ? (performance.now() - first) / 1000 : 0,
+      tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: replySeconds(reply, opened, first),
       finish: stopped ? "stopped" : error ? "interrupted" : reply.finish || "stop",
-      maxTokens: settings.max_tokens, model: settings.model, toolCalls: reply.toolCalls,
+      maxTokens: settings.max_tokens, model: settings.model,
     };
-    if (settings.vectorStoreId) meta.sources = await fetchSources(settings.vectorStoreId, c.messages.at(-1).content);
+    if (reply.toolRuns?.length) meta.toolRuns = reply.toolRuns;
+    if (reply.sources) meta.sources = reply.sources; // the Responses API says what file_search found
+    else if (settings.vectorStoreId) meta.sources = await fetchSources(settings.vectorStoreId, c.messages.at(-1).content);
     c.messages.push({ role: "assistant", content: reply.content, meta });
     store.touch(c);
   } else if (unsent !== null && (error || stopped) && c.messages.at(-1)?.role === "user") {
@@ -330,7 +320,7 @@ async function generate(c, unsent = null) {
     const rest = els.prompt.value.trim();
     els.prompt.value = rest ? unsent + "\n\n" + rest : unsent;
     c.draft = els.prompt.value;
-    autosize();
+    autosize(els.prompt);
     store.save();
   }
   if (store.currentId === c.id) drawAll();
@@ -348,11 +338,6 @@ async function generate(c, unsent = null) {
 
 // --- wiring -----------------------------------------------------------------------------------
 
-function autosize() {
-  els.prompt.style.height = "auto";
-  els.prompt.style.height = Math.min(els.prompt.scrollHeight, 200) + "px";
-}
-
 els.composer.addEventListener("submit", (ev) => {
   ev.preventDefault();
   submit();
@@ -364,45 +349,22 @@ els.prompt.addEventListener("keydown", (ev) => {
   }
 });
 els.prompt.addEventListener("input", () => {
-  autosize();
+  autosize(els.prompt);
   conv().draft = els.prompt.value;
   store.save();
 });
 els.stop.addEventListener("click", () => active?.controller.abort());
-document.addEventListener("keydown", (ev) => {
-  if (ev.key === "Escape" && active) {
-    ev.preventDefault();
-    active.controller.abort();
-  } else if (ev.key === "Escape" && !els.settings.hidden) openSettings(false);
-  else if ((ev.ctrlKey || ev.metaKey) && ev.shiftKey && ev.key.toLowerCase() === "o") {
-    ev.preventDefault();
-    newChat();
-  }
-});
 els.newChat.addEventListener("click", newChat);
+wireLayout(els, {
+  stop() {
+    active?.controller.abort();
+    return Boolean(active);
+  },
+  newChat,
+});
 els.search.addEventListener("input", () => drawSidebar(els.conversations, store, els.search.value, sidebarActions));
-els.menu.addEventListener("click", () => {
-  const open = !document.body.classList.contains("sidebar-open");
-  document.body.classList.toggle("sidebar-open", open);
-  els.menu.setAttribute("aria-expanded", String(open));
-});
-document.querySelector(".main").addEventListener("click", (ev) => {
-  if (document.body.classList.contains("sidebar-open") && !els.menu.contains(ev.target)) {
-    document.body.classList.remove("sidebar-open");
-    els.menu.setAttribute("aria-expanded", "false");
-  }
-});
-els.settingsToggle.addEventListener("click", () => openSettings(els.settings.hidden));
-els.settingsClose.addEventListener("click", () => { openSettings(false); els.settingsToggle.focus(); });
 els.settingsForm.addEventListener("input", onSettingsInput);
 els.model.addEventListener("change", onSettingsInput);
-els.bannerClose.addEventListener("click", hideBanner);
-els.bannerRetry.addEventListener("click", async () => {
-  const retry = retryAction;
-  hideBanner();
-  setStatus("Retrying…");
-  if ((await loadModels()) && retry && retry !== loadModels) retry();
-});
 els.apiKey.value = localStorage.getItem("lhama.apiKey") || "";
 setApiKey(els.apiKey.value);
 els.apiKey.addEventListener("change", () => {
@@ -415,7 +377,7 @@ wireImportExport(els, store, {
     drawAll();
     setStatus(`Imported ${n} conversation${n === 1 ? "" : "s"}`);
   },
-  failed: (message) => showBanner(message, null),
+  failed: (message) => banner.show(message),
 });
 wireDocuments(els, {
   conv,

@@ -10,12 +10,10 @@ export function requestBody(conv, settings) {
     temperature: settings.temperature, top_p: settings.top_p, max_tokens: settings.max_tokens,
   };
   if (settings.seed !== "") body.seed = settings.seed;
-  const tools = [];
-  if (settings.codeInterpreter) tools.push({ type: "function", function: { name: "code_interpreter" } });
+  // (with the code interpreter on, replies go through /v1/responses instead: responses.js)
   if (settings.vectorStoreId) {
-    tools.push({ type: "file_search", vector_store_ids: [settings.vectorStoreId], max_num_results: 5 });
+    body.tools = [{ type: "file_search", vector_store_ids: [settings.vectorStoreId], max_num_results: 5 }];
   }
-  if (tools.length) body.tools = tools;
   return body;
 }
 

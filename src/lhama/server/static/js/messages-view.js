@@ -3,6 +3,7 @@
 
 import { replyStats } from "./chat-state.js";
 import { copyText, flash, renderMarkdown } from "./render.js";
+import { drawToolRuns, linkCitations } from "./tool-view.js";
 
 function button(label, className, onClick, ariaLabel) {
   const b = document.createElement("button");
@@ -12,59 +13,6 @@ function button(label, className, onClick, ariaLabel) {
   if (ariaLabel) b.setAttribute("aria-label", ariaLabel);
   b.addEventListener("click", onClick);
   return b;
-}
-
-// A collapsible block per tool call the model made (name and arguments as sent).
-export function renderToolCalls(el, calls) {
-  for (const call of calls) {
-    const details = document.createElement("details");
-    details.className = "tool-call";
-    const summary = document.createElement("summary");
-    summary.textContent = `Tool call: ${call.name || "?"}`;
-    const pre = document.createElement("pre");
-    let args = call.arguments;
-    try {
-      const parsed = JSON.parse(args);
-      args = typeof parsed.code === "string" ? parsed.code : JSON.stringify(parsed, null, 2);
-    } catch {
-      // not JSON: show it as it came
-    }
-    pre.textContent = args;
-    details.append(summary, pre);
-    el.append(details);
-  }
-}
-
-// Turns "[n]" in a reply into buttons that open the n-th retrieved passage.
-export function linkCitations(el, sources) {
-  if (!sources?.length) return;
-  const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
-  const nodes = [];
-  while (walker.nextNode()) if (/\[\d+\]/.test(walker.currentNode.nodeValue)) nodes.push(walker.currentNode);
-  for (const node of nodes) {
-    if (node.parentElement.closest("pre, code")) continue;
-    const parts = node.nodeValue.split(/(\[\d+\])/);
-    node.replaceWith(...parts.map((part) => {
-      const n = /^\[(\d+)\]$/.exec(part);
-      const source = n && sources[Number(n[1]) - 1];
-      if (!source) return document.createTextNode(part);
-      const wrap = document.createElement("span");
-      wrap.className = "citation";
-      const quote = document.createElement("blockquote");
-      quote.hidden = true;
-      quote.textContent = source.text;
-      const cite = document.createElement("cite");
-      cite.textContent = source.filename;
-      quote.append(document.createElement("br"), cite);
-      const open = button(part, "cite-mark", () => {
-        quote.hidden = !quote.hidden;
-        open.setAttribute("aria-expanded", String(!quote.hidden));
-      }, `Source ${n[1]}: ${source.filename}`);
-      open.setAttribute("aria-expanded", "false");
-      wrap.append(open, quote);
-      return wrap;
-    }));
-  }
 }
 
 function statsLine(meta) {
@@ -88,13 +36,14 @@ export function messageElement(conv, index, actions) {
   el.className = "msg " + msg.role;
   el.dataset.index = index;
   el.setAttribute("aria-label", msg.role === "user" ? "You said" : "Assistant replied");
+  const runs = msg.meta?.toolRuns || [];
+  if (runs.length) drawToolRuns(el.appendChild(Object.assign(document.createElement("div"), { className: "tools" })), runs);
   const body = document.createElement("div");
   body.className = "body";
   el.append(body);
   if (msg.role === "user") body.textContent = msg.content;
   else {
     renderMarkdown(body, msg.content);
-    if (msg.meta?.toolCalls?.length) renderToolCalls(body, msg.meta.toolCalls);
     linkCitations(body, msg.meta?.sources);
   }
   const bar = document.createElement("div");

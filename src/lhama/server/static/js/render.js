@@ -7,20 +7,19 @@ import { stableCut } from "./chat-state.js";
 
 const { markdownit, DOMPurify, hljs } = globalThis;
 
-const md = markdownit({
-  html: false,
-  linkify: true,
-  highlight(code, lang) {
-    if (lang && hljs.getLanguage(lang)) {
-      try {
-        return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
-      } catch {
-        // fall through: markdown-it escapes the plain code
-      }
+// Highlighted HTML of `code` (escaped by highlight.js), or "" when `lang` is not one it knows.
+export function highlightCode(code, lang) {
+  if (lang && hljs.getLanguage(lang)) {
+    try {
+      return hljs.highlight(code, { language: lang, ignoreIllegals: true }).value;
+    } catch {
+      // fall through: the caller escapes the plain code
     }
-    return "";
-  },
-});
+  }
+  return "";
+}
+
+const md = markdownit({ html: false, linkify: true, highlight: highlightCode });
 
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") {

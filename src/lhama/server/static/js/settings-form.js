@@ -1,7 +1,7 @@
 // The settings panel's form: read it into validated settings, show what is wrong next to each
 // field (and to screen readers via aria-invalid), fill it from a conversation, list the models.
 
-import { validateSettings } from "./settings.js";
+import { codeMode, validateSettings } from "./settings.js";
 
 const FIELDS = ["system", "temperature", "top_p", "max_tokens", "seed", "codeInterpreter"];
 const CHECKED = ["temperature", "top_p", "max_tokens", "seed"];
@@ -11,7 +11,7 @@ export function readSettingsForm(settings, model, maxModelLen) {
   const raw = { ...settings };
   for (const name of FIELDS) {
     const input = field(name);
-    raw[name] = input.type === "checkbox" ? input.checked : input.value;
+    raw[name] = input.value;
   }
   raw.model = model || raw.model;
   return validateSettings(raw, { maxModelLen });
@@ -27,8 +27,7 @@ export function showSettingsErrors(errors) {
 export function fillSettingsForm(settings) {
   for (const name of FIELDS) {
     const input = field(name);
-    if (input.type === "checkbox") input.checked = Boolean(settings[name]);
-    else input.value = settings[name] ?? "";
+    input.value = name === "codeInterpreter" ? codeMode(settings[name]) : settings[name] ?? "";
   }
   showSettingsErrors({});
 }

@@ -8,7 +8,7 @@ export const DEFAULT_SETTINGS = Object.freeze({
   top_p: 1,
   max_tokens: 1024,
   seed: "",
-  codeInterpreter: false,
+  codeInterpreter: "", // "" off, "auto" the model decides, "required" it runs code every turn
   vectorStoreId: "",
 });
 
@@ -41,6 +41,12 @@ export function validateSettings(raw, { maxModelLen = null } = {}) {
     else values.seed = seed;
   } else values.seed = "";
   values.system = String(raw.system ?? "");
-  values.codeInterpreter = Boolean(raw.codeInterpreter);
+  values.codeInterpreter = codeMode(raw.codeInterpreter);
   return { values, errors };
+}
+
+// The code interpreter's mode; `true` (older saved chats: a checkbox) means "auto".
+export function codeMode(value) {
+  if (value === true) return "auto";
+  return value === "auto" || value === "required" ? value : "";
 }
