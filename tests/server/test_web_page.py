@@ -470,3 +470,33 @@ def test_code_interpreter_with_documents_over_the_responses_api(server, browser,
     assert [c["id"] for c in calls] == [r["id"] for r in meta["toolRuns"]]
     assert page.locator("#banner").is_hidden()  # the server took the earlier runs back
     assert page.errors == []
+
+
+@pytest.mark.slow
+def test_model_picker_lists_adapters_and_a_reply_uses_the_chosen_one(browser, expect, tmp_path):  # noqa: F811
+    from lhama.loader import load_model
+    from tests.engine.lora_adapters import make_adapter
+    from tests.server.conftest import ServerProcess
+
+    adapter = make_adapter(tmp_path / "a1", load_model("default").args, rank=4, targets=("wq",), seed=1)
+    srv = ServerProcess(tmp_path / "data", "--lora", f"tuned={adapter}", timeout=600)
+    try:
+        page = open_page(browser, srv.url)
+        sent = bodies_to(page, "/v1/chat/completions")
+        ids = [m["id"] for m in httpx.get(srv.base + "/models").json()["data"]]
+        assert "tuned" in ids and MODEL in ids
+        expect(page.locator("#model option")).to_have_text(ids)
+        page.select_option("#model", "tuned")
+        page.click("#settings-toggle")
+        page.fill("#max_tokens", "8")
+        page.click("#settings-close")
+        page.fill("#prompt", "Say hello.")
+        page.keyboard.press("Enter")
+        expect(page.locator(".msg.assistant .stats")).to_contain_text("tokens", timeout=120000)
+        assert sent[-1]["model"] == "tuned"
+        assert stored(page)["conversations"][0]["messages"][1]["meta"]["model"] == "tuned"
+        page.reload()
+        expect(page.locator("#model")).to_have_value("tuned")  # kept with the conversation
+        assert page.errors == []
+    finally:
+        srv.stop()
