@@ -13,6 +13,12 @@ cp "$nm/dompurify/dist/purify.min.js" "$out/"
 cp "$nm/@highlightjs/cdn-assets/highlight.min.js" "$out/"
 cp "$nm/@highlightjs/cdn-assets/styles/github.min.css" "$out/hljs-light.min.css"
 cp "$nm/@highlightjs/cdn-assets/styles/github-dark.min.css" "$out/hljs-dark.min.css"
+# Math: KaTeX (its woff2 fonts only: every browser the page supports reads them) and the
+# markdown-it-texmath rules ($...$, $$...$$, \(...\), \[...\]).
+mkdir -p "$out/katex/fonts"
+cp "$nm/katex/dist/katex.min.js" "$nm/katex/dist/katex.min.css" "$out/katex/"
+cp "$nm/katex/dist/fonts/"*.woff2 "$out/katex/fonts/"
+cp "$nm/markdown-it-texmath/texmath.js" "$out/"
 # markdown-it's bundle includes its dependencies: ship every license that applies.
 cp "$nm/markdown-it/LICENSE" "$out/licenses/markdown-it.txt"
 for dep in entities linkify-it mdurl uc.micro punycode.js; do
@@ -20,5 +26,7 @@ for dep in entities linkify-it mdurl uc.micro punycode.js; do
 done
 cp "$nm/dompurify/LICENSE" "$out/licenses/dompurify.txt"
 cp "$nm/@highlightjs/cdn-assets/LICENSE" "$out/licenses/highlight.js.txt"
+cp "$nm/katex/LICENSE" "$out/licenses/katex.txt"
+cp "$nm/markdown-it-texmath/license.txt" "$out/licenses/markdown-it-texmath.txt"
 node -e 'const l=require("./package-lock.json").packages;for(const[k,v]of Object.entries(l))if(k)console.log(k.replace("node_modules/",""),v.version)' > "$out/VERSIONS.txt"
 echo "vendored into $out:" && ls "$out"

@@ -32,7 +32,12 @@ def add(a, b):
 | ant  | 1    |
 | yak  | 900  |
 
+Math: $e^{i\\pi} + 1 = 0$ and \\(a_1 + b_1\\); prices stay text: $5 and $10.
+
+$$\\sum_{k=1}^{n} k = \\frac{n(n+1)}{2}$$
+
 <img src=x onerror="window.pwned = 1"> <script>window.pwned = 2</script> [link](javascript:window.pwned=3)
+$\\href{javascript:window.pwned=4}{x}$
 """
 
 
@@ -59,6 +64,12 @@ def test_markdown_renders_safely_with_highlighted_code_tables_and_copy(server, b
     assert reply.locator("pre code .hljs-keyword").first.text_content() == "def"  # highlighted
     assert reply.locator("table tr").count() == 3
     assert reply.locator("td").nth(2).text_content().strip() == "yak"
+    # Math typeset by KaTeX with its own (vendored) fonts; dollar amounts stay text.
+    expect(reply.locator(".katex")).to_have_count(4)  # the fourth: an \\href KaTeX does not trust
+    expect(reply.locator(".katex-display .mfrac")).to_have_count(1)
+    assert "prices stay text: $5 and $10." in reply.text_content()
+    fonts = "document.fonts.load('16px KaTeX_Main').then((f) => f.length > 0 && f.every((x) => x.status === 'loaded'))"
+    assert page.evaluate(fonts)
     # Raw HTML stays text, scripts never run, javascript: links are dropped.
     assert reply.locator("img, script").count() == 0
     assert "<img src=x" in reply.text_content()

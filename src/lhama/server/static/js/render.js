@@ -1,11 +1,12 @@
-// Markdown to safe HTML: markdown-it (raw HTML off) renders, highlight.js colours code,
-// DOMPurify sanitizes the result. The three are vendored globals (see web/vendor.sh).
+// Markdown to safe HTML: markdown-it (raw HTML off) renders, highlight.js colours code, KaTeX
+// typesets math ($...$, $$...$$, \(...\), \[...\] through markdown-it-texmath), DOMPurify
+// sanitizes the result. All are vendored globals (see web/vendor.sh).
 // StreamingMarkdown renders a growing text without flicker: finished blocks are rendered once
 // and kept; only the last, still-growing block is redrawn, at most once per frame.
 
 import { stableCut } from "./chat-state.js";
 
-const { markdownit, DOMPurify, hljs } = globalThis;
+const { markdownit, DOMPurify, hljs, katex, texmath } = globalThis;
 
 // Highlighted HTML of `code` (escaped by highlight.js), or "" when `lang` is not one it knows.
 export function highlightCode(code, lang) {
@@ -20,6 +21,7 @@ export function highlightCode(code, lang) {
 }
 
 const md = markdownit({ html: false, linkify: true, highlight: highlightCode });
+md.use(texmath, { engine: katex, delimiters: ["dollars", "brackets"], katexOptions: { throwOnError: false } });
 
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
   if (node.tagName === "A") {
