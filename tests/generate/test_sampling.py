@@ -82,6 +82,24 @@ def test_penalties():
     assert torch.allclose(out, torch.tensor([[1.0, -4.0, -0.75, 0.25]]))
 
 
+def test_logit_bias_bans_and_forces_tokens_per_row_logprobs_stay_the_models():
+    logits = torch.randn(3, 40)
+    top = logits.argmax(-1)
+    ban = SamplingParams(temperature=0, logit_bias={int(top[0]): -100.0}, logprobs=True)
+    force = SamplingParams(temperature=1.0, seed=3, logit_bias={7: 100.0})
+    plain = SamplingParams(temperature=0)
+    res = BatchSampler(40).sample(logits, [ban, force, plain], generators=[None, make_generator(3), None])
+    assert int(res.tokens[0]) == int(logits[0].topk(2).indices[1])  # the runner-up
+    assert int(res.tokens[1]) == 7 and int(res.tokens[2]) == int(top[2])
+    assert torch.isclose(res.logprobs[0], logits[0].log_softmax(-1)[res.tokens[0]])
+    assert ban.logit_bias == ((int(top[0]), -100.0),)  # a dict becomes hashable pairs
+    many = _sample_many(logits[:1], SamplingParams(temperature=1.0, logit_bias={int(top[0]): -100.0}), 2000)
+    assert not bool(many.eq(top[0]).any())
+    with pytest.raises(SamplingError) as e:
+        BatchSampler(40).sample(logits[:1], [SamplingParams(logit_bias={40: 1.0})], generators=[None])
+    assert e.value.param == "logit_bias"
+
+
 def test_filter_logits_keeps_argmax_even_with_tiny_top_p():
     logits = torch.randn(3, 100)
     out = filter_logits(logits, torch.ones(3), torch.zeros(3, dtype=torch.long), torch.full((3,), 1e-6), torch.zeros(3))
@@ -104,6 +122,8 @@ def test_filter_logits_keeps_argmax_even_with_tiny_top_p():
         (dict(top_logprobs=99), "top_logprobs"),
         (dict(n=0), "n"),
         (dict(stop=[""]), "stop"),
+        (dict(logit_bias={5: 100.5}), "logit_bias"),
+        (dict(logit_bias={-1: 1.0}), "logit_bias"),
     ],
 )
 def test_invalid_params_name_the_parameter(kwargs, param):

@@ -32,8 +32,12 @@ def prepared(loaded, url, context=256, **body):
 
 def test_defaults_caps_and_refusals(tiny):
     chat = prepared(tiny, CHAT_URL, **CHAT)
-    assert chat.params.max_tokens == 256 - len(chat.prompts[0])  # as much as fits, never truncated
-    assert prepared(tiny, COMPLETIONS_URL, prompt="w1").params.max_tokens == 16  # OpenAI's default
+    assert chat.params.max_tokens == 256 - len(chat.prompts[0])  # the default 512, cut to what fits
+    assert prepared(tiny, COMPLETIONS_URL, context=4096, prompt="w1").params.max_tokens == 512
+    assert prepared(tiny, CHAT_URL, logit_bias={"5": -100, "7": 2.5}, **CHAT).params.logit_bias == (
+        (5, -100.0),
+        (7, 2.5),
+    )
     with pytest.raises(SamplingError) as e:
         prepared(tiny, CHAT_URL, n=5, **CHAT)
     assert e.value.param == "n"
@@ -46,7 +50,7 @@ def test_defaults_caps_and_refusals(tiny):
     with pytest.raises((SamplingError, InvalidRequestError)) as e:  # the schema refuses it now
         prepared(tiny, CHAT_URL, max_completion_tokens=0, **CHAT)
     assert e.value.param == "max_completion_tokens"
-    for field, value in (("logit_bias", {"5": 1.0}), ("functions", [{"name": "f"}])):
+    for field, value in (("functions", [{"name": "f"}]),):
         with pytest.raises((SamplingError, InvalidRequestError)) as e:
             prepared(tiny, CHAT_URL, **{field: value}, **CHAT)
         assert e.value.param == field
@@ -63,6 +67,25 @@ def smollm2(smollm2_path):
     from lhama.loader import load_model
 
     return load_model(smollm2_path, device="cpu")
+
+
+def test_omitted_fields_take_the_shared_sampling_defaults(tiny):
+    from dataclasses import fields
+
+    from lhama.sampling_defaults import SAMPLING_DEFAULTS, SamplingDefaults
+
+    for url, body in ((CHAT_URL, CHAT), (COMPLETIONS_URL, {"prompt": "w1"})):
+        params = prepared(tiny, url, context=4096, **body).params
+        for f in fields(SamplingDefaults):
+            want = None if f.name == "seed" else getattr(SAMPLING_DEFAULTS, f.name)  # unseeded: fresh samples
+            assert getattr(params, f.name) == want, (url, f.name)
+        given = prepared(tiny, url, context=4096, temperature=0, top_p=1, seed=3, max_tokens=9, **body).params
+        assert (given.temperature, given.top_p, given.seed, given.max_tokens) == (0, 1, 3, 9)
+    # `lhama serve --temperature ...` (ServerConfig.sampling) sets what omitted fields take
+    req = parse_request(CHAT_URL, CHAT, default_model="m")
+    limits = RequestLimits(defaults=SAMPLING_DEFAULTS.with_(temperature=0.2, max_tokens=7))
+    params = prepare(tiny, req, None, context=4096, limits=limits).params
+    assert (params.temperature, params.max_tokens, params.seed) == (0.2, 7, 0)
 
 
 def test_a_grammar_is_one_engine_request_per_choice(smollm2):

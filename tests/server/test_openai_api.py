@@ -68,6 +68,37 @@ def test_seed_n_and_stop(client):
     assert r.choices[0].finish_reason == "stop" and "7" in r.choices[0].text and "8" not in r.choices[0].text
 
 
+def test_logit_bias_bans_and_forces_tokens(client, smollm2_path):
+    from lhama.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_path)
+    kw = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 1, "temperature": 0, "logprobs": 2}
+    plain = client.completions.create(**kw).choices[0].logprobs
+    best, runner_up = sorted(plain.top_logprobs[0].items(), key=lambda kv: -kv[1])
+    [best_id] = tok.encode(best[0], bos=False)
+    banned = client.completions.create(**kw, logit_bias={str(best_id): -100}).choices[0].logprobs
+    assert banned.tokens == [runner_up[0]]  # greedy skips the banned token
+    assert math.isclose(banned.token_logprobs[0], runner_up[1], abs_tol=1e-4)  # logprobs stay the model's
+    [forced] = tok.encode(" banana", bos=False)
+    r = client.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=3, temperature=0.8, seed=5, logit_bias={str(forced): 100}
+    )
+    assert r.choices[0].message.content == tok.decode([forced] * 3)
+
+
+def test_omitted_sampling_fields_take_the_shared_defaults(client):
+    # The mapping itself is tests/openai/test_requests.py's; here a request that spells the
+    # defaults out gets the same sampled answer as one that leaves them to the server.
+    from lhama.sampling_defaults import SAMPLING_DEFAULTS as d
+
+    kw = {"model": MODEL, "messages": [{"role": "user", "content": "Write a poem."}], "seed": 7, "max_tokens": 12}
+    omitted = client.chat.completions.create(**kw)
+    spelled = client.chat.completions.create(
+        **kw, temperature=d.temperature, top_p=d.top_p, extra_body={"top_k": d.top_k, "min_p": d.min_p}
+    )
+    assert omitted.choices[0].message.content == spelled.choices[0].message.content
+
+
 def test_chat_logprobs(client):
     r = client.chat.completions.create(
         model=MODEL, messages=HELLO, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3

@@ -58,6 +58,16 @@ def test_stops_budget_min_tokens_and_logprobs_like_the_plain_loop(tiny):
     )
 
 
+def test_logit_bias_like_the_plain_loop(tiny):
+    prompt = [1, 2, 3]
+    ref = _ids(generate_tokens(tiny, prompt, SamplingParams(temperature=0, max_tokens=12)))
+    p = SamplingParams(temperature=0, max_tokens=12, logit_bias={ref[0]: -100.0, ref[1]: -100.0}, logprobs=True)
+    got = list(speculative_tokens(tiny, Speculation(self_draft(tiny, 1), 3), prompt, p))
+    want = list(generate_tokens(tiny, prompt, p))
+    assert _ids(got) == _ids(want) and not {ref[0], ref[1]} & set(_ids(got))
+    assert [g.logprob for g in got] == pytest.approx([w.logprob for w in want], abs=1e-4)
+
+
 def test_sampling_keeps_the_target_distribution(tiny_llama3_args):
     # A 16-token vocabulary and a draft that disagrees with the target: the second token (drawn by
     # draft-and-verify) must follow the target's marginal sum_t p(t) p(. | t).

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from lhama.sampling_defaults import SAMPLING_DEFAULTS, SamplingDefaults
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -50,7 +52,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", help="tokenizer file/folder when the checkpoint has none (e.g. a named config)")
     g.add_argument("--chat-format", help="override the chat format: llama3, llama2, jinja, or a .jinja file")
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the checkpoint's, float32 on CPU)")
+    g.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="float weights in this dtype (default: a quantized GGUF stays quantized on a CPU; "
+        "else float32 on a CPU, bfloat16 on CUDA); with a quantized file it asks for the dequantized model",
+    )
     g.add_argument("--max-seq-len", type=int, help="cap the context window in tokens (default: the model's)")
     g.add_argument(
         "--lora",
@@ -121,25 +128,6 @@ def load_model_from_args(a, *, named_lora_ok: bool = False):
 
 
 # -- sampling ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """The one set of sampling defaults of chat, generate, agent and rag (docs/generation.md).
-    Field names are ``SamplingParams`` fields. Temperature 0.6 and top-p 0.9 are Meta's
-    published generation settings for Llama 3; a fixed seed makes the same command give the
-    same text (pass --seed to vary it, --temperature 0 for greedy)."""
-
-    max_tokens: int = 512
-    temperature: float = 0.6
-    top_p: float = 0.9
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = 0
-
-
-SAMPLING_DEFAULTS = SamplingDefaults()
 
 SAMPLING_HELP = {
     "max_tokens": "most tokens to generate (fewer when the context runs out)",

@@ -45,6 +45,9 @@ class SamplingParams:
     top_logprobs: int = 0
     n: int = 1
     min_tokens: int = 0
+    # Added to these tokens' logits before sampling (OpenAI's ``logit_bias``: -100 bans a token,
+    # +100 all but forces it); given as a dict, kept as sorted (token id, bias) pairs.
+    logit_bias: tuple[tuple[int, float], ...] = ()
     logits_processor: LogitsProcessor | None = field(default=None, compare=False, hash=False)
     # A per-request LoRA adapter (``lhama.model.lora_batch.LoraRequest``); None: the base model.
     lora: object | None = field(default=None, compare=False, hash=False)
@@ -54,6 +57,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        object.__setattr__(self, "logit_bias", tuple(sorted((int(t), float(v)) for t, v in bias)))
         self.validate()
 
     @property
@@ -91,6 +96,9 @@ class SamplingParams:
             bad("min_tokens", f"must be in [0, max_tokens], got {self.min_tokens}")
         if any(not s for s in self.stop):
             bad("stop", "stop strings must be non-empty")
+        for t, v in self.logit_bias:
+            if t < 0 or not -100.0 <= v <= 100.0:
+                bad("logit_bias", f"token ids must be >= 0 and biases in [-100, 100], got {t}: {v}")
         if self.logits_processor is not None and self.n != 1:
             bad("n", "a logits processor belongs to one sequence: send n requests with n=1")
 
@@ -216,6 +224,8 @@ class BatchSampler:
                 col("frequency_penalty"),
                 col("presence_penalty"),
             )
+        if any(p.logit_bias for p in params):
+            logits = apply_logit_bias(logits, params)
         if banned is not None and any(banned):
             logits = logits.clone()
             for b, ids in enumerate(banned):
@@ -235,6 +245,21 @@ class BatchSampler:
             if k:
                 top_lp, top_ids = logp.topk(k, dim=-1)
         return SampleResult(tokens, lp, top_ids, top_lp)
+
+
+def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """A copy of ``logits`` [B, V] with each row's ``logit_bias`` added. The logprobs a request
+    gets stay the model's, as with the penalties."""
+    logits = logits.clone()
+    V = logits.shape[-1]
+    for b, p in enumerate(params):
+        if p.logit_bias:
+            if p.logit_bias[-1][0] >= V:
+                raise SamplingError("logit_bias", f"token ids must be < the vocabulary size {V}")
+            ids = torch.tensor([t for t, _ in p.logit_bias], dtype=torch.long, device=logits.device)
+            bias = torch.tensor([v for _, v in p.logit_bias], dtype=logits.dtype, device=logits.device)
+            logits[b].index_add_(0, ids, bias)
+    return logits
 
 
 def apply_processors(

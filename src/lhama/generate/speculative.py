@@ -25,7 +25,7 @@ import torch
 from lhama.errors import ConfigError, SamplingError
 from lhama.generate.drafts import DEFAULT_K, NgramDraft, build_draft, quantized_self_draft, self_draft
 from lhama.generate.outputs import TokenStep, check_context
-from lhama.generate.sampling import SamplingParams, filter_logits, make_generator
+from lhama.generate.sampling import SamplingParams, apply_logit_bias, filter_logits, make_generator
 from lhama.model import StaticKVCache, Transformer
 
 
@@ -96,7 +96,10 @@ class _Dist:
             logits = logits.clone()
             rows = torch.tensor([i for i, b in enumerate(banned) if b], dtype=torch.long, device=logits.device)
             logits[rows.unsqueeze(1), torch.tensor(stop_ids, dtype=torch.long, device=logits.device)] = float("-inf")
-        self.raw = logits
+        self.raw = logits  # the logprobs reported
+        if params.logit_bias:  # what is sampled: every position gets the bias (as BatchSampler does)
+            logits = apply_logit_bias(logits, [params] * logits.shape[0])
+        self.pick = logits  # greedy picks its argmax
         if params.greedy:
             self.probs = None
         else:
@@ -157,7 +160,7 @@ def speculative_tokens(
     n_out = 0
     # The first token comes from the target alone (its prefill); the draft prefills the prompt too.
     first = _Dist(run(target, t_cache, tokens, last_only=True), params, [params.min_tokens > 0], stop_list)
-    first_tok = int(first.raw.argmax(-1)) if first.probs is None else _draw(first.probs[0], gen)
+    first_tok = int(first.pick.argmax(-1)) if first.probs is None else _draw(first.probs[0], gen)
     if d_cache is not None:
         run(draft, d_cache, tokens, last_only=True)
     pending = [first_tok]
@@ -195,7 +198,7 @@ def speculative_tokens(
             logits = run(draft, d_cache, tokens[d_cache.pos :], last_only=True)
             for i in range(k):
                 d = _Dist(logits, params, [n_out + i < params.min_tokens], stop_list)
-                tok = int(d.raw.argmax(-1)) if d.probs is None else _draw(d.probs[0], gen)
+                tok = int(d.pick.argmax(-1)) if d.probs is None else _draw(d.probs[0], gen)
                 proposals.append(tok)
                 if d.probs is not None:
                     q_rows.append(d.probs[0])
@@ -211,7 +214,7 @@ def speculative_tokens(
         correction = None
         for i, tok in enumerate(proposals):
             if p.probs is None:
-                ok = int(p.raw[i].argmax()) == tok
+                ok = int(p.pick[i].argmax()) == tok
             else:
                 ratio = p.probs[i, tok] / q_rows[i][tok].clamp_min(1e-20)
                 u = torch.rand((), generator=gen, device=dev) if gen is not None else torch.rand(())
@@ -223,7 +226,7 @@ def speculative_tokens(
                 break
             n_acc += 1
         if correction is None:  # a rejected greedy token, or every proposal kept: the target's next token
-            correction = int(p.raw[n_acc].argmax()) if p.probs is None else _draw(p.probs[n_acc], gen)
+            correction = int(p.pick[n_acc].argmax()) if p.probs is None else _draw(p.probs[n_acc], gen)
         stats.accepted += n_acc
         pending = proposals[:n_acc] + [correction]
         pending_steps = [step(t, p.raw[i]) for i, t in enumerate(pending)]

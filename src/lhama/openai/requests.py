@@ -1,8 +1,10 @@
 """An OpenAI request -> what the engine runs: prompt token ids and one ``SamplingParams``.
 
 One set of rules for every front end (the server's routes, batch jobs in and out of the
-server): a missing ``max_tokens`` means "as much as fits" for chat and 16 for completions (the
-OpenAI defaults), a prompt that fills the context is refused (never truncated), ``n`` and the
+server): a sampling field a request leaves out takes lhama's one set of defaults
+(``lhama.sampling_defaults``, as ``lhama chat`` and ``generate`` do; a missing ``seed`` samples
+afresh, and a missing ``max_tokens`` is cut to what the context has left), a prompt that fills
+the context is refused (never truncated), ``n`` and the
 number of prompts are capped, fields we cannot honour are refused out loud, and
 ``response_format`` / a forced tool call become a grammar that constrains each choice
 (``lhama.generate.constrained``). Every failure is a typed ``LhamaError`` naming the parameter,
@@ -11,7 +13,7 @@ raised before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from pydantic import ValidationError
 
@@ -24,6 +26,7 @@ from lhama.openai.schemas import (
     EmbeddingRequest,
     RequestBody,
 )
+from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS, SamplingDefaults
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
@@ -48,6 +51,8 @@ class InvalidRequestError(LhamaError, ValueError):
 class RequestLimits:
     max_n: int = 16  # largest ``n`` of one request
     max_choices: int = 64  # prompts x n of one completions request
+    # What a request's omitted sampling fields take (``lhama serve --temperature ...`` sets them).
+    defaults: SamplingDefaults = REQUEST_SAMPLING_DEFAULTS
 
 
 @dataclass
@@ -177,19 +182,16 @@ def sampling_params(
     """``SamplingParams`` for ``req`` whose (longest) prompt has ``prompt_len`` tokens."""
     check_token_ranges(req, vocab_size)
     chat = isinstance(req, ChatCompletionRequest)
-    if chat:
-        budget_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    else:
-        budget_param, max_tokens = "max_tokens", 16 if req.max_tokens is None else req.max_tokens  # OpenAI's default
+    defaults = limits.defaults
+    budget_param, max_tokens = "max_tokens", req.max_tokens
+    if chat and req.max_completion_tokens is not None:
+        budget_param, max_tokens = "max_completion_tokens", req.max_completion_tokens
     if prompt_len >= context:
         err = ContextLengthExceededError(prompt_len, max_tokens if max_tokens and max_tokens > 0 else 1, context)
         err.param = "messages" if chat else "prompt"
         raise err
-    if max_tokens is None:
-        max_tokens = context - prompt_len  # "as long as fits", never a silently truncated prompt
-    if req.logit_bias:
-        raise SamplingError("logit_bias", "is not supported")
+    if max_tokens is None:  # the default, cut to what fits: never a silently truncated prompt
+        max_tokens = min(defaults.max_tokens, context - prompt_len)
     n = 1 if req.n is None else req.n
     if n > limits.max_n:
         raise SamplingError("n", f"must be <= {limits.max_n}, got {n}")
@@ -207,20 +209,16 @@ def sampling_params(
         want_lp, top = req.logprobs is not None, req.logprobs or 0
     if constrained and req.min_tokens:
         raise SamplingError("min_tokens", "cannot be combined with a JSON schema or a forced tool call")
-    kw = {"max_tokens": max_tokens, "n": n, "stop": stop, "seed": req.seed, "logprobs": want_lp, "top_logprobs": top}
-    for name in (
-        "temperature",
-        "top_p",
-        "presence_penalty",
-        "frequency_penalty",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "min_tokens",
-        "ignore_eos",
-    ):
+    kw = {"max_tokens": max_tokens, "n": n, "stop": stop, "logprobs": want_lp, "top_logprobs": top}
+    for f in fields(SamplingDefaults):
+        if f.name != "max_tokens":
+            value = getattr(req, f.name)
+            kw[f.name] = getattr(defaults, f.name) if value is None else value
+    for name in ("min_tokens", "ignore_eos"):
         if getattr(req, name) is not None:
             kw[name] = getattr(req, name)
+    if req.logit_bias:
+        kw["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
     try:
         return SamplingParams(**kw)
     except SamplingError as e:
