@@ -56,9 +56,9 @@ def _slots_engine(loaded, adapters, monkeypatch, seen_steps: list):
         slots.load(name, str(path), *read_peft_weights(path, loaded.model.args))
     begin = slots.begin_step
 
-    def record(rows):
+    def record(rows, **kw):
         seen_steps.append(frozenset(rows))
-        begin(rows)
+        begin(rows, **kw)
 
     monkeypatch.setattr(slots, "begin_step", record)
     return slots, LLMEngine.from_loaded(loaded, EngineConfig(max_num_seqs=8))

@@ -37,9 +37,32 @@ def check_input_file(path: str) -> None:
         raise ConfigError(f"batch input {path} {what}; give an OpenAI batch JSONL file")
 
 
+def batch_lora_slots(a, loaded):
+    """``--lora NAME=PATH`` adapters (repeatable) in a ``LoraSlots`` over ``loaded.model``, or None:
+    lines whose ``model`` is NAME run through that adapter (docs/batch.md)."""
+    from lhama.cli.args import split_lora_flags
+
+    _, named = split_lora_flags(getattr(a, "lora", None))
+    if not named:
+        return None
+    from lhama.model.lora_batch import LoraSlots
+    from lhama.peft_adapter import read_peft_weights
+
+    read = [(name, path, *read_peft_weights(path, loaded.model.args)) for name, path in named]
+    slots = LoraSlots(loaded.model, max_loras=len(read), max_rank=max(cfg.rank for _, _, cfg, _ in read))
+    for name, path, cfg, weights in read:
+        slots.load(name, path, cfg, weights)
+    return slots
+
+
 def run_batch(a) -> int:
     check_input_file(a.input)
     if a.ray:
+        from lhama.cli.args import split_lora_flags
+        from lhama.errors import ConfigError
+
+        if split_lora_flags(getattr(a, "lora", None))[1]:
+            raise ConfigError("--lora NAME=PATH (adapters per line) runs in one process; drop --ray")
         from lhama.parallel.ray_batch import ModelSpec, run_batch_ray
 
         spec = ModelSpec(
@@ -62,8 +85,14 @@ def run_batch(a) -> int:
     else:
         from lhama.openai.engine_batch import run_batch_file
 
+        loaded = load_model_from_args(a, named_lora_ok=True)
         summary = run_batch_file(
-            load_model_from_args(a), Path(a.input), Path(a.output), engine_config_from_args(a), progress=not a.quiet
+            loaded,
+            Path(a.input),
+            Path(a.output),
+            engine_config_from_args(a),
+            progress=not a.quiet,
+            loras=batch_lora_slots(a, loaded),  # before the engine: it wraps the model's projections
         )
     print(json.dumps(asdict(summary)))
     return 0

@@ -3,10 +3,20 @@
 The base weights are never changed (they may be int4, with fused ``wqkv`` / ``w13``). Each
 adapted projection is wrapped by a ``SlotLoraLinear`` that holds every loaded adapter's A and B
 in fixed slots; a step's rows (flattened tokens) carry a slot number, set by the engine runner
-with ``LoraSlots.begin_step``. The delta is two batched matmuls over the adapters active in the
-step: ``x @ A_all^T`` gives every active adapter's rank-r projection of every row, a one-hot
-mask keeps each row's own adapter, and ``@ B_all^T`` maps back (rows without an adapter get
-zero). Fused layers add each projection's delta into its slice of the output.
+with ``LoraSlots.begin_step``.
+
+The delta costs two matmuls per wrapped module whatever the number of adapters and fused
+projections: the A of every (active adapter, projection) is concatenated into one ``[in, k*P*r]``
+matrix and the B into one block-structured ``[k*P*r, out]`` matrix (each projection's B lands
+in its slice of the fused output), both built once per set of active adapters and cached (not
+re-gathered per module per step). ``x @ A`` gives every active adapter's rank-r projection of
+every row, a per-step mask (built once per step, shared by all modules) keeps each row's own
+adapter (rows on the base model keep none), and ``addmm`` adds ``low @ B`` into the base output.
+Steps where no row uses an adapter skip the path entirely.
+
+Deterministic mode (``begin_step(..., deterministic=True)``): a row's delta must not depend on
+which other adapters share the step, so each active adapter is applied on its own with
+fixed-shape matrices (rank padded to ``max_rank``) and selected per row with ``torch.where``.
 
 Slot weights are replaced only when no request still references the slot: a ``LoraRequest``
 (what a request carries in ``SamplingParams.lora``) pins its slot until it is garbage.
@@ -52,8 +62,39 @@ class LoadedAdapter:
     salt: bytes = field(default_factory=lambda: uuid.uuid4().bytes)
 
 
+@dataclass
+class LoraStep:
+    """What the wrapped modules of one forward need: the active slots (sorted), the rank the
+    stacks are padded to, and per-row selections."""
+
+    active: tuple[int, ...]
+    rank: int
+    row_slots: torch.Tensor  # [N] slot of each row (0: base model)
+    deterministic: bool = False
+    _masks: dict = field(default_factory=dict)
+
+    def mask(self, parts: int) -> torch.Tensor:
+        """[N, k * parts * rank] float: 1 where the column belongs to the row's own adapter."""
+        m = self._masks.get(parts)
+        if m is None:
+            slots = torch.tensor(self.active, device=self.row_slots.device)
+            own = (self.row_slots.unsqueeze(1) == slots).float()  # [N, k]
+            m = own.repeat_interleave(parts * self.rank, dim=1)
+            self._masks[parts] = m
+        return m
+
+    def rows(self, slot: int) -> torch.Tensor:
+        """[N, 1] bool: the rows on ``slot``."""
+        m = self._masks.get(("rows", slot))
+        if m is None:
+            m = self._masks[("rows", slot)] = (self.row_slots == slot).unsqueeze(1)
+        return m
+
+
 class SlotLoraLinear(nn.Module):
     """``base(x)`` plus, for each row, the delta of the adapter in that row's slot."""
+
+    CACHE = 8  # stacks kept per module (one per recent set of active adapters)
 
     def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], in_features: int, slots: LoraSlots):
         super().__init__()
@@ -62,27 +103,129 @@ class SlotLoraLinear(nn.Module):
         self.in_features = in_features
         self.out_features = sum(n for _, n in parts.values())
         self._slots = [slots]  # in a list: not a submodule
+        self._stacks: dict = {}  # (version, active, rank) -> (A [in, k*P*r], B [k*P*r, out])
         S, R, dev = slots.max_loras, slots.max_rank, slots.device
         for name, (_, size) in parts.items():
             # Scaling is folded into B at load; fp32 whatever the base computes in.
             self.register_buffer(f"{name}_a", torch.zeros(S, R, in_features, device=dev), persistent=False)
             self.register_buffer(f"{name}_b", torch.zeros(S, size, R, device=dev), persistent=False)
 
+    def stacks(self, active: tuple[int, ...], r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The concatenated A and block-structured B of ``active`` slots at rank ``r``."""
+        key = (self._slots[0].version, active, r)
+        got = self._stacks.get(key)
+        if got is not None:
+            return got
+        P = len(self.parts)
+        a = torch.zeros(self.in_features, len(active) * P * r, device=self._slots[0].device)
+        b = torch.zeros(len(active) * P * r, self.out_features, device=self._slots[0].device)
+        for j, s in enumerate(active):
+            for p, (name, (off, size)) in enumerate(self.parts.items()):
+                c = (j * P + p) * r
+                a[:, c : c + r] = getattr(self, f"{name}_a")[s - 1, :r].T
+                b[c : c + r, off : off + size] = getattr(self, f"{name}_b")[s - 1, :, :r].T
+        if len(self._stacks) >= self.CACHE:  # the oldest goes (an embedding thread may race: no KeyError)
+            self._stacks.pop(next(iter(self._stacks), None), None)
+        self._stacks[key] = (a, b)
+        return a, b
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         step = self._slots[0].step
         if step is None:
             return y
-        active, onehot, r = step
-        k = active.numel()
         x2 = x.reshape(-1, self.in_features).float()
-        y2 = y.view(-1, self.out_features)
-        for name, (off, size) in self.parts.items():
-            a = getattr(self, f"{name}_a").index_select(0, active)[:, :r].reshape(k * r, self.in_features)
-            low = (x2 @ a.T).view(-1, k, r) * onehot  # each row keeps only its own adapter's projection
-            b = getattr(self, f"{name}_b").index_select(0, active)[:, :, :r].permute(1, 0, 2).reshape(size, k * r)
-            y2[:, off : off + size] += (low.view(-1, k * r) @ b.T).to(y2.dtype)
+        y2 = y.reshape(-1, self.out_features)
+        if step.deterministic:
+            for s in step.active:
+                a, b = self.stacks((s,), step.rank)
+                d = ((x2 @ a) @ b).to(y2.dtype)
+                y2 = torch.where(step.rows(s), y2 + d, y2)
+            return y2.view_as(y)
+        a, b = self.stacks(step.active, step.rank)
+        low = (x2 @ a) * step.mask(len(self.parts))
+        if y2.dtype == torch.float32 and y2.is_contiguous():
+            y2.addmm_(low, b)
+        else:
+            y2 += (low @ b).to(y2.dtype)
         return y
+
+
+def projection_modules(layer: nn.Module):
+    """(parent, attribute, module, projection names) for each projection module of a block, fused
+    ones (``wqkv``, ``w13``, made at load for quantized weights) as one module with several names."""
+    seen: set[str] = set()
+    for parent_name in ("attention", "feed_forward"):
+        parent = getattr(layer, parent_name)
+        for attr in ("wqkv", "wq", "wk", "wv", "wo") if parent_name == "attention" else ("w13", "w1", "w3", "w2"):
+            mod = getattr(parent, attr, None)
+            if mod is None:
+                continue
+            names = FUSED.get(attr, (attr,))
+            if any(n in seen for n in names):
+                continue
+            seen.update(names)
+            yield parent, attr, mod, names
+
+
+def output_parts(names, args) -> tuple[dict[str, tuple[int, int]], int]:
+    """{projection: (output offset, size)} of a module stacking ``names``, and its input width."""
+    parts, off = {}, 0
+    for n in names:
+        size = projection_shape(n, args)[0]
+        parts[n] = (off, size)
+        off += size
+    return parts, projection_shape(names[0], args)[1]
+
+
+class FixedLoraLinear(nn.Module):
+    """``base(x)`` plus one fixed adapter's low-rank delta ``x A^T B^T`` on each of its output
+    slices: an adapter kept beside quantized weights, unmerged. Merging needs float weights, and
+    re-rounding a rank-8 delta to int4 erases it; the side path keeps it exact for two thin
+    matmuls per module (fused ``wqkv`` / ``w13`` included: the parts' A matrices are stacked, their
+    B matrices placed block-diagonally, scaling folded in)."""
+
+    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], in_features: int, pairs: dict):
+        super().__init__()
+        self.base = base
+        self.in_features = in_features
+        self.out_features = sum(n for _, n in parts.values())
+        names = [n for n in parts if n in pairs]
+        a = torch.cat([pairs[n][0].float() for n in names])
+        b = torch.zeros(self.out_features, a.shape[0])
+        r0 = 0
+        for n in names:
+            off, size = parts[n]
+            r = pairs[n][0].shape[0]
+            b[off : off + size, r0 : r0 + r] = pairs[n][1].float()
+            r0 += r
+        self.register_buffer("a", a.to(pairs[names[0]][0].device), persistent=False)
+        self.register_buffer("b", b.to(a.device), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        x2 = x.reshape(-1, self.in_features)
+        delta = (x2.to(self.a.dtype) @ self.a.T) @ self.b.T
+        return y + delta.view(y.shape).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.a.shape[0]}"
+
+
+def attach_fixed_lora(model: nn.Module, cfg: LoraConfig, weights: dict) -> int:
+    """Wrap every adapted projection module of ``model`` (plain, quantized or fused) in a
+    ``FixedLoraLinear`` carrying ``weights`` ({(layer, projection): (A, B)}, as
+    ``lhama.peft_adapter.read_peft_weights`` gives them). Returns how many modules were wrapped."""
+    wrapped = 0
+    for i, layer in enumerate(model.layers):
+        for parent, attr, mod, names in projection_modules(layer):
+            pairs = {n: (weights[i, n][0], weights[i, n][1] * cfg.scaling) for n in names if (i, n) in weights}
+            if not pairs:
+                continue
+            parts, n_in = output_parts(names, model.args)
+            setattr(parent, attr, FixedLoraLinear(mod, parts, n_in, pairs))
+            wrapped += 1
+    return wrapped
 
 
 class LoraSlots:
@@ -99,35 +242,18 @@ class LoraSlots:
         self._pins = [0] * (max_loras + 1)  # live LoraRequests per slot
         self._rank = [0] * (max_loras + 1)  # rank of the adapter last put in each slot
         self._lock = threading.Lock()
-        self.step: tuple[torch.Tensor, torch.Tensor, int] | None = None
+        self._local = threading.local()  # the step is per thread: the engine's, an embedding worker's
+        self.version = 0  # bumped whenever slot weights change: cached stacks are rebuilt
         self.wrappers: list[dict[str, tuple[SlotLoraLinear, str]]] = []  # per layer: projection -> (module, part)
         for layer in model.layers:
             found: dict[str, tuple[SlotLoraLinear, str]] = {}
-            for parent_name in ("attention", "feed_forward"):
-                parent = getattr(layer, parent_name)
-                for attr in (
-                    ("wqkv", "wq", "wk", "wv", "wo") if parent_name == "attention" else ("w13", "w1", "w3", "w2")
-                ):
-                    mod = getattr(parent, attr, None)
-                    if mod is None:
-                        continue
-                    names = FUSED.get(attr, (attr,))
-                    if any(n in found for n in names):
-                        continue
-                    wrapped = self._wrap(parent, attr, mod, names)
-                    found.update({n: (wrapped, n) for n in names})
+            for parent, attr, mod, names in projection_modules(layer):
+                parts, n_in = output_parts(names, self.args)
+                wrapped = SlotLoraLinear(mod, parts, n_in, self)
+                setattr(parent, attr, wrapped)
+                found.update({n: (wrapped, n) for n in names})
             self.wrappers.append(found)
         model.lora_slots = self  # the engine runner finds it here
-
-    def _wrap(self, parent: nn.Module, attr: str, mod: nn.Module, names) -> SlotLoraLinear:
-        parts, off = {}, 0
-        for n in names:
-            size = projection_shape(n, self.args)[0]
-            parts[n] = (off, size)
-            off += size
-        wrapped = SlotLoraLinear(mod, parts, projection_shape(names[0], self.args)[1], self)
-        setattr(parent, attr, wrapped)
-        return wrapped
 
     # -- adapters ------------------------------------------------------------------------
     def check_new(self, name: str) -> None:
@@ -152,6 +278,7 @@ class LoraSlots:
             slot = free[0]
             self._fill(slot, cfg, weights)
             self._rank[slot] = cfg.rank
+            self.version += 1
             ad = self.adapters[name] = LoadedAdapter(name, str(path), slot, cfg)
         return ad
 
@@ -192,20 +319,28 @@ class LoraSlots:
             self._pins[slot] -= 1
 
     # -- steps ---------------------------------------------------------------------------
-    def begin_step(self, row_slots: list[int]) -> None:
-        """Per-row slot numbers of the next forward (0: base model)."""
-        active = sorted(set(row_slots) - {0})
+    @property
+    def step(self) -> LoraStep | None:
+        """The calling thread's current step (None: every row on the base model)."""
+        return getattr(self._local, "step", None)
+
+    @step.setter
+    def step(self, value: LoraStep | None) -> None:
+        self._local.step = value
+
+    def begin_step(self, row_slots: list[int], *, deterministic: bool = False) -> None:
+        """Per-row slot numbers of the next forward (0: base model). ``deterministic``: each
+        row's delta computed with shapes that do not depend on the other rows' adapters."""
+        active = tuple(sorted(set(row_slots) - {0}))
         if not active:
             self.step = None
             return
-        rank = max(self._rank[s] for s in active)
-        pos = {s: j for j, s in enumerate(active)}
-        cols = torch.tensor([pos.get(s, -1) for s in row_slots], device=self.device)
-        onehot = (cols.unsqueeze(1) == torch.arange(len(active), device=self.device)).float().unsqueeze(-1)
-        self.step = (torch.tensor(active, device=self.device) - 1, onehot, rank)
+        rank = self.max_rank if deterministic else max(self._rank[s] for s in active)
+        rows = torch.tensor(row_slots, device=self.device)
+        self.step = LoraStep(active, rank, rows, deterministic)
 
     def end_step(self) -> None:
         self.step = None
 
 
-__all__ = ["LoadedAdapter", "LoraRequest", "LoraSlotError", "LoraSlots", "SlotLoraLinear"]
+__all__ = ["LoadedAdapter", "LoraRequest", "LoraSlotError", "LoraSlots", "LoraStep", "SlotLoraLinear"]

@@ -6,6 +6,11 @@ A step of the engine that raises cannot say which request caused it, so the line
 are then rerun one at a time: the one that fails alone gets its error record, the others their
 answers. When every line fails alone the engine itself is broken and the job stops (a rerun
 resumes it).
+
+LoRA adapters (``lhama batch --lora NAME=PATH``, a ``LoraSlots`` over the model): a line whose
+``model`` names a loaded adapter runs through it, beside lines for the base model and other
+adapters in the same engine steps; its ``system_fingerprint`` names the adapter. Other names
+run on the base model, as before.
 """
 
 from __future__ import annotations
@@ -65,10 +70,13 @@ class EngineExecutor:
         *,
         max_in_flight: int | None = None,
         limits: RequestLimits | None = None,
+        loras=None,
     ):
         self.loaded = loaded
+        self.loras = loras  # lhama.model.lora_batch.LoraSlots (placed before the engine is built), or None
         self.engine = engine or LLMEngine.from_loaded(loaded, config)
-        self.fingerprint = system_fingerprint(model_settings(loaded, self.engine.config))
+        self.settings = model_settings(loaded, self.engine.config)
+        self.fingerprint = system_fingerprint(self.settings)
         self.max_in_flight = max_in_flight or 2 * self.engine.config.max_num_seqs
         self.limits = limits or RequestLimits()
         self._compiler: GrammarCompiler | None = None
@@ -82,7 +90,11 @@ class EngineExecutor:
     # -- one line ------------------------------------------------------------------------------
     def prepare(self, line: BatchLine) -> PreparedRequest:
         req = parse_request(line.url, line.body, default_model=self.loaded.name)
-        return prepare(self.loaded, req, self.compiler, context=self.engine.max_model_len, limits=self.limits)
+        prep = prepare(self.loaded, req, self.compiler, context=self.engine.max_model_len, limits=self.limits)
+        lora = self.loras.acquire(req.model) if self.loras is not None else None
+        if lora is not None:  # the line names a loaded adapter
+            prep.params = prep.params.with_(lora=lora)
+        return prep
 
     def _submit(self, line: BatchLine) -> _Job:
         job = _Job(line, self.prepare(line))
@@ -115,6 +127,8 @@ class EngineExecutor:
         out_tokens = sum(len(c.token_ids) for _, c in choices)
         used = usage(sum(len(p) for p in prep.prompts), out_tokens, cached)
         want_lp = prep.params.logprobs
+        lora = prep.params.lora
+        fp = self.fingerprint if lora is None else system_fingerprint(self.settings, lora.name)
         if prep.kind == "chat":
             fmt = self.loaded.chat_format
             out = []
@@ -129,7 +143,7 @@ class EngineExecutor:
                         "finish_reason": finish_reason(c.finish_reason, is_call),
                     }
                 )
-            return chat_completion(new_id("chatcmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
+            return chat_completion(new_id("chatcmpl"), now(), prep.req.model, out, used, fingerprint=fp)
         out = [
             {
                 "index": i,
@@ -139,7 +153,7 @@ class EngineExecutor:
             }
             for i, c in choices
         ]
-        return text_completion(new_id("cmpl"), now(), prep.req.model, out, used, fingerprint=self.fingerprint)
+        return text_completion(new_id("cmpl"), now(), prep.req.model, out, used, fingerprint=fp)
 
     # -- many lines ------------------------------------------------------------------------------
     def run(self, lines: Sequence[BatchLine], answer: Answer) -> None:
@@ -216,8 +230,10 @@ def run_batch_file(
     progress: bool = True,
     engine: LLMEngine | None = None,
     max_in_flight: int | None = None,
+    loras=None,
 ) -> BatchSummary:
     """``lhama batch``: answer every line of ``in_path`` into ``out_path`` on one in-process
-    engine (appending; resumes an earlier run)."""
-    executor = EngineExecutor(loaded, engine, config, max_in_flight=max_in_flight)
+    engine (appending; resumes an earlier run). ``loras``: a ``LoraSlots`` over ``loaded.model``
+    whose adapters lines pick by ``model`` name."""
+    executor = EngineExecutor(loaded, engine, config, max_in_flight=max_in_flight, loras=loras)
     return run_batch(in_path, out_path, executor, progress=progress)

@@ -67,28 +67,29 @@ def _encode(vec: torch.Tensor, fmt: str):
 @router.post(ROUTE, tags=["openai"], summary="Create embeddings (mean-pooled final hidden states, unit length)")
 async def create_embeddings(body: EmbeddingRequest, request: Request):
     state = request.app.state.lhama
-    items = checked_inputs(state, body)
+    items, lora = checked_inputs(state, body)
     ticket = state.admit()
-    return json_response(await until_disconnect(request, _embeddings(state, body, items), ticket))
+    return json_response(await until_disconnect(request, _embeddings(state, body, items, lora), ticket))
 
 
-def checked_inputs(state, body: EmbeddingRequest) -> list[list[int]]:
-    """The request's token ids; every client error is raised here, before admission."""
-    state.check_model(body.model)
+def checked_inputs(state, body: EmbeddingRequest):
+    """The request's token ids and its adapter (``model: NAME`` of a loaded LoRA adapter, else
+    None); every client error is raised here, before admission."""
+    lora = state.check_model(body.model)
     dim = state.loaded.args.dim
     if body.dimensions is not None and body.dimensions != dim:
         raise SamplingError(
             "dimensions", f"this model's embeddings have {dim} dimensions; omit the field or send {dim}"
         )
-    return embedding_inputs(state, body.input)
+    return embedding_inputs(state, body.input), lora
 
 
 async def embeddings_body(state, body: EmbeddingRequest, *, bypass_limit: bool = False) -> dict:
     """The response body (batch lines; they are bounded by the batch's own concurrency)."""
-    items = checked_inputs(state, body)
+    items, lora = checked_inputs(state, body)
     ticket = state.admit(bypass_limit=bypass_limit)
     try:
-        return await _embeddings(state, body, items)
+        return await _embeddings(state, body, items, lora)
     finally:
         ticket.release()
 
@@ -97,7 +98,9 @@ class _Stopped(Exception):
     pass
 
 
-def _embed_items(state, items: list[list[int]], stop: threading.Event) -> list[torch.Tensor]:
+def _embed_items(state, items: list[list[int]], stop: threading.Event, lora=None) -> list[torch.Tensor]:
+    """Each input's vector; with ``lora`` (a ``LoraRequest``) through that adapter: the slots'
+    step is per thread, so the engine thread's steps are not disturbed."""
     out = []
     for ids in items:
         while not state.embed_lock.acquire(timeout=0.05):  # another request's input is running
@@ -106,15 +109,21 @@ def _embed_items(state, items: list[list[int]], stop: threading.Event) -> list[t
         try:
             if stop.is_set():
                 raise _Stopped
-            out.append(mean_pooled_embedding(state.loaded.model, ids))
+            if lora is not None:
+                state.loras.begin_step([lora.slot] * len(ids))
+            try:
+                out.append(mean_pooled_embedding(state.loaded.model, ids))
+            finally:
+                if lora is not None:
+                    state.loras.end_step()
         finally:
             state.embed_lock.release()
     return out
 
 
-async def _embeddings(state, body: EmbeddingRequest, items: list[list[int]]) -> dict:
+async def _embeddings(state, body: EmbeddingRequest, items: list[list[int]], lora=None) -> dict:
     stop = threading.Event()
-    worker = asyncio.ensure_future(asyncio.to_thread(_embed_items, state, items, stop))
+    worker = asyncio.ensure_future(asyncio.to_thread(_embed_items, state, items, stop, lora))
     try:
         vectors = await asyncio.shield(worker)
     except asyncio.CancelledError:  # the client left (until_disconnect) or the server stops
