@@ -4,7 +4,9 @@ On a terminal, lines are read with readline (editing, arrow-up history kept in a
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 
@@ -92,7 +94,7 @@ class LineReader:
     def read(self) -> str | None:
         if self.tty:
             try:
-                return input(">>> ")
+                return input_noticing_ctrl_c(">>> ")
             except EOFError:
                 self.stdout.write("\n")
                 return None
@@ -107,6 +109,30 @@ class LineReader:
             self.readline.write_history_file(self.history)
         except OSError as e:
             print(f"(could not save the chat history to {self.history}: {e})", file=sys.stderr)
+
+
+# How long a Ctrl-C may wait to be noticed at the prompt (see input_noticing_ctrl_c).
+WAKE_S = 0.2
+
+
+def input_noticing_ctrl_c(prompt: str) -> str:
+    """``input(prompt)`` with readline, where a Ctrl-C always raises KeyboardInterrupt.
+
+    CPython's readline draws the prompt, then waits in ``select()`` with no timeout and looks at
+    pending signals only when ``select()`` is interrupted. A SIGINT that lands between the two
+    (the process descheduled right after drawing the prompt: a loaded machine, or a script that
+    types Ctrl-C as soon as the prompt shows) only sets Python's flag, and ``select()`` then
+    sleeps until the next key press. A no-op SIGALRM every ``WAKE_S`` while the prompt waits
+    interrupts ``select()``, so the pending KeyboardInterrupt is raised within ``WAKE_S``."""
+    if threading.current_thread() is not threading.main_thread():
+        return input(prompt)  # signals (and timers) belong to the main thread
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, WAKE_S, WAKE_S)
+    try:
+        return input(prompt)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 EXIT_HINT = "(type /exit or press Ctrl-D to leave; Ctrl-C again quits)"
