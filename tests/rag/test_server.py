@@ -96,11 +96,13 @@ def test_vector_stores_end_to_end(server):
     page = client.vector_stores.search(vector_store_id=vs.id, query="zebrafish heart", max_num_results=5)
     assert all(d.filename != "notes.txt" for d in page.data)
 
-    # on disk, so a new manager (as after a restart) sees the same store
+    # in the state database, so a new manager (as after a restart, or in another replica) sees the same store
     from lhama.server.files import FileStore
+    from lhama.server.state_db import StateDB
     from lhama.server.vector_stores import VectorStoreManager
 
-    mgr = VectorStoreManager(data / "vector_stores", FileStore(data / "files"))
+    db = StateDB(data / "state.db")
+    mgr = VectorStoreManager(db, data / "vector_stores", FileStore(db, data / "files"))
     assert mgr.get(vs.id)["name"] == "kb" and {f["id"] for f in mgr.list_files(vs.id)} == {good.id, bad.id}
 
     assert client.vector_stores.delete(vs.id).deleted

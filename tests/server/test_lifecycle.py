@@ -130,10 +130,15 @@ def test_sigterm_drains_stream_and_batch_resumes_after_restart(tmp_path):
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[-1]["usage"]["completion_tokens"] == 16
     assert any(c["choices"] and c["choices"][0]["finish_reason"] == "length" for c in chunks)
-    # The batch was cut short, and its state is on disk.
-    record = json.loads((data / "batches" / f"{batch.id}.json").read_text())
-    assert record["status"] == "in_progress"
-    done_before = len((data / "batches" / f"{batch.id}.partial.jsonl").read_text().splitlines())
+    # The batch was cut short, and its state is in the state database.
+    import sqlite3
+
+    with sqlite3.connect(data / "state.db") as db:
+        status = db.execute("SELECT status FROM batches WHERE id = ?", (batch.id,)).fetchone()[0]
+        done_before = db.execute(
+            "SELECT COUNT(*) FROM batch_lines WHERE batch_id = ? AND record IS NOT NULL", (batch.id,)
+        ).fetchone()[0]
+    assert status == "in_progress"
     assert 1 <= done_before < 5
 
     srv = ServerProcess(data, "--batch-concurrency", "8")

@@ -60,6 +60,18 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--data-dir", type=Path, default=None, help=f"where files and batches are kept (default: {default_data_dir()})"
     )
     g.add_argument(
+        "--state-db",
+        default=None,
+        help="database for files, batches, vector stores and stored responses: a SQLite path or "
+        "postgresql://... that every replica shares (default: DATA_DIR/state.db; docs/scaling.md)",
+    )
+    g.add_argument(
+        "--batch-lease",
+        type=float,
+        default=d.batch_lease_s,
+        help="seconds before a batch line claimed by a server that stopped renewing it goes to another",
+    )
+    g.add_argument(
         "--max-body-mb", type=float, default=d.max_body_bytes / 2**20, help="JSON body limit in MiB (413 past it)"
     )
     g.add_argument(
@@ -84,8 +96,23 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-lora-rank", type=int, default=16, help="largest adapter rank accepted (default: %(default)s)")
     e = add_engine_args(p)
     e.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torch.distributed; see docs/scaling.md)")
-    e.add_argument("--replicas", type=int, default=1, help="server copies as Ray actors behind this endpoint")
-    e.add_argument("--ray-address", help="with --replicas: join this Ray cluster (default: start a local one)")
+    r = p.add_argument_group("scale-out on Ray Serve (docs/scaling.md)")
+    r.add_argument(
+        "--replicas", type=int, default=1, help="model replicas as Ray Serve deployments behind this endpoint"
+    )
+    r.add_argument(
+        "--ray-address", help="run on this Ray cluster (e.g. auto, or HOST:6379; default: start a local one)"
+    )
+    r.add_argument("--min-replicas", type=int, help="autoscaling: fewest replicas (with --max-replicas)")
+    r.add_argument("--max-replicas", type=int, help="autoscaling: most replicas (turns autoscaling on)")
+    r.add_argument(
+        "--target-ongoing-requests",
+        type=float,
+        default=None,
+        help="autoscaling: requests in flight per replica to aim for (default: --max-num-seqs / 2)",
+    )
+    r.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs Ray reserves per replica (per rank with --tp)")
+    r.add_argument("--replica-gpus", type=float, default=0.0, help="GPUs Ray reserves per replica (per rank with --tp)")
 
 
 def configs_from_args(a):
@@ -101,6 +128,8 @@ def configs_from_args(a):
         max_body_bytes=int(a.max_body_mb * 2**20),
         served_model_names=tuple(a.served_model_name),
         batch_concurrency=a.batch_concurrency,
+        state_db=getattr(a, "state_db", None),
+        batch_lease_s=getattr(a, "batch_lease", 30.0),
         **({"data_dir": a.data_dir} if a.data_dir else {}),
     )
     return server, engine_config_from_args(a)
@@ -145,23 +174,26 @@ def _is_tp_follower() -> bool:
     return int(os.environ.get("RANK", "0")) != 0  # torchrun's rank: only rank 0 listens
 
 
-def run_serve(a) -> int:
-    import uvicorn
+def uses_ray_serve(a) -> bool:
+    """More than one replica, autoscaling, or a Ray cluster named: the server runs on Ray Serve."""
+    return (
+        getattr(a, "replicas", 1) > 1
+        or getattr(a, "max_replicas", None) is not None
+        or getattr(a, "ray_address", None) is not None
+    )
 
+
+def build_app(a):
+    """The server's app over a loaded model and a started-with-the-app engine, and the model.
+    A tensor-parallel rank other than 0 never returns (it follows rank 0 until it stops)."""
     from lhama.engine import AsyncEngine
     from lhama.server.app import create_app
 
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if getattr(a, "replicas", 1) > 1:
-        from lhama.parallel.replicas import serve_replicas
-
-        bind_socket(a.host, a.port).close()  # the port is free (the proxy binds it after the replicas start)
-        return serve_replicas(a)
     server_cfg, engine_cfg = configs_from_args(a)
     from lhama.safety.spec import shields_from_args
 
     shields = shields_from_args(a)  # before the model: a bad --shield fails fast
-    sock = None if _is_tp_follower() else bind_socket(server_cfg.host, server_cfg.port)
+    slots = None
     if getattr(a, "tp", 1) > 1:  # tensor parallel: ranks > 0 never return from start_tp
         from lhama.parallel.serve import start_tp
 
@@ -179,6 +211,20 @@ def run_serve(a) -> int:
         from lhama.server.shields import ServerShields
 
         app.state.lhama.shields = ServerShields(shields, app.state.lhama.metrics.registry)
+    return app, loaded
+
+
+def run_serve(a) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if uses_ray_serve(a) and not _is_tp_follower():
+        from lhama.cli.ray_serve import serve_on_ray
+
+        return serve_on_ray(a, build_app)
+    server_cfg, _ = configs_from_args(a)
+    sock = None if _is_tp_follower() else bind_socket(server_cfg.host, server_cfg.port)
+    app, loaded = build_app(a)
     host, port = sock.getsockname()[:2]
     names = ", ".join(app.state.lhama.model_names)
     print(f"lhama: serving {names} (loaded in {loaded.load_seconds:.1f}s) on http://{host}:{port}", flush=True)

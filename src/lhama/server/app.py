@@ -9,6 +9,7 @@ batch runners stop without losing state and the engine thread ends.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from lhama.server.middleware import (
     Utf8JsonMiddleware,
 )
 from lhama.server.state import ServerState
+from lhama.server.state_db import StateDB
 
 log = logging.getLogger("lhama.server")
 STATIC = Path(__file__).parent / "static"
@@ -46,9 +48,10 @@ STATIC = Path(__file__).parent / "static"
 def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     state = ServerState(loaded, engine, config)
-    state.files = FileStore(config.data_dir / "files")
-    state.batches = BatchManager(state, state.files, config.data_dir / "batches")
-    state.vector_stores = vector_stores.VectorStoreManager(config.data_dir / "vector_stores", state.files)
+    state.db = StateDB(config.state_db_location)
+    state.files = FileStore(state.db, config.data_dir / "files")
+    state.batches = BatchManager(state, state.files, state.db, lease_s=config.batch_lease_s)
+    state.vector_stores = vector_stores.VectorStoreManager(state.db, config.data_dir / "vector_stores", state.files)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -115,6 +118,7 @@ def _add_basic_routes(app: FastAPI, state: ServerState) -> None:
         return {
             "status": "ok",
             "model": state.model_name,
+            "pid": os.getpid(),  # which server process answered (one of several replicas: docs/scaling.md)
             "running": s.num_running,
             "waiting": s.num_waiting,
             "kv_cache_usage": s.kv_cache_usage,

@@ -26,8 +26,13 @@ class ServerConfig:
     max_embedding_inputs: int = 256
     # Model ids clients may send; the first is what /v1/models lists.
     served_model_names: tuple[str, ...] = ()
-    # Files and batches live here, so a restart loses neither (an unfinished batch resumes).
+    # Local files (the state database when state_db is unset, file copies, SQLite vector stores).
     data_dir: Path = field(default_factory=server_data_dir)
+    # Files, batches, vector stores and stored responses: a SQLite path or a postgresql:// URL
+    # that every replica shares (None: <data_dir>/state.db). See lhama.server.state_db.
+    state_db: str | None = None
+    # A batch line claimed by a server that stops renewing it (it died) goes to another after this.
+    batch_lease_s: float = 30.0
     batch_concurrency: int = 8  # batch lines in flight at once, so interactive traffic keeps flowing
     retry_after_s: int = 1
 
@@ -38,12 +43,18 @@ class ServerConfig:
             raise ConfigError(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"the body limit must be >= 1 KiB, got {self.max_body_bytes} bytes")
+        if self.batch_lease_s <= 0:
+            raise ConfigError(f"--batch-lease must be > 0, got {self.batch_lease_s}")
         if self.batch_concurrency < 1:
             raise ConfigError(f"--batch-concurrency must be >= 1, got {self.batch_concurrency}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be in [0, 65535], got {self.port}")
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
         object.__setattr__(self, "served_model_names", tuple(self.served_model_names))
+
+    @property
+    def state_db_location(self) -> str:
+        return self.state_db or str(self.data_dir / "state.db")
 
     @property
     def max_in_flight(self) -> int:

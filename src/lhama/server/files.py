@@ -1,5 +1,5 @@
-"""``/v1/files``: uploaded and generated files, kept on disk under ``<data-dir>/files`` as the
-content plus a JSON record, so they outlive the process."""
+"""``/v1/files``: uploaded and generated files, kept in the state database (record and content,
+``lhama.server.state_db``), so they outlive the process and every replica sees them."""
 
 from __future__ import annotations
 
@@ -30,35 +30,50 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 class FileStore:
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    """File records and contents in the state database (``lhama.server.state_db``); ``path()``
+    is a local copy under ``cache`` that routes and batch runners read (written on first use, so
+    a replica on another machine reads what any replica stored)."""
+
+    def __init__(self, db, cache: Path):
+        self.db = db
+        self.root = Path(cache)
         self.root.mkdir(parents=True, exist_ok=True)
-
-    def _meta(self, file_id: str) -> Path:
-        return self.root / f"{file_id}.json"
-
-    def path(self, file_id: str) -> Path:
-        return self.root / f"{file_id}.data"
 
     def _valid_id(self, file_id: str) -> bool:
         return file_id.startswith("file-") and file_id[5:].isalnum()
+
+    def path(self, file_id: str) -> Path:
+        """The local copy of a stored file (fetched from the database when missing), or where a
+        new file's content is written before ``register``."""
+        p = self.root / f"{file_id}.data"
+        if not p.is_file() and self._valid_id(file_id):
+            row = self.db.one("SELECT content FROM files WHERE id = ?", (file_id,))
+            if row is not None:
+                tmp = p.with_name(f"{p.name}.{uuid.uuid4().hex}.tmp")
+                tmp.write_bytes(bytes(row[0]))
+                os.replace(tmp, p)
+        return p
 
     def new_id(self) -> str:
         return f"file-{uuid.uuid4().hex}"
 
     def register(self, file_id: str, filename: str, purpose: str) -> dict:
-        """Record a file whose content already sits at ``path(file_id)``."""
+        """Store a file whose content sits at ``path(file_id)``."""
+        content = self.path(file_id).read_bytes()
         meta = {
             "id": file_id,
             "object": "file",
-            "bytes": self.path(file_id).stat().st_size,
+            "bytes": len(content),
             "created_at": int(time.time()),
             "filename": filename,
             "purpose": purpose,
             "status": "processed",
             "status_details": None,
         }
-        write_json_atomic(self._meta(file_id), meta)
+        self.db.execute(
+            "INSERT INTO files (id, created_at, purpose, meta, content) VALUES (?, ?, ?, ?, ?)",
+            (file_id, meta["created_at"], purpose, json.dumps(meta, ensure_ascii=False), content),
+        )
         return meta
 
     def create(self, content: bytes, filename: str, purpose: str) -> dict:
@@ -67,25 +82,22 @@ class FileStore:
         return self.register(file_id, filename, purpose)
 
     def get(self, file_id: str) -> dict:
-        if not self._valid_id(file_id) or not self._meta(file_id).is_file():
+        row = self.db.one("SELECT meta FROM files WHERE id = ?", (file_id,)) if self._valid_id(file_id) else None
+        if row is None:
             raise APIError(404, f"No file with id '{file_id}'.", param="file_id", code="file_not_found")
-        return json.loads(self._meta(file_id).read_text())
+        return json.loads(row[0])
 
     def list(self, purpose: str | None = None) -> list[dict]:
-        out = []
-        for p in self.root.glob("file-*.json"):
-            try:
-                meta = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if purpose is None or meta.get("purpose") == purpose:
-                out.append(meta)
-        return sorted(out, key=lambda m: (m["created_at"], m["id"]), reverse=True)
+        if purpose is None:
+            rows = self.db.all("SELECT meta FROM files ORDER BY created_at DESC, id DESC")
+        else:
+            rows = self.db.all("SELECT meta FROM files WHERE purpose = ? ORDER BY created_at DESC, id DESC", (purpose,))
+        return [json.loads(r[0]) for r in rows]
 
     def delete(self, file_id: str) -> dict:
         self.get(file_id)
-        self._meta(file_id).unlink(missing_ok=True)
-        self.path(file_id).unlink(missing_ok=True)
+        self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+        (self.root / f"{file_id}.data").unlink(missing_ok=True)
         return {"id": file_id, "object": "file", "deleted": True}
 
 

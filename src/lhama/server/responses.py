@@ -5,7 +5,7 @@ One response is a loop of chat turns on the engine: hosted searches ground the f
 a call of the code interpreter runs in the sandbox and the model continues with its output,
 and a call of a client's function tool ends the response with a ``function_call`` item. The
 whole and the streamed answers come from the same event sequence, so they agree exactly.
-Stored responses live in ``<data-dir>/responses.db`` (``lhama.openai.response_store``).
+Stored responses live in the state database (``lhama.openai.response_store``, ``lhama.server.state_db``).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ _store_lock = threading.Lock()
 def response_store(state) -> ResponseStore:
     with _store_lock:
         if getattr(state, "responses", None) is None:
-            state.responses = ResponseStore(state.config.data_dir / "responses.db")
+            state.responses = ResponseStore(state.db)
         return state.responses
 
 
@@ -112,6 +112,9 @@ def _chat_turn(
         param, message, code = validation_problem(e.errors())
         raise InvalidRequestError(message, param, code) from None
     prep = requests.prepare_chat(state.loaded, creq, state.compiler, context=state.max_model_len, limits=state.limits)
+    lora = state.check_model(run_req.model)
+    if lora is not None:  # a per-request adapter (docs/server.md, "LoRA adapters")
+        prep.params = prep.params.with_(lora=lora)
     check_prompt(state, prep.prompts[0], prep.params, "input")
     return prep
 

@@ -44,6 +44,7 @@ class ServerState:
         self.limits = RequestLimits(max_n=config.max_n, max_choices=config.max_n * 4)
         self.metrics = ServerMetrics(engine.stats, self.gauges)
         self.embed_lock = threading.Lock()  # one embedding forward at a time beside the engine thread
+        self.db = None  # lhama.server.state_db.StateDB, set by the app
         self.files = None  # lhama.server.files.FileStore, set by the app
         self.batches = None  # lhama.server.batches.BatchManager, set by the app
         self.shields = None  # lhama.server.shields.ServerShields, set by ``lhama serve --shield``

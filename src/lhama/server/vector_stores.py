@@ -1,9 +1,11 @@
 """``/v1/vector_stores``: OpenAI-style vector stores over files uploaded to ``/v1/files``, and the
 ``file_search`` tool of chat completions.
 
-Each store is a folder ``<data-dir>/vector_stores/<id>/`` holding ``meta.json`` (the OpenAI
-object plus its file records) and ``store.db`` (lhama's SQLite + sqlite-vec + FTS5 store), so a
-restart keeps every store; deleting a store deletes the folder. Files are ingested when they
+A store's record and its file records are rows of the state database (``lhama.server.state_db``),
+so every replica of a scaled-out server sees every store. Its chunks live in
+``<data-dir>/vector_stores/<id>/store.db`` (lhama's SQLite + sqlite-vec + FTS5 store) when the
+state database is SQLite, and in pgvector tables named after the store when it is PostgreSQL
+(``lhama.rag.pg_store``); deleting a store deletes them. Files are ingested when they
 are added (MiniLM embedder), so a file's status is ``completed`` or ``failed`` with
 ``last_error`` on return: there is no background state to poll or to lose.
 
@@ -28,7 +30,6 @@ from pydantic import Field
 
 from lhama.openai.schemas import RequestBody
 from lhama.server.errors import APIError
-from lhama.server.files import write_json_atomic
 
 router = APIRouter()
 
@@ -59,26 +60,36 @@ class VectorStoreSearch(RequestBody):
 
 
 class VectorStoreManager:
-    def __init__(self, root: Path, files):
+    def __init__(self, db, root: Path, files):
+        self.db = db  # lhama.server.state_db.StateDB
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.files = files  # lhama.server.files.FileStore
-        self._lock = threading.RLock()  # meta.json read-modify-write and store deletion
+        self._lock = threading.RLock()
         self._embedder = None
 
     # -- records ---------------------------------------------------------------------------
-    def _dir(self, vs_id: str) -> Path:
-        if not (vs_id.startswith("vs_") and vs_id[3:].isalnum()) or not (self.root / vs_id / "meta.json").is_file():
+    def _check(self, vs_id: str) -> None:
+        self._read(vs_id)
+
+    def _read(self, vs_id: str) -> dict:
+        ok = vs_id.startswith("vs_") and vs_id[3:].isalnum()
+        row = self.db.one("SELECT meta FROM vector_stores WHERE id = ?", (vs_id,)) if ok else None
+        if row is None:
             raise APIError(
                 404, f"No vector store with id '{vs_id}'.", param="vector_store_id", code="vector_store_not_found"
             )
-        return self.root / vs_id
-
-    def _read(self, vs_id: str) -> dict:
-        return json.loads((self._dir(vs_id) / "meta.json").read_text())
+        meta = json.loads(row[0])
+        rows = self.db.all("SELECT obj FROM vector_store_files WHERE store_id = ?", (vs_id,))
+        meta["files"] = {f["id"]: f for f in (json.loads(r[0]) for r in rows)}
+        meta["usage_bytes"] = sum(f["usage_bytes"] for f in meta["files"].values() if f["status"] == "completed")
+        return meta
 
     def _write(self, meta: dict) -> None:
-        write_json_atomic(self.root / meta["id"] / "meta.json", meta)
+        body = {k: v for k, v in meta.items() if k != "files"}
+        self.db.execute(
+            "UPDATE vector_stores SET meta = ? WHERE id = ?", (json.dumps(body, ensure_ascii=False), meta["id"])
+        )
 
     @staticmethod
     def public(meta: dict) -> dict:
@@ -100,16 +111,18 @@ class VectorStoreManager:
         return self._embedder
 
     def _store(self, vs_id: str):
-        from lhama.rag.sqlite_store import SqliteVectorStore
+        from lhama.rag.stores import open_store
 
-        return SqliteVectorStore(self._dir(vs_id) / "store.db")
+        if self.db.postgres:  # pgvector tables <vs_id>_chunks, <vs_id>_files
+            return open_store(self.db.location, namespace=vs_id)
+        (self.root / vs_id).mkdir(parents=True, exist_ok=True)
+        return open_store(str(self.root / vs_id / "store.db"))
 
     # -- operations (blocking; the routes run them in a thread) ------------------------------
     def create(self, body: VectorStoreCreate) -> dict:
         for fid in body.file_ids:
             self.files.get(fid)  # 404 before anything is created
         vs_id = f"vs_{uuid.uuid4().hex}"
-        (self.root / vs_id).mkdir()
         now = int(time.time())
         meta = {
             "id": vs_id,
@@ -121,21 +134,24 @@ class VectorStoreManager:
             "expires_after": None,
             "expires_at": None,
             "metadata": body.metadata or {},
-            "files": {},
         }
-        self._write(meta)
+        self.db.execute(
+            "INSERT INTO vector_stores (id, created_at, meta) VALUES (?, ?, ?)",
+            (vs_id, now, json.dumps(meta, ensure_ascii=False)),
+        )
         for fid in body.file_ids:
             self.add_file(vs_id, VectorStoreFileCreate(file_id=fid))
         return self.public(self._read(vs_id))
 
     def list(self) -> list[dict]:
+        ids = [r[0] for r in self.db.all("SELECT id FROM vector_stores ORDER BY created_at DESC, id DESC")]
         out = []
-        for p in self.root.glob("vs_*/meta.json"):
+        for vs_id in ids:
             try:
-                out.append(self.public(json.loads(p.read_text())))
-            except (OSError, ValueError):
+                out.append(self.public(self._read(vs_id)))
+            except APIError:  # deleted meanwhile
                 continue
-        return sorted(out, key=lambda m: (m["created_at"], m["id"]), reverse=True)
+        return out
 
     def get(self, vs_id: str) -> dict:
         return self.public(self._read(vs_id))
@@ -152,14 +168,19 @@ class VectorStoreManager:
 
     def delete(self, vs_id: str) -> dict:
         with self._lock:
-            d = self._dir(vs_id)
-            shutil.rmtree(d)
+            self._check(vs_id)
+            with self._store(vs_id) as store:
+                store.destroy()
+            with self.db.transaction():
+                self.db.execute("DELETE FROM vector_store_files WHERE store_id = ?", (vs_id,))
+                self.db.execute("DELETE FROM vector_stores WHERE id = ?", (vs_id,))
+            shutil.rmtree(self.root / vs_id, ignore_errors=True)
         return {"id": vs_id, "object": "vector_store.deleted", "deleted": True}
 
     def add_file(self, vs_id: str, body: VectorStoreFileCreate) -> dict:
         from lhama.rag.ingest import IngestReport, ingest_file
 
-        self._dir(vs_id)
+        self._check(vs_id)
         rec = self.files.get(body.file_id)
         report = IngestReport()
         with self._store(vs_id) as store:
@@ -190,10 +211,13 @@ class VectorStoreManager:
             if report.failed
             else None,
         }
+        self.db.execute(
+            "INSERT INTO vector_store_files (store_id, file_id, created_at, obj) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (store_id, file_id) DO UPDATE SET created_at = excluded.created_at, obj = excluded.obj",
+            (vs_id, body.file_id, obj["created_at"], json.dumps(obj, ensure_ascii=False)),
+        )
         with self._lock:
             meta = self._read(vs_id)
-            meta["files"][body.file_id] = obj
-            meta["usage_bytes"] = sum(f["usage_bytes"] for f in meta["files"].values() if f["status"] == "completed")
             meta["last_active_at"] = int(time.time())
             self._write(meta)
         return obj
@@ -213,11 +237,7 @@ class VectorStoreManager:
         self.get_file(vs_id, file_id)
         with self._store(vs_id) as store:
             store.remove_file(file_id)
-        with self._lock:
-            meta = self._read(vs_id)
-            meta["files"].pop(file_id, None)
-            meta["usage_bytes"] = sum(f["usage_bytes"] for f in meta["files"].values() if f["status"] == "completed")
-            self._write(meta)
+        self.db.execute("DELETE FROM vector_store_files WHERE store_id = ? AND file_id = ?", (vs_id, file_id))
         return {"id": file_id, "object": "vector_store.file.deleted", "deleted": True}
 
     def search(self, vs_ids: list[str], query: str, k: int):
