@@ -206,3 +206,23 @@ def test_a_result_that_overflows_the_context_ends_the_run_cleanly(lm, engine):
     assert res.stopped == "context_length"
     assert res.transcript.steps[-1]["type"] == "error" and "context window" in res.transcript.steps[-1]["message"]
     assert [s["type"] for s in res.transcript.steps] == ["model", "tool", "error"]
+
+
+def test_an_engine_failure_is_raised_not_taken_for_an_answer(lm, engine):
+    from lhama.engine.outputs import RequestFailedError
+
+    def broken(step):
+        def fail(out_ids, logits):
+            if out_ids:  # one token out, then the request fails mid-answer
+                raise RuntimeError("processor exploded")
+            return logits
+
+        return fail
+
+    agent = Agent(engine, [get_weather], chat_format=lm.chat_format, processor_factory=broken)
+    with pytest.raises(RequestFailedError) as e:
+        agent.run("Hi")
+    assert e.value.stage == "sample" and "processor exploded" in str(e.value.cause)
+    assert not engine.has_unfinished()
+    ok = Agent(engine, [], chat_format=lm.chat_format, config=AgentConfig(max_tokens=3)).run("Hi")  # engine goes on
+    assert ok.stopped in ("end_of_turn", "out_of_tokens", "max_steps") and isinstance(ok.content, str)

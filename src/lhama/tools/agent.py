@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lhama.engine.outputs import RequestFailedError
 from lhama.errors import ConfigError, ContextLengthExceededError, LhamaError, ToolError
 from lhama.generate import SamplingParams
 from lhama.safety.base import Shield
@@ -221,6 +222,8 @@ class Agent:
                 for d in self.engine.step():
                     if d.request_id != rid:
                         continue
+                    if d.finish_reason == "error":  # the engine failed this request: not an answer
+                        raise d.error or RequestFailedError(rid, "step", RuntimeError("no cause given"))
                     ids = list(d.token_ids)
                     if d.finish_reason == "stop" and isinstance(d.stop_reason, int):
                         ids.append(d.stop_reason)  # the eom/eot that ended the turn tells the parser why
