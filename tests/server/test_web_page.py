@@ -415,7 +415,7 @@ def test_code_interpreter_runs_the_models_python_in_the_sandbox(server, browser,
     page.fill("#prompt", "Use Python to compute 17 * 23.")
     page.keyboard.press("Enter")
     reply = page.locator(".msg.assistant")
-    expect(reply.locator(".stats")).to_contain_text("tokens", timeout=60000)
+    expect(reply.locator(".stats")).to_contain_text("tokens", timeout=120000)
     assert sent[-1]["tools"][0]["type"] == "code_interpreter"
     assert (sent[-1]["tool_choice"], sent[-1]["max_output_tokens"], sent[-1]["stream"]) == ("required", 48, True)
     runs = stored(page)["conversations"][0]["messages"][1]["meta"]["toolRuns"]
@@ -433,14 +433,20 @@ def test_code_interpreter_runs_the_models_python_in_the_sandbox(server, browser,
     assert runs[0]["logs"] == CodeInterpreter()(runs[0]["code"])
 
     # Saved runs come back after a reload; a failed one is marked, its code highlighted.
-    answer = {"role": "assistant", "content": "It fails.", "meta": {"finish": "stop", "toolRuns": [FAILED_RUN]}}
+    cut = {"id": "ci_2", "code": "print(1)", "logs": "stopped before the sandbox answered", "status": "incomplete"}
+    answer = {"role": "assistant", "content": "It fails.", "meta": {"finish": "stopped", "toolRuns": [FAILED_RUN, cut]}}
     seed_conversations(
         page,
         [conversation("c1", "Python", [{"role": "user", "content": "sqrt(-1)?"}, answer], codeInterpreter="auto")],
     )
     expect(page.locator("#codeInterpreter")).to_have_value("auto")
-    block = page.locator(".msg.assistant .tool-run.failed")
-    expect(block.locator("summary")).to_have_text("Ran Python in the sandbox · error (exit code 1)")
+    expect(page.locator(".msg.assistant .tool-run.failed summary")).to_have_text(
+        [
+            "Ran Python in the sandbox · error (exit code 1)",
+            "Ran Python in the sandbox · stopped before the sandbox answered",
+        ]
+    )
+    block = page.locator(".msg.assistant .tool-run.failed").first
     block.locator("summary").click()
     expect(block.locator(".tool-code .hljs-keyword").first).to_have_text("import")
     expect(block.locator(".tool-output")).to_contain_text("ValueError: math domain error")

@@ -57,6 +57,10 @@ test("response accumulator: runs (in progress, then with output), sources, text,
   r.add({ type: "response.incomplete", response: { status: "incomplete", incomplete_details: { reason: "max_output_tokens" }, usage: { input_tokens: 9, output_tokens: 12 } } });
   assert.equal(r.finish, "length");
   assert.equal(r.usage.completion_tokens, 12);
+  const cut = new ResponseAccumulator();
+  cut.add({ type: "response.output_item.added", item: { type: "code_interpreter_call", id: "c2", code: "x", outputs: null, status: "in_progress" } });
+  cut.interrupt("stopped before the sandbox answered");
+  assert.deepEqual(cut.toolRuns[0], { id: "c2", code: "x", logs: "stopped before the sandbox answered", status: "incomplete" });
   const done = new ResponseAccumulator();
   done.add({ type: "response.completed", response: { status: "completed", usage: { input_tokens: 1, output_tokens: 2 } } });
   assert.equal(done.finish, "stop");

@@ -302,6 +302,7 @@ async function generate(c, unsent = null) {
   });
   active = null;
   setBusy(false);
+  if (stopped || error) reply.interrupt?.(stopped ? "stopped before the sandbox answered" : "interrupted: the connection was lost");
   const got = reply.content || reply.toolRuns?.length;
   if (got) {
     const meta = {

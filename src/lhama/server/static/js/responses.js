@@ -68,6 +68,11 @@ export class ResponseAccumulator {
     }
   }
 
+  // A reply cut short (Stop, a lost connection): a run still going will never report back.
+  interrupt(why) {
+    for (const run of this.toolRuns) if (run.status === "in_progress") Object.assign(run, { status: "incomplete", logs: why });
+  }
+
   item(it) {
     if (it.type === "code_interpreter_call") {
       const run = { id: it.id, code: it.code || "", logs: (it.outputs || []).map((o) => o.logs ?? "").join("\n"), status: it.status };

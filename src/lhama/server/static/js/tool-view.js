@@ -4,16 +4,16 @@
 import { highlightCode } from "./render.js";
 
 // The sandbox's report starts with its status line ("completed", "error (exit code 1)",
-// "killed (timeout)"); a run still going has no output yet.
+// "killed (wall_time)"); a run still going has no output yet; one cut short says why.
 function runStatus(run) {
-  if (run.status === "in_progress" || run.logs == null) return "running…";
+  if (run.status === "in_progress") return "running…";
   return run.logs.split("\n", 1)[0] || run.status || "done";
 }
 
 function runElement(run) {
   const details = document.createElement("details");
   details.className = "tool-run";
-  const failed = /^(error|killed)/.test(runStatus(run));
+  const failed = /^(error|killed|stopped|interrupted)/.test(runStatus(run));
   if (failed) details.classList.add("failed");
   const summary = document.createElement("summary");
   summary.textContent = `Ran Python in the sandbox · ${runStatus(run)}`;
