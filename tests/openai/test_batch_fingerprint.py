@@ -7,8 +7,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
-
 from lhama.engine import EngineConfig
 from lhama.openai.engine_batch import run_batch_file
 
@@ -43,9 +41,6 @@ def test_batch_fingerprint_and_deterministic_lines(tiny, tmp_path):
     assert {b["system_fingerprint"] for b in det} == {det[0]["system_fingerprint"]} != fps
 
 
-# Not strict: it passes with 2 intra-op threads and fails with 1 (OMP_NUM_THREADS=1), the same
-# open gap as tests/engine/test_deterministic.py (docs/server.md, "Deterministic serving").
-@pytest.mark.xfail(reason="deterministic mode: a line beside others differs from it alone at 1 thread", strict=False)
 def test_deterministic_batch_line_equals_it_alone(tiny, tmp_path):
     prompts = [f"w{i} w{i + 1} w2 w3 w{i}" for i in range(6)]
     det = _run(tiny, tmp_path, "det", prompts, deterministic=True)

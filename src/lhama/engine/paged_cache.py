@@ -36,6 +36,16 @@ class PrefillChunk:
 
 
 @dataclass
+class RowGroup:
+    """Deterministic mode: query rows whose keys span the same number of whole blocks."""
+
+    rows: torch.Tensor  # [R] rows of the step
+    gather_idx: torch.Tensor  # [R * KVH * blocks] storage rows, per row KV head major
+    blocks: int
+    valid: torch.Tensor  # [R, 1, 1, blocks * block_size] key at or before the row's position
+
+
+@dataclass
 class AttentionMetadata:
     slots: torch.Tensor  # [N * KVH] storage rows (block * KVH + h) * block_size + offset, per token and head
     num_decode: int = 0
@@ -43,6 +53,10 @@ class AttentionMetadata:
     decode_max_blocks: int = 0
     decode_mask: torch.Tensor | None = None  # [Bd, 1, 1, max_blocks * block_size]
     prefills: list[PrefillChunk] = field(default_factory=list)
+    # Deterministic mode (``attend_rows``): the rows whose K/V are written (padding rows are
+    # not), and the query rows grouped by how many blocks their keys span.
+    write_rows: torch.Tensor | None = None
+    row_groups: list[RowGroup] | None = None
 
 
 def untouched_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -107,6 +121,8 @@ class PagedKVCache:
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         md = self.meta
+        if md.row_groups is not None:
+            return self.attend_rows(layer, q, k, v)
         _, N, H, D = q.shape
         KVH, G = self.n_kv_heads, self.group
         kc = self.kv[layer, 0].view(-1, D)
@@ -146,4 +162,40 @@ class PagedKVCache:
             qp = q[p.offset : p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask)
             out[p.offset : p.offset + n] = o.reshape(KVH, G, n, D).permute(2, 0, 1, 3).reshape(n, H, D)
+        return out.view(1, N, H, D)
+
+    # Elements of the largest [rows, KVH, G, keys, D] product ``attend_rows`` materializes.
+    ROW_CHUNK_ELEMS = 1 << 22
+
+    def attend_rows(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Batch-invariant attention (deterministic mode): a query row at position t attends over
+        the whole blocks holding positions 0..t, keys after t masked, with elementwise products
+        and last-dim reductions only (no GEMM whose blocking depends on the other rows). The
+        reduction length depends on t alone, so the row's output is the same bits whichever
+        rows, chunking or step it comes with."""
+        md = self.meta
+        _, N, H, D = q.shape
+        KVH, G, bs = self.n_kv_heads, self.group, self.block_size
+        kc = self.kv[layer, 0].view(-1, D)
+        vc = self.kv[layer, 1].view(-1, D)
+        kn, vn = k.view(N, KVH, D), v.view(N, KVH, D)
+        if md.write_rows is not None:
+            kn, vn = kn.index_select(0, md.write_rows), vn.index_select(0, md.write_rows)
+        kc.index_copy_(0, md.slots, kn.reshape(-1, D))
+        vc.index_copy_(0, md.slots, vn.reshape(-1, D))
+        kb, vb = self.kv[layer, 0], self.kv[layer, 1]
+        q = q.view(N, KVH, G, D) * (1.0 / math.sqrt(D))
+        out = torch.zeros(N, KVH, G, D, dtype=q.dtype, device=q.device)
+        for grp in md.row_groups:
+            L = grp.blocks * bs
+            step = max(1, self.ROW_CHUNK_ELEMS // (KVH * G * L * D))
+            for i in range(0, grp.rows.numel(), step):
+                rows = grp.rows[i : i + step]
+                R = rows.numel()
+                idx = grp.gather_idx[i * KVH * grp.blocks : (i + R) * KVH * grp.blocks]
+                kg = kb.index_select(0, idx).view(R, KVH, 1, L, D)
+                vt = vb.index_select(0, idx).view(R, KVH, L, D).transpose(-1, -2).contiguous().unsqueeze(2)
+                s = (q.index_select(0, rows).unsqueeze(3) * kg).sum(-1)  # [R, KVH, G, L]
+                p = torch.softmax(s.masked_fill(~grp.valid[i : i + R], float("-inf")), dim=-1)
+                out.index_copy_(0, rows, (p.unsqueeze(3) * vt).sum(-1))  # [R, KVH, G, D]
         return out.view(1, N, H, D)

@@ -3,13 +3,22 @@ metadata, runs the model over the paged cache, and samples. It decides nothing.
 
 Deterministic mode (``EngineConfig.deterministic``): a request's tokens and logprobs must not
 depend on what else runs, on how the scheduler chunked its prompt, or on a prefix-cache hit.
-Batched kernels break that: a GEMM picks its blocking (and the int4 kernel its path) by the row
-count, batched attention pads keys to the longest context, and a prompt chunk's size depends on
-the token budget the other requests left. So in this mode every token is computed by its own
-one-row forward (one query row through every matmul, attention over exactly its own context,
-the LM head on one row) and every sequence is sampled alone. Then the K/V of a position depends
-only on the tokens up to it, whichever step, chunk or earlier request wrote it (a prefix hit,
-a recomputation after preemption), and each logits row only on the request's own tokens."""
+Batched kernels break that: a float GEMM picks its blocking (even its kernel: GEMV at one row)
+by the row count, batched attention pads keys to the longest context and a prompt chunk's
+attention reduces over the chunk's end, and a prompt chunk's size depends on the token budget
+the other requests left. So in this mode (``_execute_deterministic``):
+
+* the step's tokens go through the model in forwards of exactly ``DETERMINISTIC_ROWS`` rows
+  (the last padded with dummy rows that write no K/V): every matmul, norm and LoRA delta has
+  one fixed shape, in which a row's result does not depend on its neighbours;
+* attention is ``PagedKVCache.attend_rows``: each query row over the whole blocks up to its own
+  position, with elementwise products and last-dim reductions whose length depends on the
+  position alone;
+* the LM head runs on fixed-size row groups too, and every sequence is sampled alone.
+
+Then the K/V of a position depends only on the tokens up to it, whichever step, chunk or
+earlier request wrote it (a prefix hit, a recomputation after preemption), and each logits row
+only on the request's own tokens."""
 
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from lhama.engine.cuda_graphs import DecodeGraphs
-from lhama.engine.paged_cache import AttentionMetadata, PagedKVCache, PrefillChunk
+from lhama.engine.paged_cache import AttentionMetadata, PagedKVCache, PrefillChunk, RowGroup
 from lhama.engine.scheduler import ScheduledSeq, SchedulerOutput
 from lhama.engine.sequence import Sequence
 from lhama.generate.sampling import BatchSampler, SampleResult
@@ -39,6 +48,10 @@ def _packed_linear(weight: torch.Tensor):
     except (AttributeError, RuntimeError):
         return None
     return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+# Rows per forward in deterministic mode: a fixed matmul shape (see the module's docstring).
+DETERMINISTIC_ROWS = 8
 
 
 @dataclass
@@ -162,6 +175,8 @@ class ModelRunner:
             return None, []
         self.cache.copy_blocks(sched.copies)
         lora_slots = getattr(self.model, "lora_slots", None)
+        if self.deterministic:
+            return self._execute_deterministic(sched, lora_slots)
         if self.graphs is not None and all(e.num_new == 1 and e.seq.params.lora is None for e in sched.scheduled):
             out = self._execute_graph(sched)
             if out is not None:
@@ -181,6 +196,63 @@ class ModelRunner:
             return None, []
         logits = self._head(h[0].index_select(0, inp.sample_rows)).float()
         return logits, inp.sample_seqs
+
+    def _execute_deterministic(self, sched: SchedulerOutput, lora_slots) -> tuple[torch.Tensor | None, list[Sequence]]:
+        bs, KVH, C, dev = self.cache.block_size, self.cache.n_kv_heads, DETERMINISTIC_ROWS, self.device
+        rows: list[tuple[int, int, list[int], int]] = []  # token, position, block table, adapter slot
+        sample_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        for e in sched.scheduled:
+            seq, table, lora = e.seq, e.blocks.block_ids, e.seq.params.lora
+            slot = lora.slot if lora is not None else 0
+            rows.extend((seq.token_ids[p], p, table, slot) for p in range(e.start, e.start + e.num_new))
+            if e.samples:
+                sample_rows.append(len(rows) - 1)
+                sample_seqs.append(seq)
+        key_pos = torch.arange(self.cache.block_size * (max(p for _, p, _, _ in rows) // bs + 1), device=dev)
+        hidden = []
+        for g0 in range(0, len(rows), C):
+            grp = rows[g0 : g0 + C]
+            n = len(grp)
+            base = torch.tensor([t[p // bs] * bs * KVH + p % bs for _, p, t, _ in grp], dtype=torch.long, device=dev)
+            by_blocks: dict[int, list[int]] = {}
+            for i, (_, p, _, _) in enumerate(grp):
+                by_blocks.setdefault(p // bs + 1, []).append(i)
+            groups = []
+            for nb, members in sorted(by_blocks.items()):
+                tables = torch.tensor([grp[i][2][:nb] for i in members], dtype=torch.long, device=dev)
+                idx = (tables.unsqueeze(1) * KVH + self._heads.view(1, KVH, 1)).flatten()  # row, head, block
+                pos = torch.tensor([grp[i][1] for i in members], device=dev)
+                valid = (key_pos[: nb * bs].unsqueeze(0) <= pos.unsqueeze(1)).view(len(members), 1, 1, nb * bs)
+                groups.append(RowGroup(torch.tensor(members, device=dev), idx, nb, valid))
+            meta = AttentionMetadata(
+                slots=(base.unsqueeze(1) + self._heads * bs).flatten(),
+                write_rows=torch.arange(n, device=dev) if n < C else None,
+                row_groups=groups,
+            )
+            pad = [0] * (C - n)
+            tokens = torch.tensor([t for t, _, _, _ in grp] + pad, dtype=torch.long, device=dev).unsqueeze(0)
+            positions = torch.tensor([p for _, p, _, _ in grp] + pad, dtype=torch.long, device=dev).unsqueeze(0)
+            self.cache.meta = meta
+            if lora_slots is not None:
+                lora_slots.begin_step([s for _, _, _, s in grp] + pad, deterministic=True)
+            try:
+                hidden.append(self._hidden(tokens, positions, self.cache)[0, :n])
+            finally:
+                self.cache.meta = None
+                if lora_slots is not None:
+                    lora_slots.end_step()
+        if not sample_seqs:
+            return None, []
+        h = torch.cat(hidden).index_select(0, torch.tensor(sample_rows, dtype=torch.long, device=dev))
+        logits = []
+        for i in range(0, h.shape[0], C):
+            x = h[i : i + C]
+            n = x.shape[0]
+            if n < C:
+                x = torch.cat([x, x.new_zeros(C - n, x.shape[1])])
+            logits.append(self._head(x)[:n])
+        return torch.cat(logits).float(), sample_seqs
 
     def _execute_graph(self, sched: SchedulerOutput) -> tuple[torch.Tensor | None, list[Sequence]] | None:
         bs = self.cache.block_size
