@@ -21,6 +21,8 @@ from lhama.eval.generative import extract, extract_number, is_correct, normalise
         ("उत्तर १२० है", 120.0),  # Devanagari digits
         ("120 मिनट", 120.0),
         ("no number here", None),
+        ("About 3/4 of them", 0.75),  # a fraction
+        ("$1,500 in total", 1500.0),
     ],
 )
 def test_extract_number(text, expected):
@@ -71,3 +73,16 @@ def test_extract_code_takes_the_first_block_else_the_python_tag():
     # Llama 3.1's code interpreter call: unfenced code after <|python_tag|> (the last one).
     assert extract_code("Let me run it.<|python_tag|>import math\nprint(math.pi)\n") == "import math\nprint(math.pi)"
     assert extract_code("a<|python_tag|>x = 1<|python_tag|>x = 2") == "x = 2"
+
+
+def test_rejection_rewards_read_numbers_as_eval_does():
+    # One number reader (lhama.eval.generative.numbers_in) for eval tasks and the exact reward.
+    from lhama.train.rewards import answers_match, extract_answer
+
+    assert extract_answer("First 3, then 12 apples") == "12"
+    assert answers_match(extract_answer("คำตอบคือ ๔๒"), "42")  # Thai digits, as extract_number reads them
+    assert answers_match(extract_answer("Das sind 3,5 Liter"), "3.5")  # decimal comma
+    assert answers_match(extract_answer("so 3/4 of the cake"), "0.75")
+    assert answers_match("The answer is 1,234 apples", "1234") and not answers_match("1,235", "1234")
+    for text in ("It is 26", "x = −7", "1.234.567 Einwohner", "about 3/4"):
+        assert parse_number(extract_answer(text)) == extract_number(text)

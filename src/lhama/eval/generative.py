@@ -21,8 +21,9 @@ from lhama.eval.context import EvalContext
 from lhama.eval.stats import Estimate, wilson
 
 _PUNCT = string.punctuation + "。、！？「」『』“”‘’«»।॥"
-# A number: optional sign, digits (any script) with optional grouping, optional decimals.
-_NUMBER = re.compile(r"[-−+]?\d+(?:[,.\u202f\u00a0]\d{3})*(?:[.,]\d+)?")
+# A number: optional sign, digits (any script) with optional grouping, optional decimals, an
+# optional "/denominator" (3/4).
+_NUMBER = re.compile(r"[-−+]?\d+(?:[,.\u202f\u00a0]\d{3})*(?:[.,]\d+)?(?:/\d+)?")
 
 
 def normalise(text: str) -> str:
@@ -32,7 +33,12 @@ def normalise(text: str) -> str:
 
 
 def parse_number(token: str) -> float | None:
-    t = token.replace("−", "-").replace("\u202f", "").replace("\u00a0", "")
+    """The value of one number as people write it (see ``_NUMBER``), or None."""
+    t = token.strip().removeprefix("$").replace("−", "-").replace("\u202f", "").replace("\u00a0", "")
+    if "/" in t:
+        num, _, den = t.partition("/")
+        a, b = parse_number(num), parse_number(den)
+        return a / b if a is not None and b else None
     # "1,234" and "1.234.567" group thousands; "3,5" is a decimal comma.
     if re.fullmatch(r"[-+]?\d+(,\d{3})+(\.\d+)?", t):
         t = t.replace(",", "")
@@ -46,10 +52,17 @@ def parse_number(token: str) -> float | None:
         return None
 
 
+def numbers_in(text: str) -> list[tuple[str, float]]:
+    """Every number of ``text`` (NFKC-normalised) as (its text, its value), in order. The one
+    number reader of lhama: generative eval tasks and the rejection-sampling rewards use it."""
+    found = ((m.group(), parse_number(m.group())) for m in _NUMBER.finditer(unicodedata.normalize("NFKC", text)))
+    return [(t, v) for t, v in found if v is not None]
+
+
 def extract_number(text: str) -> float | None:
-    nums = [parse_number(m.group()) for m in _NUMBER.finditer(unicodedata.normalize("NFKC", text))]
-    nums = [n for n in nums if n is not None]
-    return nums[-1] if nums else None
+    """The last number of ``text`` (an answer usually ends with it)."""
+    nums = numbers_in(text)
+    return nums[-1][1] if nums else None
 
 
 def accepted(item: dict) -> list:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from lhama.errors import ConfigError, LhamaError
 from lhama.eval.code import extract_code
+from lhama.eval.generative import numbers_in, parse_number
 
 
 class RewardInputError(LhamaError, ValueError):
@@ -52,7 +53,6 @@ class FunctionReward(Reward):
 # -- exact answer ----------------------------------------------------------------------------
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _ANSWER_IS = re.compile(r"(?:final answer|answer)\s*(?:is|:|=)\s*\**\s*([^\n]+)", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
 def extract_answer(text: str) -> str:
@@ -64,22 +64,11 @@ def extract_answer(text: str) -> str:
     stated = _ANSWER_IS.findall(text)
     if stated:
         return stated[-1]
-    numbers = _NUMBER.findall(text)
+    numbers = numbers_in(text)
     if numbers:
-        return numbers[-1]
+        return numbers[-1][0]
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
-
-
-def _as_number(s: str) -> float | None:
-    s = s.replace(",", "").replace("$", "").strip()
-    try:
-        if "/" in s:
-            num, den = s.split("/", 1)
-            return float(num) / float(den)
-        return float(s)
-    except (ValueError, ZeroDivisionError):
-        return None
 
 
 def normalize_answer(s: str) -> str:
@@ -94,11 +83,10 @@ def answers_match(predicted: str, expected: str) -> bool:
     if p == e:
         return True
     # "The answer is 42 apples" against 42: compare the leading number when the expected is one.
-    en = _as_number(e)
+    en = parse_number(e)
     if en is not None:
-        m = _NUMBER.search(p)
-        pn = _as_number(m.group(0)) if m else None
-        return pn is not None and math.isclose(pn, en, rel_tol=1e-9, abs_tol=1e-9)
+        found = numbers_in(p)
+        return bool(found) and math.isclose(found[0][1], en, rel_tol=1e-9, abs_tol=1e-9)
     return False
 
 
