@@ -51,3 +51,21 @@ def test_bad_values_are_config_errors():
         configs_from_args(parse("--max-queue", "-1"))
     with pytest.raises(ConfigError):
         configs_from_args(parse("--port", "70000"))
+
+
+def test_sampling_flags_set_what_omitted_request_fields_take():
+    from lhama.errors import SamplingError
+    from lhama.openai.requests import CHAT_URL, parse_request, sampling_params
+    from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS
+
+    assert configs_from_args(parse())[0].sampling == REQUEST_SAMPLING_DEFAULTS  # seed: fresh per request
+    server, _ = configs_from_args(parse("--temperature", "0", "--max-tokens", "7", "--seed", "3"))
+    assert server.sampling == REQUEST_SAMPLING_DEFAULTS.with_(temperature=0.0, max_tokens=7, seed=3)
+    # the server's RequestLimits carry them (lhama.server.state); an omitted field takes them
+    from lhama.openai.requests import RequestLimits
+
+    req = parse_request(CHAT_URL, {"messages": [{"role": "user", "content": "hi"}]}, default_model="m")
+    params = sampling_params(req, 5, context=100, limits=RequestLimits(defaults=server.sampling))
+    assert (params.temperature, params.max_tokens, params.seed, params.top_p) == (0.0, 7, 3, 0.9)
+    with pytest.raises(SamplingError):
+        configs_from_args(parse("--temperature", "-1"))

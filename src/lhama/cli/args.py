@@ -142,21 +142,35 @@ SAMPLING_HELP = {
 }
 
 
-def add_sampling_args(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-    """Flags for the ``SamplingDefaults`` fields (all, or ``only`` these) plus ``--stop``."""
-    g = p.add_argument_group("sampling (docs/generation.md)")
+def add_sampling_args(
+    p: argparse.ArgumentParser,
+    only: tuple[str, ...] | None = None,
+    defaults: SamplingDefaults = SAMPLING_DEFAULTS,
+    title: str = "sampling (docs/generation.md)",
+    stop: bool = True,
+):
+    """Flags for the ``SamplingDefaults`` fields (all, or ``only`` these) plus ``--stop`` (when
+    all are asked for and ``stop``)."""
+    g = p.add_argument_group(title)
     for f in fields(SamplingDefaults):
         if only is not None and f.name not in only:
             continue
         kind = float if isinstance(getattr(SAMPLING_DEFAULTS, f.name), float) else int
+        value = getattr(defaults, f.name)
         g.add_argument(
             "--" + f.name.replace("_", "-"),
             type=kind,
-            default=getattr(SAMPLING_DEFAULTS, f.name),
-            help=SAMPLING_HELP[f.name],
+            default=value,
+            help=SAMPLING_HELP[f.name] + (" (default: a fresh one per request)" if value is None else ""),
         )
-    if only is None:
+    if only is None and stop:
         g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    return g
+
+
+def sampling_defaults_from_args(a, base: SamplingDefaults = SAMPLING_DEFAULTS) -> SamplingDefaults:
+    """``SamplingDefaults`` with the ``add_sampling_args`` flags present in ``a``."""
+    return base.with_(**{f.name: getattr(a, f.name) for f in fields(SamplingDefaults) if hasattr(a, f.name)})
 
 
 def sampling_params_from_args(a):

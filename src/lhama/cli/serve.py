@@ -14,9 +14,12 @@ from lhama.cli.args import (
     Parser,
     add_engine_args,
     add_model_args,
+    add_sampling_args,
     load_model_from_args,
     quant_config_from_args,
+    sampling_defaults_from_args,
 )
+from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS
 
 DESCRIPTION = (
     "Serve a model over HTTP: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/files, "
@@ -30,6 +33,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.description = DESCRIPTION
     add_model_args(p)
     add_server_args(p)
+    add_sampling_args(
+        p,
+        defaults=REQUEST_SAMPLING_DEFAULTS,
+        title="sampling: what a request's omitted fields take (docs/generation.md)",
+        stop=False,
+    )
     add_shield_args(p)
     p.set_defaults(func=run_serve)
 
@@ -117,7 +126,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
 
 def configs_from_args(a):
     from lhama.cli.args import engine_config_from_args
+    from lhama.generate import SamplingParams
     from lhama.server.config import ServerConfig
+
+    sampling = sampling_defaults_from_args(a, REQUEST_SAMPLING_DEFAULTS)
+    SamplingParams(**vars(sampling))  # a bad --temperature etc. fails here, before the model loads
 
     server = ServerConfig(
         host=a.host,
@@ -130,6 +143,7 @@ def configs_from_args(a):
         batch_concurrency=a.batch_concurrency,
         state_db=getattr(a, "state_db", None),
         batch_lease_s=getattr(a, "batch_lease", 30.0),
+        sampling=sampling,
         **({"data_dir": a.data_dir} if a.data_dir else {}),
     )
     return server, engine_config_from_args(a)

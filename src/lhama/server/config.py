@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lhama.errors import ConfigError
 from lhama.paths import server_data_dir
+from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS, SamplingDefaults
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class ServerConfig:
     batch_lease_s: float = 30.0
     batch_concurrency: int = 8  # batch lines in flight at once, so interactive traffic keeps flowing
     retry_after_s: int = 1
+    # What the sampling fields a request leaves out take: lhama's one set of defaults (a missing
+    # seed samples afresh); `lhama serve --temperature ...` changes them.
+    sampling: SamplingDefaults = REQUEST_SAMPLING_DEFAULTS
 
     def __post_init__(self) -> None:
         if self.max_queue < 0:

@@ -41,7 +41,7 @@ class ServerState:
         self.in_flight = 0
         self._lock = threading.Lock()
         self.compiler = GrammarCompiler.for_model(loaded)
-        self.limits = RequestLimits(max_n=config.max_n, max_choices=config.max_n * 4)
+        self.limits = RequestLimits(max_n=config.max_n, max_choices=config.max_n * 4, defaults=config.sampling)
         self.metrics = ServerMetrics(engine.stats, self.gauges)
         self.embed_lock = threading.Lock()  # one embedding forward at a time beside the engine thread
         self.db = None  # lhama.server.state_db.StateDB, set by the app
