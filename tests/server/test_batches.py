@@ -79,6 +79,32 @@ def test_batch_embeddings_and_invalid_input(client):
     assert failed and {e.line for e in failed.errors.data} == {1, 2}
 
 
+def test_batch_input_that_is_not_utf8_is_refused_naming_the_line_never_replaced(client):
+    def line(cid: bytes, content: bytes) -> bytes:
+        return (
+            b'{"custom_id": "%s", "url": "/v1/chat/completions", "body": {"model": "%s", "max_tokens": 2, '
+            b'"temperature": 0, "messages": [{"role": "user", "content": "%s"}]}}\n' % (cid, MODEL.encode(), content)
+        )
+
+    # Bytes that are not UTF-8: the upload is refused with the line's number (no U+FFFD guesses).
+    before = {x.id for x in client.files.list().data}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("b.jsonl", line(b"ok", b"Hi") + line(b"bytes", b"Hi \xff\xfe")), purpose="batch")
+    assert "line 2 is not valid UTF-8" in str(e.value)
+    assert {x.id for x in client.files.list().data} == before
+    # Valid UTF-8 that escapes a lone surrogate: that line's error names the field; the others run.
+    data = line(b"ok", b"Hi") + line(b"escaped", b"Hi \\ud800 there") + line(b"ok-2", b"Yo")
+    f = client.files.create(file=("mixed.jsonl", data), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = wait_for(lambda: (x := client.batches.retrieve(b.id)).status == "completed" and x, timeout=60)
+    assert done and (done.request_counts.completed, done.request_counts.failed) == (2, 1)
+    out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["ok", "ok-2"]
+    [err] = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
+    assert err["custom_id"] == "escaped" and err["response"]["status_code"] == 400
+    assert err["response"]["body"]["error"]["param"] == "messages[0].content"
+
+
 def test_batch_cancel(client):
     rows = [
         {
