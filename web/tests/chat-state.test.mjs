@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ReplyAccumulator, replyStats, requestBody, stableCut } from "../../src/lhama/server/static/js/chat-state.js";
+import { ReplyAccumulator, replySeconds, replyStats, requestBody, stableCut } from "../../src/lhama/server/static/js/chat-state.js";
 import { validateSettings } from "../../src/lhama/server/static/js/settings.js";
 
 test("settings: temperature 0..2, top_p (0, 1], whole max tokens within the context, optional seed", () => {
@@ -71,4 +71,10 @@ test("a reply stopped before usage arrived counts its pieces as approximate toke
   r.add({ choices: [{ delta: { content: "a" } }] });
   r.add({ choices: [{ delta: { content: "b" } }] });
   assert.equal(replyStats({ tokens: null, deltas: r.deltas, seconds: 1, finish: "stopped" }).text, "≈2 tokens");
+});
+
+test("reply seconds: from the first piece when text streamed, from the request when it came whole", () => {
+  assert.equal(replySeconds(10, 1000, 3000, 5000), 2); // streamed: decoding only
+  assert.equal(replySeconds(1, 1000, 4900, 5000), 4); // one piece: the whole turn
+  assert.equal(replySeconds(0, null, null, 5000), 0);
 });

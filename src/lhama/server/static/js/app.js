@@ -4,16 +4,15 @@
 
 import { ApiError, listModels, setApiKey } from "./api.js";
 import { Banner, explain } from "./banner.js";
+import { replySeconds } from "./chat-state.js";
 import { drawDocuments, fetchSources, wireDocuments } from "./documents.js";
 import { autosize, closeSidebar, openSettings, wireLayout } from "./layout.js";
-import { editInPlace, messageElement, queuedElement } from "./messages-view.js";
-import { StreamingMarkdown } from "./render.js";
+import { editInPlace, messageElement, queuedElement, streamingElement } from "./messages-view.js";
 import { validateSettings } from "./settings.js";
 import { drawModelOptions, fillSettingsForm, readSettingsForm, showSettingsErrors } from "./settings-form.js";
 import { streamReply } from "./reply-stream.js";
 import { drawSidebar, wireImportExport } from "./sidebar.js";
 import { ConversationStore, titleFrom } from "./store.js";
-import { drawToolRuns } from "./tool-view.js";
 
 const $ = (id) => document.getElementById(id);
 const els = Object.fromEntries([
@@ -257,22 +256,11 @@ function startTurn(c, text) {
 // Streams a reply to the last user turn of `c`. `unsent` is that turn's text when the user just
 // sent it: if nothing comes back, the turn is taken out again and the text goes back into the
 // message box, so a failure never loses what was typed.
-// Decoding time: first token to last when tokens streamed one by one; when the text came in one
-// piece (a tool turn is parsed whole), the whole time since the server accepted the request.
-function replySeconds(reply, opened, first) {
-  const since = reply.deltas > 1 ? first : opened;
-  return since ? (performance.now() - since) / 1000 : 0;
-}
-
 async function generate(c, unsent = null) {
   const { values: settings } = validateSettings(c.settings, { maxModelLen: maxModelLen() });
   settings.model = settings.model || models[0]?.id || "";
-  const el = document.createElement("article");
-  el.className = "msg assistant streaming";
-  el.setAttribute("aria-label", "Assistant is replying");
-  el.setAttribute("aria-busy", "true");
-  const tools = el.appendChild(Object.assign(document.createElement("div"), { className: "tools" }));
-  const view = new StreamingMarkdown(el.appendChild(Object.assign(document.createElement("div"), { className: "body" })));
+  const bubble = streamingElement();
+  const el = bubble.el;
   els.messages.append(el);
   scrollDown();
   const controller = new AbortController();
@@ -281,7 +269,6 @@ async function generate(c, unsent = null) {
   setStatus("Generating…");
   let opened = null; // when the server accepted the request
   let first = null; // the first visible change
-  let runsDrawn = "[]";
   const { reply, error, stopped } = await streamReply(c, settings, controller.signal, {
     onOpen() {
       opened = performance.now();
@@ -290,13 +277,7 @@ async function generate(c, unsent = null) {
     onChange(r) {
       first ??= performance.now();
       const stick = atBottom();
-      const runs = JSON.stringify(r.toolRuns || []);
-      if (runs !== runsDrawn) {
-        runsDrawn = runs;
-        drawToolRuns(tools, r.toolRuns);
-        setStatus(r.toolRuns.at(-1).status === "in_progress" ? "Running Python in the sandbox…" : "Generating…");
-      }
-      view.update(r.content);
+      setStatus(bubble.update(r) ? "Running Python in the sandbox…" : "Generating…");
       if (stick) requestAnimationFrame(scrollDown);
     },
   });
@@ -306,7 +287,7 @@ async function generate(c, unsent = null) {
   const got = reply.content || reply.toolRuns?.length;
   if (got) {
     const meta = {
-      tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: replySeconds(reply, opened, first),
+      tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: replySeconds(reply.deltas, opened, first, performance.now()),
       finish: stopped ? "stopped" : error ? "interrupted" : reply.finish || "stop",
       maxTokens: settings.max_tokens, model: settings.model,
     };

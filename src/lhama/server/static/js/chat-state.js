@@ -67,6 +67,14 @@ export function replyStats({ tokens, deltas, seconds, finish, maxTokens }) {
   return { text: parts.join(" · "), warning };
 }
 
+// Decoding time in seconds: first visible piece to `now` when the text streamed piece by piece;
+// when it came in one piece (a turn with tools is parsed whole), the time since the server
+// accepted the request (`opened`).
+export function replySeconds(deltas, opened, first, now) {
+  const since = deltas > 1 ? first : opened;
+  return since ? (now - since) / 1000 : 0;
+}
+
 // Where a streamed markdown text can be cut so the part before it never renders differently:
 // after the last blank line that is outside a fenced code block. Returns the offset (0: none).
 export function stableCut(text) {

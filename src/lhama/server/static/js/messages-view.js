@@ -2,7 +2,7 @@
 // line under a reply. The page (app.js) owns the data; this module only draws it.
 
 import { replyStats } from "./chat-state.js";
-import { copyText, flash, renderMarkdown } from "./render.js";
+import { copyText, flash, renderMarkdown, StreamingMarkdown } from "./render.js";
 import { drawToolRuns, linkCitations } from "./tool-view.js";
 
 function button(label, className, onClick, ariaLabel) {
@@ -89,4 +89,28 @@ export function queuedElement(text, onCancel) {
   note.append(button("Cancel", "cancel-queued", onCancel, "Cancel this queued message"));
   el.append(body, note);
   return el;
+}
+
+// The bubble of a reply while it streams: code runs above, the text growing below.
+export function streamingElement() {
+  const el = document.createElement("article");
+  el.className = "msg assistant streaming";
+  el.setAttribute("aria-label", "Assistant is replying");
+  el.setAttribute("aria-busy", "true");
+  const tools = el.appendChild(Object.assign(document.createElement("div"), { className: "tools" }));
+  const view = new StreamingMarkdown(el.appendChild(Object.assign(document.createElement("div"), { className: "body" })));
+  let drawn = "[]";
+  return {
+    el,
+    // Shows `reply` so far; returns true while its last code run waits for the sandbox.
+    update(reply) {
+      const runs = reply.toolRuns || [];
+      if (JSON.stringify(runs) !== drawn) {
+        drawn = JSON.stringify(runs);
+        drawToolRuns(tools, runs);
+      }
+      view.update(reply.content);
+      return runs.at(-1)?.status === "in_progress";
+    },
+  };
 }
