@@ -111,7 +111,9 @@ class LoRALinear(nn.Module):
         out = F.linear(x, self.weight)
         a = self.lora_a.weight.to(x.dtype)
         b = self.lora_b.weight.to(x.dtype)
-        return out + F.linear(F.linear(self.dropout(x), a), b) * self.scaling
+        # The scaling multiplies the rank-r projection, not the full-width output: one small
+        # multiply instead of a large one per call (and per backward).
+        return out + F.linear(F.linear(self.dropout(x), a) * self.scaling, b)
 
     def merged_weight(self) -> torch.Tensor:
         delta = (self.lora_b.weight.float() @ self.lora_a.weight.float()) * self.scaling
