@@ -140,17 +140,36 @@ def _sqrt(r):
 
 TOOL_TEMPLATES: dict[str, list[tuple[Callable, list[str]]]] = {
     "train": [
-        (_pow, ["What is {a}**{b}?", "Compute {a} to the power of {b}.", "What is {a}^{b}?"]),
-        (_mul, ["What is {a} times {b}?", "Multiply {a} by {b}.", "What is {a} * {b}?"]),
-        (_range_sum, ["What is the sum of the integers from 1 to {n}?", "Add the numbers 1 through {n}."]),
-        (_factorial, ["What is {n} factorial?", "Compute {n}!"]),
-        (_mod, ["What is the remainder when {a} is divided by {b}?", "What is {a} mod {b}?"]),
-        (_digits, ["How many digits does {a}**{b} have?"]),
-        (_gcd, ["What is the greatest common divisor of {a} and {b}?"]),
-        (_primes, ["How many primes are there below {n}?"]),
-        (_count("train"), ["How many times does the letter '{c}' appear in '{w}'?"]),
-        (_reverse("train"), ["What is '{w}' spelled backwards?"]),
-        (_sqrt, ["What is the square root of {n}, rounded to 3 decimals?"]),
+        (
+            _pow,
+            [
+                "What is {a}**{b}?",
+                "Compute {a} to the power of {b}.",
+                "What is {a}^{b}?",
+                "Evaluate {a}**{b}.",
+                "What does {a} to the {b}th power equal?",
+            ],
+        ),
+        (
+            _mul,
+            ["What is {a} times {b}?", "Multiply {a} by {b}.", "What is {a} * {b}?", "Work out {a} x {b}."],
+        ),
+        (
+            _range_sum,
+            [
+                "What is the sum of the integers from 1 to {n}?",
+                "Add the numbers 1 through {n}.",
+                "Sum every integer between 1 and {n}.",
+            ],
+        ),
+        (_factorial, ["What is {n} factorial?", "Compute {n}!", "What is the value of {n}!?"]),
+        (_mod, ["What is the remainder when {a} is divided by {b}?", "What is {a} mod {b}?", "Compute {a} % {b}."]),
+        (_digits, ["How many digits does {a}**{b} have?", "How long is {a}^{b} written out, in digits?"]),
+        (_gcd, ["What is the greatest common divisor of {a} and {b}?", "What is gcd({a}, {b})?"]),
+        (_primes, ["How many primes are there below {n}?", "How many prime numbers are smaller than {n}?"]),
+        (_count("train"), ["How many times does the letter '{c}' appear in '{w}'?", "How many '{c}'s are in '{w}'?"]),
+        (_reverse("train"), ["What is '{w}' spelled backwards?", "Write '{w}' in reverse order."]),
+        (_sqrt, ["What is the square root of {n}, rounded to 3 decimals?", "sqrt({n}) to 3 decimals?"]),
     ],
     "heldout": [
         (_pow, ["Calculate {a} raised to the power {b}.", "Please work out {a} ** {b}."]),

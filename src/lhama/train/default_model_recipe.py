@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -56,6 +57,8 @@ class DefaultModelRecipe:
     # Rejection-sample only this many records (evenly spread; 0: all): sampling is the slow part on
     # a CPU. The rest train on their gold answers.
     sample_limit: int = 0
+    # SFT: this many tool exchanges share one conversation (one system prompt with the tool spec).
+    tool_questions_per_conversation: int = 1
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> DefaultModelRecipe:
@@ -79,6 +82,17 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _call_repeated(records: list[dict], i: int) -> bool:
+    rec, nxt = records[i], records[i + 1] if i + 1 < len(records) else None
+    return (
+        rec["task"] == "tool_call"
+        and nxt is not None
+        and nxt["task"] == "tool_answer"
+        and nxt.get("question") == rec.get("question")
+        and nxt["messages"][-2]["content"] == rec["gold"]
+    )
+
+
 def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe, seed: int) -> dict:
     """Rejection sampling; writes ``sft.jsonl`` (best passing candidate, else gold) and
     ``pairs.jsonl`` ((best or gold, worst failing candidate)). Returns counts."""
@@ -90,6 +104,11 @@ def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe,
     sft, pairs, counts = [], [], {"from_model": 0, "from_gold": 0, "not_sampled": 0}
     for i, rec in enumerate(records):
         row = ledger.get(i)
+        if row is None and _call_repeated(records, i):
+            # The next record (the tool's answer) holds this gold call as a labeled assistant turn
+            # already: the same tokens once, not the long tool prompt twice.
+            counts["not_sampled"] += 1
+            continue
         if row is None:
             counts["not_sampled"] += 1
             extra = {"tools": rec["tools"]} if rec.get("tools") else {}
@@ -110,12 +129,38 @@ def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe,
     return {**counts, "pairs": len(pairs), "mean_score": stats["mean_score"]}
 
 
+def _merge_tool_conversations(rows: list[dict], k: int) -> list[dict]:
+    """Every ``k`` tool conversations (question, call, tool result, answer) become one
+    conversation of ``k`` such exchanges under a single system prompt: the tool spec the chat
+    template renders (~180 tokens) is then computed once per ``k`` questions, not once per
+    question. The first exchange is exactly what ``lhama agent`` sends."""
+    if k <= 1:
+        return rows
+    tool = [x for x in rows if x.get("tools") and any(m["role"] == "tool" for m in x["messages"])]
+    rest = [x for x in rows if not (x.get("tools") and any(m["role"] == "tool" for m in x["messages"]))]
+    merged = [
+        {"messages": [m for x in tool[i : i + k] for m in x["messages"]], "tools": tool[i]["tools"]}
+        for i in range(0, len(tool), k)
+    ]
+    out, step = [], max(1, len(rest) // max(1, len(merged)))
+    for j, conv in enumerate(merged):  # spread among the rest, as the shuffle had them
+        out += rest[j * step : (j + 1) * step] + [conv]
+    return out + rest[len(merged) * step :]
+
+
 def train_sft(r: DefaultModelRecipe, data: Path, out: Path) -> dict:
     from lhama.train.recipe import RecipeOptions
     from lhama.train.sft import run_sft
 
     cfg = TrainConfig(output_dir=str(out), seed=r.seed, **r.sft)
-    return run_sft(RecipeOptions(model=r.base, data=(str(data),)), cfg, LoraConfig(**r.lora))
+    # Rows are packed greedily in file order: shuffled, the short brief and phrase examples fill
+    # the gaps the long tool and RAG prompts leave (fewer padded tokens to compute).
+    rows = _read(data)
+    random.Random(r.seed).shuffle(rows)
+    rows = _merge_tool_conversations(rows, r.tool_questions_per_conversation)
+    mixed = data.with_name(data.stem + "-shuffled.jsonl")
+    _jsonl(mixed, rows)
+    return run_sft(RecipeOptions(model=r.base, data=(str(mixed),)), cfg, LoraConfig(**r.lora))
 
 
 def train_dpo(r: DefaultModelRecipe, adapter: Path, pairs: Path, out: Path) -> dict:
