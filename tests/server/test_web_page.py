@@ -443,7 +443,7 @@ def test_code_interpreter_runs_the_models_python_in_the_sandbox(server, browser,
     expect(page.locator(".msg.assistant .tool-run.failed summary")).to_have_text(
         [
             "Ran Python in the sandbox · error (exit code 1)",
-            "Ran Python in the sandbox · stopped before the sandbox answered",
+            "Python run not finished · stopped before the sandbox answered",
         ]
     )
     block = page.locator(".msg.assistant .tool-run.failed").first

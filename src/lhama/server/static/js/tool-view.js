@@ -3,20 +3,20 @@
 
 import { highlightCode } from "./render.js";
 
-// The sandbox's report starts with its status line ("completed", "error (exit code 1)",
-// "killed (wall_time)"); a run still going has no output yet; one cut short says why.
-function runStatus(run) {
-  if (run.status === "in_progress") return "running…";
-  return run.logs.split("\n", 1)[0] || run.status || "done";
+// The block's title. The sandbox's report starts with its status line ("completed",
+// "error (exit code 1)", "killed (wall_time)"); a run cut short says why instead.
+function runTitle(run) {
+  if (run.status === "in_progress") return "Running Python in the sandbox…";
+  const status = run.logs.split("\n", 1)[0] || "done";
+  return run.status === "incomplete" ? `Python run not finished · ${status}` : `Ran Python in the sandbox · ${status}`;
 }
 
 function runElement(run) {
   const details = document.createElement("details");
   details.className = "tool-run";
-  const failed = /^(error|killed|stopped|interrupted)/.test(runStatus(run));
-  if (failed) details.classList.add("failed");
+  if (run.status === "incomplete" || /^(error|killed)/.test(run.logs)) details.classList.add("failed");
   const summary = document.createElement("summary");
-  summary.textContent = `Ran Python in the sandbox · ${runStatus(run)}`;
+  summary.textContent = runTitle(run);
   const code = document.createElement("pre");
   code.className = "tool-code";
   code.setAttribute("aria-label", "Code the model ran");
