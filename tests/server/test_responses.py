@@ -72,6 +72,14 @@ def test_create_with_text_items_and_instructions(oc):
     assert [(i.type, i.role, i.content[0].text) for i in listed] == [("message", "user", QUESTION)]
 
 
+def test_omitted_sampling_fields_show_the_defaults_they_took(oc):
+    from lhama.sampling_defaults import SAMPLING_DEFAULTS
+
+    r = oc.responses.create(model=MODEL, input="Hi", max_output_tokens=2)
+    assert (r.temperature, r.top_p) == (SAMPLING_DEFAULTS.temperature, SAMPLING_DEFAULTS.top_p)
+    assert oc.responses.create(model=MODEL, input="Hi", **GREEDY).temperature == 0
+
+
 def test_stream_events_match_the_whole_response(oc):
     whole = oc.responses.create(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=40)
     assert whole.status == "completed"

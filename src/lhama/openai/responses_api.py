@@ -20,6 +20,7 @@ from pydantic import Field
 
 from lhama.openai.requests import InvalidRequestError
 from lhama.openai.schemas import Bool, Count, Float, RequestBody
+from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS, SamplingDefaults
 
 BUILTIN_TYPES = ("code_interpreter", "file_search", "web_search", "web_search_preview")
 CODE_INTERPRETER = "code_interpreter"  # the function name the model calls to run Python
@@ -348,6 +349,7 @@ def response_object(
     usage_: dict | None = None,
     error: dict | None = None,
     incomplete: str | None = None,
+    defaults: SamplingDefaults = REQUEST_SAMPLING_DEFAULTS,
 ) -> dict:
     return {
         "id": rid,
@@ -364,11 +366,11 @@ def response_object(
         "previous_response_id": req.previous_response_id,
         "reasoning": None,
         "store": req.store is not False,
-        "temperature": 1.0 if req.temperature is None else req.temperature,
+        "temperature": defaults.temperature if req.temperature is None else req.temperature,
         "text": req.text or {"format": {"type": "text"}},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
         "tools": req.tools or [],
-        "top_p": 1.0 if req.top_p is None else req.top_p,
+        "top_p": defaults.top_p if req.top_p is None else req.top_p,
         "truncation": "disabled",
         "usage": usage_,
         "user": req.user,

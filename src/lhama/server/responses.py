@@ -158,7 +158,9 @@ async def response_events(state, run: ResponseRun) -> AsyncIterator[dict]:
     req, out = run.req, run.output
 
     def body(status: str, **kw) -> dict:
-        return response_object(run.id, req, status=status, output=list(out), created_at=run.created, **kw)
+        return response_object(
+            run.id, req, status=status, output=list(out), created_at=run.created, defaults=state.config.sampling, **kw
+        )
 
     yield _event("response.created", response=body("in_progress"))
     yield _event("response.in_progress", response=body("in_progress"))
