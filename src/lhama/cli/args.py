@@ -63,8 +63,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--lora",
         action="append",
         default=[],
-        help="PEFT LoRA adapter folder to apply to --model (merged in at load); with serve, NAME=PATH "
-        "serves the adapter per request as model NAME instead (repeatable)",
+        help="PEFT LoRA adapter folder to apply to --model (merged in at load); with serve and batch, "
+        "NAME=PATH serves the adapter per request (per line) as model NAME instead (repeatable)",
     )
     g.add_argument(
         "--quantize",
@@ -111,7 +111,7 @@ def load_model_from_args(a, *, named_lora_ok: bool = False):
     merged, named = split_lora_flags(getattr(a, "lora", None))
     if named and not named_lora_ok:
         raise ConfigError(
-            f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve; here "
+            f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve and batch; here "
             "give the adapter folder alone to merge it"
         )
     dtype = getattr(torch, a.dtype) if a.dtype else None
