@@ -16,7 +16,6 @@ import re
 import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -59,10 +58,15 @@ class RayCluster:
             "OMP_NUM_THREADS": "1",
         }
         common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+
+        def ports() -> list[str]:  # each node's own (several nodes on one machine; other Ray users)
+            names = ("dashboard-agent-listen", "metrics-export")
+            return [f"--{n}-port={_free_port()}" for n in names]
+
         self.procs = [
             subprocess.Popen(
                 [RAY, "start", "--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false"]
-                + [f"--temp-dir={self.tmp}", *common],
+                + [f"--temp-dir={self.tmp}", f"--ray-client-server-port={_free_port()}", *common, *ports()],
                 env=env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,
@@ -70,17 +74,17 @@ class RayCluster:
             )
         ]
         self._wait_nodes(1)
-        for _ in range(workers):
+        for i in range(workers):  # one at a time: nodes starting together on one machine can collide
             self.procs.append(
                 subprocess.Popen(
-                    [RAY, "start", f"--address={self.address}", f"--num-cpus={cpus_per_worker}", *common],
+                    [RAY, "start", f"--address={self.address}", f"--num-cpus={cpus_per_worker}", *common, *ports()],
                     env=env,
                     start_new_session=True,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.STDOUT,
                 )
             )
-        self._wait_nodes(1 + workers)
+            self._wait_nodes(2 + i)
 
     def _wait_nodes(self, n: int, timeout: float = 120) -> None:
         code = f"import ray; ray.init(address='{self.address}', log_to_driver=False); print(len(ray.nodes()))"
@@ -154,6 +158,18 @@ class ServeProcess:
                 break
         return seen
 
+    def per_replica_metric(self, name: str, n: int = 2, tries: int = 60) -> dict[str, float]:
+        """Serve replica id -> the value of one line of its /metrics."""
+        seen: dict[str, float] = {}
+        for _ in range(tries):
+            r = httpx.get(self.url + "/metrics", timeout=30)
+            for line in r.text.splitlines():
+                if line.startswith(name + " "):
+                    seen[r.headers["x-lhama-replica"]] = float(line.split()[-1])
+            if len(seen) >= n:
+                break
+        return seen
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -189,13 +205,6 @@ def _wait(pred, timeout: float, every: float = 0.5):
             return v
         time.sleep(every)
     return None
-
-
-def _owners(db: Path, batch_id: str, into: set[str]) -> None:
-    """Collect which server processes hold lines of the batch (read straight from the state DB)."""
-    with sqlite3.connect(db, timeout=30) as c:
-        rows = c.execute("SELECT DISTINCT owner FROM batch_lines WHERE batch_id = ? AND owner IS NOT NULL", (batch_id,))
-        into.update(r[0] for r in rows)
 
 
 # -- the default suite: one end-to-end case (on the local Ray that `lhama serve --replicas` starts) ----
@@ -245,18 +254,11 @@ def test_batch_split_across_replicas_and_vector_stores_shared(cluster3, tmp_path
         c = srv.client
         f = c.files.create(file=("in.jsonl", _batch_file(12, 8)), purpose="batch")
         b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        owners: set[str] = set()
-        done = _wait(
-            lambda: (
-                (_owners(tmp_path / "state.db", b.id, owners), x := c.batches.retrieve(b.id))[1].status == "completed"
-                and x
-            ),
-            timeout=600,
-            every=0.2,
-        )
+        done = _wait(lambda: (x := c.batches.retrieve(b.id)).status == "completed" and x, timeout=600)
         assert done, c.batches.retrieve(b.id)
-        assert len(owners) == 2, owners  # both replicas ran lines of the one batch
         assert done.request_counts.completed == 12 and done.request_counts.failed == 0
+        lines = srv.per_replica_metric('lhama_batch_lines_total{outcome="completed"}')
+        assert len(lines) == 2 and all(lines.values()) and sum(lines.values()) == 12, lines  # split, each once
         out = [json.loads(x) for x in c.files.content(done.output_file_id).text.splitlines()]
         assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(12)]
 
@@ -286,7 +288,7 @@ def test_replica_killed_during_a_batch(cluster3, tmp_path):
         assert len(pids) == 2, pids
         f = c.files.create(file=("in.jsonl", _batch_file(16, 16)), purpose="batch")
         b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-        assert _wait(lambda: c.batches.retrieve(b.id).request_counts.completed >= 2, timeout=300)
+        assert _wait(lambda: c.batches.retrieve(b.id).request_counts.completed >= 2, timeout=600)
 
         def chat(_):
             try:

@@ -60,6 +60,14 @@ class BatchManager:
         self._wake: asyncio.Event | None = None
         self._last_beat = 0.0
         self._for_update = " FOR UPDATE" if db.postgres else ""
+        from prometheus_client import Counter
+
+        self.lines_done = Counter(
+            "lhama_batch_lines",
+            "batch lines this server process answered (recorded first), by outcome",
+            ["outcome"],
+            registry=state.metrics.registry,
+        )
 
     # -- records ---------------------------------------------------------------------------
     def _meta(self, batch_id: str) -> dict:
@@ -385,12 +393,14 @@ class BatchManager:
                 rec = error_record(line.custom_id, code, message, line=n, status=status, param=param, error_type=kind)
             else:
                 rec = success_record(line.custom_id, result)
-            await asyncio.to_thread(
+            first = await asyncio.to_thread(
                 self.db.execute,
                 "UPDATE batch_lines SET record = ?, failed = ?, owner = NULL WHERE batch_id = ? AND line = ? "
                 "AND record IS NULL",
                 (json.dumps(rec, ensure_ascii=False), int(rec["error"] is not None), batch_id, n),
             )
+            if first:
+                self.lines_done.labels("failed" if rec["error"] is not None else "completed").inc()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the lease runs out and a process retries the line

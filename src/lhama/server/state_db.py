@@ -65,7 +65,7 @@ class StateDB:
                 raise ConfigError(f"--state-db: cannot connect to {self.location}: {e}".strip()) from None
             with self.transaction():
                 # Replicas start together: one at a time creates the tables.
-                self._db.execute("SELECT pg_advisory_xact_lock(7461686d61)")
+                self._db.execute("SELECT pg_advisory_xact_lock(746168)")
                 for stmt in SCHEMA:
                     self._db.execute(stmt.replace("BLOB", "BYTEA").replace("REAL", "DOUBLE PRECISION"))
         else:
