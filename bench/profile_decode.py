@@ -134,8 +134,9 @@ def labelled(model):
             wrap_instance(mod, "~attention block")
         elif isinstance(mod, nn.Embedding):
             wrap_instance(mod, "embedding")
-    wrap_attr(tr, "apply_rope", "rope")
+    wrap_attr(tr, "rotate", "rope")
     wrap_attr(tr, "rope_cos_sin", "rope")
+    wrap_attr(tr, "rope_rotation", "rope")
     wrap_attr(kv_mod.StaticKVCache, "attend", "attention + KV write")
     from lhama.generate.sampling import BatchSampler
 
@@ -231,13 +232,13 @@ def fuse_projections(model) -> None:
         wqkv = torch.cat([att.wq.weight, att.wk.weight, att.wv.weight]).detach()
         nq, nk = att.wq.out_features, att.wk.out_features
 
-        def att_fwd(x, cos, sin, cache, att=att, wqkv=wqkv, nq=nq, nk=nk):
+        def att_fwd(x, rotation, cache, att=att, wqkv=wqkv, nq=nq, nk=nk):
             B, T, _ = x.shape
             q, k, v = F.linear(x, wqkv).split([nq, nk, nk], dim=-1)
             q = q.view(B, T, att.n_heads, att.head_dim)
             k = k.view(B, T, att.n_kv_heads, att.head_dim)
             v = v.view(B, T, att.n_kv_heads, att.head_dim)
-            q, k = tr.apply_rope(q, cos, sin), tr.apply_rope(k, cos, sin)
+            q, k = tr.rotate(q, rotation), tr.rotate(k, rotation)
             out = cache.attend(att.layer_id, q, k, v)
             return att.wo(out.reshape(B, T, -1))
 
@@ -259,15 +260,8 @@ def fused_rmsnorm(model) -> None:
 
 def complex_rope():
     """RoPE as a complex multiply on (2i, 2i+1) pairs (same layout); returns an undo function."""
-    orig = tr.apply_rope
-
-    def apply_rope(x, cos, sin):
-        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        rot = torch.complex(cos, sin).unsqueeze(2)
-        return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
-
-    tr.apply_rope = apply_rope
-    return lambda: setattr(tr, "apply_rope", orig)
+    # The model's own RoPE is this complex multiply now (lhama.model.rope.rotate): nothing to patch.
+    return lambda: None
 
 
 def int8_weight_only(model) -> None:

@@ -72,6 +72,34 @@ def test_int4_kernel_layout_matches_reference_unpacking():
     torch.testing.assert_close(fast(x), slow(x), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("build", ["from_linear", "from_groups"])
+def test_int4_many_rows_dequantize_tiles_like_the_kernel(build):
+    """From ``CPU_LARGE_M`` rows the CPU layout is dequantized tile by tile (the kernel's packing
+    read back: 64-row tiles, rows i and i + 32 in one byte) into a bf16 GEMM: the same weights as
+    the kernel's one-row path, whichever constructor packed them, over several slices of tiles."""
+    from lhama.quant import int4
+
+    if kernel_layout(torch.device("cpu"), torch.bfloat16, 32) != "cpu":
+        pytest.skip("no int4 CPU kernel in this PyTorch build")
+    lin = _linear(192, 96, seed=5)
+    if build == "from_linear":
+        mod = Int4WeightOnlyLinear.from_linear(lin, 32)
+    else:
+        q, scale, zero = int4.quantize_int4_groupwise(lin.weight, 32)
+        scale, minimum = scale.half().float(), (zero - 8 * scale).half().float()
+        mod = Int4WeightOnlyLinear.from_groups(q.to(torch.uint8), scale, minimum, 32)
+    assert mod.layout == "cpu"
+    x = torch.randn(int4.CPU_LARGE_M + 3, 96)
+    rows = torch.stack([mod(r.view(1, -1))[0] for r in x[:5]])  # the kernel, one row at a time
+    old, int4._CPU_SLICE_WEIGHTS = int4._CPU_SLICE_WEIGHTS, 96 * 64  # one tile per slice
+    try:
+        many = mod(x)
+    finally:
+        int4._CPU_SLICE_WEIGHTS = old
+    torch.testing.assert_close(many[:5], rows, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(many, x @ mod.dequantize().T, atol=3e-2, rtol=3e-2)
+
+
 def test_int8_uses_pytorch_kernel_on_cpu():
     assert Int8WeightOnlyLinear.from_linear(_linear(32, 64)).use_kernel
 

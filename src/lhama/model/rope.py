@@ -39,10 +39,21 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch
     return torch.cos(angles), torch.sin(angles)
 
 
+def rope_rotation(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The unit complex numbers ``cos + i sin`` [B, T, 1, D/2] that ``rotate`` multiplies by
+    (computed once per forward, shared by every layer)."""
+    return torch.complex(cos, sin).unsqueeze(2)
+
+
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, T, H, D] rotated by ``rotation`` (``rope_rotation``): a complex multiply per
+    channel pair, (x0 + i x1)(cos + i sin), in fp32; the result has x's dtype."""
+    xc = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * rotation).flatten(-2).type_as(x)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` [B, T, H, D] by the angles of its positions (cos/sin are [B, T, D/2])."""
-    # A complex multiply per channel pair: (x0 + i x1)(cos + i sin). Three kernels instead of
-    # the ~9 of the written-out real form, which matters in the decode step (60 calls per token).
-    xc = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))
-    rot = torch.complex(cos, sin).unsqueeze(2)
-    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    # Three kernels instead of the ~9 of the written-out real form (the decode step runs this
+    # for every layer).
+    return rotate(x, rope_rotation(cos, sin))

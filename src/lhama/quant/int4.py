@@ -61,8 +61,38 @@ def _pack_for(layout: str, q: torch.Tensor) -> torch.Tensor:
 
 
 # The CPU kernel's packing interleaves tiles of 64 rows: row blocks that start on a multiple of
-# 64 pack independently (the last one may be short).
+# 64 pack independently (the last one may be short). Inside a whole tile, byte (k, i) of its
+# [K, 32] bytes holds row i's value k in the low nibble and row i + 32's in the high one.
 CPU_TILE_ROWS = 64
+# Rows from which the CPU int4 matmul dequantizes the weight to bf16 (a slice at a time) and runs
+# a bf16 GEMM: ``_weight_int4pack_mm_for_cpu`` unpacks the whole weight again for every row, so
+# its cost grows with the row count at about a one-row decode's cost per row (at 512 rows it was
+# slower than an fp32 GEMM; this path 1.5x faster than both; break-even ~100 rows, measured on an
+# AMD EPYC with AVX512-BF16: docs/performance.md).
+CPU_LARGE_M = 128
+# Weights dequantized at a time on that path (bf16 scratch of 2 bytes each, reused per slice).
+_CPU_SLICE_WEIGHTS = 1 << 20
+
+
+def _cpu_tiles_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int):
+    """``x @ W.T`` for x [M, K] (bf16) and a CPU-layout int4 weight of whole 64-row tiles: each
+    slice of tiles is dequantized as the kernel defines it, ``(q - 8) * scale + zero`` (fp32, then
+    rounded to bf16 once), and multiplied in one batched bf16 GEMM."""
+    M, K = x.shape
+    N = packed.shape[0]
+    T, R = N // CPU_TILE_ROWS, CPU_TILE_ROWS
+    tiles = packed.view(T, K, R // 2)
+    sz = scales_and_zeros.float().view(K // group_size, T, R, 2).permute(1, 0, 3, 2).contiguous()  # [T, K/g, 2, R]
+    scale = sz[:, :, :1].contiguous()
+    offset = (sz[:, :, 1:] - 8.0 * scale).contiguous()
+    out = torch.empty(M, T, R, dtype=x.dtype, device=x.device)
+    step = max(1, _CPU_SLICE_WEIGHTS // (K * R))
+    for t in range(0, T, step):
+        p = tiles[t : t + step]
+        q = torch.stack((p & 15, p >> 4), dim=2).view(p.shape[0], K // group_size, group_size, R)
+        w = torch.addcmul(offset[t : t + step], q.float(), scale[t : t + step]).to(x.dtype)
+        out[:, t : t + step] = torch.matmul(x, w.view(-1, K, R)).transpose(0, 1)
+    return out.view(M, N)
 
 
 def _pack_cpu_tiles(q: torch.Tensor, variant: str) -> torch.Tensor:
@@ -399,6 +429,8 @@ class Int4WeightOnlyLinear(nn.Module):
             y = F.linear(x2, self._dequantize_nibbles(nibbles))
         elif self.layout == "nibbles":
             y = F.linear(x2, self.dequantize().to(self.compute_dtype))
+        elif self.layout == "cpu" and x2.shape[0] >= CPU_LARGE_M and self.out_features % CPU_TILE_ROWS == 0:
+            y = _cpu_tiles_matmul(x2, self.qweight, self.scales_and_zeros, self.group_size)
         else:
             y = _kernel_mm(self.layout, x2, self.qweight, self.group_size, self.scales_and_zeros)
         return y.to(x.dtype).view(*shape[:-1], self.out_features)
