@@ -217,6 +217,8 @@ def ingress_class():
                             + _unavailable("the server replica stopped mid-answer; retry the request")
                             + b"\n\n"
                         )
+                finally:
+                    stream.cancel()  # the client left (or the answer is complete): stop the replica's work
 
             response = starlette_responses.StreamingResponse(chunks(), status_code=start["status"])
             response.raw_headers = headers
