@@ -126,3 +126,31 @@ def test_unknown_adapter_is_404(lora_server):
 def test_runtime_loading_needs_enable_lora(server, adapters):
     r = _post(server, "load_lora_adapter", {"lora_name": "a2", "lora_path": str(adapters["a2"])})
     assert r.status_code == 400 and "--enable-lora" in r.json()["error"]["message"]
+
+
+def test_responses_and_embeddings_honour_adapters(lora_server):
+    """``model: NAME`` picks the adapter in /v1/responses (the same text as chat completions
+    through it) and /v1/embeddings (another vector than the base model's); unknown names are 404."""
+    client = openai.OpenAI(base_url=lora_server.base, api_key="unused", max_retries=0, timeout=120)
+    msgs = [{"role": "user", "content": PROMPT}]
+
+    def chat(model):
+        r = client.chat.completions.create(model=model, messages=msgs, max_tokens=10, temperature=0)
+        return r.choices[0].message.content
+
+    def respond(model):
+        r = client.responses.create(model=model, input=PROMPT, max_output_tokens=10, temperature=0, store=False)
+        assert r.model == model
+        return r.output_text
+
+    assert respond("a1") == chat("a1") != chat(MODEL) == respond(MODEL)
+
+    def embed(model):
+        return client.embeddings.create(model=model, input=PROMPT).data[0].embedding
+
+    base, a1 = embed(MODEL), embed("a1")
+    assert len(base) == len(a1) and base != a1 and embed("a1") == a1
+    for call in (lambda: respond("nope"), lambda: embed("nope")):
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.code == "model_not_found"
