@@ -281,3 +281,29 @@ def test_load_time_packing_is_the_cpu_kernels_own(rows):
         want = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(q).to(torch.int32), 1)
         assert torch.equal(pack_cpu_rows(q), want)
         assert torch.equal(pack_cpu_nibble_blocks(qs), want)
+
+
+def test_sixteen_bit_gguf_stays_16_bit_where_the_cpu_computes_bf16(tmp_path, smollm2_path, caplog):
+    """No flags: F16/BF16 linears load as bf16 on a CPU with native bf16 (avx512_bf16/AMX), else
+    as fp32 with a one-line notice naming the fallback; ``dtype=float32`` always gives fp32."""
+    from lhama.checkpoints.quantized import cpu_computes_bf16
+    from lhama.loader import load_model
+
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, hidden_dim=192, max_seq_len=128)
+    sd = build_model(args, init="random", seed=3).state_dict()
+    path = write_checkpoint(sd, args, tmp_path / "m.f16.gguf", fmt="gguf", gguf_type="f16")
+    (tmp_path / "plain.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    kw = {"tokenizer": smollm2_path, "chat_format": str(tmp_path / "plain.jinja")}
+    with caplog.at_level(logging.WARNING, logger="lhama.checkpoints.quantized"):
+        kept = load_model(path, **kw)
+    dense = load_model(path, dtype=torch.float32, **kw)
+    want = torch.bfloat16 if cpu_computes_bf16() else torch.float32
+    assert kept.model.layers[0].attention.wq.weight.dtype == want
+    assert dense.model.layers[0].attention.wq.weight.dtype == torch.float32
+    if want == torch.float32:
+        assert any("no native bf16" in r.getMessage() and "fp32" in r.getMessage() for r in caplog.records)
+    ids = torch.tensor([list(range(3, 40))])
+    with torch.no_grad():
+        got, ref = kept.model(ids).float(), dense.model(ids)
+    kl = torch.nn.functional.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none")
+    assert kl.sum(-1).mean() < 0.01, kl.sum(-1).mean()

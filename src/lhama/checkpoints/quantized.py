@@ -16,6 +16,7 @@ wq|wk|wv and w1|w3 are stacked into one module each when they share an exact typ
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 
@@ -83,6 +84,11 @@ def decode_q8(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(q.reshape(rows, -1)), torch.from_numpy(_fp16(blocks, 0))
 
 
+def _dequantize(raw: np.ndarray, qtype) -> np.ndarray:
+    """Rows of any ggml type -> fp32 [rows, K] (the gguf package's own decoding)."""
+    return gguf.quants.dequantize(raw, qtype).astype(np.float32, copy=False).reshape(raw.shape[0], -1)
+
+
 # -- building modules ------------------------------------------------------------------------
 @dataclass
 class _Builder:
@@ -108,21 +114,23 @@ class _Builder:
             return SplitInt8Linear.from_q8_rows(
                 lambda: (decode_q8(raw) for raw in self._row_blocks(names)), rows, cols, self.compute_dtype
             )
+        bits = gguf.GGML_QUANT_SIZES[qtype][1] * 8 / gguf.GGML_QUANT_SIZES[qtype][0]
+        if qtype not in FLOAT and (bits > 4.6 or cols % GROUP):  # int8 rows: one row block at a time
+            self._notice(qtype, "int8")
+            self.kinds[module_name] = f"int8 ({qtype.name}, requantized)"
+            floats = (torch.from_numpy(_dequantize(raw, qtype)) for raw in self._row_blocks(names, rows=2048))
+            return Int8WeightOnlyLinear.from_rows(floats, rows, cols, self.compute_dtype)
         w = torch.cat([self.reader.read(n) for n in names]).float()
         if qtype in FLOAT:
             self.kinds[module_name] = f"dense {self.dtype} ({qtype.name})"
             lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
             lin.weight = nn.Parameter(w.to(self.dtype), requires_grad=False)
             return lin
-        bits = gguf.GGML_QUANT_SIZES[qtype][1] * 8 / gguf.GGML_QUANT_SIZES[qtype][0]
-        target = "int4/g32" if bits <= 4.6 and w.shape[1] % GROUP == 0 else "int8"
-        self._notice(qtype, target)
-        self.kinds[module_name] = f"{target} ({qtype.name}, requantized)"
+        self._notice(qtype, "int4/g32")
+        self.kinds[module_name] = f"int4/g32 ({qtype.name}, requantized)"
         lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=False)
-        if target == "int4/g32":
-            return Int4WeightOnlyLinear.from_linear(lin, GROUP, self.compute_dtype)
-        return Int8WeightOnlyLinear.from_linear(lin, self.compute_dtype)
+        return Int4WeightOnlyLinear.from_linear(lin, GROUP, self.compute_dtype)
 
     def _exact_on_cpu_tiles(self, names: list[str], qtype, module_name: str) -> nn.Module | None:
         """Q4_0/Q4_1/Q8_0 rows packed for the CPU kernel in whole tensors straight from the map
@@ -137,41 +145,52 @@ class _Builder:
         shapes = [self.reader.shapes[n] for n in names]
         if any(s[0] % CPU_TILE_ROWS for s in shapes[:-1]) or shapes[0][1] % GROUP or shapes[-1][0] % 16:
             return None
-        parts = []
+        if pack_cpu_nibble_blocks(np.zeros((16, 1, 16), dtype=np.uint8)) is None:  # this build packs otherwise
+            return None
+        rows, cols = sum(s[0] for s in shapes), shapes[0][1]
+        halves = 2 if qtype == Q.Q8_0 else 1
+        packed = [torch.empty(rows, cols // 2, dtype=torch.uint8) for _ in range(halves)]
+        d_all = torch.empty(rows, cols // GROUP)
+        m_all = torch.empty(rows, cols // GROUP) if qtype == Q.Q4_1 else None
+        row = 0
         for n in names:
-            raw = self.reader.blocks(n)
-            blocks = raw.view(BLOCK_DTYPES[qtype])  # [rows, K / 32] records over the map
-            d = torch.from_numpy(blocks["d"].astype(np.float32))
-            if qtype == Q.Q8_0:
-                q = np.ascontiguousarray(blocks["qs"]).reshape(raw.shape[0], -1)
-                hi = ((q >> 4) + 8).astype(np.uint8)
-                lo = (q & 15).view(np.uint8)
-                parts.append((pack_cpu_rows(hi), pack_cpu_rows(lo), d))
-            else:
-                m = torch.from_numpy(blocks["m"].astype(np.float32)) if qtype == Q.Q4_1 else -8 * d
-                packed = pack_cpu_nibble_blocks(blocks["qs"])
-                if packed is None:
-                    return None
-                parts.append((packed, d, m))
-            self.reader.drop_pages(raw)
-        cat = lambda ts: torch.cat(ts) if len(ts) > 1 else ts[0]  # noqa: E731
+            total = self.reader.shapes[n][0]
+            # 4096-row chunks (whole 64-row tiles) bound the temporaries to a few MB per tensor
+            for start in range(0, total, 4096):
+                raw = self.reader.blocks(n, start, min(total, start + 4096))
+                blocks = raw.view(BLOCK_DTYPES[qtype])  # [rows, K / 32] records over the map
+                span = slice(row, row + raw.shape[0])
+                d_all[span] = torch.from_numpy(blocks["d"].astype(np.float32))
+                if qtype == Q.Q8_0:
+                    q = np.ascontiguousarray(blocks["qs"]).reshape(raw.shape[0], -1)
+                    packed[0][span] = pack_cpu_rows(((q >> 4) + 8).view(np.uint8))
+                    packed[1][span] = pack_cpu_rows((q & 15).view(np.uint8))
+                else:
+                    if m_all is not None:
+                        m_all[span] = torch.from_numpy(blocks["m"].astype(np.float32))
+                    packed[0][span] = pack_cpu_nibble_blocks(blocks["qs"])
+                self.reader.drop_pages(raw)
+                row += raw.shape[0]
         if qtype == Q.Q8_0:
             self.kinds[module_name] = KIND_Q8
-            hi, lo, d = (cat(list(x)) for x in zip(*parts, strict=True))
             return SplitInt8Linear(
-                Int4WeightOnlyLinear.from_cpu_packed(hi, 16 * d, -128 * d, GROUP, self.compute_dtype),
-                Int4WeightOnlyLinear.from_cpu_packed(lo, d, torch.zeros_like(d), GROUP, self.compute_dtype),
+                Int4WeightOnlyLinear.from_cpu_packed(packed[0], 16 * d_all, -128 * d_all, GROUP, self.compute_dtype),
+                Int4WeightOnlyLinear.from_cpu_packed(
+                    packed[1], d_all, torch.zeros_like(d_all), GROUP, self.compute_dtype
+                ),
             )
         self.kinds[module_name] = kind_q4(qtype)
-        packed, d, m = (cat(list(x)) for x in zip(*parts, strict=True))
-        return Int4WeightOnlyLinear.from_cpu_packed(packed, d, m, GROUP, self.compute_dtype)
+        m_all = -8 * d_all if m_all is None else m_all
+        return Int4WeightOnlyLinear.from_cpu_packed(packed[0], d_all, m_all, GROUP, self.compute_dtype)
 
     def _row_blocks(self, names: list[str], rows: int = 1024):
         """Raw block rows of ``names`` stacked, ``rows`` at a time, straight from the map."""
         for n in names:
             total = self.reader.shapes[n][0]
             for start in range(0, total, rows):
-                yield self.reader.blocks(n, start, min(total, start + rows))
+                raw = self.reader.blocks(n, start, min(total, start + rows))
+                yield raw
+                self.reader.drop_pages(raw)
                 release_freed_memory()  # the block's temporaries, before the next one's
 
     @staticmethod
@@ -194,7 +213,14 @@ class _Builder:
             emb = nn.Embedding(*self.reader.shapes[name], device="meta")
             emb.weight = nn.Parameter(self.reader.read(name).to(self.dtype), requires_grad=False)
             return emb
-        blocks = torch.from_numpy(np.array(self.reader.blocks(name)))  # a copy: the map may close
+        # A copy (the map may close), made a row block at a time so that the file pages just
+        # read leave the resident set before the next ones come in (else both count at the peak).
+        raw = self.reader.blocks(name)
+        blocks = torch.empty(raw.shape, dtype=torch.uint8)
+        for start in range(0, raw.shape[0], 4096):
+            part = raw[start : start + 4096]
+            blocks[start : start + part.shape[0]].numpy()[:] = part
+            self.reader.drop_pages(part)
         self.kinds["tok_embeddings"] = f"{qtype.name} blocks (exact, rows decoded per lookup)"
         return BlockEmbedding(blocks, qtype, self.reader.args.dim, self.dtype)
 
@@ -252,6 +278,45 @@ def load_quantized(path, *, max_seq_len: int | None = None) -> tuple[Transformer
         return load_quantized_gguf(reader, max_seq_len=max_seq_len)
 
 
+@functools.cache
+def cpu_computes_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (``avx512_bf16``, or AMX's
+    ``amx_bf16``): PyTorch's bf16 matmuls then run natively; elsewhere each one converts to fp32
+    and is slower than fp32 weights. Linux flags; False where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def sixteen_bit_dtype(path) -> torch.dtype | None:
+    """For a GGUF file whose linears are F16/BF16, the dtype a CPU load with no flags keeps them
+    in: bfloat16 where the CPU computes bf16 natively (``cpu_computes_bf16``); elsewhere None
+    (the caller's fp32), said once in one line. None for any other checkpoint."""
+    from lhama.checkpoints.loader import detect_format, open_reader
+
+    if detect_format(path) != "gguf":
+        return None
+    with open_reader(path) as reader:
+        types = [reader.qtype(n) for n, s in reader.shapes.items() if len(s) == 2]
+    sixteen = [t for t in types if t in (Q.F16, Q.BF16)]
+    if not sixteen or len(sixteen) * 2 <= len(types):
+        return None
+    if cpu_computes_bf16():
+        return torch.bfloat16
+    name = sixteen[0].name
+    if name not in _NOTICED:
+        _NOTICED.add(name)
+        log.warning(
+            "%s weights: this CPU has no native bf16 (avx512_bf16/amx_bf16), so they are computed in "
+            "fp32 (fallback; --dtype bfloat16 keeps them 16-bit; docs/quantization.md)",
+            name,
+        )
+    return None
+
+
 def is_quantized_checkpoint(path) -> bool:
     """A GGUF file whose linear weights are in quantized ggml types (headers only)."""
     from lhama.checkpoints.loader import detect_format, open_reader
@@ -286,6 +351,7 @@ def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> t
     with _ParametersOnMeta():
         model = Transformer(args)
     b = _Builder(reader, dtype, compute_dtype)
+    reader.drop_pages()  # the header and vocabulary, read through the map before the weights
     # Order matters for the peak: the head's row blocks come and go while little else is held,
     # and the embedding (copied straight into its final buffer, no temporaries) comes last.
     head = "tok_embeddings.weight" if args.tie_embeddings else "output.weight"
@@ -311,7 +377,10 @@ def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> t
         layer.ffn_norm.weight = b.norm_weight(f"{p}ffn_norm.weight")
         release_freed_memory()
     model.norm.weight = b.norm_weight("norm.weight")
+    reader.drop_pages()  # norms and headers read through the map: nothing stays resident
+    release_freed_memory()
     model.tok_embeddings = b.embedding()
+    reader.drop_pages()
     release_freed_memory()
     model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
     report = QuantReport(

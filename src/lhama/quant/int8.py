@@ -55,6 +55,24 @@ class Int8WeightOnlyLinear(nn.Module):
         mod.use_kernel = w.device.type == "cpu" and _int8_kernel_works(w.device, compute_dtype)
         return mod
 
+    @classmethod
+    def from_rows(
+        cls, blocks, out_features: int, in_features: int, compute_dtype=torch.bfloat16
+    ) -> Int8WeightOnlyLinear:
+        """``from_linear`` fed by consecutive float row blocks (scales are per row, so a block
+        quantizes alone): a big matrix (a 128k-row head) is never whole in fp32."""
+        mod = cls(in_features, out_features, compute_dtype=compute_dtype)
+        row = 0
+        for w in blocks:
+            q, scale = quantize_int8_per_channel(w)
+            mod.qweight[row : row + q.shape[0]] = q
+            mod.scales[row : row + q.shape[0]] = scale.to(compute_dtype)
+            row += q.shape[0]
+        if row != out_features:
+            raise ValueError(f"row blocks cover {row} rows, expected {out_features}")
+        mod.use_kernel = _int8_kernel_works(torch.device("cpu"), compute_dtype)
+        return mod
+
     def dequantize(self) -> torch.Tensor:
         return self.qweight.float() * self.scales.float()[:, None]
 
