@@ -124,8 +124,8 @@ def input_noticing_ctrl_c(prompt: str) -> str:
     types Ctrl-C as soon as the prompt shows) only sets Python's flag, and ``select()`` then
     sleeps until the next key press. A no-op SIGALRM every ``WAKE_S`` while the prompt waits
     interrupts ``select()``, so the pending KeyboardInterrupt is raised within ``WAKE_S``."""
-    if threading.current_thread() is not threading.main_thread():
-        return input(prompt)  # signals (and timers) belong to the main thread
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        return input(prompt)  # signals (and timers) belong to the main thread; no timers on Windows
     previous = signal.signal(signal.SIGALRM, lambda signum, frame: None)
     signal.setitimer(signal.ITIMER_REAL, WAKE_S, WAKE_S)
     try:
