@@ -142,3 +142,27 @@ def test_history_line_editing_and_ctrl_c_typed_as_the_prompt_shows(tmp_path, slo
     assert t.exit_code() == 0
     assert "Traceback" not in t.seen.decode(errors="replace")
     assert history.read_text().split("\n")[:2] == ["/system be brief", "/reset"]
+
+
+def test_the_wake_up_timer_runs_only_while_the_prompt_waits(monkeypatch):
+    import builtins
+    import signal
+
+    from lhama.cli.chat import WAKE_S, input_noticing_ctrl_c
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    seen = []
+    monkeypatch.setattr(builtins, "input", lambda prompt: seen.append(signal.getitimer(signal.ITIMER_REAL)) or "hi")
+    try:
+        assert input_noticing_ctrl_c(">>> ") == "hi"
+        assert seen[0][1] == pytest.approx(WAKE_S)  # armed, repeating, while input() waits
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is mine
+        monkeypatch.setattr(builtins, "input", lambda prompt: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            input_noticing_ctrl_c(">>> ")
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is mine
+    finally:
+        signal.signal(signal.SIGALRM, previous)
