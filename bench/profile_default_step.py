@@ -1,6 +1,6 @@
 """Where the time of a default decode step goes: the model as ``load_model(path)`` keeps it (no
 flags), a few greedy decode steps of the reference loop under ``torch.profiler``, self CPU time
-grouped by kind of work. Feeds docs/performance.md (issue 14).
+grouped by kind of work (the profiler runs from the first decoded token to the last). Feeds docs/performance.md (issue 14).
 
     python bench/profile_default_step.py                         # the default model (135M, Q4_1)
     python bench/profile_default_step.py --model ~/.cache/lhama-bench/llama3.2-1b.random.q4_0.gguf
@@ -120,24 +120,19 @@ def main(argv=None) -> int:
         times.append(time.perf_counter())
     step_ms = 1000 * (times[-1] - times[0]) / (len(times) - 1)
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for i, _ in enumerate(generate_tokens(lm.model, prompt, params)):
-            if i == 0:  # the prefill step: everything after is decode
-                prof.step()
-    events = prof.key_averages()
-    # Subtract the prefill: profile it alone and take the difference per op.
-    with profile(activities=[ProfilerActivity.CPU]) as pre:
-        list(generate_tokens(lm.model, prompt, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)))
-    pre_by = {e.key: (e.self_cpu_time_total, e.count) for e in pre.key_averages()}
+    # The profiler starts after the first token (the prefill) and stops after the last.
+    prof = profile(activities=[ProfilerActivity.CPU])
+    for i, _ in enumerate(generate_tokens(lm.model, prompt, params)):
+        if i == 0:
+            prof.start()
+    prof.stop()
     by_kind: dict[str, float] = defaultdict(float)
     calls = 0
-    for e in events:
-        t0, c0 = pre_by.get(e.key, (0.0, 0))
-        self_us, count = max(0.0, e.self_cpu_time_total - t0), max(0, e.count - c0)
+    for e in prof.key_averages():
         if not e.key.startswith("aten::") and not e.key.startswith("mkldnn") and "pack" not in e.key:
             continue
-        by_kind[kind_of(e.key)] += self_us
-        calls += count
+        by_kind[kind_of(e.key)] += e.self_cpu_time_total
+        calls += e.count
     total = sum(by_kind.values()) or 1.0
     rows = sorted(by_kind.items(), key=lambda kv: -kv[1])
     desc = lm.quant.describe() if lm.quant is not None and hasattr(lm.quant, "describe") else ""
