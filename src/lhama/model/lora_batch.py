@@ -5,14 +5,14 @@ adapted projection is wrapped by a ``SlotLoraLinear`` that holds every loaded ad
 in fixed slots; a step's rows (flattened tokens) carry a slot number, set by the engine runner
 with ``LoraSlots.begin_step``.
 
-The delta costs two matmuls per wrapped module whatever the number of adapters and fused
-projections: the A of every (active adapter, projection) is concatenated into one ``[in, k*P*r]``
-matrix and the B into one block-structured ``[k*P*r, out]`` matrix (each projection's B lands
-in its slice of the fused output), both built once per set of active adapters and cached (not
-re-gathered per module per step). ``x @ A`` gives every active adapter's rank-r projection of
-every row, a per-step mask (built once per step, shared by all modules) keeps each row's own
-adapter (rows on the base model keep none), and ``addmm`` adds ``low @ B`` into the base output.
-Steps where no row uses an adapter skip the path entirely.
+The delta costs one A matmul per wrapped module and one B matmul per projection, whatever the
+number of adapters: the A of every (projection, active adapter) is concatenated into one
+``[in, P*k*r]`` matrix and each projection's B of every active adapter stacked into one
+``[k*r, size]`` matrix, built once per set of active adapters and cached (not re-gathered per
+module per step). ``x @ A`` gives every active adapter's rank-r projection of every row, a
+per-step mask (built once per step, shared by all modules) keeps each row's own adapter (rows on
+the base model keep none), and ``addmm_`` adds ``low_p @ B_p`` into the projection's slice of the
+base output. Steps where no row uses an adapter skip the path entirely.
 
 Deterministic mode (``begin_step(..., deterministic=True)``): a row's delta must not depend on
 which other adapters share the step, so each active adapter is applied on its own with
@@ -74,12 +74,12 @@ class LoraStep:
     _masks: dict = field(default_factory=dict)
 
     def mask(self, parts: int) -> torch.Tensor:
-        """[N, k * parts * rank] float: 1 where the column belongs to the row's own adapter."""
+        """[N, parts * k * rank] float: 1 where the column belongs to the row's own adapter."""
         m = self._masks.get(parts)
         if m is None:
             slots = torch.tensor(self.active, device=self.row_slots.device)
             own = (self.row_slots.unsqueeze(1) == slots).float()  # [N, k]
-            m = own.repeat_interleave(parts * self.rank, dim=1)
+            m = own.repeat_interleave(self.rank, dim=1).repeat(1, parts)  # columns (part, adapter, rank)
             self._masks[parts] = m
         return m
 
@@ -110,24 +110,27 @@ class SlotLoraLinear(nn.Module):
             self.register_buffer(f"{name}_a", torch.zeros(S, R, in_features, device=dev), persistent=False)
             self.register_buffer(f"{name}_b", torch.zeros(S, size, R, device=dev), persistent=False)
 
-    def stacks(self, active: tuple[int, ...], r: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The concatenated A and block-structured B of ``active`` slots at rank ``r``."""
+    def stacks(self, active: tuple[int, ...], r: int) -> tuple[torch.Tensor, list]:
+        """The A of ``active`` slots at rank ``r`` concatenated, ``[in, P*k*r]`` with columns
+        ordered (projection, adapter, rank), and per projection ``(offset, size, B [k*r, size])``."""
         key = (self._slots[0].version, active, r)
         got = self._stacks.get(key)
         if got is not None:
             return got
-        P = len(self.parts)
-        a = torch.zeros(self.in_features, len(active) * P * r, device=self._slots[0].device)
-        b = torch.zeros(len(active) * P * r, self.out_features, device=self._slots[0].device)
-        for j, s in enumerate(active):
-            for p, (name, (off, size)) in enumerate(self.parts.items()):
-                c = (j * P + p) * r
+        dev, k = self._slots[0].device, len(active)
+        a = torch.zeros(self.in_features, len(self.parts) * k * r, device=dev)
+        bs = []
+        for p, (name, (off, size)) in enumerate(self.parts.items()):
+            b = torch.zeros(k * r, size, device=dev)
+            for j, s in enumerate(active):
+                c = (p * k + j) * r
                 a[:, c : c + r] = getattr(self, f"{name}_a")[s - 1, :r].T
-                b[c : c + r, off : off + size] = getattr(self, f"{name}_b")[s - 1, :, :r].T
+                b[j * r : (j + 1) * r] = getattr(self, f"{name}_b")[s - 1, :, :r].T
+            bs.append((off, size, b))
         if len(self._stacks) >= self.CACHE:  # the oldest goes (an embedding thread may race: no KeyError)
             self._stacks.pop(next(iter(self._stacks), None), None)
-        self._stacks[key] = (a, b)
-        return a, b
+        self._stacks[key] = (a, bs)
+        return a, bs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -138,16 +141,23 @@ class SlotLoraLinear(nn.Module):
         y2 = y.reshape(-1, self.out_features)
         if step.deterministic:
             for s in step.active:
-                a, b = self.stacks((s,), step.rank)
-                d = ((x2 @ a) @ b).to(y2.dtype)
-                y2 = torch.where(step.rows(s), y2 + d, y2)
+                a, bs = self.stacks((s,), step.rank)
+                low = x2 @ a
+                r = step.rank
+                d = torch.cat([low[:, p * r : (p + 1) * r] @ b for p, (_, _, b) in enumerate(bs)], dim=1)
+                y2 = torch.where(step.rows(s), y2 + d.to(y2.dtype), y2)
             return y2.view_as(y)
-        a, b = self.stacks(step.active, step.rank)
-        low = (x2 @ a) * step.mask(len(self.parts))
-        if y2.dtype == torch.float32 and y2.is_contiguous():
-            y2.addmm_(low, b)
-        else:
-            y2 += (low @ b).to(y2.dtype)
+        a, bs = self.stacks(step.active, step.rank)
+        low = (x2 @ a) * step.mask(len(bs))
+        kr = low.shape[1] // len(bs)
+        fp32 = y2.dtype == torch.float32
+        for p, (off, size, b) in enumerate(bs):
+            lp = low[:, p * kr : (p + 1) * kr]
+            out = y2 if len(bs) == 1 else y2[:, off : off + size]
+            if fp32:
+                out.addmm_(lp, b)  # in place, into the projection's slice of the output
+            else:
+                out += (lp @ b).to(out.dtype)
         return y
 
 
