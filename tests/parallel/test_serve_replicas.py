@@ -346,3 +346,26 @@ def test_state_in_postgresql(cluster3, postgres, tmp_path):  # noqa: F811 - the 
         assert {c.responses.retrieve(resp.id).id for _ in range(4)} == {resp.id}
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_replica_in_a_placement_group(tmp_path):
+    """`--tp 3`: one replica of 3 ranks (rank 0 the Serve replica, ranks 1-2 Ray actors in its
+    placement group's other bundles, gloo); its greedy answer is one process's."""
+    from tests.server.conftest import ServerProcess
+
+    prompt = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    single = ServerProcess(tmp_path / "single")
+    try:
+        want = httpx.post(single.url + "/v1/completions", json=prompt, timeout=300).json()["choices"][0]["text"]
+    finally:
+        single.stop()
+    srv = ServeProcess(
+        None, tmp_path / "tp", "--replicas", "1", "--max-replicas", "1", "--tp", "3", "--replica-cpus", "0.5"
+    )
+    try:
+        r = httpx.post(srv.url + "/v1/completions", json=prompt, timeout=300)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["text"] == want
+    finally:
+        srv.stop()
