@@ -237,7 +237,7 @@ def test_a_rank_allocates_only_its_share_while_loading(mem_ckpts):
         assert 0.49 < share < 0.52, (fmt, r)  # half the matrices + replicated embeddings and norms
         # The whole load's peak is this rank's weights (+ GGUF's dequantization scratch, ~15% here),
         # nowhere near the model (the slow test below shows the measurement sees a full load).
-        assert r["weights"] * 0.95 < r["peak"] < r["weights"] * 1.3, (fmt, r)
+        assert r["weights"] * 0.8 < r["peak"] < r["weights"] * 1.3, (fmt, r)
         assert r["peak"] < 0.65 * full, (fmt, r)
 
 
