@@ -68,10 +68,10 @@ lint: $(TEST_STAMP)
 	$(BIN)/python -m ruff format --check $(LINTED)
 
 test: system-packages $(TEST_STAMP) lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 test-slow: system-packages $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m slow --timeout=3600 --durations=25 $(PYTEST_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --readme README.md
