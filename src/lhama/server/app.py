@@ -32,6 +32,7 @@ from lhama.server.config import ServerConfig
 from lhama.server.docs import install_docs
 from lhama.server.errors import install_error_handlers
 from lhama.server.files import FileStore
+from lhama.server.legacy_import import import_legacy_state
 from lhama.server.middleware import (
     APIKeyMiddleware,
     BodyLimitMiddleware,
@@ -49,6 +50,7 @@ def create_app(loaded, engine, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     state = ServerState(loaded, engine, config)
     state.db = StateDB(config.state_db_location)
+    import_legacy_state(state.db, config.data_dir)  # once: the per-record files of servers before the database
     state.files = FileStore(state.db, config.data_dir / "files")
     state.batches = BatchManager(state, state.files, state.db, lease_s=config.batch_lease_s)
     state.vector_stores = vector_stores.VectorStoreManager(state.db, config.data_dir / "vector_stores", state.files)
