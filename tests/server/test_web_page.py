@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS
 from tests import needs
 from tests.server.conftest import MODEL, wait_for
 from tests.server.web_chat import (  # noqa: F401
@@ -189,6 +190,43 @@ def test_regenerate_edit_and_copy(server, browser, expect):  # noqa: F811
     assert [m["role"] for m in messages] == ["user", "assistant"]
     assert messages[0]["content"] == "Say goodbye."
     assert messages[1]["meta"]["finish"] in ("stop", "length")
+    assert page.errors == []
+
+
+def test_sampling_left_to_the_server_defaults(server, browser, expect):  # noqa: F811
+    page = open_page(browser, server.url)
+    models = httpx.get(server.base + "/models").json()["data"]
+    expect(page.locator("#model")).to_have_value(MODEL)
+    page.click("#settings-toggle")
+    # Sampling left to the server: its defaults as placeholders, and a send carries none of them.
+    defaults = models[0]["sampling_defaults"]
+    shared = REQUEST_SAMPLING_DEFAULTS  # what the server applies to a field a request leaves out
+    assert defaults == {"temperature": shared.temperature, "top_p": shared.top_p, "max_tokens": shared.max_tokens}
+    for name in ("temperature", "top_p", "max_tokens"):
+        expect(page.locator("#" + name)).to_have_value("")
+        expect(page.locator("#" + name)).to_have_attribute("placeholder", f"{defaults[name]} (default)")
+    sent = []
+
+    def answer(route):
+        sent.append(route.request.post_data_json)
+        chunk = {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}
+        route.fulfill(
+            status=200, content_type="text/event-stream", body=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+        )
+
+    page.route("**/v1/chat/completions", answer)
+    page.fill("#prompt", "unset sampling")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.assistant .body").first).to_have_text("ok")
+    page.unroute("**/v1/chat/completions")
+    assert len(sent) == 1 and not {"temperature", "top_p", "max_tokens"} & set(sent[0]), sent
+    page.fill("#temperature", "0.3")
+    page.route("**/v1/chat/completions", answer)
+    page.fill("#prompt", "one set")
+    page.keyboard.press("Enter")
+    expect(page.locator(".msg.assistant .body")).to_have_count(2)
+    page.unroute("**/v1/chat/completions")
+    assert sent[1]["temperature"] == 0.3 and not {"top_p", "max_tokens"} & set(sent[1]), sent
     assert page.errors == []
 
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { ReplyAccumulator, replySeconds, replyStats, requestBody, stableCut } from "../../src/lhama/server/static/js/chat-state.js";
-import { validateSettings } from "../../src/lhama/server/static/js/settings.js";
+import { DEFAULT_SETTINGS, samplingPlaceholders, validateSettings } from "../../src/lhama/server/static/js/settings.js";
 
 test("settings: temperature 0..2, top_p (0, 1], whole max tokens within the context, optional seed", () => {
   const ok = validateSettings({ temperature: "1.5", top_p: "0.9", max_tokens: "256", seed: "" });
@@ -11,7 +11,11 @@ test("settings: temperature 0..2, top_p (0, 1], whole max tokens within the cont
   assert.equal(ok.values.seed, "");
   const bad = validateSettings({ temperature: "7", top_p: "0", max_tokens: "2.5", seed: "-1" });
   assert.deepEqual(Object.keys(bad.errors).sort(), ["max_tokens", "seed", "temperature", "top_p"]);
-  assert.match(validateSettings({ temperature: "", top_p: 1, max_tokens: 1 }).errors.temperature, /between 0 and 2/);
+  assert.match(validateSettings({ temperature: "warm", top_p: 1, max_tokens: 1 }).errors.temperature, /between 0 and 2/);
+  // empty fields are not errors: they are left to the server's sampling defaults
+  const unset = validateSettings({ temperature: " ", top_p: "", max_tokens: "" });
+  assert.deepEqual(unset.errors, {});
+  assert.deepEqual([unset.values.temperature, unset.values.top_p, unset.values.max_tokens], ["", "", ""]);
   assert.match(validateSettings({ temperature: 1, top_p: 1, max_tokens: 9000 }, { maxModelLen: 8192 }).errors.max_tokens, /8192/);
   assert.equal(validateSettings({ temperature: 0, top_p: 1, max_tokens: 1, seed: "42" }).values.seed, 42);
   // the code interpreter: off, "auto" or "required"; a saved chat's old checkbox `true` is "auto"
@@ -35,6 +39,25 @@ test("request body: system first, settings as sent, seed and tools only when set
   assert.deepEqual(withTools.tools.map((t) => t.type), ["file_search"]);
 });
 
+test("request body: sampling fields the user left empty are not sent (the server's defaults apply)", () => {
+  const conv = { messages: [{ role: "user", content: "hi", meta: {} }] };
+  const fresh = validateSettings({ ...DEFAULT_SETTINGS, model: "m" });
+  assert.deepEqual(fresh.errors, {});
+  const body = requestBody(conv, fresh.values);
+  for (const name of ["temperature", "top_p", "max_tokens", "seed"]) assert.equal(name in body, false, name);
+  const some = requestBody(conv, validateSettings({ ...DEFAULT_SETTINGS, model: "m", temperature: "0" }).values);
+  assert.equal(some.temperature, 0); // 0 is a value (greedy), not "unset"
+  assert.equal("top_p" in some, false);
+  assert.equal("max_tokens" in some, false);
+});
+
+test("placeholders show the server's sampling defaults, or say that the server decides", () => {
+  assert.deepEqual(samplingPlaceholders({ temperature: 0.6, top_p: 0.9, max_tokens: 512 }), {
+    temperature: "0.6 (default)", top_p: "0.9 (default)", max_tokens: "512 (default)",
+  });
+  assert.equal(samplingPlaceholders(null).temperature, "server default");
+});
+
 test("reply accumulator joins deltas, whole tool calls, finish reason and usage", () => {
   const r = new ReplyAccumulator();
   assert.equal(r.add({ choices: [{ delta: { role: "assistant" } }] }), false);
@@ -54,6 +77,7 @@ test("stats: tok/s from decode time; a length finish says it was cut by max toke
     { text: "30 tokens · 15.0 tok/s · finish: stop", warning: null });
   const cut = replyStats({ tokens: 64, seconds: 4, finish: "length", maxTokens: 64 });
   assert.match(cut.warning, /cut by max tokens \(64\)/);
+  assert.match(replyStats({ tokens: 9, seconds: 1, finish: "length", maxTokens: null }).warning, /^cut by max tokens: raise/);
   assert.equal(replyStats({ tokens: null, seconds: 0, finish: "stopped" }).warning, "stopped");
 });
 

@@ -41,6 +41,15 @@ test("responses body: the code interpreter tool, instructions, sampling; earlier
   assert.deepEqual(every.include, ["file_search_call.results"]);
 });
 
+test("responses body: sampling fields left empty are not sent", () => {
+  const body = responsesBody({ messages: [{ role: "user", content: "x" }] },
+    settings({ temperature: "", top_p: "", max_tokens: "", codeInterpreter: "auto" }));
+  for (const name of ["temperature", "top_p", "max_output_tokens", "max_tokens"]) assert.equal(name in body, false, name);
+  const one = responsesBody({ messages: [{ role: "user", content: "x" }] }, settings({ top_p: "", max_tokens: "" }));
+  assert.equal(one.temperature, 0.2);
+  assert.equal("max_output_tokens" in one, false);
+});
+
 test("response accumulator: runs (in progress, then with output), sources, text, usage and finish", () => {
   const r = new ResponseAccumulator();
   assert.equal(r.add({ type: "response.created", response: { status: "in_progress" } }), false);

@@ -25,7 +25,20 @@ test("conversations survive a new store on the same storage (a reload)", () => {
   assert.deepEqual(b.current().messages, c.messages);
   assert.equal(b.current().settings.system, "Be brief.");
   assert.equal(b.current().settings.temperature, 0.2);
-  assert.equal(b.current().settings.top_p, 1); // defaults fill what was not given
+  assert.equal(b.current().settings.top_p, ""); // what was not given stays unset: the server's default
+});
+
+test("chats saved with the page's old built-in sampling values (0.7, 1, 1024) leave sampling to the server", () => {
+  const storage = new MemoryStorage();
+  const old = (id, temperature) => ({
+    id, title: id, created: 1, updated: 1, draft: "", messages: [],
+    settings: { model: "m", system: "", temperature, top_p: 1, max_tokens: 1024, seed: "" },
+  });
+  storage.setItem(STORAGE_KEY, JSON.stringify({ version: 1, currentId: "a", conversations: [old("a", 0.7), old("b", 0.2)] }));
+  const s = new ConversationStore(storage, clock());
+  assert.deepEqual([s.get("a").settings.temperature, s.get("a").settings.top_p, s.get("a").settings.max_tokens], ["", "", ""]);
+  // one field changed: the user chose these, so all are kept
+  assert.deepEqual([s.get("b").settings.temperature, s.get("b").settings.top_p, s.get("b").settings.max_tokens], [0.2, 1, 1024]);
 });
 
 test("list is most recent first; search matches titles ignoring case; rename and remove", () => {

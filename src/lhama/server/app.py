@@ -103,6 +103,13 @@ def _model_card(state: ServerState, name: str) -> dict:
         "created": state.created,
         "owned_by": "lhama",
         "max_model_len": state.max_model_len,
+        # What a request that leaves these out gets (lhama.sampling_defaults, or `lhama serve
+        # --temperature ...`): the web chat shows them as placeholders and sends only what is set.
+        "sampling_defaults": {
+            "temperature": state.config.sampling.temperature,
+            "top_p": state.config.sampling.top_p,
+            "max_tokens": state.config.sampling.max_tokens,
+        },
     }
 
 

@@ -9,7 +9,7 @@ import { drawDocuments, fetchSources, wireDocuments } from "./documents.js";
 import { autosize, closeSidebar, openSettings, wireLayout } from "./layout.js";
 import { editInPlace, messageElement, queuedElement, streamingElement } from "./messages-view.js";
 import { validateSettings } from "./settings.js";
-import { drawModelOptions, fillSettingsForm, readSettingsForm, showSettingsErrors } from "./settings-form.js";
+import { drawModelOptions, fillSettingsForm, readSettingsForm, showSamplingDefaults, showSettingsErrors } from "./settings-form.js";
 import { streamReply } from "./reply-stream.js";
 import { drawSidebar, wireImportExport } from "./sidebar.js";
 import { ConversationStore, titleFrom } from "./store.js";
@@ -66,6 +66,10 @@ function maxModelLen() {
   return models.find((m) => m.id === conv().settings.model)?.max_model_len ?? null;
 }
 
+function samplingDefaults() {
+  return models.find((m) => m.id === conv().settings.model)?.sampling_defaults ?? models[0]?.sampling_defaults ?? null;
+}
+
 function formSettings() {
   return readSettingsForm(conv().settings, els.model.value, maxModelLen());
 }
@@ -87,6 +91,7 @@ function fillSettings() {
 
 function drawModels() {
   const chosen = drawModelOptions(els.model, models, conv().settings.model);
+  showSamplingDefaults(samplingDefaults());
   if (models.length && conv().settings.model !== chosen) {
     conv().settings.model = chosen;
     store.save();
@@ -277,7 +282,8 @@ async function generate(c, unsent = null) {
     onChange(r) {
       first ??= performance.now();
       const stick = atBottom();
-      setStatus(bubble.update(r) ? "Running Python in the sandbox…" : "Generating…");
+      const running = bubble.update(r);
+      if (!queue.length) setStatus(running ? "Running Python in the sandbox…" : "Generating…"); // else "Queued: ..." stays
       if (stick) requestAnimationFrame(scrollDown);
     },
   });
@@ -289,7 +295,8 @@ async function generate(c, unsent = null) {
     const meta = {
       tokens: reply.usage?.completion_tokens ?? null, deltas: reply.deltas, seconds: replySeconds(reply.deltas, opened, first, performance.now()),
       finish: stopped ? "stopped" : error ? "interrupted" : reply.finish || "stop",
-      maxTokens: settings.max_tokens, model: settings.model,
+      maxTokens: settings.max_tokens === "" ? samplingDefaults()?.max_tokens ?? null : settings.max_tokens,
+      model: settings.model,
     };
     if (reply.toolRuns?.length) meta.toolRuns = reply.toolRuns;
     if (reply.sources) meta.sources = reply.sources; // the Responses API says what file_search found

@@ -1,5 +1,7 @@
 // What a conversation turns into on the wire, and what a finished reply says about itself.
 
+import { samplingFields } from "./settings.js";
+
 // The body of POST /v1/chat/completions for `conv` (its messages end with the user's turn).
 export function requestBody(conv, settings) {
   const messages = [];
@@ -7,7 +9,7 @@ export function requestBody(conv, settings) {
   for (const m of conv.messages) messages.push({ role: m.role, content: m.content });
   const body = {
     model: settings.model, messages, stream: true, stream_options: { include_usage: true },
-    temperature: settings.temperature, top_p: settings.top_p, max_tokens: settings.max_tokens,
+    ...samplingFields(settings), // only what the user set; the rest takes the server's defaults
   };
   if (settings.seed !== "") body.seed = settings.seed;
   // (with the code interpreter on, replies go through /v1/responses instead: responses.js)
@@ -60,7 +62,10 @@ export function replyStats({ tokens, deltas, seconds, finish, maxTokens }) {
   else if (deltas) parts.push(`≈${deltas} tokens`); // a stopped reply gets no usage from the server
   if (tokens != null && seconds > 0) parts.push(`${(tokens / seconds).toFixed(1)} tok/s`);
   let warning = null;
-  if (finish === "length") warning = `cut by max tokens (${maxTokens}): raise Max tokens in settings for longer answers`;
+  if (finish === "length") {
+    const limit = maxTokens == null || maxTokens === "" ? "" : ` (${maxTokens})`;
+    warning = `cut by max tokens${limit}: raise Max tokens in settings for longer answers`;
+  }
   else if (finish === "stopped") warning = "stopped";
   else if (finish === "interrupted") warning = "interrupted: the connection to the server was lost";
   else if (finish) parts.push(`finish: ${finish}`);

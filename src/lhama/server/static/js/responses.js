@@ -2,6 +2,8 @@
 // each piece of Python the model writes in its sandbox, feeds the output back to the model and
 // streams both the run and the answer. This module builds that request and reads its events.
 
+import { samplingFields } from "./settings.js";
+
 // The body of POST /v1/responses for `conv` (its messages end with the user's turn). Earlier
 // runs go back as code_interpreter_call items, so the model sees what its code printed.
 export function responsesBody(conv, settings) {
@@ -19,7 +21,7 @@ export function responsesBody(conv, settings) {
   const body = {
     model: settings.model, input, stream: true, store: false, tools,
     tool_choice: settings.codeInterpreter === "required" ? "required" : "auto",
-    temperature: settings.temperature, top_p: settings.top_p, max_output_tokens: settings.max_tokens,
+    ...samplingFields(settings, { max_tokens: "max_output_tokens" }),
   };
   if (settings.system.trim()) body.instructions = settings.system.trim();
   if (settings.vectorStoreId) {

@@ -1,7 +1,7 @@
 // The settings panel's form: read it into validated settings, show what is wrong next to each
 // field (and to screen readers via aria-invalid), fill it from a conversation, list the models.
 
-import { codeMode, validateSettings } from "./settings.js";
+import { codeMode, samplingPlaceholders, validateSettings } from "./settings.js";
 
 const FIELDS = ["system", "temperature", "top_p", "max_tokens", "seed", "codeInterpreter"];
 const CHECKED = ["temperature", "top_p", "max_tokens", "seed"];
@@ -30,6 +30,11 @@ export function fillSettingsForm(settings) {
     input.value = name === "codeInterpreter" ? codeMode(settings[name]) : settings[name] ?? "";
   }
   showSettingsErrors({});
+}
+
+// Shows the server's sampling defaults (what an empty field gets) as the inputs' placeholders.
+export function showSamplingDefaults(defaults) {
+  for (const [name, text] of Object.entries(samplingPlaceholders(defaults))) field(name).placeholder = text;
 }
 
 // Fills the model picker; with no models (server unreachable) it says "offline" instead of

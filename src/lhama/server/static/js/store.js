@@ -2,7 +2,7 @@
 // restarts of the server (which keeps no chat history). The storage object is injected so the
 // logic runs under node's test runner with a plain in-memory stand-in.
 
-import { DEFAULT_SETTINGS } from "./settings.js";
+import { DEFAULT_SETTINGS, upgradeSettings } from "./settings.js";
 
 export const STORAGE_KEY = "lhama.chats.v1";
 const EXPORT_FORMAT = "lhama-chats";
@@ -41,6 +41,7 @@ export class ConversationStore {
     }
     if (data && Array.isArray(data.conversations)) {
       this.conversations = data.conversations.filter(isConversation);
+      for (const c of this.conversations) c.settings = upgradeSettings(c.settings);
       this.currentId = this.get(data.currentId) ? data.currentId : null;
     }
   }
@@ -130,7 +131,7 @@ export class ConversationStore {
         id: this.get(c.id) || !c.id ? newId() : String(c.id),
         title: typeof c.title === "string" && c.title.trim() ? c.title : titleFrom(c.messages[0]?.content ?? ""),
         created: Number(c.created) || t, updated: Number(c.updated) || t,
-        settings: { ...DEFAULT_SETTINGS, ...(c.settings || {}) },
+        settings: upgradeSettings(c.settings),
         messages: c.messages.map((m) => ({ role: m.role, content: m.content, ...(m.meta ? { meta: m.meta } : {}) })),
         draft: typeof c.draft === "string" ? c.draft : "",
       });
