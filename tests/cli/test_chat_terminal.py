@@ -27,8 +27,11 @@ CLEARED = b"(conversation cleared)"
 
 # In the child, a new session (start_new_session) takes the pty as its controlling terminal,
 # so Ctrl-C typed there sends SIGINT as on a real terminal; then it becomes `lhama chat`.
+# SIGINT back to its default first: a suite started in the background of a non-interactive
+# shell (`cmd &`, some CI runners) ignores SIGINT, exec keeps that, and Python then leaves it ignored.
 LAUNCH = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "import fcntl, os, signal, sys, termios; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
     "os.execv(sys.executable, [sys.executable, '-m', 'lhama.cli', 'chat', *sys.argv[1:]])"
 )
 
