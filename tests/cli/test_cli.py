@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def lhama(*args, input=None, timeout=300):
     return subprocess.run(
@@ -79,6 +81,8 @@ def test_named_config_runs_big_model_code_path():
     assert json.loads(r.stdout)["completion_tokens"] == 5
 
 
+# Slow job: a whole conversion to a float HF folder and a chat from it (~18 s); convert is covered fast in test_file_modes.
+@pytest.mark.slow
 def test_convert_default_to_hf_folder_then_chat_from_it(tmp_path):
     out = tmp_path / "smol-hf"
     r = lhama("convert", "default", str(out), "--to", "safetensors")

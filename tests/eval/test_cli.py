@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from lhama.eval import EvalConfig, EvalContext, load_task, run_task
 
 PY = [sys.executable, "-m", "lhama.cli"]
@@ -27,6 +29,8 @@ def _ppl_task(tmp_path, n=30) -> Path:
     return p
 
 
+# Slow job: a killed and resumed eval subprocess (~13 s).
+@pytest.mark.slow
 def test_killed_subprocess_resumes_and_scores_every_item_exactly_once(tmp_path, tiny_lm):
     task_file, out = _ppl_task(tmp_path), tmp_path / "out"
     cmd = PY + [

@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Slow job: a bench run (~10 s); tests/bench keeps a quick run in the default suite.
+@pytest.mark.slow
 def test_run_py_quick_with_int4_column(tmp_path):
     r = subprocess.run(
         [

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 from openai import OpenAI
 
 from tests.server.conftest import MODEL, ServerProcess
@@ -20,6 +21,8 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
 """
 
 
+# Slow job: a memory figure (bench/ holds the target); two processes, ~16 s.
+@pytest.mark.slow
 def test_idle_server_rss_is_near_one_generate_process(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", _GENERATE_PEAK], check=False, capture_output=True, text=True, timeout=300

@@ -8,6 +8,7 @@ import json
 import signal
 
 import httpx
+import pytest
 from openai import OpenAI
 
 from tests.server.conftest import MODEL, ServerProcess, wait_for
@@ -97,6 +98,8 @@ def _batch_file(n: int, max_tokens: int) -> bytes:
     return "".join(json.dumps(x) + "\n" for x in lines).encode()
 
 
+# Slow job: SIGTERM mid-stream and mid-batch, then a restart: two server starts and a 5-line batch (~60 s).
+@pytest.mark.slow
 def test_sigterm_drains_stream_and_batch_resumes_after_restart(tmp_path):
     data = tmp_path / "data"
     srv = ServerProcess(data, "--batch-concurrency", "1")

@@ -40,6 +40,8 @@ def _wait_for(path: Path, proc: subprocess.Popen) -> None:
         time.sleep(0.02)
 
 
+# Slow job: three training processes (~17 s).
+@pytest.mark.slow
 def test_interrupted_twice_and_resumed_equals_uninterrupted(tmp_path):
     """Ctrl-C (checkpoint at the step boundary, then stop), resume, SIGKILL in the middle of a step,
     resume again: the loss curve equals an uninterrupted run's, every step exactly once. LoRA with
