@@ -1,0 +1,235 @@
+"""Matmuls straight on llama.cpp's quantized blocks (Q4_0, Q4_1, Q8_0), as stored in a GGUF file.
+
+``blocks`` is a uint8 tensor [N, (K // 32) * block bytes]: row n holds weight row n's blocks
+exactly as the file stores them (possibly a read-only, unaligned view onto an mmap):
+
+* Q4_0, 18 B: fp16 d, 16 bytes of nibbles; ``w = (q - 8) * d``
+* Q4_1, 20 B: fp16 d, fp16 m, 16 bytes of nibbles; ``w = q * d + m``
+* Q8_0, 34 B: fp16 d, 32 int8; ``w = q * d``
+
+Nibble order as ggml: byte j's low nibble is element j, its high nibble element j + 16.
+
+The fast path is a C++ library of torch custom ops (``src/lhama/quant/kernels/*.cpp``), built
+once per torch version and source hash (``make install`` runs ``python -m lhama.quant.ggml
+--build``; otherwise on first use). Few activation rows (decode) go through llama.cpp's scheme:
+each row is quantized to int8 per 32 values and multiplied with integer dot products (AVX512-VNNI,
+AVX2 or plain C++, picked at run time by cpuid; ``LHAMA_GGML_ISA=avx2|scalar|reference`` forces
+a lower one). Many rows (prefill) dequantize slices of the weight to bf16 and run one GEMM.
+Without a compiler the same functions run a pure-torch reference (dequantize + matmul), with a
+one-line notice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import gguf
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_T = gguf.GGMLQuantizationType
+# ggml type id -> bytes per block of 32 weights.
+QTYPES: dict[int, int] = {int(_T.Q4_0): 18, int(_T.Q4_1): 20, int(_T.Q8_0): 34}
+BLOCK = 32
+# Weights the reference path dequantizes at a time (fp32 scratch).
+_REF_SLICE_WEIGHTS = 1 << 20
+
+KERNELS_DIR = Path(__file__).parent / "kernels"
+LIB_NAME = "lhama_ggml"
+
+
+def _check(blocks: torch.Tensor, qtype: int) -> tuple[int, int]:
+    """(N, K) of a block matrix, or a clear error."""
+    qtype = int(qtype)
+    if qtype not in QTYPES:
+        names = ", ".join(_T(t).name for t in QTYPES)
+        name = _T(qtype).name if qtype in _T._value2member_map_ else str(qtype)
+        raise ValueError(f"ggml type {name} has no block kernel (supported: {names})")
+    if blocks.dtype != torch.uint8 or blocks.dim() != 2:
+        raise ValueError(f"blocks must be a 2-D uint8 tensor, got {blocks.dtype} {tuple(blocks.shape)}")
+    bb = QTYPES[qtype]
+    if blocks.shape[1] % bb:
+        raise ValueError(f"{_T(qtype).name} rows are whole {bb}-byte blocks; got {blocks.shape[1]} bytes per row")
+    return blocks.shape[0], blocks.shape[1] // bb * BLOCK
+
+
+def _fp16(b: torch.Tensor) -> torch.Tensor:
+    """[..., 2] bytes (little-endian fp16) -> [..., 1] fp32."""
+    return b.contiguous().view(torch.float16).float()
+
+
+def _ref_dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
+    """Exactly the gguf package's dequantization, in torch."""
+    n, k = _check(blocks, qtype)
+    b = blocks.reshape(n, k // BLOCK, QTYPES[qtype])
+    d = _fp16(b[..., 0:2])
+    if qtype == _T.Q8_0:
+        w = b[..., 2:].contiguous().view(torch.int8).float() * d
+    else:
+        nib = b[..., 2:] if qtype == _T.Q4_0 else b[..., 4:]
+        q = torch.cat((nib & 15, nib >> 4), dim=-1).float()
+        w = (q - 8.0) * d if qtype == _T.Q4_0 else q * d + _fp16(b[..., 2:4])
+    return w.reshape(n, k)
+
+
+def _ref_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Tensor:
+    n, k = _check(blocks, qtype)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}")
+    xf = x.reshape(-1, k).float()
+    step = max(1, _REF_SLICE_WEIGHTS // k)
+    out = torch.cat([F.linear(xf, _ref_dequantize(blocks[i : i + step], qtype)) for i in range(0, n, step)], dim=-1)
+    return out.reshape(*x.shape[:-1], n).to(x.dtype)
+
+
+def _ref_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Tensor:
+    _check(blocks, qtype)
+    return _ref_dequantize(blocks[ids.reshape(-1).long()], qtype)
+
+
+# --- the compiled library -------------------------------------------------------------------
+
+_state: dict = {}
+
+
+def _source_hash() -> str:
+    h = hashlib.sha256()
+    for p in sorted(KERNELS_DIR.glob("*.cpp")) + sorted(KERNELS_DIR.glob("*.h")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    from lhama.quant import ggml_build
+
+    h.update(" ".join(ggml_build.flags()).encode())
+    return h.hexdigest()[:16]
+
+
+def lib_dirs() -> list[Path]:
+    """Where the library may live, in lookup order: inside the environment (``make install``
+    builds there), then the user's cache (a pip-installed lhama in a read-only prefix)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lhama" / "kernels"
+    return [Path(sys.prefix) / "share" / "lhama" / "kernels", cache]
+
+
+def lib_path(directory: Path) -> Path:
+    ver = torch.__version__.replace("+", "-")
+    return directory / f"{LIB_NAME}-torch{ver}-{_source_hash()}.so"
+
+
+def build(quiet: bool = False) -> Path:
+    """Compile ``kernels/*.cpp`` into the first writable library directory (no-op when built)."""
+    from lhama.quant import ggml_build
+
+    for d in lib_dirs():
+        if lib_path(d).exists():
+            return lib_path(d)
+    err: Exception | None = None
+    for d in lib_dirs():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if not os.access(d, os.W_OK):
+                continue
+            return ggml_build.compile_library(sorted(KERNELS_DIR.glob("*.cpp")), lib_path(d), quiet=quiet)
+        except (OSError, RuntimeError) as e:
+            err = e
+    raise RuntimeError(f"could not build the ggml block kernels: {err}")
+
+
+def _load():
+    """The ops namespace, or None (with a one-line notice naming the fallback)."""
+    if "ops" in _state:
+        return _state["ops"]
+    _state["ops"] = None
+    if os.environ.get("LHAMA_GGML_ISA", "").lower() == "reference":
+        return None
+    if not any(KERNELS_DIR.glob("*.cpp")):
+        return None
+    try:
+        path = next((lib_path(d) for d in lib_dirs() if lib_path(d).exists()), None)
+        if path is None:
+            log.warning("ggml block kernels: not built yet, compiling them once (a few seconds)")
+            path = build(quiet=True)
+        torch.ops.load_library(str(path))
+        ops = torch.ops.lhama_ggml
+        want = os.environ.get("LHAMA_GGML_ISA")
+        if want:
+            ops.set_isa(want.lower())
+        _state["ops"] = ops
+    except Exception as e:  # no compiler, a broken toolchain: the reference path still runs
+        log.warning("ggml block kernels unavailable (%s); using the pure-torch reference (dequantize + matmul)", e)
+    return _state["ops"]
+
+
+def available() -> bool:
+    """True when the compiled kernels are loaded (building them first if needed)."""
+    return _load() is not None
+
+
+def isa() -> str:
+    """The instruction set the kernels run: ``avx512vnni``, ``avx2``, ``scalar``, or ``reference``."""
+    ops = _load()
+    return "reference" if ops is None else ops.get_isa()
+
+
+def set_isa(name: str) -> str:
+    """Force an instruction set no higher than the CPU's (tests; ``LHAMA_GGML_ISA`` at start-up).
+    Returns the one in effect."""
+    ops = _load()
+    return "reference" if ops is None else ops.set_isa(name.lower())
+
+
+# --- the API --------------------------------------------------------------------------------
+
+
+def block_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Tensor:
+    """``x @ W.T`` for x [..., K] (float32 or bfloat16) and W the weight that ``blocks``
+    [N, (K // 32) * block bytes] encode: [..., N] in x's dtype, fp32 accumulation."""
+    ops = _state["ops"] if "ops" in _state else _load()
+    if ops is None or (x.requires_grad and torch.is_grad_enabled()) or x.device.type != "cpu":
+        return _ref_linear(x, blocks, qtype)
+    return ops.block_linear(x, blocks, int(qtype))
+
+
+def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` of the weight, float32 [len(ids), K] (an embedding lookup that decodes only
+    the rows asked for)."""
+    ops = _state["ops"] if "ops" in _state else _load()
+    if ops is None or blocks.device.type != "cpu":
+        return _ref_rows(blocks, qtype, ids)
+    return ops.block_rows(blocks, int(qtype), ids.reshape(-1).long())
+
+
+def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
+    """The whole weight, float32 [N, K], exactly as the gguf package dequantizes it."""
+    ops = _state["ops"] if "ops" in _state else _load()
+    if ops is None or blocks.device.type != "cpu":
+        return _ref_dequantize(blocks, qtype)
+    return ops.dequantize(blocks, int(qtype))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m lhama.quant.ggml", description=__doc__.split("\n")[0])
+    p.add_argument("--build", action="store_true", help="compile the kernels now (no-op when built)")
+    args = p.parse_args(argv)
+    if args.build:
+        t = time.perf_counter()
+        try:
+            path = build()
+        except RuntimeError as e:
+            print(f"{e}; lhama will use the pure-torch reference path", file=sys.stderr)
+            return 0
+        print(f"ggml block kernels: {path} ({time.perf_counter() - t:.1f} s)")
+    print(f"ggml block kernels: {'available' if available() else 'reference path'}, isa {isa()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
