@@ -58,3 +58,58 @@ def test_q8_split_into_two_int4_halves_is_exact():
     x = torch.randn(2, 96)
     ref = x @ want.T
     assert (mod(x) - ref).abs().max() <= 0.02 * ref.abs().max()
+
+
+# -- BlockLinear: the file's own blocks, no repack ----------------------------------------------
+BLOCK_QTYPES = ["Q4_0", "Q4_1", "Q8_0"]
+
+
+def _gguf_blocks(name: str, n: int, k: int, seed: int = 0):
+    """(blocks uint8 [n, bytes], the gguf package's fp32 dequantization) of a random matrix."""
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[name]
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).numpy() * 0.05
+    raw = gguf.quants.quantize(w, qtype)
+    want = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).float().reshape(n, k)
+    return torch.from_numpy(raw.view("u1").reshape(n, -1)), qtype, want
+
+
+@pytest.mark.parametrize("name", BLOCK_QTYPES)
+def test_block_linear_is_the_gguf_weight(name):
+    """``dequantize`` is bit-identical to the gguf package's; the product is within int8
+    activation rounding (llama.cpp's scheme on the compiled path) of ``x @ W.T``, for a decode
+    row and a prefill-sized batch, in fp32 and bf16."""
+    from lhama.quant.blocks import BlockLinear
+
+    blocks, qtype, want = _gguf_blocks(name, 96, 256)
+    mod = BlockLinear(blocks, qtype, 256)
+    assert mod.blocks.data_ptr() == blocks.data_ptr()  # held as given: no copy, no repack
+    assert torch.equal(mod.dequantize(), want)
+    for rows in (1, 7, 200):
+        x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows))
+        ref = x @ want.T
+        for dtype in (torch.float32, torch.bfloat16):
+            y = mod(x.to(dtype))
+            assert y.dtype == dtype and y.shape == (rows, 96)
+            assert (y.float() - ref).abs().max() <= 0.02 * ref.abs().max(), (rows, dtype)
+
+
+def test_block_linear_refuses_blocks_of_another_width():
+    from lhama.quant.blocks import BlockLinear
+
+    blocks, qtype, _ = _gguf_blocks("Q4_1", 16, 64)
+    with pytest.raises(ValueError, match="Q4_1"):
+        BlockLinear(blocks, qtype, 96)
+
+
+def test_block_embedding_rows_and_a_tied_block_head_share_one_tensor():
+    from lhama.quant.blocks import BlockEmbedding, BlockLinear
+
+    blocks, qtype, want = _gguf_blocks("Q8_0", 64, 96, seed=3)
+    emb, head = BlockEmbedding(blocks, qtype, 96), BlockLinear(blocks, qtype, 96)
+    ids = torch.tensor([[0, 5, 63], [7, 7, 1]])
+    assert torch.equal(emb(ids), want[ids])
+    assert emb.blocks.data_ptr() == head.blocks.data_ptr()
+    h = torch.randn(2, 96)
+    assert (head(h) - h @ want.T).abs().max() <= 0.02 * (h @ want.T).abs().max()

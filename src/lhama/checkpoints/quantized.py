@@ -1,6 +1,9 @@
-"""A quantized GGUF file straight into lhama's kernel layouts, with no float copy of the model.
+"""A quantized GGUF file straight into lhama's modules, with no float copy of the model.
 
-Each tensor's raw blocks are read from the memory map and repacked:
+Where ``lhama.quant.ggml``'s compiled kernels are available (CPU), Q4_0, Q4_1 and Q8_0 tensors
+stay the file's own blocks: each linear is a ``BlockLinear`` whose weight is a view of the
+file's memory map (no copy, no repack; the tied Q8_0 embedding and head share one view).
+Elsewhere each tensor's raw blocks are read from the map and repacked:
 
 * Q4_0, Q4_1: exact int4 group-32 (fp16 scale and min per block: ``Int4WeightOnlyLinear.from_groups``);
 * Q8_0: exact, as two int4 halves (``SplitInt8Linear``);
@@ -11,13 +14,16 @@ Each tensor's raw blocks are read from the memory map and repacked:
   norms and float linears load at the model's dtype.
 
 wq|wk|wv and w1|w3 are stacked into one module each when they share an exact type (the fusion
-``lhama.quant.quantize_model`` does), so a decode step makes 4 kernel calls per layer, not 7.
+``lhama.quant.quantize_model`` does), so a decode step makes 4 kernel calls per layer, not 7. With
+raw blocks a stack is a view when the parts lie back to back in the file (w1|w3 in files whose
+tensors are in name order: ffn_gate, ffn_up) and one copy made at load otherwise.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import gguf
@@ -29,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 from lhama.checkpoints.gguf import GGUFCheckpointReader
 from lhama.model.transformer import Transformer
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
-from lhama.quant.blocks import BlockEmbedding, SplitInt8Linear
+from lhama.quant.blocks import BlockEmbedding, BlockLinear, SplitInt8Linear, ggml_available
 from lhama.quant.int4 import CPU_TILE_ROWS, kernel_layout, pack_cpu_nibble_blocks, pack_cpu_rows
 
 log = logging.getLogger(__name__)
@@ -95,13 +101,18 @@ class _Builder:
     reader: GGUFCheckpointReader
     dtype: torch.dtype  # norms, float linears and the activations between modules
     compute_dtype: torch.dtype  # inside the quantized kernels
+    raw_blocks: bool = False  # Q4_0/Q4_1/Q8_0 as BlockLinear over the map (ggml kernels available)
     kinds: dict[str, str] = field(default_factory=dict)
+    views: dict[str, torch.Tensor] = field(default_factory=dict)  # one tensor per file tensor
 
     def linear(self, names: list[str], module_name: str) -> nn.Module:
         """One module for the row-stack of ``names`` (all of one ggml type)."""
         qtype = self.reader.qtype(names[0])
         shapes = [self.reader.shapes[n] for n in names]
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
+        if self.raw_blocks and qtype in EXACT:
+            self.kinds[module_name] = f"{qtype.name} blocks (exact, the file's own)"
+            return BlockLinear(self.stacked_blocks(names), qtype, cols)
         fast = self._exact_on_cpu_tiles(names, qtype, module_name)
         if fast is not None:
             return fast
@@ -131,6 +142,37 @@ class _Builder:
         lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
         lin.weight = nn.Parameter(w, requires_grad=False)
         return Int4WeightOnlyLinear.from_linear(lin, GROUP, self.compute_dtype)
+
+    def view(self, name: str) -> torch.Tensor:
+        """The tensor's raw blocks [rows, bytes per row] as a uint8 tensor over the file's map
+        (read-only: nothing writes to it; the map lives as long as the tensor)."""
+        if name not in self.views:
+            with warnings.catch_warnings():  # "non-writable NumPy array": by design
+                warnings.simplefilter("ignore", UserWarning)
+                self.views[name] = torch.from_numpy(self.reader.blocks(name))
+        return self.views[name]
+
+    def stacked_blocks(self, names: list[str]) -> torch.Tensor:
+        """The row stack of ``names``' blocks: a view when they lie back to back in the file,
+        else one copy (their file pages then leave the resident set)."""
+        if len(names) == 1:
+            return self.view(names[0])
+        parts = [self.reader.blocks(n) for n in names]
+        rows = sum(p.shape[0] for p in parts)
+        if all(p.shape[1] == parts[0].shape[1] and p.flags.c_contiguous for p in parts) and all(
+            b.ctypes.data == a.ctypes.data + a.nbytes for a, b in zip(parts, parts[1:], strict=False)
+        ):
+            span = np.lib.stride_tricks.as_strided(parts[0], (rows, parts[0].shape[1]), parts[0].strides)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.from_numpy(span)
+        out = torch.empty(rows, parts[0].shape[1], dtype=torch.uint8)
+        row = 0
+        for p in parts:
+            out[row : row + p.shape[0]].numpy()[:] = p
+            row += p.shape[0]
+            self.reader.drop_pages(p)
+        return out
 
     def _exact_on_cpu_tiles(self, names: list[str], qtype, module_name: str) -> nn.Module | None:
         """Q4_0/Q4_1/Q8_0 rows packed for the CPU kernel in whole tensors straight from the map
@@ -213,8 +255,11 @@ class _Builder:
             emb = nn.Embedding(*self.reader.shapes[name], device="meta")
             emb.weight = nn.Parameter(self.reader.read(name).to(self.dtype), requires_grad=False)
             return emb
-        # A copy (the map may close), made a row block at a time so that the file pages just
-        # read leave the resident set before the next ones come in (else both count at the peak).
+        if self.raw_blocks:  # the map's own blocks, shared with a tied BlockLinear head
+            self.kinds["tok_embeddings"] = f"{qtype.name} blocks (exact, the file's own; rows decoded per lookup)"
+            return BlockEmbedding(self.view(name), qtype, self.reader.args.dim, self.dtype)
+        # A copy, made a row block at a time so that the file pages just read leave the
+        # resident set before the next ones come in (else both count at the peak).
         raw = self.reader.blocks(name)
         blocks = torch.empty(raw.shape, dtype=torch.uint8)
         for start in range(0, raw.shape[0], 4096):
@@ -334,23 +379,29 @@ def load_quantized_gguf(
     dtype: torch.dtype = torch.float32,
     compute_dtype: torch.dtype = torch.bfloat16,
     max_seq_len: int | None = None,
+    raw_blocks: bool | None = None,
 ) -> tuple[Transformer, QuantReport]:
-    """(model on the CPU, report) with every linear in a kernel layout; see the module docstring."""
+    """(model on the CPU, report) with every linear in a kernel layout; see the module docstring.
+    ``raw_blocks``: Q4_0/Q4_1/Q8_0 as ``BlockLinear`` over the file's map (default: where
+    ``lhama.quant.ggml``'s compiled kernels are available), else repacked for the int4 kernels."""
     threads = torch.get_num_threads()
     # Repacking is thousands of small ops: one thread each avoids OpenMP's hand-offs, which on a
     # busy 2-core machine made the load 7x slower than the ops themselves.
     torch.set_num_threads(1)
     try:
-        return _build(reader, dtype, compute_dtype, max_seq_len)
+        raw = ggml_available() if raw_blocks is None else raw_blocks
+        return _build(reader, dtype, compute_dtype, max_seq_len, raw)
     finally:
         torch.set_num_threads(threads)
 
 
-def _build(reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len) -> tuple[Transformer, QuantReport]:
+def _build(
+    reader: GGUFCheckpointReader, dtype, compute_dtype, max_seq_len, raw_blocks: bool
+) -> tuple[Transformer, QuantReport]:
     args = reader.args.with_(max_seq_len=max_seq_len) if max_seq_len else reader.args
     with _ParametersOnMeta():
         model = Transformer(args)
-    b = _Builder(reader, dtype, compute_dtype)
+    b = _Builder(reader, dtype, compute_dtype, raw_blocks=raw_blocks)
     reader.drop_pages()  # the header and vocabulary, read through the map before the weights
     # Order matters for the peak: the head's row blocks come and go while little else is held,
     # and the embedding (copied straight into its final buffer, no temporaries) comes last.

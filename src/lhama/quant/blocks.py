@@ -6,8 +6,12 @@ builds them from a GGUF file without a float copy of the weights).
   with per-group scales, so ``q = 16 * hi + lo`` (hi in -8..7, lo in 0..15) is split into two
   exact int4 group-32 matrices, ``hi`` scaled by 16d and ``lo`` by d, and summed: two int4
   kernel calls read the same bytes one int8 call would.
+* ``BlockLinear``: a linear layer whose weight is the file's raw Q4_0/Q4_1/Q8_0 blocks, a view of
+  the file's memory map (no copy, no repack), multiplied by ``lhama.quant.ggml.block_linear``.
+  The default on a CPU where that library is available; the int4 modules above are the fallback.
 * ``BlockEmbedding``: an embedding table kept as the file's raw blocks (any ggml type); a lookup
-  decodes only the rows it needs with the gguf package's own dequantization (exact by definition).
+  decodes only the rows it needs (``ggml.block_rows`` for Q4_0/Q4_1/Q8_0, else the gguf package's
+  own dequantization: exact by definition). A tied head is a ``BlockLinear`` over the same tensor.
 """
 
 from __future__ import annotations
@@ -20,6 +24,49 @@ from torch import nn
 from lhama.quant.int4 import Int4WeightOnlyLinear
 
 Q8_GROUP = 32
+Q = gguf.GGMLQuantizationType
+BLOCK_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0)  # what ``lhama.quant.ggml`` computes on
+
+
+def ggml_available() -> bool:
+    """True when ``lhama.quant.ggml``'s compiled kernels can run here."""
+    try:
+        from lhama.quant import ggml
+    except ImportError:
+        return False
+    return bool(ggml.available())
+
+
+class BlockLinear(nn.Module):
+    """``nn.Linear`` (no bias) whose weight is a GGUF tensor's raw blocks: ``blocks`` uint8
+    [out_features, in_features / 32 * block bytes], exactly as stored (usually a read-only view of
+    the file's memory map: the module neither copies nor writes it). ``forward`` is
+    ``ggml.block_linear`` (its compiled kernels on the CPU; elsewhere, or without them, its
+    dequantize-and-matmul reference). ``dequantize()`` gives the exact fp32 weight."""
+
+    def __init__(self, blocks: torch.Tensor, qtype: int, in_features: int):
+        super().__init__()
+        per_block, block_bytes = gguf.GGML_QUANT_SIZES[Q(qtype)]
+        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] * per_block != in_features * block_bytes:
+            raise ValueError(
+                f"{Q(qtype).name} blocks of {in_features} columns: got {tuple(blocks.shape)} {blocks.dtype}"
+            )
+        self.qtype, self.in_features, self.out_features = int(qtype), in_features, blocks.shape[0]
+        self.register_buffer("blocks", blocks)
+
+    def dequantize(self) -> torch.Tensor:
+        """The exact weight [out_features, in_features], fp32."""
+        from lhama.quant import ggml
+
+        return ggml.dequantize(self.blocks, self.qtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lhama.quant import ggml
+
+        return ggml.block_linear(x, self.blocks, self.qtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, ggml type {Q(self.qtype).name}"
 
 
 class SplitInt8Linear(nn.Module):
@@ -71,6 +118,10 @@ class BlockEmbedding(nn.Module):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """fp32 rows for ``ids`` (any shape) -> [*ids.shape, dim]."""
+        if self.qtype in BLOCK_TYPES and self.blocks.device.type == "cpu" and ggml_available():
+            from lhama.quant import ggml
+
+            return ggml.block_rows(self.blocks, self.qtype, ids.reshape(-1).cpu()).reshape(*ids.shape, -1)
         flat = ids.reshape(-1).cpu().numpy()
         raw = self.blocks.cpu().numpy()[flat]
         w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(self.qtype)).astype(np.float32, copy=False)
