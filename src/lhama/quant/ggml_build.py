@@ -25,7 +25,16 @@ def compiler() -> str:
 
 def flags() -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+    return [
+        "-O3",
+        "-ffp-contract=off",
+        "-std=c++17",
+        "-fPIC",
+        "-shared",
+        "-fopenmp",
+        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+        "-w",
+    ]
 
 
 def compile_library(sources: list[Path], out: Path, quiet: bool = False) -> Path:

@@ -1,0 +1,278 @@
+// The per-ISA body of the block kernels, included once per instruction set by ggml_ops.cpp
+// inside `#pragma GCC target(...)` with GGML_NS (namespace) and GGML_LEVEL (0 scalar, 1 AVX2,
+// 2 AVX512-VNNI on 256-bit vectors) defined. No include guard: that is the point.
+//
+// Few rows (decode): llama.cpp's scheme. Each activation row is quantized per 32 values to int8
+// (d = amax / 127, q = round(x / d)) and multiplied with the weight's integers:
+//   Q4_0: w = d_w (n - 8)     -> sum w x = d_w d_x sum(n q) - 8 d_w (d_x sum q)
+//   Q4_1: w = d_w n + m_w     -> sum w x = d_w d_x sum(n q) + m_w (d_x sum q)
+//   Q8_0: w = d_w q_w         -> sum w x = d_w d_x sum(q_w q)
+// so each block is one integer dot product (nibbles are unsigned: vpdpbusd / maddubs take them
+// as they are; Q8_0 moves the weight's sign onto the activation) plus a scalar bias term.
+
+namespace GGML_NS {
+
+#if GGML_LEVEL >= 1
+static inline float fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 16 bytes of nibbles -> 32 unsigned bytes in element order (low nibbles first).
+static inline __m256i unpack_nibbles(const uint8_t* p) {
+  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+#if GGML_LEVEL >= 2
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+#else
+static inline float fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_fp32(h);
+}
+#endif
+
+// Activation rows [M, K] (float) -> int8 q [M, K], scale d and d * sum(q) per 32-block.
+static void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
+  const int64_t nb = K / 32;
+  for (int64_t i = 0; i < M * nb; ++i) {
+    const float* xb = x + i * 32;
+    float amax = 0.f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float dd = amax / 127.f;
+    const float id = dd != 0.f ? 1.f / dd : 0.f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) {
+      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      q[i * 32 + j] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    d[i] = dd;
+    s[i] = dd * static_cast<float>(sum);
+  }
+}
+
+#if GGML_LEVEL >= 1
+// out[m * ldo + r] = row r of the weight (R rows from w, ws bytes apart) . activation row m,
+// for MT activation rows. Each weight block is loaded once for all MT rows.
+template <int QT, int R, int MT>
+static inline void tile(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                        const float* sx, int64_t K, float* out, int64_t ldo, bool pf) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  __m256 acc[R][MT];
+  float bias[R][MT];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m) acc[r][m] = _mm256_setzero_ps(), bias[r][m] = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i wv[R], wa[R];
+    float wd[R], wc[R];
+    for (int r = 0; r < R; ++r) {
+      const uint8_t* blk = w + r * ws + b * BB;
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + PREFETCH_ROWS * ws), _MM_HINT_T0);
+      wd[r] = fp16(blk);
+      if constexpr (QT == Q8_0) {
+        wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+        wa[r] = _mm256_sign_epi8(wv[r], wv[r]);  // |q|, unsigned (128 stays 128)
+      } else if constexpr (QT == Q4_0) {
+        wc[r] = -8.f * wd[r];
+        wv[r] = unpack_nibbles(blk + 2);
+      } else {
+        wc[r] = fp16(blk + 2);
+        wv[r] = unpack_nibbles(blk + 4);
+      }
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + m * K + b * 32));
+      const float xd = dx[m * (K / 32) + b];
+      for (int r = 0; r < R; ++r) {
+        __m256i dot;
+        if constexpr (QT == Q8_0) dot = dot_u8s8(wa[r], _mm256_sign_epi8(xv, wv[r]));
+        else dot = dot_u8s8(wv[r], xv);
+        acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(wd[r] * xd), acc[r][m]);
+        if constexpr (QT != Q8_0) bias[r][m] += wc[r] * sx[m * (K / 32) + b];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MT; ++m) out[m * ldo + r] = hsum(acc[r][m]) + bias[r][m];
+}
+
+template <int QT, int R>
+static inline void rows_all_m(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                              const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  // The first pass over these rows prefetches the rows PREFETCH_ROWS further (a row of a
+  // 576-wide matrix is 360-612 bytes: the hardware prefetcher alone reached ~half of the
+  // streaming bandwidth on the 30 MB head).
+  int64_t m = 0;
+  bool pf = true;
+  for (; m + MT_MAX <= M; m += MT_MAX, pf = false)
+    tile<QT, R, MT_MAX>(w, ws, nb, qx + m * K, dx + m * nb, sx + m * nb, K, out + m * ldo, ldo, pf);
+  const int64_t left = M - m;
+  const int8_t* q = qx + m * K;
+  const float *d = dx + m * nb, *s = sx + m * nb;
+  float* o = out + m * ldo;
+  if (left == 1) tile<QT, R, 1>(w, ws, nb, q, d, s, K, o, ldo, pf);
+#if MT_MAX > 2
+  else if (left == 2) tile<QT, R, 2>(w, ws, nb, q, d, s, K, o, ldo, pf);
+  else if (left == 3) tile<QT, R, 3>(w, ws, nb, q, d, s, K, o, ldo, pf);
+#endif
+}
+
+template <int QT>
+static void gemv_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                      const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows_all_m<QT, 4>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
+  for (; n < n1; ++n) rows_all_m<QT, 1>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
+}
+
+// One row of blocks -> K floats, and -> K bf16 (round to nearest even, as torch rounds).
+template <int QT>
+static inline void dequant_block(const uint8_t* blk, __m256 out[4]) {
+  const __m256 d = _mm256_set1_ps(fp16(blk));
+  __m256i v;
+  if constexpr (QT == Q8_0) v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+  else v = unpack_nibbles(blk + (QT == Q4_0 ? 2 : 4));
+  // The gguf package's order of operations exactly: (n - 8) * d, n * d + m, q * d.
+  const __m256 m = QT == Q4_1 ? _mm256_set1_ps(fp16(blk + 2)) : _mm256_setzero_ps();
+  for (int j = 0; j < 4; ++j) {
+    __m128i b8 = j < 2 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
+    if (j & 1) b8 = _mm_srli_si128(b8, 8);
+    const __m256i i32 = QT == Q8_0 ? _mm256_cvtepi8_epi32(b8) : _mm256_cvtepu8_epi32(b8);
+    __m256 f = _mm256_cvtepi32_ps(i32);
+    if constexpr (QT == Q4_0) f = _mm256_sub_ps(f, _mm256_set1_ps(8.f));
+    f = _mm256_mul_ps(f, d);
+    if constexpr (QT == Q4_1) f = _mm256_add_ps(f, m);
+    out[j] = f;
+  }
+}
+
+template <int QT>
+static void dequant_row_f32(const uint8_t* row, int64_t nb, float* out) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  __m256 v[4];
+  for (int64_t b = 0; b < nb; ++b) {
+    dequant_block<QT>(row + b * BB, v);
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(out + b * 32 + j * 8, v[j]);
+  }
+}
+
+static inline __m128i to_bf16(__m256 f) {
+  __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  return _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+}
+
+template <int QT>
+static void dequant_row_bf16(const uint8_t* row, int64_t nb, uint16_t* out) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  __m256 v[4];
+  for (int64_t b = 0; b < nb; ++b) {
+    dequant_block<QT>(row + b * BB, v);
+    for (int j = 0; j < 4; ++j) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + b * 32 + j * 8), to_bf16(v[j]));
+  }
+}
+
+#else  // GGML_LEVEL 0: plain C++
+
+template <int QT>
+static void gemv_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                      const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w + n * ws + b * BB;
+        const int8_t* q = qx + m * K + b * 32;
+        const float wd = fp16(blk), xd = dx[m * nb + b], xs = sx[m * nb + b];
+        int32_t dot = 0;
+        if constexpr (QT == Q8_0) {
+          const int8_t* qw = reinterpret_cast<const int8_t*>(blk + 2);
+          for (int j = 0; j < 32; ++j) dot += int32_t(qw[j]) * q[j];
+          acc += wd * xd * float(dot);
+        } else {
+          const uint8_t* nib = blk + (QT == Q4_0 ? 2 : 4);
+          for (int j = 0; j < 16; ++j) dot += int32_t(nib[j] & 15) * q[j] + int32_t(nib[j] >> 4) * q[j + 16];
+          const float wc = QT == Q4_0 ? -8.f * wd : fp16(blk + 2);
+          acc += wd * xd * float(dot) + wc * xs;
+        }
+      }
+      out[m * ldo + n] = acc;
+    }
+  }
+}
+
+template <int QT>
+static void dequant_row_f32(const uint8_t* row, int64_t nb, float* out) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * BB;
+    const float d = fp16(blk);
+    if constexpr (QT == Q8_0) {
+      for (int j = 0; j < 32; ++j) out[b * 32 + j] = float(int8_t(blk[2 + j])) * d;
+    } else {
+      const uint8_t* nib = blk + (QT == Q4_0 ? 2 : 4);
+      for (int j = 0; j < 16; ++j) {
+        if constexpr (QT == Q4_0) {
+          out[b * 32 + j] = float(int(nib[j] & 15) - 8) * d;
+          out[b * 32 + j + 16] = float(int(nib[j] >> 4) - 8) * d;
+        } else {
+          const float m = fp16(blk + 2);
+          out[b * 32 + j] = float(nib[j] & 15) * d + m;
+          out[b * 32 + j + 16] = float(nib[j] >> 4) * d + m;
+        }
+      }
+    }
+  }
+}
+
+template <int QT>
+static void dequant_row_bf16(const uint8_t* row, int64_t nb, uint16_t* out) {
+  float tmp[32];
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  for (int64_t b = 0; b < nb; ++b) {
+    dequant_row_f32<QT>(row + b * BB, 1, tmp);
+    for (int j = 0; j < 32; ++j) out[b * 32 + j] = fp32_to_bf16(tmp[j]);
+  }
+}
+#endif
+
+// The table ggml_ops.cpp dispatches through.
+static void gemv(int qt, const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                 const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  if (qt == Q4_0) gemv_rows<Q4_0>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
+  else if (qt == Q4_1) gemv_rows<Q4_1>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
+  else gemv_rows<Q8_0>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
+}
+
+static void dequant_f32(int qt, const uint8_t* row, int64_t nb, float* out) {
+  if (qt == Q4_0) dequant_row_f32<Q4_0>(row, nb, out);
+  else if (qt == Q4_1) dequant_row_f32<Q4_1>(row, nb, out);
+  else dequant_row_f32<Q8_0>(row, nb, out);
+}
+
+static void dequant_bf16(int qt, const uint8_t* row, int64_t nb, uint16_t* out) {
+  if (qt == Q4_0) dequant_row_bf16<Q4_0>(row, nb, out);
+  else if (qt == Q4_1) dequant_row_bf16<Q4_1>(row, nb, out);
+  else dequant_row_bf16<Q8_0>(row, nb, out);
+}
+
+}  // namespace GGML_NS

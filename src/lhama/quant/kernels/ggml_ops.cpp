@@ -1,0 +1,271 @@
+// Matmuls on llama.cpp's Q4_0 / Q4_1 / Q8_0 blocks as stored in GGUF, as torch custom ops
+// (lhama_ggml::block_linear, block_rows, dequantize). See lhama/quant/ggml.py for the contract.
+//
+// Portable: the library is compiled for baseline x86-64; the AVX2 and AVX512-VNNI bodies are
+// compiled under `#pragma GCC target` and picked at run time by cpuid (never -march=native).
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define GGML_X86 1
+#else
+#define GGML_X86 0
+#endif
+
+namespace {
+
+constexpr int Q4_0 = 2, Q4_1 = 3, Q8_0 = 8;
+constexpr int64_t kRowsSmallM = 16;         // up to this many activation rows: integer dot products
+constexpr int64_t kSliceWeights = 1 << 20;  // weights dequantized to bf16 at a time above it
+#ifndef PREFETCH_ROWS
+#define PREFETCH_ROWS 8
+#endif
+
+int block_bytes(int64_t qt) { return qt == Q4_0 ? 18 : qt == Q4_1 ? 20 : qt == Q8_0 ? 34 : 0; }
+
+inline float fp16_to_fp32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+  if (exp == 0x1F) bits = sign | 0x7F800000 | (man << 13);
+  else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
+  else if (man == 0) bits = sign;
+  else {  // subnormal: normalize
+    int e = -1;
+    do { man <<= 1; ++e; } while (!(man & 0x400));
+    bits = sign | uint32_t(112 - e) << 23 | ((man & 0x3FF) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t fp32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFF) > 0x7F800000) return uint16_t((u >> 16) | 0x40);  // NaN stays NaN
+  return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+}  // namespace
+
+#define GGML_NS ggml_scalar
+#define GGML_LEVEL 0
+#include "ggml_dot.h"
+#undef GGML_NS
+#undef GGML_LEVEL
+
+#if GGML_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define GGML_NS ggml_avx2
+#define GGML_LEVEL 1
+#define MT_MAX 2
+#include "ggml_dot.h"
+#undef GGML_NS
+#undef GGML_LEVEL
+#undef MT_MAX
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")
+#define GGML_NS ggml_vnni
+#define GGML_LEVEL 2
+#define MT_MAX 4
+#include "ggml_dot.h"
+#undef GGML_NS
+#undef GGML_LEVEL
+#undef MT_MAX
+#pragma GCC pop_options
+#endif
+
+namespace {
+
+enum Isa { kScalar = 0, kAvx2 = 1, kVnni = 2 };
+const char* kIsaNames[] = {"scalar", "avx2", "avx512vnni"};
+
+int detect_isa() {
+#if GGML_X86
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw"))
+    return kVnni;
+  if (avx2) return kAvx2;
+#endif
+  return kScalar;
+}
+
+const int g_cpu_isa = detect_isa();
+int g_isa = g_cpu_isa;
+
+using GemvFn = void (*)(int, const uint8_t*, int64_t, int64_t, int64_t, int64_t, const int8_t*, const float*,
+                        const float*, int64_t, int64_t, float*, int64_t);
+using QuantFn = void (*)(const float*, int64_t, int64_t, int8_t*, float*, float*);
+using DeqF32Fn = void (*)(int, const uint8_t*, int64_t, float*);
+using DeqBf16Fn = void (*)(int, const uint8_t*, int64_t, uint16_t*);
+
+struct Kernels {
+  GemvFn gemv;
+  QuantFn quantize;
+  DeqF32Fn deq_f32;
+  DeqBf16Fn deq_bf16;
+};
+
+Kernels kernels() {
+#if GGML_X86
+  if (g_isa == kVnni)
+    return {ggml_vnni::gemv, ggml_vnni::quantize_rows, ggml_vnni::dequant_f32, ggml_vnni::dequant_bf16};
+  if (g_isa == kAvx2)
+    return {ggml_avx2::gemv, ggml_avx2::quantize_rows, ggml_avx2::dequant_f32, ggml_avx2::dequant_bf16};
+#endif
+  return {ggml_scalar::gemv, ggml_scalar::quantize_rows, ggml_scalar::dequant_f32, ggml_scalar::dequant_bf16};
+}
+
+// (N, K) of a block matrix, with the same messages as the Python reference.
+std::pair<int64_t, int64_t> check_blocks(const at::Tensor& blocks, int64_t qt) {
+  TORCH_CHECK_VALUE(block_bytes(qt) != 0, "ggml type ", qt, " has no block kernel (supported: Q4_0, Q4_1, Q8_0)");
+  TORCH_CHECK_VALUE(blocks.scalar_type() == at::kByte && blocks.dim() == 2,
+                    "blocks must be a 2-D uint8 tensor, got ", blocks.scalar_type(), " ", blocks.sizes());
+  TORCH_CHECK_VALUE(blocks.device().is_cpu(), "blocks must be on the CPU");
+  const int bb = block_bytes(qt);
+  TORCH_CHECK_VALUE(blocks.size(1) % bb == 0, "rows are whole ", bb, "-byte blocks; got ", blocks.size(1),
+                    " bytes per row");
+  TORCH_CHECK_VALUE(blocks.size(0) <= 1 || blocks.stride(1) == 1, "blocks rows must be contiguous bytes");
+  return {blocks.size(0), blocks.size(1) / bb * 32};
+}
+
+const uint8_t* row_base(const at::Tensor& blocks, int64_t* stride) {
+  *stride = blocks.size(0) > 1 ? blocks.stride(0) : blocks.size(1);
+  TORCH_CHECK_VALUE(blocks.size(1) <= 1 || blocks.stride(1) == 1, "blocks rows must be contiguous bytes");
+  return blocks.data_ptr<uint8_t>();
+}
+
+// Few rows: quantize the activations, integer dot products over row tiles in parallel.
+void linear_small(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t ws, int64_t N, int64_t qt,
+                  float* out) {
+  const Kernels k = kernels();
+  const int64_t nb = K / 32;
+  std::vector<int8_t> qx(M * K);
+  std::vector<float> dx(M * nb), sx(M * nb);
+  k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
+  // Tiles of 4 rows; at least ~32k weights per task so small matrices stay on one thread.
+  const int64_t tiles = (N + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, 8192 / K);
+  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
+    k.gemv(int(qt), w, ws, t0 * 4, std::min(N, t1 * 4), nb, qx.data(), dx.data(), sx.data(), M, K, out, N);
+  });
+}
+
+// Many rows: dequantize slices of the weight to bf16 (in parallel) and run one bf16 GEMM each.
+at::Tensor linear_large(const at::Tensor& x2, const uint8_t* w, int64_t ws, int64_t N, int64_t K, int64_t qt,
+                        at::ScalarType out_dtype) {
+  const Kernels k = kernels();
+  const int64_t nb = K / 32, M = x2.size(0);
+  const at::Tensor xb = x2.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({M, N}, x2.options().dtype(out_dtype));
+  const int64_t step = std::min(N, std::max<int64_t>(64, kSliceWeights / K));
+  at::Tensor wb = at::empty({step, K}, x2.options().dtype(at::kBFloat16));
+  uint16_t* wp = reinterpret_cast<uint16_t*>(wb.data_ptr());
+  for (int64_t n0 = 0; n0 < N; n0 += step) {
+    const int64_t ns = std::min(step, N - n0);
+    at::parallel_for(0, ns, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) k.deq_bf16(int(qt), w + (n0 + r) * ws, nb, wp + r * K);
+    });
+    at::Tensor y = at::mm(xb, wb.narrow(0, 0, ns).t());
+    out.narrow(1, n0, ns).copy_(y);
+  }
+  return out;
+}
+
+at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype) {
+  const auto [N, K] = check_blocks(blocks, qtype);
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+                    "x must be float32 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x has ", x.dim() ? x.size(-1) : 0, " features, the weight ", K);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  const int64_t M = x.numel() / std::max<int64_t>(K, 1);
+  int64_t ws;
+  const uint8_t* w = row_base(blocks, &ws);
+  const at::Tensor x2 = x.reshape({M, K});
+  if (M > kRowsSmallM) return linear_large(x2, w, ws, N, K, qtype, x.scalar_type()).view(out_shape);
+  const at::Tensor xf = x2.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
+  if (M > 0 && N > 0) linear_small(xf.data_ptr<float>(), M, K, w, ws, N, qtype, out.data_ptr<float>());
+  if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
+  return out.view(out_shape);
+}
+
+at::Tensor block_rows(const at::Tensor& blocks, int64_t qtype, const at::Tensor& ids) {
+  const auto [N, K] = check_blocks(blocks, qtype);
+  TORCH_CHECK_VALUE(ids.scalar_type() == at::kLong, "ids must be int64");
+  const at::Tensor idc = ids.reshape({-1}).contiguous();
+  const int64_t n = idc.numel();
+  const int64_t* id = idc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK_INDEX(id[i] >= -N && id[i] < N, "row ", id[i], " out of range for ", N, " rows");
+  int64_t ws;
+  const uint8_t* w = row_base(blocks, &ws);
+  at::Tensor out = at::empty({n, K}, blocks.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  const Kernels k = kernels();
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = id[i] < 0 ? id[i] + N : id[i];
+      k.deq_f32(int(qtype), w + r * ws, K / 32, o + i * K);
+    }
+  });
+  return out;
+}
+
+at::Tensor dequantize(const at::Tensor& blocks, int64_t qtype) {
+  const auto [N, K] = check_blocks(blocks, qtype);
+  int64_t ws;
+  const uint8_t* w = row_base(blocks, &ws);
+  at::Tensor out = at::empty({N, K}, blocks.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  const Kernels k = kernels();
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) k.deq_f32(int(qtype), w + r * ws, K / 32, o + r * K);
+  });
+  return out;
+}
+
+std::string set_isa(const std::string& name) {
+  int want = -1;
+  for (int i = 0; i < 3; ++i)
+    if (name == kIsaNames[i]) want = i;
+  TORCH_CHECK_VALUE(want >= 0, "unknown ISA '", name, "' (one of: scalar, avx2, avx512vnni)");
+  g_isa = std::min(want, g_cpu_isa);
+  return kIsaNames[g_isa];
+}
+
+std::string get_isa() { return kIsaNames[g_isa]; }
+
+}  // namespace
+
+TORCH_LIBRARY(lhama_ggml, m) {
+  m.def("block_linear(Tensor x, Tensor blocks, int qtype) -> Tensor");
+  m.def("block_rows(Tensor blocks, int qtype, Tensor ids) -> Tensor");
+  m.def("dequantize(Tensor blocks, int qtype) -> Tensor");
+  m.def("set_isa(str name) -> str", &set_isa);
+  m.def("get_isa() -> str", &get_isa);
+}
+
+TORCH_LIBRARY_IMPL(lhama_ggml, CPU, m) {
+  m.impl("block_linear", &block_linear);
+  m.impl("block_rows", &block_rows);
+  m.impl("dequantize", &dequantize);
+}

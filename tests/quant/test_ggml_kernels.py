@@ -1,0 +1,166 @@
+"""``lhama.quant.ggml``: matmuls on raw GGUF Q4_0 / Q4_1 / Q8_0 blocks, against the gguf package's
+own numpy dequantization, on every instruction-set path this CPU runs (and the torch reference).
+
+Tolerances. Few activation rows (M <= 16) run llama.cpp's scheme: each block of 32 activations
+is rounded to int8 with d = amax / 127, so each value moves by at most d / 2 and the output by at
+most sum over blocks of d / 2 * sum |w| in that block (checked, plus fp32 rounding); an exact
+emulation of that rounding in torch then agrees to fp32 accumulation order. Many rows run a bf16
+GEMM: each product is off by at most ~2 bf16 roundings (2 * 2^-9 relative) of |x| . |w|.
+"""
+
+from __future__ import annotations
+
+import mmap
+import warnings
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from lhama.quant import ggml
+from lhama.quant.ggml_build import compile_library
+
+Q4_0, Q4_1, Q8_0 = 2, 3, 8
+N, K = 37, 96  # N odd: row tiles of 4 plus a tail; K: 3 blocks
+
+
+def random_blocks(qtype: int, n: int = N, k: int = K, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed + qtype)
+    nb, bb = k // 32, ggml.QTYPES[qtype]
+    raw = rng.integers(0, 256, size=(n, nb, bb), dtype=np.uint8)
+    scales = rng.uniform(-0.05, 0.05, size=(n, nb, 2 if qtype == Q4_1 else 1)).astype(np.float16)
+    raw[..., : scales.shape[-1] * 2] = scales.view(np.uint8).reshape(n, nb, -1)
+    return raw.reshape(n, nb * bb)
+
+
+def gguf_weight(raw: np.ndarray, qtype: int) -> torch.Tensor:
+    return torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(qtype)).astype(np.float32))
+
+
+def isa_params():
+    return ["avx512vnni", "avx2", "scalar", "reference"]
+
+
+@pytest.fixture(params=isa_params())
+def isa(request, monkeypatch):
+    """Each path this machine can run; the reference path by hiding the library."""
+    if request.param == "reference":
+        monkeypatch.setitem(ggml._state, "ops", None)
+        yield "reference"
+        return
+    if not ggml.available():
+        pytest.skip("ggml kernels not built (no compiler): only the reference path runs")
+    before = ggml.isa()
+    if ggml.set_isa(request.param) != request.param:
+        ggml.set_isa(before)
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    ggml.set_isa(before)
+
+
+def test_the_library_is_built_and_uses_the_best_isa_of_this_cpu():
+    assert ggml.available(), "make install builds the ggml kernels (python -m lhama.quant.ggml --build)"
+    flags = open("/proc/cpuinfo").read()
+    want = "avx512vnni" if "avx512_vnni" in flags else "avx2" if " avx2" in flags else "scalar"
+    assert ggml.isa() == want
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+def test_dequantize_and_rows_are_bit_identical_to_gguf(isa, qtype):
+    raw = random_blocks(qtype)
+    want = gguf_weight(raw, qtype)
+    blocks = torch.from_numpy(raw)
+    assert torch.equal(ggml.dequantize(blocks, qtype), want)
+    ids = torch.tensor([5, 0, 36, 5])
+    assert torch.equal(ggml.block_rows(blocks, qtype, ids), want[ids])
+
+
+def quantized_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernels see it: int8 per 32 values, d = amax / 127, q = round(x * (1 / d))."""
+    xb = x.float().reshape(*x.shape[:-1], -1, 32)
+    d = xb.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(d != 0, 1 / d, torch.zeros_like(d))
+    return (torch.round(xb * inv) * d).reshape(x.shape)
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+@pytest.mark.parametrize("rows", [1, 3, 16, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_linear_matches_a_float_matmul_within_its_rounding(isa, qtype, rows, dtype):
+    raw = random_blocks(qtype)
+    w = gguf_weight(raw, qtype)
+    x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows)).to(dtype)
+    y = ggml.block_linear(x, torch.from_numpy(raw), qtype)
+    assert y.dtype == dtype and y.shape == (rows, N)
+    xf, y = x.float(), y.float()
+    ref = xf @ w.T
+    scale = xf.abs() @ w.abs().T  # sum |x| |w|: the fp32/bf16 rounding bounds scale with it
+    out_round = 2.0**-8 * ref.abs() if dtype == torch.bfloat16 else 0.0  # the output's own rounding
+    if isa == "reference":
+        bound = 1e-5 * scale + out_round
+    elif rows <= 16:
+        # int8 activations: |x - x_q| <= d / 2 per value, d = amax / 127 of its block.
+        half_d = xf.reshape(rows, -1, 32).abs().amax(-1) / 254  # [rows, blocks]
+        w_abs = w.abs().reshape(N, -1, 32).sum(-1)  # [N, blocks]
+        bound = half_d @ w_abs.T * 1.001 + 1e-5 * scale + out_round
+        exact = quantized_activations(xf) @ w.T  # the same rounding, emulated: fp32 order only
+        assert ((y - exact).abs() <= 1e-5 * scale + out_round + 1e-6).all()
+    else:
+        bound = 2.0**-7 * scale + 1e-6 + 2.0**-8 * ref.abs()  # bf16 x and w, bf16 GEMM output
+    assert ((y - ref).abs() <= bound).all(), (y - ref).abs().max()
+
+
+def test_leading_dims_and_threads_do_not_change_the_result():
+    raw = random_blocks(Q4_1, n=70, k=64)
+    blocks = torch.from_numpy(raw)
+    x = torch.randn(2, 3, 64)
+    y = ggml.block_linear(x, blocks, Q4_1)
+    assert y.shape == (2, 3, 70)
+    assert torch.equal(y.reshape(6, 70), ggml.block_linear(x.reshape(6, 64), blocks, Q4_1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ggml.block_linear(x, blocks, Q4_1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, y)  # each output row is one thread's, whatever the split
+
+
+def test_an_unaligned_read_only_mmap_view(tmp_path):
+    """A GGUF tensor sits at any byte offset of a read-only mapping."""
+    raw = random_blocks(Q4_1)
+    path = tmp_path / "blocks.bin"
+    path.write_bytes(b"\x07" + raw.tobytes())
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that the buffer is not writable
+        view = torch.frombuffer(mm, dtype=torch.uint8, offset=1, count=raw.size).view(raw.shape)
+    assert view.data_ptr() % 2 == 1
+    blocks = torch.from_numpy(raw.copy())
+    x = torch.randn(2, K)
+    assert torch.equal(ggml.dequantize(view, Q4_1), ggml.dequantize(blocks, Q4_1))
+    assert torch.equal(ggml.block_linear(x, view, Q4_1), ggml.block_linear(x, blocks, Q4_1))
+    ids = torch.tensor([3, 1])
+    assert torch.equal(ggml.block_rows(view, Q4_1, ids), ggml.block_rows(blocks, Q4_1, ids))
+    del view
+
+
+def test_bad_input_raises_a_clear_error(isa):
+    blocks = torch.from_numpy(random_blocks(Q4_0))
+    with pytest.raises(ValueError, match="whole 18-byte blocks"):
+        ggml.block_linear(torch.randn(1, K), blocks[:, :-1], Q4_0)
+    with pytest.raises(ValueError, match="Q4_K has no block kernel"):
+        ggml.dequantize(blocks, int(gguf.GGMLQuantizationType.Q4_K))
+    with pytest.raises(ValueError, match="96"):
+        ggml.block_linear(torch.randn(1, 64), blocks, Q4_0)
+    with pytest.raises(ValueError, match="uint8"):
+        ggml.block_linear(torch.randn(1, K), blocks.view(torch.int8), Q4_0)
+
+
+def test_no_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        compile_library(sorted(ggml.KERNELS_DIR.glob("*.cpp")), tmp_path / "lib.so")
+    assert not list(tmp_path.glob("lib.so*"))
