@@ -16,6 +16,9 @@ literal prompts. Metrics:
   holds the fact, and states the fact too;
 - brief: under a brevity system prompt, the answer ends on its own within 64 tokens; and is right;
 - phrase: the expected phrase appears in the answer.
+
+``--versus A_OUT B_OUT`` compares two runs item by item (``versus``): a win rate judged by the
+checks, next to ``lhama compare``'s model-judged one.
 """
 
 from __future__ import annotations
@@ -172,6 +175,41 @@ def eval_text(lm, task: str, rows: list[dict]) -> tuple[dict, list[dict]]:
     return out, items
 
 
+def _passed(task: str, item: dict) -> bool:
+    if task == "tool":
+        return item["correct"]
+    if task == "rag":
+        return item["cites_right_source"] and item["correct"]
+    return item["correct"] and item["finish_reason"] == "stop"
+
+
+def versus(a_dir: Path, b_dir: Path) -> dict:
+    """Check-judged head to head on the same held-out items: where exactly one of the two models
+    passes the item's check (tool: right final answer; rag: right source and fact; brief and
+    phrase: right and stopped), that one wins; both or neither: a tie. ``win_rate`` is A's share of
+    the decided items, ``win_rate_ties_half`` counts a tie as half a win over all items."""
+    out: dict = {}
+    wins = losses = ties = 0
+    for task in ("tool", "rag", "brief", "phrase"):
+        fa, fb = a_dir / "items" / f"{task}.jsonl", b_dir / "items" / f"{task}.jsonl"
+        if not (fa.is_file() and fb.is_file()):
+            continue
+        ia, ib = ([json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()] for f in (fa, fb))
+        w = sum(_passed(task, x) and not _passed(task, y) for x, y in zip(ia, ib))
+        lo = sum(_passed(task, y) and not _passed(task, x) for x, y in zip(ia, ib))
+        out[task] = {"wins": w, "losses": lo, "ties": len(ia) - w - lo}
+        wins, losses, ties = wins + w, losses + lo, ties + len(ia) - w - lo
+    n = wins + losses + ties
+    out["all"] = {
+        "wins": wins,
+        "losses": losses,
+        "ties": ties,
+        "win_rate": wins / max(1, wins + losses),
+        "win_rate_ties_half": (wins + ties / 2) / max(1, n),
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="default")
@@ -179,19 +217,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default="tool,rag,brief,phrase")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--dtype", choices=["float32"], help="float weights (the adapter merged, not re-quantized)")
+    p.add_argument("--lora", help="a PEFT adapter folder run beside --model (e.g. a recipe checkpoint)")
     p.add_argument("--write-sets", action="store_true")
+    p.add_argument("--versus", nargs=2, metavar=("A_OUT", "B_OUT"), help="check-judged wins of A over B")
     a = p.parse_args(argv)
     if a.write_sets:
         write_sets()
+        return 0
+    if a.versus:
+        print(json.dumps(versus(Path(a.versus[0]), Path(a.versus[1])), indent=2))
         return 0
     import torch
 
     from lhama.loader import load_model
 
-    lm = load_model(a.model, dtype=torch.float32 if a.dtype else None)
+    lm = load_model(a.model, dtype=torch.float32 if a.dtype else None, lora=a.lora)
     out = Path(a.out)
     (out / "items").mkdir(parents=True, exist_ok=True)
-    results = {"model": a.model}
+    results = {"model": a.model, **({"lora": a.lora} if a.lora else {})}
     for task in a.tasks.split(","):
         t0 = time.perf_counter()
         rows = read_set(task, a.limit)

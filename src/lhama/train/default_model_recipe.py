@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +60,10 @@ class DefaultModelRecipe:
     sample_limit: int = 0
     # SFT: this many tool exchanges share one conversation (one system prompt with the tool spec).
     tool_questions_per_conversation: int = 1
+    # DPO: besides (best, worst sampled) pairs, the failures seen in evaluation as rejected answers
+    # for every prompt of their task: after the tool result, the call repeated instead of the
+    # answer; over documents, the answer without its citation.
+    hard_negatives: bool = False
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> DefaultModelRecipe:
@@ -93,12 +98,34 @@ def _call_repeated(records: list[dict], i: int) -> bool:
     )
 
 
-def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe, seed: int) -> dict:
+def hard_negative(rec: dict) -> str | None:
+    """The known failure for a record's task (``hard_negatives``): a tool answer that repeats the
+    call it answers, a RAG answer without its ``[n]`` citation; None for other tasks."""
+    if rec["task"] == "tool_answer":
+        return rec["messages"][-2]["content"]
+    if rec["task"] == "rag":
+        return re.sub(r"\s*\[\d+\]", "", rec["gold"])
+    return None
+
+
+def sample_and_select(
+    lm,
+    records: list[dict],
+    out: Path,
+    r: DefaultModelRecipe,
+    seed: int,
+    *,
+    limit: int | None = None,
+    hard_negatives: bool = False,
+) -> dict:
     """Rejection sampling; writes ``sft.jsonl`` (best passing candidate, else gold) and
-    ``pairs.jsonl`` ((best or gold, worst failing candidate)). Returns counts."""
+    ``pairs.jsonl`` ((best or gold, worst failing candidate); with ``hard_negatives`` also
+    (best or gold, ``hard_negative``) where no sampled candidate was that failure). ``limit``:
+    sample this many records (evenly spread; 0: all; default ``r.sample_limit``). Returns counts."""
     cfg = RejectionConfig(seed=seed, min_sft_score=1.0, **r.sample)
-    every = max(1, len(records) // r.sample_limit) if r.sample_limit else 1
-    picked = list(range(0, len(records), every))[: r.sample_limit or None]
+    limit = r.sample_limit if limit is None else limit
+    every = max(1, len(records) // limit) if limit else 1
+    picked = list(range(0, len(records), every))[: limit or None]
     stats = rejection_sample(lm, [records[i] for i in picked], TaskReward(), out, cfg, progress=True)
     ledger = {picked[row["index"]]: row for row in _read(out / "samples.jsonl")}
     sft, pairs, counts = [], [], {"from_model": 0, "from_gold": 0, "not_sampled": 0}
@@ -124,6 +151,10 @@ def sample_and_select(lm, records: list[dict], out: Path, r: DefaultModelRecipe,
         worst = min(range(len(cands)), key=lambda j: (scores[j], j))
         if scores[worst] < 1.0 and cands[worst].strip() and cands[worst] != chosen:
             pairs.append({"prompt": rec["messages"], "chosen": chosen, "rejected": cands[worst], **extra})
+        neg = hard_negative(rec) if hard_negatives else None
+        if neg and neg != chosen and not (scores[worst] < 1.0 and cands[worst] == neg):
+            pairs.append({"prompt": rec["messages"], "chosen": chosen, "rejected": neg, **extra})
+            counts["hard_negatives"] = counts.get("hard_negatives", 0) + 1
     _jsonl(out / "sft.jsonl", sft)
     _jsonl(out / "pairs.jsonl", pairs)
     return {**counts, "pairs": len(pairs), "mean_score": stats["mean_score"]}
@@ -255,6 +286,8 @@ def run(r: DefaultModelRecipe, *, ship: str | None = None) -> dict:
                 out / f"dpo{k}-sample",
                 r,
                 r.seed + k,
+                limit=0,  # the DPO prompts are few: every one is sampled
+                hard_negatives=r.hard_negatives,
             ),
         )
         step(f"dpo{k}", lambda p=policy, k=k: train_dpo(r, p, out / f"dpo{k}-sample" / "pairs.jsonl", out / f"dpo{k}"))
