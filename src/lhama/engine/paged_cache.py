@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lhama.model import ModelArgs
+from lhama.model.fused import fused_ops
 
 
 @dataclass
@@ -52,6 +53,8 @@ class AttentionMetadata:
     decode_gather_idx: torch.Tensor | None = None  # [Bd * KVH * max_blocks]
     decode_max_blocks: int = 0
     decode_mask: torch.Tensor | None = None  # [Bd, 1, 1, max_blocks * block_size]
+    decode_tables: torch.Tensor | None = None  # [Bd, max_blocks] block ids (int64), zero-padded
+    decode_lens: torch.Tensor | None = None  # [Bd] positions attended to (int64)
     prefills: list[PrefillChunk] = field(default_factory=list)
     # Deterministic mode (``attend_rows``): the rows whose K/V are written (padding rows are
     # not), and the query rows grouped by how many blocks their keys span.
@@ -125,6 +128,23 @@ class PagedKVCache:
             return self.attend_rows(layer, q, k, v)
         _, N, H, D = q.shape
         KVH, G = self.n_kv_heads, self.group
+        if md.num_decode == N and md.decode_tables is not None and self.kv.dtype == q.dtype == torch.float32:
+            ops = fused_ops(q, N)
+            if ops is not None and not self.fresh_buffers and q.is_contiguous():
+                # Decode rows only: the KV write and the attention, reading each row's blocks in
+                # place through its block table (no gather, no mask), in one call.
+                out = ops.attend_paged_decode(
+                    q.view(N, H, D),
+                    k.reshape(N, KVH, D),
+                    v.reshape(N, KVH, D),
+                    self.kv[layer, 0],
+                    self.kv[layer, 1],
+                    md.slots,
+                    md.decode_tables,
+                    md.decode_lens,
+                    q.dtype,
+                )
+                return out.view(1, N, H, D)
         kc = self.kv[layer, 0].view(-1, D)
         vc = self.kv[layer, 1].view(-1, D)
         kc.index_copy_(0, md.slots, k.view(N * KVH, D))

@@ -151,6 +151,7 @@ class ModelRunner:
             meta.decode_gather_idx = idx
             meta.decode_max_blocks = mb
             meta.decode_mask = mask.view(len(decode), 1, 1, mb * bs)
+            meta.decode_tables, meta.decode_lens = table, lens
         for offset, e in prefill_specs:
             ctx = e.start + e.num_new
             nb = -(-ctx // bs)

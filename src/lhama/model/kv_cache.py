@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lhama.model.args import ModelArgs
+from lhama.model.fused import fused_ops
 
 
 class AttentionCache(Protocol):
@@ -69,8 +70,14 @@ class StaticKVCache:
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; tried to write up to {end}")
-        self.k[layer][:B, self.pos : end] = k
-        self.v[layer][:B, self.pos : end] = v
+        kc, vc = self.k[layer], self.v[layer]
+        if kc.dtype == torch.float32 and q.dtype == torch.float32:
+            ops = fused_ops(q, B * T)
+            if ops is not None and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
+                # Decode rows: the KV write and the attention in one call.
+                return ops.attend_static(q, k, v, kc, vc, self.pos, q.dtype)
+        kc[:B, self.pos : end] = k
+        vc[:B, self.pos : end] = v
         return causal_attention(q, self.k[layer][:B, :end], self.v[layer][:B, :end], offset=self.pos)
 
     def advance(self, n: int) -> None:

@@ -8,10 +8,19 @@ Parameter names follow Meta's checkpoints (``tok_embeddings``, ``layers.N.attent
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lhama.model.args import ModelArgs
+from lhama.model.fused import (
+    add_rms_norm,
+    fused_ops,
+    linear_input_dtype,
+    residual_add,
+    rms_norm,
+    rope_qkv,
+    silu_mul,
+    silu_mul_split,
+)
 from lhama.model.kv_cache import AttentionCache, causal_attention
 from lhama.model.rope import rope_cos_sin, rope_inv_freq, rope_rotation, rotate
 
@@ -22,14 +31,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 whatever the activation dtype, as the reference does (one fused op
-        # instead of five: pow, mean, add, rsqrt, mul).
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # The same arithmetic with the weight inside the op: two fewer calls per norm.
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return normed.type_as(x) * self.weight
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None, ops=None) -> torch.Tensor:
+        """Normalised in fp32 whatever x's dtype, as the reference does; rounded to ``dtype`` (the
+        next matmul's) when given. ``ops``: ``lhama.model.fused.fused_ops(x)``."""
+        return rms_norm(x, self.weight, self.eps, dtype, ops)
+
+    def add_forward(self, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None, ops=None):
+        """``(x + y, self(x + y))``: a residual add and the norm after it (one op in a decode step)."""
+        return add_rms_norm(x, y, self.weight, self.eps, dtype, ops)
 
 
 class Attention(nn.Module):
@@ -45,21 +54,25 @@ class Attention(nn.Module):
         # replaces wq/wk/wv. Plain models (and training) keep the three separate linears.
         self.wqkv: nn.Module | None = None
 
-    def forward(self, x, rotation, cache: AttentionCache | None) -> torch.Tensor:
-        """``rotation``: RoPE's ``rope_rotation`` for the positions of x."""
+    def input_dtype(self, default: torch.dtype) -> torch.dtype:
+        """The dtype the q/k/v matmul computes in (the norm before it rounds straight to it)."""
+        return linear_input_dtype(self.wqkv if self.wqkv is not None else self.wq, default)
+
+    def forward(
+        self, x, rotation, cache: AttentionCache | None, dtype: torch.dtype | None = None, ops=None
+    ) -> torch.Tensor:
+        """``x``: the normed input; ``rotation``: RoPE's ``rope_rotation`` for its positions;
+        ``dtype``: the residual stream's (default x's), which q, k, v and the result are in;
+        ``ops``: ``lhama.model.fused.fused_ops`` of the residual stream."""
         B, T, _ = x.shape
         H, KVH, D = self.n_heads, self.n_kv_heads, self.head_dim
+        dtype = dtype or x.dtype
         if self.wqkv is not None:
-            # q and k are adjacent columns: one rotation for both (fewer calls per decode step).
-            qkv = self.wqkv(x)
-            qk = rotate(qkv[..., : (H + KVH) * D].view(B, T, H + KVH, D), rotation)
-            # Caches flatten k and v with .view: contiguous copies (free for a single token).
-            q, k = qk[:, :, :H], qk[:, :, H:].contiguous()
-            v = qkv[..., (H + KVH) * D :].view(B, T, KVH, D).contiguous()
+            q, k, v = rope_qkv(self.wqkv(x), rotation, H, KVH, dtype, ops)
         else:
-            q = rotate(self.wq(x).view(B, T, H, D), rotation)
-            k = rotate(self.wk(x).view(B, T, KVH, D), rotation)
-            v = self.wv(x).view(B, T, KVH, D)
+            q = rotate(self.wq(x).view(B, T, H, D).to(dtype), rotation)
+            k = rotate(self.wk(x).view(B, T, KVH, D).to(dtype), rotation)
+            v = self.wv(x).view(B, T, KVH, D).to(dtype)
         out = causal_attention(q, k, v) if cache is None else cache.attend(self.layer_id, q, k, v)
         return self.wo(out.reshape(B, T, -1))
 
@@ -74,11 +87,17 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
         self.w13: nn.Module | None = None  # w1 and w3 stacked, set by load-time fusion (lhama.quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def input_dtype(self, default: torch.dtype) -> torch.dtype:
+        return linear_input_dtype(self.w13 if self.w13 is not None else self.w1, default)
+
+    def forward(self, x: torch.Tensor, dtype: torch.dtype | None = None, ops=None) -> torch.Tensor:
+        """``x``: the normed input; ``dtype``: the residual stream's (default x's), in which
+        silu(gate) * up is computed. The result comes in w2's output dtype."""
+        dtype = dtype or x.dtype
+        hidden_dtype = linear_input_dtype(self.w2, dtype)
         if self.w13 is not None:
-            gate, up = self.w13(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(silu_mul(self.w13(x), hidden_dtype, dtype, ops))
+        return self.w2(silu_mul_split(self.w1(x), self.w3(x), hidden_dtype, dtype))
 
 
 class TransformerBlock(nn.Module):
@@ -90,8 +109,14 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x, rotation, cache):
-        h = x + self.attention(self.attention_norm(x), rotation, cache)
-        return h + self.feed_forward(self.ffn_norm(h))
+        # Each norm rounds straight to the dtype its matmul computes in (bf16 for the quantized
+        # linears), and the matmuls' results are read in that dtype: no casts around the kernels.
+        # ``ops``: the fused C++ ops of a CPU decode step, or None (PyTorch; see lhama.model.fused).
+        ops = fused_ops(x)
+        attn, ffn = self.attention, self.feed_forward
+        a = attn(self.attention_norm(x, attn.input_dtype(x.dtype), ops), rotation, cache, x.dtype, ops)
+        h, normed = self.ffn_norm.add_forward(x, a, ffn.input_dtype(x.dtype), ops)
+        return residual_add(h, ffn(normed, x.dtype, ops))
 
 
 class Transformer(nn.Module):
@@ -124,7 +149,7 @@ class Transformer(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(layer, h, rotation, cache, use_reentrant=False)
             else:
                 h = layer(h, rotation, cache)
-        return self.norm(h)
+        return self.norm(h, ops=fused_ops(h))
 
     def forward(
         self,

@@ -1,0 +1,418 @@
+// Fused small ops of a CPU decode step (lhama.model.fused): each replaces the 10-60 ATen calls
+// the same arithmetic takes in eager PyTorch (casts, views, RoPE's complex multiply, KV writes,
+// single-query attention), where dispatch, not arithmetic, is the cost at a few rows.
+//
+// Contract (the pure-torch path in lhama/model/fused.py is the reference, tested against):
+// activations arrive fp32 or bf16, everything is computed in fp32, a result asked for in bf16
+// is rounded once (round to nearest even, like Tensor.to). Rows are contiguous.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+inline float to_f(float v) { return v; }
+inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
+
+template <typename T>
+inline void store(T* p, float v) {
+  *p = static_cast<T>(v);
+}
+
+// Calls f(const T*) with x's data as fp32 or bf16.
+template <typename F>
+void with_input(const Tensor& x, F&& f) {
+  if (x.scalar_type() == at::kFloat) {
+    f(x.data_ptr<float>());
+  } else if (x.scalar_type() == at::kBFloat16) {
+    f(x.data_ptr<c10::BFloat16>());
+  } else {
+    TORCH_CHECK(false, "lhama_decode: float32 or bfloat16 activations only, got ", x.scalar_type());
+  }
+}
+
+template <typename F>
+void with_output(const Tensor& y, F&& f) {
+  if (y.scalar_type() == at::kFloat) {
+    f(y.data_ptr<float>());
+  } else if (y.scalar_type() == at::kBFloat16) {
+    f(y.data_ptr<c10::BFloat16>());
+  } else {
+    TORCH_CHECK(false, "lhama_decode: float32 or bfloat16 results only, got ", y.scalar_type());
+  }
+}
+
+void check_rows(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous(), "lhama_decode: ", name, " must be a contiguous CPU tensor");
+}
+
+// The loops below are compiled three times (AVX-512, AVX2, baseline x86-64) and picked at load
+// time by the CPU (GCC's target_clones): no -march=native, no intrinsics.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LHAMA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LHAMA_CLONES
+#endif
+
+// e^x in plain arithmetic that vectorizes (Cephes' expf: Cody-Waite reduction by ln 2 and a
+// degree-6 polynomial, ~1 ulp; the scale 2^n assembled in the exponent bits). libm's expf is a
+// call per element, which stays scalar.
+inline float exp_poly(float x) {
+  x = std::min(88.3762626647949f, std::max(-87.3365447504f, x));
+  const float big = 12582912.f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + big) - big;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500E-4f;
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * (r * r) + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+LHAMA_CLONES void silu_mul_f32(const float* g, const float* u, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = (g[i] / (1.f + exp_poly(-g[i]))) * u[i];
+}
+
+// q . k over D floats: 16 lanes, summed as a tree (GCC's own reduction of an `omp simd` loop adds
+// the 16 lanes one after another: a 16-add dependency chain per dot).
+inline float dot(const float* q, const float* k, int64_t D) {
+  float lanes[16] = {};
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16)
+    for (int l = 0; l < 16; ++l) lanes[l] += q[d + l] * k[d + l];
+  for (int l = 0; l < 8; ++l) lanes[l] += lanes[l + 8];
+  for (int l = 0; l < 4; ++l) lanes[l] += lanes[l + 4];
+  float s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+  for (; d < D; ++d) s += q[d] * k[d];
+  return s;
+}
+
+// s[g * ss + j] = scale * (q_g . k_j) for G query heads q [G, D] and n keys at k + j * stride.
+LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const float* k, int64_t stride, int64_t n,
+                             float scale, float* s, int64_t ss) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t g = 0; g < G; ++g) s[g * ss + j] = dot(q + g * D, k + j * stride, D) * scale;
+}
+
+// s[j] = exp(s[j] - max s) for j < n; returns the sum.
+LHAMA_CLONES float softmax_numerators(float* s, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = exp_poly(s[j] - m);
+    s[j] = e;
+    total += e;
+  }
+  return total;
+}
+
+// acc[g, :] += sum_j p[g * ps + j] * v_j for n values at v + j * stride.
+LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const float* v, int64_t stride,
+                             int64_t n, float* acc) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float* vj = v + j * stride;
+    for (int64_t g = 0; g < G; ++g) {
+      const float w = p[g * ps + j];
+      float* a = acc + g * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] += w * vj[d];
+    }
+  }
+}
+
+// y = x * rsqrt(mean(x^2) + eps) * w for each row of x (length n), as aten's composite rms_norm.
+template <typename Y>
+inline void norm_row(const float* x, const float* w, int64_t n, float eps, Y* y) {
+  const float ss = dot(x, x, n);
+  const float inv = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) store(y + i, (x[i] * inv) * w[i]);
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& w, double eps, at::ScalarType dtype) {
+  check_rows(x, "x");
+  check_rows(w, "weight");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "rms_norm: fp32 x and weight");
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  Tensor y = at::empty(x.sizes(), x.options().dtype(dtype));
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  with_output(y, [&](auto* yp) {
+    for (int64_t r = 0; r < rows; ++r) norm_row(xp + r * n, wp, n, static_cast<float>(eps), yp + r * n);
+  });
+  return y;
+}
+
+// h = x + y (x fp32, y fp32 or bf16) and rms_norm(h): the residual add and the next norm.
+std::tuple<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& y, const Tensor& w, double eps,
+                                        at::ScalarType dtype) {
+  check_rows(x, "x");
+  check_rows(y, "y");
+  check_rows(w, "weight");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat, "add_rms_norm: fp32 x and weight");
+  TORCH_CHECK(x.numel() == y.numel(), "add_rms_norm: x and y differ in size");
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  Tensor h = at::empty(x.sizes(), x.options());
+  Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
+  const float* xp = x.data_ptr<float>();
+  float* hp = h.data_ptr<float>();
+  with_input(y, [&](const auto* yp) {
+    for (int64_t i = 0; i < rows * n; ++i) hp[i] = xp[i] + to_f(yp[i]);
+  });
+  const float* wp = w.data_ptr<float>();
+  with_output(out, [&](auto* op) {
+    for (int64_t r = 0; r < rows; ++r) norm_row(hp + r * n, wp, n, static_cast<float>(eps), op + r * n);
+  });
+  return {h, out};
+}
+
+// silu(gate) * up for gate_up = [gate | up] along the last dim (SwiGLU's w1|w3 output).
+Tensor silu_mul(const Tensor& gu, at::ScalarType dtype) {
+  check_rows(gu, "gate_up");
+  const int64_t n2 = gu.size(-1), rows = gu.numel() / n2, n = n2 / 2;
+  TORCH_CHECK(n2 % 2 == 0, "silu_mul: odd last dimension");
+  auto sizes = gu.sizes().vec();
+  sizes.back() = n;
+  Tensor y = at::empty(sizes, gu.options().dtype(dtype));
+  // fp32 rows of gate and up (converted from bf16 first, a row at a time), one vector loop.
+  std::vector<float> buf(gu.scalar_type() == at::kFloat ? 0 : n2), res(y.scalar_type() == at::kFloat ? 0 : n);
+  with_input(gu, [&](const auto* gp) {
+    with_output(y, [&](auto* yp) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* g;
+        if constexpr (std::is_same_v<std::decay_t<decltype(*gp)>, float>) {
+          g = gp + r * n2;
+        } else {
+          for (int64_t i = 0; i < n2; ++i) buf[i] = to_f(gp[r * n2 + i]);
+          g = buf.data();
+        }
+        if constexpr (std::is_same_v<std::decay_t<decltype(*yp)>, float>) {
+          silu_mul_f32(g, g + n, yp + r * n, n);
+        } else {
+          silu_mul_f32(g, g + n, res.data(), n);
+          for (int64_t i = 0; i < n; ++i) store(yp + r * n + i, res[i]);
+        }
+      }
+    });
+  });
+  return y;
+}
+
+// qkv [..., (H + 2 KVH) * D] -> q [..., H, D], k [..., KVH, D] rotated, v [..., KVH, D] (fp32).
+// rotation: complex64 [rows, D/2] (any shape of that size), cos + i sin per channel pair (2i, 2i+1)
+// of each head (Meta's layout), as lhama.model.rope.rope_rotation makes it.
+std::tuple<Tensor, Tensor, Tensor> rope_qkv(const Tensor& qkv, const Tensor& rot, int64_t H, int64_t KVH) {
+  check_rows(qkv, "qkv");
+  check_rows(rot, "rotation");
+  TORCH_CHECK(rot.scalar_type() == at::kComplexFloat, "rope_qkv: complex64 rotation");
+  const int64_t width = qkv.size(-1), rows = qkv.numel() / width, D = width / (H + 2 * KVH), half = D / 2;
+  TORCH_CHECK(D * (H + 2 * KVH) == width && D % 2 == 0, "rope_qkv: width is not (H + 2 KVH) * D");
+  TORCH_CHECK(rot.numel() * 2 == rows * D, "rope_qkv: rotation is not [rows, D/2]");
+  auto lead = qkv.sizes().vec();
+  lead.pop_back();
+  auto shape = [&](int64_t heads) {
+    auto s = lead;
+    s.push_back(heads);
+    s.push_back(D);
+    return s;
+  };
+  auto opts = qkv.options().dtype(at::kFloat);
+  Tensor q = at::empty(shape(H), opts), k = at::empty(shape(KVH), opts), v = at::empty(shape(KVH), opts);
+  float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  const float* rp = reinterpret_cast<const float*>(rot.data_ptr());  // (re, im) pairs
+  with_input(qkv, [&](const auto* xp) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto* x = xp + r * width;
+      const float* cs = rp + r * D;
+      for (int64_t h = 0; h < H + KVH; ++h) {
+        float* o = h < H ? qp + (r * H + h) * D : kp + (r * KVH + h - H) * D;
+        const auto* xh = x + h * D;
+        for (int64_t i = 0; i < half; ++i) {
+          const float x0 = to_f(xh[2 * i]), x1 = to_f(xh[2 * i + 1]), c = cs[2 * i], s = cs[2 * i + 1];
+          o[2 * i] = x0 * c - x1 * s;
+          o[2 * i + 1] = x0 * s + x1 * c;
+        }
+      }
+      const auto* xv = x + (H + KVH) * D;
+      for (int64_t i = 0; i < KVH * D; ++i) vp[r * KVH * D + i] = to_f(xv[i]);
+    }
+  });
+  return {q, k, v};
+}
+
+// Attention of the G query heads q [G, D] that share one KV head over `len` positions, stored in
+// runs of consecutive rows: run(j0) gives the key and value pointers of position j0, the row
+// stride and how many positions follow contiguously. out [G, D].
+template <typename Runs, typename Y>
+void attend_group(const float* q, int64_t G, int64_t D, int64_t len, float scale, Runs run, float* scratch, Y* out) {
+  float* s = scratch;            // [G, len]
+  float* acc = scratch + G * len;  // [G, D]
+  for (int64_t j = 0; j < len;) {
+    auto [kp, vp, stride, n] = run(j);
+    n = std::min(n, len - j);
+    scores_run(q, G, D, kp, stride, n, scale, s + j, len);
+    j += n;
+  }
+  std::vector<float> total(G);
+  for (int64_t g = 0; g < G; ++g) total[g] = softmax_numerators(s + g * len, len);
+  std::fill_n(acc, G * D, 0.f);
+  for (int64_t j = 0; j < len;) {
+    auto [kp, vp, stride, n] = run(j);
+    n = std::min(n, len - j);
+    values_run(s + j, len, G, D, vp, stride, n, acc);
+    j += n;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const float inv = 1.f / total[g];
+    for (int64_t d = 0; d < D; ++d) store(out + g * D + d, acc[g * D + d] * inv);
+  }
+}
+
+// Runs body(i) for i in [0, n) on the intra-op threads when the work is large enough.
+template <typename F>
+void for_each(int64_t n, int64_t work_per_item, F&& body) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, work_per_item));
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) body(i);
+  });
+}
+
+// StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32;
+// batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys 0..pos+t.
+Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc, int64_t pos,
+                     at::ScalarType dtype) {
+  for (auto* t : {&q, &k, &v}) check_rows(*t, "q/k/v");
+  check_rows(kc, "k_cache");
+  check_rows(vc, "v_cache");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat,
+              "attend_static: fp32 q, k, v and caches");
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), KVH = k.size(2), L = kc.size(1);
+  TORCH_CHECK(H % KVH == 0 && kc.size(2) == KVH && kc.size(3) == D && B <= kc.size(0), "attend_static: shapes");
+  TORCH_CHECK(pos >= 0 && pos + T <= L, "attend_static: KV cache holds ", L, " positions; tried to write up to ",
+              pos + T);
+  float *kcp = kc.data_ptr<float>(), *vcp = vc.data_ptr<float>();
+  const int64_t row = KVH * D;
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(k.data_ptr<float>() + b * T * row, T * row, kcp + (b * L + pos) * row);
+    std::copy_n(v.data_ptr<float>() + b * T * row, T * row, vcp + (b * L + pos) * row);
+  }
+  Tensor out = at::empty(q.sizes(), q.options().dtype(dtype));
+  const float* qp = q.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t G = H / KVH;
+  with_output(out, [&](auto* op) {
+    // One item per (row, token, KV head): its G query heads read each key and value once.
+    for_each(B * T * KVH, (pos + T) * D * 2 * G, [&](int64_t i) {
+      const int64_t kvh = i % KVH, t = (i / KVH) % T, b = i / (KVH * T), len = pos + t + 1;
+      std::vector<float> scratch(G * (len + D));
+      const float* kb = kcp + b * L * row + kvh * D;
+      const float* vb = vcp + b * L * row + kvh * D;
+      const int64_t qi = ((b * T + t) * H + kvh * G) * D;
+      auto runs = [&](int64_t j) { return std::make_tuple(kb + j * row, vb + j * row, row, len - j); };
+      attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+    });
+  });
+  return out;
+}
+
+// PagedKVCache, decode rows only: write k/v [N, KVH, D] to the storage rows `slots` [N * KVH] of
+// the layer's caches [blocks * KVH, bs, D] (fp32), then row i's query heads q [N, H, D] attend over
+// its first lens[i] positions, read in place through its block table tables[i] (no gather).
+Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc,
+                           const Tensor& slots, const Tensor& tables, const Tensor& lens, at::ScalarType dtype) {
+  for (auto* t : {&q, &k, &v, &slots, &tables, &lens}) check_rows(*t, "q/k/v/slots/tables/lens");
+  check_rows(kc, "k_cache");
+  check_rows(vc, "v_cache");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat,
+              "attend_paged_decode: fp32 q, k, v and caches");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && tables.scalar_type() == at::kLong && lens.scalar_type() == at::kLong,
+              "attend_paged_decode: int64 slots, tables and lens");
+  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1), bs = kc.size(1);
+  const int64_t rows = kc.size(0), mb = tables.size(1);
+  TORCH_CHECK(H % KVH == 0 && kc.size(2) == D && slots.numel() == N * KVH && tables.size(0) == N &&
+                  lens.numel() == N,
+              "attend_paged_decode: shapes");
+  float *kcp = kc.data_ptr<float>(), *vcp = vc.data_ptr<float>();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N * KVH; ++i) {
+    TORCH_CHECK(sp[i] >= 0 && sp[i] < rows * bs, "attend_paged_decode: slot out of range");
+    std::copy_n(k.data_ptr<float>() + i * D, D, kcp + sp[i] * D);
+    std::copy_n(v.data_ptr<float>() + i * D, D, vcp + sp[i] * D);
+  }
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i) {
+    TORCH_CHECK(lp[i] >= 1 && lp[i] <= mb * bs, "attend_paged_decode: length past the block table");
+    for (int64_t j = 0; j < (lp[i] + bs - 1) / bs; ++j)
+      TORCH_CHECK(tp[i * mb + j] >= 0 && (tp[i * mb + j] + 1) * KVH <= rows, "attend_paged_decode: bad block");
+  }
+  Tensor out = at::empty(q.sizes(), q.options().dtype(dtype));
+  const float* qp = q.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t G = H / KVH;
+  int64_t longest = 0;
+  for (int64_t i = 0; i < N; ++i) longest = std::max(longest, lp[i]);
+  with_output(out, [&](auto* op) {
+    for_each(N * KVH, longest * D * 2 * G, [&](int64_t i) {
+      const int64_t kvh = i % KVH, n = i / KVH, len = lp[n];
+      const int64_t* table = tp + n * mb;
+      std::vector<float> scratch(G * (len + D));
+      // A block's rows for one KV head are contiguous: one run per block.
+      auto runs = [&](int64_t j) {
+        const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * D;
+        return std::make_tuple(kcp + off, vcp + off, D, bs - j % bs);
+      };
+      const int64_t qi = (n * H + kvh * G) * D;
+      attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lhama_decode, m) {
+  m.def("rms_norm(Tensor x, Tensor weight, float eps, ScalarType dtype) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor y, Tensor weight, float eps, ScalarType dtype) -> (Tensor, Tensor)");
+  m.def("silu_mul(Tensor gate_up, ScalarType dtype) -> Tensor");
+  m.def("rope_qkv(Tensor qkv, Tensor rotation, int n_heads, int n_kv_heads) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "attend_static(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, int pos, "
+      "ScalarType dtype) -> Tensor");
+  m.def(
+      "attend_paged_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
+      "Tensor tables, Tensor lens, ScalarType dtype) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lhama_decode, CPU, m) {
+  m.impl("rms_norm", TORCH_FN(rms_norm));
+  m.impl("add_rms_norm", TORCH_FN(add_rms_norm));
+  m.impl("silu_mul", TORCH_FN(silu_mul));
+  m.impl("rope_qkv", TORCH_FN(rope_qkv));
+  m.impl("attend_static", TORCH_FN(attend_static));
+  m.impl("attend_paged_decode", TORCH_FN(attend_paged_decode));
+}
