@@ -134,7 +134,11 @@ def build(quiet: bool = False) -> Path:
             d.mkdir(parents=True, exist_ok=True)
             if not os.access(d, os.W_OK):
                 continue
-            return ggml_build.compile_library(sorted(KERNELS_DIR.glob("*.cpp")), lib_path(d), quiet=quiet)
+            path = ggml_build.compile_library(sorted(KERNELS_DIR.glob("*.cpp")), lib_path(d), quiet=quiet)
+            for old in d.glob(f"{LIB_NAME}-*.so"):  # builds of older sources or torch versions
+                if old != path:
+                    old.unlink(missing_ok=True)
+            return path
         except (OSError, RuntimeError) as e:
             err = e
     raise RuntimeError(f"could not build the ggml block kernels: {err}")

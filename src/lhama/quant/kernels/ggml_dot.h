@@ -59,7 +59,10 @@ static void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float
     const float id = dd != 0.f ? 1.f / dd : 0.f;
     int sum = 0;
     for (int j = 0; j < 32; ++j) {
-      const int v = static_cast<int>(std::nearbyint(xb[j] * id));
+      // Round half to even (|x * id| <= 127 + ulp): adding and subtracting 1.5 * 2^23 rounds
+      // in the FPU's default mode, in a few instructions (nearbyint is a libm call per value).
+      const float r = (xb[j] * id + 12582912.f) - 12582912.f;
+      const int v = static_cast<int>(r);
       q[i * 32 + j] = static_cast<int8_t>(v);
       sum += v;
     }
@@ -134,10 +137,83 @@ static inline void rows_all_m(const uint8_t* w, int64_t ws, int64_t nb, const in
 #endif
 }
 
+// Lane r of the result = the sum of d[r]'s 8 lanes.
+static inline __m256i reduce8(const __m256i d[8]) {
+  const __m256i a01 = _mm256_hadd_epi32(d[0], d[1]), a23 = _mm256_hadd_epi32(d[2], d[3]);
+  const __m256i a45 = _mm256_hadd_epi32(d[4], d[5]), a67 = _mm256_hadd_epi32(d[6], d[7]);
+  const __m256i lo4 = _mm256_hadd_epi32(a01, a23), hi4 = _mm256_hadd_epi32(a45, a67);
+  return _mm256_add_epi32(_mm256_permute2x128_si256(lo4, hi4, 0x20), _mm256_permute2x128_si256(lo4, hi4, 0x31));
+}
+
+// 8 fp16 values in the low (hi = false) or high halves of 8 int32 lanes -> 8 floats.
+static inline __m256 halves_to_ps(__m256i g, bool hi) {
+  const __m256i v = hi ? _mm256_srli_epi32(g, 16) : _mm256_and_si256(g, _mm256_set1_epi32(0xFFFF));
+  return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+
+// 8 weight rows at once: the 8 integer dot products of a block are reduced into one vector
+// (lane r = row r), so the per-block float work (scales from one gather, the int -> float
+// conversion, the fma, Q4's bias term) is shared by 8 rows; out[m * ldo + r] for r < 8.
+template <int QT, int MT>
+static inline void tile8(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                         const float* sx, int64_t K, float* out, int64_t ldo, bool pf) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(ws)));
+  __m256 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* base = w + b * BB;
+    // The first 4 bytes of each row's block: fp16 d (and Q4_1's fp16 m).
+    const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), idx, 1);
+    const __m256 wd = halves_to_ps(g, false);
+    __m256 wc = _mm256_setzero_ps();
+    if constexpr (QT == Q4_0) wc = _mm256_mul_ps(wd, _mm256_set1_ps(-8.f));
+    if constexpr (QT == Q4_1) wc = halves_to_ps(g, true);
+    __m256i wv[8];
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* blk = base + r * ws;
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + PREFETCH_ROWS * ws), _MM_HINT_T0);
+      if constexpr (QT == Q8_0) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
+      else wv[r] = unpack_nibbles(blk + (QT == Q4_0 ? 2 : 4));
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + m * K + b * 32));
+      __m256i d[8];
+      for (int r = 0; r < 8; ++r) {
+        if constexpr (QT == Q8_0) d[r] = dot_u8s8(_mm256_sign_epi8(wv[r], wv[r]), _mm256_sign_epi8(xv, wv[r]));
+        else d[r] = dot_u8s8(wv[r], xv);
+      }
+      const __m256 scale = _mm256_mul_ps(wd, _mm256_set1_ps(dx[m * nb + b]));
+      acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(d)), scale, acc[m]);
+      if constexpr (QT != Q8_0) acc[m] = _mm256_fmadd_ps(wc, _mm256_set1_ps(sx[m * nb + b]), acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out + m * ldo, acc[m]);
+}
+
+template <int QT>
+static inline void rows8_all_m(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                               const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  int64_t m = 0;
+  bool pf = true;
+  for (; m + MT_MAX <= M; m += MT_MAX, pf = false)
+    tile8<QT, MT_MAX>(w, ws, nb, qx + m * K, dx + m * nb, sx + m * nb, K, out + m * ldo, ldo, pf);
+  const int64_t left = M - m;
+  const int8_t* q = qx + m * K;
+  const float *d = dx + m * nb, *s = sx + m * nb;
+  float* o = out + m * ldo;
+  if (left == 1) tile8<QT, 1>(w, ws, nb, q, d, s, K, o, ldo, pf);
+#if MT_MAX > 2
+  else if (left == 2) tile8<QT, 2>(w, ws, nb, q, d, s, K, o, ldo, pf);
+  else if (left == 3) tile8<QT, 3>(w, ws, nb, q, d, s, K, o, ldo, pf);
+#endif
+}
+
 template <int QT>
 static void gemv_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
                       const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
   int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) rows8_all_m<QT>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
   for (; n + 4 <= n1; n += 4) rows_all_m<QT, 4>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
   for (; n < n1; ++n) rows_all_m<QT, 1>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
 }
