@@ -164,3 +164,19 @@ def test_no_compiler_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
         compile_library(sorted(ggml.KERNELS_DIR.glob("*.cpp")), tmp_path / "lib.so")
     assert not list(tmp_path.glob("lib.so*"))
+
+
+def test_without_a_compiler_the_reference_runs_with_one_notice(tmp_path, monkeypatch, caplog):
+    """A pip-installed lhama with no library built and no g++: one warning, the same results."""
+    monkeypatch.setattr(ggml, "lib_dirs", lambda: [tmp_path / "kernels"])
+    monkeypatch.setattr(ggml, "_state", {})
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.delenv("LHAMA_GGML_LIB", raising=False)
+    raw = random_blocks(Q8_0)
+    x = torch.randn(2, K)
+    with caplog.at_level("WARNING", logger="lhama.quant.ggml"):
+        assert not ggml.available() and ggml.isa() == "reference"
+        y = ggml.block_linear(x, torch.from_numpy(raw), Q8_0)
+    notices = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
+    assert len(notices) == 1 and "no C++ compiler" in notices[0]
+    assert torch.allclose(y, x @ gguf_weight(raw, Q8_0).T, rtol=1e-5, atol=1e-5)

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -25,37 +26,45 @@ def compiler() -> str:
 
 def flags() -> list[str]:
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [
-        "-O3",
-        "-ffp-contract=off",
-        "-std=c++17",
-        "-fPIC",
-        "-shared",
-        "-fopenmp",
-        f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
-        "-w",
-    ]
+    return ["-O3", "-ffp-contract=off", "-std=c++17", "-fPIC", "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", "-w"]
+
+
+def _run(cmds: list[list[str]]) -> None:
+    """Run compiler commands, as many at once as there are CPUs; a failure raises."""
+
+    def one(cmd: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            raise RuntimeError(f"no C++ compiler ({cmd[0]}: {e.strerror})") from e
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(one, cmds))
+    for r in results:
+        if r.returncode != 0:
+            tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
+            raise RuntimeError(f"{r.args[0]} failed:\n{tail}")
 
 
 def compile_library(sources: list[Path], out: Path, quiet: bool = False) -> Path:
-    """Build ``sources`` into ``out`` atomically (a temporary file, then a rename: two processes
-    building at once both end with a whole library)."""
+    """Build ``sources`` into ``out``: one compiler process per source file in parallel, one link,
+    written to a temporary file and renamed (two processes building at once both end with a
+    whole library)."""
     torch_lib = Path(torch.__file__).parent / "lib"
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     links = [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch"]
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    cmd = [compiler(), *flags(), *includes, *map(str, sources), "-o", tmp, *links]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as e:
-        os.unlink(tmp)
-        raise RuntimeError(f"no C++ compiler ({cmd[0]}: {e.strerror})") from e
-    if r.returncode != 0:
-        os.unlink(tmp)
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"{cmd[0]} failed:\n{tail}")
-    os.replace(tmp, out)
+    cxx = compiler()
+    with tempfile.TemporaryDirectory(prefix="lhama-kernels-") as tmpdir:
+        objs = [Path(tmpdir) / f"{i}-{src.stem}.o" for i, src in enumerate(sources)]
+        _run([[cxx, *flags(), *includes, "-c", str(src), "-o", str(o)] for src, o in zip(sources, objs, strict=True)])
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            _run([[cxx, "-shared", "-fopenmp", *map(str, objs), "-o", tmp, *links]])
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     if not quiet:
         print(f"built {out}")
     return out
