@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import gguf
@@ -138,6 +139,9 @@ def build(quiet: bool = False) -> Path:
             for old in d.glob(f"{LIB_NAME}-*.so"):  # builds of older sources or torch versions
                 if old != path:
                     old.unlink(missing_ok=True)
+            for tmp in d.glob(f"{LIB_NAME}-*.tmp"):  # left by a build that was killed
+                if time.time() - tmp.stat().st_mtime > 900:
+                    tmp.unlink(missing_ok=True)
             return path
         except (OSError, RuntimeError) as e:
             err = e
@@ -224,7 +228,6 @@ def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import time
 
     p = argparse.ArgumentParser(prog="python -m lhama.quant.ggml", description=__doc__.split("\n")[0])
     p.add_argument("--build", action="store_true", help="compile the kernels now (no-op when built)")
