@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lhama.checkpoints import open_reader, write_checkpoint
-from lhama.checkpoints.quantized import load_quantized, load_quantized_gguf
+from lhama.checkpoints.quantized import decode_rows, load_quantized, load_quantized_gguf
 from lhama.model import ModelArgs, build_model
 from lhama.quant import Int4WeightOnlyLinear
 from lhama.quant.blocks import BlockEmbedding, BlockLinear, SplitInt8Linear, ggml_available
@@ -207,6 +207,9 @@ def test_llama_cpp_quantized_files_load_into_kernel_layouts(tiny_f32, tmp_path, 
     )
     with caplog.at_level(logging.WARNING, logger="lhama.checkpoints.quantized"), open_reader(out) as reader:
         assert reader.qtype("layers.0.attention.wq.weight").name == qname
+        for name in ("layers.0.attention.wq.weight", "tok_embeddings.weight"):  # Q6_K decoded in torch
+            want = _file_weight(reader, name).float()
+            assert torch.equal(decode_rows(reader.blocks(name), reader.qtype(name)).view(want.shape), want)
         model, report = load_quantized_gguf(reader, raw_blocks=False)
         raw = load_quantized_gguf(reader, raw_blocks=True)[0] if exact else None  # the file's own blocks
         if exact:

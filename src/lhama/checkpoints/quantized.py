@@ -95,6 +95,22 @@ def _dequantize(raw: np.ndarray, qtype) -> np.ndarray:
     return gguf.quants.dequantize(raw, qtype).astype(np.float32, copy=False).reshape(raw.shape[0], -1)
 
 
+def decode_rows(raw: np.ndarray, qtype) -> torch.Tensor:
+    """Rows of any ggml type -> fp32 [rows, K]; Q6_K (llama.cpp's usual type for the embedding
+    and head of Q4 files) decoded in torch: the same values as the gguf package's numpy in ~half
+    its CPU time (a Llama 3.2 1B head is 128,256 rows)."""
+    if qtype != Q.Q6_K:
+        return torch.from_numpy(_dequantize(raw, qtype))
+    rows = raw.shape[0]
+    b = torch.from_numpy(np.array(raw)).view(-1, 210)  # block_q6_K: ql[128] qh[64] scales[16] d
+    n = b.shape[0]
+    scale = b[:, 208:210].contiguous().view(torch.float16).float() * b[:, 192:208].contiguous().view(torch.int8)
+    ql = b[:, :128].reshape(n, 2, 1, 64) >> torch.tensor([0, 4], dtype=torch.uint8).view(1, 1, 2, 1)
+    qh = b[:, 128:192].reshape(n, 2, 1, 32) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    q = ((ql & 15).reshape(n, 8, 32) | ((qh & 3).reshape(n, 8, 32) << 4)).view(n, 16, 16).to(torch.int8) - 32
+    return (scale.view(n, 16, 1) * q).view(rows, -1)
+
+
 # -- building modules ------------------------------------------------------------------------
 @dataclass
 class _Builder:
@@ -129,7 +145,7 @@ class _Builder:
         if qtype not in FLOAT and (bits > 4.6 or cols % GROUP):  # int8 rows: one row block at a time
             self._notice(qtype, "int8")
             self.kinds[module_name] = f"int8 ({qtype.name}, requantized)"
-            floats = (torch.from_numpy(_dequantize(raw, qtype)) for raw in self._row_blocks(names, rows=2048))
+            floats = (decode_rows(raw, qtype) for raw in self._row_blocks(names, rows=2048))
             return Int8WeightOnlyLinear.from_rows(floats, rows, cols, self.compute_dtype)
         w = torch.cat([self.reader.read(n) for n in names]).float()
         if qtype in FLOAT:
