@@ -180,3 +180,19 @@ def test_without_a_compiler_the_reference_runs_with_one_notice(tmp_path, monkeyp
     notices = [r.getMessage() for r in caplog.records if "reference" in r.getMessage()]
     assert len(notices) == 1 and "no C++ compiler" in notices[0]
     assert torch.allclose(y, x @ gguf_weight(raw, Q8_0).T, rtol=1e-5, atol=1e-5)
+
+
+def test_row_strided_views_and_fake_tensors():
+    """Every other row of a block matrix (rows ``stride(0)`` bytes apart), and shapes without data
+    (meta tensors, as torch.compile's fake tensors see the ops)."""
+    raw = random_blocks(Q8_0, n=2 * N)
+    blocks, want = torch.from_numpy(raw), gguf_weight(raw, Q8_0)
+    x = torch.randn(2, K)
+    assert torch.equal(ggml.dequantize(blocks[::2], Q8_0), want[::2])
+    assert torch.equal(ggml.block_linear(x, blocks[::2], Q8_0), ggml.block_linear(x, blocks[::2].clone(), Q8_0))
+    if not ggml.available():
+        return
+    meta = blocks.to("meta")  # the fake implementations also answer meta tensors
+    y = torch.ops.lhama_ggml.block_linear(torch.empty(3, 5, K, dtype=torch.bfloat16, device="meta"), meta, Q8_0)
+    assert y.shape == (3, 5, 2 * N) and y.dtype == torch.bfloat16 and y.is_meta
+    assert torch.ops.lhama_ggml.block_rows(meta, Q8_0, torch.tensor([1, 2], device="meta")).shape == (2, K)

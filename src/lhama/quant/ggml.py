@@ -164,6 +164,7 @@ def _load():
             path = build(quiet=True)
         torch.ops.load_library(str(path))
         ops = torch.ops.lhama_ggml
+        _register_fakes()
         want = os.environ.get("LHAMA_GGML_ISA")
         if want:
             ops.set_isa(want.lower())
@@ -171,6 +172,28 @@ def _load():
     except Exception as e:  # no compiler, a broken toolchain: the reference path still runs
         log.warning("ggml block kernels unavailable (%s); using the pure-torch reference (dequantize + matmul)", e)
     return _state["ops"]
+
+
+def _register_fakes() -> None:
+    """Shapes without data (meta/fake tensors: torch.compile traces through the ops)."""
+    if _state.get("fakes"):
+        return
+    _state["fakes"] = True
+    lib = "lhama_ggml::"
+
+    @torch.library.register_fake(lib + "block_linear")
+    def _linear(x, blocks, qtype):
+        return x.new_empty((*x.shape[:-1], blocks.shape[0]))
+
+    @torch.library.register_fake(lib + "block_rows")
+    def _rows(blocks, qtype, ids):
+        k = blocks.shape[1] // QTYPES[qtype] * BLOCK
+        return blocks.new_empty((ids.numel(), k), dtype=torch.float32)
+
+    @torch.library.register_fake(lib + "dequantize")
+    def _dequantize(blocks, qtype):
+        k = blocks.shape[1] // QTYPES[qtype] * BLOCK
+        return blocks.new_empty((blocks.shape[0], k), dtype=torch.float32)
 
 
 def available() -> bool:
