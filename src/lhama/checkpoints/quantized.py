@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import mmap
 import warnings
 from dataclasses import dataclass, field
 
@@ -120,6 +121,15 @@ class _Builder:
     raw_blocks: bool = False  # Q4_0/Q4_1/Q8_0 as BlockLinear over the map (ggml kernels available)
     kinds: dict[str, str] = field(default_factory=dict)
     views: dict[str, torch.Tensor] = field(default_factory=dict)  # one tensor per file tensor
+    mapped: list[np.ndarray] = field(default_factory=list)  # map ranges BlockLinear modules read
+
+    def map_weights(self) -> None:
+        """Fault in the map's pages under every BlockLinear (one read per page), as llama.cpp's
+        mmap does at load: the first token then pays no page faults, and the RSS after loading
+        is what a running model holds (the file's pages, shared with the page cache)."""
+        for a in self.mapped:
+            flat = a.reshape(-1)
+            int(flat[:: mmap.PAGESIZE].sum())
 
     def linear(self, names: list[str], module_name: str) -> nn.Module:
         """One module for the row-stack of ``names`` (all of one ggml type)."""
@@ -172,6 +182,7 @@ class _Builder:
         """The row stack of ``names``' blocks: a view when they lie back to back in the file,
         else one copy (their file pages then leave the resident set)."""
         if len(names) == 1:
+            self.mapped.append(self.reader.blocks(names[0]))
             return self.view(names[0])
         parts = [self.reader.blocks(n) for n in names]
         rows = sum(p.shape[0] for p in parts)
@@ -179,6 +190,7 @@ class _Builder:
             b.ctypes.data == a.ctypes.data + a.nbytes for a, b in zip(parts, parts[1:], strict=False)
         ):
             span = np.lib.stride_tricks.as_strided(parts[0], (rows, parts[0].shape[1]), parts[0].strides)
+            self.mapped.append(span)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.from_numpy(span)
@@ -449,6 +461,7 @@ def _build(
     model.tok_embeddings = b.embedding()
     reader.drop_pages()
     release_freed_memory()
+    b.map_weights()
     model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
     report = QuantReport(
         model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model), dict(b.kinds)
