@@ -41,3 +41,22 @@ def tiny_llama3_args():
         rope_scaling=RopeScaling(factor=8.0),
         max_seq_len=256,
     )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One real default server (tests/serving.py) shared by every test that needs no special
+    flags, in any package: each start costs a process, a torch import and a model load."""
+    from tests.serving import ServerProcess
+
+    srv = ServerProcess(tmp_path_factory.mktemp("server-data"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    """The real openai client on the shared server."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.base, api_key="unused", max_retries=0, timeout=120)

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import pytest
 
 from tests import needs
 from tests.rag.test_pgvector import postgres  # noqa: F401 - the real-PostgreSQL fixture
-from tests.server.conftest import MODEL
+from tests.serving import MODEL, ServerProcess
 
 needs.module("ray.serve")
 openai = needs.module("openai")
@@ -107,8 +106,14 @@ class RayCluster:
             p.wait(30)
 
 
-class ServeProcess:
-    """`lhama serve` on the cluster; its output is kept for failure messages."""
+class ServeProcess(ServerProcess):
+    """`lhama serve` on the cluster (tests/serving.py's helper, with Serve's ready line, its own
+    process group and SIGINT to stop); its output is kept for failure messages."""
+
+    ready = READY
+    stop_signal = signal.SIGINT
+    new_session = True
+    wait_healthy = False  # /health goes through Serve's router: replica_pids polls it
 
     def __init__(self, cluster: RayCluster | None, data_dir: Path, *args: str, timeout: float = 300):
         """On ``cluster``, or (None) on the local Ray that `lhama serve` starts itself."""
@@ -120,31 +125,7 @@ class ServeProcess:
             if cluster
             else {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
         )
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**env, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"},
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self.url = None
-        ready = threading.Event()
-
-        def reader():
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                m = READY.search(line)
-                if m and self.url is None:
-                    self.url = m.group(1)
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        if not ready.wait(timeout) or self.url is None:
-            self.stop()
-            raise RuntimeError("serve did not start:\n" + "".join(self.lines))
+        self._start(cmd, {**env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}, timeout)
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="x", max_retries=0)
 
     def replica_pids(self, n: int = 2, tries: int = 60) -> dict[str, int]:
@@ -170,13 +151,8 @@ class ServeProcess:
                 break
         return seen
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+    def stop(self, timeout: float = 60) -> int:
+        return super().stop(timeout)
 
 
 def _batch_file(n: int, max_tokens: int) -> bytes:
@@ -352,8 +328,6 @@ def test_state_in_postgresql(cluster3, postgres, tmp_path):  # noqa: F811 - the 
 def test_tensor_parallel_replica_in_a_placement_group(tmp_path):
     """`--tp 3`: one replica of 3 ranks (rank 0 the Serve replica, ranks 1-2 Ray actors in its
     placement group's other bundles, gloo); its greedy answer is one process's."""
-    from tests.server.conftest import ServerProcess
-
     prompt = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
     single = ServerProcess(tmp_path / "single")
     try:

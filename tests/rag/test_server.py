@@ -7,21 +7,15 @@ import io
 import httpx
 import pytest
 
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("vs-server")
-    s = ServerProcess(data)
-    yield s, data
-    s.stop()
+# ``server``: the session's shared default server (tests/conftest.py); ``data_dir`` is its own.
 
 
 def test_vector_stores_end_to_end(server):
     from openai import NotFoundError, OpenAI
 
-    srv, data = server
+    srv, data = server, server.data_dir
     client = OpenAI(base_url=srv.base, api_key="unused")
     good = client.files.create(
         file=(

@@ -13,7 +13,7 @@ import pytest
 
 from lhama.safety import LlamaGuardConfig, LlamaGuardShield
 from tests.safety.guard_training import OUTPUT_TRIGGER, POLICY, SAFE_INPUTS, UNSAFE_INPUTS, examples, train_toy_guard
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL, ServerProcess
 
 UNSAFE = next(iter(UNSAFE_INPUTS))
 SAFE = SAFE_INPUTS[0]

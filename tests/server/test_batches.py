@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.server.conftest import MODEL, wait_for
+from tests.serving import MODEL, wait_for
 
 
 def jsonl(rows) -> bytes:

@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL, ServerProcess
 
 MSG = [{"role": "user", "content": "hi"}]
 

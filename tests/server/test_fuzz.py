@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.serving import MODEL
 
 TOKEN_CAP = 4
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL, ServerProcess
 
 # The peak RSS of one `lhama generate` child, read from a fresh parent whose only child it is.
 _GENERATE_PEAK = """import json, resource, subprocess, sys

@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import MODEL, ServerProcess, wait_for
 from tests.server.faulty_server import POISON_SEED
+from tests.serving import MODEL, ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from openai import OpenAI
 
-from tests.server.conftest import MODEL, ServerProcess, wait_for
+from tests.serving import MODEL, ServerProcess, wait_for
 
 
 def _json_atomic(path: Path, obj) -> None:  # the old lhama.server.files.write_json_atomic

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import MODEL, ServerProcess, wait_for
+from tests.serving import MODEL, ServerProcess, wait_for
 
 LONG = {
     "model": MODEL,

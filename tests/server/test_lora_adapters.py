@@ -13,7 +13,7 @@ import pytest
 from lhama.loader import load_model
 from lhama.model.configs import get_config
 from tests.engine.lora_adapters import make_adapter
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL, ServerProcess
 
 PROMPT = "Write one sentence about the sea:"
 

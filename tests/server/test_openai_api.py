@@ -12,7 +12,7 @@ import struct
 import jsonschema
 import pytest
 
-from tests.server.conftest import MODEL
+from tests.serving import MODEL
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL, ServerProcess
 
 QUESTION = "What is the capital of France?"
 WEATHER = [

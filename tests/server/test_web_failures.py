@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import socket
 
-from tests.server.conftest import ServerProcess
 from tests.server.web_chat import browser, open_page, shot  # noqa: F401
+from tests.serving import ServerProcess
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import pytest
 
 from lhama.sampling_defaults import REQUEST_SAMPLING_DEFAULTS
 from tests import needs
-from tests.server.conftest import MODEL, wait_for
 from tests.server.web_chat import (  # noqa: F401
     browser,
     conversation,
@@ -20,6 +19,7 @@ from tests.server.web_chat import (  # noqa: F401
     seed_conversations,
     shot,
 )
+from tests.serving import MODEL, wait_for
 
 MARKDOWN = """Here is **bold** and `inline code`.
 
@@ -531,7 +531,7 @@ def test_code_interpreter_with_documents_over_the_responses_api(server, browser,
 def test_model_picker_lists_adapters_and_a_reply_uses_the_chosen_one(browser, expect, tmp_path):  # noqa: F811
     from lhama.loader import load_model
     from tests.engine.lora_adapters import make_adapter
-    from tests.server.conftest import ServerProcess
+    from tests.serving import ServerProcess
 
     adapter = make_adapter(tmp_path / "a1", load_model("default").args, rank=4, targets=("wq",), seed=1)
     srv = ServerProcess(tmp_path / "data", "--lora", f"tuned={adapter}", timeout=600)

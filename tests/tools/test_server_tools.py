@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.server.conftest import MODEL, ServerProcess
+from tests.serving import MODEL
 
 WEATHER = [
     {
@@ -43,14 +41,7 @@ CALL_SCHEMA = {
 }
 ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    from openai import OpenAI
-
-    srv = ServerProcess(tmp_path_factory.mktemp("tools-server"))
-    yield OpenAI(base_url=srv.base, api_key="unused", max_retries=0, timeout=120)
-    srv.stop()
+# ``client``: the real openai client on the session's shared default server (tests/conftest.py).
 
 
 def test_auto_tool_call_streams_as_tool_calls_never_as_content(client):
