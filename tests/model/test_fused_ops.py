@@ -154,11 +154,10 @@ def test_a_quantized_model_decodes_the_same_with_and_without_the_fused_ops(tiny_
     torch.testing.assert_close(fast_logits, slow_logits, atol=1e-3, rtol=1e-3)
 
 
-def test_training_and_prefill_take_the_pytorch_path(tiny_llama3_args):
+def test_training_takes_the_pytorch_path(tiny_llama3_args):
     x = torch.randn(1, 1, 64)
     assert fused.fused_ops(x) is None  # autograd on: never the C++ ops
     with torch.inference_mode():
-        assert fused.fused_ops(torch.randn(1, fused.FUSED_MAX_ROWS + 1, 64)) is None
         assert fused.fused_ops(x.to(torch.bfloat16)) is None  # bf16 residual stream
         assert fused.fused_ops(x) is OPS
     model = build_model(tiny_llama3_args, init="random")

@@ -128,31 +128,26 @@ class PagedKVCache:
             return self.attend_rows(layer, q, k, v)
         _, N, H, D = q.shape
         KVH, G = self.n_kv_heads, self.group
-        if md.num_decode == N and md.decode_tables is not None and self.kv.dtype == q.dtype == torch.float32:
-            ops = fused_ops(q, N)
-            if ops is not None and not self.fresh_buffers and q.is_contiguous():
-                # Decode rows only: the KV write and the attention, reading each row's blocks in
-                # place through its block table (no gather, no mask), in one call.
-                out = ops.attend_paged_decode(
-                    q.view(N, H, D),
-                    k.reshape(N, KVH, D),
-                    v.reshape(N, KVH, D),
-                    self.kv[layer, 0],
-                    self.kv[layer, 1],
-                    md.slots,
-                    md.decode_tables,
-                    md.decode_lens,
-                    q.dtype,
-                )
-                return out.view(1, N, H, D)
-        kc = self.kv[layer, 0].view(-1, D)
-        vc = self.kv[layer, 1].view(-1, D)
-        kc.index_copy_(0, md.slots, k.view(N * KVH, D))
-        vc.index_copy_(0, md.slots, v.view(N * KVH, D))
-        kb = self.kv[layer, 0]
-        vb = self.kv[layer, 1]
-        q = q.view(N, H, D)
         Bd = md.num_decode
+        kb, vb = self.kv[layer, 0], self.kv[layer, 1]
+        ops = fused_ops(q) if Bd and md.decode_tables is not None and self.kv.dtype == torch.float32 else None
+        if ops is not None and not self.fresh_buffers and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
+            # Decode rows: their KV write and attention in one call, each row's blocks read in
+            # place through its block table (no gather, no mask); whatever the step's size, so a
+            # row's numbers do not depend on what it is batched with.
+            dec = ops.attend_paged_decode(
+                q[:, :Bd], k[:, :Bd], v[:, :Bd], kb, vb, md.slots[: Bd * KVH], md.decode_tables, md.decode_lens, q.dtype
+            )
+            if not md.prefills:
+                return dec
+            kb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], k[0, Bd:].reshape(-1, D))
+            vb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], v[0, Bd:].reshape(-1, D))
+            out = torch.empty_like(q.view(N, H, D))
+            out[:Bd] = dec[0]
+            return self._attend_prefills(q.view(N, H, D), kb, vb, out)
+        kb.view(-1, D).index_copy_(0, md.slots, k.view(N * KVH, D))
+        vb.view(-1, D).index_copy_(0, md.slots, v.view(N * KVH, D))
+        q = q.view(N, H, D)
         dec = None
         if Bd:
             S = md.decode_max_blocks * self.block_size
@@ -171,7 +166,14 @@ class PagedKVCache:
         out = torch.empty_like(q)
         if dec is not None:
             out[:Bd] = dec.reshape(Bd, H, D)
-        for p in md.prefills:
+        return self._attend_prefills(q, kb, vb, out)
+
+    def _attend_prefills(self, q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Each prompt chunk of the step over its own context (q [N, H, D], K/V written); fills
+        its rows of ``out`` [N, H, D] and returns it as [1, N, H, D]."""
+        N, H, D = q.shape
+        KVH, G = self.n_kv_heads, self.group
+        for p in self.meta.prefills:
             n, ctx = p.num_new, p.context
             kg, vg = self._scratch(p.gather_idx.numel())
             torch.index_select(kb, 0, p.gather_idx, out=kg)

@@ -3,10 +3,12 @@ steps, the same arithmetic as one fused C++ op (``lhama/quant/kernels/decode_ops
 
 A decode step of a small model is bound by dispatch, not arithmetic: eager PyTorch spends
 10-60 ATen calls on a norm and its cast, RoPE and the q/k/v split, a KV write and a one-row
-attention. The fused ops run where that matters and nothing is lost: on the CPU, with no
-autograd (inference), not under ``torch.compile``, at most ``FUSED_MAX_ROWS`` rows, fp32
-residual stream. Everywhere else (GPUs, training, prefill, bf16 models) the PyTorch code below
-runs; tests hold the two paths to each other.
+attention. The fused ops run on the CPU with no autograd (inference), not under
+``torch.compile``, with an fp32 residual stream; everywhere else (GPUs, training, bf16 models)
+the PyTorch code below runs, and tests hold the two paths to each other. They run whatever the
+number of rows (prefill too), and attention of single-token rows takes the fused op in the
+reference loop and in the engine alike: a token's numbers never depend on how many rows it was
+computed with (the engine's sampled outputs equal the reference loop's).
 
 Dtype contract: the residual stream keeps its dtype; a norm may round its result straight to the
 dtype the next matmul computes in (a quantized linear's bf16: no cast before the kernel, none
@@ -17,9 +19,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-# Rows (tokens) up to which a step takes the fused ops: decode steps and small batches.
-FUSED_MAX_ROWS = 16
 
 _OPS: list = []
 _ACT = (torch.float32, torch.bfloat16)  # activation dtypes the fused ops read
@@ -37,17 +36,10 @@ def _ops():
     return _OPS[0]
 
 
-def fused_ops(x: torch.Tensor, rows: int | None = None):
-    """The fused op namespace when ``x`` (an fp32 activation of ``rows`` tokens; default: all but
-    its last dimension) qualifies, else None. Callers decide once (a block, a cache) and hand the
-    answer to the functions below as ``ops``."""
-    if (
-        not x.is_cpu
-        or x.dtype != torch.float32
-        or torch.is_grad_enabled()
-        or (x.numel() // x.shape[-1] if rows is None else rows) > FUSED_MAX_ROWS
-        or torch.compiler.is_compiling()
-    ):
+def fused_ops(x: torch.Tensor):
+    """The fused op namespace when ``x`` (an fp32 CPU activation, no autograd) qualifies, else
+    None. Callers decide once (a block, a cache) and hand the answer to the functions below."""
+    if not x.is_cpu or x.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
     return _OPS[0] if _OPS else _ops()
 

@@ -71,10 +71,11 @@ class StaticKVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; tried to write up to {end}")
         kc, vc = self.k[layer], self.v[layer]
-        if kc.dtype == torch.float32 and q.dtype == torch.float32:
-            ops = fused_ops(q, B * T)
+        if T == 1 and kc.dtype == torch.float32:
+            ops = fused_ops(q)
             if ops is not None and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
-                # Decode rows: the KV write and the attention in one call.
+                # A decode row: the KV write and the attention in one call (the engine's decode
+                # rows take the same arithmetic: lhama.engine.paged_cache).
                 return ops.attend_static(q, k, v, kc, vc, self.pos, q.dtype)
         kc[:B, self.pos : end] = k
         vc[:B, self.pos : end] = v

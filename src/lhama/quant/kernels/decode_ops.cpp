@@ -338,9 +338,10 @@ Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   return out;
 }
 
-// PagedKVCache, decode rows only: write k/v [N, KVH, D] to the storage rows `slots` [N * KVH] of
-// the layer's caches [blocks * KVH, bs, D] (fp32), then row i's query heads q [N, H, D] attend over
-// its first lens[i] positions, read in place through its block table tables[i] (no gather).
+// PagedKVCache, decode rows: write k/v [..., KVH, D] of N rows to the storage rows `slots`
+// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32), then row i's query heads
+// (q [..., H, D], N rows) attend over its first lens[i] positions, read in place through its block
+// table tables[i] (no gather, no mask). The result has q's shape.
 Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc,
                            const Tensor& slots, const Tensor& tables, const Tensor& lens, at::ScalarType dtype) {
   for (auto* t : {&q, &k, &v, &slots, &tables, &lens}) check_rows(*t, "q/k/v/slots/tables/lens");
@@ -351,10 +352,10 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
               "attend_paged_decode: fp32 q, k, v and caches");
   TORCH_CHECK(slots.scalar_type() == at::kLong && tables.scalar_type() == at::kLong && lens.scalar_type() == at::kLong,
               "attend_paged_decode: int64 slots, tables and lens");
-  const int64_t N = q.size(0), H = q.size(1), D = q.size(2), KVH = k.size(1), bs = kc.size(1);
+  const int64_t H = q.size(-2), D = q.size(-1), KVH = k.size(-2), N = q.numel() / (H * D), bs = kc.size(1);
   const int64_t rows = kc.size(0), mb = tables.size(1);
-  TORCH_CHECK(H % KVH == 0 && kc.size(2) == D && slots.numel() == N * KVH && tables.size(0) == N &&
-                  lens.numel() == N,
+  TORCH_CHECK(H % KVH == 0 && k.size(-1) == D && k.numel() == N * KVH * D && v.numel() == k.numel() &&
+                  kc.size(2) == D && slots.numel() == N * KVH && tables.size(0) == N && lens.numel() == N,
               "attend_paged_decode: shapes");
   float *kcp = kc.data_ptr<float>(), *vcp = vc.data_ptr<float>();
   const int64_t* sp = slots.data_ptr<int64_t>();
