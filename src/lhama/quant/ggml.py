@@ -168,7 +168,7 @@ def _load():
         want = os.environ.get("LHAMA_GGML_ISA")
         if want:
             ops.set_isa(want.lower())
-        _state["ops"] = ops
+        _state["ops"], _state["linear"] = ops, ops.block_linear.default
     except Exception as e:  # no compiler, a broken toolchain: the reference path still runs
         log.warning("ggml block kernels unavailable (%s); using the pure-torch reference (dequantize + matmul)", e)
     return _state["ops"]
@@ -220,12 +220,15 @@ def set_isa(name: str) -> str:
 def block_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Tensor:
     """``x @ W.T`` for x [..., K] (float32 or bfloat16) and W the weight that ``blocks``
     [N, (K // 32) * block bytes] encode: [..., N] in x's dtype, fp32 accumulation."""
-    ops = _state["ops"] if "ops" in _state else _load()
-    if ops is None or (x.requires_grad and torch.is_grad_enabled()) or x.device.type != "cpu":
+    # A decode step makes ~120 of these calls: the checks are the cheapest that decide.
+    op = _state.get("linear") if _state.get("ops") is not None else None
+    if op is None and "ops" not in _state and _load() is not None:
+        op = _state["linear"]
+    if op is None or not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
         return _ref_linear(x, blocks, qtype)
     if qtype not in QTYPES:
         _check(blocks, qtype)  # the error names the type
-    return ops.block_linear(x, blocks, int(qtype))
+    return op(x, blocks, int(qtype))
 
 
 def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Tensor:
