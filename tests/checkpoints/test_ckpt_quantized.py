@@ -350,3 +350,22 @@ def test_sixteen_bit_gguf_stays_16_bit_where_the_cpu_computes_bf16(tmp_path, smo
         got, ref = kept.model(ids).float(), dense.model(ids)
     kl = torch.nn.functional.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none")
     assert kl.sum(-1).mean() < 0.01, kl.sum(-1).mean()
+
+
+def test_a_loaded_quantized_model_writes_back_the_files_own_blocks(smollm2_path, tmp_path):
+    """GGUF write-back of a raw-block model: every tensor of the written file has the source's
+    type and bytes (stacks split back into wq/wk/wv and w1/w3, the tied head once)."""
+    from lhama.checkpoints.gguf_write import write_gguf
+    from lhama.checkpoints.quantized import gguf_tensors
+    from lhama.gguf_file import open_gguf
+
+    with open_reader(smollm2_path) as reader:
+        model, _ = load_quantized_gguf(reader, raw_blocks=True)
+        floats, raw = gguf_tensors(model)
+        out = write_gguf(floats, model.args, tmp_path / "back.gguf", gguf_type="f32", metadata=reader.metadata, raw=raw)
+    src = {t.name: t for t in open_gguf(smollm2_path).tensors}
+    back = {t.name: t for t in open_gguf(out).tensors}
+    assert set(src) == set(back)
+    for name, t in src.items():
+        assert back[name].tensor_type == t.tensor_type, name
+        assert np.array_equal(np.asarray(back[name].data).view(np.uint8), np.asarray(t.data).view(np.uint8)), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,19 @@ def write_gguf(
     out_path: str | os.PathLike,
     gguf_type: str = "f16",
     metadata: dict[str, Any] | None = None,
+    raw: dict[str, tuple[np.ndarray, Any]] | None = None,
 ) -> Path:
     """Write a llama.cpp-loadable GGUF. Norms stay F32 (as llama.cpp's converter does); Q8_0
     needs rows divisible by 32 and falls back to F16 otherwise. ``metadata`` ``tokenizer.*`` and
-    ``general.*`` keys (e.g. from the source GGUF) are carried over so the file is self-contained."""
+    ``general.*`` keys (e.g. from the source GGUF) are carried over so the file is self-contained.
+    ``raw``: {name: (blocks uint8 [rows, bytes], ggml type)} written byte for byte in place of
+    ``state_dict[name]`` (a quantized model's own blocks: ``lhama.checkpoints.quantized``)."""
     if gguf_type not in WRITE_TYPES:
         raise ValueError(f"gguf_type must be one of {sorted(WRITE_TYPES)}, got {gguf_type!r}")
     out_path = Path(out_path)
+    raw = dict(raw or {})
+    shapes = expected_shapes(args)
+    state_dict = {**state_dict, **{n: torch.empty(shapes[n], device="meta") for n in raw if n in shapes}}
     state_dict = drop_tied_head(state_dict, args)
     check_state_dict(state_dict, args, "<state dict to write>")
     qtype, file_type = WRITE_TYPES[gguf_type]
@@ -101,18 +108,22 @@ def write_gguf(
         w.add_string("tokenizer.ggml.model", "none")
 
     # Plan every tensor first (names, types, sizes), then stream them one by one.
-    plan: list[tuple[str, torch.Tensor, Any]] = []
+    plan: list[tuple[str, Any, Any, tuple[int, ...]]] = []
     if args.rope_scaling is not None:
-        plan.append((ROPE_FREQS, rope_divisors(args).float(), Q.F32))
+        freqs = rope_divisors(args).float()
+        plan.append((ROPE_FREQS, freqs, Q.F32, tuple(freqs.shape)))
     for name in expected_shapes(args):
         t = state_dict[name]
         tq = Q.F32 if t.ndim == 1 else qtype
-        if tq == Q.Q8_0 and t.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+        if name in raw:
+            tq = Q(raw[name][1])
+        elif tq == Q.Q8_0 and t.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
             tq = Q.F16
-        plan.append((GGUF_NAMES.to_theirs(name), t, tq))
-    for name, t, tq in plan:
+        plan.append((GGUF_NAMES.to_theirs(name), raw[name][0] if name in raw else t, tq, tuple(t.shape)))
+    for name, _t, tq, shape in plan:
         block, type_size = gguf.GGML_QUANT_SIZES[tq]
-        w.add_tensor_info(name, tuple(t.shape), np.dtype(np.float32), t.numel() // block * type_size, raw_dtype=tq)
+        nbytes = math.prod(shape) // block * type_size
+        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=tq)
 
     tmp = out_path.with_name(out_path.name + ".partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +131,8 @@ def write_gguf(
         w.write_header_to_file(tmp)
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        for _name, t, tq in plan:
-            w.write_tensor_data(_encode(t, tq))
+        for _name, t, tq, _shape in plan:
+            w.write_tensor_data(np.ascontiguousarray(t) if isinstance(t, np.ndarray) else _encode(t, tq))
         w.close()
         os.replace(tmp, out_path)  # a reader never sees a half-written file under the real name
     finally:

@@ -335,6 +335,55 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def gguf_tensors(model: Transformer) -> tuple[dict[str, torch.Tensor], dict[str, tuple[np.ndarray, int]]]:
+    """A loaded quantized model as what ``write_gguf`` takes: (float tensors, {name: (blocks,
+    ggml type)}). ``BlockLinear`` / ``BlockEmbedding`` weights go back as the file's own bytes
+    (stacks split by rows), so a GGUF written from them has every block bit-identical to the
+    source; other modules (a repacked fallback, float norms) as their exact fp32 values."""
+    args, floats, raw = model.args, {}, {}
+    parts = {"wqkv": ("wq", "wk", "wv"), "w13": ("w1", "w3")}
+    for name, mod in model.named_modules():
+        base = getattr(mod, "base", None)  # a LoRA side path keeps its base module's weights
+        if base is not None and not isinstance(mod, (BlockLinear, BlockEmbedding)):
+            continue
+        parent, _, leaf = name.rpartition(".")
+        if ".base" in name:
+            parent, leaf = parent.rpartition(".")[0], parent.rpartition(".")[2]
+        if isinstance(mod, BlockEmbedding):
+            raw["tok_embeddings.weight"] = (mod.blocks.numpy(), mod.qtype)
+        elif isinstance(mod, (BlockLinear, Int4WeightOnlyLinear, Int8WeightOnlyLinear, SplitInt8Linear, nn.Linear)):
+            if name.endswith((".hi", ".lo")) or (name == "output" and args.tie_embeddings):
+                continue
+            names = [f"{parent}.{p}.weight" for p in parts.get(leaf, (leaf,))] if parent else [f"{leaf}.weight"]
+            row = 0
+            for n in names:
+                rows = projection_rows(n, args)
+                if isinstance(mod, BlockLinear):
+                    raw[n] = (mod.blocks[row : row + rows].numpy(), mod.qtype)
+                else:
+                    w = mod.weight if isinstance(mod, nn.Linear) else mod.dequantize()
+                    floats[n] = w[row : row + rows].float()
+                row += rows
+    for name, t in model.state_dict().items():
+        if name.endswith("norm.weight"):
+            floats[name] = t.float()
+    return floats, raw
+
+
+def projection_rows(name: str, args) -> int:
+    """Output rows of the file tensor ``name`` (``layers.N.attention.wk.weight``, ``output.weight``)."""
+    leaf = name.rsplit(".", 2)[-2]
+    if leaf in ("wk", "wv"):
+        return args.n_kv_heads * args.head_dim
+    if leaf == "wq":
+        return args.n_heads * args.head_dim
+    if leaf in ("w1", "w3"):
+        return args.hidden_dim
+    if leaf == "output":
+        return args.vocab_size
+    return args.dim  # wo, w2
+
+
 def _same_exact_type(reader: GGUFCheckpointReader, names: list[str]) -> bool:
     types = {reader.qtype(n) for n in names}
     return len(types) == 1 and types.pop() in EXACT
