@@ -35,7 +35,9 @@ def toy_guard(tmp_path_factory):
             lm.model, lm.tokenizer, ids, SamplingParams(temperature=0, max_tokens=8), stop_ids=lm.chat_format.stop_ids
         ).text
     del lm
-    path = train_toy_guard(tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served)
+    path = train_toy_guard(
+        tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served, freeze_embeddings=True
+    )
     toy_guard_served.update(served)
     shield = LlamaGuardShield(LlamaGuardConfig(str(path), categories=POLICY))
     wrong = [
