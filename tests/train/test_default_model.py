@@ -136,8 +136,8 @@ def test_tuned_is_int4_with_the_shipped_adapter_unmerged_beside_it(default_and_b
 
 def test_tuned_answers_a_heldout_arithmetic_question_through_the_agent(default_and_base):
     """The real ``Agent`` (what ``lhama agent --tools code_interpreter`` runs): the tuned model
-    calls the code interpreter with the question's numbers; the raw file answers in prose. (Its
-    second turn, stating the printed result, is not reliable yet: docs/default-model.md.)"""
+    calls the code interpreter with the question's numbers, then states the printed result; the
+    raw file answers in prose."""
     from lhama.tools.agent import Agent, AgentConfig
 
     default, base = default_and_base
@@ -151,3 +151,5 @@ def test_tuned_answers_a_heldout_arithmetic_question_through_the_agent(default_a
     assert calls["default"], "the tuned model did not call the code interpreter"
     code = json.loads(calls["default"][0]["tool_calls"][0]["function"]["arguments"])["code"]
     assert "17" in code and "23" in code
+    final = [m for m in runs["default"].messages if m["role"] == "assistant"][-1]
+    assert str(17**23) in (final.get("content") or ""), final
