@@ -22,7 +22,7 @@ PROMPT = (
     "The history of the city goes back two thousand years, when a small fishing village stood on "
     "the river bank. Over the centuries it grew into a market town, and today it is known for"
 )
-PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=2, ignore_eos=True)
+PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprobs=4, ignore_eos=True)
 # Float base with adapters vs the same adapter merged into the float weights: the same math in
 # another order (fp32 rounding only).
 FLOAT_TOL = 2e-3
@@ -103,8 +103,9 @@ def test_adapters_on_float_base_equal_merged_weights(adapters, merged_runs, monk
 
 def _agree_up_to_near_tie(got, ref, tol: float) -> int:
     """Greedy tokens equal to the reference's, and logprobs within ``tol``, until they either end
-    or first differ at a near-tie: the reference ranks both tokens in its top 2, ``tol`` apart at
-    most (int4 and float round differently, so a near-tie may flip). Returns how many agreed."""
+    or first differ at a near-tie: the reference ranks both tokens in its top 4, ``tol`` apart at
+    most (int4 and float round differently, so a near-tie may flip; three or four tokens can be
+    that close, hence the top 4). Returns how many agreed."""
     for i, (g, r) in enumerate(zip(got.steps, ref.steps, strict=True)):
         if g.token_id != r.token_id:
             top = dict(r.top_logprobs)

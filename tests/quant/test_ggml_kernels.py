@@ -196,3 +196,22 @@ def test_row_strided_views_and_fake_tensors():
     y = torch.ops.lhama_ggml.block_linear(torch.empty(3, 5, K, dtype=torch.bfloat16, device="meta"), meta, Q8_0)
     assert y.shape == (3, 5, 2 * N) and y.dtype == torch.bfloat16 and y.is_meta
     assert torch.ops.lhama_ggml.block_rows(meta, Q8_0, torch.tensor([1, 2], device="meta")).shape == (2, K)
+
+
+@pytest.mark.skipif(not ggml.available(), reason="needs the compiled kernels")
+def test_integer_rows_fixes_each_rows_path_whatever_the_batch():
+    # Generated rows (first n) take the integer path and prompt rows the GEMM at any row count:
+    # each row then equals the same row computed in a batch of its own kind.
+    w = torch.from_numpy(random_blocks(int(gguf.GGMLQuantizationType.Q4_1)))
+    qt = int(gguf.GGMLQuantizationType.Q4_1)
+    x = torch.randn(30, K, generator=torch.Generator().manual_seed(3))
+    integer = ggml.block_linear(x[:5], w, qt)  # 5 rows: the integer path by row count
+    gemm = ggml.block_linear(x[5:], w, qt)  # 25 rows: the GEMM by row count
+    assert not torch.allclose(ggml.block_linear(x[:1], w, qt), ggml.block_linear(x, w, qt)[:1], atol=0, rtol=0)
+    with ggml.integer_rows(5):
+        split = ggml.block_linear(x, w, qt)
+    assert torch.equal(split[:5], integer) and torch.equal(split[5:], gemm)
+    with ggml.integer_rows(0):
+        assert torch.equal(ggml.block_linear(x[5:6], w, qt), gemm[:1])  # one prompt row: still the GEMM
+    with ggml.integer_rows(100):
+        assert torch.equal(ggml.block_linear(x[:5].repeat(6, 1), w, qt)[:5], integer)

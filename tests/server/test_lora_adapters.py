@@ -52,6 +52,22 @@ def _complete(client, model: str) -> str:
     return r.choices[0].text
 
 
+def _steps(client, model: str) -> list[tuple[str, dict[str, float]]]:
+    """Greedy tokens of PROMPT with each step's top-4 logprobs."""
+    r = client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=4)
+    lp = r.choices[0].logprobs
+    return list(zip(lp.tokens, lp.top_logprobs, strict=True))
+
+
+def _agree_up_to_near_tie(got, ref, tol: float) -> int:
+    """How many leading tokens agree; the first that differs must be a near-tie of ``ref``."""
+    for i, ((g, _), (r, top)) in enumerate(zip(got, ref)):
+        if g != r:
+            assert g in top and top[r] - top[g] <= tol, (i, g, r, top)
+            return i
+    return min(len(got), len(ref))
+
+
 def _post(srv, route: str, body: dict) -> httpx.Response:
     return httpx.post(f"{srv.base}/{route}", json=body, timeout=120)
 
@@ -75,11 +91,18 @@ def test_adapters_served_per_request(lora_server, adapters):
     assert chat.model == "a2" and chat.choices[0].message.content
 
     # Base and both adapters at once (the engine batches them into the same steps): each gets
-    # exactly what it got alone.
+    # what it gets alone. Exactly so up to rounding: an adapter's low-rank fp32 matmuls round
+    # differently at another row count, and the int8 activations of the GGUF block kernels can
+    # turn that into another greedy token at a near-tie (docs/server.md; `--deterministic` is
+    # bitwise). So tokens agree until they end or differ where the alone run ranks the batched
+    # token within 0.5 nats of its own.
+    alone = {m: _steps(client, m) for m in (MODEL, "a1", "a2")}
     models = [MODEL, "a1", "a2"] * 3
     with ThreadPoolExecutor(len(models)) as pool:
-        texts = list(pool.map(lambda m: _complete(client, m), models))
-    assert texts == [base, a1, a2] * 3
+        batched = list(pool.map(lambda m: (m, _steps(client, m)), models))
+    for m, got in batched:
+        _agree_up_to_near_tie(got, alone[m], 0.5)
+    assert len({tuple(t for t, _ in v) for v in alone.values()}) == 3  # the adapters change the text
 
     assert _post(lora_server, "unload_lora_adapter", {"lora_name": "a2"}).status_code == 200
     with pytest.raises(openai.NotFoundError) as e:

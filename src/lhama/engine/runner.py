@@ -33,6 +33,7 @@ from lhama.engine.scheduler import ScheduledSeq, SchedulerOutput
 from lhama.engine.sequence import Sequence
 from lhama.generate.sampling import BatchSampler, SampleResult
 from lhama.model import Transformer
+from lhama.quant.ggml import integer_rows
 
 
 def _packed_linear(weight: torch.Tensor):
@@ -62,6 +63,7 @@ class StepInputs:
     sample_rows: torch.Tensor  # [S] rows of the step whose logits are needed
     sample_seqs: list[Sequence]
     lora_rows: list[int] | None = None  # per-row adapter slot (lhama.model.lora_batch), 0: none
+    generated_rows: int | None = None  # leading rows of generated tokens (ggml.integer_rows)
 
 
 class ModelRunner:
@@ -106,8 +108,10 @@ class ModelRunner:
     def prepare(self, sched: SchedulerOutput) -> StepInputs:
         bs, KVH, G = self.cache.block_size, self.cache.n_kv_heads, self.cache.group
         dev = self.device
-        # Single-token entries first: they share one batched attention call.
-        entries = sorted(sched.scheduled, key=lambda s: s.num_new > 1)
+        # Single-token entries first: they share one batched attention call. Generated tokens
+        # lead: their rows take the integer path of GGUF block weights and prompt rows the GEMM,
+        # at any batch size, so a token's numbers do not depend on what it is batched with.
+        entries = sorted(sched.scheduled, key=lambda s: (s.num_new > 1, s.start < s.seq.prompt_len))
         tokens: list[int] = []
         positions: list[int] = []
         slot_base: list[int] = []
@@ -116,6 +120,7 @@ class ModelRunner:
         decode: list[ScheduledSeq] = []
         prefill_specs = []
         lora_rows: list[int] = []
+        generated_rows = 0
         for e in entries:
             seq, start, n = e.seq, e.start, e.num_new
             offset = len(tokens)
@@ -128,6 +133,7 @@ class ModelRunner:
                 slot_base.append(table[p // bs] * bs * KVH + p % bs)
             if n == 1:
                 decode.append(e)
+                generated_rows += start >= seq.prompt_len
             else:
                 prefill_specs.append((offset, e))
             if e.samples:
@@ -166,6 +172,7 @@ class ModelRunner:
             torch.tensor(sample_rows, dtype=torch.long, device=dev),
             sample_seqs,
             lora_rows,
+            generated_rows,
         )
 
     # -- execution -----------------------------------------------------------------------
@@ -188,7 +195,8 @@ class ModelRunner:
             lora_slots.begin_step(inp.lora_rows)
         try:
             fn = self._hidden_decode if self._hidden_decode is not None and not inp.meta.prefills else self._hidden
-            h = fn(inp.tokens, inp.positions, self.cache)
+            with integer_rows(inp.generated_rows):
+                h = fn(inp.tokens, inp.positions, self.cache)
         finally:
             self.cache.meta = None
             if lora_slots is not None:

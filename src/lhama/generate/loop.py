@@ -14,6 +14,7 @@ from lhama.generate.outputs import Completion, StreamDelta, TokenStep, check_con
 from lhama.generate.sampling import BatchSampler, SamplingParams, make_generator
 from lhama.generate.stops import StopStringMatcher
 from lhama.model import StaticKVCache, Transformer
+from lhama.quant.ggml import integer_rows
 
 
 @torch.inference_mode()
@@ -54,7 +55,13 @@ def generate_tokens(
     tokens = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
     tokens_out: list[int] = []  # what a logits_processor sees
     for i in range(params.max_tokens):
-        logits = model(tokens, cache.pos, cache, last_only=True)[:, -1]
+        # GGUF block weights: prompt rows take the GEMM path, generated rows the integer one, as
+        # in the engine (ggml.integer_rows); the LM head picks by row count there too.
+        T = tokens.shape[1]
+        positions = torch.arange(cache.pos, cache.pos + T, device=device).unsqueeze(0)
+        with integer_rows(0 if i == 0 else None):
+            h = model.hidden_states(tokens, positions, cache)
+        logits = model.output(h[:, -1:]).float()[:, -1]
         cache.advance(tokens.shape[1])
         banned = [sorted(stops)] if i < params.min_tokens and stops else None
         res = sampler.sample(

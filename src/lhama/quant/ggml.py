@@ -21,6 +21,8 @@ one-line notice.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 _T = gguf.GGMLQuantizationType
+_INTEGER_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lhama_ggml_integer_rows", default=None)
 # ggml type id -> bytes per block of 32 weights.
 QTYPES: dict[int, int] = {int(_T.Q4_0): 18, int(_T.Q4_1): 20, int(_T.Q8_0): 34}
 BLOCK = 32
@@ -182,7 +185,7 @@ def _register_fakes() -> None:
     lib = "lhama_ggml::"
 
     @torch.library.register_fake(lib + "block_linear")
-    def _linear(x, blocks, qtype):
+    def _linear(x, blocks, qtype, path=0):
         return x.new_empty((*x.shape[:-1], blocks.shape[0]))
 
     @torch.library.register_fake(lib + "block_rows")
@@ -228,7 +231,31 @@ def block_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Ten
         return _ref_linear(x, blocks, qtype)
     if qtype not in QTYPES:
         _check(blocks, qtype)  # the error names the type
-    return op(x, blocks, int(qtype))
+    n = _INTEGER_ROWS.get()
+    if n is None:
+        return op(x, blocks, int(qtype))
+    m = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if n >= m:
+        return op(x, blocks, int(qtype), 1)
+    if n <= 0:
+        return op(x, blocks, int(qtype), 2)
+    x2 = x.reshape(m, x.shape[-1])
+    out = torch.cat([op(x2[:n], blocks, int(qtype), 1), op(x2[n:], blocks, int(qtype), 2)])
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@contextlib.contextmanager
+def integer_rows(n: int | None):
+    """Within the block, the first ``n`` rows of every ``block_linear`` input take the integer
+    path (int8-rounded activations) and the rest the dequantized bf16 GEMM, whatever the row
+    count; ``None``: picked by row count. The two paths round differently, so with a row-count
+    rule a token's numbers would depend on what it is batched with: the engine and the reference
+    loop give generated tokens' rows the integer path and prompt rows the GEMM at any batch size."""
+    token = _INTEGER_ROWS.set(n)
+    try:
+        yield
+    finally:
+        _INTEGER_ROWS.reset(token)
 
 
 def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Tensor:

@@ -193,7 +193,8 @@ at::Tensor linear_large(const at::Tensor& x2, const uint8_t* w, int64_t ws, int6
   return out;
 }
 
-at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype) {
+// path: 0 picks by row count, 1 integer dot products for every row, 2 dequantized bf16 GEMM.
+at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t path) {
   const auto [N, K] = check_blocks(blocks, qtype);
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                     "x must be float32 or bfloat16, got ", x.scalar_type());
@@ -205,7 +206,8 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t q
   int64_t ws;
   const uint8_t* w = row_base(blocks, &ws);
   const at::Tensor x2 = x.reshape({M, K});
-  if (M > kRowsSmallM) return linear_large(x2, w, ws, N, K, qtype, x.scalar_type()).view(out_shape);
+  TORCH_CHECK_VALUE(path >= 0 && path <= 2, "path must be 0, 1 or 2");
+  if (path == 2 || (path == 0 && M > kRowsSmallM)) return linear_large(x2, w, ws, N, K, qtype, x.scalar_type()).view(out_shape);
   const at::Tensor xf = x2.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M > 0 && N > 0) linear_small(xf.data_ptr<float>(), M, K, w, ws, N, qtype, out.data_ptr<float>());
@@ -262,7 +264,7 @@ std::string get_isa() { return kIsaNames[g_isa]; }
 }  // namespace
 
 TORCH_LIBRARY(lhama_ggml, m) {
-  m.def("block_linear(Tensor x, Tensor blocks, int qtype) -> Tensor");
+  m.def("block_linear(Tensor x, Tensor blocks, int qtype, int path=0) -> Tensor");
   m.def("block_rows(Tensor blocks, int qtype, Tensor ids) -> Tensor");
   m.def("dequantize(Tensor blocks, int qtype) -> Tensor");
   m.def("set_isa(str name) -> str", &set_isa);
