@@ -211,11 +211,21 @@ class FixedLoraLinear(nn.Module):
             r0 += r
         self.register_buffer("a", a.to(pairs[names[0]][0].device), persistent=False)
         self.register_buffer("b", b.to(a.device), persistent=False)
+        # Transposed copies for inference: a decode step runs this per projection of every layer,
+        # where each ATen call (views, casts, the add) costs more than the thin matmuls.
+        self.register_buffer("a_t", self.a.T.contiguous(), persistent=False)
+        self.register_buffer("b_t", self.b.T.contiguous(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         x2 = x.reshape(-1, self.in_features)
-        delta = (x2.to(self.a.dtype) @ self.a.T) @ self.b.T
+        if x2.dtype != self.a.dtype:
+            x2 = x2.to(self.a.dtype)
+        if y.dtype == self.a.dtype and y.is_contiguous() and not torch.is_grad_enabled():
+            # In place, into the base's fresh output: one GEMM adds the delta.
+            y.view(-1, self.out_features).addmm_(x2 @ self.a_t, self.b_t)
+            return y
+        delta = (x2 @ self.a.T) @ self.b.T
         return y + delta.view(y.shape).to(y.dtype)
 
     def extra_repr(self) -> str:
