@@ -53,6 +53,10 @@ def test_summary_statistics_on_known_records():
     # Decisive verdicts: 6 A + 6 B (wins), 6 A (ties), 1 A (loss) -> 13 of 19 chose the first slot.
     assert s["first_slot_preference"].value == pytest.approx(13 / 19)
     assert s["no_verdict_rate"].value == pytest.approx(1 / 20)
+    # Both orders agree on a winner only for the 6 wins: A won all of them.
+    assert (s["consistent_win_rate"].value, s["consistent_win_rate"].n) == (1.0, 6)
+    flipped = [{"outcome": "loss", "verdict_ab": "B", "verdict_ba": "A"}] * 2 + recs
+    assert summarize(flipped)["consistent_win_rate"].value == pytest.approx(6 / 8)
 
 
 @pytest.fixture
@@ -87,6 +91,7 @@ def test_answers_are_judged_in_both_orders_and_position_bias_cancels(fake_contes
     assert shown == [("answer of model-a", "answer of model-b"), ("answer of model-b", "answer of model-a")] * 3
     assert res.extra["counts"] == {"win": 0, "tie": 3, "loss": 0}
     assert res.metrics["first_slot_preference"].value == 1.0 and res.metrics["order_consistency"].value == 0.0
+    assert res.metrics["consistent_win_rate"].n == 0  # no prompt where both orders agree: nothing to count
     recs = [json.loads(x) for x in (tmp_path / "items" / "pairwise.judgments.jsonl").read_text().splitlines()]
     assert [r["id"] for r in recs] == ["en-1", "en-2", "en-3"]
     assert all(r["answer_a"] == "answer of model-a" and isinstance(r["judge_ab"], str) for r in recs)
@@ -106,6 +111,7 @@ def test_a_judge_that_prefers_one_answer_gives_consistent_wins(fake_contestants,
     res = _run(preloaded, tmp_path)
     assert res.extra["counts"] == {"win": 0, "tie": 0, "loss": 3}  # B better in both orders
     assert res.metrics["order_consistency"].value == 1.0
+    assert (res.metrics["consistent_win_rate"].value, res.metrics["consistent_win_rate"].n) == (0.0, 3)
     assert res.metrics["first_slot_preference"].value == 0.5
     assert res.metrics["loss_rate"].low > 0.3  # 3 of 3: Wilson lower bound 0.44
 

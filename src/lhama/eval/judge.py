@@ -66,14 +66,19 @@ def combine(verdict_ab: str | None, verdict_ba: str | None) -> str:
 
 
 def summarize(records: list[dict]) -> dict[str, Estimate]:
-    """Win / tie / loss rates of model A (Wilson 95% intervals), the judge's consistency across
-    orders, its preference for the first slot, and how many judgments had no verdict."""
+    """Win / tie / loss rates of model A (Wilson 95% intervals), A's win rate over the prompts
+    whose two orders agree on a winner, the judge's consistency across orders, its preference
+    for the first slot, and how many judgments had no verdict."""
     n = len(records)
     out = {f"{o}_rate": wilson(sum(r["outcome"] == o for r in records), n) for o in ("win", "tie", "loss")}
     # Ties count half: the usual single number for "how often is A preferred".
     out["win_rate_ties_half"] = wilson(sum({"win": 1.0, "tie": 0.5}.get(r["outcome"], 0.0) for r in records), n)
     both = [r for r in records if r["verdict_ab"] is not None and r["verdict_ba"] is not None]
     out["order_consistency"] = wilson(sum(_SCORE[r["verdict_ab"]] == -_SCORE[r["verdict_ba"]] for r in both), len(both))
+    # Only the prompts where both orders name the same winner: a position-biased judge's votes
+    # cancel out of this one instead of turning into ties (its n says how many prompts it rests on).
+    agreed = [r for r in records if {r["verdict_ab"], r["verdict_ba"]} == {"A", "B"}]
+    out["consistent_win_rate"] = wilson(sum(r["verdict_ab"] == "A" for r in agreed), len(agreed))
     decisive = [v for r in records for v in (r["verdict_ab"], r["verdict_ba"]) if v in ("A", "B")]
     out["first_slot_preference"] = wilson(sum(v == "A" for v in decisive), len(decisive))
     verdicts = [v for r in records for v in (r["verdict_ab"], r["verdict_ba"])]

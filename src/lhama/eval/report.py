@@ -21,6 +21,7 @@ _PERCENT = {
     "tie_rate",
     "loss_rate",
     "win_rate_ties_half",
+    "consistent_win_rate",
     "order_consistency",
     "first_slot_preference",
     "no_verdict_rate",
@@ -81,6 +82,12 @@ def markdown(report: dict) -> str:
             f"{_fmt('first_slot_preference', r['metrics']['first_slot_preference']['value'])}% of its "
             f"decisive verdicts (50% = no position bias).",
         ]
+        if "consistent_win_rate" in r["metrics"]:
+            m = r["metrics"]["consistent_win_rate"]
+            lines[-1] += (
+                f" Both orders named the same winner on {m.get('n', '?')} prompts; A won "
+                f"{_fmt('consistent_win_rate', m['value'])}% of those."
+            )
     lines += ["", "Settings: `" + json.dumps(report["config"], ensure_ascii=False) + "`", ""]
     return "\n".join(lines)
 
