@@ -11,7 +11,7 @@ import torch
 
 from lhama.train.default_model_checks import check, parse_tool_call
 from lhama.train.default_model_data import build_records, tool_call_text
-from lhama.train.default_model_recipe import DefaultModelRecipe, run
+from lhama.train.default_model_recipe import DefaultModelRecipe, fact_sentence, run
 from tests.train.smol_tiny import tiny_smol_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +53,21 @@ def test_checks_catch_wrong_answers():
     assert check(phrase, "No idea.") == 0.0
 
 
+def test_brief_training_answers_restate_the_question_and_model_answers_are_cut_to_the_fact():
+    """Training brief answers are the base model's own shape ("The capital of X is Y."), not a
+    bare word; a sampled answer becomes SFT data as its sentence that states the fact."""
+    for r in build_records("train", {"brief": 30}, 0):
+        q = r["messages"][-1]["content"]
+        if q.startswith("What is the capital of "):
+            country = q.removeprefix("What is the capital of ").rstrip("?")
+            assert r["gold"] == f"The capital of {country} is {r['expected']}."
+        assert len(r["gold"].split()) >= 3 and check(r, r["gold"]) == 1.0
+    long = "Denmark is a country in Europe. The capital of Denmark is Copenhagen. It has many bridges."
+    assert fact_sentence(long, "Copenhagen") == "The capital of Denmark is Copenhagen."
+    assert fact_sentence("Bees make a variety of products, including honey, wax", "honey") is None  # cut off
+    assert fact_sentence("I do not know.", "Oslo") is None
+
+
 def test_heldout_sets_are_regenerated_exactly_and_share_no_prompt_with_training():
     import importlib.util
 
@@ -88,9 +103,20 @@ def test_recipe_runs_end_to_end_on_a_tiny_model(tmp_path, smollm2_path):
         sft={"lr": 1e-3, "max_steps": 2, "batch_size": 2, "max_seq_len": 512, "progress": False},
         dpo={"lr": 1e-3, "max_steps": 1, "batch_size": 2, "max_seq_len": 512, "progress": False},
         dpo_rounds=1,
+        sample_tasks=["brief"],
+        base_text={"per_opening": 1, "max_tokens": 6},
     )
     log = run(r, ship=str(tmp_path / "ship"))
     assert log["sample"]["from_model"] + log["sample"]["from_gold"] + log["sample"]["not_sampled"] == 5
+    samples = [json.loads(x) for x in (tmp_path / "run" / "sample" / "samples.jsonl").read_text().splitlines()]
+    briefs = [x["messages"] for x in build_records("train", r.sizes, r.seed) if x["task"] == "brief"]
+    assert len(briefs) == 2 and all(b in [s["prompt"] for s in samples] for b in briefs)  # every one sampled
+    from lhama.train.default_model_data import TEXT_OPENINGS
+
+    texts = [json.loads(x)["text"] for x in (tmp_path / "run" / "text" / "base.jsonl").read_text().splitlines()]
+    assert log["text"]["texts"] == len(texts) == sum(map(len, TEXT_OPENINGS.values()))
+    mixed = (tmp_path / "run" / "sample" / "sft-shuffled.jsonl").read_text(encoding="utf-8")
+    assert all(json.dumps({"text": t}, ensure_ascii=False) in mixed for t in texts)  # trained on, as text
     assert log["sft"]["steps"] == 2 and log["dpo1"]["steps"] == 1
     shipped = tmp_path / "ship" / "adapter_model.safetensors"
     from safetensors.torch import load_file

@@ -496,27 +496,31 @@ CAPITALS = [
     ("Turkey", "Ankara"),
     ("Chile", "Santiago"),
 ]
-FACTS = [
-    ("How many days are in a week?", "7"),
-    ("How many legs does a spider have?", "8"),
-    ("What color is the sky on a clear day?", "blue"),
-    ("What do bees make?", "honey"),
-    ("What is the largest planet in the solar system?", "Jupiter"),
-    ("What is the opposite of hot?", "cold"),
-    ("At what temperature in Celsius does water boil?", "100"),
-    ("How many months are in a year?", "12"),
-    ("What gas do plants take in from the air?", "carbon dioxide"),
-    ("Which animal says moo?", "cow"),
-    ("How many hours are in a day?", "24"),
-    ("What is frozen water called?", "ice"),
-    ("How many sides does a triangle have?", "3"),
-    ("What is the closest star to Earth?", "the Sun"),
-    ("How many minutes are in an hour?", "60"),
-    ("What color are bananas when ripe?", "yellow"),
-    ("Which planet is known as the red planet?", "Mars"),
-    ("How many continents are there?", "7"),
-    ("What is the opposite of up?", "down"),
-    ("How many wheels does a bicycle have?", "2"),
+FACTS = [  # (question, answer, the answer as one short sentence: SmolLM2's own answer shape)
+    ("How many days are in a week?", "7", "There are 7 days in a week."),
+    ("How many legs does a spider have?", "8", "A spider has 8 legs."),
+    ("What color is the sky on a clear day?", "blue", "The sky is blue on a clear day."),
+    ("What do bees make?", "honey", "Bees make honey."),
+    (
+        "What is the largest planet in the solar system?",
+        "Jupiter",
+        "Jupiter is the largest planet in the solar system.",
+    ),
+    ("What is the opposite of hot?", "cold", "The opposite of hot is cold."),
+    ("At what temperature in Celsius does water boil?", "100", "Water boils at 100 degrees Celsius."),
+    ("How many months are in a year?", "12", "There are 12 months in a year."),
+    ("What gas do plants take in from the air?", "carbon dioxide", "Plants take in carbon dioxide from the air."),
+    ("Which animal says moo?", "cow", "The cow says moo."),
+    ("How many hours are in a day?", "24", "There are 24 hours in a day."),
+    ("What is frozen water called?", "ice", "Frozen water is called ice."),
+    ("How many sides does a triangle have?", "3", "A triangle has 3 sides."),
+    ("What is the closest star to Earth?", "the Sun", "The closest star to Earth is the Sun."),
+    ("How many minutes are in an hour?", "60", "There are 60 minutes in an hour."),
+    ("What color are bananas when ripe?", "yellow", "Ripe bananas are yellow."),
+    ("Which planet is known as the red planet?", "Mars", "Mars is known as the red planet."),
+    ("How many continents are there?", "7", "There are 7 continents."),
+    ("What is the opposite of up?", "down", "The opposite of up is down."),
+    ("How many wheels does a bicycle have?", "2", "A bicycle has 2 wheels."),
 ]
 
 
@@ -527,12 +531,16 @@ def _split(items: list, split: str, heldout_every: int = 4) -> list:
 
 def brief_items(split: str, n: int, seed: int) -> list[dict]:
     r = random.Random(seed)
-    caps = [(f"What is the capital of {c}?", a) for c, a in _split(CAPITALS, split)]
+    caps = [(f"What is the capital of {c}?", a, f"The capital of {c} is {a}.") for c, a in _split(CAPITALS, split)]
     pool = caps + _split(FACTS, split)
     items = []
     for _ in range(n):
-        q, a = r.choice(pool)
-        gold = a[0].upper() + a[1:] + "."
+        q, a, sentence = r.choice(pool)
+        # Training answers are one short sentence that restates the question ("The capital of
+        # Chile is Santiago."), the shape the base model answers in when it knows the fact: a bare
+        # "Santiago." taught it to drop the subject, and with it what it knew (held-out brief
+        # facts 11/20 -> 7/20). The held-out files keep their bare gold (never trained on).
+        gold = sentence if split == "train" else a[0].upper() + a[1:] + "."
         items.append(
             {
                 "task": "brief",
@@ -583,6 +591,50 @@ def phrase_items(split: str, n: int, seed: int) -> list[dict]:
     return items
 
 
+# -- the base model's own text (self-distillation against forgetting) ---------------------------
+# Openings of ordinary prose in the 8 languages, written for this file on other topics than the
+# shipped ppl-* texts (a market, a bicycle, autumn): the base model continues each one (raw text,
+# no chat template) and SFT also trains on those continuations, which pulls the adapter back
+# towards the base's own distribution on plain text (the held-out bits per byte).
+TEXT_OPENINGS = {
+    "en": [
+        "The harbour was quiet in the early evening.",
+        "My grandmother kept a small kitchen garden behind the house.",
+    ],
+    "de": [
+        "Der Hafen war am frühen Abend ganz still.",
+        "Meine Großmutter hatte hinter dem Haus einen kleinen Gemüsegarten.",
+    ],
+    "es": ["El puerto estaba tranquilo al caer la tarde.", "Mi abuela tenía un pequeño huerto detrás de la casa."],
+    "fr": ["Le port était calme en début de soirée.", "Ma grand-mère avait un petit potager derrière la maison."],
+    "it": ["Il porto era tranquillo nel primo pomeriggio.", "Mia nonna aveva un piccolo orto dietro la casa."],
+    "pt": ["O porto estava calmo ao fim da tarde.", "A minha avó tinha uma pequena horta atrás da casa."],
+    "hi": ["शाम के समय बंदरगाह बिल्कुल शांत था।", "मेरी दादी के घर के पीछे एक छोटा सा बगीचा था।"],
+    "th": ["ท่าเรือเงียบสงบในตอนเย็น", "คุณยายของฉันมีสวนผักเล็ก ๆ อยู่หลังบ้าน"],
+}
+
+
+def base_text(lm, per_opening: int, max_tokens: int, seed: int, temperature: float = 1.0) -> list[dict]:
+    """``per_opening`` continuations of every ``TEXT_OPENINGS`` line by ``lm`` (raw text, sampled
+    at ``temperature``), each as ``{"text": opening + continuation, "lang": ...}``."""
+    from lhama.engine import LLMEngine
+    from lhama.generate import SamplingParams
+
+    engine = LLMEngine.from_loaded(lm)
+    tok = lm.tokenizer
+    openings = [(lang, t) for lang, texts in TEXT_OPENINGS.items() for t in texts]
+    ids = [tok.encode(t, bos=tok.bos_id is not None, eos=False) for _, t in openings]
+    params = [
+        SamplingParams(temperature=temperature, max_tokens=max_tokens, n=per_opening, seed=seed * 1_000_003 + i)
+        for i in range(len(openings))
+    ]
+    out = []
+    for (lang, opening), res in zip(openings, engine.generate(ids, params)):
+        for comp in res.completions:
+            out.append({"text": opening + comp.text, "lang": lang})
+    return out
+
+
 def build_records(split: str, sizes: dict[str, int], seed: int) -> list[dict]:
     """Every record of a split: prompt ``messages`` (tool prompts carry ``tools``), ``gold``,
     and what the check reads. Deterministic in (split, sizes, seed)."""
@@ -597,7 +649,9 @@ def build_records(split: str, sizes: dict[str, int], seed: int) -> list[dict]:
 
 
 __all__ = [
+    "TEXT_OPENINGS",
     "TOOL_NAME",
+    "base_text",
     "brief_items",
     "build_records",
     "phrase_items",

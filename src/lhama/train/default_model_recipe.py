@@ -33,8 +33,8 @@ import torch
 from lhama.errors import ConfigError
 from lhama.model.lora import LoraConfig
 from lhama.train.config import TrainConfig
-from lhama.train.default_model_checks import TaskReward
-from lhama.train.default_model_data import build_records
+from lhama.train.default_model_checks import TaskReward, check, contains
+from lhama.train.default_model_data import base_text, build_records
 from lhama.train.dpo import DPOConfig
 from lhama.train.rejection import RejectionConfig, rejection_sample
 
@@ -64,6 +64,14 @@ class DefaultModelRecipe:
     # for every prompt of their task: after the tool result, the call repeated instead of the
     # answer; over documents, the answer without its citation.
     hard_negatives: bool = False
+    # Records of these tasks are all rejection-sampled (besides the ``sample_limit`` spread): the
+    # base model's own passing answer, cut to the sentence that holds the fact, is then the SFT
+    # target where it knows the fact (brief: its "The capital of X is Y." shape).
+    sample_tasks: list = field(default_factory=list)
+    # Self-distillation against forgetting: the base model continues ``TEXT_OPENINGS`` (plain
+    # prose in the 8 languages), ``per_opening`` samples of ``max_tokens`` at ``temperature``,
+    # and SFT trains on that text too (every token). Empty: none.
+    base_text: dict = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> DefaultModelRecipe:
@@ -108,6 +116,18 @@ def hard_negative(rec: dict) -> str | None:
     return None
 
 
+_SENTENCE = re.compile(r"[^.!?\n]*[.!?]")
+
+
+def fact_sentence(answer: str, expected: str) -> str | None:
+    """The first sentence of ``answer`` that states ``expected`` (a model's own short answer)."""
+    for m in _SENTENCE.finditer(answer):
+        sentence = m.group(0).strip()
+        if sentence and contains(sentence, expected):
+            return sentence
+    return None
+
+
 def sample_and_select(
     lm,
     records: list[dict],
@@ -126,6 +146,7 @@ def sample_and_select(
     limit = r.sample_limit if limit is None else limit
     every = max(1, len(records) // limit) if limit else 1
     picked = list(range(0, len(records), every))[: limit or None]
+    picked = sorted(set(picked) | {i for i, rec in enumerate(records) if rec["task"] in r.sample_tasks})
     stats = rejection_sample(lm, [records[i] for i in picked], TaskReward(), out, cfg, progress=True)
     ledger = {picked[row["index"]]: row for row in _read(out / "samples.jsonl")}
     sft, pairs, counts = [], [], {"from_model": 0, "from_gold": 0, "not_sampled": 0}
@@ -145,6 +166,13 @@ def sample_and_select(
         best = max(range(len(cands)), key=lambda j: (scores[j], -j))
         passed = scores[best] >= 1.0 and row["finish_reasons"][best] != "length"
         chosen = cands[best] if passed else rec["gold"]
+        if rec["task"] == "brief":
+            # The model's own answer cut to its sentence that states the fact (a long or cut
+            # answer too): what it knows, in the shape it says it, and short.
+            order = sorted(range(len(cands)), key=lambda j: (-scores[j], j))
+            short = [fact_sentence(cands[j], rec["expected"]) for j in order]
+            short = [x for x in short if x and check(rec, x) >= 1.0]
+            chosen, passed = (short[0], True) if short else (rec["gold"], False)
         counts["from_model" if passed else "from_gold"] += 1
         extra = {"tools": rec["tools"]} if rec.get("tools") else {}
         sft.append({"messages": rec["messages"] + [{"role": "assistant", "content": chosen}], **extra})
@@ -179,8 +207,20 @@ def _merge_tool_conversations(rows: list[dict], k: int) -> list[dict]:
     return out + rest[len(merged) * step :]
 
 
-def train_sft(r: DefaultModelRecipe, data: Path, out: Path) -> dict:
-    from lhama.train.recipe import RecipeOptions
+def _mixed_examples(lm, path: str) -> list:
+    """Chat records (assistant turns labeled) and ``{"text"}`` records (every token labeled)."""
+    from lhama.train.data import tokenize_chat, tokenize_text
+
+    return [
+        tokenize_text(row["text"], lm.tokenizer)
+        if "text" in row
+        else tokenize_chat(row["messages"], lm.chat_format, where=f"{path}:{n}", tools=row.get("tools"))
+        for n, row in enumerate(_read(Path(path)), 1)
+    ]
+
+
+def train_sft(r: DefaultModelRecipe, data: Path, out: Path, text: Path | None = None) -> dict:
+    from lhama.train.recipe import RecipeOptions, train_on_examples
     from lhama.train.sft import run_sft
 
     cfg = TrainConfig(output_dir=str(out), seed=r.seed, **r.sft)
@@ -189,9 +229,28 @@ def train_sft(r: DefaultModelRecipe, data: Path, out: Path) -> dict:
     rows = _read(data)
     random.Random(r.seed).shuffle(rows)
     rows = _merge_tool_conversations(rows, r.tool_questions_per_conversation)
+    if text is not None:  # the base's own text, spread evenly through the chat records
+        extra = [{"text": x["text"]} for x in _read(text)]
+        random.Random(r.seed + 1).shuffle(extra)
+        every = max(1, len(rows) // max(1, len(extra)))
+        spread = []
+        for j, row in enumerate(rows):
+            spread.append(row)
+            if j % every == every - 1 and extra:
+                spread.append(extra.pop())
+        rows = spread + extra
     mixed = data.with_name(data.stem + "-shuffled.jsonl")
     _jsonl(mixed, rows)
-    return run_sft(RecipeOptions(model=r.base, data=(str(mixed),)), cfg, LoraConfig(**r.lora))
+    opts = RecipeOptions(model=r.base, data=(str(mixed),))
+    if text is None:
+        return run_sft(opts, cfg, LoraConfig(**r.lora))
+    return train_on_examples(opts, cfg, LoraConfig(**r.lora), resume=False, to_examples=_mixed_examples, recipe="lora")
+
+
+def _write_base_text(lm, path: Path, spec: dict, seed: int) -> list[dict]:
+    rows = base_text(lm, spec.get("per_opening", 2), spec.get("max_tokens", 128), seed, spec.get("temperature", 1.0))
+    _jsonl(path, rows)
+    return rows
 
 
 def train_dpo(r: DefaultModelRecipe, adapter: Path, pairs: Path, out: Path) -> dict:
@@ -274,7 +333,14 @@ def run(r: DefaultModelRecipe, *, ship: str | None = None) -> dict:
         "sample",
         lambda: sample_and_select(load_model(r.base), _read(out / "data" / "train.jsonl"), out / "sample", r, r.seed),
     )
-    step("sft", lambda: train_sft(r, out / "sample" / "sft.jsonl", out / "sft"))
+    text = None
+    if r.base_text:
+        text = out / "text" / "base.jsonl"
+        step(
+            "text",
+            lambda: {"texts": len(_write_base_text(load_model(r.base), text, r.base_text, r.seed))},
+        )
+    step("sft", lambda: train_sft(r, out / "sample" / "sft.jsonl", out / "sft", text))
     adapter = out / "sft" / "adapter"
     for k in range(1, r.dpo_rounds + 1):
         policy = adapter
