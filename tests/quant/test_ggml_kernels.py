@@ -22,7 +22,7 @@ from lhama.quant import ggml
 from lhama.quant.ggml_build import compile_library
 
 Q4_0, Q4_1, Q8_0 = 2, 3, 8
-N, K = 37, 96  # N odd: row tiles of 4 plus a tail; K: 3 blocks
+N, K = 37, 128  # N odd: row tiles of 8 and 4 plus a tail; K: 4 blocks (the 512-bit body takes pairs)
 
 
 def random_blocks(qtype: int, n: int = N, k: int = K, seed: int = 0) -> np.ndarray:
@@ -39,7 +39,7 @@ def gguf_weight(raw: np.ndarray, qtype: int) -> torch.Tensor:
 
 
 def isa_params():
-    return ["avx512vnni", "avx2", "scalar", "reference"]
+    return ["avx512vbmi", "avx512vnni", "avx2", "scalar", "reference"]
 
 
 @pytest.fixture(params=isa_params())
@@ -62,7 +62,8 @@ def isa(request, monkeypatch):
 def test_the_library_is_built_and_uses_the_best_isa_of_this_cpu():
     assert ggml.available(), "make install builds the ggml kernels (python -m lhama.quant.ggml --build)"
     flags = open("/proc/cpuinfo").read()
-    want = "avx512vnni" if "avx512_vnni" in flags else "avx2" if " avx2" in flags else "scalar"
+    zmm = all(f in flags for f in ("avx512_vnni", "avx512vbmi", "gfni", "avx512dq"))
+    want = "avx512vbmi" if zmm else "avx512vnni" if "avx512_vnni" in flags else "avx2" if " avx2" in flags else "scalar"
     assert ggml.isa() == want
 
 
@@ -153,7 +154,7 @@ def test_bad_input_raises_a_clear_error(isa):
         ggml.block_linear(torch.randn(1, K), blocks[:, :-1], Q4_0)
     with pytest.raises(ValueError, match="Q4_K has no block kernel"):
         ggml.dequantize(blocks, int(gguf.GGMLQuantizationType.Q4_K))
-    with pytest.raises(ValueError, match="96"):
+    with pytest.raises(ValueError, match=str(K)):
         ggml.block_linear(torch.randn(1, 64), blocks, Q4_0)
     with pytest.raises(ValueError, match="uint8"):
         ggml.block_linear(torch.randn(1, K), blocks.view(torch.int8), Q4_0)
@@ -215,3 +216,43 @@ def test_integer_rows_fixes_each_rows_path_whatever_the_batch():
         assert torch.equal(ggml.block_linear(x[5:6], w, qt), gemm[:1])  # one prompt row: still the GEMM
     with ggml.integer_rows(100):
         assert torch.equal(ggml.block_linear(x[:5].repeat(6, 1), w, qt)[:5], integer)
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+def test_a_rows_result_does_not_depend_on_its_batch_or_the_block_count(isa, qtype):
+    """Each output row of the integer path is the same alone as in a batch of up to 20 rows (the
+    engine batches generated tokens of different requests), for an even and an odd block count
+    (the 512-bit body takes block pairs; an odd count runs the 256-bit one), within the rounding
+    of the int8 activations' exact emulation."""
+    for k in (96, 192):
+        raw = random_blocks(qtype, n=45, k=k, seed=k)
+        w, blocks = gguf_weight(raw, qtype), torch.from_numpy(raw)
+        x = torch.randn(20, k, generator=torch.Generator().manual_seed(k))
+        with ggml.integer_rows(100):
+            y = ggml.block_linear(x, blocks, qtype)
+            alone = torch.cat([ggml.block_linear(x[i : i + 1], blocks, qtype) for i in range(20)])
+            nine = ggml.block_linear(x[:9], blocks, qtype)
+        if isa == "reference":  # dequantize + F.linear: the BLAS's blocking may vary with the rows
+            assert torch.allclose(alone, y, rtol=1e-5, atol=1e-5)
+            continue
+        assert torch.equal(alone, y) and torch.equal(nine, y[:9])
+        exact = quantized_activations(x) @ w.T
+        assert ((y - exact).abs() <= 1e-5 * (x.abs() @ w.abs().T) + 1e-6).all()
+
+
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+def test_a_list_of_weights_is_their_outputs_concatenated(isa, qtype):
+    """``block_linear(x, [a, b, c])`` (wq, wk, wv not back to back in the file) equals the three
+    calls concatenated, bit for bit, on the integer path and the GEMM path; views stay views."""
+    parts = [torch.from_numpy(random_blocks(qtype, n=n, seed=n)) for n in (37, 8, 21)]
+    for rows in (1, 5, 30):
+        x = torch.randn(2, rows, K, generator=torch.Generator().manual_seed(rows))
+        y = ggml.block_linear(x, parts, qtype)
+        assert y.shape == (2, rows, 66)
+        assert torch.equal(y, torch.cat([ggml.block_linear(x, p, qtype) for p in parts], dim=-1))
+    assert torch.equal(ggml.block_linear(x, parts[:1], qtype), ggml.block_linear(x, parts[0], qtype))
+    with pytest.raises(ValueError):
+        ggml.block_linear(x, [parts[0], parts[1][:, : ggml.QTYPES[qtype]]], qtype)
+    if ggml.available():
+        meta = [p.to("meta") for p in parts]
+        assert torch.ops.lhama_ggml.block_linear_parts(torch.empty(3, K, device="meta"), meta, qtype).shape == (3, 66)

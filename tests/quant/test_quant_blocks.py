@@ -95,6 +95,22 @@ def test_block_linear_is_the_gguf_weight(name):
             assert (y.float() - ref).abs().max() <= 0.02 * ref.abs().max(), (rows, dtype)
 
 
+def test_block_linear_over_parts_is_the_stacked_weight_without_a_copy():
+    """wq|wk|wv from three tensors the file does not store back to back: one module, each part
+    held as given (a view), the same weight and outputs as the stacked copy."""
+    from lhama.quant.blocks import BlockLinear, BlockLinearParts
+
+    parts = [_gguf_blocks("Q4_0", n, 128, seed=n) for n in (64, 16, 16)]
+    mod = BlockLinearParts([p[0] for p in parts], parts[0][1], 128)
+    stacked = BlockLinear(torch.cat([p[0] for p in parts]), parts[0][1], 128)
+    assert mod.out_features == 96 and [b.data_ptr() for b in mod.parts] == [p[0].data_ptr() for p in parts]
+    assert torch.equal(mod.dequantize(), torch.cat([p[2] for p in parts]))
+    for rows in (1, 30):
+        x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+        assert torch.equal(mod(x), stacked(x))
+    assert "3 parts" in repr(mod)
+
+
 def test_block_linear_refuses_blocks_of_another_width():
     from lhama.quant.blocks import BlockLinear
 

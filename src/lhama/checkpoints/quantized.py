@@ -16,7 +16,8 @@ Elsewhere each tensor's raw blocks are read from the map and repacked:
 wq|wk|wv and w1|w3 are stacked into one module each when they share an exact type (the fusion
 ``lhama.quant.quantize_model`` does), so a decode step makes 4 kernel calls per layer, not 7. With
 raw blocks a stack is a view when the parts lie back to back in the file (w1|w3 in files whose
-tensors are in name order: ffn_gate, ffn_up) and one copy made at load otherwise.
+tensors are in name order: ffn_gate, ffn_up), else a ``BlockLinearParts`` over the parts'
+views that one ``block_linear`` call multiplies (no copy at load).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 from lhama.checkpoints.gguf import GGUFCheckpointReader
 from lhama.model.transformer import Transformer
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
-from lhama.quant.blocks import BlockEmbedding, BlockLinear, SplitInt8Linear, ggml_available
+from lhama.quant.blocks import BlockEmbedding, BlockLinear, BlockLinearParts, SplitInt8Linear, ggml_available
 from lhama.quant.int4 import CPU_TILE_ROWS, kernel_layout, pack_cpu_nibble_blocks, pack_cpu_rows
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,10 @@ class _Builder:
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
         if self.raw_blocks and qtype in EXACT:
             self.kinds[module_name] = f"{qtype.name} blocks (exact, the file's own)"
-            return BlockLinear(self.stacked_blocks(names), qtype, cols)
+            stack = self.stacked_blocks(names)
+            if isinstance(stack, list):
+                return BlockLinearParts(stack, qtype, cols)
+            return BlockLinear(stack, qtype, cols)
         fast = self._exact_on_cpu_tiles(names, qtype, module_name)
         if fast is not None:
             return fast
@@ -178,9 +182,9 @@ class _Builder:
                 self.views[name] = torch.from_numpy(self.reader.blocks(name))
         return self.views[name]
 
-    def stacked_blocks(self, names: list[str]) -> torch.Tensor:
-        """The row stack of ``names``' blocks: a view when they lie back to back in the file,
-        else one copy (their file pages then leave the resident set)."""
+    def stacked_blocks(self, names: list[str]) -> torch.Tensor | list[torch.Tensor]:
+        """The row stack of ``names``' blocks: one view when they lie back to back in the file,
+        else the list of their views (``BlockLinear`` multiplies them in one call, no copy)."""
         if len(names) == 1:
             self.mapped.append(self.reader.blocks(names[0]))
             return self.view(names[0])
@@ -194,13 +198,8 @@ class _Builder:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 return torch.from_numpy(span)
-        out = torch.empty(rows, parts[0].shape[1], dtype=torch.uint8)
-        row = 0
-        for p in parts:
-            out[row : row + p.shape[0]].numpy()[:] = p
-            row += p.shape[0]
-            self.reader.drop_pages(p)
-        return out
+        self.mapped.extend(parts)
+        return [self.view(n) for n in names]
 
     def _exact_on_cpu_tiles(self, names: list[str], qtype, module_name: str) -> nn.Module | None:
         """Q4_0/Q4_1/Q8_0 rows packed for the CPU kernel in whole tensors straight from the map
@@ -359,7 +358,8 @@ def gguf_tensors(model: Transformer) -> tuple[dict[str, torch.Tensor], dict[str,
             for n in names:
                 rows = projection_rows(n, args)
                 if isinstance(mod, BlockLinear):
-                    raw[n] = (mod.blocks[row : row + rows].numpy(), mod.qtype)
+                    whole = mod.blocks if mod.n_parts == 1 else torch.cat(mod.parts)
+                    raw[n] = (whole[row : row + rows].numpy(), mod.qtype)
                 else:
                     w = mod.weight if isinstance(mod, nn.Linear) else mod.dequantize()
                     floats[n] = w[row : row + rows].float()

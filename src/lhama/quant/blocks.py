@@ -9,6 +9,7 @@ builds them from a GGUF file without a float copy of the weights).
 * ``BlockLinear``: a linear layer whose weight is the file's raw Q4_0/Q4_1/Q8_0 blocks, a view of
   the file's memory map (no copy, no repack), multiplied by ``lhama.quant.ggml.block_linear``.
   The default on a CPU where that library is available; the int4 modules above are the fallback.
+* ``BlockLinearParts``: the same over a list of tensors stacked by rows (no copy of the parts).
 * ``BlockEmbedding``: an embedding table kept as the file's raw blocks (any ggml type); a lookup
   decodes only the rows it needs (``ggml.block_rows`` for Q4_0/Q4_1/Q8_0, else the gguf package's
   own dequantization: exact by definition). A tied head is a ``BlockLinear`` over the same tensor.
@@ -44,21 +45,34 @@ class BlockLinear(nn.Module):
     ``ggml.block_linear`` (its compiled kernels on the CPU; elsewhere, or without them, its
     dequantize-and-matmul reference). ``dequantize()`` gives the exact fp32 weight."""
 
+    n_parts = 1
+
     def __init__(self, blocks: torch.Tensor, qtype: int, in_features: int):
         super().__init__()
+        self._init_parts([blocks], qtype, in_features)
+
+    def _init_parts(self, parts: list[torch.Tensor], qtype: int, in_features: int) -> None:
         per_block, block_bytes = gguf.GGML_QUANT_SIZES[Q(qtype)]
-        if blocks.dtype != torch.uint8 or blocks.dim() != 2 or blocks.shape[1] * per_block != in_features * block_bytes:
-            raise ValueError(
-                f"{Q(qtype).name} blocks of {in_features} columns: got {tuple(blocks.shape)} {blocks.dtype}"
-            )
-        self.qtype, self.in_features, self.out_features = int(qtype), in_features, blocks.shape[0]
-        self.register_buffer("blocks", blocks)
+        for b in parts:
+            if b.dtype != torch.uint8 or b.dim() != 2 or b.shape[1] * per_block != in_features * block_bytes:
+                raise ValueError(f"{Q(qtype).name} blocks of {in_features} columns: got {tuple(b.shape)} {b.dtype}")
+        self.qtype, self.in_features = int(qtype), in_features
+        self.out_features = sum(b.shape[0] for b in parts)
+        self.n_parts = len(parts)
+        self.register_buffer("blocks", parts[0])
+        for i, b in enumerate(parts[1:], 1):
+            self.register_buffer(f"blocks_{i}", b)
+
+    @property
+    def parts(self) -> list[torch.Tensor]:
+        """The row blocks of the weight, in output order (``[blocks]`` but for ``BlockLinearParts``)."""
+        return [self.blocks] + [getattr(self, f"blocks_{i}") for i in range(1, self.n_parts)]
 
     def dequantize(self) -> torch.Tensor:
         """The exact weight [out_features, in_features], fp32."""
         from lhama.quant import ggml
 
-        return ggml.dequantize(self.blocks, self.qtype)
+        return torch.cat([ggml.dequantize(b, self.qtype) for b in self.parts])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from lhama.quant import ggml
@@ -66,7 +80,27 @@ class BlockLinear(nn.Module):
         return ggml.block_linear(x, self.blocks, self.qtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, ggml type {Q(self.qtype).name}"
+        parts = f", {self.n_parts} parts" if self.n_parts > 1 else ""
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, ggml type {Q(self.qtype).name}{parts}"
+        )
+
+
+class BlockLinearParts(BlockLinear):
+    """A ``BlockLinear`` whose weight is stacked by rows from several tensors the file does not
+    store back to back (wq|wk|wv, w1|w3 in many files): each part stays a view (buffers
+    ``blocks``, ``blocks_1``, ...; no copy at load) and one ``ggml.block_linear`` call over the
+    list multiplies them all, each output row bit-identical to the stacked copy's. Code that
+    takes a ``BlockLinear``'s single ``blocks`` tensor must check ``n_parts`` (or the type)."""
+
+    def __init__(self, parts: list[torch.Tensor], qtype: int, in_features: int):
+        nn.Module.__init__(self)
+        self._init_parts(list(parts), qtype, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lhama.quant import ggml
+
+        return ggml.block_linear(x, self.parts, self.qtype)
 
 
 class SplitInt8Linear(nn.Module):

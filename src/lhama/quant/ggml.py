@@ -12,9 +12,10 @@ Nibble order as ggml: byte j's low nibble is element j, its high nibble element 
 The fast path is a C++ library of torch custom ops (``src/lhama/quant/kernels/*.cpp``), built
 once per torch version and source hash (``make install`` runs ``python -m lhama.quant.ggml
 --build``; otherwise on first use). Few activation rows (decode) go through llama.cpp's scheme:
-each row is quantized to int8 per 32 values and multiplied with integer dot products (AVX512-VNNI,
-AVX2 or plain C++, picked at run time by cpuid; ``LHAMA_GGML_ISA=avx2|scalar|reference`` forces
-a lower one). Many rows (prefill) dequantize slices of the weight to bf16 and run one GEMM.
+each row is quantized to int8 per 32 values and multiplied with integer dot products (512-bit
+AVX512 with VBMI/GFNI/VNNI, 256-bit AVX512-VNNI, AVX2 or plain C++, picked at run time by cpuid;
+``LHAMA_GGML_ISA=avx512vnni|avx2|scalar|reference`` forces a lower one). Many rows (prefill)
+dequantize slices of the weight to bf16 and run one GEMM.
 Without a compiler the same functions run a pure-torch reference (dequantize + matmul), with a
 one-line notice.
 """
@@ -28,6 +29,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import gguf
@@ -172,6 +174,7 @@ def _load():
         if want:
             ops.set_isa(want.lower())
         _state["ops"], _state["linear"] = ops, ops.block_linear.default
+        _state["linear_parts"] = ops.block_linear_parts.default
     except Exception as e:  # no compiler, a broken toolchain: the reference path still runs
         log.warning("ggml block kernels unavailable (%s); using the pure-torch reference (dequantize + matmul)", e)
     return _state["ops"]
@@ -187,6 +190,10 @@ def _register_fakes() -> None:
     @torch.library.register_fake(lib + "block_linear")
     def _linear(x, blocks, qtype, path=0):
         return x.new_empty((*x.shape[:-1], blocks.shape[0]))
+
+    @torch.library.register_fake(lib + "block_linear_parts")
+    def _linear_parts(x, blocks, qtype, path=0):
+        return x.new_empty((*x.shape[:-1], sum(b.shape[0] for b in blocks)))
 
     @torch.library.register_fake(lib + "block_rows")
     def _rows(blocks, qtype, ids):
@@ -205,7 +212,8 @@ def available() -> bool:
 
 
 def isa() -> str:
-    """The instruction set the kernels run: ``avx512vnni``, ``avx2``, ``scalar``, or ``reference``."""
+    """The instruction set the kernels run: ``avx512vbmi`` (512-bit, with VNNI and GFNI),
+    ``avx512vnni`` (256-bit), ``avx2``, ``scalar``, or ``reference``."""
     ops = _load()
     return "reference" if ops is None else ops.get_isa()
 
@@ -220,17 +228,28 @@ def set_isa(name: str) -> str:
 # --- the API --------------------------------------------------------------------------------
 
 
-def block_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> torch.Tensor:
+def block_linear(x: torch.Tensor, blocks: torch.Tensor | Sequence[torch.Tensor], qtype: int) -> torch.Tensor:
     """``x @ W.T`` for x [..., K] (float32 or bfloat16) and W the weight that ``blocks``
-    [N, (K // 32) * block bytes] encode: [..., N] in x's dtype, fp32 accumulation."""
+    [N, (K // 32) * block bytes] encode: [..., N] in x's dtype, fp32 accumulation.
+
+    ``blocks`` may be a list of such tensors (same K and type, e.g. wq, wk and wv where the file
+    does not store them back to back): one call, their outputs concatenated along the last dim,
+    each row bit-identical to a call on its own tensor (no copy of the weights is made)."""
     # A decode step makes ~120 of these calls: the checks are the cheapest that decide.
     op = _state.get("linear") if _state.get("ops") is not None else None
     if op is None and "ops" not in _state and _load() is not None:
         op = _state["linear"]
+    if not isinstance(blocks, torch.Tensor):
+        if len(blocks) == 1:
+            blocks = blocks[0]
+        elif op is not None:
+            op = _state["linear_parts"]
     if op is None or not x.is_cpu or (x.requires_grad and torch.is_grad_enabled()):
-        return _ref_linear(x, blocks, qtype)
+        if isinstance(blocks, torch.Tensor):
+            return _ref_linear(x, blocks, qtype)
+        return torch.cat([_ref_linear(x, b, qtype) for b in blocks], dim=-1)
     if qtype not in QTYPES:
-        _check(blocks, qtype)  # the error names the type
+        _check(blocks if isinstance(blocks, torch.Tensor) else blocks[0], qtype)  # the error names the type
     n = _INTEGER_ROWS.get()
     if n is None:
         return op(x, blocks, int(qtype))

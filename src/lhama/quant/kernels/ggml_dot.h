@@ -210,10 +210,136 @@ static inline void rows8_all_m(const uint8_t* w, int64_t ws, int64_t nb, const i
 #endif
 }
 
+
+#if GGML_LEVEL >= 3
+// AVX512 (VBMI, GFNI, VNNI; 512-bit): 8 weight rows x 2 blocks per step. One masked 64-byte load
+// holds a row's two blocks; vpermb lays their nibble bytes out twice (element order), one
+// GF(2) affine op per qword takes the low or the high nibbles, one vpdpbusd per row and
+// activation row. The 8 rows' 16-lane sums are reduced by unpack/add into one vector whose
+// lanes are [rows 0-3 block b, rows 0-3 block b+1, rows 4-7 block b, rows 4-7 block b+1], so the
+// float work (scales from one gather, the conversion, the fmas, Q4's bias term) is shared by 16
+// (row, block) pairs. Even and odd blocks accumulate in separate lanes and are added at the end.
+// Q8_0 (34-byte blocks, signed weights): two 32-byte loads, |w| against x signed like w.
+static inline __m512i reduce16(const __m512i d[8]) {
+  __m512i u[4], v[2];
+  for (int i = 0; i < 4; ++i)
+    u[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2 * i], d[2 * i + 1]), _mm512_unpackhi_epi32(d[2 * i], d[2 * i + 1]));
+  for (int i = 0; i < 2; ++i)
+    v[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(u[2 * i], u[2 * i + 1]), _mm512_unpackhi_epi64(u[2 * i], u[2 * i + 1]));
+  // v[0]: per 128-bit lane, rows 0-3 (lanes: b lo, b hi, b+1 lo, b+1 hi); v[1] rows 4-7.
+  return _mm512_add_epi32(_mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+template <int QT, int MT>
+static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                          const float* sx, int64_t K, float* out, int64_t ldo, bool pf) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  constexpr int OFF = QT == Q4_1 ? 4 : 2;
+  // Header gather: lane l -> row (l / 8) * 4 + l % 4, block b + (l / 4) % 2.
+  const __m512i idx = _mm512_setr_epi32(0, int(ws), int(2 * ws), int(3 * ws), BB, int(ws + BB), int(2 * ws + BB),
+                                        int(3 * ws + BB), int(4 * ws), int(5 * ws), int(6 * ws), int(7 * ws),
+                                        int(4 * ws + BB), int(5 * ws + BB), int(6 * ws + BB), int(7 * ws + BB));
+  // Byte j of 64: nibble byte (j % 16) of block (j / 32); qwords 2, 3, 6, 7 take the high nibbles.
+  alignas(64) static const uint8_t kPerm[64] = {
+      OFF + 0,  OFF + 1,  OFF + 2,  OFF + 3,  OFF + 4,  OFF + 5,  OFF + 6,  OFF + 7,  OFF + 8,  OFF + 9,  OFF + 10,
+      OFF + 11, OFF + 12, OFF + 13, OFF + 14, OFF + 15, OFF + 0,  OFF + 1,  OFF + 2,  OFF + 3,  OFF + 4,  OFF + 5,
+      OFF + 6,  OFF + 7,  OFF + 8,  OFF + 9,  OFF + 10, OFF + 11, OFF + 12, OFF + 13, OFF + 14, OFF + 15,
+      BB + OFF + 0,  BB + OFF + 1,  BB + OFF + 2,  BB + OFF + 3,  BB + OFF + 4,  BB + OFF + 5,  BB + OFF + 6,
+      BB + OFF + 7,  BB + OFF + 8,  BB + OFF + 9,  BB + OFF + 10, BB + OFF + 11, BB + OFF + 12, BB + OFF + 13,
+      BB + OFF + 14, BB + OFF + 15, BB + OFF + 0,  BB + OFF + 1,  BB + OFF + 2,  BB + OFF + 3,  BB + OFF + 4,
+      BB + OFF + 5,  BB + OFF + 6,  BB + OFF + 7,  BB + OFF + 8,  BB + OFF + 9,  BB + OFF + 10, BB + OFF + 11,
+      BB + OFF + 12, BB + OFF + 13, BB + OFF + 14, BB + OFF + 15};
+  const __m512i perm = _mm512_load_si512(kPerm);
+  const uint64_t lo = 0x0102040800000000ull, hi = 0x1020408000000000ull;
+  const __m512i aff = _mm512_setr_epi64(lo, lo, hi, hi, lo, lo, hi, hi);
+  const __mmask64 kmask = (BB * 2 >= 64) ? ~0ull : ((1ull << (BB * 2)) - 1);
+  const __m512i dsel = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+  __m512 acc[MT];
+  for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b += 2) {
+    const uint8_t* base = w + b * BB;
+    const __m512i g = _mm512_i32gather_epi32(idx, reinterpret_cast<const int*>(base), 1);
+    const __m512 wd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+    __m512 wc = _mm512_setzero_ps();
+    if constexpr (QT == Q4_0) wc = _mm512_mul_ps(wd, _mm512_set1_ps(-8.f));
+    if constexpr (QT == Q4_1) wc = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16)));
+    __m512i wv[8];
+    __mmask64 neg[8];
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* blk = base + r * ws;
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + PREFETCH_ROWS * ws), _MM_HINT_T0);
+      if constexpr (QT == Q8_0) {
+        const __m512i v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + BB + 2)), 1);
+        neg[r] = _mm512_movepi8_mask(v);
+        wv[r] = _mm512_abs_epi8(v);
+      } else {
+        const __m512i v = _mm512_permutexvar_epi8(perm, _mm512_maskz_loadu_epi8(kmask, blk));
+        wv[r] = _mm512_gf2p8affine_epi64_epi8(v, aff, 0);
+      }
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m512i xv = _mm512_loadu_si512(qx + m * K + b * 32);
+      __m512i d[8];
+      for (int r = 0; r < 8; ++r) {
+        if constexpr (QT == Q8_0)
+          d[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r],
+                                     _mm512_mask_sub_epi8(xv, neg[r], _mm512_setzero_si512(), xv));
+        else d[r] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[r], xv);
+      }
+      const __m512 xd = _mm512_permutexvar_ps(dsel, _mm512_castps256_ps512(_mm256_castpd_ps(
+                                                        _mm256_broadcast_sd(reinterpret_cast<const double*>(dx + m * nb + b)))));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(reduce16(d)), _mm512_mul_ps(wd, xd), acc[m]);
+      if constexpr (QT != Q8_0) {
+        const __m512 xs = _mm512_permutexvar_ps(dsel, _mm512_castps256_ps512(_mm256_castpd_ps(
+                                                          _mm256_broadcast_sd(reinterpret_cast<const double*>(sx + m * nb + b)))));
+        acc[m] = _mm512_fmadd_ps(wc, xs, acc[m]);
+      }
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(acc[m], acc[m], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(acc[m], acc[m], _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm256_storeu_ps(out + m * ldo, _mm512_castps512_ps256(s));
+  }
+}
+
+template <int QT>
+static inline void rows8z_all_m(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
+                                const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  int64_t m = 0;
+  bool pf = true;
+  for (; m + ZMT_MAX <= M; m += ZMT_MAX, pf = false)
+    tile8z<QT, ZMT_MAX>(w, ws, nb, qx + m * K, dx + m * nb, sx + m * nb, K, out + m * ldo, ldo, pf);
+  const int64_t left = M - m;
+  const int8_t* q = qx + m * K;
+  const float *d = dx + m * nb, *s = sx + m * nb;
+  float* o = out + m * ldo;
+  switch (left) {
+    case 1: tile8z<QT, 1>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+    case 2: tile8z<QT, 2>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+    case 3: tile8z<QT, 3>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+#if ZMT_MAX > 4
+    case 4: tile8z<QT, 4>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+    case 5: tile8z<QT, 5>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+    case 6: tile8z<QT, 6>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+    case 7: tile8z<QT, 7>(w, ws, nb, q, d, s, K, o, ldo, pf); break;
+#endif
+    default: break;
+  }
+}
+#endif
+
 template <int QT>
 static void gemv_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
                       const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
   int64_t n = n0;
+#if GGML_LEVEL >= 3
+  if (nb % 2 == 0)
+    for (; n + 8 <= n1; n += 8) rows8z_all_m<QT>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
+#endif
   for (; n + 8 <= n1; n += 8) rows8_all_m<QT>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
   for (; n + 4 <= n1; n += 4) rows_all_m<QT, 4>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);
   for (; n < n1; ++n) rows_all_m<QT, 1>(w + n * ws, ws, nb, qx, dx, sx, M, K, out + n, ldo);

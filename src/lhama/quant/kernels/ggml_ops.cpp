@@ -33,8 +33,11 @@ constexpr int Q4_0 = 2, Q4_1 = 3, Q8_0 = 8;
 // GEMM path caught up at ~20 rows on an AMD EPYC Zen 4, 1 thread).
 constexpr int64_t kRowsSmallM = ROWS_SMALL_M;
 constexpr int64_t kSliceWeights = 1 << 20;  // weights dequantized to bf16 at a time above it
+#ifndef ZMT
+#define ZMT 8
+#endif
 #ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 8
+#define PREFETCH_ROWS 16
 #endif
 
 int block_bytes(int64_t qt) { return qt == Q4_0 ? 18 : qt == Q4_1 ? 20 : qt == Q8_0 ? 34 : 0; }
@@ -92,20 +95,38 @@ inline uint16_t fp32_to_bf16(float f) {
 #undef GGML_LEVEL
 #undef MT_MAX
 #pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni,avx512vbmi,gfni")
+#define GGML_NS ggml_zmm
+#define GGML_LEVEL 3
+#define MT_MAX 4
+#define ZMT_MAX ZMT
+#include "ggml_dot.h"
+#undef GGML_NS
+#undef GGML_LEVEL
+#undef MT_MAX
+#undef ZMT_MAX
+#pragma GCC pop_options
 #endif
 
 namespace {
 
-enum Isa { kScalar = 0, kAvx2 = 1, kVnni = 2 };
-const char* kIsaNames[] = {"scalar", "avx2", "avx512vnni"};
+enum Isa { kScalar = 0, kAvx2 = 1, kVnni = 2, kZmm = 3 };
+const char* kIsaNames[] = {"scalar", "avx2", "avx512vnni", "avx512vbmi"};
+constexpr int kIsas = 4;
 
 int detect_isa() {
 #if GGML_X86
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (avx2 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw"))
+      __builtin_cpu_supports("avx512bw")) {
+    if (__builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni") &&
+        __builtin_cpu_supports("avx512dq"))
+      return kZmm;
     return kVnni;
+  }
   if (avx2) return kAvx2;
 #endif
   return kScalar;
@@ -129,6 +150,8 @@ struct Kernels {
 
 Kernels kernels() {
 #if GGML_X86
+  if (g_isa == kZmm)
+    return {ggml_zmm::gemv, ggml_zmm::quantize_rows, ggml_zmm::dequant_f32, ggml_zmm::dequant_bf16};
   if (g_isa == kVnni)
     return {ggml_vnni::gemv, ggml_vnni::quantize_rows, ggml_vnni::dequant_f32, ggml_vnni::dequant_bf16};
   if (g_isa == kAvx2)
@@ -156,63 +179,104 @@ const uint8_t* row_base(const at::Tensor& blocks, int64_t* stride) {
   return blocks.data_ptr<uint8_t>();
 }
 
-// Few rows: quantize the activations, integer dot products over row tiles in parallel.
-void linear_small(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t ws, int64_t N, int64_t qt,
+// One weight of a (possibly multi-part) block_linear: rows [n0, n0 + N) of the output.
+struct Part {
+  const uint8_t* w;
+  int64_t ws, N, n0;
+};
+
+std::vector<Part> parts_of(const std::vector<at::Tensor>& blocks, int64_t qtype, int64_t* N, int64_t* K) {
+  TORCH_CHECK_VALUE(!blocks.empty(), "block_linear needs at least one weight");
+  std::vector<Part> parts;
+  *N = 0;
+  for (const at::Tensor& b : blocks) {
+    const auto [n, k] = check_blocks(b, qtype);
+    TORCH_CHECK_VALUE(parts.empty() || k == *K, "all weights of one block_linear have the same columns: ", k, " vs ",
+                      *K);
+    *K = k;
+    int64_t ws;
+    const uint8_t* w = row_base(b, &ws);
+    parts.push_back({w, ws, n, *N});
+    *N += n;
+  }
+  return parts;
+}
+
+// Few rows: quantize the activations once, integer dot products over 8-row tiles of every part
+// in parallel (a part's tiles start at its first row: a row's result is the same in one call
+// over the parts as in a call of its own, whatever the row count or the thread split).
+void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>& parts, int64_t N, int64_t qt,
                   float* out) {
   const Kernels k = kernels();
   const int64_t nb = K / 32;
   std::vector<int8_t> qx(M * K);
   std::vector<float> dx(M * nb), sx(M * nb);
   k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
-  // Tiles of 8 rows; at least ~32k weights per task so small matrices stay on one thread.
-  const int64_t tiles = (N + 7) / 8;
+  std::vector<int64_t> first(parts.size() + 1, 0);  // first tile of each part
+  for (size_t i = 0; i < parts.size(); ++i) first[i + 1] = first[i] + (parts[i].N + 7) / 8;
+  // At least ~32k weights per task so small matrices stay on one thread.
   const int64_t grain = std::max<int64_t>(1, 4096 / K);
-  at::parallel_for(0, tiles, grain, [&](int64_t t0, int64_t t1) {
-    k.gemv(int(qt), w, ws, t0 * 8, std::min(N, t1 * 8), nb, qx.data(), dx.data(), sx.data(), M, K, out, N);
+  at::parallel_for(0, first.back(), grain, [&](int64_t t0, int64_t t1) {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
+      if (a >= b) continue;
+      const Part& p = parts[i];
+      k.gemv(int(qt), p.w, p.ws, (a - first[i]) * 8, std::min(p.N, (b - first[i]) * 8), nb, qx.data(), dx.data(),
+             sx.data(), M, K, out + p.n0, N);
+    }
   });
 }
 
 // Many rows: dequantize slices of the weight to bf16 (in parallel) and run one bf16 GEMM each.
-at::Tensor linear_large(const at::Tensor& x2, const uint8_t* w, int64_t ws, int64_t N, int64_t K, int64_t qt,
-                        at::ScalarType out_dtype) {
+void linear_large(const at::Tensor& xb, const Part& p, int64_t K, int64_t qt, at::Tensor& out) {
   const Kernels k = kernels();
-  const int64_t nb = K / 32, M = x2.size(0);
-  const at::Tensor xb = x2.to(at::kBFloat16).contiguous();
-  at::Tensor out = at::empty({M, N}, x2.options().dtype(out_dtype));
+  const int64_t nb = K / 32, N = p.N;
   const int64_t step = std::min(N, std::max<int64_t>(64, kSliceWeights / K));
-  at::Tensor wb = at::empty({step, K}, x2.options().dtype(at::kBFloat16));
+  at::Tensor wb = at::empty({step, K}, xb.options());
   uint16_t* wp = reinterpret_cast<uint16_t*>(wb.data_ptr());
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t ns = std::min(step, N - n0);
     at::parallel_for(0, ns, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) k.deq_bf16(int(qt), w + (n0 + r) * ws, nb, wp + r * K);
+      for (int64_t r = r0; r < r1; ++r) k.deq_bf16(int(qt), p.w + (n0 + r) * p.ws, nb, wp + r * K);
     });
     at::Tensor y = at::mm(xb, wb.narrow(0, 0, ns).t());
-    out.narrow(1, n0, ns).copy_(y);
+    out.narrow(1, p.n0 + n0, ns).copy_(y);
   }
-  return out;
 }
 
 // path: 0 picks by row count, 1 integer dot products for every row, 2 dequantized bf16 GEMM.
-at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t path) {
-  const auto [N, K] = check_blocks(blocks, qtype);
+// Several weights (same K and type): their outputs concatenated along the last dim.
+at::Tensor linear_parts(const at::Tensor& x, const std::vector<at::Tensor>& blocks, int64_t qtype, int64_t path) {
+  int64_t N = 0, K = 0;
+  const std::vector<Part> parts = parts_of(blocks, qtype, &N, &K);
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
                     "x must be float32 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == K, "x has ", x.dim() ? x.size(-1) : 0, " features, the weight ", K);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU");
+  TORCH_CHECK_VALUE(path >= 0 && path <= 2, "path must be 0, 1 or 2");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
-  int64_t ws;
-  const uint8_t* w = row_base(blocks, &ws);
   const at::Tensor x2 = x.reshape({M, K});
-  TORCH_CHECK_VALUE(path >= 0 && path <= 2, "path must be 0, 1 or 2");
-  if (path == 2 || (path == 0 && M > kRowsSmallM)) return linear_large(x2, w, ws, N, K, qtype, x.scalar_type()).view(out_shape);
+  if (path == 2 || (path == 0 && M > kRowsSmallM)) {
+    const at::Tensor xb = x2.to(at::kBFloat16).contiguous();
+    at::Tensor out = at::empty({M, N}, x.options());
+    for (const Part& p : parts) linear_large(xb, p, K, qtype, out);
+    return out.view(out_shape);
+  }
   const at::Tensor xf = x2.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
-  if (M > 0 && N > 0) linear_small(xf.data_ptr<float>(), M, K, w, ws, N, qtype, out.data_ptr<float>());
+  if (M > 0 && N > 0) linear_small(xf.data_ptr<float>(), M, K, parts, N, qtype, out.data_ptr<float>());
   if (x.scalar_type() != at::kFloat) out = out.to(x.scalar_type());
   return out.view(out_shape);
+}
+
+at::Tensor block_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t qtype, int64_t path) {
+  return linear_parts(x, {blocks}, qtype, path);
+}
+
+at::Tensor block_linear_parts(const at::Tensor& x, at::TensorList blocks, int64_t qtype, int64_t path) {
+  return linear_parts(x, blocks.vec(), qtype, path);
 }
 
 at::Tensor block_rows(const at::Tensor& blocks, int64_t qtype, const at::Tensor& ids) {
@@ -252,9 +316,9 @@ at::Tensor dequantize(const at::Tensor& blocks, int64_t qtype) {
 
 std::string set_isa(const std::string& name) {
   int want = -1;
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kIsas; ++i)
     if (name == kIsaNames[i]) want = i;
-  TORCH_CHECK_VALUE(want >= 0, "unknown ISA '", name, "' (one of: scalar, avx2, avx512vnni)");
+  TORCH_CHECK_VALUE(want >= 0, "unknown ISA '", name, "' (one of: scalar, avx2, avx512vnni, avx512vbmi)");
   g_isa = std::min(want, g_cpu_isa);
   return kIsaNames[g_isa];
 }
@@ -265,6 +329,7 @@ std::string get_isa() { return kIsaNames[g_isa]; }
 
 TORCH_LIBRARY(lhama_ggml, m) {
   m.def("block_linear(Tensor x, Tensor blocks, int qtype, int path=0) -> Tensor");
+  m.def("block_linear_parts(Tensor x, Tensor[] blocks, int qtype, int path=0) -> Tensor");
   m.def("block_rows(Tensor blocks, int qtype, Tensor ids) -> Tensor");
   m.def("dequantize(Tensor blocks, int qtype) -> Tensor");
   m.def("set_isa(str name) -> str", &set_isa);
@@ -273,6 +338,7 @@ TORCH_LIBRARY(lhama_ggml, m) {
 
 TORCH_LIBRARY_IMPL(lhama_ggml, CPU, m) {
   m.impl("block_linear", &block_linear);
+  m.impl("block_linear_parts", &block_linear_parts);
   m.impl("block_rows", &block_rows);
   m.impl("dequantize", &dequantize);
 }
