@@ -5,6 +5,9 @@ with and without them (same greedy tokens, logits within float rounding)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -163,3 +166,154 @@ def test_training_takes_the_pytorch_path(tiny_llama3_args):
     model = build_model(tiny_llama3_args, init="random")
     model(torch.tensor([[1, 2, 3]])).sum().backward()  # the same forward, differentiable
     assert model.layers[0].attention.wq.weight.grad is not None
+
+
+# -- the default model's shape: GGUF blocks with an unmerged adapter, the whole step in one op ---
+
+
+def _blocks(w: torch.Tensor, name: str):
+    import gguf
+
+    from lhama.quant.blocks import BlockLinear
+
+    qtype = gguf.GGMLQuantizationType[name]
+    raw = gguf.quants.quantize(w.detach().numpy(), qtype)
+    return BlockLinear(torch.from_numpy(raw.view("u1").reshape(w.shape[0], -1)), qtype, w.shape[1])
+
+
+def _block_model(args, *, lora: bool, seed: int = 4):
+    """A random model whose projections are GGUF blocks (Q4_1 wqkv and w2, Q4_0 wo, Q8_0 w13;
+    w13 as two parts where ``BlockLinearParts`` exists) like the default file's, with a rank-4
+    adapter beside wq, wv, wo and w2 (``FixedLoraLinear``, as the tuned default) when ``lora``."""
+    from lhama.model.lora import LoraConfig, projection_shape
+    from lhama.model.lora_batch import attach_fixed_lora
+    from lhama.quant import blocks as qb
+
+    model = build_model(args, init="random", seed=seed).eval()
+    for layer in model.layers:
+        a, f = layer.attention, layer.feed_forward
+        a.wqkv = _blocks(torch.cat([a.wq.weight, a.wk.weight, a.wv.weight]), "Q4_1")
+        a.wo = _blocks(a.wo.weight, "Q4_0")
+        f.w2 = _blocks(f.w2.weight, "Q4_1")
+        if hasattr(qb, "BlockLinearParts"):
+            w1, w3 = _blocks(f.w1.weight, "Q8_0"), _blocks(f.w3.weight, "Q8_0")
+            f.w13 = qb.BlockLinearParts([w1.blocks, w3.blocks], w1.qtype, args.dim)
+        else:
+            f.w13 = _blocks(torch.cat([f.w1.weight, f.w3.weight]), "Q8_0")
+    if lora:
+        cfg = LoraConfig(rank=4, alpha=8.0, target_modules=("wq", "wv", "wo", "w2"))
+        g = torch.Generator().manual_seed(seed)
+        weights = {}
+        for i in range(args.n_layers):
+            for n in cfg.target_modules:
+                n_out, n_in = projection_shape(n, args)
+                weights[i, n] = (
+                    torch.randn(cfg.rank, n_in, generator=g) * 0.2,
+                    torch.randn(n_out, 4, generator=g) * 0.2,
+                )
+        assert attach_fixed_lora(model, cfg, weights) == 3 * args.n_layers
+    return model
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_lora_side_path_op_equals_the_pytorch_path(tiny_llama3_args, rows, monkeypatch):
+    """``lora_add_`` (what ``FixedLoraLinear`` runs at CPU inference) against the addmm path, on a
+    fused module whose parts are partly adapted; a row's delta is the same bits at any row count."""
+    from lhama.model.lora_batch import FixedLoraLinear
+
+    model = _block_model(tiny_llama3_args, lora=True)
+    mod = model.layers[0].attention.wqkv
+    assert isinstance(mod, FixedLoraLinear) and len(mod.spans) == 8  # wq and wv adapted, wk not
+    x = torch.randn(1, rows, tiny_llama3_args.dim, generator=torch.Generator().manual_seed(rows))
+    with torch.inference_mode():
+        got = mod(x)
+        one = mod(x[:, :1])
+        assert torch.equal(got[:, :1], one)
+        xb = x.to(torch.bfloat16)  # a bf16 input: converted to fp32 inside the op
+        y = torch.zeros(rows, mod.out_features)
+        OPS.lora_add_(y, xb.view(rows, -1), mod.a, mod.b_t, mod.spans)
+        monkeypatch.setattr(fused, "_OPS", [None])
+        want = mod(x)
+        want_b = (xb.view(rows, -1).float() @ mod.a.T) @ mod.b.T
+    close(got, want, 1e-5)
+    close(y, want_b, 1e-5)
+
+
+def _greedy(model, prompt, n=10):
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    return [s.token_id for s in generate_tokens(model, prompt, params)]
+
+
+def _step_logits(model, prompt, token):
+    with torch.inference_mode():
+        cache = StaticKVCache(model.args, 1, len(prompt) + 2)
+        model(torch.tensor([prompt]), 0, cache)
+        cache.advance(len(prompt))
+        return model(torch.tensor([[token]]), cache.pos, cache)
+
+
+@pytest.fixture
+def count_fused_steps(monkeypatch):
+    """Counts the decode steps that took the whole-step op (``Transformer._fused_layers``)."""
+    from lhama.model.transformer import Transformer
+
+    calls = {"fused": 0}
+    real = Transformer._fused_layers
+
+    def counting(self, h, rotation, cache):
+        out = real(self, h, rotation, cache)
+        calls["fused"] += out is not None
+        return out
+
+    monkeypatch.setattr(Transformer, "_fused_layers", counting)
+    return calls
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_whole_step_op_is_the_module_path_bit_for_bit(tiny_llama3_args, lora, count_fused_steps, monkeypatch):
+    """``decode_layers`` runs the module path's ops in its order: the same greedy tokens and the
+    same logits, bit for bit, as the per-module path; within float rounding of plain PyTorch."""
+    from lhama.model.transformer import Transformer
+
+    model = _block_model(tiny_llama3_args, lora=lora)
+    prompt = [5, 17, 99, 3, 250, 42, 7]
+    fast = _greedy(model, prompt)
+    assert count_fused_steps["fused"] == 9  # every decode step; the prompt's forward does not qualify
+    fast_logits = _step_logits(model, prompt, fast[0])
+    monkeypatch.setattr(Transformer, "_fused_layers", lambda self, h, rotation, cache: None)
+    assert _greedy(model, prompt) == fast
+    assert torch.equal(_step_logits(model, prompt, fast[0]), fast_logits)
+    monkeypatch.setattr(fused, "_OPS", [None])  # no fused op at all: PyTorch (addmm side path)
+    torch.testing.assert_close(_step_logits(model, prompt, fast[0]), fast_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_whole_step_op_in_the_engine_equals_the_reference_loop(tiny_llama3_args, count_fused_steps):
+    """The engine's decode-only steps (paged cache, block tables) take the whole-step op too, and
+    every sequence's greedy tokens equal the reference loop's, batched with others or not."""
+    from lhama.engine import EngineConfig, LLMEngine
+
+    model = _block_model(tiny_llama3_args, lora=True)
+    prompts = [[5, 17, 99, 3, 250, 42, 7], [9, 8], [100 + i for i in range(13)]]
+    want = [_greedy(model, p, 8) for p in prompts]
+    count_fused_steps["fused"] = 0
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "engine"))
+    from engine_fakes import WordTokenizer
+
+    eng = LLMEngine(model, WordTokenizer(tiny_llama3_args.vocab_size), EngineConfig(num_blocks=64, block_size=4))
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    got = [r.completions[0].token_ids for r in eng.generate(prompts, params)]
+    assert got == want
+    assert count_fused_steps["fused"] >= 6  # the steps after every prompt was in
+
+
+def test_rope_table_rows_do_not_depend_on_its_size(tiny_llama3_args):
+    from lhama.model.rope import rope_cos_sin, rope_rotation
+
+    model = build_model(tiny_llama3_args, init="random")
+    pos = torch.tensor([[0, 1, 255, 7]])
+    small = model.rotation(pos)
+    big = model.rotation(torch.tensor([[600]]))  # grows the table
+    assert model._rope_table.shape[0] >= 601
+    assert torch.equal(model.rotation(pos), small)
+    torch.testing.assert_close(big, rope_rotation(*rope_cos_sin(model.inv_freq, torch.tensor([[600]]))))

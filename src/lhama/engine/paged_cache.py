@@ -168,6 +168,27 @@ class PagedKVCache:
             out[:Bd] = dec.reshape(Bd, H, D)
         return self._attend_prefills(q, kb, vb, out)
 
+    def decode_layers_args(self, h: torch.Tensor):
+        """The cache arguments of the whole-step decode op (``Transformer._fused_layers``) when
+        every row of the step is a decode row read through its block table (fp32 storage), else
+        None (then each layer calls ``attend``)."""
+        md = self.meta
+        if (
+            md is None
+            or md.row_groups is not None
+            or md.prefills
+            or md.decode_tables is None
+            or self.fresh_buffers
+            or self.kv.dtype != torch.float32
+            or h.dim() != 3
+            or md.num_decode != h.shape[0] * h.shape[1]
+        ):
+            return None
+        views = self.__dict__.get("_layer_views")
+        if views is None or views[0] is not self.kv:
+            views = self._layer_views = (self.kv, list(self.kv[:, 0].unbind(0)), list(self.kv[:, 1].unbind(0)))
+        return views[1], views[2], 0, md.slots, md.decode_tables, md.decode_lens
+
     def _attend_prefills(self, q: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Each prompt chunk of the step over its own context (q [N, H, D], K/V written); fills
         its rows of ``out`` [N, H, D] and returns it as [1, N, H, D]."""

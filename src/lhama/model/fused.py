@@ -17,6 +17,8 @@ after it); the ops below read their inputs in either dtype and compute in fp32.
 
 from __future__ import annotations
 
+import contextvars
+
 import torch
 import torch.nn.functional as F
 
@@ -114,3 +116,23 @@ def linear_input_dtype(linear, default: torch.dtype) -> torch.dtype:
     modules: ``compute_dtype``), else ``default``: what a norm in front of it may round to."""
     dtype = getattr(linear, "compute_dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else default
+
+
+_INT_ROWS: list = []  # a function returning ggml.integer_rows' current value
+
+
+def integer_rows_now() -> int:
+    """The row count ``lhama.quant.ggml.integer_rows`` set around this call (-1 for none: rows
+    take the path their count picks), for the whole-step op (``decode_layers``) to split rows as
+    ``ggml.block_linear`` does."""
+    if not _INT_ROWS:
+        from lhama.quant import ggml
+
+        getter = getattr(ggml, "current_integer_rows", None)
+        if getter is None:  # the context variable, found by its (public) name
+            with ggml.integer_rows(None):
+                var = next((v for v in contextvars.copy_context() if v.name == "lhama_ggml_integer_rows"), None)
+            getter = (lambda: None) if var is None else var.get
+        _INT_ROWS.append(getter)
+    n = _INT_ROWS[0]()
+    return -1 if n is None else int(n)

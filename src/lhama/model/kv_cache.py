@@ -81,6 +81,13 @@ class StaticKVCache:
         vc[:B, self.pos : end] = v
         return causal_attention(q, self.k[layer][:B, :end], self.v[layer][:B, :end], offset=self.pos)
 
+    def decode_layers_args(self, h: torch.Tensor):
+        """The cache arguments of the whole-step decode op (``Transformer._fused_layers``) for
+        hidden rows ``h`` [B, T, dim], or None when the step is not one token per row in fp32."""
+        if h.dim() != 3 or h.shape[1] != 1 or self.pos + 1 > self.max_len or self.k[0].dtype != torch.float32:
+            return None
+        return self.k, self.v, self.pos, None, None, None
+
     def advance(self, n: int) -> None:
         self.pos += n
 

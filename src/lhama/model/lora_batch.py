@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lhama.errors import ConfigError
+from lhama.model.fused import fused_ops
 from lhama.model.lora import LoraConfig, projection_shape
 
 # A fused module's output slices, in the order the model's forward splits them.
@@ -203,12 +204,15 @@ class FixedLoraLinear(nn.Module):
         names = [n for n in parts if n in pairs]
         a = torch.cat([pairs[n][0].float() for n in names])
         b = torch.zeros(self.out_features, a.shape[0])
-        r0 = 0
+        r0, spans = 0, []
         for n in names:
             off, size = parts[n]
             r = pairs[n][0].shape[0]
             b[off : off + size, r0 : r0 + r] = pairs[n][1].float()
+            spans += [r0, r0 + r, off, off + size]
             r0 += r
+        # (rank rows, output columns) of each part's block of b: what the fused op reads.
+        self.spans = spans
         self.register_buffer("a", a.to(pairs[names[0]][0].device), persistent=False)
         self.register_buffer("b", b.to(a.device), persistent=False)
         # Transposed copies for inference: a decode step runs this per projection of every layer,
@@ -218,6 +222,14 @@ class FixedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
+        if y.dtype == torch.float32 and y.is_cpu and y.is_contiguous() and x.is_contiguous():
+            ops = fused_ops(y)
+            if ops is not None and x.dtype in (torch.float32, torch.bfloat16):
+                # The CPU inference path: one C++ call per module (each row alone, single-threaded
+                # at decode sizes: the thin GEMMs below cost more in dispatch and thread wake-ups
+                # than in arithmetic, and their rounding depends on the row count).
+                ops.lora_add_(y, x, self.a, self.b_t, self.spans)
+                return y
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != self.a.dtype:
             x2 = x2.to(self.a.dtype)

@@ -14,6 +14,7 @@ from lhama.model.args import ModelArgs
 from lhama.model.fused import (
     add_rms_norm,
     fused_ops,
+    integer_rows_now,
     linear_input_dtype,
     residual_add,
     rms_norm,
@@ -24,8 +25,20 @@ from lhama.model.fused import (
 from lhama.model.kv_cache import AttentionCache, causal_attention
 from lhama.model.rope import rope_cos_sin, rope_inv_freq, rope_rotation, rotate
 
+# Bumped whenever a block's projections or norms are replaced or the model's tensors move: the
+# whole-step decode op's plan (``Transformer.decode_plan``) is rebuilt then.
+_PLAN_VERSION = [0]
+_PROJECTIONS = frozenset({"wq", "wk", "wv", "wo", "wqkv", "w1", "w2", "w3", "w13", "weight"})
 
-class RMSNorm(nn.Module):
+
+class _Replaceable(nn.Module):
+    def __setattr__(self, name, value):
+        if name in _PROJECTIONS:
+            _PLAN_VERSION[0] += 1
+        super().__setattr__(name, value)
+
+
+class RMSNorm(_Replaceable):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
@@ -41,7 +54,7 @@ class RMSNorm(nn.Module):
         return add_rms_norm(x, y, self.weight, self.eps, dtype, ops)
 
 
-class Attention(nn.Module):
+class Attention(_Replaceable):
     def __init__(self, args: ModelArgs, layer_id: int):
         super().__init__()
         self.layer_id = layer_id
@@ -77,7 +90,7 @@ class Attention(nn.Module):
         return self.wo(out.reshape(B, T, -1))
 
 
-class FeedForward(nn.Module):
+class FeedForward(_Replaceable):
     """SwiGLU: w2(silu(w1 x) * w3 x)."""
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -138,12 +151,84 @@ class Transformer(nn.Module):
         # them and shift every angle); they are recomputed on the module's new device.
         super()._apply(fn, recurse)
         self.inv_freq = rope_inv_freq(self.args).to(self.tok_embeddings.weight.device)
+        _PLAN_VERSION[0] += 1
+        self.__dict__.pop("_rope_table", None)
         return self
+
+    def rotation(self, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE's ``rope_rotation`` [B, T, 1, D/2] for ``positions`` [B, T]. On a CPU, rows of a
+        table computed once and grown by doubling: one indexing call per forward instead of
+        seven. Its cos and sin are taken in float64 and rounded (within an ulp of fp32's), so a
+        position's row never depends on the table's size or the thread count (fp32 cos/sin
+        round the vectorized body and the scalar tail of a call differently)."""
+        if not positions.is_cpu or torch.compiler.is_compiling():
+            return rope_rotation(*rope_cos_sin(self.inv_freq, positions))
+        table = self.__dict__.get("_rope_table")
+        if table is not None:
+            try:
+                return table[positions].unsqueeze(2)
+            except IndexError:  # a position past the table: grow it
+                pass
+        n = max(256, 2 * (table.shape[0] if table is not None else 0), int(positions.max()) + 1)
+        angles = (torch.arange(n, dtype=torch.float32).unsqueeze(-1) * self.inv_freq.cpu()).double()
+        table = torch.complex(torch.cos(angles).float(), torch.sin(angles).float())
+        self.__dict__["_rope_table"] = table
+        return table[positions].unsqueeze(2)
+
+    def decode_plan(self):
+        """What the whole-step decode op (``lhama_decode::decode_layers``) needs of the blocks, or
+        None when a block is not of the shape it computes: every projection fused (``wqkv``,
+        ``w13``) GGUF ``BlockLinear`` blocks on the CPU, alone or with a ``FixedLoraLinear``
+        adapter beside it, fp32 norms, no hooks. Built once, rebuilt when a module is replaced."""
+        got = self.__dict__.get("_decode_plan")
+        if got is not None and got[0] == _PLAN_VERSION[0]:
+            return got[1]
+        plan = _build_decode_plan(self)
+        self.__dict__["_decode_plan"] = (_PLAN_VERSION[0], plan)
+        return plan
+
+    def _fused_layers(self, h: torch.Tensor, rotation: torch.Tensor, cache) -> torch.Tensor | None:
+        """All blocks in one C++ call for a step of single-token rows on the CPU (the same ops,
+        in the same order, as the module path: the same bits), or None when the step, the cache
+        or the model does not qualify."""
+        ops = fused_ops(h)
+        args_of = getattr(cache, "decode_layers_args", None)
+        if ops is None or args_of is None or not hasattr(ops, "decode_layers"):
+            return None
+        plan = self.decode_plan()
+        if plan is None:
+            return None
+        cargs = args_of(h)
+        if cargs is None:
+            return None
+        weights, ints = plan
+        a = self.args
+        kcs, vcs, pos, slots, tables, lens = cargs
+        return ops.decode_layers(
+            h,
+            rotation,
+            weights,
+            ints,
+            a.norm_eps,
+            a.n_heads,
+            a.n_kv_heads,
+            kcs,
+            vcs,
+            pos,
+            slots,
+            tables,
+            lens,
+            integer_rows_now(),
+        )
 
     def hidden_states(self, tokens: torch.Tensor, positions: torch.Tensor, cache: AttentionCache | None = None):
         """Final-norm hidden states [B, T, dim] for ``tokens`` [B, T] at ``positions`` [B, T]."""
         h = self.tok_embeddings(tokens)
-        rotation = rope_rotation(*rope_cos_sin(self.inv_freq, positions))
+        rotation = self.rotation(positions)
+        if cache is not None and not torch.is_grad_enabled():
+            fast = self._fused_layers(h, rotation, cache)
+            if fast is not None:
+                return self.norm(fast, ops=fused_ops(fast))
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(layer, h, rotation, cache, use_reentrant=False)
@@ -176,6 +261,52 @@ class Transformer(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.tok_embeddings.weight.dtype
+
+
+def _projection_spec(mod):
+    """(ggml type, block tensors, lora a, lora b_t, spans) of a GGUF block linear, alone or under a
+    ``FixedLoraLinear``; None for any other module."""
+    from lhama.model.lora_batch import FixedLoraLinear
+    from lhama.quant import blocks as qb
+
+    a = bt = None
+    spans: list[int] = []
+    if type(mod) is FixedLoraLinear:
+        if mod._forward_hooks or mod._forward_pre_hooks or mod.a.dtype != torch.float32 or not mod.a.is_cpu:
+            return None
+        a, bt, spans = mod.a, mod.b_t, mod.spans
+        mod = mod.base
+    if type(mod) not in (qb.BlockLinear, getattr(qb, "BlockLinearParts", None)) or mod.qtype not in qb.BLOCK_TYPES:
+        return None
+    parts = list(getattr(mod, "parts", None) or [mod.blocks])
+    if mod._forward_hooks or mod._forward_pre_hooks or not all(p.is_cpu for p in parts):
+        return None
+    return mod.qtype, parts, a, bt, spans
+
+
+def _build_decode_plan(model: Transformer):
+    """(weights, ints) for ``lhama_decode::decode_layers``, or None (see ``Transformer.decode_plan``)."""
+    weights: list[torch.Tensor] = []
+    ints: list[int] = []
+    none = torch.empty(0)
+    eps = model.args.norm_eps
+    for layer in model.layers:
+        attn, ffn = layer.attention, layer.feed_forward
+        norms = (layer.attention_norm, layer.ffn_norm)
+        if any(m._forward_hooks or m._forward_pre_hooks for m in (layer, attn, ffn, *norms)):
+            return None
+        if any(n.eps != eps or n.weight.dtype != torch.float32 or not n.weight.is_cpu for n in norms):
+            return None
+        if attn.wqkv is None or ffn.w13 is None:
+            return None
+        specs = [_projection_spec(m) for m in (attn.wqkv, attn.wo, ffn.w13, ffn.w2)]
+        if any(s is None for s in specs):
+            return None
+        weights += [n.weight.detach() for n in norms]
+        for qtype, parts, a, bt, spans in specs:
+            weights += [*parts, none, none] if a is None else [*parts, a, bt]
+            ints += [qtype, len(parts), len(spans) // 4, *spans]
+    return weights, ints
 
 
 def build_model(

@@ -6,7 +6,9 @@
 // activations arrive fp32 or bf16, everything is computed in fp32, a result asked for in bf16
 // is rounded once (round to nearest even, like Tensor.to). Rows are contiguous.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
@@ -394,6 +396,165 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   return out;
 }
 
+// y[n] += sum_r low[r] * bt[r, n] over the spans (r0, r1, n0, n1) of a low-rank delta, after
+// low = a x (a [R, K]): one row of an unmerged LoRA adapter (lhama.model.lora_batch).
+LHAMA_CLONES void lora_row(const float* x, const float* a, int64_t R, int64_t K, const float* bt, int64_t N,
+                           const int64_t* spans, int64_t P, float* low, float* y) {
+  for (int64_t r = 0; r < R; ++r) low[r] = dot(a + r * K, x, K);
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t r0 = spans[4 * p], r1 = spans[4 * p + 1], n0 = spans[4 * p + 2], n1 = spans[4 * p + 3];
+#pragma omp simd
+    for (int64_t n = n0; n < n1; ++n) {
+      float s = 0.f;
+      for (int64_t r = r0; r < r1; ++r) s += low[r] * bt[r * N + n];
+      y[n] += s;
+    }
+  }
+}
+
+// FixedLoraLinear's side path in place: y [M, N] (fp32) += (x [M, K] a^T) b_t restricted to the
+// spans, each span (r0, r1, n0, n1) a block of b_t (rank rows r0..r1 write outputs n0..n1: a fused
+// projection's parts). Every row is computed alone, the same way at any M (no GEMM blocking), and
+// single-threaded at decode sizes (no thread wake-up for a few microseconds of work).
+void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at::IntArrayRef spans) {
+  check_rows(y, "y");
+  check_rows(x, "x");
+  check_rows(a, "a");
+  check_rows(bt, "b_t");
+  TORCH_CHECK(y.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat && bt.scalar_type() == at::kFloat,
+              "lora_add_: fp32 y, a and b_t");
+  const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1), R = a.size(0), N = y.size(-1);
+  TORCH_CHECK(a.dim() == 2 && a.size(1) == K && bt.dim() == 2 && bt.size(0) == R && bt.size(1) == N &&
+                  y.numel() == M * N && spans.size() % 4 == 0,
+              "lora_add_: shapes");
+  const int64_t P = static_cast<int64_t>(spans.size()) / 4;
+  int64_t work = R * K;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t r0 = spans[4 * p], r1 = spans[4 * p + 1], n0 = spans[4 * p + 2], n1 = spans[4 * p + 3];
+    TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= R && 0 <= n0 && n0 <= n1 && n1 <= N, "lora_add_: span out of range");
+    work += (r1 - r0) * (n1 - n0);
+  }
+  const float* ap = a.data_ptr<float>();
+  const float* bp = bt.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  with_input(x, [&](const auto* xp) {
+    for_each(M, work, [&](int64_t m) {
+      std::vector<float> buf(R + (std::is_same_v<std::decay_t<decltype(*xp)>, float> ? 0 : K));
+      const float* xr;
+      if constexpr (std::is_same_v<std::decay_t<decltype(*xp)>, float>) {
+        xr = xp + m * K;
+      } else {
+        for (int64_t i = 0; i < K; ++i) buf[R + i] = to_f(xp[m * K + i]);
+        xr = buf.data() + R;
+      }
+      lora_row(xr, ap, R, K, bp, N, spans.data(), P, buf.data(), yp + m * N);
+    });
+  });
+}
+
+// lhama_ggml::block_linear (ggml_ops.cpp, the same library) through the dispatcher, no Python;
+// block_linear_parts when the weight is stacked from several tensors.
+Tensor block_linear_call(const Tensor& x, at::TensorList parts, int64_t qtype, int64_t path) {
+  if (parts.size() == 1) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("lhama_ggml::block_linear", "")
+                         .typed<Tensor(const Tensor&, const Tensor&, int64_t, int64_t)>();
+    return op.call(x, parts[0], qtype, path);
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lhama_ggml::block_linear_parts", "")
+                       .typed<Tensor(const Tensor&, at::TensorList, int64_t, int64_t)>();
+  return op.call(x, parts, qtype, path);
+}
+
+// ggml.integer_rows: < 0 picks by row count (path 0), else the first n rows take the integer
+// path (1) and the rest the GEMM (2), as lhama.quant.ggml.block_linear splits them.
+Tensor block_linear_rows(const Tensor& x, at::TensorList parts, int64_t qtype, int64_t integer_rows) {
+  const int64_t M = x.numel() / x.size(-1);
+  if (integer_rows < 0) return block_linear_call(x, parts, qtype, 0);
+  if (integer_rows >= M) return block_linear_call(x, parts, qtype, 1);
+  if (integer_rows == 0) return block_linear_call(x, parts, qtype, 2);
+  Tensor x2 = x.reshape({M, x.size(-1)});
+  Tensor y = at::cat({block_linear_call(x2.slice(0, 0, integer_rows), parts, qtype, 1),
+                      block_linear_call(x2.slice(0, integer_rows, M), parts, qtype, 2)});
+  auto shape = x.sizes().vec();
+  shape.back() = y.size(-1);
+  return y.view(shape);
+}
+
+// The whole stack of transformer blocks for a step of single-token rows (one call per decode
+// step instead of ~15 per layer from Python): per layer exactly the ops the module path runs
+// (rms_norm, block_linear + lora_add_, rope_qkv, the static or paged attention, add_rms_norm,
+// silu_mul, the residual add), so its results are the module path's bits. x [..., dim] fp32;
+// rotation: rope_rotation of the rows. Per layer, weights holds the two norms' weights, then for
+// each projection (wqkv, wo, w13, w2) its block tensors and its LoRA a and b_t (two empty tensors
+// when it has none); ints holds per projection the ggml type, the number of block tensors and of
+// LoRA spans, then the spans (lora_add_). Static cache (slots undefined): k/v caches [B, L, KVH,
+// D], the rows at position pos. Paged: each layer's [blocks * KVH, bs, D] storage, slots, tables
+// and lens as attend_paged_decode takes them.
+Tensor decode_layers(const Tensor& x, const Tensor& rot, at::TensorList w, at::IntArrayRef ints, double eps,
+                     int64_t H, int64_t KVH, at::TensorList kcs, at::TensorList vcs, int64_t pos,
+                     const std::optional<Tensor>& slots, const std::optional<Tensor>& tables,
+                     const std::optional<Tensor>& lens, int64_t integer_rows) {
+  check_rows(x, "x");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "decode_layers: fp32 x");
+  const int64_t n_layers = static_cast<int64_t>(kcs.size());
+  TORCH_CHECK(static_cast<int64_t>(vcs.size()) == n_layers, "decode_layers: one k and v cache per layer");
+  const bool paged = slots.has_value();
+  TORCH_CHECK(!paged || (tables.has_value() && lens.has_value()), "decode_layers: slots, tables and lens together");
+  const int64_t dim = x.size(-1);
+  Tensor h = x.contiguous();
+  size_t wi = 0, ii = 0;
+  auto next_int = [&]() {
+    TORCH_CHECK(ii < ints.size(), "decode_layers: ints too short");
+    return ints[ii++];
+  };
+  struct Proj {
+    int64_t qtype;
+    at::TensorList parts;
+    const Tensor* a;
+    const Tensor* bt;
+    std::vector<int64_t> spans;
+  };
+  for (int64_t l = 0; l < n_layers; ++l) {
+    TORCH_CHECK(wi + 2 <= w.size(), "decode_layers: weights too short");
+    const Tensor& norm1 = w[wi];
+    const Tensor& norm2 = w[wi + 1];
+    wi += 2;
+    Proj pr[4];
+    for (auto& p : pr) {
+      p.qtype = next_int();
+      const int64_t n_parts = next_int(), n_spans = next_int();
+      TORCH_CHECK(n_parts >= 1 && wi + n_parts + 2 <= w.size(), "decode_layers: weights too short");
+      p.parts = w.slice(wi, n_parts);
+      p.a = &w[wi + n_parts];
+      p.bt = &w[wi + n_parts + 1];
+      wi += n_parts + 2;
+      for (int64_t i = 0; i < 4 * n_spans; ++i) p.spans.push_back(next_int());
+    }
+    auto project = [&](const Tensor& in, const Proj& p) {
+      Tensor y = block_linear_rows(in, p.parts, p.qtype, integer_rows);
+      if (p.a->numel()) lora_add_(y, in, *p.a, *p.bt, p.spans);
+      return y;
+    };
+    Tensor normed = rms_norm(h, norm1, eps, at::kFloat);
+    auto [q, k, v] = rope_qkv(project(normed, pr[0]), rot, H, KVH);
+    Tensor att = paged ? attend_paged_decode(q, k, v, const_cast<Tensor&>(kcs[l]), const_cast<Tensor&>(vcs[l]),
+                                             *slots, *tables, *lens, at::kFloat)
+                       : attend_static(q, k, v, const_cast<Tensor&>(kcs[l]), const_cast<Tensor&>(vcs[l]), pos,
+                                       at::kFloat);
+    auto shape = h.sizes().vec();
+    shape.back() = -1;
+    Tensor o = project(att.view(shape), pr[1]);
+    auto [h2, n2] = add_rms_norm(h, o, norm2, eps, at::kFloat);
+    Tensor f = project(silu_mul(project(n2, pr[2]), at::kFloat), pr[3]);
+    TORCH_CHECK(f.scalar_type() == at::kFloat && f.size(-1) == dim, "decode_layers: w2's output");
+    h = h2.add_(f);
+  }
+  TORCH_CHECK(wi == w.size() && ii == ints.size(), "decode_layers: weights or ints too long");
+  return h;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lhama_decode, m) {
@@ -407,6 +568,11 @@ TORCH_LIBRARY(lhama_decode, m) {
   m.def(
       "attend_paged_decode(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
       "Tensor tables, Tensor lens, ScalarType dtype) -> Tensor");
+  m.def("lora_add_(Tensor(a!) y, Tensor x, Tensor a, Tensor b_t, int[] spans) -> ()");
+  m.def(
+      "decode_layers(Tensor x, Tensor rotation, Tensor[] weights, int[] ints, float eps, int n_heads, "
+      "int n_kv_heads, Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, int pos, Tensor? slots, Tensor? tables, "
+      "Tensor? lens, int integer_rows) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lhama_decode, CPU, m) {
@@ -416,4 +582,6 @@ TORCH_LIBRARY_IMPL(lhama_decode, CPU, m) {
   m.impl("rope_qkv", TORCH_FN(rope_qkv));
   m.impl("attend_static", TORCH_FN(attend_static));
   m.impl("attend_paged_decode", TORCH_FN(attend_paged_decode));
+  m.impl("lora_add_", TORCH_FN(lora_add_));
+  m.impl("decode_layers", TORCH_FN(decode_layers));
 }
