@@ -256,3 +256,42 @@ def test_a_list_of_weights_is_their_outputs_concatenated(isa, qtype):
     if ggml.available():
         meta = [p.to("meta") for p in parts]
         assert torch.ops.lhama_ggml.block_linear_parts(torch.empty(3, K, device="meta"), meta, qtype).shape == (3, 66)
+
+
+Q6_K = int(gguf.GGMLQuantizationType.Q6_K)
+
+
+def q6k_blocks(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Random Q6_K rows (every byte pattern of ql/qh/scales is a valid block) with small fp16 d."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=(n, k // 256, 210), dtype=np.uint8)
+    raw[..., 208:210] = rng.uniform(-0.002, 0.002, size=(n, k // 256, 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def test_q6_k_rows_and_products(isa):
+    """Q6_K (llama.cpp's type for a Q4_0 file's tied embedding/head): dequantize and block_rows
+    bit-identical to the gguf package's; few rows within the rounding of int8 activations per 256
+    values (exactly emulated: fp32 order only), independent of the batch; many rows within the
+    bf16 GEMM's rounding; a list of weights is their outputs concatenated."""
+    raw = q6k_blocks(45, 512)
+    want, blocks = gguf_weight(raw, Q6_K), torch.from_numpy(raw)
+    assert torch.equal(ggml.dequantize(blocks, Q6_K), want)
+    ids = torch.tensor([44, 0, 7, 7])
+    assert torch.equal(ggml.block_rows(blocks, Q6_K, ids), want[ids])
+    x = torch.randn(30, 512, generator=torch.Generator().manual_seed(1))
+    scale = x.abs() @ want.abs().T
+    with ggml.integer_rows(100):
+        y = ggml.block_linear(x[:12], blocks, Q6_K)
+        if isa != "reference":
+            xb = x[:12].reshape(12, -1, 256)
+            d = xb.abs().amax(-1, keepdim=True) / 127
+            xq = (torch.round(xb * torch.where(d != 0, 1 / d, torch.zeros_like(d))) * d).reshape(12, 512)
+            assert ((y - xq @ want.T).abs() <= 1e-5 * scale[:12] + 1e-6).all()
+            assert torch.equal(torch.cat([ggml.block_linear(x[i : i + 1], blocks, Q6_K) for i in range(12)]), y)
+    gemm = ggml.block_linear(x, blocks, Q6_K)  # 30 rows: the bf16 GEMM
+    assert ((gemm - x @ want.T).abs() <= 2.0**-7 * scale + 1e-6).all()
+    parts = [blocks[:40], blocks[40:]]
+    assert torch.equal(ggml.block_linear(x[:3], parts, Q6_K), ggml.block_linear(x[:3], blocks, Q6_K))
+    with pytest.raises(ValueError, match="210-byte"):
+        ggml.block_linear(x, blocks[:, :-1], Q6_K)

@@ -1,7 +1,7 @@
 """A quantized GGUF file straight into lhama's modules, with no float copy of the model.
 
-Where ``lhama.quant.ggml``'s compiled kernels are available (CPU), Q4_0, Q4_1 and Q8_0 tensors
-stay the file's own blocks: each linear is a ``BlockLinear`` whose weight is a view of the
+Where ``lhama.quant.ggml``'s compiled kernels are available (CPU), Q4_0, Q4_1, Q8_0 and Q6_K
+tensors stay the file's own blocks: each linear is a ``BlockLinear`` whose weight is a view of the
 file's memory map (no copy, no repack; the tied Q8_0 embedding and head share one view).
 Elsewhere each tensor's raw blocks are read from the map and repacked:
 
@@ -137,7 +137,7 @@ class _Builder:
         qtype = self.reader.qtype(names[0])
         shapes = [self.reader.shapes[n] for n in names]
         rows, cols = sum(s[0] for s in shapes), shapes[0][1]
-        if self.raw_blocks and qtype in EXACT:
+        if self.raw_blocks and (qtype in EXACT or (qtype == Q.Q6_K and cols % 256 == 0)):
             self.kinds[module_name] = f"{qtype.name} blocks (exact, the file's own)"
             stack = self.stacked_blocks(names)
             if isinstance(stack, list):

@@ -6,12 +6,12 @@ builds them from a GGUF file without a float copy of the weights).
   with per-group scales, so ``q = 16 * hi + lo`` (hi in -8..7, lo in 0..15) is split into two
   exact int4 group-32 matrices, ``hi`` scaled by 16d and ``lo`` by d, and summed: two int4
   kernel calls read the same bytes one int8 call would.
-* ``BlockLinear``: a linear layer whose weight is the file's raw Q4_0/Q4_1/Q8_0 blocks, a view of
+* ``BlockLinear``: a linear layer whose weight is the file's raw Q4_0/Q4_1/Q8_0/Q6_K blocks, a view of
   the file's memory map (no copy, no repack), multiplied by ``lhama.quant.ggml.block_linear``.
   The default on a CPU where that library is available; the int4 modules above are the fallback.
 * ``BlockLinearParts``: the same over a list of tensors stacked by rows (no copy of the parts).
 * ``BlockEmbedding``: an embedding table kept as the file's raw blocks (any ggml type); a lookup
-  decodes only the rows it needs (``ggml.block_rows`` for Q4_0/Q4_1/Q8_0, else the gguf package's
+  decodes only the rows it needs (``ggml.block_rows`` for ``BLOCK_TYPES``, else the gguf package's
   own dequantization: exact by definition). A tied head is a ``BlockLinear`` over the same tensor.
 """
 
@@ -26,7 +26,7 @@ from lhama.quant.int4 import Int4WeightOnlyLinear
 
 Q8_GROUP = 32
 Q = gguf.GGMLQuantizationType
-BLOCK_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0)  # what ``lhama.quant.ggml`` computes on
+BLOCK_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q8_0, Q.Q6_K)  # what ``lhama.quant.ggml`` computes on
 
 
 def ggml_available() -> bool:

@@ -1,4 +1,4 @@
-"""Matmuls straight on llama.cpp's quantized blocks (Q4_0, Q4_1, Q8_0), as stored in a GGUF file.
+"""Matmuls straight on llama.cpp's quantized blocks (Q4_0, Q4_1, Q8_0, Q6_K), as stored in a GGUF file.
 
 ``blocks`` is a uint8 tensor [N, (K // 32) * block bytes]: row n holds weight row n's blocks
 exactly as the file stores them (possibly a read-only, unaligned view onto an mmap):
@@ -6,6 +6,8 @@ exactly as the file stores them (possibly a read-only, unaligned view onto an mm
 * Q4_0, 18 B: fp16 d, 16 bytes of nibbles; ``w = (q - 8) * d``
 * Q4_1, 20 B: fp16 d, fp16 m, 16 bytes of nibbles; ``w = q * d + m``
 * Q8_0, 34 B: fp16 d, 32 int8; ``w = q * d``
+* Q6_K, 210 B per 256 weights: 4 + 2 bit q, an int8 scale per 16, fp16 d; ``w = (d * scale) * (q - 32)``;
+  its integer path quantizes the activations per 256 values (llama.cpp's Q8_K) instead of 32
 
 Nibble order as ggml: byte j's low nibble is element j, its high nibble element j + 16.
 
@@ -42,6 +44,8 @@ _T = gguf.GGMLQuantizationType
 _INTEGER_ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("lhama_ggml_integer_rows", default=None)
 # ggml type id -> bytes per block of 32 weights.
 QTYPES: dict[int, int] = {int(_T.Q4_0): 18, int(_T.Q4_1): 20, int(_T.Q8_0): 34}
+# Every type the kernels take -> (weights, bytes) per block (Q6_K: 256 weights in 210 bytes).
+SIZES: dict[int, tuple[int, int]] = {**{t: (32, b) for t, b in QTYPES.items()}, int(_T.Q6_K): (256, 210)}
 BLOCK = 32
 # Weights the reference path dequantizes at a time (fp32 scratch).
 _REF_SLICE_WEIGHTS = 1 << 20
@@ -53,16 +57,16 @@ LIB_NAME = "lhama_ggml"
 def _check(blocks: torch.Tensor, qtype: int) -> tuple[int, int]:
     """(N, K) of a block matrix, or a clear error."""
     qtype = int(qtype)
-    if qtype not in QTYPES:
-        names = ", ".join(_T(t).name for t in QTYPES)
+    if qtype not in SIZES:
+        names = ", ".join(_T(t).name for t in SIZES)
         name = _T(qtype).name if qtype in _T._value2member_map_ else str(qtype)
         raise ValueError(f"ggml type {name} has no block kernel (supported: {names})")
     if blocks.dtype != torch.uint8 or blocks.dim() != 2:
         raise ValueError(f"blocks must be a 2-D uint8 tensor, got {blocks.dtype} {tuple(blocks.shape)}")
-    bb = QTYPES[qtype]
+    per, bb = SIZES[qtype]
     if blocks.shape[1] % bb:
         raise ValueError(f"{_T(qtype).name} rows are whole {bb}-byte blocks; got {blocks.shape[1]} bytes per row")
-    return blocks.shape[0], blocks.shape[1] // bb * BLOCK
+    return blocks.shape[0], blocks.shape[1] // bb * per
 
 
 def _fp16(b: torch.Tensor) -> torch.Tensor:
@@ -71,8 +75,11 @@ def _fp16(b: torch.Tensor) -> torch.Tensor:
 
 
 def _ref_dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
-    """Exactly the gguf package's dequantization, in torch."""
+    """Exactly the gguf package's dequantization, in torch (Q6_K: the package's own numpy)."""
     n, k = _check(blocks, qtype)
+    if qtype not in QTYPES:
+        raw = blocks.contiguous().numpy()
+        return torch.from_numpy(gguf.quants.dequantize(raw, _T(qtype)).astype("float32").reshape(n, k))
     b = blocks.reshape(n, k // BLOCK, QTYPES[qtype])
     d = _fp16(b[..., 0:2])
     if qtype == _T.Q8_0:
@@ -197,12 +204,12 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake(lib + "block_rows")
     def _rows(blocks, qtype, ids):
-        k = blocks.shape[1] // QTYPES[qtype] * BLOCK
+        k = blocks.shape[1] // SIZES[qtype][1] * SIZES[qtype][0]
         return blocks.new_empty((ids.numel(), k), dtype=torch.float32)
 
     @torch.library.register_fake(lib + "dequantize")
     def _dequantize(blocks, qtype):
-        k = blocks.shape[1] // QTYPES[qtype] * BLOCK
+        k = blocks.shape[1] // SIZES[qtype][1] * SIZES[qtype][0]
         return blocks.new_empty((blocks.shape[0], k), dtype=torch.float32)
 
 
@@ -248,7 +255,7 @@ def block_linear(x: torch.Tensor, blocks: torch.Tensor | Sequence[torch.Tensor],
         if isinstance(blocks, torch.Tensor):
             return _ref_linear(x, blocks, qtype)
         return torch.cat([_ref_linear(x, b, qtype) for b in blocks], dim=-1)
-    if qtype not in QTYPES:
+    if qtype not in SIZES:
         _check(blocks if isinstance(blocks, torch.Tensor) else blocks[0], qtype)  # the error names the type
     n = _INTEGER_ROWS.get()
     if n is None:
@@ -283,7 +290,7 @@ def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Ten
     ops = _state["ops"] if "ops" in _state else _load()
     if ops is None or blocks.device.type != "cpu":
         return _ref_rows(blocks, qtype, ids)
-    if qtype not in QTYPES:
+    if qtype not in SIZES:
         _check(blocks, qtype)  # the error names the type
     return ops.block_rows(blocks, int(qtype), ids.reshape(-1).long())
 
@@ -293,7 +300,7 @@ def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
     ops = _state["ops"] if "ops" in _state else _load()
     if ops is None or blocks.device.type != "cpu":
         return _ref_dequantize(blocks, qtype)
-    if qtype not in QTYPES:
+    if qtype not in SIZES:
         _check(blocks, qtype)  # the error names the type
     return ops.dequantize(blocks, int(qtype))
 

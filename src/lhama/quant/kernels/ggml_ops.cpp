@@ -1,4 +1,4 @@
-// Matmuls on llama.cpp's Q4_0 / Q4_1 / Q8_0 blocks as stored in GGUF, as torch custom ops
+// Matmuls on llama.cpp's Q4_0 / Q4_1 / Q8_0 / Q6_K blocks as stored in GGUF, as torch custom ops
 // (lhama_ggml::block_linear, block_rows, dequantize). See lhama/quant/ggml.py for the contract.
 //
 // Portable: the library is compiled for baseline x86-64; the AVX2 and AVX512-VNNI bodies are
@@ -25,7 +25,7 @@
 
 namespace {
 
-constexpr int Q4_0 = 2, Q4_1 = 3, Q8_0 = 8;
+constexpr int Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, Q6_K = 14;
 #ifndef ROWS_SMALL_M
 #define ROWS_SMALL_M 20
 #endif
@@ -40,7 +40,8 @@ constexpr int64_t kSliceWeights = 1 << 20;  // weights dequantized to bf16 at a 
 #define PREFETCH_ROWS 16
 #endif
 
-int block_bytes(int64_t qt) { return qt == Q4_0 ? 18 : qt == Q4_1 ? 20 : qt == Q8_0 ? 34 : 0; }
+int block_bytes(int64_t qt) { return qt == Q4_0 ? 18 : qt == Q4_1 ? 20 : qt == Q8_0 ? 34 : qt == Q6_K ? 210 : 0; }
+int block_elems(int64_t qt) { return qt == Q6_K ? 256 : 32; }
 
 inline float fp16_to_fp32(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16;
@@ -65,6 +66,147 @@ inline uint16_t fp32_to_bf16(float f) {
   return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
 }
 
+
+// --- Q6_K: 256 weights in 210 bytes: ql[128] (low 4 bits), qh[64] (high 2 bits), 16 int8 scales,
+// fp16 d; w = (d * scale[e / 16]) * (q - 32), q in 0..63 (the gguf package's order exactly).
+// Element e of half h = e / 128, group g = (e % 128) / 32, l = e % 32: ql[64 h + 32 (g & 1) + l]
+// (low nibble for g < 2, else high), qh[32 h + l] bits 2g..2g+1.
+void q6k_row_f32(const uint8_t* row, int64_t nb, float* out) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * 210;
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    uint16_t dh;
+    std::memcpy(&dh, blk + 208, 2);
+    const float d = fp16_to_fp32(dh);
+    float* y = out + b * 256;
+    for (int h = 0; h < 2; ++h)
+      for (int l = 0; l < 32; ++l) {
+        const int a = ql[64 * h + l], c = ql[64 * h + 32 + l], hb = qh[32 * h + l], is = 8 * h + l / 16;
+        y[128 * h + l] = (d * float(sc[is])) * float(((a & 15) | ((hb & 3) << 4)) - 32);
+        y[128 * h + l + 32] = (d * float(sc[is + 2])) * float(((c & 15) | (((hb >> 2) & 3) << 4)) - 32);
+        y[128 * h + l + 64] = (d * float(sc[is + 4])) * float(((a >> 4) | (((hb >> 4) & 3) << 4)) - 32);
+        y[128 * h + l + 96] = (d * float(sc[is + 6])) * float(((c >> 4) | (((hb >> 6) & 3) << 4)) - 32);
+      }
+  }
+}
+
+// Activations for Q6_K (llama.cpp's Q8_K): int8 per 256 values (d = amax / 127, round half to
+// even), with the integer sum of every 16 (the -32 offset's term).
+void q6k_quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int16_t* bsum) {
+  const int64_t nb = K / 256;
+  for (int64_t i = 0; i < M * nb; ++i) {
+    const float* xb = x + i * 256;
+    float amax = 0.f;
+    for (int j = 0; j < 256; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float dd = amax / 127.f;
+    const float id = dd != 0.f ? 1.f / dd : 0.f;
+    for (int s = 0; s < 16; ++s) {
+      int sum = 0;
+      for (int j = 16 * s; j < 16 * s + 16; ++j) {
+        const int v = static_cast<int>((xb[j] * id + 12582912.f) - 12582912.f);
+        q[i * 256 + j] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      bsum[i * 16 + s] = static_cast<int16_t>(sum);
+    }
+    d[i] = dd;
+  }
+}
+
+// out[m * ldo + n] for weight rows [n0, n1): sum over blocks of d_w d_x sum_s sc_s (sum q6 q - 32 bsum_s).
+void q6k_gemv_scalar(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                     const float* dx, const int16_t* bs, int64_t M, int64_t K, float* out, int64_t ldo) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float acc = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w + n * ws + b * 210;
+        const uint8_t *ql = blk, *qh = blk + 128;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+        const int8_t* q = qx + m * K + b * 256;
+        int32_t dot[16] = {0};
+        for (int h = 0; h < 2; ++h)
+          for (int l = 0; l < 32; ++l) {
+            const int a = ql[64 * h + l], c = ql[64 * h + 32 + l], hb = qh[32 * h + l], is = 8 * h + l / 16;
+            dot[is] += ((a & 15) | ((hb & 3) << 4)) * q[128 * h + l];
+            dot[is + 2] += ((c & 15) | (((hb >> 2) & 3) << 4)) * q[128 * h + l + 32];
+            dot[is + 4] += ((a >> 4) | (((hb >> 4) & 3) << 4)) * q[128 * h + l + 64];
+            dot[is + 6] += ((c >> 4) | (((hb >> 6) & 3) << 4)) * q[128 * h + l + 96];
+          }
+        int32_t isum = 0;
+        for (int s = 0; s < 16; ++s) isum += int32_t(sc[s]) * (dot[s] - 32 * int32_t(bs[(m * nb + b) * 16 + s]));
+        uint16_t dh;
+        std::memcpy(&dh, blk + 208, 2);
+        acc += fp16_to_fp32(dh) * dx[m * nb + b] * float(isum);
+      }
+      out[m * ldo + n] = acc;
+    }
+}
+
+#if GGML_X86
+// The same with AVX2 (llama.cpp's q6_K x q8_K scheme): per half block, 4 x 32 six-bit weights
+// unpacked once for every activation row; maddubs pairs, madd by the 16-value scales, int32 sums
+// over the block, one fma per block.
+__attribute__((target("avx2,fma,f16c"))) void q6k_gemv_avx2(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1,
+                                                             int64_t nb, const int8_t* qx, const float* dx,
+                                                             const int16_t* bs, int64_t M, int64_t K, float* out,
+                                                             int64_t ldo) {
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(0x03), mC = _mm256_set1_epi8(0x0C),
+                m30 = _mm256_set1_epi8(0x30), mC0 = _mm256_set1_epi8(char(0xC0));
+  constexpr int kMaxM = 32;
+  __m256 acc[kMaxM];
+  __m256i sumi[kMaxM];
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = w + n * ws + b * 210;
+      if (n + 2 < n1) _mm_prefetch(reinterpret_cast<const char*>(blk + 2 * ws), _MM_HINT_T0);
+      const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
+      for (int64_t m = 0; m < M; ++m) {
+        const __m256i bsv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs + (m * nb + b) * 16));
+        sumi[m] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsv), 5));
+      }
+      for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 64 * h + 32));
+        const __m256i qhv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h));
+        __m256i q[4], s[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qhv, m3), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(qhv, mC), 2));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(qhv, m30));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                               _mm256_srli_epi16(_mm256_and_si256(qhv, mC0), 2));
+        for (int g = 0; g < 4; ++g) {
+          const int is = 8 * h + 2 * g;
+          s[g] = _mm256_set_m128i(_mm_set1_epi16(sc[is + 1]), _mm_set1_epi16(sc[is]));
+        }
+        for (int64_t m = 0; m < M; ++m) {
+          const int8_t* x = qx + m * K + b * 256 + 128 * h;
+          __m256i t = sumi[m];
+          for (int g = 0; g < 4; ++g) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32 * g));
+            t = _mm256_add_epi32(t, _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], xv), s[g]));
+          }
+          sumi[m] = t;
+        }
+      }
+      uint16_t dh;
+      std::memcpy(&dh, blk + 208, 2);
+      const float d = _cvtsh_ss(dh);
+      for (int64_t m = 0; m < M; ++m)
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_set1_ps(d * dx[m * nb + b]), acc[m]);
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+      v = _mm_add_ss(v, _mm_movehdup_ps(v));
+      out[m * ldo + n] = _mm_cvtss_f32(v);
+    }
+  }
+}
+#endif
 }  // namespace
 
 #define GGML_NS ggml_scalar
@@ -160,9 +302,22 @@ Kernels kernels() {
   return {ggml_scalar::gemv, ggml_scalar::quantize_rows, ggml_scalar::dequant_f32, ggml_scalar::dequant_bf16};
 }
 
+// One row of K weights -> floats / bf16, any supported type.
+void deq_row_f32(const Kernels& k, int qt, const uint8_t* row, int64_t K, float* out) {
+  if (qt == Q6_K) q6k_row_f32(row, K / 256, out);
+  else k.deq_f32(qt, row, K / 32, out);
+}
+
+void deq_row_bf16(const Kernels& k, int qt, const uint8_t* row, int64_t K, uint16_t* out, std::vector<float>& tmp) {
+  if (qt != Q6_K) return k.deq_bf16(qt, row, K / 32, out);
+  tmp.resize(K);
+  q6k_row_f32(row, K / 256, tmp.data());
+  for (int64_t i = 0; i < K; ++i) out[i] = fp32_to_bf16(tmp[i]);
+}
+
 // (N, K) of a block matrix, with the same messages as the Python reference.
 std::pair<int64_t, int64_t> check_blocks(const at::Tensor& blocks, int64_t qt) {
-  TORCH_CHECK_VALUE(block_bytes(qt) != 0, "ggml type ", qt, " has no block kernel (supported: Q4_0, Q4_1, Q8_0)");
+  TORCH_CHECK_VALUE(block_bytes(qt) != 0, "ggml type ", qt, " has no block kernel (supported: Q4_0, Q4_1, Q8_0, Q6_K)");
   TORCH_CHECK_VALUE(blocks.scalar_type() == at::kByte && blocks.dim() == 2,
                     "blocks must be a 2-D uint8 tensor, got ", blocks.scalar_type(), " ", blocks.sizes());
   TORCH_CHECK_VALUE(blocks.device().is_cpu(), "blocks must be on the CPU");
@@ -170,7 +325,7 @@ std::pair<int64_t, int64_t> check_blocks(const at::Tensor& blocks, int64_t qt) {
   TORCH_CHECK_VALUE(blocks.size(1) % bb == 0, "rows are whole ", bb, "-byte blocks; got ", blocks.size(1),
                     " bytes per row");
   TORCH_CHECK_VALUE(blocks.size(0) <= 1 || blocks.stride(1) == 1, "blocks rows must be contiguous bytes");
-  return {blocks.size(0), blocks.size(1) / bb * 32};
+  return {blocks.size(0), blocks.size(1) / bb * block_elems(qt)};
 }
 
 const uint8_t* row_base(const at::Tensor& blocks, int64_t* stride) {
@@ -208,10 +363,17 @@ std::vector<Part> parts_of(const std::vector<at::Tensor>& blocks, int64_t qtype,
 void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>& parts, int64_t N, int64_t qt,
                   float* out) {
   const Kernels k = kernels();
-  const int64_t nb = K / 32;
+  const int64_t nb = K / block_elems(qt);
   std::vector<int8_t> qx(M * K);
-  std::vector<float> dx(M * nb), sx(M * nb);
-  k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
+  std::vector<float> dx(M * nb), sx(qt == Q6_K ? 0 : M * nb);
+  std::vector<int16_t> bs(qt == Q6_K ? M * nb * 16 : 0);
+  if (qt == Q6_K) q6k_quantize_rows(x, M, K, qx.data(), dx.data(), bs.data());
+  else k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
+#if GGML_X86
+  const auto q6k = g_isa >= kAvx2 && M <= 32 ? q6k_gemv_avx2 : q6k_gemv_scalar;
+#else
+  const auto q6k = q6k_gemv_scalar;
+#endif
   std::vector<int64_t> first(parts.size() + 1, 0);  // first tile of each part
   for (size_t i = 0; i < parts.size(); ++i) first[i + 1] = first[i] + (parts[i].N + 7) / 8;
   // At least ~32k weights per task so small matrices stay on one thread.
@@ -221,8 +383,9 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
       const int64_t a = std::max(t0, first[i]), b = std::min(t1, first[i + 1]);
       if (a >= b) continue;
       const Part& p = parts[i];
-      k.gemv(int(qt), p.w, p.ws, (a - first[i]) * 8, std::min(p.N, (b - first[i]) * 8), nb, qx.data(), dx.data(),
-             sx.data(), M, K, out + p.n0, N);
+      const int64_t r0 = (a - first[i]) * 8, r1 = std::min(p.N, (b - first[i]) * 8);
+      if (qt == Q6_K) q6k(p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), bs.data(), M, K, out + p.n0, N);
+      else k.gemv(int(qt), p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), sx.data(), M, K, out + p.n0, N);
     }
   });
 }
@@ -230,14 +393,15 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
 // Many rows: dequantize slices of the weight to bf16 (in parallel) and run one bf16 GEMM each.
 void linear_large(const at::Tensor& xb, const Part& p, int64_t K, int64_t qt, at::Tensor& out) {
   const Kernels k = kernels();
-  const int64_t nb = K / 32, N = p.N;
+  const int64_t N = p.N;
   const int64_t step = std::min(N, std::max<int64_t>(64, kSliceWeights / K));
   at::Tensor wb = at::empty({step, K}, xb.options());
   uint16_t* wp = reinterpret_cast<uint16_t*>(wb.data_ptr());
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t ns = std::min(step, N - n0);
     at::parallel_for(0, ns, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) k.deq_bf16(int(qt), p.w + (n0 + r) * p.ws, nb, wp + r * K);
+      std::vector<float> tmp;
+      for (int64_t r = r0; r < r1; ++r) deq_row_bf16(k, int(qt), p.w + (n0 + r) * p.ws, K, wp + r * K, tmp);
     });
     at::Tensor y = at::mm(xb, wb.narrow(0, 0, ns).t());
     out.narrow(1, p.n0 + n0, ns).copy_(y);
@@ -295,7 +459,7 @@ at::Tensor block_rows(const at::Tensor& blocks, int64_t qtype, const at::Tensor&
   at::parallel_for(0, n, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t r = id[i] < 0 ? id[i] + N : id[i];
-      k.deq_f32(int(qtype), w + r * ws, K / 32, o + i * K);
+      deq_row_f32(k, int(qtype), w + r * ws, K, o + i * K);
     }
   });
   return out;
@@ -309,7 +473,7 @@ at::Tensor dequantize(const at::Tensor& blocks, int64_t qtype) {
   float* o = out.data_ptr<float>();
   const Kernels k = kernels();
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) k.deq_f32(int(qtype), w + r * ws, K / 32, o + r * K);
+    for (int64_t r = r0; r < r1; ++r) deq_row_f32(k, int(qtype), w + r * ws, K, o + r * K);
   });
   return out;
 }
