@@ -52,6 +52,40 @@ static inline float fp16(const uint8_t* p) {
 // Activation rows [M, K] (float) -> int8 q [M, K], scale d and d * sum(q) per 32-block.
 static void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
   const int64_t nb = K / 32;
+#if GGML_LEVEL >= 1
+  // The same numbers as the plain loop below: max |x| is exact, the division and reciprocal are
+  // the same IEEE operations, cvtps rounds half to even in the default MXCSR mode.
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  for (int64_t i = 0; i < M * nb; ++i) {
+    const float* xb = x + i * 32;
+    __m256 v[4];
+    __m256 mx = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[j]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float dd = _mm_cvtss_f32(m4) / 127.f;
+    const float id = dd != 0.f ? 1.f / dd : 0.f;
+    const __m256 idv = _mm256_set1_ps(id);
+    __m256i qi[4];
+    for (int j = 0; j < 4; ++j) qi[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], idv));
+    const __m256i sum32 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum32), _mm256_extracti128_si256(sum32, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    // int32 -> int8 in element order: packs work per 128-bit lane, a permute restores the order.
+    const __m256i p16a = _mm256_packs_epi32(qi[0], qi[1]), p16b = _mm256_packs_epi32(qi[2], qi[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    const __m256i ordered = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i * 32), ordered);
+    d[i] = dd;
+    s[i] = dd * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+  return;
+#endif
   for (int64_t i = 0; i < M * nb; ++i) {
     const float* xb = x + i * 32;
     float amax = 0.f;
