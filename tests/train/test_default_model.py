@@ -68,6 +68,21 @@ def test_brief_training_answers_restate_the_question_and_model_answers_are_cut_t
     assert fact_sentence("I do not know.", "Oslo") is None
 
 
+def test_base_text_openings_are_not_the_heldout_ppl_texts():
+    """The self-distillation openings cover the 8 languages and share no sentence (nor a long
+    word run) with the shipped ppl-* texts that measure bits per byte."""
+    from lhama.train.default_model_data import TEXT_OPENINGS
+
+    data = ROOT / "src" / "lhama" / "data" / "eval"
+    assert sorted(TEXT_OPENINGS) == sorted(p.stem.removeprefix("ppl-") for p in data.glob("ppl-*.jsonl"))
+    for lang, openings in TEXT_OPENINGS.items():
+        ppl = " ".join(json.loads(x)["text"] for x in (data / f"ppl-{lang}.jsonl").read_text("utf-8").splitlines())
+        for o in openings:
+            words = o.rstrip(".。।").split()
+            assert o.rstrip(".।") not in ppl
+            assert not any(" ".join(words[i : i + 4]) in ppl for i in range(max(1, len(words) - 3))), (lang, o)
+
+
 def test_heldout_sets_are_regenerated_exactly_and_share_no_prompt_with_training():
     import importlib.util
 
