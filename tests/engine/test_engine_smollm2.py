@@ -34,11 +34,20 @@ def test_smollm2_batched_greedy_equals_reference(smollm2, make_engine):
 
 def test_smollm2_chat_text_equals_reference():
     """With the real tokenizer and chat format: the engine's text equals ``generate``'s."""
+    import torch
+
     from lhama.engine import EngineConfig, LLMEngine
     from lhama.generate import generate
     from lhama.loader import load_model
 
-    lm = load_model("default")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lm = load_model("default")
+        # The side adapter is built at one intra-op thread; the caller's count comes back.
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     # from_loaded: stops on the tokenizer's and the chat format's stop ids.
     eng = LLMEngine.from_loaded(lm, EngineConfig(block_size=16, num_blocks=64))
     stops = lm.chat_format.stop_ids | lm.tokenizer.stop_ids
