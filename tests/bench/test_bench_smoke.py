@@ -114,9 +114,15 @@ def test_quick_run_on_a_tiny_random_model(tmp_path):
     engine = doc["results"]["lhama"]["details"]["engine"]
     assert engine["single"]["tokens"] == 16  # ignore_eos: exactly the asked number of tokens
     assert engine["concurrent_2"]["tokens"] == 2 * 8
+    # Where the peak comes from: RSS after each phase, never above the process's final peak.
+    phases = doc["results"]["lhama"]["details"]["rss_by_phase"]
+    assert list(phases)[0] == "load" and list(phases)[-1] == "2 concurrent"
+    assert all(0 < v["rss_mib"] <= v["peak_rss_mib"] + 1 for v in phases.values())
+    assert max(v["peak_rss_mib"] for v in phases.values()) <= doc["results"]["lhama"]["peak_rss_mib"] + 1
     md = (tmp_path / "smoke.md").read_text()
     assert md == r.stdout.strip() + "\n"
     assert "| aggregate decode tok/s, 2 concurrent ↑ |" in md
+    assert "lhama RSS after each phase, MiB: load " in md
     assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
     needs.module("matplotlib")
     assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
