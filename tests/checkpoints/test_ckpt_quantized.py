@@ -105,8 +105,9 @@ def test_default_model_close_to_its_dequantized_fp32_twin(kept, smollm2_path):
 
 def test_raw_blocks_are_views_of_the_files_map_with_one_tied_copy(smollm2_path):
     """``raw_blocks``: every Q4_1/Q8_0 linear is a ``BlockLinear`` over the file's own bytes, no
-    repack and, but for stacks whose parts are not adjacent in the file (wq|wk|wv here), no copy;
-    the tied Q8_0 head and the embedding lookup share one tensor; bit-identical to the file."""
+    repack and no copy (wq|wk|wv, not adjacent in this file: ``BlockLinearParts`` over the three
+    tensors' views); the tied Q8_0 head and the embedding lookup share one tensor; bit-identical
+    to the file."""
     with open_reader(smollm2_path) as reader:
         m, report = load_quantized_gguf(reader, raw_blocks=True)
         assert all("the file's own" in kind for kind in report.modules.values())
@@ -122,6 +123,8 @@ def test_raw_blocks_are_views_of_the_files_map_with_one_tied_copy(smollm2_path):
             assert layer.feed_forward.w2.blocks.data_ptr() == at(p + "feed_forward.w2.weight")
             # ffn_gate|ffn_up lie back to back in this file: one view spanning both
             assert layer.feed_forward.w13.blocks.data_ptr() == at(p + "feed_forward.w1.weight")
+            qkv = [b.data_ptr() for b in layer.attention.wqkv.parts]
+            assert qkv == [at(p + f"attention.{n}.weight") for n in ("wq", "wk", "wv")]
     ids = torch.tensor([[0, 5, 49151, 1234]])
     assert torch.isfinite(m(ids)).all()
 

@@ -111,6 +111,29 @@ def test_block_linear_over_parts_is_the_stacked_weight_without_a_copy():
     assert "3 parts" in repr(mod)
 
 
+def test_q6_k_blocks_stay_raw_in_the_modules():
+    """Q6_K (a Q4_0 file's tied embedding/head): a ``BlockLinear`` head and a ``BlockEmbedding``
+    over the same bytes, bit-identical to the gguf package's dequantization."""
+    import gguf
+    import numpy as np
+
+    from lhama.quant.blocks import BlockEmbedding, BlockLinear
+
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 256, size=(40, 2, 210), dtype=np.uint8)
+    raw[..., 208:210] = rng.uniform(-0.002, 0.002, size=(40, 2, 1)).astype(np.float16).view(np.uint8)
+    raw = raw.reshape(40, -1)
+    qtype = gguf.GGMLQuantizationType.Q6_K
+    want = torch.from_numpy(gguf.quants.dequantize(raw, qtype).astype(np.float32).reshape(40, 512))
+    blocks = torch.from_numpy(raw)
+    head, emb = BlockLinear(blocks, qtype, 512), BlockEmbedding(blocks, qtype, 512)
+    assert torch.equal(head.dequantize(), want) and head.blocks.data_ptr() == emb.blocks.data_ptr()
+    ids = torch.tensor([[3, 39, 0]])
+    assert torch.equal(emb(ids), want[ids])
+    h = torch.randn(2, 512)
+    assert (head(h) - h @ want.T).abs().max() <= 0.02 * (h @ want.T).abs().max()
+
+
 def test_block_linear_refuses_blocks_of_another_width():
     from lhama.quant.blocks import BlockLinear
 
