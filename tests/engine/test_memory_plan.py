@@ -83,10 +83,32 @@ def test_cpu_cache_memory_is_committed_as_blocks_are_written():
     proc = psutil.Process()
     before = proc.memory_info().rss
     args = get_config("llama3.2-1b").args
-    cache = PagedKVCache(args, 1024**3 // (16 * 2 * args.n_layers * args.n_kv_heads * args.head_dim * 4), 16)
+    blocks = 1024**3 // (16 * 2 * args.n_layers * args.n_kv_heads * args.head_dim * 4)
+    cache = PagedKVCache(args, blocks, 16, kv_dtype="float32")
     assert cache.nbytes == 1024**3
     idle = proc.memory_info().rss - before
     assert idle < 64 * 2**20, f"{idle / 2**20:.0f} MiB resident for an unwritten 1 GiB cache"
     cache.kv[:, :, :8] = 1.0  # the first blocks' rows of every layer: now those pages are resident
     assert proc.memory_info().rss - before > idle
     assert float(cache.kv[:, :, 8:].abs().sum()) == 0.0  # the rest reads as zeros, as padded rows need
+
+
+def test_cpu_kv_cache_is_bf16_by_default_and_fp32_on_request(monkeypatch):
+    """An fp32 model on a CPU stores K/V in bf16 (half the bytes, planned as such); float32 stays
+    selectable (EngineConfig.kv_cache_dtype for the plan, kv_dtype for the cache, or
+    LHAMA_KV_CACHE_DTYPE for both); other devices and dtypes keep the model's dtype."""
+    from lhama.engine.paged_cache import PagedKVCache
+    from lhama.model import kv_cache_dtype
+
+    args = tiny_args(max_seq_len=256)
+    auto = PagedKVCache(args, 8, 16)
+    fp32 = PagedKVCache(args, 8, 16, kv_dtype="float32")
+    assert auto.kv.dtype == torch.bfloat16 and 2 * auto.nbytes == fp32.nbytes
+    plan, plan32 = plan_kv_cache(args, EngineConfig()), plan_kv_cache(args, EngineConfig(kv_cache_dtype="float32"))
+    assert 2 * plan.bytes_per_token == plan32.bytes_per_token == 2 * args.n_layers * args.n_kv_heads * args.head_dim * 4
+    assert kv_cache_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+    assert kv_cache_dtype(torch.float32, "cuda") == torch.float32
+    monkeypatch.setenv("LHAMA_KV_CACHE_DTYPE", "float32")
+    assert PagedKVCache(args, 8, 16).kv.dtype == torch.float32
+    with pytest.raises(ConfigError):
+        EngineConfig(kv_cache_dtype="int3")

@@ -110,7 +110,7 @@ def test_kv_planner_caps_128k_context_to_what_memory_holds():
     args = _long_args(131072)
     model = build_model(args, init="random", seed=2).eval()
     eng = LLMEngine(model, None, EngineConfig(kv_cache_gb=0.004, block_size=16))  # 4 MiB: 8192 tokens
-    per_token = 2 * 2 * 2 * 16 * 4
+    per_token = 2 * 2 * 2 * 16 * 2  # K and V in bf16: an fp32 model's KV cache on a CPU
     assert eng.plan.bytes_per_token == per_token and eng.max_model_len == 0.004 * 2**30 // per_token // 16 * 16
     text = eng.plan.describe()
     assert "capped" in text and str(eng.max_model_len) in text and "131072" in text and "--kv-cache-gb" in text

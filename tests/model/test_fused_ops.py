@@ -68,11 +68,13 @@ def test_rope_qkv(rows, dtype):
 
 @pytest.mark.parametrize("rows", [1, 3])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_static_cache_attention_at_the_end_of_the_cache(tiny_llama3_args, rows, batch, torch_path):
+@pytest.mark.parametrize("kv", [torch.float32, torch.bfloat16, torch.float16])
+def test_static_cache_attention_at_the_end_of_the_cache(tiny_llama3_args, rows, batch, kv, torch_path):
+    """fp32 caches, and 16-bit ones (written rounded, read widened: attention in fp32)."""
     args = tiny_llama3_args  # 4 query heads over 2 KV heads
     L, H, KVH, D = 40, args.n_heads, args.n_kv_heads, args.head_dim
     g = torch.Generator().manual_seed(rows * 10 + batch)
-    fast, slow = (StaticKVCache(args, 2, L) for _ in range(2))
+    fast, slow = (StaticKVCache(args, 2, L, dtype=kv) for _ in range(2))
     for c in (fast, slow):
         for i in range(args.n_layers):
             torch.manual_seed(i)
@@ -90,12 +92,14 @@ def test_static_cache_attention_at_the_end_of_the_cache(tiny_llama3_args, rows, 
         OPS.attend_static(q, k, v, fast.k[1], fast.v[1], L - rows + 1, torch.float32)
 
 
-def test_paged_decode_attention_reads_blocks_in_place(tiny_llama3_args):
+@pytest.mark.parametrize("kv", ["float32", "bfloat16"])
+def test_paged_decode_attention_reads_blocks_in_place(tiny_llama3_args, kv):
     """Three decode rows with scattered block tables, one ending on the last slot of a block: the
-    op against the gathered SDPA path of ``PagedKVCache.attend``."""
+    op against the gathered SDPA path of ``PagedKVCache.attend``, fp32 and bf16 storage."""
     args, bs = tiny_llama3_args, 4
     H, KVH, D = args.n_heads, args.n_kv_heads, args.head_dim
-    cache = PagedKVCache(args, num_blocks=12, block_size=bs)
+    cache = PagedKVCache(args, num_blocks=12, block_size=bs, kv_dtype=kv)
+    assert cache.kv.dtype == getattr(torch, kv)
     cache.kv.normal_(generator=torch.Generator().manual_seed(0))
     tables = [[7, 2, 9], [1], [4, 11, 0]]
     lens = [11, 3, 12]  # positions attended to, the new token's included

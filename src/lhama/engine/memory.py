@@ -14,7 +14,7 @@ import torch
 
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
-from lhama.model import ModelArgs
+from lhama.model import ModelArgs, kv_cache_dtype
 
 log = logging.getLogger("lhama.engine")
 
@@ -80,6 +80,7 @@ def plan_kv_cache(
     args: ModelArgs, config: EngineConfig, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
 ) -> MemoryPlan:
     device = torch.device(device)
+    dtype = kv_cache_dtype(dtype, device, config.kv_cache_dtype)  # what PagedKVCache stores K/V in
     elem = torch.empty((), dtype=dtype).element_size()
     per_token = 2 * args.n_layers * args.n_kv_heads * args.head_dim * elem
     per_block = per_token * config.block_size

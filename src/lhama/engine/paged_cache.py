@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lhama.model import ModelArgs
+from lhama.model import ModelArgs, kv_cache_dtype
 from lhama.model.fused import fused_ops
 
 
@@ -81,25 +81,29 @@ class PagedKVCache:
         dtype=torch.float32,
         device="cpu",
         spare_blocks: int = 0,
+        kv_dtype: str | torch.dtype = "auto",
     ):
+        """``dtype``: the model's; K/V are stored in ``kv_cache_dtype(dtype, device, kv_dtype)``
+        (bf16 under an fp32 model on a CPU by default: half the memory, attention in fp32)."""
         self.n_layers, self.n_kv_heads, self.head_dim = args.n_layers, args.n_kv_heads, args.head_dim
         self.n_heads = args.n_heads
         self.group = args.n_heads // args.n_kv_heads
         self.num_blocks, self.block_size = num_blocks, block_size
-        self.dtype, self.device = dtype, torch.device(device)
+        self.device = torch.device(device)
+        self.dtype = kv_cache_dtype(dtype, self.device, kv_dtype)
         # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
         # Spare blocks (after the ``num_blocks`` the KV manager hands out) take the writes of the
         # padding rows of CUDA-graph decode steps.
         self.kv = untouched_zeros(
             (self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size, self.head_dim),
-            dtype,
+            self.dtype,
             self.device,
         )
         # True while a CUDA graph is captured: gathers then allocate (from the graph's pool) instead
         # of reusing the eager scratch buffer, which a later eager step may reallocate under it.
         self.fresh_buffers = False
         self.meta: AttentionMetadata | None = None
-        self._buf = torch.empty(0, dtype=dtype, device=self.device)  # gather scratch, reused by all layers
+        self._buf = torch.empty(0, dtype=self.dtype, device=self.device)  # gather scratch, reused by all layers
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +134,10 @@ class PagedKVCache:
         KVH, G = self.n_kv_heads, self.group
         Bd = md.num_decode
         kb, vb = self.kv[layer, 0], self.kv[layer, 1]
-        ops = fused_ops(q) if Bd and md.decode_tables is not None and self.kv.dtype == torch.float32 else None
+        fusable = (
+            Bd and md.decode_tables is not None and self.kv.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        )
+        ops = fused_ops(q) if fusable else None
         if ops is not None and not self.fresh_buffers and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
             # Decode rows: their KV write and attention in one call, each row's blocks read in
             # place through its block table (no gather, no mask); whatever the step's size, so a
@@ -140,13 +147,13 @@ class PagedKVCache:
             )
             if not md.prefills:
                 return dec
-            kb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], k[0, Bd:].reshape(-1, D))
-            vb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], v[0, Bd:].reshape(-1, D))
+            kb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], k[0, Bd:].reshape(-1, D).to(kb.dtype))
+            vb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], v[0, Bd:].reshape(-1, D).to(vb.dtype))
             out = torch.empty_like(q.view(N, H, D))
             out[:Bd] = dec[0]
             return self._attend_prefills(q.view(N, H, D), kb, vb, out)
-        kb.view(-1, D).index_copy_(0, md.slots, k.view(N * KVH, D))
-        vb.view(-1, D).index_copy_(0, md.slots, v.view(N * KVH, D))
+        kb.view(-1, D).index_copy_(0, md.slots, k.view(N * KVH, D).to(kb.dtype))
+        vb.view(-1, D).index_copy_(0, md.slots, v.view(N * KVH, D).to(vb.dtype))
         q = q.view(N, H, D)
         dec = None
         if Bd:
@@ -159,7 +166,10 @@ class PagedKVCache:
                 torch.index_select(vb, 0, md.decode_gather_idx, out=vg)
             qd = q[:Bd].view(Bd, KVH, G, D)
             dec = F.scaled_dot_product_attention(
-                qd, kg.view(Bd, KVH, S, D), vg.view(Bd, KVH, S, D), attn_mask=md.decode_mask
+                qd,
+                kg.view(Bd, KVH, S, D).to(q.dtype),
+                vg.view(Bd, KVH, S, D).to(q.dtype),
+                attn_mask=md.decode_mask,
             )
             if not md.prefills:
                 return dec.reshape(1, Bd, H, D)
@@ -179,7 +189,7 @@ class PagedKVCache:
             or md.prefills
             or md.decode_tables is None
             or self.fresh_buffers
-            or self.kv.dtype != torch.float32
+            or self.kv.dtype not in (torch.float32, torch.bfloat16, torch.float16)
             or h.dim() != 3
             or md.num_decode != h.shape[0] * h.shape[1]
         ):
@@ -199,8 +209,8 @@ class PagedKVCache:
             kg, vg = self._scratch(p.gather_idx.numel())
             torch.index_select(kb, 0, p.gather_idx, out=kg)
             torch.index_select(vb, 0, p.gather_idx, out=vg)
-            kp = kg.view(KVH, -1, D)[:, :ctx]
-            vp = vg.view(KVH, -1, D)[:, :ctx]
+            kp = kg.view(KVH, -1, D)[:, :ctx].to(q.dtype)  # a bf16 cache: attention in q's dtype
+            vp = vg.view(KVH, -1, D)[:, :ctx].to(q.dtype)
             # [n, H, D] -> [KVH, G * n, D]: query row (g, i) is head kvh * G + g at token i.
             qp = q[p.offset : p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask)
@@ -224,8 +234,8 @@ class PagedKVCache:
         kn, vn = k.view(N, KVH, D), v.view(N, KVH, D)
         if md.write_rows is not None:
             kn, vn = kn.index_select(0, md.write_rows), vn.index_select(0, md.write_rows)
-        kc.index_copy_(0, md.slots, kn.reshape(-1, D))
-        vc.index_copy_(0, md.slots, vn.reshape(-1, D))
+        kc.index_copy_(0, md.slots, kn.reshape(-1, D).to(kc.dtype))
+        vc.index_copy_(0, md.slots, vn.reshape(-1, D).to(vc.dtype))
         kb, vb = self.kv[layer, 0], self.kv[layer, 1]
         q = q.view(N, KVH, G, D) * (1.0 / math.sqrt(D))
         out = torch.zeros(N, KVH, G, D, dtype=q.dtype, device=q.device)
@@ -236,8 +246,8 @@ class PagedKVCache:
                 rows = grp.rows[i : i + step]
                 R = rows.numel()
                 idx = grp.gather_idx[i * KVH * grp.blocks : (i + R) * KVH * grp.blocks]
-                kg = kb.index_select(0, idx).view(R, KVH, 1, L, D)
-                vt = vb.index_select(0, idx).view(R, KVH, L, D).transpose(-1, -2).contiguous().unsqueeze(2)
+                kg = kb.index_select(0, idx).view(R, KVH, 1, L, D).to(q.dtype)
+                vt = vb.index_select(0, idx).view(R, KVH, L, D).to(q.dtype).transpose(-1, -2).contiguous().unsqueeze(2)
                 s = (q.index_select(0, rows).unsqueeze(3) * kg).sum(-1)  # [R, KVH, G, L]
                 p = torch.softmax(s.masked_fill(~grp.valid[i : i + R], float("-inf")), dim=-1)
                 out.index_copy_(0, rows, (p.unsqueeze(3) * vt).sum(-1))  # [R, KVH, G, D]

@@ -13,7 +13,7 @@ import torch
 from lhama.generate.outputs import Completion, StreamDelta, TokenStep, check_context
 from lhama.generate.sampling import BatchSampler, SamplingParams, make_generator
 from lhama.generate.stops import StopStringMatcher
-from lhama.model import StaticKVCache, Transformer
+from lhama.model import StaticKVCache, Transformer, kv_cache_dtype
 from lhama.quant.ggml import integer_rows
 
 
@@ -40,7 +40,8 @@ def generate_tokens(
     ctx = context_length or args.max_seq_len
     check_context(len(prompt_ids), params.max_tokens, ctx)
     device = model.device
-    cache = StaticKVCache(args, 1, len(prompt_ids) + params.max_tokens, dtype=model.dtype, device=device)
+    kv_dtype = kv_cache_dtype(model.dtype, device)  # bf16 K/V under an fp32 model on a CPU
+    cache = StaticKVCache(args, 1, len(prompt_ids) + params.max_tokens, dtype=kv_dtype, device=device)
     sampler = BatchSampler(args.vocab_size, device)
     gen = make_generator(params.seed, device)
     stops = set() if params.ignore_eos else set(stop_ids)

@@ -8,6 +8,7 @@ cache through the same method.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import torch
@@ -16,6 +17,27 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lhama.model.args import ModelArgs
 from lhama.model.fused import fused_ops
+
+KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def kv_cache_dtype(model_dtype: torch.dtype, device, choice: str | torch.dtype | None = "auto") -> torch.dtype:
+    """The dtype K and V are stored in. ``"auto"`` (the default): bfloat16 for a float32 model on
+    the CPU (half the memory of the cache; the attention widens K/V to fp32 and computes in
+    fp32, so only K/V themselves are rounded), else the model's own dtype; the environment
+    variable ``LHAMA_KV_CACHE_DTYPE`` (float32, bfloat16) overrides auto. A dtype or its name
+    is taken as given."""
+    if isinstance(choice, torch.dtype):
+        return choice
+    choice = choice or "auto"
+    if choice == "auto":
+        choice = os.environ.get("LHAMA_KV_CACHE_DTYPE", "auto").strip().lower() or "auto"
+    if choice not in KV_CACHE_DTYPES:
+        raise ValueError(f"KV cache dtype must be one of {', '.join(KV_CACHE_DTYPES)}; got {choice!r}")
+    if choice != "auto":
+        return KV_CACHE_DTYPES[choice]
+    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
+    return torch.bfloat16 if on_cpu and model_dtype == torch.float32 else model_dtype
 
 
 class AttentionCache(Protocol):
@@ -54,6 +76,7 @@ def _causal_attention(q, k, v, offset):
 
 class StaticKVCache:
     """Preallocated [B, max_len, KVH, D] buffers per layer; sequences in a batch share positions.
+    ``dtype``: what K/V are stored in (``kv_cache_dtype`` picks the default).
 
     Set ``pos`` to the position of the first new token before each forward (``advance`` after).
     """
@@ -71,20 +94,28 @@ class StaticKVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; tried to write up to {end}")
         kc, vc = self.k[layer], self.v[layer]
-        if T == 1 and kc.dtype == torch.float32:
+        if T == 1 and kc.dtype in (torch.float32, torch.bfloat16, torch.float16):
             ops = fused_ops(q)
             if ops is not None and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
                 # A decode row: the KV write and the attention in one call (the engine's decode
                 # rows take the same arithmetic: lhama.engine.paged_cache).
                 return ops.attend_static(q, k, v, kc, vc, self.pos, q.dtype)
-        kc[:B, self.pos : end] = k
+        kc[:B, self.pos : end] = k  # rounded to the cache's dtype (nearest even)
         vc[:B, self.pos : end] = v
-        return causal_attention(q, self.k[layer][:B, :end], self.v[layer][:B, :end], offset=self.pos)
+        kc, vc = kc[:B, :end], vc[:B, :end]
+        if kc.dtype != q.dtype:  # a bf16 cache under an fp32 model: attention in fp32
+            kc, vc = kc.to(q.dtype), vc.to(q.dtype)
+        return causal_attention(q, kc, vc, offset=self.pos)
 
     def decode_layers_args(self, h: torch.Tensor):
         """The cache arguments of the whole-step decode op (``Transformer._fused_layers``) for
         hidden rows ``h`` [B, T, dim], or None when the step is not one token per row in fp32."""
-        if h.dim() != 3 or h.shape[1] != 1 or self.pos + 1 > self.max_len or self.k[0].dtype != torch.float32:
+        if (
+            h.dim() != 3
+            or h.shape[1] != 1
+            or self.pos + 1 > self.max_len
+            or self.k[0].dtype not in (torch.float32, torch.bfloat16, torch.float16)
+        ):
             return None
         return self.k, self.v, self.pos, None, None, None
 

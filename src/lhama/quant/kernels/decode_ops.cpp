@@ -28,6 +28,7 @@ using at::Tensor;
 
 inline float to_f(float v) { return v; }
 inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
+inline float to_f(c10::Half v) { return static_cast<float>(v); }
 
 template <typename T>
 inline void store(T* p, float v) {
@@ -98,23 +99,39 @@ LHAMA_CLONES void silu_mul_f32(const float* g, const float* u, float* y, int64_t
 
 // q . k over D floats: 16 lanes, summed as a tree (GCC's own reduction of an `omp simd` loop adds
 // the 16 lanes one after another: a 16-add dependency chain per dot).
-inline float dot(const float* q, const float* k, int64_t D) {
+// k may be bf16 (a bf16 KV cache): each element widened to fp32 exactly, the same sums.
+template <typename K>
+inline float dot(const float* q, const K* k, int64_t D) {
   float lanes[16] = {};
   int64_t d = 0;
   for (; d + 16 <= D; d += 16)
-    for (int l = 0; l < 16; ++l) lanes[l] += q[d + l] * k[d + l];
+    for (int l = 0; l < 16; ++l) lanes[l] += q[d + l] * to_f(k[d + l]);
   for (int l = 0; l < 8; ++l) lanes[l] += lanes[l + 8];
   for (int l = 0; l < 4; ++l) lanes[l] += lanes[l + 4];
   float s = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
-  for (; d < D; ++d) s += q[d] * k[d];
+  for (; d < D; ++d) s += q[d] * to_f(k[d]);
   return s;
 }
 
-// s[g * ss + j] = scale * (q_g . k_j) for G query heads q [G, D] and n keys at k + j * stride.
-LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const float* k, int64_t stride, int64_t n,
-                             float scale, float* s, int64_t ss) {
+// s[g * ss + j] = scale * (q_g . k_j) for G query heads q [G, D] and n keys at k + j * stride
+// (fp32 or bf16 keys: one compiled body each).
+template <typename K>
+inline void scores_body(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale,
+                        float* s, int64_t ss) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t g = 0; g < G; ++g) s[g * ss + j] = dot(q + g * D, k + j * stride, D) * scale;
+}
+LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const float* k, int64_t stride, int64_t n,
+                             float scale, float* s, int64_t ss) {
+  scores_body(q, G, D, k, stride, n, scale, s, ss);
+}
+LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const c10::BFloat16* k, int64_t stride, int64_t n,
+                             float scale, float* s, int64_t ss) {
+  scores_body(q, G, D, k, stride, n, scale, s, ss);
+}
+LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const c10::Half* k, int64_t stride, int64_t n,
+                             float scale, float* s, int64_t ss) {
+  scores_body(q, G, D, k, stride, n, scale, s, ss);
 }
 
 // s[j] = exp(s[j] - max s) for j < n; returns the sum.
@@ -131,18 +148,31 @@ LHAMA_CLONES float softmax_numerators(float* s, int64_t n) {
   return total;
 }
 
-// acc[g, :] += sum_j p[g * ps + j] * v_j for n values at v + j * stride.
-LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const float* v, int64_t stride,
-                             int64_t n, float* acc) {
+// acc[g, :] += sum_j p[g * ps + j] * v_j for n values at v + j * stride (fp32 or bf16).
+template <typename V>
+inline void values_body(const float* p, int64_t ps, int64_t G, int64_t D, const V* v, int64_t stride, int64_t n,
+                        float* acc) {
   for (int64_t j = 0; j < n; ++j) {
-    const float* vj = v + j * stride;
+    const V* vj = v + j * stride;
     for (int64_t g = 0; g < G; ++g) {
       const float w = p[g * ps + j];
       float* a = acc + g * D;
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] += w * vj[d];
+      for (int64_t d = 0; d < D; ++d) a[d] += w * to_f(vj[d]);
     }
   }
+}
+LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const float* v, int64_t stride,
+                             int64_t n, float* acc) {
+  values_body(p, ps, G, D, v, stride, n, acc);
+}
+LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const c10::BFloat16* v,
+                             int64_t stride, int64_t n, float* acc) {
+  values_body(p, ps, G, D, v, stride, n, acc);
+}
+LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const c10::Half* v, int64_t stride,
+                             int64_t n, float* acc) {
+  values_body(p, ps, G, D, v, stride, n, acc);
 }
 
 // y = x * rsqrt(mean(x^2) + eps) * w for each row of x (length n), as aten's composite rms_norm.
@@ -301,47 +331,69 @@ void for_each(int64_t n, int64_t work_per_item, F&& body) {
   });
 }
 
-// StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32;
-// batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys 0..pos+t.
+// Calls f(kc, vc) with the caches' data as fp32, bf16 or fp16 (a 16-bit cache: written rounded to
+// nearest even, as Tensor.to does; read widened to fp32, all arithmetic fp32).
+template <typename F>
+void with_caches(const Tensor& kc, const Tensor& vc, const char* name, F&& f) {
+  TORCH_CHECK(kc.scalar_type() == vc.scalar_type(), name, ": k and v caches of one dtype");
+  if (kc.scalar_type() == at::kFloat) {
+    f(kc.data_ptr<float>(), vc.data_ptr<float>());
+  } else if (kc.scalar_type() == at::kBFloat16) {
+    f(kc.data_ptr<c10::BFloat16>(), vc.data_ptr<c10::BFloat16>());
+  } else if (kc.scalar_type() == at::kHalf) {
+    f(kc.data_ptr<c10::Half>(), vc.data_ptr<c10::Half>());
+  } else {
+    TORCH_CHECK(false, name, ": float32, bfloat16 or float16 caches only, got ", kc.scalar_type());
+  }
+}
+
+template <typename C>
+inline void store_row(const float* src, int64_t n, C* dst) {
+  for (int64_t i = 0; i < n; ++i) store(dst + i, src[i]);
+}
+
+// StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32
+// or bf16; batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys
+// 0..pos+t.
 Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc, int64_t pos,
                      at::ScalarType dtype) {
   for (auto* t : {&q, &k, &v}) check_rows(*t, "q/k/v");
   check_rows(kc, "k_cache");
   check_rows(vc, "v_cache");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-                  kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat,
-              "attend_static: fp32 q, k, v and caches");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "attend_static: fp32 q, k and v");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), KVH = k.size(2), L = kc.size(1);
   TORCH_CHECK(H % KVH == 0 && kc.size(2) == KVH && kc.size(3) == D && B <= kc.size(0), "attend_static: shapes");
   TORCH_CHECK(pos >= 0 && pos + T <= L, "attend_static: KV cache holds ", L, " positions; tried to write up to ",
               pos + T);
-  float *kcp = kc.data_ptr<float>(), *vcp = vc.data_ptr<float>();
-  const int64_t row = KVH * D;
-  for (int64_t b = 0; b < B; ++b) {
-    std::copy_n(k.data_ptr<float>() + b * T * row, T * row, kcp + (b * L + pos) * row);
-    std::copy_n(v.data_ptr<float>() + b * T * row, T * row, vcp + (b * L + pos) * row);
-  }
   Tensor out = at::empty(q.sizes(), q.options().dtype(dtype));
   const float* qp = q.data_ptr<float>();
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t G = H / KVH;
-  with_output(out, [&](auto* op) {
-    // One item per (row, token, KV head): its G query heads read each key and value once.
-    for_each(B * T * KVH, (pos + T) * D * 2 * G, [&](int64_t i) {
-      const int64_t kvh = i % KVH, t = (i / KVH) % T, b = i / (KVH * T), len = pos + t + 1;
-      std::vector<float> scratch(G * (len + D));
-      const float* kb = kcp + b * L * row + kvh * D;
-      const float* vb = vcp + b * L * row + kvh * D;
-      const int64_t qi = ((b * T + t) * H + kvh * G) * D;
-      auto runs = [&](int64_t j) { return std::make_tuple(kb + j * row, vb + j * row, row, len - j); };
-      attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+  const int64_t row = KVH * D;
+  with_caches(kc, vc, "attend_static", [&](auto* kcp, auto* vcp) {
+    for (int64_t b = 0; b < B; ++b) {
+      store_row(k.data_ptr<float>() + b * T * row, T * row, kcp + (b * L + pos) * row);
+      store_row(v.data_ptr<float>() + b * T * row, T * row, vcp + (b * L + pos) * row);
+    }
+    with_output(out, [&](auto* op) {
+      // One item per (row, token, KV head): its G query heads read each key and value once.
+      for_each(B * T * KVH, (pos + T) * D * 2 * G, [&](int64_t i) {
+        const int64_t kvh = i % KVH, t = (i / KVH) % T, b = i / (KVH * T), len = pos + t + 1;
+        std::vector<float> scratch(G * (len + D));
+        const auto* kb = kcp + b * L * row + kvh * D;
+        const auto* vb = vcp + b * L * row + kvh * D;
+        const int64_t qi = ((b * T + t) * H + kvh * G) * D;
+        auto runs = [&](int64_t j) { return std::make_tuple(kb + j * row, vb + j * row, row, len - j); };
+        attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+      });
     });
   });
   return out;
 }
 
 // PagedKVCache, decode rows: write k/v [..., KVH, D] of N rows to the storage rows `slots`
-// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32), then row i's query heads
+// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32 or bf16), then row i's query heads
 // (q [..., H, D], N rows) attend over its first lens[i] positions, read in place through its block
 // table tables[i] (no gather, no mask). The result has q's shape.
 Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc,
@@ -349,9 +401,8 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   for (auto* t : {&q, &k, &v, &slots, &tables, &lens}) check_rows(*t, "q/k/v/slots/tables/lens");
   check_rows(kc, "k_cache");
   check_rows(vc, "v_cache");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-                  kc.scalar_type() == at::kFloat && vc.scalar_type() == at::kFloat,
-              "attend_paged_decode: fp32 q, k, v and caches");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
+              "attend_paged_decode: fp32 q, k and v");
   TORCH_CHECK(slots.scalar_type() == at::kLong && tables.scalar_type() == at::kLong && lens.scalar_type() == at::kLong,
               "attend_paged_decode: int64 slots, tables and lens");
   const int64_t H = q.size(-2), D = q.size(-1), KVH = k.size(-2), N = q.numel() / (H * D), bs = kc.size(1);
@@ -359,15 +410,10 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   TORCH_CHECK(H % KVH == 0 && k.size(-1) == D && k.numel() == N * KVH * D && v.numel() == k.numel() &&
                   kc.size(2) == D && slots.numel() == N * KVH && tables.size(0) == N && lens.numel() == N,
               "attend_paged_decode: shapes");
-  float *kcp = kc.data_ptr<float>(), *vcp = vc.data_ptr<float>();
   const int64_t* sp = slots.data_ptr<int64_t>();
-  for (int64_t i = 0; i < N * KVH; ++i) {
-    TORCH_CHECK(sp[i] >= 0 && sp[i] < rows * bs, "attend_paged_decode: slot out of range");
-    std::copy_n(k.data_ptr<float>() + i * D, D, kcp + sp[i] * D);
-    std::copy_n(v.data_ptr<float>() + i * D, D, vcp + sp[i] * D);
-  }
   const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* lp = lens.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N * KVH; ++i) TORCH_CHECK(sp[i] >= 0 && sp[i] < rows * bs, "attend_paged_decode: slot out of range");
   for (int64_t i = 0; i < N; ++i) {
     TORCH_CHECK(lp[i] >= 1 && lp[i] <= mb * bs, "attend_paged_decode: length past the block table");
     for (int64_t j = 0; j < (lp[i] + bs - 1) / bs; ++j)
@@ -379,18 +425,24 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   const int64_t G = H / KVH;
   int64_t longest = 0;
   for (int64_t i = 0; i < N; ++i) longest = std::max(longest, lp[i]);
-  with_output(out, [&](auto* op) {
-    for_each(N * KVH, longest * D * 2 * G, [&](int64_t i) {
-      const int64_t kvh = i % KVH, n = i / KVH, len = lp[n];
-      const int64_t* table = tp + n * mb;
-      std::vector<float> scratch(G * (len + D));
-      // A block's rows for one KV head are contiguous: one run per block.
-      auto runs = [&](int64_t j) {
-        const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * D;
-        return std::make_tuple(kcp + off, vcp + off, D, bs - j % bs);
-      };
-      const int64_t qi = (n * H + kvh * G) * D;
-      attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+  with_caches(kc, vc, "attend_paged_decode", [&](auto* kcp, auto* vcp) {
+    for (int64_t i = 0; i < N * KVH; ++i) {
+      store_row(k.data_ptr<float>() + i * D, D, kcp + sp[i] * D);
+      store_row(v.data_ptr<float>() + i * D, D, vcp + sp[i] * D);
+    }
+    with_output(out, [&](auto* op) {
+      for_each(N * KVH, longest * D * 2 * G, [&](int64_t i) {
+        const int64_t kvh = i % KVH, n = i / KVH, len = lp[n];
+        const int64_t* table = tp + n * mb;
+        std::vector<float> scratch(G * (len + D));
+        // A block's rows for one KV head are contiguous: one run per block.
+        auto runs = [&](int64_t j) {
+          const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * D;
+          return std::make_tuple(kcp + off, vcp + off, D, bs - j % bs);
+        };
+        const int64_t qi = (n * H + kvh * G) * D;
+        attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+      });
     });
   });
   return out;
