@@ -1,7 +1,10 @@
 """The fused decode ops (``lhama.model.fused``) against the PyTorch path they replace, in one process:
-process CPU time per decode token (best of rounds, the two paths alternated, so a loaded shared
-machine drifts both alike) and ATen calls per decode token (torch.profiler), for the reference
-loop or the engine (one stream). Feeds docs/performance.md ("the glue around the matmuls").
+process CPU time and wall time per decode token (best of rounds, the paths alternated, so a
+loaded shared machine drifts them alike) and ATen calls per decode token (torch.profiler; the
+lhama ops' own calls counted apart), for the reference loop or the engine (one stream). Three
+paths: ``pytorch`` (no fused op), ``ops`` (the small fused ops, one Python call per op and
+module) and ``step`` (the default: a decode-only step's blocks in one ``decode_layers`` call).
+Feeds docs/performance.md ("the glue around the matmuls").
 
     python bench/fused_decode.py                     # reference loop, 1 thread, smollm2-base
     python bench/fused_decode.py --path engine --threads 2 --model default
@@ -89,30 +92,42 @@ def main() -> None:
     on = fused._ops()
     if on is None:
         sys.exit("the fused ops are not available here (no kernel library): nothing to compare")
-    modes = {"pytorch": [None], "fused": [on]}
+    from lhama.model.transformer import Transformer
+
+    whole_step = Transformer._fused_layers
+    modes = {"pytorch": ([None], whole_step), "ops": ([on], lambda *_: None), "step": ([on], whole_step)}
+
+    def use(m):
+        fused._OPS[:] = modes[m][0]
+        Transformer._fused_layers = modes[m][1]
+
     run(8)
     cpu = {m: [] for m in modes}
+    wall = {m: [] for m in modes}
     tokens = {}
     for _ in range(a.rounds):
-        for m, ops in modes.items():
-            fused._OPS[:] = ops
+        for m in modes:
+            use(m)
             tokens[m], c, w = run(a.tokens)
             cpu[m].append(c)
-    calls = {}
-    for m, ops in modes.items():
-        fused._OPS[:] = ops
+            wall[m].append(w)
+    calls, own = {}, {}
+    for m in modes:
+        use(m)
         prof = profile(activities=[ProfilerActivity.CPU])
         run(7, prof.start)
         prof.stop()
-        calls[m] = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / 6
-    fused._OPS[:] = [on]
-    print(
-        f"{a.path}, {a.threads} thread(s), {a.model}: same tokens on both paths: {tokens['fused'] == tokens['pytorch']}"
-    )
+        ev = prof.key_averages()
+        calls[m] = sum(e.count for e in ev if e.key.startswith("aten::")) / 6
+        own[m] = sum(e.count for e in ev if e.key.startswith("lhama_")) / 6
+    use("step")
+    same = tokens["step"] == tokens["ops"] == tokens["pytorch"]
+    print(f"{a.path}, {a.threads} thread(s), {a.model}: same tokens on every path: {same}")
     for m in modes:
         rounds = " ".join(f"{c:.1f}" for c in cpu[m])
         print(
-            f"  {m:8s} CPU ms per decode token: best {min(cpu[m]):6.2f} (rounds {rounds}); ATen calls per token {calls[m]:,.0f}"
+            f"  {m:8s} CPU ms per decode token: best {min(cpu[m]):6.2f} (rounds {rounds}), wall best "
+            f"{min(wall[m]):6.2f}; ATen calls per token {calls[m]:,.0f}, lhama op calls {own[m]:,.0f}"
         )
 
 

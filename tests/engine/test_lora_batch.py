@@ -28,6 +28,15 @@ PARAMS = SamplingParams(max_tokens=12, temperature=0, logprobs=True, top_logprob
 FLOAT_TOL = 2e-3
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fp32_kv_cache():
+    """fp32 K/V in this module (a CPU's default is bf16, whose rounding of K/V would turn the fp32
+    rounding differences compared here into bf16 ones)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LHAMA_KV_CACHE_DTYPE", "float32")
+        yield
+
+
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     args = load_model("default").args

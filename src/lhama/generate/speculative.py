@@ -26,7 +26,7 @@ from lhama.errors import ConfigError, SamplingError
 from lhama.generate.drafts import DEFAULT_K, NgramDraft, build_draft, quantized_self_draft, self_draft
 from lhama.generate.outputs import TokenStep, check_context
 from lhama.generate.sampling import SamplingParams, apply_logit_bias, filter_logits, make_generator
-from lhama.model import StaticKVCache, Transformer
+from lhama.model import StaticKVCache, Transformer, kv_cache_dtype
 
 
 @dataclass
@@ -135,10 +135,14 @@ def speculative_tokens(
     stop_list = sorted(stops)
     gen = make_generator(params.seed, dev)
     max_len = len(prompt_ids) + params.max_tokens + k_max + 1
-    t_cache = StaticKVCache(target.args, 1, max_len, dtype=target.dtype, device=dev)
+    t_cache = StaticKVCache(
+        target.args, 1, max_len, dtype=kv_cache_dtype(target.dtype, dev), device=dev
+    )  # as the plain loop
     lookup = draft if isinstance(draft, NgramDraft) else spec.lookup
     model_draft = None if isinstance(draft, NgramDraft) else draft
-    d_cache = None if model_draft is None else StaticKVCache(draft.args, 1, max_len, dtype=draft.dtype, device=dev)
+    d_cache = None
+    if model_draft is not None:
+        d_cache = StaticKVCache(draft.args, 1, max_len, dtype=kv_cache_dtype(draft.dtype, dev), device=dev)
 
     def run(model, cache, toks: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([toks], dtype=torch.long, device=dev)
