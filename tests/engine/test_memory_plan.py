@@ -48,6 +48,20 @@ def test_default_cpu_budget_is_bounded_and_logged(tiny, caplog):
     assert eng.cache.nbytes == eng.plan.kv_bytes
 
 
+@pytest.mark.parametrize("choice", ["auto", "float32", "bfloat16"])
+def test_engine_cache_is_the_dtype_its_plan_was_sized_for(tiny, choice, monkeypatch):
+    """``EngineConfig.kv_cache_dtype`` reaches the cache, not only the plan: the bytes the plan
+    promised are the bytes allocated, and the engine still generates."""
+    monkeypatch.delenv("LHAMA_KV_CACHE_DTYPE", raising=False)
+    from lhama.generate import SamplingParams
+
+    eng = LLMEngine(tiny.model, None, EngineConfig(num_blocks=8, kv_cache_dtype=choice), stop_ids=())
+    want = {"auto": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}[choice]
+    assert eng.cache.kv.dtype == want and eng.cache.nbytes == eng.plan.kv_bytes
+    (res,) = eng.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    assert len(res.completions[0].token_ids) == 3
+
+
 def test_default_budget_is_a_fraction_of_free_memory_capped_at_need(monkeypatch):
     from lhama.engine import memory
 

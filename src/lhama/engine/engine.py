@@ -86,6 +86,7 @@ class LLMEngine:
             dtype=model.dtype,
             device=model.device,
             spare_blocks=1 if decode_graphs else 0,
+            kv_dtype=config.kv_cache_dtype,  # the dtype the plan was sized for
         )
         self.scheduler = Scheduler(config, self.kv_manager)
         self.runner = ModelRunner(
