@@ -43,6 +43,7 @@ def rows(meta: dict) -> list[tuple[str, str, bool]]:
         ("weight_mib", "weights in memory, MiB ↓", False),
         ("compile_s", "torch.compile warm-up, s ↓", False),
         ("load_peak_rss_mib", "peak RSS while loading, MiB ↓", False),
+        ("single_peak_rss_mib", "peak RSS through the single-stream runs (llama.cpp's work), MiB ↓", False),
         ("peak_rss_mib", "peak RSS of the process, MiB ↓", False),
         ("peak_gpu_mib", "peak GPU memory allocated, MiB ↓", False),
     ]

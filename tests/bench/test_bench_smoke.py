@@ -119,6 +119,11 @@ def test_quick_run_on_a_tiny_random_model(tmp_path):
     assert list(phases)[0] == "load" and list(phases)[-1] == "2 concurrent"
     assert all(0 < v["rss_mib"] <= v["peak_rss_mib"] + 1 for v in phases.values())
     assert max(v["peak_rss_mib"] for v in phases.values()) <= doc["results"]["lhama"]["peak_rss_mib"] + 1
+    # The like-for-like memory row: the peak through the single-stream runs, before the concurrent ones.
+    single_peak = rows["single_peak_rss_mib"]
+    assert single_peak["lhama (engine)"] == phases["1 concurrent"]["peak_rss_mib"]
+    ref_peak, engine_peak = single_peak["lhama (reference loop)"], single_peak["lhama (engine)"]
+    assert 50 < ref_peak <= engine_peak <= rows["peak_rss_mib"]["lhama (engine)"] + 1  # (VmHWM's own lag)
     md = (tmp_path / "smoke.md").read_text()
     assert md == r.stdout.strip() + "\n"
     assert "| aggregate decode tok/s, 2 concurrent ↑ |" in md

@@ -158,6 +158,9 @@ def engine_columns(engine, w: Workload, col: dict, details: dict, marks: dict | 
     s = engine_single(engine, w.prompt_ids, w.gen_single)
     col.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
     details["single"] = s
+    # The peak through the runs llama.cpp also makes (one stream, then concurrency 1): the
+    # like-for-like memory figure; the 8/32-concurrent KV cache comes after.
+    col["single_peak_rss_mib"] = measure.peak_rss_mib()
     if marks is not None:
         mark_rss(marks, "engine single stream")
     for n in w.concurrency:
@@ -165,6 +168,8 @@ def engine_columns(engine, w: Workload, col: dict, details: dict, marks: dict | 
         col[f"agg_{n}"] = c.get("agg_tok_s", "n/a (no decode phase)")
         col[f"e2e_{n}"] = c["e2e_tok_s"]
         details[f"concurrent_{n}"] = c
+        if n == 1:
+            col["single_peak_rss_mib"] = measure.peak_rss_mib()
         if marks is not None:
             mark_rss(marks, f"{n} concurrent")
 
@@ -190,6 +195,7 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
         one = details["reference_concurrent_1"] = reference_single(model, w.conc_prompts[0], w.gen_conc)
         ref.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
         ref.update({f"agg_{n}": "n/a (single sequence by design)" for n in w.concurrency if n > 1})
+        ref["single_peak_rss_mib"] = measure.peak_rss_mib()
         mark_rss(details, "reference loop")
 
     try:

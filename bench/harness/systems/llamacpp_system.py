@@ -61,4 +61,5 @@ def run(w: Workload, out: dict) -> None:
     # Concurrency 1 = the first concurrent prompt alone, so it compares with the others' runs.
     one = stream(w.conc_prompts[0], w.gen_conc)
     col.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
+    col["single_peak_rss_mib"] = measure.peak_rss_mib()  # all of its runs: one stream, concurrency 1
     out["details"]["concurrent_1"] = one
