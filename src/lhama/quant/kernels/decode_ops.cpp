@@ -450,17 +450,22 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
 
 // y[n] += sum_r low[r] * bt[r, n] over the spans (r0, r1, n0, n1) of a low-rank delta, after
 // low = a x (a [R, K]): one row of an unmerged LoRA adapter (lhama.model.lora_batch).
+// acc: N floats of scratch. Each output's sum runs over r in order from 0, then is added to y
+// (addmm's y + (low b_t)); the loops are axpys over contiguous rows of b_t (vectorized).
 LHAMA_CLONES void lora_row(const float* x, const float* a, int64_t R, int64_t K, const float* bt, int64_t N,
-                           const int64_t* spans, int64_t P, float* low, float* y) {
+                           const int64_t* spans, int64_t P, float* low, float* acc, float* y) {
   for (int64_t r = 0; r < R; ++r) low[r] = dot(a + r * K, x, K);
   for (int64_t p = 0; p < P; ++p) {
     const int64_t r0 = spans[4 * p], r1 = spans[4 * p + 1], n0 = spans[4 * p + 2], n1 = spans[4 * p + 3];
+    std::fill(acc + n0, acc + n1, 0.f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float l = low[r];
+      const float* b = bt + r * N;
 #pragma omp simd
-    for (int64_t n = n0; n < n1; ++n) {
-      float s = 0.f;
-      for (int64_t r = r0; r < r1; ++r) s += low[r] * bt[r * N + n];
-      y[n] += s;
+      for (int64_t n = n0; n < n1; ++n) acc[n] += l * b[n];
     }
+#pragma omp simd
+    for (int64_t n = n0; n < n1; ++n) y[n] += acc[n];
   }
 }
 
@@ -491,15 +496,15 @@ void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at
   float* yp = y.data_ptr<float>();
   with_input(x, [&](const auto* xp) {
     for_each(M, work, [&](int64_t m) {
-      std::vector<float> buf(R + (std::is_same_v<std::decay_t<decltype(*xp)>, float> ? 0 : K));
+      std::vector<float> buf(R + N + (std::is_same_v<std::decay_t<decltype(*xp)>, float> ? 0 : K));
       const float* xr;
       if constexpr (std::is_same_v<std::decay_t<decltype(*xp)>, float>) {
         xr = xp + m * K;
       } else {
-        for (int64_t i = 0; i < K; ++i) buf[R + i] = to_f(xp[m * K + i]);
-        xr = buf.data() + R;
+        for (int64_t i = 0; i < K; ++i) buf[R + N + i] = to_f(xp[m * K + i]);
+        xr = buf.data() + R + N;
       }
-      lora_row(xr, ap, R, K, bp, N, spans.data(), P, buf.data(), yp + m * N);
+      lora_row(xr, ap, R, K, bp, N, spans.data(), P, buf.data(), buf.data() + R, yp + m * N);
     });
   });
 }
