@@ -17,8 +17,6 @@ after it); the ops below read their inputs in either dtype and compute in fp32.
 
 from __future__ import annotations
 
-import contextvars
-
 import torch
 import torch.nn.functional as F
 
@@ -128,11 +126,6 @@ def integer_rows_now() -> int:
     if not _INT_ROWS:
         from lhama.quant import ggml
 
-        getter = getattr(ggml, "current_integer_rows", None)
-        if getter is None:  # the context variable, found by its (public) name
-            with ggml.integer_rows(None):
-                var = next((v for v in contextvars.copy_context() if v.name == "lhama_ggml_integer_rows"), None)
-            getter = (lambda: None) if var is None else var.get
-        _INT_ROWS.append(getter)
+        _INT_ROWS.append(ggml.current_integer_rows)
     n = _INT_ROWS[0]()
     return -1 if n is None else int(n)

@@ -284,6 +284,12 @@ def integer_rows(n: int | None):
         _INTEGER_ROWS.reset(token)
 
 
+def current_integer_rows() -> int | None:
+    """The ``n`` of the innermost ``integer_rows`` around this call (None: rows take the path
+    their count picks): for fused ops that call ``block_linear`` from C++ and must split alike."""
+    return _INTEGER_ROWS.get()
+
+
 def block_rows(blocks: torch.Tensor, qtype: int, ids: torch.Tensor) -> torch.Tensor:
     """Rows ``ids`` of the weight, float32 [len(ids), K] (an embedding lookup that decodes only
     the rows asked for)."""
