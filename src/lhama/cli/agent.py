@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lhama.cli.args import add_model_args, add_sampling_args, load_model_from_args
+from lhama.cli.args import add_kv_cache_dtype_arg, add_model_args, add_sampling_args, load_model_from_args
 
 AGENT_SAMPLING = ("max_tokens", "temperature", "top_p", "seed")  # what AgentConfig takes
 
@@ -22,6 +22,7 @@ def add_agent_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("question", nargs="?", help="ask once and exit (default: interactive, one turn per line)")
     add_model_args(p)
+    add_kv_cache_dtype_arg(p)
     p.add_argument(
         "--tools",
         default="code_interpreter",

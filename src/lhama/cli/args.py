@@ -16,6 +16,10 @@ from dataclasses import dataclass, fields
 from lhama.sampling_defaults import SAMPLING_DEFAULTS, SamplingDefaults
 
 DTYPES = ("float32", "bfloat16", "float16")
+# What --kv-cache-dtype offers (EngineConfig.kv_cache_dtype, lhama.model.kv_cache_dtype): "auto" is
+# bf16 K/V under a float32 model on a CPU, else the model's dtype, or LHAMA_KV_CACHE_DTYPE if set.
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
+KV_CACHE_DTYPE_ENV = "LHAMA_KV_CACHE_DTYPE"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -74,6 +78,29 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quant-group-size", type=int, choices=[32, 64, 128], default=32, help="int4: weights per scale")
 
 
+def add_kv_cache_dtype_arg(g) -> None:
+    """``--kv-cache-dtype``, on every command that builds a KV cache (engine or reference loop)."""
+    g.add_argument(
+        "--kv-cache-dtype",
+        choices=KV_CACHE_DTYPES,
+        default="auto",
+        help="what K/V are stored in: auto = bfloat16 under float32 weights on a CPU (attention still "
+        f"computes in float32), else the weights' dtype; {KV_CACHE_DTYPE_ENV} sets auto's choice, "
+        "the flag wins over it (default: auto)",
+    )
+
+
+def apply_kv_cache_dtype(a) -> None:
+    """Make ``--kv-cache-dtype`` the process's choice: every cache built from here on (the
+    reference loop's, a speculative draft's, the engine's under "auto") reads it through
+    ``LHAMA_KV_CACHE_DTYPE``; the flag, when given, wins over the variable."""
+    import os
+
+    value = getattr(a, "kv_cache_dtype", "auto")
+    if value and value != "auto":
+        os.environ[KV_CACHE_DTYPE_ENV] = value
+
+
 def quant_config_from_args(a):
     """``QuantConfig`` for ``--quantize``, or None."""
     if not getattr(a, "quantize", None):
@@ -109,6 +136,7 @@ def load_model_from_args(a, *, named_lora_ok: bool = False):
     from lhama.loader import load_model
 
     merged, named = split_lora_flags(getattr(a, "lora", None))
+    apply_kv_cache_dtype(a)
     if named and not named_lora_ok:
         raise ConfigError(
             f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve and batch; here "
@@ -236,6 +264,7 @@ def add_engine_args(p: argparse.ArgumentParser):
         "GPU; never more than --max-num-seqs full contexts)",
     )
     g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
+    add_kv_cache_dtype_arg(g)
     g.add_argument("--max-model-len", type=int, help="cap on prompt + output tokens per request")
     g.add_argument("--no-prefix-caching", action="store_true", help="do not reuse KV blocks of shared prefixes")
     g.add_argument("--compile", action="store_true", help="torch.compile the decode step")
@@ -267,4 +296,5 @@ def engine_config_from_args(a):
         compile=a.compile,
         cuda_graphs=not a.enforce_eager,
         deterministic=a.deterministic,
+        kv_cache_dtype=getattr(a, "kv_cache_dtype", "auto"),
     )

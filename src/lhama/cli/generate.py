@@ -6,6 +6,7 @@ import json
 import sys
 
 from lhama.cli.args import (
+    add_kv_cache_dtype_arg,
     add_model_args,
     add_sampling_args,
     add_speculative_args,
@@ -18,6 +19,7 @@ from lhama.cli.args import (
 def add_generate_args(p) -> None:
     p.add_argument("prompt", help="the text to complete (or, with --chat, the user message)")
     add_model_args(p)
+    add_kv_cache_dtype_arg(p)
     add_sampling_args(p)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat format")
     p.add_argument("--logprobs", type=int, default=0, metavar="N", help="report N top logprobs per token (0: none)")
@@ -80,6 +82,7 @@ def run_generate(a) -> int:
 
 def add_chat_args(p) -> None:
     add_model_args(p)
+    add_kv_cache_dtype_arg(p)
     add_sampling_args(p)
     p.add_argument("--system", help="system prompt")
     p.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lhama.cli.args import (
     Parser,
+    add_kv_cache_dtype_arg,
     add_model_args,
     add_sampling_args,
     load_model_from_args,
@@ -66,6 +67,7 @@ def add_rag_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("question", help="the question")
     retrieval_args(q)
     add_model_args(q)
+    add_kv_cache_dtype_arg(q)
     add_sampling_args(q)
     q.set_defaults(func=cmd_ask)
 

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from lhama.cli.args import add_kv_cache_dtype_arg
+
 RECIPES = ("sft", "lora", "pretrain", "dpo")
 # Flags of add_recipe_options that go to RecipeOptions.
 RECIPE_FLAGS = (
@@ -315,13 +317,15 @@ def _add_engine_model(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together by the engine")
     p.add_argument("--kv-cache-gb", type=float, default=0.5, help="KV cache size in GiB")
+    add_kv_cache_dtype_arg(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _engine(lm, a):
     from lhama.engine import EngineConfig, LLMEngine
 
-    return LLMEngine.from_loaded(lm, EngineConfig(max_num_seqs=a.max_num_seqs, kv_cache_gb=a.kv_cache_gb))
+    config = EngineConfig(max_num_seqs=a.max_num_seqs, kv_cache_gb=a.kv_cache_gb, kv_cache_dtype=a.kv_cache_dtype)
+    return LLMEngine.from_loaded(lm, config)
 
 
 def add_synth_args(p: argparse.ArgumentParser) -> None:
