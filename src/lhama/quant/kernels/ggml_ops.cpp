@@ -212,6 +212,7 @@ __attribute__((target("avx2,fma,f16c"))) void q6k_gemv_avx2(const uint8_t* w, in
 #define GGML_NS ggml_scalar
 #define GGML_LEVEL 0
 #include "ggml_dot.h"
+#include "ggml_tile.h"
 #undef GGML_NS
 #undef GGML_LEVEL
 
@@ -222,6 +223,7 @@ __attribute__((target("avx2,fma,f16c"))) void q6k_gemv_avx2(const uint8_t* w, in
 #define GGML_LEVEL 1
 #define MT_MAX 2
 #include "ggml_dot.h"
+#include "ggml_tile.h"
 #undef GGML_NS
 #undef GGML_LEVEL
 #undef MT_MAX
@@ -233,6 +235,7 @@ __attribute__((target("avx2,fma,f16c"))) void q6k_gemv_avx2(const uint8_t* w, in
 #define GGML_LEVEL 2
 #define MT_MAX 4
 #include "ggml_dot.h"
+#include "ggml_tile.h"
 #undef GGML_NS
 #undef GGML_LEVEL
 #undef MT_MAX
@@ -245,6 +248,7 @@ __attribute__((target("avx2,fma,f16c"))) void q6k_gemv_avx2(const uint8_t* w, in
 #define MT_MAX 4
 #define ZMT_MAX ZMT
 #include "ggml_dot.h"
+#include "ggml_tile.h"
 #undef GGML_NS
 #undef GGML_LEVEL
 #undef MT_MAX
@@ -300,6 +304,29 @@ Kernels kernels() {
     return {ggml_avx2::gemv, ggml_avx2::quantize_rows, ggml_avx2::dequant_f32, ggml_avx2::dequant_bf16};
 #endif
   return {ggml_scalar::gemv, ggml_scalar::quantize_rows, ggml_scalar::dequant_f32, ggml_scalar::dequant_bf16};
+}
+
+// From this many activation rows, Q4_0 / Q4_1 / Q8_0 integer products go through ggml_tile.h
+// (one weight unpack per block for all rows; the same numbers as `gemv`).
+#ifndef TILE_ROWS
+#define TILE_ROWS 9
+#endif
+constexpr int64_t kTileRows = TILE_ROWS;
+
+GemvFn tile_kernel() {
+#if GGML_X86
+  if (g_isa == kZmm) return ggml_zmm::tile_gemv;
+#endif
+  return kernels().gemv;
+}
+
+// Path 0 (by row count): the most rows that take integer products, above which the bf16 GEMM
+// is cheaper, as measured (bench/ggml_rows.py, 1 thread, process CPU time, Zen 4; see
+// docs/performance.md "Batched decode"): with the tiled 512-bit kernel the integer path wins up
+// to 128 rows on the 135M and 1B shapes; Q6_K's AVX2 kernel (<= 32 rows a call) up to 64.
+int64_t integer_rows_max(int64_t qt, int64_t K) {
+  if (qt == Q6_K) return g_isa >= kAvx2 ? 64 : kRowsSmallM;
+  return g_isa == kZmm && (K / 32) % 2 == 0 ? 128 : kRowsSmallM;
 }
 
 // One row of K weights -> floats / bf16, any supported type.
@@ -363,6 +390,7 @@ std::vector<Part> parts_of(const std::vector<at::Tensor>& blocks, int64_t qtype,
 void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>& parts, int64_t N, int64_t qt,
                   float* out) {
   const Kernels k = kernels();
+  const GemvFn gemv = M >= kTileRows ? tile_kernel() : k.gemv;
   const int64_t nb = K / block_elems(qt);
   std::vector<int8_t> qx(M * K);
   std::vector<float> dx(M * nb), sx(qt == Q6_K ? 0 : M * nb);
@@ -370,9 +398,11 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
   if (qt == Q6_K) q6k_quantize_rows(x, M, K, qx.data(), dx.data(), bs.data());
   else k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
 #if GGML_X86
-  const auto q6k = g_isa >= kAvx2 && M <= 32 ? q6k_gemv_avx2 : q6k_gemv_scalar;
+  const auto q6k = g_isa >= kAvx2 ? q6k_gemv_avx2 : q6k_gemv_scalar;
+  const int64_t q6k_rows = g_isa >= kAvx2 ? 32 : M;  // the AVX2 kernel takes <= 32 rows a call
 #else
   const auto q6k = q6k_gemv_scalar;
+  const int64_t q6k_rows = M;
 #endif
   std::vector<int64_t> first(parts.size() + 1, 0);  // first tile of each part
   for (size_t i = 0; i < parts.size(); ++i) first[i + 1] = first[i] + (parts[i].N + 7) / 8;
@@ -384,8 +414,11 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
       if (a >= b) continue;
       const Part& p = parts[i];
       const int64_t r0 = (a - first[i]) * 8, r1 = std::min(p.N, (b - first[i]) * 8);
-      if (qt == Q6_K) q6k(p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), bs.data(), M, K, out + p.n0, N);
-      else k.gemv(int(qt), p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), sx.data(), M, K, out + p.n0, N);
+      if (qt == Q6_K)
+        for (int64_t c = 0; c < M; c += q6k_rows)
+          q6k(p.w, p.ws, r0, r1, nb, qx.data() + c * K, dx.data() + c * nb, bs.data() + c * nb * 16,
+              std::min(q6k_rows, M - c), K, out + p.n0 + c * N, N);
+      else gemv(int(qt), p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), sx.data(), M, K, out + p.n0, N);
     }
   });
 }
@@ -422,7 +455,7 @@ at::Tensor linear_parts(const at::Tensor& x, const std::vector<at::Tensor>& bloc
   out_shape.back() = N;
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
   const at::Tensor x2 = x.reshape({M, K});
-  if (path == 2 || (path == 0 && M > kRowsSmallM)) {
+  if (path == 2 || (path == 0 && M > integer_rows_max(qtype, K))) {
     const at::Tensor xb = x2.to(at::kBFloat16).contiguous();
     at::Tensor out = at::empty({M, N}, x.options());
     for (const Part& p : parts) linear_large(xb, p, K, qtype, out);

@@ -1,0 +1,96 @@
+"""Per-call cost of ``lhama.quant.ggml.block_linear`` by activation row count and path, on a real
+GGUF's layer-0 shapes (default: the bench's Llama 3.2 1B Q4_0 file; ``--model default`` the
+default 135M file): path 0 (picked by row count), 1 (integer dot products for every row), 2
+(bf16 slices + GEMM). Process CPU time per call (ms), best of ``--rounds``, paths alternated in
+each round; ``--threads`` sets torch's thread count.
+
+    python bench/ggml_rows.py [--model PATH|default] [--rows 1 8 16 32 64 128] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if (REPO / "src" / "lhama").is_dir():
+    sys.path.insert(0, str(REPO / "src"))
+
+import gguf  # noqa: E402
+import torch  # noqa: E402
+
+from lhama.quant import ggml  # noqa: E402
+
+ONEB = Path.home() / ".cache" / "lhama-bench" / "llama3.2-1b.random.q4_0.gguf"
+
+
+def shapes(path: Path) -> list[tuple[str, list[torch.Tensor], int]]:
+    r = gguf.GGUFReader(str(path))
+    t = {x.name: x for x in r.tensors}
+
+    def blk(name: str) -> torch.Tensor:
+        return torch.from_numpy(t[name].data)
+
+    qt = int(t["blk.0.attn_q.weight"].tensor_type)
+    p = "blk.0."
+    out = [
+        ("wq|wk|wv", [blk(p + "attn_q.weight"), blk(p + "attn_k.weight"), blk(p + "attn_v.weight")], qt),
+        ("wo", [blk(p + "attn_output.weight")], qt),
+        ("w1|w3", [blk(p + "ffn_gate.weight"), blk(p + "ffn_up.weight")], qt),
+        ("w2", [blk(p + "ffn_down.weight")], int(t[p + "ffn_down.weight"].tensor_type)),
+    ]
+    head = t.get("output.weight") or t["token_embd.weight"]
+    out.append(("head", [torch.from_numpy(head.data)], int(head.tensor_type)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ONEB))
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
+    ap.add_argument("--paths", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=0.3, help="CPU seconds per measurement")
+    ap.add_argument("--only", nargs="*", default=None, help="shape names to run")
+    ap.add_argument("--head", action="store_true", help="include the head")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    path = a.model
+    if path == "default":
+        from lhama import loader
+
+        path = str(loader.default_model_path())
+    assert ggml.available()
+    print(f"isa {ggml.isa()}, threads {a.threads}, {Path(path).name}; ms CPU per call, best of {a.rounds}")
+    op = torch.ops.lhama_ggml.block_linear_parts
+    for name, parts, qt in shapes(Path(path)):
+        if a.only and name not in a.only:
+            continue
+        if name == "head" and not a.head:
+            continue
+        k = parts[0].shape[1] // ggml.SIZES[qt][1] * ggml.SIZES[qt][0]
+        n = sum(x.shape[0] for x in parts)
+        for m in a.rows:
+            x = torch.randn(m, k)
+            best = {p: float("inf") for p in a.paths}
+            reps = {}
+            for p in a.paths:  # calibrate
+                t0 = time.process_time()
+                op(x, parts, qt, p)
+                dt = max(time.process_time() - t0, 1e-4)
+                reps[p] = max(1, min(200, int(a.budget / dt)))
+            for _ in range(a.rounds):
+                for p in a.paths:
+                    t0 = time.process_time()
+                    for _ in range(reps[p]):
+                        op(x, parts, qt, p)
+                    best[p] = min(best[p], (time.process_time() - t0) / reps[p])
+            cells = "  ".join(f"path{p} {best[p] * 1e3:8.3f}" for p in a.paths)
+            print(f"{name:9s} N={n:6d} K={k:5d} M={m:4d}  {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
