@@ -295,3 +295,40 @@ def test_q6_k_rows_and_products(isa):
     assert torch.equal(ggml.block_linear(x[:3], parts, Q6_K), ggml.block_linear(x[:3], blocks, Q6_K))
     with pytest.raises(ValueError, match="210-byte"):
         ggml.block_linear(x, blocks[:, :-1], Q6_K)
+
+
+@pytest.mark.skipif(not ggml.available(), reason="needs the compiled kernels")
+def test_q6_k_512_bit_body_is_the_avx2_kernels_numbers():
+    """The 512-bit Q6_K body (avx512vbmi) gives q6k_gemv_avx2's numbers bit for bit (exact int32
+    lanes, the same float steps), for 1-8 activation rows and past 8 (passes of 8), odd weight
+    rows, odd and even block counts, several parts, 1 and 2 threads; within the int8 rounding of
+    the plain reference."""
+    before = ggml.isa()
+    if ggml.set_isa("avx512vbmi") != "avx512vbmi":
+        ggml.set_isa(before)
+        pytest.skip("this CPU has no avx512vbmi")
+    try:
+        for k in (256, 768):
+            raw = q6k_blocks(45, k, seed=k)
+            blocks, want = torch.from_numpy(raw), gguf_weight(raw, Q6_K)
+            parts = [blocks[:19], blocks[19:]]
+            x = torch.randn(8, k, generator=torch.Generator().manual_seed(k))
+            threads = torch.get_num_threads()
+            got = {}
+            for isa in ("avx512vbmi", "avx2"):
+                ggml.set_isa(isa)
+                with ggml.integer_rows(100):
+                    got[isa] = [ggml.block_linear(x[:rows], blocks, Q6_K) for rows in range(1, 9)]
+                    torch.set_num_threads(1)
+                    try:
+                        got[isa].append(ggml.block_linear(x[:3], parts, Q6_K))
+                    finally:
+                        torch.set_num_threads(threads)
+            for a, b in zip(got["avx512vbmi"], got["avx2"], strict=True):
+                assert torch.equal(a, b)
+            xb = x.reshape(8, -1, 256)
+            d = xb.abs().amax(-1, keepdim=True) / 127
+            xq = (torch.round(xb * torch.where(d != 0, 1 / d, torch.zeros_like(d))) * d).reshape(8, k)
+            assert ((got["avx512vbmi"][7] - xq @ want.T).abs() <= 1e-5 * (x.abs() @ want.abs().T) + 1e-6).all()
+    finally:
+        ggml.set_isa(before)

@@ -393,6 +393,94 @@ static inline void rows8z_all_m(const uint8_t* w, int64_t ws, int64_t nb, const 
     default: break;
   }
 }
+
+// Q6_K x Q8_K (the activation quantized per 256 values, sums of 16), 512-bit: a block's 256
+// six-bit weights are unpacked into 4 vectors of 64 in element order (ql's nibbles, qh's bit
+// pairs moved into bits 4-5 by one per-qword shift each), one vpdpbusd per 64 weights and
+// activation row, times the 16 scales spread over the lanes (lane j of chunk c: scale
+// 4c + j / 4). The same numbers as q6k_gemv_avx2 (ggml_ops.cpp), bit for bit: its 8 int32 lanes
+// per block (lane i: elements 4i..4i+3 of each 32, times their scale, minus 32 sc bsum for
+// groups 2i, 2i + 1) are exact integers, formed here by folding lanes i and i + 8; each lane
+// is converted and fma'd with d * d_x per block in block order and the 8 lanes are added in
+// the same order at the end. One weight row at a time (a sequential stream), rows Q6K_PF ahead
+// prefetched into L2; up to 8 activation rows per pass over a row's blocks.
+#ifndef Q6K_PF
+#define Q6K_PF 4
+#endif
+template <int MT>
+static void q6k_rows_z(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                       const float* dx, const int16_t* bs, int64_t K, float* out, int64_t ldo) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i shl = _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2), shr = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+  __m512i sidx[4];
+  for (int c = 0; c < 4; ++c)
+    sidx[c] = _mm512_add_epi32(_mm512_set1_epi32(4 * c),
+                               _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3));
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[MT];
+    for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
+    const uint8_t* row = w + n * ws;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * 210;
+      const char* pf = reinterpret_cast<const char*>(blk + Q6K_PF * ws);
+      _mm_prefetch(pf, _MM_HINT_T2);
+      _mm_prefetch(pf + 64, _MM_HINT_T2);
+      _mm_prefetch(pf + 128, _MM_HINT_T2);
+      _mm_prefetch(pf + 192, _MM_HINT_T2);
+      __m512i W[4], S[4];
+      for (int h = 0; h < 2; ++h) {
+        const __m512i ql = _mm512_loadu_si512(blk + 64 * h);
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * h)));
+        W[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi64(qh, shl), m30));
+        W[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                       _mm512_and_si512(_mm512_srlv_epi64(qh, shr), m30));
+      }
+      const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192));
+      const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
+      for (int c = 0; c < 4; ++c) S[c] = _mm512_permutexvar_epi32(sidx[c], sc32);
+      const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+      const float d = fp16(blk + 208);
+      for (int m = 0; m < MT; ++m) {
+        const int8_t* x = qx + m * K + b * 256;
+        __m512i t = _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_loadu_si512(x)), S[0]);
+        for (int c = 1; c < 4; ++c)
+          t = _mm512_add_epi32(
+              t, _mm512_mullo_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), W[c], _mm512_loadu_si512(x + 64 * c)), S[c]));
+        const __m256i bsv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bs + (m * nb + b) * 16));
+        const __m256i s8 = _mm256_sub_epi32(_mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1)),
+                                            _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsv), 5));
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s8), _mm256_set1_ps(d * dx[m * nb + b]), acc[m]);
+      }
+    }
+    for (int m = 0; m < MT; ++m) {
+      __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));
+      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+      v = _mm_add_ss(v, _mm_movehdup_ps(v));
+      out[m * ldo + n] = _mm_cvtss_f32(v);
+    }
+  }
+}
+
+// q6k_gemv_avx2's contract (any M; its numbers).
+static void q6k_gemv(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                     const float* dx, const int16_t* bs, int64_t M, int64_t K, float* out, int64_t ldo) {
+  for (int64_t m = 0; m < M; m += 8) {
+    const int8_t* q = qx + m * K;
+    const float* d = dx + m * nb;
+    const int16_t* s = bs + m * nb * 16;
+    float* o = out + m * ldo;
+    switch (std::min<int64_t>(8, M - m)) {
+      case 1: q6k_rows_z<1>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 2: q6k_rows_z<2>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 3: q6k_rows_z<3>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 4: q6k_rows_z<4>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 5: q6k_rows_z<5>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 6: q6k_rows_z<6>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      case 7: q6k_rows_z<7>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+      default: q6k_rows_z<8>(w, ws, n0, n1, nb, q, d, s, K, o, ldo); break;
+    }
+  }
+}
 #endif
 
 template <int QT>
