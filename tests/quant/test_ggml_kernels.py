@@ -279,7 +279,7 @@ def test_q6_k_rows_and_products(isa):
     assert torch.equal(ggml.dequantize(blocks, Q6_K), want)
     ids = torch.tensor([44, 0, 7, 7])
     assert torch.equal(ggml.block_rows(blocks, Q6_K, ids), want[ids])
-    x = torch.randn(70, 512, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(140, 512, generator=torch.Generator().manual_seed(1))
     scale = x.abs() @ want.abs().T
     with ggml.integer_rows(100):
         y = ggml.block_linear(x[:12], blocks, Q6_K)
@@ -289,7 +289,7 @@ def test_q6_k_rows_and_products(isa):
             xq = (torch.round(xb * torch.where(d != 0, 1 / d, torch.zeros_like(d))) * d).reshape(12, 512)
             assert ((y - xq @ want.T).abs() <= 1e-5 * scale[:12] + 1e-6).all()
             assert torch.equal(torch.cat([ggml.block_linear(x[i : i + 1], blocks, Q6_K) for i in range(12)]), y)
-    gemm = ggml.block_linear(x, blocks, Q6_K)  # 70 rows: the bf16 GEMM (integer up to 64)
+    gemm = ggml.block_linear(x, blocks, Q6_K)  # 140 rows: the bf16 GEMM (integer up to 128)
     assert ((gemm - x @ want.T).abs() <= 2.0**-7 * scale + 1e-6).all()
     parts = [blocks[:40], blocks[40:]]
     assert torch.equal(ggml.block_linear(x[:3], parts, Q6_K), ggml.block_linear(x[:3], blocks, Q6_K))

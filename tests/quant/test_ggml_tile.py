@@ -64,8 +64,8 @@ def test_more_rows_than_one_sweep_and_threads():
 
 @pytest.mark.skipif(not ggml.available(), reason="needs the compiled kernels")
 def test_path_0_takes_the_integer_path_where_it_is_cheaper():
-    """By row count: integer products up to 128 rows with the 512-bit tiled kernel (else 20),
-    Q6_K up to 64 (else 20), the bf16 GEMM above."""
+    """By row count: integer products up to 128 rows with the 512-bit tiled kernels (else 20;
+    Q6_K 64 with AVX2), the bf16 GEMM above."""
     raw = random_blocks(Q4_1, n=40, k=128, seed=1)
     blocks = torch.from_numpy(raw)
     x = torch.randn(140, 128, generator=torch.Generator().manual_seed(1))
@@ -73,17 +73,25 @@ def test_path_0_takes_the_integer_path_where_it_is_cheaper():
     assert torch.equal(op(x[:most], blocks, Q4_1, 0), op(x[:most], blocks, Q4_1, 1))
     assert torch.equal(op(x[: most + 1], blocks, Q4_1, 0), op(x[: most + 1], blocks, Q4_1, 2))
     q6 = torch.from_numpy(q6k_blocks(24, 512, seed=2))
-    x6 = torch.randn(70, 512, generator=torch.Generator().manual_seed(2))
-    most = 64 if ggml.isa() != "scalar" else 20
+    x6 = torch.randn(140, 512, generator=torch.Generator().manual_seed(2))
+    most = {"avx512vbmi": 128, "scalar": 20}.get(ggml.isa(), 64)
     assert torch.equal(op(x6[:most], q6, Q6_K, 0), op(x6[:most], q6, Q6_K, 1))
     assert torch.equal(op(x6[: most + 1], q6, Q6_K, 0), op(x6[: most + 1], q6, Q6_K, 2))
 
 
-def test_q6_k_beyond_32_rows_is_each_row_alone(isa):
-    # The AVX2 Q6_K kernel takes <= 32 rows a call: more rows go in chunks (before: plain C++).
-    raw = q6k_blocks(20, 512, seed=3)
-    w, blocks = gguf_weight(raw, Q6_K), torch.from_numpy(raw)
-    x = torch.randn(45, 512, generator=torch.Generator().manual_seed(3))
-    y = op(x, blocks, Q6_K, 1)
-    assert torch.equal(y, torch.cat([op(x[i : i + 1], blocks, Q6_K, 1) for i in range(45)]))
-    assert ((y - x @ w.T).abs() <= 0.02 * (x.abs() @ w.abs().T) + 1e-6).all()
+def test_q6_k_many_rows_are_each_row_alone(isa):
+    """Q6_K from 12 rows on the 512-bit body: 16-row panels (ggml_tile.h), bit for bit the AVX2
+    row-at-a-time kernel's numbers; elsewhere that kernel, <= 32 rows a call (before: plain C++
+    above 32). Odd panel tails (37 rows: 2 panels + 5), 1-3 blocks, 12-70 rows, against the
+    reference with the int8 activations' rounding emulated (per 256 values)."""
+    for n, k in ((37, 768), (16, 256), (20, 512)):
+        raw = q6k_blocks(n, k, seed=n)
+        w, blocks = gguf_weight(raw, Q6_K), torch.from_numpy(raw)
+        x = torch.randn(70, k, generator=torch.Generator().manual_seed(k))
+        alone = torch.cat([op(x[i : i + 1], blocks, Q6_K, 1) for i in range(70)])
+        xb = x.reshape(70, -1, 256)
+        d = xb.abs().amax(-1, keepdim=True) / 127
+        xq = (torch.round(xb * torch.where(d != 0, 1 / d, torch.zeros_like(d))) * d).reshape(70, k)
+        assert ((alone - xq @ w.T).abs() <= 1e-5 * (x.abs() @ w.abs().T) + 1e-6).all()
+        for m in (12, 17, 32, 33, 70):
+            assert torch.equal(op(x[:m], blocks, Q6_K, 1), alone[:m]), (n, k, m)

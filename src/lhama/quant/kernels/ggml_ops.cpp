@@ -312,6 +312,7 @@ Kernels kernels() {
 #define TILE_ROWS 9
 #endif
 constexpr int64_t kTileRows = TILE_ROWS;
+constexpr int64_t kTileRowsQ6K = 12;  // Q6_K's panel unpack costs more: equal to the AVX2 kernel at ~9 rows
 
 GemvFn tile_kernel() {
 #if GGML_X86
@@ -322,10 +323,10 @@ GemvFn tile_kernel() {
 
 // Path 0 (by row count): the most rows that take integer products, above which the bf16 GEMM
 // is cheaper, as measured (bench/ggml_rows.py, 1 thread, process CPU time, Zen 4; see
-// docs/performance.md "Batched decode"): with the tiled 512-bit kernel the integer path wins up
-// to 128 rows on the 135M and 1B shapes; Q6_K's AVX2 kernel (<= 32 rows a call) up to 64.
+// docs/performance.md "Batched decode"): with the tiled 512-bit kernels the integer path wins up
+// to 128 rows on the 135M and 1B shapes (Q6_K too); Q6_K's AVX2 kernel (<= 32 rows a call) up to 64.
 int64_t integer_rows_max(int64_t qt, int64_t K) {
-  if (qt == Q6_K) return g_isa >= kAvx2 ? 64 : kRowsSmallM;
+  if (qt == Q6_K) return g_isa == kZmm ? 128 : g_isa >= kAvx2 ? 64 : kRowsSmallM;
   return g_isa == kZmm && (K / 32) % 2 == 0 ? 128 : kRowsSmallM;
 }
 
@@ -398,7 +399,7 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
   if (qt == Q6_K) q6k_quantize_rows(x, M, K, qx.data(), dx.data(), bs.data());
   else k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
 #if GGML_X86
-  const auto q6k = g_isa >= kAvx2 ? q6k_gemv_avx2 : q6k_gemv_scalar;
+  const auto q6k = g_isa == kZmm ? ggml_zmm::q6k_gemv : g_isa >= kAvx2 ? q6k_gemv_avx2 : q6k_gemv_scalar;
   const int64_t q6k_rows = g_isa >= kAvx2 ? 32 : M;  // the AVX2 kernel takes <= 32 rows a call
 #else
   const auto q6k = q6k_gemv_scalar;
@@ -414,6 +415,11 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
       if (a >= b) continue;
       const Part& p = parts[i];
       const int64_t r0 = (a - first[i]) * 8, r1 = std::min(p.N, (b - first[i]) * 8);
+#if GGML_X86
+      if (qt == Q6_K && g_isa == kZmm && M >= kTileRowsQ6K)  // ggml_tile.h: 16-row panels, same numbers
+        ggml_zmm::q6k_tile(p.w, p.ws, r0, r1, nb, qx.data(), dx.data(), bs.data(), M, K, out + p.n0, N);
+      else
+#endif
       if (qt == Q6_K)
         for (int64_t c = 0; c < M; c += q6k_rows)
           q6k(p.w, p.ws, r0, r1, nb, qx.data() + c * K, dx.data() + c * nb, bs.data() + c * nb * 16,

@@ -98,6 +98,164 @@ static void tile_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int6
                  std::min(kMc, M - m), K, out + m * ldo + n, ldo, acc);
   if (n < n1) gemv_rows<QT>(w, ws, n, n1, nb, qx, dx, sx, M, K, out, ldo);
 }
+
+// Q6_K, 16 weight rows x many activation rows (the AVX2 row-at-a-time kernel, q6k_gemv_avx2,
+// unpacks a block once per weight row but spends ~40 instructions per activation row and block
+// on 256 products). Here each block of a 16-row panel is unpacked once, every 6-bit weight
+// multiplied by its int8 scale into int16 (|sc q| <= 8064), and laid out as vectors whose 16
+// lanes are the 16 rows, 2 int16 weights each: one vpdpwssd per 2 weights x 16 rows on a
+// broadcast pair of activations (widened to int16 once per call, pairs (x0, x2), (x1, x3) of
+// every 4). Same numbers as q6k_gemv_avx2, bit for bit: its 8 int32 lanes (lane i: elements
+// 4i..4i+3 of each 32, times their scale, minus 32 sc bsum for groups 2i, 2i+1) are exact
+// integers, computed here per lane too (in any order: exact); each lane is converted and fma'd
+// with d * d_x per block in block order, and the 8 lanes added as its horizontal sum adds them.
+// 16 x 16 dwords: t[j] lane i = r[i] lane j.
+static inline void transpose16(const __m512i r[16], __m512i t[16]) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // b[4i + k], 128-bit lane L: rows 4i..4i+3, dword 4L + k
+    b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+    b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+    b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512i c0 = _mm512_shuffle_i32x4(b[k], b[4 + k], 0x88), c1 = _mm512_shuffle_i32x4(b[k], b[4 + k], 0xDD);
+    const __m512i c2 = _mm512_shuffle_i32x4(b[8 + k], b[12 + k], 0x88),
+                  c3 = _mm512_shuffle_i32x4(b[8 + k], b[12 + k], 0xDD);
+    t[k] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+    t[8 + k] = _mm512_shuffle_i32x4(c0, c2, 0xDD);
+    t[4 + k] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+    t[12 + k] = _mm512_shuffle_i32x4(c1, c3, 0xDD);
+  }
+}
+
+// MR activation rows against one unpacked block of a panel: each weight vector loaded once for all.
+template <int MR>
+static inline void q6k_tile_m(const int32_t* wq, const int16_t* nsc, const __m512 wd, const int32_t* xw, int64_t xs,
+                              const int16_t* bs, int64_t bss, const float* dx, int64_t dxs, float* fa) {
+  __m512 wdx[MR];
+  for (int t = 0; t < MR; ++t) wdx[t] = _mm512_mul_ps(wd, _mm512_set1_ps(dx[t * dxs]));
+  for (int i = 0; i < 8; ++i) {
+    __m512i a[MR];
+    const __m512i ns = _mm512_load_si512(nsc + i * 32);
+    for (int t = 0; t < MR; ++t) {
+      int32_t bp;
+      std::memcpy(&bp, bs + t * bss + 2 * i, 4);
+      a[t] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), ns, _mm512_set1_epi32(bp));
+    }
+    for (int hg = 0; hg < 8; ++hg) {
+      const int c = hg * 8 + i;  // elements 4c..4c+3 of the block: chunk (h, g) = hg, lane i
+      const __m512i wa = _mm512_load_si512(wq + c * 32), wb = _mm512_load_si512(wq + c * 32 + 16);
+      for (int t = 0; t < MR; ++t) {
+        a[t] = _mm512_dpwssd_epi32(a[t], wa, _mm512_set1_epi32(xw[t * xs + 2 * c]));
+        a[t] = _mm512_dpwssd_epi32(a[t], wb, _mm512_set1_epi32(xw[t * xs + 2 * c + 1]));
+      }
+    }
+    for (int t = 0; t < MR; ++t) {
+      float* f = fa + t * 128 + i * 16;
+      _mm512_store_ps(f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[t]), wdx[t], _mm512_load_ps(f)));
+    }
+  }
+}
+
+static void q6k_tile(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                     const float* dx, const int16_t* bs, int64_t M, int64_t K, float* out, int64_t ldo) {
+  // Activations as int16 pairs: per 4 values (x0, x2), (x1, x3).
+  std::vector<int16_t> x16(M * K);
+  for (int64_t i = 0; i < M * K; i += 4) {
+    x16[i] = qx[i], x16[i + 1] = qx[i + 2], x16[i + 2] = qx[i + 1], x16[i + 3] = qx[i + 3];
+  }
+  const int32_t* xw = reinterpret_cast<const int32_t*>(x16.data());
+  const int64_t xs = K / 2;  // dwords per activation row
+  std::vector<float> facc_v(M * 8 * 16 + 16);
+  float* facc = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(facc_v.data()) + 63) & ~uintptr_t(63));
+  alignas(64) int16_t wbuf[64 * 2 * 32];  // [(h, g, i)][A, B][16 rows x 2 int16]
+  alignas(64) int16_t nsc[8 * 32];        // [lane i][16 rows x (-32 sc[2i], -32 sc[2i + 1])]
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(int(ws)));
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03), lo8 = _mm512_set1_epi32(0x00FF00FF),
+                lo16 = _mm512_set1_epi32(0xFFFF);
+  int64_t n = n0;
+  for (; n + 16 <= n1; n += 16) {
+    std::memset(facc, 0, sizeof(float) * M * 8 * 16);
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* base = w + n * ws + b * 210;
+      for (int r = 0; r < 16; ++r)
+        for (int o = 0; o < 210; o += 64) _mm_prefetch(reinterpret_cast<const char*>(base + (16 + r) * ws + o), _MM_HINT_T0);
+      // Scales: lane r = row r's int8 scale of group g, sign-extended (4 gathers of 4 bytes).
+      __m512i sc32[16], screp[16];
+      for (int q4 = 0; q4 < 4; ++q4) {
+        const __m512i v = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(base + 192 + 4 * q4), 1);
+        for (int t = 0; t < 4; ++t) {
+          const __m512i s = _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * t), 24);
+          sc32[4 * q4 + t] = s;
+          screp[4 * q4 + t] = _mm512_or_si512(_mm512_and_si512(s, lo16), _mm512_slli_epi32(s, 16));
+        }
+      }
+      for (int i = 0; i < 8; ++i) {
+        const __m512i a = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc32[2 * i], 5));
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sc32[2 * i + 1], 5));
+        _mm512_store_si512(nsc + i * 32, _mm512_or_si512(_mm512_and_si512(a, lo16), _mm512_slli_epi32(c, 16)));
+      }
+      const __m512i dg = _mm512_i32gather_epi32(rows, reinterpret_cast<const int*>(base + 208 - 2), 1);
+      const __m512 wd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dg, 16)));
+      // 6-bit values of elements 128h + 32g + 4i + {0..3}: ql[64h + 32 (g & 1) + 4i] (low nibbles
+      // for g < 2), qh[32h + 4i] bits 2g, 2g + 1; times the scale of group 8h + 2g + i / 4. The 16
+      // rows' ql and qh dwords transposed (lane = row) from one load per row and 64 bytes.
+      __m512i tql[2][16], tqh[16];
+      {
+        __m512i r[16];
+        for (int h = 0; h < 2; ++h) {
+          for (int rr = 0; rr < 16; ++rr) r[rr] = _mm512_loadu_si512(base + rr * ws + 64 * h);
+          transpose16(r, tql[h]);
+        }
+        for (int rr = 0; rr < 16; ++rr) r[rr] = _mm512_loadu_si512(base + rr * ws + 128);
+        transpose16(r, tqh);
+      }
+      for (int h = 0; h < 2; ++h)
+        for (int i = 0; i < 8; ++i) {
+          const __m512i l0 = tql[h][i], l1 = tql[h][8 + i], qh = tqh[8 * h + i];
+          __m512i q[4];
+          q[0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_slli_epi32(_mm512_and_si512(qh, m3), 4));
+          q[1] = _mm512_or_si512(_mm512_and_si512(l1, m4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 2), m3), 4));
+          q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(l0, 4), m4),
+                                 _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 4), m3), 4));
+          q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(l1, 4), m4),
+                                 _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 6), m3), 4));
+          for (int g = 0; g < 4; ++g) {
+            const int c = 32 * h + 8 * g + i;
+            const __m512i s = screp[8 * h + 2 * g + i / 4];
+            _mm512_store_si512(wbuf + c * 64, _mm512_mullo_epi16(_mm512_and_si512(q[g], lo8), s));
+            _mm512_store_si512(wbuf + c * 64 + 32, _mm512_mullo_epi16(_mm512_srli_epi16(q[g], 8), s));
+          }
+        }
+      const int32_t* wq = reinterpret_cast<const int32_t*>(wbuf);
+      const int32_t* xb = xw + b * 128;
+      const int16_t* bsb = bs + b * 16;
+      const float* dxb = dx + b;
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4)
+        q6k_tile_m<4>(wq, nsc, wd, xb + m * xs, xs, bsb + m * nb * 16, nb * 16, dxb + m * nb, nb, facc + m * 128);
+      for (; m < M; ++m)
+        q6k_tile_m<1>(wq, nsc, wd, xb + m * xs, xs, bsb + m * nb * 16, nb * 16, dxb + m * nb, nb, facc + m * 128);
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float* fa = facc + m * 128;
+      const __m512 a04 = _mm512_add_ps(_mm512_load_ps(fa), _mm512_load_ps(fa + 64));
+      const __m512 a26 = _mm512_add_ps(_mm512_load_ps(fa + 32), _mm512_load_ps(fa + 96));
+      const __m512 a15 = _mm512_add_ps(_mm512_load_ps(fa + 16), _mm512_load_ps(fa + 80));
+      const __m512 a37 = _mm512_add_ps(_mm512_load_ps(fa + 48), _mm512_load_ps(fa + 112));
+      _mm512_storeu_ps(out + m * ldo + n, _mm512_add_ps(_mm512_add_ps(a04, a26), _mm512_add_ps(a15, a37)));
+    }
+  }
+  for (int64_t c = 0; n < n1 && c < M; c += 32)  // the AVX2 kernel takes <= 32 rows a call
+    q6k_gemv_avx2(w, ws, n, n1, nb, qx + c * K, dx + c * nb, bs + c * nb * 16, std::min<int64_t>(32, M - c), K,
+                  out + c * ldo, ldo);
+}
 #endif
 
 // `gemv` for many activation rows: the tiled kernel where there is one (512-bit body, an even
