@@ -251,9 +251,11 @@ static inline void rows8_all_m(const uint8_t* w, int64_t ws, int64_t nb, const i
 // GF(2) affine op per qword takes the low or the high nibbles, one vpdpbusd per row and
 // activation row. The 8 rows' 16-lane sums are reduced by unpack/add into one vector whose
 // lanes are [rows 0-3 block b, rows 0-3 block b+1, rows 4-7 block b, rows 4-7 block b+1], so the
-// float work (scales from one gather, the conversion, the fmas, Q4's bias term) is shared by 16
-// (row, block) pairs. Even and odd blocks accumulate in separate lanes and are added at the end.
-// Q8_0 (34-byte blocks, signed weights): two 32-byte loads, |w| against x signed like w.
+// float work (the scales, the conversion, the fmas, Q4's bias term) is shared by 16 (row, block)
+// pairs. Even and odd blocks accumulate in separate lanes and are added at the end. The 16
+// scales come from the rows' own loads (4 two-row word permutes + 3 blends; a 16-lane gather
+// cost a quarter of the kernel's time). Q8_0 (34-byte blocks, signed weights): the pair's first
+// 64 bytes and its last 4 through one two-source byte permute, |w| against x signed like w.
 static inline __m512i reduce16(const __m512i d[8]) {
   __m512i u[4], v[2];
   for (int i = 0; i < 4; ++i)
@@ -270,7 +272,10 @@ static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t
                           const float* sx, int64_t K, float* out, int64_t ldo, bool pf) {
   constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
   constexpr int OFF = QT == Q4_1 ? 4 : 2;
-  // Header gather: lane l -> row (l / 8) * 4 + l % 4, block b + (l / 4) % 2.
+  // Result lane l -> row (l / 8) * 4 + l % 4, block b + (l / 4) % 2. Q8_0 from 5 activation rows
+  // up takes its scales by a gather (there the permutes cost more than they save: the default
+  // model's head at 8 rows 4.4 vs 4.9 ms; at 1 row 2.0-2.2 vs 2.4-2.8 without the gather).
+  constexpr bool kGather = QT == Q8_0 && MT > 4;
   const __m512i idx = _mm512_setr_epi32(0, int(ws), int(2 * ws), int(3 * ws), BB, int(ws + BB), int(2 * ws + BB),
                                         int(3 * ws + BB), int(4 * ws), int(5 * ws), int(6 * ws), int(7 * ws),
                                         int(4 * ws + BB), int(5 * ws + BB), int(6 * ws + BB), int(7 * ws + BB));
@@ -305,6 +310,10 @@ static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t
     hsel[i] = _mm512_load_si512(t);
   }
   __m512i raw[8];
+  // Q8_0: the 64 weight bytes of a block pair from its first 64 bytes and the 4 after them.
+  alignas(64) uint8_t q8b[64];
+  for (int j = 0; j < 64; ++j) q8b[j] = uint8_t(j < 32 ? 2 + j : j < 60 ? 4 + j : 64 + (j - 60));
+  const __m512i q8sel = _mm512_load_si512(q8b);
   __m512 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b += 2) {
@@ -312,19 +321,23 @@ static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t
     __m512 wd, wc = _mm512_setzero_ps();
     __m512i wv[8];
     __mmask64 neg[8];
-    if constexpr (QT == Q8_0) {
-      const __m512i g = _mm512_i32gather_epi32(idx, reinterpret_cast<const int*>(base), 1);
-      wd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
-    }
     for (int r = 0; r < 8; ++r) {
       const uint8_t* blk = base + r * ws;
       // Into L2 for few activation rows (more weight bytes per unit of work), L1 for many (the
       // default model's Q8_0 head at 8 rows: 4.5 ms with T0, 5.1 with T2; at 1 row 2.5 vs 3.1).
       if (pf) _mm_prefetch(reinterpret_cast<const char*>(blk + PREFETCH_ROWS * ws), MT > 4 ? _MM_HINT_T0 : _MM_HINT_T2);
-      if constexpr (QT == Q8_0) {
+      if constexpr (kGather) {
         const __m512i v = _mm512_inserti64x4(
             _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2))),
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + BB + 2)), 1);
+        neg[r] = _mm512_movepi8_mask(v);
+        wv[r] = _mm512_abs_epi8(v);
+      } else if constexpr (QT == Q8_0) {
+        // Bytes 0-63 of the pair (d, q of block b, d and 28 q of block b + 1) and its last 4.
+        raw[r] = _mm512_loadu_si512(blk);
+        int32_t last;
+        std::memcpy(&last, blk + 64, 4);
+        const __m512i v = _mm512_permutex2var_epi8(raw[r], q8sel, _mm512_set1_epi32(last));
         neg[r] = _mm512_movepi8_mask(v);
         wv[r] = _mm512_abs_epi8(v);
       } else {
@@ -332,7 +345,9 @@ static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t
         wv[r] = _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(perm, raw[r]), aff, 0);
       }
     }
-    if constexpr (QT != Q8_0) {
+    if constexpr (kGather) {
+      wd = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(idx, reinterpret_cast<const int*>(base), 1)));
+    } else {
       // The headers from the rows' own loads (a gather cost a quarter of the time): 16-bit words
       // d (0-15) and Q4_1's m (16-31) in the lane order above, two rows per permute, then blends.
       const __m512i h01 = _mm512_permutex2var_epi16(raw[0], hsel[0], raw[1]);
@@ -343,7 +358,7 @@ static inline void tile8z(const uint8_t* w, int64_t ws, int64_t nb, const int8_t
                                               _mm512_mask_mov_epi16(h45, 0xCC00CC00u, h67));
       wd = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
       if constexpr (QT == Q4_0) wc = _mm512_mul_ps(wd, _mm512_set1_ps(-8.f));
-      else wc = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+      if constexpr (QT == Q4_1) wc = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
     }
     for (int m = 0; m < MT; ++m) {
       const __m512i xv = _mm512_loadu_si512(qx + m * K + b * 32);
