@@ -321,3 +321,116 @@ def test_rope_table_rows_do_not_depend_on_its_size(tiny_llama3_args):
     assert model._rope_table.shape[0] >= 601
     assert torch.equal(model.rotation(pos), small)
     torch.testing.assert_close(big, rope_rotation(*rope_cos_sin(model.inv_freq, torch.tensor([[600]]))))
+
+
+@pytest.fixture
+def simd_restored():
+    yield OPS.set_simd
+    OPS.set_simd(True)
+
+
+@pytest.mark.parametrize("kv", [torch.float32, torch.bfloat16, torch.float16])
+def test_attention_vector_bodies_give_the_plain_loops_bits(kv, simd_restored):
+    """The AVX-512 scores/values bodies (head sizes 64 and 128, query heads in register groups of
+    1-4) against the plain loops, static and paged caches: the same bits (where the CPU has no
+    AVX-512 both runs take the plain loops)."""
+    g = torch.Generator().manual_seed(7)
+    for D, KVH, G in [(64, 3, 3), (64, 1, 5), (64, 2, 4), (128, 2, 3), (128, 1, 7), (32, 2, 2)]:
+        H, L, pos, bs = KVH * G, 41, 37, 8
+        q, k, v = (torch.randn(2, 1, n, D, generator=g) for n in (H, KVH, KVH))
+        kc, vc = (torch.randn(2, L, KVH, D, generator=g).to(kv) for _ in range(2))
+        paged_k, paged_v = (torch.randn(12 * KVH, bs, D, generator=g).to(kv) for _ in range(2))
+        tables = torch.tensor([[5, 0, 11, 3, 7, 1], [2, 9, 4, 10, 6, 8]])
+        lens = torch.tensor([pos + 1, 29])
+        slots = torch.stack(
+            [
+                (tables[i, (n - 1) // bs] * KVH + torch.arange(KVH)) * bs + (n - 1) % bs
+                for i, n in enumerate(lens.tolist())
+            ]
+        ).flatten()
+        got = []
+        for on in (True, False):
+            simd_restored(on)
+            a = OPS.attend_static(q, k, v, kc.clone(), vc.clone(), pos, torch.float32)
+            b = OPS.attend_paged_decode(
+                q.view(2, H, D),
+                k.view(2, KVH, D),
+                v.view(2, KVH, D),
+                paged_k.clone(),
+                paged_v.clone(),
+                slots,
+                tables,
+                lens,
+                torch.float32,
+            )
+            got.append((a, b))
+        assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1]), (D, KVH, G)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_lora_op_on_fp16_adapter_gives_the_fp32_bits(rows):
+    """``lora_add_`` with fp16 a / b_t (widened in the op) equals the op on their exact fp32
+    copies, bit for bit: odd K and N, a fused module's spans with an unadapted part, bf16 x."""
+    g = torch.Generator().manual_seed(rows)
+    K, N, R = 83, 61, 12
+    a = (torch.randn(R, K, generator=g) * 0.1).half()
+    bt = torch.zeros(R, N, dtype=torch.half)
+    spans = [0, 4, 0, 17, 4, 12, 40, 61]  # outputs 17..39: a part without an adapter
+    bt[0:4, 0:17] = torch.randn(4, 17, generator=g).half()
+    bt[4:12, 40:61] = torch.randn(8, 21, generator=g).half()
+    for x in (torch.randn(rows, K, generator=g), torch.randn(rows, K, generator=g).bfloat16()):
+        y0 = torch.randn(rows, N, generator=g)
+        y16, y32 = y0.clone(), y0.clone()
+        OPS.lora_add_(y16, x, a, bt, spans)
+        OPS.lora_add_(y32, x, a.float(), bt.float(), spans)
+        assert torch.equal(y16, y32)
+        assert torch.equal(y16[:, 17:40], y0[:, 17:40])
+        want = y0 + (x.float() @ a.float().T) @ bt.float()
+        close(y16, want, 1e-5)
+
+
+def test_fixed_lora_keeps_an_fp16_adapter_in_fp16_for_the_op():
+    """An adapter fp16 holds exactly (saved in fp16, scaled by 2) is read by the op in fp16, one
+    that it does not (fp32 values) stays fp32; both give the addmm path's numbers."""
+    from lhama.model.lora_batch import FixedLoraLinear
+
+    g = torch.Generator().manual_seed(3)
+    base = torch.nn.Linear(24, 20, bias=False)
+    for dtype, want in ((torch.float16, torch.float16), (torch.float32, torch.float32)):
+        pairs = {
+            "wq": ((torch.randn(4, 24, generator=g) * 0.3).to(dtype), (torch.randn(20, 4, generator=g) * 2).to(dtype))
+        }
+        mod = FixedLoraLinear(base, {"wq": (0, 20)}, 24, pairs)
+        assert mod.a_op.dtype == want and mod.b_t_op.dtype == want
+        x = torch.randn(2, 24, generator=g)
+        with torch.inference_mode():
+            got = mod(x)
+        close(got, base(x).detach() + (x @ mod.a.T) @ mod.b.T, 1e-5)
+
+
+def test_decode_attention_split_by_query_head_gives_the_same_bits_at_any_thread_count():
+    """Long rows go to the threads by query head (3 KV heads x 3 query heads: 5 and 4 heads on 2
+    threads): each head's numbers are the same at 1 and 2 threads."""
+    g = torch.Generator().manual_seed(11)
+    H, KVH, D, bs, ctx = 9, 3, 64, 16, 700
+    nblk = ctx // bs + 2
+    kc, vc = (torch.randn(nblk * KVH, bs, D, generator=g).bfloat16() for _ in range(2))
+    q, k, v = (
+        torch.randn(2, H, D, generator=g),
+        torch.randn(2, KVH, D, generator=g),
+        torch.randn(2, KVH, D, generator=g),
+    )
+    tables = torch.stack([torch.randperm(nblk, generator=g) for _ in range(2)])
+    lens = torch.tensor([ctx, ctx - 37])
+    slots = torch.stack(
+        [(tables[i, (n - 1) // bs] * KVH + torch.arange(KVH)) * bs + (n - 1) % bs for i, n in enumerate(lens.tolist())]
+    ).flatten()
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append(OPS.attend_paged_decode(q, k, v, kc.clone(), vc.clone(), slots, tables, lens, torch.float32))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])

@@ -215,20 +215,47 @@ class FixedLoraLinear(nn.Module):
         self.spans = spans
         self.register_buffer("a", a.to(pairs[names[0]][0].device), persistent=False)
         self.register_buffer("b", b.to(a.device), persistent=False)
-        # Transposed copies for inference: a decode step runs this per projection of every layer,
-        # where each ATen call (views, casts, the add) costs more than the thin matmuls.
-        self.register_buffer("a_t", self.a.T.contiguous(), persistent=False)
-        self.register_buffer("b_t", self.b.T.contiguous(), persistent=False)
+        # What the CPU op reads (``lora_add_``: a and b transposed): in fp16 when that holds them
+        # exactly (an adapter saved in fp16, scaled by a power of two: the shipped one), half the
+        # bytes a decode step reads beside the weights for the same bits; else fp32.
+        bt = self.b.T.contiguous()
+        a16, bt16 = self.a.half(), bt.half()
+        exact = torch.equal(a16.float(), self.a) and torch.equal(bt16.float(), bt)
+        self.register_buffer("a_op", a16 if exact else self.a, persistent=False)
+        self.register_buffer("b_t_op", bt16 if exact else bt, persistent=False)
+
+    def _transposed(self, name: str, src: torch.Tensor) -> torch.Tensor:
+        got = self.__dict__.get(name)
+        if got is None or got.device != src.device or got.dtype != src.dtype:
+            got = self.__dict__[name] = src.T.contiguous()
+        return got
+
+    # fp32 transposed copies for the addmm path (GPUs, bf16 inputs), made on first use only.
+    @property
+    def a_t(self) -> torch.Tensor:
+        return self._transposed("_a_t", self.a)
+
+    @property
+    def b_t(self) -> torch.Tensor:
+        return self._transposed("_b_t", self.b)
+
+    def op_weights(self):
+        """(a, b_t) for ``lhama_decode::lora_add_`` (fp16 or fp32, on the CPU), or None."""
+        a, bt = self.a_op, self.b_t_op
+        if a.dtype != bt.dtype or a.dtype not in (torch.float32, torch.float16) or not a.is_cpu:
+            return None
+        return a, bt
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         if y.dtype == torch.float32 and y.is_cpu and y.is_contiguous() and x.is_contiguous():
             ops = fused_ops(y)
-            if ops is not None and x.dtype in (torch.float32, torch.bfloat16):
+            w = self.op_weights() if ops is not None and x.dtype in (torch.float32, torch.bfloat16) else None
+            if w is not None:
                 # The CPU inference path: one C++ call per module (each row alone, single-threaded
                 # at decode sizes: the thin GEMMs below cost more in dispatch and thread wake-ups
                 # than in arithmetic, and their rounding depends on the row count).
-                ops.lora_add_(y, x, self.a, self.b_t, self.spans)
+                ops.lora_add_(y, x, *w, self.spans)
                 return y
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != self.a.dtype:

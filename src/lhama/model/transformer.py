@@ -272,9 +272,10 @@ def _projection_spec(mod):
     a = bt = None
     spans: list[int] = []
     if type(mod) is FixedLoraLinear:
-        if mod._forward_hooks or mod._forward_pre_hooks or mod.a.dtype != torch.float32 or not mod.a.is_cpu:
+        w = mod.op_weights()
+        if mod._forward_hooks or mod._forward_pre_hooks or w is None:
             return None
-        a, bt, spans = mod.a, mod.b_t, mod.spans
+        (a, bt), spans = w, mod.spans
         mod = mod.base
     if type(mod) not in (qb.BlockLinear, getattr(qb, "BlockLinearParts", None)) or mod.qtype not in qb.BLOCK_TYPES:
         return None

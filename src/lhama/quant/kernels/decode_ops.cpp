@@ -22,6 +22,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 using at::Tensor;
@@ -134,6 +138,161 @@ LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const c10::Ha
   scores_body(q, G, D, k, stride, n, scale, s, ss);
 }
 
+// AVX-512 bodies of scores_run / values_run for head sizes 64 and 128 (the model shapes that
+// matter): the same arithmetic in the same order as the plain loops (no contraction, fp32 sums
+// lane by lane, the dot's halving tree), so the same bits; what changes is that the query rows and
+// the G accumulators stay in registers across keys instead of going through memory per key, and
+// 16-bit keys/values are widened 16 at a time. g_simd turns them off (tests compare both).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LHAMA_ZMM 1
+bool g_simd = __builtin_cpu_supports("avx512f");
+
+__attribute__((target("avx512f"))) inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 load16(const c10::BFloat16* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+__attribute__((target("avx512f"))) inline __m512 load16(const c10::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The dot's tree over 16 lanes: l + (l + 8), then + 4, then (0 + 2) + (1 + 3).
+__attribute__((target("avx512f"))) inline float tree16(__m512 v) {
+  const __m256 lo = _mm512_castps512_ps256(v);
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+  const __m256 a = _mm256_add_ps(lo, hi);
+  const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
+}
+
+// GB query heads at a time (their ND 16-lane chunks held in registers) over n keys.
+template <int ND, int GB, typename K>
+__attribute__((target("avx512f"))) void scores_zmm(const float* q, int64_t D, const K* k, int64_t stride, int64_t n,
+                                                   float scale, float* s, int64_t ss) {
+  __m512 qv[GB][ND];
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < ND; ++c) qv[g][c] = _mm512_loadu_ps(q + g * D + 16 * c);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 kv[ND];
+    for (int c = 0; c < ND; ++c) kv[c] = load16(k + j * stride + 16 * c);
+    for (int g = 0; g < GB; ++g) {
+      __m512 lanes = _mm512_setzero_ps();
+      for (int c = 0; c < ND; ++c) lanes = _mm512_add_ps(lanes, _mm512_mul_ps(qv[g][c], kv[c]));
+      s[g * ss + j] = tree16(lanes) * scale;
+    }
+  }
+}
+
+template <int ND, int GB, typename V>
+__attribute__((target("avx512f"))) void values_zmm(const float* p, int64_t ps, int64_t D, const V* v,
+                                                   int64_t stride, int64_t n, float* acc) {
+  __m512 av[GB][ND];
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < ND; ++c) av[g][c] = _mm512_loadu_ps(acc + g * D + 16 * c);
+  for (int64_t j = 0; j < n; ++j) {
+    __m512 vv[ND];
+    for (int c = 0; c < ND; ++c) vv[c] = load16(v + j * stride + 16 * c);
+    for (int g = 0; g < GB; ++g) {
+      const __m512 w = _mm512_set1_ps(p[g * ps + j]);
+      for (int c = 0; c < ND; ++c) av[g][c] = _mm512_add_ps(av[g][c], _mm512_mul_ps(w, vv[c]));
+    }
+  }
+  for (int g = 0; g < GB; ++g)
+    for (int c = 0; c < ND; ++c) _mm512_storeu_ps(acc + g * D + 16 * c, av[g][c]);
+}
+
+// Runs f(ND, GB, g0) over the query heads in register-sized groups; false when D has no body.
+template <int ND, typename F>
+void zmm_groups(int64_t G, F&& f) {
+  constexpr int most = ND == 4 ? 4 : 2;  // accumulators: GB * ND of the 32 registers
+  int64_t g = 0;
+  for (; g + most <= G; g += most) f(std::integral_constant<int, most>{}, g);
+  switch (G - g) {
+    case 3: f(std::integral_constant<int, 3>{}, g); break;
+    case 2: f(std::integral_constant<int, 2>{}, g); break;
+    case 1: f(std::integral_constant<int, 1>{}, g); break;
+    default: break;
+  }
+}
+
+template <typename K>
+bool scores_fast(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale, float* s,
+                 int64_t ss) {
+  if (!g_simd) return false;
+  if (D == 64) {
+    zmm_groups<4>(G, [&](auto gb, int64_t g) {
+      scores_zmm<4, decltype(gb)::value>(q + g * D, D, k, stride, n, scale, s + g * ss, ss);
+    });
+    return true;
+  }
+  if (D == 128) {
+    zmm_groups<8>(G, [&](auto gb, int64_t g) {
+      scores_zmm<8, decltype(gb)::value>(q + g * D, D, k, stride, n, scale, s + g * ss, ss);
+    });
+    return true;
+  }
+  return false;
+}
+
+template <typename V>
+bool values_fast(const float* p, int64_t ps, int64_t G, int64_t D, const V* v, int64_t stride, int64_t n,
+                 float* acc) {
+  if (!g_simd) return false;
+  if (D == 64) {
+    zmm_groups<4>(G, [&](auto gb, int64_t g) {
+      values_zmm<4, decltype(gb)::value>(p + g * ps, ps, D, v, stride, n, acc + g * D);
+    });
+    return true;
+  }
+  if (D == 128) {
+    zmm_groups<8>(G, [&](auto gb, int64_t g) {
+      values_zmm<8, decltype(gb)::value>(p + g * ps, ps, D, v, stride, n, acc + g * D);
+    });
+    return true;
+  }
+  return false;
+}
+
+// n fp16 values widened to fp32 (exact), 16 at a time with the CPU's conversion where it has one.
+__attribute__((target("avx512f"))) void widen_zmm(const c10::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16(src + i));
+  for (; i < n; ++i) dst[i] = to_f(src[i]);
+}
+__attribute__((target("avx,f16c"))) void widen_f16c(const c10::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = to_f(src[i]);
+}
+const bool g_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+inline void widen(const c10::Half* src, float* dst, int64_t n) {
+  if (g_simd) return widen_zmm(src, dst, n);
+  if (g_f16c) return widen_f16c(src, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_f(src[i]);
+}
+#else
+bool g_simd = false;
+template <typename K>
+bool scores_fast(const float*, int64_t, int64_t, const K*, int64_t, int64_t, float, float*, int64_t) {
+  return false;
+}
+template <typename V>
+bool values_fast(const float*, int64_t, int64_t, int64_t, const V*, int64_t, int64_t, float*) {
+  return false;
+}
+inline void widen(const c10::Half* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_f(src[i]);
+}
+#endif
+
+template <typename K>
+inline void scores_any(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale,
+                       float* s, int64_t ss) {
+  if (!scores_fast(q, G, D, k, stride, n, scale, s, ss)) scores_run(q, G, D, k, stride, n, scale, s, ss);
+}
+
 // s[j] = exp(s[j] - max s) for j < n; returns the sum.
 LHAMA_CLONES float softmax_numerators(float* s, int64_t n) {
   float m = -std::numeric_limits<float>::infinity();
@@ -173,6 +332,12 @@ LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, c
 LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const c10::Half* v, int64_t stride,
                              int64_t n, float* acc) {
   values_body(p, ps, G, D, v, stride, n, acc);
+}
+
+template <typename V>
+inline void values_any(const float* p, int64_t ps, int64_t G, int64_t D, const V* v, int64_t stride, int64_t n,
+                       float* acc) {
+  if (!values_fast(p, ps, G, D, v, stride, n, acc)) values_run(p, ps, G, D, v, stride, n, acc);
 }
 
 // y = x * rsqrt(mean(x^2) + eps) * w for each row of x (length n), as aten's composite rms_norm.
@@ -304,7 +469,7 @@ void attend_group(const float* q, int64_t G, int64_t D, int64_t len, float scale
   for (int64_t j = 0; j < len;) {
     auto [kp, vp, stride, n] = run(j);
     n = std::min(n, len - j);
-    scores_run(q, G, D, kp, stride, n, scale, s + j, len);
+    scores_any(q, G, D, kp, stride, n, scale, s + j, len);
     j += n;
   }
   std::vector<float> total(G);
@@ -313,13 +478,30 @@ void attend_group(const float* q, int64_t G, int64_t D, int64_t len, float scale
   for (int64_t j = 0; j < len;) {
     auto [kp, vp, stride, n] = run(j);
     n = std::min(n, len - j);
-    values_run(s + j, len, G, D, vp, stride, n, acc);
+    values_any(s + j, len, G, D, vp, stride, n, acc);
     j += n;
   }
   for (int64_t g = 0; g < G; ++g) {
     const float inv = 1.f / total[g];
     for (int64_t d = 0; d < D; ++d) store(out + g * D + d, acc[g * D + d] * inv);
   }
+}
+
+// Runs body(i, g0, g1) over the n * G query heads of n (row, KV head) items on the intra-op
+// threads when the work is large enough: each thread takes a contiguous range of heads, grouped by
+// item (query heads g0..g1 of item i share its keys). A head's numbers do not depend on the split
+// (each head's scores, softmax and sums are its own), so the split can balance 3 KV heads of 3
+// query heads each over 2 threads as 5 and 4 heads instead of 2 and 1 KV heads.
+template <typename F>
+void for_each_head(int64_t n, int64_t G, int64_t work_per_head, F&& body) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, work_per_head));
+  at::parallel_for(0, n * G, grain, [&](int64_t b, int64_t e) {
+    for (int64_t h = b; h < e;) {
+      const int64_t i = h / G, g0 = h % G, g1 = std::min(G, g0 + (e - h));
+      body(i, g0, g1);
+      h += g1 - g0;
+    }
+  });
 }
 
 // Runs body(i) for i in [0, n) on the intra-op threads when the work is large enough.
@@ -378,14 +560,14 @@ Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
     }
     with_output(out, [&](auto* op) {
       // One item per (row, token, KV head): its G query heads read each key and value once.
-      for_each(B * T * KVH, (pos + T) * D * 2 * G, [&](int64_t i) {
+      for_each_head(B * T * KVH, G, (pos + T) * D * 2, [&](int64_t i, int64_t g0, int64_t g1) {
         const int64_t kvh = i % KVH, t = (i / KVH) % T, b = i / (KVH * T), len = pos + t + 1;
-        std::vector<float> scratch(G * (len + D));
+        std::vector<float> scratch((g1 - g0) * (len + D));
         const auto* kb = kcp + b * L * row + kvh * D;
         const auto* vb = vcp + b * L * row + kvh * D;
-        const int64_t qi = ((b * T + t) * H + kvh * G) * D;
+        const int64_t qi = ((b * T + t) * H + kvh * G + g0) * D;
         auto runs = [&](int64_t j) { return std::make_tuple(kb + j * row, vb + j * row, row, len - j); };
-        attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+        attend_group(qp + qi, g1 - g0, D, len, scale, runs, scratch.data(), op + qi);
       });
     });
   });
@@ -431,17 +613,17 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
       store_row(v.data_ptr<float>() + i * D, D, vcp + sp[i] * D);
     }
     with_output(out, [&](auto* op) {
-      for_each(N * KVH, longest * D * 2 * G, [&](int64_t i) {
+      for_each_head(N * KVH, G, longest * D * 2, [&](int64_t i, int64_t g0, int64_t g1) {
         const int64_t kvh = i % KVH, n = i / KVH, len = lp[n];
         const int64_t* table = tp + n * mb;
-        std::vector<float> scratch(G * (len + D));
+        std::vector<float> scratch((g1 - g0) * (len + D));
         // A block's rows for one KV head are contiguous: one run per block.
         auto runs = [&](int64_t j) {
           const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * D;
           return std::make_tuple(kcp + off, vcp + off, D, bs - j % bs);
         };
-        const int64_t qi = (n * H + kvh * G) * D;
-        attend_group(qp + qi, G, D, len, scale, runs, scratch.data(), op + qi);
+        const int64_t qi = (n * H + kvh * G + g0) * D;
+        attend_group(qp + qi, g1 - g0, D, len, scale, runs, scratch.data(), op + qi);
       });
     });
   });
@@ -469,17 +651,44 @@ LHAMA_CLONES void lora_row(const float* x, const float* a, int64_t R, int64_t K,
   }
 }
 
+// lora_row with fp16 a and b_t (an adapter stored in fp16, its own precision: widening is exact):
+// each row of a and each span of a row of b_t widened into wide (max(K, N) floats), then the fp32
+// loops above, so the same bits as lora_row on fp32 copies.
+LHAMA_CLONES void lora_row(const float* x, const c10::Half* a, int64_t R, int64_t K, const c10::Half* bt, int64_t N,
+                           const int64_t* spans, int64_t P, float* low, float* acc, float* y, float* wide) {
+  for (int64_t r = 0; r < R; ++r) {
+    widen(a + r * K, wide, K);
+    low[r] = dot(wide, x, K);
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t r0 = spans[4 * p], r1 = spans[4 * p + 1], n0 = spans[4 * p + 2], n1 = spans[4 * p + 3];
+    std::fill(acc + n0, acc + n1, 0.f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float l = low[r];
+      widen(bt + r * N + n0, wide, n1 - n0);
+      const float* b = wide - n0;
+#pragma omp simd
+      for (int64_t n = n0; n < n1; ++n) acc[n] += l * b[n];
+    }
+#pragma omp simd
+    for (int64_t n = n0; n < n1; ++n) y[n] += acc[n];
+  }
+}
+
 // FixedLoraLinear's side path in place: y [M, N] (fp32) += (x [M, K] a^T) b_t restricted to the
 // spans, each span (r0, r1, n0, n1) a block of b_t (rank rows r0..r1 write outputs n0..n1: a fused
-// projection's parts). Every row is computed alone, the same way at any M (no GEMM blocking), and
+// projection's parts). a and b_t: both fp32, or both fp16 (widened exactly: the same bits, half the
+// bytes). Every row is computed alone, the same way at any M (no GEMM blocking), and
 // single-threaded at decode sizes (no thread wake-up for a few microseconds of work).
 void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at::IntArrayRef spans) {
   check_rows(y, "y");
   check_rows(x, "x");
   check_rows(a, "a");
   check_rows(bt, "b_t");
-  TORCH_CHECK(y.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat && bt.scalar_type() == at::kFloat,
-              "lora_add_: fp32 y, a and b_t");
+  const bool half = a.scalar_type() == at::kHalf;
+  TORCH_CHECK(y.scalar_type() == at::kFloat && (half || a.scalar_type() == at::kFloat) &&
+                  bt.scalar_type() == a.scalar_type(),
+              "lora_add_: fp32 y; a and b_t both fp32 or both fp16");
   const int64_t K = x.size(-1), M = x.numel() / std::max<int64_t>(K, 1), R = a.size(0), N = y.size(-1);
   TORCH_CHECK(a.dim() == 2 && a.size(1) == K && bt.dim() == 2 && bt.size(0) == R && bt.size(1) == N &&
                   y.numel() == M * N && spans.size() % 4 == 0,
@@ -491,20 +700,25 @@ void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at
     TORCH_CHECK(0 <= r0 && r0 <= r1 && r1 <= R && 0 <= n0 && n0 <= n1 && n1 <= N, "lora_add_: span out of range");
     work += (r1 - r0) * (n1 - n0);
   }
-  const float* ap = a.data_ptr<float>();
-  const float* bp = bt.data_ptr<float>();
   float* yp = y.data_ptr<float>();
+  const int64_t wide = half ? std::max(K, N) : 0;
   with_input(x, [&](const auto* xp) {
+    constexpr bool fx = std::is_same_v<std::decay_t<decltype(*xp)>, float>;
     for_each(M, work, [&](int64_t m) {
-      std::vector<float> buf(R + N + (std::is_same_v<std::decay_t<decltype(*xp)>, float> ? 0 : K));
+      std::vector<float> buf(R + N + (fx ? 0 : K) + wide);
       const float* xr;
-      if constexpr (std::is_same_v<std::decay_t<decltype(*xp)>, float>) {
+      if constexpr (fx) {
         xr = xp + m * K;
       } else {
         for (int64_t i = 0; i < K; ++i) buf[R + N + i] = to_f(xp[m * K + i]);
         xr = buf.data() + R + N;
       }
-      lora_row(xr, ap, R, K, bp, N, spans.data(), P, buf.data(), buf.data() + R, yp + m * N);
+      if (half)
+        lora_row(xr, a.data_ptr<c10::Half>(), R, K, bt.data_ptr<c10::Half>(), N, spans.data(), P, buf.data(),
+                 buf.data() + R, yp + m * N, buf.data() + R + N + (fx ? 0 : K));
+      else
+        lora_row(xr, a.data_ptr<float>(), R, K, bt.data_ptr<float>(), N, spans.data(), P, buf.data(), buf.data() + R,
+                 yp + m * N);
     });
   });
 }
@@ -612,9 +826,20 @@ Tensor decode_layers(const Tensor& x, const Tensor& rot, at::TensorList w, at::I
   return h;
 }
 
+// Turns the AVX-512 attention bodies on or off (where the CPU has them); returns whether they
+// were on. For tests: both give the same bits.
+bool set_simd(bool on) {
+  const bool was = g_simd;
+#if defined(LHAMA_ZMM)
+  g_simd = on && __builtin_cpu_supports("avx512f");
+#endif
+  return was;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(lhama_decode, m) {
+  m.def("set_simd(bool on) -> bool", &set_simd);
   m.def("rms_norm(Tensor x, Tensor weight, float eps, ScalarType dtype) -> Tensor");
   m.def("add_rms_norm(Tensor x, Tensor y, Tensor weight, float eps, ScalarType dtype) -> (Tensor, Tensor)");
   m.def("silu_mul(Tensor gate_up, ScalarType dtype) -> Tensor");
