@@ -7,10 +7,19 @@ inflates it less than wall clock), the fastest single call's wall clock at more;
 ``--rounds``, the three alternated in each round. GB/s is the weight's block bytes per call
 time. ``--cold-mb`` cycles ``block_linear`` through copies of the blocks totalling that many MB
 (from DRAM, as in a decode step, whose weights are far larger than the L3; the other two columns
-stay warm); the same run measures one thread's read bandwidth (``torch.sum`` of 256 MB of fp32).
+stay warm); the same run measures one thread's read bandwidth (``torch.sum`` of 256 MB of fp32)
+and the bench's own limit (bench/run.py: a 512 MiB numpy copy, bytes read + written), and each
+GB/s is also given as a share of that limit.
+
+``--file model.gguf`` takes the weights from the file itself, as ``load_model`` keeps them: views
+of its map, wq|wk|wv and w1|w3 as lists of parts, the tied Q6_K/Q8_0 head; the call cycles
+through the file's layers (from DRAM, as a decode step reads them) and the int4/fp32 columns are
+left out. ``--memory anon`` copies those tensors into private anonymous memory first (numpy
+asks for transparent huge pages from 4 MB): the same kernels read the page cache's pages 20-30%
+slower on the 2-core Zen 4 VM (docs/performance.md).
 
     python bench/ggml_kernels.py [--shapes default|1b] [--threads 1 2] [--rows 1 8 32 512]
-        [--cold-mb 256] [--json out.json]
+        [--cold-mb 256] [--file model.gguf [--memory map|anon]] [--json out.json]
 
 The "per token" line is one decode step's matmuls: layers x (w1|w3, w2, wq|wk|wv, wo) + head.
 """
@@ -23,6 +32,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,6 +114,60 @@ def read_bandwidth() -> float:
     return a.numel() * 4 / best / 1e9
 
 
+def copy_limit() -> float:
+    """bench/run.py's bound on streaming weights: GB/s of a 512 MiB numpy copy (read + written),
+    best of 5, one thread."""
+    src = np.ones(64 * 2**20, np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9
+
+
+FILE_SHAPES = [  # (name, GGUF tensors of a layer, times per decode token: 1 per layer)
+    ("wq|wk|wv", ("attn_q", "attn_k", "attn_v")),
+    ("wo", ("attn_output",)),
+    ("w1|w3", ("ffn_gate", "ffn_up")),
+    ("w2", ("ffn_down",)),
+]
+
+
+def file_weights(path: str, memory: str):
+    """[(name, [per-layer list of part tensors], N, K, qtype, per_token)] from a GGUF file's own
+    tensors: views of its map (``memory='map'``) or private anonymous copies."""
+    import gguf  # noqa: PLC0415
+
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+    def tensor(name: str) -> torch.Tensor:
+        t = tensors[name]
+        a = np.asarray(t.data).reshape(int(t.shape[1]), -1)
+        if memory == "anon":
+            a = a.copy()  # numpy: a fresh private allocation (madvised for huge pages from 4 MB)
+        with warnings.catch_warnings():  # a read-only map: the kernels only read it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(a)
+
+    layers = sorted({int(n.split(".")[1]) for n in tensors if n.startswith("blk.")})
+    out = []
+    for name, parts in FILE_SHAPES:
+        per_layer = [[tensor(f"blk.{i}.{p}.weight") for p in parts] for i in layers]
+        first = per_layer[0]
+        qt = int(tensors[f"blk.0.{parts[0]}.weight"].tensor_type)
+        n = sum(b.shape[0] for b in first)
+        k = first[0].shape[1] // ggml.SIZES[qt][1] * ggml.SIZES[qt][0]
+        out.append((name, per_layer, n, k, qt, len(layers)))
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    hq = int(tensors[head].tensor_type)
+    hb = tensor(head)
+    k = hb.shape[1] // ggml.SIZES[hq][1] * ggml.SIZES[hq][0]
+    out.append((f"head ({gguf.GGMLQuantizationType(hq).name})", [[hb]], hb.shape[0], k, hq, 1))
+    return out
+
+
 def cpu_us(fn, calls: int, clock=time.process_time) -> float:
     """Mean process CPU time of ``calls`` calls; with ``time.perf_counter``, the fastest single
     call's wall time (on a shared machine the calls that ran with every thread on a core)."""
@@ -128,20 +192,32 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32, 512])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget", type=float, default=0.15, help="CPU seconds per measurement")
+    p.add_argument("--file", help="take the weights from this GGUF file (views of its map, parts as parts)")
+    p.add_argument("--memory", choices=["map", "anon"], default="map", help="--file: the map's pages or copies")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
     print(f"ggml kernels: {'available' if ggml.available() else 'reference'}, isa {ggml.isa()}")
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, load {os.getloadavg()[0]:.1f}")
-    bandwidth = read_bandwidth()
-    print(f"one thread reads {bandwidth:.1f} GB/s (sum of 256 MB)")
+    bandwidth, limit = read_bandwidth(), copy_limit()
+    print(f"one thread reads {bandwidth:.1f} GB/s (sum of 256 MB); bench/run.py's limit (numpy copy) {limit:.1f} GB/s")
     rng = np.random.default_rng(0)
     results = []
-    for name, n, k, qt, per_token in SHAPES[args.shapes]:
-        blocks = torch.from_numpy(random_blocks(rng, n, k, qt))
-        copies = [blocks] + [blocks.clone() for _ in range(int(args.cold_mb * 1e6 / blocks.numel()))]
-        mod = int4_module(blocks, qt)
-        w32 = ggml.dequantize(blocks, qt) if n * k <= FP32_MAX_WEIGHTS else None
+    if args.file:
+        specs = file_weights(args.file, args.memory)
+        print(f"weights: {args.file} ({'views of the map' if args.memory == 'map' else 'anonymous copies'})")
+    else:
+        specs = [(name, None, n, k, qt, per_token) for name, n, k, qt, per_token in SHAPES[args.shapes]]
+    for name, layers, n, k, qt, per_token in specs:
+        if layers is None:
+            blocks = torch.from_numpy(random_blocks(rng, n, k, qt))
+            copies = [blocks] + [blocks.clone() for _ in range(int(args.cold_mb * 1e6 / blocks.numel()))]
+            mod = int4_module(blocks, qt)
+            w32 = ggml.dequantize(blocks, qt) if n * k <= FP32_MAX_WEIGHTS else None
+        else:  # the file's layers, in turn; parts as a list (one part: the tensor itself)
+            copies = [ps if len(ps) > 1 else ps[0] for ps in layers]
+            blocks = torch.empty(sum(b.numel() for b in layers[0]), dtype=torch.uint8)  # its size only
+            mod = w32 = None
         for rows in args.rows:
             x = torch.randn(rows, k)
             cycle = iter(())
@@ -156,7 +232,7 @@ def main(argv=None) -> int:
 
             impls = {
                 "ggml": ggml_call,
-                "int4": lambda x=x, m=mod: m(x),
+                "int4": (lambda x=x, m=mod: m(x)) if mod is not None else (lambda: None),
                 "fp32": (lambda x=x, w=w32: F.linear(x, w)) if w32 is not None else (lambda: None),
             }
             for threads in args.threads:
@@ -175,14 +251,18 @@ def main(argv=None) -> int:
                         best[key] = min(best[key], cpu_us(fn, calls[key], clock))
                 if w32 is None:
                     best["fp32"] = float("nan")
+                if mod is None:
+                    best["int4"] = float("nan")
                 gbs = blocks.numel() / best["ggml"] / 1e3
                 row = {"shape": name, "N": n, "K": k, "rows": rows, "threads": threads, "per_token": per_token}
                 row.update({f"{key}_us": round(v, 1) for key, v in best.items()})
                 row["ggml_GBps"] = round(gbs, 2)
+                row["pct_limit"] = round(100 * gbs / limit, 1)
                 results.append(row)
                 print(
-                    f"{name:12s} {n:6d}x{k:<5d} M={rows:<4d} t={threads}  ggml {best['ggml']:9.1f} ({gbs:5.1f} GB/s)  "
-                    f"int4 {best['int4']:9.1f}  fp32 {best['fp32']:9.1f} us {'CPU' if threads == 1 else 'wall'}",
+                    f"{name:12s} {n:6d}x{k:<5d} M={rows:<4d} t={threads}  ggml {best['ggml']:9.1f} ({gbs:5.1f} GB/s, "
+                    f"{100 * gbs / limit:3.0f}% of limit)  int4 {best['int4']:9.1f}  fp32 {best['fp32']:9.1f} us "
+                    f"{'CPU' if threads == 1 else 'wall'}",
                     flush=True,
                 )
     for threads in args.threads:
@@ -195,6 +275,7 @@ def main(argv=None) -> int:
             )
     if args.json:
         meta = {"isa": ggml.isa(), "torch": torch.__version__, "load": os.getloadavg()[0], "read_GBps": bandwidth}
+        meta.update(copy_limit_GBps=limit, file=args.file, memory=args.memory if args.file else None)
         args.json.write_text(
             json.dumps({**meta, "shapes": args.shapes, "cold_mb": args.cold_mb, "results": results}, indent=1)
         )
