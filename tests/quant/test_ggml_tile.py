@@ -80,9 +80,9 @@ def test_path_0_takes_the_integer_path_where_it_is_cheaper():
 
 
 def test_q6_k_many_rows_are_each_row_alone(isa):
-    """Q6_K from 12 rows on the 512-bit body: 16-row panels (ggml_tile.h), bit for bit the AVX2
-    row-at-a-time kernel's numbers; elsewhere that kernel, <= 32 rows a call (before: plain C++
-    above 32). Odd panel tails (37 rows: 2 panels + 5), 1-3 blocks, 12-70 rows, against the
+    """Q6_K from 32 rows on the 512-bit body: 16-row panels (ggml_tile.h), bit for bit the row
+    kernels' numbers; elsewhere those, <= 32 rows a call with AVX2 (before: plain C++ above 32).
+    Odd panel tails (37 rows: 2 panels + 5), 1-3 blocks, 12-70 rows, against the
     reference with the int8 activations' rounding emulated (per 256 values)."""
     for n, k in ((37, 768), (16, 256), (20, 512)):
         raw = q6k_blocks(n, k, seed=n)
