@@ -9,18 +9,57 @@ it is mapped, so a truncated or edited file is reported with the tensor at fault
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import mmap
 import os
 import struct
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 
 from lhama.errors import CheckpointError, ModelNotFoundError
+
+
+def defer_import(name: str) -> None:
+    """Make ``import name`` cheap until the module is used: a stand-in module goes into
+    ``sys.modules`` and imports the real one on its first attribute access (a module-level
+    ``__getattr__``, PEP 562), then takes on its contents. For the ``gguf`` package's
+    dependencies that reading a file never touches: its package init imports PyYAML
+    (``gguf.metadata`` reads model cards with it), 0.1-0.15 s of every start-up.
+    (``importlib.util.LazyLoader`` does not help: on Python 3.11 ``import`` itself reads the
+    module's ``__spec__``, which runs it.)"""
+    spec = None if name in sys.modules else importlib.util.find_spec(name)
+    if spec is None:
+        return
+    stand_in = types.ModuleType(name, f"{name}, imported on first use (lhama.gguf_file.defer_import)")
+    # What ``import`` and ``inspect.getmodule`` (a scan of every module) read: no load for them.
+    stand_in.__spec__, stand_in.__file__ = None, spec.origin
+
+    def load(attr: str):
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        del stand_in.__getattr__
+        stand_in.__dict__.update(real.__dict__)
+        return getattr(real, attr)
+
+    stand_in.__getattr__ = load
+    sys.modules[name] = stand_in
+
+
+def import_gguf():
+    """The ``gguf`` package, without importing PyYAML until something uses it."""
+    defer_import("yaml")
+    import gguf
+
+    return gguf
+
+
+gguf = import_gguf()
 
 
 class _BadTensor(Exception):

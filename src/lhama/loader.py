@@ -13,6 +13,8 @@ The quantized file stays int4 and the adapter runs beside it unmerged (a low-ran
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import importlib.util
 import logging
 import time
@@ -86,6 +88,27 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def cyclic_gc_paused(fn):
+    """Run ``fn`` with Python's cyclic garbage collector off. Loading allocates ~10^5 container
+    objects (the vocabulary's merges, modules, tensors) and so set off a full collection over
+    every object torch had created before: 70-80 ms of the default model's ~0.3 s load (CPU, 2-core
+    EPYC). Loading makes no reference cycles worth collecting; the collector's counts carry on
+    afterwards as before."""
+
+    @functools.wraps(fn)
+    def paused(*args, **kwargs):
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return paused
+
+
+@cyclic_gc_paused
 def load_model(
     spec: str | Path = DEFAULT_MODEL,
     *,

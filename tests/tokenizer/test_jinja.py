@@ -145,3 +145,9 @@ def test_templates_are_sandboxed(smol, attack):
 def test_stop_ids_include_the_templates_end_of_turn_token(smol):
     fmt = JinjaChatFormat("{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}", smol)
     assert smol.special_tokens["<|endoftext|>"] in fmt.stop_ids and smol.eos_id in fmt.stop_ids
+
+
+def test_a_template_compiled_on_first_use_reports_its_error_there(smol):
+    fmt = JinjaChatFormat("{% for %}", smol, compile_now=False)  # the loader's way: nothing compiled yet
+    with pytest.raises(ChatFormatError, match="does not compile"):
+        fmt.render([{"role": "user", "content": "a"}])

@@ -149,7 +149,7 @@ def load_chat_format(spec: str | Path, tokenizer, override: str | None = None):
     if llama3_vocab and (template is None or _is_llama3_header_template(template)):
         return Llama3ChatFormat(tokenizer)
     if template:
-        return JinjaChatFormat(template, tokenizer)
+        return JinjaChatFormat(template, tokenizer, compile_now=False)  # compiled when first rendered
     if getattr(tokenizer, "kind", None) == "sentencepiece" or getattr(tokenizer, "bos_token", None) == "<s>":
         return Llama2ChatFormat(tokenizer)
     raise ChatFormatError(

@@ -9,6 +9,7 @@ proto, so SentencePiece itself encodes them.
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -120,19 +121,18 @@ class ByteLevelBPETokenizer:
         user = [t for t, ty in zip(tokens, types) if ty == USER_DEFINED]
         control = [t for t, ty in zip(tokens, types) if ty == CONTROL]
 
-        def build() -> HFTokenizer:  # twice from the same lists: 2x faster than a JSON round trip
-            model = models.BPE(vocab=vocab, merges=merges, ignore_merges=self.pre in LLAMA3_PRE, fuse_unk=False)
-            tok = HFTokenizer(model)
-            tok.pre_tokenizer = _pre_tokenizer(self.pre)
-            tok.decoder = decoders.ByteLevel()
-            if user:
-                tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
-            return tok
-
-        self._plain = build()
-        self._special = build()
+        # One HF tokenizer with the control tokens added as special; plain text is encoded with
+        # ``encode_special_tokens`` on (control-token text goes through the BPE like any text).
+        # Building the BPE model is ~40-70 ms of every load: one build, not one per mode.
+        model = models.BPE(vocab=vocab, merges=merges, ignore_merges=self.pre in LLAMA3_PRE, fuse_unk=False)
+        self._hf = HFTokenizer(model)
+        self._hf.pre_tokenizer = _pre_tokenizer(self.pre)
+        self._hf.decoder = decoders.ByteLevel()
+        if user:
+            self._hf.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
         if control:
-            self._special.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+            self._hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+        self._hf_lock = threading.Lock()  # the mode is the tokenizer's state: one encode at a time
         self.special_tokens = {t: vocab[t] for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)}
         self._control = frozenset(i for i, ty in enumerate(types) if ty == CONTROL)
         # Each token's bytes are worked out on first use (all 49k-128k up front was ~0.1-0.3 s of
@@ -151,12 +151,16 @@ class ByteLevelBPETokenizer:
 
     def hf_tokenizer(self) -> HFTokenizer:
         """The equivalent HF tokenizer (special tokens included), e.g. to save as tokenizer.json."""
-        return HFTokenizer.from_str(self._special.to_str())
+        with self._hf_lock:
+            self._hf.encode_special_tokens = False
+            return HFTokenizer.from_str(self._hf.to_str())
 
     def encode(self, text: str, *, bos: bool = False, eos: bool = False, allow_special: bool = False) -> list[int]:
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode str, got {type(text).__name__}")
-        ids = (self._special if allow_special else self._plain).encode(text, add_special_tokens=False).ids
+        with self._hf_lock:
+            self._hf.encode_special_tokens = not allow_special
+            ids = self._hf.encode(text, add_special_tokens=False).ids
         if bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if eos:

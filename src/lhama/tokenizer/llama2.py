@@ -14,9 +14,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2 as sp_pb
-
 from lhama.errors import TokenizerError
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # ModelProto.SentencePiece.Type
@@ -43,6 +40,11 @@ class SentencePieceTokenizer:
             raise TokenizerError("a SentencePiece tokenizer needs a tokenizer.model file")
         self.path = Path(path) if path is not None else None
         self.name = name or str(path)
+        # Imported here: a GGUF or tiktoken vocabulary never needs SentencePiece or protobuf
+        # (~15-20 ms of every start-up).
+        import sentencepiece as spm
+        from sentencepiece import sentencepiece_model_pb2 as sp_pb
+
         self._sp = spm.SentencePieceProcessor()
         try:
             if model_proto is None:

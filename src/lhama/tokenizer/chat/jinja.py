@@ -12,12 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Callable, Mapping, Sequence
-from functools import cached_property
-from typing import Any
-
-from jinja2 import TemplateError, nodes
-from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from functools import cached_property, lru_cache
+from typing import TYPE_CHECKING, Any
 
 from lhama.errors import ChatFormatError
 from lhama.tokenizer.base import Message
@@ -25,23 +21,33 @@ from lhama.tokenizer.chat.literal_text import LiteralTextEncoder
 from lhama.tokenizer.chat.tool_calls import parse_tool_calls
 from lhama.tokenizer.gguf_vocab import END_OF_TURN_TOKENS
 
+if TYPE_CHECKING:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 # Wrappers chat templates put around tool calls (Hermes/Qwen/SmolLM style, Mistral style).
 TOOL_CALL_WRAPPERS = (("<tool_call>", "</tool_call>"), ("[TOOL_CALLS]", ""))
 
 
-class GenerationBlock(Extension):
-    """``{% generation %}...{% endgeneration %}`` marks assistant text for training masks in HF;
-    for rendering it is a plain block."""
+@lru_cache(maxsize=1)
+def generation_block_extension() -> type:
+    """The ``{% generation %}...{% endgeneration %}`` extension: the block marks assistant text
+    for training masks in HF; for rendering it is a plain block. (jinja2 is imported when a
+    template is first compiled, not with this module: ~40-50 ms of start-up.)"""
+    from jinja2 import nodes
+    from jinja2.ext import Extension
 
-    tags = {"generation"}
+    class GenerationBlock(Extension):
+        tags = {"generation"}
 
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
-    def _render(self, caller):
-        return caller()
+        def _render(self, caller):
+            return caller()
+
+    return GenerationBlock
 
 
 def _raise(message):
@@ -73,8 +79,11 @@ def _plain(value: Any) -> Any:
 
 
 def make_environment() -> ImmutableSandboxedEnvironment:
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[generation_block_extension(), loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
@@ -85,14 +94,23 @@ def make_environment() -> ImmutableSandboxedEnvironment:
 class JinjaChatFormat:
     name = "jinja"
 
-    def __init__(self, template: str, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None):
+    def __init__(
+        self,
+        template: str,
+        tokenizer,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        compile_now: bool = True,
+    ):
+        """``compile_now=False``: compile the template on first use (the loader's choice for a
+        checkpoint's own template: a raw completion never renders it, and compiling imports
+        jinja2); a template that does not compile is then reported there."""
         if not isinstance(template, str) or not template.strip():
             raise ChatFormatError("the chat template is empty")
-        try:
-            self.template = make_environment().from_string(template)
-        except TemplateError as e:
-            raise ChatFormatError(f"the checkpoint's chat template does not compile: {e}") from None
         self.source = template
+        if compile_now:
+            self.template  # noqa: B018 - compiles: a broken template is reported here
         self.tokenizer = tokenizer
         id_to_tok = {v: k for k, v in tokenizer.special_tokens.items()}
         self.bos_token = (
@@ -112,6 +130,16 @@ class JinjaChatFormat:
         if self.eos_token and self.eos_token in template and self.eos_token in tokenizer.special_tokens:
             ends.add(tokenizer.special_tokens[self.eos_token])
         self.stop_ids = frozenset(tokenizer.stop_ids) | frozenset(ends)
+
+    @cached_property
+    def template(self):
+        """The compiled template (a sandboxed jinja2 ``Template``)."""
+        from jinja2 import TemplateError
+
+        try:
+            return make_environment().from_string(self.source)
+        except TemplateError as e:
+            raise ChatFormatError(f"the checkpoint's chat template does not compile: {e}") from None
 
     @cached_property
     def literal_text(self) -> LiteralTextEncoder:
