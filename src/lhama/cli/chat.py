@@ -3,6 +3,7 @@ On a terminal, lines are read with readline (editing, arrow-up history kept in a
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -148,6 +149,7 @@ def run_chat(
     history_file: str | None = None,
 ) -> int:
     """The chat loop. ``history_file``: None for the default place, '' for no history."""
+    gc.enable()  # off while lhama chat started up (lhama.cli.main); a session can go on for long
     session = ChatSession(loaded, params, system, speculation)
     reader = LineReader(stdin, stdout, history_file)
     print(
