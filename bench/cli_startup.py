@@ -4,9 +4,16 @@ loaded machine shows as a slow peer rather than a slow lhama. The target (issue 
 at most 0.3 s, i.e. a parser that imports no torch and no stack.
 
     python bench/cli_startup.py [--repeat 5]
+    python bench/cli_startup.py --load [--repeat 3]
 
 Prints the median wall and CPU (user + sys) time of each, the ratio to the bare interpreter,
 and the lhama modules ``-X importtime`` reports for ``lhama --help``.
+
+``--load`` (issue 14: ``load_model("default")`` in at most 1 s including imports): the CPU time
+of each phase of ``load_model("default")`` at one thread (best of ``--repeat`` fresh processes),
+and the wall, CPU and peak RSS of ``lhama generate --max-tokens 8 "Hi"``. Python compiles
+lhama's sources on every start when ``PYTHONDONTWRITEBYTECODE`` is set and no bytecode cache
+exists (~0.1-0.15 s); the line above the table says whether it is.
 """
 
 from __future__ import annotations
@@ -35,10 +42,78 @@ def timed(argv: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+# One fresh process: CPU seconds of each phase of load_model("default") at one thread.
+LOAD_PHASES = """
+import json, time
+t0 = time.process_time()
+import torch
+torch.set_num_threads(1)
+out = {"import torch": time.process_time() - t0}
+def timed(label, f):
+    t = time.process_time()
+    r = f()
+    out[label] = time.process_time() - t
+    return r
+timed("import lhama (loader, checkpoints, gguf, tokenizer)", lambda: (__import__("lhama.loader"),
+      __import__("lhama.checkpoints.quantized"), __import__("lhama.tokenizer")))
+import lhama.loader as L
+import lhama.checkpoints.quantized as Q
+import lhama.model.lora_batch as LB
+import lhama.peft_adapter as PA
+import lhama.tokenizer as TK
+for mod, name, label in ((Q, "sixteen_bit_dtype", "GGUF header + vocabulary parse"),
+                         (TK, "load_tokenizer", "tokenizer (BPE build)"),
+                         (TK, "load_chat_format", "chat format"),
+                         (Q, "load_quantized", "weights (skeleton, kernel library, map)"),
+                         (PA, "read_peft_weights", "adapter: read"),
+                         (LB, "attach_fixed_lora", "adapter: attach")):
+    f = getattr(mod, name)
+    setattr(mod, name, lambda *a, f=f, label=label, **k: timed(label, lambda: f(*a, **k)))
+timed("load_model call", lambda: L.load_model("default"))
+out["total (process CPU)"] = time.process_time()
+print(json.dumps(out))
+"""
+
+
+def load_table(repeat: int) -> None:
+    import json
+
+    runs = []
+    for _ in range(repeat):
+        r = subprocess.run([sys.executable, "-c", LOAD_PHASES], capture_output=True, text=True, check=True)
+        runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    best = min(runs, key=lambda x: x["total (process CPU)"])
+    cache = "off (sources compiled each start)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "on"
+    print(
+        f"load_model('default'), 1 thread, CPU s, best of {repeat} processes; bytecode cache {cache}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    for label, sec in best.items():
+        indent = "    " if label not in ("import torch", "load_model call", "total (process CPU)") else ""
+        print(f"  {indent}{label:{54 - len(indent)}} {sec:6.3f}")
+    gen = [sys.executable, "-m", "lhama.cli", "generate", "--max-tokens", "8", "Hi"]
+    rows = []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(gen, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rows.append((wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, after.ru_maxrss))
+    wall, cpu = statistics.median(w for w, _, _ in rows), statistics.median(c for _, c, _ in rows)
+    print(
+        f'lhama generate --max-tokens 8 "Hi": wall {wall:.2f} s, CPU {cpu:.2f} s (medians), '
+        f"peak RSS of the largest child so far {max(m for _, _, m in rows) / 1024:.0f} MiB"
+    )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=5, help="runs per command (the median is shown)")
+    p.add_argument("--load", action="store_true", help="the phases of load_model('default') and lhama generate")
     a = p.parse_args(argv)
+    if a.load:
+        return load_table(a.repeat)
     py = sys.executable
     cases = {"python -c pass": [py, "-c", "pass"], "import lhama": [py, "-c", "import lhama"]}
     cases["lhama --help"] = [py, "-m", "lhama.cli", "--help"]
