@@ -63,3 +63,21 @@ def test_a_cut_off_string_array_is_refused(arrays_file, tmp_path):
     cut.write_bytes(data[: at + 100])
     with pytest.raises(CheckpointError):
         read_gguf_metadata(cut)
+
+
+def test_a_string_length_past_the_end_is_refused_wherever_it_is():
+    import struct
+
+    from lhama.gguf_file import _read_strings
+
+    def strings(*items: bytes) -> memoryview:
+        return memoryview(b"".join(struct.pack("<Q", len(s)) + s for s in items))
+
+    assert _read_strings(strings(b"ab", b"", "é".encode()), 0, 3) == (["ab", "", "é"], 16 + 8 + 2 + 2)
+    whole = strings(b"ab", b"cd")
+    for bad in (
+        memoryview(bytes(whole[:-1])),  # the last string cut short
+        memoryview(struct.pack("<Q", 2**40) + bytes(whole[8:])),  # the first one's length past the end
+    ):
+        with pytest.raises(ValueError, match="past the end"):
+            _read_strings(bad, 0, 2)

@@ -149,15 +149,19 @@ def _read_strings(buf: memoryview, offs: int, count: int) -> tuple[list[str], in
     size, out, unpack = len(buf), [], struct.Struct("<Q").unpack_from
     if count > (size - offs) // 8:
         raise ValueError(f"array of {count} strings runs past the end of the file")
-    for _ in range(count):
-        if offs + 8 > size:
-            raise ValueError("string array runs past the end of the file")
-        (n,) = unpack(buf, offs)
-        offs += 8
-        if n > size - offs:
-            raise ValueError("string runs past the end of the file")
-        out.append(str(buf[offs : offs + n], "utf-8"))
-        offs += n
+    append = out.append
+    # No bounds test per string (98k of them in the default file's vocabulary: ~25% of the
+    # loop): a length past the end makes the next length's read fail, or the end land past it.
+    try:
+        for _ in range(count):
+            (n,) = unpack(buf, offs)
+            start = offs + 8
+            offs = start + n
+            append(str(buf[start:offs], "utf-8"))
+    except struct.error:
+        raise ValueError("string array runs past the end of the file") from None
+    if offs > size:
+        raise ValueError("string runs past the end of the file")
     return out, offs
 
 
