@@ -118,8 +118,9 @@ class ByteLevelBPETokenizer:
         # Llama 3's tokenizer takes a whole pre-token from the vocabulary when present, before
         # any merge (HF: ignore_merges; llama.cpp does the same for llama-bpe).
         # llama.cpp matches user-defined tokens in any text, control tokens only when asked.
-        user = [t for t, ty in zip(tokens, types) if ty == USER_DEFINED]
-        control = [t for t, ty in zip(tokens, types) if ty == CONTROL]
+        marked = [i for i, ty in enumerate(types) if ty == CONTROL or ty == USER_DEFINED]  # one pass
+        user = [tokens[i] for i in marked if types[i] == USER_DEFINED]
+        control = [tokens[i] for i in marked if types[i] == CONTROL]
 
         # One HF tokenizer with the control tokens added as special; plain text is encoded with
         # ``encode_special_tokens`` on (control-token text goes through the BPE like any text).
@@ -133,8 +134,8 @@ class ByteLevelBPETokenizer:
         if control:
             self._hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
         self._hf_lock = threading.Lock()  # the mode is the tokenizer's state: one encode at a time
-        self.special_tokens = {t: vocab[t] for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)}
-        self._control = frozenset(i for i, ty in enumerate(types) if ty == CONTROL)
+        self.special_tokens = {tokens[i]: vocab[tokens[i]] for i in marked}
+        self._control = frozenset(i for i in marked if types[i] == CONTROL)
         # Each token's bytes are worked out on first use (all 49k-128k up front was ~0.1-0.3 s of
         # every load, for the few hundred tokens a session decodes).
         self._tokens, self._types, self._bytes = tokens, types, {}
