@@ -6,6 +6,7 @@ interpreter's teardown."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
@@ -42,8 +43,8 @@ def _flush_std_streams() -> bool:
         except BrokenPipeError:
             if stream is sys.stdout:
                 ok = False
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+                with contextlib.suppress(OSError, ValueError):  # a stand-in stdout without a file
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
     return ok
