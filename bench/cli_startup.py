@@ -54,8 +54,11 @@ def timed(label, f):
     r = f()
     out[label] = time.process_time() - t
     return r
+import gc
+gc.disable()  # as inside load_model, where these imports happen when nothing imported them before
 timed("import lhama (loader, checkpoints, gguf, tokenizer)", lambda: (__import__("lhama.loader"),
       __import__("lhama.checkpoints.quantized"), __import__("lhama.tokenizer")))
+gc.enable()
 import lhama.loader as L
 import lhama.checkpoints.quantized as Q
 import lhama.model.lora_batch as LB
