@@ -23,6 +23,8 @@
 namespace GGML_NS {
 
 #if GGML_LEVEL >= 3
+typedef int32_t __attribute__((may_alias, aligned(1))) tile_i32u;  // 4 activation bytes, any address
+
 // Rows [n, n + 16) x activation rows [m0, m0 + mc); acc: 2 * 16 floats per activation row.
 template <int QT>
 static void tile16(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
@@ -55,9 +57,8 @@ static void tile16(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, c
     }
     float* ab = acc + (b & 1) * 16;
     for (int64_t m = 0; m < mc; ++m) {
-      const int8_t* x = qx + m * K + b * 32;
-      int32_t xv[8];
-      std::memcpy(xv, x, 32);
+      // Broadcasts straight from memory (a 32-byte copy first made GCC broadcast from GPRs).
+      const tile_i32u* xv = reinterpret_cast<const tile_i32u*>(qx + m * K + b * 32);
       __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[0], _mm512_set1_epi32(xv[0]));
       __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), W[1], _mm512_set1_epi32(xv[1]));
       for (int j = 2; j < 8; j += 2) {
