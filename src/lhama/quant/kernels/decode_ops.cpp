@@ -166,37 +166,49 @@ __attribute__((target("avx512f"))) inline float tree16(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)));
 }
 
-// GB query heads at a time (their ND 16-lane chunks held in registers) over n keys.
-template <int ND, int GB, typename K>
-__attribute__((target("avx512f"))) void scores_zmm(const float* q, int64_t D, const K* k, int64_t stride, int64_t n,
-                                                   float scale, float* s, int64_t ss) {
+// GB query heads at a time (their ND 16-lane chunks held in registers) over all `len` positions
+// of a run list (run(j) as attend_group takes it): the query rows and the accumulators stay in
+// registers across keys and across runs (a paged cache's blocks).
+template <int ND, int GB, typename Runs>
+__attribute__((target("avx512f"))) void scores_runs_zmm(const float* q, int64_t D, int64_t len, Runs& run,
+                                                        float scale, float* s, int64_t ss) {
   __m512 qv[GB][ND];
   for (int g = 0; g < GB; ++g)
     for (int c = 0; c < ND; ++c) qv[g][c] = _mm512_loadu_ps(q + g * D + 16 * c);
-  for (int64_t j = 0; j < n; ++j) {
-    __m512 kv[ND];
-    for (int c = 0; c < ND; ++c) kv[c] = load16(k + j * stride + 16 * c);
-    for (int g = 0; g < GB; ++g) {
-      __m512 lanes = _mm512_setzero_ps();
-      for (int c = 0; c < ND; ++c) lanes = _mm512_add_ps(lanes, _mm512_mul_ps(qv[g][c], kv[c]));
-      s[g * ss + j] = tree16(lanes) * scale;
+  for (int64_t j0 = 0; j0 < len;) {
+    auto [k, v, stride, n] = run(j0);
+    n = std::min(n, len - j0);
+    for (int64_t j = 0; j < n; ++j) {
+      __m512 kv[ND];
+      for (int c = 0; c < ND; ++c) kv[c] = load16(k + j * stride + 16 * c);
+      for (int g = 0; g < GB; ++g) {
+        __m512 lanes = _mm512_setzero_ps();
+        for (int c = 0; c < ND; ++c) lanes = _mm512_add_ps(lanes, _mm512_mul_ps(qv[g][c], kv[c]));
+        s[g * ss + j0 + j] = tree16(lanes) * scale;
+      }
     }
+    j0 += n;
   }
 }
 
-template <int ND, int GB, typename V>
-__attribute__((target("avx512f"))) void values_zmm(const float* p, int64_t ps, int64_t D, const V* v,
-                                                   int64_t stride, int64_t n, float* acc) {
+template <int ND, int GB, typename Runs>
+__attribute__((target("avx512f"))) void values_runs_zmm(const float* p, int64_t ps, int64_t D, int64_t len,
+                                                        Runs& run, float* acc) {
   __m512 av[GB][ND];
   for (int g = 0; g < GB; ++g)
     for (int c = 0; c < ND; ++c) av[g][c] = _mm512_loadu_ps(acc + g * D + 16 * c);
-  for (int64_t j = 0; j < n; ++j) {
-    __m512 vv[ND];
-    for (int c = 0; c < ND; ++c) vv[c] = load16(v + j * stride + 16 * c);
-    for (int g = 0; g < GB; ++g) {
-      const __m512 w = _mm512_set1_ps(p[g * ps + j]);
-      for (int c = 0; c < ND; ++c) av[g][c] = _mm512_add_ps(av[g][c], _mm512_mul_ps(w, vv[c]));
+  for (int64_t j0 = 0; j0 < len;) {
+    auto [k, v, stride, n] = run(j0);
+    n = std::min(n, len - j0);
+    for (int64_t j = 0; j < n; ++j) {
+      __m512 vv[ND];
+      for (int c = 0; c < ND; ++c) vv[c] = load16(v + j * stride + 16 * c);
+      for (int g = 0; g < GB; ++g) {
+        const __m512 w = _mm512_set1_ps(p[g * ps + j0 + j]);
+        for (int c = 0; c < ND; ++c) av[g][c] = _mm512_add_ps(av[g][c], _mm512_mul_ps(w, vv[c]));
+      }
     }
+    j0 += n;
   }
   for (int g = 0; g < GB; ++g)
     for (int c = 0; c < ND; ++c) _mm512_storeu_ps(acc + g * D + 16 * c, av[g][c]);
@@ -216,38 +228,38 @@ void zmm_groups(int64_t G, F&& f) {
   }
 }
 
-template <typename K>
-bool scores_fast(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale, float* s,
-                 int64_t ss) {
+// A run list through the bodies above (false: no body for D, or turned off).
+template <typename Runs>
+bool scores_runs_fast(const float* q, int64_t G, int64_t D, int64_t len, Runs& run, float scale, float* s,
+                      int64_t ss) {
   if (!g_simd) return false;
   if (D == 64) {
     zmm_groups<4>(G, [&](auto gb, int64_t g) {
-      scores_zmm<4, decltype(gb)::value>(q + g * D, D, k, stride, n, scale, s + g * ss, ss);
+      scores_runs_zmm<4, decltype(gb)::value>(q + g * D, D, len, run, scale, s + g * ss, ss);
     });
     return true;
   }
   if (D == 128) {
     zmm_groups<8>(G, [&](auto gb, int64_t g) {
-      scores_zmm<8, decltype(gb)::value>(q + g * D, D, k, stride, n, scale, s + g * ss, ss);
+      scores_runs_zmm<8, decltype(gb)::value>(q + g * D, D, len, run, scale, s + g * ss, ss);
     });
     return true;
   }
   return false;
 }
 
-template <typename V>
-bool values_fast(const float* p, int64_t ps, int64_t G, int64_t D, const V* v, int64_t stride, int64_t n,
-                 float* acc) {
+template <typename Runs>
+bool values_runs_fast(const float* p, int64_t ps, int64_t G, int64_t D, int64_t len, Runs& run, float* acc) {
   if (!g_simd) return false;
   if (D == 64) {
     zmm_groups<4>(G, [&](auto gb, int64_t g) {
-      values_zmm<4, decltype(gb)::value>(p + g * ps, ps, D, v, stride, n, acc + g * D);
+      values_runs_zmm<4, decltype(gb)::value>(p + g * ps, ps, D, len, run, acc + g * D);
     });
     return true;
   }
   if (D == 128) {
     zmm_groups<8>(G, [&](auto gb, int64_t g) {
-      values_zmm<8, decltype(gb)::value>(p + g * ps, ps, D, v, stride, n, acc + g * D);
+      values_runs_zmm<8, decltype(gb)::value>(p + g * ps, ps, D, len, run, acc + g * D);
     });
     return true;
   }
@@ -274,24 +286,18 @@ inline void widen(const c10::Half* src, float* dst, int64_t n) {
 }
 #else
 bool g_simd = false;
-template <typename K>
-bool scores_fast(const float*, int64_t, int64_t, const K*, int64_t, int64_t, float, float*, int64_t) {
-  return false;
-}
-template <typename V>
-bool values_fast(const float*, int64_t, int64_t, int64_t, const V*, int64_t, int64_t, float*) {
-  return false;
-}
 inline void widen(const c10::Half* src, float* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = to_f(src[i]);
 }
-#endif
-
-template <typename K>
-inline void scores_any(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale,
-                       float* s, int64_t ss) {
-  if (!scores_fast(q, G, D, k, stride, n, scale, s, ss)) scores_run(q, G, D, k, stride, n, scale, s, ss);
+template <typename Runs>
+bool scores_runs_fast(const float*, int64_t, int64_t, int64_t, Runs&, float, float*, int64_t) {
+  return false;
 }
+template <typename Runs>
+bool values_runs_fast(const float*, int64_t, int64_t, int64_t, int64_t, Runs&, float*) {
+  return false;
+}
+#endif
 
 // s[j] = exp(s[j] - max s) for j < n; returns the sum.
 LHAMA_CLONES float softmax_numerators(float* s, int64_t n) {
@@ -332,12 +338,6 @@ LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, c
 LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const c10::Half* v, int64_t stride,
                              int64_t n, float* acc) {
   values_body(p, ps, G, D, v, stride, n, acc);
-}
-
-template <typename V>
-inline void values_any(const float* p, int64_t ps, int64_t G, int64_t D, const V* v, int64_t stride, int64_t n,
-                       float* acc) {
-  if (!values_fast(p, ps, G, D, v, stride, n, acc)) values_run(p, ps, G, D, v, stride, n, acc);
 }
 
 // y = x * rsqrt(mean(x^2) + eps) * w for each row of x (length n), as aten's composite rms_norm.
@@ -466,20 +466,24 @@ template <typename Runs, typename Y>
 void attend_group(const float* q, int64_t G, int64_t D, int64_t len, float scale, Runs run, float* scratch, Y* out) {
   float* s = scratch;            // [G, len]
   float* acc = scratch + G * len;  // [G, D]
-  for (int64_t j = 0; j < len;) {
-    auto [kp, vp, stride, n] = run(j);
-    n = std::min(n, len - j);
-    scores_any(q, G, D, kp, stride, n, scale, s + j, len);
-    j += n;
+  if (!scores_runs_fast(q, G, D, len, run, scale, s, len)) {
+    for (int64_t j = 0; j < len;) {
+      auto [kp, vp, stride, n] = run(j);
+      n = std::min(n, len - j);
+      scores_run(q, G, D, kp, stride, n, scale, s + j, len);
+      j += n;
+    }
   }
   std::vector<float> total(G);
   for (int64_t g = 0; g < G; ++g) total[g] = softmax_numerators(s + g * len, len);
   std::fill_n(acc, G * D, 0.f);
-  for (int64_t j = 0; j < len;) {
-    auto [kp, vp, stride, n] = run(j);
-    n = std::min(n, len - j);
-    values_any(s + j, len, G, D, vp, stride, n, acc);
-    j += n;
+  if (!values_runs_fast(s, len, G, D, len, run, acc)) {
+    for (int64_t j = 0; j < len;) {
+      auto [kp, vp, stride, n] = run(j);
+      n = std::min(n, len - j);
+      values_run(s + j, len, G, D, vp, stride, n, acc);
+      j += n;
+    }
   }
   for (int64_t g = 0; g < G; ++g) {
     const float inv = 1.f / total[g];
