@@ -16,7 +16,7 @@ once per torch version and source hash (``make install`` runs ``python -m lhama.
 --build``; otherwise on first use). Few activation rows (decode) go through llama.cpp's scheme:
 each row is quantized to int8 per 32 values and multiplied with integer dot products (512-bit
 AVX512 with VBMI/GFNI/VNNI, 256-bit AVX512-VNNI, AVX2 or plain C++, picked at run time by cpuid;
-``LHAMA_GGML_ISA=avx512vnni|avx2|scalar|reference`` forces a lower one); from 12 rows (Q6_K: 32)
+``LHAMA_GGML_ISA=avx512vnni|avx2|scalar|reference`` forces a lower one); from 9 rows (Q6_K: 32)
 the 512-bit body sweeps every activation row against 16-row weight panels unpacked once
 (``kernels/ggml_tile.h``; the same numbers as one row at a time). Many rows (prefill; by row
 count above 128 rows on the 512-bit body, else 20) dequantize slices of the weight to bf16 and

@@ -307,10 +307,10 @@ Kernels kernels() {
 }
 
 // From this many activation rows, Q4_0 / Q4_1 / Q8_0 integer products go through ggml_tile.h
-// (one weight unpack per block for all rows; the same numbers as `gemv`; at 9 rows the row kernel
-// was still 5-15% faster on the 1B shapes, equal at 12).
+// (one weight unpack per block for all rows; the same numbers as `gemv`; 1 thread, CPU time, on
+// the 1B and 135M shapes: equal at 8 rows, 10-25% faster at 9-11).
 #ifndef TILE_ROWS
-#define TILE_ROWS 12
+#define TILE_ROWS 9
 #endif
 constexpr int64_t kTileRows = TILE_ROWS;
 constexpr int64_t kTileRowsQ6K = 32;  // the panel unpack costs more: equal to the 512-bit row kernel at ~24

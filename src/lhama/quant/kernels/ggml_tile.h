@@ -1,4 +1,4 @@
-// Many activation rows (12-128, Q6_K 32-128: batched decode) on Q4_0 / Q4_1 / Q8_0 blocks with integer dot
+// Many activation rows (9-128, Q6_K 32-128: batched decode) on Q4_0 / Q4_1 / Q8_0 blocks with integer dot
 // products, included by ggml_ops.cpp right after ggml_dot.h, in the same namespace (its helpers
 // and `gemv` are reused; nothing there changes). Only the 512-bit body (GGML_LEVEL 3: AVX512
 // VNNI) has a tiled kernel; elsewhere `tile_gemv` is the row-at-a-time `gemv`.
