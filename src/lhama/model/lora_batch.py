@@ -213,16 +213,27 @@ class FixedLoraLinear(nn.Module):
             r0 += r
         # (rank rows, output columns) of each part's block of b: what the fused op reads.
         self.spans = spans
-        self.register_buffer("a", a.to(pairs[names[0]][0].device), persistent=False)
-        self.register_buffer("b", b.to(a.device), persistent=False)
-        # What the CPU op reads (``lora_add_``: a and b transposed): in fp16 when that holds them
-        # exactly (an adapter saved in fp16, scaled by a power of two: the shipped one), half the
-        # bytes a decode step reads beside the weights for the same bits; else fp32.
-        bt = self.b.T.contiguous()
-        a16, bt16 = self.a.half(), bt.half()
-        exact = torch.equal(a16.float(), self.a) and torch.equal(bt16.float(), bt)
-        self.register_buffer("a_op", a16 if exact else self.a, persistent=False)
+        # The one copy kept (what the CPU op, ``lora_add_``, reads: a and b transposed): in fp16
+        # when that holds them exactly (an adapter saved in fp16, scaled by a power of two: the
+        # shipped one), half the bytes a decode step reads beside the weights, for the same bits;
+        # else fp32. ``a``, ``b`` and their transposes for the other paths are derived from it.
+        a = a.to(pairs[names[0]][0].device)
+        bt = b.T.contiguous().to(a.device)
+        a16, bt16 = a.half(), bt.half()
+        exact = torch.equal(a16.float(), a) and torch.equal(bt16.float(), bt)
+        self.register_buffer("a_op", a16 if exact else a, persistent=False)
         self.register_buffer("b_t_op", bt16 if exact else bt, persistent=False)
+
+    # fp32 (an fp16 copy widened; a model cast to another dtype keeps its cast) for the addmm path
+    # (GPUs, training, bf16 inputs); the transposed forms are made on first use only.
+    @property
+    def a(self) -> torch.Tensor:
+        return self.a_op.float() if self.a_op.dtype == torch.float16 else self.a_op
+
+    @property
+    def b(self) -> torch.Tensor:
+        bt = self.b_t_op.float() if self.b_t_op.dtype == torch.float16 else self.b_t_op
+        return bt.T
 
     def _transposed(self, name: str, src: torch.Tensor) -> torch.Tensor:
         got = self.__dict__.get(name)
@@ -230,7 +241,6 @@ class FixedLoraLinear(nn.Module):
             got = self.__dict__[name] = src.T.contiguous()
         return got
 
-    # fp32 transposed copies for the addmm path (GPUs, bf16 inputs), made on first use only.
     @property
     def a_t(self) -> torch.Tensor:
         return self._transposed("_a_t", self.a)
