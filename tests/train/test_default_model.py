@@ -168,7 +168,11 @@ def test_tuned_is_int4_with_the_shipped_adapter_unmerged_beside_it(default_and_b
     assert merged.quant is None
     assert not any(isinstance(m, FixedLoraLinear) for m in merged.model.modules())
     ids = torch.tensor([default.chat_format.encode_dialog([{"role": "user", "content": "Find 3 ** 7."}])])
-    with torch.no_grad():
+    from lhama.quant.ggml import integer_rows
+
+    # prompt rows take the dequantized GEMM, as the engine and the reference loop give them: the
+    # comparison is the adapter's, not the int8 rounding of the decode path's activations
+    with torch.no_grad(), integer_rows(0):
         side, flat, raw = (lm.model(ids)[0, -8:] for lm in (default, merged, base))
     assert (side.argmax(-1) == flat.argmax(-1)).all()
     assert (side - flat).abs().max() < 1.0  # int4 kernels vs fp32: the base alone differs this much too
