@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from torch.utils import cpp_extension
 
 
 def compiler() -> str:
@@ -50,6 +49,10 @@ def compile_library(sources: list[Path], out: Path, quiet: bool = False) -> Path
     """Build ``sources`` into ``out``: one compiler process per source file in parallel, one link,
     written to a temporary file and renamed (two processes building at once both end with a
     whole library)."""
+    # imported here, not at the top: every load computes flags() for the library's name, and
+    # cpp_extension's import is ~0.1 s that only a build needs
+    from torch.utils import cpp_extension
+
     torch_lib = Path(torch.__file__).parent / "lib"
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     links = [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch_cpu", "-ltorch"]
