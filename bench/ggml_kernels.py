@@ -8,7 +8,7 @@ inflates it less than wall clock), the fastest single call's wall clock at more;
 time. ``--cold-mb`` cycles ``block_linear`` through copies of the blocks totalling that many MB
 (from DRAM, as in a decode step, whose weights are far larger than the L3; the other two columns
 stay warm); the same run measures one thread's read bandwidth (``torch.sum`` of 256 MB of fp32)
-and the bench's own limit (bench/run.py: a 512 MiB numpy copy, bytes read + written), and each
+and the bench's own limit (bench/run.py's ``memory_bandwidth`` at one thread), and each
 GB/s is also given as a share of that limit.
 
 ``--file model.gguf`` takes the weights from the file itself, as ``load_model`` keeps them: views
@@ -115,16 +115,10 @@ def read_bandwidth() -> float:
 
 
 def copy_limit() -> float:
-    """bench/run.py's bound on streaming weights: GB/s of a 512 MiB numpy copy (read + written),
-    best of 5, one thread."""
-    src = np.ones(64 * 2**20, np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best / 1e9
+    """bench/run.py's bound on streaming weights at one thread (its ``memory_bandwidth``)."""
+    from run import memory_bandwidth  # bench/ is this script's directory, so it is on sys.path
+
+    return memory_bandwidth(1)[0]
 
 
 FILE_SHAPES = [  # (name, GGUF tensors of a layer, times per decode token: 1 per layer)
