@@ -189,7 +189,7 @@ def _block_model(args, *, lora: bool, seed: int = 4):
     """A random model whose projections are GGUF blocks (Q4_1 wqkv and w2, Q4_0 wo, Q8_0 w13;
     w13 as two parts where ``BlockLinearParts`` exists) like the default file's, with a rank-4
     adapter beside wq, wv, wo and w2 (``FixedLoraLinear``, as the tuned default) when ``lora``."""
-    from lhama.model.lora import LoraConfig, projection_shape
+    from lhama.model.lora import LoraConfig
     from lhama.model.lora_batch import attach_fixed_lora
     from lhama.quant import blocks as qb
 
@@ -205,16 +205,10 @@ def _block_model(args, *, lora: bool, seed: int = 4):
         else:
             f.w13 = _blocks(torch.cat([f.w1.weight, f.w3.weight]), "Q8_0")
     if lora:
+        from tests.engine.test_fixed_lora import random_adapter
+
         cfg = LoraConfig(rank=4, alpha=8.0, target_modules=("wq", "wv", "wo", "w2"))
-        g = torch.Generator().manual_seed(seed)
-        weights = {}
-        for i in range(args.n_layers):
-            for n in cfg.target_modules:
-                n_out, n_in = projection_shape(n, args)
-                weights[i, n] = (
-                    torch.randn(cfg.rank, n_in, generator=g) * 0.2,
-                    torch.randn(n_out, 4, generator=g) * 0.2,
-                )
+        weights = random_adapter(args, cfg, seed)
         assert attach_fixed_lora(model, cfg, weights) == 3 * args.n_layers
     return model
 

@@ -10,6 +10,7 @@ GEMM: each product is off by at most ~2 bf16 roundings (2 * 2^-9 relative) of |x
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import warnings
 
@@ -42,6 +43,21 @@ def isa_params():
     return ["avx512vbmi", "avx512vnni", "avx2", "scalar", "reference"]
 
 
+@contextlib.contextmanager
+def kernels_on(name: str):
+    """The library's ``name`` body for the block (skips where the library or the CPU lacks it)."""
+    if not ggml.available():
+        pytest.skip("ggml kernels not built (no compiler): only the reference path runs")
+    before = ggml.isa()
+    if ggml.set_isa(name) != name:
+        ggml.set_isa(before)
+        pytest.skip(f"this CPU has no {name}")
+    try:
+        yield name
+    finally:
+        ggml.set_isa(before)
+
+
 @pytest.fixture(params=isa_params())
 def isa(request, monkeypatch):
     """Each path this machine can run; the reference path by hiding the library."""
@@ -49,14 +65,8 @@ def isa(request, monkeypatch):
         monkeypatch.setitem(ggml._state, "ops", None)
         yield "reference"
         return
-    if not ggml.available():
-        pytest.skip("ggml kernels not built (no compiler): only the reference path runs")
-    before = ggml.isa()
-    if ggml.set_isa(request.param) != request.param:
-        ggml.set_isa(before)
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    ggml.set_isa(before)
+    with kernels_on(request.param):
+        yield request.param
 
 
 def test_the_library_is_built_and_uses_the_best_isa_of_this_cpu():

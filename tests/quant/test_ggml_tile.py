@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_ggml_kernels import Q4_0, Q4_1, Q6_K, Q8_0, gguf_weight, q6k_blocks, quantized_activations, random_blocks
+from test_ggml_kernels import (
+    Q4_0,
+    Q4_1,
+    Q6_K,
+    Q8_0,
+    gguf_weight,
+    kernels_on,
+    q6k_blocks,
+    quantized_activations,
+    random_blocks,
+)
 
 from lhama.quant import ggml
 
@@ -19,14 +29,8 @@ ISAS = ["avx512vbmi", "avx512vnni", "avx2", "scalar"]
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    if not ggml.available():
-        pytest.skip("ggml kernels not built (no compiler)")
-    before = ggml.isa()
-    if ggml.set_isa(request.param) != request.param:
-        ggml.set_isa(before)
-        pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    ggml.set_isa(before)
+    with kernels_on(request.param):
+        yield request.param
 
 
 def op(x, blocks, qtype, path):
