@@ -417,3 +417,13 @@ def test_default_model_blocks_are_anonymous_copies_with_the_same_logits(monkeypa
     with torch.inference_mode():
         got = mapped.model(ids)
     assert torch.equal(got, want)
+    # a zero copy budget keeps every tensor in the map (the same numbers); a bad budget is refused
+    monkeypatch.delenv("LHAMA_WEIGHTS_MMAP")
+    monkeypatch.setenv("LHAMA_WEIGHTS_COPY_SECONDS", "0")
+    unbudgeted = load_model("default")
+    assert all(_mapping_of(b.data_ptr()) != "" for b in buffers(unbudgeted.model) if b.numel())
+    with torch.inference_mode():
+        assert torch.equal(unbudgeted.model(ids), want)
+    monkeypatch.setenv("LHAMA_WEIGHTS_COPY_SECONDS", "soon")
+    with pytest.raises(ValueError, match="LHAMA_WEIGHTS_COPY_SECONDS"):
+        load_model("default")

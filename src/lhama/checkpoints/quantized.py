@@ -6,7 +6,8 @@ the file's blocks (no repack) in private anonymous memory on transparent huge pa
 by tensor with the tensor's file pages dropped right after (``anonymous_copy``): the kernels read
 those 20-27% faster than the page cache's 4 KiB pages, and the RSS is the same.
 ``LHAMA_WEIGHTS_MMAP=1`` keeps views of the file's memory map instead (the tied embedding and
-head share one buffer either way).
+head share one buffer either way), and so do the tensors loaded once the copies have taken
+``LHAMA_WEIGHTS_COPY_SECONDS`` (default 1 s) of the load.
 Elsewhere each tensor's raw blocks are read from the map and repacked:
 
 * Q4_0, Q4_1: exact int4 group-32 (fp16 scale and min per block: ``Int4WeightOnlyLinear.from_groups``);
@@ -30,6 +31,7 @@ import functools
 import logging
 import mmap
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -123,6 +125,23 @@ HUGE_PAGE = 2 << 20  # x86-64 / arm64 (4 KiB base pages) transparent huge page
 COPY_CHUNK = 16 << 20  # bytes copied between two drops of the file's pages
 
 
+COPY_SECONDS = 1.0  # default load time the copies may take (LHAMA_WEIGHTS_COPY_SECONDS)
+
+
+def copy_seconds() -> float:
+    """Seconds of load time the copies may take (``LHAMA_WEIGHTS_COPY_SECONDS``, default 1): past
+    it, the tensors still to load stay views of the map (same numbers, slower reads). The first
+    touch of fresh huge pages is host work on a VM and moves with the minute: 0.1-2.4 s per GiB
+    on the bench's 2-core VM, where copying a whole 3B file made its load 5.7-18 s."""
+    raw = os.environ.get("LHAMA_WEIGHTS_COPY_SECONDS", "")
+    if not raw:
+        return COPY_SECONDS
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"LHAMA_WEIGHTS_COPY_SECONDS={raw!r}: expected a number of seconds") from None
+
+
 def weights_in_map() -> bool:
     """``LHAMA_WEIGHTS_MMAP=1``: the raw blocks stay views of the file's map (no copy at load)."""
     return os.environ.get("LHAMA_WEIGHTS_MMAP", "") not in ("", "0")
@@ -168,6 +187,8 @@ class _Builder:
     kinds: dict[str, str] = field(default_factory=dict)
     views: dict[str, torch.Tensor] = field(default_factory=dict)  # one tensor per file tensor
     mapped: list[np.ndarray] = field(default_factory=list)  # map ranges BlockLinear modules read
+    copy_budget: float = field(default_factory=copy_seconds)  # seconds the copies may take
+    copy_spent: float = 0.0
 
     def map_weights(self) -> None:
         """Fault in the map's pages under every BlockLinear (one read per page), as llama.cpp's
@@ -228,8 +249,11 @@ class _Builder:
 
     def _hold(self, blocks: np.ndarray) -> torch.Tensor:
         """``blocks`` (a view of the map) as the tensor a module keeps."""
-        if self.copy_blocks:
-            return torch.from_numpy(anonymous_copy(blocks, self.reader.drop_pages))
+        if self.copy_blocks and self.copy_spent < self.copy_budget:
+            start = time.perf_counter()
+            copy = torch.from_numpy(anonymous_copy(blocks, self.reader.drop_pages))
+            self.copy_spent += time.perf_counter() - start
+            return copy
         self.mapped.append(blocks)
         with warnings.catch_warnings():  # "non-writable NumPy array": by design
             warnings.simplefilter("ignore", UserWarning)
