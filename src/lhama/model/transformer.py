@@ -31,6 +31,12 @@ _PLAN_VERSION = [0]
 _PROJECTIONS = frozenset({"wq", "wk", "wv", "wo", "wqkv", "w1", "w2", "w3", "w13", "weight"})
 
 
+def invalidate_decode_plans() -> None:
+    """Make every model rebuild its decode plan on its next step: for code that swaps tensors a
+    plan holds (``lhama.checkpoints.quantized`` moving block buffers into anonymous memory)."""
+    _PLAN_VERSION[0] += 1
+
+
 class _Replaceable(nn.Module):
     def __setattr__(self, name, value):
         if name in _PROJECTIONS:
@@ -183,8 +189,9 @@ class Transformer(nn.Module):
         got = self.__dict__.get("_decode_plan")
         if got is not None and got[0] == _PLAN_VERSION[0]:
             return got[1]
+        version = _PLAN_VERSION[0]  # before building: a swap during the build makes it stale
         plan = _build_decode_plan(self)
-        self.__dict__["_decode_plan"] = (_PLAN_VERSION[0], plan)
+        self.__dict__["_decode_plan"] = (version, plan)
         return plan
 
     def _fused_layers(self, h: torch.Tensor, rotation: torch.Tensor, cache) -> torch.Tensor | None:
