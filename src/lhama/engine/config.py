@@ -17,7 +17,8 @@ class EngineConfig:
     kv_cache_gb: float | None = None
     kv_cache_fraction: float | None = None
     # What K/V are stored in: "auto" (bfloat16 under a float32 model on a CPU, half the memory;
-    # attention still computes in fp32), "float32" or "bfloat16" (lhama.model.kv_cache_dtype).
+    # attention still computes in fp32), "float32", "bfloat16" or "int8" (per-row scales, about
+    # half of bf16's bytes; lhama.model.kv_cache_dtype).
     kv_cache_dtype: str = "auto"
     # Scheduling: at most ``max_num_seqs`` sequences run in one step, and the step computes at
     # most ``max_num_batched_tokens`` tokens (decodes count one each; prompts are chunked to fit).
@@ -54,8 +55,8 @@ class EngineConfig:
             bad(f"kv_cache_gb must be > 0, got {self.kv_cache_gb}")
         if self.kv_cache_fraction is not None and not (0 < self.kv_cache_fraction <= 1):
             bad(f"kv_cache_fraction must be in (0, 1], got {self.kv_cache_fraction}")
-        if self.kv_cache_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            bad(f"kv_cache_dtype must be auto, float32, bfloat16 or float16, got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in ("auto", "float32", "bfloat16", "float16", "int8"):
+            bad(f"kv_cache_dtype must be auto, float32, bfloat16, float16 or int8, got {self.kv_cache_dtype!r}")
         if self.max_num_seqs < 1:
             bad(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
