@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from lhama.checkpoints import open_reader, write_checkpoint
-from lhama.checkpoints.quantized import decode_rows, load_quantized, load_quantized_gguf
+from lhama.checkpoints.quantized import (
+    WeightCopies,
+    decode_rows,
+    load_quantized,
+    load_quantized_gguf,
+    wait_for_weight_copies,
+    weight_copies,
+)
 from lhama.model import ModelArgs, build_model
 from lhama.quant import Int4WeightOnlyLinear
 from lhama.quant.blocks import BlockEmbedding, BlockLinear, SplitInt8Linear, ggml_available
@@ -417,13 +424,74 @@ def test_default_model_blocks_are_anonymous_copies_with_the_same_logits(monkeypa
     with torch.inference_mode():
         got = mapped.model(ids)
     assert torch.equal(got, want)
-    # a zero copy budget keeps every tensor in the map (the same numbers); a bad budget is refused
+    # a zero copy budget with no background copies keeps every tensor in the map (the same
+    # numbers); a bad budget is refused
     monkeypatch.delenv("LHAMA_WEIGHTS_MMAP")
     monkeypatch.setenv("LHAMA_WEIGHTS_COPY_SECONDS", "0")
+    monkeypatch.setenv("LHAMA_WEIGHTS_BACKGROUND_COPY", "0")
     unbudgeted = load_model("default")
+    assert weight_copies(unbudgeted.model) is None
     assert all(_mapping_of(b.data_ptr()) != "" for b in buffers(unbudgeted.model) if b.numel())
     with torch.inference_mode():
         assert torch.equal(unbudgeted.model(ids), want)
     monkeypatch.setenv("LHAMA_WEIGHTS_COPY_SECONDS", "soon")
     with pytest.raises(ValueError, match="LHAMA_WEIGHTS_COPY_SECONDS"):
         load_model("default")
+
+
+@pytest.mark.skipif(not ggml_available() or sys.platform != "linux", reason="raw blocks need the ggml kernels")
+def test_tensors_past_the_budget_are_copied_in_the_background_under_a_running_engine(monkeypatch):
+    """With a zero copy budget every tensor loads as a view of the map and a background thread
+    copies them into anonymous memory after the load, swapping the buffers while the engine decodes
+    (the whole-step op's plan included): the same logits and greedy tokens before, during and after
+    the swaps; every block buffer, and every weight the rebuilt decode plan holds, ends anonymous."""
+    from lhama.engine import EngineConfig, LLMEngine
+    from lhama.generate import SamplingParams
+    from lhama.loader import load_model
+
+    monkeypatch.delenv("LHAMA_WEIGHTS_MMAP", raising=False)
+    monkeypatch.delenv("LHAMA_WEIGHTS_BACKGROUND_COPY", raising=False)
+    monkeypatch.setenv("LHAMA_WEIGHTS_COPY_SECONDS", "0")
+    with monkeypatch.context() as held:  # the thread waits until the model has run on the map views
+        held.setattr(WeightCopies, "start", lambda self: self)
+        lm = load_model("default")
+    model, copies = lm.model, weight_copies(lm.model)
+    assert copies is not None and not copies.done and copies.total >= 1 + 2 * lm.args.n_layers
+
+    def block_buffers():
+        return [b for m in model.modules() if isinstance(m, (BlockLinear, BlockEmbedding)) for b in m.buffers()]
+
+    def plan_weights():
+        plan = model.decode_plan()
+        assert plan is not None  # the default model takes the whole-step op
+        return [w for w in plan[0] if w.numel()]
+
+    assert all(_mapping_of(b.data_ptr()) != "" for b in block_buffers() if b.numel())
+    assert any(_mapping_of(w.data_ptr()).endswith(".gguf") for w in plan_weights())
+    ids = torch.tensor([[1, 17, 300, 4000, 42, 7, 99, 1234]])
+    prompts = [[1, 17, 300, 4000], [1, 9, 8], [1, *range(100, 113)]]
+    params = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+
+    def run():
+        with torch.inference_mode():
+            logits = model(ids)
+        eng = LLMEngine(model, lm.tokenizer, EngineConfig(num_blocks=64, block_size=8))
+        return logits, [r.completions[0].token_ids for r in eng.generate(prompts, params)]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 OpenMP threads on a busy 2-core box: 10x slower steps, same bits
+    try:
+        want_logits, want_tokens = run()
+        WeightCopies.start(copies)
+        during = run()  # racing the swaps (~0.1-0.5 s of copies against ~0.5 s of steps)
+        assert wait_for_weight_copies(model, timeout=120) and copies.done and copies.error is None
+        after = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert copies.copied == copies.total
+    assert all(_mapping_of(b.data_ptr()) == "" for b in block_buffers() if b.numel())
+    assert not any(_mapping_of(w.data_ptr()).endswith(".gguf") for w in plan_weights())  # rebuilt
+    heads = [m.blocks for m in (model.output, model.tok_embeddings)]
+    assert lm.args.tie_embeddings and heads[0] is heads[1]  # the tied head and lookup: still one copy
+    for logits, tokens in (during, after):
+        assert torch.equal(logits, want_logits) and tokens == want_tokens

@@ -6,8 +6,10 @@ the file's blocks (no repack) in private anonymous memory on transparent huge pa
 by tensor with the tensor's file pages dropped right after (``anonymous_copy``): the kernels read
 those 20-27% faster than the page cache's 4 KiB pages, and the RSS is the same.
 ``LHAMA_WEIGHTS_MMAP=1`` keeps views of the file's memory map instead (the tied embedding and
-head share one buffer either way), and so do the tensors loaded once the copies have taken
-``LHAMA_WEIGHTS_COPY_SECONDS`` (default 1 s) of the load.
+head share one buffer either way). The copies take at most ``LHAMA_WEIGHTS_COPY_SECONDS``
+(default 1 s) of the load; the tensors after that start as views of the map and a background
+thread copies them one at a time after the load, swapping each module's buffer in between kernel
+calls (``WeightCopies``; ``LHAMA_WEIGHTS_BACKGROUND_COPY=0`` leaves them in the map).
 Elsewhere each tensor's raw blocks are read from the map and repacked:
 
 * Q4_0, Q4_1: exact int4 group-32 (fp16 scale and min per block: ``Int4WeightOnlyLinear.from_groups``);
@@ -31,8 +33,10 @@ import functools
 import logging
 import mmap
 import os
+import threading
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import gguf
@@ -42,7 +46,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from lhama.checkpoints.gguf import GGUFCheckpointReader
-from lhama.model.transformer import Transformer
+from lhama.model.transformer import Transformer, invalidate_decode_plans
 from lhama.quant import Int4WeightOnlyLinear, Int8WeightOnlyLinear, QuantConfig, QuantReport, weight_bytes
 from lhama.quant.blocks import BlockEmbedding, BlockLinear, BlockLinearParts, SplitInt8Linear, ggml_available
 from lhama.quant.int4 import CPU_TILE_ROWS, kernel_layout, pack_cpu_nibble_blocks, pack_cpu_rows
@@ -147,6 +151,117 @@ def weights_in_map() -> bool:
     return os.environ.get("LHAMA_WEIGHTS_MMAP", "") not in ("", "0")
 
 
+def background_copies_on() -> bool:
+    """False with ``LHAMA_WEIGHTS_BACKGROUND_COPY=0``: the tensors past the copy budget stay views
+    of the map for the model's life, as before the background copies."""
+    return os.environ.get("LHAMA_WEIGHTS_BACKGROUND_COPY", "").strip().lower() not in ("0", "false", "no", "off")
+
+
+BACKGROUND_NICE = 10  # the copying thread's nice increment (Linux: per thread)
+
+
+class WeightCopies:
+    """The tensors a load left in the file's map (the copy budget ran out) copied into anonymous
+    huge-page memory by one daemon thread after the load, one tensor at a time (``anonymous_copy``,
+    the same bytes), at a lower priority than the threads serving the model.
+
+    Each copy is swapped in by assigning the module buffers that held the map view (``BlockLinear``
+    ``blocks``/``blocks_N``, the tied ``BlockEmbedding``'s ``blocks``): one dict store under the
+    GIL, so a kernel call sees the old tensor or the new one, never a mix, and a call that already
+    took the old tensor keeps it alive until it returns (both hold the same bytes: the numbers do
+    not change). The whole-step decode plan holds the buffers too: every swap invalidates it
+    (``invalidate_decode_plans``) and the next step rebuilds it over the new ones. The file pages
+    under a copied tensor are dropped from the resident set. Modules the caller dropped are
+    skipped (the thread holds them weakly). ``wait()`` blocks until the thread is done."""
+
+    def __init__(self, late: list[tuple[torch.Tensor, np.ndarray]], modules: list[nn.Module], drop) -> None:
+        holders: dict[int, list[tuple[weakref.ref, str]]] = {}
+        for mod in modules:
+            for name, buf in mod.named_buffers(recurse=False):
+                holders.setdefault(id(buf), []).append((weakref.ref(mod), name))
+        # (map view's tensor held weakly, its bytes, where it is held); the tensors' own refs go
+        self._todo = [(weakref.ref(t), blocks, holders.get(id(t), [])) for t, blocks in late]
+        self._drop = drop
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.total = len(self._todo)
+        self.bytes_total = sum(b.nbytes for _, b, _ in self._todo)
+        self.copied = 0  # tensors swapped so far
+        self.seconds = 0.0  # the thread's wall time, once done
+        self.error: BaseException | None = None
+
+    def start(self) -> WeightCopies:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lhama-weight-copies", daemon=True)
+            self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every tensor is copied (or skipped); False when ``timeout`` ran out first.
+        Starts the thread if nothing did."""
+        self.start()
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        try:
+            try:  # Linux nice values are per thread: only this one yields to the model's threads
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
+            except (AttributeError, OSError):
+                pass
+            while self._todo:
+                ref, blocks, holders = self._todo.pop(0)
+                old = ref()  # None: the model is gone
+                live = [(m, n) for r, n in holders if old is not None and getattr(m := r(), n, None) is old]
+                del old
+                if live:
+                    copy = torch.from_numpy(anonymous_copy(blocks, self._drop))
+                    for m, n in live:
+                        setattr(m, n, copy)  # a registered buffer: one store into its _buffers
+                    invalidate_decode_plans()  # the next step's plan takes the new buffers
+                    self.copied += 1
+                    del copy, live
+                if self._drop is not None:
+                    self._drop(blocks)  # pages a reader of the old view touched meanwhile
+                del blocks
+        except BaseException as e:  # out of memory, say: the rest stay map views (same numbers)
+            self.error = e
+            log.warning("weights: background copy into anonymous memory stopped (%s: %s)", type(e).__name__, e)
+        finally:
+            self._todo.clear()
+            self.seconds = time.perf_counter() - start
+            log.info(
+                "weights: %d of %d tensors (%.0f MiB) copied into anonymous memory in the background in %.2f s",
+                self.copied,
+                self.total,
+                self.bytes_total / 2**20,
+                self.seconds,
+            )
+            self._done.set()
+
+
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weight_copies(model: nn.Module) -> WeightCopies | None:
+    """The background copies a load of ``model`` started (``WeightCopies``), or None when it
+    started none (every tensor copied within the budget, ``LHAMA_WEIGHTS_MMAP=1``,
+    ``LHAMA_WEIGHTS_BACKGROUND_COPY=0``, or not a GGUF of raw blocks)."""
+    return _COPIES.get(model)
+
+
+def wait_for_weight_copies(model: nn.Module, timeout: float | None = None) -> bool:
+    """Block until ``model``'s background copies are done (True), or ``timeout`` seconds (False
+    if still running). True at once when there are none."""
+    copies = weight_copies(model)
+    return True if copies is None else copies.wait(timeout)
+
+
 def anonymous_copy(src: np.ndarray, drop=None) -> np.ndarray:
     """``src`` (rows of raw blocks, a view of the file's map) copied into a private anonymous
     mapping that asks for transparent huge pages (2 MiB aligned; ``MADV_HUGEPAGE`` on its whole
@@ -189,6 +304,7 @@ class _Builder:
     mapped: list[np.ndarray] = field(default_factory=list)  # map ranges BlockLinear modules read
     copy_budget: float = field(default_factory=copy_seconds)  # seconds the copies may take
     copy_spent: float = 0.0
+    late: list[tuple[torch.Tensor, np.ndarray]] = field(default_factory=list)  # map views past the budget
 
     def map_weights(self) -> None:
         """Fault in the map's pages under every BlockLinear (one read per page), as llama.cpp's
@@ -257,7 +373,21 @@ class _Builder:
         self.mapped.append(blocks)
         with warnings.catch_warnings():  # "non-writable NumPy array": by design
             warnings.simplefilter("ignore", UserWarning)
-            return torch.from_numpy(blocks)
+            view = torch.from_numpy(blocks)
+        if self.copy_blocks:  # past the budget: copied after the load (``WeightCopies``)
+            self.late.append((view, blocks))
+        return view
+
+    def start_late_copies(self, model: nn.Module) -> WeightCopies | None:
+        """The background copies of the tensors left in the map by the budget (None: none left,
+        or ``LHAMA_WEIGHTS_BACKGROUND_COPY=0``)."""
+        if not self.late or not background_copies_on():
+            return None
+        held = [m for m in model.modules() if isinstance(m, (BlockLinear, BlockEmbedding))]
+        copies = WeightCopies(self.late, held, self.reader.drop_pages)
+        self.late = []
+        _COPIES[model] = copies
+        return copies.start()
 
     def stacked_blocks(self, names: list[str]) -> torch.Tensor | list[torch.Tensor]:
         """The row stack of ``names``' blocks: one tensor when they lie back to back in the file,
@@ -589,6 +719,7 @@ def _build(
     reader.drop_pages()
     release_freed_memory()
     b.map_weights()
+    b.start_late_copies(model)
     model.quant_config = QuantConfig("int4", GROUP, compute_dtype=compute_dtype)
     report = QuantReport(
         model.quant_config, args.n_params() * torch.finfo(dtype).bits // 8, weight_bytes(model), dict(b.kinds)
