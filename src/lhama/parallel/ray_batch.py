@@ -7,11 +7,18 @@ and writes the fsync'ed ledger, skips lines answered by an earlier run and answe
 in-process executor (``lhama.openai.engine_batch``). A chunk's answers are written when the chunk
 comes back, so a job killed at any moment and restarted answers every line exactly once (a chunk
 in flight when it died is redone whole).
+
+Actors that share a machine load a GGUF's blocks as views of the file's map
+(``LHAMA_WEIGHTS_MMAP=1``): they then share the page cache's one copy of the weights, where the
+default copies into anonymous memory would be one per actor. An actor alone on its node keeps the
+copies (faster reads); ``LHAMA_WEIGHTS_MMAP`` set in the actors' environment wins either way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,16 +66,39 @@ class ModelSpec:
         )
 
 
+def shared_machines(nodes: Sequence[str]) -> list[bool]:
+    """For each actor's node id: whether another actor of the job runs on the same node."""
+    count = Counter(nodes)
+    return [count[n] > 1 for n in nodes]
+
+
 class BatchWorker:
-    """A Ray actor: one model, one engine; answers chunks of batch lines."""
+    """A Ray actor: one model, one engine; answers chunks of batch lines. ``load`` comes first
+    (the driver calls it once it knows which actors share a node: ``node``)."""
 
     def __init__(self, spec: ModelSpec, config: EngineConfig, threads: int):
         import torch
 
         torch.set_num_threads(max(1, threads))
+        self.spec, self.config, self.executor = spec, config, None
+
+    def node(self) -> str:
+        """This actor's Ray node id."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def load(self, shared_machine: bool) -> bool:
+        """Load the model; with ``shared_machine`` a GGUF's blocks stay views of the file's map
+        (``LHAMA_WEIGHTS_MMAP=1`` unless the environment already sets it), so the actors on one
+        machine share the page cache's copy. True when the blocks are map views."""
+        from lhama.checkpoints.quantized import weights_in_map
         from lhama.openai.engine_batch import EngineExecutor
 
-        self.executor = EngineExecutor(spec.load(), config=config)
+        if shared_machine:
+            os.environ.setdefault("LHAMA_WEIGHTS_MMAP", "1")
+        self.executor = EngineExecutor(self.spec.load(), config=self.config)
+        return weights_in_map()
 
     def run(self, lines: list[BatchLine]) -> list[tuple[int, dict | tuple]]:
         """(input line, response body or its failure's ``describe_error`` fields) per line:
@@ -123,6 +153,12 @@ class RayExecutor:
                 nxt += 1
 
         try:
+            if actors:  # actors sharing a node share the file's page cache (map views): one copy, not N
+                shared = shared_machines(ray.get([a.node.remote() for a in actors]))
+                in_map = ray.get([a.load.remote(s) for a, s in zip(actors, shared, strict=True)])
+                log.info(
+                    "ray batch: %d actors, %d with LHAMA_WEIGHTS_MMAP=1 (shared page cache)", len(actors), sum(in_map)
+                )
             for a in actors:  # two chunks queued per actor so none idles between chunks
                 submit(a)
                 submit(a)
