@@ -15,6 +15,7 @@ import torch
 from lhama.engine.config import EngineConfig
 from lhama.errors import ConfigError
 from lhama.model import ModelArgs, kv_cache_dtype
+from lhama.model.kv_cache import kv_row_bytes
 
 log = logging.getLogger("lhama.engine")
 
@@ -81,8 +82,9 @@ def plan_kv_cache(
 ) -> MemoryPlan:
     device = torch.device(device)
     dtype = kv_cache_dtype(dtype, device, config.kv_cache_dtype)  # what PagedKVCache stores K/V in
-    elem = torch.empty((), dtype=dtype).element_size()
-    per_token = 2 * args.n_layers * args.n_kv_heads * args.head_dim * elem
+    # Bytes of a (token, KV head) row as PagedKVCache stores it: head_dim values, and for int8 their
+    # fp32 scale beside them (68 bytes at head_dim 64 against bf16's 128).
+    per_token = 2 * args.n_layers * args.n_kv_heads * kv_row_bytes(args.head_dim, dtype)
     per_block = per_token * config.block_size
     model_len = args.max_seq_len
     wanted_len = min(model_len, config.max_model_len or model_len)

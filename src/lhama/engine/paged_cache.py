@@ -10,6 +10,11 @@ first the sequences computing a single token (decodes), then the prompt chunks. 
 in one batched SDPA call over their gathered, padded contexts with a length mask; each prompt
 chunk attends over its own context with a causal mask.
 
+An int8 cache (``kv_dtype="int8"``) stores each (token, KV head) row as head_dim int8 values and
+their fp32 scale (``lhama.model.kv_cache.quantize_kv``): rows of head_dim + 4 bytes. Decode rows
+on the CPU read them in place (the C++ attention scales each key's score and each value's weight);
+the other paths dequantize what they gather.
+
 Grouped-query attention without copying K/V: the G query heads that share a KV head are laid
 out as G query rows of that head, so K/V are used once per KV head, never repeated.
 """
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 
 from lhama.model import ModelArgs, kv_cache_dtype
 from lhama.model.fused import fused_ops
+from lhama.model.kv_cache import FUSED_KV_DTYPES, dequantize_kv, kv_row_width, quantize_kv
 
 
 @dataclass
@@ -92,18 +98,20 @@ class PagedKVCache:
         kv_dtype: str | torch.dtype = "auto",
     ):
         """``dtype``: the model's; K/V are stored in ``kv_cache_dtype(dtype, device, kv_dtype)``
-        (bf16 under an fp32 model on a CPU by default: half the memory, attention in fp32)."""
+        (bf16 under an fp32 model on a CPU by default: half the memory, attention in fp32;
+        "int8": about half of that again)."""
         self.n_layers, self.n_kv_heads, self.head_dim = args.n_layers, args.n_kv_heads, args.head_dim
         self.n_heads = args.n_heads
         self.group = args.n_heads // args.n_kv_heads
         self.num_blocks, self.block_size = num_blocks, block_size
         self.device = torch.device(device)
         self.dtype = kv_cache_dtype(dtype, self.device, kv_dtype)
+        self.row = kv_row_width(self.head_dim, self.dtype)  # stored elements per (token, KV head)
         # Zeros, not empty: padded decode rows read unwritten slots (masked out, but 0 * NaN = NaN).
         # Spare blocks (after the ``num_blocks`` the KV manager hands out) take the writes of the
         # padding rows of CUDA-graph decode steps.
         self.kv = untouched_zeros(
-            (self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size, self.head_dim),
+            (self.n_layers, 2, (num_blocks + spare_blocks) * self.n_kv_heads, block_size, self.row),
             self.dtype,
             self.device,
         )
@@ -128,10 +136,10 @@ class PagedKVCache:
         self.kv[:, :, dst.flatten()] = self.kv[:, :, src.flatten()]
 
     def _scratch(self, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        per = n_rows * self.block_size * self.head_dim
+        per = n_rows * self.block_size * self.row
         if self._buf.numel() < 2 * per:
             self._buf = torch.empty(2 * per, dtype=self.dtype, device=self.device)
-        shape = (n_rows, self.block_size, self.head_dim)
+        shape = (n_rows, self.block_size, self.row)
         return self._buf[:per].view(shape), self._buf[per : 2 * per].view(shape)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -139,12 +147,10 @@ class PagedKVCache:
         if md.row_groups is not None:
             return self.attend_rows(layer, q, k, v)
         _, N, H, D = q.shape
-        KVH, G = self.n_kv_heads, self.group
+        KVH, G, E = self.n_kv_heads, self.group, self.row
         Bd = md.num_decode
         kb, vb = self.kv[layer, 0], self.kv[layer, 1]
-        fusable = (
-            Bd and md.decode_tables is not None and self.kv.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        )
+        fusable = Bd and md.decode_tables is not None and self.kv.dtype in FUSED_KV_DTYPES
         ops = fused_ops(q) if fusable else None
         if ops is not None and not self.fresh_buffers and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
             # Decode rows: their KV write and attention in one call, each row's blocks read in
@@ -155,13 +161,13 @@ class PagedKVCache:
             )
             if not md.prefills:
                 return dec
-            kb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], k[0, Bd:].reshape(-1, D).to(kb.dtype))
-            vb.view(-1, D).index_copy_(0, md.slots[Bd * KVH :], v[0, Bd:].reshape(-1, D).to(vb.dtype))
+            kb.view(-1, E).index_copy_(0, md.slots[Bd * KVH :], quantize_kv(k[0, Bd:].reshape(-1, D), kb.dtype))
+            vb.view(-1, E).index_copy_(0, md.slots[Bd * KVH :], quantize_kv(v[0, Bd:].reshape(-1, D), vb.dtype))
             out = torch.empty_like(q.view(N, H, D))
             out[:Bd] = dec[0]
             return self._attend_prefills(q.view(N, H, D), kb, vb, out)
-        kb.view(-1, D).index_copy_(0, md.slots, k.view(N * KVH, D).to(kb.dtype))
-        vb.view(-1, D).index_copy_(0, md.slots, v.view(N * KVH, D).to(vb.dtype))
+        kb.view(-1, E).index_copy_(0, md.slots, quantize_kv(k.view(N * KVH, D), kb.dtype))
+        vb.view(-1, E).index_copy_(0, md.slots, quantize_kv(v.view(N * KVH, D), vb.dtype))
         q = q.view(N, H, D)
         dec = None
         if Bd:
@@ -175,8 +181,8 @@ class PagedKVCache:
             qd = q[:Bd].view(Bd, KVH, G, D)
             dec = F.scaled_dot_product_attention(
                 qd,
-                kg.view(Bd, KVH, S, D).to(q.dtype),
-                vg.view(Bd, KVH, S, D).to(q.dtype),
+                dequantize_kv(kg.view(Bd, KVH, S, E), q.dtype),
+                dequantize_kv(vg.view(Bd, KVH, S, E), q.dtype),
                 attn_mask=md.decode_mask,
             )
             if not md.prefills:
@@ -188,8 +194,8 @@ class PagedKVCache:
 
     def decode_layers_args(self, h: torch.Tensor):
         """The cache arguments of the whole-step decode op (``Transformer._fused_layers``) when
-        every row of the step is a decode row read through its block table (fp32 storage), else
-        None (then each layer calls ``attend``)."""
+        every row of the step is a decode row read through its block table (fp32, 16-bit or int8
+        storage), else None (then each layer calls ``attend``)."""
         md = self.meta
         if (
             md is None
@@ -197,7 +203,7 @@ class PagedKVCache:
             or md.prefills
             or md.decode_tables is None
             or self.fresh_buffers
-            or self.kv.dtype not in (torch.float32, torch.bfloat16, torch.float16)
+            or self.kv.dtype not in FUSED_KV_DTYPES
             or h.dim() != 3
             or md.num_decode != h.shape[0] * h.shape[1]
         ):
@@ -211,14 +217,14 @@ class PagedKVCache:
         """Each prompt chunk of the step over its own context (q [N, H, D], K/V written); fills
         its rows of ``out`` [N, H, D] and returns it as [1, N, H, D]."""
         N, H, D = q.shape
-        KVH, G = self.n_kv_heads, self.group
+        KVH, G, E = self.n_kv_heads, self.group, self.row
         for p in self.meta.prefills:
             n, ctx = p.num_new, p.context
             kg, vg = self._scratch(p.gather_idx.numel())
             torch.index_select(kb, 0, p.gather_idx, out=kg)
             torch.index_select(vb, 0, p.gather_idx, out=vg)
-            kp = kg.view(KVH, -1, D)[:, :ctx].to(q.dtype)  # a bf16 cache: attention in q's dtype
-            vp = vg.view(KVH, -1, D)[:, :ctx].to(q.dtype)
+            kp = dequantize_kv(kg.view(KVH, -1, E)[:, :ctx], q.dtype)  # a bf16/int8 cache: attention in q's dtype
+            vp = dequantize_kv(vg.view(KVH, -1, E)[:, :ctx], q.dtype)
             # [n, H, D] -> [KVH, G * n, D]: query row (g, i) is head kvh * G + g at token i.
             qp = q[p.offset : p.offset + n].view(n, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * n, D)
             o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask)
@@ -236,14 +242,14 @@ class PagedKVCache:
         rows, chunking or step it comes with."""
         md = self.meta
         _, N, H, D = q.shape
-        KVH, G, bs = self.n_kv_heads, self.group, self.block_size
-        kc = self.kv[layer, 0].view(-1, D)
-        vc = self.kv[layer, 1].view(-1, D)
+        KVH, G, bs, E = self.n_kv_heads, self.group, self.block_size, self.row
+        kc = self.kv[layer, 0].view(-1, E)
+        vc = self.kv[layer, 1].view(-1, E)
         kn, vn = k.view(N, KVH, D), v.view(N, KVH, D)
         if md.write_rows is not None:
             kn, vn = kn.index_select(0, md.write_rows), vn.index_select(0, md.write_rows)
-        kc.index_copy_(0, md.slots, kn.reshape(-1, D).to(kc.dtype))
-        vc.index_copy_(0, md.slots, vn.reshape(-1, D).to(vc.dtype))
+        kc.index_copy_(0, md.slots, quantize_kv(kn.reshape(-1, D), kc.dtype))
+        vc.index_copy_(0, md.slots, quantize_kv(vn.reshape(-1, D), vc.dtype))
         kb, vb = self.kv[layer, 0], self.kv[layer, 1]
         q = q.view(N, KVH, G, D) * (1.0 / math.sqrt(D))
         out = torch.zeros(N, KVH, G, D, dtype=q.dtype, device=q.device)
@@ -254,8 +260,9 @@ class PagedKVCache:
                 rows = grp.rows[i : i + step]
                 R = rows.numel()
                 idx = grp.gather_idx[i * KVH * grp.blocks : (i + R) * KVH * grp.blocks]
-                kg = kb.index_select(0, idx).view(R, KVH, 1, L, D).to(q.dtype)
-                vt = vb.index_select(0, idx).view(R, KVH, L, D).to(q.dtype).transpose(-1, -2).contiguous().unsqueeze(2)
+                kg = dequantize_kv(kb.index_select(0, idx).view(R, KVH, 1, L, E), q.dtype)
+                vt = dequantize_kv(vb.index_select(0, idx).view(R, KVH, L, E), q.dtype)
+                vt = vt.transpose(-1, -2).contiguous().unsqueeze(2)
                 s = (q.index_select(0, rows).unsqueeze(3) * kg).sum(-1)  # [R, KVH, G, L]
                 p = torch.softmax(s.masked_fill(~grp.valid[i : i + R], float("-inf")), dim=-1)
                 out.index_copy_(0, rows, (p.unsqueeze(3) * vt).sum(-1))  # [R, KVH, G, D]

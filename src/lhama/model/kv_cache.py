@@ -18,26 +18,73 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lhama.model.args import ModelArgs
 from lhama.model.fused import fused_ops
 
-KV_CACHE_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KV_CACHE_DTYPES = {
+    "auto": None,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int8": torch.int8,
+}
+# Dtypes the fused C++ decode attention reads in place (lhama/quant/kernels/decode_ops.cpp).
+FUSED_KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
+# An int8 row's scale: one fp32 after its head_dim values.
+INT8_SCALE_BYTES = 4
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device, choice: str | torch.dtype | None = "auto") -> torch.dtype:
     """The dtype K and V are stored in. ``"auto"`` (the default): bfloat16 for a float32 model on
     the CPU (half the memory of the cache; the attention widens K/V to fp32 and computes in
     fp32, so only K/V themselves are rounded), else the model's own dtype; the environment
-    variable ``LHAMA_KV_CACHE_DTYPE`` (float32, bfloat16) overrides auto. A dtype or its name
-    is taken as given."""
+    variable ``LHAMA_KV_CACHE_DTYPE`` (float32, bfloat16, int8) overrides auto. A dtype or its
+    name is taken as given. ``"int8"``: each (token, KV head) row stored as int8 values and one
+    fp32 scale (``quantize_kv``), about half the bytes of bfloat16."""
     if isinstance(choice, torch.dtype):
         return choice
     choice = choice or "auto"
+    where = "kv_cache_dtype"
     if choice == "auto":
-        choice = os.environ.get("LHAMA_KV_CACHE_DTYPE", "auto").strip().lower() or "auto"
+        where = "LHAMA_KV_CACHE_DTYPE"
+        choice = os.environ.get(where, "auto").strip().lower() or "auto"
     if choice not in KV_CACHE_DTYPES:
-        raise ValueError(f"KV cache dtype must be one of {', '.join(KV_CACHE_DTYPES)}; got {choice!r}")
+        raise ValueError(f"{where}: KV cache dtype must be one of {', '.join(KV_CACHE_DTYPES)}; got {choice!r}")
     if choice != "auto":
         return KV_CACHE_DTYPES[choice]
     on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
     return torch.bfloat16 if on_cpu and model_dtype == torch.float32 else model_dtype
+
+
+def kv_row_width(head_dim: int, dtype: torch.dtype) -> int:
+    """Elements of ``dtype`` one stored (token, KV head) row takes: ``head_dim``, plus the 4
+    bytes of an int8 row's scale."""
+    return head_dim + (INT8_SCALE_BYTES if dtype == torch.int8 else 0)
+
+
+def kv_row_bytes(head_dim: int, dtype: torch.dtype) -> int:
+    """Bytes of one stored (token, KV head) row (what the memory plan counts)."""
+    return kv_row_width(head_dim, dtype) * torch.empty((), dtype=dtype).element_size()
+
+
+def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """K or V rows ``x`` [..., D] as stored in a cache of ``dtype``: rounded to it (nearest
+    even), or for int8 symmetric per row (as llama.cpp's q8_0, one scale per row instead of per
+    32): scale = absmax / 127 in fp32, q = round(x / scale) (nearest even), stored as
+    [..., D + 4] int8 with the scale's bytes last. The C++ decode write
+    (``decode_ops.cpp:store_kv_row``) does the same fp32 operations: the same bytes."""
+    if dtype != torch.int8:
+        return x.to(dtype)
+    x = x.float()
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    q = torch.where(scale > 0, x / scale, 0.0).round_().clamp_(-127, 127).to(torch.int8)
+    return torch.cat([q, scale.view(torch.int8)], dim=-1)
+
+
+def dequantize_kv(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Stored rows [..., E] back to values [..., D] in ``dtype`` (int8: q * scale in fp32)."""
+    if rows.dtype != torch.int8:
+        return rows.to(dtype)
+    D = rows.shape[-1] - INT8_SCALE_BYTES
+    scale = rows[..., D:].contiguous().view(torch.float32)
+    return (rows[..., :D].float() * scale).to(dtype)
 
 
 class AttentionCache(Protocol):
@@ -76,13 +123,14 @@ def _causal_attention(q, k, v, offset):
 
 class StaticKVCache:
     """Preallocated [B, max_len, KVH, D] buffers per layer; sequences in a batch share positions.
-    ``dtype``: what K/V are stored in (``kv_cache_dtype`` picks the default).
+    ``dtype``: what K/V are stored in (``kv_cache_dtype`` picks the default); int8 rows carry
+    their scale (``quantize_kv``): [B, max_len, KVH, D + 4].
 
     Set ``pos`` to the position of the first new token before each forward (``advance`` after).
     """
 
     def __init__(self, args: ModelArgs, batch_size: int, max_len: int, *, dtype=torch.float32, device=None):
-        shape = (batch_size, max_len, args.n_kv_heads, args.head_dim)
+        shape = (batch_size, max_len, args.n_kv_heads, kv_row_width(args.head_dim, dtype))
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(args.n_layers)]
         self.max_len = max_len
@@ -94,28 +142,23 @@ class StaticKVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; tried to write up to {end}")
         kc, vc = self.k[layer], self.v[layer]
-        if T == 1 and kc.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        if T == 1 and kc.dtype in FUSED_KV_DTYPES:
             ops = fused_ops(q)
             if ops is not None and q.is_contiguous() and k.is_contiguous() and v.is_contiguous():
                 # A decode row: the KV write and the attention in one call (the engine's decode
                 # rows take the same arithmetic: lhama.engine.paged_cache).
                 return ops.attend_static(q, k, v, kc, vc, self.pos, q.dtype)
-        kc[:B, self.pos : end] = k  # rounded to the cache's dtype (nearest even)
-        vc[:B, self.pos : end] = v
+        kc[:B, self.pos : end] = quantize_kv(k, kc.dtype)  # rounded to the cache's dtype
+        vc[:B, self.pos : end] = quantize_kv(v, vc.dtype)
         kc, vc = kc[:B, :end], vc[:B, :end]
-        if kc.dtype != q.dtype:  # a bf16 cache under an fp32 model: attention in fp32
-            kc, vc = kc.to(q.dtype), vc.to(q.dtype)
+        if kc.dtype != q.dtype:  # a bf16 or int8 cache under an fp32 model: attention in fp32
+            kc, vc = dequantize_kv(kc, q.dtype), dequantize_kv(vc, q.dtype)
         return causal_attention(q, kc, vc, offset=self.pos)
 
     def decode_layers_args(self, h: torch.Tensor):
         """The cache arguments of the whole-step decode op (``Transformer._fused_layers``) for
         hidden rows ``h`` [B, T, dim], or None when the step is not one token per row in fp32."""
-        if (
-            h.dim() != 3
-            or h.shape[1] != 1
-            or self.pos + 1 > self.max_len
-            or self.k[0].dtype not in (torch.float32, torch.bfloat16, torch.float16)
-        ):
+        if h.dim() != 3 or h.shape[1] != 1 or self.pos + 1 > self.max_len or self.k[0].dtype not in FUSED_KV_DTYPES:
             return None
         return self.k, self.v, self.pos, None, None, None
 

@@ -33,6 +33,46 @@ using at::Tensor;
 inline float to_f(float v) { return v; }
 inline float to_f(c10::BFloat16 v) { return static_cast<float>(v); }
 inline float to_f(c10::Half v) { return static_cast<float>(v); }
+inline float to_f(int8_t v) { return static_cast<float>(v); }
+
+// An int8 KV cache (lhama.model.kv_cache) keeps each (token, KV head) row as its D int8 values
+// followed by their fp32 scale (absmax / 127, symmetric): D + 4 bytes a row, value = scale * q.
+// The attention reads them in place: a key's score is scale_k * (q . k_q), a value's weight
+// p * scale_v; fp32/bf16/fp16 rows have no scale (row_pad 0).
+template <typename C>
+constexpr int64_t row_pad = std::is_same_v<C, int8_t> ? 4 : 0;
+
+template <typename C>
+inline float row_scale(const C* row, int64_t D) {
+  if constexpr (std::is_same_v<C, int8_t>) {
+    float s;
+    std::memcpy(&s, row + D, sizeof s);
+    return s;
+  } else {
+    return 1.f;
+  }
+}
+
+// The factor a key row's q . k is multiplied by: the softmax scale, times the row's own scale
+// for an int8 row (one product, so 16-bit rows keep their exact bits).
+template <typename C>
+inline float key_factor(const C* row, int64_t D, float scale) {
+  if constexpr (std::is_same_v<C, int8_t>) {
+    return scale * row_scale(row, D);
+  } else {
+    return scale;
+  }
+}
+
+// A value row's weight p, times its scale for an int8 row.
+template <typename C>
+inline float value_weight(float p, const C* row, int64_t D) {
+  if constexpr (std::is_same_v<C, int8_t>) {
+    return p * row_scale(row, D);
+  } else {
+    return p;
+  }
+}
 
 template <typename T>
 inline void store(T* p, float v) {
@@ -118,12 +158,14 @@ inline float dot(const float* q, const K* k, int64_t D) {
 }
 
 // s[g * ss + j] = scale * (q_g . k_j) for G query heads q [G, D] and n keys at k + j * stride
-// (fp32 or bf16 keys: one compiled body each).
+// (fp32, bf16, fp16 or int8 keys: one compiled body each).
 template <typename K>
 inline void scores_body(const float* q, int64_t G, int64_t D, const K* k, int64_t stride, int64_t n, float scale,
                         float* s, int64_t ss) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t g = 0; g < G; ++g) s[g * ss + j] = dot(q + g * D, k + j * stride, D) * scale;
+  for (int64_t j = 0; j < n; ++j) {
+    const float f = key_factor(k + j * stride, D, scale);
+    for (int64_t g = 0; g < G; ++g) s[g * ss + j] = dot(q + g * D, k + j * stride, D) * f;
+  }
 }
 LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const float* k, int64_t stride, int64_t n,
                              float scale, float* s, int64_t ss) {
@@ -134,6 +176,10 @@ LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const c10::BF
   scores_body(q, G, D, k, stride, n, scale, s, ss);
 }
 LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const c10::Half* k, int64_t stride, int64_t n,
+                             float scale, float* s, int64_t ss) {
+  scores_body(q, G, D, k, stride, n, scale, s, ss);
+}
+LHAMA_CLONES void scores_run(const float* q, int64_t G, int64_t D, const int8_t* k, int64_t stride, int64_t n,
                              float scale, float* s, int64_t ss) {
   scores_body(q, G, D, k, stride, n, scale, s, ss);
 }
@@ -154,6 +200,9 @@ __attribute__((target("avx512f"))) inline __m512 load16(const c10::BFloat16* p) 
 }
 __attribute__((target("avx512f"))) inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+__attribute__((target("avx512f"))) inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
 // The dot's tree over 16 lanes: l + (l + 8), then + 4, then (0 + 2) + (1 + 3).
@@ -181,10 +230,11 @@ __attribute__((target("avx512f"))) void scores_runs_zmm(const float* q, int64_t 
     for (int64_t j = 0; j < n; ++j) {
       __m512 kv[ND];
       for (int c = 0; c < ND; ++c) kv[c] = load16(k + j * stride + 16 * c);
+      const float f = key_factor(k + j * stride, D, scale);
       for (int g = 0; g < GB; ++g) {
         __m512 lanes = _mm512_setzero_ps();
         for (int c = 0; c < ND; ++c) lanes = _mm512_add_ps(lanes, _mm512_mul_ps(qv[g][c], kv[c]));
-        s[g * ss + j0 + j] = tree16(lanes) * scale;
+        s[g * ss + j0 + j] = tree16(lanes) * f;
       }
     }
     j0 += n;
@@ -204,7 +254,7 @@ __attribute__((target("avx512f"))) void values_runs_zmm(const float* p, int64_t 
       __m512 vv[ND];
       for (int c = 0; c < ND; ++c) vv[c] = load16(v + j * stride + 16 * c);
       for (int g = 0; g < GB; ++g) {
-        const __m512 w = _mm512_set1_ps(p[g * ps + j0 + j]);
+        const __m512 w = _mm512_set1_ps(value_weight(p[g * ps + j0 + j], v + j * stride, D));
         for (int c = 0; c < ND; ++c) av[g][c] = _mm512_add_ps(av[g][c], _mm512_mul_ps(w, vv[c]));
       }
     }
@@ -320,7 +370,7 @@ inline void values_body(const float* p, int64_t ps, int64_t G, int64_t D, const 
   for (int64_t j = 0; j < n; ++j) {
     const V* vj = v + j * stride;
     for (int64_t g = 0; g < G; ++g) {
-      const float w = p[g * ps + j];
+      const float w = value_weight(p[g * ps + j], vj, D);
       float* a = acc + g * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) a[d] += w * to_f(vj[d]);
@@ -336,6 +386,10 @@ LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, c
   values_body(p, ps, G, D, v, stride, n, acc);
 }
 LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const c10::Half* v, int64_t stride,
+                             int64_t n, float* acc) {
+  values_body(p, ps, G, D, v, stride, n, acc);
+}
+LHAMA_CLONES void values_run(const float* p, int64_t ps, int64_t G, int64_t D, const int8_t* v, int64_t stride,
                              int64_t n, float* acc) {
   values_body(p, ps, G, D, v, stride, n, acc);
 }
@@ -517,8 +571,9 @@ void for_each(int64_t n, int64_t work_per_item, F&& body) {
   });
 }
 
-// Calls f(kc, vc) with the caches' data as fp32, bf16 or fp16 (a 16-bit cache: written rounded to
-// nearest even, as Tensor.to does; read widened to fp32, all arithmetic fp32).
+// Calls f(kc, vc) with the caches' data as fp32, bf16, fp16 or int8 (a 16-bit cache: written
+// rounded to nearest even, as Tensor.to does; read widened to fp32, all arithmetic fp32; int8:
+// rows of D values and their scale, see row_pad).
 template <typename F>
 void with_caches(const Tensor& kc, const Tensor& vc, const char* name, F&& f) {
   TORCH_CHECK(kc.scalar_type() == vc.scalar_type(), name, ": k and v caches of one dtype");
@@ -528,18 +583,35 @@ void with_caches(const Tensor& kc, const Tensor& vc, const char* name, F&& f) {
     f(kc.data_ptr<c10::BFloat16>(), vc.data_ptr<c10::BFloat16>());
   } else if (kc.scalar_type() == at::kHalf) {
     f(kc.data_ptr<c10::Half>(), vc.data_ptr<c10::Half>());
+  } else if (kc.scalar_type() == at::kChar) {
+    f(kc.data_ptr<int8_t>(), vc.data_ptr<int8_t>());
   } else {
-    TORCH_CHECK(false, name, ": float32, bfloat16 or float16 caches only, got ", kc.scalar_type());
+    TORCH_CHECK(false, name, ": float32, bfloat16, float16 or int8 caches only, got ", kc.scalar_type());
   }
 }
 
+// One (token, KV head) row of D values into the cache: rounded to the cache's dtype, or for an
+// int8 cache quantized symmetrically with scale absmax / 127 (round to nearest even, as
+// lhama.model.kv_cache.quantize_kv does in torch: the same bytes) and the scale stored after it.
 template <typename C>
-inline void store_row(const float* src, int64_t n, C* dst) {
-  for (int64_t i = 0; i < n; ++i) store(dst + i, src[i]);
+inline void store_kv_row(const float* src, int64_t D, C* dst) {
+  for (int64_t i = 0; i < D; ++i) store(dst + i, src[i]);
+}
+inline void store_kv_row(const float* src, int64_t D, int8_t* dst) {
+  float amax = 0.f;
+  for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(src[i]));
+  const float scale = amax / 127.f;
+  for (int64_t i = 0; i < D; ++i) {
+    const float r = scale > 0.f ? std::nearbyint(src[i] / scale) : 0.f;
+    dst[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, r)));
+  }
+  std::memcpy(dst + D, &scale, sizeof scale);
 }
 
-// StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32
-// or bf16; batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys
+inline int64_t row_pad_of(const Tensor& cache) { return cache.scalar_type() == at::kChar ? 4 : 0; }
+
+// StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32,
+// bf16 or fp16; int8: [Bc, L, KVH, D + 4]; batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys
 // 0..pos+t.
 Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc, int64_t pos,
                      at::ScalarType dtype) {
@@ -549,26 +621,29 @@ Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
   TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
               "attend_static: fp32 q, k and v");
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), D = q.size(3), KVH = k.size(2), L = kc.size(1);
-  TORCH_CHECK(H % KVH == 0 && kc.size(2) == KVH && kc.size(3) == D && B <= kc.size(0), "attend_static: shapes");
+  const int64_t E = D + row_pad_of(kc);  // a cache row (token, KV head): D values (+ an int8 row's scale)
+  TORCH_CHECK(H % KVH == 0 && kc.size(2) == KVH && kc.size(3) == E && vc.sizes() == kc.sizes() && B <= kc.size(0),
+              "attend_static: shapes");
   TORCH_CHECK(pos >= 0 && pos + T <= L, "attend_static: KV cache holds ", L, " positions; tried to write up to ",
               pos + T);
   Tensor out = at::empty(q.sizes(), q.options().dtype(dtype));
   const float* qp = q.data_ptr<float>();
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t G = H / KVH;
-  const int64_t row = KVH * D;
+  const int64_t row = KVH * E;
   with_caches(kc, vc, "attend_static", [&](auto* kcp, auto* vcp) {
-    for (int64_t b = 0; b < B; ++b) {
-      store_row(k.data_ptr<float>() + b * T * row, T * row, kcp + (b * L + pos) * row);
-      store_row(v.data_ptr<float>() + b * T * row, T * row, vcp + (b * L + pos) * row);
-    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < T * KVH; ++r) {
+        store_kv_row(k.data_ptr<float>() + (b * T * KVH + r) * D, D, kcp + (b * L + pos) * row + r * E);
+        store_kv_row(v.data_ptr<float>() + (b * T * KVH + r) * D, D, vcp + (b * L + pos) * row + r * E);
+      }
     with_output(out, [&](auto* op) {
       // One item per (row, token, KV head): its G query heads read each key and value once.
       for_each_head(B * T * KVH, G, (pos + T) * D * 2, [&](int64_t i, int64_t g0, int64_t g1) {
         const int64_t kvh = i % KVH, t = (i / KVH) % T, b = i / (KVH * T), len = pos + t + 1;
         std::vector<float> scratch((g1 - g0) * (len + D));
-        const auto* kb = kcp + b * L * row + kvh * D;
-        const auto* vb = vcp + b * L * row + kvh * D;
+        const auto* kb = kcp + b * L * row + kvh * E;
+        const auto* vb = vcp + b * L * row + kvh * E;
         const int64_t qi = ((b * T + t) * H + kvh * G + g0) * D;
         auto runs = [&](int64_t j) { return std::make_tuple(kb + j * row, vb + j * row, row, len - j); };
         attend_group(qp + qi, g1 - g0, D, len, scale, runs, scratch.data(), op + qi);
@@ -579,7 +654,7 @@ Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 }
 
 // PagedKVCache, decode rows: write k/v [..., KVH, D] of N rows to the storage rows `slots`
-// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32 or bf16), then row i's query heads
+// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32, bf16, fp16; int8: [..., D + 4]), then row i's query heads
 // (q [..., H, D], N rows) attend over its first lens[i] positions, read in place through its block
 // table tables[i] (no gather, no mask). The result has q's shape.
 Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc,
@@ -592,9 +667,10 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   TORCH_CHECK(slots.scalar_type() == at::kLong && tables.scalar_type() == at::kLong && lens.scalar_type() == at::kLong,
               "attend_paged_decode: int64 slots, tables and lens");
   const int64_t H = q.size(-2), D = q.size(-1), KVH = k.size(-2), N = q.numel() / (H * D), bs = kc.size(1);
-  const int64_t rows = kc.size(0), mb = tables.size(1);
+  const int64_t rows = kc.size(0), mb = tables.size(1), E = D + row_pad_of(kc);
   TORCH_CHECK(H % KVH == 0 && k.size(-1) == D && k.numel() == N * KVH * D && v.numel() == k.numel() &&
-                  kc.size(2) == D && slots.numel() == N * KVH && tables.size(0) == N && lens.numel() == N,
+                  kc.size(2) == E && vc.sizes() == kc.sizes() && slots.numel() == N * KVH && tables.size(0) == N &&
+                  lens.numel() == N,
               "attend_paged_decode: shapes");
   const int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* tp = tables.data_ptr<int64_t>();
@@ -613,8 +689,8 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
   for (int64_t i = 0; i < N; ++i) longest = std::max(longest, lp[i]);
   with_caches(kc, vc, "attend_paged_decode", [&](auto* kcp, auto* vcp) {
     for (int64_t i = 0; i < N * KVH; ++i) {
-      store_row(k.data_ptr<float>() + i * D, D, kcp + sp[i] * D);
-      store_row(v.data_ptr<float>() + i * D, D, vcp + sp[i] * D);
+      store_kv_row(k.data_ptr<float>() + i * D, D, kcp + sp[i] * E);
+      store_kv_row(v.data_ptr<float>() + i * D, D, vcp + sp[i] * E);
     }
     with_output(out, [&](auto* op) {
       for_each_head(N * KVH, G, longest * D * 2, [&](int64_t i, int64_t g0, int64_t g1) {
@@ -623,8 +699,8 @@ Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Te
         std::vector<float> scratch((g1 - g0) * (len + D));
         // A block's rows for one KV head are contiguous: one run per block.
         auto runs = [&](int64_t j) {
-          const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * D;
-          return std::make_tuple(kcp + off, vcp + off, D, bs - j % bs);
+          const int64_t off = ((table[j / bs] * KVH + kvh) * bs + j % bs) * E;
+          return std::make_tuple(kcp + off, vcp + off, E, bs - j % bs);
         };
         const int64_t qi = (n * H + kvh * G + g0) * D;
         attend_group(qp + qi, g1 - g0, D, len, scale, runs, scratch.data(), op + qi);
