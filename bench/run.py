@@ -9,7 +9,9 @@ Each system runs in its own subprocess (so its peak RSS is its own) on the same 
 ids, greedy, with EOS ignored so every system generates the same number of tokens. Measured:
 prefill throughput and time to first token on one long prompt, single-stream decode
 throughput, and aggregate decode throughput with 1/8/32 concurrent requests (the lhama engine's
-continuous batching; transformers' batched ``generate``; llama.cpp single stream only).
+continuous batching; transformers' batched ``generate``; llama.cpp's own batching: one context
+with a sequence per request, one ``llama_decode`` per step over every live sequence, as its
+server runs slots), and each process's peak RSS through the single-stream runs and in all.
 Results: ``bench/results/<timestamp>.json`` and ``<name>.json/.md/.png`` (name: ``latest``).
 
 ``lhama`` is the no-flag path (``load_model(path)``: a quantized GGUF stays quantized);
@@ -370,8 +372,6 @@ def run_model(
                     col["decode_pct_limit"] = 100 * col["decode_tok_s"] / meta["decode_limit_tok_s"]
 
     notes = [n for s in systems for n in results[s].get("notes", [])]
-    if "llama.cpp" in systems:
-        notes.append("llama.cpp: concurrency > 1 not measured: llama-cpp-python has no continuous batching")
     if "transformers" in systems:
         notes.append(
             "transformers: concurrent = one batched generate() (static batch, left padding; "

@@ -78,3 +78,23 @@ def rss_mib() -> float | None:
     """This process's resident set now (VmRSS), or None without /proc."""
     kib = _status_kib("VmRSS")
     return None if kib is None else kib / 1024
+
+
+def mark_rss(details: dict, phase: str) -> None:
+    """The process's RSS and peak RSS (MiB) after ``phase``: where the peak comes from."""
+    details.setdefault("rss_by_phase", {})[phase] = {"rss_mib": rss_mib(), "peak_rss_mib": peak_rss_mib()}
+
+
+def rss_note(details: dict, who: str) -> str | None:
+    """One line for the report: ``who``'s RSS after each phase (peak when it is higher)."""
+    phases = details.get("rss_by_phase")
+    if not phases:
+        return None
+
+    def fmt(v):
+        now, peak = v["rss_mib"], v["peak_rss_mib"]
+        if now is None:  # no /proc: the peak is all there is
+            return f"peak {peak:.0f}"
+        return f"{now:.0f}" if peak <= now + 1 else f"{now:.0f} (peak {peak:.0f})"
+
+    return f"{who} RSS after each phase, MiB: " + ", ".join(f"{k} {fmt(v)}" for k, v in phases.items())

@@ -67,6 +67,10 @@ def test_table_ratios_use_the_engine_and_mark_failures():
     assert by["decode_tok_s"]["ratios"]["llama.cpp"] == pytest.approx(0.5)  # engine's 20, not the loop's 25
     assert by["ttft_s"]["ratios"]["llama.cpp"] == pytest.approx(2.0)
     assert by["agg_8"]["ratios"]["llama.cpp"] is None
+    # Issue 14's row: the engine's aggregate at the top concurrency over the peer's single stream.
+    vs = by[report.VS_SINGLE]
+    assert vs["values"]["lhama (engine)"] == 80.0 and vs["values"]["llama.cpp"] == 40.0
+    assert vs["ratios"]["llama.cpp"] == pytest.approx(2.0) and vs["label"].startswith("8 concurrent vs")
     assert by["decode_tok_s"]["ratios"]["transformers"] is None
     assert by["decode_tok_s"]["values"]["transformers"] == "n/a (failed)"
     assert "compile_s" not in by  # no system reported it: no empty row
@@ -131,6 +135,43 @@ def test_quick_run_on_a_tiny_random_model(tmp_path):
     assert len(list(tmp_path.glob("2*.json"))) == 1  # the timestamped copy
     needs.module("matplotlib")
     assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_llama_cpp_runs_the_concurrent_work_batched(smollm2_path):
+    """llama.cpp's column does the same concurrent work as lhama's, in one batched context: every
+    sequence gets its tokens, sequence 0 (the concurrency-1 prompt) the single stream's tokens, and
+    its process peak covers that work. A tiny workload on the default file, in a child process."""
+    import run  # bench/run.py
+    from harness.workload import Workload
+
+    ids = [504, 2251, 436, 22753, 28, 30, 198, 1530, 314, 260, 1345, 282, 7063, 355, 253, 1205] * 3
+    gen = 6
+    w = Workload(
+        model=str(smollm2_path),
+        prompt_ids=ids[:16],
+        gen_single=4,
+        concurrency=[1, 2, 3],
+        conc_prompts=[ids[i * 5 : i * 5 + 12] for i in range(3)],
+        gen_conc=gen,
+        compile=False,
+        threads=1,  # two threads spin at llama.cpp's barriers: seconds per step on a loaded 2-core box
+    )
+    res = run.run_system("llama.cpp", w.to_json(), timeout=120, verbose=False, threads=1)
+    assert res["ok"], res.get("error", "") + res.get("stderr_tail", "")
+    col, det = res["columns"]["llama.cpp"], res["details"]
+    for n in (2, 3):
+        c = det[f"concurrent_{n}"]
+        assert c["requests"] == n and c["tokens"] == n * gen and c["tokens_per_sequence"] == [gen]
+        assert report.is_num(col[f"agg_{n}"]) and col[f"agg_{n}"] > 0 and col[f"e2e_{n}"] > 0
+        assert c["all_started_s"] < c["wall_s"]
+        # Greedy: the batched sequence 0 is the concurrency-1 run of the same prompt.
+        assert c["seq0_token_ids"][:4] == det["concurrent_1"]["token_ids"][:4], (c, det["concurrent_1"])
+    assert det["batched"]["n_seq_max"] == 3 and det["batched"]["n_ctx_seq"] >= 12 + gen
+    phases = det["rss_by_phase"]
+    assert list(phases)[-1] == "3 concurrent"
+    assert col["single_peak_rss_mib"] <= phases["3 concurrent"]["peak_rss_mib"] <= res["peak_rss_mib"] + 1
+    assert any("its own batching" in n for n in res["notes"])
+    assert not any("not measured" in n or "failed" in n for n in res["notes"]), res["notes"]
 
 
 def test_a_crashed_worker_is_reported_with_its_signal(monkeypatch):

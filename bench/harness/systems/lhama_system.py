@@ -129,40 +129,17 @@ def warm_up(model, engine, w: Workload) -> float:
     return measure.now() - t0
 
 
-def mark_rss(details: dict, phase: str) -> None:
-    """The process's RSS and peak RSS (MiB) after ``phase``: where the peak comes from."""
-    details.setdefault("rss_by_phase", {})[phase] = {
-        "rss_mib": measure.rss_mib(),
-        "peak_rss_mib": measure.peak_rss_mib(),
-    }
-
-
-def rss_note(details: dict) -> str | None:
-    """One line for the report: RSS after each phase (peak when it is higher)."""
-    phases = details.get("rss_by_phase")
-    if not phases:
-        return None
-
-    def fmt(v):
-        now, peak = v["rss_mib"], v["peak_rss_mib"]
-        if now is None:  # no /proc: the peak is all there is
-            return f"peak {peak:.0f}"
-        return f"{now:.0f}" if peak <= now + 1 else f"{now:.0f} (peak {peak:.0f})"
-
-    return "lhama RSS after each phase, MiB: " + ", ".join(f"{k} {fmt(v)}" for k, v in phases.items())
-
-
 def engine_columns(engine, w: Workload, col: dict, details: dict, marks: dict | None = None) -> None:
     """Fill ``col``/``details`` as each measurement finishes (a timeout keeps what is done);
-    ``marks``: where the RSS after each measurement goes (``mark_rss``)."""
+    ``marks``: where the RSS after each measurement goes (``measure.mark_rss``)."""
     s = engine_single(engine, w.prompt_ids, w.gen_single)
     col.update(prefill_tok_s=s["prefill_tok_s"], ttft_s=s["ttft_s"], decode_tok_s=s.get("decode_tok_s"))
     details["single"] = s
-    # The peak through the runs llama.cpp also makes (one stream, then concurrency 1): the
-    # like-for-like memory figure; the 8/32-concurrent KV cache comes after.
+    # The peak through the single-stream runs (one stream, then concurrency 1), which every
+    # system makes: the like-for-like memory figure before the 8/32-concurrent KV cache.
     col["single_peak_rss_mib"] = measure.peak_rss_mib()
     if marks is not None:
-        mark_rss(marks, "engine single stream")
+        measure.mark_rss(marks, "engine single stream")
     for n in w.concurrency:
         c = engine_concurrent(engine, w.conc_prompts[:n], w.gen_conc)
         col[f"agg_{n}"] = c.get("agg_tok_s", "n/a (no decode phase)")
@@ -171,7 +148,7 @@ def engine_columns(engine, w: Workload, col: dict, details: dict, marks: dict | 
         if n == 1:
             col["single_peak_rss_mib"] = measure.peak_rss_mib()
         if marks is not None:
-            mark_rss(marks, f"{n} concurrent")
+            measure.mark_rss(marks, f"{n} concurrent")
 
 
 def _info(w: Workload) -> dict:
@@ -185,7 +162,7 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
     model, load_s = load(w, no_flags=no_flags)
     load_peak = measure.peak_rss_mib()  # VmHWM right after loading: the load's own peak
     cols, details, notes = out["columns"], out["details"], out["notes"]
-    mark_rss(details, "load")
+    measure.mark_rss(details, "load")
 
     if cuda_graphs and no_flags:  # (the eager and float variants only re-measure the engine)
         warm_up(model, None, w)
@@ -196,7 +173,7 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
         ref.update(agg_1=one.get("decode_tok_s"), e2e_1=one["e2e_tok_s"])
         ref.update({f"agg_{n}": "n/a (single sequence by design)" for n in w.concurrency if n > 1})
         ref["single_peak_rss_mib"] = measure.peak_rss_mib()
-        mark_rss(details, "reference loop")
+        measure.mark_rss(details, "reference loop")
 
     try:
         engine = make_engine(model, w, cuda_graphs=cuda_graphs)
@@ -214,9 +191,9 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
         "max_num_batched_tokens": engine.config.max_num_batched_tokens,
     }
     details["engine_config"]["kv_cache_mib"] = engine.cache.nbytes / 2**20
-    mark_rss(details, f"engine built (KV cache {engine.cache.nbytes / 2**20:.0f} MiB reserved)")
+    measure.mark_rss(details, f"engine built (KV cache {engine.cache.nbytes / 2**20:.0f} MiB reserved)")
     warm_up(model, engine, w)
-    mark_rss(details, "warm-up")
+    measure.mark_rss(details, "warm-up")
     from lhama.quant import weight_bytes
 
     name = "lhama (engine)" if cuda_graphs else "lhama (engine, eager)"
@@ -227,7 +204,7 @@ def run(w: Workload, out: dict, *, cuda_graphs: bool = True, no_flags: bool = Tr
     try:
         engine_columns(engine, w, cols[name], details["engine"], details)
     finally:
-        if no_flags and cuda_graphs and (line := rss_note(details)):
+        if no_flags and cuda_graphs and (line := measure.rss_note(details, "lhama")):
             notes.append(line)
     if engine.runner.graphs is not None:
         details["cuda_graphs_captured"] = engine.runner.graphs.num_captured
