@@ -27,7 +27,7 @@ TEACHER_COMMANDS = {
 def test_every_cache_building_command_takes_the_flag(argv):
     p = build_parser()
     assert p.parse_args(argv).kv_cache_dtype == "auto"
-    for value in ("float32", "bfloat16"):
+    for value in ("float32", "bfloat16", "int8"):
         a = p.parse_args([*argv, "--kv-cache-dtype", value])
         assert a.kv_cache_dtype == value
         if argv in ENGINE_COMMANDS.values():
@@ -40,6 +40,7 @@ def test_a_bad_value_is_a_usage_error_naming_the_choices(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--kv-cache-dtype" in err and "'f16'" in err and "'float32'" in err and "'bfloat16'" in err
+    assert "'int8'" in err
 
 
 @pytest.fixture(scope="module")
@@ -80,4 +81,31 @@ def test_generate_builds_its_cache_in_the_flags_dtype(monkeypatch, capsys):
     argv = ["generate", "1, 2, 3,", "--max-tokens", "3", "--temperature", "0", "--kv-cache-dtype", "float32"]
     assert main(argv) == 0
     assert made == [torch.float32]  # the flag, not the variable
+    assert capsys.readouterr().out.strip()
+
+
+def test_generate_with_an_int8_cache_end_to_end(monkeypatch, capsys):
+    """``lhama generate --kv-cache-dtype int8``: the reference loop's cache holds int8 rows with
+    their scales (written by the prompt's torch path and the decode rows' C++ op), the text comes
+    out, and the flag reaches the loop as an argument (the process's variable is left alone)."""
+    import lhama.generate.loop as loop
+
+    made = []
+
+    class Recording(loop.StaticKVCache):
+        def __init__(self, *args, dtype, **kwargs):
+            super().__init__(*args, dtype=dtype, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(loop, "StaticKVCache", Recording)
+    monkeypatch.delenv(KV_CACHE_DTYPE_ENV, raising=False)
+    argv = ["generate", "1, 2, 3,", "--max-tokens", "6", "--temperature", "0", "--kv-cache-dtype", "int8"]
+    assert main(argv) == 0
+    assert KV_CACHE_DTYPE_ENV not in __import__("os").environ
+    (cache,) = made
+    k = cache.k[0]
+    assert k.dtype == torch.int8 and k.shape[-1] == 64 + 4  # head_dim values + an fp32 scale
+    written = cache.pos  # prompt + 5 fed-back tokens
+    scales = k[0, :written, :, 64:].contiguous().view(torch.float32)
+    assert (scales > 0).all() and torch.equal(k[0, written:], torch.zeros_like(k[0, written:]))
     assert capsys.readouterr().out.strip()

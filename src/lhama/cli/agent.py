@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lhama.cli.args import add_kv_cache_dtype_arg, add_model_args, add_sampling_args, load_model_from_args
+from lhama.cli.args import (
+    add_kv_cache_dtype_arg,
+    add_model_args,
+    add_sampling_args,
+    apply_kv_cache_dtype,
+    load_model_from_args,
+)
 
 AGENT_SAMPLING = ("max_tokens", "temperature", "top_p", "seed")  # what AgentConfig takes
 
@@ -140,6 +146,7 @@ def run_agent(a) -> int:
     from lhama.safety.spec import shields_from_args
 
     shields = shields_from_args(a)
+    apply_kv_cache_dtype(a)  # the Agent builds its engine with the default config
     lm = load_model_from_args(a)
     if a.replay:
         tr = Transcript.load(a.replay)

@@ -17,8 +17,9 @@ from lhama.sampling_defaults import SAMPLING_DEFAULTS, SamplingDefaults
 
 DTYPES = ("float32", "bfloat16", "float16")
 # What --kv-cache-dtype offers (EngineConfig.kv_cache_dtype, lhama.model.kv_cache_dtype): "auto" is
-# bf16 K/V under a float32 model on a CPU, else the model's dtype, or LHAMA_KV_CACHE_DTYPE if set.
-KV_CACHE_DTYPES = ("auto", "float32", "bfloat16")
+# bf16 K/V under a float32 model on a CPU, else the model's dtype, or LHAMA_KV_CACHE_DTYPE if set;
+# "int8" stores int8 values with an fp32 scale per token and KV head (about half of bf16's bytes).
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "int8")
 KV_CACHE_DTYPE_ENV = "LHAMA_KV_CACHE_DTYPE"
 
 
@@ -85,15 +86,17 @@ def add_kv_cache_dtype_arg(g) -> None:
         choices=KV_CACHE_DTYPES,
         default="auto",
         help="what K/V are stored in: auto = bfloat16 under float32 weights on a CPU (attention still "
-        f"computes in float32), else the weights' dtype; {KV_CACHE_DTYPE_ENV} sets auto's choice, "
-        "the flag wins over it (default: auto)",
+        "computes in float32), else the weights' dtype; int8 = int8 values and a float32 scale per token "
+        f"and KV head, about half of bfloat16's memory (docs/engine.md); {KV_CACHE_DTYPE_ENV} sets "
+        "auto's choice, the flag wins over it (default: auto)",
     )
 
 
 def apply_kv_cache_dtype(a) -> None:
-    """Make ``--kv-cache-dtype`` the process's choice: every cache built from here on (the
-    reference loop's, a speculative draft's, the engine's under "auto") reads it through
-    ``LHAMA_KV_CACHE_DTYPE``; the flag, when given, wins over the variable."""
+    """Make ``--kv-cache-dtype`` the process's choice through ``LHAMA_KV_CACHE_DTYPE`` (the flag,
+    when given, wins over the variable), for the commands whose cache is built out of the CLI's
+    reach (``agent``'s engine, ``rag ask``'s loop); the others pass the flag on
+    (``stream_text(kv_cache_dtype=)``, ``EngineConfig.kv_cache_dtype``)."""
     import os
 
     value = getattr(a, "kv_cache_dtype", "auto")
@@ -136,7 +139,6 @@ def load_model_from_args(a, *, named_lora_ok: bool = False):
     from lhama.loader import load_model
 
     merged, named = split_lora_flags(getattr(a, "lora", None))
-    apply_kv_cache_dtype(a)
     if named and not named_lora_ok:
         raise ConfigError(
             f"--lora {named[0][0]}=... (an adapter served per request) is for lhama serve and batch; here "

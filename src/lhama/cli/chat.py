@@ -20,8 +20,11 @@ HELP = "commands: /reset (forget the conversation), /system TEXT (set the system
 class ChatSession:
     """Keeps the conversation; each turn renders it with the model's chat format."""
 
-    def __init__(self, loaded, params: SamplingParams, system: str | None = None, speculation=None):
+    def __init__(
+        self, loaded, params: SamplingParams, system: str | None = None, speculation=None, kv_cache_dtype=None
+    ):
         self.lm = loaded
+        self.kv_cache_dtype = kv_cache_dtype  # what the reference loop's cache stores (None: auto)
         self.speculation = speculation  # lhama.generate.speculative.Speculation, or None
         self.params = params
         self.system = system
@@ -43,7 +46,13 @@ class ChatSession:
         gen_ids: list[int] = []
         try:
             for d in stream_text(
-                self.lm.model, self.lm.tokenizer, ids, params, stop_ids=fmt.stop_ids, speculation=self.speculation
+                self.lm.model,
+                self.lm.tokenizer,
+                ids,
+                params,
+                stop_ids=fmt.stop_ids,
+                speculation=self.speculation,
+                kv_cache_dtype=self.kv_cache_dtype,
             ):
                 gen_ids += d.token_ids
                 yield d.text
@@ -147,10 +156,11 @@ def run_chat(
     stdout: TextIO = sys.stdout,
     speculation=None,
     history_file: str | None = None,
+    kv_cache_dtype: str | None = None,
 ) -> int:
     """The chat loop. ``history_file``: None for the default place, '' for no history."""
     gc.enable()  # off while lhama chat started up (lhama.cli.main); a session can go on for long
-    session = ChatSession(loaded, params, system, speculation)
+    session = ChatSession(loaded, params, system, speculation, kv_cache_dtype)
     reader = LineReader(stdin, stdout, history_file)
     print(
         f"lhama chat with {loaded.name} ({loaded.args.n_layers} layers, context {loaded.context_length}). {HELP}",

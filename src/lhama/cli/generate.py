@@ -41,7 +41,10 @@ def run_generate(a) -> int:
         ids = lm.tokenizer.encode(a.prompt, bos=lm.tokenizer.bos_id is not None)
         stop_ids = lm.tokenizer.stop_ids
     pieces, steps, finish = [], [], None
-    for d in stream_text(lm.model, lm.tokenizer, ids, params, stop_ids=stop_ids, speculation=spec):
+    deltas = stream_text(
+        lm.model, lm.tokenizer, ids, params, stop_ids=stop_ids, speculation=spec, kv_cache_dtype=a.kv_cache_dtype
+    )
+    for d in deltas:
         if not a.json:
             sys.stdout.write(d.text)
             sys.stdout.flush()
@@ -105,4 +108,5 @@ def run_chat_command(a) -> int:
         system=a.system,
         speculation=speculation_from_args(a, lm),
         history_file=a.history_file,
+        kv_cache_dtype=a.kv_cache_dtype,
     )

@@ -12,6 +12,7 @@ from lhama.cli.args import (
     add_kv_cache_dtype_arg,
     add_model_args,
     add_sampling_args,
+    apply_kv_cache_dtype,
     load_model_from_args,
     sampling_params_from_args,
 )
@@ -159,6 +160,7 @@ def cmd_ask(a) -> int:
 
     with _open(a) as store:
         retriever = _retriever(a, store)
+        apply_kv_cache_dtype(a)  # answer_question's reference loop reads the variable
         loaded = load_model_from_args(a)
         answer = answer_question(loaded, retriever, a.question, k=a.k, params=sampling_params_from_args(a))
     print(json.dumps(answer.as_dict(), ensure_ascii=False) if a.json else answer.render())

@@ -13,7 +13,8 @@ import torch
 from lhama.generate.outputs import Completion, StreamDelta, TokenStep, check_context
 from lhama.generate.sampling import BatchSampler, SamplingParams, make_generator
 from lhama.generate.stops import StopStringMatcher
-from lhama.model import StaticKVCache, Transformer, kv_cache_dtype
+from lhama.model import StaticKVCache, Transformer
+from lhama.model import kv_cache as kv_caches
 from lhama.quant.ggml import integer_rows
 
 
@@ -26,21 +27,31 @@ def generate_tokens(
     stop_ids: Sequence[int] = (),
     context_length: int | None = None,
     speculation=None,
+    kv_cache_dtype: str | None = None,
 ) -> Iterator[TokenStep]:
     """Yield sampled tokens until a stop id (yielded too) or ``params.max_tokens``.
-    With ``speculation`` (``lhama.generate.speculative.Speculation``) a draft proposes tokens."""
+    With ``speculation`` (``lhama.generate.speculative.Speculation``) a draft proposes tokens.
+    ``kv_cache_dtype``: what the KV cache stores (auto, float32, bfloat16, int8; None or "auto":
+    ``LHAMA_KV_CACHE_DTYPE``, else bf16 under fp32 weights on a CPU; see
+    ``lhama.model.kv_cache_dtype``)."""
     if speculation is not None:
         from lhama.generate.speculative import speculative_tokens
 
         yield from speculative_tokens(
-            model, speculation, prompt_ids, params, stop_ids=stop_ids, context_length=context_length
+            model,
+            speculation,
+            prompt_ids,
+            params,
+            stop_ids=stop_ids,
+            context_length=context_length,
+            kv_cache_dtype=kv_cache_dtype,
         )
         return
     args = model.args
     ctx = context_length or args.max_seq_len
     check_context(len(prompt_ids), params.max_tokens, ctx)
     device = model.device
-    kv_dtype = kv_cache_dtype(model.dtype, device)  # bf16 K/V under an fp32 model on a CPU
+    kv_dtype = kv_caches.kv_cache_dtype(model.dtype, device, kv_cache_dtype)  # auto: bf16 under fp32 on a CPU
     cache = StaticKVCache(args, 1, len(prompt_ids) + params.max_tokens, dtype=kv_dtype, device=device)
     sampler = BatchSampler(args.vocab_size, device)
     gen = make_generator(params.seed, device)
@@ -101,8 +112,10 @@ def stream_text(
     *,
     stop_ids: Sequence[int] | None = None,
     speculation=None,
+    kv_cache_dtype: str | None = None,
 ) -> Iterator[StreamDelta]:
-    """Text deltas that never split a UTF-8 character and never show a (partial) stop string."""
+    """Text deltas that never split a UTF-8 character and never show a (partial) stop string.
+    ``kv_cache_dtype``: as ``generate_tokens`` takes it."""
     from lhama.tokenizer.incremental import IncrementalDecoder
 
     stop_ids = tokenizer.stop_ids if stop_ids is None else stop_ids
@@ -112,7 +125,10 @@ def stream_text(
     decoder = IncrementalDecoder(tokenizer)
     matcher = StopStringMatcher(params.stop)
     n = 0
-    for step in generate_tokens(model, prompt_ids, params, stop_ids=stop_ids, speculation=speculation):
+    steps = generate_tokens(
+        model, prompt_ids, params, stop_ids=stop_ids, speculation=speculation, kv_cache_dtype=kv_cache_dtype
+    )
+    for step in steps:
         n += 1
         if step.token_id in stop_set:
             tail = matcher.feed(decoder.flush()) + matcher.flush()
@@ -138,10 +154,14 @@ def generate(
     *,
     stop_ids: Sequence[int] | None = None,
     speculation=None,
+    kv_cache_dtype: str | None = None,
 ) -> Completion:
     parts, ids, steps = [], [], []
     finish, reason = "length", None
-    for d in stream_text(model, tokenizer, prompt_ids, params, stop_ids=stop_ids, speculation=speculation):
+    deltas = stream_text(
+        model, tokenizer, prompt_ids, params, stop_ids=stop_ids, speculation=speculation, kv_cache_dtype=kv_cache_dtype
+    )
+    for d in deltas:
         parts.append(d.text)
         ids += d.token_ids
         steps += d.steps

@@ -26,7 +26,8 @@ from lhama.errors import ConfigError, SamplingError
 from lhama.generate.drafts import DEFAULT_K, NgramDraft, build_draft, quantized_self_draft, self_draft
 from lhama.generate.outputs import TokenStep, check_context
 from lhama.generate.sampling import SamplingParams, apply_logit_bias, filter_logits, make_generator
-from lhama.model import StaticKVCache, Transformer, kv_cache_dtype
+from lhama.model import StaticKVCache, Transformer
+from lhama.model import kv_cache as kv_caches
 
 
 @dataclass
@@ -124,8 +125,10 @@ def speculative_tokens(
     *,
     stop_ids: Sequence[int] = (),
     context_length: int | None = None,
+    kv_cache_dtype: str | None = None,
 ) -> Iterator[TokenStep]:
-    """Like ``lhama.generate.generate_tokens``, with the draft proposing and the target verifying."""
+    """Like ``lhama.generate.generate_tokens``, with the draft proposing and the target verifying
+    (both caches in ``kv_cache_dtype``, as there)."""
     draft, k_max, stats = spec.draft, spec.num_speculative_tokens, spec.stats
     check_draft(target, draft)
     _check_params(params)
@@ -136,13 +139,14 @@ def speculative_tokens(
     gen = make_generator(params.seed, dev)
     max_len = len(prompt_ids) + params.max_tokens + k_max + 1
     t_cache = StaticKVCache(
-        target.args, 1, max_len, dtype=kv_cache_dtype(target.dtype, dev), device=dev
+        target.args, 1, max_len, dtype=kv_caches.kv_cache_dtype(target.dtype, dev, kv_cache_dtype), device=dev
     )  # as the plain loop
     lookup = draft if isinstance(draft, NgramDraft) else spec.lookup
     model_draft = None if isinstance(draft, NgramDraft) else draft
     d_cache = None
     if model_draft is not None:
-        d_cache = StaticKVCache(draft.args, 1, max_len, dtype=kv_cache_dtype(draft.dtype, dev), device=dev)
+        d_dtype = kv_caches.kv_cache_dtype(draft.dtype, dev, kv_cache_dtype)
+        d_cache = StaticKVCache(draft.args, 1, max_len, dtype=d_dtype, device=dev)
 
     def run(model, cache, toks: list[int], last_only: bool = False) -> torch.Tensor:
         x = torch.tensor([toks], dtype=torch.long, device=dev)
