@@ -19,7 +19,12 @@ asks for transparent huge pages from 4 MB): the same kernels read the page cache
 slower on the 2-core Zen 4 VM (docs/performance.md).
 
     python bench/ggml_kernels.py [--shapes default|1b] [--threads 1 2] [--rows 1 8 32 512]
-        [--cold-mb 256] [--file model.gguf [--memory map|anon]] [--json out.json]
+        [--cold-mb 256] [--file model.gguf [--memory map|anon]] [--impls ggml int4 fp32] [--json out.json]
+
+``LHAMA_GGML_ISA=avx2`` (or ``avx512vnni``, ``scalar``) forces a lower kernel body for the whole
+process (the 256-bit bodies of laptops without AVX-512, measured on an AVX-512 machine);
+``LHAMA_GGML_LIB=path.so`` loads another build of the kernels (A/B runs of two versions, with
+``--impls ggml`` alone).
 
 The "per token" line is one decode step's matmuls: layers x (w1|w3, w2, wq|wk|wv, wo) + head.
 """
@@ -189,6 +194,13 @@ def main(argv=None) -> int:
     p.add_argument("--file", help="take the weights from this GGUF file (views of its map, parts as parts)")
     p.add_argument("--memory", choices=["map", "anon"], default="map", help="--file: the map's pages or copies")
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        choices=["ggml", "int4", "fp32"],
+        default=["ggml", "int4", "fp32"],
+        help="columns to measure (ggml alone: A/B runs of two kernel builds, LHAMA_GGML_LIB=...)",
+    )
     args = p.parse_args(argv)
 
     print(f"ggml kernels: {'available' if ggml.available() else 'reference'}, isa {ggml.isa()}")
@@ -206,8 +218,8 @@ def main(argv=None) -> int:
         if layers is None:
             blocks = torch.from_numpy(random_blocks(rng, n, k, qt))
             copies = [blocks] + [blocks.clone() for _ in range(int(args.cold_mb * 1e6 / blocks.numel()))]
-            mod = int4_module(blocks, qt)
-            w32 = ggml.dequantize(blocks, qt) if n * k <= FP32_MAX_WEIGHTS else None
+            mod = int4_module(blocks, qt) if "int4" in args.impls else None
+            w32 = ggml.dequantize(blocks, qt) if n * k <= FP32_MAX_WEIGHTS and "fp32" in args.impls else None
         else:  # the file's layers, in turn; parts as a list (one part: the tensor itself)
             copies = [ps if len(ps) > 1 else ps[0] for ps in layers]
             blocks = torch.empty(sum(b.numel() for b in layers[0]), dtype=torch.uint8)  # its size only
@@ -224,11 +236,11 @@ def main(argv=None) -> int:
                     b = next(cycle)
                 return ggml.block_linear(x, b, q)
 
-            impls = {
-                "ggml": ggml_call,
-                "int4": (lambda x=x, m=mod: m(x)) if mod is not None else (lambda: None),
-                "fp32": (lambda x=x, w=w32: F.linear(x, w)) if w32 is not None else (lambda: None),
-            }
+            impls = {"ggml": ggml_call}
+            if mod is not None:
+                impls["int4"] = lambda x=x, m=mod: m(x)
+            if w32 is not None:
+                impls["fp32"] = lambda x=x, w=w32: F.linear(x, w)
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 # One thread: process CPU time. More: the fastest call's wall clock (idle OpenMP
@@ -243,10 +255,8 @@ def main(argv=None) -> int:
                 for _ in range(args.rounds):
                     for key, fn in impls.items():
                         best[key] = min(best[key], cpu_us(fn, calls[key], clock))
-                if w32 is None:
-                    best["fp32"] = float("nan")
-                if mod is None:
-                    best["int4"] = float("nan")
+                for key in ("int4", "fp32"):
+                    best.setdefault(key, float("nan"))
                 gbs = blocks.numel() / best["ggml"] / 1e3
                 row = {"shape": name, "N": n, "K": k, "rows": rows, "threads": threads, "per_token": per_token}
                 row.update({f"{key}_us": round(v, 1) for key, v in best.items()})

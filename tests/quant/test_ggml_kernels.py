@@ -342,3 +342,33 @@ def test_q6_k_512_bit_body_is_the_avx2_kernels_numbers():
             assert ((got["avx512vbmi"][7] - xq @ want.T).abs() <= 1e-5 * (x.abs() @ want.abs().T) + 1e-6).all()
     finally:
         ggml.set_isa(before)
+
+
+@pytest.mark.parametrize("body", ["avx2", "avx512vnni"])
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+def test_256_bit_tiled_rows_are_each_rows_own_numbers(body, qtype):
+    """The 256-bit bodies (laptops without AVX-512): 9-128 activation rows go to the tiled kernel
+    (8-row weight panels, scales from the rows' own loads) and every row gets the bits it gets
+    alone (the row-at-a-time kernel), for odd and even block counts, weight rows past the last
+    whole panel, a row-strided view and a list of parts; AVX2 and AVX512-VNNI give the same
+    bits; all within the int8 activations' exactly emulated rounding."""
+    with kernels_on(body):
+        for k, n in ((96, 45), (192, 16)):
+            raw = random_blocks(qtype, n=2 * n, k=k, seed=k)
+            blocks, w = torch.from_numpy(raw)[::2], gguf_weight(raw, qtype)[::2]  # rows 2 rows apart
+            x = torch.randn(40, k, generator=torch.Generator().manual_seed(k))
+            with ggml.integer_rows(128):
+                alone = torch.cat([ggml.block_linear(x[i : i + 1], blocks, qtype) for i in range(40)])
+                for rows in (3, 9, 17, 40):
+                    assert torch.equal(ggml.block_linear(x[:rows], blocks, qtype), alone[:rows])
+                parts = [blocks[:8], blocks[8:]]
+                assert torch.equal(ggml.block_linear(x[:12], parts, qtype), alone[:12])
+                many = ggml.block_linear(x.repeat(3, 1)[:120], blocks, qtype)  # 120 rows: one sweep
+            assert torch.equal(many, alone.repeat(3, 1)[:120])
+            exact = quantized_activations(x) @ w.T
+            assert ((alone - exact).abs() <= 1e-5 * (x.abs() @ w.abs().T) + 1e-6).all()
+            got = alone
+            if ggml.set_isa("avx2") == "avx2":  # the other 256-bit body: the same bits
+                with ggml.integer_rows(128):
+                    assert torch.equal(ggml.block_linear(x[:20], blocks, qtype), got[:20])
+                ggml.set_isa(body)

@@ -68,12 +68,12 @@ def test_more_rows_than_one_sweep_and_threads():
 
 @pytest.mark.skipif(not ggml.available(), reason="needs the compiled kernels")
 def test_path_0_takes_the_integer_path_where_it_is_cheaper():
-    """By row count: integer products up to 128 rows with the 512-bit tiled kernels (else 20;
+    """By row count: integer products up to 128 rows with the tiled kernels (512- and 256-bit; else 20;
     Q6_K 64 with AVX2), the bf16 GEMM above."""
     raw = random_blocks(Q4_1, n=40, k=128, seed=1)
     blocks = torch.from_numpy(raw)
     x = torch.randn(140, 128, generator=torch.Generator().manual_seed(1))
-    most = 128 if ggml.isa() == "avx512vbmi" else 20
+    most = 20 if ggml.isa() == "scalar" else 128  # the 256-bit bodies: 8-row panels
     assert torch.equal(op(x[:most], blocks, Q4_1, 0), op(x[:most], blocks, Q4_1, 1))
     assert torch.equal(op(x[: most + 1], blocks, Q4_1, 0), op(x[: most + 1], blocks, Q4_1, 2))
     q6 = torch.from_numpy(q6k_blocks(24, 512, seed=2))

@@ -17,10 +17,10 @@ once per torch version and source hash (``make install`` runs ``python -m lhama.
 each row is quantized to int8 per 32 values and multiplied with integer dot products (512-bit
 AVX512 with VBMI/GFNI/VNNI, 256-bit AVX512-VNNI, AVX2 or plain C++, picked at run time by cpuid;
 ``LHAMA_GGML_ISA=avx512vnni|avx2|scalar|reference`` forces a lower one); from 9 rows (Q6_K: 32)
-the 512-bit body sweeps every activation row against 16-row weight panels unpacked once
-(``kernels/ggml_tile.h``; the same numbers as one row at a time). Many rows (prefill; by row
-count above 128 rows on the 512-bit body, else 20) dequantize slices of the weight to bf16 and
-run one GEMM.
+the 512-bit body sweeps every activation row against 16-row weight panels unpacked once, the
+256-bit bodies from 3 rows against 8-row panels (``kernels/ggml_tile.h``; the same numbers as
+one row at a time). Many rows (prefill; by row count above 128 rows on the 512-bit and 256-bit
+bodies, else 20) dequantize slices of the weight to bf16 and run one GEMM.
 Without a compiler the same functions run a pure-torch reference (dequantize + matmul), with a
 one-line notice.
 """

@@ -186,20 +186,34 @@ static inline __m256 halves_to_ps(__m256i g, bool hi) {
   return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
 }
 
+// The first 4 bytes of 8 rows' blocks at `base` (fp16 d, Q4_1's fp16 m), lane r = row r: what a
+// gather of 8 dwords gives, from 8 plain loads and blends. Row r's 16-byte load starts 4 (r % 4)
+// bytes before its block, so the block's first dword lands in dword r % 4; rows 0-3 and 4-7 fill
+// one half each. Every byte read lies between row 0's block and row 7's (rows are >= 18 bytes
+// apart: nothing before the first row or past the last one is touched).
+static inline __m256i headers8(const uint8_t* base, int64_t ws) {
+  __m128i v[8];
+  for (int r = 0; r < 8; ++r) v[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + r * ws - 4 * (r % 4)));
+  const __m128i lo = _mm_blend_epi32(_mm_blend_epi32(v[0], v[1], 0x2), _mm_blend_epi32(v[2], v[3], 0x8), 0xC);
+  const __m128i hi = _mm_blend_epi32(_mm_blend_epi32(v[4], v[5], 0x2), _mm_blend_epi32(v[6], v[7], 0x8), 0xC);
+  return _mm256_set_m128i(hi, lo);
+}
+
 // 8 weight rows at once: the 8 integer dot products of a block are reduced into one vector
-// (lane r = row r), so the per-block float work (scales from one gather, the int -> float
-// conversion, the fma, Q4's bias term) is shared by 8 rows; out[m * ldo + r] for r < 8.
+// (lane r = row r), so the per-block float work (the scales from the rows' own loads, the
+// int -> float conversion, the fma, Q4's bias term) is shared by 8 rows; out[m * ldo + r] for
+// r < 8 (the scales came from an 8-dword gather before: the same numbers; gathers are slow on
+// AMD Zen 2/3, the AVX2-only laptops' cores). From 3 activation rows ggml_tile.h's 8-row panels
+// take over (the same numbers again).
 template <int QT, int MT>
 static inline void tile8(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx,
                          const float* sx, int64_t K, float* out, int64_t ldo, bool pf) {
   constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
-  const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(ws)));
   __m256 acc[MT];
   for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* base = w + b * BB;
-    // The first 4 bytes of each row's block: fp16 d (and Q4_1's fp16 m).
-    const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(base), idx, 1);
+    const __m256i g = headers8(base, ws);
     const __m256 wd = halves_to_ps(g, false);
     __m256 wc = _mm256_setzero_ps();
     if constexpr (QT == Q4_0) wc = _mm256_mul_ps(wd, _mm256_set1_ps(-8.f));

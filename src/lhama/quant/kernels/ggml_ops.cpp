@@ -309,15 +309,30 @@ Kernels kernels() {
 // From this many activation rows, Q4_0 / Q4_1 / Q8_0 integer products go through ggml_tile.h
 // (one weight unpack per block for all rows; the same numbers as `gemv`; 1 thread, CPU time, on
 // the 1B and 135M shapes: equal at 8 rows, 10-25% faster at 9-11).
+#ifndef ROWS_MAX_256
+#define ROWS_MAX_256 128
+#endif
 #ifndef TILE_ROWS
 #define TILE_ROWS 9
 #endif
 constexpr int64_t kTileRows = TILE_ROWS;
+// The 256-bit bodies' tiled kernel (8-row panels; AVX2, AVX512-VNNI on 256 bits) from fewer
+// rows: forced on this Zen 4 (1 thread, CPU time, the 135M shapes) it beat the row-at-a-time
+// kernel from 3 rows (8 rows: 0.07 vs 0.12-0.15 ms on wq|wk|wv; the Q8_0 head 5.7-6.1 vs
+// 8.1-11.7 ms) and tied it at 2.
+#ifndef TILE_ROWS_256
+#define TILE_ROWS_256 3
+#endif
+constexpr int64_t kTileRows256 = TILE_ROWS_256;
 constexpr int64_t kTileRowsQ6K = 32;  // the panel unpack costs more: equal to the 512-bit row kernel at ~24
+
+int64_t tile_rows_min() { return g_isa == kAvx2 || g_isa == kVnni ? kTileRows256 : kTileRows; }
 
 GemvFn tile_kernel() {
 #if GGML_X86
   if (g_isa == kZmm) return ggml_zmm::tile_gemv;
+  if (g_isa == kVnni) return ggml_vnni::tile_gemv;
+  if (g_isa == kAvx2) return ggml_avx2::tile_gemv;
 #endif
   return kernels().gemv;
 }
@@ -326,9 +341,14 @@ GemvFn tile_kernel() {
 // is cheaper, as measured (bench/ggml_rows.py, 1 thread, process CPU time, Zen 4; see
 // docs/performance.md "Batched decode"): with the tiled 512-bit kernels the integer path wins up
 // to 128 rows on the 135M and 1B shapes (Q6_K too); Q6_K's AVX2 kernel (<= 32 rows a call) up to 64.
+// The 256-bit tiled kernels up to 128 as well (docs/performance.md "AVX2 laptops"): forced on the
+// Zen 4 they beat its avx512_bf16 GEMM up to 64 rows on the 135M shapes and tie it at 128, and a
+// CPU without AVX-512 runs that GEMM 8-10x slower (oneDNN capped at AVX2: the 135M shapes at
+// 32-128 rows, 8-10x the tiled kernel's time).
 int64_t integer_rows_max(int64_t qt, int64_t K) {
   if (qt == Q6_K) return g_isa == kZmm ? 128 : g_isa >= kAvx2 ? 64 : kRowsSmallM;
-  return g_isa == kZmm && (K / 32) % 2 == 0 ? 128 : kRowsSmallM;
+  if (g_isa == kZmm) return (K / 32) % 2 == 0 ? 128 : kRowsSmallM;
+  return g_isa >= kAvx2 ? ROWS_MAX_256 : kRowsSmallM;
 }
 
 // One row of K weights -> floats / bf16, any supported type.
@@ -392,7 +412,7 @@ std::vector<Part> parts_of(const std::vector<at::Tensor>& blocks, int64_t qtype,
 void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>& parts, int64_t N, int64_t qt,
                   float* out) {
   const Kernels k = kernels();
-  const GemvFn gemv = M >= kTileRows ? tile_kernel() : k.gemv;
+  const GemvFn gemv = M >= tile_rows_min() ? tile_kernel() : k.gemv;
   const int64_t nb = K / block_elems(qt);
   std::vector<int8_t> qx(M * K);
   std::vector<float> dx(M * nb), sx(qt == Q6_K ? 0 : M * nb);

@@ -1,7 +1,8 @@
 // Many activation rows (9-128, Q6_K 32-128: batched decode) on Q4_0 / Q4_1 / Q8_0 blocks with integer dot
 // products, included by ggml_ops.cpp right after ggml_dot.h, in the same namespace (its helpers
-// and `gemv` are reused; nothing there changes). Only the 512-bit body (GGML_LEVEL 3: AVX512
-// VNNI) has a tiled kernel; elsewhere `tile_gemv` is the row-at-a-time `gemv`.
+// and `gemv` are reused; nothing there changes). The 512-bit body (GGML_LEVEL 3: AVX512 VNNI)
+// has 16-row panels, the 256-bit ones (levels 1, 2: AVX2, AVX512-VNNI on 256 bits; from 3 rows)
+// 8-row panels (below); the scalar body's `tile_gemv` is the row-at-a-time `gemv`.
 //
 // Why: `gemv` unpacks a weight block once per group of <= 8 activation rows and reduces each
 // row's 16-lane dot products horizontally (reduce16); at 32 rows that is 4 unpacks and 4x the
@@ -259,8 +260,152 @@ static void q6k_tile(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64
 }
 #endif
 
+#if GGML_LEVEL == 1 || GGML_LEVEL == 2
+// The 256-bit bodies (AVX2; AVX512-VNNI on 256-bit vectors), the same design on 8-row panels:
+// lane n = weight row n, so a panel's block is laid out once (8 rows' loads, two per 256-bit
+// vector, a 4 x 4 dword transpose per 128-bit half; the scales as `headers8`, no gather) and every
+// activation row is swept against it on broadcasts of 4 activation bytes, with no horizontal
+// reduction. Same numbers as the row-at-a-time `tile8` (ggml_dot.h), bit for bit: per (row,
+// block) the integer dot product is exact in both (AVX2, Q4: the 8 maddubs pair sums add up in
+// int16, |sum| <= 8 * 2 * 15 * 127 < 2^15; Q8_0: |w| against x signed like w, as tile8, pair sums
+// <= 2 * 128 * 127; VNNI Q8_0: w + 128 unsigned minus 128 sum(q)), and the float steps are
+// tile8's (acc = fma(float(dot), d_w * d_x, acc); Q4: acc = fma(c_w, d_x sum q, acc), one
+// accumulator per row, in block order). Rows past the last whole panel go to `gemv_rows` (its
+// 4- and 1-row tiles), as in `gemv`.
+typedef int32_t __attribute__((may_alias, aligned(1))) tile_i32u;  // 4 activation bytes, any address
+
+// 4 x 4 dwords per 128-bit half: out[j] dword i (per half) = in[i] dword j.
+static inline void transpose4x4(const __m256i y[4], __m256i out[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(y[0], y[1]), t1 = _mm256_unpackhi_epi32(y[0], y[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(y[2], y[3]), t3 = _mm256_unpackhi_epi32(y[2], y[3]);
+  out[0] = _mm256_unpacklo_epi64(t0, t2);
+  out[1] = _mm256_unpackhi_epi64(t0, t2);
+  out[2] = _mm256_unpacklo_epi64(t1, t3);
+  out[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+static inline __m256i load2x128(const uint8_t* lo, const uint8_t* hi) {
+  return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo))),
+                                 _mm_loadu_si128(reinterpret_cast<const __m128i*>(hi)), 1);
+}
+
+// Rows [n, n + 8) x activation rows [0, mc); acc: 8 floats per activation row.
+template <int QT>
+static void tile8y(const uint8_t* w, int64_t ws, int64_t nb, const int8_t* qx, const float* dx, const float* sx,
+                   const int32_t* qs, int64_t mc, int64_t K, float* out, int64_t ldo, float* acc, bool pf) {
+  constexpr int BB = QT == Q4_0 ? 18 : QT == Q4_1 ? 20 : 34;
+  constexpr int OFF = QT == Q4_1 ? 4 : 2;
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t m = 0; m < mc; ++m) _mm256_store_ps(acc + m * 8, _mm256_setzero_ps());
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* base = w + b * BB;
+    if (pf)
+      for (int r = 0; r < 8; ++r)  // the next panel's block b (rows 8 further)
+        _mm_prefetch(reinterpret_cast<const char*>(base + (8 + r) * ws), _MM_HINT_T0);
+    const __m256i g = headers8(base, ws);
+    const __m256 wd = halves_to_ps(g, false);
+    __m256 wc = _mm256_setzero_ps();
+    if constexpr (QT == Q4_0) wc = _mm256_mul_ps(wd, _mm256_set1_ps(-8.f));
+    if constexpr (QT == Q4_1) wc = halves_to_ps(g, true);
+    // W[j] lane n: row n's bytes (elements) 4j..4j+3; Q8_0 on AVX2: A = |W| (W keeps the signs).
+    __m256i W[8], A[8];
+    {
+      __m256i y[4], v[4];
+      for (int r = 0; r < 4; ++r) y[r] = load2x128(base + r * ws + OFF, base + (r + 4) * ws + OFF);
+      transpose4x4(y, v);
+      if constexpr (QT == Q8_0) {
+        for (int j = 0; j < 4; ++j) W[j] = v[j];
+        for (int r = 0; r < 4; ++r) y[r] = load2x128(base + r * ws + OFF + 16, base + (r + 4) * ws + OFF + 16);
+        transpose4x4(y, v);
+        for (int j = 0; j < 4; ++j) W[j + 4] = v[j];
+        for (int j = 0; j < 8; ++j) {
+#if GGML_LEVEL >= 2
+          W[j] = _mm256_xor_si256(W[j], _mm256_set1_epi8(char(0x80)));
+#else
+          A[j] = _mm256_sign_epi8(W[j], W[j]);
+#endif
+        }
+      } else {
+        for (int j = 0; j < 4; ++j) {
+          W[j] = _mm256_and_si256(v[j], m4);
+          W[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v[j], 4), m4);
+        }
+      }
+    }
+    for (int64_t m = 0; m < mc; ++m) {
+      const tile_i32u* xv = reinterpret_cast<const tile_i32u*>(qx + m * K + b * 32);
+      __m256i d;
+#if GGML_LEVEL >= 2
+      __m256i d0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W[0], _mm256_set1_epi32(xv[0]));
+      __m256i d1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), W[1], _mm256_set1_epi32(xv[1]));
+      for (int j = 2; j < 8; j += 2) {
+        d0 = _mm256_dpbusd_epi32(d0, W[j], _mm256_set1_epi32(xv[j]));
+        d1 = _mm256_dpbusd_epi32(d1, W[j + 1], _mm256_set1_epi32(xv[j + 1]));
+      }
+      d = _mm256_add_epi32(d0, d1);
+      if constexpr (QT == Q8_0) d = _mm256_sub_epi32(d, _mm256_set1_epi32(qs[m * nb + b]));
+#else
+      const __m256i one = _mm256_set1_epi16(1);
+      if constexpr (QT == Q8_0) {
+        __m256i d0 = _mm256_madd_epi16(_mm256_maddubs_epi16(A[0], _mm256_sign_epi8(_mm256_set1_epi32(xv[0]), W[0])), one);
+        __m256i d1 = _mm256_madd_epi16(_mm256_maddubs_epi16(A[1], _mm256_sign_epi8(_mm256_set1_epi32(xv[1]), W[1])), one);
+        for (int j = 2; j < 8; j += 2) {
+          d0 = _mm256_add_epi32(
+              d0, _mm256_madd_epi16(_mm256_maddubs_epi16(A[j], _mm256_sign_epi8(_mm256_set1_epi32(xv[j]), W[j])), one));
+          d1 = _mm256_add_epi32(
+              d1,
+              _mm256_madd_epi16(_mm256_maddubs_epi16(A[j + 1], _mm256_sign_epi8(_mm256_set1_epi32(xv[j + 1]), W[j + 1])),
+                                one));
+        }
+        d = _mm256_add_epi32(d0, d1);
+      } else {
+        __m256i s0 = _mm256_maddubs_epi16(W[0], _mm256_set1_epi32(xv[0]));
+        __m256i s1 = _mm256_maddubs_epi16(W[1], _mm256_set1_epi32(xv[1]));
+        for (int j = 2; j < 8; j += 2) {
+          s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(W[j], _mm256_set1_epi32(xv[j])));
+          s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(W[j + 1], _mm256_set1_epi32(xv[j + 1])));
+        }
+        d = _mm256_madd_epi16(_mm256_add_epi16(s0, s1), one);
+      }
+#endif
+      float* a = acc + m * 8;
+      __m256 av = _mm256_load_ps(a);
+      av = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(wd, _mm256_set1_ps(dx[m * nb + b])), av);
+      if constexpr (QT != Q8_0) av = _mm256_fmadd_ps(wc, _mm256_set1_ps(sx[m * nb + b]), av);
+      _mm256_store_ps(a, av);
+    }
+  }
+  for (int64_t m = 0; m < mc; ++m) _mm256_storeu_ps(out + m * ldo, _mm256_load_ps(acc + m * 8));
+}
+
+template <int QT>
+static void tile_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
+                      const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
+  constexpr int64_t kMc = 128;  // activation rows per sweep: their accumulators (4 KB) stay in L1
+  alignas(32) float acc[kMc * 8];
+  std::vector<int32_t> qs;
+#if GGML_LEVEL >= 2
+  if constexpr (QT == Q8_0) {  // 128 * sum(q) per activation block (the + 128 on the weights)
+    qs.resize(M * nb);
+    for (int64_t i = 0; i < M * nb; ++i) {
+      int32_t s = 0;
+      for (int j = 0; j < 32; ++j) s += qx[i * 32 + j];
+      qs[i] = 128 * s;
+    }
+  }
+#endif
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8)
+    for (int64_t m = 0; m < M; m += kMc)
+      tile8y<QT>(w + n * ws, ws, nb, qx + m * K, dx + m * nb, sx + m * nb, qs.empty() ? nullptr : qs.data() + m * nb,
+                 std::min(kMc, M - m), K, out + m * ldo + n, ldo, acc, n + 16 <= n1 && m == 0);
+  if (n < n1) gemv_rows<QT>(w, ws, n, n1, nb, qx, dx, sx, M, K, out, ldo);
+}
+#endif
+
 // `gemv` for many activation rows: the tiled kernel where there is one (512-bit body, an even
-// block count: the layout whose numbers it reproduces), else `gemv` itself.
+// block count: the layout whose numbers it reproduces; the 256-bit bodies: any block count),
+// else `gemv` itself.
 static void tile_gemv(int qt, const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int64_t nb, const int8_t* qx,
                       const float* dx, const float* sx, int64_t M, int64_t K, float* out, int64_t ldo) {
 #if GGML_LEVEL >= 3
@@ -269,6 +414,10 @@ static void tile_gemv(int qt, const uint8_t* w, int64_t ws, int64_t n0, int64_t 
     if (qt == Q4_1) return tile_rows<Q4_1>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
     return tile_rows<Q8_0>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
   }
+#elif GGML_LEVEL == 1 || GGML_LEVEL == 2
+  if (qt == Q4_0) return tile_rows<Q4_0>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
+  if (qt == Q4_1) return tile_rows<Q4_1>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
+  return tile_rows<Q8_0>(w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
 #endif
   gemv(qt, w, ws, n0, n1, nb, qx, dx, sx, M, K, out, ldo);
 }
