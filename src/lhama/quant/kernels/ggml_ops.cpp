@@ -309,6 +309,9 @@ Kernels kernels() {
 // From this many activation rows, Q4_0 / Q4_1 / Q8_0 integer products go through ggml_tile.h
 // (one weight unpack per block for all rows; the same numbers as `gemv`; 1 thread, CPU time, on
 // the 1B and 135M shapes: equal at 8 rows, 10-25% faster at 9-11).
+#ifndef Q6K_ROWS_256
+#define Q6K_ROWS_256 16
+#endif
 #ifndef ROWS_MAX_256
 #define ROWS_MAX_256 128
 #endif
@@ -421,7 +424,10 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
   else k.quantize(x, M, K, qx.data(), dx.data(), sx.data());
 #if GGML_X86
   const auto q6k = g_isa == kZmm ? ggml_zmm::q6k_gemv : g_isa >= kAvx2 ? q6k_gemv_avx2 : q6k_gemv_scalar;
-  const int64_t q6k_rows = g_isa >= kAvx2 ? 32 : M;  // the AVX2 kernel takes <= 32 rows a call
+  // The AVX2 kernel takes <= 32 rows a call; on the 256-bit levels 16 (their activation rows stay
+  // in L1: the 1B head, 128256 x 2048, at 32 rows 202-222 vs 259-276 ms, at 64 rows 396-411 vs
+  // 437-497 ms, Zen 4 with the avx2 level forced, 1 thread; the same numbers: rows are independent).
+  const int64_t q6k_rows = g_isa == kZmm ? 32 : g_isa >= kAvx2 ? Q6K_ROWS_256 : M;
 #else
   const auto q6k = q6k_gemv_scalar;
   const int64_t q6k_rows = M;
