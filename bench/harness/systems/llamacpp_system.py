@@ -56,9 +56,11 @@ class Batched:
             self.lib.llama_free(self.ctx)
             self.ctx = None
 
-    def run(self, prompts: list[list[int]], gen: int) -> tuple[float, list[tuple[float, int, int]], list[list[int]]]:
+    def run(
+        self, prompts: list[list[int]], gen: int
+    ) -> tuple[float, list[tuple[float, int, int]], list[list[int]], list[float]]:
         """All prompts submitted at once, greedy, ``gen`` tokens each (EOS ignored): (t0, per-step
-        log as ``measure.concurrent`` takes it, the tokens of every sequence)."""
+        log as ``measure.concurrent`` takes it, the tokens of every sequence, its first token's time)."""
         import numpy as np
 
         lib, b = self.lib, self.batch
@@ -68,6 +70,7 @@ class Batched:
         fed = [0] * n  # prompt tokens in the cache
         toks: list[list[int]] = [[] for _ in range(n)]
         steps = []
+        first = [0.0] * n
         started = 0
         k = 0
         outputs: list[tuple[int, int]] = []  # this step's (index in the batch, sequence) with logits
@@ -103,12 +106,15 @@ class Batched:
                 raise RuntimeError(f"llama_decode returned {rc} ({k} tokens in the batch)")
             for i, s in outputs:
                 logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                if not toks[s]:
-                    started += 1
                 toks[s].append(int(logits.argmax()))
+            t = measure.now()
+            for _, s in outputs:
+                if len(toks[s]) == 1:
+                    started += 1
+                    first[s] = t
             if outputs:
-                steps.append((measure.now(), len(outputs), started))
-        return t0, steps, toks
+                steps.append((t, len(outputs), started))
+        return t0, steps, toks, first
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -211,8 +217,9 @@ def concurrent(llm, w: Workload, out: dict, *, single_ids: list[int]) -> None:
             ctx.run([p[:8] for p in w.conc_prompts[:n]], 3)
         measure.mark_rss(details, "warm-up")
         for n in many:
-            t0, steps, toks = ctx.run(w.conc_prompts[:n], w.gen_conc)
+            t0, steps, toks, first = ctx.run(w.conc_prompts[:n], w.gen_conc)
             c = measure.concurrent(t0, steps, n)
+            c["mean_ttft_s"] = sum(first) / n - t0
             c["steps"] = len(steps)
             c["tokens_per_sequence"] = sorted({len(t) for t in toks})
             # Sequence 0 is the concurrency-1 prompt: its tokens should be the single stream's.
