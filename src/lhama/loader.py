@@ -129,7 +129,7 @@ def load_model(
     weights: ``dtype=torch.float32`` gives the dequantized model. An adapter merged into a
     quantized file is never re-rounded to 4 bits behind the caller's back: a rank-8 delta is
     smaller than the rounding step and would vanish (``quantize="int4"`` does it on request)."""
-    from lhama.checkpoints import load_weights, read_args, read_checkpoint
+    from lhama.checkpoints import load_weights, open_reader, read_checkpoint
     from lhama.checkpoints.quantized import is_quantized_checkpoint, load_quantized, release_freed_memory
     from lhama.tokenizer import load_chat_format, load_tokenizer
 
@@ -146,64 +146,71 @@ def load_model(
     adapters = [a for a in (shipped, lora) if a is not None and a is not side]
     keep_quantized = stay_quantized and not adapters
     target = resolve_model_spec(spec)
-    if stay_quantized and isinstance(target, Path):  # F16/BF16 files stay 16-bit where bf16 is native
-        from lhama.checkpoints.quantized import sixteen_bit_dtype
+    # One validated reader for the whole load (the file's headers parsed once): a broken or
+    # hostile checkpoint is reported here, before anything else is read.
+    reader = open_reader(target) if isinstance(target, Path) else None
+    try:
+        if stay_quantized and reader is not None:  # F16/BF16 files stay 16-bit where bf16 is native
+            from lhama.checkpoints.quantized import sixteen_bit_dtype
 
-        dtype = sixteen_bit_dtype(target)
-    dtype = dtype or default_dtype(device)
-    report = None
-    if isinstance(target, str):  # a named config: random weights
-        named = get_config(target)
-        args = named.args
-        if max_seq_len:
-            args = args.with_(max_seq_len=max_seq_len)
-        model = build_model(args, dtype=dtype, device=device, init="random", seed=seed)
-        tok = load_tokenizer(tokenizer or named.tokenizer)
-        fmt = load_chat_format(tokenizer or named.tokenizer, tok, override=chat_format)
-        name, source, path = named.name, "config", None
-    else:
-        read_args(target)  # a broken or hostile checkpoint is reported before anything else
-        # The tokenizer before the weights: its vocabulary's temporaries then come and go while
-        # little is held, so they never add to the load's peak memory.
-        tok = load_tokenizer(tokenizer or target)
-        fmt = load_chat_format(target, tok, override=chat_format)
-        quantized = load_quantized(target, max_seq_len=max_seq_len) if keep_quantized else None
-        if quantized is not None:
-            model, report = quantized
-            args = model.args
-            if side is not None:
-                from lhama.model.lora_batch import attach_fixed_lora
-                from lhama.peft_adapter import read_peft_weights
-
-                with _intra_op_threads(1):  # ~200 small tensors: threads only add wake-ups
-                    attach_fixed_lora(model, *read_peft_weights(side, args))
+            dtype = sixteen_bit_dtype(reader)
+        dtype = dtype or default_dtype(device)
+        report = None
+        if isinstance(target, str):  # a named config: random weights
+            named = get_config(target)
+            args = named.args
+            if max_seq_len:
+                args = args.with_(max_seq_len=max_seq_len)
+            model = build_model(args, dtype=dtype, device=device, init="random", seed=seed)
+            tok = load_tokenizer(tokenizer or named.tokenizer)
+            fmt = load_chat_format(tokenizer or named.tokenizer, tok, override=chat_format)
+            name, source, path = named.name, "config", None
         else:
-            if side is not None:  # not a quantized file after all: merge into its float weights
-                adapters.insert(0, side)
-            ckpt = read_checkpoint(target, dtype=dtype)
-            args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
-            model = build_model(args, dtype=dtype, device=device)
-            load_weights(model, ckpt.state_dict)
-            del ckpt
-        name, source, path = target.stem if target.is_file() else target.name, _format_of(target), target
-    for adapter in adapters:
-        from lhama.model.lora import merge_lora
-        from lhama.peft_adapter import load_peft_adapter
+            # The tokenizer before the weights: its vocabulary's temporaries then come and go while
+            # little is held, so they never add to the load's peak memory.
+            tok = load_tokenizer(tokenizer or target)
+            fmt = load_chat_format(target, tok, override=chat_format)
+            quantized = load_quantized(reader, max_seq_len=max_seq_len) if keep_quantized else None
+            if quantized is not None:
+                model, report = quantized
+                args = model.args
+                if side is not None:
+                    from lhama.model.lora_batch import attach_fixed_lora
+                    from lhama.peft_adapter import read_peft_weights
 
-        load_peft_adapter(model, adapter)
-        merge_lora(model)
-    if adapters and stay_quantized and path is not None and is_quantized_checkpoint(path):
-        log.warning(
-            "%s: LoRA adapter merged into float weights (about 3x the memory and time of the "
-            "quantized file); --quantize int4 re-rounds them, at the cost of most of the adapter",
-            path.name,
-        )
-    if quantize is not None:
-        from lhama.quant import QuantConfig, quantize_model
+                    with _intra_op_threads(1):  # ~200 small tensors: threads only add wake-ups
+                        attach_fixed_lora(model, *read_peft_weights(side, args))
+            else:
+                if side is not None:  # not a quantized file after all: merge into its float weights
+                    adapters.insert(0, side)
+                reader.close()  # the weights come through read_checkpoint's own reader
+                ckpt = read_checkpoint(target, dtype=dtype)
+                args = ckpt.args.with_(max_seq_len=max_seq_len) if max_seq_len else ckpt.args
+                model = build_model(args, dtype=dtype, device=device)
+                load_weights(model, ckpt.state_dict)
+                del ckpt
+            name, source, path = target.stem if target.is_file() else target.name, reader.format, target
+        for adapter in adapters:
+            from lhama.model.lora import merge_lora
+            from lhama.peft_adapter import load_peft_adapter
 
-        qcfg = QuantConfig.parse(quantize)
-        report = quantize_model(model, qcfg) if qcfg is not None else None
-        release_freed_memory()  # the float linears just replaced
+            load_peft_adapter(model, adapter)
+            merge_lora(model)
+        if adapters and stay_quantized and reader is not None and is_quantized_checkpoint(reader):
+            log.warning(
+                "%s: LoRA adapter merged into float weights (about 3x the memory and time of the "
+                "quantized file); --quantize int4 re-rounds them, at the cost of most of the adapter",
+                path.name,
+            )
+        if quantize is not None:
+            from lhama.quant import QuantConfig, quantize_model
+
+            qcfg = QuantConfig.parse(quantize)
+            report = quantize_model(model, qcfg) if qcfg is not None else None
+            release_freed_memory()  # the float linears just replaced
+    finally:
+        if reader is not None:
+            reader.close()
     model.eval()
     return LoadedModel(model, tok, fmt, args, name, source, path, time.perf_counter() - t0, report)
 
@@ -222,9 +229,3 @@ def _intra_op_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _format_of(path: Path) -> str:
-    from lhama.checkpoints import detect_format
-
-    return detect_format(path)

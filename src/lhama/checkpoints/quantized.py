@@ -29,6 +29,7 @@ views that one ``block_linear`` call multiplies (no copy at load).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import mmap
@@ -174,18 +175,19 @@ class WeightCopies:
     under a copied tensor are dropped from the resident set. Modules the caller dropped are
     skipped (the thread holds them weakly). ``wait()`` blocks until the thread is done."""
 
-    def __init__(self, late: list[tuple[torch.Tensor, np.ndarray]], modules: list[nn.Module], drop) -> None:
+    def __init__(self, late: list[tuple[torch.Tensor, np.ndarray, np.ndarray]], modules: list[nn.Module], drop) -> None:
+        """``late``: (a module buffer that is a view of the map, its blocks, where to copy them)."""
         holders: dict[int, list[tuple[weakref.ref, str]]] = {}
         for mod in modules:
             for name, buf in mod.named_buffers(recurse=False):
                 holders.setdefault(id(buf), []).append((weakref.ref(mod), name))
         # (map view's tensor held weakly, its bytes, where it is held); the tensors' own refs go
-        self._todo = [(weakref.ref(t), blocks, holders.get(id(t), [])) for t, blocks in late]
+        self._todo = [(weakref.ref(t), blocks, slot, holders.get(id(t), [])) for t, blocks, slot in late]
         self._drop = drop
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self.total = len(self._todo)
-        self.bytes_total = sum(b.nbytes for _, b, _ in self._todo)
+        self.bytes_total = sum(b.nbytes for _, b, _, _ in self._todo)
         self.copied = 0  # tensors swapped so far
         self.seconds = 0.0  # the thread's wall time, once done
         self.error: BaseException | None = None
@@ -215,12 +217,12 @@ class WeightCopies:
             except (AttributeError, OSError):
                 pass
             while self._todo:
-                ref, blocks, holders = self._todo.pop(0)
+                ref, blocks, slot, holders = self._todo.pop(0)
                 old = ref()  # None: the model is gone
                 live = [(m, n) for r, n in holders if old is not None and getattr(m := r(), n, None) is old]
                 del old
                 if live:
-                    copy = torch.from_numpy(anonymous_copy(blocks, self._drop))
+                    copy = torch.from_numpy(_copy_rows(slot, blocks, self._drop))
                     for m, n in live:
                         setattr(m, n, copy)  # a registered buffer: one store into its _buffers
                     invalidate_decode_plans()  # the next step's plan takes the new buffers
@@ -228,7 +230,7 @@ class WeightCopies:
                     del copy, live
                 if self._drop is not None:
                     self._drop(blocks)  # pages a reader of the old view touched meanwhile
-                del blocks
+                del blocks, slot
         except BaseException as e:  # out of memory, say: the rest stay map views (same numbers)
             self.error = e
             log.warning("weights: background copy into anonymous memory stopped (%s: %s)", type(e).__name__, e)
@@ -262,15 +264,12 @@ def wait_for_weight_copies(model: nn.Module, timeout: float | None = None) -> bo
     return True if copies is None else copies.wait(timeout)
 
 
-def anonymous_copy(src: np.ndarray, drop=None) -> np.ndarray:
-    """``src`` (rows of raw blocks, a view of the file's map) copied into a private anonymous
-    mapping that asks for transparent huge pages (2 MiB aligned; ``MADV_HUGEPAGE`` on its whole
-    2 MiB spans only, so the tail costs no more than its 4 KiB pages), ``COPY_CHUNK`` bytes at a
-    time, calling ``drop`` on each chunk of ``src`` once copied (the file pages leave the resident
-    set: the peak is the copy plus one chunk). Where THP is off or ``madvise`` fails it is the same
-    copy on 4 KiB pages. The returned array holds the mapping alive (its ``base``)."""
-    n = src.nbytes
-    mm = mmap.mmap(-1, n + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+def _huge_page_mapping(n: int) -> np.ndarray:
+    """``n`` bytes of a private anonymous mapping, 2 MiB aligned, asking for transparent huge pages
+    on its whole 2 MiB spans (the tail stays on 4 KiB pages). Where THP is off or ``madvise``
+    fails it is 4 KiB pages. The array holds the mapping alive (its ``base``)."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    mm = mmap.mmap(-1, n + HUGE_PAGE, flags=flags)
     whole = np.frombuffer(mm, dtype=np.uint8)
     skip = -whole.ctypes.data % HUGE_PAGE
     huge = n // HUGE_PAGE * HUGE_PAGE
@@ -279,16 +278,53 @@ def anonymous_copy(src: np.ndarray, drop=None) -> np.ndarray:
             mm.madvise(mmap.MADV_HUGEPAGE, skip, huge)
         except OSError:  # THP not built in: 4 KiB pages
             pass
-    dst = whole[skip : skip + n].reshape(src.shape)
+    return whole[skip : skip + n]
+
+
+def _copy_rows(dst: np.ndarray, src: np.ndarray, drop=None) -> np.ndarray:
+    """``src`` into ``dst`` ``COPY_CHUNK`` bytes at a time, calling ``drop`` on each chunk of
+    ``src`` once copied (its file pages leave the resident set: the peak is the copy plus one
+    chunk). Returns ``dst``."""
+    n = src.nbytes
     rows = src.shape[0] if src.ndim else 1
     step = max(1, COPY_CHUNK // max(1, n // max(1, rows)))
     for start in range(0, rows, step):
         dst[start : start + step] = src[start : start + step]
         if drop is not None:
             drop(src[start : start + step])
-    if drop is not None:
-        drop(src)  # the pages the chunks' edges shared
+    if drop is not None and rows > step:
+        drop(src)  # the pages the chunks' edges shared (one chunk: dropped whole already)
     return dst
+
+
+def anonymous_copy(src: np.ndarray, drop=None) -> np.ndarray:
+    """``src`` (rows of raw blocks, a view of the file's map) copied into its own private
+    anonymous mapping that asks for transparent huge pages (``_huge_page_mapping``), calling
+    ``drop`` on each chunk of ``src`` once copied (``_copy_rows``)."""
+    return _copy_rows(_huge_page_mapping(src.nbytes).reshape(src.shape), src, drop)
+
+
+class HugePageArena:
+    """One private anonymous mapping for all of a load's block copies (``_huge_page_mapping``,
+    reserved up front with ``MAP_NORESERVE``: untouched bytes cost nothing), handed out back to
+    back at 64-byte boundaries. A model's small tensors (the default model's are all under 2 MiB)
+    then sit on huge pages too, where a mapping per tensor left each on 4 KiB pages: one page
+    fault per 2 MiB instead of per 4 KiB at load (the default model's copies: 51 -> 15 ms CPU),
+    and the kernels read them from huge pages. Every slice holds the whole mapping alive."""
+
+    ALIGN = 64
+
+    def __init__(self, nbytes: int):
+        self._free = _huge_page_mapping(nbytes)
+        self._at = 0
+
+    def take(self, shape: tuple[int, ...], nbytes: int) -> np.ndarray | None:
+        """A fresh slice of ``nbytes`` shaped ``shape``; None when the arena is full."""
+        if self._at + nbytes > self._free.shape[0]:
+            return None
+        out = self._free[self._at : self._at + nbytes].reshape(shape)
+        self._at += -(-nbytes // self.ALIGN) * self.ALIGN
+        return out
 
 
 # -- building modules ------------------------------------------------------------------------
@@ -304,7 +340,8 @@ class _Builder:
     mapped: list[np.ndarray] = field(default_factory=list)  # map ranges BlockLinear modules read
     copy_budget: float = field(default_factory=copy_seconds)  # seconds the copies may take
     copy_spent: float = 0.0
-    late: list[tuple[torch.Tensor, np.ndarray]] = field(default_factory=list)  # map views past the budget
+    late: list[tuple[torch.Tensor, np.ndarray, np.ndarray]] = field(default_factory=list)  # (view, blocks, slot)
+    arena: HugePageArena | None = None  # where the copies go
 
     def map_weights(self) -> None:
         """Fault in the map's pages under every BlockLinear (one read per page), as llama.cpp's
@@ -363,25 +400,35 @@ class _Builder:
             self.views[name] = self._hold(self.reader.blocks(name))
         return self.views[name]
 
+    def _slot(self, blocks: np.ndarray) -> np.ndarray:
+        """Where the copy of ``blocks`` goes: the next slice of the load's arena (made on first
+        use, as large as the file: only what is written becomes resident)."""
+        if self.arena is None:
+            self.arena = HugePageArena(
+                os.path.getsize(self.reader.path) + HugePageArena.ALIGN * len(self.reader.shapes)
+            )
+        slot = self.arena.take(blocks.shape, blocks.nbytes)
+        return slot if slot is not None else _huge_page_mapping(blocks.nbytes).reshape(blocks.shape)
+
     def _hold(self, blocks: np.ndarray) -> torch.Tensor:
         """``blocks`` (a view of the map) as the tensor a module keeps."""
         if self.copy_blocks and self.copy_spent < self.copy_budget:
             start = time.perf_counter()
-            copy = torch.from_numpy(anonymous_copy(blocks, self.reader.drop_pages))
+            copy = torch.from_numpy(_copy_rows(self._slot(blocks), blocks, self.reader.drop_pages))
             self.copy_spent += time.perf_counter() - start
             return copy
         self.mapped.append(blocks)
         with warnings.catch_warnings():  # "non-writable NumPy array": by design
             warnings.simplefilter("ignore", UserWarning)
             view = torch.from_numpy(blocks)
-        if self.copy_blocks:  # past the budget: copied after the load (``WeightCopies``)
-            self.late.append((view, blocks))
+        if self.copy_blocks and background_copies_on():  # copied after the load (``WeightCopies``)
+            self.late.append((view, blocks, self._slot(blocks)))
         return view
 
     def start_late_copies(self, model: nn.Module) -> WeightCopies | None:
         """The background copies of the tensors left in the map by the budget (None: none left,
         or ``LHAMA_WEIGHTS_BACKGROUND_COPY=0``)."""
-        if not self.late or not background_copies_on():
+        if not self.late:
             return None
         held = [m for m in model.modules() if isinstance(m, (BlockLinear, BlockEmbedding))]
         copies = WeightCopies(self.late, held, self.reader.drop_pages)
@@ -597,14 +644,26 @@ def _same_exact_type(reader: GGUFCheckpointReader, names: list[str]) -> bool:
     return len(types) == 1 and types.pop() in EXACT
 
 
-def load_quantized(path, *, max_seq_len: int | None = None) -> tuple[Transformer, QuantReport] | None:
-    """The model of a quantized GGUF file in kernel layouts, or None for any other checkpoint
-    (which then loads through ``read_checkpoint``)."""
+@contextlib.contextmanager
+def _reader_of(source):
+    """``source`` itself when it is an open reader (left open), else the checkpoint's validated
+    reader, closed on exit: one load opens, parses and validates the file's headers once."""
     from lhama.checkpoints.loader import open_reader
+    from lhama.checkpoints.reader import CheckpointReader
 
-    if not is_quantized_checkpoint(path):
+    if isinstance(source, CheckpointReader):
+        yield source
+        return
+    with open_reader(source) as reader:
+        yield reader
+
+
+def load_quantized(source, *, max_seq_len: int | None = None) -> tuple[Transformer, QuantReport] | None:
+    """The model of a quantized GGUF file (a path, or its open reader) in kernel layouts, or None
+    for any other checkpoint (which then loads through ``read_checkpoint``)."""
+    if not is_quantized_checkpoint(source):
         return None
-    with open_reader(path) as reader:
+    with _reader_of(source) as reader:
         return load_quantized_gguf(reader, max_seq_len=max_seq_len)
 
 
@@ -621,15 +680,14 @@ def cpu_computes_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def sixteen_bit_dtype(path) -> torch.dtype | None:
-    """For a GGUF file whose linears are F16/BF16, the dtype a CPU load with no flags keeps them
-    in: bfloat16 where the CPU computes bf16 natively (``cpu_computes_bf16``); elsewhere None
-    (the caller's fp32), said once in one line. None for any other checkpoint."""
-    from lhama.checkpoints.loader import detect_format, open_reader
-
-    if detect_format(path) != "gguf":
+def sixteen_bit_dtype(source) -> torch.dtype | None:
+    """For a GGUF file (a path, or its open reader) whose linears are F16/BF16, the dtype a CPU
+    load with no flags keeps them in: bfloat16 where the CPU computes bf16 natively
+    (``cpu_computes_bf16``); elsewhere None (the caller's fp32), said once in one line. None for
+    any other checkpoint."""
+    if not _is_gguf(source):
         return None
-    with open_reader(path) as reader:
+    with _reader_of(source) as reader:
         types = [reader.qtype(n) for n, s in reader.shapes.items() if len(s) == 2]
     sixteen = [t for t in types if t in (Q.F16, Q.BF16)]
     if not sixteen or len(sixteen) * 2 <= len(types):
@@ -647,13 +705,19 @@ def sixteen_bit_dtype(path) -> torch.dtype | None:
     return None
 
 
-def is_quantized_checkpoint(path) -> bool:
-    """A GGUF file whose linear weights are in quantized ggml types (headers only)."""
-    from lhama.checkpoints.loader import detect_format, open_reader
+def _is_gguf(source) -> bool:
+    from lhama.checkpoints.loader import detect_format
+    from lhama.checkpoints.reader import CheckpointReader
 
-    if detect_format(path) != "gguf":
+    return source.format == "gguf" if isinstance(source, CheckpointReader) else detect_format(source) == "gguf"
+
+
+def is_quantized_checkpoint(source) -> bool:
+    """A GGUF file (a path, or its open reader) whose linear weights are in quantized ggml types
+    (headers only)."""
+    if not _is_gguf(source):
         return False
-    with open_reader(path) as reader:
+    with _reader_of(source) as reader:
         return is_quantized_gguf(reader)
 
 
