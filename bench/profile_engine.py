@@ -4,6 +4,11 @@ For each batch size B: B requests with P-token prompts each generate G tokens (i
 reports the prefill time, the median decode step time once all B decode together, and the
 aggregate decode throughput. ``--breakdown`` adds a torch-profiler table of one decode step.
 ``bench/profile_decode.py`` times the engine at batch 1 with ``engine_step_times`` from here.
+
+``--vs-loop`` measures the engine's per-step overhead instead: one greedy stream through the
+engine and through the reference loop (``lhama.generate.generate_tokens``) on the same weights,
+alternated, process CPU time per generated token (best of ``--reps``); run it at one thread
+(``OMP_NUM_THREADS=1 ... --threads 1``) on a busy machine, where wall clock is noise.
 """
 
 from __future__ import annotations
@@ -38,12 +43,12 @@ SMOLLM2_SHAPE = dict(
 )
 
 
-def load(spec: str, dtype: torch.dtype = torch.float32, quantize: str | None = None):
+def load(spec: str, dtype: torch.dtype | None = torch.float32, quantize: str | None = None):
     """The model of a ``--model`` spec (a file, ``default``, a named config), or ``random:smollm2``."""
     if spec == "random:smollm2":
         from lhama.model import ModelArgs, build_model
 
-        return build_model(ModelArgs(**SMOLLM2_SHAPE), dtype=dtype, init="random").eval()
+        return build_model(ModelArgs(**SMOLLM2_SHAPE), dtype=dtype or torch.float32, init="random").eval()
     from lhama.loader import load_model
 
     return load_model(spec, dtype=dtype, device="cpu", quantize=quantize).model
@@ -84,6 +89,37 @@ def engine_step_times(
     return prefill, times
 
 
+def cpu_per_token(model, prompt: list[int], gen: int, config: EngineConfig, reps: int = 3) -> dict:
+    """Process CPU ms per decode token of one greedy stream, engine and reference loop
+    alternated (the prefill and first token left out of both), best and all of ``reps`` runs."""
+    from lhama.generate import generate_tokens
+
+    eng = LLMEngine(model, None, config.with_(max_num_seqs=max(config.max_num_seqs, 1)), stop_ids=())
+    params = SamplingParams(temperature=0, max_tokens=gen, ignore_eos=True)
+
+    def engine_run() -> float:
+        eng.add_request(None, prompt, params)
+        while eng.scheduler.waiting or any(s.num_computed < s.prompt_len for s in eng.scheduler.running):
+            eng.step()
+        t, n = time.process_time(), 0
+        while eng.has_unfinished():
+            n += sum(len(d.steps) for d in eng.step())
+        return (time.process_time() - t) / max(n, 1) * 1e3
+
+    def loop_run() -> float:
+        it = generate_tokens(model, prompt, params)
+        next(it)
+        t, n = time.process_time(), 0
+        for _ in it:
+            n += 1
+        return (time.process_time() - t) / max(n, 1) * 1e3
+
+    engine_run(), loop_run()  # first-call costs
+    runs = [(engine_run(), loop_run()) for _ in range(reps)]
+    e, r = [a for a, _ in runs], [b for _, b in runs]
+    return {"engine_ms": min(e), "loop_ms": min(r), "engine_all": e, "loop_all": r}
+
+
 def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, breakdown: bool = False) -> dict:
     g = torch.Generator().manual_seed(0)
     vocab = min(model.args.vocab_size, 20000)
@@ -106,7 +142,12 @@ def measure(model, batch: int, prompt_len: int, gen: int, config: EngineConfig, 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default", help="a --model spec, or random:smollm2")
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=["fp32", "bf16", "auto"],
+        help="auto: as load_model keeps the file (--vs-loop's default)",
+    )
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--gen", type=int, default=64)
@@ -116,10 +157,13 @@ def main(argv=None) -> None:
     ap.add_argument("--no-packed-head", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--vs-loop", action="store_true", help="engine vs reference loop, CPU ms per token")
+    ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    a.dtype = a.dtype or ("auto" if a.vs_loop else "fp32")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": None}[a.dtype]
     model = load(a.model, dtype)
     cfg = EngineConfig(
         block_size=a.block_size,
@@ -129,6 +173,19 @@ def main(argv=None) -> None:
         num_blocks=blocks_for(max(a.batch), a.prompt_len + a.gen, a.block_size),
     )
     print(f"model {a.model} ({a.dtype}), prompt {a.prompt_len}, generate {a.gen}, threads {torch.get_num_threads()}")
+    if a.vs_loop:
+        g = torch.Generator().manual_seed(0)
+        prompt = torch.randint(0, min(model.args.vocab_size, 20000), (a.prompt_len,), generator=g).tolist()
+        r = cpu_per_token(model, prompt, a.gen, cfg, a.reps)
+        print(
+            f"CPU ms per token: engine {r['engine_ms']:.3f}, reference loop {r['loop_ms']:.3f}, "
+            f"engine - loop {r['engine_ms'] - r['loop_ms']:+.3f} (best of {a.reps}; engine "
+            + " ".join(f"{x:.3f}" for x in r["engine_all"])
+            + ", loop "
+            + " ".join(f"{x:.3f}" for x in r["loop_all"])
+            + ")"
+        )
+        return
     for b in a.batch:
         r = measure(model, b, a.prompt_len, a.gen, cfg, a.breakdown)
         print(
