@@ -135,7 +135,8 @@ COPY_SECONDS = 1.0  # default load time the copies may take (LHAMA_WEIGHTS_COPY_
 
 def copy_seconds() -> float:
     """Seconds of load time the copies may take (``LHAMA_WEIGHTS_COPY_SECONDS``, default 1): past
-    it, the tensors still to load stay views of the map (same numbers, slower reads). The first
+    it, the tensors still to load start as views of the map (same numbers, slower reads) and are
+    copied by a background thread after the load (``WeightCopies``). The first
     touch of fresh huge pages is host work on a VM and moves with the minute: 0.1-2.4 s per GiB
     on the bench's 2-core VM, where copying a whole 3B file made its load 5.7-18 s."""
     raw = os.environ.get("LHAMA_WEIGHTS_COPY_SECONDS", "")
@@ -158,13 +159,16 @@ def background_copies_on() -> bool:
     return os.environ.get("LHAMA_WEIGHTS_BACKGROUND_COPY", "").strip().lower() not in ("0", "false", "no", "off")
 
 
-BACKGROUND_NICE = 5  # the copying thread's nice increment (Linux: per thread): ~1/4 of a core beside a busy model thread
+BACKGROUND_NICE = (
+    5  # the copying thread's nice increment (Linux: per thread): ~1/4 of a core beside a busy model thread
+)
 
 
 class WeightCopies:
     """The tensors a load left in the file's map (the copy budget ran out) copied into anonymous
-    huge-page memory by one daemon thread after the load, one tensor at a time (``anonymous_copy``,
-    the same bytes), at a lower priority than the threads serving the model.
+    huge-page memory by one daemon thread after the load, one tensor at a time (into the slots
+    the load reserved for them in its ``HugePageArena``; the same bytes), at a lower priority than
+    the threads serving the model (``BACKGROUND_NICE``).
 
     Each copy is swapped in by assigning the module buffers that held the map view (``BlockLinear``
     ``blocks``/``blocks_N``, the tied ``BlockEmbedding``'s ``blocks``): one dict store under the
