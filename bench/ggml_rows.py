@@ -1,8 +1,11 @@
 """Per-call cost of ``lhama.quant.ggml.block_linear`` by activation row count and path, on a real
 GGUF's layer-0 shapes (default: the bench's Llama 3.2 1B Q4_0 file; ``--model default`` the
 default 135M file): path 0 (picked by row count), 1 (integer dot products for every row), 2
-(bf16 slices + GEMM). Process CPU time per call (ms), best of ``--rounds``, paths alternated in
-each round; ``--threads`` sets torch's thread count.
+(the prompt-row path: bf16 slices + GEMM, or what ``set_prompt_path`` picked), and for comparison
+``bf16`` / ``f32`` (the whole weight dequantized to bf16 / fp32 by the kernels + one torch GEMM,
+dequantization included) and ``int128`` (path 1 over chunks of 128 rows). Process CPU time per call (ms),
+best of ``--rounds``, paths alternated in each round; ``--threads`` sets torch's thread count. An AVX2
+laptop on an AVX-512 machine: ``LHAMA_GGML_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2``.
 
     python bench/ggml_rows.py [--model PATH|default] [--rows 1 8 16 32 64 128] [--threads 1]
 """
@@ -50,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ONEB))
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128])
-    ap.add_argument("--paths", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--paths", nargs="+", default=["0", "1", "2"], help="0 1 2 bf16 f32 int128")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=0.3, help="CPU seconds per measurement")
@@ -66,6 +69,16 @@ def main() -> None:
     assert ggml.available()
     print(f"isa {ggml.isa()}, threads {a.threads}, {Path(path).name}; ms CPU per call, best of {a.rounds}")
     op = torch.ops.lhama_ggml.block_linear_parts
+
+    def run(x: torch.Tensor, parts: list[torch.Tensor], qt: int, p: str) -> torch.Tensor:
+        if p in ("bf16", "f32"):
+            dt = torch.bfloat16 if p == "bf16" else torch.float32
+            w = torch.cat([ggml.dequantize(b, qt) for b in parts]).to(dt)
+            return (x.to(dt) @ w.t()).float()
+        if p == "int128":
+            return torch.cat([op(x[i : i + 128], parts, qt, 1) for i in range(0, x.shape[0], 128)])
+        return op(x, parts, qt, int(p))
+
     for name, parts, qt in shapes(Path(path)):
         if a.only and name not in a.only:
             continue
@@ -79,17 +92,17 @@ def main() -> None:
             reps = {}
             for p in a.paths:  # calibrate
                 t0 = time.process_time()
-                op(x, parts, qt, p)
+                run(x, parts, qt, p)
                 dt = max(time.process_time() - t0, 1e-4)
                 reps[p] = max(1, min(200, int(a.budget / dt)))
             for _ in range(a.rounds):
                 for p in a.paths:
                     t0 = time.process_time()
                     for _ in range(reps[p]):
-                        op(x, parts, qt, p)
+                        run(x, parts, qt, p)
                     best[p] = min(best[p], (time.process_time() - t0) / reps[p])
-            cells = "  ".join(f"path{p} {best[p] * 1e3:8.3f}" for p in a.paths)
-            print(f"{name:9s} N={n:6d} K={k:5d} M={m:4d}  {cells}", flush=True)
+            cells = "  ".join(f"{p} {best[p] * 1e3:8.3f}" for p in a.paths)
+            print(f"{name:9s} {ggml._T(qt).name:5s} N={n:6d} K={k:5d} M={m:4d}  {cells}", flush=True)
 
 
 if __name__ == "__main__":

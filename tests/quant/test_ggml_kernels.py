@@ -5,13 +5,15 @@ Tolerances. Few activation rows (M <= 16) run llama.cpp's scheme: each block of 
 is rounded to int8 with d = amax / 127, so each value moves by at most d / 2 and the output by at
 most sum over blocks of d / 2 * sum |w| in that block (checked, plus fp32 rounding); an exact
 emulation of that rounding in torch then agrees to fp32 accumulation order. Many rows run a bf16
-GEMM: each product is off by at most ~2 bf16 roundings (2 * 2^-9 relative) of |x| . |w|.
+GEMM: each product is off by at most ~2 bf16 roundings (2 * 2^-9 relative) of |x| . |w|; where
+bf16 is not native (AVX2 laptops) they run the integer kernels (int8 bound above) instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import mmap
+import os
 import warnings
 
 import gguf
@@ -71,6 +73,8 @@ def isa(request, monkeypatch):
 
 def test_the_library_is_built_and_uses_the_best_isa_of_this_cpu():
     assert ggml.available(), "make install builds the ggml kernels (python -m lhama.quant.ggml --build)"
+    if os.environ.get("LHAMA_GGML_ISA"):
+        pytest.skip("LHAMA_GGML_ISA forces a lower level")
     flags = open("/proc/cpuinfo").read()
     zmm = all(f in flags for f in ("avx512_vnni", "avx512vbmi", "gfni", "avx512dq"))
     want = "avx512vbmi" if zmm else "avx512vnni" if "avx512_vnni" in flags else "avx2" if " avx2" in flags else "scalar"
@@ -110,7 +114,7 @@ def test_block_linear_matches_a_float_matmul_within_its_rounding(isa, qtype, row
     out_round = 2.0**-8 * ref.abs() if dtype == torch.bfloat16 else 0.0  # the output's own rounding
     if isa == "reference":
         bound = 1e-5 * scale + out_round
-    elif rows <= 16:
+    elif rows <= 16 or ggml.prompt_path() == "integer":
         # int8 activations: |x - x_q| <= d / 2 per value, d = amax / 127 of its block.
         half_d = xf.reshape(rows, -1, 32).abs().amax(-1) / 254  # [rows, blocks]
         w_abs = w.abs().reshape(N, -1, 32).sum(-1)  # [N, blocks]
@@ -216,6 +220,11 @@ def test_integer_rows_fixes_each_rows_path_whatever_the_batch():
     w = torch.from_numpy(random_blocks(int(gguf.GGMLQuantizationType.Q4_1)))
     qt = int(gguf.GGMLQuantizationType.Q4_1)
     x = torch.randn(150, K, generator=torch.Generator().manual_seed(3))
+    with prompt_rows_take("bf16"):  # where bf16 is not native, prompt rows are integer rows too
+        integer_rows_split(x, w, qt)
+
+
+def integer_rows_split(x, w, qt):
     integer = ggml.block_linear(x[:5], w, qt)  # 5 rows: the integer path by row count
     gemm = ggml.block_linear(x[5:], w, qt)  # 145 rows: the GEMM by row count (integer up to 128)
     assert not torch.allclose(ggml.block_linear(x[:1], w, qt), ggml.block_linear(x, w, qt)[:1], atol=0, rtol=0)
@@ -372,3 +381,65 @@ def test_256_bit_tiled_rows_are_each_rows_own_numbers(body, qtype):
                 with ggml.integer_rows(128):
                     assert torch.equal(ggml.block_linear(x[:20], blocks, qtype), got[:20])
                 ggml.set_isa(body)
+
+
+@contextlib.contextmanager
+def prompt_rows_take(name: str | None = None, *, native: bool | None = None):
+    """``ggml.set_prompt_path(name, native=native)`` for the block (then back to before)."""
+    auto, before = ggml._state.get("prompt_auto", True), ggml.prompt_path()
+    try:
+        yield ggml.set_prompt_path(name, native=native)
+    finally:
+        ggml.set_prompt_path(None if auto else before)
+
+
+@pytest.mark.parametrize("body", ["avx2", "avx512vbmi"])
+@pytest.mark.parametrize("qtype", [Q4_0, Q4_1, Q8_0])
+def test_prompt_rows_take_the_integer_kernels_where_bf16_is_not_native(body, qtype):
+    """Where torch's bf16 GEMM is not native (an AVX2 laptop: 7-10x slower than the tiled integer
+    kernels at 256-512 rows), prompt rows (path 2, and row counts above the integer limit) take
+    the integer kernels: each row's own bits (as one row alone), within the int8 activations'
+    exactly emulated rounding of the float product. Where bf16 is native they keep the bf16 GEMM
+    (its bound); the kernels below AVX2 keep it too; fp32 forced: an fp32 GEMM."""
+    with kernels_on(body):
+        raw = random_blocks(qtype, n=45, k=96)
+        blocks, w = torch.from_numpy(raw), gguf_weight(raw, qtype)
+        x = torch.randn(200, 96, generator=torch.Generator().manual_seed(qtype))
+        ref, scale = x @ w.T, x.abs() @ w.abs().T
+        with ggml.integer_rows(1):
+            alone = torch.cat([ggml.block_linear(x[i : i + 1], blocks, qtype) for i in range(200)])
+        with prompt_rows_take(native=False) as name:
+            assert name == "integer" == ggml.prompt_path()
+            with ggml.integer_rows(0):
+                assert torch.equal(ggml.block_linear(x, blocks, qtype), alone)
+            assert torch.equal(ggml.block_linear(x, blocks, qtype), alone)  # 200 rows by row count
+            xb = x[:150].bfloat16()
+            with ggml.integer_rows(150):
+                integer = ggml.block_linear(xb, blocks, qtype)
+            assert integer.dtype == torch.bfloat16 and torch.equal(ggml.block_linear(xb, blocks, qtype), integer)
+        assert ((alone - quantized_activations(x) @ w.T).abs() <= 1e-5 * scale + 1e-6).all()
+        half_d = x.reshape(200, -1, 32).abs().amax(-1) / 254
+        assert ((alone - ref).abs() <= half_d @ w.abs().reshape(45, -1, 32).sum(-1).T * 1.001 + 1e-5 * scale).all()
+        with prompt_rows_take(native=True) as name:
+            assert name == "bf16"
+            with ggml.integer_rows(0):
+                gemm = ggml.block_linear(x, blocks, qtype)
+            assert not torch.equal(gemm, alone)
+            assert ((gemm - ref).abs() <= 2.0**-7 * scale + 1e-6 + 2.0**-8 * ref.abs()).all()
+        with prompt_rows_take("fp32"), ggml.integer_rows(0):
+            assert ((ggml.block_linear(x, blocks, qtype) - ref).abs() <= 1e-5 * scale + 1e-6).all()
+        with pytest.raises(ValueError, match="prompt path"):
+            ggml.set_prompt_path("fp8")
+    with kernels_on("scalar"), prompt_rows_take(native=False) as name:
+        assert name == "bf16"  # the plain C++ integer kernels are no faster than any GEMM
+
+
+def test_prompt_rows_q6_k_take_the_integer_kernels_where_bf16_is_not_native():
+    with kernels_on("avx2"), prompt_rows_take(native=False):
+        raw = q6k_blocks(20, 512)
+        blocks = torch.from_numpy(raw)
+        x = torch.randn(70, 512, generator=torch.Generator().manual_seed(2))
+        with ggml.integer_rows(0):
+            prompt = ggml.block_linear(x, blocks, Q6_K)
+        with ggml.integer_rows(70):
+            assert torch.equal(prompt, ggml.block_linear(x, blocks, Q6_K))

@@ -20,7 +20,10 @@ AVX512 with VBMI/GFNI/VNNI, 256-bit AVX512-VNNI, AVX2 or plain C++, picked at ru
 the 512-bit body sweeps every activation row against 16-row weight panels unpacked once, the
 256-bit bodies from 3 rows against 8-row panels (``kernels/ggml_tile.h``; the same numbers as
 one row at a time). Many rows (prefill; by row count above 128 rows on the 512-bit and 256-bit
-bodies, else 20) dequantize slices of the weight to bf16 and run one GEMM.
+bodies, else 20), the "prompt path", dequantize slices of the weight to bf16 and run one GEMM
+where bf16 is native (AVX512_BF16 or AMX-BF16, and torch's oneDNN takes bf16); elsewhere (AVX2
+laptops) that GEMM runs 7-10x slower than the integer kernels, so prompt rows take those too
+(``set_prompt_path``; ``LHAMA_GGML_PROMPT=bf16|fp32|integer`` forces one).
 Without a compiler the same functions run a pure-torch reference (dequantize + matmul), with a
 one-line notice.
 """
@@ -183,9 +186,12 @@ def _load():
         want = os.environ.get("LHAMA_GGML_ISA")
         if want:
             ops.set_isa(want.lower())
+        _state["ops"] = ops
+        set_prompt_path(os.environ.get("LHAMA_GGML_PROMPT") or None)
         _state["ops"], _state["linear"] = ops, ops.block_linear.default
         _state["linear_parts"] = ops.block_linear_parts.default
     except Exception as e:  # no compiler, a broken toolchain: the reference path still runs
+        _state["ops"] = None
         log.warning("ggml block kernels unavailable (%s); using the pure-torch reference (dequantize + matmul)", e)
     return _state["ops"]
 
@@ -232,7 +238,49 @@ def set_isa(name: str) -> str:
     """Force an instruction set no higher than the CPU's (tests; ``LHAMA_GGML_ISA`` at start-up).
     Returns the one in effect."""
     ops = _load()
-    return "reference" if ops is None else ops.set_isa(name.lower())
+    if ops is None:
+        return "reference"
+    name = ops.set_isa(name.lower())
+    if _state.get("prompt_auto", True):
+        set_prompt_path(None)
+    return name
+
+
+def bf16_native() -> bool:
+    """True when torch's bf16 GEMM runs on native bf16 instructions: oneDNN takes bf16 (AVX-512 at
+    least, within ``ONEDNN_MAX_CPU_ISA``) and the CPU has AVX512_BF16 or AMX-BF16 (Linux cpuinfo)."""
+    try:
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True  # not Linux: oneDNN's word
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def set_prompt_path(name: str | None = None, *, native: bool | None = None) -> str:
+    """What prompt rows (``integer_rows``' rest, and row counts above the integer limit) run:
+    ``bf16`` (dequantized bf16 slices + GEMM), ``fp32`` (the same in fp32) or ``integer`` (the
+    integer kernels, int8-rounded activations, as llama.cpp). ``None``: ``bf16`` where it is
+    native (``bf16_native()``; ``native`` forces the answer) or the kernels run below AVX2, else
+    ``integer``. Returns the one in effect."""
+    ops = _load()
+    if ops is None:
+        return "reference"
+    _state["prompt_auto"] = name is None
+    if name is None:
+        native = bf16_native() if native is None else native
+        name = "bf16" if native or ops.get_isa() == "scalar" else "integer"
+    return ops.set_prompt_path(name.lower())
+
+
+def prompt_path() -> str:
+    """The prompt path in effect (``set_prompt_path``), or ``reference``."""
+    ops = _load()
+    return "reference" if ops is None else ops.get_prompt_path()
 
 
 # --- the API --------------------------------------------------------------------------------
@@ -276,7 +324,8 @@ def block_linear(x: torch.Tensor, blocks: torch.Tensor | Sequence[torch.Tensor],
 @contextlib.contextmanager
 def integer_rows(n: int | None):
     """Within the block, the first ``n`` rows of every ``block_linear`` input take the integer
-    path (int8-rounded activations) and the rest the dequantized bf16 GEMM, whatever the row
+    path (int8-rounded activations) and the rest the prompt path (``set_prompt_path``: the
+    dequantized bf16 GEMM where bf16 is native), whatever the row
     count; ``None``: picked by row count. The two paths round differently, so with a row-count
     rule a token's numbers would depend on what it is batched with: the engine and the reference
     loop give generated tokens' rows the integer path and prompt rows the GEMM at any batch size."""

@@ -456,25 +456,40 @@ void linear_small(const float* x, int64_t M, int64_t K, const std::vector<Part>&
   });
 }
 
-// Many rows: dequantize slices of the weight to bf16 (in parallel) and run one bf16 GEMM each.
-void linear_large(const at::Tensor& xb, const Part& p, int64_t K, int64_t qt, at::Tensor& out) {
+// Many rows: dequantize slices of the weight to bf16 (or fp32: `f32`) in parallel and run one
+// GEMM each.
+void linear_large(const at::Tensor& xb, const Part& p, int64_t K, int64_t qt, at::Tensor& out, bool f32) {
   const Kernels k = kernels();
   const int64_t N = p.N;
   const int64_t step = std::min(N, std::max<int64_t>(64, kSliceWeights / K));
   at::Tensor wb = at::empty({step, K}, xb.options());
-  uint16_t* wp = reinterpret_cast<uint16_t*>(wb.data_ptr());
+  uint16_t* wp = f32 ? nullptr : reinterpret_cast<uint16_t*>(wb.data_ptr());
+  float* wf = f32 ? wb.data_ptr<float>() : nullptr;
   for (int64_t n0 = 0; n0 < N; n0 += step) {
     const int64_t ns = std::min(step, N - n0);
     at::parallel_for(0, ns, std::max<int64_t>(1, 16384 / K), [&](int64_t r0, int64_t r1) {
       std::vector<float> tmp;
-      for (int64_t r = r0; r < r1; ++r) deq_row_bf16(k, int(qt), p.w + (n0 + r) * p.ws, K, wp + r * K, tmp);
+      for (int64_t r = r0; r < r1; ++r) {
+        if (f32) deq_row_f32(k, int(qt), p.w + (n0 + r) * p.ws, K, wf + r * K);
+        else deq_row_bf16(k, int(qt), p.w + (n0 + r) * p.ws, K, wp + r * K, tmp);
+      }
     });
     at::Tensor y = at::mm(xb, wb.narrow(0, 0, ns).t());
     out.narrow(1, p.n0 + n0, ns).copy_(y);
   }
 }
 
-// path: 0 picks by row count, 1 integer dot products for every row, 2 dequantized bf16 GEMM.
+// What prompt rows (path 2, and path 0 above integer_rows_max) run: the bf16 GEMM (where bf16 is
+// native: AVX512_BF16 / AMX), an fp32 GEMM, or the integer kernels (ggml_tile.h) for every row.
+// Python sets it at load (lhama/quant/ggml.py: set_prompt_path): a CPU without native bf16 runs
+// torch's bf16 GEMM 7-10x slower than the tiled integer kernel at 256-512 rows, fp32 GEMM ~2x
+// slower than it (docs/performance.md "AVX2 laptops", "Prompt rows").
+enum Prompt { kPromptBf16 = 0, kPromptF32 = 1, kPromptInteger = 2 };
+const char* kPromptNames[] = {"bf16", "fp32", "integer"};
+int g_prompt = kPromptBf16;
+
+// path: 0 picks by row count, 1 integer dot products for every row, 2 the prompt path (g_prompt:
+// dequantized bf16 GEMM, fp32 GEMM, or integer dot products).
 // Several weights (same K and type): their outputs concatenated along the last dim.
 at::Tensor linear_parts(const at::Tensor& x, const std::vector<at::Tensor>& blocks, int64_t qtype, int64_t path) {
   int64_t N = 0, K = 0;
@@ -488,10 +503,11 @@ at::Tensor linear_parts(const at::Tensor& x, const std::vector<at::Tensor>& bloc
   out_shape.back() = N;
   const int64_t M = x.numel() / std::max<int64_t>(K, 1);
   const at::Tensor x2 = x.reshape({M, K});
-  if (path == 2 || (path == 0 && M > integer_rows_max(qtype, K))) {
-    const at::Tensor xb = x2.to(at::kBFloat16).contiguous();
+  if ((path == 2 || (path == 0 && M > integer_rows_max(qtype, K))) && g_prompt != kPromptInteger) {
+    const bool f32 = g_prompt == kPromptF32;
+    const at::Tensor xb = x2.to(f32 ? at::kFloat : at::kBFloat16).contiguous();
     at::Tensor out = at::empty({M, N}, x.options());
-    for (const Part& p : parts) linear_large(xb, p, K, qtype, out);
+    for (const Part& p : parts) linear_large(xb, p, K, qtype, out, f32);
     return out.view(out_shape);
   }
   const at::Tensor xf = x2.to(at::kFloat).contiguous();
@@ -555,6 +571,17 @@ std::string set_isa(const std::string& name) {
 
 std::string get_isa() { return kIsaNames[g_isa]; }
 
+std::string set_prompt_path(const std::string& name) {
+  int want = -1;
+  for (int i = 0; i < 3; ++i)
+    if (name == kPromptNames[i]) want = i;
+  TORCH_CHECK_VALUE(want >= 0, "unknown prompt path '", name, "' (one of: bf16, fp32, integer)");
+  g_prompt = want;
+  return kPromptNames[g_prompt];
+}
+
+std::string get_prompt_path() { return kPromptNames[g_prompt]; }
+
 }  // namespace
 
 TORCH_LIBRARY(lhama_ggml, m) {
@@ -564,6 +591,8 @@ TORCH_LIBRARY(lhama_ggml, m) {
   m.def("dequantize(Tensor blocks, int qtype) -> Tensor");
   m.def("set_isa(str name) -> str", &set_isa);
   m.def("get_isa() -> str", &get_isa);
+  m.def("set_prompt_path(str name) -> str", &set_prompt_path);
+  m.def("get_prompt_path() -> str", &get_prompt_path);
 }
 
 TORCH_LIBRARY_IMPL(lhama_ggml, CPU, m) {
