@@ -104,8 +104,8 @@ def test_generate_with_an_int8_cache_end_to_end(monkeypatch, capsys):
     assert KV_CACHE_DTYPE_ENV not in __import__("os").environ
     (cache,) = made
     k = cache.k[0]
-    assert k.dtype == torch.int8 and k.shape[-1] == 64 + 4  # head_dim values + an fp32 scale
+    assert k.dtype == torch.int8 and k.shape[-1] == 64 + 2  # head_dim values + a bf16 scale
     written = cache.pos  # prompt + 5 fed-back tokens
-    scales = k[0, :written, :, 64:].contiguous().view(torch.float32)
+    scales = k[0, :written, :, 64:].contiguous().view(torch.bfloat16)
     assert (scales > 0).all() and torch.equal(k[0, written:], torch.zeros_like(k[0, written:]))
     assert capsys.readouterr().out.strip()

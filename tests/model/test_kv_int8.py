@@ -1,4 +1,4 @@
-"""The int8 KV cache's rows (``lhama.model.kv_cache.quantize_kv``: int8 values + an fp32 scale per
+"""The int8 KV cache's rows (``lhama.model.kv_cache.quantize_kv``: int8 values + a bf16 scale per
 token and KV head) and the C++ decode attention that reads them in place, against torch: the
 round trip's error bound, the C++ writes' bytes, the attention against SDPA over the dequantized
 rows (static and paged, AVX-512 and plain bodies, head sizes with and without a vector body)."""
@@ -30,16 +30,18 @@ def test_round_trip_error_is_at_most_half_a_step_per_row():
     for D in (64, 128, 48):
         x = rows(g, 64, D)
         q = quantize_kv(x, torch.int8)
-        assert q.dtype == torch.int8 and q.shape == (64, D + 4) == (64, kv_row_width(D, torch.int8))
+        assert q.dtype == torch.int8 and q.shape == (64, D + 2) == (64, kv_row_width(D, torch.int8))
         back = dequantize_kv(q, torch.float32)
-        step = x.abs().amax(-1, keepdim=True) / 127
+        step = q[:, D:].contiguous().view(torch.bfloat16).float()  # the stored scale
+        amax = x.abs().amax(-1, keepdim=True)
+        assert ((step - amax / 127).abs() <= amax / 127 * 2**-8).all()  # amax / 127 in bf16
         err = (back - x).abs()
         assert (err <= step / 2 * (1 + 1e-5) + 1e-30).all()
         assert torch.equal(back[3], torch.zeros(D))  # a zero row: scale 0, no NaN
         assert (q[:, :D].abs() <= 127).all() and (q[:, :D].abs().amax(-1) == 127)[x.abs().amax(-1) > 0].all()
         # relative to the row's size: 1/254 at worst
-        assert (err.amax(-1) / x.abs().amax(-1).clamp_min(1e-30) <= 1 / 254 + 1e-6).all()
-    assert kv_row_bytes(64, torch.int8) == 68 and kv_row_bytes(64, torch.bfloat16) == 128
+        assert (err.amax(-1) / x.abs().amax(-1).clamp_min(1e-30) <= (1 + 2**-8) / 254).all()
+    assert kv_row_bytes(64, torch.int8) == 66 and kv_row_bytes(64, torch.bfloat16) == 128
 
 
 def test_choice_names_and_bad_values():
@@ -72,7 +74,7 @@ def test_cpp_int8_attention_matches_torch_on_the_dequantized_rows(D, KVH, G, sim
     quantizer's bytes, the output within fp32 rounding of SDPA over q * scale rows (the C++ scales
     the dot product instead of each element), vector and plain bodies alike."""
     g = torch.Generator().manual_seed(D + KVH)
-    H, L, pos, bs, E = KVH * G, 45, 40, 8, D + 4
+    H, L, pos, bs, E = KVH * G, 45, 40, 8, D + 2
     q, k, v = (torch.randn(2, 1, n, D, generator=g) for n in (H, KVH, KVH))
     kc, vc = (quantize_kv(torch.randn(2, L, KVH, D, generator=g) * 3, torch.int8) for _ in range(2))
     for on in (True, False):
@@ -124,7 +126,7 @@ def test_static_cache_int8_decode_takes_the_fused_op_and_prefill_the_torch_path(
     (the C++ op) write the same bytes; the fused decode output matches the torch path's."""
     a = tiny_llama3_args
     caches = [StaticKVCache(a, 1, 16, dtype=torch.int8) for _ in range(2)]
-    assert caches[0].k[0].shape == (1, 16, a.n_kv_heads, a.head_dim + 4)
+    assert caches[0].k[0].shape == (1, 16, a.n_kv_heads, a.head_dim + 2)
     outs = []
     for i, cache in enumerate(caches):
         if i == 1:

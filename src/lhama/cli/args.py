@@ -18,7 +18,7 @@ from lhama.sampling_defaults import SAMPLING_DEFAULTS, SamplingDefaults
 DTYPES = ("float32", "bfloat16", "float16")
 # What --kv-cache-dtype offers (EngineConfig.kv_cache_dtype, lhama.model.kv_cache_dtype): "auto" is
 # bf16 K/V under a float32 model on a CPU, else the model's dtype, or LHAMA_KV_CACHE_DTYPE if set;
-# "int8" stores int8 values with an fp32 scale per token and KV head (about half of bf16's bytes).
+# "int8" stores int8 values with a bf16 scale per token and KV head (about half of bf16's bytes).
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "int8")
 KV_CACHE_DTYPE_ENV = "LHAMA_KV_CACHE_DTYPE"
 
@@ -86,7 +86,7 @@ def add_kv_cache_dtype_arg(g) -> None:
         choices=KV_CACHE_DTYPES,
         default="auto",
         help="what K/V are stored in: auto = bfloat16 under float32 weights on a CPU (attention still "
-        "computes in float32), else the weights' dtype; int8 = int8 values and a float32 scale per token "
+        "computes in float32), else the weights' dtype; int8 = int8 values and a bfloat16 scale per token "
         f"and KV head, about half of bfloat16's memory (docs/engine.md); {KV_CACHE_DTYPE_ENV} sets "
         "auto's choice, the flag wins over it (default: auto)",
     )

@@ -83,7 +83,7 @@ def plan_kv_cache(
     device = torch.device(device)
     dtype = kv_cache_dtype(dtype, device, config.kv_cache_dtype)  # what PagedKVCache stores K/V in
     # Bytes of a (token, KV head) row as PagedKVCache stores it: head_dim values, and for int8 their
-    # fp32 scale beside them (68 bytes at head_dim 64 against bf16's 128).
+    # bf16 scale beside them (66 bytes at head_dim 64 against bf16's 128).
     per_token = 2 * args.n_layers * args.n_kv_heads * kv_row_bytes(args.head_dim, dtype)
     per_block = per_token * config.block_size
     model_len = args.max_seq_len

@@ -11,7 +11,7 @@ in one batched SDPA call over their gathered, padded contexts with a length mask
 chunk attends over its own context with a causal mask.
 
 An int8 cache (``kv_dtype="int8"``) stores each (token, KV head) row as head_dim int8 values and
-their fp32 scale (``lhama.model.kv_cache.quantize_kv``): rows of head_dim + 4 bytes. Decode rows
+their bf16 scale (``lhama.model.kv_cache.quantize_kv``): rows of head_dim + 2 bytes. Decode rows
 on the CPU read them in place (the C++ attention scales each key's score and each value's weight);
 the other paths dequantize what they gather.
 

@@ -27,8 +27,8 @@ KV_CACHE_DTYPES = {
 }
 # Dtypes the fused C++ decode attention reads in place (lhama/quant/kernels/decode_ops.cpp).
 FUSED_KV_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
-# An int8 row's scale: one fp32 after its head_dim values.
-INT8_SCALE_BYTES = 4
+# An int8 row's scale: one bf16 after its head_dim values.
+INT8_SCALE_BYTES = 2
 
 
 def kv_cache_dtype(model_dtype: torch.dtype, device, choice: str | torch.dtype | None = "auto") -> torch.dtype:
@@ -37,7 +37,7 @@ def kv_cache_dtype(model_dtype: torch.dtype, device, choice: str | torch.dtype |
     fp32, so only K/V themselves are rounded), else the model's own dtype; the environment
     variable ``LHAMA_KV_CACHE_DTYPE`` (float32, bfloat16, int8) overrides auto. A dtype or its
     name is taken as given. ``"int8"``: each (token, KV head) row stored as int8 values and one
-    fp32 scale (``quantize_kv``), about half the bytes of bfloat16."""
+    bf16 scale (``quantize_kv``), about half the bytes of bfloat16."""
     if isinstance(choice, torch.dtype):
         return choice
     choice = choice or "auto"
@@ -54,7 +54,7 @@ def kv_cache_dtype(model_dtype: torch.dtype, device, choice: str | torch.dtype |
 
 
 def kv_row_width(head_dim: int, dtype: torch.dtype) -> int:
-    """Elements of ``dtype`` one stored (token, KV head) row takes: ``head_dim``, plus the 4
+    """Elements of ``dtype`` one stored (token, KV head) row takes: ``head_dim``, plus the 2
     bytes of an int8 row's scale."""
     return head_dim + (INT8_SCALE_BYTES if dtype == torch.int8 else 0)
 
@@ -67,14 +67,17 @@ def kv_row_bytes(head_dim: int, dtype: torch.dtype) -> int:
 def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """K or V rows ``x`` [..., D] as stored in a cache of ``dtype``: rounded to it (nearest
     even), or for int8 symmetric per row (as llama.cpp's q8_0, one scale per row instead of per
-    32): scale = absmax / 127 in fp32, q = round(x / scale) (nearest even), stored as
-    [..., D + 4] int8 with the scale's bytes last. The C++ decode write
-    (``decode_ops.cpp:store_kv_row``) does the same fp32 operations: the same bytes."""
+    32): scale = absmax / 127 rounded to bf16, q = round(x / scale) in fp32 (nearest even),
+    stored as [..., D + 2] int8 with the scale's bytes last. A bf16 scale, not fp32: two
+    computations of a row that differ in fp32's last bits (the engine's prefill and the
+    reference loop's) then mostly store the same bytes, as with a bf16 cache. The C++ decode
+    write (``decode_ops.cpp:store_kv_row``) does the same operations: the same bytes."""
     if dtype != torch.int8:
         return x.to(dtype)
     x = x.float()
-    scale = x.abs().amax(-1, keepdim=True) / 127
-    q = torch.where(scale > 0, x / scale, 0.0).round_().clamp_(-127, 127).to(torch.int8)
+    scale = (x.abs().amax(-1, keepdim=True) / 127).to(torch.bfloat16)
+    s = scale.float()
+    q = torch.where(s > 0, x / s, 0.0).round_().clamp_(-127, 127).to(torch.int8)
     return torch.cat([q, scale.view(torch.int8)], dim=-1)
 
 
@@ -83,7 +86,7 @@ def dequantize_kv(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if rows.dtype != torch.int8:
         return rows.to(dtype)
     D = rows.shape[-1] - INT8_SCALE_BYTES
-    scale = rows[..., D:].contiguous().view(torch.float32)
+    scale = rows[..., D:].contiguous().view(torch.bfloat16).float()
     return (rows[..., :D].float() * scale).to(dtype)
 
 
@@ -121,10 +124,26 @@ def _causal_attention(q, k, v, offset):
     return out.transpose(1, 2)
 
 
+def grouped_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, offset: int) -> torch.Tensor:
+    """``causal_attention`` of one sequence (q [1, T, H, D], k/v [1, S, KVH, D]) in the layout
+    the engine's prompt chunks take (``lhama.engine.paged_cache``): the G query heads of a KV head
+    as G * T rows over that head's keys, a boolean causal mask. The same SDPA call on the same
+    shapes, so a prompt's numbers are the engine's to the bit (an int8 cache's scale carries
+    fp32's last bits into every later row: other layouts' rounding made greedy runs part)."""
+    _, T, H, D = q.shape
+    S, KVH = k.shape[1], k.shape[2]
+    G = H // KVH
+    qp = q[0].reshape(T, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * T, D)
+    kp, vp = k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous()
+    mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset).repeat(G, 1)
+    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+    return o.reshape(KVH, G, T, D).permute(2, 0, 1, 3).reshape(1, T, H, D)
+
+
 class StaticKVCache:
     """Preallocated [B, max_len, KVH, D] buffers per layer; sequences in a batch share positions.
     ``dtype``: what K/V are stored in (``kv_cache_dtype`` picks the default); int8 rows carry
-    their scale (``quantize_kv``): [B, max_len, KVH, D + 4].
+    their scale (``quantize_kv``): [B, max_len, KVH, D + 2].
 
     Set ``pos`` to the position of the first new token before each forward (``advance`` after).
     """
@@ -153,6 +172,8 @@ class StaticKVCache:
         kc, vc = kc[:B, :end], vc[:B, :end]
         if kc.dtype != q.dtype:  # a bf16 or int8 cache under an fp32 model: attention in fp32
             kc, vc = dequantize_kv(kc, q.dtype), dequantize_kv(vc, q.dtype)
+        if B == 1 and not q.is_cuda:
+            return grouped_prompt_attention(q, kc, vc, self.pos)
         return causal_attention(q, kc, vc, offset=self.pos)
 
     def decode_layers_args(self, h: torch.Tensor):

@@ -36,17 +36,20 @@ inline float to_f(c10::Half v) { return static_cast<float>(v); }
 inline float to_f(int8_t v) { return static_cast<float>(v); }
 
 // An int8 KV cache (lhama.model.kv_cache) keeps each (token, KV head) row as its D int8 values
-// followed by their fp32 scale (absmax / 127, symmetric): D + 4 bytes a row, value = scale * q.
+// followed by their bf16 scale (absmax / 127, symmetric): D + 2 bytes a row, value = scale * q.
 // The attention reads them in place: a key's score is scale_k * (q . k_q), a value's weight
 // p * scale_v; fp32/bf16/fp16 rows have no scale (row_pad 0).
 template <typename C>
-constexpr int64_t row_pad = std::is_same_v<C, int8_t> ? 4 : 0;
+constexpr int64_t row_pad = std::is_same_v<C, int8_t> ? 2 : 0;
 
 template <typename C>
 inline float row_scale(const C* row, int64_t D) {
   if constexpr (std::is_same_v<C, int8_t>) {
+    uint16_t b;
+    std::memcpy(&b, row + D, sizeof b);
+    const uint32_t bits = static_cast<uint32_t>(b) << 16;  // bf16 -> fp32 is exact
     float s;
-    std::memcpy(&s, row + D, sizeof s);
+    std::memcpy(&s, &bits, sizeof s);
     return s;
   } else {
     return 1.f;
@@ -593,6 +596,9 @@ void with_caches(const Tensor& kc, const Tensor& vc, const char* name, F&& f) {
 // One (token, KV head) row of D values into the cache: rounded to the cache's dtype, or for an
 // int8 cache quantized symmetrically with scale absmax / 127 (round to nearest even, as
 // lhama.model.kv_cache.quantize_kv does in torch: the same bytes) and the scale stored after it.
+// The scale is rounded to bf16 first and the values divided by that rounded scale: two ways of
+// computing the same row (the engine's prefill, the reference loop's) that differ in the last bits
+// of fp32 then mostly store the same bytes, as a bf16 cache does.
 template <typename C>
 inline void store_kv_row(const float* src, int64_t D, C* dst) {
   for (int64_t i = 0; i < D; ++i) store(dst + i, src[i]);
@@ -600,18 +606,19 @@ inline void store_kv_row(const float* src, int64_t D, C* dst) {
 inline void store_kv_row(const float* src, int64_t D, int8_t* dst) {
   float amax = 0.f;
   for (int64_t i = 0; i < D; ++i) amax = std::max(amax, std::fabs(src[i]));
-  const float scale = amax / 127.f;
+  const c10::BFloat16 stored(amax / 127.f);  // round to nearest even, as Tensor.to
+  const float scale = static_cast<float>(stored);
   for (int64_t i = 0; i < D; ++i) {
     const float r = scale > 0.f ? std::nearbyint(src[i] / scale) : 0.f;
     dst[i] = static_cast<int8_t>(std::min(127.f, std::max(-127.f, r)));
   }
-  std::memcpy(dst + D, &scale, sizeof scale);
+  std::memcpy(dst + D, &stored, sizeof stored);
 }
 
-inline int64_t row_pad_of(const Tensor& cache) { return cache.scalar_type() == at::kChar ? 4 : 0; }
+inline int64_t row_pad_of(const Tensor& cache) { return cache.scalar_type() == at::kChar ? row_pad<int8_t> : 0; }
 
 // StaticKVCache: write k/v [B, T, KVH, D] at positions pos.. of the caches [Bc, L, KVH, D] (fp32,
-// bf16 or fp16; int8: [Bc, L, KVH, D + 4]; batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys
+// bf16 or fp16; int8: [Bc, L, KVH, D + 2]; batch rows 0..B-1 used), then causal attention of q [B, T, H, D]: query t sees keys
 // 0..pos+t.
 Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc, int64_t pos,
                      at::ScalarType dtype) {
@@ -654,7 +661,7 @@ Tensor attend_static(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
 }
 
 // PagedKVCache, decode rows: write k/v [..., KVH, D] of N rows to the storage rows `slots`
-// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32, bf16, fp16; int8: [..., D + 4]), then row i's query heads
+// [N * KVH] of the layer's caches [blocks * KVH, bs, D] (fp32, bf16, fp16; int8: [..., D + 2]), then row i's query heads
 // (q [..., H, D], N rows) attend over its first lens[i] positions, read in place through its block
 // table tables[i] (no gather, no mask). The result has q's shape.
 Tensor attend_paged_decode(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& kc, Tensor& vc,
