@@ -20,10 +20,11 @@ AVX512 with VBMI/GFNI/VNNI, 256-bit AVX512-VNNI, AVX2 or plain C++, picked at ru
 the 512-bit body sweeps every activation row against 16-row weight panels unpacked once, the
 256-bit bodies from 3 rows against 8-row panels (``kernels/ggml_tile.h``; the same numbers as
 one row at a time). Many rows (prefill; by row count above 128 rows on the 512-bit and 256-bit
-bodies, else 20), the "prompt path", dequantize slices of the weight to bf16 and run one GEMM
-where bf16 is native (AVX512_BF16 or AMX-BF16, and torch's oneDNN takes bf16); elsewhere (AVX2
-laptops) that GEMM runs 7-10x slower than the integer kernels, so prompt rows take those too
-(``set_prompt_path``; ``LHAMA_GGML_PROMPT=bf16|fp32|integer`` forces one).
+bodies, else 20), the "prompt path", take the integer kernels too: measured faster than
+dequantizing slices of the weight to bf16 + one GEMM both where bf16 is native (AVX512_BF16,
+Zen 4: 1.1-1.8x) and where it is not (AVX2 laptops: 5-9x). The bf16 GEMM stays where AMX-BF16
+tiles run it, and below AVX2 (``set_prompt_path``; ``LHAMA_GGML_PROMPT=bf16|fp32|integer``
+forces one).
 Without a compiler the same functions run a pure-torch reference (dequantize + matmul), with a
 one-line notice.
 """
@@ -247,8 +248,10 @@ def set_isa(name: str) -> str:
 
 
 def bf16_native() -> bool:
-    """True when torch's bf16 GEMM runs on native bf16 instructions: oneDNN takes bf16 (AVX-512 at
-    least, within ``ONEDNN_MAX_CPU_ISA``) and the CPU has AVX512_BF16 or AMX-BF16 (Linux cpuinfo)."""
+    """True when torch's bf16 GEMM runs on AMX-BF16 tiles: oneDNN takes bf16 (within
+    ``ONEDNN_MAX_CPU_ISA``) and the CPU lists amx_bf16 (Linux cpuinfo). AVX512_BF16 alone does not
+    count: on a Zen 4 the integer kernels ran 512-token prefills 1.1-1.4x faster than the bf16
+    GEMM (2 threads; 1.8x at 160 tokens), docs/performance.md "Prompt rows"."""
     try:
         if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
             return False
@@ -258,14 +261,14 @@ def bf16_native() -> bool:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return True  # not Linux: oneDNN's word
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def set_prompt_path(name: str | None = None, *, native: bool | None = None) -> str:
     """What prompt rows (``integer_rows``' rest, and row counts above the integer limit) run:
     ``bf16`` (dequantized bf16 slices + GEMM), ``fp32`` (the same in fp32) or ``integer`` (the
-    integer kernels, int8-rounded activations, as llama.cpp). ``None``: ``bf16`` where it is
-    native (``bf16_native()``; ``native`` forces the answer) or the kernels run below AVX2, else
+    integer kernels, int8-rounded activations, as llama.cpp). ``None``: ``bf16`` where AMX runs
+    it (``bf16_native()``; ``native`` forces the answer) or the kernels run below AVX2, else
     ``integer``. Returns the one in effect."""
     ops = _load()
     if ops is None:
@@ -325,10 +328,11 @@ def block_linear(x: torch.Tensor, blocks: torch.Tensor | Sequence[torch.Tensor],
 def integer_rows(n: int | None):
     """Within the block, the first ``n`` rows of every ``block_linear`` input take the integer
     path (int8-rounded activations) and the rest the prompt path (``set_prompt_path``: the
-    dequantized bf16 GEMM where bf16 is native), whatever the row
+    integer kernels, or the dequantized bf16 GEMM where AMX runs it), whatever the row
     count; ``None``: picked by row count. The two paths round differently, so with a row-count
     rule a token's numbers would depend on what it is batched with: the engine and the reference
-    loop give generated tokens' rows the integer path and prompt rows the GEMM at any batch size."""
+    loop give generated tokens' rows the integer path and prompt rows the prompt path at any
+    batch size."""
     token = _INTEGER_ROWS.set(n)
     try:
         yield
