@@ -36,7 +36,7 @@ def toy_guard(tmp_path_factory):
         ).text
     del lm
     path = train_toy_guard(
-        tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served, freeze_embeddings=True
+        tmp_path_factory.mktemp("guard") / "toy-llama-guard", served_replies=served, freeze_embeddings=True, steps=120
     )
     toy_guard_served.update(served)
     shield = LlamaGuardShield(LlamaGuardConfig(str(path), categories=POLICY))

@@ -4,6 +4,7 @@ recipe end to end on a tiny model, and the shipped adapter on the real default m
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -168,12 +169,16 @@ def test_tuned_is_int4_with_the_shipped_adapter_unmerged_beside_it(default_and_b
     assert merged.quant is None
     assert not any(isinstance(m, FixedLoraLinear) for m in merged.model.modules())
     ids = torch.tensor([default.chat_format.encode_dialog([{"role": "user", "content": "Find 3 ** 7."}])])
-    from lhama.quant.ggml import integer_rows
+    from lhama.quant.ggml import integer_rows, set_prompt_path
 
-    # prompt rows take the dequantized GEMM, as the engine and the reference loop give them: the
-    # comparison is the adapter's, not the int8 rounding of the decode path's activations
-    with torch.no_grad(), integer_rows(0):
-        side, flat, raw = (lm.model(ids)[0, -8:] for lm in (default, merged, base))
+    # every row takes the dequantized bf16 GEMM (the prompt path where AMX runs it): the
+    # comparison is the adapter's, not the int8 rounding of the integer kernels' activations
+    set_prompt_path("bf16")
+    try:
+        with torch.no_grad(), integer_rows(0):
+            side, flat, raw = (lm.model(ids)[0, -8:] for lm in (default, merged, base))
+    finally:
+        set_prompt_path(os.environ.get("LHAMA_GGML_PROMPT") or None)
     assert (side.argmax(-1) == flat.argmax(-1)).all()
     assert (side - flat).abs().max() < 1.0  # int4 kernels vs fp32: the base alone differs this much too
     assert (side - raw).abs().max() > 3.0  # the adapter is there
