@@ -92,3 +92,19 @@ def tiny_loaded(seed: int = 1, **kw) -> FakeLoaded:
 def random_prompts(lengths, vocab: int = 256, seed: int = 0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def agree_up_to_near_tie(got, ref, tol: float) -> int:
+    """Greedy tokens equal to the reference's, and logprobs within ``tol``, until they either end
+    or first differ at a near-tie: the reference ranks both tokens in its top 4, ``tol`` apart at
+    most (another kernel or batch shape rounds differently, so a near-tie may flip; three or four
+    tokens can be that close, hence the top 4). ``got``/``ref``: steps, or results holding
+    ``.steps``, with logprobs and top-4 logprobs. Returns how many agreed."""
+    got, ref = getattr(got, "steps", got), getattr(ref, "steps", ref)
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        if g.token_id != r.token_id:
+            top = dict(r.top_logprobs)
+            assert g.token_id in top and r.logprob - top[g.token_id] <= tol, (i, g, r)
+            return i
+        assert abs(g.logprob - r.logprob) <= tol, (i, g, r)
+    return len(ref)

@@ -14,6 +14,7 @@ from lhama.loader import load_model
 from lhama.model.configs import get_config
 from lhama.model.lora_batch import LoraSlotError, LoraSlots
 from lhama.peft_adapter import read_peft_weights
+from tests.engine.engine_fakes import agree_up_to_near_tie
 from tests.engine.lora_adapters import make_adapter
 
 # Long enough to fill several 16-token KV blocks: the prefix cache must not hand an adapter the
@@ -110,20 +111,6 @@ def test_adapters_on_float_base_equal_merged_weights(adapters, merged_runs, monk
     assert merged_runs["a2"].token_ids != merged_runs["base"].token_ids
 
 
-def _agree_up_to_near_tie(got, ref, tol: float) -> int:
-    """Greedy tokens equal to the reference's, and logprobs within ``tol``, until they either end
-    or first differ at a near-tie: the reference ranks both tokens in its top 4, ``tol`` apart at
-    most (int4 and float round differently, so a near-tie may flip; three or four tokens can be
-    that close, hence the top 4). Returns how many agreed."""
-    for i, (g, r) in enumerate(zip(got.steps, ref.steps, strict=True)):
-        if g.token_id != r.token_id:
-            top = dict(r.top_logprobs)
-            assert g.token_id in top and r.logprob - top[g.token_id] <= tol, (i, g, r)
-            return i
-        assert abs(g.logprob - r.logprob) <= tol, (i, g, r)
-    return len(ref.steps)
-
-
 def test_adapters_on_int4_base_equal_merged_weights(adapters, merged_runs, monkeypatch):
     """The served configuration: the quantized default model (int4, fused wqkv/w13) plus adapters
     vs the adapters merged into its float copy. The int4 kernel itself differs from the float
@@ -132,15 +119,15 @@ def test_adapters_on_int4_base_equal_merged_weights(adapters, merged_runs, monke
     loaded = load_model("default")
     assert loaded.model.layers[0].attention.wqkv is not None  # fused quantized projections
     alone, mixed = _run(loaded, adapters, monkeypatch)
-    base_agreed = _agree_up_to_near_tie(alone["base"], merged_runs["base"], 1.0)
+    base_agreed = agree_up_to_near_tie(alone["base"], merged_runs["base"], 1.0)
     base_gap = _max_gap_prefix(alone["base"], merged_runs["base"], max(base_agreed, 1))
     # The default model is float (base + shipped adapter) re-quantized to int4: near-ties up to
     # ~0.2 nats flip and logprobs move by ~0.35 against its float copy, so the floor is 0.5 nats.
     tol = max(2 * base_gap, 0.5)
     for name in ("base", "a1", "a2"):
         for got in (alone[name], mixed[name]):
-            _agree_up_to_near_tie(got, merged_runs[name], tol)
-        _agree_up_to_near_tie(mixed[name], alone[name], tol)  # batching with other adapters changes nothing
+            agree_up_to_near_tie(got, merged_runs[name], tol)
+        agree_up_to_near_tie(mixed[name], alone[name], tol)  # batching with other adapters changes nothing
         if name != "base":  # the adapter was applied: its tokens are not the base model's
             assert alone[name].token_ids != alone["base"].token_ids, name
 

@@ -68,6 +68,19 @@ def _agree_up_to_near_tie(got, ref, tol: float) -> int:
     return min(len(got), len(ref))
 
 
+def _moved(a, b) -> float:
+    """The largest change of a top-4 logprob between two greedy runs, over the steps up to and
+    including the first where their tokens differ (inf if a token one ranks is missing in the
+    other's top 4 there)."""
+    moved = 0.0
+    for (ta, top_a), (tb, top_b) in zip(a, b):
+        for tok, lp in top_a.items():
+            moved = max(moved, abs(lp - top_b[tok]) if tok in top_b else float("inf"))
+        if ta != tb:
+            break
+    return moved
+
+
 def _post(srv, route: str, body: dict) -> httpx.Response:
     return httpx.post(f"{srv.base}/{route}", json=body, timeout=120)
 
@@ -84,7 +97,6 @@ def test_adapters_served_per_request(lora_server, adapters):
     assert r.status_code == 200, r.text
     assert {m.id for m in client.models.list().data} == {MODEL, "a1", "a2"}
     a2 = _complete(client, "a2")
-    assert a2 not in (base, a1)
     chat = client.chat.completions.create(
         model="a2", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
     )
@@ -102,7 +114,11 @@ def test_adapters_served_per_request(lora_server, adapters):
         batched = list(pool.map(lambda m: (m, _steps(client, m)), models))
     for m, got in batched:
         _agree_up_to_near_tie(got, alone[m], 0.5)
-    assert len({tuple(t for t, _ in v) for v in alone.values()}) == 3  # the adapters change the text
+    # Each adapter moves the model's distribution. Not asserted on the text: a random rank-4
+    # adapter can leave 12 greedy tokens as they were (a2's ' calm' vs ' a' were 0.03 nats apart
+    # with bf16 prompt rows on an AMX Xeon).
+    for x, y in ((MODEL, "a1"), (MODEL, "a2"), ("a1", "a2")):
+        assert _moved(alone[x], alone[y]) > 0.1, (x, y)
 
     assert _post(lora_server, "unload_lora_adapter", {"lora_name": "a2"}).status_code == 200
     with pytest.raises(openai.NotFoundError) as e:

@@ -782,6 +782,10 @@ def _build(
         layer.feed_forward.w2 = b.linear([f"{p}feed_forward.w2.weight"], f"{p}feed_forward.w2")
         layer.attention_norm.weight = b.norm_weight(f"{p}attention_norm.weight")
         layer.ffn_norm.weight = b.norm_weight(f"{p}ffn_norm.weight")
+        # What the chunk drops leave: the pages tensors share at their edges and the norms' reads,
+        # each faulting in its neighbours (fault-around): ~0.35 MiB a layer, 10 MiB over the
+        # default model's 30 layers, all of it above the RSS after loading until the end.
+        reader.drop_pages()
         release_freed_memory()
     model.norm.weight = b.norm_weight("norm.weight")
     reader.drop_pages()  # norms and headers read through the map: nothing stays resident

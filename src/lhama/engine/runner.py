@@ -31,7 +31,7 @@ from lhama.engine.cuda_graphs import DecodeGraphs
 from lhama.engine.paged_cache import AttentionMetadata, PagedKVCache, PrefillChunk, RowGroup
 from lhama.engine.scheduler import ScheduledSeq, SchedulerOutput
 from lhama.engine.sequence import Sequence
-from lhama.generate.sampling import BatchSampler, SampleResult
+from lhama.generate.sampling import BatchSampler, SampleResult, with_logprobs
 from lhama.model import Transformer
 from lhama.quant.ggml import integer_rows
 
@@ -431,14 +431,7 @@ def _greedy(logits: torch.Tensor, params: list) -> SampleResult:
         tokens = torch.from_numpy(logits.numpy().argmax(-1))
     else:
         tokens = logits.argmax(-1)
-    lp = top_ids = top_lp = None
-    if any(p.logprobs or p.top_logprobs for p in params):
-        logp = logits.log_softmax(-1)
-        lp = logp.gather(-1, tokens.unsqueeze(1)).squeeze(1)
-        k = max(p.top_logprobs for p in params)
-        if k:
-            top_lp, top_ids = logp.topk(k, dim=-1)
-    return SampleResult(tokens, lp, top_ids, top_lp)
+    return with_logprobs(logits, tokens, params)
 
 
 def _concat(results: list[SampleResult]) -> SampleResult:

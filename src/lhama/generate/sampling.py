@@ -236,15 +236,21 @@ class BatchSampler:
             logits = filter_logits(logits, col("temperature"), col("top_k", torch.long), col("top_p"), col("min_p"))
         tokens = sample_from(logits, greedy, generators)
 
-        want_lp = any(p.logprobs or p.top_logprobs for p in params)
-        lp = top_ids = top_lp = None
-        if want_lp:
-            logp = raw.log_softmax(-1)
-            lp = logp.gather(-1, tokens.unsqueeze(1)).squeeze(1)
-            k = max(p.top_logprobs for p in params)
-            if k:
-                top_lp, top_ids = logp.topk(k, dim=-1)
-        return SampleResult(tokens, lp, top_ids, top_lp)
+        return with_logprobs(raw, tokens, params)
+
+
+def with_logprobs(logits: torch.Tensor, tokens: torch.Tensor, params: Sequence[SamplingParams]) -> SampleResult:
+    """``tokens`` [B] as a ``SampleResult``, with the logprobs the rows ask for: each chosen
+    token's and the batch's widest ``top_logprobs``, from ``logits`` [B, V] as the model (and
+    any logits processor) gave them, before penalties, bias and filters."""
+    lp = top_ids = top_lp = None
+    if any(p.logprobs or p.top_logprobs for p in params):
+        logp = logits.log_softmax(-1)
+        lp = logp.gather(-1, tokens.unsqueeze(1)).squeeze(1)
+        k = max(p.top_logprobs for p in params)
+        if k:
+            top_lp, top_ids = logp.topk(k, dim=-1)
+    return SampleResult(tokens, lp, top_ids, top_lp)
 
 
 def apply_logit_bias(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
