@@ -361,6 +361,31 @@ def test_attention_vector_bodies_give_the_plain_loops_bits(kv, simd_restored):
         assert torch.equal(got[0][0], got[1][0]) and torch.equal(got[0][1], got[1][1]), (D, KVH, G)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_op_rows_in_tiles_give_each_row_alone_bits(dtype):
+    """More than one row goes through tiles of 8 (b_t's spans read once per tile, in 512-output
+    chunks): every row's result equals the op on that row alone, bit for bit, at row counts that
+    end tiles anywhere, with spans wider than a chunk, an unadapted part, fp32 and bf16 x."""
+    g = torch.Generator().manual_seed(7)
+    K, N, R = 97, 1300, 12
+    a = (torch.randn(R, K, generator=g) * 0.1).to(dtype)
+    bt = torch.zeros(R, N, dtype=dtype)
+    spans = [0, 5, 0, 1100, 5, 12, 1150, 1300]  # outputs 1100..1149: a part without an adapter
+    bt[0:5, 0:1100] = torch.randn(5, 1100, generator=g).to(dtype)
+    bt[5:12, 1150:1300] = torch.randn(7, 150, generator=g).to(dtype)
+    for rows in (2, 7, 8, 9, 17, 37):
+        for x in (torch.randn(rows, K, generator=g), torch.randn(rows, K, generator=g).bfloat16()):
+            y0 = torch.randn(rows, N, generator=g)
+            y = y0.clone()
+            OPS.lora_add_(y, x, a, bt, spans)
+            for i in range(rows):
+                alone = y0[i : i + 1].clone()
+                OPS.lora_add_(alone, x[i : i + 1], a, bt, spans)
+                assert torch.equal(y[i : i + 1], alone), (rows, i, x.dtype)
+            assert torch.equal(y[:, 1100:1150], y0[:, 1100:1150])
+            close(y, y0 + (x.float() @ a.float().T) @ bt.float(), 1e-5)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_lora_op_on_fp16_adapter_gives_the_fp32_bits(rows):
     """``lora_add_`` with fp16 a / b_t (widened in the op) equals the op on their exact fp32

@@ -762,11 +762,56 @@ LHAMA_CLONES void lora_row(const float* x, const c10::Half* a, int64_t R, int64_
   }
 }
 
+// lora_row on a tile of T <= kLoraTile rows at once: each row's numbers are lora_row's (low[r] by
+// the same dot; each output summed over r in order from the span's first rank row, from 0, then
+// added to y), so the same bits at any row count. The sums of kLoraLanes outputs of all the tile's
+// rows stay in registers over r (a tail tile computes zeros for its missing rows): one load of b_t
+// per rank row for 8 rows, where lora_row loads and stores its sums for every row. fp32 a and b_t
+// (fp16 ones are widened once per thread by lora_add_).
+constexpr int64_t kLoraTile = 8, kLoraLanes = 16;
+LHAMA_CLONES void lora_tile(const float* const* xs, int64_t T, const float* a, int64_t R, int64_t K, const float* bt,
+                            int64_t N, const int64_t* spans, int64_t P, float* low, float* const* ys) {
+  for (int64_t t = 0; t < kLoraTile; ++t)
+    for (int64_t r = 0; r < R; ++r) low[t * R + r] = t < T ? dot(a + r * K, xs[t], K) : 0.f;
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t r0 = spans[4 * p], r1 = spans[4 * p + 1], n0 = spans[4 * p + 2], n1 = spans[4 * p + 3];
+    for (int64_t c0 = n0; c0 < n1; c0 += kLoraLanes) {
+      const int64_t w = std::min(n1 - c0, kLoraLanes);
+      float acc[kLoraTile][kLoraLanes] = {};
+      if (w == kLoraLanes) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* b = bt + r * N + c0;
+#pragma GCC unroll 8
+          for (int64_t t = 0; t < kLoraTile; ++t) {
+            const float l = low[t * R + r];
+#pragma omp simd
+            for (int64_t n = 0; n < kLoraLanes; ++n) acc[t][n] += l * b[n];
+          }
+        }
+      } else {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* b = bt + r * N + c0;
+          for (int64_t t = 0; t < kLoraTile; ++t) {
+            const float l = low[t * R + r];
+            for (int64_t n = 0; n < w; ++n) acc[t][n] += l * b[n];
+          }
+        }
+      }
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < w; ++n) ys[t][c0 + n] += acc[t][n];
+    }
+  }
+}
+
 // FixedLoraLinear's side path in place: y [M, N] (fp32) += (x [M, K] a^T) b_t restricted to the
 // spans, each span (r0, r1, n0, n1) a block of b_t (rank rows r0..r1 write outputs n0..n1: a fused
 // projection's parts). a and b_t: both fp32, or both fp16 (widened exactly: the same bits, half the
 // bytes). Every row is computed alone, the same way at any M (no GEMM blocking), and
-// single-threaded at decode sizes (no thread wake-up for a few microseconds of work).
+// single-threaded at decode sizes (no thread wake-up for a few microseconds of work): row by row
+// (lora_row) below kLoraMinTile rows, else in tiles of kLoraTile rows (lora_tile, the same bits:
+// 2-2.4x faster per row at one thread from 16 rows, e.g. a 256-row prompt chunk of the default
+// model's fused w1|w3 adapter 1029 -> 421 us).
+constexpr int64_t kLoraMinTile = 6;
 void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at::IntArrayRef spans) {
   check_rows(y, "y");
   check_rows(x, "x");
@@ -788,24 +833,64 @@ void lora_add_(Tensor& y, const Tensor& x, const Tensor& a, const Tensor& bt, at
     work += (r1 - r0) * (n1 - n0);
   }
   float* yp = y.data_ptr<float>();
-  const int64_t wide = half ? std::max(K, N) : 0;
+  if (M < kLoraMinTile) {
+    const int64_t wide = half ? std::max(K, N) : 0;
+    with_input(x, [&](const auto* xp) {
+      constexpr bool fx = std::is_same_v<std::decay_t<decltype(*xp)>, float>;
+      for_each(M, work, [&](int64_t m) {
+        std::vector<float> buf(R + N + (fx ? 0 : K) + wide);
+        const float* xr;
+        if constexpr (fx) {
+          xr = xp + m * K;
+        } else {
+          for (int64_t i = 0; i < K; ++i) buf[R + N + i] = to_f(xp[m * K + i]);
+          xr = buf.data() + R + N;
+        }
+        if (half)
+          lora_row(xr, a.data_ptr<c10::Half>(), R, K, bt.data_ptr<c10::Half>(), N, spans.data(), P, buf.data(),
+                   buf.data() + R, yp + m * N, buf.data() + R + N + (fx ? 0 : K));
+        else
+          lora_row(xr, a.data_ptr<float>(), R, K, bt.data_ptr<float>(), N, spans.data(), P, buf.data(),
+                   buf.data() + R, yp + m * N);
+      });
+    });
+    return;
+  }
+  const int64_t tiles = (M + kLoraTile - 1) / kLoraTile;
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, kLoraTile * work));
   with_input(x, [&](const auto* xp) {
     constexpr bool fx = std::is_same_v<std::decay_t<decltype(*xp)>, float>;
-    for_each(M, work, [&](int64_t m) {
-      std::vector<float> buf(R + N + (fx ? 0 : K) + wide);
-      const float* xr;
-      if constexpr (fx) {
-        xr = xp + m * K;
-      } else {
-        for (int64_t i = 0; i < K; ++i) buf[R + N + i] = to_f(xp[m * K + i]);
-        xr = buf.data() + R + N;
+    at::parallel_for(0, tiles, grain, [&](int64_t first, int64_t last) {
+      // Each thread's scratch, kept across calls (a fresh 233 KB buffer went through mmap and page
+      // faults every call): low [kLoraTile, R], bf16 x rows widened [kLoraTile, K], then fp16 a and
+      // b_t widened once for the thread's tiles [R, K + N] (widened here, not by the calling thread:
+      // no copy of them crosses cores).
+      thread_local std::vector<float> buf;
+      const int64_t need = kLoraTile * (R + K) + (half ? R * (K + N) : 0);
+      if (static_cast<int64_t>(buf.size()) < need) buf.resize(need);
+      float* low = buf.data();
+      float* xbuf = low + kLoraTile * R;
+      const float* af = half ? xbuf + kLoraTile * K : a.data_ptr<float>();
+      const float* btf = half ? af + R * K : bt.data_ptr<float>();
+      if (half) {
+        widen(a.data_ptr<c10::Half>(), const_cast<float*>(af), R * K);
+        widen(bt.data_ptr<c10::Half>(), const_cast<float*>(btf), R * N);
       }
-      if (half)
-        lora_row(xr, a.data_ptr<c10::Half>(), R, K, bt.data_ptr<c10::Half>(), N, spans.data(), P, buf.data(),
-                 buf.data() + R, yp + m * N, buf.data() + R + N + (fx ? 0 : K));
-      else
-        lora_row(xr, a.data_ptr<float>(), R, K, bt.data_ptr<float>(), N, spans.data(), P, buf.data(), buf.data() + R,
-                 yp + m * N);
+      for (int64_t i = first; i < last; ++i) {
+        const int64_t m0 = i * kLoraTile, T = std::min(kLoraTile, M - m0);
+        const float* xs[kLoraTile];
+        float* ys[kLoraTile];
+        for (int64_t t = 0; t < T; ++t) {
+          ys[t] = yp + (m0 + t) * N;
+          if constexpr (fx) {
+            xs[t] = xp + (m0 + t) * K;
+          } else {
+            for (int64_t k = 0; k < K; ++k) xbuf[t * K + k] = to_f(xp[(m0 + t) * K + k]);
+            xs[t] = xbuf + t * K;
+          }
+        }
+        lora_tile(xs, T, af, R, K, btf, N, spans.data(), P, low, ys);
+      }
     });
   });
 }
