@@ -136,7 +136,7 @@ def grouped_prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     qp = q[0].reshape(T, KVH, G, D).permute(1, 2, 0, 3).reshape(KVH, G * T, D)
     kp, vp = k[0].transpose(0, 1).contiguous(), v[0].transpose(0, 1).contiguous()
     mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=offset).repeat(G, 1)
-    o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+    o = F.scaled_dot_product_attention(qp[None], kp[None], vp[None], attn_mask=mask)[0]
     return o.reshape(KVH, G, T, D).permute(2, 0, 1, 3).reshape(1, T, H, D)
 
 
