@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	# The bytecode of lhama and of what a default run imports (torch's ~700 modules of 23k), once:
 	# --no-compile skipped it, and where PYTHONDONTWRITEBYTECODE is set every start would compile
 	# them again (import torch: 2.3 s instead of 0.9 s of CPU).
-	$(BIN)/python -m lhama.bytecode
+	$(BIN)/python -m lhama.cli.bytecode
 	rm -f $(VENV)/.installed-serve-* && touch $@
 
 $(LLAMA_STAMP): | $(STAMP)

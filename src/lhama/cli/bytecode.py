@@ -1,5 +1,5 @@
 """Write the bytecode of what a default run imports, once, at install (``make install`` runs
-``python -m lhama.bytecode``).
+``python -m lhama.cli.bytecode``).
 
 The Makefile installs with pip's ``--no-compile`` (byte-compiling all of torch's files was most of
 the install's CPU time), so the bytecode of each module is written the first time it is imported.
