@@ -23,6 +23,18 @@
 
 namespace GGML_NS {
 
+// 128 * sum(q) of each of n activation blocks of 32 int8 values: the Q8_0 kernels add 128 to the
+// weights (to multiply unsigned by signed bytes) and take this back out.
+static inline std::vector<int32_t> q8_block_sums(const int8_t* qx, int64_t n) {
+  std::vector<int32_t> qs(n);
+  for (int64_t i = 0; i < n; ++i) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) s += qx[i * 32 + j];
+    qs[i] = 128 * s;
+  }
+  return qs;
+}
+
 #if GGML_LEVEL >= 3
 typedef int32_t __attribute__((may_alias, aligned(1))) tile_i32u;  // 4 activation bytes, any address
 
@@ -85,14 +97,7 @@ static void tile_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int6
   constexpr int64_t kMc = 64;  // activation rows per sweep: their accumulators (8 KB) stay in L1
   alignas(64) float acc[kMc * 32];
   std::vector<int32_t> qs;
-  if constexpr (QT == Q8_0) {  // 128 * sum(q) per activation block (the + 128 on the weights)
-    qs.resize(M * nb);
-    for (int64_t i = 0; i < M * nb; ++i) {
-      int32_t s = 0;
-      for (int j = 0; j < 32; ++j) s += qx[i * 32 + j];
-      qs[i] = 128 * s;
-    }
-  }
+  if constexpr (QT == Q8_0) qs = q8_block_sums(qx, M * nb);
   int64_t n = n0;
   for (; n + 16 <= n1; n += 16)
     for (int64_t m = 0; m < M; m += kMc)
@@ -385,14 +390,7 @@ static void tile_rows(const uint8_t* w, int64_t ws, int64_t n0, int64_t n1, int6
   alignas(32) float acc[kMc * 8];
   std::vector<int32_t> qs;
 #if GGML_LEVEL >= 2
-  if constexpr (QT == Q8_0) {  // 128 * sum(q) per activation block (the + 128 on the weights)
-    qs.resize(M * nb);
-    for (int64_t i = 0; i < M * nb; ++i) {
-      int32_t s = 0;
-      for (int j = 0; j < 32; ++j) s += qx[i * 32 + j];
-      qs[i] = 128 * s;
-    }
-  }
+  if constexpr (QT == Q8_0) qs = q8_block_sums(qx, M * nb);
 #endif
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8)
