@@ -4,7 +4,7 @@
 The Makefile installs with pip's ``--no-compile`` (byte-compiling all of torch's files was most of
 the install's CPU time), so the bytecode of each module is written the first time it is imported.
 Where ``PYTHONDONTWRITEBYTECODE`` is set (CI images, some containers) it never is, and every
-start compiles the sources again: ``import torch`` then took 2.5 s of CPU instead of 0.9 s on a
+start compiles the sources again: ``import torch`` then took 2.3 s of CPU instead of 0.9 s on a
 2-core Xeon VM, more than the whole load of the default model. This writes the bytecode of
 lhama's own package and of every module that loading the default model, one generated token, the
 engine and the server import, whatever that variable says.
